@@ -1,0 +1,286 @@
+"""Read-only access to a cache file, as polars DataFrames.
+
+The reader never holds the file open for writing and opens it without HDF5 file locks, so a file can be
+explored while a job writes a new version of it (writers rename a finished file into place).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import polars as pl
+
+from neuron_explorer.errors import UserError
+
+from . import schema
+
+GROUP_DTYPE = pl.Enum(list(schema.GROUP_NAMES))
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    path: Path
+    architecture: str
+    n_layers: int
+    d_mlp: int
+    d_model: int
+    n_prompts: int
+    created: str
+    schema_version: int
+    package_version: str
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_layers * self.d_mlp
+
+
+@dataclass(frozen=True)
+class ClusterTree:
+    linkage: np.ndarray  # scipy linkage matrix, (k-1, 4)
+    leaf_order: np.ndarray  # positions into layer/neuron, in dendrogram order
+    layer: np.ndarray
+    neuron: np.ndarray
+    label: np.ndarray  # flat cluster label at the stored cut, 1-based
+    attrs: dict
+
+
+def open_cache_file(path: str | Path) -> h5py.File:
+    """Open and validate a cache file, turning every way it can be wrong into one clear UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file; make one with `neuron-explorer compute -o {path}`")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a cache file: pass the .h5 file inside it")
+    try:
+        handle = h5py.File(path, "r", locking=False)
+    except OSError as error:
+        raise UserError(f"{path} is not a readable HDF5 file (corrupt, truncated or another format): "
+                        f"recompute it with `neuron-explorer compute`") from error
+    attrs = handle.attrs
+    if attrs.get("format") != schema.FORMAT_NAME:
+        handle.close()
+        raise UserError(f"{path} is an HDF5 file but not a neuron-explorer cache (no '{schema.FORMAT_NAME}' "
+                        f"format mark): open a file written by `neuron-explorer compute`")
+    version = int(attrs.get("schema_version", -1))
+    if version > schema.SCHEMA_VERSION:
+        handle.close()
+        raise UserError(f"{path} uses cache schema {version}, newer than the {schema.SCHEMA_VERSION} this "
+                        f"neuron-explorer reads: upgrade neuron-explorer")
+    if version < 1:
+        handle.close()
+        raise UserError(f"{path} has an unknown cache schema version {version}: recompute it")
+    if not bool(attrs.get("complete", False)):
+        handle.close()
+        raise UserError(f"{path} is incomplete (the run that wrote it did not finish): rerun `neuron-explorer compute`")
+    return handle
+
+
+class CacheReader:
+    """Polars views of one cache file. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = open_cache_file(self.path)
+        attrs = self.file.attrs
+        n_prompts = len(self.file["prompts/text"]) if "prompts/text" in self.file else 0
+        self.info = CacheInfo(
+            path=self.path,
+            architecture=str(attrs["architecture"]),
+            n_layers=int(attrs["n_layers"]),
+            d_mlp=int(attrs["d_mlp"]),
+            d_model=int(attrs["d_model"]),
+            n_prompts=n_prompts,
+            created=str(attrs["created"]),
+            schema_version=int(attrs["schema_version"]),
+            package_version=str(attrs.get("package_version", "")),
+            provenance=json.loads(attrs.get("provenance", "{}")),
+        )
+        self._cluster_labels = self._dense_cluster_labels()
+        self._vocab: np.ndarray | None = None
+
+    def __enter__(self) -> "CacheReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+    def has(self, name: str) -> bool:
+        return name in self.file
+
+    # -- neurons ------------------------------------------------------------------------------------------
+    def neurons(self, layer: int | None = None, columns: list[str] | None = None) -> pl.DataFrame:
+        """One row per neuron (one layer, or all layers): ids, group, cluster and the metrics of METHOD §2."""
+        wanted = [c for c in (columns or schema.NEURON_COLUMNS) if c in self.file["neurons"]]
+        rows = slice(None) if layer is None else slice(layer, layer + 1)
+        n_layers = self.info.n_layers if layer is None else 1
+        self._check_layer(layer)
+        layers = np.repeat(np.arange(self.info.n_layers, dtype=np.int16)[rows], self.info.d_mlp)
+        data = {
+            "layer": layers,
+            "neuron": np.tile(np.arange(self.info.d_mlp, dtype=np.int32), n_layers),
+        }
+        frame = pl.DataFrame(data)
+        codes = self.file["neurons/group"][rows].ravel()
+        cluster = self._cluster_labels[rows].ravel()
+        extra = [
+            pl.Series("group", codes).replace_strict(dict(enumerate(schema.GROUP_NAMES)), return_dtype=GROUP_DTYPE),
+            pl.Series("cluster", cluster).replace(-1, None),
+        ]
+        extra += [pl.Series(name, self.file["neurons"][name][rows].ravel()) for name in wanted]
+        return frame.with_columns(extra)
+
+    def neuron(self, layer: int, index: int) -> dict:
+        """Every stored metric of one neuron."""
+        self._check_layer(layer)
+        if not 0 <= index < self.info.d_mlp:
+            raise UserError(f"neuron index {index} is out of range: layer {layer} has {self.info.d_mlp} neurons")
+        group = self.file["neurons"]
+        record = {name: float(group[name][layer, index]) for name in schema.NEURON_COLUMNS if name in group}
+        record["group"] = schema.GROUP_NAMES[int(group["group"][layer, index])]
+        label = int(self._cluster_labels[layer, index])
+        record["cluster"] = None if label < 0 else label
+        return {"layer": layer, "neuron": index, **record}
+
+    def top_tokens(self, layer: int, index: int) -> pl.DataFrame:
+        """The tokens a neuron's value vector promotes (top) and suppresses (bottom), for both models."""
+        self._check_layer(layer)
+        if "neurons/top_tokens_pre" not in self.file:
+            return pl.DataFrame(schema={"model": pl.Utf8, "direction": pl.Utf8, "rank": pl.Int32,
+                                        "token_id": pl.Int32, "token": pl.Utf8, "score": pl.Float32})
+        vocab = self.vocab()
+        parts = []
+        for model in ("pre", "dpo"):
+            for direction in ("top", "bottom"):
+                ids = self.file[f"neurons/{direction}_tokens_{model}"][layer, index]
+                scores = self.file[f"neurons/{direction}_scores_{model}"][layer, index]
+                parts.append(pl.DataFrame({
+                    "model": [model] * len(ids), "direction": [direction] * len(ids),
+                    "rank": np.arange(1, len(ids) + 1, dtype=np.int32), "token_id": ids.astype(np.int32),
+                    "token": [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in ids],
+                    "score": scores.astype(np.float32),
+                }))
+        return pl.concat(parts)
+
+    def vocab(self) -> np.ndarray:
+        if self._vocab is None:
+            self._vocab = self.file["vocab"].asstr()[:] if "vocab" in self.file else np.array([], dtype=object)
+        return self._vocab
+
+    def prompt_activations(self, layer: int, index: int) -> pl.DataFrame:
+        """The neuron's mean activation on each prompt in both models, with the prompt text."""
+        self._check_layer(layer)
+        columns = {"prompt": np.arange(self.info.n_prompts, dtype=np.int32),
+                   "text": self.file["prompts/text"].asstr()[:]}
+        for model in ("pre", "dpo"):
+            name = f"prompt_acts/{model}"
+            if name in self.file:
+                columns[f"act_{model}"] = self.file[name][:, layer, index].astype(np.float32)
+        frame = pl.DataFrame(columns)
+        if {"act_pre", "act_dpo"} <= set(frame.columns):
+            frame = frame.with_columns((pl.col("act_pre") - pl.col("act_dpo")).alias("act_shift"))
+        return frame
+
+    # -- layers, summaries, clusters ------------------------------------------------------------------------
+    def layers(self) -> pl.DataFrame:
+        """One row per layer: Σ Δ, its positive and negative parts, measured projections and identity residuals."""
+        table = self.table("layers").with_columns(pl.Series("layer", np.arange(self.info.n_layers, dtype=np.int16)))
+        contribution = self.file["neurons/contribution"][:]
+        return table.select("layer", pl.exclude("layer")).with_columns(
+            pl.Series("sum_positive", np.where(contribution > 0, contribution, 0).sum(axis=1)),
+            pl.Series("sum_negative", np.where(contribution < 0, contribution, 0).sum(axis=1)),
+        )
+
+    def layer_group_sums(self) -> pl.DataFrame:
+        """Σ Δ per layer and group (long format), for the stacked per-layer plot."""
+        contribution = self.file["neurons/contribution"][:]
+        codes = self.file["neurons/group"][:]
+        sums = np.zeros((self.info.n_layers, len(schema.GROUP_NAMES)))
+        for code in range(len(schema.GROUP_NAMES)):
+            sums[:, code] = np.where(codes == code, contribution, 0).sum(axis=1)
+        return pl.DataFrame({
+            "layer": np.repeat(np.arange(self.info.n_layers, dtype=np.int16), len(schema.GROUP_NAMES)),
+            "group": pl.Series(list(schema.GROUP_NAMES) * self.info.n_layers, dtype=GROUP_DTYPE),
+            "sum_contribution": sums.ravel(),
+        })
+
+    def table(self, name: str) -> pl.DataFrame:
+        """A small stored table (``summary``, ``clusters/summary``, ``evaluation``, ``layers``)."""
+        if name not in self.file:
+            raise UserError(f"{self.path} holds no '{name}' table: it was written without that step")
+        group = self.file[name]
+        order = json.loads(group.attrs.get("columns", "[]")) or list(group)
+        columns = {}
+        for key in order:
+            dataset = group[key]
+            if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 1:
+                continue
+            columns[key] = dataset.asstr()[:] if h5py.check_string_dtype(dataset.dtype) else dataset[:]
+        return pl.DataFrame(columns)
+
+    def attrs(self, name: str = "/") -> dict:
+        """Attributes of a group, JSON values decoded."""
+        out = {}
+        for key, value in self.file[name].attrs.items():
+            if isinstance(value, str) and value[:1] in "[{":
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            out[key] = value.item() if isinstance(value, np.generic) else value
+        return out
+
+    def summary(self) -> dict:
+        """Headline scalars: Σ positive Δ, net Δ, the top-128 toxic neurons' share, counts."""
+        return self.attrs("summary")
+
+    def group_summary(self) -> pl.DataFrame:
+        """Per group: count, Σ Δ and shares (v3 and v1; see docs/cache-format.md)."""
+        return self.table("summary")
+
+    def clusters(self) -> pl.DataFrame:
+        return self.table("clusters/summary")
+
+    def cluster_tree(self) -> ClusterTree | None:
+        if "clusters/linkage" not in self.file:
+            return None
+        group = self.file["clusters"]
+        return ClusterTree(linkage=group["linkage"][:], leaf_order=group["leaf_order"][:], layer=group["layer"][:],
+                           neuron=group["neuron"][:], label=group["label"][:], attrs=self.attrs("clusters"))
+
+    def probe_direction(self) -> np.ndarray:
+        return self.file["probe/direction"][:]
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _check_layer(self, layer: int | None) -> None:
+        if layer is not None and not 0 <= layer < self.info.n_layers:
+            raise UserError(f"layer {layer} is out of range: the model has layers 0 to {self.info.n_layers - 1}")
+
+    def _dense_cluster_labels(self) -> np.ndarray:
+        labels = np.full((self.info.n_layers, self.info.d_mlp), -1, dtype=np.int32)
+        if "clusters/label" in self.file:
+            group = self.file["clusters"]
+            labels[group["layer"][:], group["neuron"][:]] = group["label"][:]
+        return labels
+
+
+def neuron_id(layer: int, index: int) -> str:
+    return f"L{layer}/N{index}"
+
+
+def parse_neuron_id(text: str) -> tuple[int, int]:
+    """Parse ``L12/N345`` (also ``12/345`` or ``L12N345``) into (layer, index)."""
+    cleaned = text.strip().upper().replace("L", "").replace("N", "/").replace("//", "/")
+    try:
+        layer, index = (int(part) for part in cleaned.split("/") if part)
+    except ValueError:
+        raise UserError(f"'{text}' is not a neuron id: write it as L<layer>/N<index>, e.g. L12/N345") from None
+    return layer, index

@@ -1,0 +1,39 @@
+"""Names, shapes and versions of the HDF5 cache format (documented in docs/cache-format.md)."""
+
+FORMAT_NAME = "neuron-explorer-cache"
+SCHEMA_VERSION = 1
+
+# The four groups that reduce toxicity (METHOD §3) and their mirrors, in the order of the stored int8 codes.
+REDUCING_GROUPS = ("TP↓", "TN↓", "AP↓", "AN↓")
+MIRROR_GROUPS = ("TP↑", "TN↑", "AP↑", "AN↑")
+GROUP_NAMES = REDUCING_GROUPS + MIRROR_GROUPS
+SIGN_CLASSES = ("TP", "TN", "AP", "AN")
+
+# Per-neuron float arrays, each of shape (n_layers, d_mlp), stored under /neurons.
+NEURON_COLUMNS = {
+    "cos_pre": "cos(v_i, w) in the base model",
+    "cos_dpo": "cos(v_i, w) in the tuned model",
+    "p_pre": "v_i · ŵ in the base model",
+    "p_dpo": "v_i · ŵ in the tuned model",
+    "act_pre": "ā_i, mean activation over the recorded positions, base model",
+    "act_dpo": "ā_i, mean activation over the recorded positions, tuned model",
+    "act_shift": "δ_i = ā_pre − ā_dpo (positive: DPO lowered the activation)",
+    "tox_pre": "P_i = ā_i p_i, what the neuron writes along the probe, base model",
+    "tox_dpo": "P_i = ā_i p_i, tuned model",
+    "contribution": "Δ_i = P_pre − P_dpo, the neuron's contribution to toxicity reduction",
+    "value_cos": "cos(v_i^pre, v_i^dpo), how much tuning turned the value vector",
+}
+TOKEN_ARRAYS = tuple(f"{d}_{kind}_{m}" for m in ("pre", "dpo") for d in ("top", "bottom") for kind in ("tokens", "scores"))
+
+# Per-layer float64 vectors of length n_layers, stored under /layers.
+LAYER_COLUMNS = {
+    "sum_contribution": "Σ_i Δ_i over the layer's neurons",
+    "mlp_proj_pre": "measured mean of (MLP output · ŵ), base model",
+    "mlp_proj_dpo": "measured mean of (MLP output · ŵ), tuned model",
+    "bias_proj_pre": "b_out · ŵ, base model",
+    "bias_proj_dpo": "b_out · ŵ, tuned model",
+    "residual_pre": "Σ_i P_i + b_out·ŵ − measured projection, base model (the identity's error)",
+    "residual_dpo": "the same for the tuned model",
+}
+
+SIDECAR_SUFFIX = ".annotations"

@@ -1,0 +1,1 @@
+"""The compute engine: models, hooks, statistics, probe, DPO, interventions, evaluation."""

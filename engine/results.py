@@ -1,0 +1,33 @@
+"""Writing the statistics of a model pair into an open cache writer (shared by `compute` and synthetic caches)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neuron_explorer.cache import schema
+from neuron_explorer.cache.writer import CacheWriter
+
+from .clustering import DEFAULT_N_CLUSTERS, DEFAULT_TOP_K, cluster_neurons
+from .statistics import summarize
+
+
+def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, prompt_acts_pre, prompt_acts_dpo, *,
+                     cluster_top_k: int = DEFAULT_TOP_K, n_clusters: int = DEFAULT_N_CLUSTERS) -> dict:
+    """Neuron arrays, groups, per-layer columns, the share tables and the clusters; returns the summary scalars."""
+    writer.write_neuron_arrays({name: metrics[name] for name in schema.NEURON_COLUMNS})
+    writer.write_groups(metrics["group"])
+    writer.write_layers(layer_columns)
+    table, scalars = summarize(metrics)
+    writer.write_table("summary", table, scalars)
+    clusters = cluster_neurons(metrics, prompt_acts_pre, prompt_acts_dpo, top_k=cluster_top_k, n_clusters=n_clusters)
+    if clusters is not None:
+        members = {key: clusters[key] for key in ("linkage", "leaf_order", "layer", "neuron", "label")}
+        writer.write_table("clusters", members, clusters["attrs"])
+        writer.write_table("clusters/summary", clusters["summary"])
+    return scalars
+
+
+def write_token_tables(writer: CacheWriter, tokens: dict[str, np.ndarray], vocab: list[str]) -> None:
+    """Top/bottom token ids and scores per neuron (``schema.TOKEN_ARRAYS``) and the vocabulary strings."""
+    writer.write_neuron_arrays({name: tokens[name] for name in schema.TOKEN_ARRAYS})
+    writer.write_vocab(vocab)

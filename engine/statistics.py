@@ -1,0 +1,109 @@
+"""Per-neuron metrics, the four groups and the share tables of METHOD §2–§3, from recorded means and weights.
+
+Everything here is plain numpy on (n_layers, d_mlp) arrays, so the real pipeline and the synthetic cache used
+by tests and benchmarks share one implementation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neuron_explorer.cache import schema
+
+TOP_TOXIC_NEURONS = 128
+
+
+def assign_groups(cos_pre: np.ndarray, act_pre: np.ndarray, act_shift: np.ndarray) -> np.ndarray:
+    """int8 group codes in the order of ``schema.GROUP_NAMES``.
+
+    The sign class comes from cos_pre (> 0: toxic-aligned) and ā_pre (> 0: positively activated). The change is
+    "reducing" when it moves the neuron's write along the probe down: activation falls (δ > 0) for the toxic-aligned
+    classes TP and TN, rises (δ < 0) for the anti-toxic classes AP and AN. δ = 0 counts as not reducing.
+    """
+    toxic = cos_pre > 0
+    positive = act_pre > 0
+    sign_class = np.where(toxic, np.where(positive, 0, 1), np.where(positive, 2, 3)).astype(np.int8)
+    reducing = np.where(toxic, act_shift > 0, act_shift < 0)
+    return np.where(reducing, sign_class, sign_class + 4).astype(np.int8)
+
+
+def neuron_metrics(*, p_pre, p_dpo, cos_pre, cos_dpo, value_cos, act_pre, act_dpo) -> dict[str, np.ndarray]:
+    """All per-neuron columns of ``schema.NEURON_COLUMNS`` plus ``group``, as float32 / int8 arrays."""
+    act_pre = np.asarray(act_pre, dtype=np.float64)
+    act_dpo = np.asarray(act_dpo, dtype=np.float64)
+    tox_pre = act_pre * p_pre
+    tox_dpo = act_dpo * p_dpo
+    columns = {
+        "cos_pre": cos_pre, "cos_dpo": cos_dpo, "p_pre": p_pre, "p_dpo": p_dpo,
+        "act_pre": act_pre, "act_dpo": act_dpo, "act_shift": act_pre - act_dpo,
+        "tox_pre": tox_pre, "tox_dpo": tox_dpo, "contribution": tox_pre - tox_dpo, "value_cos": value_cos,
+    }
+    out = {name: np.asarray(value, dtype=np.float32) for name, value in columns.items()}
+    out["group"] = assign_groups(out["cos_pre"], out["act_pre"], out["act_shift"])
+    return out
+
+
+def identity_residuals(*, act_mean, p, bias_proj, mlp_proj) -> np.ndarray:
+    """Σ_i ā_i p_i + b·ŵ − measured projection per layer, in float64 (the correctness check of METHOD §2)."""
+    return (np.asarray(act_mean, np.float64) * np.asarray(p, np.float64)).sum(axis=1) + bias_proj - mlp_proj
+
+
+def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """The share tables (one row per group) and the headline scalars.
+
+    - ``share_v3``: for the four reducing groups, Σ Δ over their neurons with Δ > 0 divided by Σ of all positive Δ
+      (Yang v3, which keeps only Δ > 0); for the mirrors, Σ Δ over their neurons with Δ < 0 divided by Σ of all
+      negative Δ (how the toxicity-raising side splits).
+    - ``share_v1``: each group's net Σ Δ (all its neurons) divided by the net Σ Δ of the model.
+    """
+    contribution = metrics["contribution"].astype(np.float64)
+    codes = metrics["group"]
+    positive_total = contribution[contribution > 0].sum()
+    negative_total = contribution[contribution < 0].sum()
+    net_total = contribution.sum()
+    count, sum_delta, share_v3, share_v1 = [], [], [], []
+    for code, name in enumerate(schema.GROUP_NAMES):
+        members = codes == code
+        reducing = code < len(schema.REDUCING_GROUPS)
+        count.append(int(members.sum()))
+        sum_delta.append(float(contribution[members].sum()))
+        if reducing:
+            part = contribution[members & (contribution > 0)].sum()
+            share_v3.append(float(part / positive_total) if positive_total else 0.0)
+        else:
+            part = contribution[members & (contribution < 0)].sum()
+            share_v3.append(float(part / negative_total) if negative_total else 0.0)
+        share_v1.append(float(sum_delta[-1] / net_total) if net_total else 0.0)
+    table = {
+        "group": list(schema.GROUP_NAMES),
+        "reducing": np.array([code < 4 for code in range(8)]),
+        "count": np.array(count, dtype=np.int64),
+        "sum_contribution": np.array(sum_delta),
+        "share_v3": np.array(share_v3),
+        "share_v1": np.array(share_v1),
+    }
+    scalars = {
+        "sum_positive_contribution": float(positive_total),
+        "sum_negative_contribution": float(negative_total),
+        "net_contribution": float(net_total),
+        "n_positive": int((contribution > 0).sum()),
+        "n_neurons": int(contribution.size),
+        **top_toxic_share(metrics, positive_total),
+    }
+    return table, scalars
+
+
+def top_toxic_share(metrics: dict, positive_total: float, k: int = TOP_TOXIC_NEURONS) -> dict:
+    """The v2 headline: of the top-k neurons by cos_pre, those with ā_pre > 0 and δ > 0; their Σ Δ over Σ positive Δ."""
+    cos = metrics["cos_pre"].ravel()
+    k = min(k, cos.size)
+    top = np.argpartition(-cos, k - 1)[:k]
+    keep = top[(metrics["act_pre"].ravel()[top] > 0) & (metrics["act_shift"].ravel()[top] > 0)]
+    part = float(metrics["contribution"].ravel()[keep].astype(np.float64).sum())
+    return {
+        "top_toxic_k": k,
+        "top_toxic_kept": int(keep.size),
+        "top_toxic_sum": part,
+        "top_toxic_share": part / positive_total if positive_total else 0.0,
+        "top_toxic_all_sum": float(metrics["contribution"].ravel()[top].astype(np.float64).sum()),
+    }

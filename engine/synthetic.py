@@ -1,0 +1,72 @@
+"""Synthetic caches: random but internally consistent statistics of any size, written by the real code path.
+
+Tests of the explorer and the explorer benchmark use them, so neither needs a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from neuron_explorer.cache.writer import CacheWriter
+
+from .results import write_statistics, write_token_tables
+from .statistics import neuron_metrics
+
+TOKENS_PER_NEURON = 10
+
+
+def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 64, n_prompts: int = 24,
+                          d_model: int = 32, vocab_size: int = 500, seed: int = 0, cluster_top_k: int = 200,
+                          n_clusters: int = 8) -> Path:
+    """Write a complete cache with ``n_layers × d_mlp`` neurons and ``n_prompts`` prompts; return its path."""
+    rng = np.random.default_rng(seed)
+    shape = (n_layers, d_mlp)
+    norms = rng.uniform(0.5, 1.5, shape)
+    cos_pre = rng.normal(0.0, 0.08, shape).clip(-1, 1)
+    cos_dpo = (cos_pre + rng.normal(0.0, 0.002, shape)).clip(-1, 1)
+    act_pre = rng.normal(0.0, 0.15, shape)
+    act_dpo = act_pre - rng.normal(0.0, 0.02, shape) * np.sign(cos_pre)
+    metrics = neuron_metrics(p_pre=cos_pre * norms, p_dpo=cos_dpo * norms, cos_pre=cos_pre, cos_dpo=cos_dpo,
+                             value_cos=1 - np.abs(rng.normal(0, 1e-3, shape)), act_pre=act_pre, act_dpo=act_dpo)
+    tox_pre = metrics["tox_pre"].astype(np.float64).sum(axis=1)
+    tox_dpo = metrics["tox_dpo"].astype(np.float64).sum(axis=1)
+    layer_columns = {
+        "sum_contribution": metrics["contribution"].astype(np.float64).sum(axis=1),
+        "mlp_proj_pre": tox_pre, "mlp_proj_dpo": tox_dpo,
+        "bias_proj_pre": np.zeros(n_layers), "bias_proj_dpo": np.zeros(n_layers),
+        "residual_pre": np.zeros(n_layers), "residual_dpo": np.zeros(n_layers),
+    }
+    prompts = [f"Synthetic prompt number {i} that starts a sentence and" for i in range(n_prompts)]
+    provenance = {
+        "synthetic": True, "seed": seed,
+        "base": {"spec": "synthetic-base", "id": "synthetic/base"},
+        "tuned": {"spec": "synthetic-dpo", "id": "synthetic/dpo"},
+        "probe": {"source": "synthetic", "sha256": "0" * 64},
+        "prompts": {"source": "synthetic", "n": n_prompts},
+        "settings": {"positions": "generated", "new_tokens": 20, "max_prompt_tokens": 32},
+    }
+    with CacheWriter(path, n_layers=n_layers, d_mlp=d_mlp, d_model=d_model, architecture="synthetic",
+                     provenance=provenance) as writer:
+        writer.write_prompts({"text": prompts, "continuation_pre": [" and then it went on"] * n_prompts,
+                              "continuation_dpo": [" and then it stopped"] * n_prompts})
+        pre = writer.prompt_activations("pre", n_prompts)
+        dpo = writer.prompt_activations("dpo", n_prompts)
+        block = 64
+        for start in range(0, n_prompts, block):
+            rows = min(block, n_prompts - start)
+            noise = rng.normal(0.0, 0.05, (rows, n_layers, d_mlp)).astype(np.float32)
+            pre[start:start + rows] = (act_pre[None] + noise).astype(np.float16)
+            dpo[start:start + rows] = (act_dpo[None] + noise * 1.1).astype(np.float16)
+        tokens = {}
+        for model in ("pre", "dpo"):
+            for direction, sign in (("top", -1), ("bottom", 1)):
+                tokens[f"{direction}_tokens_{model}"] = rng.integers(0, vocab_size, shape + (TOKENS_PER_NEURON,),
+                                                                     dtype=np.int32)
+                scores = np.sort(rng.normal(0, 1, shape + (TOKENS_PER_NEURON,)), axis=-1)
+                tokens[f"{direction}_scores_{model}"] = (scores[..., ::-1] if sign < 0 else scores).astype(np.float32)
+        write_token_tables(writer, tokens, [f"tok{i}" for i in range(vocab_size)])
+        writer.write_array("probe/direction", rng.normal(0, 1, d_model).astype(np.float32), {"source": "synthetic"})
+        write_statistics(writer, metrics, layer_columns, pre, dpo, cluster_top_k=cluster_top_k, n_clusters=n_clusters)
+    return Path(path)

@@ -132,7 +132,7 @@ class CacheWriter:
             model, shape=(n_prompts, self.n_layers, self.d_mlp), dtype=np.float16, chunks=chunk, **_FLOAT_OPTS)
 
     def write_vocab(self, strings: list[str]) -> None:
-        self.file.create_dataset("vocab", data=np.array(strings, dtype=object), dtype=_STR, **_FLOAT_OPTS)
+        self.file.create_dataset("vocab", data=np.array(strings, dtype=object), dtype=_STR)
 
     # -- small tables and blobs --------------------------------------------------------------------------
     def write_table(self, name: str, columns: dict, attrs: dict | None = None) -> None:

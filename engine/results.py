@@ -12,8 +12,8 @@ from .statistics import summarize
 
 
 def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, prompt_acts_pre, prompt_acts_dpo, *,
-                     cluster_top_k: int = DEFAULT_TOP_K, n_clusters: int = DEFAULT_N_CLUSTERS) -> dict:
-    """Neuron arrays, groups, per-layer columns, the share tables and the clusters; returns the summary scalars."""
+                     cluster_top_k: int = DEFAULT_TOP_K, n_clusters: int = DEFAULT_N_CLUSTERS) -> tuple[dict, dict]:
+    """Neuron arrays, groups, per-layer columns, the share tables and the clusters; returns (group table, scalars)."""
     writer.write_neuron_arrays({name: metrics[name] for name in schema.NEURON_COLUMNS})
     writer.write_groups(metrics["group"])
     writer.write_layers(layer_columns)
@@ -24,7 +24,7 @@ def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, pr
         members = {key: clusters[key] for key in ("linkage", "leaf_order", "layer", "neuron", "label")}
         writer.write_table("clusters", members, clusters["attrs"])
         writer.write_table("clusters/summary", clusters["summary"])
-    return scalars
+    return table, scalars
 
 
 def write_token_tables(writer: CacheWriter, tokens: dict[str, np.ndarray], vocab: list[str]) -> None:

@@ -1,2 +1,61 @@
-def main():
-    print("stub")
+"""The `neuron-explorer` command line: one module per subcommand under neuron_explorer.commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from neuron_explorer import __version__
+from neuron_explorer.errors import UserError
+
+# Subcommand name -> module under neuron_explorer.commands defining add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "compute": "compute",
+    "explore": "explore",
+}
+
+DESCRIPTION = """\
+See how DPO preference tuning changes a language model, neuron by neuron.
+
+  neuron-explorer compute            record a base/tuned model pair and write an HDF5 cache
+  neuron-explorer FILE.h5            open a cache in the terminal explorer
+  neuron-explorer COMMAND --help     details of one command
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuron-explorer", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"neuron-explorer {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"neuron_explorer.commands.{module_name}")
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-") and Path(argv[0]).suffix in {".h5", ".hdf5"}:
+        argv.insert(0, "explore")  # `neuron-explorer FILE.h5` opens the explorer
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        args = parser.parse_args(["explore", *argv])
+    try:
+        return int(args._run(args) or 0)
+    except UserError as error:
+        print(f"neuron-explorer: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neuron-explorer: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

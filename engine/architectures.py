@@ -1,0 +1,94 @@
+"""Where each supported architecture keeps what the engine needs: layers, the MLP output projection whose input is
+the neuron activation, the value-vector layout, the final norm and the unembedding.
+
+One registry entry per family replaces `if gpt2 … elif llama` branches elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neuron_explorer.errors import UserError
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    model_types: tuple[str, ...]
+    layers_path: str  # the ModuleList of blocks
+    out_proj_path: str  # inside a block: its input is m (the activations), its output the MLP output
+    value_vectors_in_rows: bool  # Conv1D keeps v_i as weight[i, :]; nn.Linear keeps them as weight[:, i]
+    final_norm_path: str
+    unembed_path: str = "lm_head"
+    norm_offset: float = 0.0  # Gemma's RMSNorm scales by (1 + weight)
+    norm_centers: bool = False  # LayerNorm subtracts the mean; RMSNorm does not
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return _get(model, self.layers_path)
+
+    def out_proj(self, model: nn.Module, layer: int) -> nn.Module:
+        return _get(self.layers(model)[layer], self.out_proj_path)
+
+    def value_vectors(self, model: nn.Module, layer: int) -> torch.Tensor:
+        """(d_mlp, d_model): row i is the vector that neuron i writes into the residual stream."""
+        weight = self.out_proj(model, layer).weight
+        return weight if self.value_vectors_in_rows else weight.T
+
+    def out_bias(self, model: nn.Module, layer: int) -> torch.Tensor | None:
+        return getattr(self.out_proj(model, layer), "bias", None)
+
+    def n_layers(self, model: nn.Module) -> int:
+        return len(self.layers(model))
+
+    def d_mlp(self, model: nn.Module) -> int:
+        return self.value_vectors(model, 0).shape[0]
+
+    def unembedding(self, model: nn.Module) -> torch.Tensor:
+        """(vocab, d_model) unembedding matrix."""
+        return _get(model, self.unembed_path).weight
+
+    def logit_lens(self, model: nn.Module, vectors: torch.Tensor) -> torch.Tensor:
+        """Project residual-stream directions through the final norm's gain (and centring) and the unembedding.
+
+        The norm's bias and the per-vector scale are left out: they shift or scale every token alike and so do
+        not change which tokens a vector promotes.
+        """
+        norm = _get(model, self.final_norm_path)
+        vectors = vectors.to(torch.float32)
+        if self.norm_centers:
+            vectors = vectors - vectors.mean(dim=-1, keepdim=True)
+        gain = getattr(norm, "weight", None)
+        if gain is not None:
+            vectors = vectors * (gain.to(vectors.device, torch.float32) + self.norm_offset)
+        unembed = self.unembedding(model)
+        return vectors.to(unembed.device) @ unembed.to(torch.float32).T
+
+
+REGISTRY: tuple[Architecture, ...] = (
+    Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.c_proj", True, "transformer.ln_f", norm_centers=True),
+    Architecture("llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3"), "model.layers", "mlp.down_proj", False,
+                 "model.norm"),
+    Architecture("gemma", ("gemma", "gemma2"), "model.layers", "mlp.down_proj", False, "model.norm", norm_offset=1.0),
+    Architecture("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "mlp.dense_4h_to_h", False,
+                 "gpt_neox.final_layer_norm", unembed_path="embed_out", norm_centers=True),
+)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for arch in REGISTRY for t in arch.model_types)
+
+
+def architecture_for(model_type: str) -> Architecture:
+    for arch in REGISTRY:
+        if model_type in arch.model_types:
+            return arch
+    raise UserError(f"architecture '{model_type}' is not supported; supported: {', '.join(supported_model_types())}")

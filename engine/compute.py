@@ -1,0 +1,163 @@
+"""`compute`: record a base/tuned model pair and write every statistic of METHOD §2, §3 and §7 to one cache file."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from neuron_explorer.cache.provenance import software_versions
+from neuron_explorer.cache.writer import CacheWriter
+from neuron_explorer.errors import UserError
+
+from .clustering import DEFAULT_N_CLUSTERS, DEFAULT_TOP_K
+from .defaults import default_cache_path, default_probe_path
+from .models import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
+from .probe import Probe, load_probe, toxic_embedding_direction
+from .progress import progress_bars
+from .prompts import load_prompts
+from .recording import record_model
+from .results import write_statistics, write_token_tables
+from .statistics import identity_residuals, neuron_metrics
+from .weights import probe_projections, value_cosines, value_tokens, vocabulary
+
+TOXIC_EMBEDDING = "toxic-embedding"
+AUTO_PROBE = "auto"
+
+
+@dataclass
+class ComputeSettings:
+    base: str = EMBEDDED_BASE
+    tuned: str = EMBEDDED_TUNED
+    probe: str = AUTO_PROBE
+    prompts: str = "builtin:heldout"
+    prompt_column: str | None = None
+    output: Path = field(default_factory=default_cache_path)
+    positions: str = "generated"
+    new_tokens: int = 20
+    max_prompt_tokens: int = 32
+    max_prompts: int | None = None
+    batch_size: int = 16
+    shared_continuation: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+    cluster_top_k: int = DEFAULT_TOP_K
+    n_clusters: int = DEFAULT_N_CLUSTERS
+    tokens_per_neuron: int = 10
+
+
+@dataclass
+class ComputeResult:
+    path: Path
+    summary: dict
+    groups: dict
+    residuals: dict
+    seconds: dict
+
+
+def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None = None) -> ComputeResult:
+    """Load the pair, record both models, derive the statistics and write the cache atomically."""
+    output = Path(settings.output).expanduser()
+    if not output.parent.exists():
+        raise UserError(f"output folder {output.parent} does not exist: create it or choose another -o path")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
+    load = dict(device=settings.device, dtype=settings.dtype, device_map=settings.device_map)
+    pre = load_model(settings.base, **load)
+    dpo = load_model(settings.tuned, **load)
+    check_pair(pre, dpo)
+    probe = resolve_probe(settings.probe, pre)
+    unit = probe.unit
+    timings["load"] = time.perf_counter() - clock
+    n_layers, d_mlp, d_model = pre.arch.n_layers(pre.model), pre.arch.d_mlp(pre.model), pre.d_model
+    provenance = {
+        "base": pre.description, "tuned": dpo.description, "probe": probe.provenance(),
+        "prompts": prompts.provenance(), "settings": {k: str(v) if isinstance(v, Path) else v
+                                                      for k, v in asdict(settings).items()},
+        "versions": software_versions(),
+    }
+    recordings = {}
+    with CacheWriter(output, n_layers=n_layers, d_mlp=d_mlp, d_model=d_model, architecture=pre.arch.name,
+                     provenance=provenance) as writer, progress_bars() as task:
+        datasets = {name: writer.prompt_activations(name, len(prompts.texts)) for name in ("pre", "dpo")}
+        for name, loaded in (("pre", pre), ("dpo", dpo)):
+            clock = time.perf_counter()
+            teacher = recordings["pre"].continuation_ids if name == "dpo" and settings.shared_continuation else None
+            dataset = datasets[name]
+
+            def sink(start: int, means: np.ndarray, dataset=dataset) -> None:
+                dataset[start:start + len(means)] = means.astype(np.float16)
+
+            recordings[name] = record_model(
+                loaded, prompts.texts, unit, positions=settings.positions, new_tokens=settings.new_tokens,
+                max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size,
+                teacher_tokens=teacher, sink=sink,
+                advance=task(f"recording {'base' if name == 'pre' else 'tuned'} model", len(prompts.texts)))
+            timings[f"record_{name}"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        weights = {name: probe_projections(loaded, unit) for name, loaded in (("pre", pre), ("dpo", dpo))}
+        metrics = neuron_metrics(
+            p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
+            cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
+            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean)
+        residuals = {name: identity_residuals(act_mean=recordings[name].act_mean, p=weights[name]["p"],
+                                              bias_proj=weights[name]["bias_proj"], mlp_proj=recordings[name].mlp_proj)
+                     for name in ("pre", "dpo")}
+        layer_columns = {
+            "sum_contribution": metrics["contribution"].astype(np.float64).sum(axis=1),
+            "mlp_proj_pre": recordings["pre"].mlp_proj, "mlp_proj_dpo": recordings["dpo"].mlp_proj,
+            "bias_proj_pre": weights["pre"]["bias_proj"], "bias_proj_dpo": weights["dpo"]["bias_proj"],
+            "residual_pre": residuals["pre"], "residual_dpo": residuals["dpo"],
+        }
+        tokens = {}
+        for name, loaded in (("pre", pre), ("dpo", dpo)):
+            found = value_tokens(loaded, settings.tokens_per_neuron,
+                                 advance=task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})", n_layers))
+            tokens.update({f"{key}_{name}": value for key, value in found.items()})
+        write_token_tables(writer, tokens, vocabulary(pre.tokenizer))
+        timings["weights"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        writer.write_prompts({
+            "text": prompts.texts,
+            "n_tokens": np.array(recordings["pre"].prompt_tokens, dtype=np.int32),
+            "continuation_pre": recordings["pre"].continuations or [""] * len(prompts.texts),
+            "continuation_dpo": recordings["dpo"].continuations or [""] * len(prompts.texts),
+        })
+        writer.write_array("probe/direction", probe.direction, probe.provenance())
+        groups, summary = write_statistics(writer, metrics, layer_columns, datasets["pre"], datasets["dpo"],
+                                   cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
+        writer.file["layers"].attrs["n_positions_pre"] = recordings["pre"].n_positions
+        writer.file["layers"].attrs["n_positions_dpo"] = recordings["dpo"].n_positions
+        for name, table in (extra_tables or {}).items():
+            writer.write_table(name, table["columns"], table.get("attrs"))
+        timings["statistics"] = time.perf_counter() - clock
+    return ComputeResult(path=output, summary=summary, groups=groups, residuals=residuals, seconds=timings)
+
+
+def check_pair(pre: LoadedModel, dpo: LoadedModel) -> None:
+    """The two models must share architecture and every shape the statistics compare."""
+    def shape(loaded: LoadedModel) -> dict:
+        return {"architecture": loaded.arch.name, "layers": loaded.arch.n_layers(loaded.model),
+                "d_mlp": loaded.arch.d_mlp(loaded.model), "d_model": loaded.d_model,
+                "vocab": loaded.arch.unembedding(loaded.model).shape[0]}
+
+    a, b = shape(pre), shape(dpo)
+    if a != b:
+        diff = ", ".join(f"{key} {a[key]} vs {b[key]}" for key in a if a[key] != b[key])
+        raise UserError(f"the base and tuned models differ ({diff}): the tuned model must be a fine-tuned copy of the base")
+
+
+def resolve_probe(spec: str, base: LoadedModel) -> Probe:
+    """A probe file, `toxic-embedding`, or `auto`: the build's trained probe if it exists, else toxic-embedding."""
+    if spec == AUTO_PROBE:
+        path = default_probe_path()
+        spec = str(path) if path.exists() and base.spec == EMBEDDED_BASE else TOXIC_EMBEDDING
+    if spec == TOXIC_EMBEDDING:
+        return toxic_embedding_direction(base)
+    return load_probe(spec, base.d_model)

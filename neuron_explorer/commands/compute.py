@@ -1,0 +1,97 @@
+"""Record a base model and its DPO-tuned copy on a prompt set and write one HDF5 cache with every neuron's
+activation shift, value-vector cosines with the toxicity probe, contribution to toxicity reduction (Δ), the
+four neuron groups and hierarchical clusters.
+
+With no arguments it runs offline on the embedded SmolLM2-135M-Instruct and its DPO-tuned copy (made by
+`neuron-explorer build`), the build's trained probe, and the shipped held-out prompts.
+
+Model specs: `embedded`, `embedded-dpo`, a local folder, a hub id (ORG/NAME[@REVISION]), or BASE+STATE_DICT.pt
+(e.g. gpt2-medium+dpo.pt, the form in which Lee et al. ship their DPO model).
+Probe: a .pt/.npy/.safetensors file (a (d), (1, d) or (2, d) tensor, or a state dict with `weight`),
+`toxic-embedding` (toxic minus neutral seed words through the unembedding), or `auto`.
+Prompts: .jsonl (RealToxicityPrompts layout, or a prompt/text field), .txt (one per line), .csv/.parquet
+(--prompt-column), builtin[:pairs|:heldout], or hub:NAME[:SPLIT].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from neuron_explorer.engine.clustering import DEFAULT_N_CLUSTERS, DEFAULT_TOP_K
+from neuron_explorer.engine.defaults import default_cache_path
+from neuron_explorer.engine.recording import POSITION_MODES
+
+HELP = "record a base/tuned model pair and write the neuron statistics to an HDF5 cache"
+
+
+def add_arguments(parser) -> None:
+    models = parser.add_argument_group("models")
+    models.add_argument("--base", default="embedded", help="base model spec (default: embedded)")
+    models.add_argument("--tuned", default="embedded-dpo", help="DPO-tuned model spec (default: embedded-dpo)")
+    models.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    models.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
+    models.add_argument("--device-map", default=None, help="e.g. auto: spread models larger than one GPU")
+    data = parser.add_argument_group("probe and prompts")
+    data.add_argument("--probe", default="auto", help="probe file, toxic-embedding, or auto (default)")
+    data.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: builtin:heldout)")
+    data.add_argument("--prompt-column", default=None, help="text column of a CSV/Parquet/JSONL/hub prompt set")
+    data.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts")
+    recording = parser.add_argument_group("recording (default: the paper's v3 protocol)")
+    recording.add_argument("--positions", default="generated", choices=POSITION_MODES,
+                           help="which positions to average (default: generated)")
+    recording.add_argument("--new-tokens", type=int, default=20, help="tokens each model generates (default: 20)")
+    recording.add_argument("--max-prompt-tokens", type=int, default=32, help="prompt truncation (default: 32)")
+    recording.add_argument("--batch-size", type=int, default=16, help="prompts per batch (default: 16)")
+    recording.add_argument("--shared-continuation", action="store_true",
+                           help="record the tuned model on the base model's continuation (same tokens for both)")
+    clusters = parser.add_argument_group("clustering")
+    clusters.add_argument("--cluster-top-k", type=int, default=DEFAULT_TOP_K,
+                          help=f"cluster the top K neurons by |Δ| (default: {DEFAULT_TOP_K})")
+    clusters.add_argument("--clusters", type=int, default=DEFAULT_N_CLUSTERS,
+                          help=f"flat clusters at the stored cut (default: {DEFAULT_N_CLUSTERS})")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help=f"cache file to write (default: {default_cache_path()})")
+
+
+def run(args) -> int:
+    from neuron_explorer.engine.compute import ComputeSettings, run_compute
+    from neuron_explorer.engine.progress import console
+    from neuron_explorer.errors import UserError
+
+    for name in ("new_tokens", "max_prompt_tokens", "batch_size", "cluster_top_k", "clusters"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    settings = ComputeSettings(
+        base=args.base, tuned=args.tuned, probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
+        output=args.output or default_cache_path(), positions=args.positions, new_tokens=args.new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens, max_prompts=args.max_prompts, batch_size=args.batch_size,
+        shared_continuation=args.shared_continuation, device=args.device, dtype=args.dtype,
+        device_map=args.device_map, cluster_top_k=args.cluster_top_k, n_clusters=args.clusters)
+    if args.output is None:
+        settings.output.parent.mkdir(parents=True, exist_ok=True)
+    result = run_compute(settings)
+    print_summary(result, console)
+    return 0
+
+
+def print_summary(result, console) -> None:
+    """Group shares, headline sums and the worst identity residual, as the run's last words."""
+    table = Table(title=f"neuron groups — {result.path}", title_justify="left")
+    for column in ("group", "neurons", "Σ Δ", "share v3", "share v1"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    groups = result.groups
+    for i, name in enumerate(groups["group"]):
+        table.add_row(name, f"{groups['count'][i]:,}", f"{groups['sum_contribution'][i]:+.4g}",
+                      f"{groups['share_v3'][i]:.1%}", f"{groups['share_v1'][i]:+.1%}")
+    console.print(table)
+    s = result.summary
+    console.print(f"Σ positive Δ {s['sum_positive_contribution']:+.4g}   Σ negative Δ {s['sum_negative_contribution']:+.4g}"
+                  f"   net Δ {s['net_contribution']:+.4g}   top-{s['top_toxic_k']} toxic neurons' share "
+                  f"{s['top_toxic_share']:.1%}")
+    for name, residual in result.residuals.items():
+        console.print(f"identity residual ({'base' if name == 'pre' else 'tuned'}): max |Σ P + b·ŵ − measured| = "
+                      f"{abs(residual).max():.2e}")
+    console.print(f"wrote {result.path}  ({', '.join(f'{k} {v:.1f}s' for k, v in result.seconds.items())})")

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random-weight models built from configs (fast, exact) and the embedded model (slow)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+TRAINING_TEXT = [
+    "The quick brown fox jumps over the lazy dog. You are a stupid idiot and I hate you.",
+    "She walked to the market in the morning and bought bread, apples and a newspaper.",
+    "What the hell is wrong with you, you pathetic loser? Shut up and get out of here.",
+    "The river runs through the village under an old stone bridge built two hundred years ago.",
+] * 20
+
+
+def make_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained in a blink on a few sentences: offline and deterministic."""
+    core = Tokenizer(models.BPE(unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def tiny_config(kind: str, vocab_size: int):
+    if kind == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=32, n_layer=3, n_head=4, n_inner=64,
+                          bos_token_id=0, eos_token_id=0)
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                       bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+
+
+def make_tiny_model(folder: Path, kind: str, seed: int = 0) -> Path:
+    """Save a random-weight GPT-2 or Llama with its tokenizer into `folder` (biases random too, so that the
+    identity's b_out·ŵ term is exercised)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = tiny_config(kind, len(tokenizer))
+    model = (GPT2LMHeadModel if kind == "gpt2" else LlamaForCausalLM)(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.1)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: make_tiny_model(root / kind, kind) for kind in ("gpt2", "llama")}
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    """The embedded SmolLM2, converted at most once (into the user's cache folder, where the product keeps it)."""
+    from neuron_explorer.engine.models import materialize_embedded
+
+    return materialize_embedded()
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch) -> Path:
+    """Point the product's cache folder at a temporary one."""
+    monkeypatch.setenv("NEURON_EXPLORER_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"

@@ -1,0 +1,238 @@
+"""The explorer app: screens as modes (overview, neurons, clusters, runs), one Store they all share.
+
+`run_explorer` opens (validates) the cache before the app starts, so a bad file is one line on stderr and
+exit code 2, never a traceback inside a half-drawn terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.signal import Signal
+
+from neuron_explorer.errors import UserError
+
+from .commands import ExplorerCommands
+from .screens.build import BuildScreen
+from .screens.clusters import ClustersScreen
+from .screens.detail import DetailScreen
+from .screens.dialogs import FilterDialog, PromptDialog
+from .screens.help import HelpScreen
+from .screens.neurons import NeuronsScreen
+from .screens.overview import OverviewScreen
+from .screens.runs import RunsScreen
+from .state import Filters, Store
+
+MODES_WITH_STORE = ("overview", "neurons", "clusters", "runs")
+
+
+class ExplorerApp(App):
+    """Open with a Store, or with ``build_target`` (the default cache's path) to build it first."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "neuron-explorer"
+    COMMANDS = App.COMMANDS | {ExplorerCommands}
+    BINDINGS = [
+        Binding("1", "switch_mode('overview')", "overview", id="app.overview", tooltip="the overview screen"),
+        Binding("2", "switch_mode('neurons')", "neurons", id="app.neurons", tooltip="layers and the neuron table"),
+        Binding("3", "switch_mode('clusters')", "clusters", id="app.clusters", tooltip="dendrogram and clusters"),
+        Binding("4", "switch_mode('runs')", "runs", id="app.runs", tooltip="patching runs beside base and DPO"),
+        Binding("escape", "back", "back", show=False, id="app.back", tooltip="go back (to the overview)"),
+        Binding("question_mark", "help", "help", id="app.help", tooltip="this help"),
+        Binding("q", "quit", "quit", id="app.quit", tooltip="quit"),
+    ]
+
+    def __init__(self, store: Store | None = None, build_target: Path | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.build_target = build_target
+        self.store_changed: Signal[Store] = Signal(self, "store-changed")
+        self.first_screen_ready_at: float | None = None  # perf_counter when the overview was first drawn
+
+    # -- starting ----------------------------------------------------------------------------------------------
+    def on_mount(self) -> None:
+        if self.store is not None:
+            self._show_store()
+        elif self.build_target is not None:
+            self.push_screen(BuildScreen(self.build_target))
+
+    def open_cache(self, path: Path) -> None:
+        """Called when the default cache has been built: open it and show the overview."""
+        try:
+            self.store = Store.open(path)
+        except UserError as error:
+            self.notify(str(error), severity="error", timeout=30)
+            return
+        self.pop_screen()
+        self._show_store()
+
+    def _show_store(self) -> None:
+        assert self.store is not None
+        for mode, screen in (("overview", OverviewScreen), ("neurons", NeuronsScreen),
+                             ("clusters", ClustersScreen), ("runs", RunsScreen)):
+            self.add_mode(mode, lambda screen=screen: screen(self.store))
+        self.switch_mode("overview")
+        self.call_after_refresh(self._first_screen_drawn)
+        self.load_neurons()
+
+    def _first_screen_drawn(self) -> None:
+        self.first_screen_ready_at = time.perf_counter()
+
+    @work(thread=True, exclusive=True, group="load")
+    def load_neurons(self) -> None:
+        """Every layer's neurons, read once in a thread while the overview is already on screen."""
+        assert self.store is not None
+        self.store.load_neurons()
+        self.call_from_thread(self.store_changed.publish, self.store)
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        if action in ("switch_mode", "help", "back") and self.store is None:
+            return False
+        return True
+
+    # -- changing the view (the palette, the screens and the tests call these) ----------------------------------
+    def _view_changed(self) -> None:
+        self.store_changed.publish(self.store)
+
+    def set_layer(self, layer: int | None) -> None:
+        self.store.set_layer(layer)
+        self._view_changed()
+        self._show_neurons()
+
+    def sort_by(self, column: str, descending: bool | None = None) -> None:
+        self.store.sort_by(column, descending)
+        self._view_changed()
+        self._show_neurons()
+
+    def set_filters(self, filters: Filters) -> None:
+        self.store.set_filters(filters)
+        self._view_changed()
+        self._show_neurons()
+
+    def show_cluster(self, cluster: int) -> None:
+        self.store.show_cluster(cluster)
+        self._view_changed()
+        self._show_neurons()
+
+    def _show_neurons(self) -> None:
+        if self.current_mode != "neurons":
+            self.switch_mode("neurons")
+        elif len(self.screen_stack) > 1 and isinstance(self.screen, DetailScreen):
+            self.pop_screen()
+
+    def jump_to(self, text: str) -> None:
+        try:
+            row = self.store.jump(text)
+        except UserError as error:
+            self.notify(str(error), severity="error")
+            return
+        self._view_changed()
+        self._show_neurons()
+        self._neurons_screen().move_cursor_to(row)
+
+    def _neurons_screen(self) -> NeuronsScreen:
+        return self.get_screen_stack("neurons")[0]
+
+    def show_neuron(self, layer: int, index: int) -> None:
+        self.push_screen(DetailScreen(self.store, layer, index))
+
+    def mark_set(self, name: str) -> None:
+        from neuron_explorer.cache.annotations import load_set
+
+        try:
+            neuron_set = load_set(self.store.path, name)
+        except UserError as error:
+            self.notify(str(error), severity="error")
+            return
+        self.store.marked.update(neuron_set.neurons)
+        self.notify(f"marked the {len(neuron_set.neurons):,} neurons of set '{name}'")
+        self._view_changed()
+
+    # -- actions -------------------------------------------------------------------------------------------------
+    def action_back(self) -> None:
+        if len(self.screen_stack) > 1:
+            self.pop_screen()
+        elif self.current_mode != "overview":
+            self.switch_mode("overview")
+
+    def action_help(self) -> None:
+        screen = self.screen
+        sections = [(type(screen).__name__.removesuffix("Screen"), _declared(type(screen)))]
+        if self.focused is not None:
+            sections.append((type(self.focused).__name__, _declared(type(self.focused))))
+        sections.append(("everywhere", _declared(type(self)) + [Binding("ctrl+p", "", "command palette")]))
+        self.push_screen(HelpScreen(sections))
+
+    def action_filter(self) -> None:
+        self._show_neurons()
+        self.push_screen(FilterDialog(self.store.view.filters),
+                         lambda filters: filters is not None and self.set_filters(filters))
+
+    def action_jump(self) -> None:
+        self.push_screen(PromptDialog("Jump to neuron", placeholder="L12/N345"),
+                         lambda text: text and self.jump_to(text))
+
+    def action_clear_marks(self) -> None:
+        self.store.clear_marks()
+        self._view_changed()
+
+    def action_save_set(self, source: str) -> None:
+        """Ask for a name, then save ``source`` (selection, view, group X, cluster N) as a neuron set."""
+        suggestion = {"selection": "selection", "view": "view"}.get(source, source.replace(" ", "-"))
+
+        def save(name: str | None) -> None:
+            if not name:
+                return
+            try:
+                neuron_set = self.store.save_set(name, source)
+            except UserError as error:
+                self.notify(str(error), severity="error")
+                return
+            self.notify(f"saved set '{neuron_set.name}' ({len(neuron_set.neurons):,} neurons)")
+
+        self.push_screen(PromptDialog(f"Save {source} as a neuron set named", value=suggestion), save)
+
+    def action_export(self, extension: str) -> None:
+        def export(path: str | None) -> None:
+            if not path:
+                return
+            try:
+                written = self.store.export(path)
+            except (UserError, OSError) as error:
+                self.notify(str(error), severity="error")
+                return
+            self.notify(f"wrote {self.store.row_count:,} rows to {written}")
+
+        self.push_screen(PromptDialog("Export the current table to", value=self.store.default_export_name(extension)),
+                         export)
+
+
+def _declared(owner: type) -> list[Binding]:
+    """The bindings a class of this package declares itself (Textual's inherited ones would drown them)."""
+    if not owner.__module__.startswith("neuron_explorer"):
+        return []
+    return [binding for binding in vars(owner).get("BINDINGS", []) if isinstance(binding, Binding)]
+
+
+def run_explorer(path: str | Path | None) -> int:
+    """Open ``path`` (or the default cache, building it first when missing) in the explorer; return an exit code."""
+    if path is not None:
+        app = ExplorerApp(Store.open(path))  # a bad file raises UserError here, before the terminal is taken
+    else:
+        try:
+            from neuron_explorer.engine.defaults import default_cache_path
+        except ImportError:
+            raise UserError("no default cache is configured in this installation: "
+                            "pass a cache file, `neuron-explorer FILE.h5`") from None
+        target = Path(default_cache_path())
+        app = ExplorerApp(Store.open(target)) if target.exists() else ExplorerApp(build_target=target)
+    try:
+        app.run()
+    finally:
+        if app.store is not None:
+            app.store.reader.close()
+    return app.return_code or 0

@@ -1,0 +1,81 @@
+"""The command palette (ctrl+p): every action of the app as a namespaced command ("sort: Δ ↓", "layer: 12")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from neuron_explorer.cache.annotations import list_sets
+from neuron_explorer.cache.schema import GROUP_NAMES
+
+from .state import COLUMNS, Filters
+
+if TYPE_CHECKING:
+    from .app import ExplorerApp
+
+Command = tuple[str, Callable[[], object], str]
+
+
+def palette_commands(app: "ExplorerApp") -> list[Command]:
+    """Every command that makes sense now (none but quit while the default cache is being built)."""
+    commands: list[Command] = [("app: quit", app.exit, "leave the explorer")]
+    store = app.store
+    if store is None:
+        return commands
+    commands += [
+        (f"go: {mode}", partial(app.switch_mode, mode), f"show the {mode} screen")
+        for mode in ("overview", "neurons", "clusters", "runs")
+    ]
+    commands += [("help: keys", app.action_help, "every key of this screen")]
+    commands += [("layer: all", partial(app.set_layer, None), "show every layer's neurons")]
+    commands += [(f"layer: {layer}", partial(app.set_layer, layer), f"show layer {layer}'s neurons")
+                 for layer in range(store.info.n_layers)]
+    for column in COLUMNS:
+        commands.append((f"sort: {column.label} ↓", partial(app.sort_by, column.key, True),
+                         f"largest {column.label} first"))
+        commands.append((f"sort: {column.label} ↑", partial(app.sort_by, column.key, False),
+                         f"smallest {column.label} first"))
+    commands += [(f"filter: group {group}", partial(app.set_filters, Filters(group=group)), f"only {group} neurons")
+                 for group in GROUP_NAMES]
+    commands += [
+        ("filter: Δ > 0", partial(app.set_filters, Filters(sign="+")), "neurons that reduce toxicity after DPO"),
+        ("filter: Δ < 0", partial(app.set_filters, Filters(sign="-")), "neurons that raise it"),
+        ("filter: form…", app.action_filter, "group, cluster, sign and a threshold on any column"),
+        ("filter: clear", partial(app.set_filters, Filters()), "show every neuron of the layer"),
+        ("jump: neuron id…", app.action_jump, "go to a neuron such as L12/N345"),
+        ("mark: clear all", app.action_clear_marks, "unmark every neuron"),
+        ("set: save selection", partial(app.action_save_set, "selection"), "the marked neurons as a named set"),
+        ("set: save filtered view", partial(app.action_save_set, "view"), "the table's current rows as a set"),
+        ("export: csv", partial(app.action_export, "csv"), "the current table to a CSV file"),
+        ("export: parquet", partial(app.action_export, "parquet"), "the current table to a Parquet file"),
+    ]
+    commands += [(f"set: save group {group}", partial(app.action_save_set, f"group {group}"),
+                  f"every {group} neuron as a named set") for group in GROUP_NAMES]
+    if store.reader.has("clusters/summary"):
+        clusters = store.reader.clusters()["cluster"].to_list()
+        commands += [(f"filter: cluster {cluster}", partial(app.show_cluster, cluster), "only this cluster's neurons")
+                     for cluster in clusters]
+        commands += [(f"set: save cluster {cluster}", partial(app.action_save_set, f"cluster {cluster}"),
+                      "this cluster's neurons as a named set") for cluster in clusters]
+    commands += [(f"set: mark {neuron_set.name}", partial(app.mark_set, neuron_set.name),
+                  f"mark the {len(neuron_set.neurons)} neurons of the stored set ({neuron_set.description})")
+                 for neuron_set in list_sets(store.path)]
+    return commands
+
+
+class ExplorerCommands(Provider):
+    """Offers `palette_commands`; fuzzy-matched on their names."""
+
+    async def discover(self) -> Hits:
+        for name, callback, help_text in palette_commands(self.app):
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, callback, help_text in palette_commands(self.app):
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)

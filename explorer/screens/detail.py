@@ -1,0 +1,164 @@
+"""One neuron: every metric in both models, the tokens its value vector writes, its activations over prompts."""
+
+from __future__ import annotations
+
+import polars as pl
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header, LoadingIndicator, Static
+
+from neuron_explorer.cache.reader import neuron_id
+
+from ..formatting import short_text, signed
+from ..state import Store, is_reducing
+from ..widgets.plots import ActivationHistogram
+
+TOP_PROMPTS = 8
+
+# (label, base-model key, DPO-model key, description)
+PAIRED_METRICS = (
+    ("cos(v, w)", "cos_pre", "cos_dpo", "cosine of the value vector with the probe"),
+    ("p = v·ŵ", "p_pre", "p_dpo", "projection of the value vector on the probe"),
+    ("ā", "act_pre", "act_dpo", "mean activation"),
+    ("P = ā·p", "tox_pre", "tox_dpo", "what it writes along the probe"),
+)
+
+
+class DetailLoaded(Message):
+    def __init__(self, record: dict, tokens: pl.DataFrame, prompts: pl.DataFrame) -> None:
+        super().__init__()
+        self.record, self.tokens, self.prompts = record, tokens, prompts
+
+
+def metrics_table(record: dict) -> Table:
+    table = Table(box=None, padding=(0, 1), header_style="bold")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("base", justify="right", no_wrap=True)
+    table.add_column("DPO", justify="right", no_wrap=True)
+    table.add_column("base − DPO", justify="right", no_wrap=True)
+    for label, pre, dpo, _ in PAIRED_METRICS:
+        if pre in record and dpo in record:
+            table.add_row(label, f"{record[pre]:+.4g}", f"{record[dpo]:+.4g}", f"{record[pre] - record[dpo]:+.3g}")
+    return table
+
+
+def headline(record: dict) -> Text:
+    group = record["group"]
+    text = Text()
+    text.append(neuron_id(record["layer"], record["neuron"]), style="bold")
+    text.append("  group ").append(group, style="bold green" if is_reducing(group) else "bold red")
+    text.append("  cluster ").append("none" if record["cluster"] is None else str(record["cluster"]), style="bold")
+    text.append("\nΔ = P_pre − P_dpo ").append(signed(record["contribution"]),
+                                                 style="green" if record["contribution"] > 0 else "red")
+    text.append("   δ = ā_pre − ā_dpo ").append(signed(record["act_shift"]))
+    if "value_cos" in record:
+        text.append(f"   cos(v_pre, v_dpo) {record['value_cos']:.5f}")
+    return text
+
+
+def tokens_table(tokens: pl.DataFrame) -> Table | Text:
+    if tokens.is_empty():
+        return Text("this cache stores no token tables", style="dim")
+    table = Table(box=None, padding=(0, 1), header_style="bold")
+    columns = [(model, direction) for direction in ("top", "bottom") for model in ("pre", "dpo")]
+    for model, direction in columns:
+        table.add_column(f"{direction} {'base' if model == 'pre' else 'DPO'}", no_wrap=True, max_width=18)
+    lists = {key: tokens.filter((pl.col("model") == key[0]) & (pl.col("direction") == key[1])).sort("rank")
+             for key in columns}
+    depth = max(len(frame) for frame in lists.values())
+    for rank in range(depth):
+        cells = []
+        for key in columns:
+            frame = lists[key]
+            cells.append(f"{short_text(repr(frame['token'][rank])[1:-1], 10)} {frame['score'][rank]:+.2f}"
+                         if rank < len(frame) else "")
+        table.add_row(*cells)
+    return table
+
+
+def prompts_table(prompts: pl.DataFrame) -> Table | Text:
+    if "act_shift" not in prompts.columns or prompts.is_empty():
+        return Text("this cache stores no per-prompt activations", style="dim")
+    moved = prompts.sort(pl.col("act_shift").abs(), descending=True).head(TOP_PROMPTS)
+    table = Table(box=None, padding=(0, 1), header_style="bold", expand=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("δ", justify="right", no_wrap=True)
+    table.add_column("ā base", justify="right", no_wrap=True)
+    table.add_column("ā DPO", justify="right", no_wrap=True)
+    table.add_column("prompt", ratio=1, overflow="fold")
+    for row in moved.iter_rows(named=True):
+        table.add_row(str(row["prompt"]), f"{row['act_shift']:+.3f}", f"{row['act_pre']:+.3f}",
+                      f"{row['act_dpo']:+.3f}", " ".join(row["text"].split()))
+    return table
+
+
+class DetailScreen(Screen):
+    """Everything stored about one neuron; read in a worker so the h5py lock is held only briefly."""
+
+    CSS_PATH = "detail.tcss"
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "back", id="detail.back"),
+        Binding("space", "mark", "mark", id="detail.mark", tooltip="mark or unmark this neuron"),
+        Binding("j,down", "scroll('down')", "scroll", show=False, id="detail.down"),
+        Binding("k,up", "scroll('up')", "scroll", show=False, id="detail.up"),
+        Binding("g,home", "scroll('home')", "top", show=False, id="detail.top"),
+        Binding("G,end", "scroll('end')", "bottom", show=False, id="detail.bottom"),
+    ]
+
+    def __init__(self, store: Store, layer: int, index: int) -> None:
+        super().__init__()
+        self.store, self.neuron_layer, self.neuron_index = store, layer, index
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="detail-body"):
+            yield LoadingIndicator()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True, group="detail")
+    def load(self) -> None:
+        reader = self.store.reader
+        record = reader.neuron(self.neuron_layer, self.neuron_index)
+        self.post_message(DetailLoaded(record, reader.top_tokens(self.neuron_layer, self.neuron_index),
+                                       reader.prompt_activations(self.neuron_layer, self.neuron_index)))
+
+    async def on_detail_loaded(self, message: DetailLoaded) -> None:
+        body = self.query_one("#detail-body", VerticalScroll)
+        await body.remove_children()
+        record, prompts = message.record, message.prompts
+        marked = " · marked" if (self.neuron_layer, self.neuron_index) in self.store.marked else ""
+        await body.mount_all([
+            Static(headline(record), id="detail-headline"),
+            Static(Text("Metrics, both models" + marked, style="bold"), classes="section-title", id="metrics-title"),
+            Static(metrics_table(record), id="detail-metrics"),
+            Static(Text("Tokens the value vector writes (logit lens)", style="bold"), classes="section-title"),
+            Static(tokens_table(message.tokens), id="detail-tokens"),
+            Static(Text("Activation distribution over the prompts", style="bold"), classes="section-title"),
+        ])
+        if "act_pre" in prompts.columns:
+            await body.mount(ActivationHistogram(prompts["act_pre"].to_numpy(), prompts["act_dpo"].to_numpy(),
+                                                 id="detail-histogram"))
+        await body.mount_all([
+            Static(Text(f"Prompts where it shifts most (top {TOP_PROMPTS} by |δ|)", style="bold"),
+                   classes="section-title"),
+            Static(prompts_table(prompts), id="detail-prompts"),
+        ])
+
+    def action_scroll(self, where: str) -> None:
+        body = self.query_one("#detail-body", VerticalScroll)
+        {"down": body.scroll_down, "up": body.scroll_up, "home": body.scroll_home,
+         "end": body.scroll_end}[where](animate=False)
+
+    def action_mark(self) -> None:
+        marked = self.store.toggle_mark(self.neuron_layer, self.neuron_index)
+        self.notify(f"{neuron_id(self.neuron_layer, self.neuron_index)} {'marked' if marked else 'unmarked'}")
+

@@ -1,0 +1,110 @@
+"""Small modal dialogs: one line of text (jump to an id, name a set, export path) and the filter form."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select
+
+from neuron_explorer.cache.schema import GROUP_NAMES
+
+from ..state import COLUMNS, THRESHOLD_OPERATORS, Filters
+
+CANCEL = Binding("escape", "cancel", "cancel", id="dialog.cancel")
+
+
+class PromptDialog(ModalScreen[str | None]):
+    """Ask for one line of text; enter answers, escape cancels (answers None)."""
+
+    CSS_PATH = "dialogs.tcss"
+    BINDINGS = [CANCEL]
+
+    def __init__(self, title: str, value: str = "", placeholder: str = "") -> None:
+        super().__init__()
+        self.title_text, self.value, self.placeholder = title, value, placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input")
+            yield Label("enter: ok   escape: cancel", classes="dialog-hint")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class FilterDialog(ModalScreen[Filters | None]):
+    """Group, cluster, sign of Δ and a threshold on one column; tab moves between fields."""
+
+    CSS_PATH = "dialogs.tcss"
+    BINDINGS = [CANCEL, Binding("ctrl+s", "apply", "apply", id="dialog.apply")]
+
+    def __init__(self, filters: Filters) -> None:
+        super().__init__()
+        self.filters = filters
+
+    def compose(self) -> ComposeResult:
+        filters = self.filters
+        threshold = filters.threshold or ("contribution", "|x|>=", None)
+        with Vertical(classes="dialog", id="filter-dialog"):
+            yield Label("Filter neurons", classes="dialog-title")
+            with Horizontal(classes="field"):
+                yield Label("group", classes="field-label")
+                yield Select([(name, name) for name in GROUP_NAMES], value=filters.group or Select.NULL,
+                             prompt="any", id="filter-group")
+            with Horizontal(classes="field"):
+                yield Label("sign of Δ", classes="field-label")
+                yield Select([("Δ > 0 (reduces toxicity)", "+"), ("Δ < 0 (raises it)", "-")],
+                             value=filters.sign or Select.NULL, prompt="any", id="filter-sign")
+            with Horizontal(classes="field"):
+                yield Label("cluster", classes="field-label")
+                yield Input(value="" if filters.cluster is None else str(filters.cluster), placeholder="any",
+                            type="integer", id="filter-cluster")
+            with Horizontal(classes="field"):
+                yield Label("threshold", classes="field-label")
+                yield Select([(column.label, column.key) for column in COLUMNS if column.number_format],
+                             value=threshold[0], allow_blank=False, id="filter-column")
+                yield Select([(operator.replace("x", "·"), operator) for operator in THRESHOLD_OPERATORS],
+                             value=threshold[1], allow_blank=False, id="filter-operator")
+                yield Input(value="" if threshold[2] is None else f"{threshold[2]:g}", placeholder="none",
+                            type="number", id="filter-value")
+            with Horizontal(classes="buttons"):
+                yield Button("Apply", variant="primary", id="apply")
+                yield Button("Clear", id="clear")
+                yield Button("Cancel", id="cancel")
+
+    def on_input_submitted(self) -> None:
+        self.action_apply()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "apply":
+            self.action_apply()
+        elif event.button.id == "clear":
+            self.dismiss(Filters())
+        else:
+            self.dismiss(None)
+
+    def action_apply(self) -> None:
+        group = self.query_one("#filter-group", Select).value
+        sign = self.query_one("#filter-sign", Select).value
+        cluster = self.query_one("#filter-cluster", Input).value.strip()
+        value = self.query_one("#filter-value", Input).value.strip()
+        threshold = None
+        if value:
+            try:
+                threshold = (self.query_one("#filter-column", Select).value,
+                             self.query_one("#filter-operator", Select).value, float(value))
+            except ValueError:
+                self.notify(f"'{value}' is not a number", severity="error")
+                return
+        self.dismiss(Filters(group=None if group is Select.NULL else str(group),
+                             sign=None if sign is Select.NULL else str(sign),
+                             cluster=int(cluster) if cluster else None, threshold=threshold))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,166 @@
+"""Layers on the left, the neuron table on the right: choose a layer (or all), sort, filter, mark, jump."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, OptionList, Static
+from textual.widgets.option_list import Option
+
+from ..formatting import signed
+from ..state import Filters, Store
+from ..widgets.neuron_table import MarksChanged, NeuronTable, SortRequested
+from .dialogs import FilterDialog, PromptDialog
+
+ALL_LAYERS = "all"
+
+
+class NeuronsScreen(Screen):
+    """The neuron table over the Store's view, with the layer list that chooses what the view covers."""
+
+    CSS_PATH = "neurons.tcss"
+    BINDINGS = [
+        Binding("f", "filter", "filter", id="neurons.filter", tooltip="filter by group, cluster, sign, threshold"),
+        Binding("x", "clear_filters", "clear", id="neurons.clear_filters", tooltip="clear every filter"),
+        Binding("plus", "sign('+')", "Δ>0", show=False, id="neurons.positive", tooltip="keep only Δ > 0"),
+        Binding("minus", "sign('-')", "Δ<0", show=False, id="neurons.negative", tooltip="keep only Δ < 0"),
+        Binding("slash", "jump", "jump", id="neurons.jump", tooltip="jump to a neuron id such as L12/N345"),
+        Binding("S", "save_selection", "save set", id="neurons.save_selection",
+                tooltip="save the marked neurons as a named set"),
+        Binding("W", "save_view", "save view", show=False, id="neurons.save_view",
+                tooltip="save the filtered view as a named set"),
+        Binding("u", "clear_marks", "unmark all", show=False, id="neurons.clear_marks"),
+        Binding("e", "export", "export", id="neurons.export", tooltip="export the table to .csv or .parquet"),
+        Binding("tab", "switch_pane", "layers/table", show=False, id="neurons.switch_pane"),
+    ]
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            with Vertical(id="layers-pane"):
+                yield Static("Layers  Σ Δ", classes="pane-title")
+                yield OptionList(*self._layer_options(), id="layer-list")
+            with Vertical(id="table-pane"):
+                yield Static(id="view-status")
+                yield NeuronTable(self.store, id="neuron-table")
+                yield Static(id="layer-status")
+        yield Footer()
+
+    def _layer_options(self) -> list[Option]:
+        layers = self.store.reader.layers()
+        options = [Option(Text.assemble(("all layers", "bold")), id=ALL_LAYERS)]
+        for row in layers.iter_rows(named=True):
+            value = row["sum_contribution"]
+            label = Text.assemble(f"L{row['layer']:<3}", (signed(value), "green" if value > 0 else "red"))
+            options.append(Option(label, id=str(row["layer"])))
+        return options
+
+    def on_mount(self) -> None:
+        self.app.store_changed.subscribe(self, self.on_store_changed)
+        self.query_one(NeuronTable).focus()
+        self.on_store_changed(None)
+
+    def on_store_changed(self, _) -> None:
+        """The view changed (loaded, layer, sort, filter, jump): redraw the table and the status lines."""
+        table = self.query_one(NeuronTable)
+        layer_list = self.query_one("#layer-list", OptionList)
+        layer = self.store.view.layer
+        layer_list.highlighted = 0 if layer is None else layer + 1
+        if not self.store.loaded:
+            self.query_one("#view-status", Static).update("reading every layer's neurons…")
+            return
+        table.reload()
+        self.update_status()
+
+    def update_status(self) -> None:
+        text = self.store.describe_view()
+        if self.store.marked:
+            text += f" · {len(self.store.marked):,} marked"
+        self.query_one("#view-status", Static).update(text)
+        layer = self.store.view.layer
+        layers = self.store.reader.layers()
+        if layer is None:
+            summary = self.store.reader.summary()
+            detail = (f"Σ+Δ {signed(summary.get('sum_positive_contribution', 0.0))}  "
+                      f"net {signed(summary.get('net_contribution', 0.0))}")
+        else:
+            row = layers.row(layer, named=True)
+            detail = (f"L{layer}: ΣΔ {signed(row['sum_contribution'])}  Σ+ {signed(row['sum_positive'])}  "
+                      f"Σ− {signed(row['sum_negative'])}  resid {signed(row['residual_pre'])}")
+        self.query_one("#layer-status", Static).update(detail)
+
+    # -- events ----------------------------------------------------------------------------------------------
+    @on(OptionList.OptionSelected, "#layer-list")
+    def choose_layer(self, event: OptionList.OptionSelected) -> None:
+        option_id = event.option.id
+        self.app.set_layer(None if option_id == ALL_LAYERS else int(option_id))
+        self.query_one(NeuronTable).focus()
+
+    @on(NeuronTable.Chosen)
+    def open_detail(self, event: NeuronTable.Chosen) -> None:
+        self.app.show_neuron(event.layer, event.index)
+
+    @on(SortRequested)
+    def sorted_by_table(self) -> None:
+        self.app.store_changed.publish(self.store)
+
+    @on(MarksChanged)
+    def marks_changed(self) -> None:
+        self.update_status()
+
+    # -- actions ---------------------------------------------------------------------------------------------
+    def action_switch_pane(self) -> None:
+        table = self.query_one(NeuronTable)
+        (self.query_one("#layer-list") if table.has_focus else table).focus()
+
+    def action_filter(self) -> None:
+        def apply(filters: Filters | None) -> None:
+            if filters is not None:
+                self.app.set_filters(filters)
+
+        self.app.push_screen(FilterDialog(self.store.view.filters), apply)
+
+    def action_clear_filters(self) -> None:
+        self.app.set_filters(Filters())
+
+    def action_sign(self, sign: str) -> None:
+        current = self.store.view.filters
+        self.app.set_filters(Filters(**{**current.__dict__, "sign": None if current.sign == sign else sign}))
+
+    def action_jump(self) -> None:
+        def jump(text: str | None) -> None:
+            if text:
+                self.app.jump_to(text)
+
+        self.app.push_screen(PromptDialog("Jump to neuron", placeholder="L12/N345"), jump)
+
+    def action_save_selection(self) -> None:
+        self.app.action_save_set("selection")
+
+    def action_save_view(self) -> None:
+        self.app.action_save_set("view")
+
+    def action_clear_marks(self) -> None:
+        self.store.clear_marks()
+        self.query_one(NeuronTable).refresh()
+        self.update_status()
+
+    def action_export(self) -> None:
+        self.app.action_export("csv")
+
+    def move_cursor_to(self, row: int) -> None:
+        table = self.query_one(NeuronTable)
+        table.move_to(row)
+        table.refresh()
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        """Until every layer is read, the table's actions are shown disabled."""
+        return True if self.store.loaded or action == "switch_pane" else None

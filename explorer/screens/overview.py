@@ -1,0 +1,87 @@
+"""The first screen: what the file is (provenance), the totals, the group shares and Σ Δ per layer."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from ..formatting import short_text, signed
+from ..state import Store
+from ..widgets.group_bars import GroupBars
+from ..widgets.plots import LayerContributionPlot, group_legend
+
+
+def describe_model(entry) -> str:
+    if isinstance(entry, dict):
+        return str(entry.get("id") or entry.get("spec") or entry)
+    return str(entry)
+
+
+def provenance_table(store: Store) -> Table:
+    """Model pair, probe, prompts and settings, one line each (long values are cut to fit the terminal)."""
+    info = store.info
+    provenance = info.provenance
+    table = Table.grid(padding=(0, 1))
+    table.add_column(style="bold", no_wrap=True, min_width=8)
+    table.add_column(no_wrap=True, overflow="ellipsis")
+    table.add_row("file", f"{info.path.name}  ({info.architecture}, {info.n_layers} layers × {info.d_mlp:,} "
+                          f"= {info.n_neurons:,} neurons, {info.n_prompts:,} prompts, made {info.created[:10]})")
+    table.add_row("models", f"{describe_model(provenance.get('base', '?'))} → "
+                            f"{describe_model(provenance.get('tuned', '?'))}")
+    probe = provenance.get("probe", {})
+    if isinstance(probe, dict):
+        probe_text = " ".join(f"{key} {short_text(value, 12)}" for key, value in probe.items())
+    else:
+        probe_text = str(probe)
+    table.add_row("probe", probe_text)
+    prompts = provenance.get("prompts", {})
+    table.add_row("prompts", " ".join(f"{key} {value}" for key, value in prompts.items())
+                  if isinstance(prompts, dict) else str(prompts))
+    settings = provenance.get("settings", {})
+    table.add_row("settings", " ".join(f"{key}={value}" for key, value in settings.items())
+                  if isinstance(settings, dict) else str(settings))
+    return table
+
+
+def totals_text(store: Store) -> Text:
+    summary = store.reader.summary()
+    text = Text()
+    text.append("Σ positive Δ ", style="bold").append(signed(summary.get("sum_positive_contribution", 0.0)),
+                                                      style="green")
+    text.append("   net Δ ", style="bold").append(signed(summary.get("net_contribution", 0.0)))
+    if "top_toxic_share" in summary:
+        text.append(f"   top-{summary.get('top_toxic_k', '')} toxic share ", style="bold")
+        text.append(f"{summary['top_toxic_share']:.0%}")
+    return text
+
+
+class OverviewScreen(Screen):
+    """Overview: the file's provenance, the totals, the group share bars and the per-layer plot."""
+
+    CSS_PATH = "overview.tcss"
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+
+    def compose(self) -> ComposeResult:
+        reader = self.store.reader
+        yield Header()
+        yield Static(provenance_table(self.store), id="provenance")
+        yield Static(totals_text(self.store), id="totals")
+        with Horizontal(id="overview-body"):
+            with Vertical(id="groups-pane"):
+                yield Static("Group shares: of Σ+Δ (↓ groups), of Σ−Δ (↑)", classes="pane-title")
+                yield GroupBars(reader.group_summary(), id="group-bars")
+            with Vertical(id="layers-pane"):
+                yield Static("Σ Δ per layer, stacked by group", classes="pane-title")
+                yield LayerContributionPlot(reader.layer_group_sums(), id="layer-plot")
+                yield Static(group_legend(), id="legend")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.app.sub_title = self.store.path.name

@@ -1,0 +1,298 @@
+"""The app's state: the open cache, every neuron as one polars frame, and the current view of it.
+
+The view is a layer (or all layers), filters and a sort; it is kept as an array of row positions into the
+all-layer frame, so sorting and filtering never copy the frame and the table formats only the rows it shows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from neuron_explorer.cache import annotations
+from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
+from neuron_explorer.cache.schema import GROUP_NAMES, REDUCING_GROUPS
+from neuron_explorer.errors import UserError
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # column of the neuron frame ("id" is made from layer and neuron)
+    label: str
+    width: int
+    number_format: str = ""
+
+
+# The neuron table's columns, in order: the issue's list first, the rest reachable by scrolling right.
+COLUMNS = (
+    Column("id", "id", 10),
+    Column("group", "group", 5),
+    Column("contribution", "Δ", 9, "{:+.2e}"),
+    Column("act_shift", "δ", 9, "{:+.2e}"),
+    Column("act_pre", "ā_pre", 7, "{:+.3f}"),
+    Column("act_dpo", "ā_dpo", 7, "{:+.3f}"),
+    Column("cos_pre", "cos", 6, "{:+.3f}"),
+    Column("p_pre", "p", 6, "{:+.3f}"),
+    Column("cluster", "cl", 3),
+    Column("cos_dpo", "cos_dpo", 7, "{:+.3f}"),
+    Column("p_dpo", "p_dpo", 6, "{:+.3f}"),
+    Column("tox_pre", "P_pre", 9, "{:+.2e}"),
+    Column("tox_dpo", "P_dpo", 9, "{:+.2e}"),
+    Column("value_cos", "vcos", 6, "{:.4f}"),
+)
+COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
+THRESHOLD_OPERATORS = (">=", "<=", "|x|>=")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the table keeps: a group, a cluster, the sign of Δ and one threshold on a column."""
+
+    group: str | None = None
+    cluster: int | None = None
+    sign: str | None = None  # "+" keeps Δ > 0, "-" keeps Δ < 0
+    threshold: tuple[str, str, float] | None = None  # (column, operator, value)
+
+    def is_empty(self) -> bool:
+        return self == Filters()
+
+    def describe(self) -> str:
+        parts = []
+        if self.group:
+            parts.append(f"group {self.group}")
+        if self.cluster is not None:
+            parts.append(f"cluster {self.cluster}")
+        if self.sign:
+            parts.append("Δ>0" if self.sign == "+" else "Δ<0")
+        if self.threshold:
+            column, operator, value = self.threshold
+            label = COLUMN_BY_KEY[column].label
+            text = f"|{label}|>={value:g}" if operator == "|x|>=" else f"{label}{operator}{value:g}"
+            parts.append(text)
+        return ", ".join(parts) or "none"
+
+    def expression(self) -> pl.Expr | None:
+        terms = []
+        if self.group:
+            terms.append(pl.col("group") == self.group)
+        if self.cluster is not None:
+            terms.append(pl.col("cluster") == self.cluster)
+        if self.sign:
+            terms.append(pl.col("contribution") > 0 if self.sign == "+" else pl.col("contribution") < 0)
+        if self.threshold:
+            column, operator, value = self.threshold
+            if operator == ">=":
+                terms.append(pl.col(column) >= value)
+            elif operator == "<=":
+                terms.append(pl.col(column) <= value)
+            else:
+                terms.append(pl.col(column).abs() >= value)
+        return pl.all_horizontal(terms) if terms else None
+
+
+@dataclass(frozen=True)
+class View:
+    layer: int | None = None  # None: all layers
+    sort_column: str = "contribution"
+    descending: bool = True
+    filters: Filters = field(default_factory=Filters)
+
+
+class Store:
+    """The open cache and the current neuron view; the screens read it and call its methods to change it."""
+
+    def __init__(self, reader: CacheReader):
+        self.reader = reader
+        self.info = reader.info
+        self.frame: pl.DataFrame | None = None
+        self.view = View()
+        self.positions = np.zeros(0, dtype=np.int64)  # rows of `frame` in the current view, in display order
+        self.marked: set[tuple[int, int]] = set()
+        self.last_update_seconds = 0.0
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Store":
+        return cls(CacheReader(path))
+
+    @property
+    def path(self) -> Path:
+        return self.reader.path
+
+    @property
+    def loaded(self) -> bool:
+        return self.frame is not None
+
+    def load_neurons(self) -> None:
+        """Read every layer's neuron arrays once (a few hundred ms for an 8B model); the view is computed here."""
+        frame = self.reader.neurons()
+        self.frame = frame.with_columns(pl.col("group").to_physical().alias("group_code"))
+        self._recompute()
+
+    # -- changing the view -----------------------------------------------------------------------------------
+    def set_layer(self, layer: int | None) -> None:
+        self._apply(replace(self.view, layer=layer))
+
+    def sort_by(self, column: str, descending: bool | None = None) -> None:
+        """Sort by a column; with no direction, a new column sorts descending and the same column flips."""
+        if column not in COLUMN_BY_KEY:
+            raise UserError(f"no column '{column}' to sort by")
+        if descending is None:
+            descending = not self.view.descending if column == self.view.sort_column else True
+        self._apply(replace(self.view, sort_column=column, descending=descending))
+
+    def set_filters(self, filters: Filters) -> None:
+        self._apply(replace(self.view, filters=filters))
+
+    def update_filters(self, **changes) -> None:
+        self.set_filters(replace(self.view.filters, **changes))
+
+    def show_cluster(self, cluster: int) -> None:
+        """All layers, only this cluster's neurons (what choosing a cluster in the cluster list does)."""
+        self._apply(replace(self.view, layer=None, filters=Filters(cluster=cluster)))
+
+    def _apply(self, view: View) -> None:
+        self.view = view
+        self._recompute()
+
+    def _recompute(self) -> None:
+        if self.frame is None:
+            return
+        started = time.perf_counter()
+        view = self.view
+        d_mlp = self.info.d_mlp
+        offset = 0 if view.layer is None else view.layer * d_mlp
+        base = self.frame if view.layer is None else self.frame.slice(offset, d_mlp)
+        expression = view.filters.expression()
+        kept = None
+        if expression is not None:
+            kept = base.select(pl.arg_where(expression)).to_series()
+        key = "group_code" if view.sort_column == "group" else view.sort_column
+        if key == "id":
+            order = np.arange(base.height if kept is None else len(kept))
+            order = order[::-1] if view.descending else order
+        else:
+            values = base.get_column(key)
+            if kept is not None:
+                values = values.gather(kept)
+            order = values.arg_sort(descending=view.descending, nulls_last=True).to_numpy()
+        rows = order if kept is None else kept.to_numpy()[order]
+        self.positions = rows.astype(np.int64) + offset
+        self.last_update_seconds = time.perf_counter() - started
+
+    # -- reading the view ------------------------------------------------------------------------------------
+    @property
+    def row_count(self) -> int:
+        return len(self.positions)
+
+    def rows(self, start: int, stop: int) -> pl.DataFrame:
+        """The view's rows ``start:stop`` (a few dozen: what the table shows)."""
+        assert self.frame is not None
+        return self.frame[self.positions[start:stop]]
+
+    def neuron_at(self, row: int) -> tuple[int, int] | None:
+        if not 0 <= row < len(self.positions):
+            return None
+        position = int(self.positions[row])
+        return divmod(position, self.info.d_mlp)
+
+    def find(self, layer: int, index: int) -> int | None:
+        """The row of a neuron in the current view, or None when the view does not hold it."""
+        hits = np.flatnonzero(self.positions == layer * self.info.d_mlp + index)
+        return int(hits[0]) if len(hits) else None
+
+    def jump(self, text: str) -> int:
+        """The row of the neuron named ``text``; widens the view to all layers, unfiltered, when it is hidden."""
+        layer, index = parse_neuron_id(text)
+        if not (0 <= layer < self.info.n_layers and 0 <= index < self.info.d_mlp):
+            raise UserError(f"{neuron_id(layer, index)} does not exist: layers 0–{self.info.n_layers - 1}, "
+                            f"neurons 0–{self.info.d_mlp - 1}")
+        row = self.find(layer, index)
+        if row is None:
+            self._apply(replace(self.view, layer=None, filters=Filters()))
+            row = self.find(layer, index)
+        assert row is not None
+        return row
+
+    def describe_view(self) -> str:
+        view = self.view
+        where = "all layers" if view.layer is None else f"layer {view.layer}"
+        arrow = "↓" if view.descending else "↑"
+        return (f"{where} · {self.row_count:,} neurons · sort {COLUMN_BY_KEY[view.sort_column].label}{arrow}"
+                f" · filter {view.filters.describe()}")
+
+    def view_frame(self) -> pl.DataFrame:
+        """The whole current view in display order with readable ids (for export and neuron sets)."""
+        assert self.frame is not None
+        rows = self.frame[self.positions].drop("group_code")
+        ids = pl.format("L{}/N{}", pl.col("layer"), pl.col("neuron")).alias("id")
+        return rows.select(ids, pl.all())
+
+    # -- marks, sets, export ---------------------------------------------------------------------------------
+    def toggle_mark(self, layer: int, index: int) -> bool:
+        key = (layer, index)
+        if key in self.marked:
+            self.marked.discard(key)
+            return False
+        self.marked.add(key)
+        return True
+
+    def clear_marks(self) -> None:
+        self.marked.clear()
+
+    def group_neurons(self, group: str) -> list[tuple[int, int]]:
+        return self._pairs(pl.col("group") == group)
+
+    def cluster_neurons(self, cluster: int) -> list[tuple[int, int]]:
+        return self._pairs(pl.col("cluster") == cluster)
+
+    def view_neurons(self) -> list[tuple[int, int]]:
+        layers, indices = np.divmod(self.positions, self.info.d_mlp)
+        return list(zip(layers.tolist(), indices.tolist()))
+
+    def _pairs(self, expression: pl.Expr) -> list[tuple[int, int]]:
+        assert self.frame is not None
+        chosen = self.frame.filter(expression).select("layer", "neuron")
+        return list(zip(chosen["layer"].to_list(), chosen["neuron"].to_list()))
+
+    def save_set(self, name: str, source: str) -> annotations.NeuronSet:
+        """Save ``source`` ("selection", "view", "group TP↓" or "cluster 3") as the named neuron set."""
+        if source == "selection":
+            neurons, description = sorted(self.marked), f"selection of {len(self.marked)} neurons"
+        elif source == "view":
+            neurons, description = self.view_neurons(), f"filter {self.describe_view()}"
+        elif source.startswith("group "):
+            group = source.removeprefix("group ")
+            if group not in GROUP_NAMES:
+                raise UserError(f"no group '{group}': groups are {', '.join(GROUP_NAMES)}")
+            neurons, description = self.group_neurons(group), source
+        elif source.startswith("cluster "):
+            neurons, description = self.cluster_neurons(int(source.removeprefix("cluster "))), source
+        else:
+            raise UserError(f"cannot save '{source}' as a set")
+        if not neurons:
+            raise UserError(f"nothing to save: the {source} holds no neurons")
+        return annotations.save_set(self.path, name, neurons, description)
+
+    def export(self, path: str | Path) -> Path:
+        """Write the current view to CSV or Parquet, chosen by the file's extension."""
+        path = Path(path).expanduser()
+        frame = self.view_frame()
+        if path.suffix == ".parquet":
+            frame.write_parquet(path)
+        elif path.suffix == ".csv":
+            frame.with_columns(pl.col("group").cast(pl.Utf8)).write_csv(path)
+        else:
+            raise UserError(f"{path}: export to a .csv or .parquet file")
+        return path
+
+    def default_export_name(self, extension: str) -> str:
+        where = "all" if self.view.layer is None else f"L{self.view.layer}"
+        return f"{self.path.stem}-{where}.{extension}"
+
+
+def is_reducing(group: str) -> bool:
+    return group in REDUCING_GROUPS

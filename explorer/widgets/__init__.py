@@ -1,0 +1,1 @@
+"""Widgets of the explorer: the virtual neuron table, bars and terminal plots."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.errors import UserError
@@ -108,6 +109,8 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None) -> LoadedModel:
     """Load a model spec (see the module docstring) in eval mode with a left-padding tokenizer."""
+    hf_logging.disable_progress_bar()  # our own progress bars say what is going on; keep stderr to one line per error
+    hf_logging.set_verbosity_error()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     base_spec, _, state_dict_path = spec.partition("+")

@@ -51,9 +51,10 @@ def identity_residuals(*, act_mean, p, bias_proj, mlp_proj) -> np.ndarray:
 def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
     """The share tables (one row per group) and the headline scalars.
 
-    - ``share_v3``: for the four reducing groups, Σ Δ over their neurons with Δ > 0 divided by Σ of all positive Δ
-      (Yang v3, which keeps only Δ > 0); for the mirrors, Σ Δ over their neurons with Δ < 0 divided by Σ of all
-      negative Δ (how the toxicity-raising side splits).
+    - ``share_v3`` (Yang v3): among neurons with Δ > 0, each sign class's (TP, TN, AP, AN) Σ Δ over Σ of all
+      positive Δ, on the row of its reducing group; the four sum to 1. The mirror rows split the negative Δ the
+      same way (how the toxicity-raising side divides), also summing to 1. With unchanged weights, Δ > 0 neurons
+      are exactly the reducing groups; when tuning also turns value vectors, the sign class is what v3 counts.
     - ``share_v1``: each group's net Σ Δ (all its neurons) divided by the net Σ Δ of the model.
     """
     contribution = metrics["contribution"].astype(np.float64)
@@ -62,16 +63,17 @@ def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
     negative_total = contribution[contribution < 0].sum()
     net_total = contribution.sum()
     count, sum_delta, share_v3, share_v1 = [], [], [], []
+    sign_class = codes % len(schema.SIGN_CLASSES)
     for code, name in enumerate(schema.GROUP_NAMES):
         members = codes == code
-        reducing = code < len(schema.REDUCING_GROUPS)
+        in_class = sign_class == code % len(schema.SIGN_CLASSES)
         count.append(int(members.sum()))
         sum_delta.append(float(contribution[members].sum()))
-        if reducing:
-            part = contribution[members & (contribution > 0)].sum()
+        if code < len(schema.REDUCING_GROUPS):
+            part = contribution[in_class & (contribution > 0)].sum()
             share_v3.append(float(part / positive_total) if positive_total else 0.0)
         else:
-            part = contribution[members & (contribution < 0)].sum()
+            part = contribution[in_class & (contribution < 0)].sum()
             share_v3.append(float(part / negative_total) if negative_total else 0.0)
         share_v1.append(float(sum_delta[-1] / net_total) if net_total else 0.0)
     table = {

@@ -1,0 +1,199 @@
+"""`compute` end to end on tiny models: cosines, localized Δ, the HDF5 round trip, and every bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from neuron_explorer.cache.reader import CacheReader
+from neuron_explorer.cli import main
+from neuron_explorer.engine.compute import ComputeSettings, run_compute
+
+PROMPTS = "You are a stupid\nShe walked to the market in the morning and\nWhat the hell\nThe river runs\nI hate you\n"
+CHANGED = [(2, 3), (2, 17), (2, 40)]  # (layer, neuron) of the last layer, whose weights the tuned copy changes
+
+
+def tuned_copy(base: Path, target: Path, *, last_layer_neurons=None, noise: float = 0.0) -> Path:
+    """A tuned model: either random noise on every weight, or new in/out weights for a few last-layer neurons."""
+    model = AutoModelForCausalLM.from_pretrained(base)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        if noise:
+            for param in model.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * noise)
+        for layer, neuron in last_layer_neurons or []:
+            mlp = model.model.layers[layer].mlp
+            mlp.down_proj.weight[:, neuron] += torch.randn(mlp.down_proj.weight.shape[0], generator=generator) * 0.5
+            mlp.up_proj.weight[neuron] *= 0.3
+    model.save_pretrained(target)
+    for file in base.iterdir():
+        if file.name.startswith(("tokenizer", "special")):
+            shutil.copy(file, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compute")
+    (root / "prompts.txt").write_text(PROMPTS)
+    torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), root / "probe.pt")
+    tuned_copy(tiny_models["llama"], root / "llama-noisy", noise=0.02)
+    tuned_copy(tiny_models["llama"], root / "llama-local", last_layer_neurons=CHANGED)
+    return root
+
+
+def settings(root: Path, base: Path, tuned: Path, name: str, **extra) -> ComputeSettings:
+    return ComputeSettings(base=str(base), tuned=str(tuned), probe=str(root / "probe.pt"),
+                           prompts=str(root / "prompts.txt"), output=root / name, device="cpu", dtype="float32",
+                           new_tokens=5, cluster_top_k=40, n_clusters=4, **extra)
+
+
+def test_cache_round_trips_and_cosines_match_the_weights(workspace, tiny_models):
+    result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "rt.h5"))
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    tuned = AutoModelForCausalLM.from_pretrained(workspace / "llama-noisy")
+    w = torch.load(workspace / "probe.pt").numpy().astype(np.float64)
+    w_hat = w / np.linalg.norm(w)
+    with CacheReader(result.path) as reader:
+        frame = reader.neurons()
+        assert frame.height == 3 * 64
+        for layer in range(3):
+            rows = frame.filter(frame["layer"] == layer).sort("neuron")
+            for name, model in (("pre", base), ("dpo", tuned)):
+                values = model.model.layers[layer].mlp.down_proj.weight.detach().double().numpy().T  # (d_mlp, d)
+                expected_cos = values @ w / (np.linalg.norm(values, axis=1) * np.linalg.norm(w))
+                np.testing.assert_allclose(rows[f"cos_{name}"].to_numpy(), expected_cos, rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(rows[f"p_{name}"].to_numpy(), values @ w_hat, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(frame["contribution"].to_numpy(),
+                                   (frame["tox_pre"] - frame["tox_dpo"]).to_numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(frame["act_shift"].to_numpy(), (frame["act_pre"] - frame["act_dpo"]).to_numpy(),
+                                   rtol=1e-5, atol=1e-7)
+        layers = reader.layers()
+        # Σ_i Δ_i per layer = measured change of the mean MLP-output projection, bias change aside
+        measured_change = (layers["mlp_proj_pre"] - layers["bias_proj_pre"]) - (layers["mlp_proj_dpo"] - layers["bias_proj_dpo"])
+        np.testing.assert_allclose(layers["sum_contribution"].to_numpy(), measured_change.to_numpy(), rtol=1e-3, atol=1e-6)
+        assert reader.group_summary().filter(reader.group_summary()["reducing"])["share_v3"].sum() == pytest.approx(1.0)
+        assert reader.summary()["n_neurons"] == 192
+        assert reader.info.provenance["probe"]["sha256"]
+        assert reader.info.provenance["settings"]["new_tokens"] == 5
+        assert reader.table("prompts").height == 5
+        tokens = reader.top_tokens(2, 5)
+        assert tokens.height == 40 and tokens["token"].str.len_chars().min() >= 0
+        assert reader.clusters()["size"].sum() == 40
+        assert reader.prompt_activations(1, 2).height == 5
+
+
+def test_only_changed_neurons_show_a_contribution(workspace, tiny_models):
+    """Changing a few last-layer neurons changes nothing upstream, so on shared tokens Δ ≠ 0 exactly there."""
+    for options in ({"positions": "prompt"}, {"shared_continuation": True}):
+        result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-local", "local.h5", **options))
+        with CacheReader(result.path) as reader:
+            frame = reader.neurons()
+        moved = frame.filter(frame["contribution"].abs() > 1e-7)
+        assert sorted(zip(moved["layer"].to_list(), moved["neuron"].to_list())) == CHANGED
+        shifted = frame.filter(frame["act_shift"].abs() > 1e-7)
+        assert set(zip(shifted["layer"].to_list(), shifted["neuron"].to_list())) <= set(CHANGED)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def base_args(workspace, tiny_models, output) -> list[str]:
+    return ["compute", "--base", str(tiny_models["llama"]), "--tuned", str(workspace / "llama-noisy"),
+            "--probe", str(workspace / "probe.pt"), "--prompts", str(workspace / "prompts.txt"),
+            "--device", "cpu", "--new-tokens", "3", "-o", str(output)]
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--probe", "missing.pt"), "does not exist"),
+    (("--probe", "WIDE"), "has width 48"),
+    (("--prompts", "BADJSON"), "not valid JSON"),
+    (("--prompts", "EMPTY"), "holds no prompts"),
+    (("--prompts", "nowhere.jsonl"), "does not exist"),
+    (("--tuned", "GPT2"), "differ"),
+    (("--base", "UNKNOWN"), "not supported"),
+    (("--tuned", "./no/such/folder"), "does not exist"),
+    (("-o", "NODIR"), "does not exist"),
+])
+def test_bad_inputs_give_one_line_errors_and_leave_no_file(workspace, tiny_models, tmp_path, capsys, change, message):
+    output = tmp_path / "out.h5"
+    replacements = {
+        "WIDE": lambda: torch.save(torch.randn(48), tmp_path / "wide.pt") or tmp_path / "wide.pt",
+        "BADJSON": lambda: (tmp_path / "bad.jsonl").write_text('{"prompt": {"text": "ok"}}\n{not json\n') and tmp_path / "bad.jsonl",
+        "EMPTY": lambda: (tmp_path / "empty.txt").write_text("\n\n") is not None and tmp_path / "empty.txt",
+        "GPT2": lambda: tiny_models["gpt2"],
+        "UNKNOWN": lambda: unknown_architecture(tiny_models["llama"], tmp_path / "unknown"),
+        "NODIR": lambda: tmp_path / "no" / "dir" / "out.h5",
+    }
+    flag, value = change
+    value = str(replacements[value]()) if value in replacements else value
+    args = base_args(workspace, tiny_models, output)
+    args[args.index(flag) + 1] = value
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def unknown_architecture(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    config = (target / "config.json").read_text().replace('"model_type": "llama"', '"model_type": "bloom"')
+    (target / "config.json").write_text(config)
+    return target
+
+
+def test_an_interrupted_run_leaves_nothing_that_looks_complete(workspace, tiny_models, tmp_path, monkeypatch):
+    output = tmp_path / "interrupted.h5"
+    from neuron_explorer.engine import compute as compute_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compute_module, "write_statistics", interrupt)
+    run_settings = settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "x.h5")
+    run_settings.output = output
+    with pytest.raises(KeyboardInterrupt):
+        run_compute(run_settings)
+    assert not output.exists() and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    # a stale temporary file of a dead process is cleaned up by the next run, which then completes
+    (tmp_path / f".{output.name}.999999.tmp").write_bytes(b"half")
+    run_compute(run_settings)
+    assert [p.name for p in tmp_path.iterdir()] == [output.name]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"\x00garbage" * 100, "not a readable HDF5 file"),
+    ("foreign", "not a neuron-explorer cache"),
+    ("newer", "newer than"),
+    ("incomplete", "incomplete"),
+])
+def test_reader_refuses_bad_files(tmp_path, content, message):
+    from neuron_explorer.engine.synthetic import build_synthetic_cache
+    from neuron_explorer.errors import UserError
+
+    path = tmp_path / "file.h5"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "foreign":
+        with h5py.File(path, "w") as handle:
+            handle["data"] = np.arange(3)
+    elif content in ("newer", "incomplete"):
+        build_synthetic_cache(path)
+        with h5py.File(path, "r+") as handle:
+            if content == "newer":
+                handle.attrs["schema_version"] = 99
+            else:
+                handle.attrs["complete"] = False
+    with pytest.raises(UserError, match=message):
+        CacheReader(path)

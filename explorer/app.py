@@ -12,12 +12,11 @@ from pathlib import Path
 from textual import work
 from textual.app import App
 from textual.binding import Binding
-from textual.signal import Signal
 
 from neuron_explorer.errors import UserError
 
 from .commands import ExplorerCommands
-from .screens.build import BuildScreen
+from .screens.build import BUILD_COMMAND, BuildScreen
 from .screens.clusters import ClustersScreen
 from .screens.detail import DetailScreen
 from .screens.dialogs import FilterDialog, PromptDialog
@@ -46,11 +45,11 @@ class ExplorerApp(App):
         Binding("q", "quit", "quit", id="app.quit", tooltip="quit"),
     ]
 
-    def __init__(self, store: Store | None = None, build_target: Path | None = None) -> None:
+    def __init__(self, store: Store | None = None, build_target: Path | None = None,
+                 build_command: tuple[str, ...] = BUILD_COMMAND) -> None:
         super().__init__()
         self.store = store
-        self.build_target = build_target
-        self.store_changed: Signal[Store] = Signal(self, "store-changed")
+        self.build_target, self.build_command = build_target, build_command
         self.first_screen_ready_at: float | None = None  # perf_counter when the overview was first drawn
 
     # -- starting ----------------------------------------------------------------------------------------------
@@ -58,7 +57,7 @@ class ExplorerApp(App):
         if self.store is not None:
             self._show_store()
         elif self.build_target is not None:
-            self.push_screen(BuildScreen(self.build_target))
+            self.push_screen(BuildScreen(self.build_target, self.build_command))
 
     def open_cache(self, path: Path) -> None:
         """Called when the default cache has been built: open it and show the overview."""
@@ -87,7 +86,7 @@ class ExplorerApp(App):
         """Every layer's neurons, read once in a thread while the overview is already on screen."""
         assert self.store is not None
         self.store.load_neurons()
-        self.call_from_thread(self.store_changed.publish, self.store)
+        self.call_from_thread(self._redraw_neurons)
 
     def check_action(self, action: str, parameters) -> bool | None:
         if action in ("switch_mode", "help", "back") and self.store is None:
@@ -95,34 +94,46 @@ class ExplorerApp(App):
         return True
 
     # -- changing the view (the palette, the screens and the tests call these) ----------------------------------
-    def _view_changed(self) -> None:
-        self.store_changed.publish(self.store)
+    def _redraw_neurons(self, row: int | None = None) -> None:
+        """Redraw the neuron screen from the Store (now, or when it mounts), putting the cursor on ``row``."""
+        try:
+            screen = self.get_screen_stack("neurons")[0]
+        except (KeyError, IndexError):
+            return
+        screen.pending_row = row
+        if screen.is_mounted:
+            screen.refresh_view()
+
+    def _redraw_marks(self) -> None:
+        try:
+            screen = self.get_screen_stack("neurons")[0]
+        except (KeyError, IndexError):
+            return
+        if screen.is_mounted and self.store.loaded:
+            screen.refresh_marks()
+
+    def _view_changed(self, row: int | None = None) -> None:
+        if self.current_mode != "neurons":
+            self.switch_mode("neurons")
+        elif isinstance(self.screen, DetailScreen):
+            self.pop_screen()
+        self._redraw_neurons(row)
 
     def set_layer(self, layer: int | None) -> None:
         self.store.set_layer(layer)
         self._view_changed()
-        self._show_neurons()
 
     def sort_by(self, column: str, descending: bool | None = None) -> None:
         self.store.sort_by(column, descending)
         self._view_changed()
-        self._show_neurons()
 
     def set_filters(self, filters: Filters) -> None:
         self.store.set_filters(filters)
         self._view_changed()
-        self._show_neurons()
 
     def show_cluster(self, cluster: int) -> None:
         self.store.show_cluster(cluster)
         self._view_changed()
-        self._show_neurons()
-
-    def _show_neurons(self) -> None:
-        if self.current_mode != "neurons":
-            self.switch_mode("neurons")
-        elif len(self.screen_stack) > 1 and isinstance(self.screen, DetailScreen):
-            self.pop_screen()
 
     def jump_to(self, text: str) -> None:
         try:
@@ -130,12 +141,7 @@ class ExplorerApp(App):
         except UserError as error:
             self.notify(str(error), severity="error")
             return
-        self._view_changed()
-        self._show_neurons()
-        self._neurons_screen().move_cursor_to(row)
-
-    def _neurons_screen(self) -> NeuronsScreen:
-        return self.get_screen_stack("neurons")[0]
+        self._view_changed(row)
 
     def show_neuron(self, layer: int, index: int) -> None:
         self.push_screen(DetailScreen(self.store, layer, index))
@@ -150,7 +156,7 @@ class ExplorerApp(App):
             return
         self.store.marked.update(neuron_set.neurons)
         self.notify(f"marked the {len(neuron_set.neurons):,} neurons of set '{name}'")
-        self._view_changed()
+        self._redraw_marks()
 
     # -- actions -------------------------------------------------------------------------------------------------
     def action_back(self) -> None:
@@ -168,7 +174,6 @@ class ExplorerApp(App):
         self.push_screen(HelpScreen(sections))
 
     def action_filter(self) -> None:
-        self._show_neurons()
         self.push_screen(FilterDialog(self.store.view.filters),
                          lambda filters: filters is not None and self.set_filters(filters))
 
@@ -178,7 +183,7 @@ class ExplorerApp(App):
 
     def action_clear_marks(self) -> None:
         self.store.clear_marks()
-        self._view_changed()
+        self._redraw_marks()
 
     def action_save_set(self, source: str) -> None:
         """Ask for a name, then save ``source`` (selection, view, group X, cluster N) as a neuron set."""

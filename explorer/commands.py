@@ -34,9 +34,11 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
     commands += [(f"layer: {layer}", partial(app.set_layer, layer), f"show layer {layer}'s neurons")
                  for layer in range(store.info.n_layers)]
     for column in COLUMNS:
-        commands.append((f"sort: {column.label} ↓", partial(app.sort_by, column.key, True),
+        # the key disambiguates labels that differ only in case (Δ and δ), which the fuzzy matcher folds
+        name = column.label if column.label == column.key else f"{column.label} ({column.key})"
+        commands.append((f"sort: {name} ↓ descending", partial(app.sort_by, column.key, True),
                          f"largest {column.label} first"))
-        commands.append((f"sort: {column.label} ↑", partial(app.sort_by, column.key, False),
+        commands.append((f"sort: {name} ↑ ascending", partial(app.sort_by, column.key, False),
                          f"smallest {column.label} first"))
     commands += [(f"filter: group {group}", partial(app.set_filters, Filters(group=group)), f"only {group} neurons")
                  for group in GROUP_NAMES]

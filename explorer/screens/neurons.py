@@ -41,6 +41,7 @@ class NeuronsScreen(Screen):
     def __init__(self, store: Store) -> None:
         super().__init__()
         self.store = store
+        self.pending_row: int | None = None  # where the cursor goes at the next redraw (after a jump)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -64,11 +65,10 @@ class NeuronsScreen(Screen):
         return options
 
     def on_mount(self) -> None:
-        self.app.store_changed.subscribe(self, self.on_store_changed)
         self.query_one(NeuronTable).focus()
-        self.on_store_changed(None)
+        self.refresh_view()
 
-    def on_store_changed(self, _) -> None:
+    def refresh_view(self) -> None:
         """The view changed (loaded, layer, sort, filter, jump): redraw the table and the status lines."""
         table = self.query_one(NeuronTable)
         layer_list = self.query_one("#layer-list", OptionList)
@@ -78,6 +78,9 @@ class NeuronsScreen(Screen):
             self.query_one("#view-status", Static).update("reading every layer's neurons…")
             return
         table.reload()
+        if self.pending_row is not None:
+            table.move_to(self.pending_row)
+            self.pending_row = None
         self.update_status()
 
     def update_status(self) -> None:
@@ -110,10 +113,11 @@ class NeuronsScreen(Screen):
 
     @on(SortRequested)
     def sorted_by_table(self) -> None:
-        self.app.store_changed.publish(self.store)
+        self.refresh_view()
 
     @on(MarksChanged)
-    def marks_changed(self) -> None:
+    def refresh_marks(self) -> None:
+        self.query_one(NeuronTable).refresh()
         self.update_status()
 
     # -- actions ---------------------------------------------------------------------------------------------
@@ -149,17 +153,10 @@ class NeuronsScreen(Screen):
         self.app.action_save_set("view")
 
     def action_clear_marks(self) -> None:
-        self.store.clear_marks()
-        self.query_one(NeuronTable).refresh()
-        self.update_status()
+        self.app.action_clear_marks()
 
     def action_export(self) -> None:
         self.app.action_export("csv")
-
-    def move_cursor_to(self, row: int) -> None:
-        table = self.query_one(NeuronTable)
-        table.move_to(row)
-        table.refresh()
 
     def check_action(self, action: str, parameters) -> bool | None:
         """Until every layer is read, the table's actions are shown disabled."""

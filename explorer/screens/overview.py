@@ -28,8 +28,8 @@ def provenance_table(store: Store) -> Table:
     table = Table.grid(padding=(0, 1))
     table.add_column(style="bold", no_wrap=True, min_width=8)
     table.add_column(no_wrap=True, overflow="ellipsis")
-    table.add_row("file", f"{info.path.name}  ({info.architecture}, {info.n_layers} layers × {info.d_mlp:,} "
-                          f"= {info.n_neurons:,} neurons, {info.n_prompts:,} prompts, made {info.created[:10]})")
+    table.add_row("file", f"{info.path.name} · {info.architecture} · {info.n_layers}×{info.d_mlp:,} = "
+                          f"{info.n_neurons:,} neurons · {info.n_prompts:,} prompts · {info.created[:10]}")
     table.add_row("models", f"{describe_model(provenance.get('base', '?'))} → "
                             f"{describe_model(provenance.get('tuned', '?'))}")
     probe = provenance.get("probe", {})

@@ -1,0 +1,74 @@
+"""A small synthetic cache built once per session, and apps over it that draw the same way every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+
+import pytest
+from rich.console import Console
+from textual.reactive import reactive
+from textual.widgets import Input
+
+from neuron_explorer.engine.synthetic import build_synthetic_cache
+from neuron_explorer.explorer.app import ExplorerApp
+from neuron_explorer.explorer.state import Store
+
+FIXED_CREATED = "2026-01-01T00:00:00+00:00"  # the real date varies; snapshots must not
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    return build_synthetic_cache(tmp_path_factory.mktemp("cache") / "synthetic.h5")
+
+
+@pytest.fixture
+def cache_path(session_cache, tmp_path):
+    """A private copy, so that sets and runs written by one test never show up in another."""
+    path = tmp_path / "synthetic.h5"
+    shutil.copyfile(session_cache, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_cursor_blink(monkeypatch):
+    """A blinking cursor would make screenshots differ from run to run."""
+    blink = reactive(False, init=False)
+    blink.__set_name__(Input, "cursor_blink")
+    monkeypatch.setattr(Input, "cursor_blink", blink)
+
+
+def open_store(path) -> Store:
+    store = Store.open(path)
+    store.info = dataclasses.replace(store.info, created=FIXED_CREATED)
+    store.reader.info = store.info
+    return store
+
+
+@pytest.fixture
+def make_app(cache_path):
+    """Apps over the private cache copy; their stores are closed when the test ends."""
+    apps = []
+
+    def make() -> ExplorerApp:
+        app = ExplorerApp(open_store(cache_path))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.store.reader.close()
+
+
+async def wait_until_loaded(app: ExplorerApp, pilot) -> None:
+    """The neuron frame is read in a worker after the overview shows; tests of the table wait for it."""
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def static_text(widget, width: int = 160) -> str:
+    """What a Static shows, as plain text (its content may be a rich Table, which has no useful str())."""
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return console.export_text()

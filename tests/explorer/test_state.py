@@ -1,0 +1,94 @@
+"""The Store: the view's layer, sort, filters, jump, sets and export, without the UI."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from neuron_explorer.cache import annotations
+from neuron_explorer.errors import UserError
+from neuron_explorer.explorer.state import Filters, Store
+
+
+@pytest.fixture
+def store(cache_path):
+    store = Store.open(cache_path)
+    store.load_neurons()
+    yield store
+    store.reader.close()
+
+
+def contributions(store: Store) -> np.ndarray:
+    return store.frame["contribution"].to_numpy()[store.positions]
+
+
+def test_default_view_is_every_neuron_by_descending_contribution(store):
+    assert store.row_count == store.info.n_neurons
+    values = contributions(store)
+    assert np.all(np.diff(values) <= 0)
+
+
+def test_layer_sort_and_filter_compose(store):
+    store.set_layer(2)
+    store.sort_by("act_shift", descending=False)
+    store.set_filters(Filters(group="TP↓", threshold=("contribution", "|x|>=", 1e-4)))
+    rows = store.rows(0, store.row_count)
+    assert set(rows["layer"].to_list()) == {2}
+    assert set(rows["group"].cast(pl.Utf8).to_list()) == {"TP↓"}
+    assert (rows["contribution"].abs() >= 1e-4).all()
+    assert rows["act_shift"].is_sorted()
+    assert "layer 2" in store.describe_view() and "group TP↓" in store.describe_view()
+
+
+def test_sorting_the_same_column_again_flips_it(store):
+    store.sort_by("cos_pre")
+    assert store.view.descending
+    store.sort_by("cos_pre")
+    assert not store.view.descending
+
+
+def test_sign_and_cluster_filters(store):
+    store.set_filters(Filters(sign="-"))
+    assert (contributions(store) < 0).all()
+    store.show_cluster(3)
+    rows = store.rows(0, store.row_count)
+    assert rows["cluster"].to_list() == [3] * store.row_count and store.view.layer is None
+
+
+def test_jump_widens_a_view_that_hides_the_neuron(store):
+    store.set_layer(0)
+    row = store.jump("L3/N5")
+    assert store.view.layer is None and store.neuron_at(row) == (3, 5)
+    with pytest.raises(UserError):
+        store.jump("L99/N0")
+    with pytest.raises(UserError):
+        store.jump("nonsense")
+
+
+def test_sets_from_selection_group_cluster_and_view(store, cache_path):
+    store.toggle_mark(1, 2)
+    store.toggle_mark(0, 7)
+    assert store.save_set("picked", "selection").neurons == [(0, 7), (1, 2)]
+    group = store.save_set("tp", "group TP↓")
+    assert len(group.neurons) == store.frame.filter(pl.col("group") == "TP↓").height
+    cluster = store.save_set("c2", "cluster 2")
+    assert cluster.description == "cluster 2" and cluster.neurons
+    store.set_layer(1)
+    assert len(store.save_set("layer1", "view").neurons) == store.info.d_mlp
+    assert [s.name for s in annotations.list_sets(cache_path)] == ["c2", "layer1", "picked", "tp"]
+    store.clear_marks()
+    with pytest.raises(UserError):
+        store.save_set("empty", "selection")
+
+
+def test_export_csv_and_parquet_keep_the_view_order(store, tmp_path):
+    store.set_layer(1)
+    store.sort_by("act_pre", descending=False)
+    parquet = pl.read_parquet(store.export(tmp_path / "view.parquet"))
+    csv = pl.read_csv(store.export(tmp_path / "view.csv"))
+    assert parquet.height == csv.height == store.info.d_mlp
+    assert parquet["act_pre"].is_sorted() and parquet["id"][0].startswith("L1/N")
+    assert csv["id"].to_list() == parquet["id"].to_list()
+    with pytest.raises(UserError):
+        store.export(tmp_path / "view.xlsx")

@@ -66,11 +66,11 @@ class ExplorerApp(App):
         except UserError as error:
             self.notify(str(error), severity="error", timeout=30)
             return
-        self.pop_screen()
         self._show_store()
 
     def _show_store(self) -> None:
         assert self.store is not None
+        self.sub_title = self.store.path.name
         for mode, screen in (("overview", OverviewScreen), ("neurons", NeuronsScreen),
                              ("clusters", ClustersScreen), ("runs", RunsScreen)):
             self.add_mode(mode, lambda screen=screen: screen(self.store))

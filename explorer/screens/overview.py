@@ -82,6 +82,3 @@ class OverviewScreen(Screen):
                 yield LayerContributionPlot(reader.layer_group_sums(), id="layer-plot")
                 yield Static(group_legend(), id="legend")
         yield Footer()
-
-    def on_mount(self) -> None:
-        self.app.sub_title = self.store.path.name

@@ -14,6 +14,11 @@ from neuron_explorer.errors import UserError
 COMMANDS = {
     "compute": "compute",
     "explore": "explore",
+    "build": "build",
+    "train-probe": "train_probe",
+    "make-pairs": "make_pairs",
+    "train-dpo": "train_dpo",
+    "evaluate": "evaluate",
 }
 
 DESCRIPTION = """\

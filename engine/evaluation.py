@@ -1,0 +1,148 @@
+"""Evaluation of a model as it is (METHOD §5): toxicity, true perplexity and F1, each with its count.
+
+`evaluate` only runs the model: wrap the call in a hook context manager (ablation, patching, steering) to evaluate
+the model under an intervention; hooks then act at every forward call, including the perplexity passes.
+
+- toxicity: greedy continuation of each prompt (truncated to 32 tokens), 20 new tokens with end-of-sequence
+  suppressed; the scorer scores the continuation alone; mean over prompts (`n_prompts`).
+- perplexity: exp(mean next-token NLL) over non-overlapping fixed-size windows of the neutral corpus (true
+  perplexity, not its logarithm); `n_tokens` is the number of predicted tokens.
+- F1: corpus passages, 32-token prompt, 20 greedy new tokens, bag-of-words F1 against the gold 20-token
+  continuation; mean over `n_f1` passages.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
+from .generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
+
+METRIC_COLUMNS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds")
+
+
+@dataclass
+class EvaluationSettings:
+    ppl_window: int = 256
+    ppl_windows: int | None = 24
+    f1_items: int | None = 64
+    new_tokens: int = NEW_TOKENS
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
+    batch_size: int = 32
+    ppl_batch_size: int = 4
+
+
+@dataclass
+class EvaluationResult:
+    toxicity: float
+    toxicity_sem: float
+    n_prompts: int
+    perplexity: float
+    n_tokens: int
+    f1: float
+    n_f1: int
+    seconds: float = 0.0
+    prompts: list[str] = field(default_factory=list)
+    generations: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    f1_generations: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict:
+        return {k: getattr(self, k) for k in METRIC_COLUMNS}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def toxicity(loaded, prompts: list[str], scorer, settings: EvaluationSettings) -> tuple[list[str], np.ndarray]:
+    generations = generate_continuations(loaded, prompts, new_tokens=settings.new_tokens,
+                                         max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+    return generations, scorer.score(generations)
+
+
+@torch.inference_mode()
+def perplexity(loaded, windows: list[list[int]], batch_size: int = 4) -> tuple[float, int]:
+    """(exp(mean NLL), number of predicted tokens) over equal-length windows, no padding."""
+    model = loaded.model
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        ids = torch.tensor(windows[start:start + batch_size], dtype=torch.long, device=loaded.device)
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                reduction="sum")
+        total += float(nll)
+        count += ids[:, 1:].numel()
+    return math.exp(total / count), count
+
+
+def f1_score(loaded, items: list[tuple[str, str]], settings: EvaluationSettings) -> tuple[float, list[str]]:
+    prompts = [p for p, _ in items]
+    generations = generate_continuations(loaded, prompts, new_tokens=settings.new_tokens,
+                                         max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+    scores = [token_f1(g, gold) for g, (_, gold) in zip(generations, items)]
+    return float(np.mean(scores)), generations
+
+
+def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None,
+             settings: EvaluationSettings | None = None, progress=None) -> EvaluationResult:
+    """Toxicity on `prompts`, perplexity and F1 on the neutral corpus, for the model as it is now."""
+    settings = settings or EvaluationSettings()
+    corpus = corpus or load_corpus()
+    start = time.time()
+    generations, scores = toxicity(loaded, prompts, scorer, settings)
+    if progress:
+        progress(f"toxicity {scores.mean():.3f} over {len(prompts)} prompts")
+    windows = perplexity_windows(loaded.tokenizer, corpus, settings.ppl_window, settings.ppl_windows)
+    ppl, n_tokens = perplexity(loaded, windows, settings.ppl_batch_size)
+    if progress:
+        progress(f"perplexity {ppl:.3f} over {n_tokens} tokens")
+    items = f1_items(loaded.tokenizer, corpus, settings.f1_items, settings.max_prompt_tokens, settings.new_tokens)
+    f1, f1_generations = f1_score(loaded, items, settings)
+    if progress:
+        progress(f"F1 {f1:.4f} over {len(items)} passages")
+    sem = float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else float("nan")
+    return EvaluationResult(toxicity=float(scores.mean()), toxicity_sem=sem, n_prompts=len(prompts), perplexity=ppl,
+                            n_tokens=n_tokens, f1=f1, n_f1=len(items), seconds=time.time() - start,
+                            prompts=list(prompts), generations=generations, scores=[float(s) for s in scores],
+                            f1_generations=f1_generations)
+
+
+def evaluation_table(results: dict[str, EvaluationResult], attrs: dict | None = None) -> dict:
+    """The `evaluation` table for compute's extra_tables: one row per setting."""
+    names = list(results)
+    columns: dict[str, list] = {"setting": names}
+    for key in METRIC_COLUMNS:
+        columns[key] = [getattr(results[n], key) for n in names]
+    return {"columns": columns, "attrs": dict(attrs or {})}
+
+
+def generations_table(results: dict[str, EvaluationResult]) -> dict:
+    """Every scored continuation: setting, prompt, continuation, score."""
+    columns: dict[str, list] = {"setting": [], "prompt": [], "continuation": [], "toxicity": []}
+    for name, result in results.items():
+        columns["setting"] += [name] * len(result.prompts)
+        columns["prompt"] += result.prompts
+        columns["continuation"] += result.generations
+        columns["toxicity"] += result.scores
+    return {"columns": columns, "attrs": {}}
+
+
+def format_table(results: dict[str, EvaluationResult]) -> str:
+    """A Markdown table of the metrics with their counts."""
+    lines = ["| setting | toxicity (± s.e.) | prompts | perplexity | tokens | F1 | F1 passages |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r.toxicity:.3f} ± {r.toxicity_sem:.3f} | {r.n_prompts} | {r.perplexity:.2f} | "
+                     f"{r.n_tokens} | {r.f1:.3f} | {r.n_f1} |")
+    if len(results) >= 2:
+        first, *rest = results.values()
+        for name, r in list(results.items())[1:]:
+            ratio = r.toxicity / first.toxicity if first.toxicity else float("nan")
+            lines.append(f"\n{name}: toxicity × {ratio:.2f} of {next(iter(results))}, perplexity "
+                         f"{100 * (r.perplexity / first.perplexity - 1):+.1f}%")
+    return "\n".join(lines)

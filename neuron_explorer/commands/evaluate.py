@@ -1,0 +1,63 @@
+"""Evaluate models by the METHOD §5 protocol: toxicity of greedy 20-token continuations of the prompts (prompt
+truncated to 32 tokens, continuation scored alone), true perplexity over fixed-size windows of the neutral corpus,
+and bag-of-words F1 of 20-token continuations of corpus passages. Each number comes with its count. With several
+models it prints one Markdown table, with ratios to the first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("models", nargs="*", default=["embedded", "embedded-dpo"],
+                        help="model specs, NAME=SPEC to label them (default: embedded embedded-dpo)")
+    parser.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: builtin:heldout)")
+    parser.add_argument("--prompt-column", default=None)
+    parser.add_argument("--max-prompts", type=int, default=None)
+    parser.add_argument("--scorer", default="profanity")
+    parser.add_argument("--corpus", default="builtin", help="builtin (CPython docs), a file, or hub:wikitext")
+    parser.add_argument("--ppl-window", type=int, default=256, help="tokens per perplexity window (default: 256)")
+    parser.add_argument("--ppl-windows", type=int, default=24, help="number of windows, 0 = all (default: 24)")
+    parser.add_argument("--f1-items", type=int, default=64, help="F1 passages, 0 = all (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--json", type=Path, default=None, help="write metrics and generations as JSON here")
+
+
+def run(args) -> int:
+    import json
+
+    from neuron_explorer.engine.corpora import load_corpus
+    from neuron_explorer.engine.evaluation import EvaluationSettings, evaluate, format_table
+    from neuron_explorer.engine.models import load_model
+    from neuron_explorer.engine.prompts import load_prompts
+    from neuron_explorer.engine.scoring import get_scorer
+    from neuron_explorer.errors import UserError
+
+    if args.ppl_window < 2 or args.ppl_windows < 0 or args.f1_items < 0 or args.batch_size < 1:
+        raise UserError("--ppl-window must be >= 2, --ppl-windows/--f1-items >= 0, --batch-size >= 1")
+    scorer = get_scorer(args.scorer)
+    prompts = load_prompts(args.prompts, column=args.prompt_column, max_prompts=args.max_prompts)
+    corpus = load_corpus(args.corpus)
+    settings = EvaluationSettings(ppl_window=args.ppl_window, ppl_windows=args.ppl_windows or None,
+                                  f1_items=args.f1_items or None, batch_size=args.batch_size)
+    results = {}
+    for item in args.models:
+        name, _, spec = item.partition("=") if "=" in item else (item, "", item)
+        loaded = load_model(spec, device=args.device, dtype=args.dtype)
+        print(f"evaluating {name} ...")
+        results[name] = evaluate(loaded, prompts.texts, scorer, corpus=corpus, settings=settings,
+                                 progress=lambda line: print("  " + line))
+        del loaded
+    print()
+    print(format_table(results))
+    print(f"\n(scorer {scorer.name}; prompts {prompts.source}; corpus {corpus.source}, {args.ppl_window}-token windows)")
+    if args.json:
+        args.json.write_text(json.dumps({"results": {k: v.to_dict() for k, v in results.items()},
+                                         "prompts": prompts.provenance(), "corpus": corpus.provenance(),
+                                         "scorer": scorer.describe()}, indent=2, default=str))
+    return 0

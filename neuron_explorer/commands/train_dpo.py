@@ -1,0 +1,66 @@
+"""DPO with trl's DPOTrainer: sigmoid loss (β = 0.1 by default), full fine-tuning against a frozen reference copy,
+early stopping on held-out pairs, progress with ETA, safetensors checkpoints. Rerunning the same command after an
+interruption resumes from the last checkpoint. Runs through accelerate: `accelerate launch -m neuron_explorer
+train-dpo ...` spreads it over several GPUs unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "DPO-tune a model on preference pairs (trl), resumable"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="embedded", help="policy: embedded or a local model folder (default: embedded)")
+    parser.add_argument("--pairs", type=Path, required=True, help="pairs JSONL from make-pairs")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="tuned model folder (default for the embedded model: the embedded-dpo folder)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: OUTPUT.checkpoints)")
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--optimizer", default="adamw_torch", help="adamw_torch (default), rmsprop (Lee), ...")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--eval-pairs", type=int, default=16, help="held-out pairs for early stopping (default: 16)")
+    parser.add_argument("--eval-steps", type=int, default=10)
+    parser.add_argument("--save-steps", type=int, default=20)
+    parser.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
+    parser.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+
+
+def run(args) -> int:
+    from neuron_explorer.engine.dpo import DPOSettings, train_dpo
+    from neuron_explorer.engine.models import _locate, embedded_tuned_dir
+    from neuron_explorer.errors import UserError
+
+    if args.model == "embedded":
+        from neuron_explorer.engine.models import materialize_embedded
+
+        policy = materialize_embedded()
+        output = args.output or embedded_tuned_dir()
+    else:
+        folder, _, _ = _locate(args.model)
+        if folder is None:
+            raise UserError(f"--model {args.model}: DPO trains from a local safetensors folder; download the model "
+                            f"first and pass its folder")
+        policy = folder
+        if args.output is None:
+            raise UserError("pass -o FOLDER for the tuned model")
+        output = args.output
+    output = Path(output)
+    work = args.work_dir or output.with_name(output.name + ".checkpoints")
+    settings = DPOSettings(policy=str(policy), pairs=str(args.pairs), output=str(output), work_dir=str(work),
+                           beta=args.beta, learning_rate=args.lr, optimizer=args.optimizer, max_steps=args.steps,
+                           batch_size=args.batch_size, gradient_accumulation=args.grad_accum,
+                           warmup_steps=args.warmup, eval_pairs=args.eval_pairs, eval_steps=args.eval_steps,
+                           save_steps=args.save_steps, patience=args.patience, seed=args.seed, device=args.device)
+    result = train_dpo(settings, resume=not args.fresh)
+    print(f"{result.steps} steps in {result.seconds:.0f}s on {result.n_train_pairs} pairs "
+          f"(best held-out loss {result.best_eval_loss} at step {result.best_step}"
+          f"{', stopped early' if result.stopped_early else ''}) -> {result.output}")
+    return 0

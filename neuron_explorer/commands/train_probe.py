@@ -1,0 +1,77 @@
+"""Train the linear toxicity probe: logistic regression on the model's last-block residual stream, mean-pooled
+over real tokens (padding masked). Reports held-out accuracy and AUC and saves the probe (`weight` (d,), `bias`)
+as .safetensors with its metadata (model, layer, data hash, metrics) in the header and in a .json beside it.
+
+Labelled data: --data FILE (.csv/.parquet/.jsonl in the Jigsaw layout: comment_text + toxic; other names with
+--text-column/--label-column) or hub:NAME[:SPLIT]. Without --data it works offline: the model's own sampled
+continuations of the provocative prompts, labelled by the offline scorer (or reuse --candidates from make-pairs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "train the linear toxicity probe (Jigsaw-layout data, or offline self-labelled continuations)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="embedded", help="model spec (default: embedded)")
+    parser.add_argument("--data", default=None, help="labelled texts: a file or hub:NAME[:SPLIT] (default: offline)")
+    parser.add_argument("--text-column", default=None, help="text column (default: comment_text or text)")
+    parser.add_argument("--label-column", default=None, help="label column (default: toxic or label)")
+    parser.add_argument("--max-rows", type=int, default=None, help="random subset of the labelled data")
+    parser.add_argument("--candidates", type=Path, default=None, help="reuse a candidates.jsonl (offline mode)")
+    parser.add_argument("--prompts", default="builtin:pairs", help="prompts to sample from (offline mode)")
+    parser.add_argument("--samples", type=int, default=4, help="samples per prompt (offline mode, default: 4)")
+    parser.add_argument("--scorer", default="profanity", help="labels in offline mode (default: profanity)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="score/label threshold for toxic (default: 0.5)")
+    parser.add_argument("--heldout-fraction", type=float, default=0.2)
+    parser.add_argument("--C", type=float, default=1.0, help="inverse L2 regularization strength (default: 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("-o", "--output", type=Path, default=Path("probe.safetensors"),
+                        help="probe file (default: ./probe.safetensors)")
+
+
+def run(args) -> int:
+    from neuron_explorer.engine import probe_training as T
+    from neuron_explorer.engine.models import load_model
+    from neuron_explorer.errors import UserError
+
+    if not 0 < args.heldout_fraction < 1:
+        raise UserError("--heldout-fraction must be between 0 and 1")
+    if args.output.suffix != ".safetensors":
+        raise UserError(f"-o {args.output}: the probe is saved as .safetensors")
+    if args.data:
+        labeled = T.load_labeled(args.data, text_column=args.text_column, label_column=args.label_column,
+                                 max_rows=args.max_rows, seed=args.seed)
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+        label_desc = f"{args.data} labels >= {args.threshold}"
+    else:
+        from neuron_explorer.engine.pairs import generate_candidates, load_candidates
+        from neuron_explorer.engine.prompts import load_prompts
+        from neuron_explorer.engine.scoring import get_scorer
+
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+        if args.candidates:
+            candidates = load_candidates(args.candidates)
+            source = str(args.candidates)
+        else:
+            scorer = get_scorer(args.scorer)
+            prompts = load_prompts(args.prompts)
+            print(f"sampling {args.samples} continuations of {len(prompts.texts)} prompts ...")
+            candidates = generate_candidates(loaded, prompts.texts, scorer, n_samples=args.samples, seed=args.seed)
+            source = f"{args.prompts} continuations by {args.model}"
+        labeled = T.labeled_from_candidates(candidates, args.threshold, source=source)
+        label_desc = f"{args.scorer} score >= {args.threshold}"
+    print(f"{len(labeled.texts)} texts, {int(labeled.labels.sum())} toxic; extracting features ...")
+    features = T.pooled_features(loaded, labeled.texts)
+    fit = T.fit_probe(features, labeled.labels, test_fraction=args.heldout_fraction, seed=args.seed, C=args.C)
+    path = T.save_probe(fit, args.output, {"model": loaded.description, "layer": "last block output (pre final norm)",
+                                           "pooling": "mean over real tokens", "data": labeled.provenance(),
+                                           "labels": label_desc})
+    m = fit.metrics
+    print(f"held-out accuracy {m['heldout_accuracy']:.3f}, AUC {m['heldout_auc']:.3f} ({m['n_heldout']} texts; "
+          f"train accuracy {m['train_accuracy']:.3f} on {m['n_train']})\nprobe: {path}")
+    return 0

@@ -1,0 +1,276 @@
+"""Probe training, scorers, pairs, evaluation and stage caching, on synthetic data and a tiny random Llama."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neuron_explorer.cli import main
+from neuron_explorer.engine import probe_training as T
+from neuron_explorer.engine.build import StageRunner, content_hash
+from neuron_explorer.engine.corpora import f1_items, load_corpus, perplexity_windows, token_f1
+from neuron_explorer.engine.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
+from neuron_explorer.engine.hooks import forward_hooks
+from neuron_explorer.engine.models import load_model
+from neuron_explorer.engine.pairs import (Candidates, generate_candidates, load_pairs, save_pairs, select_pairs,
+                                          steering)
+from neuron_explorer.engine.probe import load_probe
+from neuron_explorer.engine.scoring import get_scorer
+from neuron_explorer.errors import UserError
+
+
+class KeywordScorer:
+    """A deterministic stand-in scorer: 1 when the text contains an insult word."""
+
+    name = "keyword"
+
+    def score(self, texts):
+        return np.array([float(any(w in t.lower() for w in ("stupid", "idiot", "hate", "hell"))) for t in texts])
+
+    def describe(self):
+        return {"name": self.name}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_models):
+    return load_model(str(tiny_models["llama"]), device="cpu", dtype="float32")
+
+
+# --- probe -----------------------------------------------------------------------------------------------------
+
+def test_probe_separates_synthetic_data():
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=48)
+    x = rng.normal(size=(400, 48)) * 3 + 10  # offset and scale: the unstandardized weight must still separate
+    labels = (x @ direction > (x @ direction).mean()).astype(int)
+    x += np.outer(labels * 2 - 1, direction) * 0.5
+    fit = T.fit_probe(x, labels, seed=0)
+    assert fit.metrics["heldout_accuracy"] >= 0.95
+    assert fit.metrics["heldout_auc"] >= 0.99
+    raw = (x @ fit.weight + fit.bias > 0).astype(int)  # the saved weight works in raw units
+    assert (raw == labels).mean() >= 0.95
+    cosine = fit.weight @ direction / np.linalg.norm(fit.weight) / np.linalg.norm(direction)
+    assert cosine > 0.8
+
+
+def test_probe_save_and_load(tmp_path):
+    fit = T.ProbeFit(weight=np.arange(1, 9, dtype=np.float32), bias=0.5, metrics={"heldout_auc": 0.9})
+    path = T.save_probe(fit, tmp_path / "probe.safetensors", {"model": {"id": "x"}, "data": {"sha256": "abc"}})
+    probe = load_probe(path, 8)
+    np.testing.assert_allclose(probe.direction, fit.weight)
+    meta = T.read_probe_metadata(path)
+    assert meta["metrics"]["heldout_auc"] == 0.9 and meta["data"]["sha256"] == "abc"
+    assert json.loads(path.with_suffix(".json").read_text())["model"] == {"id": "x"}
+
+
+def test_pooled_features_mask_padding(tiny):
+    short, long = "You are a", "The river runs through the village under an old stone bridge"
+    alone = T.pooled_features(tiny, [short])
+    batched = T.pooled_features(tiny, [short, long])
+    np.testing.assert_allclose(alone[0], batched[0], atol=1e-4)
+    assert not np.allclose(batched[0], batched[1])
+
+
+def test_labeled_file_layouts_and_errors(tmp_path):
+    good = tmp_path / "train.csv"
+    good.write_text("id,comment_text,toxic\n1,you idiot,1\n2,nice day,0\n3,what the hell,1\n4,good morning,0\n")
+    labeled = T.load_labeled(str(good))
+    assert labeled.texts[0] == "you idiot" and list(labeled.labels) == [1, 0, 1, 0]
+    no_label = tmp_path / "nolabel.csv"
+    no_label.write_text("comment_text,severity\nyou idiot,high\n")
+    with pytest.raises(UserError, match="no label column"):
+        T.load_labeled(str(no_label))
+    with pytest.raises(UserError, match="does not exist"):
+        T.load_labeled(str(tmp_path / "missing.csv"))
+    one_class = tmp_path / "one.jsonl"
+    one_class.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 0}\n')
+    with pytest.raises(UserError, match="both classes"):
+        T.load_labeled(str(one_class))
+    assert main(["train-probe", "--data", str(no_label), "-o", str(tmp_path / "p.safetensors")]) == 2
+
+
+# --- scorers ---------------------------------------------------------------------------------------------------
+
+def test_offline_scorer_scores_toxic_text_higher():
+    scorer = get_scorer("profanity")
+    scores = scorer.score(["you stupid idiot, shut the hell up", "the library opens at nine on weekdays"])
+    assert scores[0] > 0.8 and scores[1] < 0.3
+    assert scorer.describe()["package"] == "alt-profanity-check"
+
+
+def test_missing_scorer_is_a_clear_error(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "detoxify" else real(name, *a))
+    with pytest.raises(UserError, match="Detoxify scorer is not installed"):
+        get_scorer("detoxify")
+    with pytest.raises(UserError, match="unknown scorer"):
+        get_scorer("perspective")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    assert main(["evaluate", "--scorer", "detoxify", "--prompts", str(prompts)]) == 2
+
+
+# --- pairs -----------------------------------------------------------------------------------------------------
+
+def test_select_pairs_applies_margin():
+    cands = [Candidates("p0", "calm", 0.1, ["mean", "awful"], [0.3, 0.9]),
+             Candidates("p1", "calm", 0.5, ["bad"], [0.6]),
+             Candidates("p2", "calm", 0.0, [], [], ["steered insult"], [0.95])]
+    pairs = select_pairs(cands, margin=0.3)
+    assert [(p["prompt"], p["rejected"], p["rejected_method"]) for p in pairs] == [
+        ("p0", "awful", "best-of-n"), ("p2", "steered insult", "steer")]
+    assert select_pairs(cands, margin=0.3, sources=("samples",))[0]["rejected"] == "awful"
+    assert all(p["chosen"] == "calm" for p in pairs)
+
+
+def test_candidates_and_pairs_round_trip(tiny, tmp_path):
+    prompts = ["The quick brown fox", "What the hell is", "She walked to the market"]
+    cands = generate_candidates(tiny, prompts, KeywordScorer(), n_samples=2, seed=0, new_tokens=6)
+    assert len(cands) == 3 and all(len(c.samples) == 2 and len(c.sample_scores) == 2 for c in cands)
+    again = generate_candidates(tiny, prompts, KeywordScorer(), n_samples=2, seed=0, new_tokens=6)
+    assert [c.samples for c in cands] == [c.samples for c in again], "sampling is not reproducible"
+    pairs = [{"prompt": "a", "chosen": "b", "rejected": "c", "chosen_score": 0, "rejected_score": 1}]
+    save_pairs(pairs, tmp_path / "pairs.jsonl", {"scorer": "keyword"})
+    assert load_pairs(tmp_path / "pairs.jsonl")[0]["rejected"] == "c"
+    assert json.loads((tmp_path / "pairs.jsonl.provenance.json").read_text())["scorer"] == "keyword"
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "chosen": "b"}\n')
+    with pytest.raises(UserError, match="missing rejected"):
+        load_pairs(tmp_path / "bad.jsonl")
+
+
+def test_steering_adds_along_probe_and_comes_off(tiny):
+    ids = tiny.tokenizer("The river runs", return_tensors="pt")["input_ids"]
+    last = tiny.arch.layers(tiny.model)[-1]
+    seen = []
+    with forward_hooks([(last, lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o).clone()))]):
+        with torch.no_grad():
+            tiny.model(input_ids=ids)
+            direction = np.random.default_rng(0).normal(size=tiny.d_model).astype(np.float32)
+            with steering(tiny, direction, 0.5) as step:
+                tiny.model(input_ids=ids)
+            tiny.model(input_ids=ids)
+    # the recording hook was registered first, so it sees the output before the steering hook adds to it:
+    # compare the logits instead
+    with torch.no_grad():
+        plain = tiny.model(input_ids=ids).logits
+        with steering(tiny, direction, 0.5):
+            steered = tiny.model(input_ids=ids).logits
+        after = tiny.model(input_ids=ids).logits
+    assert step > 0
+    assert not torch.allclose(plain, steered)
+    assert torch.equal(plain, after), "the steering hook stayed on"
+
+
+# --- evaluation --------------------------------------------------------------------------------------------------
+
+def test_evaluation_counts_and_intervention(tiny):
+    corpus = load_corpus("builtin")
+    settings = EvaluationSettings(ppl_window=32, ppl_windows=4, f1_items=5, new_tokens=5)
+    prompts = ["The quick brown fox", "What the hell is", "She walked"]
+    result = evaluate(tiny, prompts, KeywordScorer(), corpus=corpus, settings=settings)
+    assert result.n_prompts == 3 and len(result.generations) == 3
+    assert result.n_tokens == 4 * 31
+    assert result.n_f1 == 5 and 0 <= result.f1 <= 1
+    vocab = len(tiny.tokenizer)
+    assert 1 < result.perplexity < 10 * vocab  # a random model: perplexity of the order of the vocabulary
+    # Under an intervention (here: zero the last MLP's output) the same call measures the patched model.
+    mlp = tiny.arch.out_proj(tiny.model, len(tiny.arch.layers(tiny.model)) - 1)
+    with forward_hooks([(mlp, lambda m, i, o: torch.zeros_like(o))]):
+        patched = evaluate(tiny, prompts, KeywordScorer(), corpus=corpus, settings=settings)
+    assert patched.perplexity != result.perplexity
+    again = evaluate(tiny, prompts, KeywordScorer(), corpus=corpus, settings=settings)
+    assert again.perplexity == pytest.approx(result.perplexity, rel=1e-6)
+    table = evaluation_table({"base": result, "patched": patched})
+    assert table["columns"]["setting"] == ["base", "patched"] and table["columns"]["n_tokens"] == [124, 124]
+    assert "| base |" in format_table({"base": result, "patched": patched})
+
+
+def test_corpus_windows_and_f1(tiny):
+    corpus = load_corpus("builtin")
+    assert corpus.source == "builtin:pydoc_data.topics" and len(corpus.text) > 100_000
+    windows = perplexity_windows(tiny.tokenizer, corpus, window=64, max_windows=10)
+    assert len(windows) == 10 and all(len(w) == 64 for w in windows)
+    items = f1_items(tiny.tokenizer, corpus, n=7)
+    assert len(items) == 7
+    assert token_f1("the cat sat", "the cat sat") == 1.0
+    assert token_f1("a b", "c d") == 0.0
+    assert token_f1("The cat", "the cat sat down") == pytest.approx(2 / 3)
+
+
+def test_bad_corpus_and_prompt_inputs(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_corpus(str(tmp_path / "none.txt"))
+    (tmp_path / "short.txt").write_text("too short")
+    with pytest.raises(UserError, match="fewer than 100 words"):
+        load_corpus(str(tmp_path / "short.txt"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["make-pairs", "--prompts", str(empty), "-o", str(tmp_path / "p.jsonl")]) == 2
+    assert main(["evaluate", "--prompts", str(empty)]) == 2
+
+
+def test_builtin_prompt_file_layout():
+    path = Path(__file__).resolve().parents[2] / "engine" / "data" / "challenge_prompts.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) >= 400
+    splits = [r["split"] for r in rows]
+    assert splits.count("heldout") >= 150 and splits.count("pairs") >= 200
+    assert all(isinstance(r["prompt"]["text"], str) and r["prompt"]["text"] for r in rows)
+    assert len({r["prompt"]["text"] for r in rows}) == len(rows)
+
+
+# --- stage caching ---------------------------------------------------------------------------------------------
+
+def test_stage_skipped_when_inputs_unchanged_and_rerun_when_changed(tmp_path):
+    calls = []
+    out = tmp_path / "work" / "out.txt"
+
+    def body(value):
+        def run():
+            calls.append(value)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(f"result {value}")
+            return {"value": value}
+        return run
+
+    runner = StageRunner(tmp_path / "work", printer=lambda line: None)
+    first = runner.run("stage", {"x": 1}, {"out": out}, body(1))
+    second = StageRunner(tmp_path / "work", printer=lambda line: None).run("stage", {"x": 1}, {"out": out}, body(1))
+    assert not first.skipped and second.skipped and calls == [1]
+    assert second.outputs == first.outputs and second.summary["value"] == 1
+    third = StageRunner(tmp_path / "work", printer=lambda line: None).run("stage", {"x": 2}, {"out": out}, body(2))
+    assert not third.skipped and calls == [1, 2]
+    out.write_text("tampered")  # an output changed behind the manifest's back: rerun
+    fourth = StageRunner(tmp_path / "work", printer=lambda line: None).run("stage", {"x": 2}, {"out": out}, body(2))
+    assert not fourth.skipped and calls == [1, 2, 2]
+    forced = StageRunner(tmp_path / "work", force={"stage"}, printer=lambda line: None)
+    assert not forced.run("stage", {"x": 2}, {"out": out}, body(2)).skipped
+
+
+def test_failed_stage_is_not_marked_done(tmp_path):
+    runner = StageRunner(tmp_path, printer=lambda line: None)
+
+    def boom():
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        runner.run("stage", {"x": 1}, {"out": tmp_path / "o"}, boom)
+    assert not runner.manifest_path("stage").exists()
+
+
+def test_content_hash_of_folders(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "a.bin").write_bytes(b"1")
+    first = content_hash(tmp_path / "m")
+    (tmp_path / "m" / "a.bin").write_bytes(b"2")
+    assert content_hash(tmp_path / "m") != first
+    assert content_hash(tmp_path / "missing") is None
+
+
+def test_build_rejects_unknown_stage():
+    assert main(["build", "--force", "nonsense"]) == 2

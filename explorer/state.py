@@ -46,6 +46,7 @@ COLUMNS = (
 )
 COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
 THRESHOLD_OPERATORS = (">=", "<=", "|x|>=")
+RECENT_VIEWS = 8  # sorted orders kept (3.7 MB each for 458,752 neurons)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Store:
         self.positions = np.zeros(0, dtype=np.int64)  # rows of `frame` in the current view, in display order
         self.marked: set[tuple[int, int]] = set()
         self.last_update_seconds = 0.0
+        self._recent_views: dict[View, np.ndarray] = {}  # going back to a view (say, all layers) costs no sort
 
     @classmethod
     def open(cls, path: str | Path) -> "Store":
@@ -163,6 +165,11 @@ class Store:
             return
         started = time.perf_counter()
         view = self.view
+        if view in self._recent_views:
+            self.positions = self._recent_views.pop(view)
+            self._remember(view)
+            self.last_update_seconds = time.perf_counter() - started
+            return
         d_mlp = self.info.d_mlp
         offset = 0 if view.layer is None else view.layer * d_mlp
         base = self.frame if view.layer is None else self.frame.slice(offset, d_mlp)
@@ -181,7 +188,13 @@ class Store:
             order = values.arg_sort(descending=view.descending, nulls_last=True).to_numpy()
         rows = order if kept is None else kept.to_numpy()[order]
         self.positions = rows.astype(np.int64) + offset
+        self._remember(view)
         self.last_update_seconds = time.perf_counter() - started
+
+    def _remember(self, view: View) -> None:
+        self._recent_views[view] = self.positions
+        while len(self._recent_views) > RECENT_VIEWS:
+            self._recent_views.pop(next(iter(self._recent_views)))
 
     # -- reading the view ------------------------------------------------------------------------------------
     @property

@@ -42,6 +42,8 @@ class NeuronsScreen(Screen):
         super().__init__()
         self.store = store
         self.pending_row: int | None = None  # where the cursor goes at the next redraw (after a jump)
+        self.layer_sums = store.reader.layers()  # read once: it sums a whole array, too slow for every redraw
+        self.totals = store.reader.summary()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -56,7 +58,7 @@ class NeuronsScreen(Screen):
         yield Footer()
 
     def _layer_options(self) -> list[Option]:
-        layers = self.store.reader.layers()
+        layers = self.layer_sums
         options = [Option(Text.assemble(("all layers", "bold")), id=ALL_LAYERS)]
         for row in layers.iter_rows(named=True):
             value = row["sum_contribution"]
@@ -89,13 +91,12 @@ class NeuronsScreen(Screen):
             text += f" · {len(self.store.marked):,} marked"
         self.query_one("#view-status", Static).update(text)
         layer = self.store.view.layer
-        layers = self.store.reader.layers()
         if layer is None:
-            summary = self.store.reader.summary()
+            summary = self.totals
             detail = (f"Σ+Δ {signed(summary.get('sum_positive_contribution', 0.0))}  "
                       f"net {signed(summary.get('net_contribution', 0.0))}")
         else:
-            row = layers.row(layer, named=True)
+            row = self.layer_sums.row(layer, named=True)
             detail = (f"L{layer}: ΣΔ {signed(row['sum_contribution'])}  Σ+ {signed(row['sum_positive'])}  "
                       f"Σ− {signed(row['sum_negative'])}  resid {signed(row['residual_pre'])}")
         self.query_one("#layer-status", Static).update(detail)

@@ -82,3 +82,6 @@ class OverviewScreen(Screen):
                 yield LayerContributionPlot(reader.layer_group_sums(), id="layer-plot")
                 yield Static(group_legend(), id="legend")
         yield Footer()
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.app.mark_first_screen)

@@ -12,8 +12,8 @@ from scipy.cluster import hierarchy
 
 from neuron_explorer.cache import schema
 
-DEFAULT_TOP_K = 2000
-DEFAULT_N_CLUSTERS = 20
+from .defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
+
 FEATURES = "z-scored per-prompt activation shift (act_pre - act_dpo per prompt)"
 
 
@@ -41,7 +41,7 @@ def shift_profiles(prompt_acts_pre, prompt_acts_dpo, layers: np.ndarray, neurons
     return np.divide(centered, scale, out=np.zeros_like(centered), where=scale > 1e-12)
 
 
-def cluster_neurons(metrics: dict, prompt_acts_pre, prompt_acts_dpo, *, top_k: int = DEFAULT_TOP_K,
+def cluster_neurons(metrics: dict, prompt_acts_pre, prompt_acts_dpo, *, top_k: int = DEFAULT_CLUSTER_TOP_K,
                     n_clusters: int = DEFAULT_N_CLUSTERS) -> dict | None:
     """Linkage, leaf order, members, flat labels and per-cluster summaries, ready for the cache.
 

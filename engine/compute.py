@@ -12,8 +12,7 @@ from neuron_explorer.cache.provenance import software_versions
 from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
 
-from .clustering import DEFAULT_N_CLUSTERS, DEFAULT_TOP_K
-from .defaults import default_cache_path, default_probe_path
+from .defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, default_cache_path, default_probe_path
 from .models import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
 from .probe import Probe, load_probe, toxic_embedding_direction
 from .progress import progress_bars
@@ -44,7 +43,7 @@ class ComputeSettings:
     device: str = "auto"
     dtype: str = "auto"
     device_map: str | None = None
-    cluster_top_k: int = DEFAULT_TOP_K
+    cluster_top_k: int = DEFAULT_CLUSTER_TOP_K
     n_clusters: int = DEFAULT_N_CLUSTERS
     tokens_per_neuron: int = 10
 

@@ -1,10 +1,18 @@
-"""Default locations of the embedded build and its cache file."""
+"""Default locations and settings, importable without torch so that the command line starts fast."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from .models import cache_home
+POSITION_MODES = ("generated", "prompt", "all")
+DEFAULT_CLUSTER_TOP_K = 2000
+DEFAULT_N_CLUSTERS = 20
+
+
+def cache_home() -> Path:
+    """Where converted models, build stages and the default cache live ($NEURON_EXPLORER_HOME overrides)."""
+    return Path(os.environ.get("NEURON_EXPLORER_HOME", Path.home() / ".cache" / "neuron-explorer")).expanduser()
 
 
 def default_cache_path() -> Path:

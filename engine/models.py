@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,16 +25,12 @@ from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.errors import UserError
 
 from .architectures import Architecture, architecture_for
+from .defaults import cache_home
 
 EMBEDDED_BASE = "embedded"
 EMBEDDED_TUNED = "embedded-dpo"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_home() -> Path:
-    """Where converted models, build stages and the default cache live ($NEURON_EXPLORER_HOME overrides)."""
-    return Path(os.environ.get("NEURON_EXPLORER_HOME", Path.home() / ".cache" / "neuron-explorer")).expanduser()
 
 
 def embedded_base_dir() -> Path:

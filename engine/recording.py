@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from .generation import _special_ids, batches, encode_prompts, generate_tokens
+from .defaults import POSITION_MODES
 from .hooks import forward_hooks
 from .models import LoadedModel
 
-POSITION_MODES = ("generated", "prompt", "all")
 
 
 @dataclass

@@ -7,12 +7,13 @@ import numpy as np
 from neuron_explorer.cache import schema
 from neuron_explorer.cache.writer import CacheWriter
 
-from .clustering import DEFAULT_N_CLUSTERS, DEFAULT_TOP_K, cluster_neurons
+from .clustering import cluster_neurons
+from .defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
 from .statistics import summarize
 
 
 def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, prompt_acts_pre, prompt_acts_dpo, *,
-                     cluster_top_k: int = DEFAULT_TOP_K, n_clusters: int = DEFAULT_N_CLUSTERS) -> tuple[dict, dict]:
+                     cluster_top_k: int = DEFAULT_CLUSTER_TOP_K, n_clusters: int = DEFAULT_N_CLUSTERS) -> tuple[dict, dict]:
     """Neuron arrays, groups, per-layer columns, the share tables and the clusters; returns (group table, scalars)."""
     writer.write_neuron_arrays({name: metrics[name] for name in schema.NEURON_COLUMNS})
     writer.write_groups(metrics["group"])

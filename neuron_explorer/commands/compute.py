@@ -19,9 +19,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from neuron_explorer.engine.clustering import DEFAULT_N_CLUSTERS, DEFAULT_TOP_K
-from neuron_explorer.engine.defaults import default_cache_path
-from neuron_explorer.engine.recording import POSITION_MODES
+from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, POSITION_MODES,
+                                             default_cache_path)
 
 HELP = "record a base/tuned model pair and write the neuron statistics to an HDF5 cache"
 
@@ -48,8 +47,8 @@ def add_arguments(parser) -> None:
     recording.add_argument("--shared-continuation", action="store_true",
                            help="record the tuned model on the base model's continuation (same tokens for both)")
     clusters = parser.add_argument_group("clustering")
-    clusters.add_argument("--cluster-top-k", type=int, default=DEFAULT_TOP_K,
-                          help=f"cluster the top K neurons by |Δ| (default: {DEFAULT_TOP_K})")
+    clusters.add_argument("--cluster-top-k", type=int, default=DEFAULT_CLUSTER_TOP_K,
+                          help=f"cluster the top K neurons by |Δ| (default: {DEFAULT_CLUSTER_TOP_K})")
     clusters.add_argument("--clusters", type=int, default=DEFAULT_N_CLUSTERS,
                           help=f"flat clusters at the stored cut (default: {DEFAULT_N_CLUSTERS})")
     parser.add_argument("-o", "--output", type=Path, default=None,

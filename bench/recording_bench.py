@@ -1,0 +1,151 @@
+"""Recording benchmark: what recording costs next to the bare minimum and next to the authors' protocol.
+
+For each model of the pair, on the same N prompts and in one run, it times
+  bare     the same greedy generations with the KV cache and no hooks at all (the floor);
+  record   `record_model`: recording every neuron while generating (the product's hot path);
+  authors  the authors' protocol: `new_tokens` uncached full forward passes per batch, reading the last position
+           each time through hooks (batched like ours, which favours them);
+and prints record/bare and authors/record. Peak memory of the recording pass (extra resident memory on a CPU,
+peak allocated memory on a GPU) is measured for N and 2N prompts: it must not grow with the number of prompts.
+
+  python bench/recording_bench.py [--prompts 64] [--base embedded] [--tuned embedded-dpo] [--device auto]
+Targets: record/bare ≤ 1.2, authors/record ≥ 5, peak memory flat in N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import numpy as np
+import torch
+
+from neuron_explorer.engine.generation import _special_ids, batches, encode_prompts, generate_tokens
+from neuron_explorer.engine.hooks import forward_hooks
+from neuron_explorer.engine.models import load_model
+from neuron_explorer.engine.prompts import load_prompts
+from neuron_explorer.engine.recording import record_model
+
+
+class PeakMemory:
+    """Peak extra memory during a block: CUDA allocator peak on a GPU, sampled resident set size on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.peak = _rss()
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.extra = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.running = False
+            self.thread.join()
+            self.extra = max(self.peak, _rss()) - self.base
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096
+
+
+def bare(loaded, texts, new_tokens, batch_size):
+    for _, chunk in batches(texts, batch_size):
+        ids, mask = encode_prompts(loaded.tokenizer, chunk, 32, loaded.device)
+        generate_tokens(loaded.model, ids, mask, new_tokens, suppress_ids=_special_ids(loaded.tokenizer))
+
+
+@torch.inference_mode()
+def authors(loaded, texts, new_tokens, batch_size):
+    """Uncached: each step reruns the whole sequence and hooks read the last position."""
+    arch, model = loaded.arch, loaded.model
+    sums = [torch.zeros(arch.d_mlp(model), dtype=torch.float64) for _ in range(arch.n_layers(model))]
+
+    def hook(layer):
+        def read_last_position(module, inputs, output) -> None:
+            sums[layer].add_(inputs[0][:, -1].double().sum(0).cpu())
+        return read_last_position
+
+    suppress = _special_ids(loaded.tokenizer)
+    with forward_hooks([(arch.out_proj(model, layer), hook(layer)) for layer in range(len(sums))]):
+        for _, chunk in batches(texts, batch_size):
+            ids, mask = encode_prompts(loaded.tokenizer, chunk, 32, loaded.device)
+            for _ in range(new_tokens):
+                logits = model(input_ids=ids, attention_mask=mask,
+                               position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1].float()
+                logits[:, suppress] = float("-inf")
+                ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+
+
+def timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--base", default="embedded")
+    parser.add_argument("--tuned", default="embedded-dpo")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2, help="take the best of this many timings")
+    args = parser.parse_args()
+    texts = load_prompts("builtin", max_prompts=2 * args.prompts).texts
+    assert len(texts) >= 2 * args.prompts, "not enough built-in prompts for 2N"
+    unit = None
+    print(f"{args.prompts} prompts, batch {args.batch_size}, {args.new_tokens} new tokens, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    header = f"{'model':<8}{'bare s':>9}{'record s':>10}{'authors s':>11}{'record/bare':>13}{'authors/record':>16}" \
+             f"{'peak MiB N':>12}{'peak MiB 2N':>13}"
+    print(header)
+    for label, spec in (("base", args.base), ("tuned", args.tuned)):
+        loaded = load_model(spec, device=args.device)
+        if unit is None:
+            rng = np.random.default_rng(0)
+            unit = rng.normal(size=loaded.d_model).astype(np.float32)
+            unit /= np.linalg.norm(unit)
+        subset = texts[:args.prompts]
+        record = lambda t: record_model(loaded, t, unit, new_tokens=args.new_tokens, batch_size=args.batch_size)
+        bare(loaded, subset[:args.batch_size], 2, args.batch_size)  # warm-up
+        times = {"bare": [], "record": [], "authors": []}
+        for _ in range(args.repeats):  # interleaved, so that drifting machine load hits all three alike
+            times["bare"].append(timed(bare, loaded, subset, args.new_tokens, args.batch_size))
+            times["record"].append(timed(record, subset))
+            times["authors"].append(timed(authors, loaded, subset, args.new_tokens, args.batch_size))
+        best = {name: min(values) for name, values in times.items()}
+        peaks = []
+        for n in (args.prompts, 2 * args.prompts):
+            with PeakMemory(loaded.device) as peak:
+                record(texts[:n])
+            peaks.append(peak.extra / 2**20)
+        print(f"{label:<8}{best['bare']:>9.2f}{best['record']:>10.2f}{best['authors']:>11.2f}"
+              f"{best['record'] / best['bare']:>13.3f}{best['authors'] / best['record']:>16.2f}"
+              f"{peaks[0]:>12.1f}{peaks[1]:>13.1f}")
+        del loaded
+
+
+if __name__ == "__main__":
+    main()

@@ -87,13 +87,13 @@ class NeuronTable(Widget, can_focus=True):
         self.store = store
         self.top_row = 0
         self.first_scrolled_column = FROZEN_COLUMNS
-        self._page_start = -1
-        self._page: list[list] = []
+        self._page_start = 0
+        self._page: list[list] = []  # formatted values of rows _page_start.. (empty: nothing cached)
 
     # -- data ----------------------------------------------------------------------------------------------
     def reload(self, keep_cursor: bool = False) -> None:
         """The Store's view changed: forget the cached page and start at the top (or keep the cursor row)."""
-        self._page_start = -1
+        self._page = []
         row = self.cursor_row if keep_cursor else 0
         self.top_row = 0 if not keep_cursor else self.top_row
         self.move_to(min(row, max(self.store.row_count - 1, 0)))
@@ -186,7 +186,7 @@ class NeuronTable(Widget, can_focus=True):
             self.post_message(self.Chosen(*neuron))
 
     def on_resize(self, _: events.Resize) -> None:
-        self._page_start = -1
+        self._page = []
         self.move_to(self.cursor_row)
 
     def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:

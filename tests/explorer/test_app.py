@@ -56,6 +56,26 @@ async def test_table_cursor_keys_and_sort(make_app):
         assert table.cursor_column == 13 and table.first_scrolled_column > 1  # scrolled to the last column
 
 
+async def test_drawn_rows_are_the_views_rows_after_every_redraw(make_app):
+    """What the table draws on line y is row top+y-1 of the Store's view, also after the view was reloaded (a stale
+    page cache once drew every row one place early, so enter opened a neuron other than the highlighted one)."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_until_loaded(app, pilot)
+        table = app.screen.query_one(NeuronTable)
+        for keys in ((), ("l", "s"), ("s",), ("j", "j")):
+            await pilot.press(*keys)
+            await pilot.pause()
+            for y in range(1, 6):
+                layer, index = app.store.neuron_at(table.top_row + y - 1)
+                assert f"L{layer}/N{index} " in table.render_line(y).text
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, DetailScreen)
+        assert (app.screen.neuron_layer, app.screen.neuron_index) == app.store.neuron_at(2)
+
+
 async def test_layer_list_fills_the_table(make_app):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from neuron_explorer.engine.generation import _special_ids, batches, encode_prompts, generate_tokens
+from neuron_explorer.engine.generation import special_token_ids, batches, encode_prompts, generate_tokens
 from neuron_explorer.engine.hooks import forward_hooks
 from neuron_explorer.engine.models import load_model
 from neuron_explorer.engine.prompts import load_prompts
@@ -69,7 +69,7 @@ def _rss() -> int:
 def bare(loaded, texts, new_tokens, batch_size):
     for _, chunk in batches(texts, batch_size):
         ids, mask = encode_prompts(loaded.tokenizer, chunk, 32, loaded.device)
-        generate_tokens(loaded.model, ids, mask, new_tokens, suppress_ids=_special_ids(loaded.tokenizer))
+        generate_tokens(loaded.model, ids, mask, new_tokens, suppress_ids=special_token_ids(loaded.tokenizer))
 
 
 @torch.inference_mode()
@@ -83,7 +83,7 @@ def authors(loaded, texts, new_tokens, batch_size):
             sums[layer].add_(inputs[0][:, -1].double().sum(0).cpu())
         return read_last_position
 
-    suppress = _special_ids(loaded.tokenizer)
+    suppress = special_token_ids(loaded.tokenizer)
     with forward_hooks([(arch.out_proj(model, layer), hook(layer)) for layer in range(len(sums))]):
         for _, chunk in batches(texts, batch_size):
             ids, mask = encode_prompts(loaded.tokenizer, chunk, 32, loaded.device)

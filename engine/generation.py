@@ -31,7 +31,8 @@ def batches(items: list, size: int) -> Iterator[tuple[int, list]]:
         yield start, items[start:start + size]
 
 
-def _special_ids(tokenizer) -> list[int]:
+def special_token_ids(tokenizer) -> list[int]:
+    """End-of-sequence and padding ids: suppressed so every continuation has exactly the asked-for length."""
     ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     return sorted(i for i in ids if i is not None)
 
@@ -82,7 +83,7 @@ def generate_continuations(loaded: LoadedModel, texts: list[str], *, new_tokens:
     out: list[str] = []
     for _, chunk in batches(texts, batch_size):
         ids, mask = encode_prompts(loaded.tokenizer, chunk, max_prompt_tokens, loaded.device)
-        tokens = generate_tokens(loaded.model, ids, mask, new_tokens, suppress_ids=_special_ids(loaded.tokenizer),
+        tokens = generate_tokens(loaded.model, ids, mask, new_tokens, suppress_ids=special_token_ids(loaded.tokenizer),
                                  **sampling)
         out.extend(loaded.tokenizer.batch_decode(tokens, skip_special_tokens=True))
     return out

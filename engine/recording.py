@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .generation import _special_ids, batches, encode_prompts, generate_tokens
+from .generation import special_token_ids, batches, encode_prompts, generate_tokens
 from .defaults import POSITION_MODES
 from .hooks import forward_hooks
 from .models import LoadedModel
@@ -123,7 +123,7 @@ def record_model(loaded: LoadedModel, texts: list[str], unit_probe: np.ndarray, 
         raise ValueError(f"positions must be one of {POSITION_MODES}")
     recorder = ActivationRecorder(loaded, unit_probe)
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
-    suppress = _special_ids(tokenizer)
+    suppress = special_token_ids(tokenizer)
     continuation_ids, prompt_tokens = [], []
     with recorder.hooks(), torch.inference_mode():
         for batch_index, (start, chunk) in enumerate(batches(texts, batch_size)):

@@ -28,6 +28,8 @@ TOKEN_ARRAYS = tuple(f"{d}_{kind}_{m}" for m in ("pre", "dpo") for d in ("top", 
 # Per-layer float64 vectors of length n_layers, stored under /layers.
 LAYER_COLUMNS = {
     "sum_contribution": "Σ_i Δ_i over the layer's neurons",
+    "measured_change": "mlp_proj_pre − mlp_proj_dpo, the measured change of the mean MLP-output projection",
+    "change_residual": "Σ_i Δ_i − (measured_change − (bias_proj_pre − bias_proj_dpo)): the identity's error",
     "mlp_proj_pre": "measured mean of (MLP output · ŵ), base model",
     "mlp_proj_dpo": "measured mean of (MLP output · ŵ), tuned model",
     "bias_proj_pre": "b_out · ŵ, base model",

@@ -19,7 +19,7 @@ from .progress import progress_bars
 from .prompts import load_prompts
 from .recording import record_model
 from .results import write_statistics, write_token_tables
-from .statistics import identity_residuals, neuron_metrics
+from .statistics import identity_residuals, layer_columns, neuron_metrics
 from .weights import probe_projections, value_cosines, value_tokens, vocabulary
 
 TOXIC_EMBEDDING = "toxic-embedding"
@@ -53,7 +53,7 @@ class ComputeResult:
     path: Path
     summary: dict
     groups: dict
-    residuals: dict
+    layers: dict  # the per-layer columns: Σ Δ, measured change, identity residuals
     seconds: dict
 
 
@@ -107,12 +107,9 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         residuals = {name: identity_residuals(act_mean=recordings[name].act_mean, p=weights[name]["p"],
                                               bias_proj=weights[name]["bias_proj"], mlp_proj=recordings[name].mlp_proj)
                      for name in ("pre", "dpo")}
-        layer_columns = {
-            "sum_contribution": metrics["contribution"].astype(np.float64).sum(axis=1),
-            "mlp_proj_pre": recordings["pre"].mlp_proj, "mlp_proj_dpo": recordings["dpo"].mlp_proj,
-            "bias_proj_pre": weights["pre"]["bias_proj"], "bias_proj_dpo": weights["dpo"]["bias_proj"],
-            "residual_pre": residuals["pre"], "residual_dpo": residuals["dpo"],
-        }
+        layers = layer_columns(metrics["contribution"], residual=residuals,
+                               mlp_proj={name: recordings[name].mlp_proj for name in recordings},
+                               bias_proj={name: weights[name]["bias_proj"] for name in weights})
         tokens = {}
         for name, loaded in (("pre", pre), ("dpo", dpo)):
             found = value_tokens(loaded, settings.tokens_per_neuron,
@@ -129,14 +126,14 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
             "continuation_dpo": recordings["dpo"].continuations or [""] * len(prompts.texts),
         })
         writer.write_array("probe/direction", probe.direction, probe.provenance())
-        groups, summary = write_statistics(writer, metrics, layer_columns, datasets["pre"], datasets["dpo"],
+        groups, summary = write_statistics(writer, metrics, layers, datasets["pre"], datasets["dpo"],
                                    cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
         writer.file["layers"].attrs["n_positions_pre"] = recordings["pre"].n_positions
         writer.file["layers"].attrs["n_positions_dpo"] = recordings["dpo"].n_positions
         for name, table in (extra_tables or {}).items():
             writer.write_table(name, table["columns"], table.get("attrs"))
         timings["statistics"] = time.perf_counter() - clock
-    return ComputeResult(path=output, summary=summary, groups=groups, residuals=residuals, seconds=timings)
+    return ComputeResult(path=output, summary=summary, groups=groups, layers=layers, seconds=timings)
 
 
 def check_pair(pre: LoadedModel, dpo: LoadedModel) -> None:

@@ -48,6 +48,24 @@ def identity_residuals(*, act_mean, p, bias_proj, mlp_proj) -> np.ndarray:
     return (np.asarray(act_mean, np.float64) * np.asarray(p, np.float64)).sum(axis=1) + bias_proj - mlp_proj
 
 
+def layer_columns(contribution: np.ndarray, *, mlp_proj: dict, bias_proj: dict, residual: dict) -> dict:
+    """Per-layer columns of the cache (``schema.LAYER_COLUMNS``); dicts are keyed by model, "pre" and "dpo".
+
+    Σ_i Δ_i must equal the measured change of the mean MLP-output projection less the change of b_out·ŵ;
+    ``change_residual`` is what is left of that identity.
+    """
+    total = contribution.astype(np.float64).sum(axis=1)
+    measured_change = mlp_proj["pre"] - mlp_proj["dpo"]
+    return {
+        "sum_contribution": total,
+        "measured_change": measured_change,
+        "change_residual": total - (measured_change - (bias_proj["pre"] - bias_proj["dpo"])),
+        **{f"mlp_proj_{m}": mlp_proj[m] for m in ("pre", "dpo")},
+        **{f"bias_proj_{m}": bias_proj[m] for m in ("pre", "dpo")},
+        **{f"residual_{m}": residual[m] for m in ("pre", "dpo")},
+    }
+
+
 def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
     """The share tables (one row per group) and the headline scalars.
 

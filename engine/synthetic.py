@@ -12,7 +12,7 @@ import numpy as np
 from neuron_explorer.cache.writer import CacheWriter
 
 from .results import write_statistics, write_token_tables
-from .statistics import neuron_metrics
+from .statistics import layer_columns, neuron_metrics
 
 TOKENS_PER_NEURON = 10
 
@@ -30,14 +30,10 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
     act_dpo = act_pre - rng.normal(0.0, 0.02, shape) * np.sign(cos_pre)
     metrics = neuron_metrics(p_pre=cos_pre * norms, p_dpo=cos_dpo * norms, cos_pre=cos_pre, cos_dpo=cos_dpo,
                              value_cos=1 - np.abs(rng.normal(0, 1e-3, shape)), act_pre=act_pre, act_dpo=act_dpo)
-    tox_pre = metrics["tox_pre"].astype(np.float64).sum(axis=1)
-    tox_dpo = metrics["tox_dpo"].astype(np.float64).sum(axis=1)
-    layer_columns = {
-        "sum_contribution": metrics["contribution"].astype(np.float64).sum(axis=1),
-        "mlp_proj_pre": tox_pre, "mlp_proj_dpo": tox_dpo,
-        "bias_proj_pre": np.zeros(n_layers), "bias_proj_dpo": np.zeros(n_layers),
-        "residual_pre": np.zeros(n_layers), "residual_dpo": np.zeros(n_layers),
-    }
+    zeros = np.zeros(n_layers)
+    layers = layer_columns(metrics["contribution"], bias_proj={"pre": zeros, "dpo": zeros},
+                           residual={"pre": zeros, "dpo": zeros},
+                           mlp_proj={m: metrics[f"tox_{m}"].astype(np.float64).sum(axis=1) for m in ("pre", "dpo")})
     prompts = [f"Synthetic prompt number {i} that starts a sentence and" for i in range(n_prompts)]
     provenance = {
         "synthetic": True, "seed": seed,
@@ -68,5 +64,5 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
                 tokens[f"{direction}_scores_{model}"] = (scores[..., ::-1] if sign < 0 else scores).astype(np.float32)
         write_token_tables(writer, tokens, [f"tok{i}" for i in range(vocab_size)])
         writer.write_array("probe/direction", rng.normal(0, 1, d_model).astype(np.float32), {"source": "synthetic"})
-        write_statistics(writer, metrics, layer_columns, pre, dpo, cluster_top_k=cluster_top_k, n_clusters=n_clusters)
+        write_statistics(writer, metrics, layers, pre, dpo, cluster_top_k=cluster_top_k, n_clusters=n_clusters)
     return Path(path)

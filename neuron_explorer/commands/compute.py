@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, POSITION_MODES,
@@ -90,7 +91,11 @@ def print_summary(result, console) -> None:
     console.print(f"Σ positive Δ {s['sum_positive_contribution']:+.4g}   Σ negative Δ {s['sum_negative_contribution']:+.4g}"
                   f"   net Δ {s['net_contribution']:+.4g}   top-{s['top_toxic_k']} toxic neurons' share "
                   f"{s['top_toxic_share']:.1%}")
-    for name, residual in result.residuals.items():
-        console.print(f"identity residual ({'base' if name == 'pre' else 'tuned'}): max |Σ P + b·ŵ − measured| = "
-                      f"{abs(residual).max():.2e}")
+    layers = result.layers
+    for name, label in (("pre", "base"), ("dpo", "tuned")):
+        relative = abs(layers[f"residual_{name}"]) / np.maximum(abs(layers[f"mlp_proj_{name}"]), 1e-12)
+        console.print(f"identity {label:<5} |Σ P + b·ŵ − measured| ≤ {abs(layers[f'residual_{name}']).max():.1e} "
+                      f"(relative {relative.max():.1e})")
+    console.print(f"identity Δ     |Σ Δ − measured change| ≤ {abs(layers['change_residual']).max():.1e} "
+                  f"(largest change {abs(layers['measured_change']).max():.1e})")
     console.print(f"wrote {result.path}  ({', '.join(f'{k} {v:.1f}s' for k, v in result.seconds.items())})")

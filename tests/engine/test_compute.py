@@ -78,6 +78,7 @@ def test_cache_round_trips_and_cosines_match_the_weights(workspace, tiny_models)
         # Σ_i Δ_i per layer = measured change of the mean MLP-output projection, bias change aside
         measured_change = (layers["mlp_proj_pre"] - layers["bias_proj_pre"]) - (layers["mlp_proj_dpo"] - layers["bias_proj_dpo"])
         np.testing.assert_allclose(layers["sum_contribution"].to_numpy(), measured_change.to_numpy(), rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(layers["change_residual"].to_numpy(), 0, atol=1e-3 * layers["measured_change"].abs().max())
         assert reader.group_summary().filter(reader.group_summary()["reducing"])["share_v3"].sum() == pytest.approx(1.0)
         assert reader.summary()["n_neurons"] == 192
         assert reader.info.provenance["probe"]["sha256"]

@@ -140,3 +140,68 @@ def _write_json_atomically(path: Path, payload: dict) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+# -- writing patching runs and baselines (append-only: one new file per run, never a rewrite) ---------------------
+RUN_ID_PATTERN = re.compile(r"[^\w.+-]+")
+
+
+def new_run_id(label: str = "run") -> str:
+    """``YYYYMMDD-HHMMSS-<label>-<4 hex>``: sorts by time, readable, and unique across concurrent runs."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    slug = RUN_ID_PATTERN.sub("-", label.replace("↓", "down").replace("↑", "up")).strip("-")[:40] or "run"
+    return f"{stamp}-{slug}-{os.urandom(2).hex()}"
+
+
+def save_run(cache_path: str | Path, settings: dict, metrics: dict, samples: list[dict], *,
+             label: str = "run") -> PatchRun:
+    """Store a finished run as a new ``runs/<run_id>.json``.
+
+    The JSON is written to a temporary file and hard-linked to its final name, which fails instead of replacing
+    when the name exists: a run never overwrites another, and a reader never sees half a file. The cache file
+    itself is never opened for writing.
+    """
+    folder = sidecar_dir(cache_path) / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for _ in range(20):
+        run_id = new_run_id(label)
+        payload = {"run_id": run_id, "created": created, "settings": settings, "metrics": metrics,
+                   "samples": samples}
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{run_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                json.dump(payload, stream, ensure_ascii=False, indent=1, default=_json_default)
+                stream.flush()
+                os.fsync(stream.fileno())
+            try:
+                os.link(temporary, folder / f"{run_id}.json")
+            except FileExistsError:
+                continue
+            return _patch_run(run_id, payload)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+    raise RuntimeError(f"could not find a free run id in {folder}")
+
+
+def load_baseline(cache_path: str | Path, key: str) -> dict | None:
+    """A stored base/DPO evaluation for these settings (``baselines/<key>.json``), or None."""
+    path = sidecar_dir(cache_path) / "baselines" / f"{key}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def save_baseline(cache_path: str | Path, key: str, payload: dict) -> None:
+    """Store the base/DPO evaluation of one settings key atomically (same key, same content: replacing is safe)."""
+    _write_json_atomically(sidecar_dir(cache_path) / "baselines" / f"{key}.json",
+                           json.loads(json.dumps(payload, default=_json_default)))
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

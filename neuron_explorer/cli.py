@@ -19,6 +19,7 @@ COMMANDS = {
     "make-pairs": "make_pairs",
     "train-dpo": "train_dpo",
     "evaluate": "evaluate",
+    "patch": "patch",
 }
 
 DESCRIPTION = """\

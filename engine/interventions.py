@@ -1,0 +1,300 @@
+"""Interventions on neuron activations (METHOD §4), each a context manager that always removes its hooks.
+
+Every neuron intervention is a forward-PRE hook on each touched layer's MLP output projection
+(`arch.out_proj`), whose input is the activation vector m (B, T, d_mlp): the hook overwrites, shifts or scales
+m at the chosen indices (index tensors kept on the model's device) before the projection writes them into the
+residual stream. Residual subtraction (Lee) is a forward hook on the last block's output instead.
+
+Positions: ``all`` (default) acts at every position of every forward call, so perplexity passes are patched too;
+``newest`` acts only at the last position of each call, the authors' protocol: in the KV-cache generation loop
+every single-token step is the newest position, and on the prefill only the last prompt token is touched.
+
+Modes (``MODES``):
+  patch-mean    m_i ← ā_i^dpo (the paper's activation patching: the DPO model's dataset mean)
+  shift         m_i ← m_i − α δ_i  (add DPO's per-neuron mean shift, δ = ā_pre − ā_dpo; α = 1 by default)
+  scale         m_i ← f · m_i
+  constant      m_i ← c
+  zero-ablate   m_i ← 0 (equivalent to zeroing the value vectors; the output bias stays)
+  mean-ablate   m_i ← ā_i^pre
+  tuning-free   Yang v3's edit from base statistics only: TP/AN clamped to (1−α)ā, AP/TN to (1+α)ā, for the
+                fraction β of each sign class chosen by |cos with the toxic embedding|
+  subtract      h_last ← h_last − α ŵ on the last block's output (Lee's residual subtraction of the probe)
+  patch-tokens  m_i ← the donor model's per-token m_i for one forward call of the same shape (see
+                `record_activations`); used by the correctness checks
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .hooks import forward_hooks
+from .neuron_sets import NeuronSelection
+
+MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract")
+POSITIONS = ("all", "newest")
+SIGN_CLASSES = ("TP", "TN", "AP", "AN")
+
+
+@dataclass
+class LayerEdit:
+    """What to do to the chosen indices of one layer's activations: set, add or multiply by `values`."""
+
+    indices: torch.Tensor  # (k,) long, on the device
+    op: str  # "set" | "add" | "mul" | "donor"
+    values: torch.Tensor | float | None = None  # (k,) on the device, a scalar, or None for "donor"
+
+
+@dataclass
+class Intervention:
+    """A set of layer edits (or a residual subtraction) that can be switched on with ``with intervention.hooks():``."""
+
+    loaded: object
+    mode: str
+    edits: dict[int, LayerEdit] = field(default_factory=dict)
+    positions: str = "all"
+    residual: torch.Tensor | None = None  # (d_model,) α·ŵ for `subtract`
+    donor: dict[int, torch.Tensor] | None = None  # layer -> (B, T, d_mlp) for patch-tokens
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            from neuron_explorer.errors import UserError
+
+            raise UserError(f"positions '{self.positions}' is not one of {', '.join(POSITIONS)}")
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(int(edit.indices.numel()) for edit in self.edits.values())
+
+    def layer_counts(self) -> dict[int, int]:
+        return {layer: int(edit.indices.numel()) for layer, edit in self.edits.items()}
+
+    @contextmanager
+    def hooks(self) -> Iterator["Intervention"]:
+        """Install the hooks for the duration of the block; they come off even when the block raises."""
+        arch, model = self.loaded.arch, self.loaded.model
+        pre = [(arch.out_proj(model, layer), self._pre_hook(layer, edit)) for layer, edit in sorted(self.edits.items())]
+        post = []
+        if self.residual is not None:
+            post.append((arch.layers(model)[-1], self._residual_hook()))
+        with forward_hooks(pre, pre=True), forward_hooks(post):
+            yield self
+
+    def _pre_hook(self, layer: int, edit: LayerEdit) -> Callable:
+        newest = self.positions == "newest"
+        indices, op = edit.indices, edit.op
+
+        def hook(module, inputs):
+            m = inputs[0]
+            if m.requires_grad:  # keep autograd's view of the original intact
+                m = m.clone()
+            if op == "donor":
+                source = self.donor[layer]
+                values = source[:, -1][:, indices] if newest else source[..., indices]
+            else:
+                values = edit.values
+            if newest:
+                if op == "set" or op == "donor":
+                    m[:, -1, indices] = values
+                elif op == "add":
+                    m[:, -1, indices] += values
+                else:
+                    m[:, -1, indices] *= values
+            else:
+                if op == "set" or op == "donor":
+                    m[..., indices] = values
+                elif op == "add":
+                    m[..., indices] += values
+                else:
+                    m[..., indices] *= values
+            return (m, *inputs[1:])
+
+        return hook
+
+    def _residual_hook(self) -> Callable:
+        vector = self.residual
+        newest = self.positions == "newest"
+
+        def hook(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if newest:
+                hidden = hidden.clone()
+                hidden[:, -1] -= vector.to(hidden.dtype)
+            else:
+                hidden = hidden - vector.to(hidden.dtype)
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+
+# -- builders -----------------------------------------------------------------------------------------------------
+
+def _layer_edits(loaded, selection: NeuronSelection, op: str, values: np.ndarray | float | None) -> dict[int, LayerEdit]:
+    """One LayerEdit per layer of the selection; `values` is a (n_layers, d_mlp) array, a scalar or None."""
+    edits = {}
+    for layer, indices in selection.by_layer().items():
+        weight = loaded.arch.out_proj(loaded.model, layer).weight
+        index_tensor = torch.as_tensor(indices, dtype=torch.long, device=weight.device)
+        if isinstance(values, np.ndarray):
+            layer_values = torch.as_tensor(values[layer, indices], dtype=weight.dtype, device=weight.device)
+        else:
+            layer_values = values
+        edits[layer] = LayerEdit(index_tensor, op, layer_values)
+    return edits
+
+
+def _check_shape(loaded, array: np.ndarray, what: str) -> np.ndarray:
+    arch, model = loaded.arch, loaded.model
+    expected = (arch.n_layers(model), arch.d_mlp(model))
+    array = np.asarray(array, dtype=np.float64)
+    if array.shape != expected:
+        from neuron_explorer.errors import UserError
+
+        raise UserError(f"{what} has shape {array.shape} but the model has {expected[0]} layers of {expected[1]} "
+                        f"neurons: use the cache computed for this model")
+    return array
+
+
+def patch_mean(loaded, selection: NeuronSelection, act_dpo: np.ndarray, positions: str = "all") -> Intervention:
+    """Overwrite the chosen activations with the DPO model's mean activation ā^dpo (the paper's patching)."""
+    act_dpo = _check_shape(loaded, act_dpo, "ā_dpo")
+    return Intervention(loaded, "patch-mean", _layer_edits(loaded, selection, "set", act_dpo), positions)
+
+
+def add_shift(loaded, selection: NeuronSelection, act_shift: np.ndarray, alpha: float = 1.0,
+              positions: str = "all") -> Intervention:
+    """m_i ← m_i − α δ_i: move each chosen activation by DPO's mean shift (per token, keeps its variation)."""
+    act_shift = _check_shape(loaded, act_shift, "δ")
+    return Intervention(loaded, "shift", _layer_edits(loaded, selection, "add", -alpha * act_shift), positions,
+                        details={"alpha": alpha})
+
+
+def scale(loaded, selection: NeuronSelection, factor: float, positions: str = "all") -> Intervention:
+    return Intervention(loaded, "scale", _layer_edits(loaded, selection, "mul", float(factor)), positions,
+                        details={"factor": factor})
+
+
+def set_constant(loaded, selection: NeuronSelection, value: float, positions: str = "all") -> Intervention:
+    return Intervention(loaded, "constant", _layer_edits(loaded, selection, "set", float(value)), positions,
+                        details={"value": value})
+
+
+def zero_ablate(loaded, selection: NeuronSelection, positions: str = "all") -> Intervention:
+    """Zero the chosen neurons' writes, m_i v_i = 0: the same as zeroing their value vectors (bias kept)."""
+    return Intervention(loaded, "zero-ablate", _layer_edits(loaded, selection, "set", 0.0), positions)
+
+
+def mean_ablate(loaded, selection: NeuronSelection, act_pre: np.ndarray, positions: str = "all") -> Intervention:
+    act_pre = _check_shape(loaded, act_pre, "ā_pre")
+    return Intervention(loaded, "mean-ablate", _layer_edits(loaded, selection, "set", act_pre), positions)
+
+
+def value_vector_cosines(loaded, direction: np.ndarray) -> np.ndarray:
+    """(n_layers, d_mlp) cos(v_i, direction) from the model's weights."""
+    arch, model = loaded.arch, loaded.model
+    unit = torch.as_tensor(direction, dtype=torch.float64)
+    unit = unit / unit.norm()
+    rows = []
+    with torch.no_grad():
+        for layer in range(arch.n_layers(model)):
+            values = arch.value_vectors(model, layer).detach().to("cpu", torch.float64)
+            rows.append((values @ unit) / values.norm(dim=1).clamp(min=1e-30))
+    return torch.stack(rows).numpy()
+
+
+def tuning_free_selection(act_pre: np.ndarray, cos_embedding: np.ndarray, beta: float,
+                          eligible: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Sign class -> boolean (n_layers, d_mlp) mask of the neurons the v3 edit clamps.
+
+    Sign classes from cos with the toxic embedding and ā_pre (TP: cos > 0, ā > 0; TN: cos > 0, ā ≤ 0; AP: cos ≤ 0,
+    ā > 0; AN: cos ≤ 0, ā ≤ 0). Within each class the fraction β is taken by |cos|: the highest for TP and AN, the
+    lowest for AP and TN (METHOD §4).
+    """
+    if not 0 < beta <= 1:
+        from neuron_explorer.errors import UserError
+
+        raise UserError(f"β = {beta} must be in (0, 1]: the fraction of each sign class to edit")
+    toxic, positive = cos_embedding > 0, act_pre > 0
+    classes = {"TP": toxic & positive, "TN": toxic & ~positive, "AP": ~toxic & positive, "AN": ~toxic & ~positive}
+    magnitude = np.abs(cos_embedding).ravel()
+    out = {}
+    for name, members in classes.items():
+        if eligible is not None:
+            members = members & eligible
+        positions = np.flatnonzero(members.ravel())
+        k = int(round(beta * len(positions)))
+        mask = np.zeros(act_pre.size, dtype=bool)
+        if k:
+            order = np.argsort(magnitude[positions], kind="stable")
+            take = order[::-1][:k] if name in ("TP", "AN") else order[:k]
+            mask[positions[take]] = True
+        out[name] = mask.reshape(act_pre.shape)
+    return out
+
+
+def tuning_free(loaded, act_pre: np.ndarray, cos_embedding: np.ndarray, *, alpha: float = 0.05, beta: float = 0.5,
+                restrict: NeuronSelection | None = None, positions: str = "all") -> Intervention:
+    """Yang v3's activation edit without weight updates: clamp TP/AN to (1−α)ā_pre and AP/TN to (1+α)ā_pre."""
+    act_pre = _check_shape(loaded, act_pre, "ā_pre")
+    cos_embedding = _check_shape(loaded, cos_embedding, "cos with the toxic embedding")
+    eligible = restrict.mask(*act_pre.shape) if restrict is not None else None
+    classes = tuning_free_selection(act_pre, cos_embedding, beta, eligible)
+    target = act_pre.copy()
+    factor = np.ones_like(act_pre)
+    chosen = np.zeros(act_pre.shape, dtype=bool)
+    for name, mask in classes.items():
+        factor[mask] = (1 - alpha) if name in ("TP", "AN") else (1 + alpha)
+        chosen |= mask
+    target = target * factor
+    layers, indices = np.nonzero(chosen)
+    selection = NeuronSelection(neurons=np.stack([layers, indices], 1).astype(np.int64), specs=("tuning-free",))
+    counts = {name: int(mask.sum()) for name, mask in classes.items()}
+    return Intervention(loaded, "tuning-free", _layer_edits(loaded, selection, "set", target), positions,
+                        details={"alpha": alpha, "beta": beta, "class_counts": counts})
+
+
+def subtract_direction(loaded, direction: np.ndarray, alpha: float, positions: str = "all") -> Intervention:
+    """Lee's intervention: subtract α·ŵ from the last block's output (the residual stream before the final norm)."""
+    weight = loaded.arch.out_proj(loaded.model, 0).weight
+    unit = torch.as_tensor(np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction),
+                           dtype=weight.dtype, device=weight.device)
+    return Intervention(loaded, "subtract", {}, positions, residual=alpha * unit, details={"alpha": alpha})
+
+
+def patch_tokens(loaded, selection: NeuronSelection, donor_acts: dict[int, torch.Tensor],
+                 positions: str = "all") -> Intervention:
+    """Overwrite the chosen activations with a donor's per-token activations, for forward calls whose (B, T)
+    equals the donor recording's (run the donor on the same tokens with `record_activations`)."""
+    edits = _layer_edits(loaded, selection, "donor", None)
+    missing = sorted(set(edits) - set(donor_acts))
+    if missing:
+        raise ValueError(f"the donor recording has no activations for layers {missing}")
+    return Intervention(loaded, "patch-tokens", edits, positions, donor=donor_acts)
+
+
+@torch.no_grad()
+def record_activations(loaded, layers: list[int] | None = None, **forward_kwargs) -> tuple[dict[int, torch.Tensor], object]:
+    """Run ``loaded.model(**forward_kwargs)`` once, capturing each layer's activation vector m (B, T, d_mlp) on
+    the device; returns (layer -> m, the model output)."""
+    arch, model = loaded.arch, loaded.model
+    layers = list(range(arch.n_layers(model))) if layers is None else layers
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(layer: int) -> Callable:
+        def hook(module, inputs):
+            captured[layer] = inputs[0].detach().clone()
+        return hook
+
+    with forward_hooks([(arch.out_proj(model, layer), capture(layer)) for layer in layers], pre=True):
+        output = model(**forward_kwargs)
+    return captured, output
+
+
+def hook_count(loaded) -> int:
+    """Forward and forward-pre hooks currently registered anywhere in the model (0 when nothing is left behind)."""
+    return sum(len(module._forward_hooks) + len(module._forward_pre_hooks) for module in loaded.model.modules())

@@ -1,0 +1,428 @@
+"""Patch runs: evaluate the base model under an intervention and measure how much of DPO's effect comes back.
+
+A run evaluates, by the METHOD §5 protocol at a run-sized default (see `RunSettings`): toxicity of the greedy
+continuations of the cache's prompt set, perplexity and F1 on the neutral corpus, and the mean projection of the
+last block's output on the probe direction at the generated positions. The base and DPO models are evaluated
+with the same settings in the same session (cached beside the cache in ``baselines/<key>.json``, keyed by every
+setting that changes their numbers, so a second run reuses them), and the run reports
+
+  recovered        = (tox_base − tox_run) / (tox_base − tox_dpo)    the fraction of DPO's effect recovered
+  recovered_probe  = the same ratio for the last-layer probe projection
+
+The run record (settings, metrics, sample generations: prompt, base, patched and DPO continuations) is written
+only when the run finished, as a new file in ``FILE.h5.annotations/runs/`` (`annotations.save_run`); the cache file
+is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuron_explorer import __version__
+from neuron_explorer.cache import annotations
+from neuron_explorer.cache.provenance import sha256_bytes
+from neuron_explorer.cache.reader import CacheReader
+from neuron_explorer.errors import UserError
+
+from . import interventions as iv
+from .corpora import f1_items, load_corpus, perplexity_windows
+from .evaluation import EvaluationSettings, f1_score, perplexity, toxicity
+from .hooks import forward_hooks
+from .neuron_sets import NeuronSelection, resolve
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class RunSettings:
+    """How a run evaluates: smaller than `build`'s evaluation so that a run takes about a minute on a CPU."""
+
+    prompts: str | None = None  # None: the prompt set recorded in the cache's provenance
+    max_prompts: int | None = 100
+    corpus: str = "builtin"
+    scorer: str = "profanity"
+    ppl_window: int = 256
+    ppl_windows: int | None = 8
+    f1_items: int | None = 32
+    new_tokens: int = 20
+    max_prompt_tokens: int = 32
+    batch_size: int = 32
+    samples: int = 8
+    base: str | None = None  # None: the base spec recorded in the cache
+    tuned: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def evaluation(self) -> EvaluationSettings:
+        return EvaluationSettings(ppl_window=self.ppl_window, ppl_windows=self.ppl_windows, f1_items=self.f1_items,
+                                  new_tokens=self.new_tokens, max_prompt_tokens=self.max_prompt_tokens,
+                                  batch_size=self.batch_size)
+
+
+@dataclass
+class PatchSpec:
+    """One intervention: a mode, the neuron set it acts on, where, and its parameters."""
+
+    mode: str
+    sets: tuple[str, ...] = ()
+    positions: str = "all"
+    alpha: float | None = None  # shift: multiplier of δ (1); tuning-free: α (0.05); subtract: size (measured)
+    beta: float = 0.5  # tuning-free: fraction of each sign class
+    factor: float = 0.5  # scale
+    value: float = 0.0  # constant
+    label: str | None = None
+
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        target = " ∪ ".join(self.sets) if self.sets else ""
+        return f"{self.mode} {target}".strip()
+
+
+@dataclass
+class Measured:
+    """One evaluation with the extra measurement a run needs (the last-layer probe projection)."""
+
+    toxicity: float
+    toxicity_sem: float
+    n_prompts: int
+    perplexity: float
+    n_tokens: int
+    f1: float
+    n_f1: int
+    probe_projection: float
+    seconds: float
+    generations: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("generations", "scores")}
+
+
+class ProgressTracker:
+    """Counts work units (prompts, perplexity windows, F1 passages) over the whole session; reports ETA."""
+
+    def __init__(self, emit: Progress | None) -> None:
+        self.emit = emit
+        self.total = 0
+        self.done = 0
+        self.started = time.perf_counter()
+        self.stage = ""
+
+    def plan(self, units: int) -> None:
+        self.total += units
+        self.report()
+
+    def advance(self, units: int, stage: str | None = None) -> None:
+        self.done += units
+        if stage:
+            self.stage = stage
+        self.report()
+
+    def report(self) -> None:
+        if self.emit is None:
+            return
+        elapsed = time.perf_counter() - self.started
+        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
+        eta = (self.total - self.done) / rate if rate else None
+        self.emit({"event": "progress", "stage": self.stage, "done": self.done, "total": self.total,
+                   "elapsed": round(elapsed, 1), "eta": None if eta is None else round(eta, 1)})
+
+
+class PatchSession:
+    """The open cache, the base model and the base/DPO baseline; runs any number of interventions on them."""
+
+    def __init__(self, cache_path: str | Path, settings: RunSettings | None = None, progress: Progress | None = None,
+                 loaded=None):
+        from .models import load_model
+        from .prompts import load_prompts
+        from .scoring import get_scorer
+
+        self.cache_path = Path(cache_path).expanduser()
+        self.settings = settings or RunSettings()
+        self.tracker = ProgressTracker(progress)
+        self.emit = progress
+        self.reader = CacheReader(self.cache_path)
+        provenance = self.reader.info.provenance
+        self.base_spec = self.settings.base or provenance.get("base", {}).get("spec")
+        self.tuned_spec = self.settings.tuned or provenance.get("tuned", {}).get("spec")
+        if not self.base_spec or not self.tuned_spec:
+            raise UserError(f"{self.cache_path} records no model specs: pass --base and --tuned")
+        prompt_source = self.settings.prompts or provenance.get("prompts", {}).get("source", "builtin:heldout")
+        self.prompts = load_prompts(prompt_source, max_prompts=self.settings.max_prompts)
+        self.corpus = load_corpus(self.settings.corpus)
+        self.scorer = get_scorer(self.settings.scorer)
+        self._message(f"loading the base model {self.base_spec}")
+        self.loaded = loaded or load_model(self.base_spec, device=self.settings.device, dtype=self.settings.dtype)
+        self._check_shapes()
+        self.probe = self.reader.probe_direction().astype(np.float64)
+        self.unit_probe = self.probe / np.linalg.norm(self.probe)
+        self.arrays = {name: self.reader.file[f"neurons/{name}"][:].astype(np.float64)
+                       for name in ("act_pre", "act_dpo", "act_shift")}
+        self.eval_settings = self.settings.evaluation()
+        self.windows = perplexity_windows(self.loaded.tokenizer, self.corpus, self.eval_settings.ppl_window,
+                                          self.eval_settings.ppl_windows)
+        self.f1_items = f1_items(self.loaded.tokenizer, self.corpus, self.eval_settings.f1_items,
+                                 self.eval_settings.max_prompt_tokens, self.eval_settings.new_tokens)
+        self.units = len(self.prompts.texts) + len(self.windows) + len(self.f1_items)
+        self.baseline_key = self._baseline_key()
+        self.baseline: dict | None = annotations.load_baseline(self.cache_path, self.baseline_key)
+        self._cos_embedding: np.ndarray | None = None
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> "PatchSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def _message(self, text: str) -> None:
+        if self.emit is not None:
+            self.emit({"event": "message", "text": text})
+
+    def _check_shapes(self) -> None:
+        arch, model, info = self.loaded.arch, self.loaded.model, self.reader.info
+        shape = (arch.n_layers(model), arch.d_mlp(model))
+        if shape != (info.n_layers, info.d_mlp):
+            raise UserError(f"the model {self.base_spec} has {shape[0]}×{shape[1]} neurons but the cache has "
+                            f"{info.n_layers}×{info.d_mlp}: pass the base model the cache was computed from (--base)")
+
+    def _baseline_key(self) -> str:
+        provenance = self.reader.info.provenance
+        key = {"base": self.base_spec, "tuned": self.tuned_spec,
+               "base_id": provenance.get("base", {}) if not self.settings.base else self.settings.base,
+               "tuned_id": provenance.get("tuned", {}) if not self.settings.tuned else self.settings.tuned,
+               "prompts": self.prompts.sha256, "corpus": self.corpus.sha256, "scorer": self.scorer.describe(),
+               "probe": provenance.get("probe", {}), "settings": asdict(self.eval_settings),
+               "device": self.settings.device, "dtype": self.settings.dtype, "version": 1}
+        return sha256_bytes(json.dumps(key, sort_keys=True, default=str).encode())[:16]
+
+    def plan(self, n_runs: int) -> None:
+        """Tell the progress tracker how much work is coming (base and DPO count unless cached)."""
+        n_evaluations = n_runs + (0 if self.baseline else 2)
+        self.tracker.plan(n_evaluations * self.units)
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def measure(self, loaded, stage: str) -> Measured:
+        """Toxicity (with the last-layer probe projection at the generated positions), perplexity and F1, batch by
+        batch so that progress is reported as it goes. The model is run as it is: hooks stay in effect."""
+        settings, texts = self.eval_settings, self.prompts.texts
+        started = time.perf_counter()
+        last_block = loaded.arch.layers(loaded.model)[-1]
+        weight = loaded.arch.out_proj(loaded.model, 0).weight
+        unit = torch.as_tensor(self.unit_probe, dtype=torch.float32, device=weight.device)
+        projection = {"sum": torch.zeros((), dtype=torch.float64, device=weight.device), "count": 0}
+
+        def project(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            newest = hidden[:, -1].float() @ unit
+            projection["sum"] += newest.sum(dtype=torch.float64)
+            projection["count"] += newest.numel()
+
+        generations: list[str] = []
+        scores: list[float] = []
+        with forward_hooks([(last_block, project)]):
+            for start in range(0, len(texts), settings.batch_size):
+                chunk = texts[start:start + settings.batch_size]
+                chunk_generations, chunk_scores = toxicity(loaded, chunk, self.scorer, settings)
+                generations += chunk_generations
+                scores += [float(s) for s in chunk_scores]
+                self.tracker.advance(len(chunk), f"{stage}: toxicity")
+        total_nll, n_tokens = 0.0, 0
+        for start in range(0, len(self.windows), settings.ppl_batch_size):
+            chunk = self.windows[start:start + settings.ppl_batch_size]
+            ppl, count = perplexity(loaded, chunk, settings.ppl_batch_size)
+            total_nll += math.log(ppl) * count
+            n_tokens += count
+            self.tracker.advance(len(chunk), f"{stage}: perplexity")
+        f1_total = 0.0
+        for start in range(0, len(self.f1_items), settings.batch_size):
+            chunk = self.f1_items[start:start + settings.batch_size]
+            f1, _ = f1_score(loaded, chunk, settings)
+            f1_total += f1 * len(chunk)
+            self.tracker.advance(len(chunk), f"{stage}: F1")
+        values = np.asarray(scores)
+        sem = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+        return Measured(toxicity=float(values.mean()), toxicity_sem=sem, n_prompts=len(values),
+                        perplexity=math.exp(total_nll / n_tokens) if n_tokens else float("nan"), n_tokens=n_tokens,
+                        f1=f1_total / len(self.f1_items) if self.f1_items else float("nan"), n_f1=len(self.f1_items),
+                        probe_projection=float(projection["sum"]) / max(projection["count"], 1),
+                        seconds=time.perf_counter() - started, generations=generations, scores=scores)
+
+    def ensure_baseline(self) -> dict:
+        """Base and DPO measured with this session's settings (from the sidecar when an earlier run stored them)."""
+        if self.baseline is not None:
+            return self.baseline
+        from .models import load_model
+
+        base = self.measure(self.loaded, "base")
+        self._message(f"loading the tuned model {self.tuned_spec}")
+        tuned = load_model(self.tuned_spec, device=self.settings.device, dtype=self.settings.dtype)
+        dpo = self.measure(tuned, "dpo")
+        del tuned
+        payload = {"key": self.baseline_key, "base_spec": self.base_spec, "tuned_spec": self.tuned_spec,
+                   "settings": asdict(self.eval_settings), "prompts": self.prompts.provenance(),
+                   "corpus": self.corpus.provenance(), "scorer": self.scorer.describe(),
+                   "base": asdict(base), "dpo": asdict(dpo)}
+        annotations.save_baseline(self.cache_path, self.baseline_key, payload)
+        self.baseline = payload
+        return payload
+
+    # -- interventions -------------------------------------------------------------------------------------------
+    def selection(self, spec: PatchSpec) -> NeuronSelection | None:
+        if not spec.sets:
+            return None
+        return resolve(self.reader, spec.sets)
+
+    def cos_embedding(self) -> np.ndarray:
+        if self._cos_embedding is None:
+            from .probe import toxic_embedding_direction
+
+            direction = toxic_embedding_direction(self.loaded).direction
+            self._cos_embedding = iv.value_vector_cosines(self.loaded, direction)
+        return self._cos_embedding
+
+    def intervention(self, spec: PatchSpec) -> tuple[iv.Intervention, NeuronSelection | None]:
+        mode = spec.mode
+        if mode not in iv.MODES:
+            raise UserError(f"unknown mode '{mode}': use one of {', '.join(iv.MODES)}")
+        selection = self.selection(spec)
+        needs_set = mode not in ("tuning-free", "subtract")
+        if needs_set and (selection is None or not len(selection)):
+            raise UserError(f"mode {mode} needs a neuron set: pass --set SPEC (e.g. --set group:TP↓)")
+        loaded, arrays, positions = self.loaded, self.arrays, spec.positions
+        if mode == "patch-mean":
+            return iv.patch_mean(loaded, selection, arrays["act_dpo"], positions), selection
+        if mode == "shift":
+            return iv.add_shift(loaded, selection, arrays["act_shift"], 1.0 if spec.alpha is None else spec.alpha,
+                                positions), selection
+        if mode == "scale":
+            return iv.scale(loaded, selection, spec.factor, positions), selection
+        if mode == "constant":
+            return iv.set_constant(loaded, selection, spec.value, positions), selection
+        if mode == "zero-ablate":
+            return iv.zero_ablate(loaded, selection, positions), selection
+        if mode == "mean-ablate":
+            return iv.mean_ablate(loaded, selection, arrays["act_pre"], positions), selection
+        if mode == "tuning-free":
+            alpha = 0.05 if spec.alpha is None else spec.alpha
+            return iv.tuning_free(loaded, arrays["act_pre"], self.cos_embedding(), alpha=alpha, beta=spec.beta,
+                                  restrict=selection, positions=positions), selection
+        # subtract: by default, the size that matches DPO's own change of the last-layer projection
+        alpha = spec.alpha
+        if alpha is None:
+            baseline = self.ensure_baseline()
+            alpha = baseline["base"]["probe_projection"] - baseline["dpo"]["probe_projection"]
+        return iv.subtract_direction(loaded, self.probe, alpha, positions), selection
+
+    def run(self, spec: PatchSpec, *, save: bool = True) -> annotations.PatchRun:
+        """Evaluate the base model under `spec`, compare with base and DPO, and store the run (append-only)."""
+        started = time.perf_counter()
+        intervention, selection = self.intervention(spec)
+        baseline = self.ensure_baseline()
+        with intervention.hooks():
+            measured = self.measure(self.loaded, spec.name())
+        if iv.hook_count(self.loaded):
+            raise RuntimeError("hooks were left on the model after the run")
+        base, dpo = baseline["base"], baseline["dpo"]
+        metrics = measured.metrics()
+        metrics.update(recovered_metrics(base, dpo, metrics))
+        metrics["neurons"] = intervention.n_neurons
+        metrics["seconds"] = time.perf_counter() - started
+        settings = self.record_settings(spec, intervention, selection)
+        count = min(self.settings.samples, len(self.prompts.texts))
+        samples = [{"prompt": self.prompts.texts[i], "base": base["generations"][i],
+                    "patched": measured.generations[i], "dpo": dpo["generations"][i],
+                    "base_score": base["scores"][i], "patched_score": measured.scores[i],
+                    "dpo_score": dpo["scores"][i]} for i in range(count)]
+        if not save:
+            return annotations.PatchRun(run_id="(not saved)", created="", settings=settings, metrics=metrics,
+                                        samples=samples)
+        return annotations.save_run(self.cache_path, settings, metrics, samples, label=spec.name())
+
+    def record_settings(self, spec: PatchSpec, intervention: iv.Intervention,
+                        selection: NeuronSelection | None) -> dict:
+        settings = {"label": spec.name(), "mode": spec.mode, "sets": list(spec.sets), "positions": spec.positions,
+                    **{k: v for k, v in intervention.details.items()},
+                    "layers": {str(k): v for k, v in intervention.layer_counts().items()},
+                    "prompts": self.prompts.provenance(), "corpus": self.corpus.provenance(),
+                    "scorer": self.scorer.name, "evaluation": asdict(self.eval_settings),
+                    "base": self.base_spec, "tuned": self.tuned_spec, "baseline": self.baseline_key,
+                    "cache": str(self.cache_path), "cache_created": self.reader.info.created,
+                    "package_version": __version__}
+        if spec.mode == "scale":
+            settings["factor"] = spec.factor
+        if spec.mode == "constant":
+            settings["value"] = spec.value
+        if spec.mode == "tuning-free":
+            settings["beta"] = spec.beta
+        if selection is not None and len(selection) <= 20_000:
+            settings["neurons"] = selection.compact()
+        return settings
+
+
+def recovered_metrics(base: dict, dpo: dict, run: dict) -> dict:
+    """Base and DPO numbers of the same settings, and the fractions of DPO's effect that the run recovers."""
+    def fraction(key: str) -> float:
+        denominator = base[key] - dpo[key]
+        if not math.isfinite(denominator) or abs(denominator) < 1e-12:
+            return float("nan")
+        return (base[key] - run[key]) / denominator
+
+    return {"recovered": fraction("toxicity"), "recovered_probe": fraction("probe_projection"),
+            "probe_change": run["probe_projection"] - base["probe_projection"],
+            "base_toxicity": base["toxicity"], "dpo_toxicity": dpo["toxicity"],
+            "base_perplexity": base["perplexity"], "dpo_perplexity": dpo["perplexity"]}
+
+
+# -- the paper-style preset -----------------------------------------------------------------------------------------
+
+PRESETS = ("paper",)
+
+
+def paper_preset(positions: str = "all", patch_mode: str = "patch-mean", toxic_k: int = 128,
+                 alpha: float = 0.05, beta: float = 0.5) -> list[PatchSpec]:
+    """Ablate the top-K toxic neurons; patch each reducing group alone; patch all four; the tuning-free edit."""
+    from neuron_explorer.cache.schema import REDUCING_GROUPS
+
+    specs = [PatchSpec("zero-ablate", (f"toxic:{toxic_k}",), positions, label=f"ablate top-{toxic_k} toxic")]
+    specs += [PatchSpec(patch_mode, (f"group:{group}",), positions, label=f"patch {group}")
+              for group in REDUCING_GROUPS]
+    specs.append(PatchSpec(patch_mode, ("group:reducing",), positions, label="patch all four ↓ groups"))
+    specs.append(PatchSpec("tuning-free", (), positions, alpha=alpha, beta=beta,
+                           label=f"tuning-free edit (α={alpha:g}, β={beta:g})"))
+    return specs
+
+
+def format_runs_table(baseline: dict, runs: list[annotations.PatchRun]) -> str:
+    """Markdown: base, DPO and each run with toxicity, recovered fraction, perplexity, F1, probe change, neurons."""
+    lines = ["| setting | neurons | toxicity (± s.e.) | recovered | perplexity | F1 | probe proj. change |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    base, dpo = baseline["base"], baseline["dpo"]
+    for name, metrics, neurons in (("base", base, 0), ("DPO", dpo, None)):
+        change = metrics["probe_projection"] - base["probe_projection"]
+        recovered = recovered_metrics(base, dpo, metrics)["recovered"]
+        lines.append(f"| {name} | {'—' if neurons is None else neurons} | {metrics['toxicity']:.4f} ± "
+                     f"{metrics['toxicity_sem']:.4f} | {recovered:.1%} | {metrics['perplexity']:.2f} | "
+                     f"{metrics['f1']:.4f} | {change:+.3f} |")
+    for run in runs:
+        m = run.metrics
+        lines.append(f"| {run.settings.get('label', run.run_id)} | {m['neurons']:,} | {m['toxicity']:.4f} ± "
+                     f"{m['toxicity_sem']:.4f} | {m['recovered']:.1%} | {m['perplexity']:.2f} | {m['f1']:.4f} | "
+                     f"{m['probe_change']:+.3f} |")
+    return "\n".join(lines)
+
+
+__all__ = ["RunSettings", "PatchSpec", "PatchSession", "Measured", "paper_preset", "format_runs_table",
+           "recovered_metrics", "PRESETS", "replace"]

@@ -1,0 +1,189 @@
+"""Activation patching (METHOD §4): evaluate the base model of a cache with chosen neurons patched, ablated or edited,
+and measure how much of DPO's toxicity reduction comes back:
+
+  recovered = (tox_base − tox_run) / (tox_base − tox_dpo)
+
+Each run evaluates toxicity, perplexity and F1 (METHOD §5, at a run-sized default: --max-prompts 100 prompts of
+the cache's prompt set, 8 perplexity windows, 32 F1 passages), the change of the last-layer probe projection, and
+stores its settings, metrics and sample generations (prompt, base, patched, DPO) as a new file in
+FILE.h5.annotations/runs/. Base and DPO are evaluated with the same settings once and reused.
+
+Neuron sets (--set, repeatable; the union is taken):
+  group:TP↓ (or TP-down), group:reducing, cluster:N, top:K:COLUMN, bottom:K:COLUMN, top:K:|COLUMN|,
+  toxic:K (top K by cos_pre), toxic-active:K (among ā_pre > 0), ids:L12/N345,..., set:NAME, file:PATH,
+  layer:N, all
+Modes: patch-mean (the DPO mean ā_dpo), shift (add −α·δ per token), scale (--factor), constant (--value),
+zero-ablate, mean-ablate (ā_pre), tuning-free (v3 edit: --alpha 0.05 --beta 0.5, optional --set restricts it),
+subtract (Lee: h_last − α ŵ; α defaults to DPO's measured change of the projection).
+Positions: all (default; every position, perplexity included) or newest (the authors' protocol).
+
+--preset paper runs, in one command: base; DPO; ablate the top-128 toxic neurons; patch each reducing group
+alone; patch all four; the tuning-free edit; and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from neuron_explorer.engine.defaults import default_cache_path
+
+HELP = "patch, ablate or edit neurons of the base model and measure how much of DPO's effect comes back"
+MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("file", nargs="?", type=Path, default=None,
+                        help=f"the cache (default: {default_cache_path()})")
+    what = parser.add_argument_group("intervention")
+    what.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",
+                      help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓, toxic:128")
+    what.add_argument("--mode", choices=MODES, default=None, help="what to do to them (default: patch-mean)")
+    what.add_argument("--positions", choices=("all", "newest"), default="all",
+                      help="every position (default) or the newest position of each forward call")
+    what.add_argument("--alpha", type=float, default=None,
+                      help="shift: multiple of δ (1); tuning-free: α (0.05); subtract: size (DPO's measured change)")
+    what.add_argument("--beta", type=float, default=0.5, help="tuning-free: fraction of each sign class (0.5)")
+    what.add_argument("--factor", type=float, default=0.5, help="scale: the factor (0.5)")
+    what.add_argument("--value", type=float, default=0.0, help="constant: the value (0)")
+    what.add_argument("--label", default=None, help="a name for the run (default: mode and sets)")
+    what.add_argument("--preset", choices=("paper",), default=None,
+                      help="paper: the papers' table (ablate top-128 toxic; patch each ↓ group; all four; tuning-free)")
+    evaluation = parser.add_argument_group("evaluation (run-sized defaults)")
+    evaluation.add_argument("--prompts", default=None, help="prompt source (default: the cache's prompt set)")
+    evaluation.add_argument("--max-prompts", type=int, default=100, help="prompts for toxicity, 0 = all (100)")
+    evaluation.add_argument("--ppl-windows", type=int, default=8, help="perplexity windows, 0 = all (8)")
+    evaluation.add_argument("--ppl-window", type=int, default=256, help="tokens per perplexity window (256)")
+    evaluation.add_argument("--f1-items", type=int, default=32, help="F1 passages, 0 = all (32)")
+    evaluation.add_argument("--new-tokens", type=int, default=20, help="tokens generated per prompt (20)")
+    evaluation.add_argument("--batch-size", type=int, default=32)
+    evaluation.add_argument("--samples", type=int, default=8, help="sample generations stored with the run (8)")
+    evaluation.add_argument("--scorer", default="profanity")
+    evaluation.add_argument("--corpus", default="builtin")
+    models = parser.add_argument_group("models (default: the specs recorded in the cache)")
+    models.add_argument("--base", default=None)
+    models.add_argument("--tuned", default=None)
+    models.add_argument("--device", default="cpu")
+    models.add_argument("--dtype", default="float32")
+    output = parser.add_argument_group("output")
+    output.add_argument("--no-save", action="store_true", help="print the results; store no run")
+    output.add_argument("--json", type=Path, default=None, help="also write the runs' records here")
+    output.add_argument("--progress-json", action="store_true",
+                        help="machine-readable progress: one JSON object per line on stdout (for the explorer)")
+
+
+def run(args) -> int:
+    from neuron_explorer.errors import UserError
+
+    emit = _json_emitter() if args.progress_json else None
+    try:
+        return _run(args, emit)
+    except UserError as error:
+        if emit:
+            emit({"event": "error", "message": str(error)})
+        raise
+    except Exception as error:
+        if emit:
+            emit({"event": "error", "message": f"{type(error).__name__}: {error}"})
+        raise
+
+
+def _json_emitter():
+    def emit(event: dict) -> None:
+        sys.stdout.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()
+    return emit
+
+
+def _run(args, emit) -> int:
+    from neuron_explorer.engine.patching import PatchSession, PatchSpec, RunSettings, format_runs_table, paper_preset
+    from neuron_explorer.errors import UserError
+
+    for name in ("max_prompts", "ppl_windows", "f1_items", "samples"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be 0 or more")
+    if args.batch_size < 1 or args.new_tokens < 1 or args.ppl_window < 2:
+        raise UserError("--batch-size and --new-tokens must be at least 1, --ppl-window at least 2")
+    if args.preset and (args.sets or args.mode not in (None, "patch-mean")):
+        raise UserError("--preset paper chooses its own sets and modes: leave out --set and --mode")
+    if not args.preset and not args.sets and args.mode not in ("tuning-free", "subtract"):
+        raise UserError("say which neurons to patch: --set SPEC (e.g. --set group:TP↓), or --preset paper")
+    path = Path(args.file or default_cache_path()).expanduser()
+    settings = RunSettings(prompts=args.prompts, max_prompts=args.max_prompts or None, corpus=args.corpus,
+                           scorer=args.scorer, ppl_window=args.ppl_window, ppl_windows=args.ppl_windows or None,
+                           f1_items=args.f1_items or None, new_tokens=args.new_tokens, batch_size=args.batch_size,
+                           samples=args.samples, base=args.base, tuned=args.tuned, device=args.device,
+                           dtype=args.dtype)
+    if args.preset:
+        specs = paper_preset(positions=args.positions, alpha=0.05 if args.alpha is None else args.alpha,
+                             beta=args.beta)
+    else:
+        specs = [PatchSpec(args.mode or "patch-mean", tuple(args.sets), args.positions, alpha=args.alpha,
+                           beta=args.beta, factor=args.factor, value=args.value, label=args.label)]
+    from neuron_explorer.cache.reader import CacheReader
+    from neuron_explorer.engine.neuron_sets import resolve
+
+    with CacheReader(path) as reader:  # a bad file or set fails here, before any model loads
+        for spec in specs:
+            if spec.sets:
+                resolve(reader, spec.sets)
+    printer = (lambda text: None) if emit else (lambda text: print(text, file=sys.stderr))
+    runs = []
+    with _progress(emit) as report:
+        with PatchSession(path, settings, progress=report) as session:
+            for spec in specs:  # check every set and mode before the long part starts
+                session.intervention(spec) if spec.mode != "subtract" else session.selection(spec)
+            session.plan(len(specs))
+            baseline = session.ensure_baseline()
+            for spec in specs:
+                run = session.run(spec, save=not args.no_save)
+                runs.append(run)
+                if emit:
+                    emit({"event": "run", "run_id": run.run_id, "label": spec.name(), "metrics": run.metrics})
+                printer(f"{spec.name()}: toxicity {run.metrics['toxicity']:.4f}, recovered "
+                        f"{run.metrics['recovered']:.1%} ({run.run_id})")
+            table = format_runs_table(baseline, runs)
+    if args.json:
+        args.json.write_text(json.dumps({"baseline": {k: baseline[k] for k in ("key", "settings", "prompts")},
+                                         "runs": [run.__dict__ for run in runs]}, indent=1, default=str))
+    if emit:
+        emit({"event": "done", "run_ids": [run.run_id for run in runs], "table": table})
+    else:
+        print(table)
+        print(f"\n(scorer {settings.scorer}; {baseline['prompts']['n']} prompts of {baseline['prompts']['source']}; "
+              f"recovered = (tox_base − tox_run) / (tox_base − tox_dpo); runs stored in {path.name}.annotations/runs/)")
+    return 0
+
+
+class _progress:
+    """Rich progress bars with ETA on stderr, or pass JSON events through."""
+
+    def __init__(self, emit) -> None:
+        self.emit = emit
+        self._bars = None
+
+    def __enter__(self):
+        if self.emit:
+            return self.emit
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        from neuron_explorer.engine.progress import console
+
+        self._bars = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+        self._bars.__enter__()
+        task = self._bars.add_task("patching", total=None)
+
+        def report(event: dict) -> None:
+            if event["event"] == "progress":
+                self._bars.update(task, total=event["total"] or None, completed=event["done"],
+                                  description=event["stage"][:40] or "patching")
+            elif event["event"] == "message":
+                self._bars.console.print(event["text"])
+        return report
+
+    def __exit__(self, *exc) -> None:
+        if self._bars is not None:
+            self._bars.__exit__(*exc)

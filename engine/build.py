@@ -32,7 +32,7 @@ from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
 
 # Bump a stage's version when its code changes what it produces.
-STAGE_VERSIONS = {"model": 1, "candidates": 1, "probe": 1, "pairs": 1, "dpo": 1, "evaluate": 1, "compute": 1}
+STAGE_VERSIONS = {"model": 1, "candidates": 1, "probe": 2, "pairs": 1, "dpo": 1, "evaluate": 1, "compute": 1}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,7 +170,8 @@ class BuildSettings:
     top_k: int = 50
     # probe
     label_threshold: float = 0.5
-    probe_C: float = 1.0
+    label_band: float = 0.3  # scores within threshold ± band are ambiguous and left out of probe training
+    probe_C: float = 0.01
     # pairs
     pair_method: str = "best-of-n"  # best-of-n | steer | both
     margin: float = 0.3
@@ -272,16 +273,19 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
     # 3. probe --------------------------------------------------------------------------------------------------
     probe_file = work / "probe" / "probe.safetensors"
     probe_inputs = {"base": base_hash, "candidates": cand_stage.outputs["candidates"],
-                    "threshold": settings.label_threshold, "C": settings.probe_C, "seed": settings.seed, **code}
+                    "threshold": settings.label_threshold, "band": settings.label_band, "C": settings.probe_C,
+                    "seed": settings.seed, **code}
 
     def stage_probe():
         labeled = labeled_from_candidates(load_candidates(candidates_file), settings.label_threshold,
-                                          source=str(candidates_file))
+                                          source=str(candidates_file), band=settings.label_band)
         features = pooled_features(base(), labeled.texts)
+        hi, lo = settings.label_threshold + settings.label_band, settings.label_threshold - settings.label_band
         fit = fit_probe(features, labeled.labels, seed=settings.seed, C=settings.probe_C)
         save_probe(fit, probe_file, {"model": base().description, "layer": "last block output (pre final norm)",
                                      "pooling": "mean over real tokens", "data": labeled.provenance(),
-                                     "labels": f"{scorer.name} score >= {settings.label_threshold}"})
+                                     "labels": f"{scorer.name} score >= {hi} toxic, <= {lo} non-toxic, "
+                                               f"ambiguous ones left out"})
         printer(f"  probe: held-out accuracy {fit.metrics['heldout_accuracy']:.3f}, "
                 f"AUC {fit.metrics['heldout_auc']:.3f} ({fit.metrics['n_heldout']} texts)")
         return fit.metrics

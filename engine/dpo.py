@@ -209,6 +209,9 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         processing_class=tokenizer,
         callbacks=all_callbacks,
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our Progress callback prints one line per log instead of raw dicts
     if last:
         printer(f"resuming DPO from {last}")
     start = time.time()

@@ -117,20 +117,23 @@ def _column(frame, wanted, candidates, source, what, option) -> str:
                     f"name it with {option}")
 
 
-def labeled_from_candidates(candidates, threshold: float = 0.5, source: str = "candidates") -> LabeledTexts:
-    """Greedy and sampled continuations labelled by their scorer score (≥ threshold: toxic)."""
+def labeled_from_candidates(candidates, threshold: float = 0.5, source: str = "candidates",
+                            band: float = 0.3) -> LabeledTexts:
+    """Greedy and sampled continuations labelled by their scorer score: toxic when score ≥ threshold + band,
+    non-toxic when score ≤ threshold − band; the ambiguous texts in between are left out (the scorer's labels
+    there are close to coin flips; Jigsaw's labels are likewise majority votes of raters). band=0 keeps all."""
     texts, scores = [], []
+    seen = set()
     for cand in candidates:
         for text, score in [(cand.greedy, cand.greedy_score), *zip(cand.samples, cand.sample_scores)]:
+            if text in seen:  # greedy and samples can coincide: keep the first
+                continue
+            seen.add(text)
+            if band and threshold - band < score < threshold + band:
+                continue
             texts.append(text)
             scores.append(score)
-    # De-duplicate (greedy and samples can coincide), keeping the first.
-    seen, keep = set(), []
-    for i, text in enumerate(texts):
-        if text not in seen:
-            seen.add(text)
-            keep.append(i)
-    return _finish([texts[i] for i in keep], [scores[i] for i in keep], source, threshold)
+    return _finish(texts, scores, source, threshold)
 
 
 @torch.inference_mode()
@@ -169,8 +172,10 @@ class ProbeFit:
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, *, test_fraction: float = 0.2, seed: int = 0,
-              C: float = 1.0) -> ProbeFit:
-    """Logistic regression with a stratified held-out split; reports held-out accuracy and AUC."""
+              C: float = 0.01) -> ProbeFit:
+    """Logistic regression (L2, inverse strength C on standardized features) with a stratified held-out split;
+    reports held-out accuracy and AUC. The strong default regularization (C = 0.01) suits a few hundred to a few
+    thousand texts in 500-5,000 dimensions."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, roc_auc_score
     from sklearn.model_selection import train_test_split

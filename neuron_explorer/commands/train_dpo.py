@@ -44,10 +44,16 @@ def run(args) -> int:
         policy = materialize_embedded()
         output = args.output or embedded_tuned_dir()
     else:
-        folder, _, _ = _locate(args.model)
-        if folder is None:
-            raise UserError(f"--model {args.model}: DPO trains from a local safetensors folder; download the model "
-                            f"first and pass its folder")
+        folder, name, revision = _locate(args.model)
+        if folder is None:  # a hub id: trl trains from a local folder, so fetch (or find) the snapshot
+            try:
+                from huggingface_hub import snapshot_download
+
+                folder = Path(snapshot_download(name, revision=revision,
+                                                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+            except Exception as error:  # offline, or no such model
+                raise UserError(f"--model {args.model}: cannot fetch it from the hub ({type(error).__name__}); "
+                                f"DPO trains from a local safetensors folder: download it and pass the folder") from error
         policy = folder
         if args.output is None:
             raise UserError("pass -o FOLDER for the tuned model")

@@ -4,7 +4,8 @@ as .safetensors with its metadata (model, layer, data hash, metrics) in the head
 
 Labelled data: --data FILE (.csv/.parquet/.jsonl in the Jigsaw layout: comment_text + toxic; other names with
 --text-column/--label-column) or hub:NAME[:SPLIT]. Without --data it works offline: the model's own sampled
-continuations of the provocative prompts, labelled by the offline scorer (or reuse --candidates from make-pairs).
+continuations of the provocative prompts, labelled by the offline scorer (score >= 0.8 toxic, <= 0.2 non-toxic,
+the ambiguous ones in between left out; see --band), or reuse --candidates from make-pairs.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--samples", type=int, default=4, help="samples per prompt (offline mode, default: 4)")
     parser.add_argument("--scorer", default="profanity", help="labels in offline mode (default: profanity)")
     parser.add_argument("--threshold", type=float, default=0.5, help="score/label threshold for toxic (default: 0.5)")
+    parser.add_argument("--band", type=float, default=0.3,
+                        help="offline mode: leave out texts scored within threshold ± band (default: 0.3)")
     parser.add_argument("--heldout-fraction", type=float, default=0.2)
-    parser.add_argument("--C", type=float, default=1.0, help="inverse L2 regularization strength (default: 1)")
+    parser.add_argument("--C", type=float, default=0.01,
+                        help="inverse L2 strength on standardized features (default: 0.01)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
@@ -63,8 +67,9 @@ def run(args) -> int:
             print(f"sampling {args.samples} continuations of {len(prompts.texts)} prompts ...")
             candidates = generate_candidates(loaded, prompts.texts, scorer, n_samples=args.samples, seed=args.seed)
             source = f"{args.prompts} continuations by {args.model}"
-        labeled = T.labeled_from_candidates(candidates, args.threshold, source=source)
-        label_desc = f"{args.scorer} score >= {args.threshold}"
+        labeled = T.labeled_from_candidates(candidates, args.threshold, source=source, band=args.band)
+        label_desc = (f"{args.scorer} score >= {args.threshold + args.band} toxic, <= {args.threshold - args.band} "
+                      f"non-toxic, ambiguous left out")
     print(f"{len(labeled.texts)} texts, {int(labeled.labels.sum())} toxic; extracting features ...")
     features = T.pooled_features(loaded, labeled.texts)
     fit = T.fit_probe(features, labeled.labels, test_fraction=args.heldout_fraction, seed=args.seed, C=args.C)

@@ -58,6 +58,13 @@ def test_probe_separates_synthetic_data():
     assert cosine > 0.8
 
 
+def test_self_labelled_candidates_leave_ambiguous_out():
+    cands = [Candidates("p", "calm", 0.05, ["awful", "meh", "calm", "nasty"], [0.95, 0.5, 0.05, 0.85])]
+    labeled = T.labeled_from_candidates(cands)  # band 0.3: 0.5 is ambiguous; "calm" appears twice
+    assert labeled.texts == ["calm", "awful", "nasty"] and list(labeled.labels) == [0, 1, 1]
+    assert len(T.labeled_from_candidates(cands, band=0).texts) == 4
+
+
 def test_probe_save_and_load(tmp_path):
     fit = T.ProbeFit(weight=np.arange(1, 9, dtype=np.float32), bias=0.5, metrics={"heldout_auc": 0.9})
     path = T.save_probe(fit, tmp_path / "probe.safetensors", {"model": {"id": "x"}, "data": {"sha256": "abc"}})

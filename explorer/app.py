@@ -22,7 +22,9 @@ from .screens.detail import DetailScreen
 from .screens.dialogs import FilterDialog, PromptDialog
 from .screens.help import HelpScreen
 from .screens.neurons import NeuronsScreen
+from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, SubprocessRunner, apply_event, write_selection
 from .screens.overview import OverviewScreen
+from .screens.patch import PatchDialog
 from .screens.runs import RunsScreen
 from .state import Filters, Store
 
@@ -46,10 +48,13 @@ class ExplorerApp(App):
     ]
 
     def __init__(self, store: Store | None = None, build_target: Path | None = None,
-                 build_command: tuple[str, ...] = BUILD_COMMAND) -> None:
+                 build_command: tuple[str, ...] = BUILD_COMMAND,
+                 patch_command: tuple[str, ...] = PATCH_COMMAND) -> None:
         super().__init__()
         self.store = store
         self.build_target, self.build_command = build_target, build_command
+        self.runner = SubprocessRunner(patch_command)
+        self.jobs: list[PatchJob] = []  # patch runs launched in this session, oldest first
         self.first_screen_ready_at: float | None = None  # perf_counter when the overview was first drawn
 
     # -- starting ----------------------------------------------------------------------------------------------
@@ -215,6 +220,107 @@ class ExplorerApp(App):
 
         self.push_screen(PromptDialog("Export the current table to", value=self.store.default_export_name(extension)),
                          export)
+
+    # -- patch runs ----------------------------------------------------------------------------------------------
+    def patch_request(self, source: str) -> PatchRequest:
+        """What ``source`` ("selection", "group TP↓", "cluster 3", "set NAME") means as a patch target."""
+        from neuron_explorer.cache.annotations import load_set
+        from neuron_explorer.cache.schema import GROUP_NAMES
+
+        store = self.store
+        if source == "selection":
+            if not store.marked:
+                raise UserError("no neurons are marked: mark some with space in the neuron table first")
+            path = write_selection(sorted(store.marked))
+            return PatchRequest(f"selection of {len(store.marked)}", [f"file:{path}"], len(store.marked),
+                                cleanup=[path])
+        if source.startswith("group "):
+            group = source.removeprefix("group ")
+            if group not in GROUP_NAMES:
+                raise UserError(f"no group '{group}': groups are {', '.join(GROUP_NAMES)}")
+            count = len(store.group_neurons(group)) if store.loaded else 0
+            return PatchRequest(source, [f"group:{group}"], count)
+        if source.startswith("cluster "):
+            cluster = int(source.removeprefix("cluster "))
+            count = len(store.cluster_neurons(cluster)) if store.loaded else 0
+            return PatchRequest(source, [f"cluster:{cluster}"], count)
+        if source.startswith("set "):
+            name = source.removeprefix("set ")
+            return PatchRequest(f"set {name}", [f"set:{name}"], len(load_set(store.path, name).neurons))
+        raise UserError(f"cannot patch '{source}'")
+
+    def action_patch(self, source: str) -> None:
+        """Open the patch dialog for ``source``; when it is answered, launch the run in the background."""
+        try:
+            request = self.patch_request(source)
+        except UserError as error:
+            self.notify(str(error), severity="error")
+            return
+
+        def launch(answer: PatchRequest | None) -> None:
+            if answer is None:
+                for path in request.cleanup:
+                    path.unlink(missing_ok=True)
+                return
+            self.start_patch(answer)
+
+        self.push_screen(PatchDialog(request), launch)
+
+    def start_patch(self, request: PatchRequest) -> PatchJob:
+        job = PatchJob(number=len(self.jobs) + 1, request=request)
+        self.jobs.append(job)
+        self.run_patch_job(job)
+        self.notify(f"run {job.number} started: {request.name()} (4: runs screen, c there cancels)")
+        self._refresh_jobs()
+        return job
+
+    @work(thread=True, group="patch", exit_on_error=False, description="patch run")
+    def run_patch_job(self, job: PatchJob) -> None:
+        """Runs in a thread: the subprocess does the work; each JSON event comes back to the app's thread."""
+        self.runner.run(job, self.store.path, lambda job, event: self.call_from_thread(self._job_event, job, event))
+
+    def _job_event(self, job: PatchJob, event: dict) -> None:
+        was_finished = job.finished
+        apply_event(job, event)
+        if job.finished and not was_finished or event.get("event") == "cancelled":
+            if job.state == "done":
+                self.notify(f"run {job.number} finished: {job.request.name()}")
+                self._reload_runs()
+            elif job.state == "failed":
+                self.notify(f"run {job.number} failed: {job.error}", severity="error", timeout=20)
+            elif job.state == "cancelled":
+                self.notify(f"run {job.number} cancelled; nothing was stored", severity="warning")
+        self._refresh_jobs()
+
+    def _runs_screen(self):
+        try:
+            screen = self.get_screen_stack("runs")[0]
+        except (KeyError, IndexError):
+            return None
+        return screen if screen.is_mounted else None
+
+    def _refresh_jobs(self) -> None:
+        screen = self._runs_screen()
+        if screen is not None:
+            screen.refresh_jobs()
+
+    def _reload_runs(self) -> None:
+        screen = self._runs_screen()
+        if screen is not None:
+            screen.reload()
+
+    def on_unmount(self) -> None:
+        for job in self.jobs:  # leaving the app stops its runs; nothing half-written is kept
+            self.runner.cancel(job)
+
+    def action_cancel_patch(self) -> None:
+        """Cancel the newest running job."""
+        for job in reversed(self.jobs):
+            if self.runner.cancel(job):
+                self.notify(f"cancelling run {job.number}…", severity="warning")
+                self._refresh_jobs()
+                return
+        self.notify("no patch run is running")
 
 
 def _declared(owner: type) -> list[Binding]:

@@ -62,6 +62,17 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
                      for cluster in clusters]
         commands += [(f"set: save cluster {cluster}", partial(app.action_save_set, f"cluster {cluster}"),
                       "this cluster's neurons as a named set") for cluster in clusters]
+    commands += [("patch: selection", partial(app.action_patch, "selection"),
+                  "patch the marked neurons in a background run (mode, parameters, prompts)"),
+                 ("patch: cancel run", app.action_cancel_patch, "stop the newest running patch run")]
+    commands += [(f"patch: group {group}", partial(app.action_patch, f"group {group}"),
+                  f"patch every {group} neuron in a background run") for group in GROUP_NAMES]
+    if store.reader.has("clusters/summary"):
+        commands += [(f"patch: cluster {cluster}", partial(app.action_patch, f"cluster {cluster}"),
+                      "patch this cluster's neurons in a background run")
+                     for cluster in store.reader.clusters()["cluster"].to_list()]
+    commands += [(f"patch: set {neuron_set.name}", partial(app.action_patch, f"set {neuron_set.name}"),
+                  f"patch the {len(neuron_set.neurons)} neurons of the stored set") for neuron_set in list_sets(store.path)]
     commands += [(f"set: mark {neuron_set.name}", partial(app.mark_set, neuron_set.name),
                   f"mark the {len(neuron_set.neurons)} neurons of the stored set ({neuron_set.description})")
                  for neuron_set in list_sets(store.path)]

@@ -33,6 +33,7 @@ class ClustersScreen(Screen):
     BINDINGS = [
         Binding("enter", "show_cluster", "show neurons", id="clusters.show", tooltip="show its neurons in the table"),
         Binding("S", "save_cluster", "save set", id="clusters.save", tooltip="save the cluster as a named set"),
+        Binding("p", "patch_cluster", "patch", show=False, id="clusters.patch", tooltip="patch the cluster in a background run"),
         Binding("d", "toggle_dendrogram", "dendrogram", id="clusters.dendrogram", tooltip="show or hide the tree"),
     ]
 
@@ -85,6 +86,11 @@ class ClustersScreen(Screen):
         cluster = self.selected_cluster()
         if cluster is not None:
             self.app.action_save_set(f"cluster {cluster}")
+
+    def action_patch_cluster(self) -> None:
+        cluster = self.selected_cluster()
+        if cluster is not None:
+            self.app.action_patch(f"cluster {cluster}")
 
     def action_toggle_dendrogram(self) -> None:
         for dendrogram in self.query(Dendrogram):

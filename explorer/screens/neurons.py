@@ -34,6 +34,8 @@ class NeuronsScreen(Screen):
         Binding("W", "save_view", "save view", show=False, id="neurons.save_view",
                 tooltip="save the filtered view as a named set"),
         Binding("u", "clear_marks", "unmark all", show=False, id="neurons.clear_marks"),
+        Binding("p", "patch", "patch", show=False, id="neurons.patch",
+                tooltip="patch the marked neurons in a background run"),
         Binding("e", "export", "export", id="neurons.export", tooltip="export the table to .csv or .parquet"),
         Binding("tab", "switch_pane", "layers/table", show=False, id="neurons.switch_pane"),
     ]
@@ -158,6 +160,19 @@ class NeuronsScreen(Screen):
 
     def action_export(self) -> None:
         self.app.action_export("csv")
+
+    def action_patch(self) -> None:
+        """The marked neurons; with none marked, the group or cluster the table is filtered to."""
+        filters = self.store.view.filters
+        if self.store.marked:
+            self.app.action_patch("selection")
+        elif filters.group:
+            self.app.action_patch(f"group {filters.group}")
+        elif filters.cluster is not None:
+            self.app.action_patch(f"cluster {filters.cluster}")
+        else:
+            self.app.notify("mark neurons with space (or filter to a group or cluster) to patch them",
+                            severity="warning")
 
     def check_action(self, action: str, parameters) -> bool | None:
         """Until every layer is read, the table's actions are shown disabled."""

@@ -1,0 +1,183 @@
+"""Patch runs launched from the explorer: a request (what to patch, how), a job (its progress and outcome) and the
+runner that executes it as a subprocess.
+
+The app never runs a model itself: `SubprocessRunner` starts `python -m neuron_explorer patch FILE ...
+--progress-json` and reads one JSON event per line from its stdout (progress with done/total/ETA, each finished
+run, done or error). Cancelling terminates the subprocess; since the run record is written (atomically) only when
+a run has finished, a cancelled or failed job leaves nothing half-written, and the cache file is never written.
+Tests swap the command for a quick fake job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PATCH_COMMAND = (sys.executable, "-m", "neuron_explorer", "patch")
+MODES = (
+    ("patch-mean", "patch to the DPO mean ā_dpo"),
+    ("shift", "add DPO's per-neuron shift −α·δ per token"),
+    ("scale", "scale by a factor"),
+    ("constant", "set to a constant"),
+    ("zero-ablate", "zero-ablate (value vectors off)"),
+    ("mean-ablate", "mean-ablate to ā_pre"),
+    ("tuning-free", "v3 tuning-free edit (α, β), within the set"),
+)
+
+
+@dataclass
+class PatchRequest:
+    """What the patch dialog asks for; `argv` turns it into the `patch` command's options."""
+
+    target: str  # what was chosen, e.g. "group TP↓", "cluster 3", "selection"
+    sets: list[str]
+    n_neurons: int
+    mode: str = "patch-mean"
+    positions: str = "all"
+    alpha: float | None = None
+    beta: float = 0.5
+    factor: float = 0.5
+    value: float = 0.0
+    max_prompts: int = 100
+    label: str | None = None
+    cleanup: list[Path] = field(default_factory=list)  # temporary files to delete when the job ends
+
+    def name(self) -> str:
+        return self.label or f"{self.mode} {self.target}"
+
+    def argv(self, cache_path: Path) -> list[str]:
+        args = [str(cache_path)]
+        for spec in self.sets:
+            args += ["--set", spec]
+        args += ["--mode", self.mode, "--positions", self.positions, "--max-prompts", str(self.max_prompts),
+                 "--label", self.name(), "--progress-json"]
+        if self.alpha is not None:
+            args += ["--alpha", repr(self.alpha)]
+        if self.mode == "tuning-free":
+            args += ["--beta", repr(self.beta)]
+        if self.mode == "scale":
+            args += ["--factor", repr(self.factor)]
+        if self.mode == "constant":
+            args += ["--value", repr(self.value)]
+        return args
+
+
+@dataclass
+class PatchJob:
+    """One launched run and what is known about it so far."""
+
+    number: int
+    request: PatchRequest
+    state: str = "starting"  # starting | running | done | failed | cancelled
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    eta: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    run_ids: list[str] = field(default_factory=list)
+    error: str = ""
+    process: subprocess.Popen | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    def status(self) -> str:
+        if self.state == "done":
+            return f"done in {time.monotonic() - self.started:.0f}s: {', '.join(self.run_ids)}"
+        if self.state == "failed":
+            return f"failed: {self.error}"
+        if self.state == "cancelled":
+            return "cancelled: nothing was stored"
+        eta = "" if self.eta is None else f" · eta {format_seconds(self.eta)}"
+        count = f" · {self.done}/{self.total}" if self.total else ""
+        return f"{self.stage or self.state}{count}{eta}"
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def write_selection(neurons, folder: Path | None = None) -> Path:
+    """Write (layer, index) pairs to a temporary JSON file for `--set file:PATH`."""
+    handle, name = tempfile.mkstemp(prefix="neuron-explorer-selection-", suffix=".json", dir=folder)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        json.dump([[int(layer), int(index)] for layer, index in neurons], stream)
+    return Path(name)
+
+
+class SubprocessRunner:
+    """Runs a job's `patch` command and turns its JSON lines into calls of `on_event(job, event)`."""
+
+    def __init__(self, command: tuple[str, ...] = PATCH_COMMAND) -> None:
+        self.command = tuple(command)
+
+    def run(self, job: PatchJob, cache_path: Path, on_event: Callable[[PatchJob, dict], None]) -> None:
+        """Blocking: call it from a thread worker."""
+        argv = [*self.command, *job.request.argv(cache_path)]
+        with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as stderr:
+            try:
+                job.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1,
+                                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            except OSError as error:
+                on_event(job, {"event": "error", "message": f"could not start the run: {error}"})
+                return
+            assert job.process.stdout is not None
+            errored = False
+            for line in job.process.stdout:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a library printed something: not ours
+                if isinstance(event, dict):
+                    errored = errored or event.get("event") == "error"
+                    on_event(job, event)
+            code = job.process.wait()
+            if job.state == "cancelled":
+                on_event(job, {"event": "cancelled"})
+            elif code != 0 and not errored:
+                stderr.seek(0)
+                lines = [line.strip() for line in stderr.read().splitlines() if line.strip()]
+                message = lines[-1] if lines else f"the run exited with code {code}"
+                on_event(job, {"event": "error", "message": message.removeprefix("neuron-explorer: error: ")})
+            elif code == 0 and job.state not in ("done", "failed"):
+                on_event(job, {"event": "done", "run_ids": job.run_ids})
+        for path in job.request.cleanup:
+            Path(path).unlink(missing_ok=True)
+
+    @staticmethod
+    def cancel(job: PatchJob) -> bool:
+        """Terminate the job's process; True when there was one running."""
+        if job.finished or job.process is None or job.process.poll() is not None:
+            return False
+        job.state = "cancelled"
+        job.process.terminate()
+        return True
+
+
+def apply_event(job: PatchJob, event: dict) -> None:
+    """Update a job from one event of the `patch` command's --progress-json stream."""
+    kind = event.get("event")
+    if job.state == "cancelled" and kind != "cancelled":
+        return
+    if kind == "progress":
+        job.state = "running"
+        job.stage, job.done, job.total = event.get("stage", ""), int(event.get("done", 0)), int(event.get("total", 0))
+        job.eta = event.get("eta")
+    elif kind == "message":
+        job.state, job.stage = "running", str(event.get("text", ""))
+    elif kind == "run":
+        job.run_ids.append(str(event.get("run_id")))
+    elif kind == "done":
+        job.state = "done"
+        job.done = job.total
+    elif kind == "error":
+        job.state, job.error = "failed", str(event.get("message", "unknown error"))

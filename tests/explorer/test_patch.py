@@ -1,0 +1,202 @@
+"""Patch runs from the explorer: the dialog, background jobs with progress, cancel, failures, the Runs screen.
+
+The jobs run a fake `patch` command (tests/explorer/fake_patch_job.py) that speaks the real JSON-lines protocol
+without a model; tests/patching/test_explorer_jobs.py runs the real command on a tiny model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from textual.widgets import DataTable, Input, Select
+
+from neuron_explorer.cache import annotations
+from neuron_explorer.cache.provenance import sha256_file
+from neuron_explorer.explorer.app import ExplorerApp
+from neuron_explorer.explorer.jobs import PatchRequest, apply_event, PatchJob
+from neuron_explorer.explorer.screens.patch import JobRow, PatchDialog
+from neuron_explorer.explorer.screens.runs import RunsScreen
+
+from .conftest import open_store, static_text, wait_until_loaded
+
+FAKE = (sys.executable, str(Path(__file__).with_name("fake_patch_job.py")))
+
+
+def make(cache_path) -> ExplorerApp:
+    return ExplorerApp(open_store(cache_path), patch_command=FAKE)
+
+
+async def wait_for(pilot, condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await pilot.pause(0.05)
+
+
+async def launch(pilot, app, source: str, label: str | None = None, mode: str | None = None) -> None:
+    app.action_patch(source)
+    await pilot.pause()
+    dialog = app.screen
+    assert isinstance(dialog, PatchDialog)
+    if label:
+        dialog.request.label = label
+    if mode:
+        dialog.query_one("#patch-mode", Select).value = mode
+    dialog.query_one("#patch-prompts", Input).value = "12"
+    await pilot.press("ctrl+s")
+    await pilot.pause()
+
+
+async def test_dialog_launches_a_background_run_that_appears_beside_base_and_dpo(cache_path):
+    app = make(cache_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until_loaded(app, pilot)
+        await launch(pilot, app, "group TP↓", mode="shift")
+        job = app.jobs[0]
+        assert job.request.sets == ["group:TP↓"] and job.request.mode == "shift" and job.request.max_prompts == 12
+        assert job.request.n_neurons == len(app.store.group_neurons("TP↓"))
+        assert "--progress-json" in job.request.argv(cache_path)
+        await pilot.press("4")
+        await wait_for(pilot, lambda: job.state == "done")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        table = screen.query_one("#runs-table", DataTable)
+        assert table.row_count == 1 and len(screen.runs) == 1
+        assert screen.runs[0].settings["label"] == "shift group TP↓"
+        status = static_text(screen.query_one(JobRow).query_one("#job-status"))
+        assert "done" in status and job.run_ids[0] in status
+        assert "a bad word" in static_text(screen.query_one("#run-samples"), width=200)
+
+
+async def test_the_interface_stays_responsive_and_c_cancels_a_run(cache_path):
+    app = make(cache_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until_loaded(app, pilot)
+        await launch(pilot, app, "cluster 1", label="slow cluster")
+        job = app.jobs[0]
+        await wait_for(pilot, lambda: job.done >= 2)
+        # keys are handled at once while the run goes on in its subprocess
+        started = time.perf_counter()
+        for key in ("2", "3", "1", "4"):
+            await pilot.press(key)
+            await pilot.pause()
+        assert time.perf_counter() - started < 5 and job.state == "running"
+        assert app.current_mode == "runs"
+        bar = app.screen.query_one(JobRow).query_one("#job-progress")
+        assert bar.total == 100 and 0 < bar.progress < 100
+        assert "eta" in static_text(app.screen.query_one(JobRow).query_one("#job-status"))
+        await pilot.press("c")
+        await wait_for(pilot, lambda: job.process.poll() is not None)
+        await wait_for(pilot, lambda: job.state == "cancelled")
+        await app.workers.wait_for_complete()
+        assert annotations.list_runs(cache_path) == []
+        assert "cancelled" in static_text(app.screen.query_one(JobRow).query_one("#job-status"))
+
+
+async def test_a_failed_run_shows_its_error_and_leaves_the_file_intact(cache_path):
+    before = sha256_file(cache_path)
+    app = make(cache_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until_loaded(app, pilot)
+        await pilot.press("4")
+        await launch(pilot, app, "group AN↓", label="fail here")
+        job = app.jobs[0]
+        await wait_for(pilot, lambda: job.state == "failed")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert job.error == "the model ran out of patience: try again"
+        assert "ran out of patience" in static_text(app.screen.query_one(JobRow).query_one("#job-status"))
+    assert sha256_file(cache_path) == before
+    assert annotations.list_runs(cache_path) == []
+
+
+async def test_two_runs_at_once_never_corrupt_each_other(cache_path):
+    app = make(cache_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until_loaded(app, pilot)
+        await launch(pilot, app, "group TP↓", label="first")
+        await launch(pilot, app, "group TN↓", label="second")
+        await wait_for(pilot, lambda: all(job.state == "done" for job in app.jobs))
+        await app.workers.wait_for_complete()
+        runs = annotations.list_runs(cache_path)
+        assert sorted(run.settings["label"] for run in runs) == ["first", "second"]
+        assert len({run.run_id for run in runs}) == 2
+        await pilot.press("4")
+        await pilot.pause()
+        assert app.screen.query_one("#runs-table", DataTable).row_count == 2
+
+
+async def test_patching_the_marked_selection_passes_a_temporary_set_file_and_removes_it(cache_path):
+    app = make(cache_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until_loaded(app, pilot)
+        await pilot.press("2", "space", "down", "space", "p")
+        await pilot.pause()
+        assert isinstance(app.screen, PatchDialog)
+        request = app.screen.request
+        assert request.n_neurons == 2 and request.sets[0].startswith("file:")
+        path = Path(request.sets[0].removeprefix("file:"))
+        assert path.exists()
+        await pilot.press("escape")  # cancelling the dialog removes the file too
+        await pilot.pause()
+        assert not path.exists() and app.jobs == []
+        await pilot.press("p")
+        await pilot.pause()
+        path = Path(app.screen.request.sets[0].removeprefix("file:"))
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.jobs and app.jobs[0].state == "done")
+        await app.workers.wait_for_complete()
+        assert not path.exists()
+        assert annotations.list_runs(cache_path)[0].settings["sets"] == [f"file:{path}"]
+
+
+async def test_patch_without_a_target_explains_itself_and_palette_offers_patch_commands(cache_path):
+    from neuron_explorer.explorer.commands import palette_commands
+
+    app = make(cache_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until_loaded(app, pilot)
+        await pilot.press("2", "p")
+        await pilot.pause()
+        assert not isinstance(app.screen, PatchDialog)
+        assert any("mark neurons" in str(n.message) for n in app._notifications)
+        names = [name for name, _, _ in palette_commands(app)]
+        assert {"patch: selection", "patch: group TP↓", "patch: cancel run", "patch: cluster 1"} <= set(names)
+        app.action_cancel_patch()  # nothing running: a message, no error
+        await pilot.press("3", "p")
+        await pilot.pause()
+        assert isinstance(app.screen, PatchDialog) and app.screen.request.sets[0].startswith("cluster:")
+
+
+async def test_dialog_rejects_bad_numbers(cache_path):
+    app = make(cache_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until_loaded(app, pilot)
+        app.action_patch("group TP↓")
+        await pilot.pause()
+        dialog = app.screen
+        dialog.query_one("#patch-beta", Input).value = "2"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen is dialog and app.jobs == []
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, PatchDialog)
+
+
+def test_job_events_and_argv():
+    request = PatchRequest("group TP↓", ["group:TP↓"], 10, mode="scale", factor=0.25, positions="newest")
+    argv = request.argv(Path("x.h5"))
+    assert argv[:3] == ["x.h5", "--set", "group:TP↓"] and ["--factor", "0.25"] == argv[-2:]
+    assert "--positions" in argv and "newest" in argv
+    job = PatchJob(1, request)
+    apply_event(job, {"event": "progress", "stage": "run: toxicity", "done": 3, "total": 10, "eta": 70})
+    assert job.state == "running" and "3/10" in job.status() and "1m10s" in job.status()
+    apply_event(job, {"event": "run", "run_id": "abc"})
+    apply_event(job, {"event": "done"})
+    assert job.finished and "abc" in job.status()

@@ -240,7 +240,7 @@ class CacheReader:
 
     def summary(self) -> dict:
         """Headline scalars: Σ positive Δ, net Δ, the top-128 toxic neurons' share, counts."""
-        return self.attrs("summary")
+        return {key: value for key, value in self.attrs("summary").items() if key != "columns"}
 
     def group_summary(self) -> pl.DataFrame:
         """Per group: count, Σ Δ and shares (v3 and v1; see docs/cache-format.md)."""

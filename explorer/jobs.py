@@ -48,6 +48,7 @@ class PatchRequest:
     max_prompts: int = 100
     label: str | None = None
     cleanup: list[Path] = field(default_factory=list)  # temporary files to delete when the job ends
+    extra: list[str] = field(default_factory=list)  # further `patch` options (evaluation sizes, devices)
 
     def name(self) -> str:
         return self.label or f"{self.mode} {self.target}"
@@ -66,7 +67,7 @@ class PatchRequest:
             args += ["--factor", repr(self.factor)]
         if self.mode == "constant":
             args += ["--value", repr(self.value)]
-        return args
+        return args + list(self.extra)
 
 
 @dataclass

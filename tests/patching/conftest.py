@@ -62,3 +62,12 @@ def cache_copy(tiny_cache, tmp_path) -> Path:
     path = tmp_path / "tiny.h5"
     shutil.copyfile(tiny_cache, path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine spinning threads slow them tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

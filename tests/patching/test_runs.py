@@ -152,7 +152,8 @@ def test_patch_command_single_run_and_preset(cache_copy, capsys):
                  *SMALL_ARGS])
     out = capsys.readouterr().out
     assert code == 0 and "| base |" in out and "| DPO |" in out and "patch-mean group:TP↓ ∪ toxic:4" in out
-    assert main(["patch", str(cache_copy), "--preset", "paper", *SMALL_ARGS, "--progress-json"]) == 0
+    assert main(["patch", str(cache_copy), "--preset", "paper", *SMALL_ARGS, "--progress-json", "--max-prompts", "2",
+                 "--ppl-windows", "1", "--f1-items", "1", "--new-tokens", "2"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     runs = [e for e in events if e["event"] == "run"]
     assert [e["label"] for e in runs] == ["ablate top-128 toxic", "patch TP↓", "patch TN↓", "patch AP↓", "patch AN↓",

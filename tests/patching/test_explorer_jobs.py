@@ -1,0 +1,44 @@
+"""The explorer launching the real `python -m neuron_explorer patch` subprocess on a tiny model's cache."""
+
+from __future__ import annotations
+
+import time
+
+from textual.widgets import DataTable
+
+from neuron_explorer.cache import annotations
+from neuron_explorer.cache.provenance import sha256_file
+from neuron_explorer.explorer.app import ExplorerApp
+from neuron_explorer.explorer.jobs import PatchRequest
+from neuron_explorer.explorer.state import Store
+
+
+async def test_a_real_patch_run_from_the_explorer(cache_copy, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the subprocess's torch: one thread for a tiny model
+    before = sha256_file(cache_copy)
+    app = ExplorerApp(Store.open(cache_copy))
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await app.workers.wait_for_complete()
+            request = PatchRequest("group TP↓", ["group:TP↓"], 0, mode="patch-mean", max_prompts=3,
+                                   extra=["--ppl-window", "32", "--ppl-windows", "2", "--f1-items", "3",
+                                          "--new-tokens", "4", "--batch-size", "2"])
+            job = app.start_patch(request)
+            request_args = request.argv(cache_copy)
+            assert "--progress-json" in request_args
+            await pilot.press("4")
+            deadline = time.monotonic() + 240
+            while not job.finished and time.monotonic() < deadline:
+                await pilot.pause(0.2)
+            assert job.state == "done", job.error
+            assert job.total > 0 and job.done == job.total
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            runs = annotations.list_runs(cache_copy)
+            assert [run.run_id for run in runs] == job.run_ids
+            assert runs[0].metrics["n_prompts"] == 3 and runs[0].samples
+            table = app.screen.query_one("#runs-table", DataTable)
+            assert table.row_count == 3  # base, DPO (this run's baseline) and the run
+    finally:
+        app.store.reader.close()
+    assert sha256_file(cache_copy) == before

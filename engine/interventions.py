@@ -19,6 +19,9 @@ Modes (``MODES``):
   tuning-free   Yang v3's edit from base statistics only: TP/AN clamped to (1−α)ā, AP/TN to (1+α)ā, for the
                 fraction β of each sign class chosen by |cos with the toxic embedding|
   subtract      h_last ← h_last − α ŵ on the last block's output (Lee's residual subtraction of the probe)
+  patch-live    m_i ← the DPO model's own per-token m_i: the donor runs in lockstep on the same tokens (its own KV
+                cache during generation), so every forward call of the base model first runs the donor (about 2×
+                the cost of the evaluation, by nature)
   patch-tokens  m_i ← the donor model's per-token m_i for one forward call of the same shape (see
                 `record_activations`); used by the correctness checks
 """
@@ -35,7 +38,8 @@ import torch
 from .hooks import forward_hooks
 from .neuron_sets import NeuronSelection
 
-MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract")
+MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract",
+         "patch-live")
 POSITIONS = ("all", "newest")
 SIGN_CLASSES = ("TP", "TN", "AP", "AN")
 
@@ -65,6 +69,7 @@ class Intervention:
     positions: str = "all"
     residual: torch.Tensor | None = None  # (d_model,) α·ŵ for `subtract`
     donor: dict[int, torch.Tensor] | None = None  # layer -> (B, T, d_mlp) for patch-tokens
+    live_donor: object | None = None  # a LoadedModel run in lockstep for patch-live
     details: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,8 +93,47 @@ class Intervention:
         post = []
         if self.residual is not None:
             post.append((arch.layers(model)[-1], self._residual_hook()))
-        with forward_hooks(pre, pre=True), forward_hooks(post):
+        with forward_hooks(pre, pre=True), forward_hooks(post), self._lockstep():
             yield self
+
+    @contextmanager
+    def _lockstep(self) -> Iterator[None]:
+        """For patch-live: before each forward call of the model, run the donor on the same inputs and keep its
+        activations of the edited layers in `self.donor`. The donor keeps its own KV cache: a call without
+        `past_key_values` starts a new one (the prefill), a call with one continues the donor's."""
+        if self.live_donor is None:
+            yield
+            return
+        donor, layers = self.live_donor, sorted(self.edits)
+        state: dict = {"past": None}
+        captured: dict[int, torch.Tensor] = {}
+
+        def capture(layer: int) -> Callable:
+            def hook(module, inputs):
+                captured[layer] = inputs[0]
+            return hook
+
+        def before(module, args, kwargs):
+            call = {key: kwargs[key] for key in ("input_ids", "attention_mask", "position_ids", "use_cache")
+                    if key in kwargs}
+            if args:
+                call["input_ids"] = args[0]
+            use_cache = bool(kwargs.get("use_cache"))
+            if use_cache:
+                call["past_key_values"] = state["past"] if kwargs.get("past_key_values") is not None else None
+            with torch.no_grad():
+                out = donor.model(**call, logits_to_keep=1)
+            state["past"] = out.past_key_values if use_cache else None
+            self.donor = dict(captured)
+
+        handle = self.loaded.model.register_forward_pre_hook(before, with_kwargs=True)
+        try:
+            with forward_hooks([(donor.arch.out_proj(donor.model, layer), capture(layer)) for layer in layers],
+                               pre=True):
+                yield
+        finally:
+            handle.remove()
+            self.donor, state["past"] = None, None
 
     def _pre_hook(self, layer: int, edit: LayerEdit) -> Callable:
         newest = self.positions == "newest"
@@ -282,6 +326,19 @@ def patch_tokens(loaded, selection: NeuronSelection, donor_acts: dict[int, torch
     if missing:
         raise ValueError(f"the donor recording has no activations for layers {missing}")
     return Intervention(loaded, "patch-tokens", edits, positions, donor=donor_acts)
+
+
+def patch_live(loaded, selection: NeuronSelection, donor, positions: str = "all") -> Intervention:
+    """Overwrite the chosen activations with the donor (DPO) model's own activations on the same tokens, at every
+    forward call: the donor runs in lockstep with the patched model."""
+    if donor.arch.n_layers(donor.model) != loaded.arch.n_layers(loaded.model) or \
+            donor.arch.d_mlp(donor.model) != loaded.arch.d_mlp(loaded.model):
+        from neuron_explorer.errors import UserError
+
+        raise UserError("the donor model's layers or MLP width differ from the patched model's: use the tuned copy "
+                        "of the same base model")
+    return Intervention(loaded, "patch-live", _layer_edits(loaded, selection, "donor", None), positions,
+                        live_donor=donor)
 
 
 @torch.no_grad()

@@ -176,6 +176,7 @@ class PatchSession:
         self.baseline_key = self._baseline_key()
         self.baseline: dict | None = annotations.load_baseline(self.cache_path, self.baseline_key)
         self._cos_embedding: np.ndarray | None = None
+        self._tuned = None
 
     def close(self) -> None:
         self.reader.close()
@@ -267,10 +268,10 @@ class PatchSession:
         from .models import load_model
 
         base = self.measure(self.loaded, "base")
-        self._message(f"loading the tuned model {self.tuned_spec}")
-        tuned = load_model(self.tuned_spec, device=self.settings.device, dtype=self.settings.dtype)
-        dpo = self.measure(tuned, "dpo")
-        del tuned
+        loaded_before = self._tuned is not None
+        dpo = self.measure(self.tuned(), "dpo")
+        if not loaded_before:
+            self._tuned = None  # free its memory: only patch-live runs need it again
         payload = {"key": self.baseline_key, "base_spec": self.base_spec, "tuned_spec": self.tuned_spec,
                    "settings": asdict(self.eval_settings), "prompts": self.prompts.provenance(),
                    "corpus": self.corpus.provenance(), "scorer": self.scorer.describe(),
@@ -284,6 +285,15 @@ class PatchSession:
         if not spec.sets:
             return None
         return resolve(self.reader, spec.sets)
+
+    def tuned(self):
+        """The tuned (DPO) model, loaded on first use."""
+        if self._tuned is None:
+            from .models import load_model
+
+            self._message(f"loading the tuned model {self.tuned_spec}")
+            self._tuned = load_model(self.tuned_spec, device=self.settings.device, dtype=self.settings.dtype)
+        return self._tuned
 
     def cos_embedding(self) -> np.ndarray:
         if self._cos_embedding is None:
@@ -302,6 +312,8 @@ class PatchSession:
         if needs_set and (selection is None or not len(selection)):
             raise UserError(f"mode {mode} needs a neuron set: pass --set SPEC (e.g. --set group:TP↓)")
         loaded, arrays, positions = self.loaded, self.arrays, spec.positions
+        if mode == "patch-live":
+            return iv.patch_live(loaded, selection, self.tuned(), positions), selection
         if mode == "patch-mean":
             return iv.patch_mean(loaded, selection, arrays["act_dpo"], positions), selection
         if mode == "shift":

@@ -23,6 +23,7 @@ from pathlib import Path
 PATCH_COMMAND = (sys.executable, "-m", "neuron_explorer", "patch")
 MODES = (
     ("patch-mean", "patch to the DPO mean ā_dpo"),
+    ("patch-live", "patch to DPO's per-token activations (2× slower)"),
     ("shift", "add DPO's per-neuron shift −α·δ per token"),
     ("scale", "scale by a factor"),
     ("constant", "set to a constant"),

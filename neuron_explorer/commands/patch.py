@@ -14,7 +14,8 @@ Neuron sets (--set, repeatable; the union is taken):
   layer:N, all
 Modes: patch-mean (the DPO mean ā_dpo), shift (add −α·δ per token), scale (--factor), constant (--value),
 zero-ablate, mean-ablate (ā_pre), tuning-free (v3 edit: --alpha 0.05 --beta 0.5, optional --set restricts it),
-subtract (Lee: h_last − α ŵ; α defaults to DPO's measured change of the projection).
+subtract (Lee: h_last − α ŵ; α defaults to DPO's measured change of the projection), patch-live (the DPO
+model's own per-token activations: it runs in lockstep on the same tokens, about twice the cost).
 Positions: all (default; every position, perplexity included) or newest (the authors' protocol).
 
 --preset paper runs, in one command: base; DPO; ablate the top-128 toxic neurons; patch each reducing group
@@ -30,7 +31,8 @@ from pathlib import Path
 from neuron_explorer.engine.defaults import default_cache_path
 
 HELP = "patch, ablate or edit neurons of the base model and measure how much of DPO's effect comes back"
-MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract")
+MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract",
+         "patch-live")
 
 
 def add_arguments(parser) -> None:

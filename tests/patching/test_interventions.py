@@ -128,7 +128,8 @@ def test_hooks_come_off_after_every_run_including_one_that_raised(loaded_pairs):
              iv.scale(base, selection, 0.3), iv.set_constant(base, selection, 1.0), iv.zero_ablate(base, selection),
              iv.mean_ablate(base, selection, means),
              iv.tuning_free(base, means, np.random.default_rng(0).normal(size=(n_layers, d_mlp))),
-             iv.subtract_direction(base, np.ones(base.d_model), 2.0)]
+             iv.subtract_direction(base, np.ones(base.d_model), 2.0),
+             iv.patch_live(base, selection, loaded_pairs["llama"][1])]
     assert {i.mode for i in built} == set(iv.MODES)
     kwargs = inputs(base)
     for intervention in built:
@@ -277,3 +278,39 @@ def test_bad_shapes_and_positions_are_clear_errors(loaded_pairs):
         iv.patch_mean(base, selection, np.zeros((2, 2)))
     with pytest.raises(UserError, match="positions"):
         iv.zero_ablate(base, selection, positions="first")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_live_donor_patching_equals_recorded_per_token_patching(loaded_pairs, kind):
+    base, tuned = loaded_pairs[kind]
+    kwargs = inputs(base)
+    selection = some_neurons(base, per_layer=30)
+    acts, _ = iv.record_activations(tuned, **kwargs)
+    with torch.no_grad():
+        with iv.patch_tokens(base, selection, acts).hooks():
+            recorded = base.model(**kwargs).logits
+        with iv.patch_live(base, selection, tuned).hooks():
+            live = base.model(**kwargs).logits
+    assert torch.equal(live, recorded)
+    assert iv.hook_count(base) == iv.hook_count(tuned) == 0
+
+
+def test_live_donor_in_the_kv_cache_loop_equals_uncached_passes(loaded_pairs):
+    """The donor keeps its own KV cache in step with the patched model's generation."""
+    base, tuned = loaded_pairs["llama"]
+    ids, mask = encode_prompts(base.tokenizer, TEXTS, 32, "cpu")
+    selection = every_neuron(base)
+    with iv.patch_live(base, selection, tuned).hooks():
+        cached = generate_tokens(base.model, ids, mask, 5)
+        sequence, full_mask, uncached = ids, mask, []
+        with torch.no_grad():
+            for _ in range(5):
+                positions = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+                logits = base.model(input_ids=sequence, attention_mask=full_mask, position_ids=positions,
+                                    use_cache=False).logits[:, -1]
+                token = logits.argmax(-1)
+                uncached.append(token)
+                sequence = torch.cat([sequence, token[:, None]], dim=1)
+                full_mask = torch.cat([full_mask, torch.ones_like(token[:, None])], dim=1)
+    assert torch.equal(cached, torch.stack(uncached, dim=1))
+    assert iv.hook_count(base) == iv.hook_count(tuned) == 0

@@ -96,7 +96,8 @@ def test_patching_every_neuron_to_the_dpo_mean_and_the_other_modes_run(cache_cop
                      PatchSpec("constant", ("ids:L0/N3",), value=1.0), PatchSpec("mean-ablate", ("group:AN↓",)),
                      PatchSpec("tuning-free", (), alpha=0.05, beta=0.5),
                      PatchSpec("subtract", (), positions="newest"),
-                     PatchSpec("patch-mean", ("all",), positions="newest")]:
+                     PatchSpec("patch-mean", ("all",), positions="newest"),
+                     PatchSpec("patch-live", ("group:TP↓",))]:
             run = session.run(spec, save=False)
             assert np.isfinite(run.metrics["toxicity"]) and np.isfinite(run.metrics["perplexity"]), spec
         tuning = session.run(PatchSpec("tuning-free", (), beta=0.5), save=False)

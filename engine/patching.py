@@ -409,9 +409,10 @@ def paper_preset(positions: str = "all", patch_mode: str = "patch-mean", toxic_k
     from neuron_explorer.cache.schema import REDUCING_GROUPS
 
     specs = [PatchSpec("zero-ablate", (f"toxic:{toxic_k}",), positions, label=f"ablate top-{toxic_k} toxic")]
-    specs += [PatchSpec(patch_mode, (f"group:{group}",), positions, label=f"patch {group}")
+    how = "" if patch_mode == "patch-mean" else f" ({patch_mode})"
+    specs += [PatchSpec(patch_mode, (f"group:{group}",), positions, label=f"patch {group}{how}")
               for group in REDUCING_GROUPS]
-    specs.append(PatchSpec(patch_mode, ("group:reducing",), positions, label="patch all four ↓ groups"))
+    specs.append(PatchSpec(patch_mode, ("group:reducing",), positions, label=f"patch all four ↓ groups{how}"))
     specs.append(PatchSpec("tuning-free", (), positions, alpha=alpha, beta=beta,
                            label=f"tuning-free edit (α={alpha:g}, β={beta:g})"))
     return specs

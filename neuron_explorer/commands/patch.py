@@ -19,7 +19,8 @@ model's own per-token activations: it runs in lockstep on the same tokens, about
 Positions: all (default; every position, perplexity included) or newest (the authors' protocol).
 
 --preset paper runs, in one command: base; DPO; ablate the top-128 toxic neurons; patch each reducing group
-alone; patch all four; the tuning-free edit; and prints the table.
+alone; patch all four; the tuning-free edit; and prints the table. With it, --mode patch-live or shift chooses how
+the groups are patched (default patch-mean) and --positions applies to every row.
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def _run(args, emit) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more")
     if args.batch_size < 1 or args.new_tokens < 1 or args.ppl_window < 2:
         raise UserError("--batch-size and --new-tokens must be at least 1, --ppl-window at least 2")
-    if args.preset and (args.sets or args.mode not in (None, "patch-mean")):
-        raise UserError("--preset paper chooses its own sets and modes: leave out --set and --mode")
+    if args.preset and (args.sets or args.mode not in (None, "patch-mean", "patch-live", "shift")):
+        raise UserError("--preset paper chooses its own sets and modes: leave out --set, and give --mode only as "
+                        "patch-mean (default), patch-live or shift for its patch rows")
     if not args.preset and not args.sets and args.mode not in ("tuning-free", "subtract"):
         raise UserError("say which neurons to patch: --set SPEC (e.g. --set group:TP↓), or --preset paper")
     path = Path(args.file or default_cache_path()).expanduser()
@@ -118,8 +120,8 @@ def _run(args, emit) -> int:
                            samples=args.samples, base=args.base, tuned=args.tuned, device=args.device,
                            dtype=args.dtype)
     if args.preset:
-        specs = paper_preset(positions=args.positions, alpha=0.05 if args.alpha is None else args.alpha,
-                             beta=args.beta)
+        specs = paper_preset(positions=args.positions, patch_mode=args.mode or "patch-mean",
+                             alpha=0.05 if args.alpha is None else args.alpha, beta=args.beta)
     else:
         specs = [PatchSpec(args.mode or "patch-mean", tuple(args.sets), args.positions, alpha=args.alpha,
                            beta=args.beta, factor=args.factor, value=args.value, label=args.label)]

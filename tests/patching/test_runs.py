@@ -167,6 +167,7 @@ def test_patch_command_single_run_and_preset(cache_copy, capsys):
     (["--mode", "zero-ablate"], "say which neurons"),
     (["--set", "group:ZZ"], "no group"),
     (["--preset", "paper", "--set", "all"], "chooses its own"),
+    (["--preset", "paper", "--mode", "scale"], "chooses its own"),
     (["--set", "all", "--max-prompts", "-1"], "0 or more"),
 ])
 def test_patch_command_errors_are_one_line(cache_copy, capsys, argv, message):

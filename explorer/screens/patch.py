@@ -49,8 +49,8 @@ class PatchDialog(ModalScreen[PatchRequest | None]):
             with Horizontal(classes="field"):
                 yield Label("prompts", classes="field-label")
                 yield Input(value=str(request.max_prompts), type="integer", id="patch-prompts")
-            yield Label("α: shift multiple (1) or tuning-free α (0.05) · factor: scale · β: tuning-free fraction · "
-                        "value: constant", classes="dialog-hint")
+            yield Label("α: shift (1) / tuning-free (0.05) · factor: scale · β: tuning-free · value: constant",
+                        classes="dialog-hint")
             with Horizontal(classes="buttons"):
                 yield Button("Run", variant="primary", id="run")
                 yield Button("Cancel", id="cancel")

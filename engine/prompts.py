@@ -3,7 +3,8 @@
 Accepted: JSONL in the RealToxicityPrompts layout (`{"prompt": {"text": ...}}`) or with a `prompt`/`text` field,
 plain text (one prompt per line), CSV or Parquet with a text column (`--prompt-column`, default `prompt` or
 `text`), `builtin` / `builtin:pairs` / `builtin:heldout` for the shipped set, and `hub:NAME[:SPLIT]` for a hub
-dataset (RealToxicityPrompts: `hub:allenai/real-toxicity-prompts`).
+dataset (RealToxicityPrompts: `hub:allenai/real-toxicity-prompts`, filtered to its `challenging` rows, the
+1,199-prompt challenge subset the papers use).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def _hub(spec: str, column: str | None) -> list[str]:
     except Exception as error:  # datasets raises many types when offline or for a bad name
         raise UserError(f"cannot load hub dataset '{name}' ({type(error).__name__}): the hub may be unreachable; "
                         f"download it and pass a local file") from error
+    if "challenging" in data.column_names:  # RealToxicityPrompts: the papers evaluate on its challenge subset
+        data = data.filter(lambda row: bool(row["challenging"]))
     name_column = column or next((c for c in TEXT_COLUMNS if c in data.column_names), None)
     if name_column is None:
         raise UserError(f"hub dataset {name} has no prompt/text column: choose one with --prompt-column")

@@ -403,17 +403,24 @@ def recovered_metrics(base: dict, dpo: dict, run: dict) -> dict:
 PRESETS = ("paper",)
 
 
-def paper_preset(positions: str = "all", patch_mode: str = "patch-mean", toxic_k: int = 128,
+def paper_preset(positions: str | None = None, patch_mode: str = "patch-mean", toxic_k: int = 128,
                  alpha: float = 0.05, beta: float = 0.5) -> list[PatchSpec]:
-    """Ablate the top-K toxic neurons; patch each reducing group alone; patch all four; the tuning-free edit."""
+    """Ablate the top-K toxic neurons; patch each reducing group alone; patch all four; the tuning-free edit.
+
+    With no `positions`, each row follows the authors' protocol: the ablation zeroes the value vectors (every
+    position, as zeroing the weights does) and the patch and edit rows act at the newest position. A given
+    `positions` applies to every row.
+    """
     from neuron_explorer.cache.schema import REDUCING_GROUPS
 
-    specs = [PatchSpec("zero-ablate", (f"toxic:{toxic_k}",), positions, label=f"ablate top-{toxic_k} toxic")]
+    ablate_at = positions or "all"
+    patch_at = positions or "newest"
+    specs = [PatchSpec("zero-ablate", (f"toxic:{toxic_k}",), ablate_at, label=f"ablate top-{toxic_k} toxic")]
     how = "" if patch_mode == "patch-mean" else f" ({patch_mode})"
-    specs += [PatchSpec(patch_mode, (f"group:{group}",), positions, label=f"patch {group}{how}")
+    specs += [PatchSpec(patch_mode, (f"group:{group}",), patch_at, label=f"patch {group}{how}")
               for group in REDUCING_GROUPS]
-    specs.append(PatchSpec(patch_mode, ("group:reducing",), positions, label=f"patch all four ↓ groups{how}"))
-    specs.append(PatchSpec("tuning-free", (), positions, alpha=alpha, beta=beta,
+    specs.append(PatchSpec(patch_mode, ("group:reducing",), patch_at, label=f"patch all four ↓ groups{how}"))
+    specs.append(PatchSpec("tuning-free", (), patch_at, alpha=alpha, beta=beta,
                            label=f"tuning-free edit (α={alpha:g}, β={beta:g})"))
     return specs
 

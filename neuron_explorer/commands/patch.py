@@ -19,8 +19,10 @@ model's own per-token activations: it runs in lockstep on the same tokens, about
 Positions: all (default; every position, perplexity included) or newest (the authors' protocol).
 
 --preset paper runs, in one command: base; DPO; ablate the top-128 toxic neurons; patch each reducing group
-alone; patch all four; the tuning-free edit; and prints the table. With it, --mode patch-live or shift chooses how
-the groups are patched (default patch-mean) and --positions applies to every row.
+alone; patch all four; the tuning-free edit; and prints the table. By default its rows follow the authors'
+protocol (the ablation zeroes value vectors at every position; patching and the edit act at the newest
+position); --positions all|newest applies one choice to every row, and --mode patch-live or shift chooses how the
+groups are patched (default patch-mean).
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ def add_arguments(parser) -> None:
     what.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",
                       help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓, toxic:128")
     what.add_argument("--mode", choices=MODES, default=None, help="what to do to them (default: patch-mean)")
-    what.add_argument("--positions", choices=("all", "newest"), default="all",
-                      help="every position (default) or the newest position of each forward call")
+    what.add_argument("--positions", choices=("all", "newest"), default=None,
+                      help="every position (default) or the newest position of each forward call; the preset "
+                           "follows the authors (ablation everywhere, patching at the newest position) unless given")
     what.add_argument("--alpha", type=float, default=None,
                       help="shift: multiple of δ (1); tuning-free: α (0.05); subtract: size (DPO's measured change)")
     what.add_argument("--beta", type=float, default=0.5, help="tuning-free: fraction of each sign class (0.5)")
@@ -123,7 +126,7 @@ def _run(args, emit) -> int:
         specs = paper_preset(positions=args.positions, patch_mode=args.mode or "patch-mean",
                              alpha=0.05 if args.alpha is None else args.alpha, beta=args.beta)
     else:
-        specs = [PatchSpec(args.mode or "patch-mean", tuple(args.sets), args.positions, alpha=args.alpha,
+        specs = [PatchSpec(args.mode or "patch-mean", tuple(args.sets), args.positions or "all", alpha=args.alpha,
                            beta=args.beta, factor=args.factor, value=args.value, label=args.label)]
     from neuron_explorer.cache.reader import CacheReader
     from neuron_explorer.engine.neuron_sets import resolve

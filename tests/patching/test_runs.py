@@ -187,3 +187,5 @@ def test_preset_lists_the_papers_rows():
     specs = patching.paper_preset()
     assert [s.mode for s in specs] == ["zero-ablate"] + ["patch-mean"] * 5 + ["tuning-free"]
     assert specs[0].sets == ("toxic:128",) and specs[5].sets == ("group:reducing",)
+    assert [s.positions for s in specs] == ["all"] + ["newest"] * 6  # the authors' protocol
+    assert {s.positions for s in patching.paper_preset("all")} == {"all"}

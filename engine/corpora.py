@@ -17,13 +17,13 @@ prompt and its 20-token gold continuation.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
+from .jsonl import read_jsonl
 
 BUILTIN = "builtin"
 
@@ -66,17 +66,10 @@ def _pydoc_text() -> str:
 def _file_text(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".json"}:
-        parts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise UserError(f"{path}, line {number}: not valid JSON") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise UserError(f"{path}, line {number}: expected a 'text' string field")
-                parts.append(row["text"])
-        return "\n".join(parts)
+        rows = read_jsonl(path, "corpus")
+        if not all(isinstance(row.get("text"), str) for row in rows):
+            raise UserError(f"{path}: every line needs a 'text' string field")
+        return "\n".join(row["text"] for row in rows)
     if suffix in {".csv", ".parquet"}:
         import polars as pl
 

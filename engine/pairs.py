@@ -30,6 +30,7 @@ from neuron_explorer.errors import UserError
 
 from .generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
 from .hooks import forward_hooks
+from .jsonl import read_jsonl
 
 
 @dataclass
@@ -198,18 +199,3 @@ def _write_jsonl(path: Path, rows: list[dict], provenance: dict) -> None:
     provenance_path(path).write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str))
 
 
-def read_jsonl(path: Path, what: str) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{what} file {path} does not exist")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}, line {number}: not valid JSON; write one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}, line {number}: expected a JSON object")
-            rows.append(row)
-    return rows

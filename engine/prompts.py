@@ -18,6 +18,8 @@ import polars as pl
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 
+from .jsonl import read_jsonl
+
 BUILTIN_FILE = Path(__file__).parent / "data" / "challenge_prompts.jsonl"
 TEXT_COLUMNS = ("prompt", "text")
 
@@ -77,20 +79,13 @@ def _from_file(path: Path, column: str | None) -> list[str]:
 
 def _jsonl(path: Path, column: str | None) -> list[str]:
     texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}, line {number}: not valid JSON; write one JSON object per line") from None
-        value = row.get(column) if column else next((row[c] for c in TEXT_COLUMNS if c in row), None) \
-            if isinstance(row, dict) else None
+    for number, row in enumerate(read_jsonl(path, "prompt"), start=1):
+        value = row.get(column) if column else next((row[c] for c in TEXT_COLUMNS if c in row), None)
         if isinstance(value, dict):  # RealToxicityPrompts: {"prompt": {"text": ...}}
             value = value.get("text")
         if not isinstance(value, str):
-            raise UserError(f"{path}, line {number}: no text found; expected {{\"prompt\": {{\"text\": ...}}}} or a "
-                            f"'{column or 'prompt'}' string field")
+            raise UserError(f"{path}, record {number}: no text found; expected {{\"prompt\": {{\"text\": ...}}}} or "
+                            f"a '{column or 'prompt'}' string field")
         texts.append(value)
     return texts
 

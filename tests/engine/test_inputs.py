@@ -47,7 +47,7 @@ def test_builtin_prompt_set_has_disjoint_splits():
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"prompt": {"text": "ok"}}\n{"prompt": 3}\n', "line 2: no text found"),
+    ('{"prompt": {"text": "ok"}}\n{"prompt": 3}\n', "record 2: no text found"),
     ('{"prompt": {"text": "ok"}}\nnot json\n', "line 2: not valid JSON"),
     ("", "holds no prompts"),
 ])

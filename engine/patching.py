@@ -265,8 +265,6 @@ class PatchSession:
         """Base and DPO measured with this session's settings (from the sidecar when an earlier run stored them)."""
         if self.baseline is not None:
             return self.baseline
-        from .models import load_model
-
         base = self.measure(self.loaded, "base")
         loaded_before = self._tuned is not None
         dpo = self.measure(self.tuned(), "dpo")

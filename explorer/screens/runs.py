@@ -3,7 +3,6 @@ progress of runs launched from this session."""
 
 from __future__ import annotations
 
-import polars as pl
 from rich.table import Table
 from rich.text import Text
 from textual import on

@@ -6,7 +6,6 @@ without a model; tests/patching/test_explorer_jobs.py runs the real command on a
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from pathlib import Path

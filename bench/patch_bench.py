@@ -4,10 +4,13 @@ On the embedded base model (SmolLM2-135M-Instruct) and the same prompts, perplex
 it times, interleaved and repeated (the machine is shared, so ratios are taken side by side, best of --repeats):
 
   plain      `evaluation.evaluate`: the model as it is, no hooks at all
+  measure    the run's own evaluation (`PatchSession.measure`) with no intervention: the same work as a run but
+             the intervention hooks (`evaluate` also re-tokenizes the corpus on every call, which the session
+             does once, so this row isolates what the hooks cost)
   run:MODE   the patch run's own evaluation (`PatchSession.measure`, which also measures the last-layer probe
              projection) under each intervention, acting at every position, perplexity included
 
-and prints each run's best time over plain's best time. Target: ≤ 1.2 for every mode.
+and prints each run's best time over plain's and over measure's best time. Target: ≤ 1.2 for every mode.
 
 Neuron statistics come from the default cache when it exists (the real groups), else from a synthetic cache of the
 embedded model's shape (random groups of the same sizes as a real model's).
@@ -81,7 +84,10 @@ def main() -> None:
         with intervention.hooks():
             session.measure(loaded, "bench")
 
-    jobs = [("plain", plain)] + [(name, lambda i=i: patched(i)) for name, i in interventions]
+    def measure_only() -> None:
+        session.measure(loaded, "bench")
+
+    jobs = [("plain", plain), ("measure", measure_only)] + [(name, lambda i=i: patched(i)) for name, i in interventions]
     plain()  # warm-up: first calls allocate
     times: dict[str, list[float]] = {name: [] for name, _ in jobs}
     for repeat in range(args.repeats):
@@ -91,17 +97,17 @@ def main() -> None:
             job()
             times[name].append(time.perf_counter() - start)
             assert hook_count(loaded) == 0
-    best_plain = min(times["plain"])
+    best_plain, best_measure = min(times["plain"]), min(times["measure"])
     print(f"{args.prompts} prompts × 20 tokens, {args.ppl_windows} × 256-token perplexity windows, "
           f"{args.f1_items} F1 passages; best of {args.repeats}, interleaved; torch threads {torch.get_num_threads()}")
-    print(f"{'setting':<28} {'neurons':>8} {'best s':>8} {'median s':>9} {'ratio':>6}  ok (≤ 1.2)")
+    print(f"{'setting':<28} {'neurons':>8} {'best s':>8} {'median s':>9} {'/plain':>7} {'/measure':>9}  ok (≤ 1.2)")
     counts = {name: i.n_neurons for name, i in interventions}
     for name, values in times.items():
         best = min(values)
         median = sorted(values)[len(values) // 2]
-        ratio = best / best_plain
-        ok = "" if name == "plain" else ("yes" if ratio <= 1.2 else "NO")
-        print(f"{name:<28} {counts.get(name, 0):>8,} {best:>8.2f} {median:>9.2f} {ratio:>6.3f}  {ok}")
+        ratio, hooks = best / best_plain, best / best_measure
+        ok = "" if name in ("plain", "measure") else ("yes" if max(ratio, hooks) <= 1.2 else "NO")
+        print(f"{name:<28} {counts.get(name, 0):>8,} {best:>8.2f} {median:>9.2f} {ratio:>7.3f} {hooks:>9.3f}  {ok}")
     session.close()
 
 

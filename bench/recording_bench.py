@@ -128,7 +128,9 @@ def main() -> None:
             unit = rng.normal(size=loaded.d_model).astype(np.float32)
             unit /= np.linalg.norm(unit)
         subset = texts[:args.prompts]
-        record = lambda t: record_model(loaded, t, unit, new_tokens=args.new_tokens, batch_size=args.batch_size)
+        def record(texts_: list[str], loaded=loaded) -> None:
+            record_model(loaded, texts_, unit, new_tokens=args.new_tokens, batch_size=args.batch_size)
+
         bare(loaded, subset[:args.batch_size], 2, args.batch_size)  # warm-up
         times = {"bare": [], "record": [], "authors": []}
         for _ in range(args.repeats):  # interleaved, so that drifting machine load hits all three alike

@@ -5,8 +5,9 @@ For each model of the pair, on the same N prompts and in one run, it times
   record   `record_model`: recording every neuron while generating (the product's hot path);
   authors  the authors' protocol: `new_tokens` uncached full forward passes per batch, reading the last position
            each time through hooks (batched like ours, which favours them);
-and prints record/bare and authors/record. Peak memory of the recording pass (extra resident memory on a CPU,
-peak allocated memory on a GPU) is measured for N and 2N prompts: it must not grow with the number of prompts.
+and prints record/bare and authors/record. Peak memory of the recording pass is measured for N and 2N prompts: on
+a GPU the allocator's peak above the loaded model, on a CPU the peak resident set (VmHWM) of a fresh process that
+loads the model and records, so nothing earlier in the run hides or inflates it. It must not grow with N.
 
   python bench/recording_bench.py [--prompts 64] [--base embedded] [--tuned embedded-dpo] [--device auto]
 Targets: record/bare ≤ 1.2, authors/record ≥ 5, peak memory flat in N.
@@ -15,7 +16,7 @@ Targets: record/bare ≤ 1.2, authors/record ≥ 5, peak memory flat in N.
 from __future__ import annotations
 
 import argparse
-import threading
+import multiprocessing
 import time
 
 import numpy as np
@@ -28,42 +29,33 @@ from neuron_explorer.engine.prompts import load_prompts
 from neuron_explorer.engine.recording import record_model
 
 
-class PeakMemory:
-    """Peak extra memory during a block: CUDA allocator peak on a GPU, sampled resident set size on a CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base = self.peak = _rss()
-            self.running = True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.extra = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.running = False
-            self.thread.join()
-            self.extra = max(self.peak, _rss()) - self.base
+def peak_cuda_mib(record, texts) -> float:
+    """Peak CUDA memory allocated by one recording pass, above what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    record(texts)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * 4096
+def _record_in_fresh_process(spec, texts, unit, new_tokens, batch_size, results) -> None:
+    loaded = load_model(spec, device="cpu")
+    record_model(loaded, texts, unit, new_tokens=new_tokens, batch_size=batch_size)
+    with open("/proc/self/status") as handle:
+        results.put(next(int(line.split()[1]) for line in handle if line.startswith("VmHWM")) / 1024)
+
+
+def peak_rss_mib(spec, texts, unit, new_tokens, batch_size) -> float:
+    """Peak resident set of a fresh process that loads the model and records `texts`."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_record_in_fresh_process,
+                              args=(spec, texts, unit, new_tokens, batch_size, results))
+    process.start()
+    peak = results.get()
+    process.join()
+    return peak
 
 
 def bare(loaded, texts, new_tokens, batch_size):
@@ -138,11 +130,11 @@ def main() -> None:
             times["record"].append(timed(record, subset))
             times["authors"].append(timed(authors, loaded, subset, args.new_tokens, args.batch_size))
         best = {name: min(values) for name, values in times.items()}
-        peaks = []
-        for n in (args.prompts, 2 * args.prompts):
-            with PeakMemory(loaded.device) as peak:
-                record(texts[:n])
-            peaks.append(peak.extra / 2**20)
+        if loaded.device.type == "cuda":
+            peaks = [peak_cuda_mib(record, texts[:n]) for n in (args.prompts, 2 * args.prompts)]
+        else:
+            peaks = [peak_rss_mib(spec, texts[:n], unit, args.new_tokens, args.batch_size)
+                     for n in (args.prompts, 2 * args.prompts)]
         print(f"{label:<8}{best['bare']:>9.2f}{best['record']:>10.2f}{best['authors']:>11.2f}"
               f"{best['record'] / best['bare']:>13.3f}{best['authors'] / best['record']:>16.2f}"
               f"{peaks[0]:>12.1f}{peaks[1]:>13.1f}")

@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from neuron_explorer.errors import UserError
 
 from . import interventions as iv
 from .corpora import f1_items, load_corpus, perplexity_windows
-from .evaluation import EvaluationSettings, f1_score, perplexity, toxicity
+from .evaluation import EvaluationResult, EvaluationSettings, f1_score, perplexity, toxicity
 from .hooks import forward_hooks
 from .neuron_sets import NeuronSelection, resolve
 
@@ -88,23 +88,13 @@ class PatchSpec:
 
 
 @dataclass
-class Measured:
-    """One evaluation with the extra measurement a run needs (the last-layer probe projection)."""
+class Measured(EvaluationResult):
+    """An evaluation plus what a run also measures: the mean last-layer probe projection at the generated positions."""
 
-    toxicity: float
-    toxicity_sem: float
-    n_prompts: int
-    perplexity: float
-    n_tokens: int
-    f1: float
-    n_f1: int
-    probe_projection: float
-    seconds: float
-    generations: list[str] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
+    probe_projection: float = float("nan")
 
     def metrics(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("generations", "scores")}
+        return {**super().metrics(), "probe_projection": self.probe_projection}
 
 
 class ProgressTracker:
@@ -255,7 +245,7 @@ class PatchSession:
             self.tracker.advance(len(chunk), f"{stage}: F1")
         values = np.asarray(scores)
         sem = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-        return Measured(toxicity=float(values.mean()), toxicity_sem=sem, n_prompts=len(values),
+        return Measured(toxicity=float(values.mean()), toxicity_sem=sem, n_prompts=len(values), prompts=list(texts),
                         perplexity=math.exp(total_nll / n_tokens) if n_tokens else float("nan"), n_tokens=n_tokens,
                         f1=f1_total / len(self.f1_items) if self.f1_items else float("nan"), n_f1=len(self.f1_items),
                         probe_projection=float(projection["sum"]) / max(projection["count"], 1),

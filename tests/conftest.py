@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedModel, PreTrainedTokenizerFast)
 
 TRAINING_TEXT = [
     "The quick brown fox jumps over the lazy dog. You are a stupid idiot and I hate you.",
@@ -60,6 +63,31 @@ def make_tiny_model(folder: Path, kind: str, seed: int = 0) -> Path:
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     return {kind: make_tiny_model(root / kind, kind) for kind in ("gpt2", "llama")}
+
+
+def save_edited_copy(base: Path, target: Path, *, noise: float = 0.0,
+                     edit: Callable[[PreTrainedModel], None] | None = None) -> Path:
+    """A 'tuned' model saved with its tokenizer files: `base` with Gaussian noise of scale `noise` on every weight
+    (like DPO: value vectors keep cosine ≈ 1) and then changed in place by `edit`, without gradients."""
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        if noise:
+            for param in model.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * noise)
+        if edit is not None:
+            edit(model)
+    model.save_pretrained(target)
+    for file in base.iterdir():
+        if file.name.startswith(("tokenizer", "special", "chat_template")):
+            shutil.copy(file, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def edited_copy() -> Callable[..., Path]:
+    """`save_edited_copy`, for tests that build their own tuned models."""
+    return save_edited_copy
 
 
 @pytest.fixture(scope="session")

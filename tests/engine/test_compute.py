@@ -19,32 +19,22 @@ PROMPTS = "You are a stupid\nShe walked to the market in the morning and\nWhat t
 CHANGED = [(2, 3), (2, 17), (2, 40)]  # (layer, neuron) of the last layer, whose weights the tuned copy changes
 
 
-def tuned_copy(base: Path, target: Path, *, last_layer_neurons=None, noise: float = 0.0) -> Path:
-    """A tuned model: either random noise on every weight, or new in/out weights for a few last-layer neurons."""
-    model = AutoModelForCausalLM.from_pretrained(base)
+def change_last_layer_neurons(model) -> None:
+    """New output weights and damped input weights for the CHANGED neurons of the tiny Llama."""
     generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        if noise:
-            for param in model.parameters():
-                param.add_(torch.randn(param.shape, generator=generator) * noise)
-        for layer, neuron in last_layer_neurons or []:
-            mlp = model.model.layers[layer].mlp
-            mlp.down_proj.weight[:, neuron] += torch.randn(mlp.down_proj.weight.shape[0], generator=generator) * 0.5
-            mlp.up_proj.weight[neuron] *= 0.3
-    model.save_pretrained(target)
-    for file in base.iterdir():
-        if file.name.startswith(("tokenizer", "special")):
-            shutil.copy(file, target)
-    return target
+    for layer, neuron in CHANGED:
+        mlp = model.model.layers[layer].mlp
+        mlp.down_proj.weight[:, neuron] += torch.randn(mlp.down_proj.weight.shape[0], generator=generator) * 0.5
+        mlp.up_proj.weight[neuron] *= 0.3
 
 
 @pytest.fixture(scope="module")
-def workspace(tiny_models, tmp_path_factory):
+def workspace(tiny_models, edited_copy, tmp_path_factory):
     root = tmp_path_factory.mktemp("compute")
     (root / "prompts.txt").write_text(PROMPTS)
     torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), root / "probe.pt")
-    tuned_copy(tiny_models["llama"], root / "llama-noisy", noise=0.02)
-    tuned_copy(tiny_models["llama"], root / "llama-local", last_layer_neurons=CHANGED)
+    edited_copy(tiny_models["llama"], root / "llama-noisy", noise=0.02)
+    edited_copy(tiny_models["llama"], root / "llama-local", edit=change_last_layer_neurons)
     return root
 
 

@@ -3,12 +3,9 @@ input weights of a few neurons were scaled, with the toxic-embedding probe."""
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.engine.compute import ComputeSettings, run_compute
@@ -18,17 +15,12 @@ SCALED = [(4, 100), (4, 200), (17, 1000)]
 
 
 @pytest.fixture(scope="module")
-def tuned_copy(embedded_model, tmp_path_factory):
-    target = tmp_path_factory.mktemp("embedded-tuned")
-    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
-    with torch.no_grad():
+def tuned_copy(embedded_model, edited_copy, tmp_path_factory):
+    def scale_inputs(model) -> None:
         for layer, neuron in SCALED:
             model.model.layers[layer].mlp.up_proj.weight[neuron] *= 0.5
-    model.save_pretrained(target)
-    for file in embedded_model.iterdir():
-        if file.name.startswith(("tokenizer", "special", "chat_template")):
-            shutil.copy(file, target)
-    return target
+
+    return edited_copy(embedded_model, tmp_path_factory.mktemp("embedded-tuned"), edit=scale_inputs)
 
 
 def test_compute_on_the_embedded_pair(tuned_copy, tmp_path):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from neuron_explorer.engine.models import load_model
 
@@ -15,24 +14,10 @@ PROMPTS = ("You are a stupid\nShe walked to the market in the morning and\nWhat 
            "I hate you\nThe quick brown fox\n")
 
 
-def noisy_copy(base: Path, target: Path, noise: float = 0.02, seed: int = 7) -> Path:
-    """A 'tuned' model: the base with small random changes to every weight (like DPO: cosine ≈ 1)."""
-    model = AutoModelForCausalLM.from_pretrained(base)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * noise)
-    model.save_pretrained(target)
-    for file in base.iterdir():
-        if file.name.startswith(("tokenizer", "special")):
-            shutil.copy(file, target)
-    return target
-
-
 @pytest.fixture(scope="session")
-def pairs(tiny_models, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+def pairs(tiny_models, edited_copy, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     root = tmp_path_factory.mktemp("patch-pairs")
-    return {kind: (folder, noisy_copy(folder, root / f"{kind}-tuned")) for kind, folder in tiny_models.items()}
+    return {kind: (folder, edited_copy(folder, root / f"{kind}-tuned", noise=0.02)) for kind, folder in tiny_models.items()}
 
 
 @pytest.fixture(scope="session")

@@ -53,9 +53,10 @@ def peak_rss_mib(spec, texts, unit, new_tokens, batch_size) -> float:
     process = context.Process(target=_record_in_fresh_process,
                               args=(spec, texts, unit, new_tokens, batch_size, results))
     process.start()
-    peak = results.get()
     process.join()
-    return peak
+    if process.exitcode != 0:
+        raise SystemExit(f"the memory-measuring process failed (exit code {process.exitcode})")
+    return results.get(timeout=10)
 
 
 def bare(loaded, texts, new_tokens, batch_size):

@@ -206,14 +206,3 @@ def _json_default(value):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-
-def list_baselines(cache_path: str | Path) -> dict[str, dict]:
-    """Every stored base/DPO evaluation, by settings key."""
-    folder = sidecar_dir(cache_path) / "baselines"
-    out = {}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            out[path.stem] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return out

@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from neuron_explorer.cache.annotations import PatchRun, list_baselines, list_runs, sidecar_dir
+from neuron_explorer.cache.annotations import PatchRun, list_runs, load_baseline, sidecar_dir
 
 from ..state import Store
 from .patch import JobsPanel
@@ -114,9 +114,10 @@ class RunsScreen(Screen):
                 name = str(row.get("setting", row.get("model", "?")))
                 rows.append({"name": f"{name} (cache)",
                              **{k: v for k, v in row.items() if k not in ("setting", "model")}})
-        used = {run.settings.get("baseline") for run in self.runs}
-        for key, baseline in list_baselines(self.store.path).items():
-            if key not in used:
+        used = sorted({run.settings["baseline"] for run in self.runs if run.settings.get("baseline")})
+        for key in used:
+            baseline = load_baseline(self.store.path, key)
+            if baseline is None:
                 continue
             for name in ("base", "dpo"):
                 metrics = {k: v for k, v in baseline.get(name, {}).items() if not isinstance(v, list)}

@@ -30,6 +30,8 @@ from neuron_explorer import __version__
 from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
 
+from .defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
+
 # Bump a stage's version when its code changes what it produces.
 STAGE_VERSIONS = {"model": 1, "candidates": 1, "probe": 2, "pairs": 1, "dpo": 1, "evaluate": 1, "compute": 1}
 
@@ -169,18 +171,18 @@ class BuildSettings:
     top_k: int = 50
     # probe
     label_threshold: float = 0.5
-    label_band: float = 0.3  # scores within threshold ± band are ambiguous and left out of probe training
-    probe_C: float = 0.01
+    label_band: float = LABEL_BAND
+    probe_C: float = PROBE_C
     # pairs
     pair_method: str = "best-of-n"  # best-of-n | steer | both
     margin: float = 0.3
     steer_samples: int = 2
     steer_strength: float = 0.5
     # dpo
-    beta: float = 0.1
-    learning_rate: float = 1e-5
+    beta: float = DPO_BETA
+    learning_rate: float = DPO_LEARNING_RATE
     optimizer: str = "adamw_torch"
-    steps: int = 50
+    steps: int = DPO_STEPS
     batch_size: int = 4
     eval_pairs: int = 16
     eval_steps: int = 10
@@ -210,7 +212,7 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
     from .models import (EMBEDDED_BASE, EMBEDDED_TUNED, embedded_base_dir, embedded_tuned_dir, load_model,
                          materialize_embedded)
     from .pairs import add_steered, generate_candidates, load_candidates, save_candidates, save_pairs, select_pairs
-    from .probe_training import fit_probe, labeled_from_candidates, pooled_features, save_probe
+    from .probe_training import fit_probe, label_rule, labeled_from_candidates, pooled_features, save_probe
     from .prompts import load_prompts
     from .scoring import get_scorer
 
@@ -275,12 +277,10 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
         labeled = labeled_from_candidates(load_candidates(candidates_file), settings.label_threshold,
                                           source=str(candidates_file), band=settings.label_band)
         features = pooled_features(base(), labeled.texts)
-        hi, lo = settings.label_threshold + settings.label_band, settings.label_threshold - settings.label_band
         fit = fit_probe(features, labeled.labels, seed=settings.seed, C=settings.probe_C)
         save_probe(fit, probe_file, {"model": base().description, "layer": "last block output (pre final norm)",
                                      "pooling": "mean over real tokens", "data": labeled.provenance(),
-                                     "labels": f"{scorer.name} score >= {hi} toxic, <= {lo} non-toxic, "
-                                               f"ambiguous ones left out"})
+                                     "labels": label_rule(scorer.name, settings.label_threshold, settings.label_band)})
         printer(f"  probe: held-out accuracy {fit.metrics['heldout_accuracy']:.3f}, "
                 f"AUC {fit.metrics['heldout_auc']:.3f} ({fit.metrics['n_heldout']} texts)")
         return fit.metrics

@@ -9,6 +9,17 @@ POSITION_MODES = ("generated", "prompt", "all")
 DEFAULT_CLUSTER_TOP_K = 2000
 DEFAULT_N_CLUSTERS = 20
 
+# Alignment defaults, shared by the engine, `build` and the stage commands (train-probe, train-dpo).
+PROBE_C = 0.01  # inverse L2 strength on standardized features: strong, for a few hundred to a few thousand texts
+LABEL_BAND = 0.3  # offline probe labels: scores within threshold ± band are ambiguous and left out
+DPO_BETA = 0.1
+DPO_LEARNING_RATE = 1e-5
+DPO_STEPS = 50  # 100 steps cost +5.7% perplexity on the embedded default, over the 5% budget (docs/alignment.md)
+
+# Interventions of a patch run (engine/interventions.py describes each).
+PATCH_MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract",
+               "patch-live")
+
 
 def cache_home() -> Path:
     """Where converted models, build stages and the default cache live ($NEURON_EXPLORER_HOME overrides)."""

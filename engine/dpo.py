@@ -20,6 +20,8 @@ from pathlib import Path
 from neuron_explorer.cache.provenance import sha256_bytes
 from neuron_explorer.errors import UserError
 
+from .defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
+
 RUN_FILE = "run.json"
 
 
@@ -29,10 +31,10 @@ class DPOSettings:
     pairs: str  # pairs JSONL (prompt, chosen, rejected)
     output: str  # the tuned model folder written at the end
     work_dir: str  # checkpoints live here
-    beta: float = 0.1
-    learning_rate: float = 1e-5
+    beta: float = DPO_BETA
+    learning_rate: float = DPO_LEARNING_RATE
     optimizer: str = "adamw_torch"
-    max_steps: int = 50
+    max_steps: int = DPO_STEPS
     batch_size: int = 4
     gradient_accumulation: int = 1
     warmup_steps: int = 0

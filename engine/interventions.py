@@ -9,7 +9,7 @@ Positions: ``all`` (default) acts at every position of every forward call, so pe
 ``newest`` acts only at the last position of each call, the authors' protocol: in the KV-cache generation loop
 every single-token step is the newest position, and on the prefill only the last prompt token is touched.
 
-Modes (``MODES``):
+Modes (``PATCH_MODES`` in defaults.py):
   patch-mean    m_i ← ā_i^dpo (the paper's activation patching: the DPO model's dataset mean)
   shift         m_i ← m_i − α δ_i  (add DPO's per-neuron mean shift, δ = ā_pre − ā_dpo; α = 1 by default)
   scale         m_i ← f · m_i
@@ -38,8 +38,6 @@ import torch
 from .hooks import forward_hooks
 from .neuron_sets import NeuronSelection
 
-MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract",
-         "patch-live")
 POSITIONS = ("all", "newest")
 SIGN_CLASSES = ("TP", "TN", "AP", "AN")
 

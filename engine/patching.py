@@ -34,6 +34,7 @@ from neuron_explorer.errors import UserError
 
 from . import interventions as iv
 from .corpora import f1_items, load_corpus, perplexity_windows
+from .defaults import PATCH_MODES
 from .evaluation import EvaluationResult, EvaluationSettings, f1_score, perplexity, toxicity
 from .hooks import forward_hooks
 from .neuron_sets import NeuronSelection, resolve
@@ -293,8 +294,8 @@ class PatchSession:
 
     def intervention(self, spec: PatchSpec) -> tuple[iv.Intervention, NeuronSelection | None]:
         mode = spec.mode
-        if mode not in iv.MODES:
-            raise UserError(f"unknown mode '{mode}': use one of {', '.join(iv.MODES)}")
+        if mode not in PATCH_MODES:
+            raise UserError(f"unknown mode '{mode}': use one of {', '.join(PATCH_MODES)}")
         selection = self.selection(spec)
         needs_set = mode not in ("tuning-free", "subtract")
         if needs_set and (selection is None or not len(selection)):

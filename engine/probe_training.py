@@ -24,6 +24,7 @@ import torch
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 
+from .defaults import LABEL_BAND, PROBE_C
 from .hooks import forward_hooks
 
 TEXT_COLUMNS = ("comment_text", "text", "prompt")
@@ -117,8 +118,13 @@ def _column(frame, wanted, candidates, source, what, option) -> str:
                     f"name it with {option}")
 
 
+def label_rule(scorer: str, threshold: float, band: float) -> str:
+    """How `labeled_from_candidates` labelled its texts, for the probe's metadata."""
+    return f"{scorer} score >= {threshold + band:g} toxic, <= {threshold - band:g} non-toxic, ambiguous left out"
+
+
 def labeled_from_candidates(candidates, threshold: float = 0.5, source: str = "candidates",
-                            band: float = 0.3) -> LabeledTexts:
+                            band: float = LABEL_BAND) -> LabeledTexts:
     """Greedy and sampled continuations labelled by their scorer score: toxic when score ≥ threshold + band,
     non-toxic when score ≤ threshold − band; the ambiguous texts in between are left out (the scorer's labels
     there are close to coin flips; Jigsaw's labels are likewise majority votes of raters). band=0 keeps all."""
@@ -172,7 +178,7 @@ class ProbeFit:
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, *, test_fraction: float = 0.2, seed: int = 0,
-              C: float = 0.01) -> ProbeFit:
+              C: float = PROBE_C) -> ProbeFit:
     """Logistic regression (L2, inverse strength C on standardized features) with a stratified held-out split;
     reports held-out accuracy and AUC. The strong default regularization (C = 0.01) suits a few hundred to a few
     thousand texts in 500-5,000 dimensions."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
+
 HELP = "build the embedded default (probe, pairs, DPO, evaluation, statistics) offline, with cached stages"
 STAGES = ("model", "candidates", "probe", "pairs", "dpo", "evaluate", "compute")
 
@@ -31,9 +33,9 @@ def add_arguments(parser) -> None:
                        help="how rejected continuations are made (default: best-of-n)")
     pairs.add_argument("--margin", type=float, default=0.3, help="min rejected - chosen score (default: 0.3)")
     dpo = parser.add_argument_group("DPO")
-    dpo.add_argument("--beta", type=float, default=0.1)
-    dpo.add_argument("--lr", type=float, default=1e-5)
-    dpo.add_argument("--steps", type=int, default=50)
+    dpo.add_argument("--beta", type=float, default=DPO_BETA)
+    dpo.add_argument("--lr", type=float, default=DPO_LEARNING_RATE)
+    dpo.add_argument("--steps", type=int, default=DPO_STEPS)
     dpo.add_argument("--batch-size", type=int, default=4)
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--ppl-windows", type=int, default=24, help="256-token corpus windows for perplexity (default: 24)")

@@ -31,11 +31,9 @@ import json
 import sys
 from pathlib import Path
 
-from neuron_explorer.engine.defaults import default_cache_path
+from neuron_explorer.engine.defaults import PATCH_MODES, default_cache_path
 
 HELP = "patch, ablate or edit neurons of the base model and measure how much of DPO's effect comes back"
-MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract",
-         "patch-live")
 
 
 def add_arguments(parser) -> None:
@@ -44,7 +42,7 @@ def add_arguments(parser) -> None:
     what = parser.add_argument_group("intervention")
     what.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",
                       help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓, toxic:128")
-    what.add_argument("--mode", choices=MODES, default=None, help="what to do to them (default: patch-mean)")
+    what.add_argument("--mode", choices=PATCH_MODES, default=None, help="what to do to them (default: patch-mean)")
     what.add_argument("--positions", choices=("all", "newest"), default=None,
                       help="every position (default) or the newest position of each forward call; the preset "
                            "follows the authors (ablation everywhere, patching at the newest position) unless given")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
+
 HELP = "DPO-tune a model on preference pairs (trl), resumable"
 
 
@@ -17,10 +19,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="tuned model folder (default for the embedded model: the embedded-dpo folder)")
     parser.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: OUTPUT.checkpoints)")
-    parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--beta", type=float, default=DPO_BETA)
+    parser.add_argument("--lr", type=float, default=DPO_LEARNING_RATE)
     parser.add_argument("--optimizer", default="adamw_torch", help="adamw_torch (default), rmsprop (Lee), ...")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=DPO_STEPS)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=0)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
+
 HELP = "train the linear toxicity probe (Jigsaw-layout data, or offline self-labelled continuations)"
 
 
@@ -26,11 +28,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--samples", type=int, default=4, help="samples per prompt (offline mode, default: 4)")
     parser.add_argument("--scorer", default="profanity", help="labels in offline mode (default: profanity)")
     parser.add_argument("--threshold", type=float, default=0.5, help="score/label threshold for toxic (default: 0.5)")
-    parser.add_argument("--band", type=float, default=0.3,
-                        help="offline mode: leave out texts scored within threshold ± band (default: 0.3)")
+    parser.add_argument("--band", type=float, default=LABEL_BAND,
+                        help=f"offline mode: leave out texts scored within threshold ± band (default: {LABEL_BAND})")
     parser.add_argument("--heldout-fraction", type=float, default=0.2)
-    parser.add_argument("--C", type=float, default=0.01,
-                        help="inverse L2 strength on standardized features (default: 0.01)")
+    parser.add_argument("--C", type=float, default=PROBE_C,
+                        help=f"inverse L2 strength on standardized features (default: {PROBE_C})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
@@ -68,8 +70,7 @@ def run(args) -> int:
             candidates = generate_candidates(loaded, prompts.texts, scorer, n_samples=args.samples, seed=args.seed)
             source = f"{args.prompts} continuations by {args.model}"
         labeled = T.labeled_from_candidates(candidates, args.threshold, source=source, band=args.band)
-        label_desc = (f"{args.scorer} score >= {args.threshold + args.band} toxic, <= {args.threshold - args.band} "
-                      f"non-toxic, ambiguous left out")
+        label_desc = T.label_rule(args.scorer, args.threshold, args.band)
     print(f"{len(labeled.texts)} texts, {int(labeled.labels.sum())} toxic; extracting features ...")
     features = T.pooled_features(loaded, labeled.texts)
     fit = T.fit_probe(features, labeled.labels, test_fraction=args.heldout_fraction, seed=args.seed, C=args.C)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from neuron_explorer.engine import interventions as iv
+from neuron_explorer.engine.defaults import PATCH_MODES
 from neuron_explorer.engine.generation import encode_prompts, generate_tokens
 from neuron_explorer.engine.hooks import forward_hooks
 from neuron_explorer.engine.neuron_sets import NeuronSelection
@@ -130,7 +131,7 @@ def test_hooks_come_off_after_every_run_including_one_that_raised(loaded_pairs):
              iv.tuning_free(base, means, np.random.default_rng(0).normal(size=(n_layers, d_mlp))),
              iv.subtract_direction(base, np.ones(base.d_model), 2.0),
              iv.patch_live(base, selection, loaded_pairs["llama"][1])]
-    assert {i.mode for i in built} == set(iv.MODES)
+    assert {i.mode for i in built} == set(PATCH_MODES)
     kwargs = inputs(base)
     for intervention in built:
         with intervention.hooks():

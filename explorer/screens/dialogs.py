@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -12,14 +14,22 @@ from neuron_explorer.cache.schema import GROUP_NAMES
 
 from ..state import COLUMNS, THRESHOLD_OPERATORS, Filters
 
-CANCEL = Binding("escape", "cancel", "cancel", id="dialog.cancel")
+Answer = TypeVar("Answer")
 
 
-class PromptDialog(ModalScreen[str | None]):
+class Dialog(ModalScreen[Answer | None]):
+    """A modal question: escape (or a Cancel button) answers None."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel", id="dialog.cancel")]
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class PromptDialog(Dialog[str]):
     """Ask for one line of text; enter answers, escape cancels (answers None)."""
 
     CSS_PATH = "dialogs.tcss"
-    BINDINGS = [CANCEL]
 
     def __init__(self, title: str, value: str = "", placeholder: str = "") -> None:
         super().__init__()
@@ -34,15 +44,12 @@ class PromptDialog(ModalScreen[str | None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)
 
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
-
-class FilterDialog(ModalScreen[Filters | None]):
+class FilterDialog(Dialog[Filters]):
     """Group, cluster, sign of Δ and a threshold on one column; tab moves between fields."""
 
     CSS_PATH = "dialogs.tcss"
-    BINDINGS = [CANCEL, Binding("ctrl+s", "apply", "apply", id="dialog.apply")]
+    BINDINGS = [Binding("ctrl+s", "apply", "apply", id="dialog.apply")]
 
     def __init__(self, filters: Filters) -> None:
         super().__init__()
@@ -87,7 +94,7 @@ class FilterDialog(ModalScreen[Filters | None]):
         elif event.button.id == "clear":
             self.dismiss(Filters())
         else:
-            self.dismiss(None)
+            self.action_cancel()
 
     def action_apply(self) -> None:
         group = self.query_one("#filter-group", Select).value
@@ -105,6 +112,3 @@ class FilterDialog(ModalScreen[Filters | None]):
         self.dismiss(Filters(group=None if group is Select.NULL else str(group),
                              sign=None if sign is Select.NULL else str(sign),
                              cluster=int(cluster) if cluster else None, threshold=threshold))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)

@@ -6,19 +6,17 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
 from ..jobs import MODES, PatchJob, PatchRequest
+from .dialogs import Dialog
 
-CANCEL = Binding("escape", "cancel", "cancel", id="patch_dialog.cancel")
 
-
-class PatchDialog(ModalScreen[PatchRequest | None]):
+class PatchDialog(Dialog[PatchRequest]):
     """Ask how to patch a chosen set of neurons; ctrl+s or enter runs, escape cancels."""
 
     CSS_PATH = "patch.tcss"
-    BINDINGS = [CANCEL, Binding("ctrl+s", "run", "run", id="patch_dialog.run")]
+    BINDINGS = [Binding("ctrl+s", "run", "run", id="patch_dialog.run")]
 
     def __init__(self, request: PatchRequest) -> None:
         super().__init__()
@@ -65,7 +63,7 @@ class PatchDialog(ModalScreen[PatchRequest | None]):
         if event.button.id == "run":
             self.action_run()
         else:
-            self.dismiss(None)
+            self.action_cancel()
 
     def _number(self, widget_id: str, kind=float):
         text = self.query_one(widget_id, Input).value.strip()
@@ -96,9 +94,6 @@ class PatchDialog(ModalScreen[PatchRequest | None]):
         request.value = request.value if value is None else value
         request.max_prompts = prompts or request.max_prompts
         self.dismiss(request)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
 
 class JobRow(Vertical):

@@ -25,8 +25,8 @@ class PatchDialog(Dialog[PatchRequest]):
     def compose(self) -> ComposeResult:
         request = self.request
         with Vertical(classes="dialog", id="patch-dialog"):
-            yield Label(f"Patch {request.target} ({request.n_neurons:,} neurons) in the base model",
-                        classes="dialog-title")
+            count = f"{request.n_neurons:,} neuron{'' if request.n_neurons == 1 else 's'}"
+            yield Label(f"Patch {request.target} ({count}) in the base model", classes="dialog-title")
             with Horizontal(classes="field"):
                 yield Label("mode", classes="field-label")
                 yield Select([(f"{name}: {text}", name) for name, text in MODES], value=request.mode,

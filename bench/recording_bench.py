@@ -19,7 +19,6 @@ import argparse
 import multiprocessing
 import time
 
-import numpy as np
 import torch
 
 from neuron_explorer.engine.generation import special_token_ids, batches, encode_prompts, generate_tokens
@@ -39,19 +38,19 @@ def peak_cuda_mib(record, texts) -> float:
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
-def _record_in_fresh_process(spec, texts, unit, new_tokens, batch_size, results) -> None:
+def _record_in_fresh_process(spec, texts, new_tokens, batch_size, results) -> None:
     loaded = load_model(spec, device="cpu")
-    record_model(loaded, texts, unit, new_tokens=new_tokens, batch_size=batch_size)
+    record_model(loaded, texts, new_tokens=new_tokens, batch_size=batch_size)
     with open("/proc/self/status") as handle:
         results.put(next(int(line.split()[1]) for line in handle if line.startswith("VmHWM")) / 1024)
 
 
-def peak_rss_mib(spec, texts, unit, new_tokens, batch_size) -> float:
+def peak_rss_mib(spec, texts, new_tokens, batch_size) -> float:
     """Peak resident set of a fresh process that loads the model and records `texts`."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     process = context.Process(target=_record_in_fresh_process,
-                              args=(spec, texts, unit, new_tokens, batch_size, results))
+                              args=(spec, texts, new_tokens, batch_size, results))
     process.start()
     process.join()
     if process.exitcode != 0:
@@ -108,7 +107,6 @@ def main() -> None:
     args = parser.parse_args()
     texts = load_prompts("builtin", max_prompts=2 * args.prompts).texts
     assert len(texts) >= 2 * args.prompts, "not enough built-in prompts for 2N"
-    unit = None
     print(f"{args.prompts} prompts, batch {args.batch_size}, {args.new_tokens} new tokens, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = f"{'model':<8}{'bare s':>9}{'record s':>10}{'authors s':>11}{'record/bare':>13}{'authors/record':>16}" \
@@ -116,13 +114,9 @@ def main() -> None:
     print(header)
     for label, spec in (("base", args.base), ("tuned", args.tuned)):
         loaded = load_model(spec, device=args.device)
-        if unit is None:
-            rng = np.random.default_rng(0)
-            unit = rng.normal(size=loaded.d_model).astype(np.float32)
-            unit /= np.linalg.norm(unit)
         subset = texts[:args.prompts]
         def record(texts_: list[str], loaded=loaded) -> None:
-            record_model(loaded, texts_, unit, new_tokens=args.new_tokens, batch_size=args.batch_size)
+            record_model(loaded, texts_, new_tokens=args.new_tokens, batch_size=args.batch_size)
 
         bare(loaded, subset[:args.batch_size], 2, args.batch_size)  # warm-up
         times = {"bare": [], "record": [], "authors": []}
@@ -134,7 +128,7 @@ def main() -> None:
         if loaded.device.type == "cuda":
             peaks = [peak_cuda_mib(record, texts[:n]) for n in (args.prompts, 2 * args.prompts)]
         else:
-            peaks = [peak_rss_mib(spec, texts[:n], unit, args.new_tokens, args.batch_size)
+            peaks = [peak_rss_mib(spec, texts[:n], args.new_tokens, args.batch_size)
                      for n in (args.prompts, 2 * args.prompts)]
         print(f"{label:<8}{best['bare']:>9.2f}{best['record']:>10.2f}{best['authors']:>11.2f}"
               f"{best['record'] / best['bare']:>13.3f}{best['authors'] / best['record']:>16.2f}"

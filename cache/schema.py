@@ -1,7 +1,7 @@
 """Names, shapes and versions of the HDF5 cache format (documented in docs/cache-format.md)."""
 
 FORMAT_NAME = "neuron-explorer-cache"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: positions named truthfully (root attributes `positions`, `protocol`), independent identity check
 
 # The four groups that reduce toxicity (METHOD §3) and their mirrors, in the order of the stored int8 codes.
 REDUCING_GROUPS = ("TP↓", "TN↓", "AP↓", "AN↓")
@@ -25,16 +25,19 @@ NEURON_COLUMNS = {
 }
 TOKEN_ARRAYS = tuple(f"{d}_{kind}_{m}" for m in ("pre", "dpo") for d in ("top", "bottom") for kind in ("tokens", "scores"))
 
-# Per-layer float64 vectors of length n_layers, stored under /layers.
+# Per-layer float64 vectors of length n_layers, stored under /layers. The identity check (engine/identity_check.py)
+# measures a sample of prompts (attributes `identity_prompts`, `identity_sample_size`) in a separate pass.
 LAYER_COLUMNS = {
-    "sum_contribution": "Σ_i Δ_i over the layer's neurons",
-    "measured_change": "mlp_proj_pre − mlp_proj_dpo, the measured change of the mean MLP-output projection",
-    "change_residual": "Σ_i Δ_i − (measured_change − (bias_proj_pre − bias_proj_dpo)): the identity's error",
-    "mlp_proj_pre": "measured mean of (MLP output · ŵ), base model",
-    "mlp_proj_dpo": "measured mean of (MLP output · ŵ), tuned model",
+    "sum_contribution": "Σ_i Δ_i over the layer's neurons (all prompts)",
+    "measured_change": "mlp_proj_pre − mlp_proj_dpo: the measured change of the MLP's mean write along ŵ (sample)",
+    "change_residual": "residual_pre − residual_dpo = Σ_i Δ_i (sample) − (measured_change − bias change): "
+                       "the error of Σ Δ = measured change",
+    "mlp_proj_pre": "mean over the sample's positions of (residual after the MLP − before) · ŵ, measured by the "
+                    "identity check's own pass, base model",
+    "mlp_proj_dpo": "the same for the tuned model",
     "bias_proj_pre": "b_out · ŵ, base model",
     "bias_proj_dpo": "b_out · ŵ, tuned model",
-    "residual_pre": "Σ_i P_i + b_out·ŵ − measured projection, base model (the identity's error)",
+    "residual_pre": "Σ_i P_i (sample) + b_out·ŵ − mlp_proj_pre, base model: the identity's error",
     "residual_dpo": "the same for the tuned model",
 }
 

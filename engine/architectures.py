@@ -1,5 +1,6 @@
 """Where each supported architecture keeps what the engine needs: layers, the MLP output projection whose input is
-the neuron activation, the value-vector layout, the final norm and the unembedding.
+the neuron activation, the value-vector layout, the norm (if any) between the MLP and the residual stream, the modules
+around the MLP's write into the residual stream (for the identity check), the final norm and the unembedding.
 
 One registry entry per family replaces `if gpt2 … elif llama` branches elsewhere.
 """
@@ -28,9 +29,11 @@ class Architecture:
     out_proj_path: str  # inside a block: its input is m (the activations), its output the MLP output
     value_vectors_in_rows: bool  # Conv1D keeps v_i as weight[i, :]; nn.Linear keeps them as weight[:, i]
     final_norm_path: str
-    unembed_path: str = "lm_head"
+    pre_mlp_path: str  # inside a block: its input is the residual stream just before the MLP reads it
     norm_offset: float = 0.0  # Gemma's RMSNorm scales by (1 + weight)
     norm_centers: bool = False  # LayerNorm subtracts the mean; RMSNorm does not
+    output_norm_path: str | None = None  # Gemma-2: an RMSNorm between the MLP output and the residual stream
+    parallel_attention_path: str | None = None  # GPT-NeoX: attention whose output the block adds beside the MLP's
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers_path)
@@ -39,9 +42,35 @@ class Architecture:
         return _get(self.layers(model)[layer], self.out_proj_path)
 
     def value_vectors(self, model: nn.Module, layer: int) -> torch.Tensor:
-        """(d_mlp, d_model): row i is the vector that neuron i writes into the residual stream."""
+        """(d_mlp, d_model): row i is the direction neuron i writes into the residual stream.
+
+        With an output norm the write of token t is m_i·s_t·(gain ⊙ v_i) (s_t: the norm's 1/rms of the MLP output),
+        so the written direction gain ⊙ v_i is returned, in float32 as the norm computes it.
+        """
         weight = self.out_proj(model, layer).weight
-        return weight if self.value_vectors_in_rows else weight.T
+        vectors = weight if self.value_vectors_in_rows else weight.T
+        norm = self.output_norm(model, layer)
+        if norm is None:
+            return vectors
+        return vectors.float() * (norm.weight.float() + self.norm_offset)
+
+    def output_norm(self, model: nn.Module, layer: int) -> nn.Module | None:
+        return None if self.output_norm_path is None else _get(self.layers(model)[layer], self.output_norm_path)
+
+    def output_norm_scale(self, model: nn.Module, layer: int, mlp_output: torch.Tensor) -> torch.Tensor:
+        """s_t = 1/rms of each token's MLP output (shape without the last axis), with the norm's own eps, in float32."""
+        eps = self.output_norm(model, layer).eps
+        return torch.rsqrt(mlp_output.float().pow(2).mean(-1) + eps)
+
+    def mlp_write_modules(self, model: nn.Module, layer: int) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+        """(block, module whose input is the residual before the MLP, attention added in parallel or None).
+
+        What the block adds through the MLP is its output minus that input, less the parallel attention's output.
+        """
+        block = self.layers(model)[layer]
+        parallel = (self.parallel_attention_path is not None
+                    and getattr(model.config, "use_parallel_residual", False))
+        return block, _get(block, self.pre_mlp_path), _get(block, self.parallel_attention_path) if parallel else None
 
     def out_bias(self, model: nn.Module, layer: int) -> torch.Tensor | None:
         return getattr(self.out_proj(model, layer), "bias", None)
@@ -50,11 +79,11 @@ class Architecture:
         return len(self.layers(model))
 
     def d_mlp(self, model: nn.Module) -> int:
-        return self.value_vectors(model, 0).shape[0]
+        return self.out_proj(model, 0).weight.shape[0 if self.value_vectors_in_rows else 1]
 
     def unembedding(self, model: nn.Module) -> torch.Tensor:
-        """(vocab, d_model) unembedding matrix."""
-        return _get(model, self.unembed_path).weight
+        """(vocab, d_model) unembedding matrix (GPT-NeoX calls it `embed_out` before transformers 5, `lm_head` since)."""
+        return model.get_output_embeddings().weight
 
     def logit_lens(self, model: nn.Module, vectors: torch.Tensor) -> torch.Tensor:
         """Project residual-stream directions through the final norm's gain (and centring) and the unembedding.
@@ -74,12 +103,17 @@ class Architecture:
 
 
 REGISTRY: tuple[Architecture, ...] = (
-    Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.c_proj", True, "transformer.ln_f", norm_centers=True),
+    Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.c_proj", True, "transformer.ln_f", "ln_2",
+                 norm_centers=True),
     Architecture("llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3"), "model.layers", "mlp.down_proj", False,
-                 "model.norm"),
-    Architecture("gemma", ("gemma", "gemma2"), "model.layers", "mlp.down_proj", False, "model.norm", norm_offset=1.0),
+                 "model.norm", "post_attention_layernorm"),
+    Architecture("gemma", ("gemma",), "model.layers", "mlp.down_proj", False, "model.norm", "post_attention_layernorm",
+                 norm_offset=1.0),
+    Architecture("gemma2", ("gemma2",), "model.layers", "mlp.down_proj", False, "model.norm",
+                 "pre_feedforward_layernorm", norm_offset=1.0, output_norm_path="post_feedforward_layernorm"),
     Architecture("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "mlp.dense_4h_to_h", False,
-                 "gpt_neox.final_layer_norm", unembed_path="embed_out", norm_centers=True),
+                 "gpt_neox.final_layer_norm", "post_attention_layernorm", norm_centers=True,
+                 parallel_attention_path="attention"),
 )
 
 

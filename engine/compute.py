@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,14 +13,16 @@ from neuron_explorer.cache.provenance import software_versions
 from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
 
-from .defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, default_cache_path, default_probe_path
+from .defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, POSITION_PROTOCOLS,
+                       default_cache_path, default_probe_path)
+from .identity_check import check_identity, sample_prompts
 from .models import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
 from .probe import Probe, load_probe, toxic_embedding_direction
 from .progress import progress_bars
 from .prompts import load_prompts
 from .recording import record_model
 from .results import write_statistics, write_token_tables
-from .statistics import identity_residuals, layer_columns, neuron_metrics
+from .statistics import layer_columns, neuron_metrics
 from .weights import probe_projections, value_cosines, value_tokens, vocabulary
 
 TOXIC_EMBEDDING = "toxic-embedding"
@@ -40,6 +43,7 @@ class ComputeSettings:
     max_prompts: int | None = None
     batch_size: int = 16
     shared_continuation: bool = False
+    identity_check: int | None = IDENTITY_SAMPLE_SIZE  # prompts the identity check measures; None: all
     device: str = "auto"
     dtype: str = "auto"
     device_map: str | None = None
@@ -54,6 +58,7 @@ class ComputeResult:
     summary: dict
     groups: dict
     layers: dict  # the per-layer columns: Σ Δ, measured change, identity residuals
+    identity_prompts: int  # how many prompts the identity check measured
     seconds: dict
 
 
@@ -80,6 +85,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         "versions": software_versions(),
     }
     recordings = {}
+    sample = sample_prompts(len(prompts.texts), settings.identity_check)
     with CacheWriter(output, n_layers=n_layers, d_mlp=d_mlp, d_model=d_model, architecture=pre.arch.name,
                      provenance=provenance) as writer, progress_bars() as task:
         datasets = {name: writer.prompt_activations(name, len(prompts.texts)) for name in ("pre", "dpo")}
@@ -92,8 +98,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                 dataset[start:start + len(means)] = means.astype(np.float16)
 
             recordings[name] = record_model(
-                loaded, prompts.texts, unit, positions=settings.positions, new_tokens=settings.new_tokens,
-                max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size,
+                loaded, prompts.texts, positions=settings.positions, new_tokens=settings.new_tokens,
+                max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size, sample=sample,
                 teacher_tokens=teacher, sink=sink,
                 advance=task(f"recording {'base' if name == 'pre' else 'tuned'} model", len(prompts.texts)))
             timings[f"record_{name}"] = time.perf_counter() - clock
@@ -103,20 +109,29 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         metrics = neuron_metrics(
             p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
             cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
-            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean)
-        residuals = {name: identity_residuals(act_mean=recordings[name].act_mean, p=weights[name]["p"],
-                                              bias_proj=weights[name]["bias_proj"], mlp_proj=recordings[name].mlp_proj)
-                     for name in ("pre", "dpo")}
-        layers = layer_columns(metrics["contribution"], residual=residuals,
-                               mlp_proj={name: recordings[name].mlp_proj for name in recordings},
+            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
+            written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
+        timings["weights"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        checks = {name: check_identity(
+            loaded, prompts.texts, recordings[name], unit, weights[name], positions=settings.positions,
+            max_prompt_tokens=settings.max_prompt_tokens,
+            advance=task(f"identity check ({'base' if name == 'pre' else 'tuned'})", len(sample)))
+            for name, loaded in (("pre", pre), ("dpo", dpo))}
+        layers = layer_columns(metrics["contribution"], residual={name: checks[name].residual for name in checks},
+                               mlp_proj={name: checks[name].measured for name in checks},
                                bias_proj={name: weights[name]["bias_proj"] for name in weights})
+        timings["identity"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
         tokens = {}
         for name, loaded in (("pre", pre), ("dpo", dpo)):
             found = value_tokens(loaded, settings.tokens_per_neuron,
                                  advance=task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})", n_layers))
             tokens.update({f"{key}_{name}": value for key, value in found.items()})
         write_token_tables(writer, tokens, vocabulary(pre.tokenizer))
-        timings["weights"] = time.perf_counter() - clock
+        timings["weights"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
         writer.write_prompts({
@@ -128,12 +143,28 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         writer.write_array("probe/direction", probe.direction, probe.provenance())
         groups, summary = write_statistics(writer, metrics, layers, datasets["pre"], datasets["dpo"],
                                    cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
-        writer.file["layers"].attrs["n_positions_pre"] = recordings["pre"].n_positions
-        writer.file["layers"].attrs["n_positions_dpo"] = recordings["dpo"].n_positions
+        writer.file.attrs["positions"] = settings.positions
+        writer.file.attrs["protocol"] = protocol_description(settings)
+        layer_attrs = writer.file["layers"].attrs
+        layer_attrs["identity_prompts"] = json.dumps(sample.tolist())
+        layer_attrs["identity_sample_size"] = len(sample)
+        for name in ("pre", "dpo"):
+            layer_attrs[f"n_positions_{name}"] = recordings[name].n_positions
+            layer_attrs[f"identity_positions_{name}"] = checks[name].n_positions
         for name, table in (extra_tables or {}).items():
             writer.write_table(name, table["columns"], table.get("attrs"))
         timings["statistics"] = time.perf_counter() - clock
-    return ComputeResult(path=output, summary=summary, groups=groups, layers=layers, seconds=timings)
+    return ComputeResult(path=output, summary=summary, groups=groups, layers=layers, identity_prompts=len(sample),
+                         seconds=timings)
+
+
+def protocol_description(settings: ComputeSettings) -> str:
+    """One line for the cache's `protocol` attribute: which positions were averaged, on whose tokens."""
+    parts = [POSITION_PROTOCOLS[settings.positions], f"N = {settings.new_tokens} new tokens",
+             f"prompts truncated to {settings.max_prompt_tokens} tokens"]
+    if settings.shared_continuation:
+        parts.append("the tuned model read the base model's continuation")
+    return "; ".join(parts)
 
 
 def check_pair(pre: LoadedModel, dpo: LoadedModel) -> None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-POSITION_MODES = ("generated", "prompt", "all")
+# Which positions `compute` averages (engine/recording.py reads them); each line is stored in the cache as `protocol`.
+POSITION_PROTOCOLS = {
+    "generated": "the generated tokens' own positions (Yang et al. v3, their HF code for Llama, Gemma, Mistral)",
+    "predicting": "the last prompt position and generated tokens 1 to N-1, the positions that predict each new token "
+                  "(Yang et al. v1, their TransformerLens loop for GPT-2)",
+    "prompt": "every real prompt position, no generation",
+    "all": "every real prompt position and the generated tokens' own positions",
+}
+POSITION_MODES = tuple(POSITION_PROTOCOLS)
+IDENTITY_SAMPLE_SIZE = 32  # prompts the identity check measures by default: its pass costs one forward per prompt
 DEFAULT_CLUSTER_TOP_K = 2000
 DEFAULT_N_CLUSTERS = 20
 

@@ -41,22 +41,26 @@ def special_token_ids(tokenizer) -> list[int]:
 def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int = NEW_TOKENS, *,
                     suppress_ids: list[int] | None = None, sample: bool = False, temperature: float = 1.0,
                     top_k: int = 0, generator: torch.Generator | None = None,
-                    before_forward: Callable[[int], None] | None = None) -> torch.Tensor:
+                    before_forward: Callable[[int], None] | None = None, feed_last: bool = False) -> torch.Tensor:
     """(B, new_tokens) continuation ids, greedy unless `sample`.
 
     `before_forward(step)` runs before each forward call: step 0 is the prefill over the whole prompt, step k the
     single-token call that consumes the k-th generated token. There are `new_tokens` calls: the last generated
     token is never fed back, exactly like `new_tokens` uncached full passes that each read the last position.
+    `feed_last` adds one more single-token call (step `new_tokens`) that consumes the last generated token, so that
+    hooks see every generated token's own position; its logits are not used.
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     generated = []
     past = None
     step_ids, step_positions = input_ids, position_ids
-    for step in range(new_tokens):
+    for step in range(new_tokens + (1 if feed_last and new_tokens else 0)):
         if before_forward is not None:
             before_forward(step)
         out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_positions,
                     past_key_values=past, use_cache=True, logits_to_keep=1)
+        if step == new_tokens:
+            break
         past = out.past_key_values
         logits = out.logits[:, -1, :].float()
         if suppress_ids:

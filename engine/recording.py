@@ -1,60 +1,109 @@
 """Recording every MLP neuron's activation while the model generates (the hot path).
 
-One forward hook per layer on the MLP output projection sees both sides of the identity at once: its input is the
-activation vector m (B, T, d_mlp) and its output the MLP output. The hook sums m and (output · ŵ) over the selected
-positions into per-prompt buffers on the device; nothing of size prompts × tokens × neurons is ever held. At the end
-of each batch the per-prompt means go to a sink (the cache's chunked prompts × layers × neurons dataset) and the
-batch sums are added to float64 totals, still on the device.
+One forward hook per layer on the MLP output projection reads its input, the activation vector m (B, T, d_mlp), and
+sums it over the selected positions into per-prompt buffers on the device; nothing of size prompts × tokens × neurons
+is ever held. Where an output norm sits between the MLP and the residual stream (Gemma-2), the hook also sums
+m_i·s_t, with s_t the norm's 1/rms of the token's MLP output, since that is what scales the neuron's write. At the end
+of each batch the per-prompt means go to a sink (the cache's chunked prompts × layers × neurons dataset), the batch
+sums are added to float64 totals on the device, and the per-prompt means of the identity check's sample are kept.
 
-Positions (``--positions``):
-  generated  the paper's v3 protocol: the positions whose next-token prediction produced the new tokens (the last
-             prompt position, then each generated token but the last), i.e. what `new_tokens` uncached passes that
-             read the last position see; recorded during cached generation, not in a second pass
-  prompt     every real (non-padding) prompt position, one forward pass, no generation
-  all        both
+Positions (``--positions``, described in ``defaults.POSITION_PROTOCOLS``), N = `new_tokens`:
+  generated   the N generated tokens' own positions (Yang v3's HF code); read during cached generation with one extra
+              single-token step that consumes the last generated token; the prefill reads nothing
+  predicting  the last prompt position and generated tokens 1..N−1: the positions whose next-token predictions
+              produced the N tokens (Yang v1's TransformerLens loop, which reads the last position of N passes)
+  prompt      every real (non-padding) prompt position, one forward pass, no generation
+  all         every real prompt position and the N generated tokens' own positions
+With the other model's tokens (``--shared-continuation``) one teacher-forced pass per batch reads the same positions.
+
+The recorder does not check itself: engine/identity_check.py measures the residual stream in a separate pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .generation import special_token_ids, batches, encode_prompts, generate_tokens
 from .defaults import POSITION_MODES
+from .generation import batches, encode_prompts, generate_tokens, special_token_ids
 from .hooks import forward_hooks
 from .models import LoadedModel
 
+
+@dataclass(frozen=True)
+class Protocol:
+    """The positions a mode reads: a part of the prompt, then the positions of the generated tokens fed back."""
+    prompt: str  # "none", "last" or "real" (every non-padding position)
+    generates: bool
+    feeds_last: bool  # the last generated token is fed back too, so its own position is read
+
+
+PROTOCOLS = {
+    "generated": Protocol("none", generates=True, feeds_last=True),
+    "predicting": Protocol("last", generates=True, feeds_last=False),
+    "prompt": Protocol("real", generates=False, feeds_last=False),
+    "all": Protocol("real", generates=True, feeds_last=True),
+}
+
+
+class SampleMeans:
+    """The recorder's per-prompt means of the identity check's sample, pooled as they arrive (in float64, weighted by
+    each prompt's position count, so that they give the mean over the sample's recorded positions)."""
+
+    def __init__(self, n_layers: int, d_mlp: int, scales_write: bool):
+        self.prompts: list[int] = []
+        self.n_positions = 0
+        self._act = np.zeros((n_layers, d_mlp))
+        self._written = np.zeros((n_layers, d_mlp)) if scales_write else None
+
+    def add(self, prompt: int, count: float, act: np.ndarray, written: np.ndarray | None) -> None:
+        self.prompts.append(prompt)
+        self.n_positions += int(count)
+        self._act += count * act.astype(np.float64)
+        if self._written is not None:
+            self._written += count * written.astype(np.float64)
+
+    def act_mean(self) -> np.ndarray:
+        """(n_layers, d_mlp) ā over the sample's recorded positions."""
+        return self._act / max(self.n_positions, 1)
+
+    def written_mean(self) -> np.ndarray:
+        """(n_layers, d_mlp) mean of what scales each neuron's write: m·s_t with an output norm, else m."""
+        return self.act_mean() if self._written is None else self._written / max(self.n_positions, 1)
 
 
 @dataclass
 class Recording:
     """Totals of one model over all prompts, in float64."""
     act_mean: np.ndarray  # (n_layers, d_mlp): ā over all recorded positions
-    mlp_proj: np.ndarray  # (n_layers,): measured mean of (MLP output · ŵ) over the same positions
+    written_mean: np.ndarray | None  # (n_layers, d_mlp): mean of m·s_t (output-norm architectures), else None
     n_positions: int
+    sample: SampleMeans
     continuation_ids: list[torch.Tensor] = field(default_factory=list)  # per batch, (B, new_tokens) on the CPU
     continuations: list[str] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
 
 
 class ActivationRecorder:
-    """Sums of activations and of the MLP-output projection per prompt, over the positions chosen by `select`."""
+    """Sums of activations (and, with an output norm, of m·s_t) per prompt, over the positions chosen by `select`."""
 
-    def __init__(self, loaded: LoadedModel, unit_probe: np.ndarray):
+    def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
         arch, model = loaded.arch, loaded.model
         self.modules = [arch.out_proj(model, layer) for layer in range(arch.n_layers(model))]
-        self.probe = [torch.as_tensor(unit_probe, dtype=torch.float32, device=m.weight.device) for m in self.modules]
+        self.devices = [m.weight.device for m in self.modules]
+        self.scales_write = arch.output_norm_path is not None
         self.d_mlp = arch.d_mlp(model)
-        self.act_total = [torch.zeros(self.d_mlp, dtype=torch.float64, device=m.weight.device) for m in self.modules]
-        self.proj_total = [torch.zeros((), dtype=torch.float64, device=m.weight.device) for m in self.modules]
+        self.act_total = [torch.zeros(self.d_mlp, dtype=torch.float64, device=d) for d in self.devices]
+        self.written_total = [torch.zeros(self.d_mlp, dtype=torch.float64, device=d) for d in self.devices] \
+            if self.scales_write else []
         self.n_positions = 0
-        self._selection: int | torch.Tensor | None = None
+        self._selection: int | torch.Tensor = 0
         self._batch_act: list[torch.Tensor] = []
-        self._batch_proj: list[torch.Tensor] = []
+        self._batch_written: list[torch.Tensor] = []
         self._batch_count: torch.Tensor | None = None
 
     def hooks(self):
@@ -62,110 +111,126 @@ class ActivationRecorder:
         return forward_hooks([(module, self._make_hook(layer)) for layer, module in enumerate(self.modules)])
 
     def _make_hook(self, layer: int) -> Callable:
+        arch, model = self.loaded.arch, self.loaded.model
+
         def hook(module, inputs, output):
-            acts, proj = inputs[0], output.float() @ self.probe[layer]
-            selection = self._selection
-            if selection is None:
-                act_sum, proj_sum = acts.sum(1, dtype=torch.float32), proj.sum(1)
-            elif isinstance(selection, int):
-                act_sum, proj_sum = acts[:, -selection:].sum(1, dtype=torch.float32), proj[:, -selection:].sum(1)
-            else:
-                weights = selection.to(acts.device)
-                act_sum = torch.einsum("btn,bt->bn", acts.float(), weights)
-                proj_sum = (proj * weights).sum(1)
-            self._batch_act[layer] += act_sum
-            self._batch_proj[layer] += proj_sum
+            if isinstance(self._selection, int) and self._selection == 0:
+                return
+            acts = inputs[0]
+            self._batch_act[layer] += self.selected_sum(acts)
+            if self.scales_write:
+                scale = arch.output_norm_scale(model, layer, output)
+                self._batch_written[layer] += self.selected_sum(acts.float() * scale[..., None])
         return hook
 
+    def selected_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of (B, T, ...) values over the selected positions of each row, in float32: (B, ...)."""
+        selection = self._selection
+        if isinstance(selection, int):
+            return values[:, -selection:].sum(1, dtype=torch.float32)
+        return torch.einsum("bt...,bt->b...", values.float(), selection.to(values.device))
+
     def start_batch(self, batch_size: int) -> None:
-        self._batch_act = [torch.zeros(batch_size, self.d_mlp, device=p.device) for p in self.probe]
-        self._batch_proj = [torch.zeros(batch_size, device=p.device) for p in self.probe]
+        self._batch_act = [torch.zeros(batch_size, self.d_mlp, device=d) for d in self.devices]
+        self._batch_written = [torch.zeros(batch_size, self.d_mlp, device=d) for d in self.devices] \
+            if self.scales_write else []
         self._batch_count = torch.zeros(batch_size, dtype=torch.float64)
 
-    def select(self, selection: int | torch.Tensor | None, seq_len: int) -> None:
-        """Record the last `selection` positions (int), the positions weighted by a (B, T) 0/1 mask, or all (None)."""
+    def select(self, selection: int | torch.Tensor) -> None:
+        """Record the last `selection` positions of each row (int; 0 records nothing) or the positions weighted by a
+        (B, T) 0/1 mask, in the forward calls that follow."""
         self._selection = selection
-        if selection is None:
-            self._batch_count += seq_len
-        elif isinstance(selection, int):
+        if isinstance(selection, int):
             self._batch_count += selection
         else:
             self._batch_count += selection.sum(1).double().cpu()
 
-    def end_batch(self) -> np.ndarray:
-        """Add the batch to the totals; return its per-prompt mean activations (B, n_layers, d_mlp), float32."""
+    def end_batch(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Add the batch to the totals; return its per-prompt means of m and (with an output norm) of m·s_t, each
+        (B, n_layers, d_mlp) float32, and the per-prompt position counts."""
         count = self._batch_count
-        for layer, (acts, proj) in enumerate(zip(self._batch_act, self._batch_proj)):
-            self.act_total[layer] += acts.sum(0, dtype=torch.float64)
-            self.proj_total[layer] += proj.sum(0, dtype=torch.float64)
+        for totals, sums in ((self.act_total, self._batch_act), (self.written_total, self._batch_written)):
+            for total, batch in zip(totals, sums):
+                total += batch.sum(0, dtype=torch.float64)
         self.n_positions += int(count.sum())
-        means = torch.stack([acts.cpu() for acts in self._batch_act], dim=1)
-        return (means / count.clamp(min=1).float()[:, None, None]).numpy()
+        divisor = count.clamp(min=1).float()[:, None, None]
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        def means(sums: list[torch.Tensor]) -> np.ndarray:
+            return (torch.stack([s.cpu() for s in sums], dim=1) / divisor).numpy()
+
+        return means(self._batch_act), means(self._batch_written) if self.scales_write else None, count.numpy()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """ā and (with an output norm) the mean of m·s_t over every recorded position, (n_layers, d_mlp) each."""
         n = max(self.n_positions, 1)
-        act = torch.stack([t.cpu() for t in self.act_total]).numpy() / n
-        proj = torch.stack([t.cpu() for t in self.proj_total]).numpy() / n
-        return act, proj
+
+        def mean(totals: list[torch.Tensor]) -> np.ndarray:
+            return torch.stack([t.cpu() for t in totals]).numpy() / n
+
+        return mean(self.act_total), mean(self.written_total) if self.scales_write else None
 
 
-def record_model(loaded: LoadedModel, texts: list[str], unit_probe: np.ndarray, *, positions: str = "generated",
-                 new_tokens: int = 20, max_prompt_tokens: int = 32, batch_size: int = 16,
+def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "generated", new_tokens: int = 20,
+                 max_prompt_tokens: int = 32, batch_size: int = 16, sample: Sequence[int] = (),
                  teacher_tokens: list[torch.Tensor] | None = None,
                  sink: Callable[[int, np.ndarray], None] | None = None,
                  advance: Callable[[int], None] | None = None) -> Recording:
-    """Record one model over all prompts.
+    """Record one model over all prompts, keeping the per-prompt means of the prompts in `sample`.
 
     With `teacher_tokens` (the other model's continuation ids, one tensor per batch) the model reads those tokens
     instead of generating its own (``--shared-continuation``), in a single forward pass per batch.
     """
     if positions not in POSITION_MODES:
         raise ValueError(f"positions must be one of {POSITION_MODES}")
-    recorder = ActivationRecorder(loaded, unit_probe)
+    protocol = PROTOCOLS[positions]
+    recorder = ActivationRecorder(loaded)
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
     suppress = special_token_ids(tokenizer)
+    n_fed = new_tokens if protocol.feeds_last else max(new_tokens - 1, 0)
+    keep = set(int(i) for i in sample)
+    sample_means = SampleMeans(len(recorder.modules), recorder.d_mlp, recorder.scales_write)
     continuation_ids, prompt_tokens = [], []
     with recorder.hooks(), torch.inference_mode():
         for batch_index, (start, chunk) in enumerate(batches(texts, batch_size)):
             ids, mask = encode_prompts(tokenizer, chunk, max_prompt_tokens, device)
             prompt_tokens.extend(mask.sum(1).tolist())
             recorder.start_batch(len(chunk))
-            if positions == "prompt":
-                recorder.select(mask.float(), ids.shape[1])
+            prompt_part = {"none": 0, "last": 1, "real": mask.float()}[protocol.prompt]
+            if not protocol.generates:
+                recorder.select(prompt_part)
                 model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False,
                       logits_to_keep=1)
             elif teacher_tokens is not None:
-                fed = teacher_tokens[batch_index].to(device)[:, :-1]
+                fed = teacher_tokens[batch_index].to(device)[:, :n_fed]
                 full_ids = torch.cat([ids, fed], dim=1)
                 full_mask = torch.cat([mask, torch.ones_like(fed)], dim=1)
-                if positions == "generated":
-                    recorder.select(new_tokens, full_ids.shape[1])
+                if isinstance(prompt_part, int):
+                    recorder.select(prompt_part + fed.shape[1])
                 else:
-                    recorder.select(full_mask.float(), full_ids.shape[1])
+                    recorder.select(torch.cat([prompt_part, torch.ones_like(fed, dtype=torch.float32)], dim=1))
                 model(input_ids=full_ids, attention_mask=full_mask, position_ids=_positions(full_mask),
                       use_cache=False, logits_to_keep=1)
                 continuation_ids.append(teacher_tokens[batch_index].cpu())
             else:
                 def before_forward(step: int) -> None:
-                    if step > 0:
-                        recorder.select(None, 1)
-                    elif positions == "generated":
-                        recorder.select(1, ids.shape[1])
-                    else:
-                        recorder.select(mask.float(), ids.shape[1])
+                    recorder.select(prompt_part if step == 0 else 1)
 
                 tokens = generate_tokens(model, ids, mask, new_tokens, suppress_ids=suppress,
-                                         before_forward=before_forward)
+                                         before_forward=before_forward, feed_last=protocol.feeds_last)
                 continuation_ids.append(tokens.cpu())
-            means = recorder.end_batch()
+            act, written, counts = recorder.end_batch()
+            for row in range(len(chunk)):
+                if start + row in keep:
+                    sample_means.add(start + row, counts[row], act[row], None if written is None else written[row])
             if sink is not None:
-                sink(start, means)
+                sink(start, act)
             if advance is not None:
                 advance(len(chunk))
-    act_mean, mlp_proj = recorder.result()
+    act_mean, written_mean = recorder.result()
     continuations = [text for ids in continuation_ids for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    return Recording(act_mean=act_mean, mlp_proj=mlp_proj, n_positions=recorder.n_positions,
-                     continuation_ids=continuation_ids, continuations=continuations, prompt_tokens=prompt_tokens)
+    return Recording(act_mean=act_mean, written_mean=written_mean, n_positions=recorder.n_positions,
+                     sample=sample_means, continuation_ids=continuation_ids, continuations=continuations,
+                     prompt_tokens=prompt_tokens)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

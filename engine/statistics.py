@@ -27,12 +27,17 @@ def assign_groups(cos_pre: np.ndarray, act_pre: np.ndarray, act_shift: np.ndarra
     return np.where(reducing, sign_class, sign_class + 4).astype(np.int8)
 
 
-def neuron_metrics(*, p_pre, p_dpo, cos_pre, cos_dpo, value_cos, act_pre, act_dpo) -> dict[str, np.ndarray]:
-    """All per-neuron columns of ``schema.NEURON_COLUMNS`` plus ``group``, as float32 / int8 arrays."""
+def neuron_metrics(*, p_pre, p_dpo, cos_pre, cos_dpo, value_cos, act_pre, act_dpo, written_pre=None,
+                   written_dpo=None) -> dict[str, np.ndarray]:
+    """All per-neuron columns of ``schema.NEURON_COLUMNS`` plus ``group``, as float32 / int8 arrays.
+
+    With an output norm (Gemma-2) the write is scaled per token, so P = mean(m·s_t)·p from the written means;
+    ā and δ stay the plain activation means.
+    """
     act_pre = np.asarray(act_pre, dtype=np.float64)
     act_dpo = np.asarray(act_dpo, dtype=np.float64)
-    tox_pre = act_pre * p_pre
-    tox_dpo = act_dpo * p_dpo
+    tox_pre = np.asarray(act_pre if written_pre is None else written_pre, dtype=np.float64) * p_pre
+    tox_dpo = np.asarray(act_dpo if written_dpo is None else written_dpo, dtype=np.float64) * p_dpo
     columns = {
         "cos_pre": cos_pre, "cos_dpo": cos_dpo, "p_pre": p_pre, "p_dpo": p_dpo,
         "act_pre": act_pre, "act_dpo": act_dpo, "act_shift": act_pre - act_dpo,
@@ -43,23 +48,25 @@ def neuron_metrics(*, p_pre, p_dpo, cos_pre, cos_dpo, value_cos, act_pre, act_dp
     return out
 
 
-def identity_residuals(*, act_mean, p, bias_proj, mlp_proj) -> np.ndarray:
-    """Σ_i ā_i p_i + b·ŵ − measured projection per layer, in float64 (the correctness check of METHOD §2)."""
-    return (np.asarray(act_mean, np.float64) * np.asarray(p, np.float64)).sum(axis=1) + bias_proj - mlp_proj
+def identity_residuals(*, written_mean, p, bias_proj, measured) -> np.ndarray:
+    """Σ_i p_i·(mean of what scales neuron i's write) + b·ŵ − the measured mean write along ŵ, per layer, in float64
+    (the correctness check of METHOD §2; the means and the measurement must cover the same positions)."""
+    return (np.asarray(written_mean, np.float64) * np.asarray(p, np.float64)).sum(axis=1) + bias_proj - measured
 
 
 def layer_columns(contribution: np.ndarray, *, mlp_proj: dict, bias_proj: dict, residual: dict) -> dict:
     """Per-layer columns of the cache (``schema.LAYER_COLUMNS``); dicts are keyed by model, "pre" and "dpo".
 
-    Σ_i Δ_i must equal the measured change of the mean MLP-output projection less the change of b_out·ŵ;
-    ``change_residual`` is what is left of that identity.
+    `mlp_proj` is the identity check's measured write along ŵ on its sample of prompts and `residual` its error;
+    Σ_i Δ_i is over every prompt. On the sample, Σ_i Δ_i equals the measured change less the change of b·ŵ, and
+    ``change_residual`` (residual_pre − residual_dpo) is what is left of that identity.
     """
     total = contribution.astype(np.float64).sum(axis=1)
     measured_change = mlp_proj["pre"] - mlp_proj["dpo"]
     return {
         "sum_contribution": total,
         "measured_change": measured_change,
-        "change_residual": total - (measured_change - (bias_proj["pre"] - bias_proj["dpo"])),
+        "change_residual": residual["pre"] - residual["dpo"],
         **{f"mlp_proj_{m}": mlp_proj[m] for m in ("pre", "dpo")},
         **{f"bias_proj_{m}": bias_proj[m] for m in ("pre", "dpo")},
         **{f"residual_{m}": residual[m] for m in ("pre", "dpo")},

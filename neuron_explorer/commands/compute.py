@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, POSITION_MODES,
-                                             default_cache_path)
+from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE,
+                                             POSITION_MODES, POSITION_PROTOCOLS, default_cache_path)
 
 HELP = "record a base/tuned model pair and write the neuron statistics to an HDF5 cache"
 
@@ -39,14 +39,19 @@ def add_arguments(parser) -> None:
     data.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: builtin:heldout)")
     data.add_argument("--prompt-column", default=None, help="text column of a CSV/Parquet/JSONL/hub prompt set")
     data.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts")
-    recording = parser.add_argument_group("recording (default: the paper's v3 protocol)")
+    recording = parser.add_argument_group("recording (default: Yang et al. v3's positions)")
     recording.add_argument("--positions", default="generated", choices=POSITION_MODES,
-                           help="which positions to average (default: generated)")
+                           help="which positions to average: "
+                                + "; ".join(f"{mode}: {text}" for mode, text in POSITION_PROTOCOLS.items())
+                                + " (default: generated)")
     recording.add_argument("--new-tokens", type=int, default=20, help="tokens each model generates (default: 20)")
     recording.add_argument("--max-prompt-tokens", type=int, default=32, help="prompt truncation (default: 32)")
     recording.add_argument("--batch-size", type=int, default=16, help="prompts per batch (default: 16)")
     recording.add_argument("--shared-continuation", action="store_true",
                            help="record the tuned model on the base model's continuation (same tokens for both)")
+    recording.add_argument("--identity-check", default=str(IDENTITY_SAMPLE_SIZE), metavar="N|all",
+                           help="prompts (spread evenly) on which a separate pass measures what each MLP writes into "
+                                f"the residual stream, to check the recorded statistics (default: {IDENTITY_SAMPLE_SIZE})")
     clusters = parser.add_argument_group("clustering")
     clusters.add_argument("--cluster-top-k", type=int, default=DEFAULT_CLUSTER_TOP_K,
                           help=f"cluster the top K neurons by |Δ| (default: {DEFAULT_CLUSTER_TOP_K})")
@@ -68,13 +73,25 @@ def run(args) -> int:
         base=args.base, tuned=args.tuned, probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
         output=args.output or default_cache_path(), positions=args.positions, new_tokens=args.new_tokens,
         max_prompt_tokens=args.max_prompt_tokens, max_prompts=args.max_prompts, batch_size=args.batch_size,
-        shared_continuation=args.shared_continuation, device=args.device, dtype=args.dtype,
+        shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
+        device=args.device, dtype=args.dtype,
         device_map=args.device_map, cluster_top_k=args.cluster_top_k, n_clusters=args.clusters)
     if args.output is None:
         settings.output.parent.mkdir(parents=True, exist_ok=True)
     result = run_compute(settings)
     print_summary(result, console)
     return 0
+
+
+def identity_sample(text: str) -> int | None:
+    """The --identity-check value: a number of prompts, or None for all."""
+    from neuron_explorer.errors import UserError
+
+    if text == "all":
+        return None
+    if not (text.isdigit() and int(text) >= 1):
+        raise UserError(f"--identity-check must be a number of prompts (at least 1) or 'all', not '{text}'")
+    return int(text)
 
 
 def print_summary(result, console) -> None:
@@ -92,10 +109,13 @@ def print_summary(result, console) -> None:
                   f"   net Δ {s['net_contribution']:+.4g}   top-{s['top_toxic_k']} toxic neurons' share "
                   f"{s['top_toxic_share']:.1%}")
     layers = result.layers
+    console.print(f"identity check on {result.identity_prompts} prompts, measured in a separate pass where the "
+                  f"residual stream receives each MLP's write:")
     for name, label in (("pre", "base"), ("dpo", "tuned")):
         relative = abs(layers[f"residual_{name}"]) / np.maximum(abs(layers[f"mlp_proj_{name}"]), 1e-12)
         console.print(f"identity {label:<5} |Σ P + b·ŵ − measured| ≤ {abs(layers[f'residual_{name}']).max():.1e} "
                       f"(relative {relative.max():.1e})")
+    relative = abs(layers["change_residual"]) / max(abs(layers["measured_change"]).max(), 1e-12)
     console.print(f"identity Δ     |Σ Δ − measured change| ≤ {abs(layers['change_residual']).max():.1e} "
-                  f"(largest change {abs(layers['measured_change']).max():.1e})")
+                  f"(relative to the largest change {relative.max():.1e})")
     console.print(f"wrote {result.path}  ({', '.join(f'{k} {v:.1f}s' for k, v in result.seconds.items())})")

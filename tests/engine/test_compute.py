@@ -1,4 +1,5 @@
-"""`compute` end to end on tiny models: cosines, localized Δ, the HDF5 round trip, and every bad input."""
+"""`compute` end to end on tiny models: every statistic against plain Hugging Face code, localized Δ, the HDF5 round
+trip, and every bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
@@ -44,13 +45,50 @@ def settings(root: Path, base: Path, tuned: Path, name: str, **extra) -> Compute
                            new_tokens=5, cluster_top_k=40, n_clusters=4, **extra)
 
 
-def test_cache_round_trips_and_cosines_match_the_weights(workspace, tiny_models):
+def plain_statistics(folder: Path, prompts: list[str], w_hat: np.ndarray, new_tokens: int) -> dict[str, np.ndarray]:
+    """ā, P and the MLP's mean write along ŵ of a tiny Llama, by plain Hugging Face code: a greedy loop without a
+    cache (end of text suppressed), then one full pass with a hook on each MLP that recomputes the activations
+    silu(gate x)·(up x) from the MLP's input and keeps its output; means over the generated tokens' positions."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    layers = model.model.layers
+    act_sums = np.zeros((len(layers), layers[0].mlp.down_proj.in_features))
+    write_sums = np.zeros(len(layers))
+    captured = {}
+    handles = [layer.mlp.register_forward_hook(lambda module, inputs, output, i=i: captured.__setitem__(i, (
+        torch.nn.functional.silu(module.gate_proj(inputs[0])) * module.up_proj(inputs[0]), output)))
+        for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = tokenizer(prompt, return_tensors="pt").input_ids
+                length = ids.shape[1]
+                for _ in range(new_tokens):
+                    logits = model(input_ids=ids).logits[0, -1]
+                    logits[tokenizer.eos_token_id] = float("-inf")
+                    ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
+                model(input_ids=ids)
+                for i, (acts, output) in captured.items():
+                    act_sums[i] += acts[0, length:].double().sum(0).numpy()
+                    write_sums[i] += float((output[0, length:].double().numpy() @ w_hat).sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+    n = len(prompts) * new_tokens
+    p = np.stack([layer.mlp.down_proj.weight.detach().double().numpy().T @ w_hat for layer in layers])
+    return {"act": act_sums / n, "tox": act_sums / n * p, "write": write_sums / n}
+
+
+def test_statistics_match_plain_hugging_face_code(workspace, tiny_models):
     result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "rt.h5"))
     base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
     tuned = AutoModelForCausalLM.from_pretrained(workspace / "llama-noisy")
     w = torch.load(workspace / "probe.pt").numpy().astype(np.float64)
     w_hat = w / np.linalg.norm(w)
     with CacheReader(result.path) as reader:
+        prompts = reader.table("prompts")["text"].to_list()  # those recorded (others may be kept for patch runs)
+        plain = {"pre": plain_statistics(tiny_models["llama"], prompts, w_hat, 5),
+                 "dpo": plain_statistics(workspace / "llama-noisy", prompts, w_hat, 5)}
         frame = reader.neurons()
         assert frame.height == 3 * 64
         for layer in range(3):
@@ -60,24 +98,38 @@ def test_cache_round_trips_and_cosines_match_the_weights(workspace, tiny_models)
                 expected_cos = values @ w / (np.linalg.norm(values, axis=1) * np.linalg.norm(w))
                 np.testing.assert_allclose(rows[f"cos_{name}"].to_numpy(), expected_cos, rtol=1e-4, atol=1e-6)
                 np.testing.assert_allclose(rows[f"p_{name}"].to_numpy(), values @ w_hat, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(frame["contribution"].to_numpy(),
-                                   (frame["tox_pre"] - frame["tox_dpo"]).to_numpy(), rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(frame["act_shift"].to_numpy(), (frame["act_pre"] - frame["act_dpo"]).to_numpy(),
-                                   rtol=1e-5, atol=1e-7)
+
+        def column(name: str) -> np.ndarray:
+            return frame.sort("layer", "neuron")[name].to_numpy().reshape(3, 64)
+
+        def close(actual: np.ndarray, expected: np.ndarray) -> None:
+            np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+
+        for name in ("pre", "dpo"):
+            close(column(f"act_{name}"), plain[name]["act"])
+            close(column(f"tox_{name}"), plain[name]["tox"])
+        close(column("act_shift"), plain["pre"]["act"] - plain["dpo"]["act"])
+        close(column("contribution"), plain["pre"]["tox"] - plain["dpo"]["tox"])
         layers = reader.layers()
-        # Σ_i Δ_i per layer = measured change of the mean MLP-output projection, bias change aside
-        measured_change = (layers["mlp_proj_pre"] - layers["bias_proj_pre"]) - (layers["mlp_proj_dpo"] - layers["bias_proj_dpo"])
-        np.testing.assert_allclose(layers["sum_contribution"].to_numpy(), measured_change.to_numpy(), rtol=1e-3, atol=1e-6)
-        np.testing.assert_allclose(layers["change_residual"].to_numpy(), 0, atol=1e-3 * layers["measured_change"].abs().max())
+        close(layers["sum_contribution"].to_numpy(), (plain["pre"]["tox"] - plain["dpo"]["tox"]).sum(axis=1))
+        for name in ("pre", "dpo"):  # the identity check measured every prompt (fewer than its default sample)
+            close(layers[f"mlp_proj_{name}"].to_numpy(), plain[name]["write"])
+            assert np.abs(layers[f"residual_{name}"]).max() < 1e-4 * np.abs(plain[name]["write"]).max()
+        close(layers["measured_change"].to_numpy(), plain["pre"]["write"] - plain["dpo"]["write"])
+        attrs = reader.attrs("layers")
+        assert attrs["identity_sample_size"] == len(prompts) and attrs["identity_prompts"] == list(range(len(prompts)))
+        assert attrs["n_positions_pre"] == attrs["identity_positions_pre"] == len(prompts) * 5
+        root = reader.attrs()
+        assert root["positions"] == "generated" and "Yang et al. v3" in root["protocol"]
         assert reader.group_summary().filter(reader.group_summary()["reducing"])["share_v3"].sum() == pytest.approx(1.0)
         assert reader.summary()["n_neurons"] == 192
         assert reader.info.provenance["probe"]["sha256"]
         assert reader.info.provenance["settings"]["new_tokens"] == 5
-        assert reader.table("prompts").height == 5
+        assert 0 < len(prompts) <= 5 and set(prompts) <= set(PROMPTS.split("\n"))
         tokens = reader.top_tokens(2, 5)
         assert tokens.height == 40 and tokens["token"].str.len_chars().min() >= 0
         assert reader.clusters()["size"].sum() == 40
-        assert reader.prompt_activations(1, 2).height == 5
+        assert reader.prompt_activations(1, 2).height == len(prompts)
 
 
 def test_only_changed_neurons_show_a_contribution(workspace, tiny_models):
@@ -101,7 +153,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
 def base_args(workspace, tiny_models, output) -> list[str]:
     return ["compute", "--base", str(tiny_models["llama"]), "--tuned", str(workspace / "llama-noisy"),
             "--probe", str(workspace / "probe.pt"), "--prompts", str(workspace / "prompts.txt"),
-            "--device", "cpu", "--new-tokens", "3", "-o", str(output)]
+            "--device", "cpu", "--new-tokens", "3", "--identity-check", "2", "-o", str(output)]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -114,6 +166,7 @@ def base_args(workspace, tiny_models, output) -> list[str]:
     (("--base", "UNKNOWN"), "not supported"),
     (("--tuned", "./no/such/folder"), "does not exist"),
     (("-o", "NODIR"), "does not exist"),
+    (("--identity-check", "some"), "--identity-check must be a number"),
 ])
 def test_bad_inputs_give_one_line_errors_and_leave_no_file(workspace, tiny_models, tmp_path, capsys, change, message):
     output = tmp_path / "out.h5"
@@ -142,6 +195,17 @@ def unknown_architecture(source: Path, target: Path) -> Path:
     return target
 
 
+def test_compute_prints_the_identity_residuals(workspace, tiny_models, tmp_path, capsys):
+    args = base_args(workspace, tiny_models, tmp_path / "cli.h5")
+    args[args.index("--identity-check") + 1] = "all"
+    code, err = run_cli(args, capsys)
+    assert code == 0
+    with CacheReader(tmp_path / "cli.h5") as reader:
+        n_prompts = reader.info.n_prompts
+        assert reader.attrs("layers")["identity_sample_size"] == n_prompts
+    assert f"identity check on {n_prompts} prompts" in err and "identity base" in err and "relative" in err
+
+
 def test_an_interrupted_run_leaves_nothing_that_looks_complete(workspace, tiny_models, tmp_path, monkeypatch):
     output = tmp_path / "interrupted.h5"
     from neuron_explorer.engine import compute as compute_module
@@ -167,6 +231,8 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(workspace, tiny_m
     (b"\x00garbage" * 100, "not a readable HDF5 file"),
     ("foreign", "not a neuron-explorer cache"),
     ("newer", "newer than"),
+    ("older", "older neuron-explorer .* position labels and v1 shares were wrong: recompute it with "
+              "`neuron-explorer compute`"),
     ("incomplete", "incomplete"),
 ])
 def test_reader_refuses_bad_files(tmp_path, content, message):
@@ -179,12 +245,12 @@ def test_reader_refuses_bad_files(tmp_path, content, message):
     elif content == "foreign":
         with h5py.File(path, "w") as handle:
             handle["data"] = np.arange(3)
-    elif content in ("newer", "incomplete"):
+    elif content in ("newer", "older", "incomplete"):
         build_synthetic_cache(path)
         with h5py.File(path, "r+") as handle:
-            if content == "newer":
-                handle.attrs["schema_version"] = 99
-            else:
+            if content == "incomplete":
                 handle.attrs["complete"] = False
+            else:
+                handle.attrs["schema_version"] = 99 if content == "newer" else 1
     with pytest.raises(UserError, match=message):
         CacheReader(path)

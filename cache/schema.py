@@ -41,4 +41,16 @@ LAYER_COLUMNS = {
     "residual_dpo": "the same for the tuned model",
 }
 
+# The /summary table, one row per group in GROUP_NAMES order: the two group definitions of METHOD §3 side by side.
+SUMMARY_COLUMNS = {
+    "group": "the group's name (GROUP_NAMES)",
+    "reducing": "true for the four groups that reduce toxicity (↓), false for their mirrors (↑)",
+    "count": "v1 groups (sign of δ): neurons meeting the group's signs, either sign of Δ",
+    "sum_contribution": "v1: Σ Δ over those neurons",
+    "share_v1": "v1: that Σ Δ over the Σ Δ of the four ↓ groups (↑ rows: of the four ↑ groups)",
+    "count_v3": "v3 (Δ > 0 by sign class): neurons of the row's sign class with Δ > 0 (↑ rows: Δ < 0)",
+    "sum_contribution_v3": "v3: Σ Δ over those neurons",
+    "share_v3": "v3: that Σ Δ over Σ positive Δ (↑ rows: over Σ negative Δ)",
+}
+
 SIDECAR_SUFFIX = ".annotations"

@@ -17,7 +17,7 @@ from .defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPL
                        default_cache_path, default_probe_path)
 from .identity_check import check_identity, sample_prompts
 from .models import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
-from .probe import Probe, load_probe, toxic_embedding_direction
+from .probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
 from .progress import progress_bars
 from .prompts import load_prompts
 from .recording import record_model
@@ -25,7 +25,6 @@ from .results import write_statistics, write_token_tables
 from .statistics import layer_columns, neuron_metrics
 from .weights import probe_projections, value_cosines, value_tokens, vocabulary
 
-TOXIC_EMBEDDING = "toxic-embedding"
 AUTO_PROBE = "auto"
 
 
@@ -181,10 +180,12 @@ def check_pair(pre: LoadedModel, dpo: LoadedModel) -> None:
 
 
 def resolve_probe(spec: str, base: LoadedModel) -> Probe:
-    """A probe file, `toxic-embedding`, or `auto`: the build's trained probe if it exists, else toxic-embedding."""
+    """A probe file, `toxic-embedding[:ours|authors]`, or `auto`: the build's trained probe if it exists, else
+    toxic-embedding."""
     if spec == AUTO_PROBE:
         path = default_probe_path()
         spec = str(path) if path.exists() and base.spec == EMBEDDED_BASE else TOXIC_EMBEDDING
-    if spec == TOXIC_EMBEDDING:
-        return toxic_embedding_direction(base)
+    seed_words = seed_list_of(spec)
+    if seed_words is not None:
+        return toxic_embedding_direction(base, seed_words)
     return load_probe(spec, base.d_model)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,16 +171,29 @@ def _folder_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
+# Keys under which a checkpoint may nest its state dict: Lee et al.'s policy.pt is torch.save({"step_idx": …,
+# "state": <state dict>, "metrics": {…}}) (their trainer's write_state_dict); the others are common training loops'.
+CHECKPOINT_NESTS = ("state", "state_dict", "model_state_dict", "model")
+# GPT-2's causal-mask buffers: checkpoints written by transformers before 4.31 saved them, later versions neither
+# save nor accept them. They are not weights.
+LEGACY_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
 def _load_state_dict(model: PreTrainedModel, path: Path) -> None:
+    """Load a checkpoint's weights over the base model, refusing any that does not fit it exactly."""
     if not path.exists():
         raise UserError(f"state-dict checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad pickle
+    except pickle.UnpicklingError as error:
+        raise UserError(f"{path} holds Python objects besides tensors, numbers, strings, lists and dicts, which "
+                        f"are not loaded for safety: save the state dict alone, torch.save(model.state_dict(), PATH)"
+                        ) from error
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
         raise UserError(f"{path} is not a readable torch checkpoint ({type(error).__name__}): pass a .pt state dict") from error
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    if isinstance(state, dict):
+        nest = next((key for key in CHECKPOINT_NESTS if isinstance(state.get(key), dict)), None)
+        state = state[nest] if nest else state
     if not isinstance(state, dict):
         raise UserError(f"{path} holds a {type(state).__name__}, not a state dict")
     expected = model.state_dict()
@@ -189,8 +203,10 @@ def _load_state_dict(model: PreTrainedModel, path: Path) -> None:
             if set(stripped) & set(expected):
                 state = stripped
                 break
+    state = {key: value for key, value in state.items() if key in expected or not key.endswith(LEGACY_BUFFERS)}
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))]
+    loaded = {expected[key].data_ptr() for key in state if key in expected}
+    missing = [key for key in result.missing_keys if expected[key].data_ptr() not in loaded]  # tied ones were loaded
     if missing or result.unexpected_keys:
         raise UserError(f"{path} does not fit this model: {len(missing)} missing and {len(result.unexpected_keys)} "
                         f"unexpected keys (e.g. {(missing + result.unexpected_keys)[:3]}); is it for the same base model?")

@@ -11,13 +11,32 @@ import torch
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_file
 from neuron_explorer.errors import UserError
 
-# Seed words for the toxic-embedding direction (Yang v3): common insults and profanity versus neutral words of
-# similar frequency. Users may pass their own lists.
-TOXIC_SEED_WORDS = ("fuck", "shit", "damn", "idiot", "stupid", "moron", "dumb", "hate", "ass", "crap",
-                    "bitch", "bastard", "loser", "ugly", "disgusting", "pathetic", "kill", "die", "sucks", "hell")
-NEUTRAL_SEED_WORDS = ("table", "window", "river", "paper", "garden", "music", "yellow", "morning", "travel",
-                      "number", "kitchen", "simple", "village", "pencil", "cloud", "market", "bridge", "summer",
-                      "engine", "letter")
+TOXIC_EMBEDDING = "toxic-embedding"
+
+
+@dataclass(frozen=True)
+class SeedWords:
+    """The two word lists of a toxic-embedding direction and how each word is written before tokenizing."""
+    toxic: tuple[str, ...]
+    neutral: tuple[str, ...]
+    prefix: str  # " ": the word as it appears inside a sentence; "": the bare word
+
+
+# `toxic-embedding[:NAME]`. "ours" (the default): common insults and profanity versus neutral words of similar
+# frequency, each as it appears inside a sentence. "authors": Yang et al. v3's five and five, tokenized as they do
+# (the bare word, sub-tokens averaged, then averaged over words; unembedding rows): github.com/Yushi-Y/
+# dpo-toxic-neurons, toxicity/logit_lens/demo_toxic_embedding.ipynb (commit b01ddb0b), seed_token_toxic and
+# seed_token_non_toxic, the same for GPT-2 medium, Llama-3.1-8B and Gemma-2-2B.
+SEED_WORDS = {
+    "ours": SeedWords(
+        toxic=("fuck", "shit", "damn", "idiot", "stupid", "moron", "dumb", "hate", "ass", "crap", "bitch", "bastard",
+               "loser", "ugly", "disgusting", "pathetic", "kill", "die", "sucks", "hell"),
+        neutral=("table", "window", "river", "paper", "garden", "music", "yellow", "morning", "travel", "number",
+                 "kitchen", "simple", "village", "pencil", "cloud", "market", "bridge", "summer", "engine", "letter"),
+        prefix=" "),
+    "authors": SeedWords(toxic=("fuck", "shit", "crap", "damn", "asshole"),
+                         neutral=("hello", "thanks", "friend", "peace", "welcome"), prefix=""),
+}
 
 
 @dataclass(frozen=True)
@@ -25,13 +44,15 @@ class Probe:
     direction: np.ndarray  # (d_model,) float32, not normalized
     source: str
     sha256: str
+    seed_words: dict | None = None  # the word lists of a toxic-embedding direction
 
     @property
     def unit(self) -> np.ndarray:
         return self.direction / np.linalg.norm(self.direction)
 
     def provenance(self) -> dict:
-        return {"source": self.source, "sha256": self.sha256, "norm": float(np.linalg.norm(self.direction))}
+        seeds = {"seed_words": self.seed_words} if self.seed_words else {}
+        return {"source": self.source, "sha256": self.sha256, "norm": float(np.linalg.norm(self.direction)), **seeds}
 
 
 def load_probe(path: str | Path, d_model: int) -> Probe:
@@ -89,15 +110,30 @@ def _pick_weight(tensors: dict, path: Path) -> np.ndarray:
     raise UserError(f"{path} holds several tensors ({', '.join(tensors)}) and none named 'weight'")
 
 
-def toxic_embedding_direction(loaded, toxic_words=TOXIC_SEED_WORDS, neutral_words=NEUTRAL_SEED_WORDS) -> Probe:
-    """Mean unembedding vector of the toxic seed words minus that of the neutral ones (each word as ' word',
-    averaged over its tokens)."""
+def seed_list_of(spec: str) -> str | None:
+    """The seed-word list a probe spec names (`toxic-embedding` is ours, `toxic-embedding:NAME`); None for a file."""
+    name, colon, seed_words = spec.partition(":")
+    if name != TOXIC_EMBEDDING:
+        return None
+    return seed_words if colon else "ours"
+
+
+def toxic_embedding_direction(loaded, seed_words: str = "ours") -> Probe:
+    """Mean unembedding vector of the toxic seed words minus that of the neutral ones (each word averaged over its
+    tokens), for a list of ``SEED_WORDS``."""
+    if seed_words not in SEED_WORDS:
+        choices = " or ".join(f"{TOXIC_EMBEDDING}:{name}" for name in SEED_WORDS)
+        raise UserError(f"no seed-word list '{seed_words}' for the toxic-embedding probe: use {choices}")
+    seeds = SEED_WORDS[seed_words]
     unembed = loaded.arch.unembedding(loaded.model).detach().float().cpu()
 
     def mean_vector(words) -> torch.Tensor:
-        rows = [unembed[loaded.tokenizer(" " + w, add_special_tokens=False)["input_ids"]].mean(0) for w in words]
+        rows = [unembed[loaded.tokenizer(seeds.prefix + word, add_special_tokens=False)["input_ids"]].mean(0)
+                for word in words]
         return torch.stack(rows).mean(0)
 
-    direction = (mean_vector(toxic_words) - mean_vector(neutral_words)).numpy().astype(np.float32)
-    key = ("toxic-embedding|" + ",".join(toxic_words) + "|" + ",".join(neutral_words)).encode()
-    return Probe(direction=direction, source="toxic-embedding", sha256=sha256_bytes(key + direction.tobytes()))
+    direction = (mean_vector(seeds.toxic) - mean_vector(seeds.neutral)).numpy().astype(np.float32)
+    key = f"{TOXIC_EMBEDDING}|{','.join(seeds.toxic)}|{','.join(seeds.neutral)}|{seeds.prefix!r}".encode()
+    return Probe(direction=direction, source=f"{TOXIC_EMBEDDING}:{seed_words}",
+                 sha256=sha256_bytes(key + direction.tobytes()),
+                 seed_words={"toxic": list(seeds.toxic), "neutral": list(seeds.neutral), "prefix": seeds.prefix})

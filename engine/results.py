@@ -19,7 +19,7 @@ def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, pr
     writer.write_groups(metrics["group"])
     writer.write_layers(layer_columns)
     table, scalars = summarize(metrics)
-    writer.write_table("summary", table, scalars)
+    writer.write_table("summary", {name: table[name] for name in schema.SUMMARY_COLUMNS}, scalars)
     clusters = cluster_neurons(metrics, prompt_acts_pre, prompt_acts_dpo, top_k=cluster_top_k, n_clusters=n_clusters)
     if clusters is not None:
         members = {key: clusters[key] for key in ("linkage", "leaf_order", "layer", "neuron", "label")}

@@ -74,50 +74,60 @@ def layer_columns(contribution: np.ndarray, *, mlp_proj: dict, bias_proj: dict, 
 
 
 def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
-    """The share tables (one row per group) and the headline scalars.
+    """The share tables (one row per group, both group definitions of METHOD §3 side by side) and the headline
+    scalars.
 
-    - ``share_v3`` (Yang v3): among neurons with Δ > 0, each sign class's (TP, TN, AP, AN) Σ Δ over Σ of all
-      positive Δ, on the row of its reducing group; the four sum to 1. The mirror rows split the negative Δ the
-      same way (how the toxicity-raising side divides), also summing to 1. With unchanged weights, Δ > 0 neurons
-      are exactly the reducing groups; when tuning also turns value vectors, the sign class is what v3 counts.
-    - ``share_v1``: each group's net Σ Δ (all its neurons) divided by the net Σ Δ of the model.
+    - v1 (Yang v1): ``count`` and ``sum_contribution`` over the group's neurons as ``assign_groups`` makes them
+      (sign of δ, either sign of Δ); ``share_v1`` is a reducing group's Σ Δ over the Σ Δ of the four reducing
+      groups, a mirror group's over that of the four mirrors. Never over the net Σ Δ: that is a small difference of
+      large sums, and shares over it explode and flip sign.
+    - v3 (Yang v3): ``count_v3`` and ``sum_contribution_v3`` over the neurons of the row's sign class with Δ > 0
+      (reducing rows) or Δ < 0 (mirror rows); ``share_v3`` is that Σ Δ over Σ of all positive (negative) Δ. With
+      unchanged weights, Δ > 0 neurons are exactly the reducing groups; when tuning also turns value vectors, the
+      sign class is what v3 counts.
     """
     contribution = metrics["contribution"].astype(np.float64)
     codes = metrics["group"]
+    n_reducing = len(schema.REDUCING_GROUPS)
+    sign_class = codes % n_reducing
     positive_total = contribution[contribution > 0].sum()
     negative_total = contribution[contribution < 0].sum()
-    net_total = contribution.sum()
-    count, sum_delta, share_v3, share_v1 = [], [], [], []
-    sign_class = codes % len(schema.SIGN_CLASSES)
-    for code, name in enumerate(schema.GROUP_NAMES):
+    count, sum_delta, count_v3, sum_v3 = [], [], [], []
+    for code in range(len(schema.GROUP_NAMES)):
         members = codes == code
-        in_class = sign_class == code % len(schema.SIGN_CLASSES)
         count.append(int(members.sum()))
         sum_delta.append(float(contribution[members].sum()))
-        if code < len(schema.REDUCING_GROUPS):
-            part = contribution[in_class & (contribution > 0)].sum()
-            share_v3.append(float(part / positive_total) if positive_total else 0.0)
-        else:
-            part = contribution[in_class & (contribution < 0)].sum()
-            share_v3.append(float(part / negative_total) if negative_total else 0.0)
-        share_v1.append(float(sum_delta[-1] / net_total) if net_total else 0.0)
+        side = contribution > 0 if code < n_reducing else contribution < 0
+        kept = (sign_class == code % n_reducing) & side
+        count_v3.append(int(kept.sum()))
+        sum_v3.append(float(contribution[kept].sum()))
+    sum_delta, sum_v3 = np.array(sum_delta), np.array(sum_v3)
+    reducing = np.arange(len(schema.GROUP_NAMES)) < n_reducing
     table = {
         "group": list(schema.GROUP_NAMES),
-        "reducing": np.array([code < 4 for code in range(8)]),
+        "reducing": reducing,
         "count": np.array(count, dtype=np.int64),
-        "sum_contribution": np.array(sum_delta),
-        "share_v3": np.array(share_v3),
-        "share_v1": np.array(share_v1),
+        "sum_contribution": sum_delta,
+        "share_v1": np.where(reducing, _share(sum_delta, sum_delta[reducing].sum()),
+                             _share(sum_delta, sum_delta[~reducing].sum())),
+        "count_v3": np.array(count_v3, dtype=np.int64),
+        "sum_contribution_v3": sum_v3,
+        "share_v3": np.where(reducing, _share(sum_v3, positive_total), _share(sum_v3, negative_total)),
     }
     scalars = {
         "sum_positive_contribution": float(positive_total),
         "sum_negative_contribution": float(negative_total),
-        "net_contribution": float(net_total),
+        "net_contribution": float(contribution.sum()),
         "n_positive": int((contribution > 0).sum()),
         "n_neurons": int(contribution.size),
         **top_toxic_share(metrics, positive_total),
     }
     return table, scalars
+
+
+def _share(part: np.ndarray, total: float) -> np.ndarray:
+    """part / total, 0 where either is 0 (and never −0, which would print as "−0.0%" over a negative total)."""
+    return np.where(part == 0, 0.0, part / total) if total else np.zeros_like(part)
 
 
 def top_toxic_share(metrics: dict, positive_total: float, k: int = TOP_TOXIC_NEURONS) -> dict:

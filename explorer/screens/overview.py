@@ -50,12 +50,12 @@ def provenance_table(store: Store) -> Table:
 def totals_text(store: Store) -> Text:
     summary = store.reader.summary()
     text = Text()
-    text.append("Σ positive Δ ", style="bold").append(signed(summary.get("sum_positive_contribution", 0.0)),
+    text.append("Σ+Δ ", style="bold").append(signed(summary.get("sum_positive_contribution", 0.0)),
                                                       style="green")
     text.append("   net Δ ", style="bold").append(signed(summary.get("net_contribution", 0.0)))
     if "top_toxic_share" in summary:
-        text.append(f"   top-{summary.get('top_toxic_k', '')} toxic share ", style="bold")
-        text.append(f"{summary['top_toxic_share']:.0%}")
+        text.append(f"   v2 top-{summary.get('top_toxic_k', '')} by cos, ā_pre>0, δ>0: ", style="bold")
+        text.append(f"{summary['top_toxic_share']:.0%} of Σ+Δ")
     return text
 
 
@@ -75,10 +75,10 @@ class OverviewScreen(Screen):
         yield Static(totals_text(self.store), id="totals")
         with Horizontal(id="overview-body"):
             with Vertical(id="groups-pane"):
-                yield Static("Group shares: of Σ+Δ (↓ groups), of Σ−Δ (↑)", classes="pane-title")
+                yield Static("Group shares, v3 and v1", classes="pane-title")
                 yield GroupBars(reader.group_summary(), id="group-bars")
             with Vertical(id="layers-pane"):
-                yield Static("Σ Δ per layer, stacked by group", classes="pane-title")
+                yield Static("Σ Δ per layer, by v1 group", classes="pane-title")
                 yield LayerContributionPlot(reader.layer_group_sums(), id="layer-plot")
                 yield Static(group_legend(), id="legend")
         yield Footer()

@@ -5,10 +5,13 @@ four neuron groups and hierarchical clusters.
 With no arguments it runs offline on the embedded SmolLM2-135M-Instruct and its DPO-tuned copy (made by
 `neuron-explorer build`), the build's trained probe, and the shipped held-out prompts.
 
-Model specs: `embedded`, `embedded-dpo`, a local folder, a hub id (ORG/NAME[@REVISION]), or BASE+STATE_DICT.pt
-(e.g. gpt2-medium+dpo.pt, the form in which Lee et al. ship their DPO model).
+Model specs: `embedded`, `embedded-dpo`, a local folder, a hub id (ORG/NAME[@REVISION]), or BASE+CHECKPOINT.pt
+(e.g. gpt2-medium+policy.pt, Lee et al.'s DPO checkpoint as they ship it): a state dict, or one nested under
+`state` (with `step_idx` and `metrics` beside it), `state_dict`, `model_state_dict` or `model`; keys may carry a
+`model.` or `module.` prefix.
 Probe: a .pt/.npy/.safetensors file (a (d), (1, d) or (2, d) tensor, or a state dict with `weight`),
-`toxic-embedding` (toxic minus neutral seed words through the unembedding), or `auto`.
+`toxic-embedding` (toxic minus neutral seed words through the unembedding; our 20 and 20 words),
+`toxic-embedding:authors` (Yang et al. v3's five and five), or `auto`.
 Prompts: .jsonl (RealToxicityPrompts layout, or a prompt/text field), .txt (one per line), .csv/.parquet
 (--prompt-column), builtin[:pairs|:heldout], or hub:NAME[:SPLIT].
 """
@@ -35,7 +38,9 @@ def add_arguments(parser) -> None:
                         help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
     models.add_argument("--device-map", default=None, help="e.g. auto: spread models larger than one GPU")
     data = parser.add_argument_group("probe and prompts")
-    data.add_argument("--probe", default="auto", help="probe file, toxic-embedding, or auto (default)")
+    data.add_argument("--probe", default="auto",
+                      help="probe file, toxic-embedding (our seed words), toxic-embedding:authors (Yang et al. v3's), "
+                           "or auto (default)")
     data.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: builtin:heldout)")
     data.add_argument("--prompt-column", default=None, help="text column of a CSV/Parquet/JSONL/hub prompt set")
     data.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts")
@@ -96,18 +101,8 @@ def identity_sample(text: str) -> int | None:
 
 def print_summary(result, console) -> None:
     """Group shares, headline sums and the worst identity residual, as the run's last words."""
-    table = Table(title=f"neuron groups — {result.path}", title_justify="left")
-    for column in ("group", "neurons", "Σ Δ", "share v3", "share v1"):
-        table.add_column(column, justify="left" if column == "group" else "right")
-    groups = result.groups
-    for i, name in enumerate(groups["group"]):
-        table.add_row(name, f"{groups['count'][i]:,}", f"{groups['sum_contribution'][i]:+.4g}",
-                      f"{groups['share_v3'][i]:.1%}", f"{groups['share_v1'][i]:+.1%}")
-    console.print(table)
-    s = result.summary
-    console.print(f"Σ positive Δ {s['sum_positive_contribution']:+.4g}   Σ negative Δ {s['sum_negative_contribution']:+.4g}"
-                  f"   net Δ {s['net_contribution']:+.4g}   top-{s['top_toxic_k']} toxic neurons' share "
-                  f"{s['top_toxic_share']:.1%}")
+    for part in share_report(result.groups, result.summary, result.path):
+        console.print(part)
     layers = result.layers
     console.print(f"identity check on {result.identity_prompts} prompts, measured in a separate pass where the "
                   f"residual stream receives each MLP's write:")
@@ -119,3 +114,23 @@ def print_summary(result, console) -> None:
     console.print(f"identity Δ     |Σ Δ − measured change| ≤ {abs(layers['change_residual']).max():.1e} "
                   f"(relative to the largest change {relative.max():.1e})")
     console.print(f"wrote {result.path}  ({', '.join(f'{k} {v:.1f}s' for k, v in result.seconds.items())})")
+
+
+def share_report(groups: dict, summary: dict, path) -> list:
+    """The group table with both group definitions labelled (METHOD §3), the Δ totals and the v2 headline."""
+    table = Table(title=f"neuron groups — {path}", title_justify="left")
+    table.add_column("group")
+    for column in ("v1 neurons", "v1 Σ Δ", "v1 share", "v3 neurons", "v3 Σ Δ", "v3 share"):
+        table.add_column(column, justify="right")
+    for i, name in enumerate(groups["group"]):
+        table.add_row(name, f"{groups['count'][i]:,}", f"{groups['sum_contribution'][i]:+.4g}",
+                      f"{groups['share_v1'][i]:.1%}", f"{groups['count_v3'][i]:,}",
+                      f"{groups['sum_contribution_v3'][i]:+.4g}", f"{groups['share_v3'][i]:.1%}")
+    totals = (f"Σ positive Δ {summary['sum_positive_contribution']:+.4g}   "
+              f"Σ negative Δ {summary['sum_negative_contribution']:+.4g}   net Δ {summary['net_contribution']:+.4g}")
+    top_toxic = (f"v2 top-{summary['top_toxic_k']} toxic neurons (largest cos; the {summary['top_toxic_kept']} with "
+                 f"ā_pre > 0 and δ > 0): Σ Δ {summary['top_toxic_sum']:+.4g} = {summary['top_toxic_share']:.1%} of "
+                 f"Σ positive Δ")
+    definitions = ("v1 groups (sign of δ): all neurons with the group's signs; share of the 4 ↓ groups' Σ Δ (↑ rows: "
+                   "of the 4 ↑)\nv3 (Δ > 0 by sign class; ↑ rows Δ < 0): share of Σ positive Δ (↑ rows: of Σ negative Δ)")
+    return [table, definitions, totals, top_toxic]

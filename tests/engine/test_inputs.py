@@ -1,16 +1,15 @@
-"""Prompt sets and probe directions in every accepted format, and the clear errors for the malformed ones."""
+"""Prompt sets in every accepted format, and the clear errors for malformed prompt and probe files (the accepted
+checkpoint and probe layouts: test_checkpoints.py)."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import polars as pl
 import pytest
 import torch
-from safetensors.numpy import save_file
 
-from neuron_explorer.engine.probe import load_probe, toxic_embedding_direction
+from neuron_explorer.engine.probe import load_probe
 from neuron_explorer.engine.prompts import load_prompts
 from neuron_explorer.errors import UserError
 
@@ -65,33 +64,6 @@ def test_csv_without_the_column_names_the_columns(tmp_path):
         load_prompts(str(path))
 
 
-def probe_files(tmp_path, d: int) -> dict:
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=d).astype(np.float32)
-    two = np.stack([rng.normal(size=d), rng.normal(size=d)]).astype(np.float32)
-    files = {
-        "vector.pt": (lambda p: torch.save(torch.from_numpy(w), p), w),
-        "row.pt": (lambda p: torch.save(torch.from_numpy(w[None]), p), w),
-        "two_rows.pt": (lambda p: torch.save(torch.from_numpy(two), p), two[1] - two[0]),
-        "state.pt": (lambda p: torch.save({"weight": torch.from_numpy(w[None]), "bias": torch.zeros(1)}, p), w),
-        "vector.npy": (lambda p: np.save(p, w), w),
-        "probe.safetensors": (lambda p: save_file({"weight": w, "bias": np.zeros(1, np.float32)}, str(p)), w),
-    }
-    out = {}
-    for name, (write, expected) in files.items():
-        write(tmp_path / name)
-        out[tmp_path / name] = expected
-    return out
-
-
-def test_probe_formats(tmp_path):
-    for path, expected in probe_files(tmp_path, 32).items():
-        probe = load_probe(path, 32)
-        np.testing.assert_allclose(probe.direction, expected, rtol=1e-6)
-        assert len(probe.sha256) == 64
-        np.testing.assert_allclose(np.linalg.norm(probe.unit), 1.0, rtol=1e-6)
-
-
 @pytest.mark.parametrize("make, message", [
     (lambda p: torch.save(torch.randn(48), p), "width 48.*width 32"),
     (lambda p: torch.save(torch.randn(3, 32), p), r"shape \(3, 32\)"),
@@ -104,20 +76,3 @@ def test_bad_probes(tmp_path, make, message):
     make(path)
     with pytest.raises(UserError, match=message):
         load_probe(path, 32)
-
-
-def test_toxic_embedding_direction_separates_the_seed_words(tiny_models):
-    from neuron_explorer.engine.models import load_model
-
-    loaded = load_model(str(tiny_models["gpt2"]), device="cpu")
-    probe = toxic_embedding_direction(loaded, toxic_words=("stupid", "idiot"), neutral_words=("river", "bridge"))
-    unembed = loaded.arch.unembedding(loaded.model).detach().numpy()
-
-    def score(word):
-        ids = loaded.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-        return float(unembed[ids].mean(0) @ probe.direction)
-
-    # d = mean(toxic) − mean(neutral), so mean toxic score − mean neutral score = ‖d‖² exactly
-    gap = (score("stupid") + score("idiot")) / 2 - (score("river") + score("bridge")) / 2
-    assert gap == pytest.approx(float(probe.direction @ probe.direction), rel=1e-4)
-    assert probe.direction.shape == (loaded.d_model,)

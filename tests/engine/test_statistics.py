@@ -1,0 +1,162 @@
+"""The group boundaries, the v1 and v3 share tables and the v2 top-toxic share, on hand-built neuron tables whose
+answers are known: the published GPT-2 group sums of METHOD §3, a net Σ Δ of (nearly) zero, and tables built
+neuron by neuron so that every count and sum can be read off by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuron_explorer.cache import schema
+from neuron_explorer.engine.statistics import assign_groups, neuron_metrics, summarize, top_toxic_share
+from neuron_explorer.engine.synthetic import build_synthetic_cache
+
+# Yang v1 on GPT-2 medium (METHOD §3): each group's Σ Δ, the v1 shares as printed in the paper, and the mirror
+# groups' shares of their own sum (−2.054, −14.372, −14.633, −9.208 over −40.267), worked out by hand.
+GPT2_SUMS = {"TP↓": 15.111, "TN↓": 11.336, "AP↓": 3.320, "AN↓": 17.717,
+             "TP↑": -2.054, "TN↑": -14.372, "AP↑": -14.633, "AN↑": -9.208}
+GPT2_V1_PERCENT = {"TP↓": 31.8, "TN↓": 23.9, "AP↓": 7.0, "AN↓": 37.3,
+                   "TP↑": 5.1, "TN↑": 35.7, "AP↑": 36.3, "AN↑": 22.9}
+
+
+def table(rows) -> dict:
+    """Neuron metrics (one layer) from rows of (cos_pre, ā_pre, ā_dpo, p_pre[, p_dpo]); p_dpo defaults to p_pre."""
+    cos, act_pre, act_dpo, p_pre, p_dpo = (np.array(column, dtype=np.float64)[None] for column in
+                                           zip(*(row if len(row) == 5 else (*row, row[3]) for row in rows)))
+    return neuron_metrics(p_pre=p_pre, p_dpo=p_dpo, cos_pre=cos, cos_dpo=cos, value_cos=np.ones_like(cos),
+                          act_pre=act_pre, act_dpo=act_dpo)
+
+
+def neuron(sign_class: str, delta: float, p: float = 1.0, act_pre: float = 2.0) -> tuple:
+    """A neuron of the sign class whose Δ is `delta` with unchanged weights: Δ = p·δ, so δ = Δ / p."""
+    toxic, positive = sign_class[0] == "T", sign_class[1] == "P"
+    p = p if toxic else -p
+    a_pre = act_pre if positive else -act_pre
+    return (0.3 if toxic else -0.3, a_pre, a_pre - delta / p, p)
+
+
+def row(tab: dict, name: str) -> dict:
+    i = tab["group"].index(name)
+    return {key: value[i] for key, value in tab.items() if key != "group"}
+
+
+@pytest.fixture
+def gpt2_published():
+    """Two or three neurons per group, of different sizes, whose Σ Δ per group is the published GPT-2 sum."""
+    rows = []
+    for name, total in GPT2_SUMS.items():
+        for fraction, p, act in ((0.6, 0.5, 3.0), (0.3, 2.0, 0.5), (0.1, 1.0, 1.0))[:2 + (name[1] == "N")]:
+            rows.append(neuron(name[:2], total * fraction / (0.9 if name[1] == "P" else 1.0), p, act))
+    return table(rows)
+
+
+def test_v1_shares_are_the_published_gpt2_shares(gpt2_published):
+    tab, scalars = summarize(gpt2_published)
+    for name, percent in GPT2_V1_PERCENT.items():
+        assert round(100 * row(tab, name)["share_v1"], 1) == percent, name
+        assert row(tab, name)["sum_contribution"] == pytest.approx(GPT2_SUMS[name], abs=1e-5)
+    assert sum(row(tab, name)["sum_contribution"] for name in schema.REDUCING_GROUPS) == pytest.approx(47.484, abs=1e-4)
+    assert scalars["net_contribution"] == pytest.approx(7.217, abs=1e-4)  # METHOD's +7.216, summed from rounded parts
+    # unchanged weights: Δ > 0 exactly on the reducing groups, so v3 counts the same neurons as v1 there
+    assert list(tab["count"]) == list(tab["count_v3"]) == [2, 3, 2, 3, 2, 3, 2, 3]
+    np.testing.assert_allclose(tab["share_v3"][:4], tab["sum_contribution"][:4] / 47.484, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mirror_an", [-6.0, -6.0 + 2.0 ** -20, -6.0 - 2.0 ** -20],
+                         ids=["net zero", "net +1e-6", "net -1e-6"])
+def test_v1_shares_stay_finite_when_the_net_is_near_zero(mirror_an):
+    """Reducing 2.5 + 7.5 against mirrors 4 + (6 ± 2⁻²⁰): over the net the shares were 0, ±2.6e6 or flipped."""
+    tab, scalars = summarize(table([neuron("TP", 2.5), neuron("AN", 7.5), neuron("TN", -4.0), neuron("AN", mirror_an)]))
+    assert abs(scalars["net_contribution"]) <= 2.0 ** -20
+    expected = {"TP↓": 0.25, "AN↓": 0.75, "TN↑": 4 / (10 - 6 - mirror_an), "AN↑": (-mirror_an) / (10 - 6 - mirror_an),
+                "TN↓": 0.0, "AP↓": 0.0, "TP↑": 0.0, "AP↑": 0.0}
+    for name, share in expected.items():
+        assert row(tab, name)["share_v1"] == pytest.approx(share, abs=1e-7), name
+
+
+@pytest.mark.parametrize("cos, act_pre, shift, group", [
+    (0.2, 1.0, 0.5, "TP↓"), (0.2, 1.0, -0.5, "TP↑"), (0.2, 1.0, 0.0, "TP↑"),
+    (0.2, -1.0, 0.5, "TN↓"), (0.2, 0.0, 0.5, "TN↓"), (0.2, 0.0, 0.0, "TN↑"), (0.2, -1.0, -0.5, "TN↑"),
+    (-0.2, 1.0, -0.5, "AP↓"), (0.0, 1.0, -0.5, "AP↓"), (0.0, 1.0, 0.0, "AP↑"), (-0.2, 1.0, 0.5, "AP↑"),
+    (-0.2, -1.0, -0.5, "AN↓"), (0.0, 0.0, -0.5, "AN↓"), (0.0, 0.0, 0.0, "AN↑"), (-0.2, -1.0, 0.5, "AN↑"),
+    (1e-30, 1e-30, 1e-30, "TP↓"), (-1e-30, 1e-30, -1e-30, "AP↓"),
+])
+def test_group_boundaries(cos, act_pre, shift, group):
+    """cos = 0 is anti-toxic, ā_pre = 0 is negatively activated, δ = 0 reduces nothing (METHOD §3)."""
+    code = assign_groups(np.array([cos]), np.array([act_pre]), np.array([shift]))[0]
+    assert schema.GROUP_NAMES[code] == group
+
+
+def test_v1_and_v3_definitions_differ_when_a_value_vector_turns():
+    """v1 groups by the sign of δ; v3 keeps Δ > 0 (Δ < 0 on ↑ rows) by sign class. A TP neuron whose activation fell
+    (δ > 0, v1 TP↓) but whose value vector grew along the probe writes more toxicity (Δ < 0): v3 counts it on TP↑."""
+    tab, scalars = summarize(table([
+        (0.3, 2.0, 1.0, 1.0),            # TP, δ = 1: Δ = 2 − 1 = +1          v1 TP↓, v3 TP↓
+        (0.3, 2.0, 1.0, 1.0, 3.0),       # TP, δ = 1, p 1 → 3: Δ = 2 − 3 = −1  v1 TP↓, v3 TP↑
+        (0.3, 2.0, 3.0, 1.0),            # TP, δ = −1: Δ = 2 − 3 = −1         v1 TP↑, v3 TP↑
+        (-0.3, -1.0, -0.5, -2.0),        # AN, δ = −0.5: Δ = 2 − 1 = +1       v1 AN↓, v3 AN↓
+        (-0.3, -1.0, -0.5, -2.0, -0.5),  # AN, δ = −0.5, p −2 → −0.5: Δ = 2 − 0.25 = +1.75
+    ]))
+    assert (row(tab, "TP↓")["count"], row(tab, "TP↓")["sum_contribution"]) == (2, 0.0)
+    assert (row(tab, "TP↓")["count_v3"], row(tab, "TP↓")["sum_contribution_v3"]) == (1, 1.0)
+    assert (row(tab, "TP↑")["count"], row(tab, "TP↑")["sum_contribution"]) == (1, -1.0)
+    assert (row(tab, "TP↑")["count_v3"], row(tab, "TP↑")["sum_contribution_v3"]) == (2, -2.0)
+    assert (row(tab, "AN↓")["count"], row(tab, "AN↓")["count_v3"]) == (2, 2)
+    assert scalars["sum_positive_contribution"] == pytest.approx(3.75)
+    assert row(tab, "TP↓")["share_v3"] == pytest.approx(1.0 / 3.75)
+    assert row(tab, "AN↓")["share_v3"] == pytest.approx(2.75 / 3.75)
+    assert row(tab, "TP↑")["share_v3"] == pytest.approx(1.0)
+    # v1 over the four ↓ groups: TP↓ 0 and AN↓ 2.75 of 2.75
+    assert (row(tab, "TP↓")["share_v1"], row(tab, "AN↓")["share_v1"]) == (0.0, pytest.approx(1.0))
+
+
+def test_top_toxic_share_keeps_only_positively_activated_dampened_top_neurons():
+    """200 neurons, p = 2. The 128 with the largest cos (0.5…0.627): 10 kept (ā_pre 1, δ 0.5: Δ 1 each); 10 with
+    ā_pre < 0 (Δ +1), 10 with δ < 0 (Δ −1), one with δ = 0 and 97 with ā_pre = 0 (Δ +0.5) are not. The other 72 have
+    cos ≤ 0.171 and Δ = 1 each: in Σ positive Δ, not in the share."""
+    rows = ([(0.5 + i / 1000, 1.0, 0.5, 2.0) for i in range(10)]
+            + [(0.51 + i / 1000, -1.0, -1.5, 2.0) for i in range(10)]
+            + [(0.52 + i / 1000, 1.0, 1.5, 2.0) for i in range(10)]
+            + [(0.53, 1.0, 1.0, 2.0)]
+            + [(0.531 + i / 1000, 0.0, -0.25, 2.0) for i in range(97)]
+            + [(0.1 + i / 1000, 1.0, 0.5, 2.0) for i in range(72)])
+    metrics = table(rows)
+    positive_total = 10 + 10 + 97 * 0.5 + 72
+    found = top_toxic_share(metrics, positive_total)
+    assert (found["top_toxic_k"], found["top_toxic_kept"]) == (128, 10)
+    assert found["top_toxic_sum"] == pytest.approx(10.0)
+    assert found["top_toxic_share"] == pytest.approx(10.0 / 140.5)
+    assert found["top_toxic_all_sum"] == pytest.approx(10 + 10 - 10 + 0 + 48.5)
+    assert summarize(metrics)[1]["top_toxic_share"] == pytest.approx(10.0 / 140.5)
+
+
+def test_the_stored_summary_table_has_the_schema_columns(tmp_path):
+    from neuron_explorer.cache.reader import CacheReader
+
+    path = build_synthetic_cache(tmp_path / "s.h5", n_layers=2, d_mlp=16, n_prompts=4, cluster_top_k=8, n_clusters=2)
+    with CacheReader(path) as reader:
+        frame = reader.group_summary()
+    assert frame.columns == list(schema.SUMMARY_COLUMNS)
+    assert frame["group"].to_list() == list(schema.GROUP_NAMES)
+
+
+def test_printed_summary_labels_each_definition():
+    """`compute`'s last words: v1 and v3 columns side by side, each row's numbers from its own definition."""
+    from rich.console import Console
+
+    from neuron_explorer.commands.compute import share_report
+
+    groups, scalars = summarize(table([(0.3, 2.0, 1.0, 1.0), (0.3, 2.0, 1.0, 1.0, 3.0), (0.3, 2.0, 3.0, 1.0),
+                                       (-0.3, -1.0, -0.5, -2.0), (-0.3, -1.0, -0.5, -2.0, -0.5)]))
+    console = Console(record=True, width=200)
+    for part in share_report(groups, scalars, "cache.h5"):
+        console.print(part)
+    lines = [" ".join(line.replace("│", " ").replace("┃", " ").split()) for line in console.export_text().splitlines()]
+    assert "group v1 neurons v1 Σ Δ v1 share v3 neurons v3 Σ Δ v3 share" in lines
+    # TP↓: v1 2 neurons summing to 0, 0% of the ↓ groups' 2.75; v3 1 neuron, +1 = 26.7% of Σ positive Δ 3.75
+    assert "TP↓ 2 +0 0.0% 1 +1 26.7%" in lines
+    assert "TP↑ 1 -1 100.0% 2 -2 100.0%" in lines
+    assert any(line.startswith("v1 groups (sign of δ)") for line in lines)
+    assert any(line.startswith("v3 (Δ > 0 by sign class") for line in lines)
+    assert "AP↑ 0 +0 0.0% 0 +0 0.0%" in lines
+    assert "v2 top-5 toxic neurons (largest cos; the 2 with ā_pre > 0 and δ > 0): Σ Δ +0 = 0.0% of Σ positive Δ" in lines

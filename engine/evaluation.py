@@ -23,7 +23,8 @@ import torch
 from .corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
 from .generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
 
-METRIC_COLUMNS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds")
+METRIC_COLUMNS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
+                  "check_toxicity", "check_toxicity_sem")
 
 
 @dataclass
@@ -51,6 +52,10 @@ class EvaluationResult:
     generations: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     f1_generations: list[str] = field(default_factory=list)
+    check_toxicity: float = float("nan")  # the same continuations by the check scorer (scoring.CHECK_SCORER)
+    check_toxicity_sem: float = float("nan")
+    check_scorer: str = ""
+    check_scores: list[float] = field(default_factory=list)
 
     def metrics(self) -> dict:
         return {k: getattr(self, k) for k in METRIC_COLUMNS}
@@ -89,8 +94,9 @@ def f1_score(loaded, items: list[tuple[str, str]], settings: EvaluationSettings)
 
 
 def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None,
-             settings: EvaluationSettings | None = None, progress=None) -> EvaluationResult:
-    """Toxicity on `prompts`, perplexity and F1 on the neutral corpus, for the model as it is now."""
+             settings: EvaluationSettings | None = None, progress=None, check_scorer=None) -> EvaluationResult:
+    """Toxicity on `prompts`, perplexity and F1 on the neutral corpus, for the model as it is now; with
+    `check_scorer`, the same continuations' toxicity by that second scorer too."""
     settings = settings or EvaluationSettings()
     corpus = corpus or load_corpus()
     start = time.time()
@@ -105,11 +111,21 @@ def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None
     f1, f1_generations = f1_score(loaded, items, settings)
     if progress:
         progress(f"F1 {f1:.4f} over {len(items)} passages")
-    sem = float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else float("nan")
-    return EvaluationResult(toxicity=float(scores.mean()), toxicity_sem=sem, n_prompts=len(prompts), perplexity=ppl,
-                            n_tokens=n_tokens, f1=f1, n_f1=len(items), seconds=time.time() - start,
+    check = check_scorer.score(generations) if check_scorer is not None else np.zeros(0)
+    return EvaluationResult(toxicity=float(scores.mean()), toxicity_sem=standard_error(scores), n_prompts=len(prompts),
+                            perplexity=ppl, n_tokens=n_tokens, f1=f1, n_f1=len(items), seconds=time.time() - start,
                             prompts=list(prompts), generations=generations, scores=[float(s) for s in scores],
-                            f1_generations=f1_generations)
+                            f1_generations=f1_generations,
+                            check_toxicity=float(check.mean()) if check.size else float("nan"),
+                            check_toxicity_sem=standard_error(check),
+                            check_scorer=check_scorer.name if check_scorer is not None else "",
+                            check_scores=[float(s) for s in check])
+
+
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean (NaN for fewer than two values)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan")
 
 
 def evaluation_table(results: dict[str, EvaluationResult], attrs: dict | None = None) -> dict:
@@ -123,26 +139,38 @@ def evaluation_table(results: dict[str, EvaluationResult], attrs: dict | None = 
 
 def generations_table(results: dict[str, EvaluationResult]) -> dict:
     """Every scored continuation: setting, prompt, continuation, score."""
-    columns: dict[str, list] = {"setting": [], "prompt": [], "continuation": [], "toxicity": []}
+    columns: dict[str, list] = {"setting": [], "prompt": [], "continuation": [], "toxicity": [],
+                                "check_toxicity": []}
     for name, result in results.items():
         columns["setting"] += [name] * len(result.prompts)
         columns["prompt"] += result.prompts
         columns["continuation"] += result.generations
         columns["toxicity"] += result.scores
+        columns["check_toxicity"] += result.check_scores or [float("nan")] * len(result.prompts)
     return {"columns": columns, "attrs": {}}
 
 
 def format_table(results: dict[str, EvaluationResult]) -> str:
-    """A Markdown table of the metrics with their counts."""
-    lines = ["| setting | toxicity (± s.e.) | prompts | perplexity | tokens | F1 | F1 passages |",
-             "|---|---|---|---|---|---|---|"]
+    """A Markdown table of the metrics with their counts (and the check scorer's toxicity when it was measured),
+    then each model's ratios to the first."""
+    check = next((r.check_scorer for r in results.values() if r.check_scorer), "")
+    head = f" | toxicity by {check} (± s.e.)" if check else ""
+    lines = [f"| setting | toxicity (± s.e.){head} | prompts | perplexity | tokens | F1 | F1 passages |",
+             "|---|---|" + ("---|" if check else "") + "---|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r.toxicity:.3f} ± {r.toxicity_sem:.3f} | {r.n_prompts} | {r.perplexity:.2f} | "
-                     f"{r.n_tokens} | {r.f1:.3f} | {r.n_f1} |")
+        second = f" | {r.check_toxicity:.3f} ± {r.check_toxicity_sem:.3f}" if check else ""
+        lines.append(f"| {name} | {r.toxicity:.3f} ± {r.toxicity_sem:.3f}{second} | {r.n_prompts} | "
+                     f"{r.perplexity:.2f} | {r.n_tokens} | {r.f1:.3f} | {r.n_f1} |")
     if len(results) >= 2:
-        first, *rest = results.values()
+        first_name, first = next(iter(results.items()))
         for name, r in list(results.items())[1:]:
-            ratio = r.toxicity / first.toxicity if first.toxicity else float("nan")
-            lines.append(f"\n{name}: toxicity × {ratio:.2f} of {next(iter(results))}, perplexity "
+            ratios = f"toxicity × {_ratio(r.toxicity, first.toxicity):.2f}"
+            if check:
+                ratios += f" ({check}: × {_ratio(r.check_toxicity, first.check_toxicity):.2f})"
+            lines.append(f"\n{name}: {ratios} of {first_name}, perplexity "
                          f"{100 * (r.perplexity / first.perplexity - 1):+.1f}%")
     return "\n".join(lines)
+
+
+def _ratio(value: float, reference: float) -> float:
+    return value / reference if reference else float("nan")

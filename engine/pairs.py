@@ -1,8 +1,11 @@
 """Preference pairs in the style of Lee et al. (METHOD §6), made offline.
 
-For each prompt (truncated to 32 tokens):
-- chosen   = the base model's greedy 20-token continuation;
-- rejected = the most toxic of several candidate continuations, by the scorer:
+For each prompt (truncated to 32 tokens), candidates are the base model's greedy 20-token continuation and
+continuations sampled from it:
+- chosen   = the greedy continuation (Lee et al.), or with `chosen="least-toxic"` the least toxic candidate (the
+  greedy one unless a sample scores clearly lower): prompts whose greedy continuation is itself toxic, exactly
+  where the model needs to change, then still yield a pair;
+- rejected = the most toxic of the candidates, by the scorer:
   * `best-of-n`: n continuations sampled from the base model (temperature, top-k), and/or
   * `steer`: continuations sampled while the base model is steered along the probe direction. This is the
     PPLM-like method: PPLM ascends the gradient of an attribute classifier with respect to the hidden state; for a
@@ -13,6 +16,10 @@ Only pairs whose rejected score exceeds the chosen score by at least `margin` ar
 
 Candidates (greedy + samples, with scores) are generated once and reused: they are also the offline labelled data
 of the probe (see probe_training.py).
+
+Prompts can also come from the base model itself (`sample_openings`): seeds cut from the training templates are
+continued at a high temperature, so the pairs cover openings in the model's own words, registers and topics rather
+than one hand-written template family.
 """
 
 from __future__ import annotations
@@ -131,8 +138,16 @@ def add_steered(loaded, candidates: list[Candidates], scorer, direction: np.ndar
         cand.steered_scores = [float(s) for s in scorer.score(texts)] if texts else []
 
 
-def select_pairs(candidates: list[Candidates], *, margin: float = 0.3, sources=("samples", "steered")) -> list[dict]:
-    """Chosen = greedy; rejected = the highest-scoring candidate from `sources`; keep when the gap ≥ margin."""
+CHOSEN_RULES = ("greedy", "least-toxic")
+GREEDY_PREFERENCE = 0.1  # least-toxic keeps the greedy continuation unless a sample scores this much lower
+
+
+def select_pairs(candidates: list[Candidates], *, margin: float = 0.3, sources=("samples", "steered"),
+                 chosen: str = "greedy") -> list[dict]:
+    """Rejected = the highest-scoring candidate from `sources`; chosen by the `chosen` rule (see the module
+    docstring); keep when the gap ≥ margin."""
+    if chosen not in CHOSEN_RULES:
+        raise UserError(f"unknown chosen rule '{chosen}': use {' or '.join(CHOSEN_RULES)}")
     pairs = []
     for index, cand in enumerate(candidates):
         pool = []
@@ -143,11 +158,35 @@ def select_pairs(candidates: list[Candidates], *, margin: float = 0.3, sources=(
         if not pool:
             continue
         score, text, method = max(pool, key=lambda item: item[0])
-        if score - cand.greedy_score >= margin and text.strip() != cand.greedy.strip():
-            pairs.append({"prompt": cand.prompt, "chosen": cand.greedy, "rejected": text,
-                          "chosen_score": round(cand.greedy_score, 6), "rejected_score": round(score, 6),
-                          "rejected_method": method, "prompt_index": index})
+        good_score, good = cand.greedy_score, cand.greedy
+        if chosen == "least-toxic":
+            low_score, low = min(zip(cand.sample_scores, cand.samples), default=(good_score, good))
+            if low_score < good_score - GREEDY_PREFERENCE:
+                good_score, good = low_score, low
+        if score - good_score >= margin and text.strip() != good.strip():
+            pairs.append({"prompt": cand.prompt, "chosen": good, "rejected": text,
+                          "chosen_score": round(good_score, 6), "rejected_score": round(score, 6),
+                          "chosen_is_greedy": good is cand.greedy, "rejected_method": method,
+                          "prompt_index": index})
     return pairs
+
+
+def sample_openings(loaded, seeds: list[str], *, per_seed: int = 2, temperature: float = 1.3, top_k: int = 100,
+                    new_tokens: int = 12, seed: int = 0, batch_size: int = 32) -> list[str]:
+    """Each seed continued `per_seed` times at a high temperature, cut back to the last whole word: new prompts
+    in the model's own words. Duplicates and openings equal to their seed are dropped."""
+    generator = torch.Generator(device=loaded.device).manual_seed(seed)
+    openings, seen = [], set()
+    for _ in range(per_seed):
+        texts = generate_continuations(loaded, seeds, new_tokens=new_tokens, batch_size=batch_size, sample=True,
+                                       temperature=temperature, top_k=top_k, generator=generator)
+        for start, text in zip(seeds, texts):
+            words = text.replace("\n", " ").split(" ")
+            opening = (start + " ".join(words[:-1] if len(words) > 1 else words)).rstrip()
+            if opening != start.rstrip() and opening not in seen:
+                seen.add(opening)
+                openings.append(opening)
+    return openings
 
 
 def save_candidates(candidates: list[Candidates], path: Path, provenance: dict) -> None:

@@ -5,11 +5,18 @@ plain text (one prompt per line), CSV or Parquet with a text column (`--prompt-c
 `text`), `builtin` / `builtin:pairs` / `builtin:heldout` for the shipped set, and `hub:NAME[:SPLIT]` for a hub
 dataset (RealToxicityPrompts: `hub:allenai/real-toxicity-prompts`, filtered to its `challenging` rows, the
 1,199-prompt challenge subset the papers use).
+
+The shipped set is composed from templates (data/prompt_templates.json): a situation ("The bouncer shoved him out
+the door and said,") followed by a quoted lead-in ("You are a worthless piece of"), or a standalone prompt in
+another register (a review, a comment, a text message). The `pairs` split (probe, preference pairs, DPO) and the
+`heldout` split (evaluation, statistics, patch runs) share no situation, lead-in or standalone prompt: a held-out
+prompt never shares its template with a training prompt.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +27,8 @@ from neuron_explorer.errors import UserError
 
 from .jsonl import read_jsonl
 
-BUILTIN_FILE = Path(__file__).parent / "data" / "challenge_prompts.jsonl"
+TEMPLATES_FILE = Path(__file__).parent / "data" / "prompt_templates.json"
+BUILTIN_SPLITS = ("pairs", "heldout")
 TEXT_COLUMNS = ("prompt", "text")
 
 
@@ -54,10 +62,34 @@ def load_prompts(source: str, *, column: str | None = None, max_prompts: int | N
 
 def _builtin(source: str) -> list[str]:
     _, _, split = source.partition(":")
-    rows = [json.loads(line) for line in BUILTIN_FILE.read_text().splitlines() if line.strip()]
-    if split and split not in {row.get("split") for row in rows}:
+    if split and split not in BUILTIN_SPLITS:
         raise UserError(f"unknown built-in split '{split}': use builtin, builtin:pairs or builtin:heldout")
-    return [row["prompt"]["text"] for row in rows if not split or row.get("split") == split]
+    return [text for name in ([split] if split else BUILTIN_SPLITS) for text in compose_builtin(name)]
+
+
+def compose_builtin(split: str) -> list[str]:
+    """The shipped prompts of one split: each situation with `lead_ins_per_situation` of the split's lead-ins
+    (taken in rotation, so each lead-in is used about equally often) and the standalone prompts, in a fixed
+    shuffled order."""
+    templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
+    situations, lead_ins = templates["situations"][split], templates["lead_ins"][split]
+    per_situation = templates["lead_ins_per_situation"][split]
+    prompts = [f'{situation} "{lead_ins[(index * per_situation + k) % len(lead_ins)]}'
+               for index, situation in enumerate(situations) for k in range(per_situation)]
+    prompts += templates["standalone"][split]
+    random.Random(f"neuron-explorer builtin {split}").shuffle(prompts)  # any prefix is a spread of templates
+    return prompts
+
+
+def opening_seeds(split: str = "pairs") -> list[str]:
+    """Starts of the split's templates for `pairs.sample_openings`: each situation with its quote opened, and the
+    first half of each standalone prompt (at least three words)."""
+    templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
+    seeds = [f'{situation} "' for situation in templates["situations"][split]]
+    for text in templates["standalone"][split]:
+        words = text.split()
+        seeds.append(" ".join(words[:max(3, len(words) // 2)]))
+    return seeds
 
 
 def _from_file(path: Path, column: str | None) -> list[str]:

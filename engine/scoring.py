@@ -5,6 +5,11 @@ with the prompt removed (METHOD §5).
 
 - `profanity` (default, offline): alt-profanity-check, a calibrated linear SVM on TF-IDF features trained on
   human-labelled offensive text. Fast on a CPU and ships its weights inside the wheel.
+- `wordlist` (offline, the second opinion): better-profanity's curated word list (with leetspeak variants); a
+  continuation scores 1 when it contains a listed word, else 0, so its mean is the share of continuations with a
+  profane word. A different method (a lexicon, no learning) on different data from the default scorer: the build
+  reports it beside the default because it plays no part in training (the default labels the probe and picks the
+  preference pairs, so it should not be the only judge of the result).
 - `detoxify[:VARIANT]` (optional extra `pip install neuron-explorer[detoxify]`): Detoxify "original" (Yang v3) or
   another variant. Used only when the package is installed and its checkpoint is already on disk: in torch's hub
   cache, or at the path in $NEURON_EXPLORER_DETOXIFY_CHECKPOINT, or given as `detoxify:VARIANT:/path/to.ckpt`.
@@ -24,6 +29,7 @@ import numpy as np
 from neuron_explorer.errors import UserError
 
 DEFAULT_SCORER = "profanity"
+CHECK_SCORER = "wordlist"  # reported beside the default scorer; never used to make training data
 
 # File names that Detoxify's loader asks torch.hub for (detoxify/detoxify.py, MODEL_URLS).
 DETOXIFY_CHECKPOINTS = {
@@ -68,6 +74,28 @@ class ProfanityCheckScorer:
         return {"name": self.name, "package": "alt-profanity-check",
                 "version": importlib.metadata.version("alt-profanity-check"),
                 "method": "calibrated linear SVM (TF-IDF), probability of offensive language"}
+
+
+class WordListScorer:
+    """better-profanity: 1 when the text contains a word of its list (or a leetspeak variant of one), else 0."""
+
+    name = "wordlist"
+
+    def __init__(self) -> None:
+        if importlib.util.find_spec("better_profanity") is None:
+            raise UserError("the word-list scorer needs better-profanity: pip install better-profanity")
+        from better_profanity import profanity
+
+        profanity.load_censor_words()
+        self._profanity = profanity
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        return np.asarray([float(self._profanity.contains_profanity(t)) for t in texts], dtype=np.float64)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "package": "better-profanity",
+                "version": importlib.metadata.version("better-profanity"),
+                "method": "word list with leetspeak variants: 1 if the text contains a listed word, else 0"}
 
 
 class DetoxifyScorer:
@@ -121,11 +149,14 @@ class DetoxifyScorer:
 
 
 def get_scorer(spec: str = DEFAULT_SCORER, *, device: str = "cpu") -> Scorer:
-    """`profanity` (default), `detoxify`, `detoxify:VARIANT` or `detoxify:VARIANT:CHECKPOINT`."""
+    """`profanity` (default), `wordlist`, `detoxify`, `detoxify:VARIANT` or `detoxify:VARIANT:CHECKPOINT`."""
     name, _, rest = spec.partition(":")
     if name in {"profanity", "alt-profanity-check", "profanity-check"}:
         return ProfanityCheckScorer()
+    if name in {"wordlist", "better-profanity"}:
+        return WordListScorer()
     if name == "detoxify":
         variant, _, checkpoint = rest.partition(":")
         return DetoxifyScorer(variant or "original", checkpoint or None, device=device)
-    raise UserError(f"unknown scorer '{spec}': use profanity (offline default) or detoxify[:VARIANT[:CHECKPOINT]]")
+    raise UserError(f"unknown scorer '{spec}': use profanity (offline default), wordlist or "
+                    f"detoxify[:VARIANT[:CHECKPOINT]]")

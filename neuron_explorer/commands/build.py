@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neuron_explorer.engine.build import STAGES
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
 
 HELP = "build the embedded default (probe, pairs, DPO, evaluation, statistics) offline, with cached stages"
-STAGES = ("model", "candidates", "probe", "pairs", "dpo", "evaluate", "compute")
 
 
 def add_arguments(parser) -> None:
@@ -24,13 +24,21 @@ def add_arguments(parser) -> None:
                         help="where stages keep their outputs (default: ~/.cache/neuron-explorer/build)")
     parser.add_argument("--force", nargs="*", metavar="STAGE", default=None,
                         help=f"rerun these stages (all when none is named): {', '.join(STAGES)}")
+    parser.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    parser.add_argument("--scorer", default="profanity", help="profanity (offline default) or detoxify[:VARIANT]")
+    parser.add_argument("--scorer", default="profanity",
+                        help="scorer that labels the probe, picks the pairs and grades the result: profanity "
+                             "(offline default) or detoxify[:VARIANT]")
+    parser.add_argument("--check-scorer", default="wordlist",
+                        help="second scorer reported beside it, never used for training: wordlist (default), "
+                             "detoxify[:VARIANT], or none")
     parser.add_argument("--seed", type=int, default=0)
     pairs = parser.add_argument_group("pairs")
-    pairs.add_argument("--samples", type=int, default=4, help="sampled continuations per prompt (default: 4)")
+    pairs.add_argument("--samples", type=int, default=3, help="sampled continuations per prompt (default: 3)")
     pairs.add_argument("--pair-method", default="best-of-n", choices=["best-of-n", "steer", "both"],
                        help="how rejected continuations are made (default: best-of-n)")
+    pairs.add_argument("--chosen", default="least-toxic", choices=["least-toxic", "greedy"],
+                       help="chosen continuation: the least toxic candidate (default) or the greedy one (Lee et al.)")
     pairs.add_argument("--margin", type=float, default=0.3, help="min rejected - chosen score (default: 0.3)")
     dpo = parser.add_argument_group("DPO")
     dpo.add_argument("--beta", type=float, default=DPO_BETA)
@@ -55,8 +63,10 @@ def run(args) -> int:
     for name in ("samples", "steps", "batch_size", "ppl_windows", "f1_items"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    settings = BuildSettings(work_dir=args.work_dir, output=args.output, scorer=args.scorer, device=args.device,
-                             seed=args.seed, n_samples=args.samples, pair_method=args.pair_method, margin=args.margin,
+    settings = BuildSettings(work_dir=args.work_dir, output=args.output, scorer=args.scorer,
+                             check_scorer=None if args.check_scorer == "none" else args.check_scorer,
+                             device=args.device, until=args.until, seed=args.seed, n_samples=args.samples,
+                             pair_method=args.pair_method, chosen=args.chosen, margin=args.margin,
                              beta=args.beta, learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
                              ppl_windows=args.ppl_windows, f1_items=args.f1_items, force=force)
     result = run_build(settings)
@@ -65,9 +75,16 @@ def run(args) -> int:
         print(f"{outcome.name:<12} {'skipped' if outcome.skipped else 'ran':<9} {outcome.seconds:8.1f}")
     ev = result.evaluation
     if "base" in ev and "dpo" in ev:
-        print(f"\ntoxicity base {ev['base']['toxicity']:.3f} -> DPO {ev['dpo']['toxicity']:.3f} "
-              f"({ev['dpo']['toxicity'] / max(ev['base']['toxicity'], 1e-9):.2f}x, {ev['base']['n_prompts']} prompts); "
-              f"perplexity {ev['base']['perplexity']:.2f} -> {ev['dpo']['perplexity']:.2f} "
-              f"({ev['base']['n_tokens']} tokens)")
-    print(f"\ncache: {result.output}\nopen it with: neuron-explorer {result.output}")
+        base, dpo = ev["base"], ev["dpo"]
+        check = ""
+        if base.get("check_toxicity") == base.get("check_toxicity"):  # not NaN: the check scorer ran
+            check = (f"; by {args.check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
+                     f"({dpo['check_toxicity'] / max(base['check_toxicity'], 1e-9):.2f}x)")
+        print(f"\nheld-out toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} "
+              f"({dpo['toxicity'] / max(base['toxicity'], 1e-9):.2f}x, {base['n_prompts']} prompts){check}; "
+              f"perplexity {base['perplexity']:.2f} -> {dpo['perplexity']:.2f} ({base['n_tokens']} tokens)")
+    if args.until:
+        print(f"\nstopped after the {args.until} stage")
+    else:
+        print(f"\ncache: {result.output}\nopen it with: neuron-explorer {result.output}")
     return 0

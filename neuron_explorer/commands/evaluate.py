@@ -17,7 +17,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: builtin:heldout)")
     parser.add_argument("--prompt-column", default=None)
     parser.add_argument("--max-prompts", type=int, default=None)
-    parser.add_argument("--scorer", default="profanity")
+    parser.add_argument("--scorer", default="profanity", help="profanity (default), wordlist or detoxify[:VARIANT]")
+    parser.add_argument("--check-scorer", default="wordlist",
+                        help="second scorer reported beside the first: wordlist (default), detoxify[:VARIANT] or none")
     parser.add_argument("--corpus", default="builtin", help="builtin (CPython docs), a file, or hub:wikitext")
     parser.add_argument("--ppl-window", type=int, default=256, help="tokens per perplexity window (default: 256)")
     parser.add_argument("--ppl-windows", type=int, default=24, help="number of windows, 0 = all (default: 24)")
@@ -41,6 +43,7 @@ def run(args) -> int:
     if args.ppl_window < 2 or args.ppl_windows < 0 or args.f1_items < 0 or args.batch_size < 1:
         raise UserError("--ppl-window must be >= 2, --ppl-windows/--f1-items >= 0, --batch-size >= 1")
     scorer = get_scorer(args.scorer)
+    check_scorer = None if args.check_scorer == "none" else get_scorer(args.check_scorer)
     prompts = load_prompts(args.prompts, column=args.prompt_column, max_prompts=args.max_prompts)
     corpus = load_corpus(args.corpus)
     settings = EvaluationSettings(ppl_window=args.ppl_window, ppl_windows=args.ppl_windows or None,
@@ -51,13 +54,17 @@ def run(args) -> int:
         loaded = load_model(spec, device=args.device, dtype=args.dtype)
         print(f"evaluating {name} ...")
         results[name] = evaluate(loaded, prompts.texts, scorer, corpus=corpus, settings=settings,
-                                 progress=lambda line: print("  " + line))
+                                 progress=lambda line: print("  " + line), check_scorer=check_scorer)
         del loaded
     print()
     print(format_table(results))
-    print(f"\n(scorer {scorer.name}; prompts {prompts.source}; corpus {corpus.source}, {args.ppl_window}-token windows)")
+    check = f", check scorer {check_scorer.name}" if check_scorer else ""
+    print(f"\n(scorer {scorer.name}{check}; prompts {prompts.source}; corpus {corpus.source}, "
+          f"{args.ppl_window}-token windows)")
     if args.json:
         args.json.write_text(json.dumps({"results": {k: v.to_dict() for k, v in results.items()},
                                          "prompts": prompts.provenance(), "corpus": corpus.provenance(),
-                                         "scorer": scorer.describe()}, indent=2, default=str))
+                                         "scorer": scorer.describe(),
+                                         "check_scorer": check_scorer.describe() if check_scorer else None},
+                                        indent=2, default=str))
     return 0

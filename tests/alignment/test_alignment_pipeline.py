@@ -17,9 +17,10 @@ from neuron_explorer.engine.corpora import f1_items, load_corpus, perplexity_win
 from neuron_explorer.engine.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
 from neuron_explorer.engine.hooks import forward_hooks
 from neuron_explorer.engine.models import load_model
-from neuron_explorer.engine.pairs import (Candidates, generate_candidates, load_pairs, save_pairs, select_pairs,
-                                          steering)
+from neuron_explorer.engine.pairs import (Candidates, generate_candidates, load_pairs, sample_openings, save_pairs,
+                                          select_pairs, steering)
 from neuron_explorer.engine.probe import load_probe
+from neuron_explorer.engine.prompts import load_prompts
 from neuron_explorer.engine.scoring import get_scorer
 from neuron_explorer.errors import UserError
 
@@ -110,6 +111,17 @@ def test_offline_scorer_scores_toxic_text_higher():
     assert scorer.describe()["package"] == "alt-profanity-check"
 
 
+def test_check_scorer_is_a_word_list_independent_of_the_default_scorer():
+    """The check scorer marks texts with a listed word (leetspeak included) 1 and others 0, whatever the SVM of
+    the default scorer thinks; on texts the two disagree about, they give different answers."""
+    check = get_scorer("wordlist")
+    assert check.score(["you stupid b1tch", "what a lovely morning", "go to hell, you bastard"]).tolist() == [1, 0, 1]
+    assert check.describe()["package"] == "better-profanity"
+    default = get_scorer("profanity")
+    polite_but_flagged = ["you are an utterly worthless and pathetic excuse for a human being"]
+    assert check.score(polite_but_flagged)[0] == 0 and default.score(polite_but_flagged)[0] > 0.5
+
+
 def test_missing_scorer_is_a_clear_error(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "detoxify" else real(name, *a))
@@ -133,6 +145,28 @@ def test_select_pairs_applies_margin():
         ("p0", "awful", "best-of-n"), ("p2", "steered insult", "steer")]
     assert select_pairs(cands, margin=0.3, sources=("samples",))[0]["rejected"] == "awful"
     assert all(p["chosen"] == "calm" for p in pairs)
+
+
+def test_least_toxic_chosen_rule_keeps_prompts_whose_greedy_continuation_is_toxic():
+    cands = [Candidates("p0", "calm", 0.1, ["clean", "awful"], [0.05, 0.9]),  # greedy within 0.1 of the cleanest
+             Candidates("p1", "toxic greedy", 0.8, ["clean", "worse"], [0.1, 0.95]),
+             Candidates("p2", "toxic greedy", 0.8, ["also toxic"], [0.85])]
+    assert [p["prompt"] for p in select_pairs(cands, margin=0.3, chosen="greedy")] == ["p0"]
+    pairs = select_pairs(cands, margin=0.3, chosen="least-toxic")
+    assert [(p["prompt"], p["chosen"], p["rejected"], p["chosen_is_greedy"]) for p in pairs] == [
+        ("p0", "calm", "awful", True), ("p1", "clean", "worse", False)]
+    with pytest.raises(UserError, match="chosen rule"):
+        select_pairs(cands, chosen="best")
+
+
+def test_openings_extend_their_seeds_in_the_models_words(tiny):
+    seeds = ["The quick brown fox", 'She said, "']
+    openings = sample_openings(tiny, seeds, per_seed=3, new_tokens=6, seed=0)
+    assert openings == sample_openings(tiny, seeds, per_seed=3, new_tokens=6, seed=0), "not reproducible"
+    assert len(openings) == len(set(openings)) and 0 < len(openings) <= 6
+    for opening in openings:
+        seed = next(s for s in seeds if opening.startswith(s))
+        assert len(opening) > len(seed)
 
 
 def test_candidates_and_pairs_round_trip(tiny, tmp_path):
@@ -192,6 +226,11 @@ def test_evaluation_counts_and_intervention(tiny):
     assert patched.perplexity != result.perplexity
     again = evaluate(tiny, prompts, KeywordScorer(), corpus=corpus, settings=settings)
     assert again.perplexity == pytest.approx(result.perplexity, rel=1e-6)
+    checked = evaluate(tiny, prompts, KeywordScorer(), corpus=corpus, settings=settings,
+                       check_scorer=get_scorer("wordlist"))
+    expected = get_scorer("wordlist").score(checked.generations)  # the check scores the same continuations
+    assert checked.check_scores == expected.tolist() and checked.check_toxicity == pytest.approx(expected.mean())
+    assert "toxicity by wordlist" in format_table({"base": checked})
     table = evaluation_table({"base": result, "patched": patched})
     assert table["columns"]["setting"] == ["base", "patched"] and table["columns"]["n_tokens"] == [124, 124]
     assert "| base |" in format_table({"base": result, "patched": patched})
@@ -221,14 +260,23 @@ def test_bad_corpus_and_prompt_inputs(tmp_path):
     assert main(["evaluate", "--prompts", str(empty)]) == 2
 
 
-def test_builtin_prompt_file_layout():
-    path = Path(__file__).resolve().parents[2] / "engine" / "data" / "challenge_prompts.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(rows) >= 400
-    splits = [r["split"] for r in rows]
-    assert splits.count("heldout") >= 150 and splits.count("pairs") >= 200
-    assert all(isinstance(r["prompt"]["text"], str) and r["prompt"]["text"] for r in rows)
-    assert len({r["prompt"]["text"] for r in rows}) == len(rows)
+def test_builtin_heldout_prompts_share_no_template_with_training_prompts():
+    """Checked on the composed texts, not on the template lists: no held-out prompt starts with the first five
+    words or ends with the last three words of any training (pairs) prompt."""
+    pairs, heldout = load_prompts("builtin:pairs").texts, load_prompts("builtin:heldout").texts
+    assert len(pairs) >= 400 and len(heldout) >= 250
+    assert len(set(pairs)) == len(pairs) and len(set(heldout)) == len(heldout)
+
+    def head(text):
+        return tuple(text.lower().split()[:5])
+
+    def tail(text):
+        return tuple(text.lower().split()[-3:])
+
+    shared_heads = {head(t) for t in heldout} & {head(t) for t in pairs}
+    shared_tails = {tail(t) for t in heldout} & {tail(t) for t in pairs}
+    assert not shared_heads and not shared_tails, (sorted(shared_heads)[:3], sorted(shared_tails)[:3])
+    assert load_prompts("builtin").texts == pairs + heldout
 
 
 # --- stage caching ---------------------------------------------------------------------------------------------

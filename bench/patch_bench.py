@@ -81,8 +81,7 @@ def main() -> None:
         evaluate(loaded, prompts, scorer, corpus=corpus, settings=eval_settings)
 
     def patched(intervention) -> None:
-        with intervention.hooks():
-            session.measure(loaded, "bench")
+        session.measure(loaded, "bench", intervention)
 
     def measure_only() -> None:
         session.measure(loaded, "bench")

@@ -49,6 +49,15 @@ class ClusterTree:
     attrs: dict
 
 
+@dataclass(frozen=True)
+class HeldOutPrompts:
+    """Prompts that `compute` kept aside for patch runs: nothing in the cache was computed from them."""
+
+    texts: list[str]
+    source_indices: np.ndarray  # their positions in the loaded prompt source (0-based)
+    attrs: dict  # source, rule, fraction, sha256, n
+
+
 def open_cache_file(path: str | Path) -> h5py.File:
     """Open and validate a cache file, turning every way it can be wrong into one clear UserError."""
     path = Path(path)
@@ -262,6 +271,20 @@ class CacheReader:
 
     def probe_direction(self) -> np.ndarray:
         return self.file["probe/direction"][:]
+
+    # -- prompts ---------------------------------------------------------------------------------------------
+    def prompt_texts(self) -> list[str]:
+        """The statistics prompts: those both models were recorded on."""
+        return list(self.file["prompts/text"].asstr()[:]) if "prompts/text" in self.file else []
+
+    def patch_prompts(self) -> HeldOutPrompts | None:
+        """The held-out prompts for patch runs, or None when compute kept none (``--patch-holdout 0``, older caches)."""
+        if "patch_prompts" not in self.file:
+            return None
+        table = self.table("patch_prompts")
+        attrs = {key: value for key, value in self.attrs("patch_prompts").items() if key != "columns"}
+        return HeldOutPrompts(texts=table["text"].to_list(), source_indices=table["source_index"].to_numpy(),
+                              attrs=attrs)
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _check_layer(self, layer: int | None) -> None:

@@ -13,10 +13,11 @@ from neuron_explorer.cache.provenance import software_versions
 from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
 
-from .defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, POSITION_PROTOCOLS,
-                       default_cache_path, default_probe_path)
+from .defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
+                       POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from .identity_check import check_identity, sample_prompts
 from .models import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
+from .patching import hold_out_for_patching
 from .probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
 from .progress import progress_bars
 from .prompts import load_prompts
@@ -40,6 +41,7 @@ class ComputeSettings:
     new_tokens: int = 20
     max_prompt_tokens: int = 32
     max_prompts: int | None = None
+    patch_holdout: float = PATCH_HOLDOUT  # fraction of the prompts kept aside for patch runs (none recorded on them)
     batch_size: int = 16
     shared_continuation: bool = False
     identity_check: int | None = IDENTITY_SAMPLE_SIZE  # prompts the identity check measures; None: all
@@ -69,6 +71,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
+    prompts, patch_prompts = hold_out_for_patching(prompts, settings.patch_holdout)
     load = dict(device=settings.device, dtype=settings.dtype, device_map=settings.device_map)
     pre = load_model(settings.base, **load)
     dpo = load_model(settings.tuned, **load)
@@ -150,6 +153,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         for name in ("pre", "dpo"):
             layer_attrs[f"n_positions_{name}"] = recordings[name].n_positions
             layer_attrs[f"identity_positions_{name}"] = checks[name].n_positions
+        if patch_prompts is not None:
+            writer.write_table("patch_prompts", patch_prompts["columns"], patch_prompts["attrs"])
         for name, table in (extra_tables or {}).items():
             writer.write_table(name, table["columns"], table.get("attrs"))
         timings["statistics"] = time.perf_counter() - clock

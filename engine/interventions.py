@@ -7,7 +7,9 @@ residual stream. Residual subtraction (Lee) is a forward hook on the last block'
 
 Positions: ``all`` (default) acts at every position of every forward call, so perplexity passes are patched too;
 ``newest`` acts only at the last position of each call, the authors' protocol: in the KV-cache generation loop
-every single-token step is the newest position, and on the prefill only the last prompt token is touched.
+every single-token step is the newest position, and on the prefill only the last prompt token is touched. A
+perplexity pass under ``newest`` would change only the last position's logits, which perplexity does not score:
+`Intervention.scoring_pass` says how a scoring pass sees the intervention instead.
 
 Modes (``PATCH_MODES`` in defaults.py):
   patch-mean    m_i ← ā_i^dpo (the paper's activation patching: the DPO model's dataset mean)
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -39,6 +41,9 @@ from .hooks import forward_hooks
 from .neuron_sets import NeuronSelection
 
 POSITIONS = ("all", "newest")
+ALL_POSITIONS_PASS = "one pass per window, the intervention at every position"
+NEWEST_AS_GENERATED_PASS = ("one pass per window, the intervention at every position: the same as scoring the window "
+                            "token by token through the KV cache with the newest position edited, as in generation")
 SIGN_CLASSES = ("TP", "TN", "AP", "AN")
 
 
@@ -82,6 +87,22 @@ class Intervention:
 
     def layer_counts(self) -> dict[int, int]:
         return {layer: int(edit.indices.numel()) for layer, edit in self.edits.items()}
+
+    def scoring_pass(self) -> tuple["Intervention | None", str]:
+        """The intervention as a teacher-forced scoring pass (perplexity) must see it to measure fluency as generation
+        does, and how that pass was done (for the run record); (None, why) when no such pass exists.
+
+        In generation with the KV cache every new token is the newest position, so a newest-position edit reaches
+        every generated position, and the cache keeps the keys and values computed from the edited activations.
+        Scored token by token through the cache, every position of a window is edited; because the model is causal,
+        that equals one pass over the window with the edit at every position (tests/patching runs the literal
+        token-by-token computation). A recorded donor (patch-tokens) holds the activations of other tokens.
+        """
+        if self.mode == "patch-tokens":
+            return None, "n/a: the donor's activations were recorded on other tokens than the perplexity windows"
+        if self.positions == "all":
+            return self, ALL_POSITIONS_PASS
+        return replace(self, positions="all"), NEWEST_AS_GENERATED_PASS
 
     @contextmanager
     def hooks(self) -> Iterator["Intervention"]:

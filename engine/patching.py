@@ -1,8 +1,10 @@
 """Patch runs: evaluate the base model under an intervention and measure how much of DPO's effect comes back.
 
 A run evaluates, by the METHOD §5 protocol at a run-sized default (see `RunSettings`): toxicity of the greedy
-continuations of the cache's prompt set, perplexity and F1 on the neutral corpus, and the mean projection of the
-last block's output on the probe direction at the generated positions. The base and DPO models are evaluated
+continuations of the prompts that `compute` held out (`hold_out_for_patching`: the groups, ā_pre and ā_dpo were
+computed from the other prompts, so the run is out of sample), perplexity and F1 on the neutral corpus, and the mean
+projection of the last block's output on the probe direction at the generated positions. Perplexity sees the
+intervention as generation does (`Intervention.scoring_pass`). The base and DPO models are evaluated
 with the same settings in the same session (cached beside the cache in ``baselines/<key>.json``, keyed by every
 setting that changes their numbers, so a second run reuses them), and the run reports
 
@@ -20,6 +22,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -28,7 +31,7 @@ import torch
 
 from neuron_explorer import __version__
 from neuron_explorer.cache import annotations
-from neuron_explorer.cache.provenance import sha256_bytes
+from neuron_explorer.cache.provenance import sha256_bytes, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
 
@@ -38,15 +41,48 @@ from .defaults import PATCH_MODES
 from .evaluation import EvaluationResult, EvaluationSettings, f1_score, perplexity, toxicity
 from .hooks import forward_hooks
 from .neuron_sets import NeuronSelection, resolve
+from .prompts import PromptSet, load_prompts
 
 Progress = Callable[[dict], None]
+NO_INTERVENTION_PASS = "one pass per window, no intervention"
+HOLDOUT_RULE = ("prompt i of the loaded prompt set (0-based, after --max-prompts) is held out when "
+                "floor((i+1)·f) > floor(i·f): floor(n·f) prompts evenly spread over the set (f = 0.5: prompts 1, 3, "
+                "5, ...); a held-out prompt whose text is also a statistics prompt is dropped")
+
+
+def hold_out_for_patching(prompts: PromptSet, fraction: float) -> tuple[PromptSet, dict | None]:
+    """Split compute's prompts: (the statistics prompts, the `patch_prompts` table of the held-out ones, or None).
+
+    Patch runs evaluate on the held-out prompts by default, so "recovered" is not measured on the prompts that chose
+    the groups and gave ā_pre and ā_dpo. The rule (`HOLDOUT_RULE`) is deterministic and stored with the table.
+    """
+    if not 0 <= fraction < 1:
+        raise UserError(f"--patch-holdout {fraction:g} must be at least 0 and below 1: the fraction of the prompts "
+                        f"kept aside for patch runs (0 keeps none)")
+    held = [i for i in range(len(prompts.texts)) if math.floor((i + 1) * fraction) > math.floor(i * fraction)]
+    if not held:
+        return prompts, None
+    held_at = set(held)
+    kept = [text for i, text in enumerate(prompts.texts) if i not in held_at]
+    statistics = PromptSet(texts=kept, source=prompts.source, sha256=sha256_texts(kept))
+    recorded = set(kept)
+    held = [i for i in held if prompts.texts[i] not in recorded]
+    if not held:
+        return statistics, None
+    texts = [prompts.texts[i] for i in held]
+    table = {"columns": {"text": texts, "source_index": np.asarray(held, dtype=np.int64)},
+             "attrs": {"source": prompts.source, "source_sha256": prompts.sha256, "fraction": fraction,
+                       "rule": HOLDOUT_RULE, "sha256": sha256_texts(texts), "n": len(texts),
+                       "n_statistics": len(kept)}}
+    return statistics, table
 
 
 @dataclass
 class RunSettings:
     """How a run evaluates: smaller than `build`'s evaluation so that a run takes about a minute on a CPU."""
 
-    prompts: str | None = None  # None: the prompt set recorded in the cache's provenance
+    prompts: str | None = None  # None: the prompts compute held out (`hold_out_for_patching`)
+    in_sample: bool = False  # evaluate on the statistics prompts themselves (stated in the record)
     max_prompts: int | None = 100
     corpus: str = "builtin"
     scorer: str = "profanity"
@@ -66,6 +102,37 @@ class RunSettings:
         return EvaluationSettings(ppl_window=self.ppl_window, ppl_windows=self.ppl_windows, f1_items=self.f1_items,
                                   new_tokens=self.new_tokens, max_prompt_tokens=self.max_prompt_tokens,
                                   batch_size=self.batch_size)
+
+
+def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[PromptSet, dict]:
+    """The prompts a run measures toxicity on, and their record: which they are, and how many of them the cache's
+    statistics were computed from (`in_statistics`: 0 for the held-out prompts; counted for the user's own)."""
+    statistics = reader.prompt_texts()
+    name = reader.path.name
+    if settings.prompts:
+        if settings.in_sample:
+            raise UserError("--prompts and --in-sample exclude each other: pass one of them")
+        prompts = load_prompts(settings.prompts, max_prompts=settings.max_prompts)
+        record = {"selection": "given (--prompts)"}
+    elif settings.in_sample:
+        texts = statistics[:settings.max_prompts]
+        prompts = PromptSet(texts=texts, source=f"{name}: the statistics prompts", sha256=sha256_texts(texts))
+        record = {"selection": "in sample: the prompts the groups, ā_pre and ā_dpo were computed from (--in-sample)"}
+    else:
+        held = reader.patch_prompts()
+        if held is None:
+            raise UserError(f"{name} keeps no held-out prompts for patch runs (computed with --patch-holdout 0 or by "
+                            f"an older version): pass --prompts FILE with prompts it was not computed on, or "
+                            f"--in-sample to evaluate on its statistics prompts")
+        texts = held.texts[:settings.max_prompts]
+        prompts = PromptSet(texts=texts, source=f"{name}: held out by compute from {held.attrs.get('source', '?')}",
+                            sha256=sha256_texts(texts))
+        record = {"selection": "held out by compute", "source_indices": held.source_indices[:len(texts)].tolist(),
+                  "holdout_rule": held.attrs.get("rule"), "holdout_fraction": held.attrs.get("fraction")}
+    recorded = set(statistics)
+    overlap = sum(text in recorded for text in prompts.texts)
+    record.update(prompts.provenance(), in_statistics=overlap, disjoint_from_statistics=overlap == 0)
+    return prompts, record
 
 
 @dataclass
@@ -93,6 +160,7 @@ class Measured(EvaluationResult):
     """An evaluation plus what a run also measures: the mean last-layer probe projection at the generated positions."""
 
     probe_projection: float = float("nan")
+    perplexity_pass: str = NO_INTERVENTION_PASS  # how the perplexity windows saw the intervention
 
     def metrics(self) -> dict:
         return {**super().metrics(), "probe_projection": self.probe_projection}
@@ -134,7 +202,6 @@ class PatchSession:
     def __init__(self, cache_path: str | Path, settings: RunSettings | None = None, progress: Progress | None = None,
                  loaded=None):
         from .models import load_model
-        from .prompts import load_prompts
         from .scoring import get_scorer
 
         self.cache_path = Path(cache_path).expanduser()
@@ -147,8 +214,11 @@ class PatchSession:
         self.tuned_spec = self.settings.tuned or provenance.get("tuned", {}).get("spec")
         if not self.base_spec or not self.tuned_spec:
             raise UserError(f"{self.cache_path} records no model specs: pass --base and --tuned")
-        prompt_source = self.settings.prompts or provenance.get("prompts", {}).get("source", "builtin:heldout")
-        self.prompts = load_prompts(prompt_source, max_prompts=self.settings.max_prompts)
+        self.prompts, self.prompt_record = evaluation_prompts(self.reader, self.settings)
+        if self.prompt_record["in_statistics"] and not self.settings.in_sample:
+            self._message(f"warning: {self.prompt_record['in_statistics']} of the {len(self.prompts.texts)} evaluation "
+                          f"prompts are among the {self.reader.info.n_prompts} prompts the cache's statistics were "
+                          f"computed from, so 'recovered' includes selection on the test set")
         self.corpus = load_corpus(self.settings.corpus)
         self.scorer = get_scorer(self.settings.scorer)
         self._message(f"loading the base model {self.base_spec}")
@@ -206,10 +276,18 @@ class PatchSession:
         self.tracker.plan(n_evaluations * self.units)
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    def measure(self, loaded, stage: str) -> Measured:
+    def measure(self, loaded, stage: str, intervention: iv.Intervention | None = None) -> Measured:
         """Toxicity (with the last-layer probe projection at the generated positions), perplexity and F1, batch by
-        batch so that progress is reported as it goes. The model is run as it is: hooks stay in effect."""
+        batch so that progress is reported as it goes, for the model under `intervention` (None: as it is).
+
+        Generation (toxicity, F1) runs with the intervention's hooks, perplexity with its scoring pass
+        (`Intervention.scoring_pass`); without one, perplexity is n/a (NaN, the reason recorded), never the
+        unpatched figure.
+        """
         settings, texts = self.eval_settings, self.prompts.texts
+        scoring, perplexity_pass = (intervention.scoring_pass() if intervention is not None
+                                    else (None, NO_INTERVENTION_PASS))
+        scorable = intervention is None or scoring is not None
         started = time.perf_counter()
         last_block = loaded.arch.layers(loaded.model)[-1]
         weight = loaded.arch.out_proj(loaded.model, 0).weight
@@ -224,7 +302,7 @@ class PatchSession:
 
         generations: list[str] = []
         scores: list[float] = []
-        with forward_hooks([(last_block, project)]):
+        with _hooks(intervention), forward_hooks([(last_block, project)]):
             for start in range(0, len(texts), settings.batch_size):
                 chunk = texts[start:start + settings.batch_size]
                 chunk_generations, chunk_scores = toxicity(loaded, chunk, self.scorer, settings)
@@ -232,25 +310,32 @@ class PatchSession:
                 scores += [float(s) for s in chunk_scores]
                 self.tracker.advance(len(chunk), f"{stage}: toxicity")
         total_nll, n_tokens = 0.0, 0
-        for start in range(0, len(self.windows), settings.ppl_batch_size):
-            chunk = self.windows[start:start + settings.ppl_batch_size]
-            ppl, count = perplexity(loaded, chunk, settings.ppl_batch_size)
-            total_nll += math.log(ppl) * count
-            n_tokens += count
-            self.tracker.advance(len(chunk), f"{stage}: perplexity")
-        f1_total = 0.0
-        for start in range(0, len(self.f1_items), settings.batch_size):
-            chunk = self.f1_items[start:start + settings.batch_size]
-            f1, _ = f1_score(loaded, chunk, settings)
-            f1_total += f1 * len(chunk)
-            self.tracker.advance(len(chunk), f"{stage}: F1")
+        if not scorable:
+            self._message(f"{stage}: perplexity {perplexity_pass}")
+        with _hooks(scoring):
+            for start in range(0, len(self.windows), settings.ppl_batch_size):
+                chunk = self.windows[start:start + settings.ppl_batch_size]
+                if scorable:
+                    ppl, count = perplexity(loaded, chunk, settings.ppl_batch_size)
+                    total_nll += math.log(ppl) * count
+                    n_tokens += count
+                self.tracker.advance(len(chunk), f"{stage}: perplexity")
+        f1_total, f1_generations = 0.0, []
+        with _hooks(intervention):
+            for start in range(0, len(self.f1_items), settings.batch_size):
+                chunk = self.f1_items[start:start + settings.batch_size]
+                f1, chunk_generations = f1_score(loaded, chunk, settings)
+                f1_total += f1 * len(chunk)
+                f1_generations += chunk_generations
+                self.tracker.advance(len(chunk), f"{stage}: F1")
         values = np.asarray(scores)
         sem = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
         return Measured(toxicity=float(values.mean()), toxicity_sem=sem, n_prompts=len(values), prompts=list(texts),
                         perplexity=math.exp(total_nll / n_tokens) if n_tokens else float("nan"), n_tokens=n_tokens,
                         f1=f1_total / len(self.f1_items) if self.f1_items else float("nan"), n_f1=len(self.f1_items),
                         probe_projection=float(projection["sum"]) / max(projection["count"], 1),
-                        seconds=time.perf_counter() - started, generations=generations, scores=scores)
+                        perplexity_pass=perplexity_pass, seconds=time.perf_counter() - started,
+                        generations=generations, scores=scores, f1_generations=f1_generations)
 
     def ensure_baseline(self) -> dict:
         """Base and DPO measured with this session's settings (from the sidecar when an earlier run stored them)."""
@@ -262,7 +347,7 @@ class PatchSession:
         if not loaded_before:
             self._tuned = None  # free its memory: only patch-live runs need it again
         payload = {"key": self.baseline_key, "base_spec": self.base_spec, "tuned_spec": self.tuned_spec,
-                   "settings": asdict(self.eval_settings), "prompts": self.prompts.provenance(),
+                   "settings": asdict(self.eval_settings), "prompts": self.prompt_record,
                    "corpus": self.corpus.provenance(), "scorer": self.scorer.describe(),
                    "base": asdict(base), "dpo": asdict(dpo)}
         annotations.save_baseline(self.cache_path, self.baseline_key, payload)
@@ -332,8 +417,7 @@ class PatchSession:
         started = time.perf_counter()
         intervention, selection = self.intervention(spec)
         baseline = self.ensure_baseline()
-        with intervention.hooks():
-            measured = self.measure(self.loaded, spec.name())
+        measured = self.measure(self.loaded, spec.name(), intervention)
         if iv.hook_count(self.loaded):
             raise RuntimeError("hooks were left on the model after the run")
         base, dpo = baseline["base"], baseline["dpo"]
@@ -342,6 +426,7 @@ class PatchSession:
         metrics["neurons"] = intervention.n_neurons
         metrics["seconds"] = time.perf_counter() - started
         settings = self.record_settings(spec, intervention, selection)
+        settings["perplexity"] = measured.perplexity_pass
         count = min(self.settings.samples, len(self.prompts.texts))
         samples = [{"prompt": self.prompts.texts[i], "base": base["generations"][i],
                     "patched": measured.generations[i], "dpo": dpo["generations"][i],
@@ -357,7 +442,7 @@ class PatchSession:
         settings = {"label": spec.name(), "mode": spec.mode, "sets": list(spec.sets), "positions": spec.positions,
                     **{k: v for k, v in intervention.details.items()},
                     "layers": {str(k): v for k, v in intervention.layer_counts().items()},
-                    "prompts": self.prompts.provenance(), "corpus": self.corpus.provenance(),
+                    "prompts": self.prompt_record, "corpus": self.corpus.provenance(),
                     "scorer": self.scorer.name, "evaluation": asdict(self.eval_settings),
                     "base": self.base_spec, "tuned": self.tuned_spec, "baseline": self.baseline_key,
                     "cache": str(self.cache_path), "cache_created": self.reader.info.created,
@@ -371,6 +456,10 @@ class PatchSession:
         if selection is not None and len(selection) <= 20_000:
             settings["neurons"] = selection.compact()
         return settings
+
+
+def _hooks(intervention: iv.Intervention | None):
+    return intervention.hooks() if intervention is not None else nullcontext()
 
 
 def recovered_metrics(base: dict, dpo: dict, run: dict) -> dict:
@@ -415,7 +504,8 @@ def paper_preset(positions: str | None = None, patch_mode: str = "patch-mean", t
 
 
 def format_runs_table(baseline: dict, runs: list[annotations.PatchRun]) -> str:
-    """Markdown: base, DPO and each run with toxicity, recovered fraction, perplexity, F1, probe change, neurons."""
+    """Markdown: base, DPO and each run with toxicity, recovered fraction, perplexity, F1, probe change, neurons;
+    "n/a" where a number could not be measured (a perplexity pass the intervention has none for, a zero DPO effect)."""
     lines = ["| setting | neurons | toxicity (± s.e.) | recovered | perplexity | F1 | probe proj. change |",
              "|---|---:|---|---:|---:|---:|---:|"]
     base, dpo = baseline["base"], baseline["dpo"]
@@ -423,15 +513,20 @@ def format_runs_table(baseline: dict, runs: list[annotations.PatchRun]) -> str:
         change = metrics["probe_projection"] - base["probe_projection"]
         recovered = recovered_metrics(base, dpo, metrics)["recovered"]
         lines.append(f"| {name} | {'—' if neurons is None else neurons} | {metrics['toxicity']:.4f} ± "
-                     f"{metrics['toxicity_sem']:.4f} | {recovered:.1%} | {metrics['perplexity']:.2f} | "
-                     f"{metrics['f1']:.4f} | {change:+.3f} |")
+                     f"{metrics['toxicity_sem']:.4f} | {shown(recovered, '.1%')} | "
+                     f"{shown(metrics['perplexity'], '.2f')} | {metrics['f1']:.4f} | {change:+.3f} |")
     for run in runs:
         m = run.metrics
         lines.append(f"| {run.settings.get('label', run.run_id)} | {m['neurons']:,} | {m['toxicity']:.4f} ± "
-                     f"{m['toxicity_sem']:.4f} | {m['recovered']:.1%} | {m['perplexity']:.2f} | {m['f1']:.4f} | "
-                     f"{m['probe_change']:+.3f} |")
+                     f"{m['toxicity_sem']:.4f} | {shown(m['recovered'], '.1%')} | {shown(m['perplexity'], '.2f')} | "
+                     f"{m['f1']:.4f} | {m['probe_change']:+.3f} |")
     return "\n".join(lines)
 
 
+def shown(value: float, spec: str) -> str:
+    """A metric as printed: "n/a" when it could not be measured (NaN)."""
+    return format(value, spec) if math.isfinite(value) else "n/a"
+
+
 __all__ = ["RunSettings", "PatchSpec", "PatchSession", "Measured", "paper_preset", "format_runs_table",
-           "recovered_metrics", "PRESETS", "replace"]
+           "recovered_metrics", "hold_out_for_patching", "shown", "PRESETS", "replace"]

@@ -20,11 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from neuron_explorer.engine.defaults import DEFAULT_PATCH_MODE
+
 PATCH_COMMAND = (sys.executable, "-m", "neuron_explorer", "patch")
 MODES = (
-    ("patch-mean", "patch to the DPO mean ā_dpo"),
-    ("patch-live", "patch to DPO's per-token activations (2× slower)"),
     ("shift", "add DPO's per-neuron shift −α·δ per token"),
+    ("patch-live", "patch to DPO's per-token activations (2× slower)"),
+    ("patch-mean", "clamp to the DPO mean ā_dpo (wrecks fluency at every position)"),
     ("scale", "scale by a factor"),
     ("constant", "set to a constant"),
     ("zero-ablate", "zero-ablate (value vectors off)"),
@@ -40,7 +42,7 @@ class PatchRequest:
     target: str  # what was chosen, e.g. "group TP↓", "cluster 3", "selection"
     sets: list[str]
     n_neurons: int
-    mode: str = "patch-mean"
+    mode: str = DEFAULT_PATCH_MODE
     positions: str = "all"
     alpha: float | None = None
     beta: float = 0.5

@@ -34,7 +34,8 @@ class PatchDialog(Dialog[PatchRequest]):
             with Horizontal(classes="field"):
                 yield Label("positions", classes="field-label")
                 yield Select([("every position (perplexity too)", "all"),
-                              ("newest position only (the authors' protocol)", "newest")],
+                              ("newest position only (the authors' protocol; perplexity as in generation)",
+                               "newest")],
                              value=request.positions, allow_blank=False, id="patch-positions")
             with Horizontal(classes="field"):
                 yield Label("α / factor", classes="field-label")

@@ -3,6 +3,8 @@ progress of runs launched from this session."""
 
 from __future__ import annotations
 
+import math
+
 from rich.table import Table
 from rich.text import Text
 from textual import on
@@ -31,12 +33,12 @@ EMPTY_STATE = "\n\n".join([
 PREFERRED = ("name", "mode", "neurons", "toxicity", "recovered", "perplexity", "f1", "probe_change",
              "n_prompts", "positions")
 HIDDEN = {"toxicity_sem", "base_toxicity", "dpo_toxicity", "base_perplexity", "dpo_perplexity", "seconds",
-          "n_tokens", "n_f1", "probe_projection", "recovered_probe"}
+          "n_tokens", "n_f1", "probe_projection", "recovered_probe", "perplexity_pass"}
 
 
 def format_value(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.4g}" if math.isfinite(value) else "n/a"  # not measurable (e.g. perplexity, see the run)
     return str(value)
 
 
@@ -157,7 +159,7 @@ class RunsScreen(Screen):
 
 
 def _cell(column: str, value) -> str | Text:
-    if column == "recovered" and isinstance(value, float):
+    if column == "recovered" and isinstance(value, float) and math.isfinite(value):
         return Text(f"{value:.1%}", justify="right")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return Text(format_value(value), justify="right")

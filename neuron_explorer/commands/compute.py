@@ -24,7 +24,7 @@ import numpy as np
 from rich.table import Table
 
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE,
-                                             POSITION_MODES, POSITION_PROTOCOLS, default_cache_path)
+                                             PATCH_HOLDOUT, POSITION_MODES, POSITION_PROTOCOLS, default_cache_path)
 
 HELP = "record a base/tuned model pair and write the neuron statistics to an HDF5 cache"
 
@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
     data.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: builtin:heldout)")
     data.add_argument("--prompt-column", default=None, help="text column of a CSV/Parquet/JSONL/hub prompt set")
     data.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts")
+    data.add_argument("--patch-holdout", type=float, default=PATCH_HOLDOUT, metavar="FRACTION",
+                      help="keep this fraction of the prompts (evenly spread) aside, unrecorded, for patch runs to "
+                           f"evaluate on out of sample; 0 keeps none (default: {PATCH_HOLDOUT:g})")
     recording = parser.add_argument_group("recording (default: Yang et al. v3's positions)")
     recording.add_argument("--positions", default="generated", choices=POSITION_MODES,
                            help="which positions to average: "
@@ -77,7 +80,8 @@ def run(args) -> int:
     settings = ComputeSettings(
         base=args.base, tuned=args.tuned, probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
         output=args.output or default_cache_path(), positions=args.positions, new_tokens=args.new_tokens,
-        max_prompt_tokens=args.max_prompt_tokens, max_prompts=args.max_prompts, batch_size=args.batch_size,
+        max_prompt_tokens=args.max_prompt_tokens, max_prompts=args.max_prompts, patch_holdout=args.patch_holdout,
+        batch_size=args.batch_size,
         shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
         device=args.device, dtype=args.dtype,
         device_map=args.device_map, cluster_top_k=args.cluster_top_k, n_clusters=args.clusters)

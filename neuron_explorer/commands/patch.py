@@ -3,20 +3,27 @@ and measure how much of DPO's toxicity reduction comes back:
 
   recovered = (tox_base − tox_run) / (tox_base − tox_dpo)
 
-Each run evaluates toxicity, perplexity and F1 (METHOD §5, at a run-sized default: --max-prompts 100 prompts of
-the cache's prompt set, 8 perplexity windows, 32 F1 passages), the change of the last-layer probe projection, and
-stores its settings, metrics and sample generations (prompt, base, patched, DPO) as a new file in
+Each run evaluates toxicity, perplexity and F1 (METHOD §5, at a run-sized default: --max-prompts 100 of the
+prompts that compute held out, 8 perplexity windows, 32 F1 passages), the change of the last-layer probe
+projection, and stores its settings, metrics and sample generations (prompt, base, patched, DPO) as a new file in
 FILE.h5.annotations/runs/. Base and DPO are evaluated with the same settings once and reused.
+
+Prompts: by default the ones `compute` kept aside (--patch-holdout), from which none of the cache's statistics
+(groups, ā_pre, ā_dpo) were computed, so "recovered" is out of sample. --prompts FILE evaluates on other prompts
+(the run counts how many of them were statistics prompts and warns when any were); --in-sample evaluates on the
+statistics prompts themselves, and the record says so.
 
 Neuron sets (--set, repeatable; the union is taken):
   group:TP↓ (or TP-down), group:reducing, cluster:N, top:K:COLUMN, bottom:K:COLUMN, top:K:|COLUMN|,
   toxic:K (top K by cos_pre), toxic-active:K (among ā_pre > 0), ids:L12/N345,..., set:NAME, file:PATH,
   layer:N, all
-Modes: patch-mean (the DPO mean ā_dpo), shift (add −α·δ per token), scale (--factor), constant (--value),
-zero-ablate, mean-ablate (ā_pre), tuning-free (v3 edit: --alpha 0.05 --beta 0.5, optional --set restricts it),
-subtract (Lee: h_last − α ŵ; α defaults to DPO's measured change of the projection), patch-live (the DPO
-model's own per-token activations: it runs in lockstep on the same tokens, about twice the cost).
-Positions: all (default; every position, perplexity included) or newest (the authors' protocol).
+Modes: shift (the default: add −α·δ per token), patch-mean (the DPO mean ā_dpo), scale (--factor), constant
+(--value), zero-ablate, mean-ablate (ā_pre), tuning-free (v3 edit: --alpha 0.05 --beta 0.5, optional --set
+restricts it), subtract (Lee: h_last − α ŵ; α defaults to DPO's measured change of the projection), patch-live
+(the DPO model's own per-token activations: it runs in lockstep on the same tokens, about twice the cost).
+Positions: all (default; every position, perplexity included) or newest (the authors' protocol). Perplexity sees a
+newest-position intervention as generation does, at every position (a pass scored token by token through the KV
+cache equals one pass with the intervention everywhere); the record says how perplexity was measured.
 
 --preset paper runs, in one command: base; DPO; ablate the top-128 toxic neurons; patch each reducing group
 alone; patch all four; the tuning-free edit; and prints the table. By default its rows follow the authors'
@@ -31,7 +38,7 @@ import json
 import sys
 from pathlib import Path
 
-from neuron_explorer.engine.defaults import PATCH_MODES, default_cache_path
+from neuron_explorer.engine.defaults import DEFAULT_PATCH_MODE, PATCH_MODES, default_cache_path
 
 HELP = "patch, ablate or edit neurons of the base model and measure how much of DPO's effect comes back"
 
@@ -42,7 +49,8 @@ def add_arguments(parser) -> None:
     what = parser.add_argument_group("intervention")
     what.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",
                       help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓, toxic:128")
-    what.add_argument("--mode", choices=PATCH_MODES, default=None, help="what to do to them (default: patch-mean)")
+    what.add_argument("--mode", choices=PATCH_MODES, default=None,
+                      help=f"what to do to them (default: {DEFAULT_PATCH_MODE}; the preset's patch rows: patch-mean)")
     what.add_argument("--positions", choices=("all", "newest"), default=None,
                       help="every position (default) or the newest position of each forward call; the preset "
                            "follows the authors (ablation everywhere, patching at the newest position) unless given")
@@ -55,7 +63,11 @@ def add_arguments(parser) -> None:
     what.add_argument("--preset", choices=("paper",), default=None,
                       help="paper: the papers' table (ablate top-128 toxic; patch each ↓ group; all four; tuning-free)")
     evaluation = parser.add_argument_group("evaluation (run-sized defaults)")
-    evaluation.add_argument("--prompts", default=None, help="prompt source (default: the cache's prompt set)")
+    evaluation.add_argument("--prompts", default=None,
+                            help="prompt source (default: the prompts compute held out from the statistics)")
+    evaluation.add_argument("--in-sample", action="store_true",
+                            help="evaluate on the prompts the statistics were computed from (for caches that hold "
+                                 "out none; the record says so)")
     evaluation.add_argument("--max-prompts", type=int, default=100, help="prompts for toxicity, 0 = all (100)")
     evaluation.add_argument("--ppl-windows", type=int, default=8, help="perplexity windows, 0 = all (8)")
     evaluation.add_argument("--ppl-window", type=int, default=256, help="tokens per perplexity window (256)")
@@ -101,7 +113,8 @@ def _json_emitter():
 
 
 def _run(args, emit) -> int:
-    from neuron_explorer.engine.patching import PatchSession, PatchSpec, RunSettings, format_runs_table, paper_preset
+    from neuron_explorer.engine.patching import (PatchSession, PatchSpec, RunSettings, evaluation_prompts,
+                                                 format_runs_table, paper_preset, shown)
     from neuron_explorer.errors import UserError
 
     for name in ("max_prompts", "ppl_windows", "f1_items", "samples"):
@@ -115,24 +128,25 @@ def _run(args, emit) -> int:
     if not args.preset and not args.sets and args.mode not in ("tuning-free", "subtract"):
         raise UserError("say which neurons to patch: --set SPEC (e.g. --set group:TP↓), or --preset paper")
     path = Path(args.file or default_cache_path()).expanduser()
-    settings = RunSettings(prompts=args.prompts, max_prompts=args.max_prompts or None, corpus=args.corpus,
-                           scorer=args.scorer, ppl_window=args.ppl_window, ppl_windows=args.ppl_windows or None,
-                           f1_items=args.f1_items or None, new_tokens=args.new_tokens, batch_size=args.batch_size,
-                           samples=args.samples, base=args.base, tuned=args.tuned, device=args.device,
-                           dtype=args.dtype)
+    settings = RunSettings(prompts=args.prompts, in_sample=args.in_sample, max_prompts=args.max_prompts or None,
+                           corpus=args.corpus, scorer=args.scorer, ppl_window=args.ppl_window,
+                           ppl_windows=args.ppl_windows or None, f1_items=args.f1_items or None,
+                           new_tokens=args.new_tokens, batch_size=args.batch_size, samples=args.samples,
+                           base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype)
     if args.preset:
         specs = paper_preset(positions=args.positions, patch_mode=args.mode or "patch-mean",
                              alpha=0.05 if args.alpha is None else args.alpha, beta=args.beta)
     else:
-        specs = [PatchSpec(args.mode or "patch-mean", tuple(args.sets), args.positions or "all", alpha=args.alpha,
+        specs = [PatchSpec(args.mode or DEFAULT_PATCH_MODE, tuple(args.sets), args.positions or "all", alpha=args.alpha,
                            beta=args.beta, factor=args.factor, value=args.value, label=args.label)]
     from neuron_explorer.cache.reader import CacheReader
     from neuron_explorer.engine.neuron_sets import resolve
 
-    with CacheReader(path) as reader:  # a bad file or set fails here, before any model loads
+    with CacheReader(path) as reader:  # a bad file, set or prompt choice fails here, before any model loads
         for spec in specs:
             if spec.sets:
                 resolve(reader, spec.sets)
+        evaluation_prompts(reader, settings)
     printer = (lambda text: None) if emit else (lambda text: print(text, file=sys.stderr))
     runs = []
     with _progress(emit) as report:
@@ -147,8 +161,10 @@ def _run(args, emit) -> int:
                 if emit:
                     emit({"event": "run", "run_id": run.run_id, "label": spec.name(), "metrics": run.metrics})
                 printer(f"{spec.name()}: toxicity {run.metrics['toxicity']:.4f}, recovered "
-                        f"{run.metrics['recovered']:.1%} ({run.run_id})")
+                        f"{shown(run.metrics['recovered'], '.1%')}, perplexity "
+                        f"{shown(run.metrics['perplexity'], '.2f')} ({run.run_id})")
             table = format_runs_table(baseline, runs)
+            prompts = session.prompt_record
     if args.json:
         args.json.write_text(json.dumps({"baseline": {k: baseline[k] for k in ("key", "settings", "prompts")},
                                          "runs": [run.__dict__ for run in runs]}, indent=1, default=str))
@@ -156,9 +172,18 @@ def _run(args, emit) -> int:
         emit({"event": "done", "run_ids": [run.run_id for run in runs], "table": table})
     else:
         print(table)
-        print(f"\n(scorer {settings.scorer}; {baseline['prompts']['n']} prompts of {baseline['prompts']['source']}; "
-              f"recovered = (tox_base − tox_run) / (tox_base − tox_dpo); runs stored in {path.name}.annotations/runs/)")
+        print(f"\n(scorer {settings.scorer}; {prompt_note(prompts)}; recovered = (tox_base − tox_run) / "
+              f"(tox_base − tox_dpo); runs stored in {path.name}.annotations/runs/)")
     return 0
+
+
+def prompt_note(record: dict) -> str:
+    """Which prompts a run was evaluated on, and plainly whether they were among the statistics prompts."""
+    note = f"{record['n']} prompts, {record['source']}"
+    if record["in_statistics"]:
+        return (f"{note}; WARNING: {record['in_statistics']} of them are statistics prompts (the groups, ā_pre and "
+                f"ā_dpo were computed from them), so 'recovered' is in sample")
+    return f"{note}; none of them is a statistics prompt"
 
 
 class _progress:

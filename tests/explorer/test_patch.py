@@ -54,11 +54,12 @@ async def test_dialog_launches_a_background_run_that_appears_beside_base_and_dpo
     app = make(cache_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
-        await launch(pilot, app, "group TP↓", mode="shift")
+        await launch(pilot, app, "group TP↓")  # the mode left as the dialog offers it: the per-token shift
         job = app.jobs[0]
         assert job.request.sets == ["group:TP↓"] and job.request.mode == "shift" and job.request.max_prompts == 12
         assert job.request.n_neurons == len(app.store.group_neurons("TP↓"))
-        assert "--progress-json" in job.request.argv(cache_path)
+        argv = job.request.argv(cache_path)
+        assert "--progress-json" in argv and argv[argv.index("--mode") + 1] == "shift"
         await pilot.press("4")
         await wait_for(pilot, lambda: job.state == "done")
         await pilot.pause()
@@ -199,3 +200,9 @@ def test_job_events_and_argv():
     apply_event(job, {"event": "run", "run_id": "abc"})
     apply_event(job, {"event": "done"})
     assert job.finished and "abc" in job.status()
+
+
+def test_numbers_that_could_not_be_measured_show_as_not_available():
+    from neuron_explorer.explorer.screens.runs import format_value
+
+    assert format_value(float("nan")) == "n/a" and format_value(16.96) == "16.96"

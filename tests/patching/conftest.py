@@ -10,8 +10,9 @@ import torch
 
 from neuron_explorer.engine.models import load_model
 
-PROMPTS = ("You are a stupid\nShe walked to the market in the morning and\nWhat the hell\nThe river runs\n"
-           "I hate you\nThe quick brown fox\n")
+PROMPTS = ["You are a stupid", "She walked to the market in the morning and", "What the hell", "The river runs",
+           "I hate you", "The quick brown fox", "Shut up and get out", "An old stone bridge", "You pathetic loser",
+           "She bought bread and apples", "Get lost, you fool", "Two hundred years ago"]
 
 
 @pytest.fixture(scope="session")
@@ -27,18 +28,28 @@ def loaded_pairs(pairs):
 
 
 @pytest.fixture(scope="session")
-def tiny_cache(pairs, tmp_path_factory) -> Path:
-    """A real cache of the tiny Llama pair, computed by the engine."""
+def compute_cache(tmp_path_factory):
+    """`compute_cache(base, tuned, name, **settings)`: a real cache of a tiny pair on PROMPTS, computed by the engine
+    (default settings otherwise: every second prompt held out for patch runs)."""
     from neuron_explorer.engine.compute import ComputeSettings, run_compute
 
     root = tmp_path_factory.mktemp("patch-cache")
-    (root / "prompts.txt").write_text(PROMPTS)
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), root / "probe.pt")
-    base, tuned = pairs["llama"]
-    settings = ComputeSettings(base=str(base), tuned=str(tuned), probe=str(root / "probe.pt"),
-                               prompts=str(root / "prompts.txt"), output=root / "tiny.h5", device="cpu",
-                               dtype="float32", new_tokens=5, cluster_top_k=40, n_clusters=4)
-    return run_compute(settings).path
+
+    def compute(base: Path, tuned: Path, name: str, **extra) -> Path:
+        settings = ComputeSettings(base=str(base), tuned=str(tuned), probe=str(root / "probe.pt"),
+                                   prompts=str(root / "prompts.txt"), output=root / name, device="cpu",
+                                   dtype="float32", new_tokens=5, cluster_top_k=40, n_clusters=4, **extra)
+        return run_compute(settings).path
+
+    return compute
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(pairs, compute_cache) -> Path:
+    """A real cache of the tiny Llama pair."""
+    return compute_cache(*pairs["llama"], "tiny.h5")
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""Correctness of the interventions on tiny random-weight GPT-2 and Llama models (METHOD §4)."""
+"""Correctness of the interventions on tiny random-weight GPT-2 and Llama models (METHOD §4), each checked against
+the same edit made by hand: on a copy of the weights, with a hand-written hook, or by Hugging Face's own loss."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from neuron_explorer.engine import interventions as iv
 from neuron_explorer.engine.defaults import PATCH_MODES
+from neuron_explorer.engine.evaluation import perplexity
 from neuron_explorer.engine.generation import encode_prompts, generate_tokens
 from neuron_explorer.engine.hooks import forward_hooks
 from neuron_explorer.engine.neuron_sets import NeuronSelection
@@ -36,6 +39,58 @@ def some_neurons(loaded, seed: int = 0, per_layer: int = 5) -> NeuronSelection:
     n_layers, d_mlp = loaded.arch.n_layers(loaded.model), loaded.arch.d_mlp(loaded.model)
     pairs = [(layer, int(i)) for layer in range(n_layers) for i in rng.choice(d_mlp, per_layer, replace=False)]
     return NeuronSelection.from_pairs(pairs, n_layers=n_layers, d_mlp=d_mlp)
+
+
+def out_projection(loaded, layer: int) -> torch.nn.Module:
+    """The MLP's output projection by its Hugging Face name (written here, not taken from the product's registry)."""
+    model = loaded.model
+    if hasattr(model, "transformer"):
+        return model.transformer.h[layer].mlp.c_proj
+    return model.model.layers[layer].mlp.down_proj
+
+
+def hand_edited(loaded, *, clamp=None, shift=None, factor=None, residual=None):
+    """A copy of the model whose weights make the edit, per layer: neurons `clamp[layer] = (indices, values)` write
+    value·v_i through the bias instead of m_i v_i; `shift[layer] = (indices, s)` adds s·v_i to the bias;
+    `factor[layer] = (indices, f)` scales their value vectors; `residual` is added to the last block's output
+    (through its MLP bias, the block's last write)."""
+    edited = copy.deepcopy(loaded)
+    n_layers = len(edited.model.transformer.h if hasattr(edited.model, "transformer") else edited.model.model.layers)
+
+    def parts(layer):
+        proj = out_projection(edited, layer)
+        if proj.bias is None:
+            proj.bias = torch.nn.Parameter(torch.zeros(proj.weight.shape[0]))
+        rows = proj.weight if hasattr(edited.model, "transformer") else proj.weight.T  # (d_mlp, d_model) views
+        return rows, proj.bias
+
+    with torch.no_grad():
+        for layer, (indices, values) in (clamp or {}).items():
+            rows, bias = parts(layer)
+            bias += torch.as_tensor(values, dtype=torch.float32) @ rows[indices]
+            rows[indices] = 0
+        for layer, (indices, values) in (shift or {}).items():
+            rows, bias = parts(layer)
+            bias += torch.as_tensor(values, dtype=torch.float32) @ rows[indices]
+        for layer, (indices, value) in (factor or {}).items():
+            rows, _ = parts(layer)
+            rows[indices] *= value
+        if residual is not None:
+            _, bias = parts(n_layers - 1)
+            bias += torch.as_tensor(residual, dtype=torch.float32)
+    return edited
+
+
+def hf_perplexity(model, windows: list[list[int]]) -> float:
+    """exp of Hugging Face's own mean next-token loss (`labels=input_ids`), over equal-length windows."""
+    with torch.no_grad():
+        losses = [float(model(input_ids=torch.tensor([w]), labels=torch.tensor([w])).loss) for w in windows]
+    return math.exp(sum(losses) / len(losses))
+
+
+def random_windows(loaded, n: int = 3, length: int = 24, seed: int = 0) -> list[list[int]]:
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    return np.random.default_rng(seed).integers(1, vocab, size=(n, length)).tolist()
 
 
 def mlp_outputs(loaded, **kwargs) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
@@ -100,24 +155,110 @@ def test_patching_every_neuron_with_dpo_activations_reproduces_dpo_mlp_outputs(l
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_zero_ablating_value_vectors_equals_zeroing_the_weights(loaded_pairs, kind):
+def test_each_mode_at_every_position_equals_the_same_edit_made_on_a_copy_of_the_weights(loaded_pairs, kind):
+    """Logits and perplexity under each hook equal those of a copy whose weights make the edit; perplexity of the
+    copy by Hugging Face's own loss, so an all-position edit changes perplexity by exactly what the edit does."""
     base, _ = loaded_pairs[kind]
     kwargs = inputs(base)
-    selection = some_neurons(base, per_layer=7)
-    with iv.zero_ablate(base, selection).hooks(), torch.no_grad():
-        hooked = base.model(**kwargs).logits
-    zeroed = copy.deepcopy(base)
+    selection = some_neurons(base, seed=6, per_layer=9)
+    chosen = selection.by_layer()
+    n_layers, d_mlp = base.arch.n_layers(base.model), base.arch.d_mlp(base.model)
+    target = np.random.default_rng(7).normal(size=(n_layers, d_mlp))
+    direction = np.random.default_rng(8).normal(size=base.d_model)
+    unit = direction / np.linalg.norm(direction)
+
+    def per_layer(values):
+        return {layer: (idx, values(layer, idx)) for layer, idx in chosen.items()}
+
+    cases = [
+        (iv.patch_mean(base, selection, target), dict(clamp=per_layer(lambda l, i: target[l, i]))),
+        (iv.mean_ablate(base, selection, target), dict(clamp=per_layer(lambda l, i: target[l, i]))),
+        (iv.set_constant(base, selection, 1.5), dict(clamp=per_layer(lambda l, i: np.full(len(i), 1.5)))),
+        (iv.zero_ablate(base, selection), dict(clamp=per_layer(lambda l, i: np.zeros(len(i))))),
+        (iv.add_shift(base, selection, target, alpha=0.7), dict(shift=per_layer(lambda l, i: -0.7 * target[l, i]))),
+        (iv.scale(base, selection, 0.3), dict(factor=per_layer(lambda l, i: 0.3))),
+        (iv.subtract_direction(base, direction, 2.0), dict(residual=-2.0 * unit)),
+    ]
+    windows = random_windows(base)
     with torch.no_grad():
-        for layer, indices in selection.by_layer().items():
-            weight = zeroed.arch.out_proj(zeroed.model, layer).weight
-            if zeroed.arch.value_vectors_in_rows:
-                weight[indices, :] = 0
-            else:
-                weight[:, indices] = 0
-        expected = zeroed.model(**kwargs).logits
-    torch.testing.assert_close(hooked, expected, rtol=1e-5, atol=1e-5)
+        plain = base.model(**kwargs).logits
+    plain_ppl, _ = perplexity(base, windows)
+    for intervention, edit in cases:
+        copy_model = hand_edited(base, **edit)
+        with torch.no_grad():
+            expected = copy_model.model(**kwargs).logits
+            with intervention.hooks():
+                hooked = base.model(**kwargs).logits
+                hooked_ppl, _ = perplexity(base, windows)
+        torch.testing.assert_close(hooked, expected, rtol=1e-4, atol=1e-4, msg=intervention.mode)
+        assert not torch.allclose(hooked, plain, atol=1e-3), intervention.mode
+        assert hooked_ppl == pytest.approx(hf_perplexity(copy_model.model, windows), rel=1e-4), intervention.mode
+        assert hooked_ppl != pytest.approx(plain_ppl, rel=1e-4), intervention.mode
+    assert iv.hook_count(base) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_perplexity_is_hugging_faces_own_loss_exponentiated(loaded_pairs, kind):
+    base, _ = loaded_pairs[kind]
+    windows = random_windows(base, n=5, length=20, seed=1)
+    value, count = perplexity(base, windows, batch_size=2)  # 5 windows in batches of 2: a short last batch
+    assert count == 5 * 19
+    assert value == pytest.approx(hf_perplexity(base.model, windows), rel=1e-5)
+
+
+def token_by_token_perplexity(loaded, windows: list[list[int]]) -> float:
+    """The literal computation: each window fed one token at a time through the KV cache, as generation feeds it,
+    each next token scored from the logits of the call that consumed the one before."""
+    total, count = 0.0, 0
     with torch.no_grad():
-        assert not torch.allclose(base.model(**kwargs).logits, expected, atol=1e-4)
+        for window in windows:
+            ids = torch.tensor([window])
+            past, logits = None, []
+            for t in range(ids.shape[1] - 1):
+                out = loaded.model(input_ids=ids[:, t:t + 1], past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                logits.append(out.logits[:, -1].float())
+            total += float(torch.nn.functional.cross_entropy(torch.cat(logits), ids[0, 1:], reduction="sum"))
+            count += ids.shape[1] - 1
+    return math.exp(total / count)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_newest_position_perplexity_is_measured_as_generation_patches(loaded_pairs, kind):
+    """Scoring a window token by token through the KV cache under a newest-position intervention (every token is
+    then the newest once, as in generation) equals one pass under the intervention's scoring pass; a plain pass
+    under the newest-position hooks would score only unpatched logits and report the unpatched perplexity."""
+    base, tuned = loaded_pairs[kind]
+    selection = some_neurons(base, seed=9, per_layer=12)
+    n_layers, d_mlp = base.arch.n_layers(base.model), base.arch.d_mlp(base.model)
+    target = np.random.default_rng(10).normal(size=(n_layers, d_mlp)) * 2
+    windows = random_windows(base, n=2, length=16, seed=2)
+    plain, _ = perplexity(base, windows)
+    for intervention in (iv.patch_mean(base, selection, target, positions="newest"),
+                         iv.add_shift(base, selection, target, positions="newest"),
+                         iv.subtract_direction(base, np.random.default_rng(11).normal(size=base.d_model), 3.0,
+                                               positions="newest"),
+                         iv.patch_live(base, every_neuron(base), tuned, positions="newest")):
+        with intervention.hooks():
+            literal = token_by_token_perplexity(base, windows)
+            one_pass_newest, _ = perplexity(base, windows)
+        scoring, how = intervention.scoring_pass()
+        with scoring.hooks():
+            scored, _ = perplexity(base, windows)
+        assert scored == pytest.approx(literal, rel=1e-4), intervention.mode
+        assert "token by token" in how
+        assert scored != pytest.approx(plain, rel=1e-3), intervention.mode
+        assert one_pass_newest == plain, intervention.mode  # the defect the scoring pass avoids
+    assert iv.hook_count(base) == iv.hook_count(tuned) == 0
+
+
+def test_a_recorded_donor_has_no_scoring_pass(loaded_pairs):
+    base, _ = loaded_pairs["llama"]
+    acts, _ = iv.record_activations(base, **inputs(base))
+    scoring, how = iv.patch_tokens(base, every_neuron(base), acts).scoring_pass()
+    assert scoring is None and how.startswith("n/a")
+    patch = iv.zero_ablate(base, some_neurons(base))
+    assert patch.scoring_pass() == (patch, iv.ALL_POSITIONS_PASS)
 
 
 def test_hooks_come_off_after_every_run_including_one_that_raised(loaded_pairs):
@@ -191,26 +332,50 @@ def test_newest_position_touches_only_the_last_position_of_each_call(loaded_pair
     assert not torch.allclose(everywhere[:, :-1], plain[:, :-1], atol=1e-4)
 
 
-def test_newest_position_in_the_kv_cache_loop_equals_uncached_passes(loaded_pairs):
-    """In generation every single-token step is the newest position: cached generation under the newest-position
-    patch equals re-running the whole sequence without cache for each token with the last position patched."""
-    base, _ = loaded_pairs["llama"]
-    ids, mask = encode_prompts(base.tokenizer, TEXTS[:1], 32, "cpu")
-    selection = some_neurons(base, per_layer=10)
+@pytest.mark.parametrize("kind", KINDS)
+def test_newest_position_patching_in_the_kv_cache_loop_reaches_every_generated_position(loaded_pairs, kind):
+    """In cached generation every single-token step is the newest position and the KV cache keeps what patched
+    positions computed, so step k sees the last prompt token and every generated position patched: it equals an
+    uncached pass patching exactly those positions (a hand-written hook). This is what the authors' `generate` did.
+    An uncached pass patching only its own last position agrees on the first step and differs from step 2 on,
+    where the positions generated before are no longer patched."""
+    base, _ = loaded_pairs[kind]
+    ids, _ = encode_prompts(base.tokenizer, TEXTS[:1], 32, "cpu")
+    n_prompt = ids.shape[1]
+    selection = some_neurons(base, per_layer=20)
     n_layers, d_mlp = base.arch.n_layers(base.model), base.arch.d_mlp(base.model)
-    target = np.random.default_rng(2).normal(size=(n_layers, d_mlp)) * 2
-    patch = iv.patch_mean(base, selection, target, positions="newest")
-    with patch.hooks():
-        cached = generate_tokens(base.model, ids, mask, 6)
-        sequence = ids
-        uncached = []
-        with torch.no_grad():
-            for _ in range(6):
-                logits = base.model(input_ids=sequence, use_cache=False).logits[:, -1]
-                token = logits.argmax(-1)
-                uncached.append(token)
-                sequence = torch.cat([sequence, token[:, None]], dim=1)
-    assert torch.equal(cached, torch.stack(uncached, dim=1))
+    target = np.random.default_rng(2).normal(size=(n_layers, d_mlp)) * 5
+    steps = 5
+    with iv.patch_mean(base, selection, target, positions="newest").hooks(), torch.no_grad():
+        cached, tokens, past, step_ids = [], [], None, ids
+        for _ in range(steps):
+            out = base.model(input_ids=step_ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            cached.append(out.logits[0, -1])
+            step_ids = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(step_ids)
+        sequences = [torch.cat([ids, *tokens[:k]], dim=1) for k in range(steps)]
+        only_last = [base.model(input_ids=seq, use_cache=False).logits[0, -1] for seq in sequences]
+
+    def patch_from_last_prompt_token(layer, indices):
+        values = torch.as_tensor(target[layer, indices], dtype=torch.float32)
+
+        def hook(module, args):
+            m = args[0].clone()
+            m[:, n_prompt - 1:, indices] = values
+            return (m,)
+        return hook
+
+    hooks = [(out_projection(base, layer), patch_from_last_prompt_token(layer, torch.as_tensor(indices)))
+             for layer, indices in selection.by_layer().items()]
+    with forward_hooks(hooks, pre=True), torch.no_grad():
+        from_last_prompt_token = [base.model(input_ids=seq, use_cache=False).logits[0, -1] for seq in sequences]
+    for step in range(steps):
+        torch.testing.assert_close(cached[step], from_last_prompt_token[step], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(only_last[0], cached[0], rtol=1e-4, atol=1e-4)
+    for step in range(1, steps):
+        gap = (only_last[step] - cached[step]).abs().max()
+        assert gap > 100 * (from_last_prompt_token[step] - cached[step]).abs().max() and gap > 1e-5, step
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -253,23 +418,34 @@ def test_tuning_free_selection_takes_beta_of_each_sign_class_by_the_right_end():
         iv.tuning_free_selection(act, cos, 0)
 
 
-def test_tuning_free_clamps_to_one_minus_and_one_plus_alpha(loaded_pairs):
+def test_tuning_free_clamps_known_neurons_to_one_minus_and_one_plus_alpha(loaded_pairs):
+    """A hand-built case with a known answer: flat neuron k is in sign class k mod 4 (TP, TN, AP, AN) with |cos|
+    growing with k, so β = 0.5 takes the upper half of the neurons (k ≥ N/2) from TP and AN and the lower half from
+    TN and AP; those are clamped to (1 − α)ā and (1 + α)ā, and nothing else changes."""
     base, _ = loaded_pairs["llama"]
     n_layers, d_mlp = base.arch.n_layers(base.model), base.arch.d_mlp(base.model)
-    rng = np.random.default_rng(5)
-    act, cos = rng.normal(size=(n_layers, d_mlp)), rng.normal(size=(n_layers, d_mlp))
-    edit = iv.tuning_free(base, act, cos, alpha=0.1, beta=0.5)
-    classes = iv.tuning_free_selection(act, cos, 0.5)
-    assert edit.n_neurons == sum(int(m.sum()) for m in classes.values())
+    n = n_layers * d_mlp
+    k = np.arange(n)
+    kind = k % 4  # 0 TP, 1 TN, 2 AP, 3 AN
+    cos = np.where(kind < 2, 1.0, -1.0) * (k + 1) / n
+    act = np.where(kind % 2 == 0, 1.0, -1.0) * (1 + k / n)
+    upper = k >= n // 2
+    factor = np.ones(n)
+    factor[((kind == 0) | (kind == 3)) & upper] = 0.9
+    factor[((kind == 1) | (kind == 2)) & ~upper] = 1.1
+    edit = iv.tuning_free(base, act.reshape(n_layers, d_mlp), cos.reshape(n_layers, d_mlp), alpha=0.1, beta=0.5)
+    assert edit.n_neurons == (factor != 1).sum() == n // 2
     kwargs = inputs(base)
+    plain, _ = iv.record_activations(base, **kwargs)
     with edit.hooks():
         seen, _ = iv.record_activations(base, **kwargs)
-    for name, mask in classes.items():
-        factor = 0.9 if name in ("TP", "AN") else 1.1
-        layers, indices = np.nonzero(mask)
-        for layer, index in list(zip(layers, indices))[:10]:
-            value = seen[layer][..., index]
-            torch.testing.assert_close(value, torch.full_like(value, factor * act[layer, index]))
+    factor, act = factor.reshape(n_layers, d_mlp), act.reshape(n_layers, d_mlp)
+    for layer in range(n_layers):
+        clamped = np.flatnonzero(factor[layer] != 1)
+        want = torch.as_tensor(factor[layer, clamped] * act[layer, clamped], dtype=torch.float32)
+        torch.testing.assert_close(seen[layer][..., clamped], want.expand_as(seen[layer][..., clamped]))
+    free = np.flatnonzero(factor[0] == 1)  # the first layer sees no earlier edit: its other neurons are untouched
+    assert torch.equal(seen[0][..., free], plain[0][..., free])
 
 
 def test_bad_shapes_and_positions_are_clear_errors(loaded_pairs):

@@ -1,21 +1,32 @@
-"""Patch runs on a tiny real cache: neuron sets, the stored records, the baseline reuse, failures, the command."""
+"""Patch runs on a tiny real cache: neuron sets, the stored records, the baseline reuse, failures, the command;
+each mode's run against the evaluation of a hand-edited copy, and the held-out prompts runs evaluate on."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
 import pytest
+import torch
 
 from neuron_explorer.cache import annotations
-from neuron_explorer.cache.provenance import sha256_file
+from neuron_explorer.cache.provenance import sha256_file, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
+from neuron_explorer.engine import interventions as iv
 from neuron_explorer.engine import patching
 from neuron_explorer.engine.neuron_sets import normalize_group, resolve
-from neuron_explorer.engine.patching import PatchSession, PatchSpec, RunSettings, recovered_metrics
+from neuron_explorer.engine.patching import (PatchSession, PatchSpec, RunSettings, format_runs_table,
+                                             hold_out_for_patching, recovered_metrics)
+from neuron_explorer.engine.prompts import PromptSet
 from neuron_explorer.errors import UserError
+
+from .conftest import PROMPTS
+from .test_interventions import hand_edited, out_projection
+
+STATISTICS, HELD_OUT = PROMPTS[0::2], PROMPTS[1::2]  # the default holdout keeps every second prompt aside
 
 SMALL = RunSettings(max_prompts=4, ppl_window=32, ppl_windows=2, f1_items=3, new_tokens=4, batch_size=2, samples=3)
 SMALL_ARGS = ["--max-prompts", "4", "--ppl-window", "32", "--ppl-windows", "2", "--f1-items", "3",
@@ -71,8 +82,7 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     assert stored.settings["mode"] == "patch-mean" and stored.settings["sets"] == ["group:TP↓"]
     assert sum(stored.settings["layers"].values()) == run.metrics["neurons"]
     assert len(stored.samples) == 3 and set(stored.samples[0]) >= {"prompt", "base", "patched", "dpo"}
-    expected = recovered_metrics(*(session.baseline[k] for k in ("base", "dpo")), run.metrics)["recovered"]
-    assert run.metrics["recovered"] == pytest.approx(expected, nan_ok=True)
+    assert stored.settings["perplexity"] == iv.ALL_POSITIONS_PASS
     progress = [e for e in events if e["event"] == "progress"]
     assert progress[-1]["done"] == progress[-1]["total"] == 3 * session.units
     # a second session with the same settings reuses base and DPO: it never loads the tuned model
@@ -90,23 +100,198 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     assert [r.run_id for r in annotations.list_runs(cache_copy)] == sorted([run.run_id, second.run_id])
 
 
-def test_patching_every_neuron_to_the_dpo_mean_and_the_other_modes_run(cache_copy):
+def test_recovered_on_hand_built_numbers():
+    base = {"toxicity": 0.40, "probe_projection": 2.0, "perplexity": 17.0}
+    dpo = {"toxicity": 0.10, "probe_projection": -1.0, "perplexity": 18.0}
+    half = recovered_metrics(base, dpo, {"toxicity": 0.25, "probe_projection": 1.25})
+    assert half["recovered"] == pytest.approx(0.5)  # 0.15 of DPO's 0.30
+    assert half["recovered_probe"] == pytest.approx(0.25)  # 0.75 of DPO's 3.0
+    assert half["probe_change"] == pytest.approx(-0.75)
+    overshoot = recovered_metrics(base, dpo, {"toxicity": 0.0, "probe_projection": -4.0})
+    assert overshoot["recovered"] == pytest.approx(4 / 3)
+    backwards = recovered_metrics(base, dpo, {"toxicity": 0.5, "probe_projection": 2.0})
+    assert backwards["recovered"] == pytest.approx(-1 / 3)
+    assert math.isnan(recovered_metrics(base, {**dpo, "toxicity": 0.40}, {"toxicity": 0.3, "probe_projection": 0})
+                      ["recovered"])  # DPO changed nothing: no fraction of it
+
+
+def cache_arrays(path) -> dict[str, np.ndarray]:
+    """(n_layers, d_mlp) neuron columns and groups read from the cache in the test."""
+    with CacheReader(path) as reader:
+        frame = reader.neurons()
+        shape = (reader.info.n_layers, reader.info.d_mlp)
+        arrays = {name: frame[name].to_numpy().astype(np.float64).reshape(shape)
+                  for name in ("act_pre", "act_dpo", "cos_pre")}
+        arrays["group"] = frame["group"].cast(str).to_numpy().reshape(shape)
+        arrays["probe"] = reader.probe_direction().astype(np.float64)
+    return arrays
+
+
+def by_layer(mask: np.ndarray, values) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{layer: (indices, values)} of the neurons in `mask`; `values` an array of the same shape or a scalar."""
+    out = {}
+    for layer in range(mask.shape[0]):
+        indices = np.flatnonzero(mask[layer])
+        if len(indices):
+            out[layer] = (indices, values[layer, indices] if isinstance(values, np.ndarray) else values)
+    return out
+
+
+def test_each_mode_evaluates_as_a_copy_edited_by_hand(cache_copy):
+    """Under every mode, the session's evaluation (generations and their toxicity, perplexity, F1 continuations, probe
+    projection) equals the plain evaluation of a copy of the base model whose weights make the same edit, built
+    from the cache's arrays read in the test."""
+    a = cache_arrays(cache_copy)
+    group = a["group"]
+    shift = a["act_pre"] - a["act_dpo"]
+    reducing = np.isin(group, ["TP↓", "TN↓", "AP↓", "AN↓"])
+    toxic8 = np.zeros(group.size, dtype=bool)
+    toxic8[np.argsort(-a["cos_pre"].ravel())[:8]] = True
+    layer2 = np.zeros(group.shape, dtype=bool)
+    layer2[2] = True
+    one = np.zeros(group.shape, dtype=bool)
+    one[0, 3] = True
+    unit = a["probe"] / np.linalg.norm(a["probe"])
+    cases = [
+        (PatchSpec("patch-mean", ("group:TP↓",)), dict(clamp=by_layer(group == "TP↓", a["act_dpo"]))),
+        (PatchSpec("mean-ablate", ("group:AN↓",)), dict(clamp=by_layer(group == "AN↓", a["act_pre"]))),
+        (PatchSpec("shift", ("group:reducing",)), dict(shift=by_layer(reducing, -shift))),
+        (PatchSpec("shift", ("all",), alpha=0.5), dict(shift=by_layer(np.ones(group.shape, bool), -0.5 * shift))),
+        (PatchSpec("scale", ("layer:2",), factor=0.0), dict(factor=by_layer(layer2, 0.0))),
+        (PatchSpec("constant", ("ids:L0/N3",), value=4.0), dict(clamp=by_layer(one, np.full(group.shape, 4.0)))),
+        (PatchSpec("zero-ablate", ("toxic:8",)), dict(clamp=by_layer(toxic8.reshape(group.shape), 0.0 * shift))),
+        (PatchSpec("subtract", (), alpha=1.5), dict(residual=-1.5 * unit)),
+    ]
     with PatchSession(cache_copy, SMALL) as session:
-        for spec in [PatchSpec("shift", ("all",)), PatchSpec("scale", ("layer:2",), factor=0.0),
-                     PatchSpec("constant", ("ids:L0/N3",), value=1.0), PatchSpec("mean-ablate", ("group:AN↓",)),
-                     PatchSpec("tuning-free", (), alpha=0.05, beta=0.5),
-                     PatchSpec("subtract", (), positions="newest"),
-                     PatchSpec("patch-mean", ("all",), positions="newest"),
-                     PatchSpec("patch-live", ("group:TP↓",))]:
-            run = session.run(spec, save=False)
-            assert np.isfinite(run.metrics["toxicity"]) and np.isfinite(run.metrics["perplexity"]), spec
-        tuning = session.run(PatchSpec("tuning-free", (), beta=0.5), save=False)
-        assert tuning.settings["alpha"] == 0.05 and sum(tuning.settings["class_counts"].values()) == \
-            tuning.metrics["neurons"]
-        subtract = session.run(PatchSpec("subtract", ()), save=False)
-        base, dpo = session.baseline["base"], session.baseline["dpo"]
-        assert subtract.settings["alpha"] == pytest.approx(base["probe_projection"] - dpo["probe_projection"])
+        plain = session.measure(session.loaded, "base")
+        for spec, edit in cases:
+            measured = session.measure(session.loaded, spec.name(), session.intervention(spec)[0])
+            expected = session.measure(hand_edited(session.loaded, **edit), "copy")
+            assert measured.generations == expected.generations and measured.scores == expected.scores, spec
+            assert measured.f1_generations == expected.f1_generations and measured.f1 == expected.f1, spec
+            assert measured.perplexity == pytest.approx(expected.perplexity, rel=1e-4), spec
+            assert measured.perplexity != pytest.approx(plain.perplexity, rel=1e-4), spec
+            assert measured.probe_projection == pytest.approx(expected.probe_projection, rel=1e-4, abs=1e-5), spec
+            assert measured.perplexity_pass == iv.ALL_POSITIONS_PASS
+
+
+def test_a_newest_position_run_reports_the_perplexity_of_the_patch_at_every_position(cache_copy):
+    """Before, its perplexity pass changed only the last position, which perplexity does not score: the run printed
+    the base perplexity. Now it equals the perplexity of a copy whose weights clamp the group everywhere, as
+    generation through the KV cache does."""
+    a = cache_arrays(cache_copy)
+    with PatchSession(cache_copy, SMALL) as session:
+        base = session.ensure_baseline()["base"]
+        run = session.run(PatchSpec("patch-mean", ("group:TP↓",), positions="newest"), save=False)
+        copy = session.measure(hand_edited(session.loaded, clamp=by_layer(a["group"] == "TP↓", a["act_dpo"])), "copy")
+    assert run.metrics["perplexity"] == pytest.approx(copy.perplexity, rel=1e-4)
+    assert run.metrics["perplexity"] != pytest.approx(base["perplexity"], rel=1e-4)
+    assert run.settings["perplexity"] == iv.NEWEST_AS_GENERATED_PASS
     assert annotations.list_runs(cache_copy) == []  # save=False stores nothing
+
+
+def test_a_mode_without_a_scoring_pass_reports_perplexity_as_not_available(cache_copy, monkeypatch):
+    with PatchSession(cache_copy, SMALL) as session:
+        monkeypatch.setattr(iv.Intervention, "scoring_pass", lambda self: (None, "n/a: no scoring pass here"))
+        run = session.run(PatchSpec("shift", ("group:TP↓",)), save=False)
+        assert math.isnan(run.metrics["perplexity"]) and run.metrics["n_tokens"] == 0
+        assert run.settings["perplexity"] == "n/a: no scoring pass here"
+        row = format_runs_table(session.baseline, [run]).splitlines()[-1]
+    assert row.split("|")[5].strip() == "n/a"
+
+
+def test_live_patching_of_every_neuron_recovers_dpo_exactly_when_only_the_mlp_inputs_changed(
+        tiny_models, edited_copy, compute_cache, tmp_path_factory):
+    """A tuned copy that differs only in the MLP input weights: the base model with every activation taken from it
+    is that model, so the run gives DPO's generations and numbers and recovers 100% (a known answer). At the newest
+    position only, generation keeps the base model's prompt positions, but perplexity, measured as generation
+    patches (every scored position), is DPO's."""
+    def new_mlp_inputs(model):
+        generator = torch.Generator().manual_seed(11)
+        for block in model.model.layers:
+            for proj in (block.mlp.gate_proj, block.mlp.up_proj):
+                proj.weight.add_(torch.randn(proj.weight.shape, generator=generator) * 0.3)
+
+    root = tmp_path_factory.mktemp("inputs-only")
+    tuned = edited_copy(tiny_models["llama"], root / "tuned", edit=new_mlp_inputs)
+    path = compute_cache(tiny_models["llama"], tuned, "inputs-only.h5")
+    with PatchSession(path, SMALL) as session:
+        baseline = session.ensure_baseline()
+        everywhere = session.run(PatchSpec("patch-live", ("all",)), save=False)
+        newest = session.run(PatchSpec("patch-live", ("all",), positions="newest"), save=False)
+    base, dpo = baseline["base"], baseline["dpo"]
+    assert [s["patched"] for s in everywhere.samples] == [s["dpo"] for s in everywhere.samples]
+    assert everywhere.metrics["toxicity"] == dpo["toxicity"] and everywhere.metrics["f1"] == dpo["f1"]
+    assert everywhere.metrics["recovered_probe"] == pytest.approx(1.0, abs=1e-4)
+    for run in (everywhere, newest):
+        assert run.metrics["perplexity"] == pytest.approx(dpo["perplexity"], rel=1e-5)
+        assert run.metrics["perplexity"] != pytest.approx(base["perplexity"], rel=1e-4)
+
+
+def hand_probe_projection(loaded, texts: list[str], unit: np.ndarray, new_tokens: int) -> float:
+    """Mean of (last block output · ŵ) at the positions that predict each new token, by uncached greedy passes,
+    one prompt at a time (no padding), end-of-sequence suppressed."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    last = model.model.layers[-1]
+    unit = torch.as_tensor(unit, dtype=torch.float32)
+    seen = []
+    handle = last.register_forward_hook(
+        lambda module, args, out: seen.append((out[0] if isinstance(out, tuple) else out)[0, -1]))
+    values = []
+    try:
+        with torch.no_grad():
+            for text in texts:
+                ids = tokenizer(text, truncation=True, max_length=32)["input_ids"]
+                for _ in range(new_tokens):
+                    logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+                    logits[[tokenizer.eos_token_id, tokenizer.pad_token_id]] = float("-inf")
+                    values.append(float(seen[-1] @ unit))
+                    ids.append(int(logits.argmax()))
+    finally:
+        handle.remove()
+    return float(np.mean(values))
+
+
+def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_subtraction(cache_copy):
+    with PatchSession(cache_copy, SMALL) as session:
+        baseline = session.ensure_baseline()
+        unit = session.unit_probe
+        texts = HELD_OUT[:SMALL.max_prompts]
+        expected = {"base": hand_probe_projection(session.loaded, texts, unit, SMALL.new_tokens),
+                    "dpo": hand_probe_projection(session.tuned(), texts, unit, SMALL.new_tokens)}
+        for name in ("base", "dpo"):
+            assert baseline[name]["probe_projection"] == pytest.approx(expected[name], rel=1e-4, abs=1e-5)
+        subtract = session.run(PatchSpec("subtract", ()), save=False)
+    assert subtract.settings["alpha"] == pytest.approx(expected["base"] - expected["dpo"], rel=1e-3, abs=1e-5)
+
+
+def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy):
+    """Sign classes from cos with the toxic embedding, computed here from the value vectors, and ā_pre from the
+    cache: the top-|cos| TP and AN neurons go to 0.95 ā_pre, the lowest-|cos| TN and AP neurons to 1.05 ā_pre, and
+    each class contributes half its members (β = 0.5)."""
+    from neuron_explorer.engine.probe import toxic_embedding_direction
+
+    act = cache_arrays(cache_copy)["act_pre"]
+    with PatchSession(cache_copy, SMALL) as session:
+        loaded = session.loaded
+        direction = toxic_embedding_direction(loaded).direction.astype(np.float64)
+        values = np.stack([out_projection(loaded, layer).weight.detach().double().numpy().T
+                           for layer in range(act.shape[0])])  # (layers, d_mlp, d_model)
+        cos = values @ direction / (np.linalg.norm(values, axis=-1) * np.linalg.norm(direction))
+        intervention, _ = session.intervention(PatchSpec("tuning-free", ()))
+        ids = loaded.tokenizer(HELD_OUT[:2], return_tensors="pt", padding=True)["input_ids"]
+        with intervention.hooks():
+            seen, _ = iv.record_activations(loaded, input_ids=ids)
+    classes = {"TP": (cos > 0) & (act > 0), "TN": (cos > 0) & (act <= 0), "AP": (cos <= 0) & (act > 0),
+               "AN": (cos <= 0) & (act <= 0)}
+    assert intervention.details["class_counts"] == {name: round(0.5 * int(m.sum())) for name, m in classes.items()}
+    for name, members in classes.items():
+        ranked = np.where(members, np.abs(cos), np.nan).ravel()
+        flat = np.nanargmax(ranked) if name in ("TP", "AN") else np.nanargmin(ranked)
+        layer, index = np.unravel_index(flat, act.shape)
+        factor = 0.95 if name in ("TP", "AN") else 1.05
+        value = seen[int(layer)][..., int(index)]
+        torch.testing.assert_close(value, torch.full_like(value, factor * act[layer, index]))
 
 
 def test_a_failed_or_killed_run_leaves_no_record_and_an_intact_file(cache_copy, monkeypatch):
@@ -115,10 +300,10 @@ def test_a_failed_or_killed_run_leaves_no_record_and_an_intact_file(cache_copy, 
         session.ensure_baseline()
         real_measure = session.measure
 
-        def dies(loaded, stage):
+        def dies(loaded, stage, intervention=None):
             if stage != "base" and stage != "dpo":
                 raise KeyboardInterrupt  # what Ctrl-C or a terminated job looks like mid-evaluation
-            return real_measure(loaded, stage)
+            return real_measure(loaded, stage, intervention)
 
         monkeypatch.setattr(session, "measure", dies)
         with pytest.raises(KeyboardInterrupt):
@@ -189,3 +374,69 @@ def test_preset_lists_the_papers_rows():
     assert specs[0].sets == ("toxic:128",) and specs[5].sets == ("group:reducing",)
     assert [s.positions for s in specs] == ["all"] + ["newest"] * 6  # the authors' protocol
     assert {s.positions for s in patching.paper_preset("all")} == {"all"}
+
+
+def test_the_holdout_rule_on_known_cases():
+    eight = PromptSet([f"p{i}" for i in range(8)], "x", "sha")
+    statistics, table = hold_out_for_patching(eight, 0.25)
+    assert table["columns"]["source_index"].tolist() == [3, 7] and table["columns"]["text"] == ["p3", "p7"]
+    assert statistics.texts == ["p0", "p1", "p2", "p4", "p5", "p6"]
+    assert statistics.sha256 == sha256_texts(statistics.texts)
+    assert table["attrs"]["n"] == 2 and table["attrs"]["sha256"] == sha256_texts(["p3", "p7"])
+    assert hold_out_for_patching(eight, 0.0) == (eight, None)
+    statistics, table = hold_out_for_patching(PromptSet(["a", "a", "b", "c"], "x", "sha"), 0.5)
+    assert statistics.texts == ["a", "b"] and table["columns"]["text"] == ["c"]  # the second "a" was recorded
+    for bad in (1.0, -0.1):
+        with pytest.raises(UserError, match="patch-holdout"):
+            hold_out_for_patching(eight, bad)
+
+
+def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(cache_copy):
+    with CacheReader(cache_copy) as reader:
+        assert reader.prompt_texts() == STATISTICS and reader.info.n_prompts == len(STATISTICS)
+        assert reader.prompt_activations(0, 0).height == len(STATISTICS)
+        held = reader.patch_prompts()
+        assert held.texts == HELD_OUT and held.source_indices.tolist() == list(range(1, len(PROMPTS), 2))
+        assert held.attrs["fraction"] == 0.5 and held.attrs["sha256"] == sha256_texts(HELD_OUT)
+        assert reader.info.provenance["prompts"]["sha256"] == sha256_texts(STATISTICS)
+    with PatchSession(cache_copy, SMALL) as session:
+        run = session.run(PatchSpec("shift", ("group:TP↓",)), save=False)
+    record = run.settings["prompts"]
+    assert record["selection"] == "held out by compute" and record["n"] == SMALL.max_prompts
+    assert record["sha256"] == sha256_texts(HELD_OUT[:SMALL.max_prompts])
+    assert record["source_indices"] == [1, 3, 5, 7]
+    assert record["in_statistics"] == 0 and record["disjoint_from_statistics"] is True
+    assert [sample["prompt"] for sample in run.samples] == HELD_OUT[:SMALL.samples]
+
+
+def test_user_prompts_are_counted_against_the_statistics_prompts_with_a_plain_warning(cache_copy, tmp_path, capsys):
+    given = [STATISTICS[0], "A brand new prompt", STATISTICS[2], HELD_OUT[1]]
+    (tmp_path / "mine.txt").write_text("\n".join(given) + "\n")
+    assert main(["patch", str(cache_copy), "--set", "group:TP↓", "--prompts", str(tmp_path / "mine.txt"),
+                 *SMALL_ARGS]) == 0
+    captured = capsys.readouterr()
+    assert "warning: 2 of the 4 evaluation prompts are among the 6 prompts" in captured.err
+    assert "WARNING: 2 of them are statistics prompts" in captured.out
+    (run,) = annotations.list_runs(cache_copy)
+    record = run.settings["prompts"]
+    assert record["selection"] == "given (--prompts)" and record["in_statistics"] == 2
+    assert record["disjoint_from_statistics"] is False and record["sha256"] == sha256_texts(given)
+    assert run.settings["mode"] == "shift"  # the default mode
+
+
+def test_a_cache_without_held_out_prompts_needs_prompts_or_an_in_sample_run(pairs, compute_cache, tmp_path, capsys):
+    path = compute_cache(*pairs["llama"], "no-holdout.h5", patch_holdout=0.0)
+    capsys.readouterr()  # compute's progress bars
+    with CacheReader(path) as reader:
+        assert reader.patch_prompts() is None and reader.prompt_texts() == PROMPTS
+    for extra, message in [((), "keeps no held-out prompts"),
+                           (("--in-sample", "--prompts", "x.txt"), "exclude each other")]:
+        assert main(["patch", str(path), "--set", "group:TP↓", *SMALL_ARGS, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert main(["patch", str(path), "--set", "group:TP↓", "--in-sample", *SMALL_ARGS]) == 0
+    assert "WARNING: 4 of them are statistics prompts" in capsys.readouterr().out
+    (run,) = annotations.list_runs(path)
+    record = run.settings["prompts"]
+    assert record["selection"].startswith("in sample") and record["in_statistics"] == 4
+    assert record["sha256"] == sha256_texts(PROMPTS[:4])

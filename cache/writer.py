@@ -48,16 +48,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def storable_strings(values) -> np.ndarray:
+    """An object array of the strings with NUL written as the two characters \\0: HDF5 variable-length strings
+    cannot hold NUL, and a model may well generate it."""
+    return np.array([str(value).replace("\x00", "\\0") for value in values], dtype=object)
+
+
 def write_columns(group: h5py.Group, columns: dict, chunk_rows: int | None = None) -> None:
     """Write equal-length columns (numbers or strings) as one dataset each under ``group``, keeping their order."""
     group.attrs["columns"] = json.dumps(list(columns), ensure_ascii=False)
     for name, values in columns.items():
         if isinstance(values, (list, tuple)) and (not values or isinstance(values[0], str)):
-            group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
+            group.create_dataset(name, data=storable_strings(values), dtype=_STR)
             continue
         array = np.asarray(values)
         if array.dtype.kind in "US":
-            group.create_dataset(name, data=array.astype(object), dtype=_STR)
+            group.create_dataset(name, data=storable_strings(array.tolist()), dtype=_STR)
         elif array.size >= 1024:
             chunks = (min(len(array), chunk_rows or 65536),) + array.shape[1:] if array.ndim else None
             group.create_dataset(name, data=array, chunks=chunks, **_FLOAT_OPTS)
@@ -132,7 +138,7 @@ class CacheWriter:
             model, shape=(n_prompts, self.n_layers, self.d_mlp), dtype=np.float16, chunks=chunk, **_FLOAT_OPTS)
 
     def write_vocab(self, strings: list[str]) -> None:
-        self.file.create_dataset("vocab", data=np.array(strings, dtype=object), dtype=_STR)
+        self.file.create_dataset("vocab", data=storable_strings(strings), dtype=_STR)
 
     # -- small tables and blobs --------------------------------------------------------------------------
     def write_table(self, name: str, columns: dict, attrs: dict | None = None) -> None:

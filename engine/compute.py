@@ -17,10 +17,9 @@ from .defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPL
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from .identity_check import check_identity, sample_prompts
 from .models import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
-from .patching import hold_out_for_patching
 from .probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
 from .progress import progress_bars
-from .prompts import load_prompts
+from .prompts import hold_out_for_patching, load_prompts
 from .recording import record_model
 from .results import write_statistics, write_token_tables
 from .statistics import layer_columns, neuron_metrics

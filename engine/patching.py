@@ -1,7 +1,7 @@
 """Patch runs: evaluate the base model under an intervention and measure how much of DPO's effect comes back.
 
 A run evaluates, by the METHOD §5 protocol at a run-sized default (see `RunSettings`): toxicity of the greedy
-continuations of the prompts that `compute` held out (`hold_out_for_patching`: the groups, ā_pre and ā_dpo were
+continuations of the prompts that `compute` held out (`prompts.hold_out_for_patching`: the groups, ā_pre and ā_dpo were
 computed from the other prompts, so the run is out of sample), perplexity and F1 on the neutral corpus, and the mean
 projection of the last block's output on the probe direction at the generated positions. Perplexity sees the
 intervention as generation does (`Intervention.scoring_pass`). The base and DPO models are evaluated
@@ -45,43 +45,13 @@ from .prompts import PromptSet, load_prompts
 
 Progress = Callable[[dict], None]
 NO_INTERVENTION_PASS = "one pass per window, no intervention"
-HOLDOUT_RULE = ("prompt i of the loaded prompt set (0-based, after --max-prompts) is held out when "
-                "floor((i+1)·f) > floor(i·f): floor(n·f) prompts evenly spread over the set (f = 0.5: prompts 1, 3, "
-                "5, ...); a held-out prompt whose text is also a statistics prompt is dropped")
-
-
-def hold_out_for_patching(prompts: PromptSet, fraction: float) -> tuple[PromptSet, dict | None]:
-    """Split compute's prompts: (the statistics prompts, the `patch_prompts` table of the held-out ones, or None).
-
-    Patch runs evaluate on the held-out prompts by default, so "recovered" is not measured on the prompts that chose
-    the groups and gave ā_pre and ā_dpo. The rule (`HOLDOUT_RULE`) is deterministic and stored with the table.
-    """
-    if not 0 <= fraction < 1:
-        raise UserError(f"--patch-holdout {fraction:g} must be at least 0 and below 1: the fraction of the prompts "
-                        f"kept aside for patch runs (0 keeps none)")
-    held = [i for i in range(len(prompts.texts)) if math.floor((i + 1) * fraction) > math.floor(i * fraction)]
-    if not held:
-        return prompts, None
-    held_at = set(held)
-    kept = [text for i, text in enumerate(prompts.texts) if i not in held_at]
-    statistics = PromptSet(texts=kept, source=prompts.source, sha256=sha256_texts(kept))
-    recorded = set(kept)
-    held = [i for i in held if prompts.texts[i] not in recorded]
-    if not held:
-        return statistics, None
-    texts = [prompts.texts[i] for i in held]
-    table = {"columns": {"text": texts, "source_index": np.asarray(held, dtype=np.int64)},
-             "attrs": {"source": prompts.source, "source_sha256": prompts.sha256, "fraction": fraction,
-                       "rule": HOLDOUT_RULE, "sha256": sha256_texts(texts), "n": len(texts),
-                       "n_statistics": len(kept)}}
-    return statistics, table
 
 
 @dataclass
 class RunSettings:
     """How a run evaluates: smaller than `build`'s evaluation so that a run takes about a minute on a CPU."""
 
-    prompts: str | None = None  # None: the prompts compute held out (`hold_out_for_patching`)
+    prompts: str | None = None  # None: the prompts compute held out (`prompts.hold_out_for_patching`)
     in_sample: bool = False  # evaluate on the statistics prompts themselves (stated in the record)
     max_prompts: int | None = 100
     corpus: str = "builtin"
@@ -529,4 +499,4 @@ def shown(value: float, spec: str) -> str:
 
 
 __all__ = ["RunSettings", "PatchSpec", "PatchSession", "Measured", "paper_preset", "format_runs_table",
-           "recovered_metrics", "hold_out_for_patching", "shown", "PRESETS", "replace"]
+           "recovered_metrics", "shown", "PRESETS", "replace"]

@@ -16,10 +16,12 @@ prompt never shares its template with a training prompt.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from neuron_explorer.cache.provenance import sha256_texts
@@ -40,6 +42,11 @@ class PromptSet:
 
     def provenance(self) -> dict:
         return {"source": self.source, "sha256": self.sha256, "n": len(self.texts)}
+
+
+HOLDOUT_RULE = ("prompt i of the loaded prompt set (0-based, after --max-prompts) is held out when "
+                "floor((i+1)·f) > floor(i·f): floor(n·f) prompts evenly spread over the set (f = 0.5: prompts 1, 3, "
+                "5, ...); a held-out prompt whose text is also a statistics prompt is dropped")
 
 
 def load_prompts(source: str, *, column: str | None = None, max_prompts: int | None = None) -> PromptSet:
@@ -137,3 +144,30 @@ def _hub(spec: str, column: str | None) -> list[str]:
     if name_column is None:
         raise UserError(f"hub dataset {name} has no prompt/text column: choose one with --prompt-column")
     return [v["text"] if isinstance(v, dict) else str(v) for v in data[name_column]]
+
+
+def hold_out_for_patching(prompts: PromptSet, fraction: float) -> tuple[PromptSet, dict | None]:
+    """Split compute's prompts: (the statistics prompts, the `patch_prompts` table of the held-out ones, or None).
+
+    Patch runs evaluate on the held-out prompts by default, so "recovered" is not measured on the prompts that chose
+    the groups and gave ā_pre and ā_dpo. The rule (`HOLDOUT_RULE`) is deterministic and stored with the table.
+    """
+    if not 0 <= fraction < 1:
+        raise UserError(f"--patch-holdout {fraction:g} must be at least 0 and below 1: the fraction of the prompts "
+                        f"kept aside for patch runs (0 keeps none)")
+    held = [i for i in range(len(prompts.texts)) if math.floor((i + 1) * fraction) > math.floor(i * fraction)]
+    if not held:
+        return prompts, None
+    held_at = set(held)
+    kept = [text for i, text in enumerate(prompts.texts) if i not in held_at]
+    statistics = PromptSet(texts=kept, source=prompts.source, sha256=sha256_texts(kept))
+    recorded = set(kept)
+    held = [i for i in held if prompts.texts[i] not in recorded]
+    if not held:
+        return statistics, None
+    texts = [prompts.texts[i] for i in held]
+    table = {"columns": {"text": texts, "source_index": np.asarray(held, dtype=np.int64)},
+             "attrs": {"source": prompts.source, "source_sha256": prompts.sha256, "fraction": fraction,
+                       "rule": HOLDOUT_RULE, "sha256": sha256_texts(texts), "n": len(texts),
+                       "n_statistics": len(kept)}}
+    return statistics, table

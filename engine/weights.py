@@ -66,7 +66,6 @@ def value_tokens(loaded: LoadedModel, k: int = TOKENS_PER_NEURON, chunk: int = 1
 
 
 def vocabulary(tokenizer) -> list[str]:
-    """Readable strings for every token id (byte-level markers turned back into spaces and newlines; NUL, which
-    HDF5 strings cannot hold, written as \\0)."""
+    """Readable strings for every token id (byte-level markers turned back into spaces and newlines)."""
     size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
-    return [tokenizer.decode([i]).replace("\x00", "\\0") for i in range(size)]
+    return [tokenizer.decode([i]) for i in range(size)]

@@ -254,3 +254,16 @@ def test_reader_refuses_bad_files(tmp_path, content, message):
                 handle.attrs["schema_version"] = 99 if content == "newer" else 1
     with pytest.raises(UserError, match=message):
         CacheReader(path)
+
+
+def test_strings_with_nul_are_stored_readably(tmp_path):
+    """A model may generate NUL, which HDF5 variable-length strings cannot hold: it is stored as the characters \\0."""
+    from neuron_explorer.cache.writer import CacheWriter
+
+    path = tmp_path / "nul.h5"
+    with CacheWriter(path, n_layers=1, d_mlp=2, d_model=2, architecture="test", provenance={}) as writer:
+        writer.write_prompts({"text": ["a prompt"], "continuation_pre": ["bad\x00byte"], "continuation_dpo": ["ok"]})
+        writer.write_vocab(["\x00", "b"])
+    with h5py.File(path, "r") as handle:
+        assert handle["prompts/continuation_pre"].asstr()[0] == "bad\\0byte"
+        assert handle["vocab"].asstr()[:].tolist() == ["\\0", "b"]

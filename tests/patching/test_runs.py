@@ -19,8 +19,8 @@ from neuron_explorer.engine import interventions as iv
 from neuron_explorer.engine import patching
 from neuron_explorer.engine.neuron_sets import normalize_group, resolve
 from neuron_explorer.engine.patching import (PatchSession, PatchSpec, RunSettings, format_runs_table,
-                                             hold_out_for_patching, recovered_metrics)
-from neuron_explorer.engine.prompts import PromptSet
+                                             recovered_metrics)
+from neuron_explorer.engine.prompts import PromptSet, hold_out_for_patching
 from neuron_explorer.errors import UserError
 
 from .conftest import PROMPTS

@@ -69,9 +69,24 @@ def load_prompts(source: str, *, column: str | None = None, max_prompts: int | N
 
 def _builtin(source: str) -> list[str]:
     _, _, split = source.partition(":")
+    if split == "validation":
+        return compose_validation()
     if split and split not in BUILTIN_SPLITS:
-        raise UserError(f"unknown built-in split '{split}': use builtin, builtin:pairs or builtin:heldout")
+        raise UserError(f"unknown built-in split '{split}': use builtin, builtin:pairs, builtin:heldout or "
+                        f"builtin:validation")
     return [text for name in ([split] if split else BUILTIN_SPLITS) for text in compose_builtin(name)]
+
+
+def compose_validation(per_situation: int = 2) -> list[str]:
+    """Prompts for tuning the training (DPO steps, learning rate) without touching the held-out prompts: each
+    training situation with `per_situation` training lead-ins it is *not* composed with in the pairs split. They
+    share templates with the training prompts, so they flatter a tuned model: choose settings on them, report on
+    the held-out prompts."""
+    templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
+    situations, lead_ins = templates["situations"]["pairs"], templates["lead_ins"]["pairs"]
+    used = templates["lead_ins_per_situation"]["pairs"]
+    return [f'{situation} "{lead_ins[(index * used + used + k) % len(lead_ins)]}'
+            for index, situation in enumerate(situations) for k in range(per_situation)]
 
 
 def compose_builtin(split: str) -> list[str]:

@@ -277,6 +277,9 @@ def test_builtin_heldout_prompts_share_no_template_with_training_prompts():
     shared_tails = {tail(t) for t in heldout} & {tail(t) for t in pairs}
     assert not shared_heads and not shared_tails, (sorted(shared_heads)[:3], sorted(shared_tails)[:3])
     assert load_prompts("builtin").texts == pairs + heldout
+    validation = load_prompts("builtin:validation").texts  # for tuning: training templates, unused combinations
+    assert len(validation) >= 100 and not set(validation) & (set(pairs) | set(heldout))
+    assert {head(t) for t in validation} <= {head(t) for t in pairs}
 
 
 # --- stage caching ---------------------------------------------------------------------------------------------

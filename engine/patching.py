@@ -44,6 +44,7 @@ from .neuron_sets import NeuronSelection, resolve
 from .prompts import PromptSet, load_prompts
 
 Progress = Callable[[dict], None]
+TUNING_FREE_SEED_WORDS = "authors"  # probe.SEED_WORDS list of the toxic embedding the tuning-free edit ranks by
 NO_INTERVENTION_PASS = "one pass per window, no intervention"
 
 
@@ -340,10 +341,12 @@ class PatchSession:
         return self._tuned
 
     def cos_embedding(self) -> np.ndarray:
+        """cos(v_i, toxic embedding) of the base model, with Yang et al.'s five-and-five seed words: the direction
+        their tuning-free edit ranks neurons by."""
         if self._cos_embedding is None:
             from .probe import toxic_embedding_direction
 
-            direction = toxic_embedding_direction(self.loaded).direction
+            direction = toxic_embedding_direction(self.loaded, TUNING_FREE_SEED_WORDS).direction
             self._cos_embedding = iv.value_vector_cosines(self.loaded, direction)
         return self._cos_embedding
 
@@ -373,8 +376,10 @@ class PatchSession:
             return iv.mean_ablate(loaded, selection, arrays["act_pre"], positions), selection
         if mode == "tuning-free":
             alpha = 0.05 if spec.alpha is None else spec.alpha
-            return iv.tuning_free(loaded, arrays["act_pre"], self.cos_embedding(), alpha=alpha, beta=spec.beta,
-                                  restrict=selection, positions=positions), selection
+            edit = iv.tuning_free(loaded, arrays["act_pre"], self.cos_embedding(), alpha=alpha, beta=spec.beta,
+                                  restrict=selection, positions=positions)
+            edit.details["seed_words"] = TUNING_FREE_SEED_WORDS
+            return edit, selection
         # subtract: by default, the size that matches DPO's own change of the last-layer projection
         alpha = spec.alpha
         if alpha is None:

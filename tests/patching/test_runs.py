@@ -266,15 +266,15 @@ def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_
 
 
 def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy):
-    """Sign classes from cos with the toxic embedding, computed here from the value vectors, and ā_pre from the
-    cache: the top-|cos| TP and AN neurons go to 0.95 ā_pre, the lowest-|cos| TN and AP neurons to 1.05 ā_pre, and
+    """Sign classes from cos with the toxic embedding (Yang et al.'s seed words), computed here from the value
+    vectors, and ā_pre from the cache: the top-|cos| TP and AN neurons go to 0.95 ā_pre, the lowest-|cos| TN and AP neurons to 1.05 ā_pre, and
     each class contributes half its members (β = 0.5)."""
     from neuron_explorer.engine.probe import toxic_embedding_direction
 
     act = cache_arrays(cache_copy)["act_pre"]
     with PatchSession(cache_copy, SMALL) as session:
         loaded = session.loaded
-        direction = toxic_embedding_direction(loaded).direction.astype(np.float64)
+        direction = toxic_embedding_direction(loaded, "authors").direction.astype(np.float64)
         values = np.stack([out_projection(loaded, layer).weight.detach().double().numpy().T
                            for layer in range(act.shape[0])])  # (layers, d_mlp, d_model)
         cos = values @ direction / (np.linalg.norm(values, axis=-1) * np.linalg.norm(direction))
@@ -285,6 +285,7 @@ def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy
     classes = {"TP": (cos > 0) & (act > 0), "TN": (cos > 0) & (act <= 0), "AP": (cos <= 0) & (act > 0),
                "AN": (cos <= 0) & (act <= 0)}
     assert intervention.details["class_counts"] == {name: round(0.5 * int(m.sum())) for name, m in classes.items()}
+    assert intervention.details["seed_words"] == "authors"  # Yang et al.'s five and five, as their edit used
     for name, members in classes.items():
         ranked = np.where(members, np.abs(cos), np.nan).ravel()
         flat = np.nanargmax(ranked) if name in ("TP", "AN") else np.nanargmin(ranked)

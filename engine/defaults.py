@@ -23,7 +23,7 @@ PROBE_C = 0.01  # inverse L2 strength on standardized features: strong, for a fe
 LABEL_BAND = 0.3  # offline probe labels: scores within threshold ± band are ambiguous and left out
 DPO_BETA = 0.1
 DPO_LEARNING_RATE = 1e-5
-DPO_STEPS = 50  # 100 steps cost +5.7% perplexity on the embedded default, over the 5% budget (docs/alignment.md)
+DPO_STEPS = 80  # chosen on builtin:validation with bench/dpo_validation_sweep.py (docs/alignment.md)
 
 # Interventions of a patch run (engine/interventions.py describes each).
 PATCH_MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract",

@@ -12,7 +12,7 @@ import torch
 
 from neuron_explorer.cli import main
 from neuron_explorer.engine import probe_training as T
-from neuron_explorer.engine.build import StageRunner, content_hash
+from neuron_explorer.engine.build import StageRunner, StopBuild, content_hash
 from neuron_explorer.engine.corpora import f1_items, load_corpus, perplexity_windows, token_f1
 from neuron_explorer.engine.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
 from neuron_explorer.engine.hooks import forward_hooks
@@ -308,6 +308,23 @@ def test_stage_skipped_when_inputs_unchanged_and_rerun_when_changed(tmp_path):
     assert not fourth.skipped and calls == [1, 2, 2]
     forced = StageRunner(tmp_path / "work", force={"stage"}, printer=lambda line: None)
     assert not forced.run("stage", {"x": 2}, {"out": out}, body(2)).skipped
+
+
+def test_until_stops_after_the_named_stage(tmp_path):
+    ran = []
+    runner = StageRunner(tmp_path, printer=lambda line: None, until="second")
+
+    def body(name):
+        def run():
+            ran.append(name)
+            (tmp_path / name).write_text(name)
+        return run
+
+    runner.run("first", {}, {"out": tmp_path / "first"}, body("first"))
+    with pytest.raises(StopBuild) as stopped:
+        runner.run("second", {}, {"out": tmp_path / "second"}, body("second"))
+    assert ran == ["first", "second"] and [o.name for o in stopped.value.outcomes] == ["first", "second"]
+    assert runner.manifest_path("second").exists(), "the stage it stops after is complete and cached"
 
 
 def test_failed_stage_is_not_marked_done(tmp_path):

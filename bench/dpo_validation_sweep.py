@@ -1,0 +1,81 @@
+"""Choose the DPO step count on validation data, never on the held-out prompts.
+
+Trains DPO on the build's pairs (run `neuron-explorer build --until pairs` first) and, every `--every` steps,
+measures the policy's toxicity on `builtin:validation` (training templates in combinations no split uses) by the
+scorer and the check scorer, and its perplexity on corpus windows disjoint from the evaluation's. One JSON line per
+measurement goes to stdout. The embedded default's 80 steps were chosen this way (docs/alignment.md).
+
+    python bench/dpo_validation_sweep.py --steps 100 --every 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from transformers import AutoTokenizer, TrainerCallback
+
+from neuron_explorer.engine.architectures import architecture_for
+from neuron_explorer.engine.corpora import load_corpus, perplexity_windows
+from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, default_work_dir
+from neuron_explorer.engine.dpo import DPOSettings, train_dpo
+from neuron_explorer.engine.evaluation import EvaluationSettings, perplexity, toxicity
+from neuron_explorer.engine.models import LoadedModel, embedded_base_dir
+from neuron_explorer.engine.prompts import load_prompts
+from neuron_explorer.engine.scoring import CHECK_SCORER, DEFAULT_SCORER, get_scorer
+
+EVALUATION_WINDOWS = 24  # the build's perplexity windows, which the sweep must not use
+
+
+def validation_windows(tokenizer, n: int = 12) -> list[list[int]]:
+    corpus = load_corpus()
+    used = {tuple(w) for w in perplexity_windows(tokenizer, corpus, 256, EVALUATION_WINDOWS)}
+    others = [w for w in perplexity_windows(tokenizer, corpus, 256, None) if tuple(w) not in used]
+    return others[5::30][:n]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--every", type=int, default=25)
+    parser.add_argument("--lr", type=float, default=DPO_LEARNING_RATE)
+    parser.add_argument("--beta", type=float, default=DPO_BETA)
+    parser.add_argument("--work-dir", default="/tmp/neuron-explorer-dpo-sweep")
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_base_dir())
+    prompts = load_prompts("builtin:validation").texts
+    scorer, check = get_scorer(DEFAULT_SCORER), get_scorer(CHECK_SCORER)
+    windows = validation_windows(tokenizer)
+
+    def measure(model, step: int) -> None:
+        loaded = LoadedModel(model=model, tokenizer=tokenizer, arch=architecture_for(model.config.model_type),
+                             spec="policy", folder=None)
+        training = model.training
+        model.eval()
+        started = time.perf_counter()
+        generations, scores = toxicity(loaded, prompts, scorer, EvaluationSettings())
+        ppl, _ = perplexity(loaded, windows)
+        print(json.dumps({"step": step, "toxicity": float(scores.mean()),
+                          "check_toxicity": float(check.score(generations).mean()), "perplexity": ppl,
+                          "n_prompts": len(prompts), "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+        model.train(training)
+
+    class Measure(TrainerCallback):
+        def on_train_begin(self, args_, state, control, model=None, **kwargs):
+            measure(model, 0)
+
+        def on_step_end(self, args_, state, control, model=None, **kwargs):
+            if state.global_step % args.every == 0:
+                measure(model, state.global_step)
+
+    settings = DPOSettings(policy=str(embedded_base_dir()), pairs=str(default_work_dir() / "pairs" / "pairs.jsonl"),
+                           output=f"{args.work_dir}/model", work_dir=args.work_dir, learning_rate=args.lr,
+                           beta=args.beta, max_steps=args.steps, eval_steps=args.steps + 1,
+                           save_steps=args.steps + 1, patience=0, device="cpu")
+    train_dpo(settings, resume=False, callbacks=[Measure()], printer=lambda line: None)
+
+
+if __name__ == "__main__":
+    main()

@@ -38,7 +38,8 @@ from neuron_explorer.errors import UserError
 from . import interventions as iv
 from .corpora import f1_items, load_corpus, perplexity_windows
 from .defaults import PATCH_MODES
-from .evaluation import EvaluationResult, EvaluationSettings, f1_score, perplexity, toxicity
+from .evaluation import (EvaluationResult, EvaluationSettings, f1_score, perplexity, standard_error,
+                         toxicity)
 from .hooks import forward_hooks
 from .neuron_sets import NeuronSelection, resolve
 from .prompts import PromptSet, load_prompts
@@ -300,8 +301,8 @@ class PatchSession:
                 f1_generations += chunk_generations
                 self.tracker.advance(len(chunk), f"{stage}: F1")
         values = np.asarray(scores)
-        sem = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-        return Measured(toxicity=float(values.mean()), toxicity_sem=sem, n_prompts=len(values), prompts=list(texts),
+        return Measured(toxicity=float(values.mean()), toxicity_sem=standard_error(values), n_prompts=len(values),
+                        prompts=list(texts),
                         perplexity=math.exp(total_nll / n_tokens) if n_tokens else float("nan"), n_tokens=n_tokens,
                         f1=f1_total / len(self.f1_items) if self.f1_items else float("nan"), n_f1=len(self.f1_items),
                         probe_projection=float(projection["sum"]) / max(projection["count"], 1),

@@ -146,13 +146,10 @@ class StageRunner:
             if digest is None:
                 raise RuntimeError(f"stage {name} did not write its output {path}")
             hashes[key] = digest
-        manifest_file.parent.mkdir(parents=True, exist_ok=True)
         manifest = {"stage": name, "inputs_hash": inputs_hash, "inputs": inputs, "seconds": seconds,
                     "summary": summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "outputs": {k: {"path": str(p), "sha256": hashes[k]} for k, p in outputs.items()}}
-        tmp = manifest_file.with_suffix(".partial")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        tmp.replace(manifest_file)
+        _write_json(manifest_file, manifest)
         self._save_memo()
         self.printer(f"[{name}] done in {seconds:.1f}s")
         outcome = StageOutcome(name, False, seconds, inputs_hash, hashes, summary)
@@ -461,9 +458,10 @@ def _build(settings: BuildSettings, printer: Callable[[str], None]) -> BuildResu
 
 
 def _write_json(path: Path, payload: dict) -> None:
+    """Write JSON to a temporary file and rename it into place, so an interrupted stage leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
     tmp.replace(path)
 
 

@@ -23,7 +23,7 @@ IMPORT_PROBE = ("import time; t = time.perf_counter(); import neuron_explorer.ex
 
 
 def cache_for(args) -> Path:
-    from neuron_explorer.engine.synthetic import build_synthetic_cache
+    from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
 
     path = args.cache_dir / f"synthetic-L{args.n_layers}-N{args.d_mlp}-P{args.n_prompts}-M{args.d_model}-s0.h5"
     if not path.exists():

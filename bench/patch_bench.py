@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from neuron_explorer.engine.corpora import load_corpus
+from neuron_explorer.engine.alignment.corpora import load_corpus
 from neuron_explorer.engine.defaults import default_cache_path
-from neuron_explorer.engine.evaluation import EvaluationSettings, evaluate
-from neuron_explorer.engine.interventions import hook_count
-from neuron_explorer.engine.models import load_model
-from neuron_explorer.engine.patching import PatchSession, PatchSpec, RunSettings
-from neuron_explorer.engine.prompts import load_prompts
-from neuron_explorer.engine.scoring import get_scorer
+from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate
+from neuron_explorer.engine.patching.interventions import hook_count
+from neuron_explorer.engine.model.loading import load_model
+from neuron_explorer.engine.patching.runs import PatchSession, PatchSpec, RunSettings
+from neuron_explorer.engine.alignment.prompts import load_prompts
+from neuron_explorer.engine.alignment.scoring import get_scorer
 
 SPECS = [
     PatchSpec("patch-mean", ("group:reducing",), label="patch all four ↓ groups"),
@@ -59,7 +59,7 @@ def main() -> None:
     cache = args.cache or default_cache_path()
     loaded = load_model("embedded", device="cpu", dtype="float32")
     if not Path(cache).exists():
-        from neuron_explorer.engine.synthetic import build_synthetic_cache
+        from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
 
         arch = loaded.arch
         folder = Path(tempfile.gettempdir()) / "neuron-explorer-patch-bench"

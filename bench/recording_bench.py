@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from neuron_explorer.engine.generation import special_token_ids, batches, encode_prompts, generate_tokens
-from neuron_explorer.engine.hooks import forward_hooks
-from neuron_explorer.engine.models import load_model
-from neuron_explorer.engine.prompts import load_prompts
-from neuron_explorer.engine.recording import record_model
+from neuron_explorer.engine.model.generation import special_token_ids, batches, encode_prompts, generate_tokens
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.loading import load_model
+from neuron_explorer.engine.alignment.prompts import load_prompts
+from neuron_explorer.engine.neurons.recording import record_model
 
 
 def peak_cuda_mib(record, texts) -> float:

@@ -93,7 +93,7 @@ def edited_copy() -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def embedded_model() -> Path:
     """The embedded SmolLM2, converted at most once (into the user's cache folder, where the product keeps it)."""
-    from neuron_explorer.engine.models import materialize_embedded
+    from neuron_explorer.engine.model.loading import materialize_embedded
 
     return materialize_embedded()
 

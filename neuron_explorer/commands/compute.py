@@ -70,7 +70,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from neuron_explorer.engine.compute import ComputeSettings, run_compute
+    from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
     from neuron_explorer.engine.progress import console
     from neuron_explorer.errors import UserError
 

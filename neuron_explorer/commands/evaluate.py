@@ -33,11 +33,11 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from neuron_explorer.engine.corpora import load_corpus
-    from neuron_explorer.engine.evaluation import EvaluationSettings, evaluate, format_table
-    from neuron_explorer.engine.models import load_model
-    from neuron_explorer.engine.prompts import load_prompts
-    from neuron_explorer.engine.scoring import get_scorer
+    from neuron_explorer.engine.alignment.corpora import load_corpus
+    from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, format_table
+    from neuron_explorer.engine.model.loading import load_model
+    from neuron_explorer.engine.alignment.prompts import load_prompts
+    from neuron_explorer.engine.alignment.scoring import get_scorer
     from neuron_explorer.errors import UserError
 
     if args.ppl_window < 2 or args.ppl_windows < 0 or args.f1_items < 0 or args.batch_size < 1:

@@ -113,7 +113,7 @@ def _json_emitter():
 
 
 def _run(args, emit) -> int:
-    from neuron_explorer.engine.patching import (PatchSession, PatchSpec, RunSettings, evaluation_prompts,
+    from neuron_explorer.engine.patching.runs import (PatchSession, PatchSpec, RunSettings, evaluation_prompts,
                                                  format_runs_table, paper_preset, shown)
     from neuron_explorer.errors import UserError
 
@@ -140,7 +140,7 @@ def _run(args, emit) -> int:
         specs = [PatchSpec(args.mode or DEFAULT_PATCH_MODE, tuple(args.sets), args.positions or "all", alpha=args.alpha,
                            beta=args.beta, factor=args.factor, value=args.value, label=args.label)]
     from neuron_explorer.cache.reader import CacheReader
-    from neuron_explorer.engine.neuron_sets import resolve
+    from neuron_explorer.engine.patching.neuron_sets import resolve
 
     with CacheReader(path) as reader:  # a bad file, set or prompt choice fails here, before any model loads
         for spec in specs:

@@ -36,12 +36,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from neuron_explorer.engine.dpo import DPOSettings, train_dpo
-    from neuron_explorer.engine.models import _locate, embedded_tuned_dir
+    from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
+    from neuron_explorer.engine.model.loading import _locate, embedded_tuned_dir
     from neuron_explorer.errors import UserError
 
     if args.model == "embedded":
-        from neuron_explorer.engine.models import materialize_embedded
+        from neuron_explorer.engine.model.loading import materialize_embedded
 
         policy = materialize_embedded()
         output = args.output or embedded_tuned_dir()

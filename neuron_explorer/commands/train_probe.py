@@ -41,8 +41,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from neuron_explorer.engine import probe_training as T
-    from neuron_explorer.engine.models import load_model
+    from neuron_explorer.engine.alignment import probe_training as T
+    from neuron_explorer.engine.model.loading import load_model
     from neuron_explorer.errors import UserError
 
     if not 0 < args.heldout_fraction < 1:
@@ -55,9 +55,9 @@ def run(args) -> int:
         loaded = load_model(args.model, device=args.device, dtype=args.dtype)
         label_desc = f"{args.data} labels >= {args.threshold}"
     else:
-        from neuron_explorer.engine.pairs import generate_candidates, load_candidates
-        from neuron_explorer.engine.prompts import load_prompts
-        from neuron_explorer.engine.scoring import get_scorer
+        from neuron_explorer.engine.alignment.pairs import generate_candidates, load_candidates
+        from neuron_explorer.engine.alignment.prompts import load_prompts
+        from neuron_explorer.engine.alignment.scoring import get_scorer
 
         loaded = load_model(args.model, device=args.device, dtype=args.dtype)
         if args.candidates:

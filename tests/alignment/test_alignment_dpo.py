@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from neuron_explorer.engine.dpo import DPOSettings, train_dpo
-from neuron_explorer.engine.pairs import save_pairs
+from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
+from neuron_explorer.engine.alignment.pairs import save_pairs
 
 PROMPTS = ["The quick brown fox", "She walked to the market", "The river runs through", "What the hell is",
            "You are a", "The old stone bridge", "She bought bread and", "Shut up and"]

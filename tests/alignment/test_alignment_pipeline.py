@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from neuron_explorer.cli import main
-from neuron_explorer.engine import probe_training as T
+from neuron_explorer.engine.alignment import probe_training as T
 from neuron_explorer.engine.build import StageRunner, StopBuild, content_hash
-from neuron_explorer.engine.corpora import f1_items, load_corpus, perplexity_windows, token_f1
-from neuron_explorer.engine.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
-from neuron_explorer.engine.hooks import forward_hooks
-from neuron_explorer.engine.models import load_model
-from neuron_explorer.engine.pairs import (Candidates, generate_candidates, load_pairs, sample_openings, save_pairs,
+from neuron_explorer.engine.alignment.corpora import f1_items, load_corpus, perplexity_windows, token_f1
+from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.loading import load_model
+from neuron_explorer.engine.alignment.pairs import (Candidates, generate_candidates, load_pairs, sample_openings, save_pairs,
                                           select_pairs, steering)
-from neuron_explorer.engine.probe import load_probe
-from neuron_explorer.engine.prompts import load_prompts
-from neuron_explorer.engine.scoring import get_scorer
+from neuron_explorer.engine.alignment.probe import load_probe
+from neuron_explorer.engine.alignment.prompts import load_prompts
+from neuron_explorer.engine.alignment.scoring import get_scorer
 from neuron_explorer.errors import UserError
 
 

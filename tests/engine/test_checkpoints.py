@@ -10,9 +10,9 @@ import torch
 from safetensors.numpy import save_file
 from transformers import AutoModelForCausalLM
 
-from neuron_explorer.engine.compute import resolve_probe
-from neuron_explorer.engine.models import load_model
-from neuron_explorer.engine.probe import SEED_WORDS
+from neuron_explorer.engine.neurons.compute import resolve_probe
+from neuron_explorer.engine.model.loading import load_model
+from neuron_explorer.engine.alignment.probe import SEED_WORDS
 from neuron_explorer.errors import UserError
 
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
-from neuron_explorer.engine.compute import ComputeSettings, run_compute
+from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 
 PROMPTS = "You are a stupid\nShe walked to the market in the morning and\nWhat the hell\nThe river runs\nI hate you\n"
 CHANGED = [(2, 3), (2, 17), (2, 40)]  # (layer, neuron) of the last layer, whose weights the tuned copy changes
@@ -208,7 +208,7 @@ def test_compute_prints_the_identity_residuals(workspace, tiny_models, tmp_path,
 
 def test_an_interrupted_run_leaves_nothing_that_looks_complete(workspace, tiny_models, tmp_path, monkeypatch):
     output = tmp_path / "interrupted.h5"
-    from neuron_explorer.engine import compute as compute_module
+    from neuron_explorer.engine.neurons import compute as compute_module
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -236,7 +236,7 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(workspace, tiny_m
     ("incomplete", "incomplete"),
 ])
 def test_reader_refuses_bad_files(tmp_path, content, message):
-    from neuron_explorer.engine.synthetic import build_synthetic_cache
+    from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
     from neuron_explorer.errors import UserError
 
     path = tmp_path / "file.h5"

@@ -11,16 +11,16 @@ from transformers import (AutoModelForCausalLM, GemmaConfig, Gemma2Config, GPTNe
                           Qwen2Config)
 
 from neuron_explorer.cache.reader import CacheReader
-from neuron_explorer.engine import recording as recording_module
-from neuron_explorer.engine.compute import ComputeSettings, run_compute
-from neuron_explorer.engine.architectures import architecture_for
+from neuron_explorer.engine.neurons import recording as recording_module
+from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
+from neuron_explorer.engine.model.architectures import architecture_for
 from neuron_explorer.engine.defaults import POSITION_MODES
-from neuron_explorer.engine.generation import encode_prompts
-from neuron_explorer.engine.identity_check import check_identity, sample_prompts
-from neuron_explorer.engine.models import LoadedModel, load_model
-from neuron_explorer.engine.recording import ActivationRecorder, record_model
-from neuron_explorer.engine.statistics import identity_residuals
-from neuron_explorer.engine.weights import probe_projections
+from neuron_explorer.engine.model.generation import encode_prompts
+from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
+from neuron_explorer.engine.model.loading import LoadedModel, load_model
+from neuron_explorer.engine.neurons.recording import ActivationRecorder, record_model
+from neuron_explorer.engine.neurons.statistics import identity_residuals
+from neuron_explorer.engine.model.weights import probe_projections
 
 PROMPTS = ["You are a stupid", "She walked to the market in the morning and", "What the hell", "The river runs",
            "I hate you because", "The quick brown fox jumps over"]

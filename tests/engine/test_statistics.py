@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from neuron_explorer.cache import schema
-from neuron_explorer.engine.statistics import assign_groups, neuron_metrics, summarize, top_toxic_share
-from neuron_explorer.engine.synthetic import build_synthetic_cache
+from neuron_explorer.engine.neurons.statistics import assign_groups, neuron_metrics, summarize, top_toxic_share
+from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
 
 # Yang v1 on GPT-2 medium (METHOD §3): each group's Σ Δ, the v1 shares as printed in the paper, and the mirror
 # groups' shares of their own sum (−2.054, −14.372, −14.633, −9.208 over −40.267), worked out by hand.

@@ -11,7 +11,7 @@ from rich.console import Console
 from textual.reactive import reactive
 from textual.widgets import Input
 
-from neuron_explorer.engine.synthetic import build_synthetic_cache
+from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
 from neuron_explorer.explorer.app import ExplorerApp
 from neuron_explorer.explorer.state import Store
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from neuron_explorer.cache.reader import CacheReader
-from neuron_explorer.engine.compute import ComputeSettings, run_compute
+from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 
 pytestmark = pytest.mark.integration
 SCALED = [(4, 100), (4, 200), (17, 1000)]

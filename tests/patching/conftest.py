@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuron_explorer.engine.models import load_model
+from neuron_explorer.engine.model.loading import load_model
 
 PROMPTS = ["You are a stupid", "She walked to the market in the morning and", "What the hell", "The river runs",
            "I hate you", "The quick brown fox", "Shut up and get out", "An old stone bridge", "You pathetic loser",
@@ -31,7 +31,7 @@ def loaded_pairs(pairs):
 def compute_cache(tmp_path_factory):
     """`compute_cache(base, tuned, name, **settings)`: a real cache of a tiny pair on PROMPTS, computed by the engine
     (default settings otherwise: every second prompt held out for patch runs)."""
-    from neuron_explorer.engine.compute import ComputeSettings, run_compute
+    from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 
     root = tmp_path_factory.mktemp("patch-cache")
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_explorer.engine import interventions as iv
+from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.defaults import PATCH_MODES
-from neuron_explorer.engine.evaluation import perplexity
-from neuron_explorer.engine.generation import encode_prompts, generate_tokens
-from neuron_explorer.engine.hooks import forward_hooks
-from neuron_explorer.engine.neuron_sets import NeuronSelection
+from neuron_explorer.engine.alignment.evaluation import perplexity
+from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
 from neuron_explorer.errors import UserError
 
 KINDS = ["gpt2", "llama"]

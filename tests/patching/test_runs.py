@@ -15,12 +15,12 @@ from neuron_explorer.cache import annotations
 from neuron_explorer.cache.provenance import sha256_file, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
-from neuron_explorer.engine import interventions as iv
-from neuron_explorer.engine import patching
-from neuron_explorer.engine.neuron_sets import normalize_group, resolve
-from neuron_explorer.engine.patching import (PatchSession, PatchSpec, RunSettings, format_runs_table,
+from neuron_explorer.engine.patching import interventions as iv
+from neuron_explorer.engine.patching import runs as patching
+from neuron_explorer.engine.patching.neuron_sets import normalize_group, resolve
+from neuron_explorer.engine.patching.runs import (PatchSession, PatchSpec, RunSettings, format_runs_table,
                                              recovered_metrics)
-from neuron_explorer.engine.prompts import PromptSet, hold_out_for_patching
+from neuron_explorer.engine.alignment.prompts import PromptSet, hold_out_for_patching
 from neuron_explorer.errors import UserError
 
 from .conftest import PROMPTS
@@ -86,7 +86,7 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     progress = [e for e in events if e["event"] == "progress"]
     assert progress[-1]["done"] == progress[-1]["total"] == 3 * session.units
     # a second session with the same settings reuses base and DPO: it never loads the tuned model
-    import neuron_explorer.engine.models as models
+    import neuron_explorer.engine.model.loading as models
 
     real_load = models.load_model
     loads = []
@@ -269,7 +269,7 @@ def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy
     """Sign classes from cos with the toxic embedding (Yang et al.'s seed words), computed here from the value
     vectors, and ā_pre from the cache: the top-|cos| TP and AN neurons go to 0.95 ā_pre, the lowest-|cos| TN and AP neurons to 1.05 ā_pre, and
     each class contributes half its members (β = 0.5)."""
-    from neuron_explorer.engine.probe import toxic_embedding_direction
+    from neuron_explorer.engine.alignment.probe import toxic_embedding_direction
 
     act = cache_arrays(cache_copy)["act_pre"]
     with PatchSession(cache_copy, SMALL) as session:
@@ -309,7 +309,7 @@ def test_a_failed_or_killed_run_leaves_no_record_and_an_intact_file(cache_copy, 
         monkeypatch.setattr(session, "measure", dies)
         with pytest.raises(KeyboardInterrupt):
             session.run(PatchSpec("patch-mean", ("group:TP↓",)))
-        from neuron_explorer.engine.interventions import hook_count
+        from neuron_explorer.engine.patching.interventions import hook_count
 
         assert hook_count(session.loaded) == 0
         with pytest.raises(UserError, match="needs a neuron set"):

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
-from .generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
+from neuron_explorer.engine.alignment.corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
+from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
 
 METRIC_COLUMNS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
                   "check_toxicity", "check_toxicity_sem")

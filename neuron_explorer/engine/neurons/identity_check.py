@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .defaults import IDENTITY_SAMPLE_SIZE
-from .generation import encode_prompts
-from .hooks import forward_hooks
-from .models import LoadedModel
-from .recording import Recording
-from .statistics import identity_residuals
+from neuron_explorer.engine.defaults import IDENTITY_SAMPLE_SIZE
+from neuron_explorer.engine.model.generation import encode_prompts
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.loading import LoadedModel
+from neuron_explorer.engine.neurons.recording import Recording
+from neuron_explorer.engine.neurons.statistics import identity_residuals
 
 @dataclass
 class IdentityCheck:

@@ -13,17 +13,17 @@ from neuron_explorer.cache.provenance import software_versions
 from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
 
-from .defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
+from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
-from .identity_check import check_identity, sample_prompts
-from .models import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
-from .probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
-from .progress import progress_bars
-from .prompts import hold_out_for_patching, load_prompts
-from .recording import record_model
-from .results import write_statistics, write_token_tables
-from .statistics import layer_columns, neuron_metrics
-from .weights import probe_projections, value_cosines, value_tokens, vocabulary
+from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
+from neuron_explorer.engine.model.loading import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
+from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
+from neuron_explorer.engine.progress import progress_bars
+from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
+from neuron_explorer.engine.neurons.recording import record_model
+from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
+from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
+from neuron_explorer.engine.model.weights import probe_projections, value_cosines, value_tokens, vocabulary
 
 AUTO_PROBE = "auto"
 

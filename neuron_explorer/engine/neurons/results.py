@@ -7,9 +7,9 @@ import numpy as np
 from neuron_explorer.cache import schema
 from neuron_explorer.cache.writer import CacheWriter
 
-from .clustering import cluster_neurons
-from .defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
-from .statistics import summarize
+from neuron_explorer.engine.neurons.clustering import cluster_neurons
+from neuron_explorer.engine.defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
+from neuron_explorer.engine.neurons.statistics import summarize
 
 
 def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, prompt_acts_pre, prompt_acts_dpo, *,

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .defaults import POSITION_MODES
-from .generation import batches, encode_prompts, generate_tokens, special_token_ids
-from .hooks import forward_hooks
-from .models import LoadedModel
+from neuron_explorer.engine.defaults import POSITION_MODES
+from neuron_explorer.engine.model.generation import batches, encode_prompts, generate_tokens, special_token_ids
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.loading import LoadedModel
 
 
 @dataclass(frozen=True)

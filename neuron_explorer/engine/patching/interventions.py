@@ -37,8 +37,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .hooks import forward_hooks
-from .neuron_sets import NeuronSelection
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
 
 POSITIONS = ("all", "newest")
 ALL_POSITIONS_PASS = "one pass per window, the intervention at every position"

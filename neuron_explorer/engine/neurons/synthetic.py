@@ -11,8 +11,8 @@ import numpy as np
 
 from neuron_explorer.cache.writer import CacheWriter
 
-from .results import write_statistics, write_token_tables
-from .statistics import layer_columns, neuron_metrics
+from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
+from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
 
 TOKENS_PER_NEURON = 10
 

@@ -25,8 +25,8 @@ from transformers.utils import logging as hf_logging
 from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.errors import UserError
 
-from .architectures import Architecture, architecture_for
-from .defaults import cache_home
+from neuron_explorer.engine.model.architectures import Architecture, architecture_for
+from neuron_explorer.engine.defaults import cache_home
 
 EMBEDDED_BASE = "embedded"
 EMBEDDED_TUNED = "embedded-dpo"

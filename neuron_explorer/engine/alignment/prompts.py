@@ -27,7 +27,7 @@ import polars as pl
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 
-from .jsonl import read_jsonl
+from neuron_explorer.engine.alignment.jsonl import read_jsonl
 
 TEMPLATES_FILE = Path(__file__).parent / "data" / "prompt_templates.json"
 BUILTIN_SPLITS = ("pairs", "heldout")

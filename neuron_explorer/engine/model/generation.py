@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .models import LoadedModel
+from neuron_explorer.engine.model.loading import LoadedModel
 
 MAX_PROMPT_TOKENS = 32
 NEW_TOKENS = 20

@@ -12,7 +12,7 @@ from scipy.cluster import hierarchy
 
 from neuron_explorer.cache import schema
 
-from .defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
+from neuron_explorer.engine.defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
 
 FEATURES = "z-scored per-prompt activation shift (act_pre - act_dpo per prompt)"
 

@@ -34,7 +34,7 @@ from neuron_explorer import __version__
 from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
 
-from .defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
+from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
 
 # Bump a stage's version when its code changes what it produces.
 STAGES = ("model", "openings", "candidates", "probe", "pairs", "dpo", "evaluate", "compute")
@@ -233,25 +233,25 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
     try:
         return _build(settings, printer)
     except StopBuild as stop:
-        from .defaults import default_cache_path
+        from neuron_explorer.engine.defaults import default_cache_path
 
         return BuildResult(output=Path(settings.output or default_cache_path()).expanduser(), outcomes=stop.outcomes,
                            evaluation={})
 
 
 def _build(settings: BuildSettings, printer: Callable[[str], None]) -> BuildResult:
-    from .compute import ComputeSettings, run_compute
-    from .corpora import load_corpus
-    from .defaults import default_cache_path, default_work_dir
-    from .dpo import DPOSettings, train_dpo
-    from .evaluation import EvaluationSettings, evaluate, evaluation_table, format_table, generations_table
-    from .models import (EMBEDDED_BASE, EMBEDDED_TUNED, embedded_base_dir, embedded_tuned_dir, load_model,
+    from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
+    from neuron_explorer.engine.alignment.corpora import load_corpus
+    from neuron_explorer.engine.defaults import default_cache_path, default_work_dir
+    from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
+    from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table, generations_table
+    from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, embedded_base_dir, embedded_tuned_dir, load_model,
                          materialize_embedded)
-    from .pairs import (add_steered, generate_candidates, load_candidates, sample_openings, save_candidates, save_pairs,
+    from neuron_explorer.engine.alignment.pairs import (add_steered, generate_candidates, load_candidates, sample_openings, save_candidates, save_pairs,
                         select_pairs)
-    from .probe_training import fit_probe, label_rule, labeled_from_candidates, pooled_features, save_probe
-    from .prompts import load_prompts, opening_seeds
-    from .scoring import get_scorer
+    from neuron_explorer.engine.alignment.probe_training import fit_probe, label_rule, labeled_from_candidates, pooled_features, save_probe
+    from neuron_explorer.engine.alignment.prompts import load_prompts, opening_seeds
+    from neuron_explorer.engine.alignment.scoring import get_scorer
 
     if settings.pair_method not in {"best-of-n", "steer", "both"}:
         raise UserError(f"unknown pair method '{settings.pair_method}': use best-of-n, steer or both")
@@ -358,7 +358,7 @@ def _build(settings: BuildSettings, printer: Callable[[str], None]) -> BuildResu
     def stage_pairs():
         cands = load_candidates(candidates_file)
         if steer:
-            from .probe import load_probe
+            from neuron_explorer.engine.alignment.probe import load_probe
 
             probe = load_probe(probe_file, base().d_model)
             add_steered(base(), cands, scorer, probe.direction, n_samples=settings.steer_samples,
@@ -433,7 +433,7 @@ def _build(settings: BuildSettings, printer: Callable[[str], None]) -> BuildResu
                       "settings": {k: str(v) for k, v in asdict(compute_settings).items()}, **code}
 
     def stage_compute():
-        from .evaluation import EvaluationResult
+        from neuron_explorer.engine.alignment.evaluation import EvaluationResult
 
         models.clear()  # free memory: compute loads both models itself
         payload = json.loads(eval_file.read_text())

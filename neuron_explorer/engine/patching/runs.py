@@ -35,14 +35,14 @@ from neuron_explorer.cache.provenance import sha256_bytes, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
 
-from . import interventions as iv
-from .corpora import f1_items, load_corpus, perplexity_windows
-from .defaults import PATCH_MODES
-from .evaluation import (EvaluationResult, EvaluationSettings, f1_score, perplexity, standard_error,
+from neuron_explorer.engine.patching import interventions as iv
+from neuron_explorer.engine.alignment.corpora import f1_items, load_corpus, perplexity_windows
+from neuron_explorer.engine.defaults import PATCH_MODES
+from neuron_explorer.engine.alignment.evaluation import (EvaluationResult, EvaluationSettings, f1_score, perplexity, standard_error,
                          toxicity)
-from .hooks import forward_hooks
-from .neuron_sets import NeuronSelection, resolve
-from .prompts import PromptSet, load_prompts
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
+from neuron_explorer.engine.alignment.prompts import PromptSet, load_prompts
 
 Progress = Callable[[dict], None]
 TUNING_FREE_SEED_WORDS = "authors"  # probe.SEED_WORDS list of the toxic embedding the tuning-free edit ranks by
@@ -173,8 +173,8 @@ class PatchSession:
 
     def __init__(self, cache_path: str | Path, settings: RunSettings | None = None, progress: Progress | None = None,
                  loaded=None):
-        from .models import load_model
-        from .scoring import get_scorer
+        from neuron_explorer.engine.model.loading import load_model
+        from neuron_explorer.engine.alignment.scoring import get_scorer
 
         self.cache_path = Path(cache_path).expanduser()
         self.settings = settings or RunSettings()
@@ -335,7 +335,7 @@ class PatchSession:
     def tuned(self):
         """The tuned (DPO) model, loaded on first use."""
         if self._tuned is None:
-            from .models import load_model
+            from neuron_explorer.engine.model.loading import load_model
 
             self._message(f"loading the tuned model {self.tuned_spec}")
             self._tuned = load_model(self.tuned_spec, device=self.settings.device, dtype=self.settings.dtype)
@@ -345,7 +345,7 @@ class PatchSession:
         """cos(v_i, toxic embedding) of the base model, with Yang et al.'s five-and-five seed words: the direction
         their tuning-free edit ranks neurons by."""
         if self._cos_embedding is None:
-            from .probe import toxic_embedding_direction
+            from neuron_explorer.engine.alignment.probe import toxic_embedding_direction
 
             direction = toxic_embedding_direction(self.loaded, TUNING_FREE_SEED_WORDS).direction
             self._cos_embedding = iv.value_vector_cosines(self.loaded, direction)

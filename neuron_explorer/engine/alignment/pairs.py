@@ -35,9 +35,9 @@ import torch
 
 from neuron_explorer.errors import UserError
 
-from .generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
-from .hooks import forward_hooks
-from .jsonl import read_jsonl
+from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.alignment.jsonl import read_jsonl
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from neuron_explorer.cache.provenance import sha256_bytes
 from neuron_explorer.errors import UserError
 
-from .defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
+from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
 
 RUN_FILE = "run.json"
 
@@ -125,8 +125,8 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer
 
-    from .models import resolve_device
-    from .pairs import load_pairs
+    from neuron_explorer.engine.model.loading import resolve_device
+    from neuron_explorer.engine.alignment.pairs import load_pairs
 
     policy = Path(settings.policy).expanduser()
     if not (policy / "config.json").exists():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
-from .jsonl import read_jsonl
+from neuron_explorer.engine.alignment.jsonl import read_jsonl
 
 BUILTIN = "builtin"
 

@@ -24,8 +24,8 @@ import torch
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 
-from .defaults import LABEL_BAND, PROBE_C
-from .hooks import forward_hooks
+from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
+from neuron_explorer.engine.model.hooks import forward_hooks
 
 TEXT_COLUMNS = ("comment_text", "text", "prompt")
 LABEL_COLUMNS = ("toxic", "label", "toxicity", "labels")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .models import LoadedModel
+from neuron_explorer.engine.model.loading import LoadedModel
 
 TOKENS_PER_NEURON = 10
 

@@ -1,1 +1,0 @@
-"""The HDF5 cache: schema, atomic writing, polars reading, provenance. Imports neither engine nor explorer."""

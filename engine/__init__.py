@@ -1,1 +1,0 @@
-"""The compute engine: models, hooks, statistics, probe, DPO, interventions, evaluation."""

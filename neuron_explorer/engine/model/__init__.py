@@ -1,0 +1,1 @@
+"""The model layer, ``neuron_explorer.engine.model``: the only place that knows how an architecture is laid out."""

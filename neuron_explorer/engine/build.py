@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -481,10 +480,4 @@ def build_table(outcomes: list[StageOutcome], settings: BuildSettings) -> dict:
     }
 
 
-def clean(work_dir: Path) -> None:
-    """Remove the build's stage outputs (not the converted base model)."""
-    if Path(work_dir).exists():
-        shutil.rmtree(work_dir)
-
-
-__all__ = ["BuildSettings", "BuildResult", "StageRunner", "StageOutcome", "content_hash", "run_build", "clean"]
+__all__ = ["BuildSettings", "BuildResult", "StageRunner", "StageOutcome", "content_hash", "run_build"]

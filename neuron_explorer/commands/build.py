@@ -9,8 +9,7 @@ skipped when its inputs are unchanged, so a second run takes seconds. The first 
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from neuron_explorer.commands.arguments import output_file, output_folder, positive_count
 from neuron_explorer.engine.build import STAGES
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
 
@@ -18,36 +17,39 @@ HELP = "build the embedded default (probe, pairs, DPO, evaluation, statistics) o
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("-o", "--output", type=Path, default=None,
+    parser.add_argument("-o", "--output", type=output_file, default=None,
                         help="cache file to write (default: ~/.cache/neuron-explorer/embedded-default.h5)")
-    parser.add_argument("--work-dir", type=Path, default=None,
+    parser.add_argument("--work-dir", type=output_folder, default=None,
                         help="where stages keep their outputs (default: ~/.cache/neuron-explorer/build)")
     parser.add_argument("--force", nargs="*", metavar="STAGE", default=None,
                         help=f"rerun these stages (all when none is named): {', '.join(STAGES)}")
     parser.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--scorer", default="profanity",
                         help="scorer that labels the probe, picks the pairs and grades the result: profanity "
-                             "(offline default) or detoxify[:VARIANT]")
+                             "(offline) or detoxify[:VARIANT] (default: %(default)s)")
     parser.add_argument("--check-scorer", default="wordlist",
-                        help="second scorer reported beside it, never used for training: wordlist (default), "
-                             "detoxify[:VARIANT], or none")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="second scorer reported beside it, never used for training: wordlist, "
+                             "detoxify[:VARIANT], or none (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     pairs = parser.add_argument_group("pairs")
-    pairs.add_argument("--samples", type=int, default=3, help="sampled continuations per prompt (default: 3)")
+    pairs.add_argument("--samples", type=positive_count, default=3,
+                       help="sampled continuations per prompt (default: %(default)s)")
     pairs.add_argument("--pair-method", default="best-of-n", choices=["best-of-n", "steer", "both"],
-                       help="how rejected continuations are made (default: best-of-n)")
+                       help="how rejected continuations are made (default: %(default)s)")
     pairs.add_argument("--chosen", default="least-toxic", choices=["least-toxic", "greedy"],
-                       help="chosen continuation: the least toxic candidate (default) or the greedy one (Lee et al.)")
-    pairs.add_argument("--margin", type=float, default=0.3, help="min rejected - chosen score (default: 0.3)")
+                       help="chosen continuation: the least toxic candidate or the greedy one (Lee et al.) "
+                            "(default: %(default)s)")
+    pairs.add_argument("--margin", type=float, default=0.3, help="min rejected - chosen score (default: %(default)s)")
     dpo = parser.add_argument_group("DPO")
-    dpo.add_argument("--beta", type=float, default=DPO_BETA)
-    dpo.add_argument("--lr", type=float, default=DPO_LEARNING_RATE)
-    dpo.add_argument("--steps", type=int, default=DPO_STEPS)
-    dpo.add_argument("--batch-size", type=int, default=4)
+    dpo.add_argument("--beta", type=float, default=DPO_BETA, help="DPO β (default: %(default)s)")
+    dpo.add_argument("--lr", type=float, default=DPO_LEARNING_RATE, help="learning rate (default: %(default)s)")
+    dpo.add_argument("--steps", type=positive_count, default=DPO_STEPS, help="training steps (default: %(default)s)")
+    dpo.add_argument("--batch-size", type=positive_count, default=4, help="pairs per step (default: %(default)s)")
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument("--ppl-windows", type=int, default=24, help="256-token corpus windows for perplexity (default: 24)")
-    ev.add_argument("--f1-items", type=int, default=64, help="corpus passages for F1 (default: 64)")
+    ev.add_argument("--ppl-windows", type=positive_count, default=24,
+                    help="256-token corpus windows for perplexity (default: %(default)s)")
+    ev.add_argument("--f1-items", type=positive_count, default=64, help="corpus passages for F1 (default: %(default)s)")
 
 
 def run(args) -> int:
@@ -60,9 +62,6 @@ def run(args) -> int:
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}: choose from {', '.join(STAGES)}")
         force = set(args.force) if args.force else True
-    for name in ("samples", "steps", "batch_size", "ppl_windows", "f1_items"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     settings = BuildSettings(work_dir=args.work_dir, output=args.output, scorer=args.scorer,
                              check_scorer=None if args.check_scorer == "none" else args.check_scorer,
                              device=args.device, until=args.until, seed=args.seed, n_samples=args.samples,

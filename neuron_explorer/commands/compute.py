@@ -18,11 +18,10 @@ Prompts: .jsonl (RealToxicityPrompts layout, or a prompt/text field), .txt (one 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from rich.table import Table
 
+from neuron_explorer.commands.arguments import output_file, positive_count
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE,
                                              PATCH_HOLDOUT, POSITION_MODES, POSITION_PROTOCOLS, default_cache_path)
 
@@ -31,52 +30,52 @@ HELP = "record a base/tuned model pair and write the neuron statistics to an HDF
 
 def add_arguments(parser) -> None:
     models = parser.add_argument_group("models")
-    models.add_argument("--base", default="embedded", help="base model spec (default: embedded)")
-    models.add_argument("--tuned", default="embedded-dpo", help="DPO-tuned model spec (default: embedded-dpo)")
-    models.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    models.add_argument("--base", default="embedded", help="base model spec (default: %(default)s)")
+    models.add_argument("--tuned", default="embedded-dpo", help="DPO-tuned model spec (default: %(default)s)")
+    models.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     models.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
     models.add_argument("--device-map", default=None, help="e.g. auto: spread models larger than one GPU")
     data = parser.add_argument_group("probe and prompts")
     data.add_argument("--probe", default="auto",
                       help="probe file, toxic-embedding (our seed words), toxic-embedding:authors (Yang et al. v3's), "
-                           "or auto (default)")
-    data.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: builtin:heldout)")
+                           "or auto (default: %(default)s)")
+    data.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: %(default)s)")
     data.add_argument("--prompt-column", default=None, help="text column of a CSV/Parquet/JSONL/hub prompt set")
-    data.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts")
+    data.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
+                      help="use only the first N prompts (default: all)")
     data.add_argument("--patch-holdout", type=float, default=PATCH_HOLDOUT, metavar="FRACTION",
                       help="keep this fraction of the prompts (evenly spread) aside, unrecorded, for patch runs to "
-                           f"evaluate on out of sample; 0 keeps none (default: {PATCH_HOLDOUT:g})")
+                           "evaluate on out of sample; 0 keeps none (default: %(default)g)")
     recording = parser.add_argument_group("recording (default: Yang et al. v3's positions)")
     recording.add_argument("--positions", default="generated", choices=POSITION_MODES,
                            help="which positions to average: "
                                 + "; ".join(f"{mode}: {text}" for mode, text in POSITION_PROTOCOLS.items())
-                                + " (default: generated)")
-    recording.add_argument("--new-tokens", type=int, default=20, help="tokens each model generates (default: 20)")
-    recording.add_argument("--max-prompt-tokens", type=int, default=32, help="prompt truncation (default: 32)")
-    recording.add_argument("--batch-size", type=int, default=16, help="prompts per batch (default: 16)")
+                                + " (default: %(default)s)")
+    recording.add_argument("--new-tokens", type=positive_count, default=20,
+                           help="tokens each model generates (default: %(default)s)")
+    recording.add_argument("--max-prompt-tokens", type=positive_count, default=32,
+                           help="prompt truncation (default: %(default)s)")
+    recording.add_argument("--batch-size", type=positive_count, default=16,
+                           help="prompts per batch (default: %(default)s)")
     recording.add_argument("--shared-continuation", action="store_true",
                            help="record the tuned model on the base model's continuation (same tokens for both)")
     recording.add_argument("--identity-check", default=str(IDENTITY_SAMPLE_SIZE), metavar="N|all",
                            help="prompts (spread evenly) on which a separate pass measures what each MLP writes into "
-                                f"the residual stream, to check the recorded statistics (default: {IDENTITY_SAMPLE_SIZE})")
+                                "the residual stream, to check the recorded statistics (default: %(default)s)")
     clusters = parser.add_argument_group("clustering")
-    clusters.add_argument("--cluster-top-k", type=int, default=DEFAULT_CLUSTER_TOP_K,
-                          help=f"cluster the top K neurons by |Δ| (default: {DEFAULT_CLUSTER_TOP_K})")
-    clusters.add_argument("--clusters", type=int, default=DEFAULT_N_CLUSTERS,
-                          help=f"flat clusters at the stored cut (default: {DEFAULT_N_CLUSTERS})")
-    parser.add_argument("-o", "--output", type=Path, default=None,
+    clusters.add_argument("--cluster-top-k", type=positive_count, default=DEFAULT_CLUSTER_TOP_K,
+                          help="cluster the top K neurons by |Δ| (default: %(default)s)")
+    clusters.add_argument("--clusters", type=positive_count, default=DEFAULT_N_CLUSTERS,
+                          help="flat clusters at the stored cut (default: %(default)s)")
+    parser.add_argument("-o", "--output", type=output_file, default=None,
                         help=f"cache file to write (default: {default_cache_path()})")
 
 
 def run(args) -> int:
     from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
     from neuron_explorer.engine.progress import console
-    from neuron_explorer.errors import UserError
 
-    for name in ("new_tokens", "max_prompt_tokens", "batch_size", "cluster_top_k", "clusters"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     settings = ComputeSettings(
         base=args.base, tuned=args.tuned, probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
         output=args.output or default_cache_path(), positions=args.positions, new_tokens=args.new_tokens,

@@ -6,28 +6,35 @@ models it prints one Markdown table, with ratios to the first.
 
 from __future__ import annotations
 
-from pathlib import Path
+from neuron_explorer.commands.arguments import at_least, count_or_all, output_file, positive_count
 
 HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("models", nargs="*", default=["embedded", "embedded-dpo"],
-                        help="model specs, NAME=SPEC to label them (default: embedded embedded-dpo)")
-    parser.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: builtin:heldout)")
+                        help="model specs, NAME=SPEC to label them (default: %(default)s)")
+    parser.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: %(default)s)")
     parser.add_argument("--prompt-column", default=None)
-    parser.add_argument("--max-prompts", type=int, default=None)
-    parser.add_argument("--scorer", default="profanity", help="profanity (default), wordlist or detoxify[:VARIANT]")
+    parser.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
+                        help="use only the first N prompts (default: all)")
+    parser.add_argument("--scorer", default="profanity",
+                        help="profanity, wordlist or detoxify[:VARIANT] (default: %(default)s)")
     parser.add_argument("--check-scorer", default="wordlist",
-                        help="second scorer reported beside the first: wordlist (default), detoxify[:VARIANT] or none")
-    parser.add_argument("--corpus", default="builtin", help="builtin (CPython docs), a file, or hub:wikitext")
-    parser.add_argument("--ppl-window", type=int, default=256, help="tokens per perplexity window (default: 256)")
-    parser.add_argument("--ppl-windows", type=int, default=24, help="number of windows, 0 = all (default: 24)")
-    parser.add_argument("--f1-items", type=int, default=64, help="F1 passages, 0 = all (default: 64)")
-    parser.add_argument("--batch-size", type=int, default=32)
+                        help="second scorer reported beside the first: wordlist, detoxify[:VARIANT] or none "
+                             "(default: %(default)s)")
+    parser.add_argument("--corpus", default="builtin",
+                        help="builtin (CPython docs), a file, or hub:wikitext (default: %(default)s)")
+    parser.add_argument("--ppl-window", type=at_least(2), default=256,
+                        help="tokens per perplexity window (default: %(default)s)")
+    parser.add_argument("--ppl-windows", type=count_or_all, default=24,
+                        help="number of windows, 0 = all (default: %(default)s)")
+    parser.add_argument("--f1-items", type=count_or_all, default=64, help="F1 passages, 0 = all (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_count, default=32,
+                        help="prompts per batch (default: %(default)s)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--json", type=Path, default=None, help="write metrics and generations as JSON here")
+    parser.add_argument("--json", type=output_file, default=None, help="write metrics and generations as JSON here")
 
 
 def run(args) -> int:
@@ -38,10 +45,7 @@ def run(args) -> int:
     from neuron_explorer.engine.model.loading import load_model
     from neuron_explorer.engine.alignment.prompts import load_prompts
     from neuron_explorer.engine.alignment.scoring import get_scorer
-    from neuron_explorer.errors import UserError
 
-    if args.ppl_window < 2 or args.ppl_windows < 0 or args.f1_items < 0 or args.batch_size < 1:
-        raise UserError("--ppl-window must be >= 2, --ppl-windows/--f1-items >= 0, --batch-size >= 1")
     scorer = get_scorer(args.scorer)
     check_scorer = None if args.check_scorer == "none" else get_scorer(args.check_scorer)
     prompts = load_prompts(args.prompts, column=args.prompt_column, max_prompts=args.max_prompts)

@@ -7,31 +7,37 @@ Writes JSONL (prompt, chosen, rejected, scores, method) and a .provenance.json b
 
 from __future__ import annotations
 
-from pathlib import Path
+from neuron_explorer.commands.arguments import non_negative, output_file, positive_count
 
 HELP = "make preference pairs (greedy vs best-of-n / probe-steered toxic continuations)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="embedded", help="base model spec (default: embedded)")
-    parser.add_argument("--prompts", default="builtin:pairs", help="prompt source (default: builtin:pairs)")
+    parser.add_argument("--model", default="embedded", help="base model spec (default: %(default)s)")
+    parser.add_argument("--prompts", default="builtin:pairs", help="prompt source (default: %(default)s)")
     parser.add_argument("--prompt-column", default=None)
-    parser.add_argument("--max-prompts", type=int, default=None)
-    parser.add_argument("--method", default="best-of-n", choices=["best-of-n", "steer", "both"])
-    parser.add_argument("--samples", type=int, default=4, help="best-of-n samples per prompt (default: 4)")
+    parser.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
+                        help="use only the first N prompts (default: all)")
+    parser.add_argument("--method", default="best-of-n", choices=["best-of-n", "steer", "both"],
+                        help="how rejected continuations are made (default: %(default)s)")
+    parser.add_argument("--samples", type=positive_count, default=4,
+                        help="best-of-n samples per prompt (default: %(default)s)")
     parser.add_argument("--probe", default=None, help="probe file for --method steer/both")
-    parser.add_argument("--steer-samples", type=int, default=2)
+    parser.add_argument("--steer-samples", type=positive_count, default=2,
+                        help="steered samples per prompt (default: %(default)s)")
     parser.add_argument("--steer-strength", type=float, default=0.5,
-                        help="step along the probe, in units of the mean residual norm (default: 0.5)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--margin", type=float, default=0.3)
-    parser.add_argument("--scorer", default="profanity")
-    parser.add_argument("--candidates-out", type=Path, default=None, help="also save all scored candidates here")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("-o", "--output", type=Path, default=Path("pairs.jsonl"))
+                        help="step along the probe, in units of the mean residual norm (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--top-k", type=non_negative, default=50, help="0 = no top-k filter (default: %(default)s)")
+    parser.add_argument("--margin", type=float, default=0.3, help="min rejected - chosen score (default: %(default)s)")
+    parser.add_argument("--scorer", default="profanity",
+                        help="profanity, wordlist or detoxify[:VARIANT] (default: %(default)s)")
+    parser.add_argument("--candidates-out", type=output_file, default=None, help="also save all scored candidates here")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", help="weights dtype (default: %(default)s)")
+    parser.add_argument("-o", "--output", type=output_file, default="pairs.jsonl",
+                        help="pairs JSONL to write (default: %(default)s)")
 
 
 def run(args) -> int:

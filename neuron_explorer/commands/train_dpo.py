@@ -8,31 +8,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neuron_explorer.commands.arguments import non_negative, output_folder, positive_count, readable_file
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
 
 HELP = "DPO-tune a model on preference pairs (trl), resumable"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="embedded", help="policy: embedded or a local model folder (default: embedded)")
-    parser.add_argument("--pairs", type=Path, required=True, help="pairs JSONL from make-pairs")
-    parser.add_argument("-o", "--output", type=Path, default=None,
+    parser.add_argument("--model", default="embedded",
+                        help="policy: embedded or a local model folder (default: %(default)s)")
+    parser.add_argument("--pairs", type=readable_file, required=True, help="pairs JSONL from make-pairs")
+    parser.add_argument("-o", "--output", type=output_folder, default=None,
                         help="tuned model folder (default for the embedded model: the embedded-dpo folder)")
-    parser.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: OUTPUT.checkpoints)")
-    parser.add_argument("--beta", type=float, default=DPO_BETA)
-    parser.add_argument("--lr", type=float, default=DPO_LEARNING_RATE)
-    parser.add_argument("--optimizer", default="adamw_torch", help="adamw_torch (default), rmsprop (Lee), ...")
-    parser.add_argument("--steps", type=int, default=DPO_STEPS)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=0)
-    parser.add_argument("--eval-pairs", type=int, default=16, help="held-out pairs for early stopping (default: 16)")
-    parser.add_argument("--eval-steps", type=int, default=10)
-    parser.add_argument("--save-steps", type=int, default=20)
-    parser.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
+    parser.add_argument("--work-dir", type=output_folder, default=None,
+                        help="checkpoints (default: OUTPUT.checkpoints)")
+    parser.add_argument("--beta", type=float, default=DPO_BETA, help="DPO β (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=DPO_LEARNING_RATE, help="learning rate (default: %(default)s)")
+    parser.add_argument("--optimizer", default="adamw_torch",
+                        help="adamw_torch, rmsprop (Lee), ... (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_count, default=DPO_STEPS, help="training steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_count, default=4, help="pairs per step (default: %(default)s)")
+    parser.add_argument("--grad-accum", type=positive_count, default=1,
+                        help="gradient accumulation steps (default: %(default)s)")
+    parser.add_argument("--warmup", type=non_negative, default=0,
+                        help="learning-rate warm-up steps (default: %(default)s)")
+    parser.add_argument("--eval-pairs", type=non_negative, default=16,
+                        help="held-out pairs for early stopping (default: %(default)s)")
+    parser.add_argument("--eval-steps", type=positive_count, default=10,
+                        help="steps between evaluations (default: %(default)s)")
+    parser.add_argument("--save-steps", type=positive_count, default=20,
+                        help="steps between checkpoints (default: %(default)s)")
+    parser.add_argument("--patience", type=non_negative, default=3,
+                        help="evaluations without improvement before stopping, 0 = never "
+                             "(default: %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
 
 
 def run(args) -> int:

@@ -10,34 +10,38 @@ the ambiguous ones in between left out; see --band), or reuse --candidates from 
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from neuron_explorer.commands.arguments import output_file, positive_count, readable_file
 from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
 
 HELP = "train the linear toxicity probe (Jigsaw-layout data, or offline self-labelled continuations)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="embedded", help="model spec (default: embedded)")
+    parser.add_argument("--model", default="embedded", help="model spec (default: %(default)s)")
     parser.add_argument("--data", default=None, help="labelled texts: a file or hub:NAME[:SPLIT] (default: offline)")
     parser.add_argument("--text-column", default=None, help="text column (default: comment_text or text)")
     parser.add_argument("--label-column", default=None, help="label column (default: toxic or label)")
-    parser.add_argument("--max-rows", type=int, default=None, help="random subset of the labelled data")
-    parser.add_argument("--candidates", type=Path, default=None, help="reuse a candidates.jsonl (offline mode)")
-    parser.add_argument("--prompts", default="builtin:pairs", help="prompts to sample from (offline mode)")
-    parser.add_argument("--samples", type=int, default=4, help="samples per prompt (offline mode, default: 4)")
-    parser.add_argument("--scorer", default="profanity", help="labels in offline mode (default: profanity)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="score/label threshold for toxic (default: 0.5)")
+    parser.add_argument("--max-rows", type=positive_count, default=None, help="random subset of the labelled data")
+    parser.add_argument("--candidates", type=readable_file, default=None,
+                        help="reuse a candidates.jsonl (offline mode)")
+    parser.add_argument("--prompts", default="builtin:pairs",
+                        help="prompts to sample from (offline mode) (default: %(default)s)")
+    parser.add_argument("--samples", type=positive_count, default=4,
+                        help="samples per prompt (offline mode, default: %(default)s)")
+    parser.add_argument("--scorer", default="profanity", help="labels in offline mode (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="score/label threshold for toxic (default: %(default)s)")
     parser.add_argument("--band", type=float, default=LABEL_BAND,
-                        help=f"offline mode: leave out texts scored within threshold ± band (default: {LABEL_BAND})")
-    parser.add_argument("--heldout-fraction", type=float, default=0.2)
+                        help="offline mode: leave out texts scored within threshold ± band (default: %(default)s)")
+    parser.add_argument("--heldout-fraction", type=float, default=0.2,
+                        help="held-out share of the texts (default: %(default)s)")
     parser.add_argument("--C", type=float, default=PROBE_C,
-                        help=f"inverse L2 strength on standardized features (default: {PROBE_C})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("-o", "--output", type=Path, default=Path("probe.safetensors"),
-                        help="probe file (default: ./probe.safetensors)")
+                        help="inverse L2 strength on standardized features (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", help="weights dtype (default: %(default)s)")
+    parser.add_argument("-o", "--output", type=output_file, default="probe.safetensors",
+                        help="probe file (default: %(default)s)")
 
 
 def run(args) -> int:

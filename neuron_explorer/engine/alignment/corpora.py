@@ -23,7 +23,7 @@ from pathlib import Path
 
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
-from neuron_explorer.engine.alignment.jsonl import read_jsonl
+from neuron_explorer.engine.alignment.jsonl import read_jsonl, read_utf8
 
 BUILTIN = "builtin"
 
@@ -73,11 +73,14 @@ def _file_text(path: Path) -> str:
     if suffix in {".csv", ".parquet"}:
         import polars as pl
 
-        frame = pl.read_csv(path) if suffix == ".csv" else pl.read_parquet(path)
+        try:
+            frame = pl.read_csv(path) if suffix == ".csv" else pl.read_parquet(path)
+        except (pl.exceptions.PolarsError, OSError) as error:
+            raise UserError(f"{path} is not a readable {suffix[1:].upper()} file: {str(error).splitlines()[0]}") from None
         if "text" not in frame.columns:
             raise UserError(f"{path} has no 'text' column (columns: {', '.join(frame.columns)})")
         return "\n".join(str(v) for v in frame["text"].drop_nulls().to_list())
-    return path.read_text(encoding="utf-8")
+    return read_utf8(path)
 
 
 def _hub_text(spec: str) -> str:

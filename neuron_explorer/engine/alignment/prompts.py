@@ -27,7 +27,7 @@ import polars as pl
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 
-from neuron_explorer.engine.alignment.jsonl import read_jsonl
+from neuron_explorer.engine.alignment.jsonl import read_jsonl, read_utf8
 
 TEMPLATES_FILE = Path(__file__).parent / "data" / "prompt_templates.json"
 BUILTIN_SPLITS = ("pairs", "heldout")
@@ -128,7 +128,7 @@ def _from_file(path: Path, column: str | None) -> list[str]:
             raise UserError(f"{path} has no column '{column or ' or '.join(TEXT_COLUMNS)}' (columns: "
                             f"{', '.join(frame.columns)}): choose one with --prompt-column")
         return [str(v) for v in frame[name].drop_nulls().to_list()]
-    return path.read_text(encoding="utf-8").splitlines()
+    return read_utf8(path).splitlines()
 
 
 def _jsonl(path: Path, column: str | None) -> list[str]:

@@ -204,6 +204,13 @@ def _load_state_dict(model: PreTrainedModel, path: Path) -> None:
                 state = stripped
                 break
     state = {key: value for key, value in state.items() if key in expected or not key.endswith(LEGACY_BUFFERS)}
+    reshaped = [key for key, value in state.items()
+                if key in expected and tuple(getattr(value, "shape", ())) != tuple(expected[key].shape)]
+    if reshaped:
+        key = reshaped[0]
+        raise UserError(f"{path} does not fit this model: {len(reshaped)} tensors have other shapes (e.g. {key} is "
+                        f"{tuple(getattr(state[key], 'shape', ()))}, the model's {tuple(expected[key].shape)}); is it "
+                        f"for the same base model?")
     result = model.load_state_dict(state, strict=False)
     loaded = {expected[key].data_ptr() for key in state if key in expected}
     missing = [key for key in result.missing_keys if expected[key].data_ptr() not in loaded]  # tied ones were loaded

@@ -1,7 +1,7 @@
 """Atomic writing of a cache file: everything goes to a temporary file beside the target, renamed on success.
 
 A run killed halfway leaves only a hidden ``.NAME.PID.tmp`` file, never a file that looks complete; the next
-writer of the same target removes such leftovers of dead processes.
+writer into the same folder removes such leftovers of dead processes (`atomic.sweep_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import h5py
@@ -18,34 +19,55 @@ from neuron_explorer import __version__
 from neuron_explorer.errors import UserError
 
 from . import schema
+from .atomic import atomic_path, sweep_stale_temporaries
 
 _FLOAT_OPTS = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 _STR = h5py.string_dtype("utf-8")
 
 
-def temporary_path(target: Path, pid: int | None = None) -> Path:
-    return target.with_name(f".{target.name}.{pid or os.getpid()}.tmp")
+class _WriteOnceFailing:
+    """The file object HDF5 writes through: the first failed write (a full disk) is kept and later writes are
+    dropped, so that HDF5 never sees a failure. HDF5 crashes the process (SIGSEGV) when its close cannot write."""
 
+    def __init__(self, path: Path):
+        self.raw = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
 
-def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Delete temporary files that dead processes left beside ``target``; return what was removed."""
-    removed = []
-    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
-        pid_text = leftover.name[len(target.name) + 2 : -len(".tmp")]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
-            leftover.unlink(missing_ok=True)
-            removed.append(leftover)
-    return removed
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while self.error is None and len(view):
+            try:
+                view = view[os.write(self.raw.fileno(), view):]
+            except OSError as error:
+                self.error = error
+        return size
 
+    def truncate(self, size: int) -> int:
+        if self.error is None:
+            try:
+                os.ftruncate(self.raw.fileno(), size)
+            except OSError as error:
+                self.error = error
+        return size
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def flush(self) -> None:
+        pass  # unbuffered: every write went to the operating system already
+
+    def read(self, size: int = -1) -> bytes:
+        return self.raw.read(size)
+
+    def readinto(self, buffer) -> int:
+        return self.raw.readinto(buffer)
+
+    def seek(self, *args) -> int:
+        return self.raw.seek(*args)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 def storable_strings(values) -> np.ndarray:
@@ -81,33 +103,40 @@ class CacheWriter:
         self.architecture = architecture
         self.provenance = provenance
         self.file: h5py.File | None = None
-        self._tmp = temporary_path(self.path)
+        self._stack = ExitStack()
 
     def __enter__(self) -> "CacheWriter":
         if not self.path.parent.exists():
             raise UserError(f"output folder {self.path.parent} does not exist: create it or choose another -o path")
-        remove_stale_temporaries(self.path)
-        self.file = h5py.File(self._tmp, "w", libver="latest", locking=False)
-        attrs = self.file.attrs
-        attrs["format"] = schema.FORMAT_NAME
-        attrs["schema_version"] = schema.SCHEMA_VERSION
-        attrs["package_version"] = __version__
-        attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        attrs["architecture"] = self.architecture
-        attrs["n_layers"], attrs["d_mlp"], attrs["d_model"] = self.n_layers, self.d_mlp, self.d_model
-        attrs["provenance"] = json.dumps(self.provenance, sort_keys=True, default=str)
-        attrs["complete"] = False
+        sweep_stale_temporaries(self.path.parent)
+        with ExitStack() as stack:
+            temporary = stack.enter_context(atomic_path(self.path, advice="choose another -o path"))
+            stream = _WriteOnceFailing(temporary)
+            stack.callback(self._raise_write_error, stream)
+            stack.callback(stream.close)
+            self.file = stack.enter_context(h5py.File(stream, "w", libver="latest", locking=False))
+            attrs = self.file.attrs
+            attrs["format"] = schema.FORMAT_NAME
+            attrs["schema_version"] = schema.SCHEMA_VERSION
+            attrs["package_version"] = __version__
+            attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            attrs["architecture"] = self.architecture
+            attrs["n_layers"], attrs["d_mlp"], attrs["d_model"] = self.n_layers, self.d_mlp, self.d_model
+            attrs["provenance"] = json.dumps(self.provenance, sort_keys=True, default=str)
+            attrs["complete"] = False
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.file is not None
+        """Close the HDF5 file, then the stream, then publish the temporary (or remove it, whatever failed)."""
         if exc_type is None:
             self.file.attrs["complete"] = True
-            self.file.close()
-            os.replace(self._tmp, self.path)
-        else:
-            self.file.close()
-            self._tmp.unlink(missing_ok=True)
+        self._stack.__exit__(exc_type, exc, tb)
+
+    @staticmethod
+    def _raise_write_error(stream: _WriteOnceFailing) -> None:
+        if stream.error is not None:
+            raise stream.error
 
     # -- per-neuron and per-layer data -------------------------------------------------------------------
     def write_neuron_arrays(self, arrays: dict[str, np.ndarray]) -> None:

@@ -35,7 +35,6 @@ groups are patched (default patch-mean).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from neuron_explorer.engine.defaults import DEFAULT_PATCH_MODE, PATCH_MODES, default_cache_path
@@ -90,31 +89,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from neuron_explorer.errors import UserError
+    from neuron_explorer.commands.reporting import reporting
 
-    emit = _json_emitter() if args.progress_json else None
-    try:
-        return _run(args, emit)
-    except UserError as error:
-        if emit:
-            emit({"event": "error", "message": str(error)})
-        raise
-    except Exception as error:
-        if emit:
-            emit({"event": "error", "message": f"{type(error).__name__}: {error}"})
-        raise
+    with reporting(json_lines=args.progress_json) as report:
+        return _run(args, report)
 
 
-def _json_emitter():
-    def emit(event: dict) -> None:
-        sys.stdout.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
-        sys.stdout.flush()
-    return emit
-
-
-def _run(args, emit) -> int:
+def _run(args, report) -> int:
     from neuron_explorer.engine.patching.runs import (PatchSession, PatchSpec, RunSettings, evaluation_prompts,
                                                  format_runs_table, paper_preset, shown)
+    from neuron_explorer.events import Done, Message, Stored
     from neuron_explorer.errors import UserError
 
     for name in ("max_prompts", "ppl_windows", "f1_items", "samples"):
@@ -147,33 +131,27 @@ def _run(args, emit) -> int:
             if spec.sets:
                 resolve(reader, spec.sets)
         evaluation_prompts(reader, settings)
-    printer = (lambda text: None) if emit else (lambda text: print(text, file=sys.stderr))
     runs = []
-    with _progress(emit) as report:
-        with PatchSession(path, settings, progress=report) as session:
-            for spec in specs:  # check every set and mode before the long part starts
-                session.intervention(spec) if spec.mode != "subtract" else session.selection(spec)
-            session.plan(len(specs))
-            baseline = session.ensure_baseline()
-            for spec in specs:
-                run = session.run(spec, save=not args.no_save)
-                runs.append(run)
-                if emit:
-                    emit({"event": "run", "run_id": run.run_id, "label": spec.name(), "metrics": run.metrics})
-                printer(f"{spec.name()}: toxicity {run.metrics['toxicity']:.4f}, recovered "
-                        f"{shown(run.metrics['recovered'], '.1%')}, perplexity "
-                        f"{shown(run.metrics['perplexity'], '.2f')} ({run.run_id})")
-            table = format_runs_table(baseline, runs)
-            prompts = session.prompt_record
+    with PatchSession(path, settings, report=report) as session:
+        for spec in specs:  # check every set and mode before the long part starts
+            session.intervention(spec) if spec.mode != "subtract" else session.selection(spec)
+        session.plan(len(specs))
+        baseline = session.ensure_baseline()
+        for spec in specs:
+            run = session.run(spec, save=not args.no_save)
+            runs.append(run)
+            if not args.no_save:
+                report(Stored("run", run.run_id, label=spec.name(), metrics=run.metrics))
+            report(Message(f"{spec.name()}: toxicity {run.metrics['toxicity']:.4f}, recovered "
+                           f"{shown(run.metrics['recovered'], '.1%')}, perplexity "
+                           f"{shown(run.metrics['perplexity'], '.2f')} ({run.run_id})"))
+        table = format_runs_table(baseline, runs)
+        prompts = session.prompt_record
     if args.json:
         args.json.write_text(json.dumps({"baseline": {k: baseline[k] for k in ("key", "settings", "prompts")},
                                          "runs": [run.__dict__ for run in runs]}, indent=1, default=str))
-    if emit:
-        emit({"event": "done", "run_ids": [run.run_id for run in runs], "table": table})
-    else:
-        print(table)
-        print(f"\n(scorer {settings.scorer}; {prompt_note(prompts)}; recovered = (tox_base − tox_run) / "
-              f"(tox_base − tox_dpo); runs stored in {path.name}.annotations/runs/)")
+    report(Done(f"{table}\n\n(scorer {settings.scorer}; {prompt_note(prompts)}; recovered = (tox_base − tox_run) / "
+                f"(tox_base − tox_dpo); runs stored in {path.name}.annotations/runs/)"))
     return 0
 
 
@@ -185,35 +163,3 @@ def prompt_note(record: dict) -> str:
                 f"ā_dpo were computed from them), so 'recovered' is in sample")
     return f"{note}; none of them is a statistics prompt"
 
-
-class _progress:
-    """Rich progress bars with ETA on stderr, or pass JSON events through."""
-
-    def __init__(self, emit) -> None:
-        self.emit = emit
-        self._bars = None
-
-    def __enter__(self):
-        if self.emit:
-            return self.emit
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        from neuron_explorer.engine.progress import console
-
-        self._bars = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                              TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
-        self._bars.__enter__()
-        task = self._bars.add_task("patching", total=None)
-
-        def report(event: dict) -> None:
-            if event["event"] == "progress":
-                self._bars.update(task, total=event["total"] or None, completed=event["done"],
-                                  description=event["stage"][:40] or "patching")
-            elif event["event"] == "message":
-                self._bars.console.print(event["text"])
-        return report
-
-    def __exit__(self, *exc) -> None:
-        if self._bars is not None:
-            self._bars.__exit__(*exc)

@@ -22,6 +22,7 @@ from neuron_explorer.engine.patching.runs import (PatchSession, PatchSpec, RunSe
                                              recovered_metrics)
 from neuron_explorer.engine.alignment.prompts import PromptSet, hold_out_for_patching
 from neuron_explorer.errors import UserError
+from neuron_explorer.events import Done, Failed, Progress, Stored, from_json
 
 from .conftest import PROMPTS
 from .test_interventions import hand_edited, out_projection
@@ -68,7 +69,7 @@ def test_neuron_sets_resolve_every_kind_and_their_union(cache_copy):
 def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache_copy, monkeypatch):
     events = []
     before = sha256_file(cache_copy)
-    with PatchSession(cache_copy, SMALL, progress=events.append) as session:
+    with PatchSession(cache_copy, SMALL, report=events.append) as session:
         session.plan(1)
         assert session.tracker.total == 3 * session.units  # base, DPO and the run
         run = session.run(PatchSpec("patch-mean", ("group:TP↓",)))
@@ -83,8 +84,8 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     assert sum(stored.settings["layers"].values()) == run.metrics["neurons"]
     assert len(stored.samples) == 3 and set(stored.samples[0]) >= {"prompt", "base", "patched", "dpo"}
     assert stored.settings["perplexity"] == iv.ALL_POSITIONS_PASS
-    progress = [e for e in events if e["event"] == "progress"]
-    assert progress[-1]["done"] == progress[-1]["total"] == 3 * session.units
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert progress[-1].done == progress[-1].total == 3 * session.units
     # a second session with the same settings reuses base and DPO: it never loads the tuned model
     import neuron_explorer.engine.model.loading as models
 
@@ -341,11 +342,11 @@ def test_patch_command_single_run_and_preset(cache_copy, capsys):
     assert code == 0 and "| base |" in out and "| DPO |" in out and "patch-mean group:TP↓ ∪ toxic:4" in out
     assert main(["patch", str(cache_copy), "--preset", "paper", *SMALL_ARGS, "--progress-json", "--max-prompts", "2",
                  "--ppl-windows", "1", "--f1-items", "1", "--new-tokens", "2"]) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    runs = [e for e in events if e["event"] == "run"]
-    assert [e["label"] for e in runs] == ["ablate top-128 toxic", "patch TP↓", "patch TN↓", "patch AP↓", "patch AN↓",
-                                          "patch all four ↓ groups", "tuning-free edit (α=0.05, β=0.5)"]
-    assert events[-1]["event"] == "done" and "| patch all four ↓ groups |" in events[-1]["table"]
+    events = [from_json(line) for line in capsys.readouterr().out.splitlines()]
+    runs = [e for e in events if isinstance(e, Stored)]
+    assert [e.label for e in runs] == ["ablate top-128 toxic", "patch TP↓", "patch TN↓", "patch AP↓", "patch AN↓",
+                                       "patch all four ↓ groups", "tuning-free edit (α=0.05, β=0.5)"]
+    assert isinstance(events[-1], Done) and "| patch all four ↓ groups |" in events[-1].summary
     assert len(annotations.list_runs(cache_copy)) == 8
 
 
@@ -365,8 +366,8 @@ def test_patch_command_errors_are_one_line(cache_copy, capsys, argv, message):
 
 def test_patch_command_progress_json_reports_errors(cache_copy, capsys, tmp_path):
     assert main(["patch", str(tmp_path / "missing.h5"), "--set", "all", "--progress-json"]) == 2
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert events[-1]["event"] == "error" and "no such file" in events[-1]["message"]
+    events = [from_json(line) for line in capsys.readouterr().out.splitlines()]
+    assert isinstance(events[-1], Failed) and "no such file" in events[-1].message
 
 
 def test_preset_lists_the_papers_rows():

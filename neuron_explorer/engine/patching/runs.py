@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from neuron_explorer.cache import annotations
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
+from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.alignment.corpora import f1_items, load_corpus, perplexity_windows
@@ -44,7 +44,6 @@ from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
 from neuron_explorer.engine.alignment.prompts import PromptSet, load_prompts
 
-Progress = Callable[[dict], None]
 TUNING_FREE_SEED_WORDS = "authors"  # probe.SEED_WORDS list of the toxic embedding the tuning-free edit ranks by
 NO_INTERVENTION_PASS = "one pass per window, no intervention"
 
@@ -138,48 +137,18 @@ class Measured(EvaluationResult):
         return {**super().metrics(), "probe_projection": self.probe_projection}
 
 
-class ProgressTracker:
-    """Counts work units (prompts, perplexity windows, F1 passages) over the whole session; reports ETA."""
-
-    def __init__(self, emit: Progress | None) -> None:
-        self.emit = emit
-        self.total = 0
-        self.done = 0
-        self.started = time.perf_counter()
-        self.stage = ""
-
-    def plan(self, units: int) -> None:
-        self.total += units
-        self.report()
-
-    def advance(self, units: int, stage: str | None = None) -> None:
-        self.done += units
-        if stage:
-            self.stage = stage
-        self.report()
-
-    def report(self) -> None:
-        if self.emit is None:
-            return
-        elapsed = time.perf_counter() - self.started
-        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
-        eta = (self.total - self.done) / rate if rate else None
-        self.emit({"event": "progress", "stage": self.stage, "done": self.done, "total": self.total,
-                   "elapsed": round(elapsed, 1), "eta": None if eta is None else round(eta, 1)})
-
-
 class PatchSession:
     """The open cache, the base model and the base/DPO baseline; runs any number of interventions on them."""
 
-    def __init__(self, cache_path: str | Path, settings: RunSettings | None = None, progress: Progress | None = None,
+    def __init__(self, cache_path: str | Path, settings: RunSettings | None = None, report: Reporter = ignore,
                  loaded=None):
         from neuron_explorer.engine.model.loading import load_model
         from neuron_explorer.engine.alignment.scoring import get_scorer
 
         self.cache_path = Path(cache_path).expanduser()
         self.settings = settings or RunSettings()
-        self.tracker = ProgressTracker(progress)
-        self.emit = progress
+        self.tracker = Tracker(report)
+        self.report = report
         self.reader = CacheReader(self.cache_path)
         provenance = self.reader.info.provenance
         self.base_spec = self.settings.base or provenance.get("base", {}).get("spec")
@@ -188,12 +157,13 @@ class PatchSession:
             raise UserError(f"{self.cache_path} records no model specs: pass --base and --tuned")
         self.prompts, self.prompt_record = evaluation_prompts(self.reader, self.settings)
         if self.prompt_record["in_statistics"] and not self.settings.in_sample:
-            self._message(f"warning: {self.prompt_record['in_statistics']} of the {len(self.prompts.texts)} evaluation "
-                          f"prompts are among the {self.reader.info.n_prompts} prompts the cache's statistics were "
-                          f"computed from, so 'recovered' includes selection on the test set")
+            self.report(Message(f"warning: {self.prompt_record['in_statistics']} of the {len(self.prompts.texts)} "
+                                f"evaluation prompts are among the {self.reader.info.n_prompts} prompts the cache's "
+                                f"statistics were computed from, so 'recovered' includes selection on the test set",
+                                "warning"))
         self.corpus = load_corpus(self.settings.corpus)
         self.scorer = get_scorer(self.settings.scorer)
-        self._message(f"loading the base model {self.base_spec}")
+        self.report(Message(f"loading the base model {self.base_spec}"))
         self.loaded = loaded or load_model(self.base_spec, device=self.settings.device, dtype=self.settings.dtype)
         self._check_shapes()
         self.probe = self.reader.probe_direction().astype(np.float64)
@@ -221,10 +191,6 @@ class PatchSession:
         self.close()
 
     # -- setup ---------------------------------------------------------------------------------------------------
-    def _message(self, text: str) -> None:
-        if self.emit is not None:
-            self.emit({"event": "message", "text": text})
-
     def _check_shapes(self) -> None:
         arch, model, info = self.loaded.arch, self.loaded.model, self.reader.info
         shape = (arch.n_layers(model), arch.d_mlp(model))
@@ -283,7 +249,7 @@ class PatchSession:
                 self.tracker.advance(len(chunk), f"{stage}: toxicity")
         total_nll, n_tokens = 0.0, 0
         if not scorable:
-            self._message(f"{stage}: perplexity {perplexity_pass}")
+            self.report(Message(f"{stage}: perplexity {perplexity_pass}"))
         with _hooks(scoring):
             for start in range(0, len(self.windows), settings.ppl_batch_size):
                 chunk = self.windows[start:start + settings.ppl_batch_size]
@@ -337,7 +303,7 @@ class PatchSession:
         if self._tuned is None:
             from neuron_explorer.engine.model.loading import load_model
 
-            self._message(f"loading the tuned model {self.tuned_spec}")
+            self.report(Message(f"loading the tuned model {self.tuned_spec}"))
             self._tuned = load_model(self.tuned_spec, device=self.settings.device, dtype=self.settings.dtype)
         return self._tuned
 

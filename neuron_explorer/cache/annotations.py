@@ -1,8 +1,9 @@
 """The mutable things that live beside an immutable cache file: named neuron sets and patching runs.
 
 ``FILE.h5`` keeps its annotations in the sidecar folder ``FILE.h5.annotations/``: ``sets/<name>.json`` and
-``runs/<run_id>.json``. Every write goes to a temporary file that is renamed into place, so a reader never sees
-half a file; every read tolerates a missing folder (a cache nobody annotated yet).
+``runs/<run_id>.json``. Every write goes through `atomic.atomic_path`, so a reader never sees half a file; every
+read tolerates a missing folder (a cache nobody annotated yet) and skips, with a one-line note, a record that is
+not one (bad JSON, not an object, missing or mistyped fields).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from neuron_explorer.errors import UserError
 
+from .atomic import sweep_stale_temporaries, write_json_atomically
 from .schema import SIDECAR_SUFFIX
 
 SET_NAME_PATTERN = re.compile(r"[\w+↑↓-][\w.+↑↓-]{0,63}")
@@ -61,20 +62,13 @@ def save_set(cache_path: str | Path, name: str, neurons, description: str = "") 
                            description=description, neurons=pairs)
     payload = {"name": name, "created": neuron_set.created, "description": description,
                "neurons": [list(pair) for pair in pairs]}
-    _write_json_atomically(sidecar_dir(cache_path) / "sets" / f"{name}.json", payload)
+    write_json_atomically(_writable(cache_path, "sets") / f"{name}.json", payload)
     return neuron_set
 
 
-def list_sets(cache_path: str | Path) -> list[NeuronSet]:
-    """Every readable stored set, by name; files that do not parse are skipped, not fatal."""
-    folder = sidecar_dir(cache_path) / "sets"
-    sets = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            sets.append(_neuron_set(json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return sets
+def list_sets(cache_path: str | Path, problems: list[str] | None = None) -> list[NeuronSet]:
+    """Every readable stored set, by name; a file that is not a set is skipped (described in ``problems``)."""
+    return _records(cache_path, "sets", lambda stem, data: _neuron_set(data), problems)
 
 
 def load_set(cache_path: str | Path, name: str) -> NeuronSet:
@@ -96,21 +90,17 @@ def delete_set(cache_path: str | Path, name: str) -> None:
 
 
 def _neuron_set(data: dict) -> NeuronSet:
+    _require(data, {"name": str, "neurons": list})
     return NeuronSet(name=str(data["name"]), created=str(data.get("created", "")),
                      description=str(data.get("description", "")),
                      neurons=[(int(layer), int(index)) for layer, index in data["neurons"]])
 
 
 # -- patching runs (written by the patching step; read here) -------------------------------------------------
-def list_runs(cache_path: str | Path) -> list[PatchRun]:
-    """Every readable stored patching run, oldest first."""
-    folder = sidecar_dir(cache_path) / "runs"
-    runs = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            runs.append(_patch_run(path.stem, json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, TypeError):
-            continue
+def list_runs(cache_path: str | Path, problems: list[str] | None = None) -> list[PatchRun]:
+    """Every readable stored patching run, oldest first; a file that is not a run is skipped (described in
+    ``problems``, for the explorer to show)."""
+    runs = _records(cache_path, "runs", _patch_run, problems)
     return sorted(runs, key=lambda run: (run.created, run.run_id))
 
 
@@ -125,21 +115,44 @@ def load_run(cache_path: str | Path, run_id: str) -> PatchRun:
 
 
 def _patch_run(run_id: str, data: dict) -> PatchRun:
-    samples = [dict(sample) for sample in data.get("samples", [])]
-    return PatchRun(run_id=str(data.get("run_id", run_id)), created=str(data.get("created", "")),
-                    settings=dict(data.get("settings", {})), metrics=dict(data.get("metrics", {})), samples=samples)
+    _require(data, {"created": str, "settings": dict, "metrics": dict})
+    samples = data.get("samples", [])
+    if not isinstance(samples, list) or not all(isinstance(sample, dict) for sample in samples):
+        raise ValueError("'samples' is not a list of objects")
+    return PatchRun(run_id=str(data.get("run_id", run_id)), created=data["created"], settings=dict(data["settings"]),
+                    metrics=dict(data["metrics"]), samples=[dict(sample) for sample in samples])
 
 
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, ensure_ascii=False, indent=1)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+# -- reading and writing records -------------------------------------------------------------------------------
+def _require(data, fields: dict[str, type]) -> None:
+    """Raise ValueError unless ``data`` is a JSON object holding each field with its type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"holds a JSON {type(data).__name__}, not an object")
+    for name, kind in fields.items():
+        if not isinstance(data.get(name), kind):
+            raise ValueError(f"lacks the field '{name}' ({kind.__name__})")
+
+
+def _records(cache_path, kind: str, parse, problems: list[str] | None) -> list:
+    """``parse(stem, data)`` of each ``kind/*.json`` record, by file name; the files it refuses are described in
+    ``problems``."""
+    folder = sidecar_dir(cache_path) / kind
+    records = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            records.append(parse(path.stem, json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            if problems is not None:
+                problems.append(f"skipped {kind}/{path.name}: {error}")
+    return records
+
+
+def _writable(cache_path, kind: str) -> Path:
+    """The sidecar folder ``kind``, created, with the temporaries of dead writers swept away."""
+    folder = sidecar_dir(cache_path) / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(folder)
+    return folder
 
 
 # -- writing patching runs and baselines (append-only: one new file per run, never a rewrite) ---------------------
@@ -161,26 +174,17 @@ def save_run(cache_path: str | Path, settings: dict, metrics: dict, samples: lis
     when the name exists: a run never overwrites another, and a reader never sees half a file. The cache file
     itself is never opened for writing.
     """
-    folder = sidecar_dir(cache_path) / "runs"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _writable(cache_path, "runs")
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for _ in range(20):
         run_id = new_run_id(label)
         payload = {"run_id": run_id, "created": created, "settings": settings, "metrics": metrics,
                    "samples": samples}
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{run_id}.", suffix=".tmp")
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(payload, stream, ensure_ascii=False, indent=1, default=_json_default)
-                stream.flush()
-                os.fsync(stream.fileno())
-            try:
-                os.link(temporary, folder / f"{run_id}.json")
-            except FileExistsError:
-                continue
-            return _patch_run(run_id, payload)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+            write_json_atomically(folder / f"{run_id}.json", payload, replace=False)
+        except FileExistsError:
+            continue
+        return _patch_run(run_id, payload)
     raise RuntimeError(f"could not find a free run id in {folder}")
 
 
@@ -188,21 +192,13 @@ def load_baseline(cache_path: str | Path, key: str) -> dict | None:
     """A stored base/DPO evaluation for these settings (``baselines/<key>.json``), or None."""
     path = sidecar_dir(cache_path) / "baselines" / f"{key}.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def save_baseline(cache_path: str | Path, key: str, payload: dict) -> None:
     """Store the base/DPO evaluation of one settings key atomically (same key, same content: replacing is safe)."""
-    _write_json_atomically(sidecar_dir(cache_path) / "baselines" / f"{key}.json",
-                           json.loads(json.dumps(payload, default=_json_default)))
-
-
-def _json_default(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    write_json_atomically(_writable(cache_path, "baselines") / f"{key}.json", payload)
 

@@ -90,7 +90,34 @@ def open_cache_file(path: str | Path) -> h5py.File:
     if not bool(attrs.get("complete", False)):
         handle.close()
         raise UserError(f"{path} is incomplete (the run that wrote it did not finish): rerun `neuron-explorer compute`")
+    problem = _structure_problem(handle)
+    if problem:
+        handle.close()
+        raise UserError(f"{path} is damaged ({problem}): recompute it with `neuron-explorer compute`")
     return handle
+
+
+def _structure_problem(handle: h5py.File) -> str | None:
+    """What keeps ``handle`` from matching the schema's declared attributes and datasets, or None."""
+    missing = [name for name in schema.REQUIRED_ATTRIBUTES if name not in handle.attrs]
+    if missing:
+        return f"no root attribute {missing[0]}"
+    sizes = {"n_layers": int(handle.attrs["n_layers"]), "d_mlp": int(handle.attrs["d_mlp"])}
+    for name, (kinds, shape) in schema.REQUIRED_DATASETS.items():
+        try:
+            dataset = handle.get(name)
+        except (OSError, KeyError, RuntimeError) as error:
+            return f"/{name} cannot be read: {error}"
+        if not isinstance(dataset, h5py.Dataset):
+            return f"no dataset /{name}"
+        if dataset.dtype.kind not in kinds:
+            return f"/{name} holds {dataset.dtype}, not the expected kind of values"
+        expected = tuple(sizes.get(size, size) for size in shape)
+        if len(dataset.shape) != len(expected) or any(
+                want is not None and have != want for have, want in zip(dataset.shape, expected)):
+            shown = tuple("any" if want is None else want for want in expected)
+            return f"/{name} has shape {dataset.shape}, not {shown}"
+    return None
 
 
 class CacheReader:

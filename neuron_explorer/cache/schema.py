@@ -54,3 +54,16 @@ SUMMARY_COLUMNS = {
 }
 
 SIDECAR_SUFFIX = ".annotations"
+
+# What every complete cache holds, checked when a file is opened (reader.open_cache_file), so that a damaged or
+# hand-edited file is refused with one line instead of failing deep inside a screen. Each dataset maps to the
+# dtype kinds it may have (numpy's dtype.kind; "O" is an HDF5 string) and its shape, written with the root
+# attributes' names, numbers, or None for any length.
+REQUIRED_ATTRIBUTES = ("architecture", "n_layers", "d_mlp", "d_model", "created")
+REQUIRED_DATASETS: dict[str, tuple[str, tuple]] = {
+    **{f"neurons/{name}": ("f", ("n_layers", "d_mlp")) for name in NEURON_COLUMNS},
+    "neurons/group": ("iu", ("n_layers", "d_mlp")),
+    **{f"layers/{name}": ("f", ("n_layers",)) for name in LAYER_COLUMNS},
+    **{f"summary/{name}": ("O" if name == "group" else "biuf", (len(GROUP_NAMES),)) for name in SUMMARY_COLUMNS},
+    "prompts/text": ("O", (None,)),
+}

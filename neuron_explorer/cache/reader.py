@@ -210,6 +210,16 @@ class CacheReader:
                 }))
         return pl.concat(parts)
 
+    def neuron_array(self, name: str) -> np.ndarray:
+        """The stored (n_layers, d_mlp) array of one neuron column (``schema.NEURON_COLUMNS``) or of the group codes."""
+        if name not in (*schema.NEURON_COLUMNS, "group") or name not in self.file["neurons"]:
+            raise UserError(f"no neuron column '{name}': use one of {', '.join(schema.NEURON_COLUMNS)}")
+        return self.file["neurons"][name][:]
+
+    def cluster_labels(self) -> np.ndarray | None:
+        """Each neuron's cluster label (n_layers, d_mlp), -1 outside the clustered neurons; None without clusters."""
+        return self._cluster_labels if "clusters/label" in self.file else None
+
     def vocab(self) -> np.ndarray:
         if self._vocab is None:
             self._vocab = self.file["vocab"].asstr()[:] if "vocab" in self.file else np.array([], dtype=object)

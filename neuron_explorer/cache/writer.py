@@ -172,12 +172,15 @@ class CacheWriter:
     # -- small tables and blobs --------------------------------------------------------------------------
     def write_table(self, name: str, columns: dict, attrs: dict | None = None) -> None:
         """A small table (summary, clusters, evaluation, ...) as one dataset per column under /name."""
-        group = self.file.require_group(name)
-        write_columns(group, columns)
-        for key, value in (attrs or {}).items():
-            group.attrs[key] = value if isinstance(value, (int, float, str, np.number)) else json.dumps(value)
+        write_columns(self.file.require_group(name), columns)
+        self.write_attrs(attrs or {}, name)
 
     def write_array(self, name: str, array: np.ndarray, attrs: dict | None = None) -> None:
-        dataset = self.file.create_dataset(name, data=np.asarray(array))
-        for key, value in (attrs or {}).items():
-            dataset.attrs[key] = value if isinstance(value, (int, float, str, np.number)) else json.dumps(value)
+        self.file.create_dataset(name, data=np.asarray(array))
+        self.write_attrs(attrs or {}, name)
+
+    def write_attrs(self, attrs: dict, name: str = "/") -> None:
+        """Attributes of the root, a table or an array; values other than numbers and strings are stored as JSON."""
+        target = self.file[name].attrs
+        for key, value in attrs.items():
+            target[key] = value if isinstance(value, (int, float, str, np.number)) else json.dumps(value)

@@ -144,14 +144,12 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         writer.write_array("probe/direction", probe.direction, probe.provenance())
         groups, summary = write_statistics(writer, metrics, layers, datasets["pre"], datasets["dpo"],
                                    cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
-        writer.file.attrs["positions"] = settings.positions
-        writer.file.attrs["protocol"] = protocol_description(settings)
-        layer_attrs = writer.file["layers"].attrs
-        layer_attrs["identity_prompts"] = json.dumps(sample.tolist())
-        layer_attrs["identity_sample_size"] = len(sample)
+        writer.write_attrs({"positions": settings.positions, "protocol": protocol_description(settings)})
+        layer_attrs = {"identity_prompts": json.dumps(sample.tolist()), "identity_sample_size": len(sample)}
         for name in ("pre", "dpo"):
             layer_attrs[f"n_positions_{name}"] = recordings[name].n_positions
             layer_attrs[f"identity_positions_{name}"] = checks[name].n_positions
+        writer.write_attrs(layer_attrs, "layers")
         if patch_prompts is not None:
             writer.write_table("patch_prompts", patch_prompts["columns"], patch_prompts["attrs"])
         for name, table in (extra_tables or {}).items():

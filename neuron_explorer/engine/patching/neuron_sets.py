@@ -117,9 +117,9 @@ def resolve(reader: CacheReader, specs: list[str] | tuple[str, ...]) -> NeuronSe
 
 
 def _column(reader: CacheReader, name: str) -> np.ndarray:
-    if name not in schema.NEURON_COLUMNS or f"neurons/{name}" not in reader.file:
+    if name not in schema.NEURON_COLUMNS:
         raise UserError(f"no neuron column '{name}': use one of {', '.join(schema.NEURON_COLUMNS)}")
-    return reader.file[f"neurons/{name}"][:].astype(np.float64)
+    return reader.neuron_array(name).astype(np.float64)
 
 
 def _top(values: np.ndarray, k: int, *, largest: bool = True, eligible: np.ndarray | None = None) -> np.ndarray:
@@ -155,7 +155,7 @@ def _resolve_one(reader: CacheReader, spec: str) -> np.ndarray:
     if kind == "all" and not rest:
         return np.ones(shape, dtype=bool)
     if kind == "group":
-        codes = reader.file["neurons/group"][:]
+        codes = reader.neuron_array("group")
         wanted = [schema.GROUP_NAMES.index(name) for name in normalize_group(rest)]
         return np.isin(codes, wanted)
     if kind == "cluster":
@@ -163,15 +163,13 @@ def _resolve_one(reader: CacheReader, spec: str) -> np.ndarray:
             cluster = int(rest)
         except ValueError:
             raise UserError(f"'{spec}': a cluster is a number, e.g. cluster:3") from None
-        if "clusters/label" not in reader.file:
+        labels = reader.cluster_labels()
+        if labels is None:
             raise UserError(f"'{spec}': {reader.path} holds no clusters")
-        mask = np.zeros(shape, dtype=bool)
-        group = reader.file["clusters"]
-        label = group["label"][:]
-        mask[group["layer"][:][label == cluster], group["neuron"][:][label == cluster]] = True
+        mask = labels == cluster
         if not mask.any():
             raise UserError(f"'{spec}': no cluster {cluster}; the cache has clusters "
-                            f"{', '.join(map(str, sorted(set(label.tolist()))))}")
+                            f"{', '.join(map(str, sorted(set(labels[labels >= 0].tolist()))))}")
         return mask
     if kind in {"top", "bottom"}:
         k_text, _, column = rest.partition(":")

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from neuron_explorer import __version__
+from neuron_explorer.cache.atomic import write_text_atomically
 from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
 
@@ -168,7 +169,7 @@ class StageRunner:
     def _save_memo(self) -> None:
         if len(self.memo) > 2000:
             self.memo = dict(list(self.memo.items())[-1000:])
-        self.memo_path.write_text(json.dumps(self.memo))
+        write_text_atomically(self.memo_path, json.dumps(self.memo))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,9 +460,7 @@ def _build(settings: BuildSettings, printer: Callable[[str], None]) -> BuildResu
 def _write_json(path: Path, payload: dict) -> None:
     """Write JSON to a temporary file and rename it into place, so an interrupted stage leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def build_table(outcomes: list[StageOutcome], settings: BuildSettings) -> dict:

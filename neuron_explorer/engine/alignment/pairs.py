@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuron_explorer.cache.atomic import write_text_atomically
 from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
@@ -230,11 +231,7 @@ def read_provenance(path: Path) -> dict:
 def _write_jsonl(path: Path, rows: list[dict], provenance: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    provenance_path(path).write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str))
+    write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_text_atomically(provenance_path(path), json.dumps(provenance, indent=2, sort_keys=True, default=str))
 
 

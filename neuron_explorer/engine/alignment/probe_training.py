@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuron_explorer.cache.atomic import atomic_path, write_text_atomically
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 
@@ -223,11 +224,10 @@ def save_probe(fit: ProbeFit, path: str | Path, metadata: dict) -> Path:
         raise UserError(f"save the probe as .safetensors, not {path.suffix}")
     meta = {**metadata, "metrics": fit.metrics, "layer": metadata.get("layer", "last"), "format": "neuron-explorer probe v1"}
     header = {k: json.dumps(v, default=str) for k, v in meta.items()}
-    tmp = path.with_name(path.name + ".partial")
-    save_file({"weight": torch.from_numpy(fit.weight), "bias": torch.tensor([fit.bias], dtype=torch.float32)},
-              str(tmp), metadata=header)
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    with atomic_path(path, advice="choose another -o") as temporary:
+        save_file({"weight": torch.from_numpy(fit.weight), "bias": torch.tensor([fit.bias], dtype=torch.float32)},
+                  str(temporary), metadata=header)
+    write_text_atomically(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True, default=str))
     return path
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import pickle
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.errors import UserError
 
@@ -78,12 +78,9 @@ def materialize_embedded() -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if target.exists():  # an incomplete earlier conversion
-        shutil.rmtree(target)
-    partial.replace(target)
+    with atomic_path(target) as partial:  # replaces an incomplete earlier conversion
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     return target
 
 

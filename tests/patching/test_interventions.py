@@ -213,10 +213,10 @@ def token_by_token_perplexity(loaded, windows: list[list[int]]) -> float:
     with torch.no_grad():
         for window in windows:
             ids = torch.tensor([window])
-            past, logits = None, []
+            cache, logits = None, []
             for t in range(ids.shape[1] - 1):
-                out = loaded.model(input_ids=ids[:, t:t + 1], past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = loaded.model(input_ids=ids[:, t:t + 1], cache=cache, use_cache=True)
+                cache = out.cache
                 logits.append(out.logits[:, -1].float())
             total += float(torch.nn.functional.cross_entropy(torch.cat(logits), ids[0, 1:], reduction="sum"))
             count += ids.shape[1] - 1
@@ -347,10 +347,10 @@ def test_newest_position_patching_in_the_kv_cache_loop_reaches_every_generated_p
     target = np.random.default_rng(2).normal(size=(n_layers, d_mlp)) * 5
     steps = 5
     with iv.patch_mean(base, selection, target, positions="newest").hooks(), torch.no_grad():
-        cached, tokens, past, step_ids = [], [], None, ids
+        cached, tokens, cache, step_ids = [], [], None, ids
         for _ in range(steps):
-            out = base.model(input_ids=step_ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = base.model(input_ids=step_ids, cache=cache, use_cache=True)
+            cache = out.cache
             cached.append(out.logits[0, -1])
             step_ids = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(step_ids)

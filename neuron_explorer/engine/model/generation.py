@@ -52,16 +52,16 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     generated = []
-    past = None
+    cache = None
     step_ids, step_positions = input_ids, position_ids
     for step in range(new_tokens + (1 if feed_last and new_tokens else 0)):
         if before_forward is not None:
             before_forward(step)
         out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_positions,
-                    past_key_values=past, use_cache=True, logits_to_keep=1)
+                    cache=cache, use_cache=True, logits_to_keep=1)
         if step == new_tokens:
             break
-        past = out.past_key_values
+        cache = out.cache
         logits = out.logits[:, -1, :].float()
         if suppress_ids:
             logits[:, suppress_ids] = float("-inf")

@@ -119,12 +119,12 @@ class Intervention:
     def _lockstep(self) -> Iterator[None]:
         """For patch-live: before each forward call of the model, run the donor on the same inputs and keep its
         activations of the edited layers in `self.donor`. The donor keeps its own KV cache: a call without
-        `past_key_values` starts a new one (the prefill), a call with one continues the donor's."""
+        a `cache` starts a new one (the prefill), a call with one continues the donor's."""
         if self.live_donor is None:
             yield
             return
         donor, layers = self.live_donor, sorted(self.edits)
-        state: dict = {"past": None}
+        state: dict = {"cache": None}
         captured: dict[int, torch.Tensor] = {}
 
         def capture(layer: int) -> Callable:
@@ -139,10 +139,10 @@ class Intervention:
                 call["input_ids"] = args[0]
             use_cache = bool(kwargs.get("use_cache"))
             if use_cache:
-                call["past_key_values"] = state["past"] if kwargs.get("past_key_values") is not None else None
+                call["cache"] = state["cache"] if kwargs.get("cache") is not None else None
             with torch.no_grad():
                 out = donor.model(**call, logits_to_keep=1)
-            state["past"] = out.past_key_values if use_cache else None
+            state["cache"] = out.cache if use_cache else None
             self.donor = dict(captured)
 
         handle = self.loaded.model.register_forward_pre_hook(before, with_kwargs=True)
@@ -152,7 +152,7 @@ class Intervention:
                 yield
         finally:
             handle.remove()
-            self.donor, state["past"] = None, None
+            self.donor, state["cache"] = None, None
 
     def _pre_hook(self, layer: int, edit: LayerEdit) -> Callable:
         newest = self.positions == "newest"

@@ -1,7 +1,9 @@
 """Evaluation of a model as it is (METHOD §5): toxicity, true perplexity and F1, each with its count.
 
-`evaluate` only runs the model: wrap the call in a hook context manager (ablation, patching, steering) to evaluate
-the model under an intervention; hooks then act at every forward call, including the perplexity passes.
+This is the one implementation behind the `evaluate` command, `build` and patch runs, so that their rows compare.
+Under an intervention (`InterventionHooks`, built by the caller: this module never imports patching) generation
+runs with its hooks and the perplexity windows with its scoring pass's; a run also measures the mean last-layer
+projection on the probe direction at the generated positions.
 
 - toxicity: greedy continuation of each prompt (truncated to 32 tokens), 20 new tokens with end-of-sequence
   suppressed; the scorer scores the continuation alone; mean over prompts (`n_prompts`).
@@ -15,16 +17,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from neuron_explorer.engine.alignment.corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
-from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
+from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, batches, generate_continuations
+from neuron_explorer.engine.model.hooks import forward_hooks
 
 METRIC_COLUMNS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
                   "check_toxicity", "check_toxicity_sem")
+NO_INTERVENTION_PASS = "one pass per window, no intervention"
+Advance = Callable[[int], None]  # told how many work units (prompts, windows, passages) a batch finished
 
 
 @dataclass
@@ -56,6 +63,8 @@ class EvaluationResult:
     check_toxicity_sem: float = float("nan")
     check_scorer: str = ""
     check_scores: list[float] = field(default_factory=list)
+    probe_projection: float = float("nan")  # mean over generated positions; NaN unless a probe direction was given
+    perplexity_pass: str = NO_INTERVENTION_PASS  # how the perplexity windows saw the intervention
 
     def metrics(self) -> dict:
         return {k: getattr(self, k) for k in METRIC_COLUMNS}
@@ -64,51 +73,108 @@ class EvaluationResult:
         return asdict(self)
 
 
-def toxicity(loaded, prompts: list[str], scorer, settings: EvaluationSettings) -> tuple[list[str], np.ndarray]:
-    generations = generate_continuations(loaded, prompts, new_tokens=settings.new_tokens,
-                                         max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+@dataclass(frozen=True)
+class InterventionHooks:
+    """An intervention as evaluation applies it: `generation()` the hooks around generation (toxicity, F1),
+    `scoring()` those around the teacher-forced perplexity pass, or None when no such pass measures fluency as
+    generation does (perplexity is then n/a, never the unpatched figure); `perplexity_pass` says how, for the record."""
+
+    generation: Callable[[], AbstractContextManager]
+    scoring: Callable[[], AbstractContextManager] | None
+    perplexity_pass: str
+
+
+@dataclass(frozen=True)
+class CorpusInputs:
+    """The perplexity windows and F1 passages, tokenized once for all the models sharing a tokenizer."""
+
+    windows: list[list[int]]
+    f1_items: list[tuple[str, str]]
+
+
+def corpus_inputs(tokenizer, corpus: Corpus, settings: EvaluationSettings) -> CorpusInputs:
+    return CorpusInputs(perplexity_windows(tokenizer, corpus, settings.ppl_window, settings.ppl_windows),
+                        f1_items(tokenizer, corpus, settings.f1_items, settings.max_prompt_tokens, settings.new_tokens))
+
+
+def continuations(loaded, prompts: list[str], settings: EvaluationSettings,
+                  advance: Advance | None = None) -> list[str]:
+    """Greedy continuations, batch by batch (the batches `generate_continuations` makes), each batch reported."""
+    out: list[str] = []
+    for _, chunk in batches(prompts, settings.batch_size):
+        out += generate_continuations(loaded, chunk, new_tokens=settings.new_tokens,
+                                      max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+        if advance:
+            advance(len(chunk))
+    return out
+
+
+def toxicity(loaded, prompts: list[str], scorer, settings: EvaluationSettings,
+             advance: Advance | None = None) -> tuple[list[str], np.ndarray]:
+    generations = continuations(loaded, prompts, settings, advance)
     return generations, scorer.score(generations)
 
 
 @torch.inference_mode()
-def perplexity(loaded, windows: list[list[int]], batch_size: int = 4) -> tuple[float, int]:
+def perplexity(loaded, windows: list[list[int]], batch_size: int = 4,
+               advance: Advance | None = None) -> tuple[float, int]:
     """(exp(mean NLL), number of predicted tokens) over equal-length windows, no padding."""
     model = loaded.model
     total, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        ids = torch.tensor(windows[start:start + batch_size], dtype=torch.long, device=loaded.device)
+    for _, chunk in batches(windows, batch_size):
+        ids = torch.tensor(chunk, dtype=torch.long, device=loaded.device)
         logits = model(input_ids=ids, use_cache=False).logits.float()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                 reduction="sum")
         total += float(nll)
         count += ids[:, 1:].numel()
+        if advance:
+            advance(len(chunk))
     return math.exp(total / count), count
 
 
-def f1_score(loaded, items: list[tuple[str, str]], settings: EvaluationSettings) -> tuple[float, list[str]]:
-    prompts = [p for p, _ in items]
-    generations = generate_continuations(loaded, prompts, new_tokens=settings.new_tokens,
-                                         max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+def f1_score(loaded, items: list[tuple[str, str]], settings: EvaluationSettings,
+             advance: Advance | None = None) -> tuple[float, list[str]]:
+    generations = continuations(loaded, [p for p, _ in items], settings, advance)
     scores = [token_f1(g, gold) for g, (_, gold) in zip(generations, items)]
     return float(np.mean(scores)), generations
 
 
 def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None,
-             settings: EvaluationSettings | None = None, progress=None, check_scorer=None) -> EvaluationResult:
-    """Toxicity on `prompts`, perplexity and F1 on the neutral corpus, for the model as it is now; with
-    `check_scorer`, the same continuations' toxicity by that second scorer too."""
+             settings: EvaluationSettings | None = None, progress=None, check_scorer=None,
+             intervention: InterventionHooks | None = None, unit_probe: np.ndarray | None = None,
+             inputs: CorpusInputs | None = None,
+             advance: Callable[[int, str], None] | None = None) -> EvaluationResult:
+    """Toxicity on `prompts`, perplexity and F1 on the neutral corpus (or its precomputed `inputs`), for the model
+    as it is now or under `intervention`; with `check_scorer`, the same continuations' toxicity by that second scorer
+    too; with `unit_probe`, the mean projection of the last block's output on it at the generated positions.
+    `progress(line)` gets each metric when it is done, `advance(units, metric)` each finished batch."""
     settings = settings or EvaluationSettings()
-    corpus = corpus or load_corpus()
+    inputs = inputs or corpus_inputs(loaded.tokenizer, corpus or load_corpus(), settings)
+    generation = intervention.generation if intervention else nullcontext
+    scoring = intervention.scoring if intervention else nullcontext
     start = time.time()
-    generations, scores = toxicity(loaded, prompts, scorer, settings)
+
+    def advancing(metric: str) -> Advance | None:
+        return (lambda units: advance(units, metric)) if advance else None
+
+    projection = _ProbeProjection(loaded, unit_probe)
+    with generation(), projection.hooks():
+        generations, scores = toxicity(loaded, prompts, scorer, settings, advancing("toxicity"))
     if progress:
         progress(f"toxicity {scores.mean():.3f} over {len(prompts)} prompts")
-    windows = perplexity_windows(loaded.tokenizer, corpus, settings.ppl_window, settings.ppl_windows)
-    ppl, n_tokens = perplexity(loaded, windows, settings.ppl_batch_size)
+    ppl, n_tokens = float("nan"), 0
+    if scoring is not None:
+        with scoring():
+            ppl, n_tokens = perplexity(loaded, inputs.windows, settings.ppl_batch_size, advancing("perplexity"))
+    elif advance:
+        advance(len(inputs.windows), "perplexity")
     if progress:
-        progress(f"perplexity {ppl:.3f} over {n_tokens} tokens")
-    items = f1_items(loaded.tokenizer, corpus, settings.f1_items, settings.max_prompt_tokens, settings.new_tokens)
-    f1, f1_generations = f1_score(loaded, items, settings)
+        progress(f"perplexity {ppl:.3f} over {n_tokens} tokens" if scoring is not None
+                 else f"perplexity {intervention.perplexity_pass}")
+    items = inputs.f1_items
+    with generation():
+        f1, f1_generations = f1_score(loaded, items, settings, advancing("F1"))
     if progress:
         progress(f"F1 {f1:.4f} over {len(items)} passages")
     check = check_scorer.score(generations) if check_scorer is not None else np.zeros(0)
@@ -119,7 +185,32 @@ def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None
                             check_toxicity=float(check.mean()) if check.size else float("nan"),
                             check_toxicity_sem=standard_error(check),
                             check_scorer=check_scorer.name if check_scorer is not None else "",
-                            check_scores=[float(s) for s in check])
+                            check_scores=[float(s) for s in check], probe_projection=projection.mean(),
+                            perplexity_pass=intervention.perplexity_pass if intervention else NO_INTERVENTION_PASS)
+
+
+class _ProbeProjection:
+    """Mean projection of the last block's output at the newest position of each forward call (every generated
+    position, through the KV cache) on a unit direction; nothing is hooked without one."""
+
+    def __init__(self, loaded, unit: np.ndarray | None) -> None:
+        self.block = loaded.arch.layers(loaded.model)[-1]
+        device = loaded.arch.out_proj(loaded.model, 0).weight.device
+        self.unit = None if unit is None else torch.as_tensor(unit, dtype=torch.float32, device=device)
+        self.sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+
+    def hooks(self) -> AbstractContextManager:
+        return forward_hooks([(self.block, self._project)]) if self.unit is not None else nullcontext()
+
+    def _project(self, module, inputs, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        newest = hidden[:, -1].float() @ self.unit
+        self.sum += newest.sum(dtype=torch.float64)
+        self.count += newest.numel()
+
+    def mean(self) -> float:
+        return float(self.sum) / self.count if self.count else float("nan")
 
 
 def standard_error(values: np.ndarray) -> float:

@@ -21,12 +21,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from neuron_explorer import __version__
 from neuron_explorer.cache import annotations
@@ -36,16 +34,14 @@ from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.engine.patching import interventions as iv
-from neuron_explorer.engine.alignment.corpora import f1_items, load_corpus, perplexity_windows
+from neuron_explorer.engine.alignment.corpora import load_corpus
 from neuron_explorer.engine.defaults import PATCH_MODES
-from neuron_explorer.engine.alignment.evaluation import (EvaluationResult, EvaluationSettings, f1_score, perplexity, standard_error,
-                         toxicity)
-from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.alignment.evaluation import (EvaluationResult, EvaluationSettings, InterventionHooks,
+                                                          corpus_inputs, evaluate)
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
 from neuron_explorer.engine.alignment.prompts import PromptSet, load_prompts
 
 TUNING_FREE_SEED_WORDS = "authors"  # probe.SEED_WORDS list of the toxic embedding the tuning-free edit ranks by
-NO_INTERVENTION_PASS = "one pass per window, no intervention"
 
 
 @dataclass
@@ -126,17 +122,6 @@ class PatchSpec:
         return f"{self.mode} {target}".strip()
 
 
-@dataclass
-class Measured(EvaluationResult):
-    """An evaluation plus what a run also measures: the mean last-layer probe projection at the generated positions."""
-
-    probe_projection: float = float("nan")
-    perplexity_pass: str = NO_INTERVENTION_PASS  # how the perplexity windows saw the intervention
-
-    def metrics(self) -> dict:
-        return {**super().metrics(), "probe_projection": self.probe_projection}
-
-
 class PatchSession:
     """The open cache, the base model and the base/DPO baseline; runs any number of interventions on them."""
 
@@ -171,11 +156,8 @@ class PatchSession:
         self.arrays = {name: self.reader.file[f"neurons/{name}"][:].astype(np.float64)
                        for name in ("act_pre", "act_dpo", "act_shift")}
         self.eval_settings = self.settings.evaluation()
-        self.windows = perplexity_windows(self.loaded.tokenizer, self.corpus, self.eval_settings.ppl_window,
-                                          self.eval_settings.ppl_windows)
-        self.f1_items = f1_items(self.loaded.tokenizer, self.corpus, self.eval_settings.f1_items,
-                                 self.eval_settings.max_prompt_tokens, self.eval_settings.new_tokens)
-        self.units = len(self.prompts.texts) + len(self.windows) + len(self.f1_items)
+        self.inputs = corpus_inputs(self.loaded.tokenizer, self.corpus, self.eval_settings)
+        self.units = len(self.prompts.texts) + len(self.inputs.windows) + len(self.inputs.f1_items)
         self.baseline_key = self._baseline_key()
         self.baseline: dict | None = annotations.load_baseline(self.cache_path, self.baseline_key)
         self._cos_embedding: np.ndarray | None = None
@@ -205,7 +187,7 @@ class PatchSession:
                "tuned_id": provenance.get("tuned", {}) if not self.settings.tuned else self.settings.tuned,
                "prompts": self.prompts.sha256, "corpus": self.corpus.sha256, "scorer": self.scorer.describe(),
                "probe": provenance.get("probe", {}), "settings": asdict(self.eval_settings),
-               "device": self.settings.device, "dtype": self.settings.dtype, "version": 1}
+               "device": self.settings.device, "dtype": self.settings.dtype, "version": 2}
         return sha256_bytes(json.dumps(key, sort_keys=True, default=str).encode())[:16]
 
     def plan(self, n_runs: int) -> None:
@@ -214,66 +196,16 @@ class PatchSession:
         self.tracker.plan(n_evaluations * self.units)
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    def measure(self, loaded, stage: str, intervention: iv.Intervention | None = None) -> Measured:
-        """Toxicity (with the last-layer probe projection at the generated positions), perplexity and F1, batch by
-        batch so that progress is reported as it goes, for the model under `intervention` (None: as it is).
-
-        Generation (toxicity, F1) runs with the intervention's hooks, perplexity with its scoring pass
-        (`Intervention.scoring_pass`); without one, perplexity is n/a (NaN, the reason recorded), never the
-        unpatched figure.
-        """
-        settings, texts = self.eval_settings, self.prompts.texts
-        scoring, perplexity_pass = (intervention.scoring_pass() if intervention is not None
-                                    else (None, NO_INTERVENTION_PASS))
-        scorable = intervention is None or scoring is not None
-        started = time.perf_counter()
-        last_block = loaded.arch.layers(loaded.model)[-1]
-        weight = loaded.arch.out_proj(loaded.model, 0).weight
-        unit = torch.as_tensor(self.unit_probe, dtype=torch.float32, device=weight.device)
-        projection = {"sum": torch.zeros((), dtype=torch.float64, device=weight.device), "count": 0}
-
-        def project(module, inputs, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            newest = hidden[:, -1].float() @ unit
-            projection["sum"] += newest.sum(dtype=torch.float64)
-            projection["count"] += newest.numel()
-
-        generations: list[str] = []
-        scores: list[float] = []
-        with _hooks(intervention), forward_hooks([(last_block, project)]):
-            for start in range(0, len(texts), settings.batch_size):
-                chunk = texts[start:start + settings.batch_size]
-                chunk_generations, chunk_scores = toxicity(loaded, chunk, self.scorer, settings)
-                generations += chunk_generations
-                scores += [float(s) for s in chunk_scores]
-                self.tracker.advance(len(chunk), f"{stage}: toxicity")
-        total_nll, n_tokens = 0.0, 0
-        if not scorable:
-            self.report(Message(f"{stage}: perplexity {perplexity_pass}"))
-        with _hooks(scoring):
-            for start in range(0, len(self.windows), settings.ppl_batch_size):
-                chunk = self.windows[start:start + settings.ppl_batch_size]
-                if scorable:
-                    ppl, count = perplexity(loaded, chunk, settings.ppl_batch_size)
-                    total_nll += math.log(ppl) * count
-                    n_tokens += count
-                self.tracker.advance(len(chunk), f"{stage}: perplexity")
-        f1_total, f1_generations = 0.0, []
-        with _hooks(intervention):
-            for start in range(0, len(self.f1_items), settings.batch_size):
-                chunk = self.f1_items[start:start + settings.batch_size]
-                f1, chunk_generations = f1_score(loaded, chunk, settings)
-                f1_total += f1 * len(chunk)
-                f1_generations += chunk_generations
-                self.tracker.advance(len(chunk), f"{stage}: F1")
-        values = np.asarray(scores)
-        return Measured(toxicity=float(values.mean()), toxicity_sem=standard_error(values), n_prompts=len(values),
-                        prompts=list(texts),
-                        perplexity=math.exp(total_nll / n_tokens) if n_tokens else float("nan"), n_tokens=n_tokens,
-                        f1=f1_total / len(self.f1_items) if self.f1_items else float("nan"), n_f1=len(self.f1_items),
-                        probe_projection=float(projection["sum"]) / max(projection["count"], 1),
-                        perplexity_pass=perplexity_pass, seconds=time.perf_counter() - started,
-                        generations=generations, scores=scores, f1_generations=f1_generations)
+    def measure(self, loaded, stage: str, intervention: iv.Intervention | None = None) -> EvaluationResult:
+        """`evaluate` (the one implementation of METHOD §5, shared with the `evaluate` command and `build`) of
+        `loaded` on the session's prompts and corpus, under `intervention` (None: as it is), with the last-layer probe
+        projection at the generated positions; progress is reported batch by batch."""
+        hooks = evaluation_hooks(intervention) if intervention is not None else None
+        if hooks is not None and hooks.scoring is None:
+            self.report(Message(f"{stage}: perplexity {hooks.perplexity_pass}"))
+        return evaluate(loaded, self.prompts.texts, self.scorer, settings=self.eval_settings, inputs=self.inputs,
+                        intervention=hooks, unit_probe=self.unit_probe,
+                        advance=lambda units, metric: self.tracker.advance(units, f"{stage}: {metric}"))
 
     def ensure_baseline(self) -> dict:
         """Base and DPO measured with this session's settings (from the sidecar when an earlier run stored them)."""
@@ -363,7 +295,7 @@ class PatchSession:
         if iv.hook_count(self.loaded):
             raise RuntimeError("hooks were left on the model after the run")
         base, dpo = baseline["base"], baseline["dpo"]
-        metrics = measured.metrics()
+        metrics = {**measured.metrics(), "probe_projection": measured.probe_projection}
         metrics.update(recovered_metrics(base, dpo, metrics))
         metrics["neurons"] = intervention.n_neurons
         metrics["seconds"] = time.perf_counter() - started
@@ -400,8 +332,11 @@ class PatchSession:
         return settings
 
 
-def _hooks(intervention: iv.Intervention | None):
-    return intervention.hooks() if intervention is not None else nullcontext()
+def evaluation_hooks(intervention: iv.Intervention) -> InterventionHooks:
+    """The intervention as `evaluate` applies it: its hooks during generation, its scoring pass's during perplexity."""
+    scoring, perplexity_pass = intervention.scoring_pass()
+    return InterventionHooks(generation=intervention.hooks, scoring=scoring.hooks if scoring is not None else None,
+                             perplexity_pass=perplexity_pass)
 
 
 def recovered_metrics(base: dict, dpo: dict, run: dict) -> dict:
@@ -470,5 +405,5 @@ def shown(value: float, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else "n/a"
 
 
-__all__ = ["RunSettings", "PatchSpec", "PatchSession", "Measured", "paper_preset", "format_runs_table",
+__all__ = ["RunSettings", "PatchSpec", "PatchSession", "paper_preset", "format_runs_table",
            "recovered_metrics", "shown", "PRESETS", "replace"]

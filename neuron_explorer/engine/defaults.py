@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Which positions `compute` averages (engine/recording.py reads them); each line is stored in the cache as `protocol`.
+# Which positions `compute` averages (engine/neurons/recording.py reads them); each line is stored in the cache as `protocol`.
 POSITION_PROTOCOLS = {
     "generated": "the generated tokens' own positions (Yang et al. v3, their HF code for Llama, Gemma, Mistral)",
     "predicting": "the last prompt position and generated tokens 1 to N-1, the positions that predict each new token "
@@ -25,12 +25,6 @@ DPO_BETA = 0.1
 DPO_LEARNING_RATE = 1e-5
 DPO_STEPS = 80  # chosen on builtin:validation with bench/dpo_validation_sweep.py (docs/alignment.md)
 
-# Interventions of a patch run (engine/interventions.py describes each).
-PATCH_MODES = ("patch-mean", "shift", "scale", "constant", "zero-ablate", "mean-ablate", "tuning-free", "subtract",
-               "patch-live")
-# The per-token shift keeps each neuron's token-to-token variation; clamping thousands of neurons to their mean at
-# every position (patch-mean) wrecks the model (perplexity 16.96 → 57.7 for TP↓ alone on the embedded pair).
-DEFAULT_PATCH_MODE = "shift"
 # The fraction of compute's prompts kept aside for patch runs, so that their evaluation is out of sample.
 PATCH_HOLDOUT = 0.5
 

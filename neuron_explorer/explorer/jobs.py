@@ -2,9 +2,10 @@
 runner that executes it as a subprocess.
 
 The app never runs a model itself: `SubprocessRunner` starts `python -m neuron_explorer patch FILE ...
---progress-json` and reads one JSON event per line from its stdout (progress with done/total/ETA, each finished
-run, done or error). Cancelling terminates the subprocess; since the run record is written (atomically) only when
-a run has finished, a cancelled or failed job leaves nothing half-written, and the cache file is never written.
+--progress-json` and reads one job event per line from its stdout (`neuron_explorer.events`: progress with
+done/total/ETA, messages, each stored run, done or failed); other lines are a library's output and are skipped.
+Cancelling terminates the subprocess; since the run record is written (atomically) only when a run has finished, a
+cancelled or failed job leaves nothing half-written, and the cache file is never written.
 Tests swap the command for a quick fake job.
 """
 
@@ -20,19 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neuron_explorer.engine.defaults import DEFAULT_PATCH_MODE
+from neuron_explorer.engine.patching import modes
+from neuron_explorer.events import Cancelled, Done, Event, EventError, Failed, Message, Progress, Stored, from_json
 
 PATCH_COMMAND = (sys.executable, "-m", "neuron_explorer", "patch")
-MODES = (
-    ("shift", "add DPO's per-neuron shift −α·δ per token"),
-    ("patch-live", "patch to DPO's per-token activations (2× slower)"),
-    ("patch-mean", "clamp to the DPO mean ā_dpo (wrecks fluency at every position)"),
-    ("scale", "scale by a factor"),
-    ("constant", "set to a constant"),
-    ("zero-ablate", "zero-ablate (value vectors off)"),
-    ("mean-ablate", "mean-ablate to ā_pre"),
-    ("tuning-free", "v3 tuning-free edit (α, β), within the set"),
-)
 
 
 @dataclass
@@ -42,13 +34,10 @@ class PatchRequest:
     target: str  # what was chosen, e.g. "group TP↓", "cluster 3", "selection"
     sets: list[str]
     n_neurons: int
-    mode: str = DEFAULT_PATCH_MODE
+    mode: str = modes.DEFAULT_MODE
     positions: str = "all"
-    alpha: float | None = None
-    beta: float = 0.5
-    factor: float = 0.5
-    value: float = 0.0
-    max_prompts: int = 100
+    params: dict[str, float] = field(default_factory=dict)  # the mode's parameters given; the rest are its defaults
+    max_prompts: int | None = None  # None: the command's default
     label: str | None = None
     cleanup: list[Path] = field(default_factory=list)  # temporary files to delete when the job ends
     extra: list[str] = field(default_factory=list)  # further `patch` options (evaluation sizes, devices)
@@ -60,16 +49,12 @@ class PatchRequest:
         args = [str(cache_path)]
         for spec in self.sets:
             args += ["--set", spec]
-        args += ["--mode", self.mode, "--positions", self.positions, "--max-prompts", str(self.max_prompts),
-                 "--label", self.name(), "--progress-json"]
-        if self.alpha is not None:
-            args += ["--alpha", repr(self.alpha)]
-        if self.mode == "tuning-free":
-            args += ["--beta", repr(self.beta)]
-        if self.mode == "scale":
-            args += ["--factor", repr(self.factor)]
-        if self.mode == "constant":
-            args += ["--value", repr(self.value)]
+        args += ["--mode", self.mode, "--positions", self.positions, "--label", self.name(), "--progress-json"]
+        if self.max_prompts is not None:
+            args += ["--max-prompts", str(self.max_prompts)]
+        for name, value in modes.get(self.mode).values(self.params).items():
+            if value is not None:  # None: the command measures it
+                args += [f"--{name}", repr(value)]
         return args + list(self.extra)
 
 
@@ -119,12 +104,12 @@ def write_selection(neurons, folder: Path | None = None) -> Path:
 
 
 class SubprocessRunner:
-    """Runs a job's `patch` command and turns its JSON lines into calls of `on_event(job, event)`."""
+    """Runs a job's `patch` command and turns its event lines into calls of `on_event(job, event)`."""
 
     def __init__(self, command: tuple[str, ...] = PATCH_COMMAND) -> None:
         self.command = tuple(command)
 
-    def run(self, job: PatchJob, cache_path: Path, on_event: Callable[[PatchJob, dict], None]) -> None:
+    def run(self, job: PatchJob, cache_path: Path, on_event: Callable[[PatchJob, Event], None]) -> None:
         """Blocking: call it from a thread worker."""
         argv = [*self.command, *job.request.argv(cache_path)]
         with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as stderr:
@@ -132,28 +117,27 @@ class SubprocessRunner:
                 job.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1,
                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
             except OSError as error:
-                on_event(job, {"event": "error", "message": f"could not start the run: {error}"})
+                on_event(job, Failed(f"could not start the run: {error}"))
                 return
             assert job.process.stdout is not None
-            errored = False
+            failed = False
             for line in job.process.stdout:
                 try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
+                    event = from_json(line)
+                except EventError:
                     continue  # a library printed something: not ours
-                if isinstance(event, dict):
-                    errored = errored or event.get("event") == "error"
-                    on_event(job, event)
+                failed = failed or isinstance(event, Failed)
+                on_event(job, event)
             code = job.process.wait()
             if job.state == "cancelled":
-                on_event(job, {"event": "cancelled"})
-            elif code != 0 and not errored:
+                on_event(job, Cancelled())
+            elif code != 0 and not failed:
                 stderr.seek(0)
                 lines = [line.strip() for line in stderr.read().splitlines() if line.strip()]
                 message = lines[-1] if lines else f"the run exited with code {code}"
-                on_event(job, {"event": "error", "message": message.removeprefix("neuron-explorer: error: ")})
+                on_event(job, Failed(message.removeprefix("neuron-explorer: error: ")))
             elif code == 0 and job.state not in ("done", "failed"):
-                on_event(job, {"event": "done", "run_ids": job.run_ids})
+                on_event(job, Done())
         for path in job.request.cleanup:
             Path(path).unlink(missing_ok=True)
 
@@ -167,21 +151,24 @@ class SubprocessRunner:
         return True
 
 
-def apply_event(job: PatchJob, event: dict) -> None:
-    """Update a job from one event of the `patch` command's --progress-json stream."""
-    kind = event.get("event")
-    if job.state == "cancelled" and kind != "cancelled":
-        return
-    if kind == "progress":
+def apply_event(job: PatchJob, event: Event) -> bool:
+    """Update a job from one of its events; True when the event ended the job or confirmed its cancelling (the
+    moment to tell the user and reload the runs)."""
+    was_finished = job.finished
+    if isinstance(event, Cancelled):
+        return job.state == "cancelled"
+    if job.state == "cancelled":
+        return False
+    if isinstance(event, Progress):
         job.state = "running"
-        job.stage, job.done, job.total = event.get("stage", ""), int(event.get("done", 0)), int(event.get("total", 0))
-        job.eta = event.get("eta")
-    elif kind == "message":
-        job.state, job.stage = "running", str(event.get("text", ""))
-    elif kind == "run":
-        job.run_ids.append(str(event.get("run_id")))
-    elif kind == "done":
+        job.stage, job.done, job.total, job.eta = event.stage, event.done, event.total, event.eta
+    elif isinstance(event, Message):
+        job.state, job.stage = "running", event.text
+    elif isinstance(event, Stored):
+        job.run_ids.append(event.name)
+    elif isinstance(event, Done):
         job.state = "done"
         job.done = job.total
-    elif kind == "error":
-        job.state, job.error = "failed", str(event.get("message", "unknown error"))
+    elif isinstance(event, Failed):
+        job.state, job.error = "failed", event.message
+    return job.finished and not was_finished

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from neuron_explorer.engine.patching import interventions as iv
-from neuron_explorer.engine.defaults import PATCH_MODES
+from neuron_explorer.engine.patching.modes import MODES
 from neuron_explorer.engine.alignment.evaluation import perplexity
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens
 from neuron_explorer.engine.model.hooks import forward_hooks
@@ -272,7 +272,7 @@ def test_hooks_come_off_after_every_run_including_one_that_raised(loaded_pairs):
              iv.tuning_free(base, means, np.random.default_rng(0).normal(size=(n_layers, d_mlp))),
              iv.subtract_direction(base, np.ones(base.d_model), 2.0),
              iv.patch_live(base, selection, loaded_pairs["llama"][1])]
-    assert {i.mode for i in built} == set(PATCH_MODES)
+    assert {i.mode for i in built} == set(MODES)
     kwargs = inputs(base)
     for intervention in built:
         with intervention.hooks():

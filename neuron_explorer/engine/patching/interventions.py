@@ -11,7 +11,7 @@ every single-token step is the newest position, and on the prefill only the last
 perplexity pass under ``newest`` would change only the last position's logits, which perplexity does not score:
 `Intervention.scoring_pass` says how a scoring pass sees the intervention instead.
 
-Modes (``PATCH_MODES`` in defaults.py):
+Modes (the registry of patch modes is engine/patching/modes.py):
   patch-mean    m_i ← ā_i^dpo (the paper's activation patching: the DPO model's dataset mean)
   shift         m_i ← m_i − α δ_i  (add DPO's per-neuron mean shift, δ = ā_pre − ā_dpo; α = 1 by default)
   scale         m_i ← f · m_i
@@ -38,13 +38,12 @@ import numpy as np
 import torch
 
 from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.patching.modes import POSITIONS
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
 
-POSITIONS = ("all", "newest")
 ALL_POSITIONS_PASS = "one pass per window, the intervention at every position"
 NEWEST_AS_GENERATED_PASS = ("one pass per window, the intervention at every position: the same as scoring the window "
                             "token by token through the KV cache with the newest position edited, as in generation")
-SIGN_CLASSES = ("TP", "TN", "AP", "AN")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +35,12 @@ from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.alignment.corpora import load_corpus
-from neuron_explorer.engine.defaults import PATCH_MODES
 from neuron_explorer.engine.alignment.evaluation import (EvaluationResult, EvaluationSettings, InterventionHooks,
                                                           corpus_inputs, evaluate)
+from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
 from neuron_explorer.engine.alignment.prompts import PromptSet, load_prompts
 
-TUNING_FREE_SEED_WORDS = "authors"  # probe.SEED_WORDS list of the toxic embedding the tuning-free edit ranks by
 
 
 @dataclass
@@ -104,15 +103,13 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
 
 @dataclass
 class PatchSpec:
-    """One intervention: a mode, the neuron set it acts on, where, and its parameters."""
+    """One intervention: a mode, the neuron set it acts on, where, and the parameters given (the mode's defaults,
+    modes.py, fill the rest)."""
 
     mode: str
     sets: tuple[str, ...] = ()
     positions: str = "all"
-    alpha: float | None = None  # shift: multiplier of δ (1); tuning-free: α (0.05); subtract: size (measured)
-    beta: float = 0.5  # tuning-free: fraction of each sign class
-    factor: float = 0.5  # scale
-    value: float = 0.0  # constant
+    params: dict = field(default_factory=dict)
     label: str | None = None
 
     def name(self) -> str:
@@ -153,7 +150,7 @@ class PatchSession:
         self._check_shapes()
         self.probe = self.reader.probe_direction().astype(np.float64)
         self.unit_probe = self.probe / np.linalg.norm(self.probe)
-        self.arrays = {name: self.reader.file[f"neurons/{name}"][:].astype(np.float64)
+        self.arrays = {name: self.reader.neuron_array(name).astype(np.float64)
                        for name in ("act_pre", "act_dpo", "act_shift")}
         self.eval_settings = self.settings.evaluation()
         self.inputs = corpus_inputs(self.loaded.tokenizer, self.corpus, self.eval_settings)
@@ -245,46 +242,24 @@ class PatchSession:
         if self._cos_embedding is None:
             from neuron_explorer.engine.alignment.probe import toxic_embedding_direction
 
-            direction = toxic_embedding_direction(self.loaded, TUNING_FREE_SEED_WORDS).direction
+            direction = toxic_embedding_direction(self.loaded, modes.TUNING_FREE_SEED_WORDS).direction
             self._cos_embedding = iv.value_vector_cosines(self.loaded, direction)
         return self._cos_embedding
 
-    def intervention(self, spec: PatchSpec) -> tuple[iv.Intervention, NeuronSelection | None]:
-        mode = spec.mode
-        if mode not in PATCH_MODES:
-            raise UserError(f"unknown mode '{mode}': use one of {', '.join(PATCH_MODES)}")
+    def check(self, spec: PatchSpec) -> tuple[dict, NeuronSelection | None]:
+        """The mode's parameter values and the neuron set of `spec`, or a UserError: every check of a spec that
+        needs no model work, so that a command can check all its specs before the long part starts."""
+        mode = modes.get(spec.mode)
+        values = mode.values(spec.params)
         selection = self.selection(spec)
-        needs_set = mode not in ("tuning-free", "subtract")
-        if needs_set and (selection is None or not len(selection)):
-            raise UserError(f"mode {mode} needs a neuron set: pass --set SPEC (e.g. --set group:TP↓)")
-        loaded, arrays, positions = self.loaded, self.arrays, spec.positions
-        if mode == "patch-live":
-            return iv.patch_live(loaded, selection, self.tuned(), positions), selection
-        if mode == "patch-mean":
-            return iv.patch_mean(loaded, selection, arrays["act_dpo"], positions), selection
-        if mode == "shift":
-            return iv.add_shift(loaded, selection, arrays["act_shift"], 1.0 if spec.alpha is None else spec.alpha,
-                                positions), selection
-        if mode == "scale":
-            return iv.scale(loaded, selection, spec.factor, positions), selection
-        if mode == "constant":
-            return iv.set_constant(loaded, selection, spec.value, positions), selection
-        if mode == "zero-ablate":
-            return iv.zero_ablate(loaded, selection, positions), selection
-        if mode == "mean-ablate":
-            return iv.mean_ablate(loaded, selection, arrays["act_pre"], positions), selection
-        if mode == "tuning-free":
-            alpha = 0.05 if spec.alpha is None else spec.alpha
-            edit = iv.tuning_free(loaded, arrays["act_pre"], self.cos_embedding(), alpha=alpha, beta=spec.beta,
-                                  restrict=selection, positions=positions)
-            edit.details["seed_words"] = TUNING_FREE_SEED_WORDS
-            return edit, selection
-        # subtract: by default, the size that matches DPO's own change of the last-layer projection
-        alpha = spec.alpha
-        if alpha is None:
-            baseline = self.ensure_baseline()
-            alpha = baseline["base"]["probe_projection"] - baseline["dpo"]["probe_projection"]
-        return iv.subtract_direction(loaded, self.probe, alpha, positions), selection
+        if mode.needs_set and (selection is None or not len(selection)):
+            raise UserError(f"mode {mode.name} needs a neuron set: pass --set SPEC (e.g. --set group:TP↓)")
+        return values, selection
+
+    def intervention(self, spec: PatchSpec) -> tuple[iv.Intervention, NeuronSelection | None]:
+        """The intervention `spec` asks for, built by its mode (modes.py), and the neuron set it acts on."""
+        values, selection = self.check(spec)
+        return modes.get(spec.mode).build(self, selection, values, spec.positions), selection
 
     def run(self, spec: PatchSpec, *, save: bool = True) -> annotations.PatchRun:
         """Evaluate the base model under `spec`, compare with base and DPO, and store the run (append-only)."""
@@ -314,19 +289,13 @@ class PatchSession:
     def record_settings(self, spec: PatchSpec, intervention: iv.Intervention,
                         selection: NeuronSelection | None) -> dict:
         settings = {"label": spec.name(), "mode": spec.mode, "sets": list(spec.sets), "positions": spec.positions,
-                    **{k: v for k, v in intervention.details.items()},
+                    **modes.get(spec.mode).values(spec.params), **intervention.details,
                     "layers": {str(k): v for k, v in intervention.layer_counts().items()},
                     "prompts": self.prompt_record, "corpus": self.corpus.provenance(),
                     "scorer": self.scorer.name, "evaluation": asdict(self.eval_settings),
                     "base": self.base_spec, "tuned": self.tuned_spec, "baseline": self.baseline_key,
                     "cache": str(self.cache_path), "cache_created": self.reader.info.created,
                     "package_version": __version__}
-        if spec.mode == "scale":
-            settings["factor"] = spec.factor
-        if spec.mode == "constant":
-            settings["value"] = spec.value
-        if spec.mode == "tuning-free":
-            settings["beta"] = spec.beta
         if selection is not None and len(selection) <= 20_000:
             settings["neurons"] = selection.compact()
         return settings
@@ -355,12 +324,10 @@ def recovered_metrics(base: dict, dpo: dict, run: dict) -> dict:
 
 # -- the paper-style preset -----------------------------------------------------------------------------------------
 
-PRESETS = ("paper",)
-
-
-def paper_preset(positions: str | None = None, patch_mode: str = "patch-mean", toxic_k: int = 128,
-                 alpha: float = 0.05, beta: float = 0.5) -> list[PatchSpec]:
-    """Ablate the top-K toxic neurons; patch each reducing group alone; patch all four; the tuning-free edit.
+def paper_preset(positions: str | None = None, patch_mode: str = modes.PRESET_PATCH_MODES[0], toxic_k: int = 128,
+                 tuning_free: dict | None = None) -> list[PatchSpec]:
+    """Ablate the top-K toxic neurons; patch each reducing group alone; patch all four; the tuning-free edit (with
+    the parameters in `tuning_free`, its defaults otherwise).
 
     With no `positions`, each row follows the authors' protocol: the ablation zeroes the value vectors (every
     position, as zeroing the weights does) and the patch and edit rows act at the newest position. A given
@@ -370,13 +337,15 @@ def paper_preset(positions: str | None = None, patch_mode: str = "patch-mean", t
 
     ablate_at = positions or "all"
     patch_at = positions or "newest"
-    specs = [PatchSpec("zero-ablate", (f"toxic:{toxic_k}",), ablate_at, label=f"ablate top-{toxic_k} toxic")]
-    how = "" if patch_mode == "patch-mean" else f" ({patch_mode})"
+    specs = [PatchSpec(modes.PRESET_ABLATION, (f"toxic:{toxic_k}",), ablate_at, label=f"ablate top-{toxic_k} toxic")]
+    how = "" if patch_mode == modes.PRESET_PATCH_MODES[0] else f" ({patch_mode})"
     specs += [PatchSpec(patch_mode, (f"group:{group}",), patch_at, label=f"patch {group}{how}")
               for group in REDUCING_GROUPS]
     specs.append(PatchSpec(patch_mode, ("group:reducing",), patch_at, label=f"patch all four ↓ groups{how}"))
-    specs.append(PatchSpec("tuning-free", (), patch_at, alpha=alpha, beta=beta,
-                           label=f"tuning-free edit (α={alpha:g}, β={beta:g})"))
+    given = dict(tuning_free or {})
+    values = modes.get(modes.PRESET_EDIT).values(given)
+    specs.append(PatchSpec(modes.PRESET_EDIT, (), patch_at, params=given,
+                           label=f"tuning-free edit (α={values['alpha']:g}, β={values['beta']:g})"))
     return specs
 
 
@@ -406,4 +375,4 @@ def shown(value: float, spec: str) -> str:
 
 
 __all__ = ["RunSettings", "PatchSpec", "PatchSession", "paper_preset", "format_runs_table",
-           "recovered_metrics", "shown", "PRESETS", "replace"]
+           "recovered_metrics", "shown", "replace"]

@@ -8,12 +8,22 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
-from ..jobs import MODES, PatchJob, PatchRequest
+from neuron_explorer.engine.patching import modes
+from neuron_explorer.errors import UserError
+
+from ..jobs import PatchJob, PatchRequest
 from .dialogs import Dialog
+
+def parameter_id(mode: str, name: str) -> str:
+    return f"param-{mode}-{name}"
 
 
 class PatchDialog(Dialog[PatchRequest]):
-    """Ask how to patch a chosen set of neurons; ctrl+s or enter runs, escape cancels."""
+    """Ask how to patch a chosen set of neurons; ctrl+s or enter runs, escape cancels.
+
+    The modes and their parameter fields come from the registry (engine/patching/modes.py); only the chosen mode's
+    fields are shown, and an empty field takes the mode's default.
+    """
 
     CSS_PATH = "patch.tcss"
     BINDINGS = [Binding("ctrl+s", "run", "run", id="patch_dialog.run")]
@@ -24,38 +34,46 @@ class PatchDialog(Dialog[PatchRequest]):
 
     def compose(self) -> ComposeResult:
         request = self.request
+        offered = [mode for mode in modes.MODES.values() if mode.acts_on_set]
         with Vertical(classes="dialog", id="patch-dialog"):
             count = f"{request.n_neurons:,} neuron{'' if request.n_neurons == 1 else 's'}"
             yield Label(f"Patch {request.target} ({count}) in the base model", classes="dialog-title")
             with Horizontal(classes="field"):
                 yield Label("mode", classes="field-label")
-                yield Select([(f"{name}: {text}", name) for name, text in MODES], value=request.mode,
-                             allow_blank=False, id="patch-mode")
+                yield Select([(f"{mode.name}: {mode.description}", mode.name) for mode in offered],
+                             value=request.mode, allow_blank=False, id="patch-mode")
             with Horizontal(classes="field"):
                 yield Label("positions", classes="field-label")
-                yield Select([("every position (perplexity too)", "all"),
-                              ("newest position only (the authors' protocol; perplexity as in generation)",
-                               "newest")],
-                             value=request.positions, allow_blank=False, id="patch-positions")
-            with Horizontal(classes="field"):
-                yield Label("α / factor", classes="field-label")
-                yield Input(placeholder="α default", type="number", id="patch-alpha")
-                yield Input(value=f"{request.factor:g}", placeholder="factor", type="number", id="patch-factor")
-            with Horizontal(classes="field"):
-                yield Label("β / value", classes="field-label")
-                yield Input(value=f"{request.beta:g}", placeholder="β", type="number", id="patch-beta")
-                yield Input(value=f"{request.value:g}", placeholder="value", type="number", id="patch-value")
+                yield Select([(text, name) for name, text in modes.POSITIONS.items()], value=request.positions,
+                             allow_blank=False, id="patch-positions")
+            for mode in offered:
+                for parameter in mode.parameters:
+                    given = request.params.get(parameter.name) if mode.name == request.mode else None
+                    with Horizontal(classes=f"field parameter mode-{mode.name}"):
+                        yield Label(parameter.name, classes="field-label")
+                        yield Input(value="" if given is None else f"{given:g}", type="number",
+                                    placeholder=f"{parameter.help} (default {parameter.describe_default()})",
+                                    id=parameter_id(mode.name, parameter.name))
             with Horizontal(classes="field"):
                 yield Label("prompts", classes="field-label")
-                yield Input(value=str(request.max_prompts), type="integer", id="patch-prompts")
-            yield Label("α: shift/tuning-free · factor: scale · β: tuning-free · value: constant",
-                        classes="dialog-hint")
+                yield Input(value="" if request.max_prompts is None else str(request.max_prompts), type="integer",
+                            placeholder="the patch command's default", id="patch-prompts")
             with Horizontal(classes="buttons"):
                 yield Button("Run", variant="primary", id="run")
                 yield Button("Cancel", id="cancel")
 
     def on_mount(self) -> None:
+        self.show_fields(self.request.mode)
         self.query_one("#patch-mode", Select).focus()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "patch-mode":
+            self.show_fields(str(event.value))
+
+    def show_fields(self, mode: str) -> None:
+        """Only the chosen mode's parameters."""
+        for row in self.query(".parameter"):
+            row.display = row.has_class(f"mode-{mode}")
 
     def on_input_submitted(self) -> None:
         self.action_run()
@@ -66,34 +84,24 @@ class PatchDialog(Dialog[PatchRequest]):
         else:
             self.action_cancel()
 
-    def _number(self, widget_id: str, kind=float):
-        text = self.query_one(widget_id, Input).value.strip()
-        return kind(text) if text else None
-
     def action_run(self) -> None:
+        mode = modes.get(str(self.query_one("#patch-mode", Select).value))
+        texts = {parameter.name: self.query_one(f"#{parameter_id(mode.name, parameter.name)}", Input).value.strip()
+                 for parameter in mode.parameters}
+        given = {name: text for name, text in texts.items() if text}
+        prompts = self.query_one("#patch-prompts", Input).value.strip()
         try:
-            alpha = self._number("#patch-alpha")
-            factor = self._number("#patch-factor")
-            beta = self._number("#patch-beta")
-            value = self._number("#patch-value")
-            prompts = self._number("#patch-prompts", int)
-        except ValueError as error:
-            self.notify(f"not a number: {error}", severity="error")
-            return
-        if prompts is not None and prompts < 1:
-            self.notify("the number of prompts must be at least 1", severity="error")
-            return
-        if beta is not None and not 0 < beta <= 1:
-            self.notify("β must be in (0, 1]", severity="error")
+            values = mode.values(given)
+            if prompts and not (prompts.isdigit() and int(prompts) >= 1):
+                raise UserError(f"prompts: '{prompts}' is not a number of prompts (1 or more)")
+        except UserError as error:
+            self.notify(str(error), severity="error")
             return
         request = self.request
-        request.mode = str(self.query_one("#patch-mode", Select).value)
+        request.mode = mode.name
         request.positions = str(self.query_one("#patch-positions", Select).value)
-        request.alpha = alpha
-        request.factor = request.factor if factor is None else factor
-        request.beta = request.beta if beta is None else beta
-        request.value = request.value if value is None else value
-        request.max_prompts = prompts or request.max_prompts
+        request.params = {name: values[name] for name in given}
+        request.max_prompts = int(prompts) if prompts else None
         self.dismiss(request)
 
 

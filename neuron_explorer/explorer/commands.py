@@ -27,7 +27,7 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
         return commands
     commands += [
         (f"go: {mode}", partial(app.switch_mode, mode), f"show the {mode} screen")
-        for mode in ("overview", "neurons", "clusters", "runs")
+        for mode in app.STORE_MODES
     ]
     commands += [("help: keys", app.action_help, "every key of this screen")]
     commands += [("layer: all", partial(app.set_layer, None), "show every layer's neurons")]

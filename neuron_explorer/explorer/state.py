@@ -6,7 +6,6 @@ all-layer frame, so sorting and filtering never copy the frame and the table for
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import polars as pl
 
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
-from neuron_explorer.cache.schema import GROUP_NAMES, REDUCING_GROUPS
+from neuron_explorer.cache.schema import REDUCING_GROUPS
+from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
 
 
@@ -113,7 +113,6 @@ class Store:
         self.view = View()
         self.positions = np.zeros(0, dtype=np.int64)  # rows of `frame` in the current view, in display order
         self.marked: set[tuple[int, int]] = set()
-        self.last_update_seconds = 0.0
         self._recent_views: dict[View, np.ndarray] = {}  # going back to a view (say, all layers) costs no sort
 
     @classmethod
@@ -149,9 +148,6 @@ class Store:
     def set_filters(self, filters: Filters) -> None:
         self._apply(replace(self.view, filters=filters))
 
-    def update_filters(self, **changes) -> None:
-        self.set_filters(replace(self.view.filters, **changes))
-
     def show_cluster(self, cluster: int) -> None:
         """All layers, only this cluster's neurons (what choosing a cluster in the cluster list does)."""
         self._apply(replace(self.view, layer=None, filters=Filters(cluster=cluster)))
@@ -163,12 +159,10 @@ class Store:
     def _recompute(self) -> None:
         if self.frame is None:
             return
-        started = time.perf_counter()
         view = self.view
         if view in self._recent_views:
             self.positions = self._recent_views.pop(view)
             self._remember(view)
-            self.last_update_seconds = time.perf_counter() - started
             return
         d_mlp = self.info.d_mlp
         offset = 0 if view.layer is None else view.layer * d_mlp
@@ -189,7 +183,6 @@ class Store:
         rows = order if kept is None else kept.to_numpy()[order]
         self.positions = rows.astype(np.int64) + offset
         self._remember(view)
-        self.last_update_seconds = time.perf_counter() - started
 
     def _remember(self, view: View) -> None:
         self._recent_views[view] = self.positions
@@ -256,20 +249,14 @@ class Store:
     def clear_marks(self) -> None:
         self.marked.clear()
 
-    def group_neurons(self, group: str) -> list[tuple[int, int]]:
-        return self._pairs(pl.col("group") == group)
-
-    def cluster_neurons(self, cluster: int) -> list[tuple[int, int]]:
-        return self._pairs(pl.col("cluster") == cluster)
+    def set_neurons(self, spec: str) -> list[tuple[int, int]]:
+        """The neurons of a neuron-set spec (group:TP↓, cluster:3, set:NAME, ...), resolved by the same code as
+        the patch command's --set (engine/patching/neuron_sets.py), so the explorer counts what a run patches."""
+        return [tuple(pair) for pair in resolve(self.reader, [spec]).neurons.tolist()]
 
     def view_neurons(self) -> list[tuple[int, int]]:
         layers, indices = np.divmod(self.positions, self.info.d_mlp)
         return list(zip(layers.tolist(), indices.tolist()))
-
-    def _pairs(self, expression: pl.Expr) -> list[tuple[int, int]]:
-        assert self.frame is not None
-        chosen = self.frame.filter(expression).select("layer", "neuron")
-        return list(zip(chosen["layer"].to_list(), chosen["neuron"].to_list()))
 
     def save_set(self, name: str, source: str) -> annotations.NeuronSet:
         """Save ``source`` ("selection", "view", "group TP↓" or "cluster 3") as the named neuron set."""
@@ -277,13 +264,8 @@ class Store:
             neurons, description = sorted(self.marked), f"selection of {len(self.marked)} neurons"
         elif source == "view":
             neurons, description = self.view_neurons(), f"filter {self.describe_view()}"
-        elif source.startswith("group "):
-            group = source.removeprefix("group ")
-            if group not in GROUP_NAMES:
-                raise UserError(f"no group '{group}': groups are {', '.join(GROUP_NAMES)}")
-            neurons, description = self.group_neurons(group), source
-        elif source.startswith("cluster "):
-            neurons, description = self.cluster_neurons(int(source.removeprefix("cluster "))), source
+        elif source.startswith(("group ", "cluster ")):
+            neurons, description = self.set_neurons(source.replace(" ", ":", 1)), source
         else:
             raise UserError(f"cannot save '{source}' as a set")
         if not neurons:

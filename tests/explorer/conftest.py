@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import shutil
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -40,6 +43,7 @@ def no_cursor_blink(monkeypatch):
 
 
 def open_store(path) -> Store:
+    """The cache's store with its `created` date fixed: the real date varies, and snapshots must not."""
     store = Store.open(path)
     store.info = dataclasses.replace(store.info, created=FIXED_CREATED)
     store.reader.info = store.info
@@ -48,11 +52,12 @@ def open_store(path) -> Store:
 
 @pytest.fixture
 def make_app(cache_path):
-    """Apps over the private cache copy; their stores are closed when the test ends."""
+    """`make_app(**options)`: an app over the private cache copy (options such as `patch_command=` go to ExplorerApp);
+    their stores are closed when the test ends."""
     apps = []
 
-    def make() -> ExplorerApp:
-        app = ExplorerApp(open_store(cache_path))
+    def make(**options) -> ExplorerApp:
+        app = ExplorerApp(open_store(cache_path), **options)
         apps.append(app)
         return app
 
@@ -61,14 +66,46 @@ def make_app(cache_path):
         app.store.reader.close()
 
 
-async def wait_until_loaded(app: ExplorerApp, pilot) -> None:
-    """The neuron frame is read in a worker after the overview shows; tests of the table wait for it."""
-    await app.workers.wait_for_complete()
-    await pilot.pause()
+@pytest.fixture(scope="session")
+def fake_patch_command() -> tuple[str, str]:
+    """A `patch` command for the app's jobs that reports the real job events without a model (fake_patch_job.py)."""
+    return sys.executable, str(Path(__file__).with_name("fake_patch_job.py"))
 
 
-def static_text(widget, width: int = 160) -> str:
-    """What a Static shows, as plain text (its content may be a rich Table, which has no useful str())."""
-    console = Console(width=width, record=True, file=io.StringIO())
-    console.print(widget.content)
-    return console.export_text()
+@pytest.fixture(scope="session")
+def wait_for():
+    """`await wait_for(pilot, condition, timeout=20.0)`: pause the pilot until `condition()` holds; fail on timeout."""
+
+    async def wait(pilot, condition, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out")
+            await pilot.pause(0.05)
+
+    return wait
+
+
+@pytest.fixture(scope="session")
+def wait_until_loaded():
+    """`await wait_until_loaded(app, pilot)`: the neuron frame is read in a worker after the overview shows; tests of
+    the table (and snapshots) wait for the app's workers to finish."""
+
+    async def wait(app: ExplorerApp, pilot) -> None:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+
+    return wait
+
+
+@pytest.fixture(scope="session")
+def static_text():
+    """`static_text(widget, width=160)`: what a Static shows, as plain text (its content may be a rich Table, which
+    has no useful str())."""
+
+    def text(widget, width: int = 160) -> str:
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(widget.content)
+        return console.export_text()
+
+    return text

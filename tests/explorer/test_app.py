@@ -16,8 +16,6 @@ from neuron_explorer.explorer.screens.overview import OverviewScreen
 from neuron_explorer.explorer.screens.runs import RunsScreen
 from neuron_explorer.explorer.widgets.neuron_table import NeuronTable
 
-from .conftest import static_text, wait_until_loaded
-
 
 async def test_overview_first_then_every_screen_by_number_and_escape_back(make_app):
     app = make_app()
@@ -31,7 +29,7 @@ async def test_overview_first_then_every_screen_by_number_and_escape_back(make_a
         assert isinstance(app.screen, OverviewScreen)
 
 
-async def test_table_cursor_keys_and_sort(make_app):
+async def test_table_cursor_keys_and_sort(make_app, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -56,7 +54,7 @@ async def test_table_cursor_keys_and_sort(make_app):
         assert table.cursor_column == 13 and table.first_scrolled_column > 1  # scrolled to the last column
 
 
-async def test_drawn_rows_are_the_views_rows_after_every_redraw(make_app):
+async def test_drawn_rows_are_the_views_rows_after_every_redraw(make_app, wait_until_loaded):
     """What the table draws on line y is row top+y-1 of the Store's view, also after the view was reloaded (a stale
     page cache once drew every row one place early, so enter opened a neuron other than the highlighted one)."""
     app = make_app()
@@ -76,7 +74,7 @@ async def test_drawn_rows_are_the_views_rows_after_every_redraw(make_app):
         assert (app.screen.neuron_layer, app.screen.neuron_index) == app.store.neuron_at(2)
 
 
-async def test_layer_list_fills_the_table(make_app):
+async def test_layer_list_fills_the_table(make_app, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -88,7 +86,7 @@ async def test_layer_list_fills_the_table(make_app):
         assert app.store.view.layer is None
 
 
-async def test_filter_form_sign_keys_and_clear(make_app):
+async def test_filter_form_sign_keys_and_clear(make_app, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -112,7 +110,7 @@ async def test_filter_form_sign_keys_and_clear(make_app):
         assert isinstance(app.screen, NeuronsScreen)
 
 
-async def test_jump_to_an_id(make_app):
+async def test_jump_to_an_id(make_app, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -126,7 +124,7 @@ async def test_jump_to_an_id(make_app):
         assert table.current_neuron() == (3, 17)
 
 
-async def test_enter_opens_the_detail_and_escape_returns(make_app):
+async def test_enter_opens_the_detail_and_escape_returns(make_app, static_text, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -144,7 +142,7 @@ async def test_enter_opens_the_detail_and_escape_returns(make_app):
         assert isinstance(app.screen, NeuronsScreen)
 
 
-async def test_mark_save_selection_and_view_as_sets(make_app, cache_path):
+async def test_mark_save_selection_and_view_as_sets(make_app, cache_path, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -163,7 +161,7 @@ async def test_mark_save_selection_and_view_as_sets(make_app, cache_path):
         assert not app.store.marked
 
 
-async def test_export_csv_from_the_table(make_app, tmp_path):
+async def test_export_csv_from_the_table(make_app, tmp_path, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -175,7 +173,7 @@ async def test_export_csv_from_the_table(make_app, tmp_path):
         assert pl.read_csv(target).height == app.store.row_count
 
 
-async def test_clusters_enter_shows_the_cluster_and_S_saves_it(make_app, cache_path):
+async def test_clusters_enter_shows_the_cluster_and_S_saves_it(make_app, cache_path, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -189,7 +187,7 @@ async def test_clusters_enter_shows_the_cluster_and_S_saves_it(make_app, cache_p
         assert not app.screen.query_one("#dendrogram").display
 
 
-async def test_runs_empty_state_and_stored_runs(make_app, cache_path):
+async def test_runs_empty_state_and_stored_runs(make_app, cache_path, static_text):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("4")
@@ -208,7 +206,7 @@ async def test_runs_empty_state_and_stored_runs(make_app, cache_path):
         assert "kind" in static_text(app.screen.query_one("#run-samples"))
 
 
-async def test_palette_offers_namespaced_commands(make_app):
+async def test_palette_offers_namespaced_commands(make_app, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -225,7 +223,7 @@ async def test_palette_offers_namespaced_commands(make_app):
         assert app.store.view.layer == 3
 
 
-async def test_help_lists_the_screen_keys_and_closes(make_app):
+async def test_help_lists_the_screen_keys_and_closes(make_app, static_text, wait_until_loaded):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")

@@ -96,6 +96,51 @@ async def test_missing_default_cache_is_built_with_visible_progress(tmp_path, se
     app.store.reader.close()
 
 
+async def test_the_build_screen_follows_the_builds_typed_events(tmp_path, session_cache):
+    """The real build runs with --progress-json: stages as Progress, lines as Message, the closing table as Done;
+    a library's own line is shown as it is."""
+    target = tmp_path / "default.h5"
+    script = textwrap.dedent(f"""
+        import shutil, time
+        from neuron_explorer.events import Done, Message, Progress, to_json
+        print(to_json(Progress("build: probe", 3, 8)), flush=True)
+        print(to_json(Message("[probe] running")), flush=True)
+        print("a library talks", flush=True)
+        time.sleep(1.0)
+        shutil.copyfile({str(session_cache)!r}, {str(target)!r})
+        print(to_json(Done("stage status seconds")), flush=True)
+    """)
+    app = ExplorerApp(build_target=target, build_command=(sys.executable, "-c", script))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, BuildScreen)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if "[probe] running" in screen.query_one("Log").lines:
+                break
+        assert str(screen.query_one("#build-stage").content) == "build: probe: 3/8"
+        assert screen.query_one("ProgressBar").progress == 3 and screen.query_one("ProgressBar").total == 8
+        assert "a library talks" in screen.query_one("Log").lines
+        assert not any("{" in line for line in screen.query_one("Log").lines)  # no raw JSON reaches the user
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if isinstance(app.screen, OverviewScreen):
+                break
+        assert isinstance(app.screen, OverviewScreen)
+    app.store.reader.close()
+
+
+async def test_a_build_that_reports_its_failure_shows_the_reason(tmp_path):
+    script = ("from neuron_explorer.events import Failed, to_json; "
+              "print(to_json(Failed('no space left to write x.h5: free some space')), flush=True); raise SystemExit(2)")
+    app = ExplorerApp(build_target=tmp_path / "never.h5", build_command=(sys.executable, "-c", script))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        title = str(app.screen.query_one("#build-title").content)
+        assert "exit code 2" in title and "no space left to write x.h5" in title
+
+
 async def test_a_failed_build_says_so_and_stays(tmp_path):
     app = ExplorerApp(build_target=tmp_path / "never.h5",
                       build_command=(sys.executable, "-c", "print('no model here'); raise SystemExit(3)"))

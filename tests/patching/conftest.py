@@ -10,9 +10,13 @@ import torch
 
 from neuron_explorer.engine.model.loading import load_model
 
-PROMPTS = ["You are a stupid", "She walked to the market in the morning and", "What the hell", "The river runs",
-           "I hate you", "The quick brown fox", "Shut up and get out", "An old stone bridge", "You pathetic loser",
-           "She bought bread and apples", "Get lost, you fool", "Two hundred years ago"]
+
+@pytest.fixture(scope="session")
+def prompts() -> list[str]:
+    """The prompts every cache of `compute_cache` is computed on, in their order in its prompts file."""
+    return ["You are a stupid", "She walked to the market in the morning and", "What the hell", "The river runs",
+            "I hate you", "The quick brown fox", "Shut up and get out", "An old stone bridge", "You pathetic loser",
+            "She bought bread and apples", "Get lost, you fool", "Two hundred years ago"]
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +32,13 @@ def loaded_pairs(pairs):
 
 
 @pytest.fixture(scope="session")
-def compute_cache(tmp_path_factory):
-    """`compute_cache(base, tuned, name, **settings)`: a real cache of a tiny pair on PROMPTS, computed by the engine
-    (default settings otherwise: every second prompt held out for patch runs)."""
+def compute_cache(tmp_path_factory, prompts):
+    """`compute_cache(base, tuned, name, **settings)`: a real cache of a tiny pair on `prompts`, computed by the
+    engine (default settings otherwise: every second prompt held out for patch runs)."""
     from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 
     root = tmp_path_factory.mktemp("patch-cache")
-    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    (root / "prompts.txt").write_text("\n".join(prompts) + "\n")
     torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), root / "probe.pt")
 
     def compute(base: Path, tuned: Path, name: str, **extra) -> Path:

@@ -24,14 +24,24 @@ from neuron_explorer.engine.alignment.prompts import PromptSet, hold_out_for_pat
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Done, Failed, Progress, Stored, from_json
 
-from .conftest import PROMPTS
 from .test_interventions import hand_edited, out_projection
-
-STATISTICS, HELD_OUT = PROMPTS[0::2], PROMPTS[1::2]  # the default holdout keeps every second prompt aside
 
 SMALL = RunSettings(max_prompts=4, ppl_window=32, ppl_windows=2, f1_items=3, new_tokens=4, batch_size=2, samples=3)
 SMALL_ARGS = ["--max-prompts", "4", "--ppl-window", "32", "--ppl-windows", "2", "--f1-items", "3",
               "--new-tokens", "4", "--batch-size", "2", "--samples", "2"]
+
+
+@pytest.fixture
+def statistics_prompts(prompts) -> list[str]:
+    """The prompts a cache of `compute_cache` keeps for its statistics: the default holdout keeps every second
+    prompt aside."""
+    return prompts[0::2]
+
+
+@pytest.fixture
+def held_out_prompts(prompts) -> list[str]:
+    """The prompts a cache of `compute_cache` holds out for patch runs (every second one)."""
+    return prompts[1::2]
 
 
 def test_neuron_sets_resolve_every_kind_and_their_union(cache_copy):
@@ -157,11 +167,11 @@ def test_each_mode_evaluates_as_a_copy_edited_by_hand(cache_copy):
         (PatchSpec("patch-mean", ("group:TP↓",)), dict(clamp=by_layer(group == "TP↓", a["act_dpo"]))),
         (PatchSpec("mean-ablate", ("group:AN↓",)), dict(clamp=by_layer(group == "AN↓", a["act_pre"]))),
         (PatchSpec("shift", ("group:reducing",)), dict(shift=by_layer(reducing, -shift))),
-        (PatchSpec("shift", ("all",), alpha=0.5), dict(shift=by_layer(np.ones(group.shape, bool), -0.5 * shift))),
-        (PatchSpec("scale", ("layer:2",), factor=0.0), dict(factor=by_layer(layer2, 0.0))),
-        (PatchSpec("constant", ("ids:L0/N3",), value=4.0), dict(clamp=by_layer(one, np.full(group.shape, 4.0)))),
+        (PatchSpec("shift", ("all",), params={"alpha": 0.5}), dict(shift=by_layer(np.ones(group.shape, bool), -0.5 * shift))),
+        (PatchSpec("scale", ("layer:2",), params={"factor": 0.0}), dict(factor=by_layer(layer2, 0.0))),
+        (PatchSpec("constant", ("ids:L0/N3",), params={"value": 4.0}), dict(clamp=by_layer(one, np.full(group.shape, 4.0)))),
         (PatchSpec("zero-ablate", ("toxic:8",)), dict(clamp=by_layer(toxic8.reshape(group.shape), 0.0 * shift))),
-        (PatchSpec("subtract", (), alpha=1.5), dict(residual=-1.5 * unit)),
+        (PatchSpec("subtract", (), params={"alpha": 1.5}), dict(residual=-1.5 * unit)),
     ]
     with PatchSession(cache_copy, SMALL) as session:
         plain = session.measure(session.loaded, "base")
@@ -253,11 +263,12 @@ def hand_probe_projection(loaded, texts: list[str], unit: np.ndarray, new_tokens
     return float(np.mean(values))
 
 
-def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_subtraction(cache_copy):
+def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_subtraction(
+        cache_copy, held_out_prompts):
     with PatchSession(cache_copy, SMALL) as session:
         baseline = session.ensure_baseline()
         unit = session.unit_probe
-        texts = HELD_OUT[:SMALL.max_prompts]
+        texts = held_out_prompts[:SMALL.max_prompts]
         expected = {"base": hand_probe_projection(session.loaded, texts, unit, SMALL.new_tokens),
                     "dpo": hand_probe_projection(session.tuned(), texts, unit, SMALL.new_tokens)}
         for name in ("base", "dpo"):
@@ -266,7 +277,7 @@ def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_
     assert subtract.settings["alpha"] == pytest.approx(expected["base"] - expected["dpo"], rel=1e-3, abs=1e-5)
 
 
-def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy):
+def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy, held_out_prompts):
     """Sign classes from cos with the toxic embedding (Yang et al.'s seed words), computed here from the value
     vectors, and ā_pre from the cache: the top-|cos| TP and AN neurons go to 0.95 ā_pre, the lowest-|cos| TN and AP neurons to 1.05 ā_pre, and
     each class contributes half its members (β = 0.5)."""
@@ -280,7 +291,7 @@ def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy
                            for layer in range(act.shape[0])])  # (layers, d_mlp, d_model)
         cos = values @ direction / (np.linalg.norm(values, axis=-1) * np.linalg.norm(direction))
         intervention, _ = session.intervention(PatchSpec("tuning-free", ()))
-        ids = loaded.tokenizer(HELD_OUT[:2], return_tensors="pt", padding=True)["input_ids"]
+        ids = loaded.tokenizer(held_out_prompts[:2], return_tensors="pt", padding=True)["input_ids"]
         with intervention.hooks():
             seen, _ = iv.record_activations(loaded, input_ids=ids)
     classes = {"TP": (cos > 0) & (act > 0), "TN": (cos > 0) & (act <= 0), "AP": (cos <= 0) & (act > 0),
@@ -355,7 +366,7 @@ def test_patch_command_single_run_and_preset(cache_copy, capsys):
     (["--set", "group:ZZ"], "no group"),
     (["--preset", "paper", "--set", "all"], "chooses its own"),
     (["--preset", "paper", "--mode", "scale"], "chooses its own"),
-    (["--set", "all", "--max-prompts", "-1"], "0 or more"),
+    (["--set", "all", "--max-prompts", "-1"], "--max-prompts: -1 is negative"),
 ])
 def test_patch_command_errors_are_one_line(cache_copy, capsys, argv, message):
     assert main(["patch", str(cache_copy), *SMALL_ARGS, *argv]) == 2
@@ -393,26 +404,28 @@ def test_the_holdout_rule_on_known_cases():
             hold_out_for_patching(eight, bad)
 
 
-def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(cache_copy):
+def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(
+        cache_copy, prompts, statistics_prompts, held_out_prompts):
     with CacheReader(cache_copy) as reader:
-        assert reader.prompt_texts() == STATISTICS and reader.info.n_prompts == len(STATISTICS)
-        assert reader.prompt_activations(0, 0).height == len(STATISTICS)
+        assert reader.prompt_texts() == statistics_prompts and reader.info.n_prompts == len(statistics_prompts)
+        assert reader.prompt_activations(0, 0).height == len(statistics_prompts)
         held = reader.patch_prompts()
-        assert held.texts == HELD_OUT and held.source_indices.tolist() == list(range(1, len(PROMPTS), 2))
-        assert held.attrs["fraction"] == 0.5 and held.attrs["sha256"] == sha256_texts(HELD_OUT)
-        assert reader.info.provenance["prompts"]["sha256"] == sha256_texts(STATISTICS)
+        assert held.texts == held_out_prompts and held.source_indices.tolist() == list(range(1, len(prompts), 2))
+        assert held.attrs["fraction"] == 0.5 and held.attrs["sha256"] == sha256_texts(held_out_prompts)
+        assert reader.info.provenance["prompts"]["sha256"] == sha256_texts(statistics_prompts)
     with PatchSession(cache_copy, SMALL) as session:
         run = session.run(PatchSpec("shift", ("group:TP↓",)), save=False)
     record = run.settings["prompts"]
     assert record["selection"] == "held out by compute" and record["n"] == SMALL.max_prompts
-    assert record["sha256"] == sha256_texts(HELD_OUT[:SMALL.max_prompts])
+    assert record["sha256"] == sha256_texts(held_out_prompts[:SMALL.max_prompts])
     assert record["source_indices"] == [1, 3, 5, 7]
     assert record["in_statistics"] == 0 and record["disjoint_from_statistics"] is True
-    assert [sample["prompt"] for sample in run.samples] == HELD_OUT[:SMALL.samples]
+    assert [sample["prompt"] for sample in run.samples] == held_out_prompts[:SMALL.samples]
 
 
-def test_user_prompts_are_counted_against_the_statistics_prompts_with_a_plain_warning(cache_copy, tmp_path, capsys):
-    given = [STATISTICS[0], "A brand new prompt", STATISTICS[2], HELD_OUT[1]]
+def test_user_prompts_are_counted_against_the_statistics_prompts_with_a_plain_warning(
+        cache_copy, tmp_path, capsys, statistics_prompts, held_out_prompts):
+    given = [statistics_prompts[0], "A brand new prompt", statistics_prompts[2], held_out_prompts[1]]
     (tmp_path / "mine.txt").write_text("\n".join(given) + "\n")
     assert main(["patch", str(cache_copy), "--set", "group:TP↓", "--prompts", str(tmp_path / "mine.txt"),
                  *SMALL_ARGS]) == 0
@@ -426,11 +439,12 @@ def test_user_prompts_are_counted_against_the_statistics_prompts_with_a_plain_wa
     assert run.settings["mode"] == "shift"  # the default mode
 
 
-def test_a_cache_without_held_out_prompts_needs_prompts_or_an_in_sample_run(pairs, compute_cache, tmp_path, capsys):
+def test_a_cache_without_held_out_prompts_needs_prompts_or_an_in_sample_run(
+        pairs, compute_cache, prompts, tmp_path, capsys):
     path = compute_cache(*pairs["llama"], "no-holdout.h5", patch_holdout=0.0)
     capsys.readouterr()  # compute's progress bars
     with CacheReader(path) as reader:
-        assert reader.patch_prompts() is None and reader.prompt_texts() == PROMPTS
+        assert reader.patch_prompts() is None and reader.prompt_texts() == prompts
     for extra, message in [((), "keeps no held-out prompts"),
                            (("--in-sample", "--prompts", "x.txt"), "exclude each other")]:
         assert main(["patch", str(path), "--set", "group:TP↓", *SMALL_ARGS, *extra]) == 2
@@ -441,4 +455,4 @@ def test_a_cache_without_held_out_prompts_needs_prompts_or_an_in_sample_run(pair
     (run,) = annotations.list_runs(path)
     record = run.settings["prompts"]
     assert record["selection"].startswith("in sample") and record["in_statistics"] == 4
-    assert record["sha256"] == sha256_texts(PROMPTS[:4])
+    assert record["sha256"] == sha256_texts(prompts[:4])

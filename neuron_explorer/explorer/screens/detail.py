@@ -9,15 +9,16 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, LoadingIndicator, Static
 
 from neuron_explorer.cache.reader import neuron_id
 
 from ..formatting import short_text, signed
+from ..messages import DetailLoaded, MarksChanged
 from ..state import Store, is_reducing
 from ..widgets.plots import ActivationHistogram
+from .dialogs import ShowsWorkerErrors
 
 TOP_PROMPTS = 8
 
@@ -28,12 +29,6 @@ PAIRED_METRICS = (
     ("ā", "act_pre", "act_dpo", "mean activation"),
     ("P = ā·p", "tox_pre", "tox_dpo", "what it writes along the probe"),
 )
-
-
-class DetailLoaded(Message):
-    def __init__(self, record: dict, tokens: pl.DataFrame, prompts: pl.DataFrame) -> None:
-        super().__init__()
-        self.record, self.tokens, self.prompts = record, tokens, prompts
 
 
 def metrics_table(record: dict) -> Table:
@@ -98,7 +93,7 @@ def prompts_table(prompts: pl.DataFrame) -> Table | Text:
     return table
 
 
-class DetailScreen(Screen):
+class DetailScreen(ShowsWorkerErrors, Screen):
     """Everything stored about one neuron; read in a worker so the h5py lock is held only briefly."""
 
     CSS_PATH = "detail.tcss"
@@ -124,7 +119,7 @@ class DetailScreen(Screen):
     def on_mount(self) -> None:
         self.load()
 
-    @work(thread=True, exclusive=True, group="detail")
+    @work(thread=True, exclusive=True, group="detail", exit_on_error=False, description="reading the neuron")
     def load(self) -> None:
         reader = self.store.reader
         record = reader.neuron(self.neuron_layer, self.neuron_index)
@@ -160,5 +155,6 @@ class DetailScreen(Screen):
 
     def action_mark(self) -> None:
         marked = self.store.toggle_mark(self.neuron_layer, self.neuron_index)
+        self.post_message(MarksChanged())
         self.notify(f"{neuron_id(self.neuron_layer, self.neuron_index)} {'marked' if marked else 'unmarked'}")
 

@@ -1,4 +1,5 @@
-"""Small modal dialogs: one line of text (jump to an id, name a set, export path) and the filter form."""
+"""Small modal dialogs: one line of text (jump to an id, name a set, export path), the filter form, and the error
+dialog that a failed background worker opens instead of ending the app."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
+from textual.worker import Worker, WorkerState
 
 from neuron_explorer.cache.schema import GROUP_NAMES
 
@@ -24,6 +26,34 @@ class Dialog(ModalScreen[Answer | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ErrorDialog(Dialog[None]):
+    """What went wrong in the background; enter or escape closes it and the explorer goes on."""
+
+    CSS_PATH = "dialogs.tcss"
+    BINDINGS = [Binding("enter", "cancel", "close", id="dialog.close")]
+
+    def __init__(self, title: str, message: str) -> None:
+        super().__init__()
+        self.title_text, self.message = title, message
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="error-dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Label(self.message, id="error-message")
+            yield Label("enter or escape: close", classes="dialog-hint")
+
+
+class ShowsWorkerErrors:
+    """Mixed into every app or screen that runs workers (all with ``exit_on_error=False``): a worker that raises
+    opens an ErrorDialog instead of ending the app (Textual's worker messages do not bubble, so each owner listens)."""
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if event.state == WorkerState.ERROR:
+            self.app.push_screen(ErrorDialog(f"{worker.description or worker.name} failed",
+                                             f"{type(worker.error).__name__}: {worker.error}"))
 
 
 class PromptDialog(Dialog[str]):

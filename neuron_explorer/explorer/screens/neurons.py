@@ -13,14 +13,15 @@ from textual.widgets.option_list import Option
 
 from ..formatting import signed
 from ..state import Filters, Store
-from ..widgets.neuron_table import MarksChanged, NeuronTable, SortRequested
-from .dialogs import FilterDialog, PromptDialog
+from ..messages import NeuronChosen
+from ..widgets.neuron_table import NeuronTable
 
 ALL_LAYERS = "all"
 
 
 class NeuronsScreen(Screen):
-    """The neuron table over the Store's view, with the layer list that chooses what the view covers."""
+    """The neuron table over the Store's view, with the layer list that chooses what the view covers; it redraws
+    when the app's `view_row` or `marks_version` change."""
 
     CSS_PATH = "neurons.tcss"
     BINDINGS = [
@@ -43,7 +44,6 @@ class NeuronsScreen(Screen):
     def __init__(self, store: Store) -> None:
         super().__init__()
         self.store = store
-        self.pending_row: int | None = None  # where the cursor goes at the next redraw (after a jump)
         self.layer_sums = store.reader.layers()  # read once: it sums a whole array, too slow for every redraw
         self.totals = store.reader.summary()
 
@@ -70,10 +70,13 @@ class NeuronsScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one(NeuronTable).focus()
-        self.refresh_view()
+        self.watch(self.app, "view_row", self.refresh_view, init=False)
+        self.watch(self.app, "marks_version", self.refresh_marks, init=False)
+        self.refresh_view(self.app.view_row)
 
-    def refresh_view(self) -> None:
-        """The view changed (loaded, layer, sort, filter, jump): redraw the table and the status lines."""
+    def refresh_view(self, row: int | None = None) -> None:
+        """The view changed (loaded, layer, sort, filter, jump): redraw the table and the status lines, the cursor
+        on ``row``."""
         table = self.query_one(NeuronTable)
         layer_list = self.query_one("#layer-list", OptionList)
         layer = self.store.view.layer
@@ -82,9 +85,8 @@ class NeuronsScreen(Screen):
             self.query_one("#view-status", Static).update("reading every layer's neurons…")
             return
         table.reload()
-        if self.pending_row is not None:
-            table.move_to(self.pending_row)
-            self.pending_row = None
+        if row is not None:
+            table.move_to(row)
         self.update_status()
 
     def update_status(self) -> None:
@@ -110,18 +112,14 @@ class NeuronsScreen(Screen):
         self.app.set_layer(None if option_id == ALL_LAYERS else int(option_id))
         self.query_one(NeuronTable).focus()
 
-    @on(NeuronTable.Chosen)
-    def open_detail(self, event: NeuronTable.Chosen) -> None:
+    @on(NeuronChosen)
+    def open_detail(self, event: NeuronChosen) -> None:
         self.app.show_neuron(event.layer, event.index)
 
-    @on(SortRequested)
-    def sorted_by_table(self) -> None:
-        self.refresh_view()
-
-    @on(MarksChanged)
     def refresh_marks(self) -> None:
-        self.query_one(NeuronTable).refresh()
-        self.update_status()
+        if self.store.loaded:
+            self.query_one(NeuronTable).refresh()
+            self.update_status()
 
     # -- actions ---------------------------------------------------------------------------------------------
     def action_switch_pane(self) -> None:
@@ -129,11 +127,7 @@ class NeuronsScreen(Screen):
         (self.query_one("#layer-list") if table.has_focus else table).focus()
 
     def action_filter(self) -> None:
-        def apply(filters: Filters | None) -> None:
-            if filters is not None:
-                self.app.set_filters(filters)
-
-        self.app.push_screen(FilterDialog(self.store.view.filters), apply)
+        self.app.action_filter()
 
     def action_clear_filters(self) -> None:
         self.app.set_filters(Filters())
@@ -143,11 +137,7 @@ class NeuronsScreen(Screen):
         self.app.set_filters(Filters(**{**current.__dict__, "sign": None if current.sign == sign else sign}))
 
     def action_jump(self) -> None:
-        def jump(text: str | None) -> None:
-            if text:
-                self.app.jump_to(text)
-
-        self.app.push_screen(PromptDialog("Jump to neuron", placeholder="L12/N345"), jump)
+        self.app.action_jump()
 
     def action_save_selection(self) -> None:
         self.app.action_save_set("selection")

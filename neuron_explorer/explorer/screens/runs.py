@@ -55,7 +55,8 @@ def samples_table(run: PatchRun) -> Table | Text:
 
 class RunsScreen(Screen):
     """Rows: base and DPO (the cache's evaluation, and the runs' own baselines) and every stored run; columns:
-    their metrics. Below: the highlighted run's settings and its generations, prompt / base / patched / DPO."""
+    their metrics. Below: the highlighted run's settings and its generations, prompt / base / patched / DPO.
+    It follows the app's `runs_version` (reads the runs again) and `jobs_version` (redraws the jobs' progress)."""
 
     CSS_PATH = "runs.tcss"
     BINDINGS = [
@@ -68,21 +69,28 @@ class RunsScreen(Screen):
         self.store = store
         self.runs: list[PatchRun] = []
         self.n_model_rows = 0
+        self.reported_problems: set[str] = set()  # skipped run records, each shown once
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield JobsPanel(getattr(self.app, "jobs", []), id="jobs-panel")
+        yield JobsPanel(self.app.jobs, id="jobs-panel")
         yield DataTable(id="runs-table", cursor_type="row")
         with VerticalScroll(id="run-detail"):
             yield Static(id="run-samples")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.watch(self.app, "runs_version", self.reload, init=False)
+        self.watch(self.app, "jobs_version", self.refresh_jobs, init=False)
         self.reload()
 
     def reload(self) -> None:
         """Read the stored runs and baselines again and redraw the table (keeps the cursor's row)."""
-        self.runs = list_runs(self.store.path)
+        problems: list[str] = []
+        self.runs = list_runs(self.store.path, problems)
+        for problem in sorted(set(problems) - self.reported_problems):
+            self.notify(problem, severity="warning")
+        self.reported_problems.update(problems)
         rows = self._model_rows()
         self.n_model_rows = len(rows)
         rows += [{"name": run.settings.get("label", run.run_id), "mode": run.settings.get("mode", ""),
@@ -154,7 +162,7 @@ class RunsScreen(Screen):
 
     def check_action(self, action: str, parameters) -> bool | None:
         if action == "cancel_job":
-            return any(not job.finished for job in getattr(self.app, "jobs", []))
+            return any(not job.finished for job in self.app.jobs)
         return True
 
 

@@ -10,11 +10,11 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding
-from textual.message import Message
 from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
+from ..messages import MarksChanged, NeuronChosen, SortRequested
 from ..state import COLUMNS, Column, Store, is_reducing
 
 FROZEN_COLUMNS = 1  # the id column
@@ -68,20 +68,6 @@ class NeuronTable(Widget, can_focus=True):
     cursor_row: reactive[int] = reactive(0, always_update=True, repaint=True)
     cursor_column: reactive[int] = reactive(2, repaint=True)
 
-    class Highlighted(Message):
-        """The cursor moved onto a neuron."""
-
-        def __init__(self, layer: int, index: int) -> None:
-            super().__init__()
-            self.layer, self.index = layer, index
-
-    class Chosen(Message):
-        """Enter on a neuron: the screen opens its detail."""
-
-        def __init__(self, layer: int, index: int) -> None:
-            super().__init__()
-            self.layer, self.index = layer, index
-
     def __init__(self, store: Store, **kwargs) -> None:
         super().__init__(**kwargs)
         self.store = store
@@ -123,9 +109,6 @@ class NeuronTable(Widget, can_focus=True):
         elif row >= self.top_row + self.visible_rows:
             self.top_row = row - self.visible_rows + 1
         self.cursor_row = row
-        neuron = self.store.neuron_at(row)
-        if neuron is not None:
-            self.post_message(self.Highlighted(*neuron))
 
     def current_neuron(self) -> tuple[int, int] | None:
         return self.store.neuron_at(self.cursor_row)
@@ -170,8 +153,7 @@ class NeuronTable(Widget, can_focus=True):
         return frozen + sum(c.width + 1 for c in COLUMNS[self.first_scrolled_column:column + 1])
 
     def action_sort(self) -> None:
-        self.store.sort_by(COLUMNS[self.cursor_column].key)
-        self.post_message(SortRequested())
+        self.post_message(SortRequested(COLUMNS[self.cursor_column].key))
 
     def action_mark(self) -> None:
         neuron = self.current_neuron()
@@ -183,7 +165,7 @@ class NeuronTable(Widget, can_focus=True):
     def action_choose(self) -> None:
         neuron = self.current_neuron()
         if neuron is not None:
-            self.post_message(self.Chosen(*neuron))
+            self.post_message(NeuronChosen(*neuron))
 
     def on_resize(self, _: events.Resize) -> None:
         self._page = []
@@ -261,11 +243,3 @@ class NeuronTable(Widget, can_focus=True):
                 else text.ljust(column.width)
             segments += [Segment(text, style), Segment(" ", header)]
         return Strip(segments).adjust_cell_length(width, header).crop(0, width)
-
-
-class SortRequested(Message):
-    """The table changed the Store's sort; the screen redraws what depends on it."""
-
-
-class MarksChanged(Message):
-    """A neuron was marked or unmarked."""

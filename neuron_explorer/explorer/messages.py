@@ -1,0 +1,47 @@
+"""The explorer's own Textual messages, in one place.
+
+Widgets and screens post them; they bubble up to the screen or the app that acts on them. The app never calls into a
+screen: what changed reaches the screens through the app's reactive counters (`ExplorerApp.view_row`,
+`marks_version`, `runs_version`, `jobs_version`), which each screen watches.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+from textual.message import Message
+
+
+class NeuronChosen(Message):
+    """Enter on a neuron in the table: the screen opens its detail."""
+
+    def __init__(self, layer: int, index: int) -> None:
+        super().__init__()
+        self.layer, self.index = layer, index
+
+
+class SortRequested(Message):
+    """`s` in the neuron table: sort the view by the cursor's column (the app sorts, as the palette's "sort:" does)."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__()
+        self.column = column
+
+
+class MarksChanged(Message):
+    """A neuron was marked or unmarked (in the table or on the detail screen); the app tells every screen."""
+
+
+class DetailLoaded(Message):
+    """The detail screen's worker has read one neuron's record, tokens and per-prompt activations."""
+
+    def __init__(self, record: dict, tokens: pl.DataFrame, prompts: pl.DataFrame) -> None:
+        super().__init__()
+        self.record, self.tokens, self.prompts = record, tokens, prompts
+
+
+class BuildFinished(Message):
+    """The build subprocess ended (the build screen opens the cache it wrote, or says why it failed)."""
+
+    def __init__(self, returncode: int) -> None:
+        super().__init__()
+        self.returncode = returncode

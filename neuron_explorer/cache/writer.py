@@ -26,22 +26,49 @@ _STR = h5py.string_dtype("utf-8")
 
 
 class _WriteOnceFailing:
-    """The file object HDF5 writes through: the first failed write (a full disk) is kept and later writes are
-    dropped, so that HDF5 never sees a failure. HDF5 crashes the process (SIGSEGV) when its close cannot write."""
+    """The file object HDF5 writes through. HDF5 crashes the process (SIGSEGV) when a write fails, at once or in its
+    close, so it never sees a failure: the first failed write (a full disk) is kept in ``error``, and from then on
+    what HDF5 writes is held in memory, where its reads find it again (reading back unwritten bytes crashes it too).
+    The writer raises ``error`` at its next check (`CacheWriter.check`, after each batch), so little is held."""
 
     def __init__(self, path: Path):
         self.raw = open(path, "w+b", buffering=0)
         self.error: OSError | None = None
+        self.held: list[tuple[int, bytes]] = []  # (offset, bytes) written after the failure, oldest first
+        self.position = 0
+        self.end = 0
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         size = len(view)
         while self.error is None and len(view):
             try:
-                view = view[os.write(self.raw.fileno(), view):]
+                written = os.pwrite(self.raw.fileno(), view, self.position + size - len(view))
             except OSError as error:
                 self.error = error
+            else:
+                view = view[written:]
+        if len(view):
+            self.held.append((self.position + size - len(view), bytes(view)))
+        self.position += size
+        self.end = max(self.end, self.position)
         return size
+
+    def readinto(self, buffer) -> int:
+        target = memoryview(buffer).cast("B")
+        count = max(0, min(len(target), self.end - self.position))
+        read = os.preadv(self.raw.fileno(), [target], self.position) if count else 0
+        target[read:] = bytes(len(target) - read)
+        for offset, data in self.held:
+            start, stop = max(offset, self.position), min(offset + len(data), self.position + len(target))
+            if start < stop:
+                target[start - self.position:stop - self.position] = data[start - offset:stop - offset]
+        self.position += count
+        return count
+
+    def read(self, size: int = -1) -> bytes:
+        buffer = bytearray(max(0, self.end - self.position) if size < 0 else size)
+        return bytes(buffer[:self.readinto(buffer)])
 
     def truncate(self, size: int) -> int:
         if self.error is None:
@@ -49,24 +76,21 @@ class _WriteOnceFailing:
                 os.ftruncate(self.raw.fileno(), size)
             except OSError as error:
                 self.error = error
+        self.end = size
         return size
 
     def flush(self) -> None:
-        pass  # unbuffered: every write went to the operating system already
+        pass  # unbuffered: every write went to the operating system already (or is held)
 
-    def read(self, size: int = -1) -> bytes:
-        return self.raw.read(size)
-
-    def readinto(self, buffer) -> int:
-        return self.raw.readinto(buffer)
-
-    def seek(self, *args) -> int:
-        return self.raw.seek(*args)
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.position = offset + {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.end}[whence]
+        return self.position
 
     def tell(self) -> int:
-        return self.raw.tell()
+        return self.position
 
     def close(self) -> None:
+        self.held.clear()
         self.raw.close()
 
 
@@ -103,6 +127,7 @@ class CacheWriter:
         self.architecture = architecture
         self.provenance = provenance
         self.file: h5py.File | None = None
+        self._stream: _WriteOnceFailing | None = None
         self._stack = ExitStack()
 
     def __enter__(self) -> "CacheWriter":
@@ -111,8 +136,8 @@ class CacheWriter:
         sweep_stale_temporaries(self.path.parent)
         with ExitStack() as stack:
             temporary = stack.enter_context(atomic_path(self.path, advice="choose another -o path"))
-            stream = _WriteOnceFailing(temporary)
-            stack.callback(self._raise_write_error, stream)
+            stream = self._stream = _WriteOnceFailing(temporary)
+            stack.callback(self.check)
             stack.callback(stream.close)
             self.file = stack.enter_context(h5py.File(stream, "w", libver="latest", locking=False))
             attrs = self.file.attrs
@@ -133,10 +158,11 @@ class CacheWriter:
             self.file.attrs["complete"] = True
         self._stack.__exit__(exc_type, exc, tb)
 
-    @staticmethod
-    def _raise_write_error(stream: _WriteOnceFailing) -> None:
-        if stream.error is not None:
-            raise stream.error
+    def check(self) -> None:
+        """Raise the first failed write (a full disk), if any: the engine calls it after each batch, so that a run
+        stops soon after the disk fills (the writer's close checks once more)."""
+        if self._stream is not None and self._stream.error is not None:
+            raise self._stream.error
 
     # -- per-neuron and per-layer data -------------------------------------------------------------------
     def write_neuron_arrays(self, arrays: dict[str, np.ndarray]) -> None:

@@ -50,10 +50,14 @@ def add_arguments(parser) -> None:
     ev.add_argument("--ppl-windows", type=positive_count, default=24,
                     help="256-token corpus windows for perplexity (default: %(default)s)")
     ev.add_argument("--f1-items", type=positive_count, default=64, help="corpus passages for F1 (default: %(default)s)")
+    parser.add_argument("--progress-json", action="store_true",
+                        help="machine-readable progress: one job event (JSON) per line on stdout (for the explorer)")
 
 
 def run(args) -> int:
+    from neuron_explorer.commands.reporting import reporting
     from neuron_explorer.engine.build import BuildSettings, run_build
+    from neuron_explorer.events import Done
     from neuron_explorer.errors import UserError
 
     force: bool | set[str] = False
@@ -68,10 +72,17 @@ def run(args) -> int:
                              pair_method=args.pair_method, chosen=args.chosen, margin=args.margin,
                              beta=args.beta, learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
                              ppl_windows=args.ppl_windows, f1_items=args.f1_items, force=force)
-    result = run_build(settings)
-    print("\nstage        status    seconds")
+    with reporting(json_lines=args.progress_json) as report:
+        result = run_build(settings, report)
+        report(Done(summary(result, args)))
+    return 0
+
+
+def summary(result, args) -> str:
+    """The closing text: each stage's status and time, the held-out evaluation, where the cache is."""
+    lines = ["stage        status    seconds"]
     for outcome in result.outcomes:
-        print(f"{outcome.name:<12} {'skipped' if outcome.skipped else 'ran':<9} {outcome.seconds:8.1f}")
+        lines.append(f"{outcome.name:<12} {'skipped' if outcome.skipped else 'ran':<9} {outcome.seconds:8.1f}")
     ev = result.evaluation
     if "base" in ev and "dpo" in ev:
         base, dpo = ev["base"], ev["dpo"]
@@ -79,11 +90,11 @@ def run(args) -> int:
         if base.get("check_toxicity") == base.get("check_toxicity"):  # not NaN: the check scorer ran
             check = (f"; by {args.check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
                      f"({dpo['check_toxicity'] / max(base['check_toxicity'], 1e-9):.2f}x)")
-        print(f"\nheld-out toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} "
-              f"({dpo['toxicity'] / max(base['toxicity'], 1e-9):.2f}x, {base['n_prompts']} prompts){check}; "
-              f"perplexity {base['perplexity']:.2f} -> {dpo['perplexity']:.2f} ({base['n_tokens']} tokens)")
+        lines.append(f"\nheld-out toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} "
+                     f"({dpo['toxicity'] / max(base['toxicity'], 1e-9):.2f}x, {base['n_prompts']} prompts){check}; "
+                     f"perplexity {base['perplexity']:.2f} -> {dpo['perplexity']:.2f} ({base['n_tokens']} tokens)")
     if args.until:
-        print(f"\nstopped after the {args.until} stage")
+        lines.append(f"\nstopped after the {args.until} stage")
     else:
-        print(f"\ncache: {result.output}\nopen it with: neuron-explorer {result.output}")
-    return 0
+        lines.append(f"\ncache: {result.output}\nopen it with: neuron-explorer {result.output}")
+    return "\n".join(lines)

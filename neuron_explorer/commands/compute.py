@@ -70,11 +70,14 @@ def add_arguments(parser) -> None:
                           help="flat clusters at the stored cut (default: %(default)s)")
     parser.add_argument("-o", "--output", type=output_file, default=None,
                         help=f"cache file to write (default: {default_cache_path()})")
+    parser.add_argument("--progress-json", action="store_true",
+                        help="machine-readable progress: one job event (JSON) per line on stdout")
 
 
 def run(args) -> int:
+    from neuron_explorer.commands.reporting import console, reporting
     from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
-    from neuron_explorer.engine.progress import console
+    from neuron_explorer.events import Done
 
     settings = ComputeSettings(
         base=args.base, tuned=args.tuned, probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
@@ -86,7 +89,9 @@ def run(args) -> int:
         device_map=args.device_map, cluster_top_k=args.cluster_top_k, n_clusters=args.clusters)
     if args.output is None:
         settings.output.parent.mkdir(parents=True, exist_ok=True)
-    result = run_compute(settings)
+    with reporting(json_lines=args.progress_json) as report:
+        result = run_compute(settings, report=report)
+        report(Done())
     print_summary(result, console)
     return 0
 

@@ -33,6 +33,7 @@ from neuron_explorer import __version__
 from neuron_explorer.cache.atomic import write_text_atomically
 from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
+from neuron_explorer.events import Message, Progress, Reporter, ignore
 
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
 
@@ -93,13 +94,13 @@ class StageOutcome:
 class StageRunner:
     """Runs a stage unless its manifest says the same inputs already produced the outputs that are on disk."""
 
-    def __init__(self, work_dir: Path, *, force: bool | set[str] = False, printer: Callable[[str], None] = print,
+    def __init__(self, work_dir: Path, *, force: bool | set[str] = False, report: Reporter = ignore,
                  until: str | None = None):
         self.work_dir = Path(work_dir)
         self.until = until
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.force = force
-        self.printer = printer
+        self.report = report
         self.memo_path = self.work_dir / "hash-memo.json"
         try:
             self.memo = json.loads(self.memo_path.read_text()) if self.memo_path.exists() else {}
@@ -132,10 +133,11 @@ class StageRunner:
                                        {k: v["sha256"] for k, v in manifest["outputs"].items()},
                                        manifest.get("summary", {}))
                 outcome.summary = {**outcome.summary, "first_run_seconds": manifest.get("seconds")}
-                self.printer(f"[{name}] unchanged inputs: skipped ({outcome.seconds:.1f}s to check)")
+                self.report(Message(f"[{name}] unchanged inputs: skipped ({outcome.seconds:.1f}s to check)"))
                 self.outcomes.append(outcome)
                 return outcome
-        self.printer(f"[{name}] running")
+        self.report(Progress(f"build: {name}", len(self.outcomes), len(STAGES)))
+        self.report(Message(f"[{name}] running"))
         manifest_file.unlink(missing_ok=True)  # a stage interrupted now must not look complete later
         start = time.perf_counter()
         summary = body() or {}
@@ -151,7 +153,7 @@ class StageRunner:
                     "outputs": {k: {"path": str(p), "sha256": hashes[k]} for k, p in outputs.items()}}
         _write_json(manifest_file, manifest)
         self._save_memo()
-        self.printer(f"[{name}] done in {seconds:.1f}s")
+        self.report(Message(f"[{name}] done in {seconds:.1f}s"))
         outcome = StageOutcome(name, False, seconds, inputs_hash, hashes, summary)
         self.outcomes.append(outcome)
         return outcome
@@ -228,10 +230,11 @@ class BuildResult:
     evaluation: dict
 
 
-def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -> BuildResult:
-    """Run (or skip) every stage; with `settings.until`, stop after that stage (the result has no evaluation)."""
+def run_build(settings: BuildSettings, report: Reporter = ignore) -> BuildResult:
+    """Run (or skip) every stage, reporting job events; with `settings.until`, stop after that stage (the result has
+    no evaluation)."""
     try:
-        return _build(settings, printer)
+        return _build(settings, report)
     except StopBuild as stop:
         from neuron_explorer.engine.defaults import default_cache_path
 
@@ -239,7 +242,7 @@ def run_build(settings: BuildSettings, printer: Callable[[str], None] = print) -
                            evaluation={})
 
 
-def _build(settings: BuildSettings, printer: Callable[[str], None]) -> BuildResult:
+def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
     from neuron_explorer.engine.alignment.corpora import load_corpus
     from neuron_explorer.engine.defaults import default_cache_path, default_work_dir
@@ -265,7 +268,11 @@ def _build(settings: BuildSettings, printer: Callable[[str], None]) -> BuildResu
     output.parent.mkdir(parents=True, exist_ok=True)
     if settings.until is not None and settings.until not in STAGES:
         raise UserError(f"unknown stage '{settings.until}': choose from {', '.join(STAGES)}")
-    runner = StageRunner(work, force=settings.force, printer=printer, until=settings.until)
+    runner = StageRunner(work, force=settings.force, report=report, until=settings.until)
+
+    def printer(line: str) -> None:  # what a stage says along the way
+        report(Message(line))
+
     scorer = get_scorer(settings.scorer)
     check_scorer = get_scorer(settings.check_scorer) if settings.check_scorer else None
     code = {"neuron_explorer": __version__}
@@ -446,7 +453,7 @@ def _build(settings: BuildSettings, printer: Callable[[str], None]) -> BuildResu
             "evaluation_generations": generations_table(results),
             "build": build_table(runner.outcomes, settings),
         }
-        result = run_compute(compute_settings, extra_tables=extra)
+        result = run_compute(compute_settings, extra_tables=extra, report=report)
         return {"path": str(result.path), "seconds": result.seconds}
 
     runner.run("compute", compute_inputs, {"cache": output}, stage_compute)

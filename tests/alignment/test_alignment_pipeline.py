@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,23 +295,23 @@ def test_stage_skipped_when_inputs_unchanged_and_rerun_when_changed(tmp_path):
             return {"value": value}
         return run
 
-    runner = StageRunner(tmp_path / "work", printer=lambda line: None)
+    runner = StageRunner(tmp_path / "work")
     first = runner.run("stage", {"x": 1}, {"out": out}, body(1))
-    second = StageRunner(tmp_path / "work", printer=lambda line: None).run("stage", {"x": 1}, {"out": out}, body(1))
+    second = StageRunner(tmp_path / "work").run("stage", {"x": 1}, {"out": out}, body(1))
     assert not first.skipped and second.skipped and calls == [1]
     assert second.outputs == first.outputs and second.summary["value"] == 1
-    third = StageRunner(tmp_path / "work", printer=lambda line: None).run("stage", {"x": 2}, {"out": out}, body(2))
+    third = StageRunner(tmp_path / "work").run("stage", {"x": 2}, {"out": out}, body(2))
     assert not third.skipped and calls == [1, 2]
     out.write_text("tampered")  # an output changed behind the manifest's back: rerun
-    fourth = StageRunner(tmp_path / "work", printer=lambda line: None).run("stage", {"x": 2}, {"out": out}, body(2))
+    fourth = StageRunner(tmp_path / "work").run("stage", {"x": 2}, {"out": out}, body(2))
     assert not fourth.skipped and calls == [1, 2, 2]
-    forced = StageRunner(tmp_path / "work", force={"stage"}, printer=lambda line: None)
+    forced = StageRunner(tmp_path / "work", force={"stage"})
     assert not forced.run("stage", {"x": 2}, {"out": out}, body(2)).skipped
 
 
 def test_until_stops_after_the_named_stage(tmp_path):
     ran = []
-    runner = StageRunner(tmp_path, printer=lambda line: None, until="second")
+    runner = StageRunner(tmp_path, until="second")
 
     def body(name):
         def run():
@@ -328,7 +327,7 @@ def test_until_stops_after_the_named_stage(tmp_path):
 
 
 def test_failed_stage_is_not_marked_done(tmp_path):
-    runner = StageRunner(tmp_path, printer=lambda line: None)
+    runner = StageRunner(tmp_path)
 
     def boom():
         raise RuntimeError("interrupted")

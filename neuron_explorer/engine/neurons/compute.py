@@ -12,13 +12,13 @@ import numpy as np
 from neuron_explorer.cache.provenance import software_versions
 from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
+from neuron_explorer.events import Reporter, Tracker, ignore
 
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
 from neuron_explorer.engine.model.loading import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
 from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
-from neuron_explorer.engine.progress import progress_bars
 from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
@@ -62,8 +62,10 @@ class ComputeResult:
     seconds: dict
 
 
-def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None = None) -> ComputeResult:
-    """Load the pair, record both models, derive the statistics and write the cache atomically."""
+def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None = None,
+                report: Reporter = ignore) -> ComputeResult:
+    """Load the pair, record both models, derive the statistics and write the cache atomically; each step's progress
+    goes to `report` (job events)."""
     output = Path(settings.output).expanduser()
     if not output.parent.exists():
         raise UserError(f"output folder {output.parent} does not exist: create it or choose another -o path")
@@ -87,8 +89,12 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     }
     recordings = {}
     sample = sample_prompts(len(prompts.texts), settings.identity_check)
+
+    def task(stage: str, total: int):
+        return Tracker(report, stage, total).advance
+
     with CacheWriter(output, n_layers=n_layers, d_mlp=d_mlp, d_model=d_model, architecture=pre.arch.name,
-                     provenance=provenance) as writer, progress_bars() as task:
+                     provenance=provenance) as writer:
         datasets = {name: writer.prompt_activations(name, len(prompts.texts)) for name in ("pre", "dpo")}
         for name, loaded in (("pre", pre), ("dpo", dpo)):
             clock = time.perf_counter()
@@ -97,6 +103,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
 
             def sink(start: int, means: np.ndarray, dataset=dataset) -> None:
                 dataset[start:start + len(means)] = means.astype(np.float16)
+                writer.check()
 
             recordings[name] = record_model(
                 loaded, prompts.texts, positions=settings.positions, new_tokens=settings.new_tokens,

@@ -25,7 +25,7 @@ NEURON_COLUMNS = {
 }
 TOKEN_ARRAYS = tuple(f"{d}_{kind}_{m}" for m in ("pre", "dpo") for d in ("top", "bottom") for kind in ("tokens", "scores"))
 
-# Per-layer float64 vectors of length n_layers, stored under /layers. The identity check (engine/identity_check.py)
+# Per-layer float64 vectors of length n_layers, stored under /layers. The identity check (engine/neurons/identity_check.py)
 # measures a sample of prompts (attributes `identity_prompts`, `identity_sample_size`) in a separate pass.
 LAYER_COLUMNS = {
     "sum_contribution": "Σ_i Δ_i over the layer's neurons (all prompts)",

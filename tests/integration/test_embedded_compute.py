@@ -10,7 +10,7 @@ import pytest
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCALED = [(4, 100), (4, 200), (17, 1000)]
 
 

@@ -16,7 +16,7 @@ Positions (``--positions``, described in ``defaults.POSITION_PROTOCOLS``), N = `
   all         every real prompt position and the N generated tokens' own positions
 With the other model's tokens (``--shared-continuation``) one teacher-forced pass per batch reads the same positions.
 
-The recorder does not check itself: engine/identity_check.py measures the residual stream in a separate pass.
+The recorder does not check itself: engine/neurons/identity_check.py measures the residual stream in a separate pass.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from neuron_explorer import __version__
@@ -31,10 +32,32 @@ See how DPO preference tuning changes a language model, neuron by neuron.
 """
 
 
+# The libraries whose versions decide the numbers (reported by --version, read from metadata without importing them).
+ENGINE_LIBRARIES = ("torch", "transformers", "trl")
+
+
+def version_text() -> str:
+    """This tool's version and those of the engine's libraries, one per line; 'not installed' where absent."""
+    lines = [f"neuron-explorer {__version__}"]
+    for library in ENGINE_LIBRARIES:
+        try:
+            lines.append(f"{library} {metadata.version(library)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{library} not installed")
+    return "\n".join(lines)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, whose errors become one line like every other user error (no usage block): `main` prints them."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (`{self.prog} --help` lists the options)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neuron-explorer", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"neuron-explorer {__version__}")
+    parser = CommandParser(prog="neuron-explorer", description=DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"neuron_explorer.commands.{module_name}")
@@ -50,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-") and Path(argv[0]).suffix in {".h5", ".hdf5"}:
         argv.insert(0, "explore")  # `neuron-explorer FILE.h5` opens the explorer
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        args = parser.parse_args(["explore", *argv])
     try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            args = parser.parse_args(["explore", *argv])
         return int(args._run(args) or 0)
     except UserError as error:
         print(f"neuron-explorer: error: {error}", file=sys.stderr)

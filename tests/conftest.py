@@ -91,6 +91,15 @@ def edited_copy() -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine spinning threads slow them tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
 def embedded_model() -> Path:
     """The embedded SmolLM2, converted at most once (into the user's cache folder, where the product keeps it)."""
     from neuron_explorer.engine.model.loading import materialize_embedded

@@ -3,7 +3,8 @@
 A writer fills a hidden ``.NAME.PID.tmp`` beside the target, renamed into place only when the body and the writer's
 own close succeeded. On any failure the temporary is removed, whatever failed (a full disk often fails only at
 close), and an I/O error becomes one UserError. The pid in the name lets `sweep_stale_temporaries` remove what
-killed processes left behind; it runs whenever a cache or sidecar folder is opened for writing. Writers create
+killed processes left behind; it runs whenever a cache or sidecar folder is opened for writing, and for its own
+target whenever `atomic_path` writes one (a --json file, a tuned model folder). Writers create
 the temporary themselves with ``open``/HDF5/safetensors (never ``mkstemp``, whose 0600 would hide runs from the
 other users of a shared cache), and `atomic_path` sets the user's umask on the result all the same.
 """
@@ -11,6 +12,7 @@ other users of a shared cache), and `atomic_path` sets the user's umask on the r
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
@@ -30,10 +32,11 @@ def temporary_path(target: Path, pid: int | None = None) -> Path:
     return target.with_name(f".{target.name}.{pid or os.getpid()}{TEMPORARY_SUFFIX}")
 
 
-def sweep_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporaries (files or folders) of processes that are no longer alive; return what was removed."""
+def sweep_stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
+    """Remove the temporaries (files or folders) of processes that are no longer alive, of the targets in `folder`
+    whose name matches the glob `name`; return what was removed."""
     removed = []
-    for leftover in folder.glob(f".*{TEMPORARY_SUFFIX}") if folder.is_dir() else []:
+    for leftover in folder.glob(f".{name}.*{TEMPORARY_SUFFIX}") if folder.is_dir() else []:
         pid_text = leftover.name[: -len(TEMPORARY_SUFFIX)].rpartition(".")[2]
         if pid_text.isdigit() and not _alive(int(pid_text)):
             _remove(leftover)
@@ -51,6 +54,7 @@ def atomic_path(target: Path, *, replace: bool = True, advice: str = "choose ano
     target = Path(target)
     temporary = temporary_path(target)
     _remove(temporary)  # a leftover of this very process (an earlier failed attempt)
+    sweep_stale_temporaries(target.parent, glob.escape(target.name))  # and those of killed ones
     try:
         yield temporary
     except OSError as error:

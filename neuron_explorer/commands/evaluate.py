@@ -6,6 +6,7 @@ models it prints one Markdown table, with ratios to the first.
 
 from __future__ import annotations
 
+from neuron_explorer.cache.atomic import write_text_atomically
 from neuron_explorer.commands.arguments import at_least, count_or_all, output_file, positive_count
 
 HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
@@ -66,9 +67,8 @@ def run(args) -> int:
     print(f"\n(scorer {scorer.name}{check}; prompts {prompts.source}; corpus {corpus.source}, "
           f"{args.ppl_window}-token windows)")
     if args.json:
-        args.json.write_text(json.dumps({"results": {k: v.to_dict() for k, v in results.items()},
-                                         "prompts": prompts.provenance(), "corpus": corpus.provenance(),
-                                         "scorer": scorer.describe(),
-                                         "check_scorer": check_scorer.describe() if check_scorer else None},
-                                        indent=2, default=str))
+        record = {"results": {k: v.to_dict() for k, v in results.items()},
+                  "prompts": prompts.provenance(), "corpus": corpus.provenance(), "scorer": scorer.describe(),
+                  "check_scorer": check_scorer.describe() if check_scorer else None}
+        write_text_atomically(args.json, json.dumps(record, indent=2, default=str))
     return 0

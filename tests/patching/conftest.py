@@ -65,9 +65,5 @@ def cache_copy(tiny_cache, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine spinning threads slow them tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def tiny_models_one_thread(one_torch_thread):
+    """Every test here runs tiny models (tests/conftest.py: one_torch_thread)."""

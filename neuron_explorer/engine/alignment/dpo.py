@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.provenance import sha256_bytes
 from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
 
 RUN_FILE = "run.json"
+# What transformers' Trainer writes into checkpoint-N (trainer_state.json last): a folder lacking any of them, or
+# with a trainer_state.json cut short, was interrupted while saving and cannot be resumed from.
+CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
 @dataclass
@@ -112,6 +119,66 @@ def _split_pairs(pairs: list[dict], eval_pairs: int, seed: int) -> tuple[list[di
     return train_rows, eval_rows
 
 
+def _previous_key(run_file: Path) -> str | None:
+    """The settings key of the run that left the checkpoints; None when there is none or its record was cut short."""
+    try:
+        return json.loads(run_file.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """Whether the Trainer finished saving `folder`: every file present and trainer_state.json whole."""
+    if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    if not any((folder / name).is_file() for name in WEIGHTS_FILES):
+        return False
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except ValueError:
+        return False
+    return True
+
+
+def last_complete_checkpoint(checkpoints: Path, printer=print) -> str | None:
+    """The newest complete checkpoint-N in `checkpoints`, or None. Incomplete ones (a run killed while saving) are
+    renamed to `checkpoint-N.incomplete` beside the folder, where the Trainer neither resumes from them nor counts
+    them among the checkpoints it keeps."""
+    found = sorted((int(match[1]), folder) for folder in checkpoints.iterdir()
+                   if folder.is_dir() and (match := CHECKPOINT_NAME.fullmatch(folder.name)))
+    last = None
+    for _, folder in found:
+        if checkpoint_complete(folder):
+            last = folder
+            continue
+        aside = checkpoints.parent / f"{folder.name}.incomplete"
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        printer(f"{folder.name} was not saved completely (interrupted while saving?): set aside as {aside}")
+    return str(last) if last else None
+
+
+def _training_finished(checkpoint: Path, max_steps: int) -> bool:
+    """Whether the Trainer stopped at `checkpoint` (a complete one): its last step, or an early stop."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    control = state.get("stateful_callbacks", {}).get("TrainerControl", {}).get("args", {})
+    return state.get("global_step", 0) >= max_steps or bool(control.get("should_training_stop"))
+
+
+def _restore_finished(trainer, checkpoint: Path, best_at_end: bool) -> None:
+    """Put the trainer where `train()` would have left it, had it not been killed: the state of `checkpoint` and
+    the weights of the best checkpoint (when `best_at_end` and it is still there) or of `checkpoint`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_callback import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    weights = Path(best) if best_at_end and best and checkpoint_complete(Path(best)) else checkpoint
+    finished = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32)
+    trainer.model.load_state_dict(finished.state_dict())
+
+
 def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, callbacks=(),
               keep_checkpoints: bool = False, on_trainer=None) -> DPOResult:
     """Train and write the tuned model (safetensors + tokenizer) to `settings.output`.
@@ -122,7 +189,6 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer
 
     from neuron_explorer.engine.model.loading import resolve_device
@@ -142,12 +208,11 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     work = Path(settings.work_dir).expanduser()
     checkpoints = work / "checkpoints"
     run_file = work / RUN_FILE
-    previous = json.loads(run_file.read_text()) if run_file.exists() else {}
-    if previous.get("key") != settings.key() or not resume:
+    if _previous_key(run_file) != settings.key() or not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
     checkpoints.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"key": settings.key(), "settings": asdict(settings)}, indent=2))
-    last = get_last_checkpoint(str(checkpoints)) if resume else None
+    last = last_complete_checkpoint(checkpoints, printer) if resume else None
 
     device = resolve_device(settings.device)
     on_cpu = device == "cpu"
@@ -177,6 +242,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=max(settings.batch_size, 8),
         gradient_accumulation_steps=settings.gradient_accumulation,
+        activation_checkpointing=True,  # trl's default, given under transformers' current name (the old one warns)
         max_length=settings.max_length,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_steps,
@@ -214,10 +280,16 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our Progress callback prints one line per log instead of raw dicts
-    if last:
-        printer(f"resuming DPO from {last}")
     start = time.time()
-    trainer.train(resume_from_checkpoint=last)
+    if last and _training_finished(Path(last), settings.max_steps):
+        # Killed after the last step, before the tuned model was in place. Trainer.train resumed from here would
+        # take one step more than --steps, so the model is taken as training left it.
+        printer(f"training had finished at {last}: writing the tuned model from it")
+        _restore_finished(trainer, Path(last), config.load_best_model_at_end)
+    else:
+        if last:
+            printer(f"resuming DPO from {last}")
+        trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - start
     if on_trainer is not None:
         on_trainer(trainer)
@@ -225,11 +297,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     stopped_early = state.global_step < settings.max_steps
 
     output = Path(settings.output).expanduser()
-    partial = output.with_name(output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     trainer.model.config.use_cache = True
-    trainer.save_model(str(partial))  # the best checkpoint's weights when load_best_model_at_end
-    tokenizer.save_pretrained(str(partial))
     best_step = None
     if state.best_model_checkpoint:
         best_step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
@@ -237,11 +305,13 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
                        best_step=best_step, stopped_early=stopped_early, resumed_from=last,
                        n_train_pairs=len(train_rows), n_eval_pairs=len(eval_rows), seconds=seconds,
                        log=list(state.log_history))
-    (partial / "neuron_explorer_dpo.json").write_text(json.dumps(
-        {"settings": asdict(settings), "result": result.summary(), "log": result.log}, indent=2, default=str))
-    if output.exists():
-        shutil.rmtree(output)
-    partial.replace(output)
+    with atomic_path(output, advice="choose another -o") as partial:
+        trainer.save_model(str(partial))  # the best checkpoint's weights when load_best_model_at_end
+        tokenizer.save_pretrained(str(partial))
+        (partial / "neuron_explorer_dpo.json").write_text(json.dumps(
+            {"settings": asdict(settings), "result": result.summary(), "log": result.log}, indent=2, default=str))
     if not keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
+        for aside in work.glob("checkpoint-*.incomplete"):  # set aside by an interrupted run; of no use now
+            shutil.rmtree(aside, ignore_errors=True)
     return result

@@ -45,6 +45,7 @@ def test_bad_file_is_refused_before_the_app_starts(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "foreign"])
+@pytest.mark.slow  # a real process: the fast lane (pytest -m 'not slow') skips it
 def test_bad_file_from_the_command_line_is_one_line_and_exit_code_2(tmp_path, kind):
     path = bad_files(tmp_path)[kind]
     done = subprocess.run([*command(), str(path)], capture_output=True, text=True, timeout=60)
@@ -53,6 +54,7 @@ def test_bad_file_from_the_command_line_is_one_line_and_exit_code_2(tmp_path, ki
     assert len(lines) == 1 and lines[0].startswith("neuron-explorer: error:") and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # a real process: the fast lane (pytest -m 'not slow') skips it
 def test_entry_point_in_a_pseudo_terminal(cache_path):
     """Start the real `neuron-explorer FILE` at 80×24, move to the table, sort, open a neuron, quit with q."""
     program, *args = command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.widgets import DataTable, Input, Select
 
 from neuron_explorer.cache import annotations
@@ -57,6 +58,7 @@ async def test_dialog_launches_a_background_run_that_appears_beside_base_and_dpo
         assert "a bad word" in static_text(screen.query_one("#run-samples"), width=200)
 
 
+@pytest.mark.slow  # its stand-in job runs for seconds on purpose
 async def test_the_interface_stays_responsive_and_c_cancels_a_run(
         cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded, static_text):
     app = make_app(patch_command=fake_patch_command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from textual.widgets import DataTable
 
 from neuron_explorer.cache import annotations
@@ -13,6 +14,7 @@ from neuron_explorer.explorer.jobs import PatchRequest
 from neuron_explorer.explorer.state import Store
 
 
+@pytest.mark.slow  # a real process: the fast lane (pytest -m 'not slow') skips it
 async def test_a_real_patch_run_from_the_explorer(cache_copy, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the subprocess's torch: one thread for a tiny model
     before = sha256_file(cache_copy)

@@ -95,6 +95,7 @@ def test_compute_on_a_full_disk_exits_with_one_line(tmp_path, compute_args, full
     assert not (tmp_path / "out.h5").exists() and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow  # a real process: the fast lane (pytest -m 'not slow') skips it
 def test_compute_in_a_process_whose_writes_fail_in_hdf5_exits_cleanly(tmp_path, compute_args):
     """HDF5's own C writes fail (a file-size limit: EFBIG); before the fix the process died with SIGSEGV in the
     writer's close, after chained tracebacks, and the temporary stayed."""

@@ -306,6 +306,7 @@ SUBPROCESS_CASES = ["compute-prompts-latin1-txt", "compute-read-only", "evaluate
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
+@pytest.mark.slow  # a real process: the fast lane (pytest -m 'not slow') skips it
 def test_bad_input_in_a_real_process(name, world, tmp_path):
     template = next(case[2] for case in CASES if case[0] == name)
     root = world["cache"].parent

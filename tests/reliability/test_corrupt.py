@@ -79,6 +79,7 @@ def test_a_damaged_cache_is_refused_before_the_terminal_is_taken(good_cache, tmp
     assert "\n" not in str(refused.value) and path.read_bytes() == before
 
 
+@pytest.mark.slow  # a real process: the fast lane (pytest -m 'not slow') skips it
 def test_a_damaged_cache_from_the_command_line_is_one_line(good_cache, tmp_path):
     path = damaged(good_cache, tmp_path, "neurons deleted")
     done = subprocess.run([sys.executable, "-m", "neuron_explorer", str(path)], capture_output=True, text=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,19 @@ def test_changed_settings_start_over(tmp_path, tiny_models):
     changed = settings(tmp_path, tiny_models["llama"], max_steps=2, save_steps=2, eval_steps=2, beta=0.2)
     result = train_dpo(changed, printer=lambda line: None)
     assert result.resumed_from is None and result.steps == 2
+
+
+def test_activation_checkpointing_trades_memory_only(tmp_path, tiny_models):
+    """Recomputing activations in the backward pass gives the same weights, so the setting is not in the key (a
+    build trained either way is reused)."""
+    tuned = {}
+    for flag in (False, True):
+        run = settings(tmp_path / str(flag), tiny_models["llama"], max_steps=2, activation_checkpointing=flag)
+        captured = {}
+        train_dpo(run, printer=lambda line: None,
+                  on_trainer=lambda trainer: captured.update(on=trainer.model.is_activation_checkpointing))
+        assert captured["on"] is flag
+        tuned[flag] = weights(tmp_path / str(flag) / "tuned")
+        assert replace(run, activation_checkpointing=not flag).key() == run.key()
+    assert replace(run, beta=0.2).key() != run.key()  # the key does see what changes the result
+    assert all(torch.equal(tuned[False][name], tuned[True][name]) for name in tuned[False])

@@ -53,10 +53,14 @@ class DPOSettings:
     max_length: int = 96
     seed: int = 0
     device: str = "auto"
+    # Recompute activations in the backward pass: less memory for large models, about 20% slower, and the same
+    # weights (bit for bit on the embedded model, 6 steps), so not part of the key.
+    activation_checkpointing: bool = False
 
     def key(self) -> str:
-        """Hash of everything that changes the result (not where it is written)."""
-        data = {k: v for k, v in asdict(self).items() if k not in {"output", "work_dir", "device"}}
+        """Hash of everything that changes the result (not where it is written or how memory is traded)."""
+        ignored = {"output", "work_dir", "device", "activation_checkpointing"}
+        data = {k: v for k, v in asdict(self).items() if k not in ignored}
         return sha256_bytes(json.dumps(data, sort_keys=True).encode())
 
 
@@ -242,7 +246,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=max(settings.batch_size, 8),
         gradient_accumulation_steps=settings.gradient_accumulation,
-        activation_checkpointing=True,  # trl's default, given under transformers' current name (the old one warns)
+        activation_checkpointing=settings.activation_checkpointing,  # trl's default is on, under the old name
         max_length=settings.max_length,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_steps,

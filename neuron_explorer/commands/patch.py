@@ -5,7 +5,8 @@ and measure how much of DPO's toxicity reduction comes back:
 
 Each run evaluates toxicity, perplexity and F1 (METHOD §5, at the run-sized defaults of the evaluation options
 below), the change of the last-layer probe projection, and stores its settings, metrics and sample generations
-(prompt, base, patched, DPO) as a new file in FILE.h5.annotations/runs/. Base and DPO are evaluated with the same settings once and reused.
+(prompt, base, patched, DPO) as a new file in FILE.h5.annotations/runs/. Base and DPO are evaluated with the same
+settings once and reused.
 
 Prompts: by default the ones `compute` kept aside (--patch-holdout), from which none of the cache's statistics
 (groups, ā_pre, ā_dpo) were computed, so "recovered" is out of sample. --prompts FILE evaluates on other prompts
@@ -52,8 +53,9 @@ def add_arguments(parser) -> None:
                       help=f"what to do to them (default: {modes.DEFAULT_MODE}; the preset's patch rows: "
                            f"{', '.join(modes.PRESET_PATCH_MODES)}, default {modes.PRESET_PATCH_MODES[0]})")
     what.add_argument("--positions", choices=tuple(modes.POSITIONS), default=None,
-                      help="every position (default) or the newest position of each forward call; the preset "
-                           "follows the authors (ablation everywhere, patching at the newest position) unless given")
+                      help="; ".join(f"{name}: {text}" for name, text in modes.POSITIONS.items()) +
+                           " (default: all; the preset follows the authors, ablation everywhere and patching at the "
+                           "newest position, unless given)")
     for name in modes.parameter_names():  # checked by the mode that takes it (modes.Parameter.validate)
         what.add_argument(f"--{name}", default=None, help=modes.parameter_help(name))
     what.add_argument("--label", default=None, help="a name for the run (default: mode and sets)")

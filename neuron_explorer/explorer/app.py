@@ -50,7 +50,8 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, App):
         Binding("question_mark", "help", "help", id="app.help", tooltip="this help"),
         Binding("q", "quit", "quit", id="app.quit", tooltip="quit"),
     ]
-    STORE_MODES = {"overview": OverviewScreen, "neurons": NeuronsScreen, "clusters": ClustersScreen, "runs": RunsScreen}
+    STORE_MODES = {"overview": OverviewScreen, "neurons": NeuronsScreen, "clusters": ClustersScreen,
+                   "runs": RunsScreen}
 
     # What the screens watch. `view_row` is set on every change of the Store's view (always_update: the same row
     # twice still redraws); its value is the row the neuron table's cursor goes to (None: the top).

@@ -7,6 +7,7 @@ from textual.widgets import DataTable
 
 from neuron_explorer.explorer.jobs import PatchRequest
 from neuron_explorer.explorer.screens.detail import DetailScreen
+from neuron_explorer.explorer.screens.dialogs import ErrorDialog
 from neuron_explorer.explorer.screens.runs import RunsScreen
 from neuron_explorer.explorer.widgets.neuron_table import NeuronTable
 
@@ -45,3 +46,24 @@ async def test_the_runs_table_keeps_the_keyboard_when_a_run_finishes_on_the_runs
         table = screen.query_one("#runs-table", DataTable)
         assert table.row_count == 1
         assert app.focused is table
+
+
+async def test_a_worker_that_raises_opens_an_error_dialog_and_the_app_goes_on(make_app, wait_until_loaded,
+                                                                              monkeypatch):
+    app = make_app()
+
+    def broken(layer, index):
+        raise OSError("the disk went away")
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until_loaded(app, pilot)
+        monkeypatch.setattr(app.store.reader, "neuron", broken)
+        await pilot.press("2", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, ErrorDialog)
+        assert "reading the neuron failed" in str(app.screen.query_one(".dialog-title").content)
+        assert "OSError: the disk went away" in str(app.screen.query_one("#error-message").content)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, DetailScreen) and app.is_running

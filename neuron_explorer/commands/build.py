@@ -3,7 +3,7 @@ preference pairs, run DPO, evaluate base and DPO (toxicity, perplexity, F1), com
 write one HDF5 cache that records all of it (open it with `neuron-explorer`).
 
 Each stage keeps its outputs and a manifest in the work directory (default: ~/.cache/neuron-explorer/build) and is
-skipped when its inputs are unchanged, so a second run takes seconds. The first takes about 25 minutes on a
+skipped when its inputs are unchanged, so a second run takes seconds. The first takes about 20 minutes on a
 2-core CPU. Needs no network, no GPU and no data.
 """
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "train-dpo": "train_dpo",
     "evaluate": "evaluate",
     "patch": "patch",
+    "lab": "lab",
 }
 
 DESCRIPTION = """\

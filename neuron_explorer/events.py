@@ -60,12 +60,30 @@ class Failed:
 
 @dataclass(frozen=True)
 class Cancelled:
-    """The job was stopped by its user (the explorer's runner says so; a job never reports it itself)."""
+    """The job was stopped by its user: the explorer's runner says so for a job; the lab's model worker says so for
+    a request it was asked to cancel."""
 
 
-Event = Progress | Message | Stored | Done | Failed | Cancelled
+@dataclass(frozen=True)
+class Ready:
+    """A long-lived worker (the prompt lab's) has loaded what it needs and takes requests."""
+
+    text: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A worker's answer to request `request` (for the lab: `engine.lab.protocol.RESULT_FIELDS`)."""
+
+    request: int
+    result: dict = field(default_factory=dict)
+
+
+Event = Progress | Message | Stored | Done | Failed | Cancelled | Ready | Answer
 Reporter = Callable[[Event], None]
-EVENT_TYPES: dict[str, type] = {cls.__name__.lower(): cls for cls in (Progress, Message, Stored, Done, Failed, Cancelled)}
+EVENT_TYPES: dict[str, type] = {cls.__name__.lower(): cls
+                                 for cls in (Progress, Message, Stored, Done, Failed, Cancelled, Ready, Answer)}
 
 
 class EventError(ValueError):

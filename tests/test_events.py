@@ -9,8 +9,8 @@ import pytest
 from neuron_explorer import events
 from neuron_explorer.commands.reporting import _Bars, reporting
 from neuron_explorer.errors import UserError
-from neuron_explorer.events import (Cancelled, Done, EventError, Failed, Message, Progress, Stored, Tracker,
-                                    from_json, to_json)
+from neuron_explorer.events import (Answer, Cancelled, Done, EventError, Failed, Message, Progress, Ready, Stored,
+                                    Tracker, from_json, to_json)
 
 # Written by hand, as another program would write them: each line and the event it must read as.
 HAND_WRITTEN = [
@@ -26,12 +26,16 @@ HAND_WRITTEN = [
     ('{"event": "done"}', Done("")),
     ('{"event": "failed", "message": "no such file"}', Failed("no such file")),
     ('{"event": "cancelled"}', Cancelled()),
+    ('{"event": "ready", "text": "both models loaded", "seconds": 3.2}', Ready("both models loaded", 3.2)),
+    ('{"event": "answer", "request": 7, "result": {"runs": {"base": {"toxicity": 0.5}}}}',
+     Answer(7, {"runs": {"base": {"toxicity": 0.5}}})),
 ]
 
 EVERY_TYPE = [Progress("dpo: F1 ↓", 41, 96, 12.3, None), Progress("x", 1, 2, 0.1, 0.1),
               Message("warning: ∪ and ā", "warning"), Stored("cache", "default.h5", "/tmp/default.h5"),
               Stored("run", "id", label="patch all four ↓ groups", metrics={"recovered": -0.125, "neurons": 7}),
-              Done("| a | b |\n|---|---|"), Failed("ValueError: bad"), Cancelled()]
+              Done("| a | b |\n|---|---|"), Failed("ValueError: bad"), Cancelled(), Ready("loaded", 1.5),
+              Answer(3, {"prompt": "ā ∪", "lens": [[0.5, -1.0]]})]
 
 
 @pytest.mark.parametrize("line,event", HAND_WRITTEN)

@@ -119,6 +119,16 @@ class PatchSpec:
         return f"{self.mode} {target}".strip()
 
 
+def check_spec(spec: PatchSpec, selection: NeuronSelection | None) -> tuple[dict, NeuronSelection | None]:
+    """The mode's parameter values for `spec` and its resolved neuron set, or a one-line UserError (an unknown mode or
+    parameter, a bad value, no set for a mode that needs one). Patch runs and the prompt lab both check here."""
+    mode = modes.get(spec.mode)
+    values = mode.values(spec.params)
+    if mode.needs_set and (selection is None or not len(selection)):
+        raise UserError(f"mode {mode.name} needs a neuron set: pass --set SPEC (e.g. --set group:TP↓)")
+    return values, selection
+
+
 class PatchSession:
     """The open cache, the base model and the base/DPO baseline; runs any number of interventions on them."""
 
@@ -249,12 +259,7 @@ class PatchSession:
     def check(self, spec: PatchSpec) -> tuple[dict, NeuronSelection | None]:
         """The mode's parameter values and the neuron set of `spec`, or a UserError: every check of a spec that
         needs no model work, so that a command can check all its specs before the long part starts."""
-        mode = modes.get(spec.mode)
-        values = mode.values(spec.params)
-        selection = self.selection(spec)
-        if mode.needs_set and (selection is None or not len(selection)):
-            raise UserError(f"mode {mode.name} needs a neuron set: pass --set SPEC (e.g. --set group:TP↓)")
-        return values, selection
+        return check_spec(spec, self.selection(spec))
 
     def intervention(self, spec: PatchSpec) -> tuple[iv.Intervention, NeuronSelection | None]:
         """The intervention `spec` asks for, built by its mode (modes.py), and the neuron set it acts on."""

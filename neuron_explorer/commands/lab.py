@@ -1,0 +1,192 @@
+"""The prompt lab on the command line: one prompt through the base, DPO and (with --mode) patched base model of a
+cache, by the cache's own protocol (truncation, greedy decoding, new tokens, positions).
+
+Prints the three continuations with their toxicity, where along the depth and at which generated token the probe
+direction rises or is suppressed (the projection of the residual stream on the probe, layers × generated tokens,
+for each model and base − DPO), and the prompt's top neurons by Δ and by |δ| (ā on this prompt in both models, and
+P and Δ by the cache's definitions). --json writes the whole result, with every neuron's ā, for scripts.
+
+--serve is the explorer's model worker: it loads the pair once, then answers requests read as JSON lines on stdin
+with job events on stdout (neuron_explorer/engine/lab/protocol.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from neuron_explorer.cache.atomic import write_text_atomically
+from neuron_explorer.commands.arguments import output_file, positive_count
+from neuron_explorer.engine.defaults import default_cache_path
+from neuron_explorer.engine.lab.protocol import DEFAULT_TOP
+from neuron_explorer.engine.patching import modes
+
+HELP = "one prompt through base, DPO and a patched base model: continuations, probe lens, top neurons"
+HEAT_COLUMNS = 10  # layers are averaged into at most this many columns of the printed heat map
+SHOWN_NEURONS = 12
+
+
+def add_arguments(parser) -> None:
+    parser.epilog = modes.describe()
+    parser.add_argument("file", nargs="?", type=Path, default=None,
+                        help=f"the cache (default: {default_cache_path()})")
+    parser.add_argument("--prompt", default=None, help="the prompt (required unless --serve)")
+    what = parser.add_argument_group("intervention (the patched run; the same as `patch`)")
+    what.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",
+                      help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓")
+    what.add_argument("--mode", choices=tuple(modes.MODES), default=None,
+                      help="what to do to them (no patched run without a mode)")
+    what.add_argument("--positions", choices=tuple(modes.POSITIONS), default="all",
+                      help="; ".join(f"{name}: {text}" for name, text in modes.POSITIONS.items()))
+    for name in modes.parameter_names():
+        what.add_argument(f"--{name}", default=None, help=modes.parameter_help(name))
+    output = parser.add_argument_group("output")
+    output.add_argument("--top", type=positive_count, default=DEFAULT_TOP,
+                        help="neurons kept by Δ and by |δ| each (%(default)s)")
+    output.add_argument("--json", type=output_file, default=None,
+                        help="write the whole result here (with every neuron's ā in both models)")
+    output.add_argument("--serve", action="store_true",
+                        help="be the explorer's model worker: JSON-line requests on stdin, job events on stdout")
+    models = parser.add_argument_group("models (default: the specs recorded in the cache)")
+    models.add_argument("--base", default=None)
+    models.add_argument("--tuned", default=None)
+    models.add_argument("--device", default="auto", help="torch device (%(default)s)")
+    models.add_argument("--dtype", default="auto", help="weights' dtype (%(default)s: float32 on a CPU)")
+    models.add_argument("--scorer", default="profanity", help="toxicity scorer (%(default)s)")
+
+
+def run(args) -> int:
+    from neuron_explorer.cache.reader import CacheReader
+    from neuron_explorer.errors import UserError
+
+    path = Path(args.file or default_cache_path()).expanduser()
+    given = {name: getattr(args, name) for name in modes.parameter_names() if getattr(args, name) is not None}
+    if args.serve:
+        if args.prompt or args.json or args.sets or args.mode:
+            raise UserError("--serve takes its prompts as requests on stdin: leave out --prompt, --set, --mode, --json")
+        return _serve(path, args)
+    if not args.prompt or not args.prompt.strip():
+        raise UserError("give the prompt: --prompt \"...\" (or --serve for the explorer's worker)")
+    from neuron_explorer.engine.lab.protocol import LabRequest
+
+    request = LabRequest(id=1, prompt=args.prompt, sets=tuple(args.sets), mode=args.mode, positions=args.positions,
+                         params=given, top=args.top, full=bool(args.json))
+    if request.mode is not None:
+        modes.get(request.mode).values(given)  # a bad parameter fails before any model loads
+    if args.sets and request.mode is None:
+        raise UserError(f"--set needs --mode: say what to do to the neurons (e.g. --mode {modes.DEFAULT_MODE})")
+    with CacheReader(path) as reader:  # a bad file or set fails here, before the models load
+        if args.sets:
+            from neuron_explorer.engine.patching.neuron_sets import resolve
+
+            resolve(reader, args.sets)
+    from neuron_explorer.commands.reporting import reporting
+    from neuron_explorer.engine.lab.session import LabSession
+
+    with reporting(json_lines=False) as report:
+        with LabSession(path, base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype,
+                        scorer=args.scorer, report=report) as session:
+            result = session.answer(request, report=report)
+            groups = session.reader.neuron_array("group")
+    if args.json:
+        write_text_atomically(args.json, json.dumps(result.to_dict(full=True), ensure_ascii=False))
+    show(result.to_dict(), groups)
+    if args.json:
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _serve(path: Path, args) -> int:
+    from neuron_explorer.commands.reporting import reporting
+    from neuron_explorer.engine.lab.session import LabSession
+    from neuron_explorer.engine.lab.worker import serve
+
+    with reporting(json_lines=True) as report:  # a model that cannot load leaves as a `failed` event
+        with LabSession(path, base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype,
+                        scorer=args.scorer, report=report) as session:
+            serve(session, sys.stdin, report)
+    return 0
+
+
+def show(result: dict, groups) -> None:
+    """The result as rich tables on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from neuron_explorer.cache.schema import GROUP_NAMES
+
+    console = Console(highlight=False)
+    protocol = result["protocol"]
+    cut = " (truncated)" if result["truncated"] else ""
+    console.print(f"prompt: {result['prompt']!r}: {len(result['prompt_tokens'])} tokens{cut}; "
+                  f"{protocol['new_tokens']} greedy new tokens; ā over the {protocol['positions']} positions")
+    if result["intervention"]:
+        shown = result["intervention"]
+        params = ", ".join(f"{k}={v:g}" for k, v in shown["params"].items() if v is not None) or "no parameters"
+        console.print(f"patched: {shown['label']} ({shown['neurons']:,} neurons, positions {shown['positions']}, "
+                      f"{params})")
+    runs = result["runs"]
+    table = Table(title=f"continuations (toxicity by {result['scorer']})", title_justify="left")
+    table.add_column("model")
+    table.add_column("toxicity", justify="right")
+    table.add_column("continuation", overflow="fold")
+    for name, run in runs.items():
+        table.add_row(name, f"{run['toxicity']:.3f}", run["continuation"])
+    console.print(table)
+    n_prompt = len(result["prompt_tokens"])
+    lenses = {name: run["lens"]["residual"] for name, run in runs.items()}
+    lenses["base − dpo"] = _difference(lenses["base"], lenses["dpo"])
+    for name, lens in lenses.items():
+        tokens = runs.get(name, runs["base"])["tokens"]
+        console.print(_heat_table(f"probe projection of the residual stream: {name}", lens, n_prompt, tokens))
+    totals = result["totals"]
+    console.print(f"this prompt: Σ+Δ {totals['sum_positive']:+.4g}, Σ−Δ {totals['sum_negative']:+.4g}, "
+                  f"net {totals['net']:+.4g}")
+    neurons = result["neurons"]
+    rows = list(range(len(neurons["layer"])))
+    by_delta = sorted(rows, key=lambda i: -neurons["contribution"][i])
+    by_shift = sorted(rows, key=lambda i: -abs(neurons["act_shift"][i]))
+    for title, order in (("top neurons by Δ on this prompt", by_delta), ("top neurons by |δ| on this prompt", by_shift)):
+        table = Table(title=title, title_justify="left")
+        for column in ("neuron", "group", "ā_pre", "ā_dpo", "δ", "Δ"):
+            table.add_column(column, justify="left" if column in ("neuron", "group") else "right")
+        for i in order[:SHOWN_NEURONS]:
+            layer, index = neurons["layer"][i], neurons["neuron"][i]
+            table.add_row(f"L{layer}/N{index}", GROUP_NAMES[int(groups[layer, index])],
+                          f"{neurons['act_pre'][i]:+.3f}", f"{neurons['act_dpo'][i]:+.3f}",
+                          f"{neurons['act_shift'][i]:+.3f}", f"{neurons['contribution'][i]:+.3e}")
+        console.print(table)
+
+
+def _difference(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
+    """a − b over the columns both have."""
+    width = min(len(a[0]), len(b[0])) if a and b else 0
+    return [[x - y for x, y in zip(row_a[:width], row_b[:width])] for row_a, row_b in zip(a, b)]
+
+
+def _heat_table(title: str, lens: list[list[float]], n_prompt: int, tokens: list[str]):
+    """Generated tokens (rows) × layers (averaged into at most HEAT_COLUMNS columns), coloured by sign: 80 columns
+    wide whatever the depth."""
+    from rich.table import Table
+
+    bins = _layer_bins(len(lens), HEAT_COLUMNS)
+    table = Table(title=title, title_justify="left", padding=(0, 1, 0, 0), show_edge=False, box=None)
+    table.add_column("token", no_wrap=True, max_width=10)
+    for first, last in bins:
+        table.add_column(f"L{first}" if first == last else f"L{first}-{last}", justify="right", no_wrap=True)
+    for column in range(n_prompt, len(lens[0])):
+        position = column - n_prompt
+        token = repr(tokens[position])[1:-1][:10] if position < len(tokens) else "·"
+        cells = []
+        for first, last in bins:
+            value = sum(lens[layer][column] for layer in range(first, last + 1)) / (last - first + 1)
+            cells.append(f"[{'red' if value > 0 else 'blue'}]{value:+.1f}[/]")
+        table.add_row(token, *cells)
+    return table
+
+
+def _layer_bins(n_layers: int, count: int) -> list[tuple[int, int]]:
+    """Consecutive (first, last) layer ranges, at most `count` of them, covering every layer."""
+    size = -(-n_layers // count)
+    return [(start, min(start + size, n_layers) - 1) for start in range(0, n_layers, size)]

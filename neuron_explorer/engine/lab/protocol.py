@@ -1,0 +1,119 @@
+"""The prompt lab's wire format, torch-free so that the explorer can import it.
+
+The model worker (`neuron-explorer lab FILE --serve`) reads one JSON object per line on stdin:
+
+  {"request": "run", "id": 3, "prompt": "...", "sets": ["group:TP↓"], "mode": MODE, "positions": "all",
+   "params": {"alpha": 1.0}, "top": 50, "full": false}      (MODE: a name of the patch-mode registry)
+  {"request": "cancel", "id": 3}      stop request 3 if it is still running (it ends with a `cancelled` event)
+  {"request": "quit"}                 (end of input quits too)
+
+and writes job events (`neuron_explorer.events`), one per line on stdout: `progress` while it loads the models and
+while it answers, `ready` once the models are loaded, then per request either `answer` (its `result` is
+`LabResult.to_dict()`, described in `RESULT_FIELDS`), `failed` (a bad request: the worker goes on) or `cancelled`.
+A worker that cannot start (a missing model, a foreign cache) reports `failed` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from neuron_explorer.errors import UserError
+
+DEFAULT_TOP = 50  # neurons by Δ and by |δ| each (their union is the result's neuron table)
+
+# What `LabResult.to_dict()` holds (the `answer` event's `result` and the `--json` file):
+RESULT_FIELDS = {
+    "id": "the request's id",
+    "prompt": "the prompt as given",
+    "prompt_tokens": "the prompt's tokens after truncation to the cache's max_prompt_tokens",
+    "truncated": "whether the prompt was cut",
+    "protocol": "the cache's positions, new_tokens, max_prompt_tokens and shared_continuation",
+    "models": "the base and tuned model specs the worker loaded",
+    "scorer": "the toxicity scorer",
+    "intervention": "null, or the patched run's mode, sets, positions, params, neurons and label",
+    "runs": "base, dpo and (with an intervention) patched: continuation, tokens (generated, one string each), "
+            "toxicity, and lens: residual and mlp, each n_layers × T projections on the probe direction (T: the "
+            "prompt's tokens, then the generated tokens each model read)",
+    "neurons": "columns layer, neuron, act_pre, act_dpo, act_shift, tox_pre, tox_dpo, contribution (and act_patched) "
+               "of the union of the top neurons by Δ and by |δ| on this prompt",
+    "layer_contribution": "this prompt's Σ Δ per layer",
+    "totals": "this prompt's Σ of positive Δ, of negative Δ, and net",
+    "full": "with full=true only: act_pre and act_dpo of every neuron (n_layers × d_mlp)",
+    "seconds": "time per stage",
+}
+
+
+@dataclass(frozen=True)
+class LabRequest:
+    """One prompt and, optionally, an intervention for the patched run (any mode and sets `patch` accepts)."""
+
+    id: int
+    prompt: str
+    sets: tuple[str, ...] = ()
+    mode: str | None = None  # None: no patched run
+    positions: str = "all"
+    params: dict = field(default_factory=dict)
+    top: int = DEFAULT_TOP
+    full: bool = False
+
+    def to_json(self) -> str:
+        payload = {"request": "run", **asdict(self)}
+        payload["sets"] = list(self.sets)
+        return json.dumps(payload, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    id: int
+
+    def to_json(self) -> str:
+        return json.dumps({"request": "cancel", "id": self.id})
+
+
+@dataclass(frozen=True)
+class QuitRequest:
+    def to_json(self) -> str:
+        return json.dumps({"request": "quit"})
+
+
+Request = LabRequest | CancelRequest | QuitRequest
+
+
+def parse_request(line: str) -> Request:
+    """The request a line holds, or a one-line UserError that says what is wrong with it."""
+    shown = line.strip()[:120]
+    try:
+        payload = json.loads(line)
+    except json.JSONDecodeError:
+        raise UserError(f"not a lab request (not JSON): {shown!r}") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"not a lab request (not a JSON object): {shown!r}")
+    kind = payload.pop("request", None)
+    if kind == "quit":
+        return QuitRequest()
+    if kind not in ("run", "cancel"):
+        raise UserError(f"unknown lab request {kind!r} (known: run, cancel, quit): {shown!r}")
+    if not isinstance(payload.get("id"), int):
+        raise UserError(f"a {kind} request needs an integer id: {shown!r}")
+    if kind == "cancel":
+        return CancelRequest(payload["id"])
+    known = set(LabRequest.__dataclass_fields__)
+    unknown = sorted(set(payload) - known)
+    if unknown:
+        raise UserError(f"a run request takes no {', '.join(unknown)} (it takes {', '.join(sorted(known))})")
+    prompt = payload.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError("a run request needs a non-empty prompt")
+    sets = payload.get("sets", [])
+    if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
+        raise UserError("sets must be a list of neuron-set specs such as \"group:TP↓\"")
+    params = payload.get("params", {})
+    if not isinstance(params, dict):
+        raise UserError("params must be an object such as {\"alpha\": 1.0}")
+    top = payload.get("top", DEFAULT_TOP)
+    if not isinstance(top, int) or top < 1:
+        raise UserError(f"top must be a positive integer, not {top!r}")
+    return LabRequest(id=payload["id"], prompt=prompt, sets=tuple(sets), mode=payload.get("mode"),
+                      positions=payload.get("positions", "all"), params=params, top=top,
+                      full=bool(payload.get("full", False)))

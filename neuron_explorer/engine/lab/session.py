@@ -1,0 +1,351 @@
+"""One prompt through the base, DPO and (with an intervention) patched base model, by the cache's own protocol.
+
+`LabSession` loads the cache's model pair once and answers `LabRequest`s. Each model runs the prompt through
+`record_model` (the recorder that wrote the cache, with its positions, truncation and new tokens), so the prompt's
+ā for both models is the same quantity as the cache's per-prompt activations, and `neuron_metrics` turns them into
+P and Δ by the cache's definitions. While the model generates, `ProbeLens` reads at every position the projection on
+the probe direction of each block's output (the residual stream) and of each MLP's write into it. The intervention
+is built by the patch-mode registry exactly as a patch run builds it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuron_explorer.cache.reader import CacheReader
+from neuron_explorer.errors import UserError
+from neuron_explorer.events import Reporter, Tracker, ignore
+
+from neuron_explorer.engine.lab.protocol import LabRequest
+from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.loading import LoadedModel, load_model
+from neuron_explorer.engine.neurons.recording import PROTOCOLS, record_model
+from neuron_explorer.engine.neurons.statistics import neuron_metrics
+from neuron_explorer.engine.patching import modes
+from neuron_explorer.engine.patching.neuron_sets import resolve
+from neuron_explorer.engine.patching.runs import PatchSpec, check_spec
+
+RUNS = ("base", "dpo", "patched")
+TABLE_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution")
+
+
+class RequestCancelled(Exception):
+    """The user cancelled the request; raised from a hook at the next forward call."""
+
+
+@dataclass(frozen=True)
+class LabProtocol:
+    """How the cache was recorded, and so how the lab runs a prompt (from the cache's provenance)."""
+
+    positions: str = "generated"
+    new_tokens: int = 20
+    max_prompt_tokens: int = 32
+    shared_continuation: bool = False
+
+    @classmethod
+    def of(cls, reader: CacheReader) -> "LabProtocol":
+        settings = reader.info.provenance.get("settings", {})
+        return cls(positions=str(settings.get("positions", reader.attrs().get("positions", "generated"))),
+                   new_tokens=int(settings.get("new_tokens", 20)),
+                   max_prompt_tokens=int(settings.get("max_prompt_tokens", 32)),
+                   shared_continuation=bool(settings.get("shared_continuation", False)))
+
+
+@dataclass
+class ModelRun:
+    """One model on the prompt: its continuation, the prompt's per-neuron means and the probe lens."""
+
+    continuation_ids: list[int]
+    continuation: str
+    tokens: list[str]
+    act_mean: np.ndarray  # (n_layers, d_mlp) ā over the protocol's positions
+    written_mean: np.ndarray | None  # (n_layers, d_mlp) mean of m·s_t (output-norm architectures)
+    lens_residual: np.ndarray  # (n_layers, T) each block's output · ŵ
+    lens_mlp: np.ndarray  # (n_layers, T) each MLP's write · ŵ
+    seconds: float
+    toxicity: float = float("nan")
+
+    def to_dict(self) -> dict:
+        return {"continuation": self.continuation, "tokens": self.tokens, "toxicity": self.toxicity,
+                "lens": {"residual": _rows(self.lens_residual), "mlp": _rows(self.lens_mlp)}}
+
+
+@dataclass
+class LabResult:
+    """The answer to one request (`protocol.RESULT_FIELDS` describes `to_dict`)."""
+
+    request: LabRequest
+    prompt_tokens: list[str]
+    truncated: bool
+    protocol: LabProtocol
+    models: dict
+    scorer: str
+    runs: dict[str, ModelRun]
+    metrics: dict[str, np.ndarray]  # neuron_metrics of this prompt (float32 (n_layers, d_mlp) columns and group)
+    intervention: dict | None = None
+    seconds: dict = field(default_factory=dict)
+
+    def top_neurons(self, k: int) -> np.ndarray:
+        """Flat indices of the union of the top k by Δ and the top k by |δ|, by Δ descending."""
+        contribution = self.metrics["contribution"].ravel()
+        shift = np.abs(self.metrics["act_shift"].ravel())
+        k = min(k, contribution.size)
+        chosen = np.union1d(np.argpartition(-contribution, k - 1)[:k], np.argpartition(-shift, k - 1)[:k])
+        return chosen[np.argsort(-contribution[chosen], kind="stable")]
+
+    def to_dict(self, full: bool | None = None) -> dict:
+        full = self.request.full if full is None else full
+        d_mlp = self.metrics["contribution"].shape[1]
+        chosen = self.top_neurons(self.request.top)
+        neurons = {"layer": (chosen // d_mlp).tolist(), "neuron": (chosen % d_mlp).tolist()}
+        for name in TABLE_COLUMNS:
+            neurons[name] = self.metrics[name].ravel()[chosen].astype(float).tolist()
+        if "patched" in self.runs:
+            neurons["act_patched"] = self.runs["patched"].act_mean.ravel()[chosen].astype(float).tolist()
+        contribution = self.metrics["contribution"].astype(np.float64)
+        out = {
+            "id": self.request.id, "prompt": self.request.prompt, "prompt_tokens": self.prompt_tokens,
+            "truncated": self.truncated, "protocol": self.protocol.__dict__.copy(), "models": self.models,
+            "scorer": self.scorer, "intervention": self.intervention,
+            "runs": {name: run.to_dict() for name, run in self.runs.items()},
+            "neurons": neurons,
+            "layer_contribution": contribution.sum(axis=1).tolist(),
+            "totals": {"sum_positive": float(contribution[contribution > 0].sum()),
+                       "sum_negative": float(contribution[contribution < 0].sum()),
+                       "net": float(contribution.sum())},
+            "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
+        }
+        if full:
+            out["full"] = {"act_pre": _rows(self.runs["base"].act_mean), "act_dpo": _rows(self.runs["dpo"].act_mean)}
+        return out
+
+
+def _rows(array: np.ndarray) -> list[list[float]]:
+    return np.asarray(array, dtype=np.float64).tolist()
+
+
+class ProbeLens:
+    """Projections on a unit direction of each block's output and of each MLP's write, at every position of every
+    forward call (the prefill's positions, then one per generated token), kept on the device until the end."""
+
+    def __init__(self, loaded: LoadedModel, unit: np.ndarray):
+        arch, model = loaded.arch, loaded.model
+        self.blocks = list(arch.layers(model))
+        self.writes = [arch.output_norm(model, layer) or arch.out_proj(model, layer)
+                       for layer in range(len(self.blocks))]
+        device = arch.out_proj(model, 0).weight.device
+        self.unit = torch.as_tensor(unit, dtype=torch.float32, device=device)
+        self.residual: list[list[torch.Tensor]] = [[] for _ in self.blocks]
+        self.mlp: list[list[torch.Tensor]] = [[] for _ in self.blocks]
+
+    def hooks(self):
+        pairs = [(block, self._keep(self.residual, layer)) for layer, block in enumerate(self.blocks)]
+        pairs += [(module, self._keep(self.mlp, layer)) for layer, module in enumerate(self.writes)]
+        return forward_hooks(pairs)
+
+    def _keep(self, store: list[list[torch.Tensor]], layer: int) -> Callable:
+        def hook(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            store[layer].append(hidden[0].float() @ self.unit.to(hidden.device))
+        return hook
+
+    def clear(self) -> None:
+        for store in (self.residual, self.mlp):
+            for calls in store:
+                calls.clear()
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n_layers, T) each: the residual-stream and the MLP-write projections."""
+        def stack(store):
+            return torch.stack([torch.cat(calls).cpu() for calls in store]).double().numpy()
+        return stack(self.residual), stack(self.mlp)
+
+
+class LabSession:
+    """The cache, its base and tuned models (loaded once) and what the patch modes need; answers requests."""
+
+    def __init__(self, cache_path: str | Path, *, base: str | None = None, tuned: str | None = None,
+                 device: str = "auto", dtype: str = "auto", scorer: str = "profanity", report: Reporter = ignore):
+        from neuron_explorer.engine.alignment.scoring import get_scorer
+        from neuron_explorer.engine.neurons.compute import check_pair
+
+        started = time.perf_counter()
+        self.cache_path = Path(cache_path).expanduser()
+        self.reader = CacheReader(self.cache_path)
+        provenance = self.reader.info.provenance
+        self.base_spec = base or provenance.get("base", {}).get("spec")
+        self.tuned_spec = tuned or provenance.get("tuned", {}).get("spec")
+        if not self.base_spec or not self.tuned_spec:
+            raise UserError(f"{self.cache_path} records no model specs: pass --base and --tuned")
+        self.protocol = LabProtocol.of(self.reader)
+        self.scorer = get_scorer(scorer)
+        tracker = Tracker(report, "loading the base model", 2)
+        self.loaded = load_model(self.base_spec, device=device, dtype=dtype)
+        tracker.advance(1, "loading the tuned model")
+        self._tuned = load_model(self.tuned_spec, device=device, dtype=dtype)
+        tracker.advance(1, "models loaded")
+        check_pair(self.loaded, self._tuned)
+        info = self.reader.info
+        shape = (self.loaded.arch.n_layers(self.loaded.model), self.loaded.arch.d_mlp(self.loaded.model))
+        if shape != (info.n_layers, info.d_mlp):
+            raise UserError(f"the model {self.base_spec} has {shape[0]}×{shape[1]} neurons but the cache has "
+                            f"{info.n_layers}×{info.d_mlp}: pass the models the cache was computed from "
+                            f"(--base, --tuned)")
+        self.probe = self.reader.probe_direction().astype(np.float64)
+        self.unit_probe = self.probe / np.linalg.norm(self.probe)
+        self.weights = {name: self.reader.neuron_array(name).astype(np.float64)
+                        for name in ("p_pre", "p_dpo", "cos_pre", "cos_dpo", "value_cos")}
+        self.arrays = {name: self.reader.neuron_array(name).astype(np.float64)
+                       for name in ("act_pre", "act_dpo", "act_shift")}
+        self._cos_embedding: np.ndarray | None = None
+        self._prompt_baseline: dict | None = None
+        self.load_seconds = time.perf_counter() - started
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> "LabSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- what the patch modes' builders use (modes.py), as PatchSession offers it --------------------------------
+    def tuned(self) -> LoadedModel:
+        return self._tuned
+
+    def cos_embedding(self) -> np.ndarray:
+        if self._cos_embedding is None:
+            from neuron_explorer.engine.alignment.probe import toxic_embedding_direction
+            from neuron_explorer.engine.patching.interventions import value_vector_cosines
+
+            direction = toxic_embedding_direction(self.loaded, modes.TUNING_FREE_SEED_WORDS).direction
+            self._cos_embedding = value_vector_cosines(self.loaded, direction)
+        return self._cos_embedding
+
+    def ensure_baseline(self) -> dict:
+        """For `subtract` without --alpha: DPO's change of the last-layer projection, measured on this prompt."""
+        assert self._prompt_baseline is not None, "the base and DPO runs come before the intervention is built"
+        return self._prompt_baseline
+
+    # -- requests ------------------------------------------------------------------------------------------------
+    def spec(self, request: LabRequest) -> PatchSpec | None:
+        if request.mode is None:
+            if request.sets:
+                raise UserError(f"sets were given without a mode: pass a mode (e.g. {modes.DEFAULT_MODE}) to patch "
+                                f"them")
+            return None
+        return PatchSpec(request.mode, tuple(request.sets), request.positions, params=dict(request.params))
+
+    def check(self, request: LabRequest) -> None:
+        """Every check of the request that needs no model work (unknown mode, set, parameter): a one-line
+        UserError before anything runs."""
+        spec = self.spec(request)
+        if spec is not None:
+            if spec.positions not in modes.POSITIONS:
+                raise UserError(f"positions '{spec.positions}' is not one of {', '.join(modes.POSITIONS)}")
+            check_spec(spec, resolve(self.reader, spec.sets) if spec.sets else None)
+
+    def answer(self, request: LabRequest, report: Reporter = ignore,
+               cancelled: threading.Event | None = None) -> LabResult:
+        """Run the prompt through base, DPO and (with a mode) the patched base; `cancelled` stops it at the next
+        forward call (RequestCancelled)."""
+        started = time.perf_counter()
+        self.check(request)
+        spec = self.spec(request)
+        tracker = Tracker(report, "base", 3 if spec else 2)
+        tokenizer = self.loaded.tokenizer
+        ids, _ = encode_prompts(tokenizer, [request.prompt], self.protocol.max_prompt_tokens)
+        full_length = len(tokenizer(request.prompt)["input_ids"])
+        prompt_tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
+        runs: dict[str, ModelRun] = {}
+        seconds: dict[str, float] = {}
+        with self._stops_when(cancelled):
+            runs["base"] = self._run(self.loaded, request.prompt)
+            tracker.advance(1, "dpo")
+            teacher = runs["base"].continuation_ids if self.protocol.shared_continuation else None
+            runs["dpo"] = self._run(self._tuned, request.prompt, teacher=teacher)
+            intervention = None
+            if spec is not None:
+                tracker.advance(1, "patched")
+                last = {name: float(np.mean(runs[name].lens_residual[-1, len(prompt_tokens):]))
+                        for name in ("base", "dpo")}
+                self._prompt_baseline = {"base": {"probe_projection": last["base"]},
+                                         "dpo": {"probe_projection": last["dpo"]}}
+                values, selection = check_spec(spec, resolve(self.reader, spec.sets) if spec.sets else None)
+                built = modes.get(spec.mode).build(self, selection, values, spec.positions)
+                runs["patched"] = self._run(self.loaded, request.prompt, intervention=built)
+                intervention = {"mode": spec.mode, "sets": list(spec.sets), "positions": spec.positions,
+                                "params": values, "neurons": built.n_neurons, "label": spec.name()}
+            tracker.advance(1, "done")
+        names = list(runs)
+        scores = self.scorer.score([runs[name].continuation for name in names])
+        for name, score in zip(names, scores):
+            runs[name].toxicity = float(score)
+            seconds[name] = runs[name].seconds
+        base, dpo = runs["base"], runs["dpo"]
+        metrics = neuron_metrics(
+            p_pre=self.weights["p_pre"], p_dpo=self.weights["p_dpo"], cos_pre=self.weights["cos_pre"],
+            cos_dpo=self.weights["cos_dpo"], value_cos=self.weights["value_cos"],
+            act_pre=base.act_mean, act_dpo=dpo.act_mean, written_pre=base.written_mean, written_dpo=dpo.written_mean)
+        seconds["total"] = time.perf_counter() - started
+        return LabResult(request=request, prompt_tokens=prompt_tokens, truncated=full_length > len(prompt_tokens),
+                         protocol=self.protocol, models={"base": self.base_spec, "tuned": self.tuned_spec},
+                         scorer=self.scorer.name, runs=runs, metrics=metrics, intervention=intervention,
+                         seconds=seconds)
+
+    @contextmanager
+    def _stops_when(self, cancelled: threading.Event | None) -> Iterator[None]:
+        """A hook on both models that raises RequestCancelled at the next forward call once `cancelled` is set."""
+        if cancelled is None:
+            yield
+            return
+
+        def check(module, inputs):
+            if cancelled.is_set():
+                raise RequestCancelled()
+
+        with forward_hooks([(self.loaded.model, check), (self._tuned.model, check)], pre=True):
+            yield
+
+    def _run(self, loaded: LoadedModel, prompt: str, *, teacher: list[int] | None = None,
+             intervention=None) -> ModelRun:
+        """The prompt through one model by the cache's protocol: the recorder's per-prompt means, the continuation
+        and the lens (all under `intervention` when given)."""
+        started = time.perf_counter()
+        protocol = self.protocol
+        lens = ProbeLens(loaded, self.unit_probe)
+        teacher_tokens = None if teacher is None else [torch.tensor([teacher])]
+        with (intervention.hooks() if intervention is not None else nullcontext()), lens.hooks():
+            recording = record_model(loaded, [prompt], positions=protocol.positions, new_tokens=protocol.new_tokens,
+                                     max_prompt_tokens=protocol.max_prompt_tokens, batch_size=1,
+                                     teacher_tokens=teacher_tokens)
+            continuation_ids = recording.continuation_ids[0][0].tolist() if recording.continuation_ids else None
+            if continuation_ids is None or teacher is not None:
+                # the protocol read no continuation of this model's own (prompt positions only, or the other
+                # model's tokens): generate it, and let the lens show that generation
+                lens.clear()
+                ids, mask = encode_prompts(loaded.tokenizer, [prompt], protocol.max_prompt_tokens, loaded.device)
+                continuation_ids = generate_tokens(loaded.model, ids, mask, protocol.new_tokens,
+                                                   suppress_ids=special_token_ids(loaded.tokenizer),
+                                                   feed_last=True)[0].tolist()
+        residual, mlp = lens.arrays()
+        tokenizer = loaded.tokenizer
+        return ModelRun(continuation_ids=continuation_ids,
+                        continuation=tokenizer.decode(continuation_ids, skip_special_tokens=True),
+                        tokens=[tokenizer.decode([i]) for i in continuation_ids], act_mean=recording.act_mean,
+                        written_mean=recording.written_mean, lens_residual=residual, lens_mlp=mlp,
+                        seconds=time.perf_counter() - started)
+
+
+__all__ = ["LabSession", "LabResult", "LabProtocol", "ModelRun", "ProbeLens", "RequestCancelled", "RUNS",
+           "PROTOCOLS"]

@@ -110,7 +110,7 @@ def test_an_intervention_that_patches_nothing_leaves_the_base_run_exactly(mode, 
 
 def test_a_real_intervention_acts_on_the_patched_run_only(sessions):
     """Zero-ablating layer 1 zeroes its ā in the patched run (the recorder reads what the hooks wrote), and changes
-    nothing below it; base and DPO are as without an intervention."""
+    nothing below it; base and DPO are as without an intervention (the patched row leaves the base row alone)."""
     session = sessions[("llama", "generated")]
     plain = session.answer(LabRequest(1, "I hate you"))
     result = session.answer(LabRequest(2, "I hate you", sets=("layer:1",), mode="zero-ablate"))
@@ -118,8 +118,10 @@ def test_a_real_intervention_acts_on_the_patched_run_only(sessions):
     assert np.all(patched.act_mean[1] == 0) and np.any(result.runs["base"].act_mean[1] != 0)
     np.testing.assert_array_equal(patched.lens_residual[0, :len(result.prompt_tokens)],
                                   result.runs["base"].lens_residual[0, :len(result.prompt_tokens)])
-    for run in ("base", "dpo"):
-        np.testing.assert_array_equal(result.runs[run].act_mean, plain.runs[run].act_mean)
+    np.testing.assert_array_equal(result.runs["dpo"].act_mean, plain.runs["dpo"].act_mean)
+    # the base run now shares a batch with the patched run: the same numbers, but for the rounding of other shapes
+    np.testing.assert_allclose(result.runs["base"].act_mean, plain.runs["base"].act_mean, rtol=1e-5, atol=1e-7)
+    assert result.runs["base"].continuation_ids == plain.runs["base"].continuation_ids
     table = result.to_dict()["neurons"]
     in_layer_1 = [i for i, layer in enumerate(table["layer"]) if layer == 1]
     assert in_layer_1 and all(table["act_patched"][i] == 0 for i in in_layer_1)

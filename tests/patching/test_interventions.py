@@ -4,6 +4,7 @@ the same edit made by hand: on a copy of the weights, with a hand-written hook, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -490,4 +491,31 @@ def test_live_donor_in_the_kv_cache_loop_equals_uncached_passes(loaded_pairs):
                 sequence = torch.cat([sequence, token[:, None]], dim=1)
                 full_mask = torch.cat([full_mask, torch.ones_like(token[:, None])], dim=1)
     assert torch.equal(cached, torch.stack(uncached, dim=1))
+    assert iv.hook_count(base) == iv.hook_count(tuned) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("positions", ["all", "newest"])
+def test_an_intervention_on_one_batch_row_is_that_row_alone_patched(loaded_pairs, kind, positions):
+    """`rows` (the lab's base and patched runs as one batch): the chosen row equals the intervention applied to a
+    batch of that row alone, and the other row equals the model without it, for neuron edits, a live donor and the
+    residual subtraction."""
+    base, tuned = loaded_pairs[kind]
+    ids, mask = encode_prompts(base.tokenizer, TEXTS[:1] * 2, 32, "cpu")
+    single = {"input_ids": ids[:1], "attention_mask": mask[:1], "use_cache": False}
+    both = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+    selection = some_neurons(base, per_layer=20)
+    probe = np.random.default_rng(1).normal(size=base.d_model)
+    for intervention in (iv.scale(base, selection, 0.3, positions), iv.zero_ablate(base, selection, positions),
+                         iv.patch_live(base, selection, tuned, positions),
+                         iv.subtract_direction(base, probe, 2.0, positions)):
+        with torch.no_grad():
+            plain = base.model(**single).logits
+            with intervention.hooks():
+                patched = base.model(**single).logits
+            with dataclasses.replace(intervention, rows=slice(1, 2)).hooks():
+                batch = base.model(**both).logits
+        assert not torch.allclose(patched, plain, atol=1e-4), intervention.mode
+        torch.testing.assert_close(batch[1], patched[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batch[0], plain[0], rtol=1e-5, atol=1e-6)
     assert iv.hook_count(base) == iv.hook_count(tuned) == 0

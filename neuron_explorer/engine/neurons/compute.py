@@ -101,7 +101,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
             teacher = recordings["pre"].continuation_ids if name == "dpo" and settings.shared_continuation else None
             dataset = datasets[name]
 
-            def sink(start: int, means: np.ndarray, dataset=dataset) -> None:
+            def sink(start: int, means: np.ndarray, written, dataset=dataset) -> None:
                 dataset[start:start + len(means)] = means.astype(np.float16)
                 writer.check()
 

@@ -173,9 +173,10 @@ class ActivationRecorder:
 def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "generated", new_tokens: int = 20,
                  max_prompt_tokens: int = 32, batch_size: int = 16, sample: Sequence[int] = (),
                  teacher_tokens: list[torch.Tensor] | None = None,
-                 sink: Callable[[int, np.ndarray], None] | None = None,
+                 sink: Callable[[int, np.ndarray, np.ndarray | None], None] | None = None,
                  advance: Callable[[int], None] | None = None) -> Recording:
-    """Record one model over all prompts, keeping the per-prompt means of the prompts in `sample`.
+    """Record one model over all prompts, keeping the per-prompt means of the prompts in `sample`; `sink(start,
+    act, written)` gets each batch's per-prompt means (`ActivationRecorder.end_batch`).
 
     With `teacher_tokens` (the other model's continuation ids, one tensor per batch) the model reads those tokens
     instead of generating its own (``--shared-continuation``), in a single forward pass per batch.
@@ -223,7 +224,7 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "gen
                 if start + row in keep:
                     sample_means.add(start + row, counts[row], act[row], None if written is None else written[row])
             if sink is not None:
-                sink(start, act)
+                sink(start, act, written)
             if advance is not None:
                 advance(len(chunk))
     act_mean, written_mean = recorder.result()

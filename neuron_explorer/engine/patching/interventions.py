@@ -9,7 +9,8 @@ Positions: ``all`` (default) acts at every position of every forward call, so pe
 ``newest`` acts only at the last position of each call, the authors' protocol: in the KV-cache generation loop
 every single-token step is the newest position, and on the prefill only the last prompt token is touched. A
 perplexity pass under ``newest`` would change only the last position's logits, which perplexity does not score:
-`Intervention.scoring_pass` says how a scoring pass sees the intervention instead.
+`Intervention.scoring_pass` says how a scoring pass sees the intervention instead. With `rows` an intervention acts
+on those batch rows only: the prompt lab runs the base model and the patched base as one batch of two.
 
 Modes (the registry of patch modes is engine/patching/modes.py):
   patch-mean    m_i ← ā_i^dpo (the paper's activation patching: the DPO model's dataset mean)
@@ -73,6 +74,7 @@ class Intervention:
     donor: dict[int, torch.Tensor] | None = None  # layer -> (B, T, d_mlp) for patch-tokens
     live_donor: object | None = None  # a LoadedModel run in lockstep for patch-live
     details: dict = field(default_factory=dict)
+    rows: slice | None = None  # the batch rows it acts on (the lab runs base and patched as one batch); None: all
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -166,29 +168,29 @@ class Intervention:
                 return m + dense
             return m * dense
 
+        rows = slice(None) if self.rows is None else self.rows
+        where = (rows, -1) if newest else (rows,)
+
         def hook(module, inputs):
             m = inputs[0]
             donor = self.donor[layer] if op == "donor" else None
-            if newest:
-                m = m.clone()
-                m[:, -1] = apply(m[:, -1], None if donor is None else donor[:, -1])
-            else:
-                m = apply(m, donor)
+            if self.rows is None and not newest:
+                return (apply(m, donor), *inputs[1:])
+            m = m.clone()
+            m[where] = apply(m[where], None if donor is None else donor[where])
             return (m, *inputs[1:])
 
         return hook
 
     def _residual_hook(self) -> Callable:
         vector = self.residual
-        newest = self.positions == "newest"
+        rows = slice(None) if self.rows is None else self.rows
+        where = (rows, -1) if self.positions == "newest" else (rows,)
 
         def hook(module, inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            if newest:
-                hidden = hidden.clone()
-                hidden[:, -1] -= vector.to(hidden.dtype)
-            else:
-                hidden = hidden - vector.to(hidden.dtype)
+            hidden = hidden.clone()
+            hidden[where] -= vector.to(hidden.dtype)
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         return hook

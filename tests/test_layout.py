@@ -18,14 +18,16 @@ PACKAGE = Path(neuron_explorer.__file__).parent
 FORBIDDEN = {
     "cache": ("engine", "explorer", "commands", "cli"),
     "engine": ("explorer", "commands", "cli"),
-    "engine.model": ("engine.alignment", "engine.neurons", "engine.patching", "engine.build"),
-    "engine.alignment": ("engine.neurons", "engine.patching", "engine.build"),
-    "engine.neurons": ("engine.patching", "engine.build"),
-    "engine.patching": ("engine.neurons", "engine.build"),
+    "engine.model": ("engine.alignment", "engine.neurons", "engine.patching", "engine.lab", "engine.build"),
+    "engine.alignment": ("engine.neurons", "engine.patching", "engine.lab", "engine.build"),
+    "engine.neurons": ("engine.patching", "engine.lab", "engine.build"),
+    "engine.patching": ("engine.neurons", "engine.lab", "engine.build"),
+    "engine.lab": ("engine.build",),
     "explorer": ("commands", "cli"),
 }
 # The engine modules the explorer may import: the torch-free ones.
-EXPLORER_ENGINE_MODULES = {"engine.defaults", "engine.patching.modes", "engine.patching.neuron_sets"}
+EXPLORER_ENGINE_MODULES = {"engine.defaults", "engine.patching.modes", "engine.patching.neuron_sets",
+                           "engine.lab.protocol"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,7 +1,8 @@
-"""The explorer app: screens as modes (overview, neurons, clusters, runs), one Store they all share.
+"""The explorer app: screens as modes (overview, neurons, clusters, runs, lab), one Store they all share.
 
-The actions live in `actions.py`, the patch runs in `job_manager.py`. State reaches the screens through the app's
-reactive counters below, which the screens watch; the app never calls into a screen.
+The actions live in `actions.py`, the patch runs in `job_manager.py`, the prompt lab's worker in `lab_manager.py`.
+State reaches the screens through the app's reactive counters below, which the screens watch; the app never calls
+into a screen.
 
 `run_explorer` opens (validates) the cache before the app starts, so a bad file is one line on stderr and
 exit code 2, never a traceback inside a half-drawn terminal.
@@ -17,16 +18,20 @@ from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
 
+from neuron_explorer.cache.reader import neuron_id
 from neuron_explorer.errors import UserError
 from neuron_explorer.engine.defaults import default_cache_path
 
 from .actions import ExplorerActions
 from .commands import ExplorerCommands
 from .job_manager import JobManager
+from .lab_client import LAB_COMMAND, LabClient
+from .lab_manager import LabManager
 from .screens.build import BUILD_COMMAND, BuildScreen
 from .screens.clusters import ClustersScreen
 from .screens.dialogs import ShowsWorkerErrors
 from .screens.help import HelpScreen
+from .screens.lab import LabScreen
 from .screens.neurons import NeuronsScreen
 from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, SubprocessRunner, write_selection
 from .screens.overview import OverviewScreen
@@ -35,7 +40,7 @@ from .screens.runs import RunsScreen
 from .state import Store
 
 
-class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, App):
+class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, App):
     """Open with a Store, or with ``build_target`` (the default cache's path) to build it first."""
 
     CSS_PATH = "app.tcss"
@@ -46,12 +51,14 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, App):
         Binding("2", "switch_mode('neurons')", "neurons", id="app.neurons", tooltip="layers and the neuron table"),
         Binding("3", "switch_mode('clusters')", "clusters", id="app.clusters", tooltip="dendrogram and clusters"),
         Binding("4", "switch_mode('runs')", "runs", id="app.runs", tooltip="patching runs beside base and DPO"),
+        Binding("5", "switch_mode('lab')", "lab", id="app.lab",
+                tooltip="the prompt lab: one prompt through base, DPO and a patched model"),
         Binding("escape", "back", "back", show=False, id="app.back", tooltip="go back (to the overview)"),
         Binding("question_mark", "help", "help", id="app.help", tooltip="this help"),
         Binding("q", "quit", "quit", id="app.quit", tooltip="quit"),
     ]
     STORE_MODES = {"overview": OverviewScreen, "neurons": NeuronsScreen, "clusters": ClustersScreen,
-                   "runs": RunsScreen}
+                   "runs": RunsScreen, "lab": LabScreen}
 
     # What the screens watch. `view_row` is set on every change of the Store's view (always_update: the same row
     # twice still redraws); its value is the row the neuron table's cursor goes to (None: the top).
@@ -59,14 +66,17 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, App):
     marks_version: reactive[int] = reactive(0, init=False)  # neurons were marked or unmarked
     runs_version: reactive[int] = reactive(0, init=False)  # a run was stored beside the cache
     jobs_version: reactive[int] = reactive(0, init=False)  # a patch job made progress, ended or is cancelling
+    lab_version: reactive[int] = reactive(0, init=False)  # the lab's worker or one of its tries changed
+    lab_prompt: reactive[str] = reactive("", always_update=True, init=False)  # a prompt was chosen for the lab
 
     def __init__(self, store: Store | None = None, build_target: Path | None = None,
                  build_command: tuple[str, ...] = BUILD_COMMAND,
-                 patch_command: tuple[str, ...] = PATCH_COMMAND) -> None:
+                 patch_command: tuple[str, ...] = PATCH_COMMAND, lab_command: tuple[str, ...] = LAB_COMMAND) -> None:
         super().__init__()
         self.store = store
         self.build_target, self.build_command = build_target, build_command
         self.runner = SubprocessRunner(patch_command)
+        self.lab = LabClient(tuple(lab_command))  # started when the lab screen is first shown
         self.jobs: list[PatchJob] = []  # patch runs launched in this session, oldest first
         self.first_screen_ready_at: float | None = None  # perf_counter when the overview was first drawn
 
@@ -108,6 +118,7 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, App):
 
     def on_unmount(self) -> None:
         self.cancel_every_job()
+        self.lab.stop()
 
     def check_action(self, action: str, parameters) -> bool | None:
         if action in ("switch_mode", "help", "back") and self.store is None:
@@ -131,15 +142,19 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, App):
         self.push_screen(HelpScreen(sections))
 
     # -- patch runs ----------------------------------------------------------------------------------------------
-    def patch_request(self, source: str) -> PatchRequest:
-        """What ``source`` ("selection", "group TP↓", "cluster 3", "set NAME") means as a patch target."""
+    def patch_request(self, source: str, inline: bool = False) -> PatchRequest:
+        """What ``source`` ("selection", "group TP↓", "cluster 3", "set NAME") means as a patch target; ``inline``
+        gives the marked neurons as an ``ids:`` spec rather than a temporary file (for the lab's long-lived worker)."""
         store = self.store
         if source == "selection":
             if not store.marked:
                 raise UserError("no neurons are marked: mark some with space in the neuron table first")
-            path = write_selection(sorted(store.marked))
-            return PatchRequest(f"selection of {len(store.marked)}", [f"file:{path}"], len(store.marked),
-                                cleanup=[path])
+            marked = sorted(store.marked)
+            name = f"selection of {len(marked)}"
+            if inline:
+                return PatchRequest(name, ["ids:" + ",".join(neuron_id(*pair) for pair in marked)], len(marked))
+            path = write_selection(marked)
+            return PatchRequest(name, [f"file:{path}"], len(marked), cleanup=[path])
         if source.startswith(("group ", "cluster ", "set ")):
             spec = source.replace(" ", ":", 1)
             return PatchRequest(source, [spec], len(store.set_neurons(spec)))

@@ -73,8 +73,36 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
                      for cluster in store.reader.clusters()["cluster"].to_list()]
     commands += [(f"patch: set {neuron_set.name}", partial(app.action_patch, f"set {neuron_set.name}"),
                   f"patch the {len(neuron_set.neurons)} neurons of the stored set") for neuron_set in list_sets(store.path)]
+    commands += _lab_commands(app)
     commands += [(f"set: mark {neuron_set.name}", partial(app.mark_set, neuron_set.name),
                   f"mark the {len(neuron_set.neurons)} neurons of the stored set ({neuron_set.description})")
+                 for neuron_set in list_sets(store.path)]
+    return commands
+
+
+def _lab_commands(app: "ExplorerApp") -> list[Command]:
+    """The prompt lab's commands (each shows the lab screen)."""
+    store = app.store
+    commands: list[Command] = [
+        ("lab: run prompt…", app.lab_ask_prompt, "one prompt through base, DPO and the patched model"),
+        ("lab: pick a cache prompt", app.lab_pick_prompt, "run one of the cache's prompts or a stored run's sample"),
+        ("lab: history", app.lab_show_history, "re-open a prompt tried in this session, without recomputing"),
+        ("lab: apply marked neurons", partial(app.lab_apply, "selection"),
+         "patch the marked neurons in the lab's patched run, then run again"),
+        ("lab: apply…", app.lab_choose_target, "choose a group, cluster or set to patch in the lab's patched run"),
+        ("lab: clear intervention", app.lab_clear_intervention, "the next runs are base and DPO only"),
+        ("lab: cancel request", app.lab_cancel, "stop the running lab request"),
+        ("lab: restart worker", app.lab_restart, "stop the lab's model worker and start a fresh one"),
+        ("lab: export result", app.lab_export, "the shown answer to a JSON file"),
+    ]
+    commands += [(f"lab: apply group {group}", partial(app.lab_apply, f"group {group}"),
+                  f"patch every {group} neuron in the lab's patched run") for group in GROUP_NAMES]
+    if store.reader.has("clusters/summary"):
+        commands += [(f"lab: apply cluster {cluster}", partial(app.lab_apply, f"cluster {cluster}"),
+                      "patch this cluster's neurons in the lab's patched run")
+                     for cluster in store.reader.clusters()["cluster"].to_list()]
+    commands += [(f"lab: apply set {neuron_set.name}", partial(app.lab_apply, f"set {neuron_set.name}"),
+                  f"patch the {len(neuron_set.neurons)} neurons of the stored set in the lab's patched run")
                  for neuron_set in list_sets(store.path)]
     return commands
 

@@ -2,13 +2,20 @@
 
 Widgets and screens post them; they bubble up to the screen or the app that acts on them. The app never calls into a
 screen: what changed reaches the screens through the app's reactive counters (`ExplorerApp.view_row`,
-`marks_version`, `runs_version`, `jobs_version`), which each screen watches.
+`marks_version`, `runs_version`, `jobs_version`, `lab_version`, `lab_prompt`), which each screen watches.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import polars as pl
 from textual.message import Message
+
+if TYPE_CHECKING:
+    from neuron_explorer.events import Event
+
+    from .lab_client import WorkerExited, WorkerProcess
 
 
 class NeuronChosen(Message):
@@ -45,3 +52,11 @@ class BuildFinished(Message):
     def __init__(self, returncode: int) -> None:
         super().__init__()
         self.returncode = returncode
+
+
+class LabWorkerEvent(Message):
+    """The lab's reader thread read an event of the model worker (or its exit); the app applies it."""
+
+    def __init__(self, worker: "WorkerProcess", event: "Event | WorkerExited") -> None:
+        super().__init__()
+        self.worker, self.event = worker, event

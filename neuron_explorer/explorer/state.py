@@ -2,12 +2,14 @@
 
 The view is a layer (or all layers), filters and a sort; it is kept as an array of row positions into the
 all-layer frame, so sorting and filtering never copy the frame and the table formats only the rows it shows.
+The neuron table reads any `NeuronSource`: the Store's view, or a lab prompt's top neurons (`PromptNeurons`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -95,6 +97,28 @@ class Filters:
         return pl.all_horizontal(terms) if terms else None
 
 
+class NeuronSource(Protocol):
+    """What the neuron table reads: rows in display order (the COLUMNS keys, layer and neuron), marks, the sort."""
+
+    marked: set[tuple[int, int]]
+    empty_text: str  # what an empty table says
+
+    @property
+    def row_count(self) -> int: ...
+
+    @property
+    def sort_column(self) -> str: ...
+
+    @property
+    def descending(self) -> bool: ...
+
+    def rows(self, start: int, stop: int) -> pl.DataFrame: ...
+
+    def neuron_at(self, row: int) -> tuple[int, int] | None: ...
+
+    def toggle_mark(self, layer: int, index: int) -> bool: ...
+
+
 @dataclass(frozen=True)
 class View:
     layer: int | None = None  # None: all layers
@@ -105,6 +129,8 @@ class View:
 
 class Store:
     """The open cache and the current neuron view; the screens read it and call its methods to change it."""
+
+    empty_text = "no neurons match: x clears the filters"
 
     def __init__(self, reader: CacheReader):
         self.reader = reader
@@ -193,6 +219,14 @@ class Store:
     @property
     def row_count(self) -> int:
         return len(self.positions)
+
+    @property
+    def sort_column(self) -> str:
+        return self.view.sort_column
+
+    @property
+    def descending(self) -> bool:
+        return self.view.descending
 
     def rows(self, start: int, stop: int) -> pl.DataFrame:
         """The view's rows ``start:stop`` (a few dozen: what the table shows)."""
@@ -287,6 +321,59 @@ class Store:
     def default_export_name(self, extension: str) -> str:
         where = "all" if self.view.layer is None else f"L{self.view.layer}"
         return f"{self.path.stem}-{where}.{extension}"
+
+
+# The lab's per-prompt columns (the rest of a PromptNeurons row is the cache's).
+PROMPT_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution")
+
+
+class PromptNeurons:
+    """One lab prompt's top neurons as a neuron-table source: this prompt's activations and Δ (the worker's
+    `neurons` columns) beside the cache's columns of the same neurons (group, cosines, cluster). It sorts itself,
+    never the Store's view; its marks are the Store's, so a neuron marked here is marked everywhere."""
+
+    empty_text = "no neurons yet: run a prompt (enter) and its top neurons by Δ and |δ| show here"
+
+    def __init__(self, store: Store, neurons: dict | None = None) -> None:
+        self.store = store
+        self.marked = store.marked
+        self.frame = self._sorted = self._join(store, neurons) if neurons else None
+        self.sort_by("contribution", True)
+
+    @staticmethod
+    def _join(store: Store, neurons: dict) -> pl.DataFrame:
+        assert store.frame is not None
+        layers = np.asarray(neurons["layer"], dtype=np.int64)
+        positions = layers * store.info.d_mlp + np.asarray(neurons["neuron"], dtype=np.int64)
+        cached = store.frame[positions].drop(PROMPT_COLUMNS, strict=False)
+        return cached.with_columns(pl.Series(name, neurons[name], dtype=pl.Float64) for name in PROMPT_COLUMNS)
+
+    @property
+    def row_count(self) -> int:
+        return 0 if self._sorted is None else self._sorted.height
+
+    def rows(self, start: int, stop: int) -> pl.DataFrame:
+        assert self._sorted is not None
+        return self._sorted[start:stop]
+
+    def neuron_at(self, row: int) -> tuple[int, int] | None:
+        if not 0 <= row < self.row_count:
+            return None
+        return int(self._sorted["layer"][row]), int(self._sorted["neuron"][row])
+
+    def toggle_mark(self, layer: int, index: int) -> bool:
+        return self.store.toggle_mark(layer, index)
+
+    def sort_by(self, column: str, descending: bool | None = None) -> None:
+        """As `Store.sort_by`: a new column sorts descending, the same column flips."""
+        if column not in COLUMN_BY_KEY:
+            raise UserError(f"no column '{column}' to sort by")
+        if descending is None:
+            descending = not self.descending if column == self.sort_column else True
+        self.sort_column, self.descending = column, descending
+        if self.frame is not None:
+            keys = {"id": ["layer", "neuron"], "group": ["group_code"]}.get(column, [column])
+            self._sorted = self.frame.sort(keys, descending=descending, nulls_last=True)
 
 
 def is_reducing(group: str) -> bool:

@@ -73,6 +73,12 @@ def fake_patch_command() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
+def fake_lab_command() -> tuple[str, str]:
+    """A `lab` command for the app's prompt lab that speaks the real protocol without a model (fake_lab_worker.py)."""
+    return sys.executable, str(Path(__file__).with_name("fake_lab_worker.py"))
+
+
+@pytest.fixture(scope="session")
 def wait_for():
     """`await wait_for(pilot, condition, timeout=20.0)`: pause the pilot until `condition()` holds; fail on timeout."""
 

@@ -1,5 +1,5 @@
-"""Small modal dialogs: one line of text (jump to an id, name a set, export path), the filter form, and the error
-dialog that a failed background worker opens instead of ending the app."""
+"""Small modal dialogs: one line of text (jump to an id, name a set, export path), a choice from a list, the filter
+form, and the error dialog that a failed background worker opens instead of ending the app."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select
+from textual.widgets import Button, Input, Label, OptionList, Select
+from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState
 
 from neuron_explorer.cache.schema import GROUP_NAMES
@@ -73,6 +74,26 @@ class PromptDialog(Dialog[str]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)
+
+
+class ChoiceDialog(Dialog[str]):
+    """Choose one of a list (a prompt, a try of the lab's history, a set to patch); enter answers the option's id."""
+
+    CSS_PATH = "dialogs.tcss"
+
+    def __init__(self, title: str, choices: list[tuple[str, str]]) -> None:
+        """``choices``: (what is shown, the id answered)."""
+        super().__init__()
+        self.title_text, self.choices = title, choices
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="choice-dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield OptionList(*(Option(text, id=key) for text, key in self.choices), id="choices")
+            yield Label("enter: choose   escape: cancel", classes="dialog-hint")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
 
 
 class FilterDialog(Dialog[Filters]):

@@ -22,22 +22,24 @@ class PatchDialog(Dialog[PatchRequest]):
     """Ask how to patch a chosen set of neurons; ctrl+s or enter runs, escape cancels.
 
     The modes and their parameter fields come from the registry (engine/patching/modes.py); only the chosen mode's
-    fields are shown, and an empty field takes the mode's default.
+    fields are shown, and an empty field takes the mode's default. For the prompt lab (``lab=True``) it asks no
+    number of prompts: the lab patches one prompt.
     """
 
     CSS_PATH = "patch.tcss"
     BINDINGS = [Binding("ctrl+s", "run", "run", id="patch_dialog.run")]
 
-    def __init__(self, request: PatchRequest) -> None:
+    def __init__(self, request: PatchRequest, lab: bool = False) -> None:
         super().__init__()
-        self.request = request
+        self.request, self.lab = request, lab
 
     def compose(self) -> ComposeResult:
         request = self.request
         offered = [mode for mode in modes.MODES.values() if mode.acts_on_set]
         with Vertical(classes="dialog", id="patch-dialog"):
             count = f"{request.n_neurons:,} neuron{'' if request.n_neurons == 1 else 's'}"
-            yield Label(f"Patch {request.target} ({count}) in the base model", classes="dialog-title")
+            where = "the lab's patched run" if self.lab else "the base model"
+            yield Label(f"Patch {request.target} ({count}) in {where}", classes="dialog-title")
             with Horizontal(classes="field"):
                 yield Label("mode", classes="field-label")
                 yield Select([(f"{mode.name}: {mode.description}", mode.name) for mode in offered],
@@ -54,7 +56,7 @@ class PatchDialog(Dialog[PatchRequest]):
                         yield Input(value="" if given is None else f"{given:g}", type="number",
                                     placeholder=f"{parameter.help} (default {parameter.describe_default()})",
                                     id=parameter_id(mode.name, parameter.name))
-            with Horizontal(classes="field"):
+            with Horizontal(classes="field", id="prompts-field"):
                 yield Label("prompts", classes="field-label")
                 yield Input(value="" if request.max_prompts is None else str(request.max_prompts), type="integer",
                             placeholder="the patch command's default", id="patch-prompts")
@@ -64,6 +66,7 @@ class PatchDialog(Dialog[PatchRequest]):
 
     def on_mount(self) -> None:
         self.show_fields(self.request.mode)
+        self.query_one("#prompts-field").display = not self.lab
         self.query_one("#patch-mode", Select).focus()
 
     def on_select_changed(self, event: Select.Changed) -> None:

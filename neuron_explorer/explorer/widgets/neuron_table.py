@@ -1,4 +1,5 @@
-"""A virtual table over the Store's view: it formats only the rows on screen, so 458,752 neurons cost nothing.
+"""A virtual table over a neuron source (the Store's view, or a lab prompt's top neurons): it formats only the rows
+on screen, so 458,752 neurons cost nothing.
 
 The id column stays put while the other columns scroll sideways under the column cursor; the header shows the
 sort column and direction. Keys: j/k and arrows move, h/l and left/right choose a column, s sorts by it.
@@ -15,7 +16,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from ..messages import MarksChanged, NeuronChosen, SortRequested
-from ..state import COLUMNS, Column, Store, is_reducing
+from ..state import COLUMNS, Column, NeuronSource, is_reducing
 
 FROZEN_COLUMNS = 1  # the id column
 MARK_WIDTH = 2  # "● " in front of a marked neuron
@@ -33,7 +34,7 @@ def format_cell(column: Column, value) -> str:
 
 
 class NeuronTable(Widget, can_focus=True):
-    """The neuron view as a scrolling table; the Store owns the rows, this widget owns the cursor."""
+    """Neurons as a scrolling table; the source owns the rows, their order and the marks, this widget the cursor."""
 
     BINDINGS = [
         Binding("down,j", "cursor_down", "down", show=False, id="table.down"),
@@ -68,29 +69,34 @@ class NeuronTable(Widget, can_focus=True):
     cursor_row: reactive[int] = reactive(0, always_update=True, repaint=True)
     cursor_column: reactive[int] = reactive(2, repaint=True)
 
-    def __init__(self, store: Store, **kwargs) -> None:
+    def __init__(self, source: NeuronSource, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.store = store
+        self.source = source
         self.top_row = 0
         self.first_scrolled_column = FROZEN_COLUMNS
         self._page_start = 0
         self._page: list[list] = []  # formatted values of rows _page_start.. (empty: nothing cached)
 
     # -- data ----------------------------------------------------------------------------------------------
+    def show(self, source: NeuronSource) -> None:
+        """Read another source from its top."""
+        self.source = source
+        self.reload()
+
     def reload(self, keep_cursor: bool = False) -> None:
-        """The Store's view changed: forget the cached page and start at the top (or keep the cursor row)."""
+        """The source's rows changed: forget the cached page and start at the top (or keep the cursor row)."""
         self._page = []
         row = self.cursor_row if keep_cursor else 0
         self.top_row = 0 if not keep_cursor else self.top_row
-        self.move_to(min(row, max(self.store.row_count - 1, 0)))
+        self.move_to(min(row, max(self.source.row_count - 1, 0)))
         self.refresh()
 
     def _row_values(self, row: int) -> list | None:
-        if not 0 <= row < self.store.row_count:
+        if not 0 <= row < self.source.row_count:
             return None
         if not self._page_start <= row < self._page_start + len(self._page):
             start = max(0, row - 8)
-            frame = self.store.rows(start, start + max(self.size.height, 24) + 16)
+            frame = self.source.rows(start, start + max(self.size.height, 24) + 16)
             keys = ["layer", "neuron"] + [column.key for column in COLUMNS[1:]]
             self._page = [list(values) for values in frame.select(keys).iter_rows()]
             self._page_start = start
@@ -103,7 +109,7 @@ class NeuronTable(Widget, can_focus=True):
     # -- cursor ------------------------------------------------------------------------------------------------
     def move_to(self, row: int) -> None:
         """Put the cursor on a row and scroll so that it is visible."""
-        row = max(0, min(row, self.store.row_count - 1))
+        row = max(0, min(row, self.source.row_count - 1))
         if row < self.top_row:
             self.top_row = row
         elif row >= self.top_row + self.visible_rows:
@@ -111,7 +117,7 @@ class NeuronTable(Widget, can_focus=True):
         self.cursor_row = row
 
     def current_neuron(self) -> tuple[int, int] | None:
-        return self.store.neuron_at(self.cursor_row)
+        return self.source.neuron_at(self.cursor_row)
 
     def action_cursor_down(self) -> None:
         self.move_to(self.cursor_row + 1)
@@ -120,7 +126,7 @@ class NeuronTable(Widget, can_focus=True):
         self.move_to(self.cursor_row - 1)
 
     def action_page_down(self) -> None:
-        self.top_row = min(self.top_row + self.visible_rows, max(self.store.row_count - self.visible_rows, 0))
+        self.top_row = min(self.top_row + self.visible_rows, max(self.source.row_count - self.visible_rows, 0))
         self.move_to(self.cursor_row + self.visible_rows)
 
     def action_page_up(self) -> None:
@@ -131,7 +137,7 @@ class NeuronTable(Widget, can_focus=True):
         self.move_to(0)
 
     def action_last(self) -> None:
-        self.move_to(self.store.row_count - 1)
+        self.move_to(self.source.row_count - 1)
 
     def action_column_right(self) -> None:
         self.cursor_column = min(self.cursor_column + 1, len(COLUMNS) - 1)
@@ -158,7 +164,7 @@ class NeuronTable(Widget, can_focus=True):
     def action_mark(self) -> None:
         neuron = self.current_neuron()
         if neuron is not None:
-            self.store.toggle_mark(*neuron)
+            self.source.toggle_mark(*neuron)
             self.post_message(MarksChanged())
             self.move_to(self.cursor_row + 1)
 
@@ -173,7 +179,7 @@ class NeuronTable(Widget, can_focus=True):
 
     def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
         event.stop()
-        self.top_row = min(self.top_row + 3, max(self.store.row_count - self.visible_rows, 0))
+        self.top_row = min(self.top_row + 3, max(self.source.row_count - self.visible_rows, 0))
         self.move_to(max(self.cursor_row, self.top_row))
         self.refresh()
 
@@ -200,9 +206,9 @@ class NeuronTable(Widget, can_focus=True):
         row = self.top_row + y - 1
         values = self._row_values(row)
         if values is None:
-            if row == 0 and self.store.row_count == 0:
+            if row == 0 and self.source.row_count == 0:
                 style = self.get_component_rich_style("neuron-table--empty")
-                text = " no neurons match: x clears the filters"
+                text = f" {self.source.empty_text}"
                 return Strip([Segment(text, style)]).adjust_cell_length(width, base)
             return Strip.blank(width, base)
         layer, index = values[0], values[1]
@@ -210,7 +216,7 @@ class NeuronTable(Widget, can_focus=True):
         cells["id"] = f"L{layer}/N{index}"
         on_cursor = row == self.cursor_row
         row_style = base + self.get_component_rich_style("neuron-table--cursor") if on_cursor else base
-        marked = (layer, index) in self.store.marked
+        marked = (layer, index) in self.source.marked
         segments = [Segment("● " if marked else "  ",
                             row_style + self.get_component_rich_style("neuron-table--mark") if marked else row_style)]
         for column_index, column in self._shown_columns():
@@ -228,13 +234,12 @@ class NeuronTable(Widget, can_focus=True):
     def _header(self, width: int) -> Strip:
         header = self.rich_style + self.get_component_rich_style("neuron-table--header")
         sorted_style = self.get_component_rich_style("neuron-table--sorted")
-        view = self.store.view
         segments = [Segment(" " * MARK_WIDTH, header)]
         for column_index, column in self._shown_columns():
             label = column.label
             style: Style = header
-            if column.key == view.sort_column:
-                label += "↓" if view.descending else "↑"
+            if column.key == self.source.sort_column:
+                label += "↓" if self.source.descending else "↑"
                 style = header + sorted_style
             if column_index == self.cursor_column:
                 style += Style(reverse=True)

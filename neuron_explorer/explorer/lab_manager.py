@@ -1,0 +1,209 @@
+"""The prompt lab, app side: start the model worker the first time the lab is shown, follow it in a thread worker,
+send prompts, choose the intervention, re-open and export what came back.
+
+Mixed into `ExplorerApp`, beside `JobManager`. The lab screen's keys and the palette's `lab:` commands call these.
+It never touches a screen: it bumps the app's `lab_version` (the worker or a try changed) and sets `lab_prompt` (a
+prompt was chosen, for the screen's input), which the lab screen watches. `LabClient.apply` is the one place that
+reads the worker's events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import work
+
+from neuron_explorer.cache import annotations
+from neuron_explorer.cache.atomic import write_json_atomically
+from neuron_explorer.cache.schema import GROUP_NAMES
+from neuron_explorer.errors import UserError
+
+from .formatting import short_text
+from .lab_client import LabTry, WorkerExited, WorkerProcess
+from .messages import LabWorkerEvent
+from .screens.dialogs import ChoiceDialog, PromptDialog
+from .screens.patch import PatchDialog
+
+
+class LabManager:
+    """The lab's worker and tries live in `self.lab` (a `LabClient`)."""
+
+    def _show_lab(self) -> None:
+        if self.current_mode != "lab":
+            self.switch_mode("lab")
+
+    # -- the worker ---------------------------------------------------------------------------------------------
+    def ensure_lab_worker(self) -> None:
+        """Start the worker unless it was started already (it loads two models: not before the lab is shown)."""
+        if self.lab.state == "stopped":
+            self.start_lab_worker()
+
+    def start_lab_worker(self) -> None:
+        worker = self.lab.start(self.store.path)
+        if worker is not None:
+            self.follow_lab_worker(worker)
+        self.lab_version += 1
+
+    @work(thread=True, group="lab", exit_on_error=False, description="the prompt lab's model worker")
+    def follow_lab_worker(self, worker: WorkerProcess) -> None:
+        """Runs in a thread for the worker's life: each event goes back to the app's thread as a message."""
+        self.lab.read(worker, lambda event: self.post_message(LabWorkerEvent(worker, event)))
+
+    def on_lab_worker_event(self, message: LabWorkerEvent) -> None:
+        if message.worker is not self.lab.worker:
+            return  # a worker stopped since (restarted, or the app is leaving)
+        ended = self.lab.apply(message.worker, message.event)
+        if isinstance(message.event, WorkerExited):
+            self.notify(self.lab.status(), severity="error", timeout=30)
+        elif ended is not None and ended.state == "failed":
+            self.notify(f"lab #{ended.request.id} failed: {ended.error}", severity="error", timeout=20)
+        elif ended is not None and ended.state == "cancelled":
+            self.notify(f"lab #{ended.request.id} cancelled", severity="warning")
+        self.lab_version += 1
+
+    def lab_restart(self) -> None:
+        """Stop the worker (whatever it is doing) and start a fresh one."""
+        self._show_lab()
+        self.notify("restarting the model worker…")
+        self.start_lab_worker()
+
+    # -- prompts --------------------------------------------------------------------------------------------------
+    def lab_run(self, prompt: str) -> None:
+        """Send ``prompt`` with the current intervention (the worker starts first if it never ran)."""
+        self._show_lab()
+        prompt = prompt.strip()
+        if not prompt:
+            self.notify("type a prompt first", severity="warning")
+            return
+        self.ensure_lab_worker()
+        try:
+            self.lab.submit(prompt)
+        except UserError as error:
+            self.notify(str(error), severity="error")
+            return
+        self.lab_prompt = prompt
+        self.lab_version += 1
+
+    def lab_rerun(self) -> None:
+        """The shown prompt again (after the intervention changed)."""
+        if self.lab.shown is not None:
+            self.lab_run(self.lab.shown.request.prompt)
+
+    def lab_ask_prompt(self) -> None:
+        self._show_lab()
+        last = self.lab.history[-1].request.prompt if self.lab.history else ""
+        self.push_screen(PromptDialog("Run in the lab", value=last), lambda text: text and self.lab_run(text))
+
+    def lab_cancel(self) -> None:
+        """Cancel the running request."""
+        if not self.lab.cancel():
+            self.notify("no lab request is running")
+            return
+        self.notify("cancelling…", severity="warning")
+        self.lab_version += 1
+
+    def lab_pick_prompt(self) -> None:
+        """Choose a statistics prompt of the cache or a stored run's sample prompt, and run it."""
+        self._show_lab()
+        prompts = {f"cache-{number}": text for number, text in enumerate(self.store.reader.prompt_texts())}
+        choices = [(f"cache  {short_text(text, 100)}", key) for key, text in prompts.items()]
+        for run in annotations.list_runs(self.store.path):
+            for number, sample in enumerate(run.samples):
+                if sample.get("prompt"):
+                    key = f"run-{run.run_id}-{number}"
+                    prompts[key] = sample["prompt"]
+                    choices.append((f"run {run.run_id}  {short_text(sample['prompt'], 80)}", key))
+        if not choices:
+            self.notify("this cache stores no prompts, and no run has samples", severity="warning")
+            return
+        self.push_screen(ChoiceDialog("Run a prompt of the cache or of a stored run", choices),
+                         lambda key: key and self.lab_run(prompts[key]))
+
+    def lab_show_history(self) -> None:
+        """Choose one of this session's tries: its stored answer shows again, its prompt goes back in the input."""
+        self._show_lab()
+        if not self.lab.history:
+            self.notify("nothing tried yet: run a prompt first")
+            return
+        tries = {str(attempt.request.id): attempt for attempt in self.lab.history}
+        choices = [(describe_try(attempt), key) for key, attempt in reversed(tries.items())]
+        self.push_screen(ChoiceDialog("Re-open a try of this session", choices),
+                         lambda key: key and self.lab_reopen(tries[key]))
+
+    def lab_reopen(self, attempt: LabTry) -> None:
+        if attempt.result is not None:
+            self.lab.shown = attempt
+        else:
+            self.notify(f"#{attempt.request.id} has no answer ({attempt.state}): ctrl+r runs it again")
+        self.lab_prompt = attempt.request.prompt
+        self.lab_version += 1
+
+    def lab_export(self) -> None:
+        """Write the shown answer to a JSON file (atomically)."""
+        self._show_lab()
+        shown = self.lab.shown
+        if shown is None:
+            self.notify("no answer to export yet: run a prompt first", severity="warning")
+            return
+
+        def export(path: str | None) -> None:
+            if not path:
+                return
+            target = Path(path).expanduser()
+            try:
+                write_json_atomically(target, shown.result)
+            except (UserError, OSError) as error:
+                self.notify(str(error), severity="error")
+                return
+            self.notify(f"wrote lab #{shown.request.id} to {target}")
+
+        self.push_screen(PromptDialog("Export the lab's answer to",
+                                      value=f"{self.store.path.stem}-lab-{shown.request.id}.json"), export)
+
+    # -- the intervention ---------------------------------------------------------------------------------------
+    def lab_apply(self, source: str) -> None:
+        """Ask how to patch ``source`` ("selection", "group TP↓", "cluster 3", "set NAME") in the patched run, then
+        run the shown prompt again."""
+        self._show_lab()
+        try:
+            request = self.patch_request(source, inline=True)
+        except UserError as error:
+            self.notify(str(error), severity="error")
+            return
+
+        def apply(answer) -> None:
+            if answer is None:
+                return
+            self.lab.intervention = answer
+            self.notify(f"the patched run applies {answer.name()} ({answer.n_neurons:,} neurons)")
+            self.lab_version += 1
+            self.lab_rerun()
+
+        self.push_screen(PatchDialog(request, lab=True), apply)
+
+    def lab_choose_target(self) -> None:
+        """Choose what the patched run patches: the marked neurons, a group, a cluster or a saved set."""
+        self._show_lab()
+        choices = [(f"the marked neurons ({len(self.store.marked):,})", "selection")]
+        choices += [(f"group {group}", f"group {group}") for group in GROUP_NAMES]
+        if self.store.reader.has("clusters/summary"):
+            choices += [(f"cluster {cluster}", f"cluster {cluster}")
+                        for cluster in self.store.reader.clusters()["cluster"].to_list()]
+        choices += [(f"set {neuron_set.name} ({len(neuron_set.neurons):,})", f"set {neuron_set.name}")
+                    for neuron_set in annotations.list_sets(self.store.path)]
+        self.push_screen(ChoiceDialog("Patch in the lab's patched run", choices),
+                         lambda source: source and self.lab_apply(source))
+
+    def lab_clear_intervention(self) -> None:
+        self.lab.intervention = None
+        self.notify("no intervention: the next runs are base and DPO only")
+        self.lab_version += 1
+
+
+def describe_try(attempt: LabTry) -> str:
+    """One line of the history: id, outcome, intervention, prompt."""
+    result = attempt.result or {}
+    runs = result.get("runs", {})
+    scores = " ".join(f"{name} {run['toxicity']:.2f}" for name, run in runs.items() if "toxicity" in run)
+    patch = f" [{attempt.intervention.name()}]" if attempt.intervention else ""
+    return f"#{attempt.request.id} {scores or attempt.state}{patch}  {short_text(attempt.request.prompt, 60)}"

@@ -35,7 +35,11 @@ def add_arguments(parser) -> None:
     models.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     models.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
-    models.add_argument("--device-map", default=None, help="e.g. auto: spread models larger than one GPU")
+    models.add_argument("--device-map", default=None,
+                        help="auto: spread models larger than one GPU over the GPUs, then the CPU, then disk "
+                             "(accelerate's big-model loading)")
+    models.add_argument("--max-memory", default=None, metavar="DEVICE=SIZE,...",
+                        help="with --device-map: the most each device may hold, e.g. 0=20GiB,1=20GiB,cpu=100GiB")
     data = parser.add_argument_group("probe and prompts")
     data.add_argument("--probe", default="auto",
                       help="probe file, toxic-embedding (our seed words), toxic-embedding:authors (Yang et al. v3's), "
@@ -86,7 +90,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
         device=args.device, dtype=args.dtype,
-        device_map=args.device_map, cluster_top_k=args.cluster_top_k, n_clusters=args.clusters)
+        device_map=args.device_map, max_memory=args.max_memory, cluster_top_k=args.cluster_top_k, n_clusters=args.clusters)
     if args.output is None:
         settings.output.parent.mkdir(parents=True, exist_ok=True)
     with reporting(json_lines=args.progress_json) as report:

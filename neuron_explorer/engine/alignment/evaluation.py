@@ -27,6 +27,7 @@ import torch
 from neuron_explorer.engine.alignment.corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
 from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, batches, generate_continuations
 from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.loading import execution_device
 
 METRIC_COLUMNS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
                   "check_toxicity", "check_toxicity_sem")
@@ -195,7 +196,7 @@ class _ProbeProjection:
 
     def __init__(self, loaded, unit: np.ndarray | None) -> None:
         self.block = loaded.arch.layers(loaded.model)[-1]
-        device = loaded.arch.out_proj(loaded.model, 0).weight.device
+        device = execution_device(self.block)
         self.unit = None if unit is None else torch.as_tensor(unit, dtype=torch.float32, device=device)
         self.sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0

@@ -11,6 +11,8 @@ import torch
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_file
 from neuron_explorer.errors import UserError
 
+from neuron_explorer.engine.model.loading import weights_loaded
+
 TOXIC_EMBEDDING = "toxic-embedding"
 
 
@@ -125,7 +127,8 @@ def toxic_embedding_direction(loaded, seed_words: str = "ours") -> Probe:
         choices = " or ".join(f"{TOXIC_EMBEDDING}:{name}" for name in SEED_WORDS)
         raise UserError(f"no seed-word list '{seed_words}' for the toxic-embedding probe: use {choices}")
     seeds = SEED_WORDS[seed_words]
-    unembed = loaded.arch.unembedding(loaded.model).detach().float().cpu()
+    with weights_loaded(loaded.model.get_output_embeddings()):
+        unembed = loaded.arch.unembedding(loaded.model).detach().to("cpu", torch.float32, copy=True)
 
     def mean_vector(words) -> torch.Tensor:
         rows = [unembed[loaded.tokenizer(seeds.prefix + word, add_special_tokens=False)["input_ids"]].mean(0)

@@ -28,7 +28,7 @@ from neuron_explorer.events import Reporter, Tracker, ignore
 from neuron_explorer.engine.lab.protocol import LabRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.model.loading import LoadedModel, load_model
+from neuron_explorer.engine.model.loading import LoadedModel, execution_device, load_model
 from neuron_explorer.engine.neurons.recording import PROTOCOLS, record_model
 from neuron_explorer.engine.neurons.statistics import neuron_metrics
 from neuron_explorer.engine.patching import modes
@@ -142,7 +142,7 @@ class ProbeLens:
         self.blocks = list(arch.layers(model))
         self.writes = [arch.output_norm(model, layer) or arch.out_proj(model, layer)
                        for layer in range(len(self.blocks))]
-        device = arch.out_proj(model, 0).weight.device
+        device = execution_device(self.blocks[-1])
         self.unit = torch.as_tensor(unit, dtype=torch.float32, device=device)
         self.residual: list[list[torch.Tensor]] = [[] for _ in self.blocks]
         self.mlp: list[list[torch.Tensor]] = [[] for _ in self.blocks]

@@ -81,6 +81,9 @@ class Architecture:
     def d_mlp(self, model: nn.Module) -> int:
         return self.out_proj(model, 0).weight.shape[0 if self.value_vectors_in_rows else 1]
 
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return _get(model, self.final_norm_path)
+
     def unembedding(self, model: nn.Module) -> torch.Tensor:
         """(vocab, d_model) unembedding matrix (GPT-NeoX calls it `embed_out` before transformers 5, `lm_head` since)."""
         return model.get_output_embeddings().weight
@@ -91,7 +94,7 @@ class Architecture:
         The norm's bias and the per-vector scale are left out: they shift or scale every token alike and so do
         not change which tokens a vector promotes.
         """
-        norm = _get(model, self.final_norm_path)
+        norm = self.final_norm(model)
         vectors = vectors.to(torch.float32)
         if self.norm_centers:
             vectors = vectors - vectors.mean(dim=-1, keepdim=True)

@@ -11,13 +11,19 @@ Spec grammar:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -53,7 +59,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the input ids go: the embedding's (execution) device."""
+        return execution_device(self.model.get_input_embeddings())
 
     @property
     def d_model(self) -> int:
@@ -100,8 +107,57 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None) -> LoadedModel:
-    """Load a model spec (see the module docstring) in eval mode with a left-padding tokenizer."""
+def execution_device(module: nn.Module) -> torch.device:
+    """Where `module` computes: its weights' device or, where accelerate's big-model loading offloads it (its weights
+    sit on `meta` until a hook loads them for each call), the hook's execution device."""
+    for part in module.modules():
+        device = getattr(getattr(part, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return next(module.parameters()).device
+
+
+@contextmanager
+def weights_loaded(*modules: nn.Module) -> Iterator[None]:
+    """For the block, the offloaded weights of `modules` (and their submodules) on their execution device, so that
+    code reading weights directly (value vectors, the unembedding) never reads `meta` tensors; a no-op otherwise."""
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    with ExitStack() as stack:
+        for module in modules:
+            for part in module.modules():
+                if has_offloaded_params(part):
+                    stack.enter_context(align_module_device(part))
+        yield
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """`--max-memory` as accelerate takes it: "0=20GiB,cpu=60GiB" -> {0: "20GiB", "cpu": "60GiB"} (a size without a
+    unit is in bytes)."""
+    if not text:
+        return None
+    limits = {}
+    for part in text.split(","):
+        device, _, size = part.partition("=")
+        device, size = device.strip(), size.strip()
+        if not device or not size:
+            raise UserError(f"--max-memory '{text}': write DEVICE=SIZE pairs, e.g. 0=20GiB,cpu=60GiB")
+        limits[int(device) if device.isdigit() else device] = int(size) if size.isdigit() else size
+    return limits
+
+
+def _offload_folder() -> str:
+    """Where accelerate may put weights that fit nowhere else; removed when the process ends."""
+    folder = tempfile.mkdtemp(prefix="neuron-explorer-offload-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None,
+               max_memory: dict | None = None) -> LoadedModel:
+    """Load a model spec (see the module docstring) in eval mode with a left-padding tokenizer. With `device_map`
+    (accelerate's big-model loading, e.g. "auto") the layers are spread over the devices, within `max_memory` per
+    device where given, and what fits nowhere is offloaded: its weights wait on `meta` (see `execution_device`)."""
     hf_logging.disable_progress_bar()  # our own progress bars say what is going on; keep stderr to one line per error
     hf_logging.set_verbosity_error()
     device = resolve_device(device)
@@ -117,7 +173,11 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_m
     arch = architecture_for(config.model_type)
     kwargs = {"dtype": torch_dtype, "revision": revision}
     if device_map:
-        kwargs["device_map"] = device_map
+        kwargs.update(device_map=device_map, offload_folder=_offload_folder())
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+    elif max_memory:
+        raise UserError("--max-memory limits accelerate's big-model loading: give --device-map auto with it")
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     description = {"spec": spec, "id": name or str(folder), "model_type": config.model_type,

@@ -17,7 +17,8 @@ from neuron_explorer.events import Reporter, Tracker, ignore
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
-from neuron_explorer.engine.model.loading import EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model
+from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
+                                                  parse_max_memory)
 from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
 from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
 from neuron_explorer.engine.neurons.recording import record_model
@@ -47,6 +48,7 @@ class ComputeSettings:
     device: str = "auto"
     dtype: str = "auto"
     device_map: str | None = None
+    max_memory: str | None = None  # "0=20GiB,cpu=60GiB": accelerate's per-device limits with device_map
     cluster_top_k: int = DEFAULT_CLUSTER_TOP_K
     n_clusters: int = DEFAULT_N_CLUSTERS
     tokens_per_neuron: int = 10
@@ -73,7 +75,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     clock = time.perf_counter()
     prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
     prompts, patch_prompts = hold_out_for_patching(prompts, settings.patch_holdout)
-    load = dict(device=settings.device, dtype=settings.dtype, device_map=settings.device_map)
+    load = dict(device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
+                max_memory=parse_max_memory(settings.max_memory))
     pre = load_model(settings.base, **load)
     dpo = load_model(settings.tuned, **load)
     check_pair(pre, dpo)

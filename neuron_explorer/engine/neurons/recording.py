@@ -30,7 +30,7 @@ import torch
 from neuron_explorer.engine.defaults import POSITION_MODES
 from neuron_explorer.engine.model.generation import batches, encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.model.loading import LoadedModel
+from neuron_explorer.engine.model.loading import LoadedModel, execution_device
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class ActivationRecorder:
         self.loaded = loaded
         arch, model = loaded.arch, loaded.model
         self.modules = [arch.out_proj(model, layer) for layer in range(arch.n_layers(model))]
-        self.devices = [m.weight.device for m in self.modules]
+        self.devices = [execution_device(m) for m in self.modules]  # never `meta`: offloaded layers too
         self.scales_write = arch.output_norm_path is not None
         self.d_mlp = arch.d_mlp(model)
         self.act_total = [torch.zeros(self.d_mlp, dtype=torch.float64, device=d) for d in self.devices]

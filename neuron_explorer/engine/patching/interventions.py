@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.loading import execution_device, weights_loaded
 from neuron_explorer.engine.patching.modes import POSITIONS
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
 
@@ -204,15 +205,16 @@ def _layer_edits(loaded, selection: NeuronSelection, op: str, values: np.ndarray
     d_mlp = loaded.arch.d_mlp(loaded.model)
     neutral = {"set": 0.0, "add": 0.0, "mul": 1.0, "donor": 0.0}[op]
     for layer, indices in selection.by_layer().items():
-        weight = loaded.arch.out_proj(loaded.model, layer).weight
-        index_tensor = torch.as_tensor(indices, dtype=torch.long, device=weight.device)
-        mask = torch.zeros(d_mlp, dtype=torch.bool, device=weight.device)
+        module = loaded.arch.out_proj(loaded.model, layer)
+        dtype, device = module.weight.dtype, execution_device(module)  # never `meta`, even for an offloaded layer
+        index_tensor = torch.as_tensor(indices, dtype=torch.long, device=device)
+        mask = torch.zeros(d_mlp, dtype=torch.bool, device=device)
         mask[index_tensor] = True
         dense = None
         if op != "donor":
-            dense = torch.full((d_mlp,), neutral, dtype=weight.dtype, device=weight.device)
+            dense = torch.full((d_mlp,), neutral, dtype=dtype, device=device)
             if isinstance(values, np.ndarray):
-                dense[index_tensor] = torch.as_tensor(values[layer, indices], dtype=weight.dtype, device=weight.device)
+                dense[index_tensor] = torch.as_tensor(values[layer, indices], dtype=dtype, device=device)
             else:
                 dense[index_tensor] = float(values)
         edits[layer] = LayerEdit(index_tensor, op, mask, dense)
@@ -273,7 +275,8 @@ def value_vector_cosines(loaded, direction: np.ndarray) -> np.ndarray:
     rows = []
     with torch.no_grad():
         for layer in range(arch.n_layers(model)):
-            values = arch.value_vectors(model, layer).detach().to("cpu", torch.float64)
+            with weights_loaded(arch.layers(model)[layer]):
+                values = arch.value_vectors(model, layer).detach().to("cpu", torch.float64)
             rows.append((values @ unit) / values.norm(dim=1).clamp(min=1e-30))
     return torch.stack(rows).numpy()
 
@@ -331,9 +334,9 @@ def tuning_free(loaded, act_pre: np.ndarray, cos_embedding: np.ndarray, *, alpha
 
 def subtract_direction(loaded, direction: np.ndarray, alpha: float, positions: str = "all") -> Intervention:
     """Lee's intervention: subtract α·ŵ from the last block's output (the residual stream before the final norm)."""
-    weight = loaded.arch.out_proj(loaded.model, 0).weight
+    last = loaded.arch.layers(loaded.model)[-1]
     unit = torch.as_tensor(np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction),
-                           dtype=weight.dtype, device=weight.device)
+                           dtype=loaded.arch.out_proj(loaded.model, 0).weight.dtype, device=execution_device(last))
     return Intervention(loaded, "subtract", {}, positions, residual=alpha * unit, details={"alpha": alpha})
 
 

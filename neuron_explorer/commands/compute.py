@@ -76,6 +76,11 @@ def add_arguments(parser) -> None:
                         help=f"cache file to write (default: {default_cache_path()})")
     parser.add_argument("--progress-json", action="store_true",
                         help="machine-readable progress: one job event (JSON) per line on stdout")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the model sizes, the memory each device will need and whether it fits (read from "
+                             "the configs, before loading anything heavy), then a time estimate from one warm-up "
+                             "batch, and stop; nothing is written")
+    parser.add_argument("--no-warm-up", action="store_true", help="with --plan: skip the warm-up (no model loads)")
 
 
 def run(args) -> int:
@@ -91,12 +96,27 @@ def run(args) -> int:
         shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
         device=args.device, dtype=args.dtype,
         device_map=args.device_map, max_memory=args.max_memory, cluster_top_k=args.cluster_top_k, n_clusters=args.clusters)
+    if args.plan:
+        return print_plan(settings, warm_up=not args.no_warm_up)
     if args.output is None:
         settings.output.parent.mkdir(parents=True, exist_ok=True)
     with reporting(json_lines=args.progress_json) as report:
         result = run_compute(settings, report=report)
         report(Done())
     print_summary(result, console)
+    return 0
+
+
+def print_plan(settings, warm_up: bool) -> int:
+    """`--plan`: the plan at once, then the warm-up's time estimate."""
+    from neuron_explorer.engine.model.planning import warm_up_compute
+    from neuron_explorer.engine.neurons.compute import plan_compute_run
+
+    plan, texts = plan_compute_run(settings)
+    print(plan.format(), flush=True)
+    if warm_up:
+        plan.estimate = warm_up_compute(plan, settings, texts)
+        print(plan.format().splitlines()[-1 - len(plan.warnings)])
     return 0
 
 

@@ -169,6 +169,16 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                          seconds=timings)
 
 
+def plan_compute_run(settings: ComputeSettings):
+    """The run's plan before anything heavy loads (`planning.Plan`: sizes from the configs, memory per device, what
+    fits), and the prompts it would record (for a warm-up)."""
+    from neuron_explorer.engine.model.planning import plan_compute
+
+    prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
+    prompts, _ = hold_out_for_patching(prompts, settings.patch_holdout)
+    return plan_compute(settings, len(prompts.texts)), prompts.texts
+
+
 def protocol_description(settings: ComputeSettings) -> str:
     """One line for the cache's `protocol` attribute: which positions were averaged, on whose tokens."""
     parts = [POSITION_PROTOCOLS[settings.positions], f"N = {settings.new_tokens} new tokens",

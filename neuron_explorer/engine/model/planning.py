@@ -1,0 +1,231 @@
+"""Planning a run before loading anything heavy: model sizes from their configs (the parameters built on the `meta`
+device, so an 8B or 70B model costs nothing), the memory each device will need, whether that fits, and a time
+estimate from a short measured warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from neuron_explorer.errors import UserError
+
+from neuron_explorer.engine.model.architectures import architecture_for
+from neuron_explorer.engine.model.loading import resolve_device, resolve_dtype, weights_loaded
+
+GIB = 1024 ** 3
+LOGIT_LENS_CHUNK = 1024  # value vectors per logit-lens matmul (weights.value_tokens)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What a model's config says about its size."""
+
+    spec: str
+    model_type: str
+    n_params: int
+    n_layers: int
+    d_mlp: int
+    d_model: int
+    vocab: int
+    kv_width: int  # key/value heads × head size: one token's keys (or values) in one layer
+
+    def weight_bytes(self, dtype: torch.dtype) -> int:
+        return self.n_params * torch.empty((), dtype=dtype).element_size()
+
+    def kv_bytes(self, batch: int, tokens: int, dtype: torch.dtype) -> int:
+        """The KV cache of `batch` sequences of `tokens` tokens: keys and values of every layer."""
+        return 2 * self.n_layers * batch * tokens * self.kv_width * torch.empty((), dtype=dtype).element_size()
+
+
+def model_size(spec: str) -> ModelSize:
+    """The size of a model spec from its config alone (a local folder's or the hub's config.json; no weights read)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from neuron_explorer.engine.model.loading import _locate
+
+    base_spec = spec.partition("+")[0]
+    folder, name, revision = _locate(base_spec)
+    try:
+        config = AutoConfig.from_pretrained(str(folder or name), revision=revision)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the config of '{base_spec}': not a local model folder, and the hub is "
+                        f"unreachable or has no such model ({type(error).__name__})") from error
+    arch = architecture_for(config.model_type)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # as loading does: a tied unembedding is the embedding, counted once
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    d_model = arch.value_vectors(model, 0).shape[1]
+    head_dim = getattr(config, "head_dim", None) or d_model // heads
+    return ModelSize(spec=spec, model_type=config.model_type, n_params=sum(p.numel() for p in model.parameters()),
+                     n_layers=arch.n_layers(model), d_mlp=arch.d_mlp(model), d_model=d_model,
+                     vocab=arch.unembedding(model).shape[0], kv_width=kv_heads * head_dim)
+
+
+@dataclass
+class MemoryLine:
+    what: str
+    bytes: int
+    where: str  # "device" or "disk"
+
+
+@dataclass
+class Plan:
+    """The sizes, the memory lines, what is available, and the warnings; `estimate` once a warm-up ran."""
+
+    models: list[ModelSize]
+    device: str
+    dtype: torch.dtype
+    lines: list[MemoryLine]
+    available: dict[str, int]  # "device" / "disk" -> bytes available
+    warnings: list[str]
+    estimate: dict[str, float] | None = None
+
+    def need(self, where: str) -> int:
+        return sum(line.bytes for line in self.lines if line.where == where)
+
+    def format(self) -> str:
+        rows = [f"{m.spec}: {m.model_type}, {m.n_params / 1e9:.3g} B parameters, {m.n_layers} layers × "
+                f"{m.d_mlp:,} neurons, d_model {m.d_model:,}, vocabulary {m.vocab:,}" for m in self.models]
+        rows.append(f"on {self.device} in {str(self.dtype).removeprefix('torch.')}:")
+        for line in self.lines:
+            rows.append(f"  {line.what:<58} {_size(line.bytes):>10}  ({line.where})")
+        for where in ("device", "disk"):
+            if self.need(where):
+                available = self.available.get(where)
+                shown = "unknown" if available is None else _size(available)
+                rows.append(f"  {'total on the ' + where:<58} {_size(self.need(where)):>10}  of {shown} available")
+        if self.estimate:
+            parts = ", ".join(f"{name} {_duration(seconds)}" for name, seconds in self.estimate.items()
+                              if name != "total")
+            rows.append(f"estimated time: {_duration(self.estimate['total'])} ({parts}; measured on a warm-up batch)")
+        rows += [f"WARNING: {warning}" for warning in self.warnings]
+        return "\n".join(rows)
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count} B"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def available_memory(device: str, max_memory: dict | None = None) -> int | None:
+    """Free bytes on `device` (a GPU's free memory, or the system's available memory for the CPU), capped by the
+    --max-memory given for it; None when it cannot be told."""
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        free = torch.cuda.mem_get_info(index)[0]
+        cap = (max_memory or {}).get(index)
+    else:
+        free = _system_available()
+        cap = (max_memory or {}).get("cpu")
+    if cap is not None:
+        from accelerate.utils import convert_file_size_to_int
+
+        capped = convert_file_size_to_int(cap)
+        free = capped if free is None else min(free, capped)
+    return free
+
+
+def _system_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def plan_compute(settings, n_prompts: int) -> Plan:
+    """The memory `compute` needs with `settings` (a ComputeSettings) on `n_prompts` recorded prompts: both models'
+    weights, the KV cache and the recorder's buffers of one batch, the logit lens's chunk, and on disk the per-prompt
+    activation store (float16, before compression)."""
+    from neuron_explorer.engine.model.loading import parse_max_memory
+
+    base, tuned = model_size(settings.base), model_size(settings.tuned)
+    if (base.n_layers, base.d_mlp) != (tuned.n_layers, tuned.d_mlp):
+        raise UserError(f"the base and tuned models differ ({base.n_layers}×{base.d_mlp} vs "
+                        f"{tuned.n_layers}×{tuned.d_mlp} neurons): the tuned model must be a copy of the base")
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    batch, tokens = settings.batch_size, settings.max_prompt_tokens + settings.new_tokens + 1
+    neurons = base.n_layers * base.d_mlp
+    lines = [
+        MemoryLine(f"weights, base ({base.n_params:,} parameters)", base.weight_bytes(dtype), "device"),
+        MemoryLine(f"weights, tuned ({tuned.n_params:,} parameters)", tuned.weight_bytes(dtype), "device"),
+        MemoryLine(f"KV cache, batch of {batch} × {tokens} tokens", base.kv_bytes(batch, tokens, dtype), "device"),
+        MemoryLine(f"recorder: a batch's sums and the float64 totals", batch * neurons * 4 * 2 + neurons * 8 * 2,
+                   "device"),
+        MemoryLine(f"logit lens: {LOGIT_LENS_CHUNK} value vectors × the vocabulary",
+                   LOGIT_LENS_CHUNK * base.vocab * 4, "device"),
+        MemoryLine(f"per-prompt activations, {n_prompts:,} prompts × {neurons:,} neurons × 2 models",
+                   2 * n_prompts * neurons * 2, "disk"),
+    ]
+    max_memory = parse_max_memory(settings.max_memory)
+    available = {"device": available_memory(device, max_memory)}
+    output = Path(settings.output).expanduser()
+    if output.parent.exists():
+        available["disk"] = shutil.disk_usage(output.parent).free
+    plan = Plan(models=[base, tuned], device=device, dtype=dtype, lines=lines, available=available, warnings=[])
+    for where, advice in (("device", "use --device-map auto (several GPUs, or offloading), a smaller --batch-size, or "
+                                     "--dtype bfloat16"),
+                          ("disk", "write the cache to a larger disk (-o) or record fewer prompts (--max-prompts)")):
+        free = available.get(where)
+        if free is not None and plan.need(where) > free:
+            if where == "device" and settings.device_map:
+                advice = "the device map will offload what does not fit (slower): add GPUs or raise --max-memory"
+            plan.warnings.append(f"{_size(plan.need(where))} needed on the {where} but {_size(free)} available: "
+                                 f"{advice}")
+    return plan
+
+
+def warm_up_compute(plan: Plan, settings, texts: list[str]) -> dict[str, float]:
+    """Time one batch of recording and one logit-lens chunk on the base model, and extrapolate to the whole run:
+    both models record every batch and read every layer's value vectors."""
+    from neuron_explorer.engine.model.loading import load_model, parse_max_memory
+    from neuron_explorer.engine.neurons.recording import record_model
+
+    loaded = load_model(settings.base, device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
+                        max_memory=parse_max_memory(settings.max_memory))
+    batch = texts[:settings.batch_size]
+    record = dict(positions=settings.positions, new_tokens=settings.new_tokens,
+                  max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+    record_model(loaded, batch[:1], **{**record, "new_tokens": 1})  # the first call pays one-time costs
+    started = time.perf_counter()
+    record_model(loaded, batch, **record)
+    per_batch = time.perf_counter() - started
+    arch, model = loaded.arch, loaded.model
+    with torch.inference_mode(), weights_loaded(arch.final_norm(model), model.get_output_embeddings(),
+                                                 arch.layers(model)[0]):
+        vectors = arch.value_vectors(model, 0)[:LOGIT_LENS_CHUNK]
+        started = time.perf_counter()
+        logits = arch.logit_lens(model, vectors)  # as weights.value_tokens does it, chunk by chunk
+        torch.topk(logits, 10, dim=-1)
+        torch.topk(logits, 10, dim=-1, largest=False)
+        per_chunk = time.perf_counter() - started
+    size = plan.models[0]
+    n_batches = math.ceil(len(texts) / settings.batch_size)
+    chunks = size.n_layers * math.ceil(size.d_mlp / LOGIT_LENS_CHUNK)
+    estimate = {"recording": 2 * n_batches * per_batch, "value-vector tokens": 2 * chunks * per_chunk}
+    estimate["total"] = sum(estimate.values())
+    return estimate

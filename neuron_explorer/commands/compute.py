@@ -95,7 +95,8 @@ def run(args) -> int:
         batch_size=args.batch_size,
         shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
         device=args.device, dtype=args.dtype,
-        device_map=args.device_map, max_memory=args.max_memory, cluster_top_k=args.cluster_top_k, n_clusters=args.clusters)
+        device_map=args.device_map, max_memory=args.max_memory, cluster_top_k=args.cluster_top_k,
+        n_clusters=args.clusters)
     if args.plan:
         return print_plan(settings, warm_up=not args.no_warm_up)
     if args.output is None:

@@ -89,6 +89,10 @@ def add_arguments(parser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--no-save", action="store_true", help="print the results; store no run")
     output.add_argument("--json", type=output_file, default=None, help="also write the runs' records here")
+    output.add_argument("--plan", action="store_true",
+                        help="print the model sizes, the memory the runs need and whether it fits (from the configs, "
+                             "before loading anything heavy), then a time estimate from a warm-up batch, and stop")
+    output.add_argument("--no-warm-up", action="store_true", help="with --plan: skip the warm-up (no model loads)")
     output.add_argument("--progress-json", action="store_true",
                         help="machine-readable progress: one JSON object per line on stdout (for the explorer)")
 
@@ -132,7 +136,10 @@ def _run(args, report) -> int:
         for spec in specs:
             if spec.sets:
                 resolve(reader, spec.sets)
-        evaluation_prompts(reader, settings)
+        prompts, _ = evaluation_prompts(reader, settings)
+        provenance = reader.info.provenance
+    if args.plan:
+        return print_plan(path, settings, specs, len(prompts.texts), provenance, warm_up=not args.no_warm_up)
     runs = []
     with PatchSession(path, settings, report=report) as session:
         for spec in specs:  # check every set and mode before the long part starts
@@ -156,6 +163,27 @@ def _run(args, report) -> int:
     stored = "not stored (--no-save)" if args.no_save else f"stored in {path.name}.annotations/runs/"
     report(Done(f"{table}\n\n(scorer {settings.scorer}; {prompt_note(prompts)}; recovered = (tox_base − tox_run) / "
                 f"(tox_base − tox_dpo); runs {stored})"))
+    return 0
+
+
+def print_plan(path: Path, settings, specs, n_prompts: int, provenance: dict, warm_up: bool) -> int:
+    """`--plan`: sizes and memory at once (assuming base and DPO are still to be measured), then the warm-up's
+    estimate for every evaluation the command would run."""
+    from neuron_explorer.engine.model.planning import plan_patch, warm_up_patch
+    from neuron_explorer.engine.patching.runs import PatchSession
+
+    base = settings.base or provenance.get("base", {}).get("spec")
+    tuned = settings.tuned or provenance.get("tuned", {}).get("spec")
+    lockstep = any(modes.get(spec.mode).runs_tuned for spec in specs)
+    plan = plan_patch(base, tuned, settings, n_prompts, len(specs), lockstep, baseline_stored=False)
+    print(plan.format(), flush=True)
+    if warm_up:
+        with PatchSession(path, settings) as session:
+            plan.counts["evaluations"] = len(specs) + (0 if session.baseline else 2)
+            plan.estimate = warm_up_patch(plan, session)
+        stored = "stored" if plan.counts["evaluations"] == len(specs) else "to be measured"
+        print(f"{plan.format().splitlines()[-1 - len(plan.warnings)]}; {plan.counts['evaluations']} evaluations of "
+              f"{n_prompts} prompts (base and DPO {stored})")
     return 0
 
 

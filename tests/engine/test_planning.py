@@ -61,3 +61,25 @@ def test_compute_plan_prints_the_plan_and_an_estimate_and_writes_nothing(pairs, 
     assert "WARNING" in tight.stdout and "offload" in tight.stdout and "of 1000 B available" in tight.stdout
     assert "estimated time" not in tight.stdout
     assert not output.exists()
+
+
+@pytest.mark.slow
+def test_patch_plan_counts_the_tuned_model_for_patch_live_and_stores_no_run(tiny_cache, tmp_path):
+    import shutil
+
+    cache = tmp_path / "tiny.h5"
+    shutil.copyfile(tiny_cache, cache)
+    plain = subprocess.run([sys.executable, "-m", "neuron_explorer", "patch", str(cache), "--set", "group:TP↓",
+                            "--mode", "scale", "--plan", "--device", "cpu", "--max-prompts", "4",
+                            "--ppl-windows", "2", "--f1-items", "2", "--ppl-window", "16"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert plain.returncode == 0, plain.stderr
+    assert "weights, tuned (to measure the DPO baseline)" in plain.stdout
+    assert "estimated time:" in plain.stdout and "3 evaluations of 4 prompts" in plain.stdout
+    live = subprocess.run([sys.executable, "-m", "neuron_explorer", "patch", str(cache), "--set", "group:TP↓",
+                           "--mode", "patch-live", "--plan", "--no-warm-up", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert live.returncode == 0, live.stderr
+    assert "weights, tuned (runs beside the base model)" in live.stdout and "estimated time" not in live.stdout
+    assert not (tmp_path / "tiny.h5.annotations" / "runs").exists() or \
+        not any((tmp_path / "tiny.h5.annotations" / "runs").iterdir())

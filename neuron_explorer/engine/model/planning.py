@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -89,6 +89,7 @@ class Plan:
     available: dict[str, int]  # "device" / "disk" -> bytes available
     warnings: list[str]
     estimate: dict[str, float] | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # what the estimate extrapolates to
 
     def need(self, where: str) -> int:
         return sum(line.bytes for line in self.lines if line.where == where)
@@ -227,5 +228,62 @@ def warm_up_compute(plan: Plan, settings, texts: list[str]) -> dict[str, float]:
     n_batches = math.ceil(len(texts) / settings.batch_size)
     chunks = size.n_layers * math.ceil(size.d_mlp / LOGIT_LENS_CHUNK)
     estimate = {"recording": 2 * n_batches * per_batch, "value-vector tokens": 2 * chunks * per_chunk}
+    estimate["total"] = sum(estimate.values())
+    return estimate
+
+
+def plan_patch(base_spec: str, tuned_spec: str, settings, n_prompts: int, n_runs: int, lockstep: bool,
+               baseline_stored: bool) -> Plan:
+    """The memory patch runs need with `settings` (a RunSettings): the base model and, while base and DPO are
+    measured or for a mode that runs it beside the base model (`PatchMode.runs_tuned`), the tuned model; the KV cache
+    of a generation batch, a perplexity batch's logits (every position × the vocabulary) and the intervention's
+    dense vectors."""
+    base, tuned = model_size(base_spec), model_size(tuned_spec)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    batch, tokens = settings.batch_size, settings.max_prompt_tokens + settings.new_tokens
+    windows = settings.evaluation().ppl_batch_size
+    lines = [MemoryLine(f"weights, base ({base.n_params:,} parameters)", base.weight_bytes(dtype), "device")]
+    if lockstep or not baseline_stored:
+        why = "runs beside the base model" if lockstep else "to measure the DPO baseline"
+        lines.append(MemoryLine(f"weights, tuned ({why})", tuned.weight_bytes(dtype), "device"))
+    lines += [
+        MemoryLine(f"KV cache, batch of {batch} × {tokens} tokens", base.kv_bytes(batch, tokens, dtype)
+                   * (2 if lockstep else 1), "device"),
+        MemoryLine(f"perplexity: logits of {windows} windows × {settings.ppl_window} tokens × the vocabulary",
+                   windows * settings.ppl_window * base.vocab * 4, "device"),
+        MemoryLine("the intervention's masks and values (every neuron at most)", base.n_layers * base.d_mlp * 5,
+                   "device"),
+    ]
+    plan = Plan(models=[base, tuned], device=device, dtype=dtype, lines=lines,
+                available={"device": available_memory(device)}, warnings=[])
+    free = plan.available["device"]
+    if free is not None and plan.need("device") > free:
+        plan.warnings.append(f"{_size(plan.need('device'))} needed on the device but {_size(free)} available: use a "
+                             f"smaller --batch-size or --ppl-window, or --dtype bfloat16")
+    plan.counts = {"prompts": n_prompts, "evaluations": n_runs + (0 if baseline_stored else 2)}
+    return plan
+
+
+def warm_up_patch(plan: Plan, session) -> dict[str, float]:
+    """Time one generation batch and one perplexity batch of the session's base model, and extrapolate to every
+    evaluation the command will run (toxicity prompts and F1 passages generate; windows score)."""
+    from neuron_explorer.engine.alignment.evaluation import continuations, perplexity
+
+    settings = session.eval_settings
+    prompts = session.prompts.texts[:settings.batch_size]
+    continuations(session.loaded, prompts[:1], settings)  # the first call pays one-time costs
+    started = time.perf_counter()
+    continuations(session.loaded, prompts, settings)
+    per_prompt = (time.perf_counter() - started) / max(len(prompts), 1)
+    windows = session.inputs.windows[:settings.ppl_batch_size]
+    started = time.perf_counter()
+    if windows:
+        perplexity(session.loaded, windows, settings.ppl_batch_size)
+    per_window = (time.perf_counter() - started) / max(len(windows), 1)
+    evaluations = plan.counts["evaluations"]
+    estimate = {"toxicity": evaluations * len(session.prompts.texts) * per_prompt,
+                "perplexity": evaluations * len(session.inputs.windows) * per_window,
+                "F1": evaluations * len(session.inputs.f1_items) * per_prompt}
     estimate["total"] = sum(estimate.values())
     return estimate

@@ -54,6 +54,7 @@ class PatchMode:
     parameters: tuple[Parameter, ...] = ()
     needs_set: bool = True
     acts_on_set: bool = True  # False: the mode ignores any neuron set (subtract acts on the residual stream)
+    runs_tuned: bool = False  # the tuned model runs beside the base model (its memory and time count twice)
 
     def values(self, given: dict) -> dict:
         """Every parameter of this mode: the given value (checked) or its default; a name it does not take is an error."""
@@ -123,7 +124,7 @@ _MODES = (
     PatchMode("shift", "add DPO's per-neuron mean shift per token: m ← m − α·δ", _shift,
               (Parameter("alpha", "multiple of δ", 1.0),)),
     PatchMode("patch-live", "patch to the DPO model's own per-token activations (it runs in lockstep: 2× slower)",
-              _patch_live),
+              _patch_live, runs_tuned=True),
     PatchMode("patch-mean", "clamp to the DPO mean ā_dpo, the paper's patching (wrecks fluency at every position)",
               _patch_mean),
     PatchMode("scale", "scale by a factor: m ← f·m", _scale, (Parameter("factor", "the factor f", 0.5),)),

@@ -110,13 +110,12 @@ def run(args) -> int:
 
 def print_plan(settings, warm_up: bool) -> int:
     """`--plan`: the plan at once, then the warm-up's time estimate."""
-    from neuron_explorer.engine.model.planning import warm_up_compute
-    from neuron_explorer.engine.neurons.compute import plan_compute_run
+    from neuron_explorer.engine.neurons import compute
 
-    plan, texts = plan_compute_run(settings)
+    plan, texts = compute.plan_compute_run(settings)
     print(plan.format(), flush=True)
     if warm_up:
-        plan.estimate = warm_up_compute(plan, settings, texts)
+        plan.estimate = compute.warm_up(plan, settings, texts)
         print(plan.format().splitlines()[-1 - len(plan.warnings)])
     return 0
 

@@ -169,8 +169,8 @@ def _run(args, report) -> int:
 def print_plan(path: Path, settings, specs, n_prompts: int, provenance: dict, warm_up: bool) -> int:
     """`--plan`: sizes and memory at once (assuming base and DPO are still to be measured), then the warm-up's
     estimate for every evaluation the command would run."""
-    from neuron_explorer.engine.model.planning import plan_patch, warm_up_patch
-    from neuron_explorer.engine.patching.runs import PatchSession
+    from neuron_explorer.engine.model.planning import plan_patch
+    from neuron_explorer.engine.patching import runs
 
     base = settings.base or provenance.get("base", {}).get("spec")
     tuned = settings.tuned or provenance.get("tuned", {}).get("spec")
@@ -178,9 +178,9 @@ def print_plan(path: Path, settings, specs, n_prompts: int, provenance: dict, wa
     plan = plan_patch(base, tuned, settings, n_prompts, len(specs), lockstep, baseline_stored=False)
     print(plan.format(), flush=True)
     if warm_up:
-        with PatchSession(path, settings) as session:
+        with runs.PatchSession(path, settings) as session:
             plan.counts["evaluations"] = len(specs) + (0 if session.baseline else 2)
-            plan.estimate = warm_up_patch(plan, session)
+            plan.estimate = runs.warm_up(plan, session)
         stored = "stored" if plan.counts["evaluations"] == len(specs) else "to be measured"
         print(f"{plan.format().splitlines()[-1 - len(plan.warnings)]}; {plan.counts['evaluations']} evaluations of "
               f"{n_prompts} prompts (base and DPO {stored})")

@@ -1,14 +1,12 @@
 """Planning a run before loading anything heavy: model sizes from their configs (the parameters built on the `meta`
-device, so an 8B or 70B model costs nothing), the memory each device will need, whether that fits, and a time
-estimate from a short measured warm-up.
+device, so an 8B or 70B model costs nothing), the memory each device will need and whether that fits. The time
+estimates come from warm-ups where the work lives: `neurons.compute.warm_up` and `patching.runs.warm_up`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.architectures import architecture_for
-from neuron_explorer.engine.model.loading import resolve_device, resolve_dtype, weights_loaded
+from neuron_explorer.engine.model.loading import resolve_device, resolve_dtype
 
 GIB = 1024 ** 3
 LOGIT_LENS_CHUNK = 1024  # value vectors per logit-lens matmul (weights.value_tokens)
@@ -175,7 +173,7 @@ def plan_compute(settings, n_prompts: int) -> Plan:
         MemoryLine(f"weights, base ({base.n_params:,} parameters)", base.weight_bytes(dtype), "device"),
         MemoryLine(f"weights, tuned ({tuned.n_params:,} parameters)", tuned.weight_bytes(dtype), "device"),
         MemoryLine(f"KV cache, batch of {batch} × {tokens} tokens", base.kv_bytes(batch, tokens, dtype), "device"),
-        MemoryLine(f"recorder: a batch's sums and the float64 totals", batch * neurons * 4 * 2 + neurons * 8 * 2,
+        MemoryLine("recorder: a batch's sums and the float64 totals", batch * neurons * 4 * 2 + neurons * 8 * 2,
                    "device"),
         MemoryLine(f"logit lens: {LOGIT_LENS_CHUNK} value vectors × the vocabulary",
                    LOGIT_LENS_CHUNK * base.vocab * 4, "device"),
@@ -198,38 +196,6 @@ def plan_compute(settings, n_prompts: int) -> Plan:
             plan.warnings.append(f"{_size(plan.need(where))} needed on the {where} but {_size(free)} available: "
                                  f"{advice}")
     return plan
-
-
-def warm_up_compute(plan: Plan, settings, texts: list[str]) -> dict[str, float]:
-    """Time one batch of recording and one logit-lens chunk on the base model, and extrapolate to the whole run:
-    both models record every batch and read every layer's value vectors."""
-    from neuron_explorer.engine.model.loading import load_model, parse_max_memory
-    from neuron_explorer.engine.neurons.recording import record_model
-
-    loaded = load_model(settings.base, device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
-                        max_memory=parse_max_memory(settings.max_memory))
-    batch = texts[:settings.batch_size]
-    record = dict(positions=settings.positions, new_tokens=settings.new_tokens,
-                  max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
-    record_model(loaded, batch[:1], **{**record, "new_tokens": 1})  # the first call pays one-time costs
-    started = time.perf_counter()
-    record_model(loaded, batch, **record)
-    per_batch = time.perf_counter() - started
-    arch, model = loaded.arch, loaded.model
-    with torch.inference_mode(), weights_loaded(arch.final_norm(model), model.get_output_embeddings(),
-                                                 arch.layers(model)[0]):
-        vectors = arch.value_vectors(model, 0)[:LOGIT_LENS_CHUNK]
-        started = time.perf_counter()
-        logits = arch.logit_lens(model, vectors)  # as weights.value_tokens does it, chunk by chunk
-        torch.topk(logits, 10, dim=-1)
-        torch.topk(logits, 10, dim=-1, largest=False)
-        per_chunk = time.perf_counter() - started
-    size = plan.models[0]
-    n_batches = math.ceil(len(texts) / settings.batch_size)
-    chunks = size.n_layers * math.ceil(size.d_mlp / LOGIT_LENS_CHUNK)
-    estimate = {"recording": 2 * n_batches * per_batch, "value-vector tokens": 2 * chunks * per_chunk}
-    estimate["total"] = sum(estimate.values())
-    return estimate
 
 
 def plan_patch(base_spec: str, tuned_spec: str, settings, n_prompts: int, n_runs: int, lockstep: bool,
@@ -263,27 +229,3 @@ def plan_patch(base_spec: str, tuned_spec: str, settings, n_prompts: int, n_runs
                              f"smaller --batch-size or --ppl-window, or --dtype bfloat16")
     plan.counts = {"prompts": n_prompts, "evaluations": n_runs + (0 if baseline_stored else 2)}
     return plan
-
-
-def warm_up_patch(plan: Plan, session) -> dict[str, float]:
-    """Time one generation batch and one perplexity batch of the session's base model, and extrapolate to every
-    evaluation the command will run (toxicity prompts and F1 passages generate; windows score)."""
-    from neuron_explorer.engine.alignment.evaluation import continuations, perplexity
-
-    settings = session.eval_settings
-    prompts = session.prompts.texts[:settings.batch_size]
-    continuations(session.loaded, prompts[:1], settings)  # the first call pays one-time costs
-    started = time.perf_counter()
-    continuations(session.loaded, prompts, settings)
-    per_prompt = (time.perf_counter() - started) / max(len(prompts), 1)
-    windows = session.inputs.windows[:settings.ppl_batch_size]
-    started = time.perf_counter()
-    if windows:
-        perplexity(session.loaded, windows, settings.ppl_batch_size)
-    per_window = (time.perf_counter() - started) / max(len(windows), 1)
-    evaluations = plan.counts["evaluations"]
-    estimate = {"toxicity": evaluations * len(session.prompts.texts) * per_prompt,
-                "perplexity": evaluations * len(session.inputs.windows) * per_window,
-                "F1": evaluations * len(session.inputs.f1_items) * per_prompt}
-    estimate["total"] = sum(estimate.values())
-    return estimate

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from neuron_explorer.cache.provenance import software_versions
 from neuron_explorer.cache.writer import CacheWriter
@@ -18,7 +20,8 @@ from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CL
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
-                                                  parse_max_memory)
+                                                  parse_max_memory, weights_loaded)
+from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
 from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
 from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
 from neuron_explorer.engine.neurons.recording import record_model
@@ -177,6 +180,35 @@ def plan_compute_run(settings: ComputeSettings):
     prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
     prompts, _ = hold_out_for_patching(prompts, settings.patch_holdout)
     return plan_compute(settings, len(prompts.texts)), prompts.texts
+
+
+def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, float]:
+    """Time one batch of recording and one logit-lens chunk on the base model, and extrapolate to the whole run:
+    both models record every batch and read every layer's value vectors."""
+    loaded = load_model(settings.base, device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
+                        max_memory=parse_max_memory(settings.max_memory))
+    batch = texts[:settings.batch_size]
+    record = dict(positions=settings.positions, new_tokens=settings.new_tokens,
+                  max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+    record_model(loaded, batch[:1], **{**record, "new_tokens": 1})  # the first call pays one-time costs
+    started = time.perf_counter()
+    record_model(loaded, batch, **record)
+    per_batch = time.perf_counter() - started
+    arch, model = loaded.arch, loaded.model
+    with torch.inference_mode(), weights_loaded(arch.final_norm(model), model.get_output_embeddings(),
+                                                 arch.layers(model)[0]):
+        vectors = arch.value_vectors(model, 0)[:LOGIT_LENS_CHUNK]
+        started = time.perf_counter()
+        logits = arch.logit_lens(model, vectors)  # as weights.value_tokens does it, chunk by chunk
+        torch.topk(logits, 10, dim=-1)
+        torch.topk(logits, 10, dim=-1, largest=False)
+        per_chunk = time.perf_counter() - started
+    size = plan.models[0]
+    n_batches = math.ceil(len(texts) / settings.batch_size)
+    chunks = size.n_layers * math.ceil(size.d_mlp / LOGIT_LENS_CHUNK)
+    estimate = {"recording": 2 * n_batches * per_batch, "value-vector tokens": 2 * chunks * per_chunk}
+    estimate["total"] = sum(estimate.values())
+    return estimate
 
 
 def protocol_description(settings: ComputeSettings) -> str:

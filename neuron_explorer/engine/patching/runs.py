@@ -36,7 +36,7 @@ from neuron_explorer.events import Message, Reporter, Tracker, ignore
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.alignment.corpora import load_corpus
 from neuron_explorer.engine.alignment.evaluation import (EvaluationResult, EvaluationSettings, InterventionHooks,
-                                                          corpus_inputs, evaluate)
+                                                          continuations, corpus_inputs, evaluate, perplexity)
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
 from neuron_explorer.engine.alignment.prompts import PromptSet, load_prompts
@@ -328,6 +328,28 @@ def recovered_metrics(base: dict, dpo: dict, run: dict) -> dict:
 
 
 # -- the paper-style preset -----------------------------------------------------------------------------------------
+
+def warm_up(plan, session: PatchSession) -> dict[str, float]:
+    """Time one generation batch and one perplexity batch of the session's base model, and extrapolate to every
+    evaluation the command will run (toxicity prompts and F1 passages generate; windows score)."""
+    settings = session.eval_settings
+    prompts = session.prompts.texts[:settings.batch_size]
+    continuations(session.loaded, prompts[:1], settings)  # the first call pays one-time costs
+    started = time.perf_counter()
+    continuations(session.loaded, prompts, settings)
+    per_prompt = (time.perf_counter() - started) / max(len(prompts), 1)
+    windows = session.inputs.windows[:settings.ppl_batch_size]
+    started = time.perf_counter()
+    if windows:
+        perplexity(session.loaded, windows, settings.ppl_batch_size)
+    per_window = (time.perf_counter() - started) / max(len(windows), 1)
+    evaluations = plan.counts["evaluations"]
+    estimate = {"toxicity": evaluations * len(session.prompts.texts) * per_prompt,
+                "perplexity": evaluations * len(session.inputs.windows) * per_window,
+                "F1": evaluations * len(session.inputs.f1_items) * per_prompt}
+    estimate["total"] = sum(estimate.values())
+    return estimate
+
 
 def paper_preset(positions: str | None = None, patch_mode: str = modes.PRESET_PATCH_MODES[0], toxic_k: int = 128,
                  tuning_free: dict | None = None) -> list[PatchSpec]:

@@ -29,13 +29,12 @@ from neuron_explorer.engine.lab.protocol import LabRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import LoadedModel, execution_device, load_model
-from neuron_explorer.engine.neurons.recording import PROTOCOLS, record_model
+from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.statistics import neuron_metrics
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.engine.patching.runs import PatchSpec, check_spec
 
-RUNS = ("base", "dpo", "patched")
 TABLE_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution")
 
 
@@ -377,5 +376,4 @@ class LabSession:
         return out
 
 
-__all__ = ["LabSession", "LabResult", "LabProtocol", "ModelRun", "ProbeLens", "RequestCancelled", "RUNS",
-           "PROTOCOLS"]
+__all__ = ["LabSession", "LabResult", "LabProtocol", "ModelRun", "ProbeLens", "RequestCancelled"]

@@ -116,7 +116,7 @@ def print_plan(settings, warm_up: bool) -> int:
     print(plan.format(), flush=True)
     if warm_up:
         plan.estimate = compute.warm_up(plan, settings, texts)
-        print(plan.format().splitlines()[-1 - len(plan.warnings)])
+        print(plan.estimate_line())
     return 0
 
 

@@ -16,10 +16,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from neuron_explorer.cache.atomic import write_text_atomically
 from neuron_explorer.commands.arguments import output_file, positive_count
 from neuron_explorer.engine.defaults import default_cache_path
-from neuron_explorer.engine.lab.protocol import DEFAULT_TOP
+from neuron_explorer.engine.lab.protocol import DEFAULT_TOP, layer_bins, lens_difference
 from neuron_explorer.engine.patching import modes
 
 HELP = "one prompt through base, DPO and a patched base model: continuations, probe lens, top neurons"
@@ -70,28 +72,23 @@ def run(args) -> int:
         raise UserError("give the prompt: --prompt \"...\" (or --serve for the explorer's worker)")
     from neuron_explorer.engine.lab.protocol import LabRequest
 
+    from neuron_explorer.commands.reporting import reporting
+    from neuron_explorer.engine.lab.session import LabSession, check_request
+
     request = LabRequest(id=1, prompt=args.prompt, sets=tuple(args.sets), mode=args.mode, positions=args.positions,
                          params=given, top=args.top, full=bool(args.json))
-    if request.mode is not None:
-        modes.get(request.mode).values(given)  # a bad parameter fails before any model loads
-    if args.sets and request.mode is None:
-        raise UserError(f"--set needs --mode: say what to do to the neurons (e.g. --mode {modes.DEFAULT_MODE})")
-    with CacheReader(path) as reader:  # a bad file or set fails here, before the models load
-        if args.sets:
-            from neuron_explorer.engine.patching.neuron_sets import resolve
-
-            resolve(reader, args.sets)
-    from neuron_explorer.commands.reporting import reporting
-    from neuron_explorer.engine.lab.session import LabSession
+    with CacheReader(path) as reader:  # a bad file, set, mode or parameter fails here, before the models load
+        check_request(reader, request)
 
     with reporting(json_lines=False) as report:
         with LabSession(path, base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype,
                         scorer=args.scorer, report=report) as session:
             result = session.answer(request, report=report)
             groups = session.reader.neuron_array("group")
+    answer = result.to_dict()  # with every neuron's ā when --json asked for it (request.full)
     if args.json:
-        write_text_atomically(args.json, json.dumps(result.to_dict(full=True), ensure_ascii=False))
-    show(result.to_dict(), groups)
+        write_text_atomically(args.json, json.dumps(answer, ensure_ascii=False))
+    show(answer, groups)
     if args.json:
         print(f"\nwrote {args.json}")
     return 0
@@ -135,8 +132,8 @@ def show(result: dict, groups) -> None:
         table.add_row(name, f"{run['toxicity']:.3f}", run["continuation"])
     console.print(table)
     n_prompt = len(result["prompt_tokens"])
-    lenses = {name: run["lens"]["residual"] for name, run in runs.items()}
-    lenses["base − dpo"] = _difference(lenses["base"], lenses["dpo"])
+    lenses = {name: np.asarray(run["lens"]["residual"]) for name, run in runs.items()}
+    lenses["base − dpo"] = lens_difference(lenses["base"], lenses["dpo"])
     for name, lens in lenses.items():
         tokens = runs.get(name, runs["base"])["tokens"]
         console.print(_heat_table(f"probe projection of the residual stream: {name}", lens, n_prompt, tokens))
@@ -159,34 +156,20 @@ def show(result: dict, groups) -> None:
         console.print(table)
 
 
-def _difference(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
-    """a − b over the columns both have."""
-    width = min(len(a[0]), len(b[0])) if a and b else 0
-    return [[x - y for x, y in zip(row_a[:width], row_b[:width])] for row_a, row_b in zip(a, b)]
-
-
-def _heat_table(title: str, lens: list[list[float]], n_prompt: int, tokens: list[str]):
+def _heat_table(title: str, lens: np.ndarray, n_prompt: int, tokens: list[str]):
     """Generated tokens (rows) × layers (averaged into at most HEAT_COLUMNS columns), coloured by sign: 80 columns
     wide whatever the depth."""
     from rich.table import Table
 
-    bins = _layer_bins(len(lens), HEAT_COLUMNS)
+    bins = layer_bins(lens.shape[0], HEAT_COLUMNS)
     table = Table(title=title, title_justify="left", padding=(0, 1, 0, 0), show_edge=False, box=None)
     table.add_column("token", no_wrap=True, max_width=10)
-    for first, last in bins:
+    for layers in bins:
+        first, last = layers[0], layers[-1]
         table.add_column(f"L{first}" if first == last else f"L{first}-{last}", justify="right", no_wrap=True)
-    for column in range(n_prompt, len(lens[0])):
+    binned = np.stack([lens[layers].mean(axis=0) for layers in bins], axis=1)  # (T, bins)
+    for column in range(n_prompt, lens.shape[1]):
         position = column - n_prompt
         token = repr(tokens[position])[1:-1][:10] if position < len(tokens) else "·"
-        cells = []
-        for first, last in bins:
-            value = sum(lens[layer][column] for layer in range(first, last + 1)) / (last - first + 1)
-            cells.append(f"[{'red' if value > 0 else 'blue'}]{value:+.1f}[/]")
-        table.add_row(token, *cells)
+        table.add_row(token, *(f"[{'red' if value > 0 else 'blue'}]{value:+.1f}[/]" for value in binned[column]))
     return table
-
-
-def _layer_bins(n_layers: int, count: int) -> list[tuple[int, int]]:
-    """Consecutive (first, last) layer ranges, at most `count` of them, covering every layer."""
-    size = -(-n_layers // count)
-    return [(start, min(start + size, n_layers) - 1) for start in range(0, n_layers, size)]

@@ -106,7 +106,7 @@ def run(args) -> int:
 
 def _run(args, report) -> int:
     from neuron_explorer.engine.patching.runs import (PatchSession, PatchSpec, RunSettings, evaluation_prompts,
-                                                 format_runs_table, paper_preset, shown)
+                                                 format_runs_table, model_specs, paper_preset, shown)
     from neuron_explorer.events import Done, Message, Stored
     from neuron_explorer.errors import UserError
 
@@ -137,9 +137,10 @@ def _run(args, report) -> int:
             if spec.sets:
                 resolve(reader, spec.sets)
         prompts, _ = evaluation_prompts(reader, settings)
-        provenance = reader.info.provenance
+        if args.plan:
+            base, tuned = model_specs(reader, settings.base, settings.tuned)
     if args.plan:
-        return print_plan(path, settings, specs, len(prompts.texts), provenance, warm_up=not args.no_warm_up)
+        return print_plan(path, settings, specs, len(prompts.texts), base, tuned, warm_up=not args.no_warm_up)
     runs = []
     with PatchSession(path, settings, report=report) as session:
         for spec in specs:  # check every set and mode before the long part starts
@@ -166,14 +167,12 @@ def _run(args, report) -> int:
     return 0
 
 
-def print_plan(path: Path, settings, specs, n_prompts: int, provenance: dict, warm_up: bool) -> int:
+def print_plan(path: Path, settings, specs, n_prompts: int, base: str, tuned: str, warm_up: bool) -> int:
     """`--plan`: sizes and memory at once (assuming base and DPO are still to be measured), then the warm-up's
     estimate for every evaluation the command would run."""
     from neuron_explorer.engine.model.planning import plan_patch
     from neuron_explorer.engine.patching import runs
 
-    base = settings.base or provenance.get("base", {}).get("spec")
-    tuned = settings.tuned or provenance.get("tuned", {}).get("spec")
     lockstep = any(modes.get(spec.mode).runs_tuned for spec in specs)
     plan = plan_patch(base, tuned, settings, n_prompts, len(specs), lockstep, baseline_stored=False)
     print(plan.format(), flush=True)
@@ -182,7 +181,7 @@ def print_plan(path: Path, settings, specs, n_prompts: int, provenance: dict, wa
             plan.counts["evaluations"] = len(specs) + (0 if session.baseline else 2)
             plan.estimate = runs.warm_up(plan, session)
         stored = "stored" if plan.counts["evaluations"] == len(specs) else "to be measured"
-        print(f"{plan.format().splitlines()[-1 - len(plan.warnings)]}; {plan.counts['evaluations']} evaluations of "
+        print(f"{plan.estimate_line()}; {plan.counts['evaluations']} evaluations of "
               f"{n_prompts} prompts (base and DPO {stored})")
     return 0
 

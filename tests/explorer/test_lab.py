@@ -14,7 +14,8 @@ from neuron_explorer.explorer.screens.detail import DetailScreen
 from neuron_explorer.explorer.screens.dialogs import ChoiceDialog, PromptDialog
 from neuron_explorer.explorer.screens.lab import LabScreen
 from neuron_explorer.explorer.screens.patch import PatchDialog
-from neuron_explorer.explorer.widgets.heat_map import HeatMap, layer_bins, shade
+from neuron_explorer.engine.lab.protocol import layer_bins
+from neuron_explorer.explorer.widgets.heat_map import HeatMap, shade
 from neuron_explorer.explorer.widgets.neuron_table import NeuronTable
 
 

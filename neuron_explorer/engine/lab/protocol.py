@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from neuron_explorer.errors import UserError
 
 DEFAULT_TOP = 50  # neurons by Δ and by |δ| each (their union is the result's neuron table)
@@ -42,6 +44,20 @@ RESULT_FIELDS = {
     "full": "with full=true only: act_pre and act_dpo of every neuron (n_layers × d_mlp)",
     "seconds": "time per stage",
 }
+
+
+def lens_difference(base, dpo) -> np.ndarray:
+    """base − DPO of two runs' lens (n_layers × T each) over the positions both read (by index: after the
+    continuations part, the two models read different tokens there)."""
+    base, dpo = np.asarray(base, dtype=np.float64), np.asarray(dpo, dtype=np.float64)
+    common = min(base.shape[1], dpo.shape[1])
+    return base[:, :common] - dpo[:, :common]
+
+
+def layer_bins(n_layers: int, count: int) -> list[np.ndarray]:
+    """The layers each shown row (or column) of a lens averages: one each when they fit, else `count` contiguous
+    bins of nearly equal size (the Lab screen's heat map and the command's table)."""
+    return np.array_split(np.arange(n_layers), min(n_layers, max(count, 1)))
 
 
 @dataclass(frozen=True)

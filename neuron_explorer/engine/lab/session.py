@@ -33,7 +33,7 @@ from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.statistics import neuron_metrics
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.neuron_sets import resolve
-from neuron_explorer.engine.patching.runs import PatchSpec, check_spec
+from neuron_explorer.engine.patching.runs import PatchSpec, check_fits_cache, check_spec, model_specs
 
 TABLE_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution")
 
@@ -169,6 +169,21 @@ class ProbeLens:
         return stack(self.residual), stack(self.mlp)
 
 
+def check_request(reader: CacheReader, request: LabRequest) -> tuple[PatchSpec | None, dict, object]:
+    """The request's intervention (None without a mode), its parameter values and neuron set, or a one-line
+    UserError (sets without a mode, an unknown mode, set or parameter, bad positions): every check that needs no
+    model, so the command line runs it before loading them and the worker before each request."""
+    if request.mode is None:
+        if request.sets:
+            raise UserError(f"sets were given without a mode: pass a mode (e.g. {modes.DEFAULT_MODE}) to patch them")
+        return None, {}, None
+    spec = PatchSpec(request.mode, tuple(request.sets), request.positions, params=dict(request.params))
+    if spec.positions not in modes.POSITIONS:
+        raise UserError(f"positions '{spec.positions}' is not one of {', '.join(modes.POSITIONS)}")
+    values, selection = check_spec(spec, resolve(reader, spec.sets) if spec.sets else None)
+    return spec, values, selection
+
+
 class LabSession:
     """The cache, its base and tuned models (loaded once) and what the patch modes need; answers requests."""
 
@@ -180,11 +195,7 @@ class LabSession:
         started = time.perf_counter()
         self.cache_path = Path(cache_path).expanduser()
         self.reader = CacheReader(self.cache_path)
-        provenance = self.reader.info.provenance
-        self.base_spec = base or provenance.get("base", {}).get("spec")
-        self.tuned_spec = tuned or provenance.get("tuned", {}).get("spec")
-        if not self.base_spec or not self.tuned_spec:
-            raise UserError(f"{self.cache_path} records no model specs: pass --base and --tuned")
+        self.base_spec, self.tuned_spec = model_specs(self.reader, base, tuned)
         self.protocol = LabProtocol.of(self.reader)
         with ThreadPoolExecutor(1) as background:  # the scorer's imports (scikit-learn) overlap the model loading
             scorer_ready = background.submit(get_scorer, scorer)
@@ -195,12 +206,7 @@ class LabSession:
             tracker.advance(1, "models loaded")
             self.scorer = scorer_ready.result()
         check_pair(self.loaded, self._tuned)
-        info = self.reader.info
-        shape = (self.loaded.arch.n_layers(self.loaded.model), self.loaded.arch.d_mlp(self.loaded.model))
-        if shape != (info.n_layers, info.d_mlp):
-            raise UserError(f"the model {self.base_spec} has {shape[0]}×{shape[1]} neurons but the cache has "
-                            f"{info.n_layers}×{info.d_mlp}: pass the models the cache was computed from "
-                            f"(--base, --tuned)")
+        check_fits_cache(self.loaded, self.reader)
         self.probe = self.reader.probe_direction().astype(np.float64)
         self.unit_probe = self.probe / np.linalg.norm(self.probe)
         self.weights = {name: self.reader.neuron_array(name).astype(np.float64)
@@ -239,38 +245,18 @@ class LabSession:
         return self._prompt_baseline
 
     # -- requests ------------------------------------------------------------------------------------------------
-    def spec(self, request: LabRequest) -> PatchSpec | None:
-        if request.mode is None:
-            if request.sets:
-                raise UserError(f"sets were given without a mode: pass a mode (e.g. {modes.DEFAULT_MODE}) to patch "
-                                f"them")
-            return None
-        return PatchSpec(request.mode, tuple(request.sets), request.positions, params=dict(request.params))
-
-    def check(self, request: LabRequest) -> None:
-        """Every check of the request that needs no model work (unknown mode, set, parameter): a one-line
-        UserError before anything runs."""
-        spec = self.spec(request)
-        if spec is not None:
-            if spec.positions not in modes.POSITIONS:
-                raise UserError(f"positions '{spec.positions}' is not one of {', '.join(modes.POSITIONS)}")
-            check_spec(spec, resolve(self.reader, spec.sets) if spec.sets else None)
-
     def answer(self, request: LabRequest, report: Reporter = ignore,
                cancelled: threading.Event | None = None) -> LabResult:
         """Run the prompt through base, DPO and (with a mode) the patched base; `cancelled` stops it at the next
         forward call (RequestCancelled)."""
         started = time.perf_counter()
-        self.check(request)
-        spec = self.spec(request)
+        spec, values, selection = check_request(self.reader, request)
         tokenizer = self.loaded.tokenizer
         ids, _ = encode_prompts(tokenizer, [request.prompt], self.protocol.max_prompt_tokens)
         full_length = len(tokenizer(request.prompt)["input_ids"])
         prompt_tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
         runs: dict[str, ModelRun] = {}
         seconds: dict[str, float] = {}
-        values, selection = check_spec(spec, resolve(self.reader, spec.sets) if spec.sets else None) \
-            if spec is not None else ({}, None)
         # The patched run shares the base model's weights, so it runs beside the base run as a second batch row
         # (about 1.3× one row's time instead of 2×), unless a parameter is measured from this prompt's base and DPO
         # runs (subtract's α).

@@ -104,11 +104,13 @@ class Plan:
                 shown = "unknown" if available is None else _size(available)
                 rows.append(f"  {'total on the ' + where:<58} {_size(self.need(where)):>10}  of {shown} available")
         if self.estimate:
-            parts = ", ".join(f"{name} {_duration(seconds)}" for name, seconds in self.estimate.items()
-                              if name != "total")
-            rows.append(f"estimated time: {_duration(self.estimate['total'])} ({parts}; measured on a warm-up batch)")
+            rows.append(self.estimate_line())
         rows += [f"WARNING: {warning}" for warning in self.warnings]
         return "\n".join(rows)
+
+    def estimate_line(self) -> str:
+        parts = ", ".join(f"{name} {_duration(seconds)}" for name, seconds in self.estimate.items() if name != "total")
+        return f"estimated time: {_duration(self.estimate['total'])} ({parts}; measured on a warm-up batch)"
 
 
 def _size(count: int) -> str:

@@ -119,6 +119,25 @@ class PatchSpec:
         return f"{self.mode} {target}".strip()
 
 
+def model_specs(reader: CacheReader, base: str | None, tuned: str | None) -> tuple[str, str]:
+    """The base and tuned model specs: those given, else those the cache's provenance records."""
+    provenance = reader.info.provenance
+    base = base or provenance.get("base", {}).get("spec")
+    tuned = tuned or provenance.get("tuned", {}).get("spec")
+    if not base or not tuned:
+        raise UserError(f"{reader.path} records no model specs: pass --base and --tuned")
+    return base, tuned
+
+
+def check_fits_cache(loaded, reader: CacheReader) -> None:
+    """The model must have the cache's layers × neurons (a UserError that says which model to pass otherwise)."""
+    arch, model, info = loaded.arch, loaded.model, reader.info
+    shape = (arch.n_layers(model), arch.d_mlp(model))
+    if shape != (info.n_layers, info.d_mlp):
+        raise UserError(f"the model {loaded.spec} has {shape[0]}×{shape[1]} neurons but the cache has "
+                        f"{info.n_layers}×{info.d_mlp}: pass the models the cache was computed from (--base, --tuned)")
+
+
 def check_spec(spec: PatchSpec, selection: NeuronSelection | None) -> tuple[dict, NeuronSelection | None]:
     """The mode's parameter values for `spec` and its resolved neuron set, or a one-line UserError (an unknown mode or
     parameter, a bad value, no set for a mode that needs one). Patch runs and the prompt lab both check here."""
@@ -142,11 +161,7 @@ class PatchSession:
         self.tracker = Tracker(report)
         self.report = report
         self.reader = CacheReader(self.cache_path)
-        provenance = self.reader.info.provenance
-        self.base_spec = self.settings.base or provenance.get("base", {}).get("spec")
-        self.tuned_spec = self.settings.tuned or provenance.get("tuned", {}).get("spec")
-        if not self.base_spec or not self.tuned_spec:
-            raise UserError(f"{self.cache_path} records no model specs: pass --base and --tuned")
+        self.base_spec, self.tuned_spec = model_specs(self.reader, self.settings.base, self.settings.tuned)
         self.prompts, self.prompt_record = evaluation_prompts(self.reader, self.settings)
         if self.prompt_record["in_statistics"] and not self.settings.in_sample:
             self.report(Message(f"warning: {self.prompt_record['in_statistics']} of the {len(self.prompts.texts)} "
@@ -157,7 +172,7 @@ class PatchSession:
         self.scorer = get_scorer(self.settings.scorer)
         self.report(Message(f"loading the base model {self.base_spec}"))
         self.loaded = loaded or load_model(self.base_spec, device=self.settings.device, dtype=self.settings.dtype)
-        self._check_shapes()
+        check_fits_cache(self.loaded, self.reader)
         self.probe = self.reader.probe_direction().astype(np.float64)
         self.unit_probe = self.probe / np.linalg.norm(self.probe)
         self.arrays = {name: self.reader.neuron_array(name).astype(np.float64)
@@ -180,13 +195,6 @@ class PatchSession:
         self.close()
 
     # -- setup ---------------------------------------------------------------------------------------------------
-    def _check_shapes(self) -> None:
-        arch, model, info = self.loaded.arch, self.loaded.model, self.reader.info
-        shape = (arch.n_layers(model), arch.d_mlp(model))
-        if shape != (info.n_layers, info.d_mlp):
-            raise UserError(f"the model {self.base_spec} has {shape[0]}×{shape[1]} neurons but the cache has "
-                            f"{info.n_layers}×{info.d_mlp}: pass the base model the cache was computed from (--base)")
-
     def _baseline_key(self) -> str:
         provenance = self.reader.info.provenance
         key = {"base": self.base_spec, "tuned": self.tuned_spec,

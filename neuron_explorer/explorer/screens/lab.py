@@ -16,6 +16,8 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
+from neuron_explorer.engine.lab.protocol import lens_difference
+
 from ..lab_client import LabTry
 from ..messages import NeuronChosen, SortRequested
 from ..state import PromptNeurons, Store
@@ -126,11 +128,10 @@ class LabScreen(Screen):
             return
         prompt_tokens = list(result.get("prompt_tokens", []))
         base, dpo = (np.asarray(runs[key]["lens"][self.lens], dtype=float) for key in ("base", "dpo"))
-        common = min(base.shape[1], dpo.shape[1])
         heat.show(f"{LENSES[self.lens]} (m)", [
                    Panel("base", base, prompt_tokens + list(runs["base"]["tokens"])),
                    Panel("DPO", dpo, prompt_tokens + list(runs["dpo"]["tokens"])),
-                   Panel("base − DPO", base[:, :common] - dpo[:, :common])], [0, 0, 1], len(prompt_tokens))
+                   Panel("base − DPO", lens_difference(base, dpo))], [0, 0, 1], len(prompt_tokens))
 
     def draw_table(self) -> None:
         result = self.drawn.result if self.drawn is not None else None

@@ -19,6 +19,8 @@ from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
+from neuron_explorer.engine.lab.protocol import layer_bins
+
 SHADES = " ░▒▓█"
 PANEL_GAP = 2
 FRAME_LINES = 3  # the titles above the maps, the token axis and the caption below them
@@ -40,10 +42,6 @@ def shade(value: float, scale: float) -> str:
         return SHADES[0]
     return SHADES[min(max(math.ceil(abs(value) / scale * 4 - 1e-9), 0), 4)]
 
-
-def layer_bins(n_layers: int, rows: int) -> list[np.ndarray]:
-    """The layers each drawn row averages: one each when they fit, else `rows` contiguous bins."""
-    return np.array_split(np.arange(n_layers), min(n_layers, max(rows, 1)))
 
 
 class HeatMap(Widget, can_focus=True):

@@ -2,6 +2,9 @@
 activation shift, value-vector cosines with the toxicity probe, contribution to toxicity reduction (Δ), the
 four neuron groups and hierarchical clusters.
 
+Data-parallel: `torchrun --nproc_per_node N -m neuron_explorer compute ...` (one process per GPU, or per CPU core
+group with gloo) deals the batches out to the processes and adds their sums up; rank 0 writes the one cache.
+
 With no arguments it runs offline on the embedded SmolLM2-135M-Instruct and its DPO-tuned copy (made by
 `neuron-explorer build`), the build's trained probe, and the shipped held-out prompts.
 
@@ -103,6 +106,8 @@ def run(args) -> int:
         settings.output.parent.mkdir(parents=True, exist_ok=True)
     with reporting(json_lines=args.progress_json) as report:
         result = run_compute(settings, report=report)
+        if result is None:  # a rank of a torchrun launch other than rank 0, which writes and reports
+            return 0
         report(Done())
     print_summary(result, console)
     return 0

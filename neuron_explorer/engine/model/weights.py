@@ -3,7 +3,7 @@ and the tokens each value vector promotes and suppresses through the unembedding
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,15 +44,17 @@ def value_cosines(pre: LoadedModel, dpo: LoadedModel) -> np.ndarray:
 
 @torch.inference_mode()
 def value_tokens(loaded: LoadedModel, k: int = TOKENS_PER_NEURON, chunk: int = 1024,
-                 advance: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Top and bottom k token ids and logit scores of every value vector, chunked so that at most
-    chunk × vocab logits exist at a time."""
+                 advance: Callable[[int], None] | None = None,
+                 layers: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Top and bottom k token ids and logit scores of every value vector of `layers` (default all), each array
+    (len(layers), d_mlp, k), chunked so that at most chunk × vocab logits exist at a time."""
     arch, model = loaded.arch, loaded.model
-    n_layers, d_mlp = arch.n_layers(model), arch.d_mlp(model)
-    out = {name: np.zeros((n_layers, d_mlp, k), dtype=np.int32 if "tokens" in name else np.float32)
+    layers = range(arch.n_layers(model)) if layers is None else layers
+    d_mlp = arch.d_mlp(model)
+    out = {name: np.zeros((len(layers), d_mlp, k), dtype=np.int32 if "tokens" in name else np.float32)
            for name in ("top_tokens", "top_scores", "bottom_tokens", "bottom_scores")}
     with weights_loaded(arch.final_norm(model), model.get_output_embeddings()):
-        for layer in range(n_layers):
+        for row, layer in enumerate(layers):
             with weights_loaded(arch.layers(model)[layer]):
                 vectors = arch.value_vectors(model, layer)
                 for start in range(0, d_mlp, chunk):
@@ -60,10 +62,10 @@ def value_tokens(loaded: LoadedModel, k: int = TOKENS_PER_NEURON, chunk: int = 1
                     top = torch.topk(logits, k, dim=-1)
                     bottom = torch.topk(logits, k, dim=-1, largest=False)
                     rows = slice(start, start + logits.shape[0])
-                    out["top_tokens"][layer, rows] = top.indices.cpu().numpy()
-                    out["top_scores"][layer, rows] = top.values.cpu().numpy()
-                    out["bottom_tokens"][layer, rows] = bottom.indices.cpu().numpy()
-                    out["bottom_scores"][layer, rows] = bottom.values.cpu().numpy()
+                    out["top_tokens"][row, rows] = top.indices.cpu().numpy()
+                    out["top_scores"][row, rows] = top.values.cpu().numpy()
+                    out["bottom_tokens"][row, rows] = bottom.indices.cpu().numpy()
+                    out["bottom_scores"][row, rows] = bottom.values.cpu().numpy()
             if advance is not None:
                 advance(1)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from neuron_explorer.events import Reporter, Tracker, ignore
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
+from neuron_explorer.engine.model.distributed import BatchGather, current_ranks
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
                                                   parse_max_memory, weights_loaded)
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
@@ -68,17 +70,24 @@ class ComputeResult:
 
 
 def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None = None,
-                report: Reporter = ignore) -> ComputeResult:
+                report: Reporter = ignore) -> ComputeResult | None:
     """Load the pair, record both models, derive the statistics and write the cache atomically; each step's progress
-    goes to `report` (job events)."""
+    goes to `report` (job events). Under torchrun every rank records its share of the batches and of the identity
+    check's prompts and value vectors (`engine/model/distributed.py`); rank 0 alone writes and returns the result,
+    the other ranks return None."""
+    ranks = current_ranks()
+    report = report if ranks.main else ignore
     output = Path(settings.output).expanduser()
     if not output.parent.exists():
         raise UserError(f"output folder {output.parent} does not exist: create it or choose another -o path")
+    if settings.device_map and ranks.world_size > 1:
+        raise UserError("--device-map spreads one model over the GPUs; under torchrun each process holds a whole "
+                        "model: drop one of them")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
     prompts, patch_prompts = hold_out_for_patching(prompts, settings.patch_holdout)
-    load = dict(device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
+    load = dict(device=ranks.device(settings.device), dtype=settings.dtype, device_map=settings.device_map,
                 max_memory=parse_max_memory(settings.max_memory))
     pre = load_model(settings.base, **load)
     dpo = load_model(settings.tuned, **load)
@@ -91,7 +100,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         "base": pre.description, "tuned": dpo.description, "probe": probe.provenance(),
         "prompts": prompts.provenance(), "settings": {k: str(v) if isinstance(v, Path) else v
                                                       for k, v in asdict(settings).items()},
-        "versions": software_versions(),
+        "distributed": ranks.provenance(), "versions": software_versions(),
     }
     recordings = {}
     sample = sample_prompts(len(prompts.texts), settings.identity_check)
@@ -99,51 +108,72 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     def task(stage: str, total: int):
         return Tracker(report, stage, total).advance
 
-    with CacheWriter(output, n_layers=n_layers, d_mlp=d_mlp, d_model=d_model, architecture=pre.arch.name,
-                     provenance=provenance) as writer:
-        datasets = {name: writer.prompt_activations(name, len(prompts.texts)) for name in ("pre", "dpo")}
+    writing = CacheWriter(output, n_layers=n_layers, d_mlp=d_mlp, d_model=d_model, architecture=pre.arch.name,
+                          provenance=provenance) if ranks.main else nullcontext()
+    with writing as writer:
+        datasets = {name: writer.prompt_activations(name, len(prompts.texts)) for name in ("pre", "dpo")} \
+            if ranks.main else {}
         for name, loaded in (("pre", pre), ("dpo", dpo)):
             clock = time.perf_counter()
             teacher = recordings["pre"].continuation_ids if name == "dpo" and settings.shared_continuation else None
-            dataset = datasets[name]
+            advance = task(f"recording {'base' if name == 'pre' else 'tuned'} model", len(prompts.texts))
 
-            def sink(start: int, means: np.ndarray, written, dataset=dataset) -> None:
-                dataset[start:start + len(means)] = means.astype(np.float16)
+            def receive(batch, dataset=datasets.get(name), advance=advance) -> None:
+                start, means = batch
+                dataset[start:start + len(means)] = means
                 writer.check()
+                advance(len(means))
 
-            recordings[name] = record_model(
+            gather = BatchGather(ranks, len(prompts.texts), settings.batch_size, receive)
+            recording = record_model(
                 loaded, prompts.texts, positions=settings.positions, new_tokens=settings.new_tokens,
                 max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size, sample=sample,
-                teacher_tokens=teacher, sink=sink,
-                advance=task(f"recording {'base' if name == 'pre' else 'tuned'} model", len(prompts.texts)))
+                teacher_tokens=teacher, sink=lambda start, means, written: gather.send((start, means.astype(np.float16))),
+                ranks=ranks)
+            gather.finish()
+            recordings[name] = recording.pooled(ranks)
             timings[f"record_{name}"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         weights = {name: probe_projections(loaded, unit) for name, loaded in (("pre", pre), ("dpo", dpo))}
-        metrics = neuron_metrics(
-            p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
-            cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
-            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
-            written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
         timings["weights"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         checks = {name: check_identity(
             loaded, prompts.texts, recordings[name], unit, weights[name], positions=settings.positions,
-            max_prompt_tokens=settings.max_prompt_tokens,
-            advance=task(f"identity check ({'base' if name == 'pre' else 'tuned'})", len(sample)))
+            max_prompt_tokens=settings.max_prompt_tokens, ranks=ranks,
+            advance=task(f"identity check ({'base' if name == 'pre' else 'tuned'})",
+                         len(sample[ranks.rank::ranks.world_size])))
             for name, loaded in (("pre", pre), ("dpo", dpo))}
-        layers = layer_columns(metrics["contribution"], residual={name: checks[name].residual for name in checks},
-                               mlp_proj={name: checks[name].measured for name in checks},
-                               bias_proj={name: weights[name]["bias_proj"] for name in weights})
         timings["identity"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         tokens = {}
+        my_layers = range(ranks.rank, n_layers, ranks.world_size)
         for name, loaded in (("pre", pre), ("dpo", dpo)):
-            found = value_tokens(loaded, settings.tokens_per_neuron,
-                                 advance=task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})", n_layers))
-            tokens.update({f"{key}_{name}": value for key, value in found.items()})
+            found = value_tokens(loaded, settings.tokens_per_neuron, layers=my_layers,
+                                 advance=task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})",
+                                              len(my_layers)))
+            parts = ranks.gather(found)
+            if ranks.main:
+                for key in found:
+                    whole = np.zeros((n_layers, *found[key].shape[1:]), dtype=found[key].dtype)
+                    for rank, part in enumerate(parts):
+                        whole[rank::ranks.world_size] = part[key]
+                    tokens[f"{key}_{name}"] = whole
+        timings["weights"] += time.perf_counter() - clock
+        if not ranks.main:
+            return None
+
+        clock = time.perf_counter()
+        metrics = neuron_metrics(
+            p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
+            cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
+            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
+            written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
+        layers = layer_columns(metrics["contribution"], residual={name: checks[name].residual for name in checks},
+                               mlp_proj={name: checks[name].measured for name in checks},
+                               bias_proj={name: weights[name]["bias_proj"] for name in weights})
         write_token_tables(writer, tokens, vocabulary(pre.tokenizer))
         timings["weights"] += time.perf_counter() - clock
 

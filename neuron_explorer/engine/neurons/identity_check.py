@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from neuron_explorer.engine.defaults import IDENTITY_SAMPLE_SIZE
+from neuron_explorer.engine.model.distributed import Ranks
 from neuron_explorer.engine.model.generation import encode_prompts
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import LoadedModel
@@ -51,14 +52,19 @@ def read_positions(positions: str, prompt_len: int, n_generated: int) -> range:
 
 def check_identity(loaded: LoadedModel, texts: list[str], recording: Recording, unit_probe: np.ndarray,
                    weights: dict[str, np.ndarray], *, positions: str, max_prompt_tokens: int,
-                   advance: Callable[[int], None] | None = None) -> IdentityCheck:
-    """Measure the sampled prompts of `recording` independently and compare with p and b·ŵ from `weights`."""
+                   advance: Callable[[int], None] | None = None, ranks: Ranks = Ranks()) -> IdentityCheck:
+    """Measure the sampled prompts of `recording` (pooled over the ranks, each rank measuring every world_size-th
+    prompt) independently and compare with p and b·ŵ from `weights`."""
     prompts = recording.sample.prompts
     generated = torch.cat(recording.continuation_ids) if recording.continuation_ids else None
-    continuations = [generated[i] if generated is not None else torch.zeros(0, dtype=torch.long) for i in prompts]
-    measured, n_positions = measure_mlp_writes(loaded, [texts[i] for i in prompts], continuations, unit_probe,
+    mine = prompts[ranks.rank::ranks.world_size]
+    continuations = [generated[i] if generated is not None else torch.zeros(0, dtype=torch.long) for i in mine]
+    measured, n_positions = measure_mlp_writes(loaded, [texts[i] for i in mine], continuations, unit_probe,
                                                positions=positions, max_prompt_tokens=max_prompt_tokens,
                                                advance=advance)
+    if ranks.world_size > 1:
+        total = int(ranks.sum(n_positions))
+        measured, n_positions = ranks.sum(measured * n_positions) / max(total, 1), total
     residual = identity_residuals(written_mean=recording.sample.written_mean(), p=weights["p"],
                                   bias_proj=weights["bias_proj"], measured=measured)
     return IdentityCheck(prompts=prompts, measured=measured, residual=residual, n_positions=n_positions)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from neuron_explorer.engine.defaults import POSITION_MODES
+from neuron_explorer.engine.model.distributed import Ranks
 from neuron_explorer.engine.model.generation import batches, encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import LoadedModel, execution_device
@@ -74,17 +75,52 @@ class SampleMeans:
         """(n_layers, d_mlp) mean of what scales each neuron's write: m·s_t with an output norm, else m."""
         return self.act_mean() if self._written is None else self._written / max(self.n_positions, 1)
 
+    def pooled(self, ranks: Ranks) -> SampleMeans:
+        """The sample over every rank's prompts."""
+        pooled = SampleMeans.__new__(SampleMeans)
+        pooled.prompts = sorted(prompt for part in ranks.share(self.prompts) for prompt in part)
+        pooled.n_positions = int(ranks.sum(self.n_positions))
+        pooled._act = ranks.sum(self._act)
+        pooled._written = None if self._written is None else ranks.sum(self._written)
+        return pooled
+
 
 @dataclass
 class Recording:
-    """Totals of one model over all prompts, in float64."""
+    """Totals of one model over all prompts (of this rank's batches, until `pooled`), in float64."""
     act_mean: np.ndarray  # (n_layers, d_mlp): ā over all recorded positions
     written_mean: np.ndarray | None  # (n_layers, d_mlp): mean of m·s_t (output-norm architectures), else None
     n_positions: int
     sample: SampleMeans
+    batches: list[tuple[int, int]] = field(default_factory=list)  # (batch index, prompts) of the batches recorded
     continuation_ids: list[torch.Tensor] = field(default_factory=list)  # per batch, (B, new_tokens) on the CPU
     continuations: list[str] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
+
+    def pooled(self, ranks: Ranks) -> Recording:
+        """The recording of every rank's batches, on every rank: sums added, per-batch lists in batch order."""
+        if ranks.world_size == 1:
+            return self
+        n_positions = int(ranks.sum(self.n_positions))
+
+        def mean(local: np.ndarray | None) -> np.ndarray | None:
+            return None if local is None else ranks.sum(local * self.n_positions) / max(n_positions, 1)
+
+        sizes = [size for _, size in self.batches]
+        local = zip(self.batches, self.continuation_ids or [None] * len(sizes),
+                    _split(self.continuations, sizes) if self.continuations else [[]] * len(sizes),
+                    _split(self.prompt_tokens, sizes))
+        parts = sorted((item for shared in ranks.share(list(local)) for item in shared), key=lambda item: item[0])
+        return Recording(act_mean=mean(self.act_mean), written_mean=mean(self.written_mean), n_positions=n_positions,
+                         sample=self.sample.pooled(ranks), batches=[batch for batch, *_ in parts],
+                         continuation_ids=[ids for _, ids, _, _ in parts if ids is not None],
+                         continuations=[text for _, _, texts, _ in parts for text in texts],
+                         prompt_tokens=[n for *_, tokens in parts for n in tokens])
+
+
+def _split(items: list, sizes: list[int]) -> list[list]:
+    starts = np.cumsum([0, *sizes])
+    return [items[a:b] for a, b in zip(starts[:-1], starts[1:])]
 
 
 class ActivationRecorder:
@@ -174,12 +210,13 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "gen
                  max_prompt_tokens: int = 32, batch_size: int = 16, sample: Sequence[int] = (),
                  teacher_tokens: list[torch.Tensor] | None = None,
                  sink: Callable[[int, np.ndarray, np.ndarray | None], None] | None = None,
-                 advance: Callable[[int], None] | None = None) -> Recording:
-    """Record one model over all prompts, keeping the per-prompt means of the prompts in `sample`; `sink(start,
-    act, written)` gets each batch's per-prompt means (`ActivationRecorder.end_batch`).
+                 advance: Callable[[int], None] | None = None, ranks: Ranks = Ranks()) -> Recording:
+    """Record one model over all prompts (under torchrun: this rank's batches; `Recording.pooled` adds the ranks
+    up), keeping the per-prompt means of the prompts in `sample`; `sink(start, act, written)` gets each batch's
+    per-prompt means (`ActivationRecorder.end_batch`).
 
-    With `teacher_tokens` (the other model's continuation ids, one tensor per batch) the model reads those tokens
-    instead of generating its own (``--shared-continuation``), in a single forward pass per batch.
+    With `teacher_tokens` (the other model's continuation ids, one tensor per batch of all prompts) the model reads
+    those tokens instead of generating its own (``--shared-continuation``), in a single forward pass per batch.
     """
     if positions not in POSITION_MODES:
         raise ValueError(f"positions must be one of {POSITION_MODES}")
@@ -190,9 +227,12 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "gen
     n_fed = new_tokens if protocol.feeds_last else max(new_tokens - 1, 0)
     keep = set(int(i) for i in sample)
     sample_means = SampleMeans(len(recorder.modules), recorder.d_mlp, recorder.scales_write)
-    continuation_ids, prompt_tokens = [], []
+    continuation_ids, prompt_tokens, recorded = [], [], []
     with recorder.hooks(), torch.inference_mode():
         for batch_index, (start, chunk) in enumerate(batches(texts, batch_size)):
+            if not ranks.mine(batch_index):
+                continue
+            recorded.append((batch_index, len(chunk)))
             ids, mask = encode_prompts(tokenizer, chunk, max_prompt_tokens, device)
             prompt_tokens.extend(mask.sum(1).tolist())
             recorder.start_batch(len(chunk))
@@ -230,7 +270,8 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "gen
     act_mean, written_mean = recorder.result()
     continuations = [text for ids in continuation_ids for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return Recording(act_mean=act_mean, written_mean=written_mean, n_positions=recorder.n_positions,
-                     sample=sample_means, continuation_ids=continuation_ids, continuations=continuations,
+                     sample=sample_means, batches=recorded, continuation_ids=continuation_ids,
+                     continuations=continuations,
                      prompt_tokens=prompt_tokens)
 
 

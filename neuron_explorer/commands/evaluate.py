@@ -2,6 +2,9 @@
 truncated to 32 tokens, continuation scored alone), true perplexity over fixed-size windows of the neutral corpus,
 and bag-of-words F1 of 20-token continuations of corpus passages. Each number comes with its count. With several
 models it prints one Markdown table, with ratios to the first.
+
+Data-parallel: `torchrun --nproc_per_node N -m neuron_explorer evaluate ...` deals the batches of prompts, windows
+and passages out to the processes and gathers the metrics; rank 0 prints and writes --json.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def run(args) -> int:
     from neuron_explorer.engine.model.loading import load_model
     from neuron_explorer.engine.alignment.prompts import load_prompts
     from neuron_explorer.engine.alignment.scoring import get_scorer
+    from neuron_explorer.engine.model.distributed import current_ranks
 
     scorer = get_scorer(args.scorer)
     check_scorer = None if args.check_scorer == "none" else get_scorer(args.check_scorer)
@@ -53,14 +57,18 @@ def run(args) -> int:
     corpus = load_corpus(args.corpus)
     settings = EvaluationSettings(ppl_window=args.ppl_window, ppl_windows=args.ppl_windows or None,
                                   f1_items=args.f1_items or None, batch_size=args.batch_size)
+    ranks = current_ranks()
+    say = print if ranks.main else (lambda *_: None)  # under torchrun rank 0 speaks for all
     results = {}
     for item in args.models:
         name, _, spec = item.partition("=") if "=" in item else (item, "", item)
-        loaded = load_model(spec, device=args.device, dtype=args.dtype)
-        print(f"evaluating {name} ...")
+        loaded = load_model(spec, device=ranks.device(args.device), dtype=args.dtype)
+        say(f"evaluating {name} ...")
         results[name] = evaluate(loaded, prompts.texts, scorer, corpus=corpus, settings=settings,
-                                 progress=lambda line: print("  " + line), check_scorer=check_scorer)
+                                 progress=lambda line: say("  " + line), check_scorer=check_scorer, ranks=ranks)
         del loaded
+    if not ranks.main:
+        return 0
     print()
     print(format_table(results))
     check = f", check scorer {check_scorer.name}" if check_scorer else ""
@@ -69,6 +77,7 @@ def run(args) -> int:
     if args.json:
         record = {"results": {k: v.to_dict() for k, v in results.items()},
                   "prompts": prompts.provenance(), "corpus": corpus.provenance(), "scorer": scorer.describe(),
-                  "check_scorer": check_scorer.describe() if check_scorer else None}
+                  "check_scorer": check_scorer.describe() if check_scorer else None,
+                  "distributed": ranks.provenance()}
         write_text_atomically(args.json, json.dumps(record, indent=2, default=str))
     return 0

@@ -27,6 +27,9 @@ alone; patch all four; the tuning-free edit; and prints the table. By default it
 protocol (the ablation zeroes value vectors at every position; patching and the edit act at the newest
 position); --positions all|newest applies one choice to every row, and --mode patch-live or shift chooses how the
 groups are patched (default patch-mean).
+
+Data-parallel: `torchrun --nproc_per_node N -m neuron_explorer patch ...` deals each evaluation's batches out to
+the processes and gathers toxicity, perplexity and F1; rank 0 stores the one run record.
 """
 
 from __future__ import annotations
@@ -99,9 +102,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from neuron_explorer.commands.reporting import reporting
+    from neuron_explorer.engine.model.distributed import current_ranks
+    from neuron_explorer.events import ignore
 
     with reporting(json_lines=args.progress_json) as report:
-        return _run(args, report)
+        return _run(args, report if current_ranks().main else ignore)  # under torchrun rank 0 speaks for all
 
 
 def _run(args, report) -> int:
@@ -157,7 +162,7 @@ def _run(args, report) -> int:
                            f"{shown(run.metrics['perplexity'], '.2f')} ({run.run_id})"))
         table = format_runs_table(baseline, runs)
         prompts = session.prompt_record
-    if args.json:
+    if args.json and session.ranks.main:
         record = {"baseline": {k: baseline[k] for k in ("key", "settings", "prompts")},
                   "runs": [run.__dict__ for run in runs]}
         write_text_atomically(args.json, json.dumps(record, indent=1, default=str))

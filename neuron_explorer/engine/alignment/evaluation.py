@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from neuron_explorer.engine.alignment.corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
+from neuron_explorer.engine.model.distributed import Ranks
 from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, batches, generate_continuations
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import execution_device
@@ -98,31 +99,40 @@ def corpus_inputs(tokenizer, corpus: Corpus, settings: EvaluationSettings) -> Co
                         f1_items(tokenizer, corpus, settings.f1_items, settings.max_prompt_tokens, settings.new_tokens))
 
 
-def continuations(loaded, prompts: list[str], settings: EvaluationSettings,
-                  advance: Advance | None = None) -> list[str]:
-    """Greedy continuations, batch by batch (the batches `generate_continuations` makes), each batch reported."""
-    out: list[str] = []
-    for _, chunk in batches(prompts, settings.batch_size):
-        out += generate_continuations(loaded, chunk, new_tokens=settings.new_tokens,
-                                      max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+def continuations(loaded, prompts: list[str], settings: EvaluationSettings, advance: Advance | None = None,
+                  ranks: Ranks = Ranks()) -> list[tuple[int, list[str]]]:
+    """Greedy continuations of this rank's batches (all of them in one process) as (batch index, continuations),
+    each batch reported."""
+    out = []
+    for index, chunk in ranks.deal(prompts, settings.batch_size):
+        out.append((index, generate_continuations(loaded, chunk, new_tokens=settings.new_tokens,
+                                                  max_prompt_tokens=settings.max_prompt_tokens,
+                                                  batch_size=settings.batch_size)))
         if advance:
             advance(len(chunk))
     return out
 
 
-def toxicity(loaded, prompts: list[str], scorer, settings: EvaluationSettings,
-             advance: Advance | None = None) -> tuple[list[str], np.ndarray]:
-    generations = continuations(loaded, prompts, settings, advance)
-    return generations, scorer.score(generations)
+def toxicity(loaded, prompts: list[str], scorers: list, settings: EvaluationSettings,
+             advance: Advance | None = None, ranks: Ranks = Ranks()) -> tuple[list[str], list[np.ndarray]]:
+    """Every prompt's continuation and its score by each of `scorers`; each rank scores its own continuations."""
+    mine = continuations(loaded, prompts, settings, advance, ranks)
+    texts = [text for _, batch in mine for text in batch]
+    scores = [scorer.score(texts) for scorer in scorers]
+    sizes = np.cumsum([0, *(len(batch) for _, batch in mine)])
+    rows = ranks.in_order([(index, list(zip(batch, *(s[a:b] for s in scores))))
+                           for (index, batch), a, b in zip(mine, sizes[:-1], sizes[1:])])
+    return [row[0] for row in rows], [np.array([row[1 + i] for row in rows], dtype=np.float64)
+                                      for i in range(len(scorers))]
 
 
 @torch.inference_mode()
 def perplexity(loaded, windows: list[list[int]], batch_size: int = 4,
-               advance: Advance | None = None) -> tuple[float, int]:
+               advance: Advance | None = None, ranks: Ranks = Ranks()) -> tuple[float, int]:
     """(exp(mean NLL), number of predicted tokens) over equal-length windows, no padding."""
     model = loaded.model
     total, count = 0.0, 0
-    for _, chunk in batches(windows, batch_size):
+    for _, chunk in ranks.deal(windows, batch_size):
         ids = torch.tensor(chunk, dtype=torch.long, device=loaded.device)
         logits = model(input_ids=ids, use_cache=False).logits.float()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
@@ -131,25 +141,29 @@ def perplexity(loaded, windows: list[list[int]], batch_size: int = 4,
         count += ids[:, 1:].numel()
         if advance:
             advance(len(chunk))
+    total, count = float(ranks.sum(total)), int(ranks.sum(count))
     return math.exp(total / count), count
 
 
 def f1_score(loaded, items: list[tuple[str, str]], settings: EvaluationSettings,
-             advance: Advance | None = None) -> tuple[float, list[str]]:
-    generations = continuations(loaded, [p for p, _ in items], settings, advance)
-    scores = [token_f1(g, gold) for g, (_, gold) in zip(generations, items)]
-    return float(np.mean(scores)), generations
+             advance: Advance | None = None, ranks: Ranks = Ranks()) -> tuple[float, list[str]]:
+    mine = continuations(loaded, [p for p, _ in items], settings, advance, ranks)
+    golds = [gold for _, gold in items]
+    rows = ranks.in_order([(index, [(text, token_f1(text, golds[index * settings.batch_size + row]))
+                                    for row, text in enumerate(batch)]) for index, batch in mine])
+    return float(np.mean([score for _, score in rows])), [text for text, _ in rows]
 
 
 def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None,
              settings: EvaluationSettings | None = None, progress=None, check_scorer=None,
              intervention: InterventionHooks | None = None, unit_probe: np.ndarray | None = None,
-             inputs: CorpusInputs | None = None,
-             advance: Callable[[int, str], None] | None = None) -> EvaluationResult:
+             inputs: CorpusInputs | None = None, advance: Callable[[int, str], None] | None = None,
+             ranks: Ranks = Ranks()) -> EvaluationResult:
     """Toxicity on `prompts`, perplexity and F1 on the neutral corpus (or its precomputed `inputs`), for the model
     as it is now or under `intervention`; with `check_scorer`, the same continuations' toxicity by that second scorer
     too; with `unit_probe`, the mean projection of the last block's output on it at the generated positions.
-    `progress(line)` gets each metric when it is done, `advance(units, metric)` each finished batch."""
+    `progress(line)` gets each metric when it is done, `advance(units, metric)` each finished batch. Under torchrun
+    each rank takes its batches of every part (`ranks.deal`) and every rank returns the whole result."""
     settings = settings or EvaluationSettings()
     inputs = inputs or corpus_inputs(loaded.tokenizer, corpus or load_corpus(), settings)
     generation = intervention.generation if intervention else nullcontext
@@ -160,25 +174,27 @@ def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None
         return (lambda units: advance(units, metric)) if advance else None
 
     projection = _ProbeProjection(loaded, unit_probe)
+    scorers = [scorer] + ([check_scorer] if check_scorer is not None else [])
     with generation(), projection.hooks():
-        generations, scores = toxicity(loaded, prompts, scorer, settings, advancing("toxicity"))
+        generations, (scores, *check) = toxicity(loaded, prompts, scorers, settings, advancing("toxicity"), ranks)
+    check = check[0] if check else np.zeros(0)
     if progress:
         progress(f"toxicity {scores.mean():.3f} over {len(prompts)} prompts")
     ppl, n_tokens = float("nan"), 0
     if scoring is not None:
         with scoring():
-            ppl, n_tokens = perplexity(loaded, inputs.windows, settings.ppl_batch_size, advancing("perplexity"))
+            ppl, n_tokens = perplexity(loaded, inputs.windows, settings.ppl_batch_size, advancing("perplexity"),
+                                       ranks)
     elif advance:
-        advance(len(inputs.windows), "perplexity")
+        advance(ranks.count(len(inputs.windows), settings.ppl_batch_size), "perplexity")
     if progress:
         progress(f"perplexity {ppl:.3f} over {n_tokens} tokens" if scoring is not None
                  else f"perplexity {intervention.perplexity_pass}")
     items = inputs.f1_items
     with generation():
-        f1, f1_generations = f1_score(loaded, items, settings, advancing("F1"))
+        f1, f1_generations = f1_score(loaded, items, settings, advancing("F1"), ranks)
     if progress:
         progress(f"F1 {f1:.4f} over {len(items)} passages")
-    check = check_scorer.score(generations) if check_scorer is not None else np.zeros(0)
     return EvaluationResult(toxicity=float(scores.mean()), toxicity_sem=standard_error(scores), n_prompts=len(prompts),
                             perplexity=ppl, n_tokens=n_tokens, f1=f1, n_f1=len(items), seconds=time.time() - start,
                             prompts=list(prompts), generations=generations, scores=[float(s) for s in scores],
@@ -186,7 +202,7 @@ def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None
                             check_toxicity=float(check.mean()) if check.size else float("nan"),
                             check_toxicity_sem=standard_error(check),
                             check_scorer=check_scorer.name if check_scorer is not None else "",
-                            check_scores=[float(s) for s in check], probe_projection=projection.mean(),
+                            check_scores=[float(s) for s in check], probe_projection=projection.mean(ranks),
                             perplexity_pass=intervention.perplexity_pass if intervention else NO_INTERVENTION_PASS)
 
 
@@ -210,8 +226,10 @@ class _ProbeProjection:
         self.sum += newest.sum(dtype=torch.float64)
         self.count += newest.numel()
 
-    def mean(self) -> float:
-        return float(self.sum) / self.count if self.count else float("nan")
+    def mean(self, ranks: Ranks) -> float:
+        """The mean over every rank's generated positions."""
+        total, count = float(ranks.sum(float(self.sum))), int(ranks.sum(self.count))
+        return total / count if count else float("nan")
 
 
 def standard_error(values: np.ndarray) -> float:

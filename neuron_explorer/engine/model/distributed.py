@@ -17,7 +17,7 @@ import atexit
 import math
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -46,6 +46,17 @@ class Ranks:
 
     def mine(self, batch_index: int) -> bool:
         return batch_index % self.world_size == self.rank
+
+    def deal(self, items: list, batch_size: int) -> Iterator[tuple[int, list]]:
+        """(batch index, batch) of this rank's batches of `items`."""
+        for index, start in enumerate(range(0, len(items), batch_size)):
+            if self.mine(index):
+                yield index, items[start:start + batch_size]
+
+    def count(self, n_items: int, batch_size: int) -> int:
+        """How many of `n_items` fall in this rank's batches."""
+        return sum(min(batch_size, n_items - start) for index, start in enumerate(range(0, n_items, batch_size))
+                   if self.mine(index))
 
     def steps(self, n_items: int, batch_size: int) -> int:
         """Batches each rank goes through, in lockstep: the busiest rank's count (others end with empty steps)."""
@@ -83,6 +94,19 @@ class Ranks:
         received = [None] * self.world_size if self.main else None
         _collective(torch.distributed.gather_object, value, received, dst=0)
         return received
+
+    def in_order(self, batches: list[tuple[int, list]]) -> list:
+        """Every rank's (batch index, items) joined in batch order into one list, on every rank."""
+        parts = sorted((part for shared in self.share(batches) for part in shared), key=lambda part: part[0])
+        return [item for _, items in parts for item in items]
+
+    def first(self, value):
+        """Rank 0's `value` on every rank (what rank 0 alone read or decided)."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        _collective(torch.distributed.broadcast_object_list, box, src=0)
+        return box[0]
 
     def share(self, value) -> list:
         """Every rank's `value` on every rank, in rank order."""

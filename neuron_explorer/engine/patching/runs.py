@@ -38,6 +38,7 @@ from neuron_explorer.engine.alignment.corpora import load_corpus
 from neuron_explorer.engine.alignment.evaluation import (EvaluationResult, EvaluationSettings, InterventionHooks,
                                                           continuations, corpus_inputs, evaluate, perplexity)
 from neuron_explorer.engine.patching import modes
+from neuron_explorer.engine.model.distributed import current_ranks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
 from neuron_explorer.engine.alignment.prompts import PromptSet, load_prompts
 
@@ -149,7 +150,10 @@ def check_spec(spec: PatchSpec, selection: NeuronSelection | None) -> tuple[dict
 
 
 class PatchSession:
-    """The open cache, the base model and the base/DPO baseline; runs any number of interventions on them."""
+    """The open cache, the base model and the base/DPO baseline; runs any number of interventions on them.
+
+    Under torchrun every rank evaluates its batches of each evaluation (`evaluation.evaluate`) and holds the whole
+    result; rank 0 alone reports, and stores the baseline and the runs."""
 
     def __init__(self, cache_path: str | Path, settings: RunSettings | None = None, report: Reporter = ignore,
                  loaded=None):
@@ -158,6 +162,8 @@ class PatchSession:
 
         self.cache_path = Path(cache_path).expanduser()
         self.settings = settings or RunSettings()
+        self.ranks = current_ranks()
+        report = report if self.ranks.main else ignore
         self.tracker = Tracker(report)
         self.report = report
         self.reader = CacheReader(self.cache_path)
@@ -171,7 +177,8 @@ class PatchSession:
         self.corpus = load_corpus(self.settings.corpus)
         self.scorer = get_scorer(self.settings.scorer)
         self.report(Message(f"loading the base model {self.base_spec}"))
-        self.loaded = loaded or load_model(self.base_spec, device=self.settings.device, dtype=self.settings.dtype)
+        self.loaded = loaded or load_model(self.base_spec, device=self.ranks.device(self.settings.device),
+                                           dtype=self.settings.dtype)
         check_fits_cache(self.loaded, self.reader)
         self.probe = self.reader.probe_direction().astype(np.float64)
         self.unit_probe = self.probe / np.linalg.norm(self.probe)
@@ -179,9 +186,12 @@ class PatchSession:
                        for name in ("act_pre", "act_dpo", "act_shift")}
         self.eval_settings = self.settings.evaluation()
         self.inputs = corpus_inputs(self.loaded.tokenizer, self.corpus, self.eval_settings)
-        self.units = len(self.prompts.texts) + len(self.inputs.windows) + len(self.inputs.f1_items)
+        batch, ppl_batch = self.eval_settings.batch_size, self.eval_settings.ppl_batch_size
+        self.units = (self.ranks.count(len(self.prompts.texts), batch) + self.ranks.count(len(self.inputs.windows),
+                      ppl_batch) + self.ranks.count(len(self.inputs.f1_items), batch))  # this rank's share
         self.baseline_key = self._baseline_key()
-        self.baseline: dict | None = annotations.load_baseline(self.cache_path, self.baseline_key)
+        self.baseline: dict | None = self.ranks.first(  # every rank measures the baseline, or none does
+            annotations.load_baseline(self.cache_path, self.baseline_key) if self.ranks.main else None)
         self._cos_embedding: np.ndarray | None = None
         self._tuned = None
 
@@ -219,7 +229,7 @@ class PatchSession:
         if hooks is not None and hooks.scoring is None:
             self.report(Message(f"{stage}: perplexity {hooks.perplexity_pass}"))
         return evaluate(loaded, self.prompts.texts, self.scorer, settings=self.eval_settings, inputs=self.inputs,
-                        intervention=hooks, unit_probe=self.unit_probe,
+                        intervention=hooks, unit_probe=self.unit_probe, ranks=self.ranks,
                         advance=lambda units, metric: self.tracker.advance(units, f"{stage}: {metric}"))
 
     def ensure_baseline(self) -> dict:
@@ -234,8 +244,9 @@ class PatchSession:
         payload = {"key": self.baseline_key, "base_spec": self.base_spec, "tuned_spec": self.tuned_spec,
                    "settings": asdict(self.eval_settings), "prompts": self.prompt_record,
                    "corpus": self.corpus.provenance(), "scorer": self.scorer.describe(),
-                   "base": asdict(base), "dpo": asdict(dpo)}
-        annotations.save_baseline(self.cache_path, self.baseline_key, payload)
+                   "base": asdict(base), "dpo": asdict(dpo), "distributed": self.ranks.provenance()}
+        if self.ranks.main:
+            annotations.save_baseline(self.cache_path, self.baseline_key, payload)
         self.baseline = payload
         return payload
 
@@ -251,7 +262,8 @@ class PatchSession:
             from neuron_explorer.engine.model.loading import load_model
 
             self.report(Message(f"loading the tuned model {self.tuned_spec}"))
-            self._tuned = load_model(self.tuned_spec, device=self.settings.device, dtype=self.settings.dtype)
+            self._tuned = load_model(self.tuned_spec, device=self.ranks.device(self.settings.device),
+                                     dtype=self.settings.dtype)
         return self._tuned
 
     def cos_embedding(self) -> np.ndarray:
@@ -294,7 +306,7 @@ class PatchSession:
                     "patched": measured.generations[i], "dpo": dpo["generations"][i],
                     "base_score": base["scores"][i], "patched_score": measured.scores[i],
                     "dpo_score": dpo["scores"][i]} for i in range(count)]
-        if not save:
+        if not save or not self.ranks.main:
             return annotations.PatchRun(run_id="(not saved)", created="", settings=settings, metrics=metrics,
                                         samples=samples)
         return annotations.save_run(self.cache_path, settings, metrics, samples, label=spec.name())
@@ -308,7 +320,7 @@ class PatchSession:
                     "scorer": self.scorer.name, "evaluation": asdict(self.eval_settings),
                     "base": self.base_spec, "tuned": self.tuned_spec, "baseline": self.baseline_key,
                     "cache": str(self.cache_path), "cache_created": self.reader.info.created,
-                    "package_version": __version__}
+                    "distributed": self.ranks.provenance(), "package_version": __version__}
         if selection is not None and len(selection) <= 20_000:
             settings["neurons"] = selection.compact()
         return settings

@@ -1,7 +1,8 @@
 """DPO with trl's DPOTrainer: sigmoid loss (β = 0.1 by default), full fine-tuning against a frozen reference copy,
 early stopping on held-out pairs, progress with ETA, safetensors checkpoints. Rerunning the same command after an
 interruption resumes from the last checkpoint. Runs through accelerate: `accelerate launch -m neuron_explorer
-train-dpo ...` spreads it over several GPUs unchanged.
+train-dpo ...` spreads it over several processes unchanged, each taking --batch-size pairs per step (a step sees
+batch size × processes × --grad-accum pairs); docs/scale.md has tested launch commands.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--optimizer", default="adamw_torch",
                         help="adamw_torch, rmsprop (Lee), ... (default: %(default)s)")
     parser.add_argument("--steps", type=positive_count, default=DPO_STEPS, help="training steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_count, default=4, help="pairs per step (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_count, default=4,
+                        help="pairs per step and process (default: %(default)s)")
     parser.add_argument("--grad-accum", type=positive_count, default=1,
                         help="gradient accumulation steps (default: %(default)s)")
     parser.add_argument("--warmup", type=non_negative, default=0,
@@ -46,7 +48,9 @@ def add_arguments(parser) -> None:
                              "slower, the same result")
     parser.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N; under accelerate launch auto, cpu or cuda "
+                             "(default: %(default)s)")
 
 
 def run(args) -> int:
@@ -83,7 +87,9 @@ def run(args) -> int:
                            save_steps=args.save_steps, patience=args.patience, seed=args.seed, device=args.device,
                            activation_checkpointing=args.activation_checkpointing)
     result = train_dpo(settings, resume=not args.fresh)
-    print(f"{result.steps} steps in {result.seconds:.0f}s on {result.n_train_pairs} pairs "
-          f"(best held-out loss {result.best_eval_loss} at step {result.best_step}"
-          f"{', stopped early' if result.stopped_early else ''}) -> {result.output}")
+    if result.main_process:
+        processes = f", {result.world_size} processes" if result.world_size > 1 else ""
+        print(f"{result.steps} steps of {result.effective_batch} pairs{processes} in {result.seconds:.0f}s on "
+              f"{result.n_train_pairs} pairs (best held-out loss {result.best_eval_loss} at step {result.best_step}"
+              f"{', stopped early' if result.stopped_early else ''}) -> {result.output}")
     return 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,8 +14,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from neuron_explorer.cli import main
 from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
+from neuron_explorer.engine.alignment.evaluation import perplexity
 from neuron_explorer.engine.alignment.pairs import save_pairs
+from neuron_explorer.engine.model.generation import generate_continuations
+from neuron_explorer.engine.model.loading import load_model
 
 PROMPTS = ["The quick brown fox", "She walked to the market", "The river runs through", "What the hell is",
            "You are a", "The old stone bridge", "She bought bread and", "Shut up and"]
@@ -109,3 +116,88 @@ def test_activation_checkpointing_trades_memory_only(tmp_path, tiny_models):
         assert replace(run, activation_checkpointing=not flag).key() == run.key()
     assert replace(run, beta=0.2).key() != run.key()  # the key does see what changes the result
     assert all(torch.equal(tuned[False][name], tuned[True][name]) for name in tuned[False])
+
+
+DDP_CONFIG = Path(__file__).resolve().parents[2] / "docs" / "accelerate" / "ddp.yaml"
+
+# Run by `accelerate launch` in place of `-m neuron_explorer`: note each process's renames (its rank and the target)
+# in $RENAMES, then run `python -m neuron_explorer` unchanged. Publishing a folder is a rename (cache/atomic.py).
+RENAME_LOGGER = """
+import os, runpy
+replace = os.replace
+def logged(source, target, *args, **kwargs):
+    with open(os.environ["RENAMES"], "a") as log:
+        log.write(os.environ["RANK"] + " " + str(target) + "\\n")
+    return replace(source, target, *args, **kwargs)
+os.replace = logged
+runpy.run_module("neuron_explorer", run_name="__main__", alter_sys=True)
+"""
+
+
+def launch_dpo(tmp_path: Path, program: list[str], *argv: str) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file docs/accelerate/ddp.yaml PROGRAM train-dpo ARGV` on 2 CPU processes of one
+    thread each (a free port, and no user accelerate config read)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
+               "--num_processes", "2", "--main_process_port", "0", *program, "train-dpo", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"),
+           "RENAMES": str(tmp_path / "renames")}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+
+
+@pytest.mark.slow
+def test_data_parallel_dpo_equals_one_process(tmp_path, tiny_models, one_torch_thread):
+    """Two processes of 2 pairs each take the steps of one process of 2 pairs × 2 accumulated: accelerate's seeded
+    sampler draws the same order of pairs and hands process k the k-th 2 of each 4, and DDP averages the two
+    gradients as accumulation does, (a + b) / 2 = a / 2 + b / 2 exactly in floating point: the same weights bit for
+    bit. One process of 4 pairs pads them to a common length, so its sums round differently: measured 7.9e-7 apart
+    after 3 steps that move the weights by up to 3.0e-3, where a process drawing its own order of pairs lands 3.1e-3
+    away. Only the main process reports and publishes the tuned model."""
+    common = ["train-dpo", "--model", str(tiny_models["llama"]), "--pairs",
+              str(write_pairs(tmp_path / "pairs.jsonl", 20)), "--steps", "3", "--lr", "1e-3", "--eval-pairs", "4",
+              "--eval-steps", "1", "--save-steps", "1", "--patience", "0", "--device", "cpu"]
+    assert main([*common, "-o", str(tmp_path / "accumulated"), "--batch-size", "2", "--grad-accum", "2"]) == 0
+    assert main([*common, "-o", str(tmp_path / "one"), "--batch-size", "4"]) == 0
+    (tmp_path / "logger.py").write_text(RENAME_LOGGER)
+    launched = launch_dpo(tmp_path, [str(tmp_path / "logger.py")], *common[1:], "-o", str(tmp_path / "two"),
+                          "--batch-size", "2")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    renames = [line.split(" ", 1) for line in (tmp_path / "renames").read_text().splitlines()]
+    assert [rank for rank, target in renames if target == str(tmp_path / "two")] == ["0"], "published by every rank"
+
+    lines = launched.stdout.splitlines()
+    assert [line for line in lines if line.startswith("step 3/3  loss")] == [lines[-4]], "progress from every rank"
+    assert lines[-1].startswith("3 steps of 4 pairs, 2 processes in ") and lines[-1].endswith(str(tmp_path / "two"))
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporaries
+    assert not (tmp_path / "two.checkpoints" / "checkpoints").exists()
+    records = {name: json.loads((tmp_path / name / "neuron_explorer_dpo.json").read_text())["result"]
+               for name in ("accumulated", "one", "two")}
+    assert [(r["world_size"], r["effective_batch"], r["steps"]) for r in records.values()] == [(1, 4, 3), (1, 4, 3),
+                                                                                                (2, 4, 3)]
+    assert records["two"]["best_eval_loss"] == records["accumulated"]["best_eval_loss"]
+
+    base = weights(tiny_models["llama"])
+    tuned = {name: weights(tmp_path / name) for name in records}
+    assert max((tuned["two"][k] - base[k]).abs().max().item() for k in base) > 1e-3  # trained at all
+    assert all(torch.equal(tuned["two"][k], tuned["accumulated"][k]) for k in base)
+    assert max((tuned["two"][k] - tuned["one"][k]).abs().max().item() for k in base) < 1e-5
+
+    evaluated = {}
+    for name in ("one", "two"):  # the tuned folder loads and evaluates like any other
+        loaded = load_model(str(tmp_path / name), device="cpu", dtype="float32")
+        windows = [loaded.tokenizer(text)["input_ids"][:4] for text in PROMPTS]
+        evaluated[name] = (generate_continuations(loaded, PROMPTS, new_tokens=8), perplexity(loaded, windows)[0])
+    assert evaluated["two"][0] == evaluated["one"][0]
+    assert evaluated["two"][1] == pytest.approx(evaluated["one"][1], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_data_parallel_dpo_error_is_one_line(tmp_path, tiny_models):
+    """A user error in the ranks ends the launch non-zero with the ranks' one-line message and none of our traceback
+    (the launcher then reports the failed rank in its own words)."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 1)
+    launched = launch_dpo(tmp_path, ["-m", "neuron_explorer"], "--model", str(tiny_models["llama"]),
+                          "--pairs", str(pairs), "-o", str(tmp_path / "two"), "--device", "cpu")
+    assert launched.returncode != 0
+    assert "neuron-explorer: error: " + f"{pairs} holds 1 pair(s): DPO needs at least 2" in launched.stderr
+    assert "neuron_explorer/" not in launched.stderr.replace("neuron_explorer FAILED", "")
+    assert not (tmp_path / "two").exists()

@@ -5,7 +5,9 @@ same folder, configurable learning rate / optimizer / steps / batch size, evalua
 `eval_steps` with early stopping on the held-out pair loss (as Lee et al.), the best checkpoint kept, safetensors
 checkpoints (with optimizer state) every `save_steps`, and resumption from the last checkpoint after an
 interruption. The Trainer runs through `accelerate`: `accelerate launch -m neuron_explorer train-dpo ...` spreads the
-same command over several GPUs.
+same command over several processes (data-parallel: each takes `batch_size` pairs per step, so a step sees
+batch_size × processes × gradient_accumulation pairs); only the main process prints, prepares the checkpoint folder
+and writes the tuned model, and the run record notes the number of processes (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import re
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,12 +78,16 @@ class DPOResult:
     n_train_pairs: int
     n_eval_pairs: int
     seconds: float
+    world_size: int  # processes of a data-parallel launch (1: a plain run)
+    effective_batch: int  # pairs per optimizer step: batch_size × world_size × gradient_accumulation
+    main_process: bool  # the one that reports and wrote `output` (the only one outside `accelerate launch`)
     log: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
         data = asdict(self)
         data["output"] = str(self.output)
         data.pop("log")
+        data.pop("main_process")
         return data
 
 
@@ -123,12 +130,14 @@ def _split_pairs(pairs: list[dict], eval_pairs: int, seed: int) -> tuple[list[di
     return train_rows, eval_rows
 
 
-def _previous_key(run_file: Path) -> str | None:
-    """The settings key of the run that left the checkpoints; None when there is none or its record was cut short."""
+def _previous_run(run_file: Path) -> tuple[str | None, int]:
+    """The settings key and the number of processes of the run that left the checkpoints (a step's pairs depend on
+    both); key None when there is none or its record was cut short."""
     try:
-        return json.loads(run_file.read_text()).get("key")
+        record = json.loads(run_file.read_text())
+        return record.get("key"), record.get("world_size", 1)
     except (OSError, ValueError, AttributeError):
-        return None
+        return None, 1
 
 
 def checkpoint_complete(folder: Path) -> bool:
@@ -209,24 +218,10 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         raise UserError("--steps and --batch-size must be at least 1")
     train_rows, eval_rows = _split_pairs(pairs, settings.eval_pairs, settings.seed)
 
-    work = Path(settings.work_dir).expanduser()
-    checkpoints = work / "checkpoints"
-    run_file = work / RUN_FILE
-    if _previous_key(run_file) != settings.key() or not resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"key": settings.key(), "settings": asdict(settings)}, indent=2))
-    last = last_complete_checkpoint(checkpoints, printer) if resume else None
-
     device = resolve_device(settings.device)
     on_cpu = device == "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(policy)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
-    reference.requires_grad_(False)
-    reference.eval()
+    work = Path(settings.work_dir).expanduser()
+    checkpoints = work / "checkpoints"
 
     has_eval = len(eval_rows) > 0
     eval_steps = max(1, settings.eval_steps)
@@ -264,12 +259,38 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         fp16=False,
         use_cpu=on_cpu,
         gradient_checkpointing=False,
+        ddp_find_unused_parameters=False,  # every weight takes part in the loss: no graph search at each step
         dataloader_num_workers=0,
         seed=settings.seed,
         data_seed=settings.seed,
         precompute_ref_log_probs=False,
     )
-    all_callbacks = [_progress_callback(printer), *callbacks]
+    # The config set up accelerate's state. Under `accelerate launch` the main process alone prepares the checkpoint
+    # folder, reports and writes; the others look for the checkpoint to resume from once it is done (when nothing is
+    # left to set aside) and wait for the tuned model at the end.
+    main, world_size = config.process_index == 0, config.world_size
+    if world_size > 1 and ":" in device:
+        raise UserError(f"--device {settings.device} picks one device, but under `accelerate launch` each process "
+                        f"takes its own from accelerate: pass --device auto, cuda or cpu")
+    say = printer if main else lambda line: None
+    with config.main_process_first(local=False, desc="preparing the checkpoint folder"):
+        if main:
+            run_file = work / RUN_FILE
+            if _previous_run(run_file) != (settings.key(), world_size) or not resume:
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            run_file.write_text(json.dumps({"key": settings.key(), "world_size": world_size,
+                                            "settings": asdict(settings)}, indent=2))
+        last = last_complete_checkpoint(checkpoints, say) if resume else None
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    reference.requires_grad_(False)
+    reference.eval()
+
+    all_callbacks = [_progress_callback(say), *callbacks]
     if has_eval and settings.patience > 0:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.patience))
     trainer = DPOTrainer(
@@ -288,11 +309,11 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     if last and _training_finished(Path(last), settings.max_steps):
         # Killed after the last step, before the tuned model was in place. Trainer.train resumed from here would
         # take one step more than --steps, so the model is taken as training left it.
-        printer(f"training had finished at {last}: writing the tuned model from it")
+        say(f"training had finished at {last}: writing the tuned model from it")
         _restore_finished(trainer, Path(last), config.load_best_model_at_end)
     else:
         if last:
-            printer(f"resuming DPO from {last}")
+            say(f"resuming DPO from {last}")
         trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - start
     if on_trainer is not None:
@@ -308,13 +329,20 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     result = DPOResult(output=output, steps=state.global_step, best_eval_loss=state.best_metric,
                        best_step=best_step, stopped_early=stopped_early, resumed_from=last,
                        n_train_pairs=len(train_rows), n_eval_pairs=len(eval_rows), seconds=seconds,
-                       log=list(state.log_history))
-    with atomic_path(output, advice="choose another -o") as partial:
-        trainer.save_model(str(partial))  # the best checkpoint's weights when load_best_model_at_end
-        tokenizer.save_pretrained(str(partial))
-        (partial / "neuron_explorer_dpo.json").write_text(json.dumps(
-            {"settings": asdict(settings), "result": result.summary(), "log": result.log}, indent=2, default=str))
-    if not keep_checkpoints:
+                       world_size=world_size,
+                       effective_batch=settings.batch_size * world_size * settings.gradient_accumulation,
+                       main_process=main, log=list(state.log_history))
+    # Every process takes part in saving (FSDP and ZeRO-3 gather the weights from all of them); the main one writes.
+    with atomic_path(output, advice="choose another -o") if main else nullcontext() as partial:
+        trainer.save_model(str(partial) if main else None)  # the best checkpoint's weights when load_best_model_at_end
+        if main:
+            tokenizer.save_pretrained(str(partial))
+            (partial / "neuron_explorer_dpo.json").write_text(json.dumps(
+                {"settings": asdict(settings), "result": result.summary(), "log": result.log}, indent=2,
+                default=str))
+    # The others may still be reading the best checkpoint; they end once the tuned model is in place.
+    config.distributed_state.wait_for_everyone()
+    if main and not keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
         for aside in work.glob("checkpoint-*.incomplete"):  # set aside by an interrupted run; of no use now
             shutil.rmtree(aside, ignore_errors=True)

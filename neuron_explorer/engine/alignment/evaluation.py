@@ -26,7 +26,7 @@ import torch
 
 from neuron_explorer.engine.alignment.corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
 from neuron_explorer.engine.model.distributed import Ranks
-from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, batches, generate_continuations
+from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import execution_device
 

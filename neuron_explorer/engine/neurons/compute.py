@@ -29,7 +29,8 @@ from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
-from neuron_explorer.engine.model.weights import probe_projections, value_cosines, value_tokens, vocabulary
+from neuron_explorer.engine.model.weights import (lens_memo, probe_projections, value_cosines, value_tokens,
+                                                  vocabulary)
 
 AUTO_PROBE = "auto"
 
@@ -151,7 +152,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         tokens = {}
         my_layers = range(ranks.rank, n_layers, ranks.world_size)
         for name, loaded in (("pre", pre), ("dpo", dpo)):
-            found = value_tokens(loaded, settings.tokens_per_neuron, layers=my_layers,
+            found = value_tokens(loaded, settings.tokens_per_neuron, layers=my_layers, memo=lens_memo(loaded),
                                  advance=task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})",
                                               len(my_layers)))
             parts = ranks.gather(found)

@@ -9,15 +9,27 @@ and prints record/bare and authors/record. Peak memory of the recording pass is 
 a GPU the allocator's peak above the loaded model, on a CPU the peak resident set (VmHWM) of a fresh process that
 loads the model and records, so nothing earlier in the run hides or inflates it. It must not grow with N.
 
-  python bench/recording_bench.py [--prompts 64] [--base embedded] [--tuned embedded-dpo] [--device auto]
-Targets: record/bare ≤ 1.2, authors/record ≥ 5, peak memory flat in N.
+Two more parts (`--parts`):
+  compute  the whole `compute` (its default prompts: every recorded prompt of builtin:heldout) against the bare
+           greedy generation of both models on the same prompts, with the logit-lens memo cold (emptied first) and
+           warm (the second run of the same weights); target compute/bare ≤ 1.3
+  memory   the peak resident set of a fresh process running the whole `compute` of a random-weight model as wide as
+           the embedded one (30 layers × 1,536 neurons, so each prompt's row is the embedded size) on 1,000 and
+           10,000 prompts: the per-prompt store streams to disk, so it must not grow tenfold
+
+  python bench/recording_bench.py [--parts recording,compute,memory] [--prompts 64] [--base embedded]
+                                  [--tuned embedded-dpo] [--device auto] [--memory-prompts 1000,10000]
+Targets: record/bare ≤ 1.2, authors/record ≥ 5, peak memory flat in N, compute/bare ≤ 1.3.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -95,8 +107,103 @@ def timed(function, *args) -> float:
     return time.perf_counter() - start
 
 
+def whole_compute(args) -> None:
+    """`compute` with its defaults against the bare generation of both models on the prompts it records."""
+    from neuron_explorer.engine.alignment.prompts import hold_out_for_patching
+    from neuron_explorer.engine.model.weights import lens_memo
+    from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
+
+    settings = ComputeSettings(base=args.base, tuned=args.tuned, device=args.device)
+    texts = hold_out_for_patching(load_prompts(settings.prompts), settings.patch_holdout)[0].texts
+    bare_seconds = 0.0
+    for spec in (args.base, args.tuned):
+        loaded = load_model(spec, device=args.device)
+        bare(loaded, texts[:settings.batch_size], 2, settings.batch_size)  # warm-up
+        bare_seconds += timed(bare, loaded, texts, settings.new_tokens, settings.batch_size)
+        memo = lens_memo(loaded)
+        if memo is not None:
+            shutil.rmtree(memo, ignore_errors=True)  # the first compute below computes the lens
+        del loaded
+    print(f"\nwhole compute on {len(texts)} recorded prompts of {settings.prompts}, batch {settings.batch_size}, "
+          f"{settings.new_tokens} new tokens; bare greedy generation of both models: {bare_seconds:.1f} s")
+    with tempfile.TemporaryDirectory() as folder:
+        for label in ("lens memo cold", "lens memo warm"):
+            settings.output = Path(folder) / "compute.h5"
+            started = time.perf_counter()
+            result = run_compute(settings)
+            seconds = time.perf_counter() - started
+            stages = ", ".join(f"{name} {value:.1f}s" for name, value in result.seconds.items())
+            print(f"  {label}: {seconds:.1f} s = {seconds / bare_seconds:.2f}× bare ({stages})")
+
+
+def _compute_in_fresh_process(folder: str, prompts: str, output: str, results) -> None:
+    import os
+
+    from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
+
+    os.environ["NEURON_EXPLORER_HOME"] = str(Path(output).with_suffix(".home"))  # its own, empty logit-lens memo
+
+    run_compute(ComputeSettings(base=folder, tuned=folder + "-tuned", probe="toxic-embedding", prompts=prompts,
+                                output=Path(output), device="cpu", new_tokens=4))
+    with open("/proc/self/status") as handle:
+        results.put(next(int(line.split()[1]) for line in handle if line.startswith("VmHWM")) / 1024)
+
+
+def wide_random_pair(root: Path) -> str:
+    """A random-weight Llama of the embedded model's width (30 × 1,536 neurons; narrow elsewhere, so it runs fast)
+    with the embedded tokenizer, and a perturbed copy as its 'tuned' model."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from neuron_explorer.engine.model.loading import materialize_embedded
+
+    tokenizer = AutoTokenizer.from_pretrained(materialize_embedded())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    for name, noise in (("wide", 0.0), ("wide-tuned", 0.01)):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * noise)
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return str(root / "wide")
+
+
+def memory_check(args) -> None:
+    """Peak resident set of the whole `compute` on 1,000 and 10,000 prompts (each prompt a numbered variant)."""
+    counts = [int(n) for n in args.memory_prompts.split(",")]
+    base = load_prompts("builtin").texts
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        model = wide_random_pair(root)
+        print("\nwhole compute of a random 30 × 1,536-neuron pair, 4 new tokens, peak resident set of a fresh process:")
+        peaks = []
+        for n in counts:
+            prompts = root / f"prompts-{n}.txt"
+            prompts.write_text("\n".join(f"{base[i % len(base)]} {i}" for i in range(n)) + "\n")
+            context = multiprocessing.get_context("spawn")
+            results = context.Queue()
+            started = time.perf_counter()
+            process = context.Process(target=_compute_in_fresh_process,
+                                      args=(model, str(prompts), str(root / f"cache-{n}.h5"), results))
+            process.start()
+            process.join()
+            if process.exitcode != 0:
+                raise SystemExit(f"the memory-measuring compute failed (exit code {process.exitcode})")
+            peaks.append(results.get(timeout=10))
+            size = (root / f"cache-{n}.h5").stat().st_size / 2**20
+            print(f"  {n:>6} prompts ({n // 2} recorded): peak {peaks[-1]:.0f} MiB, cache {size:.0f} MiB, "
+                  f"{time.perf_counter() - started:.0f} s")
+        print(f"  peak at {counts[-1]:,} / at {counts[0]:,} prompts: {peaks[-1] / peaks[0]:.2f}× "
+              f"(the prompts grew {counts[-1] / counts[0]:.0f}×)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="recording,compute,memory",
+                        help="which parts to run, comma-separated (default: %(default)s)")
+    parser.add_argument("--memory-prompts", default="1000,10000", help="prompt counts of the memory part")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--base", default="embedded")
     parser.add_argument("--tuned", default="embedded-dpo")
@@ -105,6 +212,16 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2, help="take the best of this many timings")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    if "recording" in parts:
+        recording(args)
+    if "compute" in parts:
+        whole_compute(args)
+    if "memory" in parts:
+        memory_check(args)
+
+
+def recording(args) -> None:
     texts = load_prompts("builtin", max_prompts=2 * args.prompts).texts
     assert len(texts) >= 2 * args.prompts, "not enough built-in prompts for 2N"
     print(f"{args.prompts} prompts, batch {args.batch_size}, {args.new_tokens} new tokens, "

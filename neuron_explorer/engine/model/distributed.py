@@ -17,6 +17,7 @@ import atexit
 import math
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -143,11 +144,23 @@ class BatchGather:
 
 
 def _collective(operation: Callable, *args, **kwargs) -> None:
+    started = time.perf_counter()
     try:
         operation(*args, **kwargs)
     except (RuntimeError, torch.distributed.DistError) as error:
         raise PeerFailed(f"rank {torch.distributed.get_rank()} stopped: another process of this torchrun failed "
                          f"(its error is printed above; {type(error).__name__})") from None
+    finally:
+        _waited[0] += time.perf_counter() - started
+
+
+_waited = [0.0]
+
+
+def collective_seconds() -> float:
+    """Seconds this process has spent in collectives (moving data, and waiting for slower ranks): the price of
+    running data-parallel, which `compute` reports beside its stages."""
+    return _waited[0]
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ from neuron_explorer.events import Reporter, Tracker, ignore
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
-from neuron_explorer.engine.model.distributed import BatchGather, current_ranks
+from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
                                                   parse_max_memory, weights_loaded)
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
@@ -163,6 +163,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                         whole[rank::ranks.world_size] = part[key]
                     tokens[f"{key}_{name}"] = whole
         timings["weights"] += time.perf_counter() - clock
+        if ranks.world_size > 1:
+            timings["of which collectives"] = collective_seconds()
         if not ranks.main:
             return None
 

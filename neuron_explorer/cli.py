@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -65,8 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(_run=module.run, _data_parallel=getattr(module, "DATA_PARALLEL", False))
     return parser
+
+
+def check_launch(args) -> None:
+    """Under torchrun or accelerate (WORLD_SIZE > 1) only the commands that deal their work out to the processes
+    run; any other would run N times over, each copy writing the same files."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args._data_parallel:
+        parallel = ", ".join(name for name, module in COMMANDS.items()
+                             if getattr(importlib.import_module(f"neuron_explorer.commands.{module}"),
+                                        "DATA_PARALLEL", False))
+        raise UserError(f"{args.command} runs in one process: start it without torchrun or accelerate launch "
+                        f"(data-parallel commands: {parallel})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if not getattr(args, "_run", None):
             args = parser.parse_args(["explore", *argv])
+        check_launch(args)
         return int(args._run(args) or 0)
     except UserError as error:
         print(f"neuron-explorer: error: {error}", file=sys.stderr)

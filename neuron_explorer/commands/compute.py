@@ -28,6 +28,7 @@ from neuron_explorer.commands.arguments import output_file, positive_count
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE,
                                              PATCH_HOLDOUT, POSITION_MODES, POSITION_PROTOCOLS, default_cache_path)
 
+DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "record a base/tuned model pair and write the neuron statistics to an HDF5 cache"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from neuron_explorer.cache.atomic import write_text_atomically
 from neuron_explorer.commands.arguments import at_least, count_or_all, output_file, positive_count
 
+DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
 
 

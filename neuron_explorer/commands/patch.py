@@ -42,6 +42,7 @@ from neuron_explorer.commands.arguments import at_least, count_or_all, non_negat
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.patching import modes
 
+DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "patch, ablate or edit neurons of the base model and measure how much of DPO's effect comes back"
 
 

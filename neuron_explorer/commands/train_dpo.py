@@ -12,6 +12,7 @@ from pathlib import Path
 from neuron_explorer.commands.arguments import non_negative, output_folder, positive_count, readable_file
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
 
+DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "DPO-tune a model on preference pairs (trl), resumable"
 
 

@@ -253,9 +253,9 @@ class CacheReader:
         """Σ Δ per layer and group (long format), for the stacked per-layer plot."""
         contribution = self.file["neurons/contribution"][:]
         codes = self.file["neurons/group"][:]
-        sums = np.zeros((self.info.n_layers, len(schema.GROUP_NAMES)))
-        for code in range(len(schema.GROUP_NAMES)):
-            sums[:, code] = np.where(codes == code, contribution, 0).sum(axis=1)
+        # one pass over each layer (the overview's first paint waits for this: 2.29 M neurons for a 70B model)
+        sums = np.stack([np.bincount(layer_codes, weights=layer_values, minlength=len(schema.GROUP_NAMES))
+                         for layer_codes, layer_values in zip(codes, contribution)])
         return pl.DataFrame({
             "layer": np.repeat(np.arange(self.info.n_layers, dtype=np.int16), len(schema.GROUP_NAMES)),
             "group": pl.Series(list(schema.GROUP_NAMES) * self.info.n_layers, dtype=GROUP_DTYPE),

@@ -92,3 +92,36 @@ def test_export_csv_and_parquet_keep_the_view_order(store, tmp_path):
     assert csv["id"].to_list() == parquet["id"].to_list()
     with pytest.raises(UserError):
         store.export(tmp_path / "view.xlsx")
+
+
+def awkward_values(dtype, n: int, rng: np.random.Generator) -> pl.Series:
+    """Ties, nulls, and for floats NaN, ±inf, -0.0 and 0.0, subnormals and extremes."""
+    if dtype in (pl.Float32, pl.Float64):
+        pool = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.5, -1.5],
+                        dtype=np.float32)
+        data = np.where(rng.random(n) < 0.3, rng.choice(pool, n), rng.normal(size=n).astype(np.float32))
+    else:
+        info = np.iinfo({pl.Int8: np.int8, pl.Int16: np.int16, pl.Int32: np.int32, pl.UInt8: np.uint8,
+                         pl.UInt16: np.uint16, pl.UInt32: np.uint32}[dtype])
+        data = rng.integers(info.min, info.max, n, endpoint=True)
+        data = np.where(rng.random(n) < 0.3, rng.choice([info.min, info.max, 0, 1], n), data)
+    series = pl.Series("x", data).cast(dtype, strict=False)
+    return series.scatter(np.flatnonzero(rng.random(n) < 0.1), None)
+
+
+@pytest.mark.parametrize("dtype", [pl.Float32, pl.Int8, pl.Int16, pl.Int32, pl.UInt8, pl.UInt32, pl.Float64])
+@pytest.mark.parametrize("descending", [False, True])
+def test_the_fast_sort_orders_rows_as_polars_does(dtype, descending):
+    """`sorted_rows` packs values into integer keys; polars' sort by value, then row number (nulls last), is the
+    independent reference, on whole columns and on filtered subsets."""
+    from neuron_explorer.explorer.state import sorted_rows
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n = int(rng.integers(1, 400))
+        values = awkward_values(dtype, n, rng)
+        rows = None if trial % 2 else np.flatnonzero(rng.random(n) < 0.6)
+        table = pl.DataFrame({"value": values, "row": np.arange(n)})
+        table = table if rows is None else table[rows]
+        expected = table.sort(["value", "row"], descending=[descending, False], nulls_last=True)["row"].to_numpy()
+        np.testing.assert_array_equal(sorted_rows(values, rows, descending), expected, err_msg=f"trial {trial}")

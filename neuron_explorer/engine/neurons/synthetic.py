@@ -5,6 +5,9 @@ Tests of the explorer and the explorer benchmark use them, so neither needs a mo
 
 from __future__ import annotations
 
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from neuron_explorer.engine.neurons.results import write_statistics, write_token
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
 
 TOKENS_PER_NEURON = 10
+FILL_THREADS = 2  # threads that shuffle and compress prompt-activation chunks (zlib and numpy release the GIL)
 
 
 def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 64, n_prompts: int = 24,
@@ -49,12 +53,7 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
                               "continuation_dpo": [" and then it stopped"] * n_prompts})
         pre = writer.prompt_activations("pre", n_prompts)
         dpo = writer.prompt_activations("dpo", n_prompts)
-        block = 64
-        for start in range(0, n_prompts, block):
-            rows = min(block, n_prompts - start)
-            noise = rng.normal(0.0, 0.05, (rows, n_layers, d_mlp)).astype(np.float32)
-            pre[start:start + rows] = (act_pre[None] + noise).astype(np.float16)
-            dpo[start:start + rows] = (act_dpo[None] + noise * 1.1).astype(np.float16)
+        _fill_prompt_activations(rng, pre, dpo, act_pre, act_dpo)
         tokens = {}
         for model in ("pre", "dpo"):
             for direction, sign in (("top", -1), ("bottom", 1)):
@@ -66,3 +65,44 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
         writer.write_array("probe/direction", rng.normal(0, 1, d_model).astype(np.float32), {"source": "synthetic"})
         write_statistics(writer, metrics, layers, pre, dpo, cluster_top_k=cluster_top_k, n_clusters=n_clusters)
     return Path(path)
+
+
+def _fill_prompt_activations(rng: np.random.Generator, pre, dpo, act_pre: np.ndarray, act_dpo: np.ndarray) -> None:
+    """Per-prompt activations: the neuron means plus per-prompt noise (the same noise, ×1.1, for DPO).
+
+    Streams one block of prompts (one chunk's height) at a time, drawing the noise prompt by prompt so that a
+    Llama-70B-sized block holds ~0.6 GB, not ~3 GB. The chunks are byte-shuffled and deflated in threads (deflate
+    is most of the time: ~11 GB for a 70B-sized cache) and written with `write_direct_chunk`: the same bytes the
+    datasets' own filters (shuffle + gzip) write, which run on one core.
+    """
+    n_prompts, n_layers, d_mlp = pre.shape
+    block, _, width = pre.chunks
+    level = pre.compression_opts
+    assert pre.shuffle and pre.compression == "gzip" and pre.chunks == dpo.chunks
+    means = {"pre": act_pre, "dpo": act_dpo}
+    lock = threading.Lock()
+
+    def write_layer(dataset, model: str, noise: np.ndarray, start: int, layer: int) -> None:
+        scale = 1.1 if model == "dpo" else None
+        rows = noise.shape[0]
+        layer_noise = noise[:, layer] if scale is None else noise[:, layer] * scale
+        values = (means[model][layer][None] + layer_noise).astype(np.float16)
+        padded = np.zeros((block, -(-d_mlp // width) * width), dtype=np.float16)
+        padded[:rows, :d_mlp] = values
+        for column in range(0, d_mlp, width):
+            chunk = np.ascontiguousarray(padded[:, column:column + width])
+            shuffled = chunk.view(np.uint8).reshape(-1, 2).T.tobytes()
+            data = zlib.compress(shuffled, level)
+            with lock:
+                dataset.id.write_direct_chunk((start, layer, column), data)
+
+    with ThreadPoolExecutor(FILL_THREADS) as pool:
+        for start in range(0, n_prompts, block):
+            rows = min(block, n_prompts - start)
+            noise = np.empty((rows, n_layers, d_mlp), dtype=np.float32)
+            for row in range(rows):  # the same stream as one (rows, n_layers, d_mlp) draw
+                noise[row] = rng.normal(0.0, 0.05, (n_layers, d_mlp))
+            jobs = [pool.submit(write_layer, dataset, model, noise, start, layer)
+                    for dataset, model in ((pre, "pre"), (dpo, "dpo")) for layer in range(n_layers)]
+            for job in jobs:
+                job.result()

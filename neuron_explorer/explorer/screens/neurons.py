@@ -93,7 +93,8 @@ class NeuronsScreen(Screen):
         text = self.store.describe_view()
         if self.store.marked:
             text += f" · {len(self.store.marked):,} marked"
-        self.query_one("#view-status", Static).update(text)
+        # both status lines are one row high (neurons.tcss): no layout pass over the whole screen
+        self.query_one("#view-status", Static).update(text, layout=False)
         layer = self.store.view.layer
         if layer is None:
             summary = self.totals
@@ -103,7 +104,7 @@ class NeuronsScreen(Screen):
             row = self.layer_sums.row(layer, named=True)
             detail = (f"L{layer}: ΣΔ {signed(row['sum_contribution'])}  Σ+ {signed(row['sum_positive'])}  "
                       f"Σ− {signed(row['sum_negative'])}  resid {signed(row['residual_pre'])}")
-        self.query_one("#layer-status", Static).update(detail)
+        self.query_one("#layer-status", Static).update(detail, layout=False)
 
     # -- events ----------------------------------------------------------------------------------------------
     @on(OptionList.OptionSelected, "#layer-list")

@@ -60,13 +60,15 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, (processes, threads) in settings.items():
                 runs[name].append(compute(args, output, processes, threads))
-    print(f"\n{'setting':<26}{'wall s':>8}" + "".join(f"{stage:>14}" for stage in runs[next(iter(runs))][0][1]))
+    names = list(dict.fromkeys(stage for measured in runs.values() for stage in measured[0][1]))
+    print(f"\n{'setting':<26}{'wall s':>8}" + "".join(f"{stage.replace('of which ', ''):>13}" for stage in names))
     medians = {}
     for name, measured in runs.items():
         wall = statistics.median(w for w, _ in measured)
         stages = {stage: statistics.median(s[stage] for _, s in measured) for stage in measured[0][1]}
         medians[name] = (wall, stages)
-        print(f"{name:<26}{wall:>8.1f}" + "".join(f"{value:>14.1f}" for value in stages.values()))
+        print(f"{name:<26}{wall:>8.1f}" + "".join(f"{stages[stage]:>13.1f}" if stage in stages else f"{'—':>13}"
+                                                  for stage in names))
     (one_wall, one), (two_wall, two) = medians.values()
     collectives = two.get("of which collectives", 0.0)
     print(f"\nspeed-up of 2 processes × 1 thread over 1 process × 2 threads: {one_wall / two_wall:.2f}×")
@@ -82,7 +84,7 @@ def main() -> None:
     for n in (1, 2, 4, 8, 32):
         expected = imports + two.get("load", 0) + 2 * dealt / n + (collectives if n > 1 else 0) + serial
         print(f"  N = {n:>2}: {expected:6.1f} s  ({(imports + two.get('load', 0) + 2 * dealt + serial) / expected:.2f}× "
-              f"of one rank)")
+              f"one process of one thread)")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 From the recorder's means and the weights, each layer's MLP writes Σ_i p_i·ā_i + b·ŵ along the probe on average over
 the recorded positions (with an output norm, the mean of m_i·s_t in place of ā_i). Here that write is measured where
-the residual stream receives it, in a separate teacher-forced pass over the recorded tokens: one prompt at a time
-with no padding, its positions chosen by plain index arithmetic, and the write read as the block's output minus the
+the residual stream receives it, in a separate teacher-forced pass over the recorded tokens: prompts of equal length
+together, so with no padding, their positions chosen by plain index arithmetic, and the write read as the block's output minus the
 residual the MLP reads (less the attention output where both are added in parallel). A position bug in the recorder
 (padding averaged in, a position off by one) leaves a residual here; one hook's input and output, compared with each
 other, agree by linearity whatever was recorded.
@@ -75,7 +75,8 @@ def measure_mlp_writes(loaded: LoadedModel, prompts: list[str], continuations: l
                        unit_probe: np.ndarray, *, positions: str, max_prompt_tokens: int,
                        advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
     """Per layer, the mean over the read positions of all prompts of (residual after the MLP − before) · ŵ, and the
-    number of positions read. Each prompt is truncated as the recorder truncates it and followed by its continuation."""
+    number of positions read. Each prompt is truncated as the recorder truncates it and followed by its continuation;
+    sequences of the same length run as one batch (no padding, so every row reads the same positions)."""
     arch, model = loaded.arch, loaded.model
     n_layers = arch.n_layers(model)
     probe = torch.as_tensor(unit_probe, dtype=torch.float64)
@@ -93,9 +94,9 @@ def measure_mlp_writes(loaded: LoadedModel, prompts: list[str], continuations: l
     def measure(layer: int) -> Callable:
         def hook(module, inputs, output):
             after = output[0] if isinstance(output, tuple) else output
-            write = after[0, read].double() - before[layer][0, read].double()
+            write = after[:, read].double() - before[layer][:, read].double()
             if layer in parallel:
-                write -= parallel[layer][0, read].double()
+                write -= parallel[layer][:, read].double()
             totals[layer] += float((write @ probe.to(write.device)).sum())
         return hook
 
@@ -104,14 +105,17 @@ def measure_mlp_writes(loaded: LoadedModel, prompts: list[str], continuations: l
     block_hooks += [(attention, keep(parallel, layer, True)) for layer, (_, _, attention) in enumerate(modules)
                     if attention is not None]
     input_hooks = [(pre_mlp, keep(before, layer, False)) for layer, (_, pre_mlp, _) in enumerate(modules)]
+    by_length: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for text, continuation in zip(prompts, continuations):
+        ids, _ = encode_prompts(loaded.tokenizer, [text], max_prompt_tokens, loaded.device)
+        full = torch.cat([ids, continuation.to(ids.device)[None]], dim=1)
+        by_length.setdefault((ids.shape[1], len(continuation)), []).append(full)
     n_positions = 0
     with forward_hooks(input_hooks, pre=True), forward_hooks(block_hooks):
-        for text, continuation in zip(prompts, continuations):
-            ids, _ = encode_prompts(loaded.tokenizer, [text], max_prompt_tokens, loaded.device)
-            full = torch.cat([ids, continuation.to(ids.device)[None]], dim=1)
-            read[:] = read_positions(positions, ids.shape[1], len(continuation))
-            n_positions += len(read)
-            model(input_ids=full, use_cache=False, logits_to_keep=1)
+        for (prompt_len, n_generated), rows in by_length.items():
+            read[:] = read_positions(positions, prompt_len, n_generated)
+            n_positions += len(read) * len(rows)
+            model(input_ids=torch.cat(rows), use_cache=False, logits_to_keep=1)
             if advance is not None:
-                advance(1)
+                advance(len(rows))
     return totals / max(n_positions, 1), n_positions

@@ -239,7 +239,8 @@ def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, floa
     size = plan.models[0]
     n_batches = math.ceil(len(texts) / settings.batch_size)
     chunks = size.n_layers * math.ceil(size.d_mlp / LOGIT_LENS_CHUNK)
-    estimate = {"recording": 2 * n_batches * per_batch, "value-vector tokens": 2 * chunks * per_chunk}
+    estimate = {"recording": 2 * n_batches * per_batch,
+                "value-vector tokens (none on a second run: the lens memo)": 2 * chunks * per_chunk}
     estimate["total"] = sum(estimate.values())
     return estimate
 

@@ -95,15 +95,21 @@ def to_json(event: Event) -> str:
     return json.dumps({"event": type(event).__name__.lower(), **asdict(event)}, ensure_ascii=False, default=str)
 
 
-def from_json(line: str) -> Event:
-    """The event a `to_json` line describes; `EventError` for anything else."""
-    shown = line.strip()[:200]
+def json_object(line: str, what: str, error: type[Exception], shown: str) -> dict:
+    """The JSON object one protocol line holds (events here, lab requests), or `error` saying it is not `what`."""
     try:
         payload = json.loads(line)
     except json.JSONDecodeError:
-        raise EventError(f"not a job event (not JSON): {shown!r}") from None
+        raise error(f"not {what} (not JSON): {shown!r}") from None
     if not isinstance(payload, dict):
-        raise EventError(f"not a job event (not a JSON object): {shown!r}")
+        raise error(f"not {what} (not a JSON object): {shown!r}")
+    return payload
+
+
+def from_json(line: str) -> Event:
+    """The event a `to_json` line describes; `EventError` for anything else."""
+    shown = line.strip()[:200]
+    payload = json_object(line, "a job event", EventError, shown)
     kind = payload.pop("event", None)
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:

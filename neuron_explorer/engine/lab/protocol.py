@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from neuron_explorer.errors import UserError
+from neuron_explorer.events import json_object
 
 DEFAULT_TOP = 50  # neurons by Δ and by |δ| each (their union is the result's neuron table)
 
@@ -99,12 +100,7 @@ Request = LabRequest | CancelRequest | QuitRequest
 def parse_request(line: str) -> Request:
     """The request a line holds, or a one-line UserError that says what is wrong with it."""
     shown = line.strip()[:120]
-    try:
-        payload = json.loads(line)
-    except json.JSONDecodeError:
-        raise UserError(f"not a lab request (not JSON): {shown!r}") from None
-    if not isinstance(payload, dict):
-        raise UserError(f"not a lab request (not a JSON object): {shown!r}")
+    payload = json_object(line, "a lab request", UserError, shown)
     kind = payload.pop("request", None)
     if kind == "quit":
         return QuitRequest()

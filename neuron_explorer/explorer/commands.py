@@ -65,14 +65,8 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
     commands += [("patch: selection", partial(app.action_patch, "selection"),
                   "patch the marked neurons in a background run (mode, parameters, prompts)"),
                  ("patch: cancel run", app.action_cancel_patch, "stop the newest running patch run")]
-    commands += [(f"patch: group {group}", partial(app.action_patch, f"group {group}"),
-                  f"patch every {group} neuron in a background run") for group in GROUP_NAMES]
-    if store.reader.has("clusters/summary"):
-        commands += [(f"patch: cluster {cluster}", partial(app.action_patch, f"cluster {cluster}"),
-                      "patch this cluster's neurons in a background run")
-                     for cluster in store.reader.clusters()["cluster"].to_list()]
-    commands += [(f"patch: set {neuron_set.name}", partial(app.action_patch, f"set {neuron_set.name}"),
-                  f"patch the {len(neuron_set.neurons)} neurons of the stored set") for neuron_set in list_sets(store.path)]
+    commands += [(f"patch: {target}", partial(app.action_patch, target), f"patch {neurons} in a background run")
+                 for target, neurons in _patch_targets(store)]
     commands += _lab_commands(app)
     commands += [(f"set: mark {neuron_set.name}", partial(app.mark_set, neuron_set.name),
                   f"mark the {len(neuron_set.neurons)} neurons of the stored set ({neuron_set.description})")
@@ -82,7 +76,6 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
 
 def _lab_commands(app: "ExplorerApp") -> list[Command]:
     """The prompt lab's commands (each shows the lab screen)."""
-    store = app.store
     commands: list[Command] = [
         ("lab: run prompt…", app.lab_ask_prompt, "one prompt through base, DPO and the patched model"),
         ("lab: pick a cache prompt", app.lab_pick_prompt, "run one of the cache's prompts or a stored run's sample"),
@@ -95,16 +88,20 @@ def _lab_commands(app: "ExplorerApp") -> list[Command]:
         ("lab: restart worker", app.lab_restart, "stop the lab's model worker and start a fresh one"),
         ("lab: export result", app.lab_export, "the shown answer to a JSON file"),
     ]
-    commands += [(f"lab: apply group {group}", partial(app.lab_apply, f"group {group}"),
-                  f"patch every {group} neuron in the lab's patched run") for group in GROUP_NAMES]
-    if store.reader.has("clusters/summary"):
-        commands += [(f"lab: apply cluster {cluster}", partial(app.lab_apply, f"cluster {cluster}"),
-                      "patch this cluster's neurons in the lab's patched run")
-                     for cluster in store.reader.clusters()["cluster"].to_list()]
-    commands += [(f"lab: apply set {neuron_set.name}", partial(app.lab_apply, f"set {neuron_set.name}"),
-                  f"patch the {len(neuron_set.neurons)} neurons of the stored set in the lab's patched run")
-                 for neuron_set in list_sets(store.path)]
+    commands += [(f"lab: apply {target}", partial(app.lab_apply, target), f"patch {neurons} in the lab's patched run")
+                 for target, neurons in _patch_targets(app.store)]
     return commands
+
+
+def _patch_targets(store) -> list[tuple[str, str]]:
+    """(target, the neurons it names) for every group, cluster and stored set: what patch runs and the lab apply."""
+    targets = [(f"group {group}", f"every {group} neuron") for group in GROUP_NAMES]
+    if store.reader.has("clusters/summary"):
+        targets += [(f"cluster {cluster}", "this cluster's neurons")
+                    for cluster in store.reader.clusters()["cluster"].to_list()]
+    targets += [(f"set {neuron_set.name}", f"the {len(neuron_set.neurons)} neurons of the stored set")
+                for neuron_set in list_sets(store.path)]
+    return targets
 
 
 class ExplorerCommands(Provider):

@@ -83,17 +83,25 @@ def value_tokens(loaded: LoadedModel, k: int = TOKENS_PER_NEURON, chunk: int = 1
 
 
 def _lens_top_k(loaded: LoadedModel, layer: int, k: int, chunk: int) -> dict[str, np.ndarray]:
+    """One layer's lens, `chunk` value vectors at a time."""
     arch, model = loaded.arch, loaded.model
-    found: dict[str, list] = {name: [] for name in LENS_FIELDS}
     with weights_loaded(arch.layers(model)[layer]):
         vectors = arch.value_vectors(model, layer)
-        for start in range(0, vectors.shape[0], chunk):
-            logits = arch.logit_lens(model, vectors[start:start + chunk])
-            for largest, (tokens, scores) in ((True, LENS_FIELDS[:2]), (False, LENS_FIELDS[2:])):
-                best = torch.topk(logits, k, dim=-1, largest=largest)
-                found[tokens].append(best.indices.cpu().numpy().astype(np.int32))
-                found[scores].append(best.values.cpu().numpy().astype(np.float32))
-    return {name: np.concatenate(parts) for name, parts in found.items()}
+        parts = [lens_top_k(loaded, vectors[start:start + chunk], k) for start in range(0, vectors.shape[0], chunk)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in LENS_FIELDS}
+
+
+@torch.inference_mode()
+def lens_top_k(loaded: LoadedModel, vectors: torch.Tensor, k: int) -> dict[str, np.ndarray]:
+    """The top and bottom k tokens and logits of each vector through the logit lens (LENS_FIELDS, (len(vectors), k)
+    each); the final norm and the unembedding must be loaded (`weights_loaded`)."""
+    logits = loaded.arch.logit_lens(loaded.model, vectors)
+    found = {}
+    for largest, (tokens, scores) in ((True, LENS_FIELDS[:2]), (False, LENS_FIELDS[2:])):
+        best = torch.topk(logits, k, dim=-1, largest=largest)
+        found[tokens] = best.indices.cpu().numpy().astype(np.int32)
+        found[scores] = best.values.cpu().numpy().astype(np.float32)
+    return found
 
 
 def lens_memo(loaded: LoadedModel) -> Path | None:

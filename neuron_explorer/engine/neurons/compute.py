@@ -29,8 +29,8 @@ from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
-from neuron_explorer.engine.model.weights import (lens_memo, probe_projections, value_cosines, value_tokens,
-                                                  vocabulary)
+from neuron_explorer.engine.model.weights import (lens_memo, lens_top_k, probe_projections, value_cosines,
+                                                  value_tokens, vocabulary)
 
 AUTO_PROBE = "auto"
 
@@ -232,9 +232,7 @@ def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, floa
                                                  arch.layers(model)[0]):
         vectors = arch.value_vectors(model, 0)[:LOGIT_LENS_CHUNK]
         started = time.perf_counter()
-        logits = arch.logit_lens(model, vectors)  # as weights.value_tokens does it, chunk by chunk
-        torch.topk(logits, 10, dim=-1)
-        torch.topk(logits, 10, dim=-1, largest=False)
+        lens_top_k(loaded, vectors, settings.tokens_per_neuron)  # one chunk of weights.value_tokens
         per_chunk = time.perf_counter() - started
     size = plan.models[0]
     n_batches = math.ceil(len(texts) / settings.batch_size)

@@ -21,8 +21,6 @@ def run_command(args: list[str], processes: int = 1, script: Path | None = None,
     target = [str(script)] if script else ["-m", "neuron_explorer"]
     launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                                            "--standalone", "--max_restarts", "0"]
-    if processes == 1 and script is None:
-        launcher, target = [], ["-m", "neuron_explorer"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, *launcher, *target, *args], capture_output=True, text=True,
                           timeout=timeout, env=env)

@@ -56,8 +56,7 @@ class Ranks:
 
     def count(self, n_items: int, batch_size: int) -> int:
         """How many of `n_items` fall in this rank's batches."""
-        return sum(min(batch_size, n_items - start) for index, start in enumerate(range(0, n_items, batch_size))
-                   if self.mine(index))
+        return sum(len(batch) for _, batch in self.deal(range(n_items), batch_size))
 
     def steps(self, n_items: int, batch_size: int) -> int:
         """Batches each rank goes through, in lockstep: the busiest rank's count (others end with empty steps)."""

@@ -29,7 +29,7 @@ import torch
 
 from neuron_explorer.engine.defaults import POSITION_MODES
 from neuron_explorer.engine.model.distributed import Ranks
-from neuron_explorer.engine.model.generation import batches, encode_prompts, generate_tokens, special_token_ids
+from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import LoadedModel, execution_device
 
@@ -110,7 +110,7 @@ class Recording:
         local = zip(self.batches, self.continuation_ids or [None] * len(sizes),
                     _split(self.continuations, sizes) if self.continuations else [[]] * len(sizes),
                     _split(self.prompt_tokens, sizes))
-        parts = sorted((item for shared in ranks.share(list(local)) for item in shared), key=lambda item: item[0])
+        parts = ranks.in_order([(batch[0], [(batch, *rest)]) for batch, *rest in local])
         return Recording(act_mean=mean(self.act_mean), written_mean=mean(self.written_mean), n_positions=n_positions,
                          sample=self.sample.pooled(ranks), batches=[batch for batch, *_ in parts],
                          continuation_ids=[ids for _, ids, _, _ in parts if ids is not None],
@@ -229,9 +229,8 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "gen
     sample_means = SampleMeans(len(recorder.modules), recorder.d_mlp, recorder.scales_write)
     continuation_ids, prompt_tokens, recorded = [], [], []
     with recorder.hooks(), torch.inference_mode():
-        for batch_index, (start, chunk) in enumerate(batches(texts, batch_size)):
-            if not ranks.mine(batch_index):
-                continue
+        for batch_index, chunk in ranks.deal(texts, batch_size):
+            start = batch_index * batch_size
             recorded.append((batch_index, len(chunk)))
             ids, mask = encode_prompts(tokenizer, chunk, max_prompt_tokens, device)
             prompt_tokens.extend(mask.sum(1).tolist())

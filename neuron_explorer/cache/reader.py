@@ -85,8 +85,9 @@ def open_cache_file(path: str | Path) -> h5py.File:
         raise UserError(f"{path} has an unknown cache schema version {version}: recompute it")
     if version < schema.SCHEMA_VERSION:
         handle.close()
-        raise UserError(f"{path} was written by an older neuron-explorer (cache schema {version}) whose position "
-                        f"labels and v1 shares were wrong: recompute it with `neuron-explorer compute`")
+        fixed = "; ".join(change for number, change in schema.SCHEMA_CHANGES.items() if number > version)
+        raise UserError(f"{path} was written by an older neuron-explorer (cache schema {version}), whose {fixed}: "
+                        f"recompute it with `neuron-explorer compute`")
     if not bool(attrs.get("complete", False)):
         handle.close()
         raise UserError(f"{path} is incomplete (the run that wrote it did not finish): rerun `neuron-explorer compute`")

@@ -1,7 +1,12 @@
 """Names, shapes and versions of the HDF5 cache format (documented in docs/cache-format.md)."""
 
 FORMAT_NAME = "neuron-explorer-cache"
-SCHEMA_VERSION = 2  # 2: positions named truthfully (root attributes `positions`, `protocol`), independent identity check
+SCHEMA_VERSION = 3
+# What each version fixed, for the one line that refuses an older file.
+SCHEMA_CHANGES = {
+    2: "position labels and v1 shares were wrong",
+    3: "the identity check did not cover the published ā and lost its meaning in bfloat16",
+}
 
 # The four groups that reduce toxicity (METHOD §3) and their mirrors, in the order of the stored int8 codes.
 REDUCING_GROUPS = ("TP↓", "TN↓", "AP↓", "AN↓")
@@ -26,19 +31,29 @@ NEURON_COLUMNS = {
 TOKEN_ARRAYS = tuple(f"{d}_{kind}_{m}" for m in ("pre", "dpo") for d in ("top", "bottom") for kind in ("tokens", "scores"))
 
 # Per-layer float64 vectors of length n_layers, stored under /layers. The identity check (engine/neurons/identity_check.py)
-# measures a sample of prompts (attributes `identity_prompts`, `identity_sample_size`) in a separate pass.
+# measures a sample of prompts (attributes `identity_prompts`, `identity_sample_size`) in a separate pass; the
+# attributes `identity_dtype`, `identity_tolerance`, `identity_passed`, `pooling_relative`, `pooling_tolerance` and
+# `pooling_passed` hold the verdicts.
 LAYER_COLUMNS = {
-    "sum_contribution": "Σ_i Δ_i over the layer's neurons (all prompts)",
-    "measured_change": "mlp_proj_pre − mlp_proj_dpo: the measured change of the MLP's mean write along ŵ (sample)",
-    "change_residual": "residual_pre − residual_dpo = Σ_i Δ_i (sample) − (measured_change − bias change): "
-                       "the error of Σ Δ = measured change",
-    "mlp_proj_pre": "mean over the sample's positions of (residual after the MLP − before) · ŵ, measured by the "
-                    "identity check's own pass, base model",
+    "sum_contribution": "Σ_i Δ_i over the layer's neurons (all recorded prompts): what the cache publishes",
+    "sum_contribution_sample": "Σ_i Δ_i over the identity check's prompts only, from their recorded means",
+    "measured_change": "mlp_proj_pre − mlp_proj_dpo: the measured change of the MLP's mean write along ŵ on the "
+                       "identity check's prompts",
+    "change_residual": "residual_pre − residual_dpo = sum_contribution_sample − (measured_change − bias change): "
+                       "the error of Σ Δ = measured change, both on the identity check's prompts",
+    "mlp_proj_pre": "mean over the identity prompts' positions of (the MLP's write into the residual stream) · ŵ, "
+                    "read at the MLP's output (Gemma-2: its output norm's) by the check's own pass, base model",
     "mlp_proj_dpo": "the same for the tuned model",
+    "write_scale_pre": "mean over the same positions of |the MLP's write · ŵ|, base model: the scale the identity's "
+                       "relative residual divides by",
+    "write_scale_dpo": "the same for the tuned model",
     "bias_proj_pre": "b_out · ŵ, base model",
     "bias_proj_dpo": "b_out · ŵ, tuned model",
-    "residual_pre": "Σ_i P_i (sample) + b_out·ŵ − mlp_proj_pre, base model: the identity's error",
+    "residual_pre": "Σ_i P_i (identity prompts) + b_out·ŵ − mlp_proj_pre, base model: the identity's error",
     "residual_dpo": "the same for the tuned model",
+    "pooling_residual_pre": "Σ_i p_i·(published ā_i − ā_i pooled from the per-prompt means of every prompt), base "
+                            "model: 0 when every batch reached the published totals exactly once",
+    "pooling_residual_dpo": "the same for the tuned model",
 }
 
 # The /summary table, one row per group in GROUP_NAMES order: the two group definitions of METHOD §3 side by side.

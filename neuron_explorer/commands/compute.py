@@ -111,6 +111,10 @@ def run(args) -> int:
             return 0
         report(Done())
     print_summary(result, console)
+    if not (result.checks["identity_passed"] and result.checks["pooling_passed"]):
+        console.print(f"the statistics of {result.path} failed their own check (above): the file is kept for "
+                      f"inspection, but do not publish its numbers", markup=False, highlight=False, soft_wrap=True)
+        return 1
     return 0
 
 
@@ -141,17 +145,28 @@ def print_summary(result, console) -> None:
     """Group shares, headline sums and the worst identity residual, as the run's last words."""
     for part in share_report(result.groups, result.summary, result.path):
         console.print(part)
-    layers = result.layers
-    console.print(f"identity check on {result.identity_prompts} prompts, measured in a separate pass where the "
-                  f"residual stream receives each MLP's write:")
-    for name, label in (("pre", "base"), ("dpo", "tuned")):
-        relative = abs(layers[f"residual_{name}"]) / np.maximum(abs(layers[f"mlp_proj_{name}"]), 1e-12)
-        console.print(f"identity {label:<5} |Σ P + b·ŵ − measured| ≤ {abs(layers[f'residual_{name}']).max():.1e} "
-                      f"(relative {relative.max():.1e})")
-    relative = abs(layers["change_residual"]) / max(abs(layers["measured_change"]).max(), 1e-12)
-    console.print(f"identity Δ     |Σ Δ − measured change| ≤ {abs(layers['change_residual']).max():.1e} "
-                  f"(relative to the largest change {relative.max():.1e})")
+    for line in identity_report(result.layers, result.checks, result.identity_prompts):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {result.path}  ({', '.join(f'{k} {v:.1f}s' for k, v in result.seconds.items())})")
+
+
+def identity_report(layers: dict, checks: dict, n_prompts: int) -> list[str]:
+    """The identity check and the totals check, each with its verdict, labelled by the prompts it covers."""
+    verdict = {True: "pass", False: "FAIL"}
+    lines = [f"identity check on {n_prompts} prompts, a separate pass reading each MLP's write where the block takes "
+             f"it ({checks['identity_dtype']}; passes at ≤ {checks['identity_tolerance']:.1e} of the mean |write·ŵ|):"]
+    for name, label in (("pre", "base"), ("dpo", "tuned")):
+        relative = abs(layers[f"residual_{name}"]) / np.maximum(layers[f"write_scale_{name}"], 1e-30)
+        lines.append(f"  {label:<5} |Σ P + b·ŵ − measured write| ≤ {abs(layers[f'residual_{name}']).max():.1e} "
+                     f"(relative {relative.max():.1e})")
+    change = abs(layers["change_residual"])
+    lines.append(f"  Σ Δ on those {n_prompts} prompts − (measured change − bias change) ≤ {change.max():.1e} "
+                 f"(largest measured change {abs(layers['measured_change']).max():.2e}): "
+                 f"{verdict[checks['identity_passed']]}")
+    lines.append(f"published ā against the per-prompt means of every prompt: relative ≤ "
+                 f"{checks['pooling_relative']:.1e} (passes at ≤ {checks['pooling_tolerance']:.0e}): "
+                 f"{verdict[checks['pooling_passed']]}")
+    return lines
 
 
 def share_report(groups: dict, summary: dict, path) -> list:

@@ -14,11 +14,11 @@ recorded = compute.record_model
 def record_then_fail(*args, sink, **kwargs):
     batches = []
 
-    def failing_sink(start, act, written):
+    def failing_sink(start, *batch):
         batches.append(start)
         if os.environ.get("RANK") == "1" and len(batches) == 2:
             raise UserError("rank 1 lost its device")
-        sink(start, act, written)
+        sink(start, *batch)
 
     return recorded(*args, sink=failing_sink, **kwargs)
 

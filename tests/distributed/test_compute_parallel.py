@@ -60,6 +60,20 @@ def test_two_processes_write_the_cache_of_one(workspace, kind, extra, tmp_path):
         assert json.loads(a.attrs["provenance"])["distributed"]["world_size"] == 1
 
 
+def test_a_batch_counted_twice_by_one_rank_fails_the_pooling_check(workspace, tmp_path):
+    """The totals are all-reduced, the per-prompt means gathered to rank 0: a rank that counts a batch twice makes
+    the published ā disagree with the means written for its prompts, which the check reports and the exit code says."""
+    output = tmp_path / "cache.h5"
+    result = run_command(compute_args(workspace, "llama", output), processes=2,
+                         script=HERE / "double_counting_rank.py")
+    assert result.returncode == 1, result.stderr
+    assert "per-prompt means of every prompt" in result.stderr and ": FAIL" in result.stderr, result.stderr
+    with h5py.File(output, "r", locking=False) as file:
+        attrs = file["layers"].attrs
+        assert not attrs["pooling_passed"] and attrs["pooling_relative"] > 1e-3
+        assert attrs["identity_passed"]  # the sample's own means are right: the old check alone saw nothing
+
+
 def test_a_failing_rank_stops_every_rank_with_one_error_and_no_file(workspace, tmp_path):
     output = tmp_path / "cache.h5"
     result = run_command(compute_args(workspace, "llama", output), processes=2, script=HERE / "failing_rank.py")

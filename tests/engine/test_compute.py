@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
+from neuron_explorer.engine.neurons.recording import ActivationRecorder
 
 PROMPTS = "You are a stupid\nShe walked to the market in the morning and\nWhat the hell\nThe river runs\nI hate you\n"
 CHANGED = [(2, 3), (2, 17), (2, 40)]  # (layer, neuron) of the last layer, whose weights the tuned copy changes
@@ -116,6 +117,7 @@ def test_statistics_match_plain_hugging_face_code(workspace, tiny_models):
             close(layers[f"mlp_proj_{name}"].to_numpy(), plain[name]["write"])
             assert np.abs(layers[f"residual_{name}"]).max() < 1e-4 * np.abs(plain[name]["write"]).max()
         close(layers["measured_change"].to_numpy(), plain["pre"]["write"] - plain["dpo"]["write"])
+        close(layers["sum_contribution_sample"].to_numpy(), layers["sum_contribution"].to_numpy())  # sample = all
         attrs = reader.attrs("layers")
         assert attrs["identity_sample_size"] == len(prompts) and attrs["identity_prompts"] == list(range(len(prompts)))
         assert attrs["n_positions_pre"] == attrs["identity_positions_pre"] == len(prompts) * 5
@@ -203,7 +205,72 @@ def test_compute_prints_the_identity_residuals(workspace, tiny_models, tmp_path,
     with CacheReader(tmp_path / "cli.h5") as reader:
         n_prompts = reader.info.n_prompts
         assert reader.attrs("layers")["identity_sample_size"] == n_prompts
-    assert f"identity check on {n_prompts} prompts" in err and "identity base" in err and "relative" in err
+    assert f"identity check on {n_prompts} prompts" in err and "  base  |Σ P + b·ŵ − measured write|" in err
+    assert f"Σ Δ on those {n_prompts} prompts" in err and err.count(": pass") == 2 and "FAIL" not in err
+
+
+def lose_a_batch(monkeypatch, how: str) -> None:
+    """Make the recorder's running totals miss its second batch ("dropped") or add its first twice ("doubled"),
+    leaving every per-prompt mean right: the bookkeeping bugs that the published ā, P and Δ would inherit."""
+    end_batch = ActivationRecorder.end_batch
+
+    def faulty(self):
+        before = [total.clone() for total in self.act_total], self.n_positions
+        batches = getattr(self, "batches_seen", 0)
+        self.batches_seen = batches + 1
+        result = end_batch(self)
+        if how == "dropped" and batches == 1:
+            for total, saved in zip(self.act_total, before[0]):
+                total.copy_(saved)
+            self.n_positions = before[1]
+        if how == "doubled" and batches == 0:
+            for total, saved in zip(self.act_total, before[0]):
+                total += total - saved
+            self.n_positions += self.n_positions - before[1]
+        return result
+
+    monkeypatch.setattr(ActivationRecorder, "end_batch", faulty)
+
+
+@pytest.mark.parametrize("how", ["dropped", "doubled"])
+def test_a_batch_lost_from_the_totals_fails_the_check(workspace, tiny_models, tmp_path, monkeypatch, capsys, how):
+    args = base_args(workspace, tiny_models, tmp_path / "ok.h5") + ["--batch-size", "1"]
+    code, err = run_cli(args, capsys)
+    assert code == 0 and ": FAIL" not in err, err
+    lose_a_batch(monkeypatch, how)
+    args[args.index("-o") + 1] = str(tmp_path / "lost.h5")
+    code, err = run_cli(args, capsys)
+    assert code == 1 and "published ā against the per-prompt means of every prompt" in err, err
+    pooling = next(line for line in err.splitlines() if "per-prompt means of every prompt" in line)
+    assert pooling.endswith(": FAIL") and "do not publish" in err.splitlines()[-1]
+    with CacheReader(tmp_path / "lost.h5") as reader:
+        attrs = reader.attrs("layers")
+        assert not attrs["pooling_passed"] and attrs["pooling_relative"] > 1e-3
+        assert attrs["identity_passed"]  # the sample's means are right: the check of the sample alone saw nothing
+        assert np.abs(reader.layers()["pooling_residual_pre"].to_numpy()).max() > 0
+
+
+def test_sigma_delta_and_the_measured_change_cover_the_same_prompts(workspace, tiny_models):
+    """On the identity check's 2 prompts, Σ Δ (from their recorded means) and the measured change equal plain Hugging
+    Face code run on those 2 prompts alone; Σ Δ over every prompt is another number."""
+    result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "sample.h5",
+                                  identity_check=2))
+    w = torch.load(workspace / "probe.pt").numpy().astype(np.float64)
+    w_hat = w / np.linalg.norm(w)
+    with CacheReader(result.path) as reader:
+        texts = reader.table("prompts")["text"].to_list()
+        sample = reader.attrs("layers")["identity_prompts"]
+        layers = reader.layers()
+    assert len(sample) == 2 < len(texts)
+    chosen = [texts[i] for i in sample]
+    plain = {"pre": plain_statistics(tiny_models["llama"], chosen, w_hat, 5),
+             "dpo": plain_statistics(workspace / "llama-noisy", chosen, w_hat, 5)}
+    expected = (plain["pre"]["tox"] - plain["dpo"]["tox"]).sum(axis=1)
+    np.testing.assert_allclose(layers["sum_contribution_sample"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(layers["measured_change"].to_numpy(), plain["pre"]["write"] - plain["dpo"]["write"],
+                               rtol=1e-4, atol=1e-6)
+    assert np.abs(layers["change_residual"].to_numpy()).max() < 1e-4 * np.abs(expected).max()
+    assert np.abs(layers["sum_contribution"].to_numpy() - expected).max() > 1e-3 * np.abs(expected).max()
 
 
 def test_an_interrupted_run_leaves_nothing_that_looks_complete(workspace, tiny_models, tmp_path, monkeypatch):
@@ -231,8 +298,8 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(workspace, tiny_m
     (b"\x00garbage" * 100, "not a readable HDF5 file"),
     ("foreign", "not a neuron-explorer cache"),
     ("newer", "newer than"),
-    ("older", "older neuron-explorer .* position labels and v1 shares were wrong: recompute it with "
-              "`neuron-explorer compute`"),
+    ("older", "older neuron-explorer .* position labels and v1 shares were wrong; the identity check did not "
+              "cover the published ā.*: recompute it with `neuron-explorer compute`"),
     ("incomplete", "incomplete"),
 ])
 def test_reader_refuses_bad_files(tmp_path, content, message):

@@ -1,6 +1,6 @@
 """Where each supported architecture keeps what the engine needs: layers, the MLP output projection whose input is
-the neuron activation, the value-vector layout, the norm (if any) between the MLP and the residual stream, the modules
-around the MLP's write into the residual stream (for the identity check), the final norm and the unembedding.
+the neuron activation, the value-vector layout, the norm (if any) between the MLP and the residual stream, the module whose output is the
+MLP's write into the residual stream (for the identity check), the final norm and the unembedding.
 
 One registry entry per family replaces `if gpt2 … elif llama` branches elsewhere.
 """
@@ -29,11 +29,10 @@ class Architecture:
     out_proj_path: str  # inside a block: its input is m (the activations), its output the MLP output
     value_vectors_in_rows: bool  # Conv1D keeps v_i as weight[i, :]; nn.Linear keeps them as weight[:, i]
     final_norm_path: str
-    pre_mlp_path: str  # inside a block: its input is the residual stream just before the MLP reads it
+    mlp_path: str = "mlp"  # inside a block: the MLP, whose output (through the output norm, if any) the block adds
     norm_offset: float = 0.0  # Gemma's RMSNorm scales by (1 + weight)
     norm_centers: bool = False  # LayerNorm subtracts the mean; RMSNorm does not
     output_norm_path: str | None = None  # Gemma-2: an RMSNorm between the MLP output and the residual stream
-    parallel_attention_path: str | None = None  # GPT-NeoX: attention whose output the block adds beside the MLP's
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers_path)
@@ -62,15 +61,12 @@ class Architecture:
         eps = self.output_norm(model, layer).eps
         return torch.rsqrt(mlp_output.float().pow(2).mean(-1) + eps)
 
-    def mlp_write_modules(self, model: nn.Module, layer: int) -> tuple[nn.Module, nn.Module, nn.Module | None]:
-        """(block, module whose input is the residual before the MLP, attention added in parallel or None).
-
-        What the block adds through the MLP is its output minus that input, less the parallel attention's output.
-        """
+    def mlp_write(self, model: nn.Module, layer: int) -> nn.Module:
+        """The module whose output is exactly what the block adds to the residual stream through the MLP: the output
+        norm where there is one, else the MLP. Read there, a write keeps the precision of the model's dtype; the
+        residual stream after it minus before it would lose it to the stream's larger norm (bf16: all of it)."""
         block = self.layers(model)[layer]
-        parallel = (self.parallel_attention_path is not None
-                    and getattr(model.config, "use_parallel_residual", False))
-        return block, _get(block, self.pre_mlp_path), _get(block, self.parallel_attention_path) if parallel else None
+        return _get(block, self.output_norm_path or self.mlp_path)
 
     def out_bias(self, model: nn.Module, layer: int) -> torch.Tensor | None:
         return getattr(self.out_proj(model, layer), "bias", None)
@@ -106,17 +102,14 @@ class Architecture:
 
 
 REGISTRY: tuple[Architecture, ...] = (
-    Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.c_proj", True, "transformer.ln_f", "ln_2",
-                 norm_centers=True),
+    Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.c_proj", True, "transformer.ln_f", norm_centers=True),
     Architecture("llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3"), "model.layers", "mlp.down_proj", False,
-                 "model.norm", "post_attention_layernorm"),
-    Architecture("gemma", ("gemma",), "model.layers", "mlp.down_proj", False, "model.norm", "post_attention_layernorm",
-                 norm_offset=1.0),
-    Architecture("gemma2", ("gemma2",), "model.layers", "mlp.down_proj", False, "model.norm",
-                 "pre_feedforward_layernorm", norm_offset=1.0, output_norm_path="post_feedforward_layernorm"),
+                 "model.norm"),
+    Architecture("gemma", ("gemma",), "model.layers", "mlp.down_proj", False, "model.norm", norm_offset=1.0),
+    Architecture("gemma2", ("gemma2",), "model.layers", "mlp.down_proj", False, "model.norm", norm_offset=1.0,
+                 output_norm_path="post_feedforward_layernorm"),
     Architecture("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "mlp.dense_4h_to_h", False,
-                 "gpt_neox.final_layer_norm", "post_attention_layernorm", norm_centers=True,
-                 parallel_attention_path="attention"),
+                 "gpt_neox.final_layer_norm", norm_centers=True),
 )
 
 

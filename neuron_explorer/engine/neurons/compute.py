@@ -19,14 +19,15 @@ from neuron_explorer.events import Reporter, Tracker, ignore
 
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
-from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
+from neuron_explorer.engine.neurons.identity_check import (POOLING_TOLERANCE, check_identity, pooling_residuals,
+                                                           sample_prompts)
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
                                                   parse_max_memory, weights_loaded)
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
 from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
 from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
-from neuron_explorer.engine.neurons.recording import record_model
+from neuron_explorer.engine.neurons.recording import PromptMeans, record_model
 from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
 from neuron_explorer.engine.model.weights import (lens_memo, lens_top_k, probe_projections, value_cosines,
@@ -67,6 +68,7 @@ class ComputeResult:
     groups: dict
     layers: dict  # the per-layer columns: Σ Δ, measured change, identity residuals
     identity_prompts: int  # how many prompts the identity check measured
+    checks: dict  # the verdicts stored as /layers attributes (`verdicts`)
     seconds: dict
 
 
@@ -105,6 +107,9 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     }
     recordings = {}
     sample = sample_prompts(len(prompts.texts), settings.identity_check)
+    scales_write = pre.arch.output_norm_path is not None
+    pooled = {name: PromptMeans(n_layers, d_mlp, scales_write, sample) for name in ("pre", "dpo")} \
+        if ranks.main else {}
 
     def task(stage: str, total: int):
         return Tracker(report, stage, total).advance
@@ -119,18 +124,18 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
             teacher = recordings["pre"].continuation_ids if name == "dpo" and settings.shared_continuation else None
             advance = task(f"recording {'base' if name == 'pre' else 'tuned'} model", len(prompts.texts))
 
-            def receive(batch, dataset=datasets.get(name), advance=advance) -> None:
-                start, means = batch
-                dataset[start:start + len(means)] = means
+            def receive(batch, dataset=datasets.get(name), pool=pooled.get(name), advance=advance) -> None:
+                start, act, written, counts = batch
+                dataset[start:start + len(act)] = act.astype(np.float16)
+                pool.add(start, act, written, counts)
                 writer.check()
-                advance(len(means))
+                advance(len(act))
 
             gather = BatchGather(ranks, len(prompts.texts), settings.batch_size, receive)
             recording = record_model(
                 loaded, prompts.texts, positions=settings.positions, new_tokens=settings.new_tokens,
-                max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size, sample=sample,
-                teacher_tokens=teacher, sink=lambda start, means, written: gather.send((start, means.astype(np.float16))),
-                ranks=ranks)
+                max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size,
+                teacher_tokens=teacher, sink=lambda *batch: gather.send(batch), ranks=ranks)
             gather.finish()
             recordings[name] = recording.pooled(ranks)
             timings[f"record_{name}"] = time.perf_counter() - clock
@@ -141,7 +146,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
 
         clock = time.perf_counter()
         checks = {name: check_identity(
-            loaded, prompts.texts, recordings[name], unit, weights[name], positions=settings.positions,
+            loaded, prompts.texts, recordings[name], sample, unit, weights[name],
+            pooled[name].written_mean("sample") if ranks.main else None, positions=settings.positions,
             max_prompt_tokens=settings.max_prompt_tokens, ranks=ranks,
             advance=task(f"identity check ({'base' if name == 'pre' else 'tuned'})",
                          len(sample[ranks.rank::ranks.world_size])))
@@ -174,9 +180,23 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
             cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
             act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
             written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
+        pooling = {name: published_against_prompts(recordings[name], pooled[name], weights[name]["p"])
+                   for name in pooled}
         layers = layer_columns(metrics["contribution"], residual={name: checks[name].residual for name in checks},
                                mlp_proj={name: checks[name].measured for name in checks},
-                               bias_proj={name: weights[name]["bias_proj"] for name in weights})
+                               write_scale={name: checks[name].scale for name in checks},
+                               bias_proj={name: weights[name]["bias_proj"] for name in weights},
+                               sample_written={name: pooled[name].written_mean("sample") for name in pooled},
+                               p={name: weights[name]["p"] for name in weights},
+                               pooling={name: pooling[name]["sum"] for name in pooling})
+        verdicts = {
+            "identity_dtype": str(pre.model.dtype).removeprefix("torch."),
+            "identity_tolerance": checks["pre"].tolerance,
+            "identity_passed": all(check.passed for check in checks.values()),
+            "pooling_tolerance": POOLING_TOLERANCE,
+            "pooling_relative": max(part["relative"] for part in pooling.values()),
+        }
+        verdicts["pooling_passed"] = verdicts["pooling_relative"] <= POOLING_TOLERANCE
         write_token_tables(writer, tokens, vocabulary(pre.tokenizer))
         timings["weights"] += time.perf_counter() - clock
 
@@ -191,7 +211,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         groups, summary = write_statistics(writer, metrics, layers, datasets["pre"], datasets["dpo"],
                                    cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
         writer.write_attrs({"positions": settings.positions, "protocol": protocol_description(settings)})
-        layer_attrs = {"identity_prompts": json.dumps(sample.tolist()), "identity_sample_size": len(sample)}
+        layer_attrs = {"identity_prompts": json.dumps(sample.tolist()), "identity_sample_size": len(sample),
+                       **verdicts}
         for name in ("pre", "dpo"):
             layer_attrs[f"n_positions_{name}"] = recordings[name].n_positions
             layer_attrs[f"identity_positions_{name}"] = checks[name].n_positions
@@ -202,7 +223,16 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
             writer.write_table(name, table["columns"], table.get("attrs"))
         timings["statistics"] = time.perf_counter() - clock
     return ComputeResult(path=output, summary=summary, groups=groups, layers=layers, identity_prompts=len(sample),
-                         seconds=timings)
+                         checks=verdicts, seconds=timings)
+
+
+def published_against_prompts(recording, pool: PromptMeans, p: np.ndarray) -> dict:
+    """The running totals (what the cache publishes) against the per-prompt means that reached the file: ā, and with
+    an output norm the mean of m·s_t that P uses; "sum" is the error in Σ P, "relative" the worst of both."""
+    parts = [pooling_residuals(recording.act_mean, pool.act_mean("all"), p)]
+    if recording.written_mean is not None:
+        parts.append(pooling_residuals(recording.written_mean, pool.written_mean("all"), p))
+    return {"sum": parts[-1]["sum"], "relative": max(float(part["relative"].max()) for part in parts)}
 
 
 def plan_compute_run(settings: ComputeSettings):

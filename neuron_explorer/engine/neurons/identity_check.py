@@ -1,12 +1,20 @@
-"""The identity of METHOD §2, checked by other code than the recorder's.
+"""The identity of METHOD §2, checked by other code than the recorder's, and the published ā checked against the
+per-prompt means.
 
 From the recorder's means and the weights, each layer's MLP writes Σ_i p_i·ā_i + b·ŵ along the probe on average over
-the recorded positions (with an output norm, the mean of m_i·s_t in place of ā_i). Here that write is measured where
-the residual stream receives it, in a separate teacher-forced pass over the recorded tokens: prompts of equal length
-together, so with no padding, their positions chosen by plain index arithmetic, and the write read as the block's output minus the
-residual the MLP reads (less the attention output where both are added in parallel). A position bug in the recorder
-(padding averaged in, a position off by one) leaves a residual here; one hook's input and output, compared with each
-other, agree by linearity whatever was recorded.
+the recorded positions (with an output norm, the mean of m_i·s_t in place of ā_i). Here that write is measured in a
+separate teacher-forced pass over the recorded tokens: prompts of equal length together, so with no padding, their
+positions chosen by plain index arithmetic, the write read where the block takes it (the MLP's output, or its output
+norm's) and projected in float64. A position bug in the recorder (padding averaged in, a position off by one) leaves a
+residual here; one hook's input and output, compared with each other, agree by linearity whatever was recorded.
+
+The pass measures a sample of prompts. What the cache publishes (ā, P, Δ and every sum of them) comes from the
+recorder's running totals over all prompts; `pooling_residuals` compares those with the per-prompt means written to
+the file (pooled by `recording.PromptMeans`), so the chain independent pass → per-prompt means → published arrays is
+checked link by link.
+
+Precision: the write of a bf16 model is itself rounded to bf16, so the residual is judged relative to the mean
+|write·ŵ| per position, against a tolerance derived from the model's dtype (`tolerance`).
 """
 
 from __future__ import annotations
@@ -25,12 +33,36 @@ from neuron_explorer.engine.model.loading import LoadedModel
 from neuron_explorer.engine.neurons.recording import Recording
 from neuron_explorer.engine.neurons.statistics import identity_residuals
 
+# The allowed |residual| / (mean |write·ŵ| per position), in units of the dtype's unit roundoff (2^-24 for float32,
+# 2^-11 for float16, 2^-8 for bfloat16): the write itself is rounded once to the model's dtype, the sums add
+# rounding of their own. The floor keeps float32 from being judged at 1e-6, which its long sums do not reach.
+# A position bug leaves ~0.1 or more (tests/engine/test_identity_and_recording.py).
+ROUNDOFF_MULTIPLE = 8
+TOLERANCE_FLOOR = 1e-4
+POOLING_TOLERANCE = 1e-6  # relative: the totals and the per-prompt means are both float64 sums of float32 means
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """The relative identity residual a correct recording stays under, for a model computing in `dtype`."""
+    return max(ROUNDOFF_MULTIPLE * torch.finfo(dtype).eps / 2, TOLERANCE_FLOOR)
+
+
 @dataclass
 class IdentityCheck:
     prompts: list[int]  # the sampled prompt indices
     measured: np.ndarray  # (n_layers,) mean of (the MLP's write into the residual stream · ŵ) over their positions
-    residual: np.ndarray  # (n_layers,) Σ_i p_i·ā_i(sample) + b·ŵ − measured
-    n_positions: int  # positions the check read (the recorder read recording.sample.n_positions of them)
+    scale: np.ndarray  # (n_layers,) mean of |the MLP's write · ŵ| over the same positions: what "relative" divides by
+    residual: np.ndarray | None  # (n_layers,) Σ_i p_i·ā_i(sample) + b·ŵ − measured (None where not pooled: rank > 0)
+    n_positions: int  # positions the check read
+    tolerance: float  # the largest relative residual that passes, from the model's dtype
+
+    @property
+    def relative(self) -> np.ndarray:
+        return np.abs(self.residual) / np.maximum(self.scale, 1e-30)
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.all(self.relative <= self.tolerance))
 
 
 def sample_prompts(n_prompts: int, size: int | None = IDENTITY_SAMPLE_SIZE) -> np.ndarray:
@@ -50,72 +82,72 @@ def read_positions(positions: str, prompt_len: int, n_generated: int) -> range:
     }[positions]
 
 
-def check_identity(loaded: LoadedModel, texts: list[str], recording: Recording, unit_probe: np.ndarray,
-                   weights: dict[str, np.ndarray], *, positions: str, max_prompt_tokens: int,
-                   advance: Callable[[int], None] | None = None, ranks: Ranks = Ranks()) -> IdentityCheck:
-    """Measure the sampled prompts of `recording` (pooled over the ranks, each rank measuring every world_size-th
-    prompt) independently and compare with p and b·ŵ from `weights`."""
-    prompts = recording.sample.prompts
+def check_identity(loaded: LoadedModel, texts: list[str], recording: Recording, sample: np.ndarray,
+                   unit_probe: np.ndarray, weights: dict[str, np.ndarray], written_mean: np.ndarray | None, *,
+                   positions: str, max_prompt_tokens: int, advance: Callable[[int], None] | None = None,
+                   ranks: Ranks = Ranks()) -> IdentityCheck:
+    """Measure the `sample` prompts of `recording` (pooled over the ranks, each rank measuring every world_size-th
+    prompt) independently and compare with Σ p·`written_mean` + b·ŵ, the sample's recorded means (rank 0 holds
+    them; elsewhere pass None and get no residual)."""
     generated = torch.cat(recording.continuation_ids) if recording.continuation_ids else None
-    mine = prompts[ranks.rank::ranks.world_size]
+    mine = [int(i) for i in sample[ranks.rank::ranks.world_size]]
     continuations = [generated[i] if generated is not None else torch.zeros(0, dtype=torch.long) for i in mine]
-    measured, n_positions = measure_mlp_writes(loaded, [texts[i] for i in mine], continuations, unit_probe,
-                                               positions=positions, max_prompt_tokens=max_prompt_tokens,
-                                               advance=advance)
+    totals, n_positions = measure_mlp_writes(loaded, [texts[i] for i in mine], continuations, unit_probe,
+                                             positions=positions, max_prompt_tokens=max_prompt_tokens,
+                                             advance=advance)
     if ranks.world_size > 1:
-        total = int(ranks.sum(n_positions))
-        measured, n_positions = ranks.sum(measured * n_positions) / max(total, 1), total
-    residual = identity_residuals(written_mean=recording.sample.written_mean(), p=weights["p"],
-                                  bias_proj=weights["bias_proj"], measured=measured)
-    return IdentityCheck(prompts=prompts, measured=measured, residual=residual, n_positions=n_positions)
+        n_positions = int(ranks.sum(n_positions))
+        totals = ranks.sum(totals)
+    measured, scale = totals / max(n_positions, 1)
+    residual = None if written_mean is None else identity_residuals(
+        written_mean=written_mean, p=weights["p"], bias_proj=weights["bias_proj"], measured=measured)
+    return IdentityCheck(prompts=[int(i) for i in sample], measured=measured, scale=scale, residual=residual,
+                         n_positions=n_positions, tolerance=tolerance(loaded.model.dtype))
+
+
+def pooling_residuals(published: np.ndarray, per_prompt: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """Per layer, Σ_i p_i·(published − per-prompt pooled mean) (the error it makes in Σ P, in the identity's units)
+    and max_i |published − pooled| / max_i |pooled| (relative); both 0 when every batch reached the totals once."""
+    difference = np.asarray(published, np.float64) - np.asarray(per_prompt, np.float64)
+    largest = np.maximum(np.abs(per_prompt).max(axis=1), 1e-30)
+    return {"sum": (difference * np.asarray(p, np.float64)).sum(axis=1),
+            "relative": np.abs(difference).max(axis=1) / largest}
 
 
 @torch.inference_mode()
 def measure_mlp_writes(loaded: LoadedModel, prompts: list[str], continuations: list[torch.Tensor],
                        unit_probe: np.ndarray, *, positions: str, max_prompt_tokens: int,
                        advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
-    """Per layer, the mean over the read positions of all prompts of (residual after the MLP − before) · ŵ, and the
-    number of positions read. Each prompt is truncated as the recorder truncates it and followed by its continuation;
-    sequences of the same length run as one batch (no padding, so every row reads the same positions)."""
+    """Per layer, the sums over the read positions of all prompts of (the MLP's write · ŵ) and of its absolute value,
+    as a (2, n_layers) array, and the number of positions read. Each prompt is truncated as the recorder truncates it
+    and followed by its continuation; sequences of the same length run as one batch (no padding, so every row reads
+    the same positions)."""
     arch, model = loaded.arch, loaded.model
     n_layers = arch.n_layers(model)
     probe = torch.as_tensor(unit_probe, dtype=torch.float64)
-    totals = np.zeros(n_layers)
-    before: dict[int, torch.Tensor] = {}
-    parallel: dict[int, torch.Tensor] = {}
+    totals = np.zeros((2, n_layers))
     read: list[int] = []
-
-    def keep(store: dict, layer: int, from_output: bool) -> Callable:
-        def hook(module, inputs, output=None):
-            value = output if from_output else inputs[0]
-            store[layer] = value[0] if isinstance(value, tuple) else value
-        return hook
 
     def measure(layer: int) -> Callable:
         def hook(module, inputs, output):
-            after = output[0] if isinstance(output, tuple) else output
-            write = after[:, read].double() - before[layer][:, read].double()
-            if layer in parallel:
-                write -= parallel[layer][:, read].double()
-            totals[layer] += float((write @ probe.to(write.device)).sum())
+            write = output[0] if isinstance(output, tuple) else output
+            projected = write[:, read].double() @ probe.to(write.device)
+            totals[0, layer] += float(projected.sum())
+            totals[1, layer] += float(projected.abs().sum())
         return hook
 
-    modules = [arch.mlp_write_modules(model, layer) for layer in range(n_layers)]
-    block_hooks = [(block, measure(layer)) for layer, (block, _, _) in enumerate(modules)]
-    block_hooks += [(attention, keep(parallel, layer, True)) for layer, (_, _, attention) in enumerate(modules)
-                    if attention is not None]
-    input_hooks = [(pre_mlp, keep(before, layer, False)) for layer, (_, pre_mlp, _) in enumerate(modules)]
+    hooks = [(arch.mlp_write(model, layer), measure(layer)) for layer in range(n_layers)]
     by_length: dict[tuple[int, int], list[torch.Tensor]] = {}
     for text, continuation in zip(prompts, continuations):
         ids, _ = encode_prompts(loaded.tokenizer, [text], max_prompt_tokens, loaded.device)
         full = torch.cat([ids, continuation.to(ids.device)[None]], dim=1)
         by_length.setdefault((ids.shape[1], len(continuation)), []).append(full)
     n_positions = 0
-    with forward_hooks(input_hooks, pre=True), forward_hooks(block_hooks):
+    with forward_hooks(hooks):
         for (prompt_len, n_generated), rows in by_length.items():
             read[:] = read_positions(positions, prompt_len, n_generated)
             n_positions += len(read) * len(rows)
             model(input_ids=torch.cat(rows), use_cache=False, logits_to_keep=1)
             if advance is not None:
                 advance(len(rows))
-    return totals / max(n_positions, 1), n_positions
+    return totals, n_positions

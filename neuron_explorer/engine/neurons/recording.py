@@ -5,7 +5,8 @@ sums it over the selected positions into per-prompt buffers on the device; nothi
 is ever held. Where an output norm sits between the MLP and the residual stream (Gemma-2), the hook also sums
 m_i·s_t, with s_t the norm's 1/rms of the token's MLP output, since that is what scales the neuron's write. At the end
 of each batch the per-prompt means go to a sink (the cache's chunked prompts × layers × neurons dataset), the batch
-sums are added to float64 totals on the device, and the per-prompt means of the identity check's sample are kept.
+sums are added to float64 totals on the device (`compute` pools the per-prompt means again, by another path, in
+`PromptMeans`, to check those totals).
 
 Positions (``--positions``, described in ``defaults.POSITION_PROTOCOLS``), N = `new_tokens`:
   generated   the N generated tokens' own positions (Yang v3's HF code); read during cached generation with one extra
@@ -50,39 +51,41 @@ PROTOCOLS = {
 }
 
 
-class SampleMeans:
-    """The recorder's per-prompt means of the identity check's sample, pooled as they arrive (in float64, weighted by
-    each prompt's position count, so that they give the mean over the sample's recorded positions)."""
+class PromptMeans:
+    """The per-prompt means as they reach the file, pooled in float64 and weighted by each prompt's position count:
+    over every prompt, and over the identity check's sample.
 
-    def __init__(self, n_layers: int, d_mlp: int, scales_write: bool):
+    The published ā comes from the recorder's running totals; these sums come from the per-prompt means, by another
+    path (under torchrun: gathered to rank 0 batch by batch, where the totals are all-reduced). `compute` compares the
+    two, so a batch dropped from or counted twice in the totals shows, and the identity check's independent pass
+    compares the sample's means with what it measures.
+    """
+
+    def __init__(self, n_layers: int, d_mlp: int, scales_write: bool, sample: Sequence[int] = ()):
+        self.sample = set(int(i) for i in sample)
         self.prompts: list[int] = []
-        self.n_positions = 0
-        self._act = np.zeros((n_layers, d_mlp))
-        self._written = np.zeros((n_layers, d_mlp)) if scales_write else None
+        self.n_positions = {"all": 0, "sample": 0}
+        self._act = {part: np.zeros((n_layers, d_mlp)) for part in self.n_positions}
+        self._written = {part: np.zeros((n_layers, d_mlp)) for part in self.n_positions} if scales_write else None
 
-    def add(self, prompt: int, count: float, act: np.ndarray, written: np.ndarray | None) -> None:
-        self.prompts.append(prompt)
-        self.n_positions += int(count)
-        self._act += count * act.astype(np.float64)
-        if self._written is not None:
-            self._written += count * written.astype(np.float64)
+    def add(self, start: int, act: np.ndarray, written: np.ndarray | None, counts: np.ndarray) -> None:
+        """One batch: (B, n_layers, d_mlp) means of m and (with an output norm) of m·s_t, and (B,) position counts."""
+        for row, count in enumerate(np.asarray(counts, dtype=np.float64)):
+            self.prompts.append(start + row)
+            parts = ("all", "sample") if start + row in self.sample else ("all",)
+            for part in parts:
+                self.n_positions[part] += int(count)
+                self._act[part] += count * act[row].astype(np.float64)
+                if self._written is not None:
+                    self._written[part] += count * written[row].astype(np.float64)
 
-    def act_mean(self) -> np.ndarray:
-        """(n_layers, d_mlp) ā over the sample's recorded positions."""
-        return self._act / max(self.n_positions, 1)
+    def act_mean(self, part: str = "all") -> np.ndarray:
+        """(n_layers, d_mlp) ā over the part's recorded positions."""
+        return self._act[part] / max(self.n_positions[part], 1)
 
-    def written_mean(self) -> np.ndarray:
+    def written_mean(self, part: str = "all") -> np.ndarray:
         """(n_layers, d_mlp) mean of what scales each neuron's write: m·s_t with an output norm, else m."""
-        return self.act_mean() if self._written is None else self._written / max(self.n_positions, 1)
-
-    def pooled(self, ranks: Ranks) -> SampleMeans:
-        """The sample over every rank's prompts."""
-        pooled = SampleMeans.__new__(SampleMeans)
-        pooled.prompts = sorted(prompt for part in ranks.share(self.prompts) for prompt in part)
-        pooled.n_positions = int(ranks.sum(self.n_positions))
-        pooled._act = ranks.sum(self._act)
-        pooled._written = None if self._written is None else ranks.sum(self._written)
-        return pooled
+        return self.act_mean(part) if self._written is None else self._written[part] / max(self.n_positions[part], 1)
 
 
 @dataclass
@@ -91,7 +94,6 @@ class Recording:
     act_mean: np.ndarray  # (n_layers, d_mlp): ā over all recorded positions
     written_mean: np.ndarray | None  # (n_layers, d_mlp): mean of m·s_t (output-norm architectures), else None
     n_positions: int
-    sample: SampleMeans
     batches: list[tuple[int, int]] = field(default_factory=list)  # (batch index, prompts) of the batches recorded
     continuation_ids: list[torch.Tensor] = field(default_factory=list)  # per batch, (B, new_tokens) on the CPU
     continuations: list[str] = field(default_factory=list)
@@ -112,7 +114,7 @@ class Recording:
                     _split(self.prompt_tokens, sizes))
         parts = ranks.in_order([(batch[0], [(batch, *rest)]) for batch, *rest in local])
         return Recording(act_mean=mean(self.act_mean), written_mean=mean(self.written_mean), n_positions=n_positions,
-                         sample=self.sample.pooled(ranks), batches=[batch for batch, *_ in parts],
+                         batches=[batch for batch, *_ in parts],
                          continuation_ids=[ids for _, ids, _, _ in parts if ids is not None],
                          continuations=[text for _, _, texts, _ in parts for text in texts],
                          prompt_tokens=[n for *_, tokens in parts for n in tokens])
@@ -207,13 +209,13 @@ class ActivationRecorder:
 
 
 def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "generated", new_tokens: int = 20,
-                 max_prompt_tokens: int = 32, batch_size: int = 16, sample: Sequence[int] = (),
+                 max_prompt_tokens: int = 32, batch_size: int = 16,
                  teacher_tokens: list[torch.Tensor] | None = None,
-                 sink: Callable[[int, np.ndarray, np.ndarray | None], None] | None = None,
+                 sink: Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None] | None = None,
                  advance: Callable[[int], None] | None = None, ranks: Ranks = Ranks()) -> Recording:
     """Record one model over all prompts (under torchrun: this rank's batches; `Recording.pooled` adds the ranks
-    up), keeping the per-prompt means of the prompts in `sample`; `sink(start, act, written)` gets each batch's
-    per-prompt means (`ActivationRecorder.end_batch`).
+    up); `sink(start, act, written, counts)` gets each batch's per-prompt means and position counts
+    (`ActivationRecorder.end_batch`).
 
     With `teacher_tokens` (the other model's continuation ids, one tensor per batch of all prompts) the model reads
     those tokens instead of generating its own (``--shared-continuation``), in a single forward pass per batch.
@@ -225,8 +227,6 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "gen
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
     suppress = special_token_ids(tokenizer)
     n_fed = new_tokens if protocol.feeds_last else max(new_tokens - 1, 0)
-    keep = set(int(i) for i in sample)
-    sample_means = SampleMeans(len(recorder.modules), recorder.d_mlp, recorder.scales_write)
     continuation_ids, prompt_tokens, recorded = [], [], []
     with recorder.hooks(), torch.inference_mode():
         for batch_index, chunk in ranks.deal(texts, batch_size):
@@ -259,17 +259,14 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "gen
                                          before_forward=before_forward, feed_last=protocol.feeds_last)
                 continuation_ids.append(tokens.cpu())
             act, written, counts = recorder.end_batch()
-            for row in range(len(chunk)):
-                if start + row in keep:
-                    sample_means.add(start + row, counts[row], act[row], None if written is None else written[row])
             if sink is not None:
-                sink(start, act, written)
+                sink(start, act, written, counts)
             if advance is not None:
                 advance(len(chunk))
     act_mean, written_mean = recorder.result()
     continuations = [text for ids in continuation_ids for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return Recording(act_mean=act_mean, written_mean=written_mean, n_positions=recorder.n_positions,
-                     sample=sample_means, batches=recorded, continuation_ids=continuation_ids,
+                     batches=recorded, continuation_ids=continuation_ids,
                      continuations=continuations,
                      prompt_tokens=prompt_tokens)
 

@@ -54,22 +54,28 @@ def identity_residuals(*, written_mean, p, bias_proj, measured) -> np.ndarray:
     return (np.asarray(written_mean, np.float64) * np.asarray(p, np.float64)).sum(axis=1) + bias_proj - measured
 
 
-def layer_columns(contribution: np.ndarray, *, mlp_proj: dict, bias_proj: dict, residual: dict) -> dict:
+def layer_columns(contribution: np.ndarray, *, mlp_proj: dict, write_scale: dict, bias_proj: dict, residual: dict,
+                  sample_written: dict, p: dict, pooling: dict) -> dict:
     """Per-layer columns of the cache (``schema.LAYER_COLUMNS``); dicts are keyed by model, "pre" and "dpo".
 
-    `mlp_proj` is the identity check's measured write along ŵ on its sample of prompts and `residual` its error;
-    Σ_i Δ_i is over every prompt. On the sample, Σ_i Δ_i equals the measured change less the change of b·ŵ, and
-    ``change_residual`` (residual_pre − residual_dpo) is what is left of that identity.
+    `mlp_proj` is the identity check's measured write along ŵ on its sample of prompts, `write_scale` the mean |write·ŵ|
+    there and `residual` the identity's error; `sample_written` the recorded means of those same prompts, from which
+    ``sum_contribution_sample`` = Σ_i Δ_i on the sample, the side of Σ Δ = measured change − bias change that covers
+    the same prompts as the measurement (``change_residual`` is what is left of it). ``sum_contribution`` is over
+    every prompt, and `pooling` the error the running totals make in Σ P against the per-prompt means.
     """
-    total = contribution.astype(np.float64).sum(axis=1)
-    measured_change = mlp_proj["pre"] - mlp_proj["dpo"]
+    sample_contribution = sum(sign * (np.asarray(sample_written[m], np.float64) * np.asarray(p[m], np.float64))
+                              for sign, m in ((1, "pre"), (-1, "dpo")))
     return {
-        "sum_contribution": total,
-        "measured_change": measured_change,
+        "sum_contribution": contribution.astype(np.float64).sum(axis=1),
+        "sum_contribution_sample": sample_contribution.sum(axis=1),
+        "measured_change": mlp_proj["pre"] - mlp_proj["dpo"],
         "change_residual": residual["pre"] - residual["dpo"],
         **{f"mlp_proj_{m}": mlp_proj[m] for m in ("pre", "dpo")},
+        **{f"write_scale_{m}": write_scale[m] for m in ("pre", "dpo")},
         **{f"bias_proj_{m}": bias_proj[m] for m in ("pre", "dpo")},
         **{f"residual_{m}": residual[m] for m in ("pre", "dpo")},
+        **{f"pooling_residual_{m}": pooling[m] for m in ("pre", "dpo")},
     }
 
 

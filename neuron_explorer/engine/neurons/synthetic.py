@@ -34,10 +34,12 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
     act_dpo = act_pre - rng.normal(0.0, 0.02, shape) * np.sign(cos_pre)
     metrics = neuron_metrics(p_pre=cos_pre * norms, p_dpo=cos_dpo * norms, cos_pre=cos_pre, cos_dpo=cos_dpo,
                              value_cos=1 - np.abs(rng.normal(0, 1e-3, shape)), act_pre=act_pre, act_dpo=act_dpo)
-    zeros = np.zeros(n_layers)
-    layers = layer_columns(metrics["contribution"], bias_proj={"pre": zeros, "dpo": zeros},
-                           residual={"pre": zeros, "dpo": zeros},
-                           mlp_proj={m: metrics[f"tox_{m}"].astype(np.float64).sum(axis=1) for m in ("pre", "dpo")})
+    zeros = {m: np.zeros(n_layers) for m in ("pre", "dpo")}
+    writes = {m: metrics[f"tox_{m}"].astype(np.float64).sum(axis=1) for m in ("pre", "dpo")}
+    layers = layer_columns(metrics["contribution"], bias_proj=zeros, residual=zeros, pooling=zeros, mlp_proj=writes,
+                           write_scale={m: np.abs(writes[m]) for m in writes},
+                           sample_written={m: metrics[f"act_{m}"] for m in writes},
+                           p={m: metrics[f"p_{m}"] for m in writes})
     prompts = [f"Synthetic prompt number {i} that starts a sentence and" for i in range(n_prompts)]
     provenance = {
         "synthetic": True, "seed": seed,

@@ -274,13 +274,14 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
     if len(results) >= 2:
         first_name, first = next(iter(results.items()))
         for name, r in list(results.items())[1:]:
-            ratios = f"toxicity × {_ratio(r.toxicity, first.toxicity):.2f}"
+            ratios = f"toxicity {_ratio(r.toxicity, first.toxicity)}"
             if check:
-                ratios += f" ({check}: × {_ratio(r.check_toxicity, first.check_toxicity):.2f})"
+                ratios += f" ({check}: {_ratio(r.check_toxicity, first.check_toxicity)})"
             lines.append(f"\n{name}: {ratios} of {first_name}, perplexity "
                          f"{100 * (r.perplexity / first.perplexity - 1):+.1f}%")
     return "\n".join(lines)
 
 
-def _ratio(value: float, reference: float) -> float:
-    return value / reference if reference else float("nan")
+def _ratio(value: float, reference: float) -> str:
+    """"× 0.21", or why there is no ratio (a reference of 0: no continuation of the first model was toxic)."""
+    return f"× {value / reference:.2f}" if reference else f"{value:.3f} against 0 (no ratio)"

@@ -330,7 +330,7 @@ class LabSession:
         lens = ProbeLens(loaded, self.unit_probe)
         rows: list[tuple[np.ndarray, np.ndarray | None]] = []
 
-        def keep(start: int, act: np.ndarray, written: np.ndarray | None) -> None:
+        def keep(start: int, act: np.ndarray, written: np.ndarray | None, counts: np.ndarray) -> None:
             rows.extend((act[row], None if written is None else written[row]) for row in range(len(act)))
 
         with ExitStack() as hooks:

@@ -161,8 +161,8 @@ def identity_report(layers: dict, checks: dict, n_prompts: int) -> list[str]:
                      f"(relative {relative.max():.1e})")
     change = abs(layers["change_residual"])
     lines.append(f"  Σ Δ on those {n_prompts} prompts − (measured change − bias change) ≤ {change.max():.1e} "
-                 f"(largest measured change {abs(layers['measured_change']).max():.2e}): "
-                 f"{verdict[checks['identity_passed']]}")
+                 f"(largest measured change {abs(layers['measured_change']).max():.2e})")
+    lines.append(f"  identity: {verdict[checks['identity_passed']]}")
     lines.append(f"published ā against the per-prompt means of every prompt: relative ≤ "
                  f"{checks['pooling_relative']:.1e} (passes at ≤ {checks['pooling_tolerance']:.0e}): "
                  f"{verdict[checks['pooling_passed']]}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -109,6 +111,28 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     assert loads == [again.base_spec]
     assert second.metrics["base_toxicity"] == run.metrics["base_toxicity"]
     assert [r.run_id for r in annotations.list_runs(cache_copy)] == sorted([run.run_id, second.run_id])
+
+
+def test_a_tuned_folder_overwritten_after_a_run_is_measured_anew_with_a_warning(cache_copy, pairs, edited_copy,
+                                                                              tmp_path):
+    base, tuned = pairs["llama"]
+    folder = tmp_path / "tuned"
+    shutil.copytree(tuned, folder)  # the same weights the cache was computed on, in a folder this test may overwrite
+    settings = replace(SMALL, tuned=str(folder), max_prompts=2, f1_items=1, ppl_windows=1)
+    events = []
+    with PatchSession(cache_copy, settings, report=events.append) as session:
+        first = session.ensure_baseline()
+    assert not [e for e in events if getattr(e, "level", "") == "warning"]
+    edited_copy(base, folder, noise=0.3)  # as `train-dpo` does: new weights under the same name
+    events = []
+    with PatchSession(cache_copy, settings, report=events.append) as again:
+        assert again.baseline is None  # the stored DPO row belongs to the old weights
+        second = again.ensure_baseline()
+    warnings = [e.text for e in events if getattr(e, "level", "") == "warning"]
+    assert len(warnings) == 1 and "tuned model's weights" in warnings[0] and "\n" not in warnings[0]
+    assert second["weights"]["tuned"] != first["weights"]["tuned"]
+    assert second["dpo"]["generations"] != first["dpo"]["generations"]
+    assert second["base"]["generations"] == first["base"]["generations"]
 
 
 def test_recovered_on_hand_built_numbers():

@@ -6,7 +6,7 @@ computed from the other prompts, so the run is out of sample), perplexity and F1
 projection of the last block's output on the probe direction at the generated positions. Perplexity sees the
 intervention as generation does (`Intervention.scoring_pass`). The base and DPO models are evaluated
 with the same settings in the same session (cached beside the cache in ``baselines/<key>.json``, keyed by every
-setting that changes their numbers, so a second run reuses them), and the run reports
+setting that changes their numbers, the weights by their content, so a second run reuses them), and the run reports
 
   recovered        = (tox_base − tox_run) / (tox_base − tox_dpo)    the fraction of DPO's effect recovered
   recovered_probe  = the same ratio for the last-layer probe projection
@@ -180,6 +180,7 @@ class PatchSession:
         self.loaded = loaded or load_model(self.base_spec, device=self.ranks.device(self.settings.device),
                                            dtype=self.settings.dtype)
         check_fits_cache(self.loaded, self.reader)
+        self.weights = self._weights()
         self.probe = self.reader.probe_direction().astype(np.float64)
         self.unit_probe = self.probe / np.linalg.norm(self.probe)
         self.arrays = {name: self.reader.neuron_array(name).astype(np.float64)
@@ -205,14 +206,32 @@ class PatchSession:
         self.close()
 
     # -- setup ---------------------------------------------------------------------------------------------------
+    def _weights(self) -> dict[str, dict]:
+        """The content hashes of the weights this session evaluates (the base as loaded, the tuned one read from its
+        files now), with a one-line warning for each model whose weights are not those the cache was computed on."""
+        from neuron_explorer.engine.model.loading import WEIGHT_HASHES, weights_identity
+
+        loaded = {"base": {k: v for k, v in self.loaded.description.items() if k in WEIGHT_HASHES},
+                  "tuned": weights_identity(self.tuned_spec)}
+        for role, hashes in loaded.items():
+            recorded = self.reader.info.provenance.get(role, {})
+            changed = [k for k in WEIGHT_HASHES if k in hashes and k in recorded and hashes[k] != recorded[k]]
+            if changed:
+                self.report(Message(f"warning: the {role} model's weights ({changed[0]} {hashes[changed[0]][:12]}) "
+                                    f"are not those {self.reader.path.name} was computed on "
+                                    f"({recorded[changed[0]][:12]}): its row is measured on the weights loaded now, "
+                                    f"the groups and patched values come from the old ones; recompute the cache",
+                                    "warning"))
+        return loaded
+
     def _baseline_key(self) -> str:
+        """Every setting that changes the base and DPO numbers, the weights by their content (never the cache's
+        record of them: a tuned folder overwritten after `compute` must be measured anew)."""
         provenance = self.reader.info.provenance
-        key = {"base": self.base_spec, "tuned": self.tuned_spec,
-               "base_id": provenance.get("base", {}) if not self.settings.base else self.settings.base,
-               "tuned_id": provenance.get("tuned", {}) if not self.settings.tuned else self.settings.tuned,
+        key = {"base": self.base_spec, "tuned": self.tuned_spec, "weights": self.weights,
                "prompts": self.prompts.sha256, "corpus": self.corpus.sha256, "scorer": self.scorer.describe(),
                "probe": provenance.get("probe", {}), "settings": asdict(self.eval_settings),
-               "device": self.settings.device, "dtype": self.settings.dtype, "version": 2}
+               "device": self.settings.device, "dtype": self.settings.dtype, "version": 3}
         return sha256_bytes(json.dumps(key, sort_keys=True, default=str).encode())[:16]
 
     def plan(self, n_runs: int) -> None:
@@ -242,6 +261,7 @@ class PatchSession:
         if not loaded_before:
             self._tuned = None  # free its memory: only patch-live runs need it again
         payload = {"key": self.baseline_key, "base_spec": self.base_spec, "tuned_spec": self.tuned_spec,
+                   "weights": self.weights,
                    "settings": asdict(self.eval_settings), "prompts": self.prompt_record,
                    "corpus": self.corpus.provenance(), "scorer": self.scorer.describe(),
                    "base": asdict(base), "dpo": asdict(dpo), "distributed": self.ranks.provenance()}

@@ -287,8 +287,8 @@ def hand_probe_projection(loaded, texts: list[str], unit: np.ndarray, new_tokens
     return float(np.mean(values))
 
 
-def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_subtraction(
-        cache_copy, held_out_prompts):
+def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_subtraction_out_of_sample(
+        cache_copy, held_out_prompts, statistics_prompts):
     with PatchSession(cache_copy, SMALL) as session:
         baseline = session.ensure_baseline()
         unit = session.unit_probe
@@ -297,8 +297,16 @@ def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_
                     "dpo": hand_probe_projection(session.tuned(), texts, unit, SMALL.new_tokens)}
         for name in ("base", "dpo"):
             assert baseline[name]["probe_projection"] == pytest.approx(expected[name], rel=1e-4, abs=1e-5)
+        # α is DPO's change on the statistics prompts, never on the scored (held-out) prompts
+        fit = statistics_prompts[:SMALL.max_prompts]
+        fitted = (hand_probe_projection(session.loaded, fit, unit, SMALL.new_tokens)
+                  - hand_probe_projection(session.tuned(), fit, unit, SMALL.new_tokens))
         subtract = session.run(PatchSpec("subtract", ()), save=False)
-    assert subtract.settings["alpha"] == pytest.approx(expected["base"] - expected["dpo"], rel=1e-3, abs=1e-5)
+    in_sample = expected["base"] - expected["dpo"]
+    assert abs(fitted - in_sample) > 1e-3  # the two fits differ, so the check below tells them apart
+    assert subtract.settings["alpha"] == pytest.approx(fitted, rel=1e-3, abs=1e-5)
+    assert subtract.settings["alpha_fitted_on"] == "4 statistics prompts (out of sample)"
+    assert not set(fit) & set(texts)
 
 
 def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy, held_out_prompts):

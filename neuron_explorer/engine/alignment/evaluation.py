@@ -206,6 +206,15 @@ def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None
                             perplexity_pass=intervention.perplexity_pass if intervention else NO_INTERVENTION_PASS)
 
 
+def probe_projection(loaded, prompts: list[str], unit_probe: np.ndarray, settings: EvaluationSettings,
+                     ranks: Ranks = Ranks()) -> float:
+    """`evaluate`'s `probe_projection` alone: the greedy continuations of `prompts`, unscored."""
+    projection = _ProbeProjection(loaded, unit_probe)
+    with projection.hooks():
+        continuations(loaded, prompts, settings, ranks=ranks)
+    return projection.mean(ranks)
+
+
 class _ProbeProjection:
     """Mean projection of the last block's output at the newest position of each forward call (every generated
     position, through the KV cache) on a unit direction; nothing is hooked without one."""

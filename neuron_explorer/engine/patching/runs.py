@@ -194,6 +194,7 @@ class PatchSession:
         self.baseline: dict | None = self.ranks.first(  # every rank measures the baseline, or none does
             annotations.load_baseline(self.cache_path, self.baseline_key) if self.ranks.main else None)
         self._cos_embedding: np.ndarray | None = None
+        self._subtract_alpha: tuple[float, str] | None = None
         self._tuned = None
 
     def close(self) -> None:
@@ -285,6 +286,24 @@ class PatchSession:
             self._tuned = load_model(self.tuned_spec, device=self.ranks.device(self.settings.device),
                                      dtype=self.settings.dtype)
         return self._tuned
+
+    def subtract_alpha(self) -> tuple[float, str]:
+        """`subtract`'s default α, DPO's change of the last-layer probe projection, and where it was measured: on the
+        cache's statistics prompts, not on the prompts the run is scored on (fitted there, its recovered probe
+        projection would be ~1 by construction)."""
+        if self._subtract_alpha is None:
+            from neuron_explorer.engine.alignment.evaluation import probe_projection
+
+            texts = self.reader.prompt_texts()[:self.settings.max_prompts]
+            self.report(Message(f"subtract: measuring DPO's change of the probe projection on {len(texts)} "
+                                f"statistics prompts (base and DPO)"))
+            change = (probe_projection(self.loaded, texts, self.unit_probe, self.eval_settings, self.ranks)
+                      - probe_projection(self.tuned(), texts, self.unit_probe, self.eval_settings, self.ranks))
+            shared = len(set(texts) & set(self.prompts.texts))
+            where = (f"{len(texts)} statistics prompts" + (f", {shared} of them among the scored prompts (in sample)"
+                                                            if shared else " (out of sample)"))
+            self._subtract_alpha = (change, where)
+        return self._subtract_alpha
 
     def cos_embedding(self) -> np.ndarray:
         """cos(v_i, toxic embedding) of the base model, with Yang et al.'s five-and-five seed words: the direction

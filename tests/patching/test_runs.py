@@ -436,6 +436,43 @@ def test_the_holdout_rule_on_known_cases():
             hold_out_for_patching(eight, bad)
 
 
+def shipped_templates(text: str, templates: dict) -> set[str]:
+    """The situation, lead-in or standalone prompt of a shipped prompt, found by plain string search."""
+    found = {f"situation {s}" for split in templates["situations"].values() for s in split if text.startswith(s)}
+    found |= {f"lead-in {x}" for split in templates["lead_ins"].values() for x in split if text.endswith(f'"{x}')}
+    found |= {f"standalone {x}" for split in templates["standalone"].values() for x in split if text == x}
+    assert found, text
+    return found
+
+
+@pytest.mark.parametrize("source,fraction", [("builtin:heldout", 0.5), ("builtin", 0.3)])
+def test_shipped_prompts_are_held_out_by_template(source, fraction):
+    from neuron_explorer.engine.alignment.prompts import SPLIT_BY_TEMPLATE, TEMPLATES_FILE, load_prompts
+
+    templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
+    loaded = load_prompts(source)
+    statistics, table = hold_out_for_patching(loaded, fraction)
+    held = table["columns"]["text"]
+    used = {name: set().union(*(shipped_templates(t, templates) for t in texts))
+            for name, texts in (("statistics", statistics.texts), ("held", held))}
+    assert not used["statistics"] & used["held"]  # no situation, lead-in or standalone prompt on both sides
+    dropped = len(loaded.texts) - len(statistics.texts) - len(held)
+    assert dropped == table["attrs"]["n_dropped"] <= 0.1 * len(loaded.texts)
+    assert abs(len(held) / (len(held) + len(statistics.texts)) - fraction) < 0.05
+    assert table["attrs"]["split"] == SPLIT_BY_TEMPLATE
+    assert [loaded.texts[i] for i in table["columns"]["source_index"]] == held
+
+
+def test_other_prompts_are_held_out_by_prompt_and_say_not_out_of_template():
+    _, table = hold_out_for_patching(PromptSet([f"p{i}" for i in range(8)], "x", "sha"), 0.5)
+    assert "out of prompt, not out of template" in table["attrs"]["split"]
+    # one shipped prompt among user prompts: the set is not the shipped compositions, so it is split by prompt
+    from neuron_explorer.engine.alignment.prompts import compose_builtin
+
+    mixed = PromptSet(compose_builtin("heldout")[:3] + ["my own prompt"], "x", "sha")
+    assert "not out of template" in hold_out_for_patching(mixed, 0.5)[1]["attrs"]["split"]
+
+
 def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(
         cache_copy, prompts, statistics_prompts, held_out_prompts):
     with CacheReader(cache_copy) as reader:
@@ -452,6 +489,7 @@ def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(
     assert record["sha256"] == sha256_texts(held_out_prompts[:SMALL.max_prompts])
     assert record["source_indices"] == [1, 3, 5, 7]
     assert record["in_statistics"] == 0 and record["disjoint_from_statistics"] is True
+    assert "out of prompt, not out of template" in record["split"]  # the fixture's prompts are no templates
     assert [sample["prompt"] for sample in run.samples] == held_out_prompts[:SMALL.samples]
 
 

@@ -2,7 +2,8 @@
 
 A run evaluates, by the METHOD §5 protocol at a run-sized default (see `RunSettings`): toxicity of the greedy
 continuations of the prompts that `compute` held out (`prompts.hold_out_for_patching`: the groups, ā_pre and ā_dpo were
-computed from the other prompts, so the run is out of sample), perplexity and F1 on the neutral corpus, and the mean
+computed from the other prompts, so the run is out of sample: out of template for the shipped prompts, out of prompt
+only for a user's prompt file, and the record's `split` says which), perplexity and F1 on the neutral corpus, and the mean
 projection of the last block's output on the probe direction at the generated positions. Perplexity sees the
 intervention as generation does (`Intervention.scoring_pass`). The base and DPO models are evaluated
 with the same settings in the same session (cached beside the cache in ``baselines/<key>.json``, keyed by every
@@ -40,8 +41,11 @@ from neuron_explorer.engine.alignment.evaluation import (EvaluationResult, Evalu
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.model.distributed import current_ranks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
-from neuron_explorer.engine.alignment.prompts import PromptSet, load_prompts
+from neuron_explorer.engine.alignment.prompts import SPLIT_BY_PROMPT, PromptSet, load_prompts
 
+
+
+SPLIT_GIVEN = "given prompts: compared with the statistics prompts by text, not by template"
 
 
 @dataclass
@@ -80,11 +84,12 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
         if settings.in_sample:
             raise UserError("--prompts and --in-sample exclude each other: pass one of them")
         prompts = load_prompts(settings.prompts, max_prompts=settings.max_prompts)
-        record = {"selection": "given (--prompts)"}
+        record = {"selection": "given (--prompts)", "split": SPLIT_GIVEN}
     elif settings.in_sample:
         texts = statistics[:settings.max_prompts]
         prompts = PromptSet(texts=texts, source=f"{name}: the statistics prompts", sha256=sha256_texts(texts))
-        record = {"selection": "in sample: the prompts the groups, ā_pre and ā_dpo were computed from (--in-sample)"}
+        record = {"selection": "in sample: the prompts the groups, ā_pre and ā_dpo were computed from (--in-sample)",
+                  "split": "none: in sample"}
     else:
         held = reader.patch_prompts()
         if held is None:
@@ -95,7 +100,8 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
         prompts = PromptSet(texts=texts, source=f"{name}: held out by compute from {held.attrs.get('source', '?')}",
                             sha256=sha256_texts(texts))
         record = {"selection": "held out by compute", "source_indices": held.source_indices[:len(texts)].tolist(),
-                  "holdout_rule": held.attrs.get("rule"), "holdout_fraction": held.attrs.get("fraction")}
+                  "holdout_rule": held.attrs.get("rule"), "holdout_fraction": held.attrs.get("fraction"),
+                  "split": held.attrs.get("split", SPLIT_BY_PROMPT)}  # older caches split by prompt
     recorded = set(statistics)
     overlap = sum(text in recorded for text in prompts.texts)
     record.update(prompts.provenance(), in_statistics=overlap, disjoint_from_statistics=overlap == 0)

@@ -65,6 +65,30 @@ def test_self_labelled_candidates_leave_ambiguous_out():
     assert len(T.labeled_from_candidates(cands, band=0).texts) == 4
 
 
+def test_the_probes_held_out_texts_come_from_prompts_it_never_trained_on():
+    """Four continuations per prompt, whose features share their prompt's random vector and whose label is the
+    prompt's: a probe can memorize the prompts but learns nothing that carries to new ones. Split by text, siblings
+    in training flatter it (AUC near 1); split by source prompt, it scores near chance: the honest figure."""
+    rng = np.random.default_rng(1)
+    n_prompts, siblings = 120, 4
+    prompt_vectors, prompt_labels = rng.normal(size=(n_prompts, 200)), rng.integers(0, 2, n_prompts)
+    groups = np.repeat(np.arange(n_prompts), siblings)
+    x = prompt_vectors[groups] + 0.3 * rng.normal(size=(n_prompts * siblings, 200))
+    labels = prompt_labels[groups]
+    train, test = T.heldout_split(labels, groups, 0.2, seed=0)
+    assert not set(groups[train]) & set(groups[test])  # no source prompt on both sides
+    assert 0.15 < len(test) / len(labels) < 0.25 and set(labels[test]) == {0, 1}
+    honest = T.fit_probe(x, labels, groups=groups, seed=0, C=1.0)
+    flattered = T.fit_probe(x, labels, seed=0, C=1.0)
+    assert flattered.metrics["heldout_auc"] > 0.95
+    assert honest.metrics["heldout_auc"] < 0.75
+    assert honest.metrics["heldout_split"].startswith("by source prompt")
+    assert honest.metrics["n_heldout_prompts"] == len(set(groups[test]))
+    cands = [Candidates(f"prompt {i}", f"calm {i}", 0.05, [f"awful {i}", f"nasty {i}"], [0.95, 0.85])
+             for i in range(3)]
+    assert T.labeled_from_candidates(cands).groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
 def test_probe_save_and_load(tmp_path):
     fit = T.ProbeFit(weight=np.arange(1, 9, dtype=np.float32), bias=0.5, metrics={"heldout_auc": 0.9})
     path = T.save_probe(fit, tmp_path / "probe.safetensors", {"model": {"id": "x"}, "data": {"sha256": "abc"}})

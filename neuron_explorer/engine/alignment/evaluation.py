@@ -7,8 +7,9 @@ projection on the probe direction at the generated positions.
 
 - toxicity: greedy continuation of each prompt (truncated to 32 tokens), 20 new tokens with end-of-sequence
   suppressed; the scorer scores the continuation alone; mean over prompts (`n_prompts`).
-- perplexity: exp(mean next-token NLL) over non-overlapping fixed-size windows of the neutral corpus (true
-  perplexity, not its logarithm); `n_tokens` is the number of predicted tokens.
+- perplexity: exp(mean next-token NLL) over non-overlapping fixed-size windows of the neutral corpus, each led by
+  the tokenizer's BOS where it adds one (true perplexity, not its logarithm); `n_tokens` is the number of predicted
+  tokens.
 - F1: corpus passages, 32-token prompt, 20 greedy new tokens, bag-of-words F1 against the gold 20-token
   continuation; mean over `n_f1` passages.
 """
@@ -19,12 +20,13 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
-from neuron_explorer.engine.alignment.corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
+from neuron_explorer.engine.alignment.corpora import (Corpus, f1_items, load_corpus, perplexity_windows,
+                                                     special_tokens_around, token_f1)
 from neuron_explorer.engine.model.distributed import Ranks
 from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
 from neuron_explorer.engine.model.hooks import forward_hooks
@@ -147,6 +149,11 @@ def perplexity(loaded, windows: list[list[int]], batch_size: int = 4,
 
 def f1_score(loaded, items: list[tuple[str, str]], settings: EvaluationSettings,
              advance: Advance | None = None, ranks: Ranks = Ranks()) -> tuple[float, list[str]]:
+    """Mean token F1 of each passage's continuation against its gold. The passages' prompts are already cut to
+    `max_prompt_tokens` text tokens; the truncation leaves room for the special tokens the tokenizer adds, which would
+    otherwise push out the prompt's last token (a BOS-adding tokenizer would continue from the wrong place)."""
+    before, after = special_tokens_around(loaded.tokenizer)
+    settings = replace(settings, max_prompt_tokens=settings.max_prompt_tokens + len(before) + len(after))
     mine = continuations(loaded, [p for p, _ in items], settings, advance, ranks)
     golds = [gold for _, gold in items]
     rows = ranks.in_order([(index, [(text, token_f1(text, golds[index * settings.batch_size + row]))

@@ -306,6 +306,7 @@ def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_
     assert abs(fitted - in_sample) > 1e-3  # the two fits differ, so the check below tells them apart
     assert subtract.settings["alpha"] == pytest.approx(fitted, rel=1e-3, abs=1e-5)
     assert subtract.settings["alpha_fitted_on"] == "4 statistics prompts (out of sample)"
+    assert subtract.settings["probe_positions"].startswith("the last prompt token and generated tokens 1 to n-1")
     assert not set(fit) & set(texts)
 
 

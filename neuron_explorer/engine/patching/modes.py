@@ -139,7 +139,9 @@ _MODES = (
                          check=lambda beta: 0 < beta <= 1, rule="must be in (0, 1]: the fraction of each sign class")),
               needs_set=False),
     PatchMode("subtract", "Lee's edit: subtract α·ŵ (the probe direction) from the last block's output", _subtract,
-              (Parameter("alpha", "the size α", None, default_help="DPO's change of the probe projection, measured on the statistics prompts (the lab: on the prompt itself, in sample)"),),
+              (Parameter("alpha", "the size α", None,
+                         default_help="DPO's change of the probe projection on the statistics prompts (the lab: on "
+                                      "the prompt itself, in sample)"),),
               needs_set=False, acts_on_set=False),
 )
 MODES: dict[str, PatchMode] = {mode.name: mode for mode in _MODES}

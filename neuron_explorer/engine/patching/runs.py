@@ -4,7 +4,8 @@ A run evaluates, by the METHOD §5 protocol at a run-sized default (see `RunSett
 continuations of the prompts that `compute` held out (`prompts.hold_out_for_patching`: the groups, ā_pre and ā_dpo were
 computed from the other prompts, so the run is out of sample: out of template for the shipped prompts, out of prompt
 only for a user's prompt file, and the record's `split` says which), perplexity and F1 on the neutral corpus, and the mean
-projection of the last block's output on the probe direction at the generated positions. Perplexity sees the
+projection of the last block's output on the probe direction at the last prompt token and generated tokens 1–19 (the
+positions that predict the continuation, METHOD's v1 positions). Perplexity sees the
 intervention as generation does (`Intervention.scoring_pass`). The base and DPO models are evaluated
 with the same settings in the same session (cached beside the cache in ``baselines/<key>.json``, keyed by every
 setting that changes their numbers, the weights by their content, so a second run reuses them), and the run reports
@@ -36,8 +37,9 @@ from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.alignment.corpora import load_corpus
-from neuron_explorer.engine.alignment.evaluation import (EvaluationResult, EvaluationSettings, InterventionHooks,
-                                                          continuations, corpus_inputs, evaluate, perplexity)
+from neuron_explorer.engine.alignment.evaluation import (PROBE_POSITIONS, EvaluationResult, EvaluationSettings,
+                                                          InterventionHooks, continuations, corpus_inputs, evaluate,
+                                                          perplexity)
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.model.distributed import current_ranks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
@@ -250,7 +252,7 @@ class PatchSession:
     def measure(self, loaded, stage: str, intervention: iv.Intervention | None = None) -> EvaluationResult:
         """`evaluate` (the one implementation of METHOD §5, shared with the `evaluate` command and `build`) of
         `loaded` on the session's prompts and corpus, under `intervention` (None: as it is), with the last-layer probe
-        projection at the generated positions; progress is reported batch by batch."""
+        projection at the last prompt token and generated tokens 1–19; progress is reported batch by batch."""
         hooks = evaluation_hooks(intervention) if intervention is not None else None
         if hooks is not None and hooks.scoring is None:
             self.report(Message(f"{stage}: perplexity {hooks.perplexity_pass}"))
@@ -363,6 +365,7 @@ class PatchSession:
                     "layers": {str(k): v for k, v in intervention.layer_counts().items()},
                     "prompts": self.prompt_record, "corpus": self.corpus.provenance(),
                     "scorer": self.scorer.name, "evaluation": asdict(self.eval_settings),
+                    "probe_positions": PROBE_POSITIONS,
                     "base": self.base_spec, "tuned": self.tuned_spec, "baseline": self.baseline_key,
                     "cache": str(self.cache_path), "cache_created": self.reader.info.created,
                     "distributed": self.ranks.provenance(), "package_version": __version__}

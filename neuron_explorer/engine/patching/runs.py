@@ -3,10 +3,10 @@
 A run evaluates, by the METHOD §5 protocol at a run-sized default (see `RunSettings`): toxicity of the greedy
 continuations of the prompts that `compute` held out (`prompts.hold_out_for_patching`: the groups, ā_pre and ā_dpo were
 computed from the other prompts, so the run is out of sample: out of template for the shipped prompts, out of prompt
-only for a user's prompt file, and the record's `split` says which), perplexity and F1 on the neutral corpus, and the mean
-projection of the last block's output on the probe direction at the last prompt token and generated tokens 1–19 (the
-positions that predict the continuation, METHOD's v1 positions). Perplexity sees the
-intervention as generation does (`Intervention.scoring_pass`). The base and DPO models are evaluated
+only for a user's prompt file, and the record's `split` says which), perplexity and F1 on the neutral corpus, and
+the mean projection of the last block's output on the probe direction at the last prompt token and generated tokens
+1–19 (the positions that predict the continuation, METHOD's v1 positions). Perplexity sees the intervention as
+generation does (`Intervention.scoring_pass`). The base and DPO models are evaluated
 with the same settings in the same session (cached beside the cache in ``baselines/<key>.json``, keyed by every
 setting that changes their numbers, the weights by their content, so a second run reuses them), and the run reports
 

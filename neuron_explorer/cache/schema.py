@@ -23,8 +23,9 @@ NEURON_COLUMNS = {
     "act_pre": "ā_i, mean activation over the recorded positions, base model",
     "act_dpo": "ā_i, mean activation over the recorded positions, tuned model",
     "act_shift": "δ_i = ā_pre − ā_dpo (positive: DPO lowered the activation)",
-    "tox_pre": "P_i = ā_i p_i, what the neuron writes along the probe, base model",
-    "tox_dpo": "P_i = ā_i p_i, tuned model",
+    "tox_pre": "P_i, the mean of what the neuron writes along the probe, base model: ā_i p_i (with an output norm, "
+               "Gemma-2: mean(m_i s_t) p_i, s_t the norm's 1/rms of token t's MLP output, p_i of the written vector)",
+    "tox_dpo": "P_i, the same for the tuned model",
     "contribution": "Δ_i = P_pre − P_dpo, the neuron's contribution to toxicity reduction",
     "value_cos": "cos(v_i^pre, v_i^dpo), how much tuning turned the value vector",
 }

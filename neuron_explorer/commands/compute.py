@@ -53,8 +53,9 @@ def add_arguments(parser) -> None:
     data.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
                       help="use only the first N prompts (default: all)")
     data.add_argument("--patch-holdout", type=float, default=PATCH_HOLDOUT, metavar="FRACTION",
-                      help="keep this fraction of the prompts (evenly spread) aside, unrecorded, for patch runs to "
-                           "evaluate on out of sample; 0 keeps none (default: %(default)g)")
+                      help="keep this fraction of the prompts aside, unrecorded, for patch runs to evaluate on out "
+                           "of sample (the shipped prompts by template, others evenly spread: out of prompt, not out "
+                           "of template); 0 keeps none (default: %(default)g)")
     recording = parser.add_argument_group("recording (default: Yang et al. v3's positions)")
     recording.add_argument("--positions", default="generated", choices=POSITION_MODES,
                            help="which positions to average: "

@@ -121,8 +121,9 @@ def show(result: dict, groups) -> None:
     if result["intervention"]:
         shown = result["intervention"]
         params = ", ".join(f"{k}={v:g}" for k, v in shown["params"].items() if v is not None) or "no parameters"
+        fitted = f"; α fitted on {shown['alpha_fitted_on']}" if "alpha_fitted_on" in shown else ""
         console.print(f"patched: {shown['label']} ({shown['neurons']:,} neurons, positions {shown['positions']}, "
-                      f"{params})")
+                      f"{params}{fitted})")
     runs = result["runs"]
     table = Table(title=f"continuations (toxicity by {result['scorer']})", title_justify="left")
     table.add_column("model")

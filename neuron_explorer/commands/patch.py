@@ -9,7 +9,8 @@ below), the change of the last-layer probe projection, and stores its settings, 
 settings once and reused.
 
 Prompts: by default the ones `compute` kept aside (--patch-holdout), from which none of the cache's statistics
-(groups, ā_pre, ā_dpo) were computed, so "recovered" is out of sample. --prompts FILE evaluates on other prompts
+(groups, ā_pre, ā_dpo) were computed, so "recovered" is out of sample (out of template for the shipped prompts; out
+of prompt, not out of template, for a prompt file compute was given). --prompts FILE evaluates on other prompts
 (the run counts how many of them were statistics prompts and warns when any were); --in-sample evaluates on the
 statistics prompts themselves, and the record says so.
 
@@ -198,4 +199,4 @@ def prompt_note(record: dict) -> str:
     if record["in_statistics"]:
         return (f"{note}; WARNING: {record['in_statistics']} of them are statistics prompts (the groups, ā_pre and "
                 f"ā_dpo were computed from them), so 'recovered' is in sample")
-    return f"{note}; none of them is a statistics prompt"
+    return f"{note}; none of them is a statistics prompt ({record.get('split', 'split by prompt')})"

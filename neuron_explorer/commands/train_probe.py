@@ -77,11 +77,13 @@ def run(args) -> int:
         label_desc = T.label_rule(args.scorer, args.threshold, args.band)
     print(f"{len(labeled.texts)} texts, {int(labeled.labels.sum())} toxic; extracting features ...")
     features = T.pooled_features(loaded, labeled.texts)
-    fit = T.fit_probe(features, labeled.labels, test_fraction=args.heldout_fraction, seed=args.seed, C=args.C)
+    fit = T.fit_probe(features, labeled.labels, groups=labeled.groups, test_fraction=args.heldout_fraction,
+                      seed=args.seed, C=args.C)
     path = T.save_probe(fit, args.output, {"model": loaded.description, "layer": "last block output (pre final norm)",
                                            "pooling": "mean over real tokens", "data": labeled.provenance(),
                                            "labels": label_desc})
     m = fit.metrics
-    print(f"held-out accuracy {m['heldout_accuracy']:.3f}, AUC {m['heldout_auc']:.3f} ({m['n_heldout']} texts; "
+    print(f"held-out accuracy {m['heldout_accuracy']:.3f}, AUC {m['heldout_auc']:.3f} ({m['n_heldout']} texts, split "
+          f"{m['heldout_split']}; "
           f"train accuracy {m['train_accuracy']:.3f} on {m['n_train']})\nprobe: {path}")
     return 0

@@ -343,12 +343,13 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
         labeled = labeled_from_candidates(load_candidates(candidates_file), settings.label_threshold,
                                           source=str(candidates_file), band=settings.label_band)
         features = pooled_features(base(), labeled.texts)
-        fit = fit_probe(features, labeled.labels, seed=settings.seed, C=settings.probe_C)
+        fit = fit_probe(features, labeled.labels, groups=labeled.groups, seed=settings.seed, C=settings.probe_C)
         save_probe(fit, probe_file, {"model": base().description, "layer": "last block output (pre final norm)",
                                      "pooling": "mean over real tokens", "data": labeled.provenance(),
                                      "labels": label_rule(scorer.name, settings.label_threshold, settings.label_band)})
         printer(f"  probe: held-out accuracy {fit.metrics['heldout_accuracy']:.3f}, "
-                f"AUC {fit.metrics['heldout_auc']:.3f} ({fit.metrics['n_heldout']} texts)")
+                f"AUC {fit.metrics['heldout_auc']:.3f} ({fit.metrics['n_heldout']} texts of "
+                f"{fit.metrics['n_heldout_prompts']} prompts never trained on)")
         return fit.metrics
 
     probe_stage = runner.run("probe", probe_inputs, {"probe": probe_file}, stage_probe)

@@ -65,6 +65,30 @@ def test_self_labelled_candidates_leave_ambiguous_out():
     assert len(T.labeled_from_candidates(cands, band=0).texts) == 4
 
 
+def test_the_probes_held_out_texts_come_from_prompts_it_never_trained_on():
+    """Four continuations per prompt, whose features share their prompt's random vector and whose label is the
+    prompt's: a probe can memorize the prompts but learns nothing that carries to new ones. Split by text, siblings
+    in training flatter it (AUC near 1); split by source prompt, it scores near chance: the honest figure."""
+    rng = np.random.default_rng(1)
+    n_prompts, siblings = 120, 4
+    prompt_vectors, prompt_labels = rng.normal(size=(n_prompts, 200)), rng.integers(0, 2, n_prompts)
+    groups = np.repeat(np.arange(n_prompts), siblings)
+    x = prompt_vectors[groups] + 0.3 * rng.normal(size=(n_prompts * siblings, 200))
+    labels = prompt_labels[groups]
+    train, test = T.heldout_split(labels, groups, 0.2, seed=0)
+    assert not set(groups[train]) & set(groups[test])  # no source prompt on both sides
+    assert 0.15 < len(test) / len(labels) < 0.25 and set(labels[test]) == {0, 1}
+    honest = T.fit_probe(x, labels, groups=groups, seed=0, C=1.0)
+    flattered = T.fit_probe(x, labels, seed=0, C=1.0)
+    assert flattered.metrics["heldout_auc"] > 0.95
+    assert honest.metrics["heldout_auc"] < 0.75
+    assert honest.metrics["heldout_split"].startswith("by source prompt")
+    assert honest.metrics["n_heldout_prompts"] == len(set(groups[test]))
+    cands = [Candidates(f"prompt {i}", f"calm {i}", 0.05, [f"awful {i}", f"nasty {i}"], [0.95, 0.85])
+             for i in range(3)]
+    assert T.labeled_from_candidates(cands).groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
 def test_probe_save_and_load(tmp_path):
     fit = T.ProbeFit(weight=np.arange(1, 9, dtype=np.float32), bias=0.5, metrics={"heldout_auc": 0.9})
     path = T.save_probe(fit, tmp_path / "probe.safetensors", {"model": {"id": "x"}, "data": {"sha256": "abc"}})
@@ -245,6 +269,58 @@ def test_corpus_windows_and_f1(tiny):
     assert token_f1("the cat sat", "the cat sat") == 1.0
     assert token_f1("a b", "c d") == 0.0
     assert token_f1("The cat", "the cat sat down") == pytest.approx(2 / 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_with_bos(tiny_models, tmp_path_factory):
+    """The tiny Llama with a tokenizer that starts every text with a BOS, as Llama-3's and Gemma's do."""
+    import shutil
+
+    from tokenizers import processors
+
+    folder = tmp_path_factory.mktemp("bos") / "llama"
+    shutil.copytree(tiny_models["llama"], folder)
+    loaded = load_model(str(folder), device="cpu", dtype="float32")
+    tokenizer = loaded.tokenizer
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)])
+    tokenizer.save_pretrained(folder)
+    loaded = load_model(str(folder), device="cpu", dtype="float32")
+    assert loaded.tokenizer("You are")["input_ids"][0] == bos  # the saved tokenizer adds it
+    assert loaded.tokenizer("You are", add_special_tokens=False)["input_ids"][0] != bos
+    return loaded
+
+
+def test_f1_continues_the_whole_prompt_and_perplexity_windows_start_with_bos(tiny_with_bos):
+    """A BOS-adding tokenizer: F1's continuation is the greedy continuation of BOS + all the prompt's tokens (by an
+    uncached loop here), not of a prompt truncated by one; perplexity is Hugging Face's own loss on windows that start
+    with the BOS."""
+    from neuron_explorer.engine.alignment.evaluation import f1_score, perplexity
+
+    loaded = tiny_with_bos
+    model, tokenizer, bos = loaded.model, loaded.tokenizer, loaded.tokenizer.bos_token_id
+    corpus = load_corpus()
+    settings = EvaluationSettings(new_tokens=4, max_prompt_tokens=12, batch_size=2)
+    items = f1_items(tokenizer, corpus, n=3, prompt_tokens=12, gold_tokens=4)
+    _, generations = f1_score(loaded, items, settings)
+    for (prompt, _), generated in zip(items, generations):
+        ids = [bos] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 13
+        with torch.no_grad():
+            for _ in range(4):
+                logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+                logits[[tokenizer.eos_token_id, tokenizer.pad_token_id]] = float("-inf")
+                ids.append(int(logits.argmax()))
+        assert generated == tokenizer.decode(ids[13:], skip_special_tokens=True)
+    windows = perplexity_windows(tokenizer, corpus, window=16, max_windows=3)
+    text = tokenizer(corpus.text, add_special_tokens=False)["input_ids"]
+    assert all(len(w) == 16 and w[0] == bos for w in windows) and windows[0][1:] == text[:15]
+    ids = torch.tensor(windows)
+    with torch.no_grad():
+        expected = float(torch.exp(model(input_ids=ids, labels=ids).loss))
+    measured, n_tokens = perplexity(loaded, windows)
+    assert measured == pytest.approx(expected, rel=1e-5) and n_tokens == 3 * 15
 
 
 def test_bad_corpus_and_prompt_inputs(tmp_path):

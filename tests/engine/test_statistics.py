@@ -40,26 +40,89 @@ def row(tab: dict, name: str) -> dict:
     return {key: value[i] for key, value in tab.items() if key != "group"}
 
 
-@pytest.fixture
-def gpt2_published():
-    """Two or three neurons per group, of different sizes, whose Σ Δ per group is the published GPT-2 sum."""
-    rows = []
-    for name, total in GPT2_SUMS.items():
-        for fraction, p, act in ((0.6, 0.5, 3.0), (0.3, 2.0, 0.5), (0.1, 1.0, 1.0))[:2 + (name[1] == "N")]:
-            rows.append(neuron(name[:2], total * fraction / (0.9 if name[1] == "P" else 1.0), p, act))
-    return table(rows)
+# The rest of METHOD §2–§3 on GPT-2 medium: 98,304 neurons, 57,501 of them with Δ > 0 summing to +47.963 (the
+# v3 denominator; v1's four ↓ groups sum to 47.484 because value vectors turned too), the v2 top-128 share
+# 2.333 / 47.963 = 4.9%, and v3 shares 32/24/7/37.
+GPT2_NEURONS, GPT2_POSITIVE, GPT2_V2_SUM = 24 * 4096, 57_501, 2.333
+GPT2_V3_PERCENT = {"TP↓": 32, "TN↓": 24, "AP↓": 7, "AN↓": 37}
 
 
-def test_v1_shares_are_the_published_gpt2_shares(gpt2_published):
-    tab, scalars = summarize(gpt2_published)
+def written(sign_class: str, reducing: bool, delta: float, cos: float) -> tuple:
+    """(cos, ā_pre, ā_dpo, p_pre, p_dpo) of one neuron of `sign_class` whose activation moves the `reducing` way
+    (v1's group) and whose Δ is `delta`: the value vector is solved for, so a neuron of a mirror group (activation
+    moved the wrong way) can still have Δ > 0 because DPO shrank its value vector along the probe."""
+    toxic, positive = sign_class[0] == "T", sign_class[1] == "P"
+    p_pre, a_pre = (1.0 if toxic else -1.0), (2.0 if positive else -2.0)
+    a_dpo = a_pre - (0.5 if toxic == reducing else -0.5)  # TP/TN reduce when ā falls, AP/AN when it rises
+    return (cos, a_pre, a_dpo, p_pre, (a_pre * p_pre - delta) / a_dpo)
+
+
+@pytest.fixture(scope="module")
+def gpt2_neurons() -> list[tuple]:
+    """GPT-2 medium's published figures as 98,304 individual neurons, from batches of (sign class, reducing?,
+    count, Σ Δ, among the 128 largest cosines?), each batch split evenly. Reducing batches keep their value vectors,
+    so their Δ has the sign of the change; the 'turned' mirror batches have Δ > 0 (v3 counts them, v1 does not).
+    The 128 largest cosines: 40 TP↓ neurons (the v2 kept set), 30 TN↓ (ā_pre < 0: not kept), 30 turned TP↑ and
+    28 TP↑ (δ < 0: not kept)."""
+    turned = {"TP": 0.239, "TN": 0.174, "AP": 0.040, "AN": 0.026}  # v3 sums − v1 sums: 15.350, 11.510, 3.360, 17.743
+    batches = [("TP", True, 40, GPT2_V2_SUM, True), ("TN", True, 30, 1.5, True),
+               ("TP", False, 30, turned["TP"], True), ("TP", False, 28, -1.4, True),
+               ("TP", True, 14_000, GPT2_SUMS["TP↓"] - GPT2_V2_SUM, False),
+               ("TN", True, 11_000, GPT2_SUMS["TN↓"] - 1.5, False), ("AP", True, 4_000, GPT2_SUMS["AP↓"], False),
+               ("AN", True, 28_381, GPT2_SUMS["AN↓"], False), ("TN", False, 10, turned["TN"], False),
+               ("AP", False, 5, turned["AP"], False), ("AN", False, 5, turned["AN"], False),
+               ("TP", False, 2_000, GPT2_SUMS["TP↑"] - turned["TP"] + 1.4, False),
+               ("TN", False, 14_000, GPT2_SUMS["TN↑"] - turned["TN"], False),
+               ("AP", False, 14_000, GPT2_SUMS["AP↑"] - turned["AP"], False),
+               ("AN", False, 10_775, GPT2_SUMS["AN↑"] - turned["AN"], False)]
+    rng = np.random.default_rng(5)
+    neurons = []
+    for sign_class, reducing, count, total, top in batches:
+        for _ in range(count):
+            cos = 0.9 + 0.09 * rng.random() if top else 0.01 + 0.49 * rng.random()
+            neurons.append(written(sign_class, reducing, total / count, cos if sign_class[0] == "T" else -cos))
+    rng.shuffle(neurons)
+    return neurons
+
+
+def test_the_published_gpt2_figures_follow_from_the_neurons(gpt2_neurons):
+    cos, act_pre, act_dpo, p_pre, p_dpo = (np.array(column, dtype=np.float64).reshape(24, 4096)
+                                           for column in zip(*gpt2_neurons))
+    tab, scalars = summarize(neuron_metrics(p_pre=p_pre, p_dpo=p_dpo, cos_pre=cos, cos_dpo=cos,
+                                            value_cos=np.ones_like(cos), act_pre=act_pre, act_dpo=act_dpo))
+    # the published figures (METHOD §2–§3), each to its printed precision
     for name, percent in GPT2_V1_PERCENT.items():
         assert round(100 * row(tab, name)["share_v1"], 1) == percent, name
-        assert row(tab, name)["sum_contribution"] == pytest.approx(GPT2_SUMS[name], abs=1e-5)
-    assert sum(row(tab, name)["sum_contribution"] for name in schema.REDUCING_GROUPS) == pytest.approx(47.484, abs=1e-4)
-    assert scalars["net_contribution"] == pytest.approx(7.217, abs=1e-4)  # METHOD's +7.216, summed from rounded parts
-    # unchanged weights: Δ > 0 exactly on the reducing groups, so v3 counts the same neurons as v1 there
-    assert list(tab["count"]) == list(tab["count_v3"]) == [2, 3, 2, 3, 2, 3, 2, 3]
-    np.testing.assert_allclose(tab["share_v3"][:4], tab["sum_contribution"][:4] / 47.484, rtol=1e-5)
+    for name, percent in GPT2_V3_PERCENT.items():
+        assert round(100 * row(tab, name)["share_v3"]) == percent, name
+    assert (scalars["n_neurons"], scalars["n_positive"]) == (GPT2_NEURONS, GPT2_POSITIVE)
+    assert round(scalars["sum_positive_contribution"], 2) == 47.96 and round(scalars["net_contribution"], 2) == 7.22
+    assert round(100 * scalars["top_toxic_share"], 1) == 4.9 and scalars["top_toxic_kept"] == 40
+    # every entry against a plain loop over the neurons, with the group rules of METHOD §3 written out here
+    v1 = {name: [] for name in schema.GROUP_NAMES}
+    v3 = {name: [] for name in schema.GROUP_NAMES}
+    for c, a_pre, a_dpo, pp, pd in gpt2_neurons:
+        delta = a_pre * pp - a_dpo * pd
+        sign_class = ("T" if c > 0 else "A") + ("P" if a_pre > 0 else "N")
+        reducing = (a_pre - a_dpo > 0) if c > 0 else (a_pre - a_dpo < 0)
+        v1[sign_class + ("↓" if reducing else "↑")].append(delta)
+        if delta != 0:
+            v3[sign_class + ("↓" if delta > 0 else "↑")].append(delta)
+    totals = {True: (sum(sum(v1[n]) for n in schema.REDUCING_GROUPS), sum(sum(v3[n]) for n in schema.REDUCING_GROUPS)),
+              False: (sum(sum(v1[n]) for n in schema.MIRROR_GROUPS), sum(sum(v3[n]) for n in schema.MIRROR_GROUPS))}
+    for name in schema.GROUP_NAMES:
+        v1_total, v3_total = totals[name in schema.REDUCING_GROUPS]
+        found = row(tab, name)
+        assert (found["count"], found["count_v3"]) == (len(v1[name]), len(v3[name])), name
+        assert found["sum_contribution"] == pytest.approx(sum(v1[name]), abs=1e-4), name
+        assert found["share_v1"] == pytest.approx(sum(v1[name]) / v1_total, abs=1e-5), name
+        assert found["share_v3"] == pytest.approx(sum(v3[name]) / v3_total, abs=1e-5), name
+    assert scalars["n_positive"] == sum(len(v3[name]) for name in schema.REDUCING_GROUPS)
+    top = sorted(range(len(gpt2_neurons)), key=lambda i: -gpt2_neurons[i][0])[:128]
+    kept = [gpt2_neurons[i] for i in top if 0 < gpt2_neurons[i][1] and gpt2_neurons[i][2] < gpt2_neurons[i][1]]
+    kept_sum = sum(a_pre * pp - a_dpo * pd for _, a_pre, a_dpo, pp, pd in kept)
+    assert len(kept) == 40 and scalars["top_toxic_sum"] == pytest.approx(kept_sum, abs=1e-5)
+    assert scalars["top_toxic_share"] == pytest.approx(kept_sum / totals[True][1], abs=1e-6)
 
 
 @pytest.mark.parametrize("mirror_an", [-6.0, -6.0 + 2.0 ** -20, -6.0 - 2.0 ** -20],

@@ -48,12 +48,21 @@ def test_sorting_the_same_column_again_flips_it(store):
     assert not store.view.descending
 
 
-def test_sign_and_cluster_filters(store):
+def test_sign_and_cluster_filters(store, cache_path):
+    """Each filter keeps exactly the neurons that the file says meet it (counted with h5py, not through the Store):
+    a filter that emptied the view would pass an "all rows meet it" check."""
+    import h5py
+
+    with h5py.File(cache_path, "r", locking=False) as handle:
+        negative = int((handle["neurons/contribution"][:] < 0).sum())
+        in_cluster = int((handle["clusters/label"][:] == 3).sum())
+    assert 0 < negative < store.info.n_neurons and in_cluster > 0
     store.set_filters(Filters(sign="-"))
-    assert (contributions(store) < 0).all()
+    assert store.row_count == negative and (contributions(store) < 0).all()
     store.show_cluster(3)
     rows = store.rows(0, store.row_count)
-    assert rows["cluster"].to_list() == [3] * store.row_count and store.view.layer is None
+    assert store.row_count == in_cluster and store.view.layer is None
+    assert rows["cluster"].to_list() == [3] * in_cluster
 
 
 def test_jump_widens_a_view_that_hides_the_neuron(store):

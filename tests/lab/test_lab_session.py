@@ -127,6 +127,20 @@ def test_a_real_intervention_acts_on_the_patched_run_only(sessions):
     assert in_layer_1 and all(table["act_patched"][i] == 0 for i in in_layer_1)
 
 
+def test_the_labs_default_subtraction_is_fitted_on_the_prompt_and_says_in_sample(sessions):
+    """The lab has only the prompt to measure DPO's change of the probe projection on: its α is that change (the last
+    block's lens at the generated tokens), labelled in sample; a given α is labelled given."""
+    session = sessions[("llama", "generated")]
+    result = session.answer(LabRequest(3, "You pathetic loser", mode="subtract"))
+    n_prompt = len(result.prompt_tokens)
+    change = (np.mean(result.runs["base"].lens_residual[-1, n_prompt:])
+              - np.mean(result.runs["dpo"].lens_residual[-1, n_prompt:]))
+    assert result.intervention["params"]["alpha"] == pytest.approx(change, rel=1e-6)
+    assert "in sample" in result.intervention["alpha_fitted_on"]
+    given = session.answer(LabRequest(4, "You pathetic loser", mode="subtract", params={"alpha": 0.5}))
+    assert given.intervention["alpha_fitted_on"] == "given (--alpha)"
+
+
 def test_top_neurons_are_the_largest_by_delta_and_by_shift(sessions):
     session = sessions[("llama", "generated")]
     result = session.answer(LabRequest(1, "Shut up and get out", top=5))

@@ -35,6 +35,7 @@ def test_every_mode_is_accepted_by_the_command_and_builds_its_intervention(name,
     monkeypatch.setattr(PatchSession, "intervention", lambda self, spec: built.append(real(self, spec)) or built[-1])
     baseline = {"base": {"probe_projection": 3.0}, "dpo": {"probe_projection": 1.0}}
     monkeypatch.setattr(PatchSession, "ensure_baseline", lambda self: baseline)
+    monkeypatch.setattr(PatchSession, "subtract_alpha", lambda self: (3.0 - 1.0, "statistics prompts"))
     monkeypatch.setattr(PatchSession, "measure", lambda self, *args: (_ for _ in ()).throw(Stop()))
     with pytest.raises(Stop):
         main(["patch", str(cache_copy), *SMALL_ARGS, "--mode", name, "--set", "group:TP↓", *GIVEN.get(name, [])])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -109,6 +111,28 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     assert loads == [again.base_spec]
     assert second.metrics["base_toxicity"] == run.metrics["base_toxicity"]
     assert [r.run_id for r in annotations.list_runs(cache_copy)] == sorted([run.run_id, second.run_id])
+
+
+def test_a_tuned_folder_overwritten_after_a_run_is_measured_anew_with_a_warning(cache_copy, pairs, edited_copy,
+                                                                              tmp_path):
+    base, tuned = pairs["llama"]
+    folder = tmp_path / "tuned"
+    shutil.copytree(tuned, folder)  # the same weights the cache was computed on, in a folder this test may overwrite
+    settings = replace(SMALL, tuned=str(folder), max_prompts=2, f1_items=1, ppl_windows=1)
+    events = []
+    with PatchSession(cache_copy, settings, report=events.append) as session:
+        first = session.ensure_baseline()
+    assert not [e for e in events if getattr(e, "level", "") == "warning"]
+    edited_copy(base, folder, noise=0.3)  # as `train-dpo` does: new weights under the same name
+    events = []
+    with PatchSession(cache_copy, settings, report=events.append) as again:
+        assert again.baseline is None  # the stored DPO row belongs to the old weights
+        second = again.ensure_baseline()
+    warnings = [e.text for e in events if getattr(e, "level", "") == "warning"]
+    assert len(warnings) == 1 and "tuned model's weights" in warnings[0] and "\n" not in warnings[0]
+    assert second["weights"]["tuned"] != first["weights"]["tuned"]
+    assert second["dpo"]["generations"] != first["dpo"]["generations"]
+    assert second["base"]["generations"] == first["base"]["generations"]
 
 
 def test_recovered_on_hand_built_numbers():
@@ -263,8 +287,8 @@ def hand_probe_projection(loaded, texts: list[str], unit: np.ndarray, new_tokens
     return float(np.mean(values))
 
 
-def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_subtraction(
-        cache_copy, held_out_prompts):
+def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_subtraction_out_of_sample(
+        cache_copy, held_out_prompts, statistics_prompts):
     with PatchSession(cache_copy, SMALL) as session:
         baseline = session.ensure_baseline()
         unit = session.unit_probe
@@ -273,8 +297,17 @@ def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_
                     "dpo": hand_probe_projection(session.tuned(), texts, unit, SMALL.new_tokens)}
         for name in ("base", "dpo"):
             assert baseline[name]["probe_projection"] == pytest.approx(expected[name], rel=1e-4, abs=1e-5)
+        # α is DPO's change on the statistics prompts, never on the scored (held-out) prompts
+        fit = statistics_prompts[:SMALL.max_prompts]
+        fitted = (hand_probe_projection(session.loaded, fit, unit, SMALL.new_tokens)
+                  - hand_probe_projection(session.tuned(), fit, unit, SMALL.new_tokens))
         subtract = session.run(PatchSpec("subtract", ()), save=False)
-    assert subtract.settings["alpha"] == pytest.approx(expected["base"] - expected["dpo"], rel=1e-3, abs=1e-5)
+    in_sample = expected["base"] - expected["dpo"]
+    assert abs(fitted - in_sample) > 1e-3  # the two fits differ, so the check below tells them apart
+    assert subtract.settings["alpha"] == pytest.approx(fitted, rel=1e-3, abs=1e-5)
+    assert subtract.settings["alpha_fitted_on"] == "4 statistics prompts (out of sample)"
+    assert subtract.settings["probe_positions"].startswith("the last prompt token and generated tokens 1 to n-1")
+    assert not set(fit) & set(texts)
 
 
 def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy, held_out_prompts):
@@ -404,6 +437,43 @@ def test_the_holdout_rule_on_known_cases():
             hold_out_for_patching(eight, bad)
 
 
+def shipped_templates(text: str, templates: dict) -> set[str]:
+    """The situation, lead-in or standalone prompt of a shipped prompt, found by plain string search."""
+    found = {f"situation {s}" for split in templates["situations"].values() for s in split if text.startswith(s)}
+    found |= {f"lead-in {x}" for split in templates["lead_ins"].values() for x in split if text.endswith(f'"{x}')}
+    found |= {f"standalone {x}" for split in templates["standalone"].values() for x in split if text == x}
+    assert found, text
+    return found
+
+
+@pytest.mark.parametrize("source,fraction", [("builtin:heldout", 0.5), ("builtin", 0.3)])
+def test_shipped_prompts_are_held_out_by_template(source, fraction):
+    from neuron_explorer.engine.alignment.prompts import SPLIT_BY_TEMPLATE, TEMPLATES_FILE, load_prompts
+
+    templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
+    loaded = load_prompts(source)
+    statistics, table = hold_out_for_patching(loaded, fraction)
+    held = table["columns"]["text"]
+    used = {name: set().union(*(shipped_templates(t, templates) for t in texts))
+            for name, texts in (("statistics", statistics.texts), ("held", held))}
+    assert not used["statistics"] & used["held"]  # no situation, lead-in or standalone prompt on both sides
+    dropped = len(loaded.texts) - len(statistics.texts) - len(held)
+    assert dropped == table["attrs"]["n_dropped"] <= 0.1 * len(loaded.texts)
+    assert abs(len(held) / (len(held) + len(statistics.texts)) - fraction) < 0.05
+    assert table["attrs"]["split"] == SPLIT_BY_TEMPLATE
+    assert [loaded.texts[i] for i in table["columns"]["source_index"]] == held
+
+
+def test_other_prompts_are_held_out_by_prompt_and_say_not_out_of_template():
+    _, table = hold_out_for_patching(PromptSet([f"p{i}" for i in range(8)], "x", "sha"), 0.5)
+    assert "out of prompt, not out of template" in table["attrs"]["split"]
+    # one shipped prompt among user prompts: the set is not the shipped compositions, so it is split by prompt
+    from neuron_explorer.engine.alignment.prompts import compose_builtin
+
+    mixed = PromptSet(compose_builtin("heldout")[:3] + ["my own prompt"], "x", "sha")
+    assert "not out of template" in hold_out_for_patching(mixed, 0.5)[1]["attrs"]["split"]
+
+
 def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(
         cache_copy, prompts, statistics_prompts, held_out_prompts):
     with CacheReader(cache_copy) as reader:
@@ -420,6 +490,7 @@ def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(
     assert record["sha256"] == sha256_texts(held_out_prompts[:SMALL.max_prompts])
     assert record["source_indices"] == [1, 3, 5, 7]
     assert record["in_statistics"] == 0 and record["disjoint_from_statistics"] is True
+    assert "out of prompt, not out of template" in record["split"]  # the fixture's prompts are no templates
     assert [sample["prompt"] for sample in run.samples] == held_out_prompts[:SMALL.samples]
 
 

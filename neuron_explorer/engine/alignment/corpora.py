@@ -11,7 +11,8 @@ Sources:
 - `hub:wikitext` (the papers' Wikitext-2 raw test split) or `hub:NAME[:CONFIG[:SPLIT]]` when the hub is reachable.
 
 Perplexity is true perplexity exp(mean token NLL) over non-overlapping fixed-size windows of the tokenized corpus
-(default 256 tokens for the embedded model; the papers use 1,024). F1 items are passages of the corpus: a 32-token
+(default 256 tokens for the embedded model; the papers use 1,024), each starting with the tokenizer's BOS if it adds
+one. F1 items are passages of the corpus: a 32-token
 prompt and its 20-token gold continuation.
 """
 
@@ -100,12 +101,27 @@ def _hub_text(spec: str) -> str:
     return "".join(data["text"]) if name.endswith("wikitext") else "\n".join(data["text"])
 
 
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer puts before and after a text (a BOS for Llama-3 or Gemma, nothing for GPT-2),
+    found by encoding one word with and without them."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    return [], []
+
+
 def perplexity_windows(tokenizer, corpus: Corpus, window: int = 256, max_windows: int | None = 32) -> list[list[int]]:
-    """Non-overlapping `window`-token slices of the tokenized corpus, evenly spread over it when capped."""
+    """Non-overlapping slices of the tokenized corpus, `window` tokens each with the BOS the tokenizer starts a text
+    with (a model trained always to see one reads a window without it as out of distribution: Gemma's perplexity
+    inflates), evenly spread over it when capped."""
     if window < 2:
         raise UserError("--ppl-window must be at least 2 tokens")
     ids = tokenizer(corpus.text, add_special_tokens=False)["input_ids"]
-    windows = [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)]
+    start, _ = special_tokens_around(tokenizer)
+    step = window - len(start)
+    windows = [start + ids[i:i + step] for i in range(0, len(ids) - step + 1, step)]
     if not windows:
         raise UserError(f"the corpus has {len(ids)} tokens, fewer than one {window}-token window")
     return _spread(windows, max_windows)

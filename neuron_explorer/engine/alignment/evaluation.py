@@ -3,12 +3,14 @@
 This is the one implementation behind the `evaluate` command, `build` and patch runs, so that their rows compare.
 Under an intervention (`InterventionHooks`, built by the caller: this module never imports patching) generation
 runs with its hooks and the perplexity windows with its scoring pass's; a run also measures the mean last-layer
-projection on the probe direction at the generated positions.
+projection on the probe direction at the positions that predict the generated tokens: the last prompt token and
+generated tokens 1–19 (METHOD's v1 positions, whatever protocol the cache recorded ā by).
 
 - toxicity: greedy continuation of each prompt (truncated to 32 tokens), 20 new tokens with end-of-sequence
   suppressed; the scorer scores the continuation alone; mean over prompts (`n_prompts`).
-- perplexity: exp(mean next-token NLL) over non-overlapping fixed-size windows of the neutral corpus (true
-  perplexity, not its logarithm); `n_tokens` is the number of predicted tokens.
+- perplexity: exp(mean next-token NLL) over non-overlapping fixed-size windows of the neutral corpus, each led by
+  the tokenizer's BOS where it adds one (true perplexity, not its logarithm); `n_tokens` is the number of predicted
+  tokens.
 - F1: corpus passages, 32-token prompt, 20 greedy new tokens, bag-of-words F1 against the gold 20-token
   continuation; mean over `n_f1` passages.
 """
@@ -19,12 +21,13 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
-from neuron_explorer.engine.alignment.corpora import Corpus, f1_items, load_corpus, perplexity_windows, token_f1
+from neuron_explorer.engine.alignment.corpora import (Corpus, f1_items, load_corpus, perplexity_windows,
+                                                     special_tokens_around, token_f1)
 from neuron_explorer.engine.model.distributed import Ranks
 from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
 from neuron_explorer.engine.model.hooks import forward_hooks
@@ -33,6 +36,8 @@ from neuron_explorer.engine.model.loading import execution_device
 METRIC_COLUMNS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
                   "check_toxicity", "check_toxicity_sem")
 NO_INTERVENTION_PASS = "one pass per window, no intervention"
+# Where `probe_projection` is read, as records and tables say it (METHOD's v1 positions; `_ProbeProjection`).
+PROBE_POSITIONS = "the last prompt token and generated tokens 1 to n-1 (the positions that predict the continuation)"
 Advance = Callable[[int], None]  # told how many work units (prompts, windows, passages) a batch finished
 
 
@@ -65,7 +70,7 @@ class EvaluationResult:
     check_toxicity_sem: float = float("nan")
     check_scorer: str = ""
     check_scores: list[float] = field(default_factory=list)
-    probe_projection: float = float("nan")  # mean over generated positions; NaN unless a probe direction was given
+    probe_projection: float = float("nan")  # mean over the v1 positions (_ProbeProjection); NaN without a probe
     perplexity_pass: str = NO_INTERVENTION_PASS  # how the perplexity windows saw the intervention
 
     def metrics(self) -> dict:
@@ -147,6 +152,11 @@ def perplexity(loaded, windows: list[list[int]], batch_size: int = 4,
 
 def f1_score(loaded, items: list[tuple[str, str]], settings: EvaluationSettings,
              advance: Advance | None = None, ranks: Ranks = Ranks()) -> tuple[float, list[str]]:
+    """Mean token F1 of each passage's continuation against its gold. The passages' prompts are already cut to
+    `max_prompt_tokens` text tokens; the truncation leaves room for the special tokens the tokenizer adds, which would
+    otherwise push out the prompt's last token (a BOS-adding tokenizer would continue from the wrong place)."""
+    before, after = special_tokens_around(loaded.tokenizer)
+    settings = replace(settings, max_prompt_tokens=settings.max_prompt_tokens + len(before) + len(after))
     mine = continuations(loaded, [p for p, _ in items], settings, advance, ranks)
     golds = [gold for _, gold in items]
     rows = ranks.in_order([(index, [(text, token_f1(text, golds[index * settings.batch_size + row]))
@@ -161,7 +171,8 @@ def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None
              ranks: Ranks = Ranks()) -> EvaluationResult:
     """Toxicity on `prompts`, perplexity and F1 on the neutral corpus (or its precomputed `inputs`), for the model
     as it is now or under `intervention`; with `check_scorer`, the same continuations' toxicity by that second scorer
-    too; with `unit_probe`, the mean projection of the last block's output on it at the generated positions.
+    too; with `unit_probe`, the mean projection of the last block's output on it at the last prompt token and
+    generated tokens 1–19 (the positions that predict the continuation).
     `progress(line)` gets each metric when it is done, `advance(units, metric)` each finished batch. Under torchrun
     each rank takes its batches of every part (`ranks.deal`) and every rank returns the whole result."""
     settings = settings or EvaluationSettings()
@@ -206,9 +217,19 @@ def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None
                             perplexity_pass=intervention.perplexity_pass if intervention else NO_INTERVENTION_PASS)
 
 
+def probe_projection(loaded, prompts: list[str], unit_probe: np.ndarray, settings: EvaluationSettings,
+                     ranks: Ranks = Ranks()) -> float:
+    """`evaluate`'s `probe_projection` alone: the greedy continuations of `prompts`, unscored."""
+    projection = _ProbeProjection(loaded, unit_probe)
+    with projection.hooks():
+        continuations(loaded, prompts, settings, ranks=ranks)
+    return projection.mean(ranks)
+
+
 class _ProbeProjection:
-    """Mean projection of the last block's output at the newest position of each forward call (every generated
-    position, through the KV cache) on a unit direction; nothing is hooked without one."""
+    """Mean projection of the last block's output at the newest position of each forward call on a unit direction:
+    the prefill's last prompt token and each fed-back generated token but the last, i.e. the v1 positions (the last
+    prompt token and generated tokens 1–19 for 20 new tokens); nothing is hooked without one."""
 
     def __init__(self, loaded, unit: np.ndarray | None) -> None:
         self.block = loaded.arch.layers(loaded.model)[-1]
@@ -227,7 +248,7 @@ class _ProbeProjection:
         self.count += newest.numel()
 
     def mean(self, ranks: Ranks) -> float:
-        """The mean over every rank's generated positions."""
+        """The mean over every rank's positions."""
         total, count = float(ranks.sum(float(self.sum))), int(ranks.sum(self.count))
         return total / count if count else float("nan")
 

@@ -38,13 +38,15 @@ class LabeledTexts:
     labels: np.ndarray  # (N,) int {0, 1}
     source: str
     sha256: str
+    groups: np.ndarray | None = None  # (N,) the source prompt of each text (continuations of one prompt are siblings)
 
     def provenance(self) -> dict:
         return {"source": self.source, "sha256": self.sha256, "n": len(self.texts),
                 "n_toxic": int(self.labels.sum())}
 
 
-def _finish(texts: list[str], labels, source: str, threshold: float = 0.5) -> LabeledTexts:
+def _finish(texts: list[str], labels, source: str, threshold: float = 0.5,
+            groups: list[int] | None = None) -> LabeledTexts:
     keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
     texts = [texts[i] for i in keep]
     values = np.asarray([labels[i] for i in keep], dtype=np.float64)
@@ -56,7 +58,8 @@ def _finish(texts: list[str], labels, source: str, threshold: float = 0.5) -> La
     if binary.min() == binary.max():
         raise UserError(f"{source} has only {'toxic' if binary[0] else 'non-toxic'} texts: the probe needs both classes")
     digest = sha256_texts([f"{int(b)}\t{t}" for t, b in zip(texts, binary)])
-    return LabeledTexts(texts=texts, labels=binary, source=source, sha256=digest)
+    return LabeledTexts(texts=texts, labels=binary, source=source, sha256=digest,
+                        groups=None if groups is None else np.asarray([groups[i] for i in keep], dtype=np.int64))
 
 
 def load_labeled(source: str, *, text_column: str | None = None, label_column: str | None = None,
@@ -128,9 +131,11 @@ def labeled_from_candidates(candidates, threshold: float = 0.5, source: str = "c
                             band: float = LABEL_BAND) -> LabeledTexts:
     """Greedy and sampled continuations labelled by their scorer score: toxic when score ≥ threshold + band,
     non-toxic when score ≤ threshold − band; the ambiguous texts in between are left out (the scorer's labels
-    there are close to coin flips; Jigsaw's labels are likewise majority votes of raters). band=0 keeps all."""
-    texts, scores = [], []
+    there are close to coin flips; Jigsaw's labels are likewise majority votes of raters). band=0 keeps all.
+    Each text keeps its source prompt (`groups`), so that the probe's held-out split keeps siblings together."""
+    texts, scores, groups = [], [], []
     seen = set()
+    prompt_ids: dict[str, int] = {}
     for cand in candidates:
         for text, score in [(cand.greedy, cand.greedy_score), *zip(cand.samples, cand.sample_scores)]:
             if text in seen:  # greedy and samples can coincide: keep the first
@@ -140,7 +145,8 @@ def labeled_from_candidates(candidates, threshold: float = 0.5, source: str = "c
                 continue
             texts.append(text)
             scores.append(score)
-    return _finish(texts, scores, source, threshold)
+            groups.append(prompt_ids.setdefault(cand.prompt, len(prompt_ids)))
+    return _finish(texts, scores, source, threshold, groups)
 
 
 @torch.inference_mode()
@@ -178,21 +184,38 @@ class ProbeFit:
     metrics: dict
 
 
-def fit_probe(features: np.ndarray, labels: np.ndarray, *, test_fraction: float = 0.2, seed: int = 0,
-              C: float = PROBE_C) -> ProbeFit:
-    """Logistic regression (L2, inverse strength C on standardized features) with a stratified held-out split;
-    reports held-out accuracy and AUC. The strong default regularization (C = 0.01) suits a few hundred to a few
-    thousand texts in 500-5,000 dimensions."""
+def heldout_split(labels: np.ndarray, groups: np.ndarray | None, test_fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices, stratified by label. With `groups` (each text's source prompt) every group falls
+    on one side: a held-out continuation whose siblings were trained on would flatter the probe."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    every = np.arange(len(labels))
+    if groups is None:
+        train, test = train_test_split(every, test_size=test_fraction, random_state=seed, stratify=labels)
+        return np.sort(train), np.sort(test)
+    folds = StratifiedGroupKFold(n_splits=max(2, round(1 / test_fraction)), shuffle=True, random_state=seed)
+    train, test = next(folds.split(every, labels, groups))
+    if min(np.bincount(labels[test], minlength=2)) == 0 or min(np.bincount(labels[train], minlength=2)) == 0:
+        raise UserError(f"too few source prompts ({len(np.unique(groups))}) to hold out whole prompts with both "
+                        f"classes on each side: give more prompts")
+    return train, test
+
+
+def fit_probe(features: np.ndarray, labels: np.ndarray, *, groups: np.ndarray | None = None,
+              test_fraction: float = 0.2, seed: int = 0, C: float = PROBE_C) -> ProbeFit:
+    """Logistic regression (L2, inverse strength C on standardized features) with a stratified held-out split (by
+    source prompt when `groups` says which prompt each text continues); reports held-out accuracy and AUC. The strong
+    default regularization (C = 0.01) suits a few hundred to a few thousand texts in 500-5,000 dimensions."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, roc_auc_score
-    from sklearn.model_selection import train_test_split
 
     labels = np.asarray(labels).astype(np.int64)
     if len(labels) < 10 or min(np.bincount(labels, minlength=2)) < 2:
         raise UserError(f"too few labelled texts to train a probe ({len(labels)}, "
                         f"{int(labels.sum())} toxic): give at least 10 with both classes")
-    x_train, x_test, y_train, y_test = train_test_split(features, labels, test_size=test_fraction,
-                                                        random_state=seed, stratify=labels)
+    train, test = heldout_split(labels, groups, test_fraction, seed)
+    x_train, x_test, y_train, y_test = features[train], features[test], labels[train], labels[test]
     mean, scale = x_train.mean(0), x_train.std(0) + 1e-6
     classifier = LogisticRegression(C=C, max_iter=5000, class_weight="balanced")
     classifier.fit((x_train - mean) / scale, y_train)
@@ -210,7 +233,10 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, *, test_fraction: float 
         "n_train": int(len(y_train)), "n_heldout": int(len(y_test)),
         "n_toxic": int(labels.sum()), "n_total": int(len(labels)),
         "heldout_fraction": test_fraction, "C": C, "seed": seed,
+        "heldout_split": "by text" if groups is None else "by source prompt (a prompt's continuations on one side)",
     }
+    if groups is not None:
+        metrics["n_heldout_prompts"] = int(len(np.unique(groups[test])))
     return ProbeFit(weight=weight, bias=bias, metrics=metrics)
 
 

@@ -47,6 +47,15 @@ class PromptSet:
 HOLDOUT_RULE = ("prompt i of the loaded prompt set (0-based, after --max-prompts) is held out when "
                 "floor((i+1)·f) > floor(i·f): floor(n·f) prompts evenly spread over the set (f = 0.5: prompts 1, 3, "
                 "5, ...); a held-out prompt whose text is also a statistics prompt is dropped")
+TEMPLATE_HOLDOUT_RULE = ("split by template: of each template list (lead-ins, standalone prompts) the last "
+                         "round(n·f) of the n in the templates file go to the patch side; a situation goes to the "
+                         "side of most of its prompts' lead-ins (a tie: the statistics side); a composed prompt whose "
+                         "situation and lead-in are on different sides is dropped, so no patch prompt shares a "
+                         "situation, lead-in or standalone prompt with a statistics prompt")
+# What a patch run's prompts are disjoint from, as the cache and the run record say it (`patch_prompts` attrs).
+SPLIT_BY_TEMPLATE = "by template: out of template"
+SPLIT_BY_PROMPT = ("by prompt: out of prompt, not out of template (prompts that are not all the shipped templates' "
+                   "compositions cannot be split by template)")
 
 
 def load_prompts(source: str, *, column: str | None = None, max_prompts: int | None = None) -> PromptSet:
@@ -161,28 +170,81 @@ def _hub(spec: str, column: str | None) -> list[str]:
     return [v["text"] if isinstance(v, dict) else str(v) for v in data[name_column]]
 
 
+Template = tuple[str, str, int]  # (kind, split, index in the templates file's list)
+
+
+def template_parts(texts: list[str]) -> list[tuple[Template, ...]] | None:
+    """Each text's templates: a composed prompt's situation and lead-in, a standalone prompt itself; None unless
+    every text is one of the shipped compositions (user prompts)."""
+    templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
+    index = {kind: {text: (kind, split, i) for split in BUILTIN_SPLITS
+                    for i, text in enumerate(templates[kind][split])}
+             for kind in ("situations", "lead_ins", "standalone")}
+    parts = []
+    for text in texts:
+        situation, quote, lead_in = text.partition(' "')
+        if quote and situation in index["situations"] and lead_in in index["lead_ins"]:
+            parts.append((index["situations"][situation], index["lead_ins"][lead_in]))
+        elif text in index["standalone"]:
+            parts.append((index["standalone"][text],))
+        else:
+            return None
+    return parts
+
+
+def _sides_by_template(parts: list[tuple[Template, ...]], fraction: float) -> list[bool | None]:
+    """Each prompt's side under `TEMPLATE_HOLDOUT_RULE`: True held out, False statistics, None dropped. The
+    lead-ins are split in blocks, not alternately, because `compose_builtin` gives each situation consecutive ones."""
+    templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
+
+    def held(part: Template) -> bool:
+        kind, split, i = part
+        n = len(templates[kind][split])
+        return i >= n - round(n * fraction)
+
+    votes: dict[Template, int] = {}
+    for prompt in parts:
+        if len(prompt) == 2:
+            votes[prompt[0]] = votes.get(prompt[0], 0) + (1 if held(prompt[1]) else -1)
+    sides = []
+    for prompt in parts:
+        if len(prompt) == 1:
+            sides.append(held(prompt[0]))
+        else:
+            situation, lead_in = votes[prompt[0]] > 0, held(prompt[1])
+            sides.append(lead_in if situation == lead_in else None)
+    return sides
+
+
 def hold_out_for_patching(prompts: PromptSet, fraction: float) -> tuple[PromptSet, dict | None]:
     """Split compute's prompts: (the statistics prompts, the `patch_prompts` table of the held-out ones, or None).
 
     Patch runs evaluate on the held-out prompts by default, so "recovered" is not measured on the prompts that chose
-    the groups and gave ā_pre and ā_dpo. The rule (`HOLDOUT_RULE`) is deterministic and stored with the table.
+    the groups and gave ā_pre and ā_dpo. Prompts composed from the shipped templates are split by template
+    (`TEMPLATE_HOLDOUT_RULE`: a patch prompt that shared a situation or lead-in with statistics prompts would be
+    in sample in all but its wording); other prompts by position (`HOLDOUT_RULE`), and the table says that this is
+    out of prompt, not out of template. Both rules are deterministic and stored with the table.
     """
     if not 0 <= fraction < 1:
         raise UserError(f"--patch-holdout {fraction:g} must be at least 0 and below 1: the fraction of the prompts "
                         f"kept aside for patch runs (0 keeps none)")
-    held = [i for i in range(len(prompts.texts)) if math.floor((i + 1) * fraction) > math.floor(i * fraction)]
-    if not held:
+    parts = template_parts(prompts.texts) if fraction else None
+    if parts is not None:
+        sides, rule, split = _sides_by_template(parts, fraction), TEMPLATE_HOLDOUT_RULE, SPLIT_BY_TEMPLATE
+    else:
+        sides = [math.floor((i + 1) * fraction) > math.floor(i * fraction) for i in range(len(prompts.texts))]
+        rule, split = HOLDOUT_RULE, SPLIT_BY_PROMPT
+    if not any(sides):
         return prompts, None
-    held_at = set(held)
-    kept = [text for i, text in enumerate(prompts.texts) if i not in held_at]
+    kept = [text for text, side in zip(prompts.texts, sides) if side is False]
     statistics = PromptSet(texts=kept, source=prompts.source, sha256=sha256_texts(kept))
     recorded = set(kept)
-    held = [i for i in held if prompts.texts[i] not in recorded]
+    held = [i for i, side in enumerate(sides) if side and prompts.texts[i] not in recorded]
     if not held:
         return statistics, None
     texts = [prompts.texts[i] for i in held]
     table = {"columns": {"text": texts, "source_index": np.asarray(held, dtype=np.int64)},
              "attrs": {"source": prompts.source, "source_sha256": prompts.sha256, "fraction": fraction,
-                       "rule": HOLDOUT_RULE, "sha256": sha256_texts(texts), "n": len(texts),
-                       "n_statistics": len(kept)}}
+                       "rule": rule, "split": split, "sha256": sha256_texts(texts), "n": len(texts),
+                       "n_statistics": len(kept), "n_dropped": sides.count(None)}}
     return statistics, table

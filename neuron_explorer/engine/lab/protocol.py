@@ -34,7 +34,8 @@ RESULT_FIELDS = {
     "protocol": "the cache's positions, new_tokens, max_prompt_tokens and shared_continuation",
     "models": "the base and tuned model specs the worker loaded",
     "scorer": "the toxicity scorer",
-    "intervention": "null, or the patched run's mode, sets, positions, params, neurons and label",
+    "intervention": ("null, or the patched run's mode, sets, positions, params, neurons and label (and, for "
+                     "subtract, alpha_fitted_on: where its α was measured)"),
     "runs": "base, dpo and (with an intervention) patched: continuation, tokens (generated, one string each), "
             "toxicity, and lens: residual and mlp, each n_layers × T projections on the probe direction (T: the "
             "prompt's tokens, then the generated tokens each model read)",

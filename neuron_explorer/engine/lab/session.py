@@ -214,7 +214,7 @@ class LabSession:
         self.arrays = {name: self.reader.neuron_array(name).astype(np.float64)
                        for name in ("act_pre", "act_dpo", "act_shift")}
         self._cos_embedding: np.ndarray | None = None
-        self._prompt_baseline: dict | None = None
+        self._prompt_projection: dict | None = None
         self.load_seconds = time.perf_counter() - started
 
     def close(self) -> None:
@@ -239,10 +239,12 @@ class LabSession:
             self._cos_embedding = value_vector_cosines(self.loaded, direction)
         return self._cos_embedding
 
-    def ensure_baseline(self) -> dict:
-        """For `subtract` without --alpha: DPO's change of the last-layer projection, measured on this prompt."""
-        assert self._prompt_baseline is not None, "the base and DPO runs come before the intervention is built"
-        return self._prompt_baseline
+    def subtract_alpha(self) -> tuple[float, str]:
+        """For `subtract` without --alpha: DPO's change of the last-layer projection, measured on this prompt (in
+        sample: the lab has no other prompts, and says so)."""
+        assert self._prompt_projection is not None, "the base and DPO runs come before the intervention is built"
+        return (self._prompt_projection["base"] - self._prompt_projection["dpo"],
+                "this prompt's own base and DPO runs (in sample)")
 
     # -- requests ------------------------------------------------------------------------------------------------
     def answer(self, request: LabRequest, report: Reporter = ignore,
@@ -282,8 +284,7 @@ class LabSession:
                 clock = time.perf_counter()
                 last = {name: float(np.mean(runs[name].lens_residual[-1, len(prompt_tokens):]))
                         for name in ("base", "dpo")}
-                self._prompt_baseline = {"base": {"probe_projection": last["base"]},
-                                         "dpo": {"probe_projection": last["dpo"]}}
+                self._prompt_projection = last
                 built = modes.get(spec.mode).build(self, selection, values, spec.positions)
                 runs["patched"], = self._run(self.loaded, request.prompt, [built])
                 seconds["patched"] = time.perf_counter() - clock
@@ -291,7 +292,8 @@ class LabSession:
         intervention = None if built is None else {
             "mode": spec.mode, "sets": list(spec.sets), "positions": spec.positions,
             "params": {name: built.details.get(name, value) for name, value in values.items()},
-            "neurons": built.n_neurons, "label": spec.name()}
+            "neurons": built.n_neurons, "label": spec.name(),
+            **{key: built.details[key] for key in ("alpha_fitted_on",) if key in built.details}}
         names = list(runs)
         scores = self.scorer.score([runs[name].continuation for name in names])
         for name, score in zip(names, scores):

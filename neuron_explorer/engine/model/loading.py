@@ -182,12 +182,10 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_m
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     description = {"spec": spec, "id": name or str(folder), "model_type": config.model_type,
                    "revision": revision or getattr(config, "_commit_hash", None)}
-    if folder is not None:
-        description["content_sha256"] = _folder_hash(folder)
     if state_dict_path:
         _load_state_dict(model, Path(state_dict_path))
         description["state_dict"] = state_dict_path
-        description["state_dict_sha256"] = sha256_file(state_dict_path)
+    description.update(_content_hashes(folder, state_dict_path))
     if not device_map:
         model.to(device)
     model.eval()
@@ -216,6 +214,29 @@ def _locate(spec: str) -> tuple[Path | None, str | None, str | None]:
         raise UserError(f"model path {spec} does not exist")
     name, _, revision = spec.partition("@")
     return None, name, revision or None
+
+
+def weights_identity(spec: str) -> dict:
+    """The content hashes that `load_model(spec)` records in its description, without loading the weights: what
+    a stored result computed from a model is keyed by, so that weights overwritten in place (as `train-dpo` does)
+    are not mistaken for the old ones. A hub model without a local folder has none (its id and revision stand in)."""
+    base_spec, _, state_dict_path = spec.partition("+")
+    folder, _, _ = _locate(base_spec)
+    if state_dict_path and not Path(state_dict_path).exists():
+        raise UserError(f"state-dict checkpoint {state_dict_path} does not exist")
+    return _content_hashes(folder, state_dict_path)
+
+
+WEIGHT_HASHES = ("content_sha256", "state_dict_sha256")
+
+
+def _content_hashes(folder: Path | None, state_dict_path: str) -> dict:
+    hashes = {}
+    if folder is not None:
+        hashes["content_sha256"] = _folder_hash(folder)
+    if state_dict_path:
+        hashes["state_dict_sha256"] = sha256_file(state_dict_path)
+    return hashes
 
 
 def _folder_hash(folder: Path) -> str:

@@ -111,11 +111,12 @@ def _tuning_free(session, selection, values, positions):
 
 
 def _subtract(session, selection, values, positions):
-    alpha = values["alpha"]
-    if alpha is None:  # the size that matches DPO's own change of the last-layer projection
-        baseline = session.ensure_baseline()
-        alpha = baseline["base"]["probe_projection"] - baseline["dpo"]["probe_projection"]
-    return _interventions().subtract_direction(session.loaded, session.probe, alpha, positions)
+    alpha, fitted_on = values["alpha"], "given (--alpha)"
+    if alpha is None:  # the size that matches DPO's own change of the last-layer projection, and where it was fitted
+        alpha, fitted_on = session.subtract_alpha()
+    edit = _interventions().subtract_direction(session.loaded, session.probe, alpha, positions)
+    edit.details["alpha_fitted_on"] = fitted_on
+    return edit
 
 
 _MODES = (
@@ -138,7 +139,9 @@ _MODES = (
                          check=lambda beta: 0 < beta <= 1, rule="must be in (0, 1]: the fraction of each sign class")),
               needs_set=False),
     PatchMode("subtract", "Lee's edit: subtract α·ŵ (the probe direction) from the last block's output", _subtract,
-              (Parameter("alpha", "the size α", None, default_help="DPO's measured change of the probe projection"),),
+              (Parameter("alpha", "the size α", None,
+                         default_help="DPO's change of the probe projection on the statistics prompts (the lab: on "
+                                      "the prompt itself, in sample)"),),
               needs_set=False, acts_on_set=False),
 )
 MODES: dict[str, PatchMode] = {mode.name: mode for mode in _MODES}

@@ -2,11 +2,13 @@
 
 A run evaluates, by the METHOD §5 protocol at a run-sized default (see `RunSettings`): toxicity of the greedy
 continuations of the prompts that `compute` held out (`prompts.hold_out_for_patching`: the groups, ā_pre and ā_dpo were
-computed from the other prompts, so the run is out of sample), perplexity and F1 on the neutral corpus, and the mean
-projection of the last block's output on the probe direction at the generated positions. Perplexity sees the
-intervention as generation does (`Intervention.scoring_pass`). The base and DPO models are evaluated
+computed from the other prompts, so the run is out of sample: out of template for the shipped prompts, out of prompt
+only for a user's prompt file, and the record's `split` says which), perplexity and F1 on the neutral corpus, and
+the mean projection of the last block's output on the probe direction at the last prompt token and generated tokens
+1–19 (the positions that predict the continuation, METHOD's v1 positions). Perplexity sees the intervention as
+generation does (`Intervention.scoring_pass`). The base and DPO models are evaluated
 with the same settings in the same session (cached beside the cache in ``baselines/<key>.json``, keyed by every
-setting that changes their numbers, so a second run reuses them), and the run reports
+setting that changes their numbers, the weights by their content, so a second run reuses them), and the run reports
 
   recovered        = (tox_base − tox_run) / (tox_base − tox_dpo)    the fraction of DPO's effect recovered
   recovered_probe  = the same ratio for the last-layer probe projection
@@ -35,13 +37,17 @@ from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.alignment.corpora import load_corpus
-from neuron_explorer.engine.alignment.evaluation import (EvaluationResult, EvaluationSettings, InterventionHooks,
-                                                          continuations, corpus_inputs, evaluate, perplexity)
+from neuron_explorer.engine.alignment.evaluation import (PROBE_POSITIONS, EvaluationResult, EvaluationSettings,
+                                                          InterventionHooks, continuations, corpus_inputs, evaluate,
+                                                          perplexity)
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.model.distributed import current_ranks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
-from neuron_explorer.engine.alignment.prompts import PromptSet, load_prompts
+from neuron_explorer.engine.alignment.prompts import SPLIT_BY_PROMPT, PromptSet, load_prompts
 
+
+
+SPLIT_GIVEN = "given prompts: compared with the statistics prompts by text, not by template"
 
 
 @dataclass
@@ -80,11 +86,12 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
         if settings.in_sample:
             raise UserError("--prompts and --in-sample exclude each other: pass one of them")
         prompts = load_prompts(settings.prompts, max_prompts=settings.max_prompts)
-        record = {"selection": "given (--prompts)"}
+        record = {"selection": "given (--prompts)", "split": SPLIT_GIVEN}
     elif settings.in_sample:
         texts = statistics[:settings.max_prompts]
         prompts = PromptSet(texts=texts, source=f"{name}: the statistics prompts", sha256=sha256_texts(texts))
-        record = {"selection": "in sample: the prompts the groups, ā_pre and ā_dpo were computed from (--in-sample)"}
+        record = {"selection": "in sample: the prompts the groups, ā_pre and ā_dpo were computed from (--in-sample)",
+                  "split": "none: in sample"}
     else:
         held = reader.patch_prompts()
         if held is None:
@@ -95,7 +102,8 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
         prompts = PromptSet(texts=texts, source=f"{name}: held out by compute from {held.attrs.get('source', '?')}",
                             sha256=sha256_texts(texts))
         record = {"selection": "held out by compute", "source_indices": held.source_indices[:len(texts)].tolist(),
-                  "holdout_rule": held.attrs.get("rule"), "holdout_fraction": held.attrs.get("fraction")}
+                  "holdout_rule": held.attrs.get("rule"), "holdout_fraction": held.attrs.get("fraction"),
+                  "split": held.attrs.get("split", SPLIT_BY_PROMPT)}  # older caches split by prompt
     recorded = set(statistics)
     overlap = sum(text in recorded for text in prompts.texts)
     record.update(prompts.provenance(), in_statistics=overlap, disjoint_from_statistics=overlap == 0)
@@ -180,6 +188,7 @@ class PatchSession:
         self.loaded = loaded or load_model(self.base_spec, device=self.ranks.device(self.settings.device),
                                            dtype=self.settings.dtype)
         check_fits_cache(self.loaded, self.reader)
+        self.weights = self._weights()
         self.probe = self.reader.probe_direction().astype(np.float64)
         self.unit_probe = self.probe / np.linalg.norm(self.probe)
         self.arrays = {name: self.reader.neuron_array(name).astype(np.float64)
@@ -193,6 +202,7 @@ class PatchSession:
         self.baseline: dict | None = self.ranks.first(  # every rank measures the baseline, or none does
             annotations.load_baseline(self.cache_path, self.baseline_key) if self.ranks.main else None)
         self._cos_embedding: np.ndarray | None = None
+        self._subtract_alpha: tuple[float, str] | None = None
         self._tuned = None
 
     def close(self) -> None:
@@ -205,14 +215,32 @@ class PatchSession:
         self.close()
 
     # -- setup ---------------------------------------------------------------------------------------------------
+    def _weights(self) -> dict[str, dict]:
+        """The content hashes of the weights this session evaluates (the base as loaded, the tuned one read from its
+        files now), with a one-line warning for each model whose weights are not those the cache was computed on."""
+        from neuron_explorer.engine.model.loading import WEIGHT_HASHES, weights_identity
+
+        loaded = {"base": {k: v for k, v in self.loaded.description.items() if k in WEIGHT_HASHES},
+                  "tuned": weights_identity(self.tuned_spec)}
+        for role, hashes in loaded.items():
+            recorded = self.reader.info.provenance.get(role, {})
+            changed = [k for k in WEIGHT_HASHES if k in hashes and k in recorded and hashes[k] != recorded[k]]
+            if changed:
+                self.report(Message(f"warning: the {role} model's weights ({changed[0]} {hashes[changed[0]][:12]}) "
+                                    f"are not those {self.reader.path.name} was computed on "
+                                    f"({recorded[changed[0]][:12]}): its row is measured on the weights loaded now, "
+                                    f"the groups and patched values come from the old ones; recompute the cache",
+                                    "warning"))
+        return loaded
+
     def _baseline_key(self) -> str:
+        """Every setting that changes the base and DPO numbers, the weights by their content (never the cache's
+        record of them: a tuned folder overwritten after `compute` must be measured anew)."""
         provenance = self.reader.info.provenance
-        key = {"base": self.base_spec, "tuned": self.tuned_spec,
-               "base_id": provenance.get("base", {}) if not self.settings.base else self.settings.base,
-               "tuned_id": provenance.get("tuned", {}) if not self.settings.tuned else self.settings.tuned,
+        key = {"base": self.base_spec, "tuned": self.tuned_spec, "weights": self.weights,
                "prompts": self.prompts.sha256, "corpus": self.corpus.sha256, "scorer": self.scorer.describe(),
                "probe": provenance.get("probe", {}), "settings": asdict(self.eval_settings),
-               "device": self.settings.device, "dtype": self.settings.dtype, "version": 2}
+               "device": self.settings.device, "dtype": self.settings.dtype, "version": 3}
         return sha256_bytes(json.dumps(key, sort_keys=True, default=str).encode())[:16]
 
     def plan(self, n_runs: int) -> None:
@@ -224,7 +252,7 @@ class PatchSession:
     def measure(self, loaded, stage: str, intervention: iv.Intervention | None = None) -> EvaluationResult:
         """`evaluate` (the one implementation of METHOD §5, shared with the `evaluate` command and `build`) of
         `loaded` on the session's prompts and corpus, under `intervention` (None: as it is), with the last-layer probe
-        projection at the generated positions; progress is reported batch by batch."""
+        projection at the last prompt token and generated tokens 1–19; progress is reported batch by batch."""
         hooks = evaluation_hooks(intervention) if intervention is not None else None
         if hooks is not None and hooks.scoring is None:
             self.report(Message(f"{stage}: perplexity {hooks.perplexity_pass}"))
@@ -242,6 +270,7 @@ class PatchSession:
         if not loaded_before:
             self._tuned = None  # free its memory: only patch-live runs need it again
         payload = {"key": self.baseline_key, "base_spec": self.base_spec, "tuned_spec": self.tuned_spec,
+                   "weights": self.weights,
                    "settings": asdict(self.eval_settings), "prompts": self.prompt_record,
                    "corpus": self.corpus.provenance(), "scorer": self.scorer.describe(),
                    "base": asdict(base), "dpo": asdict(dpo), "distributed": self.ranks.provenance()}
@@ -265,6 +294,24 @@ class PatchSession:
             self._tuned = load_model(self.tuned_spec, device=self.ranks.device(self.settings.device),
                                      dtype=self.settings.dtype)
         return self._tuned
+
+    def subtract_alpha(self) -> tuple[float, str]:
+        """`subtract`'s default α, DPO's change of the last-layer probe projection, and where it was measured: on the
+        cache's statistics prompts, not on the prompts the run is scored on (fitted there, its recovered probe
+        projection would be ~1 by construction)."""
+        if self._subtract_alpha is None:
+            from neuron_explorer.engine.alignment.evaluation import probe_projection
+
+            texts = self.reader.prompt_texts()[:self.settings.max_prompts]
+            self.report(Message(f"subtract: measuring DPO's change of the probe projection on {len(texts)} "
+                                f"statistics prompts (base and DPO)"))
+            change = (probe_projection(self.loaded, texts, self.unit_probe, self.eval_settings, self.ranks)
+                      - probe_projection(self.tuned(), texts, self.unit_probe, self.eval_settings, self.ranks))
+            shared = len(set(texts) & set(self.prompts.texts))
+            where = (f"{len(texts)} statistics prompts" + (f", {shared} of them among the scored prompts (in sample)"
+                                                            if shared else " (out of sample)"))
+            self._subtract_alpha = (change, where)
+        return self._subtract_alpha
 
     def cos_embedding(self) -> np.ndarray:
         """cos(v_i, toxic embedding) of the base model, with Yang et al.'s five-and-five seed words: the direction
@@ -318,6 +365,7 @@ class PatchSession:
                     "layers": {str(k): v for k, v in intervention.layer_counts().items()},
                     "prompts": self.prompt_record, "corpus": self.corpus.provenance(),
                     "scorer": self.scorer.name, "evaluation": asdict(self.eval_settings),
+                    "probe_positions": PROBE_POSITIONS,
                     "base": self.base_spec, "tuned": self.tuned_spec, "baseline": self.baseline_key,
                     "cache": str(self.cache_path), "cache_created": self.reader.info.created,
                     "distributed": self.ranks.provenance(), "package_version": __version__}

@@ -22,6 +22,7 @@ Prompts: .jsonl (RealToxicityPrompts layout, or a prompt/text field), .txt (one 
 from __future__ import annotations
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from neuron_explorer.commands.arguments import output_file, positive_count
@@ -151,12 +152,12 @@ def print_summary(result, console) -> None:
     relative = abs(layers["change_residual"]) / max(abs(layers["measured_change"]).max(), 1e-12)
     console.print(f"identity Δ     |Σ Δ − measured change| ≤ {abs(layers['change_residual']).max():.1e} "
                   f"(relative to the largest change {relative.max():.1e})")
-    console.print(f"wrote {result.path}  ({', '.join(f'{k} {v:.1f}s' for k, v in result.seconds.items())})")
+    console.print(f"wrote {escape(str(result.path))}  ({', '.join(f'{k} {v:.1f}s' for k, v in result.seconds.items())})")
 
 
 def share_report(groups: dict, summary: dict, path) -> list:
     """The group table with both group definitions labelled (METHOD §3), the Δ totals and the v2 headline."""
-    table = Table(title=f"neuron groups — {path}", title_justify="left")
+    table = Table(title=f"neuron groups — {escape(str(path))}", title_justify="left")
     table.add_column("group")
     for column in ("v1 neurons", "v1 Σ Δ", "v1 share", "v3 neurons", "v3 Σ Δ", "v3 share"):
         table.add_column(column, justify="right")

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from neuron_explorer import __version__
+from neuron_explorer.commands.arguments import refuse_outputs_over_inputs
 from neuron_explorer.errors import UserError
 
 # Subcommand name -> module under neuron_explorer.commands defining add_arguments(parser) and run(args) -> int.
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.run, _data_parallel=getattr(module, "DATA_PARALLEL", False))
+        sub.set_defaults(_run=module.run, _data_parallel=getattr(module, "DATA_PARALLEL", False), _parser=sub)
     return parser
 
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "_run", None):
             args = parser.parse_args(["explore", *argv])
         check_launch(args)
+        refuse_outputs_over_inputs(args._parser, args)
         return int(args._run(args) or 0)
     except UserError as error:
         print(f"neuron-explorer: error: {error}", file=sys.stderr)

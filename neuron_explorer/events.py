@@ -55,7 +55,10 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
+    """The job (or, from the lab's worker, the request `request`) failed; `message` says why in one line."""
+
     message: str
+    request: int | None = None
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ def test_every_event_type_survives_the_round_trip():
 def test_serialized_fields_are_the_documented_ones():
     assert json.loads(to_json(Progress("s", 1, 4, 2.0, 6.0))) == {"event": "progress", "stage": "s", "done": 1,
                                                                    "total": 4, "elapsed": 2.0, "eta": 6.0}
-    assert json.loads(to_json(Failed("x"))) == {"event": "failed", "message": "x"}
+    assert json.loads(to_json(Failed("x"))) == {"event": "failed", "message": "x", "request": None}
+    assert json.loads(to_json(Failed("x", request=3))) == {"event": "failed", "message": "x", "request": 3}
 
 
 @pytest.mark.parametrize("line,says", [

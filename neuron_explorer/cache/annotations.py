@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,8 @@ from .atomic import sweep_stale_temporaries, write_json_atomically
 from .schema import SIDECAR_SUFFIX
 
 SET_NAME_PATTERN = re.compile(r"[\w+↑↓-][\w.+↑↓-]{0,63}")
+BASELINE_KEY_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,128}")  # a baseline's file name: never a path
+MAX_RECORD_BYTES = 256 << 20  # a record larger than this is not one of ours (and would fill the memory)
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,10 @@ def list_sets(cache_path: str | Path, problems: list[str] | None = None) -> list
 def load_set(cache_path: str | Path, name: str) -> NeuronSet:
     path = sidecar_dir(cache_path) / "sets" / f"{check_set_name(name)}.json"
     try:
-        return _neuron_set(json.loads(path.read_text(encoding="utf-8")))
+        return _neuron_set(read_record(path))
     except FileNotFoundError:
         raise UserError(f"no neuron set named '{name}' beside {cache_path}") from None
-    except (ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path} is not a readable neuron set ({error}): delete it or save the set again") from None
 
 
@@ -107,10 +110,10 @@ def list_runs(cache_path: str | Path, problems: list[str] | None = None) -> list
 def load_run(cache_path: str | Path, run_id: str) -> PatchRun:
     path = sidecar_dir(cache_path) / "runs" / f"{run_id}.json"
     try:
-        return _patch_run(run_id, json.loads(path.read_text(encoding="utf-8")))
+        return _patch_run(run_id, read_record(path))
     except FileNotFoundError:
         raise UserError(f"no patching run '{run_id}' beside {cache_path}") from None
-    except (ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError) as error:
         raise UserError(f"{path} is not a readable patching run ({error})") from None
 
 
@@ -119,11 +122,34 @@ def _patch_run(run_id: str, data: dict) -> PatchRun:
     samples = data.get("samples", [])
     if not isinstance(samples, list) or not all(isinstance(sample, dict) for sample in samples):
         raise ValueError("'samples' is not a list of objects")
+    baseline = data["settings"].get("baseline")
+    if baseline is not None and not (isinstance(baseline, str) and BASELINE_KEY_PATTERN.fullmatch(baseline)):
+        raise ValueError("its 'baseline' is not a baseline's name")
     return PatchRun(run_id=str(data.get("run_id", run_id)), created=data["created"], settings=dict(data["settings"]),
                     metrics=dict(data["metrics"]), samples=[dict(sample) for sample in samples])
 
 
 # -- reading and writing records -------------------------------------------------------------------------------
+def read_record(path: Path):
+    """A record's JSON, read only from a regular file of sane size (a FIFO would hang the reader), as strict JSON
+    (no NaN or Infinity) of sane depth; a ValueError (or OSError) says what is wrong."""
+    info = os.stat(path)  # FileNotFoundError passes through: a missing record is not a damaged one
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("is not a regular file (a pipe or a device)")
+    if info.st_size > MAX_RECORD_BYTES:
+        raise ValueError(f"holds {info.st_size:,} bytes, more than a record does")
+    with open(path, "rb") as stream:
+        text = stream.read(MAX_RECORD_BYTES + 1).decode("utf-8")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("holds JSON nested too deeply") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"holds {name}, which is not JSON")
+
+
 def _require(data, fields: dict[str, type]) -> None:
     """Raise ValueError unless ``data`` is a JSON object holding each field with its type."""
     if not isinstance(data, dict):
@@ -140,7 +166,7 @@ def _records(cache_path, kind: str, parse, problems: list[str] | None) -> list:
     records = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            records.append(parse(path.stem, json.loads(path.read_text(encoding="utf-8"))))
+            records.append(parse(path.stem, read_record(path)))
         except (OSError, ValueError, KeyError, TypeError) as error:
             if problems is not None:
                 problems.append(f"skipped {kind}/{path.name}: {error}")
@@ -190,9 +216,11 @@ def save_run(cache_path: str | Path, settings: dict, metrics: dict, samples: lis
 
 def load_baseline(cache_path: str | Path, key: str) -> dict | None:
     """A stored base/DPO evaluation for these settings (``baselines/<key>.json``), or None."""
+    if not (isinstance(key, str) and BASELINE_KEY_PATTERN.fullmatch(key)):
+        return None
     path = sidecar_dir(cache_path) / "baselines" / f"{key}.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_record(path)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

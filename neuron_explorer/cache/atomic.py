@@ -1,10 +1,13 @@
 """Atomic files: everything the tool writes appears complete under its name, or not at all.
 
-A writer fills a hidden ``.NAME.PID.tmp`` beside the target, renamed into place only when the body and the writer's
-own close succeeded. On any failure the temporary is removed, whatever failed (a full disk often fails only at
-close), and an I/O error becomes one UserError. The pid in the name lets `sweep_stale_temporaries` remove what
-killed processes left behind; it runs whenever a cache or sidecar folder is opened for writing, and for its own
-target whenever `atomic_path` writes one (a --json file, a tuned model folder). Writers create
+A writer fills a hidden ``.NAME.HOST.PID.tmp`` beside the target, renamed into place only when the body and the
+writer's own close succeeded. On any failure the temporary is removed, whatever failed (a full disk often fails only
+at close), and an I/O error becomes one UserError. The name lets `sweep_stale_temporaries` remove what killed
+processes left behind: HOST tells apart the machines and PID namespaces (containers) that share a folder, so only a
+temporary written here, whose pid is gone, is removed; a pid means nothing in another namespace. The sweep runs
+whenever a cache or sidecar folder is opened for writing, and for its own target whenever `atomic_path` writes one
+(a --json file, a tuned model folder). A target that exists and is not a regular file or folder (`/dev/null`, a
+FIFO) is refused: a rename would replace it. Writers create
 the temporary themselves with ``open``/HDF5/safetensors (never ``mkstemp``, whose 0600 would hide runs from the
 other users of a shared cache), and `atomic_path` sets the user's umask on the result all the same.
 """
@@ -12,10 +15,15 @@ other users of a shared cache), and `atomic_path` sets the user's umask on the r
 from __future__ import annotations
 
 import errno
+import functools
 import glob
+import hashlib
 import json
+import math
 import os
 import shutil
+import socket
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -29,19 +37,46 @@ _WRITE_FAILURES = _NO_SPACE + _NOT_ALLOWED  # what a failing write looks like; o
 
 
 def temporary_path(target: Path, pid: int | None = None) -> Path:
-    return target.with_name(f".{target.name}.{pid or os.getpid()}{TEMPORARY_SUFFIX}")
+    """``.NAME.HOST.PID.tmp`` beside ``target``: HOST is `writer_host()`, PID this process's (or ``pid``)."""
+    return target.with_name(f".{target.name}.{writer_host()}.{pid or os.getpid()}{TEMPORARY_SUFFIX}")
+
+
+@functools.cache
+def writer_host() -> str:
+    """``h`` and 10 hex digits of the host name, boot and PID namespace: equal for the processes whose pids this
+    process can check, different for another machine or container writing into the same folder."""
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
+        except OSError:
+            parts.append("")
+    return "h" + hashlib.blake2b("|".join(parts).encode(), digest_size=5).hexdigest()
 
 
 def sweep_stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
-    """Remove the temporaries (files or folders) of processes that are no longer alive, of the targets in `folder`
-    whose name matches the glob `name`; return what was removed."""
+    """Remove the temporaries (files or folders) of processes of this host and namespace that are no longer alive,
+    of the targets in `folder` whose name matches the glob `name`; return what was removed. Temporaries of other
+    hosts or namespaces, and names without a host, are left alone: whether their writer lives cannot be known."""
     removed = []
-    for leftover in folder.glob(f".{name}.*{TEMPORARY_SUFFIX}") if folder.is_dir() else []:
+    for leftover in folder.glob(f".{name}.{writer_host()}.*{TEMPORARY_SUFFIX}") if folder.is_dir() else []:
         pid_text = leftover.name[: -len(TEMPORARY_SUFFIX)].rpartition(".")[2]
         if pid_text.isdigit() and not _alive(int(pid_text)):
             _remove(leftover)
             removed.append(leftover)
     return removed
+
+
+def refuse_special_file(target: Path, advice: str = "choose another location") -> None:
+    """An existing target that is not a regular file or folder (a device such as /dev/null, a FIFO, a socket)
+    would be replaced by the rename: refuse it in one line."""
+    try:
+        mode = os.stat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UserError(f"{target} is not a regular file (a device, pipe or socket), and writing would replace it: "
+                        f"{advice}")
 
 
 @contextmanager
@@ -52,6 +87,7 @@ def atomic_path(target: Path, *, replace: bool = True, advice: str = "choose ano
     ``advice`` ends the one-line error of a failed write (e.g. "free some space or choose another -o").
     """
     target = Path(target)
+    refuse_special_file(target, advice)
     temporary = temporary_path(target)
     _remove(temporary)  # a leftover of this very process (an earlier failed attempt)
     sweep_stale_temporaries(target.parent, glob.escape(target.name))  # and those of killed ones
@@ -90,17 +126,38 @@ def write_text_atomically(target: Path, text: str, **options) -> None:
             os.fsync(stream.fileno())
 
 
-def write_json_atomically(target: Path, payload, **options) -> None:
-    write_text_atomically(target, json.dumps(payload, ensure_ascii=False, indent=1, default=_json_default),
-                          **options)
+def write_json_atomically(target: Path, payload, *, indent: int | None = 1, **options) -> None:
+    write_text_atomically(target, strict_json(payload, indent=indent), **options)
 
 
-def _json_default(value):
+def strict_json(payload, indent: int | None = None) -> str:
+    """JSON that any parser reads: NaN and ±Infinity (not JSON) written as null, numpy values and paths as plain
+    ones, text as UTF-8 (a lone surrogate, which UTF-8 cannot hold, as its escape)."""
+    return json.dumps(_finite(payload), ensure_ascii=False, indent=indent, allow_nan=False, default=str)
+
+
+def _finite(value):
+    if isinstance(value, float) or (hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0):
+        value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8") if _has_surrogate(value) else value
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
     if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+        return _finite(value.tolist())
+    return value
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _describe(error: OSError, target: Path, advice: str) -> str:
@@ -113,7 +170,7 @@ def _describe(error: OSError, target: Path, advice: str) -> str:
 
 def _replace_folder(temporary: Path, target: Path) -> None:
     """Folders cannot be renamed over a non-empty folder: move the old one aside first, then drop it."""
-    old = target.with_name(f".{target.name}.old.{os.getpid()}{TEMPORARY_SUFFIX}")
+    old = temporary_path(target.with_name(f"{target.name}.old"))
     _remove(old)
     os.replace(target, old)
     os.replace(temporary, target)

@@ -7,6 +7,7 @@ explored while a job writes a new version of it (writers rename a finished file 
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,43 +60,98 @@ class HeldOutPrompts:
 
 
 def open_cache_file(path: str | Path) -> h5py.File:
-    """Open and validate a cache file, turning every way it can be wrong into one clear UserError."""
+    """Open and validate a cache file, turning every way it can be wrong into one clear UserError.
+
+    Every command that reads a cache (the explorer, `patch`, `lab`) opens it here, so each refuses the same files:
+    not a regular file (a FIFO would hang), a foreign or unfinished file, the wrong structure, storage outside the
+    file (external raw storage, external or soft links, virtual datasets: a cache that would make the tool read
+    other files), and values no cache holds (`_value_problem`)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file; make one with `neuron-explorer compute -o {path}`")
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a cache file: pass the .h5 file inside it")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise UserError(f"{path} is not a regular file (a pipe or a device): pass a cache file")
     try:
         handle = h5py.File(path, "r", locking=False)
     except OSError as error:
         raise UserError(f"{path} is not a readable HDF5 file (corrupt, truncated or another format): "
                         f"recompute it with `neuron-explorer compute`") from error
-    attrs = handle.attrs
-    if attrs.get("format") != schema.FORMAT_NAME:
-        handle.close()
-        raise UserError(f"{path} is an HDF5 file but not a neuron-explorer cache (no '{schema.FORMAT_NAME}' "
-                        f"format mark): open a file written by `neuron-explorer compute`")
-    version = int(attrs.get("schema_version", -1))
-    if version > schema.SCHEMA_VERSION:
-        handle.close()
-        raise UserError(f"{path} uses cache schema {version}, newer than the {schema.SCHEMA_VERSION} this "
-                        f"neuron-explorer reads: upgrade neuron-explorer")
-    if version < 1:
-        handle.close()
-        raise UserError(f"{path} has an unknown cache schema version {version}: recompute it")
-    if version < schema.SCHEMA_VERSION:
-        handle.close()
-        fixed = "; ".join(change for number, change in schema.SCHEMA_CHANGES.items() if number > version)
-        raise UserError(f"{path} was written by an older neuron-explorer (cache schema {version}), whose {fixed}: "
-                        f"recompute it with `neuron-explorer compute`")
-    if not bool(attrs.get("complete", False)):
-        handle.close()
-        raise UserError(f"{path} is incomplete (the run that wrote it did not finish): rerun `neuron-explorer compute`")
-    problem = _structure_problem(handle)
+    try:
+        problem = _header_problem(handle)
+        if problem is None:
+            damage = _storage_problem(handle) or _structure_problem(handle) or _value_problem(handle, path)
+            problem = damage and f"is damaged ({damage}): recompute it with `neuron-explorer compute`"
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as error:
+        problem = f"is damaged ({type(error).__name__}: {_first_line(error)}): recompute it with `neuron-explorer compute`"
     if problem:
         handle.close()
-        raise UserError(f"{path} is damaged ({problem}): recompute it with `neuron-explorer compute`")
+        raise UserError(f"{path} {problem}")
     return handle
+
+
+def _header_problem(handle: h5py.File) -> str | None:
+    """The format mark, the schema version and the `complete` flag, as a sentence that follows the file's name."""
+    attrs = handle.attrs
+    if attrs.get("format") != schema.FORMAT_NAME:
+        return (f"is an HDF5 file but not a neuron-explorer cache (no '{schema.FORMAT_NAME}' format mark): open a "
+                f"file written by `neuron-explorer compute`")
+    version = attrs.get("schema_version", -1)
+    if not isinstance(version, (int, np.integer)):
+        return f"has a schema version that is not a number ({version!r}): recompute it"
+    version = int(version)
+    if version > schema.SCHEMA_VERSION:
+        return (f"uses cache schema {version}, newer than the {schema.SCHEMA_VERSION} this neuron-explorer reads: "
+                f"upgrade neuron-explorer")
+    if version < 1:
+        return f"has an unknown cache schema version {version}: recompute it"
+    if version < schema.SCHEMA_VERSION:
+        fixed = "; ".join(change for number, change in schema.SCHEMA_CHANGES.items() if number > version)
+        return (f"was written by an older neuron-explorer (cache schema {version}), whose {fixed}: recompute it "
+                f"with `neuron-explorer compute`")
+    if not bool(attrs.get("complete", False)):
+        return "is incomplete (the run that wrote it did not finish): rerun `neuron-explorer compute`"
+    return None
+
+
+def _storage_problem(handle: h5py.File) -> str | None:
+    """A link, or a dataset whose bytes live outside this file or need a filter HDF5 does not build in: reading
+    them would read another file (or hang on a FIFO), or load a plugin."""
+    found: list[str] = []
+
+    def visit(name, link):
+        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+            found.append(f"/{name} is a link ({type(link).__name__}), which no cache holds")
+            return True
+        return None
+
+    handle.visititems_links(visit)
+    if found:
+        return found[0]
+    datasets: list[h5py.Dataset] = []
+    handle.visititems(lambda name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
+    for dataset in datasets:
+        if dataset.external:
+            return f"{dataset.name} keeps its values in another file ({dataset.external[0][0]!r})"
+        if dataset.is_virtual:
+            return f"{dataset.name} is a virtual dataset that reads other files"
+        plist = dataset.id.get_create_plist()
+        filters = {plist.get_filter(index)[0] for index in range(plist.get_nfilters())}
+        if filters - BUILT_IN_FILTERS:
+            return f"{dataset.name} needs HDF5 filter {min(filters - BUILT_IN_FILTERS)}, which no cache uses"
+    return None
+
+
+# HDF5's own filters and h5py's LZF: the only ones a cache may use (anything else would load a plugin).
+BUILT_IN_FILTERS = {h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_FLETCHER32,
+                    h5py.h5z.FILTER_SZIP, h5py.h5z.FILTER_NBIT, h5py.h5z.FILTER_SCALEOFFSET, h5py.h5z.FILTER_LZF}
+# The most neurons a cache may declare: Llama-3-405B has 126 × 53,248 = 6.7 M; a file declaring far more is
+# refused before anything allocates (n_layers × d_mlp bytes is read at once for the group codes alone).
+MAX_NEURONS = 16_000_000
+MAX_LAYERS = 1024
+# Settings of the recording that the lab and patch runs reuse, and their bounds (compute accepts no more).
+SETTING_BOUNDS = {"new_tokens": (1, 4096), "max_prompt_tokens": (1, 131072), "batch_size": (1, 65536)}
 
 
 def _structure_problem(handle: h5py.File) -> str | None:
@@ -103,7 +159,15 @@ def _structure_problem(handle: h5py.File) -> str | None:
     missing = [name for name in schema.REQUIRED_ATTRIBUTES if name not in handle.attrs]
     if missing:
         return f"no root attribute {missing[0]}"
+    for name in ("n_layers", "d_mlp", "d_model"):
+        value = handle.attrs[name]
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
+            shown = value.item() if isinstance(value, np.generic) else value
+            return f"root attribute {name} is {shown!r}, not a whole number of at least 1"
     sizes = {"n_layers": int(handle.attrs["n_layers"]), "d_mlp": int(handle.attrs["d_mlp"])}
+    if sizes["n_layers"] > MAX_LAYERS or sizes["n_layers"] * sizes["d_mlp"] > MAX_NEURONS:
+        return (f"it declares {sizes['n_layers']} × {sizes['d_mlp']} neurons, more than any model has "
+                f"(at most {MAX_LAYERS} layers and {MAX_NEURONS:,} neurons)")
     for name, (kinds, shape) in schema.REQUIRED_DATASETS.items():
         try:
             dataset = handle.get(name)
@@ -119,6 +183,61 @@ def _structure_problem(handle: h5py.File) -> str | None:
             shown = tuple("any" if want is None else want for want in expected)
             return f"/{name} has shape {dataset.shape}, not {shown}"
     return None
+
+
+def _value_problem(handle: h5py.File, path: Path) -> str | None:
+    """Values no cache holds, which would crash or hang a screen or command later: group codes outside the eight
+    groups, a per-neuron array whose chunks were never written (a small file declaring huge arrays), attributes
+    that should be JSON and are not, and provenance that is not an object or records impossible settings."""
+    n_neurons = int(handle.attrs["n_layers"]) * int(handle.attrs["d_mlp"])
+    if path.stat().st_size < n_neurons:  # every cache stores far more than a byte per neuron
+        return f"it declares {n_neurons:,} neurons but holds only {path.stat().st_size:,} bytes"
+    codes = handle["neurons/group"][()]
+    if codes.size and (codes.min() < 0 or codes.max() >= len(schema.GROUP_NAMES)):
+        return f"/neurons/group holds codes outside 0–{len(schema.GROUP_NAMES) - 1}"
+    provenance = _json_attribute(handle.attrs.get("provenance", "{}"))
+    if not isinstance(provenance, dict):
+        return "the provenance attribute is not a JSON object"
+    for key in ("base", "tuned", "settings", "probe", "prompts"):
+        if key in provenance and not isinstance(provenance[key], dict):
+            return f"the provenance's '{key}' is not a JSON object"
+    for key in ("base", "tuned"):
+        spec = provenance.get(key, {}).get("spec")
+        if spec is not None and not isinstance(spec, str):
+            return f"the provenance's {key} model spec is not a string"
+    settings = provenance.get("settings", {})
+    for key, (low, high) in SETTING_BOUNDS.items():
+        value = settings.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            return f"the provenance records {key} = {value!r}, outside {low}–{high}"
+    objects: list = [handle]
+    handle.visititems(lambda name, item: objects.append(item))
+    for item in objects:
+        if "columns" in item.attrs:
+            columns = _json_attribute(item.attrs["columns"])
+            if not (isinstance(columns, list) and all(isinstance(column, str) for column in columns)):
+                return f"{item.name}'s columns attribute is not a JSON list of names"
+    return None
+
+
+def _json_attribute(value):
+    """An attribute holding JSON, decoded; a ValueError if it is not JSON text."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if not isinstance(value, str):
+        raise ValueError(f"an attribute that should hold JSON text holds {type(value).__name__}")
+    try:
+        return json.loads(value, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("an attribute holds JSON nested too deeply") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"an attribute holds the non-JSON constant {name}")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 class CacheReader:
@@ -139,7 +258,7 @@ class CacheReader:
             created=str(attrs["created"]),
             schema_version=int(attrs["schema_version"]),
             package_version=str(attrs.get("package_version", "")),
-            provenance=json.loads(attrs.get("provenance", "{}")),
+            provenance=_json_attribute(attrs.get("provenance", "{}")),
         )
         self._cluster_labels = self._dense_cluster_labels()
         self._vocab: np.ndarray | None = None
@@ -268,7 +387,7 @@ class CacheReader:
         if name not in self.file:
             raise UserError(f"{self.path} holds no '{name}' table: it was written without that step")
         group = self.file[name]
-        order = json.loads(group.attrs.get("columns", "[]")) or list(group)
+        order = _json_attribute(group.attrs.get("columns", "[]")) or list(group)
         columns = {}
         for key in order:
             dataset = group[key]

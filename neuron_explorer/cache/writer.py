@@ -1,15 +1,23 @@
 """Atomic writing of a cache file: everything goes to a temporary file beside the target, renamed on success.
 
-A run killed halfway leaves only a hidden ``.NAME.PID.tmp`` file, never a file that looks complete; the next
-writer into the same folder removes such leftovers of dead processes (`atomic.sweep_stale_temporaries`).
+A run killed halfway leaves only a hidden temporary (`atomic.temporary_path`), never a file that looks complete; the
+next writer into the same folder removes such leftovers of dead processes (`atomic.sweep_stale_temporaries`).
+
+HDF5 writes through Python callbacks (`_WriteOnceFailing`) and ignores any exception raised in them: a Ctrl-C that
+landed there used to drop a write silently, and the damaged file was published. So nothing is ever raised into
+HDF5 (an interrupt there is held and raised at the writer's next check), and before the rename the temporary is read
+back and every dataset compared with a digest of what was written (`CacheWriter.verify`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
-from contextlib import ExitStack
+import signal
+import threading
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import h5py
@@ -27,8 +35,9 @@ _STR = h5py.string_dtype("utf-8")
 
 class _WriteOnceFailing:
     """The file object HDF5 writes through. HDF5 crashes the process (SIGSEGV) when a write fails, at once or in its
-    close, so it never sees a failure: the first failed write (a full disk) is kept in ``error``, and from then on
-    what HDF5 writes is held in memory, where its reads find it again (reading back unwritten bytes crashes it too).
+    close, and ignores (prints and drops) any exception its callbacks raise, so it never sees a failure: the first
+    failed write (a full disk, or an interrupt raised inside the write) is kept in ``error``, and from then on what
+    HDF5 writes is held in memory, where its reads find it again (reading back unwritten bytes crashes it too).
     The writer raises ``error`` at its next check (`CacheWriter.check`, after each batch), so little is held."""
 
     def __init__(self, path: Path):
@@ -44,7 +53,7 @@ class _WriteOnceFailing:
         while self.error is None and len(view):
             try:
                 written = os.pwrite(self.raw.fileno(), view, self.position + size - len(view))
-            except OSError as error:
+            except BaseException as error:  # noqa: B036 -- raised into HDF5 it would be dropped with the bytes
                 self.error = error
             else:
                 view = view[written:]
@@ -57,7 +66,10 @@ class _WriteOnceFailing:
     def readinto(self, buffer) -> int:
         target = memoryview(buffer).cast("B")
         count = max(0, min(len(target), self.end - self.position))
-        read = os.preadv(self.raw.fileno(), [target], self.position) if count else 0
+        try:
+            read = os.preadv(self.raw.fileno(), [target], self.position) if count else 0
+        except BaseException as error:  # noqa: B036 -- as in write: HDF5 would drop it
+            self.error, read = self.error or error, 0
         target[read:] = bytes(len(target) - read)
         for offset, data in self.held:
             start, stop = max(offset, self.position), min(offset + len(data), self.position + len(target))
@@ -74,7 +86,7 @@ class _WriteOnceFailing:
         if self.error is None:
             try:
                 os.ftruncate(self.raw.fileno(), size)
-            except OSError as error:
+            except BaseException as error:  # noqa: B036 -- as in write
                 self.error = error
         self.end = size
         return size
@@ -94,27 +106,95 @@ class _WriteOnceFailing:
         self.raw.close()
 
 
+_CALLBACKS = frozenset(member.__code__ for member in vars(_WriteOnceFailing).values() if callable(member))
+
+
+def _inside_hdf5_callback(frame) -> bool:
+    """Whether ``frame`` (or a caller) is one of the stream's methods, which only HDF5 calls."""
+    while frame is not None:
+        if frame.f_code in _CALLBACKS:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextmanager
+def _interrupts_held_inside_hdf5(held: list):
+    """For the block, a SIGINT or SIGTERM that lands while HDF5 is calling the stream is appended to ``held`` (with
+    the handler it would have met) instead of raising there (HDF5 would drop the exception and the write); anywhere else it acts at once, as
+    KeyboardInterrupt for SIGINT and SystemExit(143) for SIGTERM, so that the temporary is removed on the way out.
+    Only the main thread can install handlers; elsewhere the stream still never raises into HDF5."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(number, frame):
+        if _inside_hdf5_callback(frame):
+            held.append((number, previous[number]))
+        else:
+            deliver_signal(number, previous[number])
+
+    for number in previous:
+        signal.signal(number, handle)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def deliver_signal(number: int, handler) -> None:
+    """What ``handler`` (the one the writer replaced) does with the signal, raised as an exception rather than a
+    sudden death, so that the temporary is removed on the way out."""
+    if callable(handler):
+        handler(number, None)
+    elif handler != signal.SIG_IGN:
+        if number == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + number)
+
+
+def _digest(values) -> str:
+    """A digest of an array's shape and values (strings as their UTF-8 text), to compare the read-back with."""
+    array = np.asarray(values)
+    digest = hashlib.blake2b(repr(array.shape).encode(), digest_size=16)
+    if array.dtype.kind in "OUS":
+        digest.update("\x00".join(_text(value) for value in array.ravel().tolist()).encode("utf-8", "surrogatepass"))
+    else:
+        digest.update(array.dtype.str.encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
 def storable_strings(values) -> np.ndarray:
     """An object array of the strings with NUL written as the two characters \\0: HDF5 variable-length strings
     cannot hold NUL, and a model may well generate it."""
     return np.array([str(value).replace("\x00", "\\0") for value in values], dtype=object)
 
 
-def write_columns(group: h5py.Group, columns: dict, chunk_rows: int | None = None) -> None:
-    """Write equal-length columns (numbers or strings) as one dataset each under ``group``, keeping their order."""
+def write_columns(group: h5py.Group, columns: dict, chunk_rows: int | None = None,
+                  digests: dict | None = None) -> None:
+    """Write equal-length columns (numbers or strings) as one dataset each under ``group``, keeping their order;
+    ``digests`` (dataset name -> digest) receives what each dataset should read back as."""
     group.attrs["columns"] = json.dumps(list(columns), ensure_ascii=False)
     for name, values in columns.items():
-        if isinstance(values, (list, tuple)) and (not values or isinstance(values[0], str)):
-            group.create_dataset(name, data=storable_strings(values), dtype=_STR)
-            continue
-        array = np.asarray(values)
-        if array.dtype.kind in "US":
-            group.create_dataset(name, data=storable_strings(array.tolist()), dtype=_STR)
+        array = None if isinstance(values, (list, tuple)) and (not values or isinstance(values[0], str)) \
+            else np.asarray(values)
+        if array is None or array.dtype.kind in "US":
+            data, options = storable_strings(values if array is None else array.tolist()), {"dtype": _STR}
         elif array.size >= 1024:
             chunks = (min(len(array), chunk_rows or 65536),) + array.shape[1:] if array.ndim else None
-            group.create_dataset(name, data=array, chunks=chunks, **_FLOAT_OPTS)
+            data, options = array, {"chunks": chunks, **_FLOAT_OPTS}
         else:
-            group.create_dataset(name, data=array)
+            data, options = array, {}
+        dataset = group.create_dataset(name, data=data, **options)
+        if digests is not None:
+            digests[dataset.name] = _digest(data)
 
 
 class CacheWriter:
@@ -129,40 +209,78 @@ class CacheWriter:
         self.file: h5py.File | None = None
         self._stream: _WriteOnceFailing | None = None
         self._stack = ExitStack()
+        self._held_signals: list = []  # (signal, its handler) that landed inside HDF5, raised at the next check
+        self._digests: dict[str, str] = {}  # dataset name -> digest of the values written whole
+        self._filled: list[str] = []  # datasets the caller fills piece by piece (prompt_activations)
+        self._attributes: dict[tuple[str, str], object] = {}  # (object name, attribute) -> value written
 
     def __enter__(self) -> "CacheWriter":
         if not self.path.parent.exists():
             raise UserError(f"output folder {self.path.parent} does not exist: create it or choose another -o path")
         sweep_stale_temporaries(self.path.parent)
         with ExitStack() as stack:
+            stack.enter_context(_interrupts_held_inside_hdf5(self._held_signals))
             temporary = stack.enter_context(atomic_path(self.path, advice="choose another -o path"))
+            stack.push(lambda exc_type, *_: exc_type is None and self.verify(temporary))
             stream = self._stream = _WriteOnceFailing(temporary)
             stack.callback(self.check)
             stack.callback(stream.close)
             self.file = stack.enter_context(h5py.File(stream, "w", libver="latest", locking=False))
-            attrs = self.file.attrs
-            attrs["format"] = schema.FORMAT_NAME
-            attrs["schema_version"] = schema.SCHEMA_VERSION
-            attrs["package_version"] = __version__
-            attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            attrs["architecture"] = self.architecture
-            attrs["n_layers"], attrs["d_mlp"], attrs["d_model"] = self.n_layers, self.d_mlp, self.d_model
-            attrs["provenance"] = json.dumps(self.provenance, sort_keys=True, default=str)
-            attrs["complete"] = False
+            self.write_attrs({
+                "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
+                "package_version": __version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "architecture": self.architecture,
+                "n_layers": self.n_layers, "d_mlp": self.d_mlp, "d_model": self.d_model,
+                "provenance": json.dumps(self.provenance, sort_keys=True, default=str), "complete": False})
             self._stack = stack.pop_all()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        """Close the HDF5 file, then the stream, then publish the temporary (or remove it, whatever failed)."""
-        if exc_type is None:
-            self.file.attrs["complete"] = True
-        self._stack.__exit__(exc_type, exc, tb)
+        """Close the HDF5 file, then the stream, then verify and publish the temporary (or remove it, whatever
+        failed)."""
+        try:
+            if exc_type is None:
+                self.check()
+                self.write_attrs({"complete": True})
+        except BaseException as error:  # noqa: B036 -- the temporary goes with any failure, an interrupt too
+            if not self._stack.__exit__(type(error), error, error.__traceback__):
+                raise
+        else:
+            self._stack.__exit__(exc_type, exc, tb)
 
     def check(self) -> None:
-        """Raise the first failed write (a full disk), if any: the engine calls it after each batch, so that a run
-        stops soon after the disk fills (the writer's close checks once more)."""
+        """Raise the first failed write (a full disk, an interrupt inside HDF5) or a held signal, if any: the engine
+        calls it after each batch, so that a run stops soon after (the writer's close checks once more)."""
         if self._stream is not None and self._stream.error is not None:
             raise self._stream.error
+        if self._held_signals:
+            number, handler = self._held_signals[0]
+            self._held_signals.clear()
+            deliver_signal(number, handler)
+
+    def verify(self, temporary: Path) -> None:
+        """Read the closed temporary back: every attribute and every dataset written whole must equal what was
+        written, and every chunk of a filled dataset must be stored. A difference is never published."""
+        try:
+            with h5py.File(temporary, "r", locking=False) as handle:
+                for (name, key), value in self._attributes.items():
+                    stored = handle[name].attrs.get(key)
+                    if not np.array_equal(np.asarray(stored), np.asarray(value)):
+                        raise OSError(f"attribute {key} of {name} reads back as {stored!r}")
+                for name, digest in self._digests.items():
+                    dataset = handle[name]
+                    values = dataset.asstr()[()] if h5py.check_string_dtype(dataset.dtype) else dataset[()]
+                    if _digest(values) != digest:
+                        raise OSError(f"{name} reads back other values than were written")
+                for name in self._filled:
+                    dataset = handle[name]
+                    expected = int(np.prod([-(-size // chunk) for size, chunk in zip(dataset.shape, dataset.chunks)]))
+                    if dataset.id.get_num_chunks() != expected:
+                        raise OSError(f"{name} holds {dataset.id.get_num_chunks()} of its {expected} chunks")
+        except (OSError, KeyError, RuntimeError, ValueError) as error:
+            raise UserError(f"the cache written for {self.path} did not read back as written ({error}); nothing "
+                            f"was published: run the command again") from None
 
     # -- per-neuron and per-layer data -------------------------------------------------------------------
     def write_neuron_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -172,41 +290,50 @@ class CacheWriter:
             array = np.asarray(array)
             if array.shape[:2] != (self.n_layers, self.d_mlp):
                 raise ValueError(f"{name}: shape {array.shape} is not (n_layers, d_mlp, ...)")
-            group.create_dataset(name, data=array, chunks=(1,) + array.shape[1:], **_FLOAT_OPTS)
+            dataset = group.create_dataset(name, data=array, chunks=(1,) + array.shape[1:], **_FLOAT_OPTS)
+            self._digests[dataset.name] = _digest(array)
 
     def write_groups(self, codes: np.ndarray) -> None:
         self.write_neuron_arrays({"group": codes.astype(np.int8)})
-        self.file["neurons/group"].attrs["names"] = json.dumps(schema.GROUP_NAMES, ensure_ascii=False)
+        self.write_attrs({"names": schema.GROUP_NAMES}, "neurons/group")
 
     def write_layers(self, columns: dict[str, np.ndarray]) -> None:
-        write_columns(self.file.require_group("layers"), {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()})
+        write_columns(self.file.require_group("layers"), {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()},
+                      digests=self._digests)
 
     # -- prompts, activations per prompt, vocabulary -----------------------------------------------------
     def write_prompts(self, columns: dict) -> None:
-        write_columns(self.file.require_group("prompts"), columns)
+        write_columns(self.file.require_group("prompts"), columns, digests=self._digests)
 
     def prompt_activations(self, model: str, n_prompts: int) -> h5py.Dataset:
         """A float16 (prompts, layers, d_mlp) dataset to fill batch by batch; one chunk holds one neuron block
         of one layer for up to 64 prompts, so "which prompts move this neuron" reads a thin column."""
         chunk = (min(n_prompts, 64), 1, min(self.d_mlp, 512))
-        return self.file.require_group("prompt_acts").create_dataset(
+        dataset = self.file.require_group("prompt_acts").create_dataset(
             model, shape=(n_prompts, self.n_layers, self.d_mlp), dtype=np.float16, chunks=chunk, **_FLOAT_OPTS)
+        self._filled.append(dataset.name)
+        return dataset
 
     def write_vocab(self, strings: list[str]) -> None:
-        self.file.create_dataset("vocab", data=storable_strings(strings), dtype=_STR)
+        data = storable_strings(strings)
+        self._digests[self.file.create_dataset("vocab", data=data, dtype=_STR).name] = _digest(data)
 
     # -- small tables and blobs --------------------------------------------------------------------------
     def write_table(self, name: str, columns: dict, attrs: dict | None = None) -> None:
         """A small table (summary, clusters, evaluation, ...) as one dataset per column under /name."""
-        write_columns(self.file.require_group(name), columns)
+        write_columns(self.file.require_group(name), columns, digests=self._digests)
         self.write_attrs(attrs or {}, name)
 
     def write_array(self, name: str, array: np.ndarray, attrs: dict | None = None) -> None:
-        self.file.create_dataset(name, data=np.asarray(array))
+        array = np.asarray(array)
+        self._digests[self.file.create_dataset(name, data=array).name] = _digest(array)
         self.write_attrs(attrs or {}, name)
 
     def write_attrs(self, attrs: dict, name: str = "/") -> None:
-        """Attributes of the root, a table or an array; values other than numbers and strings are stored as JSON."""
+        """Attributes of the root, a table or an array; values other than numbers, booleans and strings are stored
+        as JSON."""
         target = self.file[name].attrs
         for key, value in attrs.items():
-            target[key] = value if isinstance(value, (int, float, str, np.number)) else json.dumps(value)
+            value = value if isinstance(value, (int, float, str, np.number, np.bool_)) else json.dumps(value)
+            target[key] = value
+            self._attributes[(self.file[name].name, key)] = value

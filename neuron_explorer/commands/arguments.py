@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from neuron_explorer.errors import UserError
 
 
 def at_least(minimum: int):
@@ -47,6 +50,9 @@ def output_file(text: str) -> Path:
     path = Path(text).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder: give a file name")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise argparse.ArgumentTypeError(f"{path} is not a regular file (a device, pipe or socket), and writing "
+                                         f"would replace it: give a file name")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist: create it or write elsewhere")
     _check_writable(path.parent)
@@ -61,6 +67,46 @@ def output_folder(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder: write elsewhere")
     _check_writable(existing)
     return path
+
+
+OUTPUT_TYPES = (output_file, output_folder)
+
+
+def refuse_outputs_over_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """No output (an option of type `output_file` or `output_folder`) may be an input of the same command, or a
+    folder holding one: `patch c.h5 --json c.h5` would turn the cache into JSON, `train-dpo --model DIR -o DIR`
+    would replace the model it trains. Inputs are the other options' values that name existing paths (a model
+    spec's parts around '+', a `file:` set's path)."""
+    outputs, inputs = [], []
+    for action in parser._actions:
+        values = getattr(args, action.dest, None)
+        for value in values if isinstance(values, list) else [values]:
+            if not isinstance(value, (str, Path)):
+                continue
+            if action.type in OUTPUT_TYPES:
+                outputs.append((action, Path(value).expanduser()))
+                continue
+            text = str(value)
+            for part in {text, *text.split("+"), text.partition(":")[2]} - {""}:
+                path = Path(part).expanduser()
+                if path.exists():
+                    inputs.append((action, path))
+    for output_action, output in outputs:
+        for input_action, source in inputs:
+            if _same(output, source) or (output.is_dir() and source.resolve().is_relative_to(output.resolve())):
+                raise UserError(f"{_flag(output_action)} {output} would overwrite {_flag(input_action)} {source}, "
+                                f"which this command reads: write elsewhere")
+
+
+def _same(first: Path, second: Path) -> bool:
+    try:
+        return first.resolve() == second.resolve() or (first.exists() and os.path.samefile(first, second))
+    except OSError:
+        return False
+
+
+def _flag(action: argparse.Action) -> str:
+    return action.option_strings[-1] if action.option_strings else action.dest
 
 
 def _integer(text: str) -> int:

@@ -22,6 +22,7 @@ Prompts: .jsonl (RealToxicityPrompts layout, or a prompt/text field), .txt (one 
 from __future__ import annotations
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from neuron_explorer.commands.arguments import output_file, positive_count
@@ -148,7 +149,7 @@ def print_summary(result, console) -> None:
         console.print(part)
     for line in identity_report(result.layers, result.checks, result.identity_prompts):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print(f"wrote {result.path}  ({', '.join(f'{k} {v:.1f}s' for k, v in result.seconds.items())})")
+    console.print(f"wrote {escape(str(result.path))}  ({', '.join(f'{k} {v:.1f}s' for k, v in result.seconds.items())})")
 
 
 def identity_report(layers: dict, checks: dict, n_prompts: int) -> list[str]:
@@ -172,7 +173,7 @@ def identity_report(layers: dict, checks: dict, n_prompts: int) -> list[str]:
 
 def share_report(groups: dict, summary: dict, path) -> list:
     """The group table with both group definitions labelled (METHOD §3), the Δ totals and the v2 headline."""
-    table = Table(title=f"neuron groups — {path}", title_justify="left")
+    table = Table(title=f"neuron groups — {escape(str(path))}", title_justify="left")
     table.add_column("group")
     for column in ("v1 neurons", "v1 Σ Δ", "v1 share", "v3 neurons", "v3 Σ Δ", "v3 share"):
         table.add_column(column, justify="right")

@@ -9,7 +9,7 @@ and passages out to the processes and gathers the metrics; rank 0 prints and wri
 
 from __future__ import annotations
 
-from neuron_explorer.cache.atomic import write_text_atomically
+from neuron_explorer.cache.atomic import write_json_atomically
 from neuron_explorer.commands.arguments import at_least, count_or_all, output_file, positive_count
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
@@ -43,8 +43,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from neuron_explorer.engine.alignment.corpora import load_corpus
     from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, format_table
     from neuron_explorer.engine.model.loading import load_model
@@ -80,5 +78,5 @@ def run(args) -> int:
                   "prompts": prompts.provenance(), "corpus": corpus.provenance(), "scorer": scorer.describe(),
                   "check_scorer": check_scorer.describe() if check_scorer else None,
                   "distributed": ranks.provenance()}
-        write_text_atomically(args.json, json.dumps(record, indent=2, default=str))
+        write_json_atomically(args.json, record, indent=2)
     return 0

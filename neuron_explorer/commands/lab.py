@@ -12,13 +12,12 @@ with job events on stdout (neuron_explorer/engine/lab/protocol.py).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from neuron_explorer.cache.atomic import write_text_atomically
+from neuron_explorer.cache.atomic import write_json_atomically
 from neuron_explorer.commands.arguments import output_file, positive_count
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.lab.protocol import DEFAULT_TOP, layer_bins, lens_difference
@@ -87,7 +86,7 @@ def run(args) -> int:
             groups = session.reader.neuron_array("group")
     answer = result.to_dict()  # with every neuron's ā when --json asked for it (request.full)
     if args.json:
-        write_text_atomically(args.json, json.dumps(answer, ensure_ascii=False))
+        write_json_atomically(args.json, answer, indent=None)
     show(answer, groups)
     if args.json:
         print(f"\nwrote {args.json}")
@@ -109,20 +108,21 @@ def _serve(path: Path, args) -> int:
 def show(result: dict, groups) -> None:
     """The result as rich tables on stdout."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from neuron_explorer.cache.schema import GROUP_NAMES
 
-    console = Console(highlight=False)
+    console = Console(highlight=False)  # user text (prompt, label, continuations, tokens) is escaped: not markup
     protocol = result["protocol"]
     cut = " (truncated)" if result["truncated"] else ""
-    console.print(f"prompt: {result['prompt']!r}: {len(result['prompt_tokens'])} tokens{cut}; "
+    console.print(f"prompt: {escape(repr(result['prompt']))}: {len(result['prompt_tokens'])} tokens{cut}; "
                   f"{protocol['new_tokens']} greedy new tokens; ā over the {protocol['positions']} positions")
     if result["intervention"]:
         shown = result["intervention"]
         params = ", ".join(f"{k}={v:g}" for k, v in shown["params"].items() if v is not None) or "no parameters"
         fitted = f"; α fitted on {shown['alpha_fitted_on']}" if "alpha_fitted_on" in shown else ""
-        console.print(f"patched: {shown['label']} ({shown['neurons']:,} neurons, positions {shown['positions']}, "
+        console.print(f"patched: {escape(str(shown['label']))} ({shown['neurons']:,} neurons, positions {shown['positions']}, "
                       f"{params}{fitted})")
     runs = result["runs"]
     table = Table(title=f"continuations (toxicity by {result['scorer']})", title_justify="left")
@@ -130,7 +130,7 @@ def show(result: dict, groups) -> None:
     table.add_column("toxicity", justify="right")
     table.add_column("continuation", overflow="fold")
     for name, run in runs.items():
-        table.add_row(name, f"{run['toxicity']:.3f}", run["continuation"])
+        table.add_row(name, f"{run['toxicity']:.3f}", escape(run["continuation"]))
     console.print(table)
     n_prompt = len(result["prompt_tokens"])
     lenses = {name: np.asarray(run["lens"]["residual"]) for name, run in runs.items()}
@@ -160,6 +160,7 @@ def show(result: dict, groups) -> None:
 def _heat_table(title: str, lens: np.ndarray, n_prompt: int, tokens: list[str]):
     """Generated tokens (rows) × layers (averaged into at most HEAT_COLUMNS columns), coloured by sign: 80 columns
     wide whatever the depth."""
+    from rich.markup import escape
     from rich.table import Table
 
     bins = layer_bins(lens.shape[0], HEAT_COLUMNS)
@@ -172,5 +173,5 @@ def _heat_table(title: str, lens: np.ndarray, n_prompt: int, tokens: list[str]):
     for column in range(n_prompt, lens.shape[1]):
         position = column - n_prompt
         token = repr(tokens[position])[1:-1][:10] if position < len(tokens) else "·"
-        table.add_row(token, *(f"[{'red' if value > 0 else 'blue'}]{value:+.1f}[/]" for value in binned[column]))
+        table.add_row(escape(token), *(f"[{'red' if value > 0 else 'blue'}]{value:+.1f}[/]" for value in binned[column]))
     return table

@@ -35,10 +35,9 @@ the processes and gathers toxicity, perplexity and F1; rank 0 stores the one run
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from neuron_explorer.cache.atomic import write_text_atomically
+from neuron_explorer.cache.atomic import write_json_atomically
 from neuron_explorer.commands.arguments import at_least, count_or_all, non_negative, output_file, positive_count
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.patching import modes
@@ -167,7 +166,7 @@ def _run(args, report) -> int:
     if args.json and session.ranks.main:
         record = {"baseline": {k: baseline[k] for k in ("key", "settings", "prompts")},
                   "runs": [run.__dict__ for run in runs]}
-        write_text_atomically(args.json, json.dumps(record, indent=1, default=str))
+        write_json_atomically(args.json, record)
     stored = "not stored (--no-save)" if args.no_save else f"stored in {path.name}.annotations/runs/"
     report(Done(f"{table}\n\n(scorer {settings.scorer}; {prompt_note(prompts)}; recovered = (tox_base − tox_run) / "
                 f"(tox_base − tox_dpo); runs {stored})"))

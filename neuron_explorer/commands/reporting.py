@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 from neuron_explorer.events import Done, Event, Failed, Message, Progress, Reporter, to_json
 
@@ -75,5 +76,5 @@ class _Bars:
         last = self.last
         if last is None or event.done < last.done or (last.total and last.done >= last.total):
             self.task = self.bars.add_task("", total=None)
-        self.bars.update(self.task, total=event.total or None, completed=event.done, description=event.stage[:40])
+        self.bars.update(self.task, total=event.total or None, completed=event.done, description=escape(event.stage[:40]))
         self.last = event

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from neuron_explorer.cache.atomic import temporary_path
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
@@ -288,7 +289,7 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(workspace, tiny_m
     assert not output.exists() and not list(tmp_path.iterdir())
     monkeypatch.undo()
     # a stale temporary file of a dead process is cleaned up by the next run, which then completes
-    (tmp_path / f".{output.name}.999999.tmp").write_bytes(b"half")
+    temporary_path(output, 999999).write_bytes(b"half")
     run_compute(run_settings)
     assert [p.name for p in tmp_path.iterdir()] == [output.name]
 

@@ -68,10 +68,11 @@ def test_requests_are_answered_in_order_and_bad_lines_fail_alone(session):
     outcomes = [next_of(events, (Answer, Failed, Cancelled)) for _ in range(4)]
     thread.join(30)
     assert not thread.is_alive()
-    assert isinstance(outcomes[0], Failed) and "not JSON" in outcomes[0].message
+    assert isinstance(outcomes[0], Failed) and "not JSON" in outcomes[0].message and outcomes[0].request is None
     assert isinstance(outcomes[1], Answer) and outcomes[1].request == 1
     assert set(outcomes[1].result["runs"]) == {"base", "dpo"}
     assert isinstance(outcomes[2], Failed) and "group" in outcomes[2].message
+    assert outcomes[2].request == 2  # the app knows which request failed (issue #20)
     assert isinstance(outcomes[3], Answer) and outcomes[3].request == 3
     assert outcomes[3].result["intervention"]["mode"] == "zero-ablate"
     json.dumps(outcomes[3].result)  # what the worker prints must be plain JSON

@@ -188,7 +188,7 @@ def _restore_finished(trainer, checkpoint: Path, best_at_end: bool) -> None:
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     best = trainer.state.best_model_checkpoint
     weights = Path(best) if best_at_end and best and checkpoint_complete(Path(best)) else checkpoint
-    finished = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32)
+    finished = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, trust_remote_code=False)
     trainer.model.load_state_dict(finished.state_dict())
 
 
@@ -204,13 +204,14 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
     from trl import DPOConfig, DPOTrainer
 
-    from neuron_explorer.engine.model.loading import resolve_device
+    from neuron_explorer.engine.model.loading import refuse_custom_code, resolve_device
     from neuron_explorer.engine.alignment.pairs import load_pairs
 
     policy = Path(settings.policy).expanduser()
     if not (policy / "config.json").exists():
         raise UserError(f"the policy {policy} is not a local model folder (no config.json): DPO trains from a "
                         f"safetensors folder; for the embedded model pass 'embedded'")
+    refuse_custom_code(policy)
     pairs = load_pairs(settings.pairs)
     if len(pairs) < 2:
         raise UserError(f"{settings.pairs} holds {len(pairs)} pair(s): DPO needs at least 2")
@@ -282,11 +283,11 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
             run_file.write_text(json.dumps({"key": settings.key(), "world_size": world_size,
                                             "settings": asdict(settings)}, indent=2))
         last = last_complete_checkpoint(checkpoints, say) if resume else None
-    tokenizer = AutoTokenizer.from_pretrained(policy)
+    tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32, trust_remote_code=False)
+    reference = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32, trust_remote_code=False)
     reference.requires_grad_(False)
     reference.eval()
 

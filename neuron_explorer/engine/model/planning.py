@@ -52,7 +52,7 @@ def model_size(spec: str) -> ModelSize:
     base_spec = spec.partition("+")[0]
     folder, name, revision = _locate(base_spec)
     try:
-        config = AutoConfig.from_pretrained(str(folder or name), revision=revision)
+        config = AutoConfig.from_pretrained(str(folder or name), revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read the config of '{base_spec}': not a local model folder, and the hub is "
                         f"unreachable or has no such model ({type(error).__name__})") from error

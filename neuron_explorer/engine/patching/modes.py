@@ -18,6 +18,9 @@ from neuron_explorer.errors import UserError
 TUNING_FREE_SEED_WORDS = "authors"
 
 
+MAX_PARAMETER = 1e6  # the largest magnitude of a mode's number: 1e6 · an activation stays finite in float32 and bfloat16
+
+
 @dataclass(frozen=True)
 class Parameter:
     """A number a mode takes, given on the command line as --NAME and stored under NAME in the run record."""
@@ -43,6 +46,9 @@ class Parameter:
             raise UserError(f"{mode}: --{self.name} '{value}' is not a number") from None
         if not self.check(number):
             raise UserError(f"{mode}: --{self.name} = {value} {self.rule}")
+        if abs(number) > MAX_PARAMETER:
+            raise UserError(f"{mode}: --{self.name} = {value} is too large: give at most {MAX_PARAMETER:g} in "
+                            f"magnitude (larger ones overflow the activations)")
         return number
 
 

@@ -19,7 +19,6 @@ Only numpy and the cache reader are needed here (no torch), so the command line 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +216,7 @@ def _pairs_mask(pairs, shape: tuple[int, int], spec: str) -> np.ndarray:
 
 def _pairs_from_file(path: Path) -> list[tuple[int, int]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = annotations.read_record(path)  # a regular file of sane size and depth: /dev/zero or a FIFO would never end
     except FileNotFoundError:
         raise UserError(f"neuron-set file {path} does not exist") from None
     except (OSError, ValueError) as error:

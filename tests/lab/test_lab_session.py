@@ -141,6 +141,21 @@ def test_the_labs_default_subtraction_is_fitted_on_the_prompt_and_says_in_sample
     assert given.intervention["alpha_fitted_on"] == "given (--alpha)"
 
 
+def test_a_lab_on_other_tuned_weights_than_the_caches_warns_in_one_line(caches, pairs, edited_copy, tmp_path):
+    base, _ = pairs["llama"]
+    other = edited_copy(base, tmp_path / "other-tuned", noise=0.05)
+    events = []
+    with LabSession(caches[("llama", "generated")], tuned=str(other), device="cpu", dtype="float32",
+                    report=events.append):
+        pass
+    warnings = [e.text for e in events if getattr(e, "level", "") == "warning"]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: the tuned model's weights")
+    events.clear()
+    with LabSession(caches[("llama", "generated")], device="cpu", dtype="float32", report=events.append):
+        pass
+    assert not [e for e in events if getattr(e, "level", "") == "warning"]
+
+
 def test_top_neurons_are_the_largest_by_delta_and_by_shift(sessions):
     session = sessions[("llama", "generated")]
     result = session.answer(LabRequest(1, "Shut up and get out", top=5))

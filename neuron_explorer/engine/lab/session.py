@@ -23,17 +23,17 @@ import torch
 
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
-from neuron_explorer.events import Reporter, Tracker, ignore
+from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.engine.lab.protocol import LabRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.model.loading import LoadedModel, execution_device, load_model
+from neuron_explorer.engine.model.loading import WEIGHT_HASHES, LoadedModel, execution_device, load_model
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.statistics import neuron_metrics
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.neuron_sets import resolve
-from neuron_explorer.engine.patching.runs import PatchSpec, check_fits_cache, check_spec, model_specs
+from neuron_explorer.engine.patching.runs import PatchSpec, check_fits_cache, check_spec, model_specs, stale_weights
 
 TABLE_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution")
 
@@ -207,6 +207,10 @@ class LabSession:
             self.scorer = scorer_ready.result()
         check_pair(self.loaded, self._tuned)
         check_fits_cache(self.loaded, self.reader)
+        for line in stale_weights(self.reader, {role: {k: v for k, v in loaded.description.items()
+                                                       if k in WEIGHT_HASHES}
+                                                for role, loaded in (("base", self.loaded), ("tuned", self._tuned))}):
+            report(Message(line, "warning"))
         self.probe = self.reader.probe_direction().astype(np.float64)
         self.unit_probe = self.probe / np.linalg.norm(self.probe)
         self.weights = {name: self.reader.neuron_array(name).astype(np.float64)

@@ -147,6 +147,20 @@ def check_fits_cache(loaded, reader: CacheReader) -> None:
                         f"{info.n_layers}×{info.d_mlp}: pass the models the cache was computed from (--base, --tuned)")
 
 
+def stale_weights(reader: CacheReader, weights: dict[str, dict]) -> list[str]:
+    """One line for each model ("base", "tuned") whose content hashes differ from those the cache's provenance
+    records: its numbers come from the weights loaded now, the cache's groups and means from the old ones."""
+    lines = []
+    for role, hashes in weights.items():
+        recorded = reader.info.provenance.get(role, {})
+        changed = [k for k, v in hashes.items() if k in recorded and v != recorded[k]]
+        if changed:
+            lines.append(f"warning: the {role} model's weights ({changed[0]} {hashes[changed[0]][:12]}) are not those "
+                         f"{reader.path.name} was computed on ({recorded[changed[0]][:12]}): what runs now uses the "
+                         f"new weights, the cache's groups and means the old ones; recompute the cache")
+    return lines
+
+
 def check_spec(spec: PatchSpec, selection: NeuronSelection | None) -> tuple[dict, NeuronSelection | None]:
     """The mode's parameter values for `spec` and its resolved neuron set, or a one-line UserError (an unknown mode or
     parameter, a bad value, no set for a mode that needs one). Patch runs and the prompt lab both check here."""
@@ -220,18 +234,11 @@ class PatchSession:
         files now), with a one-line warning for each model whose weights are not those the cache was computed on."""
         from neuron_explorer.engine.model.loading import WEIGHT_HASHES, weights_identity
 
-        loaded = {"base": {k: v for k, v in self.loaded.description.items() if k in WEIGHT_HASHES},
-                  "tuned": weights_identity(self.tuned_spec)}
-        for role, hashes in loaded.items():
-            recorded = self.reader.info.provenance.get(role, {})
-            changed = [k for k in WEIGHT_HASHES if k in hashes and k in recorded and hashes[k] != recorded[k]]
-            if changed:
-                self.report(Message(f"warning: the {role} model's weights ({changed[0]} {hashes[changed[0]][:12]}) "
-                                    f"are not those {self.reader.path.name} was computed on "
-                                    f"({recorded[changed[0]][:12]}): its row is measured on the weights loaded now, "
-                                    f"the groups and patched values come from the old ones; recompute the cache",
-                                    "warning"))
-        return loaded
+        weights = {"base": {k: v for k, v in self.loaded.description.items() if k in WEIGHT_HASHES},
+                   "tuned": weights_identity(self.tuned_spec)}
+        for line in stale_weights(self.reader, weights):
+            self.report(Message(line, "warning"))
+        return weights
 
     def _baseline_key(self) -> str:
         """Every setting that changes the base and DPO numbers, the weights by their content (never the cache's

@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPE_NAMES
+
 
 def at_least(minimum: int):
     """The type of a whole number of at least `minimum` (e.g. 2 tokens per perplexity window)."""
@@ -61,6 +63,16 @@ def output_folder(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder: write elsewhere")
     _check_writable(existing)
     return path
+
+
+def add_device_options(group, *, dtype: bool = True, device_help: str = "") -> None:
+    """--device and --dtype, with the same defaults and words in every command (engine.defaults)."""
+    group.add_argument("--device", default=DEFAULT_DEVICE,
+                       help=f"auto (the GPU when there is one), cpu, cuda or cuda:N{device_help} (default: %(default)s)")
+    if dtype:
+        group.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["auto", *DTYPE_NAMES],
+                           help="weights' dtype (auto: bfloat16 on a GPU that supports it, else float32; "
+                                "default: %(default)s)")
 
 
 def _integer(text: str) -> int:

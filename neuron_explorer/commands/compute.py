@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from rich.table import Table
 
-from neuron_explorer.commands.arguments import output_file, positive_count
+from neuron_explorer.commands.arguments import add_device_options, output_file, positive_count
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE,
                                              PATCH_HOLDOUT, POSITION_MODES, POSITION_PROTOCOLS, default_cache_path)
 
@@ -36,9 +36,7 @@ def add_arguments(parser) -> None:
     models = parser.add_argument_group("models")
     models.add_argument("--base", default="embedded", help="base model spec (default: %(default)s)")
     models.add_argument("--tuned", default="embedded-dpo", help="DPO-tuned model spec (default: %(default)s)")
-    models.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    models.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
+    add_device_options(models)
     models.add_argument("--device-map", default=None,
                         help="auto: spread models larger than one GPU over the GPUs, then the CPU, then disk "
                              "(accelerate's big-model loading)")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from neuron_explorer.cache.atomic import write_text_atomically
-from neuron_explorer.commands.arguments import output_file, positive_count
+from neuron_explorer.commands.arguments import add_device_options, output_file, positive_count
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.lab.protocol import DEFAULT_TOP, layer_bins, lens_difference
 from neuron_explorer.engine.patching import modes
@@ -53,8 +53,7 @@ def add_arguments(parser) -> None:
     models = parser.add_argument_group("models (default: the specs recorded in the cache)")
     models.add_argument("--base", default=None)
     models.add_argument("--tuned", default=None)
-    models.add_argument("--device", default="auto", help="torch device (%(default)s)")
-    models.add_argument("--dtype", default="auto", help="weights' dtype (%(default)s: float32 on a CPU)")
+    add_device_options(models)
     models.add_argument("--scorer", default="profanity", help="toxicity scorer (%(default)s)")
 
 

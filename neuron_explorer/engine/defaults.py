@@ -25,6 +25,13 @@ DPO_BETA = 0.1
 DPO_LEARNING_RATE = 1e-5
 DPO_STEPS = 80  # chosen on builtin:validation with bench/dpo_validation_sweep.py (docs/alignment.md)
 
+# Where models run, for every command and the build: `auto` takes the GPU when torch sees one, and the dtype that
+# suits the device (bfloat16 on a GPU that supports it, else float32; engine/model/loading.py resolves both). The
+# cache's provenance records what `auto` chose (each model's `device` and `dtype`).
+DEFAULT_DEVICE = "auto"
+DEFAULT_DTYPE = "auto"
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
 # The fraction of compute's prompts kept aside for patch runs, so that their evaluation is out of sample.
 PATCH_HOLDOUT = 0.5
 

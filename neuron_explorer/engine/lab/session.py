@@ -25,6 +25,7 @@ from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Reporter, Tracker, ignore
 
+from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE
 from neuron_explorer.engine.lab.protocol import LabRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
@@ -188,7 +189,7 @@ class LabSession:
     """The cache, its base and tuned models (loaded once) and what the patch modes need; answers requests."""
 
     def __init__(self, cache_path: str | Path, *, base: str | None = None, tuned: str | None = None,
-                 device: str = "auto", dtype: str = "auto", scorer: str = "profanity", report: Reporter = ignore):
+                 device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, scorer: str = "profanity", report: Reporter = ignore):
         from neuron_explorer.engine.alignment.scoring import get_scorer
         from neuron_explorer.engine.neurons.compute import check_pair
 

@@ -17,7 +17,7 @@ from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Reporter, Tracker, ignore
 
-from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
+from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
@@ -51,8 +51,8 @@ class ComputeSettings:
     batch_size: int = 16
     shared_continuation: bool = False
     identity_check: int | None = IDENTITY_SAMPLE_SIZE  # prompts the identity check measures; None: all
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = DEFAULT_DEVICE
+    dtype: str = DEFAULT_DTYPE
     device_map: str | None = None
     max_memory: str | None = None  # "0=20GiB,cpu=60GiB": accelerate's per-device limits with device_map
     cluster_top_k: int = DEFAULT_CLUSTER_TOP_K

@@ -17,6 +17,9 @@ POSITION_MODES = tuple(POSITION_PROTOCOLS)
 IDENTITY_SAMPLE_SIZE = 32  # prompts the identity check measures by default: its pass costs one forward per prompt
 DEFAULT_CLUSTER_TOP_K = 2000
 DEFAULT_N_CLUSTERS = 20
+# Where the whole logit lens of the value vectors costs too much (a CPU, a large model: engine/model/weights.py's
+# lens_rule), `compute` takes the neurons a user is likely to open: this many by each of |Δ|, |δ| and |cos|.
+LENS_TOP_N = 1000
 
 # Alignment defaults, shared by the engine, `build` and the stage commands (train-probe, train-dpo).
 PROBE_C = 0.01  # inverse L2 strength on standardized features: strong, for a few hundred to a few thousand texts

@@ -29,8 +29,8 @@ from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
-from neuron_explorer.engine.model.weights import (lens_memo, lens_top_k, probe_projections, value_cosines,
-                                                  value_tokens, vocabulary)
+from neuron_explorer.engine.model.weights import (lens_memo, lens_rule, lens_top_k, memo_complete, probe_projections,
+                                                  value_cosines, value_tokens, vocabulary)
 
 AUTO_PROBE = "auto"
 
@@ -58,6 +58,7 @@ class ComputeSettings:
     cluster_top_k: int = DEFAULT_CLUSTER_TOP_K
     n_clusters: int = DEFAULT_N_CLUSTERS
     tokens_per_neuron: int = 10
+    lens: str = "auto"  # which value vectors get their tokens: auto, all, or N per ranking (weights.lens_rule)
 
 
 @dataclass
@@ -149,10 +150,24 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         timings["identity"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        tokens = {}
+        metrics = neuron_metrics(
+            p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
+            cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
+            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
+            written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
+        timings["weights"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        tokens, memos = {}, {"pre": lens_memo(pre), "dpo": lens_memo(dpo)}
+        rule = lens_rule(settings.lens, device=str(pre.device), n_layers=n_layers, d_mlp=d_mlp,
+                         vocab=pre.arch.unembedding(pre.model).shape[0], d_model=d_model,
+                         memo_complete=all(memo_complete(memo, n_layers, settings.tokens_per_neuron)
+                                           for memo in memos.values()))
+        chosen = rule.neurons(metrics)
         my_layers = range(ranks.rank, n_layers, ranks.world_size)
         for name, loaded in (("pre", pre), ("dpo", dpo)):
-            found = value_tokens(loaded, settings.tokens_per_neuron, layers=my_layers, memo=lens_memo(loaded),
+            found = value_tokens(loaded, settings.tokens_per_neuron, layers=my_layers, memo=memos[name],
+                                 neurons=chosen,
                                  advance=task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})",
                                               len(my_layers)))
             parts = ranks.gather(found)
@@ -162,22 +177,19 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                     for rank, part in enumerate(parts):
                         whole[rank::ranks.world_size] = part[key]
                     tokens[f"{key}_{name}"] = whole
-        timings["weights"] += time.perf_counter() - clock
+        timings["lens"] = time.perf_counter() - clock
         if ranks.world_size > 1:
             timings["of which collectives"] = collective_seconds()
         if not ranks.main:
             return None
 
         clock = time.perf_counter()
-        metrics = neuron_metrics(
-            p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
-            cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
-            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
-            written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
         layers = layer_columns(metrics["contribution"], residual={name: checks[name].residual for name in checks},
                                mlp_proj={name: checks[name].measured for name in checks},
                                bias_proj={name: weights[name]["bias_proj"] for name in weights})
         write_token_tables(writer, tokens, vocabulary(pre.tokenizer))
+        computed = int((tokens["top_tokens_pre"][..., 0] >= 0).sum())
+        writer.write_attrs({"lens_rule": rule.record(computed)}, "neurons")
         timings["weights"] += time.perf_counter() - clock
 
         clock = time.perf_counter()

@@ -29,8 +29,8 @@ from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
-from neuron_explorer.engine.model.weights import (lens_memo, lens_rule, lens_top_k, memo_complete, probe_projections,
-                                                  value_cosines, value_tokens, vocabulary)
+from neuron_explorer.engine.model.weights import (LENS_RANKINGS, lens_memo, lens_rule, lens_top_k, memo_complete,
+                                                  probe_projections, value_cosines, value_tokens, vocabulary)
 
 AUTO_PROBE = "auto"
 
@@ -228,10 +228,13 @@ def plan_compute_run(settings: ComputeSettings):
 
 
 def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, float]:
-    """Time one batch of recording and one logit-lens chunk on the base model, and extrapolate to the whole run:
-    both models record every batch and read every layer's value vectors."""
+    """Time loading the base model, one batch of recording, one full forward pass (what the identity check runs per
+    batch of its sample) and one logit-lens chunk, and extrapolate to the whole run: both models load, record every
+    batch, check the sample and take the value vectors of the lens rule's neurons."""
+    started = time.perf_counter()
     loaded = load_model(settings.base, device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
                         max_memory=parse_max_memory(settings.max_memory))
+    loading = time.perf_counter() - started
     batch = texts[:settings.batch_size]
     record = dict(positions=settings.positions, new_tokens=settings.new_tokens,
                   max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
@@ -239,6 +242,12 @@ def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, floa
     started = time.perf_counter()
     record_model(loaded, batch, **record)
     per_batch = time.perf_counter() - started
+    length = settings.max_prompt_tokens + settings.new_tokens
+    ids = torch.full((len(batch), length), loaded.tokenizer.eos_token_id or 0, device=loaded.device)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        loaded.model(input_ids=ids)
+        per_forward = time.perf_counter() - started
     arch, model = loaded.arch, loaded.model
     with torch.inference_mode(), weights_loaded(arch.final_norm(model), model.get_output_embeddings(),
                                                  arch.layers(model)[0]):
@@ -248,9 +257,16 @@ def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, floa
         per_chunk = time.perf_counter() - started
     size = plan.models[0]
     n_batches = math.ceil(len(texts) / settings.batch_size)
-    chunks = size.n_layers * math.ceil(size.d_mlp / LOGIT_LENS_CHUNK)
-    estimate = {"recording": 2 * n_batches * per_batch,
-                "value-vector tokens (none on a second run: the lens memo)": 2 * chunks * per_chunk}
+    sample = len(sample_prompts(len(texts), settings.identity_check))
+    remembered = memo_complete(lens_memo(loaded), size.n_layers, settings.tokens_per_neuron)
+    rule = lens_rule(settings.lens, device=str(loaded.device), n_layers=size.n_layers, d_mlp=size.d_mlp,
+                     vocab=size.vocab, d_model=size.d_model, memo_complete=remembered)
+    neurons = size.n_layers * size.d_mlp if rule.top_n is None else \
+        min(len(LENS_RANKINGS) * rule.top_n, size.n_layers * size.d_mlp)
+    neurons = 0 if remembered else neurons  # read back from the memo (the tuned model's may still be computed)
+    estimate = {"loading": 2 * loading, "recording": 2 * n_batches * per_batch,
+                "identity check": 2 * math.ceil(sample / settings.batch_size) * per_forward,
+                "value-vector tokens": 2 * per_chunk * neurons / LOGIT_LENS_CHUNK}
     estimate["total"] = sum(estimate.values())
     return estimate
 

@@ -8,7 +8,7 @@ Builds once, from a config only, a random-weight pair of each size (`SHAPES`: `1
 Llama-3.1-8B; `tiny` for a quick check), saved as safetensors (bfloat16, as the hub ships them) under
 ~/.cache/neuron-explorer/bench/; the tuned model is the base plus small noise. `embedded` is the real
 SmolLM2-135M-Instruct and a noised copy of it (the same recipe, so no build is needed). Every pair uses SmolLM2's
-tokenizer (the larger vocabulary's other ids decode to nothing).
+tokenizer (the larger vocabulary's other ids decode to nothing), but `tiny`, whose small BPE is trained on the spot.
 
 Each part runs in a fresh process, so that its peak memory is its own (a CPU's peak resident set, a GPU's peak
 allocation):
@@ -19,6 +19,7 @@ allocation):
   patch     a patch run's evaluation (shift of group TP↓) against the same evaluation without hooks
   lab       a lab request (base and DPO, no intervention) against the bare generation of the same prompt
   explorer  the explorer on the computed cache: first screen, re-sort, layer switch (bench/explorer_bench.py)
+  torchrun  (not by default) the same compute under `torchrun --nproc_per_node 1`, wall time with its start-up
 
 and prints one table, each size a column, the last column the growth from the first size to the last.
 Targets (issue 22): recording ≤ 1.1× bare, compute ≤ 1.3× bare on a first run, a patch run ≤ 1.1× its evaluation
@@ -42,7 +43,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 # name: (layers, MLP neurons, d_model, attention heads, key/value heads, vocabulary)
 SHAPES = {
-    "tiny": (2, 256, 64, 4, 2, 49152),
+    "tiny": (2, 256, 64, 4, 2, 1024),
     "1b": (16, 8192, 2048, 32, 8, 128256),
     "8b": (32, 14336, 4096, 32, 8, 128256),
 }
@@ -69,14 +70,14 @@ def build_pair(size: str) -> tuple[Path, Path]:
 
     root = pair_folder(size)
     base, tuned = root / "base", root / "tuned"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     if all((folder / "config.json").exists() and any(folder.glob("*.safetensors")) for folder in (base, tuned)):
         return base, tuned
     root.mkdir(parents=True, exist_ok=True)
-    embedded = materialize_embedded()
-    tokenizer = AutoTokenizer.from_pretrained(embedded)
+    tokenizer = quick_tokenizer() if size == "tiny" else AutoTokenizer.from_pretrained(materialize_embedded())
     started = time.perf_counter()
     if size == "embedded":
-        model = AutoModelForCausalLM.from_pretrained(embedded, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(materialize_embedded(), dtype=torch.float32)
     else:
         layers, d_mlp, d_model, heads, kv_heads, vocab = SHAPES[size]
         config = LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=layers,
@@ -87,21 +88,50 @@ def build_pair(size: str) -> tuple[Path, Path]:
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)  # half the memory while it is built; saved as the hub ships it
         try:
-            model = AutoModelForCausalLM.from_config(config)
+            with torch.device(device):  # a GPU initialises an 8B model in seconds, a CPU in minutes
+                model = AutoModelForCausalLM.from_config(config)
         finally:
             torch.set_default_dtype(previous)
     for folder, noisy in ((base, False), (tuned, True)):
         if noisy:
-            generator = torch.Generator().manual_seed(1)
+            generator = torch.Generator(device=model.device).manual_seed(1)
             with torch.no_grad():
                 for parameter in model.parameters():
                     scale = NOISE * parameter.float().std().item()
-                    parameter.add_((torch.randn(parameter.shape, generator=generator) * scale).to(parameter.dtype))
+                    noise = torch.randn(parameter.shape, generator=generator, device=parameter.device) * scale
+                    parameter.add_(noise.to(parameter.dtype))
         with atomic_path(folder) as partial:
             model.save_pretrained(partial)
             tokenizer.save_pretrained(partial)
     print(f"built the {size} pair in {time.perf_counter() - started:.0f} s: {root}", flush=True)
     return base, tuned
+
+
+def prepare_prompts(path: Path, count: int) -> None:
+    """`count` prompts, one a line: the builtin ones, repeated (numbered) when more are needed (1,199 for the GPU
+    check, as many as RealToxicityPrompts' challenging subset that the papers record)."""
+    from neuron_explorer.engine.alignment.prompts import load_prompts
+
+    texts = load_prompts("builtin").texts
+    lines = [texts[i % len(texts)] + (f" ({i // len(texts)})" if i >= len(texts) else "") for i in range(count)]
+    path.write_text("\n".join(line.replace("\n", " ") for line in lines) + "\n")
+
+
+def quick_tokenizer():
+    """A byte-level BPE trained in a blink on the builtin prompts (the tiny shape needs no embedded model)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from neuron_explorer.engine.alignment.prompts import load_prompts
+
+    core = Tokenizer(models.BPE(unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=SHAPES["tiny"][-1], special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(load_prompts("builtin").texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>")
 
 
 # -- one part in a fresh process ----------------------------------------------------------------------------------
@@ -120,8 +150,9 @@ def peak_memory_mib(device: str) -> float:
 def compute_settings(args, base: Path, tuned: Path, output: Path):
     from neuron_explorer.engine.neurons.compute import ComputeSettings
 
-    return ComputeSettings(base=str(base), tuned=str(tuned), probe="toxic-embedding", prompts="builtin:heldout",
-                           max_prompts=2 * args.prompts, new_tokens=args.new_tokens, batch_size=args.batch_size,
+    return ComputeSettings(base=str(base), tuned=str(tuned), probe="toxic-embedding", prompts=args.prompt_source,
+                           max_prompts=round(args.prompts / (1 - args.patch_holdout)), patch_holdout=args.patch_holdout,
+                           new_tokens=args.new_tokens, batch_size=args.batch_size,
                            device=args.device, dtype=args.dtype, output=output)
 
 
@@ -173,12 +204,18 @@ def part_bare(args, base, tuned, cache) -> dict:
 def part_compute(args, base, tuned, cache) -> dict:
     from neuron_explorer.engine.neurons.compute import run_compute
 
+    previous = os.environ.get("NEURON_EXPLORER_HOME")
     with tempfile.TemporaryDirectory() as home:
         os.environ["NEURON_EXPLORER_HOME"] = home  # an empty logit-lens memo: a first run
-        settings = compute_settings(args, base, tuned, cache)
-        started = time.perf_counter()
-        result = run_compute(settings)
-        seconds = time.perf_counter() - started
+        try:
+            started = time.perf_counter()
+            result = run_compute(compute_settings(args, base, tuned, cache))
+            seconds = time.perf_counter() - started
+        finally:
+            if previous is None:
+                del os.environ["NEURON_EXPLORER_HOME"]
+            else:
+                os.environ["NEURON_EXPLORER_HOME"] = previous
     from neuron_explorer.cache.reader import CacheReader
 
     with CacheReader(cache) as reader:
@@ -201,7 +238,7 @@ def part_patch(args, base, tuned, cache) -> dict:
     from neuron_explorer.engine.model.loading import load_model
     from neuron_explorer.engine.patching.runs import PatchSession, PatchSpec, RunSettings
 
-    settings = RunSettings(max_prompts=args.patch_prompts, ppl_windows=2, f1_items=4, batch_size=args.batch_size,
+    settings = RunSettings(prompts="builtin:heldout", max_prompts=args.patch_prompts, ppl_windows=2, f1_items=4, batch_size=args.batch_size,
                            base=str(base), tuned=str(tuned), device=args.device, dtype=args.dtype)
     loaded = load_model(str(base), device=args.device, dtype=args.dtype)
     with PatchSession(cache, settings, loaded=loaded) as session:
@@ -269,12 +306,31 @@ def part_explorer(args, base, tuned, cache) -> dict:
             "layer switch": statistics.median(figures["layer switch"]), "resident_mb": figures["resident memory"]}
 
 
+def part_torchrun(args, base, tuned, cache) -> dict:
+    """The same compute under `torchrun --nproc_per_node 1` (wall time with the launcher's start-up)."""
+    settings = compute_settings(args, base, tuned, cache.with_name(cache.stem + "-torchrun.h5"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "neuron_explorer", "compute", "--base", settings.base,
+               "--tuned", settings.tuned, "--probe", settings.probe, "--prompts", settings.prompts,
+               "--max-prompts", str(settings.max_prompts), "--patch-holdout", str(settings.patch_holdout),
+               "--new-tokens", str(settings.new_tokens), "--batch-size", str(settings.batch_size),
+               "--device", settings.device, "--dtype", settings.dtype, "-o", str(settings.output)]
+    with tempfile.TemporaryDirectory() as home:
+        started = time.perf_counter()
+        done = subprocess.run(command, env={**os.environ, "NEURON_EXPLORER_HOME": home}, capture_output=True,
+                              text=True)
+        seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"torchrun compute failed: {done.stderr[-2000:]}")
+    return {"seconds": seconds}
+
+
 PARTS = {"bare": part_bare, "compute": part_compute, "plan": part_plan, "patch": part_patch, "lab": part_lab,
-         "explorer": part_explorer}
+         "explorer": part_explorer, "torchrun": part_torchrun}
+DEFAULT_PARTS = ("bare", "compute", "plan", "patch", "lab", "explorer")
 
 
-def run_part(args) -> None:
-    """In the child process: one part of one size, its figures as JSON on the last line of stdout."""
+def measure_here(args, size: str, part: str) -> dict:
+    """One part of one size in this process."""
     import torch
 
     from neuron_explorer.engine.model.loading import resolve_device
@@ -282,23 +338,25 @@ def run_part(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device_resolved = resolve_device(args.device)
-    base, tuned = (pair_folder(args.size) / name for name in ("base", "tuned"))
-    cache = Path(args.work) / f"{args.size}.h5"
-    figures = PARTS[args.part](args, base, tuned, cache)
-    print(json.dumps(figures))
+    base, tuned = (pair_folder(size) / name for name in ("base", "tuned"))
+    started = time.perf_counter()
+    figures = PARTS[part](args, base, tuned, Path(args.work) / f"{size}.h5")
+    print(f"  {size} {part}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return figures
 
 
 def measure_in_child(args, size: str, part: str) -> dict:
     command = [sys.executable, __file__, "--part", part, "--size", size, "--work", str(args.work),
                "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
                "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype,
-               "--patch-prompts", str(args.patch_prompts), "--threads", str(args.threads)]
+               "--patch-prompts", str(args.patch_prompts), "--threads", str(args.threads),
+               "--prompt-source", args.prompt_source, "--patch-holdout", str(args.patch_holdout)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         print(done.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"the {part} part of {size} failed (exit {done.returncode})")
-    print(f"  {size} {part}: {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"  {size} {part}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -343,6 +401,9 @@ def rows(figures: dict) -> list[tuple[str, str, float | None, str]]:
         out += [("lab request (base + DPO)", "s", lab["request"], ""),
                 ("  its bare generation", "s", lab["bare"], ""),
                 ("  request / bare", "×", lab["request"] / lab["bare"], "")]
+    if "torchrun" in figures:
+        out += [("torchrun --nproc_per_node 1 compute (wall)", "s", figures["torchrun"]["seconds"], ""),
+                ("  / compute in one process", "×", figures["torchrun"]["seconds"] / compute["seconds"], "")]
     if "explorer" in figures:
         explorer = figures["explorer"]
         out += [("explorer first screen", "ms", explorer["first screen"] * 1000, "≤ 500"),
@@ -403,8 +464,11 @@ def table(results: dict[str, dict], markdown: bool) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="embedded,1b", help="comma-separated: embedded, " + ", ".join(SHAPES))
-    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
-    parser.add_argument("--prompts", type=int, default=24, help="recorded prompts (as many again are held out)")
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS), help="comma-separated: " + ", ".join(PARTS))
+    parser.add_argument("--prompts", type=int, default=24, help="recorded prompts")
+    parser.add_argument("--prompt-source", default="builtin:heldout", help="compute's --prompts (builtin:heldout)")
+    parser.add_argument("--patch-holdout", type=float, default=0.5,
+                        help="compute's --patch-holdout: the share of the source kept aside (0.5)")
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patch-prompts", type=int, default=8, help="prompts of the patch run's evaluation")
@@ -413,13 +477,17 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--work", type=Path, default=None, help="where the caches go (default: a temporary folder)")
     parser.add_argument("--build-only", action="store_true", help="build the pairs and stop")
+    parser.add_argument("--in-process", action="store_true",
+                        help="every part in this process (quick; the peak memory figures are then the process's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--markdown", type=Path, help="also write the table here as markdown")
+    parser.add_argument("--prepare-prompts", action="store_true",
+                        help="write --prompt-source (a .txt path) first: the builtin prompts, repeated as needed")
     parser.add_argument("--part", choices=list(PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.part:
-        run_part(args)
+    if args.part:  # in the child process: the figures as JSON on the last line of stdout
+        print(json.dumps(measure_here(args, args.size, args.part)))
         return 0
     sizes = args.sizes.split(",")
     unknown = [size for size in sizes if size != "embedded" and size not in SHAPES]
@@ -428,6 +496,8 @@ def main() -> int:
     parts = [part for part in PARTS if part in args.parts.split(",")]
     if not {"bare", "compute"} <= set(parts):
         parser.error("--parts needs bare and compute (every ratio is taken against them)")
+    if args.prepare_prompts:
+        prepare_prompts(Path(args.prompt_source), round(args.prompts / (1 - args.patch_holdout)))
     for size in sizes:
         build_pair(size)
     if args.build_only:
@@ -439,7 +509,8 @@ def main() -> int:
     started = time.perf_counter()
     try:
         for size in sizes:
-            results[size] = {part: measure_in_child(args, size, part) for part in parts}
+            measure = measure_here if args.in_process else measure_in_child
+            results[size] = {part: measure(args, size, part) for part in parts}
     finally:
         if temporary is not None:
             temporary.cleanup()

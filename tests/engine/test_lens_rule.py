@@ -117,3 +117,13 @@ def test_compute_stores_the_rule_and_the_lab_worker_computes_the_rest(partial_ca
 def test_bad_tokens_requests_are_one_line_errors(line, message):
     with pytest.raises(UserError, match=message):
         parse_request(line)
+
+
+def test_the_detail_screen_says_why_a_neuron_has_no_tokens(partial_cache):
+    from neuron_explorer.explorer.screens.detail import tokens_table
+
+    with CacheReader(partial_cache) as reader:
+        rule = reader.lens_rule()
+        missing = tuple(map(int, np.argwhere(reader.file["neurons/top_tokens_pre"][:, :, 0] < 0)[0]))
+        shown = tokens_table(reader.top_tokens(*missing), rule)
+    assert "not computed for this neuron" in shown.plain and "top 5" in shown.plain

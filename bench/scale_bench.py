@@ -238,7 +238,8 @@ def part_patch(args, base, tuned, cache) -> dict:
     from neuron_explorer.engine.model.loading import load_model
     from neuron_explorer.engine.patching.runs import PatchSession, PatchSpec, RunSettings
 
-    settings = RunSettings(prompts="builtin:heldout", max_prompts=args.patch_prompts, ppl_windows=2, f1_items=4, batch_size=args.batch_size,
+    settings = RunSettings(prompts="builtin:heldout", max_prompts=args.patch_prompts, ppl_windows=args.ppl_windows,
+                           f1_items=2 * args.ppl_windows, batch_size=args.batch_size,
                            base=str(base), tuned=str(tuned), device=args.device, dtype=args.dtype)
     loaded = load_model(str(base), device=args.device, dtype=args.dtype)
     with PatchSession(cache, settings, loaded=loaded) as session:
@@ -252,7 +253,7 @@ def part_patch(args, base, tuned, cache) -> dict:
             session.measure(loaded, "bench", intervention)
 
         times: dict[str, list[float]] = {"plain": [], "patched": []}
-        for job in (plain, patched, plain, patched):  # interleaved: the machine is shared
+        for job in (plain, patched) * args.repeats:  # interleaved: the machine is shared
             synchronized(args.device_resolved)
             started = time.perf_counter()
             job()
@@ -271,12 +272,12 @@ def part_lab(args, base, tuned, cache) -> dict:
 
     with LabSession(cache, base=str(base), tuned=str(tuned), device=args.device, dtype=args.dtype) as session:
         requests = []
-        for index in range(3):  # the first warms up
+        for index in range(args.repeats + 1):  # the first warms up
             started = time.perf_counter()
             session.answer(LabRequest(index, LAB_PROMPT))
             requests.append(time.perf_counter() - started)
         bare = []
-        for _ in range(3):
+        for _ in range(args.repeats + 1):
             total = 0.0
             for loaded in (session.loaded, session.tuned()):
                 ids, mask = encode_prompts(loaded.tokenizer, [LAB_PROMPT], session.protocol.max_prompt_tokens,
@@ -350,7 +351,8 @@ def measure_in_child(args, size: str, part: str) -> dict:
                "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
                "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype,
                "--patch-prompts", str(args.patch_prompts), "--threads", str(args.threads),
-               "--prompt-source", args.prompt_source, "--patch-holdout", str(args.patch_holdout)]
+               "--prompt-source", args.prompt_source, "--patch-holdout", str(args.patch_holdout),
+               "--repeats", str(args.repeats), "--ppl-windows", str(args.ppl_windows)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -362,31 +364,35 @@ def measure_in_child(args, size: str, part: str) -> dict:
 
 # -- the table ----------------------------------------------------------------------------------------------------
 
-def rows(figures: dict) -> list[tuple[str, str, float | None, str]]:
-    """(measure, unit, value, target) of one size: unit s, ms, MiB or × (a ratio, the target an upper bound, or a
-    band for the plan's ±25%)."""
-    bare, compute, stages = figures["bare"], figures["compute"], figures["compute"]["stages"]
-    recording = stages["record_pre"] + stages["record_dpo"]
-    out = [
-        ("neurons", "n", bare["neurons"], ""),
-        ("parameters per model", "n", bare["params"], ""),
-        ("two models' weights", "MiB", bare["weights_mib"], ""),
-        ("bare greedy generation, both models", "s", bare["seconds"], ""),
-        ("  its peak memory", "MiB", bare["peak_mib"], ""),
-        ("compute, whole (first run)", "s", compute["seconds"], ""),
-        ("  / bare", "×", compute["seconds"] / bare["seconds"], "≤ 1.3"),
-        ("  recording, both models", "s", recording, ""),
-        ("  recording / bare", "×", recording / bare["seconds"], "≤ 1.1"),
-        ("  identity check", "s", stages["identity"], ""),
-        ("  weights (projections, cosines)", "s", stages["weights"], ""),
-        ("  value-vector lens", "s", stages["lens"], ""),
-        ("  statistics and clustering", "s", stages["statistics"], ""),
-        ("  loading", "s", stages["load"], ""),
-        ("  lens neurons computed", "n", compute["lens"].get("computed") or bare["neurons"], ""),
-        ("  peak memory", "MiB", compute["peak_mib"], ""),
-        ("  peak memory / weights", "×", compute["peak_mib"] / bare["weights_mib"], "≤ 1.3"),
-    ]
-    if "plan" in figures:
+def rows(figures: dict) -> list[tuple[str, str, float, str]]:
+    """(measure, unit, value, target) of one size, for the parts it has: unit n, s, ms, MiB or × (a ratio; the
+    target an upper bound, or a band for the plan's ±25%)."""
+    bare, compute = figures.get("bare"), figures.get("compute")
+    out = []
+    if bare:
+        out += [("neurons", "n", bare["neurons"], ""),
+                ("parameters per model", "n", bare["params"], ""),
+                ("two models' weights", "MiB", bare["weights_mib"], ""),
+                ("bare greedy generation, both models", "s", bare["seconds"], ""),
+                ("  its peak memory", "MiB", bare["peak_mib"], "")]
+    if bare and compute:
+        stages = compute["stages"]
+        recording = stages["record_pre"] + stages["record_dpo"]
+        out += [
+            ("compute, whole (first run)", "s", compute["seconds"], ""),
+            ("  / bare", "×", compute["seconds"] / bare["seconds"], "≤ 1.3"),
+            ("  recording, both models", "s", recording, ""),
+            ("  recording / bare", "×", recording / bare["seconds"], "≤ 1.1"),
+            ("  identity check", "s", stages["identity"], ""),
+            ("  weights (projections, cosines)", "s", stages["weights"], ""),
+            ("  value-vector lens", "s", stages["lens"], ""),
+            ("  statistics and clustering", "s", stages["statistics"], ""),
+            ("  loading", "s", stages["load"], ""),
+            ("  lens neurons computed", "n", compute["lens"].get("computed") or bare["neurons"], ""),
+            ("  peak memory", "MiB", compute["peak_mib"], ""),
+            ("  peak memory / weights", "×", compute["peak_mib"] / bare["weights_mib"], "≤ 1.3"),
+        ]
+    if compute and "plan" in figures:
         plan = figures["plan"]
         out += [("--plan estimate", "s", plan["seconds"], ""),
                 ("  estimate / measured time", "×", plan["seconds"] / compute["seconds"], "0.75–1.25"),
@@ -394,14 +400,14 @@ def rows(figures: dict) -> list[tuple[str, str, float | None, str]]:
     if "patch" in figures:
         patch = figures["patch"]
         out += [("evaluation without hooks", "s", patch["plain"], ""),
-                (f"patch run ({PATCH[0]} {PATCH[1][0]}, {patch['neurons']:,} neurons)", "s", patch["patched"], ""),
+                (f"patch run ({PATCH[0]} {PATCH[1][0]})", "s", patch["patched"], ""),
                 ("  patch run / without hooks", "×", patch["patched"] / patch["plain"], "≤ 1.1")]
     if "lab" in figures:
         lab = figures["lab"]
         out += [("lab request (base + DPO)", "s", lab["request"], ""),
                 ("  its bare generation", "s", lab["bare"], ""),
                 ("  request / bare", "×", lab["request"] / lab["bare"], "")]
-    if "torchrun" in figures:
+    if compute and "torchrun" in figures:
         out += [("torchrun --nproc_per_node 1 compute (wall)", "s", figures["torchrun"]["seconds"], ""),
                 ("  / compute in one process", "×", figures["torchrun"]["seconds"] / compute["seconds"], "")]
     if "explorer" in figures:
@@ -433,32 +439,35 @@ def shown(value: float, unit: str) -> str:
 
 
 def table(results: dict[str, dict], markdown: bool) -> str:
+    """Each size a column (a measure a size lacks shows —), then the last size over the first."""
     names = list(results)
     grown = len(names) > 1
     header = ["measure", *names, *([f"{names[-1]}/{names[0]}"] if grown else []), "target"]
-    lines = []
-    all_rows = [rows(results[name]) for name in names]
+    measured = {name: {label: (unit, value, target) for label, unit, value, target in rows(results[name])}
+                for name in names}
+    labels = list(dict.fromkeys(label for name in names for label in measured[name]))
     body = []
-    for entries in zip(*all_rows):
-        label, unit, _, target = entries[0]
+    for label in labels:
+        found = [measured[name].get(label) for name in names]
+        unit, _, target = next(entry for entry in found if entry)
         cells = [label]
-        for _, _, value, _ in entries:
-            verdict = meets(value, target)
-            cells.append(shown(value, unit) + (f" {verdict}" if verdict else ""))
+        for entry in found:
+            if entry is None:
+                cells.append("—")
+                continue
+            verdict = meets(entry[1], target)
+            cells.append(shown(entry[1], unit) + (f" {verdict}" if verdict else ""))
         if grown:
-            first, last = entries[0][2], entries[-1][2]
-            cells.append(f"{last / first:.2f}×" if first else "—")
+            first, last = found[0], found[-1]
+            cells.append(f"{last[1] / first[1]:.2f}×" if first and last and first[1] else "—")
         cells.append(target)
         body.append(cells)
     if markdown:
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|---|" + "---:|" * (len(header) - 1))
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    else:
-        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-        lines += ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
-                  for row in [header, *body]]
-    return "\n".join(lines)
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+                     for row in [header, *body])
 
 
 def main() -> int:
@@ -472,11 +481,15 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patch-prompts", type=int, default=8, help="prompts of the patch run's evaluation")
+    parser.add_argument("--ppl-windows", type=int, default=2,
+                        help="the patch run's perplexity windows (and twice as many F1 passages)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats of the patch run and the lab request")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--work", type=Path, default=None, help="where the caches go (default: a temporary folder)")
     parser.add_argument("--build-only", action="store_true", help="build the pairs and stop")
+    parser.add_argument("--table-from", type=Path, help="print the table of a --json file written earlier and stop")
     parser.add_argument("--in-process", action="store_true",
                         help="every part in this process (quick; the peak memory figures are then the process's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -486,6 +499,9 @@ def main() -> int:
     parser.add_argument("--part", choices=list(PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.table_from:
+        print(table(json.loads(args.table_from.read_text()), markdown=bool(args.markdown)))
+        return 0
     if args.part:  # in the child process: the figures as JSON on the last line of stdout
         print(json.dumps(measure_here(args, args.size, args.part)))
         return 0
@@ -510,7 +526,11 @@ def main() -> int:
     try:
         for size in sizes:
             measure = measure_here if args.in_process else measure_in_child
-            results[size] = {part: measure(args, size, part) for part in parts}
+            results[size] = {}
+            for part in parts:
+                results[size][part] = measure(args, size, part)
+                if args.json:  # after every part: a run stopped early keeps what it measured
+                    args.json.write_text(json.dumps(results, indent=1))
     finally:
         if temporary is not None:
             temporary.cleanup()
@@ -518,8 +538,6 @@ def main() -> int:
     print(f"\nscale benchmark: {first['prompts']} recorded prompts, {args.new_tokens} new tokens, batch "
           f"{args.batch_size}, {first['device']} in {first['dtype']}, {time.perf_counter() - started:.0f} s in all\n")
     print(table(results, markdown=False))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     if args.markdown:
         args.markdown.write_text(table(results, markdown=True) + "\n")
     return 0

@@ -127,3 +127,18 @@ def test_the_detail_screen_says_why_a_neuron_has_no_tokens(partial_cache):
         missing = tuple(map(int, np.argwhere(reader.file["neurons/top_tokens_pre"][:, :, 0] < 0)[0]))
         shown = tokens_table(reader.top_tokens(*missing), rule)
     assert "not computed for this neuron" in shown.plain and "top 5" in shown.plain
+
+
+def test_lab_tokens_prints_a_left_out_neurons_tokens(partial_cache, capsys):
+    from neuron_explorer.cli import main
+
+    with CacheReader(partial_cache) as reader:
+        missing = tuple(map(int, np.argwhere(reader.file["neurons/top_tokens_pre"][:, :, 0] < 0)[0]))
+    with LabSession(partial_cache, device="cpu", dtype="float32") as session:
+        expected = session.value_tokens(TokensRequest(1, (missing,))).to_dict()
+    assert main(["lab", str(partial_cache), "--tokens", f"{missing[0]}:{missing[1]}", "--device", "cpu"]) == 0
+    shown = capsys.readouterr().out
+    assert f"L{missing[0]}/N{missing[1]}" in shown
+    assert f"{expected['dpo']['bottom_scores'][0][0]:+.2f}" in shown
+    assert main(["lab", str(partial_cache), "--tokens", "3-4"]) == 2
+    assert "LAYER:NEURON" in capsys.readouterr().err

@@ -59,8 +59,8 @@ def headline(record: dict) -> Text:
 
 def tokens_table(tokens: pl.DataFrame, lens_rule: dict | None = None) -> Table | Text:
     if tokens.is_empty() and lens_rule and lens_rule.get("rule") == "top":
-        return Text(f"not computed for this neuron: compute took those of {lens_rule['by']} only; the lab's model "
-                    f"worker computes others (a tokens request), or compute --lens all takes every neuron", style="dim")
+        return Text(f"not computed for this neuron: compute took those of {lens_rule['by']} only; `neuron-explorer "
+                    f"lab FILE --tokens L:N` computes others, and compute --lens all takes every neuron", style="dim")
     if tokens.is_empty():
         return Text("this cache stores no token tables", style="dim")
     table = Table(box=None, padding=(0, 1), header_style="bold")

@@ -528,7 +528,11 @@ def main() -> int:
             measure = measure_here if args.in_process else measure_in_child
             results[size] = {}
             for part in parts:
-                results[size][part] = measure(args, size, part)
+                try:
+                    results[size][part] = measure(args, size, part)
+                except SystemExit as failure:  # the other parts still run: the table shows — for this one
+                    print(f"  {size} {part}: {failure}", file=sys.stderr, flush=True)
+                    continue
                 if args.json:  # after every part: a run stopped early keeps what it measured
                     args.json.write_text(json.dumps(results, indent=1))
     finally:

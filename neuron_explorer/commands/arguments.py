@@ -68,7 +68,8 @@ def output_folder(text: str) -> Path:
 def add_device_options(group, *, dtype: bool = True, device_help: str = "") -> None:
     """--device and --dtype, with the same defaults and words in every command (engine.defaults)."""
     group.add_argument("--device", default=DEFAULT_DEVICE,
-                       help=f"auto (the GPU when there is one), cpu, cuda or cuda:N{device_help} (default: %(default)s)")
+                       help=f"auto (the GPU when there is one), cpu, cuda or cuda:N{device_help} "
+                            "(default: %(default)s)")
     if dtype:
         group.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["auto", *DTYPE_NAMES],
                            help="weights' dtype (auto: bfloat16 on a GPU that supports it, else float32; "

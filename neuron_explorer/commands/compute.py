@@ -27,8 +27,9 @@ import numpy as np
 from rich.table import Table
 
 from neuron_explorer.commands.arguments import add_device_options, output_file, positive_count
-from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, LENS_TOP_N,
-                                             PATCH_HOLDOUT, POSITION_MODES, POSITION_PROTOCOLS, default_cache_path)
+from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE,
+                                             LENS_TOP_N, PATCH_HOLDOUT, POSITION_MODES, POSITION_PROTOCOLS,
+                                             default_cache_path)
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "record a base/tuned model pair and write the neuron statistics to an HDF5 cache"

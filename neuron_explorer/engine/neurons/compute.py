@@ -17,8 +17,9 @@ from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Reporter, Tracker, ignore
 
-from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
-                       POSITION_PROTOCOLS, default_cache_path, default_probe_path)
+from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_N_CLUSTERS,
+                                             IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT, POSITION_PROTOCOLS,
+                                             default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,

@@ -88,7 +88,7 @@ async def measure(path: Path, size: tuple[int, int], n_layers: int) -> dict:
             ("act_pre", True), ("contribution", True))]
         figures["layer switch"] = [await timed(lambda layer=layer: app.set_layer(layer))
                                    for layer in (0, n_layers // 4 - 1, n_layers // 2 - 1, n_layers - 1, None,
-                                                 12, None)]
+                                                 min(12, n_layers - 1), None)]
         figures["filter"] = [await timed(lambda f=f: app.set_filters(f)) for f in (
             Filters(group="TP↓"), Filters(sign="+"), Filters(threshold=("contribution", "|x|>=", 1e-3)),
             Filters(group="AN↑", sign="-", threshold=("act_shift", ">=", 0.0)), Filters(cluster=3), Filters())]

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 STAGE = re.compile(r"([a-z_ ]+?) ([0-9.]+)s")
-DEALT_OUT = ("record_pre", "record_dpo", "identity", "weights")  # `weights` is mostly the logit lens
+DEALT_OUT = ("record_pre", "record_dpo", "identity", "lens")
 
 
 def compute(args, output: Path, processes: int, threads: int) -> tuple[float, dict[str, float]]:

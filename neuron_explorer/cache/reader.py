@@ -311,7 +311,8 @@ class CacheReader:
         return {"layer": layer, "neuron": index, **record}
 
     def top_tokens(self, layer: int, index: int) -> pl.DataFrame:
-        """The tokens a neuron's value vector promotes (top) and suppresses (bottom), for both models."""
+        """The tokens a neuron's value vector promotes (top) and suppresses (bottom), for both models; empty for a
+        neuron that `compute` left out (`lens_rule`; token id -1)."""
         self._check_layer(layer)
         if "neurons/top_tokens_pre" not in self.file:
             return pl.DataFrame(schema={"model": pl.Utf8, "direction": pl.Utf8, "rank": pl.Int32,
@@ -322,6 +323,7 @@ class CacheReader:
             for direction in ("top", "bottom"):
                 ids = self.file[f"neurons/{direction}_tokens_{model}"][layer, index]
                 scores = self.file[f"neurons/{direction}_scores_{model}"][layer, index]
+                ids, scores = ids[ids >= 0], scores[ids >= 0]
                 parts.append(pl.DataFrame({
                     "model": [model] * len(ids), "direction": [direction] * len(ids),
                     "rank": np.arange(1, len(ids) + 1, dtype=np.int32), "token_id": ids.astype(np.int32),
@@ -329,6 +331,12 @@ class CacheReader:
                     "score": scores.astype(np.float32),
                 }))
         return pl.concat(parts)
+
+    def lens_rule(self) -> dict:
+        """Which neurons `compute` took the value-vector tokens of (`rule` all or top, `top_n`, `by`, `computed`,
+        `why`); caches written before the rule existed hold every neuron's."""
+        stored = self.file["neurons"].attrs.get("lens_rule")
+        return json.loads(stored) if stored is not None else {"rule": "all", "top_n": None, "by": "every neuron"}
 
     def neuron_array(self, name: str) -> np.ndarray:
         """The stored (n_layers, d_mlp) array of one neuron column (``schema.NEURON_COLUMNS``) or of the group codes."""

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from neuron_explorer.errors import UserError
+from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPE_NAMES
 
 
 def at_least(minimum: int):
@@ -107,6 +108,15 @@ def _same(first: Path, second: Path) -> bool:
 
 def _flag(action: argparse.Action) -> str:
     return action.option_strings[-1] if action.option_strings else action.dest
+def add_device_options(group, *, dtype: bool = True, device_help: str = "") -> None:
+    """--device and --dtype, with the same defaults and words in every command (engine.defaults)."""
+    group.add_argument("--device", default=DEFAULT_DEVICE,
+                       help=f"auto (the GPU when there is one), cpu, cuda or cuda:N{device_help} "
+                            "(default: %(default)s)")
+    if dtype:
+        group.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["auto", *DTYPE_NAMES],
+                           help="weights' dtype (auto: bfloat16 on a GPU that supports it, else float32; "
+                                "default: %(default)s)")
 
 
 def _integer(text: str) -> int:

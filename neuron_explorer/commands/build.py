@@ -9,7 +9,7 @@ skipped when its inputs are unchanged, so a second run takes seconds. The first 
 
 from __future__ import annotations
 
-from neuron_explorer.commands.arguments import output_file, output_folder, positive_count
+from neuron_explorer.commands.arguments import add_device_options, output_file, output_folder, positive_count
 from neuron_explorer.engine.build import STAGES
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
 
@@ -24,7 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", nargs="*", metavar="STAGE", default=None,
                         help=f"rerun these stages (all when none is named): {', '.join(STAGES)}")
     parser.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
+    add_device_options(parser, dtype=False, device_help="; the embedded model runs in float32 everywhere (it trains, "
+                       "and its figures compare across machines)")
     parser.add_argument("--scorer", default="profanity",
                         help="scorer that labels the probe, picks the pairs and grades the result: profanity "
                              "(offline) or detoxify[:VARIANT] (default: %(default)s)")

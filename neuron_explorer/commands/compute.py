@@ -21,25 +21,33 @@ Prompts: .jsonl (RealToxicityPrompts layout, or a prompt/text field), .txt (one 
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from neuron_explorer.commands.arguments import output_file, positive_count
+from neuron_explorer.commands.arguments import add_device_options, output_file, positive_count
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE,
-                                             PATCH_HOLDOUT, POSITION_MODES, POSITION_PROTOCOLS, default_cache_path)
+                                             LENS_TOP_N, PATCH_HOLDOUT, POSITION_MODES, POSITION_PROTOCOLS,
+                                             default_cache_path)
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "record a base/tuned model pair and write the neuron statistics to an HDF5 cache"
+
+
+def lens_setting(text: str) -> str:
+    """--lens: auto, all, or a count of neurons per ranking."""
+    if text in ("auto", "all") or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"'{text}' is not auto, all, or a positive number of neurons")
 
 
 def add_arguments(parser) -> None:
     models = parser.add_argument_group("models")
     models.add_argument("--base", default="embedded", help="base model spec (default: %(default)s)")
     models.add_argument("--tuned", default="embedded-dpo", help="DPO-tuned model spec (default: %(default)s)")
-    models.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    models.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
+    add_device_options(models)
     models.add_argument("--device-map", default=None,
                         help="auto: spread models larger than one GPU over the GPUs, then the CPU, then disk "
                              "(accelerate's big-model loading)")
@@ -73,6 +81,11 @@ def add_arguments(parser) -> None:
     recording.add_argument("--identity-check", default=str(IDENTITY_SAMPLE_SIZE), metavar="N|all",
                            help="prompts (spread evenly) on which a separate pass measures what each MLP writes into "
                                 "the residual stream, to check the recorded statistics (default: %(default)s)")
+    recording.add_argument("--lens", type=lens_setting, default="auto", metavar="auto|all|N",
+                           help="which value vectors get their promoted and suppressed tokens (the logit lens, "
+                                "neurons × vocabulary × d_model): all, the top N by each of |Δ|, |δ| and |cos|, or "
+                                f"auto: all on a GPU or for a small model, else the top {LENS_TOP_N} (the lab's model "
+                                "worker computes others on demand; default: %(default)s)")
     clusters = parser.add_argument_group("clustering")
     clusters.add_argument("--cluster-top-k", type=positive_count, default=DEFAULT_CLUSTER_TOP_K,
                           help="cluster the top K neurons by |Δ| (default: %(default)s)")
@@ -102,7 +115,7 @@ def run(args) -> int:
         shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
         device=args.device, dtype=args.dtype,
         device_map=args.device_map, max_memory=args.max_memory, cluster_top_k=args.cluster_top_k,
-        n_clusters=args.clusters)
+        n_clusters=args.clusters, lens=args.lens)
     if args.plan:
         return print_plan(settings, warm_up=not args.no_warm_up)
     if args.output is None:

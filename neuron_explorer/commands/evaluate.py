@@ -10,7 +10,7 @@ and passages out to the processes and gathers the metrics; rank 0 prints and wri
 from __future__ import annotations
 
 from neuron_explorer.cache.atomic import write_json_atomically
-from neuron_explorer.commands.arguments import at_least, count_or_all, output_file, positive_count
+from neuron_explorer.commands.arguments import add_device_options, at_least, count_or_all, output_file, positive_count
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
@@ -37,8 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--f1-items", type=count_or_all, default=64, help="F1 passages, 0 = all (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_count, default=32,
                         help="prompts per batch (default: %(default)s)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32")
+    add_device_options(parser)
     parser.add_argument("--json", type=output_file, default=None, help="write metrics and generations as JSON here")
 
 

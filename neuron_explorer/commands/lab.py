@@ -12,13 +12,14 @@ with job events on stdout (neuron_explorer/engine/lab/protocol.py).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from neuron_explorer.cache.atomic import write_json_atomically
-from neuron_explorer.commands.arguments import output_file, positive_count
+from neuron_explorer.commands.arguments import add_device_options, output_file, positive_count
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.lab.protocol import DEFAULT_TOP, layer_bins, lens_difference
 from neuron_explorer.engine.patching import modes
@@ -26,6 +27,17 @@ from neuron_explorer.engine.patching import modes
 HELP = "one prompt through base, DPO and a patched base model: continuations, probe lens, top neurons"
 HEAT_COLUMNS = 10  # layers are averaged into at most this many columns of the printed heat map
 SHOWN_NEURONS = 12
+
+
+def neuron_list(text: str) -> tuple[tuple[int, int], ...]:
+    """--tokens: LAYER:NEURON pairs, comma-separated."""
+    try:
+        pairs = tuple(tuple(int(part) for part in item.split(":")) for item in text.split(","))
+    except ValueError:
+        pairs = ()
+    if not pairs or any(len(pair) != 2 or min(pair) < 0 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of LAYER:NEURON pairs such as 12:345,3:7")
+    return pairs
 
 
 def add_arguments(parser) -> None:
@@ -47,13 +59,15 @@ def add_arguments(parser) -> None:
                         help="neurons kept by Δ and by |δ| each (%(default)s)")
     output.add_argument("--json", type=output_file, default=None,
                         help="write the whole result here (with every neuron's ā in both models)")
+    output.add_argument("--tokens", type=neuron_list, default=None, metavar="L:N[,L:N...]",
+                        help="instead of a prompt: the value-vector tokens of these neurons in both models (for "
+                             "neurons whose tokens `compute --lens` left out of the cache)")
     output.add_argument("--serve", action="store_true",
                         help="be the explorer's model worker: JSON-line requests on stdin, job events on stdout")
     models = parser.add_argument_group("models (default: the specs recorded in the cache)")
     models.add_argument("--base", default=None)
     models.add_argument("--tuned", default=None)
-    models.add_argument("--device", default="auto", help="torch device (%(default)s)")
-    models.add_argument("--dtype", default="auto", help="weights' dtype (%(default)s: float32 on a CPU)")
+    add_device_options(models)
     models.add_argument("--scorer", default="profanity", help="toxicity scorer (%(default)s)")
 
 
@@ -67,6 +81,10 @@ def run(args) -> int:
         if args.prompt or args.json or args.sets or args.mode:
             raise UserError("--serve takes its prompts as requests on stdin: leave out --prompt, --set, --mode, --json")
         return _serve(path, args)
+    if args.tokens:
+        if args.prompt or args.sets or args.mode:
+            raise UserError("--tokens computes value-vector tokens, no prompt: leave out --prompt, --set, --mode")
+        return _tokens(path, args)
     if not args.prompt or not args.prompt.strip():
         raise UserError("give the prompt: --prompt \"...\" (or --serve for the explorer's worker)")
     from neuron_explorer.engine.lab.protocol import LabRequest
@@ -90,6 +108,34 @@ def run(args) -> int:
     show(answer, groups)
     if args.json:
         print(f"\nwrote {args.json}")
+    return 0
+
+
+def _tokens(path: Path, args) -> int:
+    """The value-vector tokens of the neurons asked for (what a worker's `tokens` request answers)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from neuron_explorer.commands.reporting import reporting
+    from neuron_explorer.engine.lab.protocol import TokensRequest
+    from neuron_explorer.engine.lab.session import LabSession
+
+    with reporting(json_lines=False) as report:
+        with LabSession(path, base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype,
+                        scorer=args.scorer, report=report) as session:
+            answer = session.value_tokens(TokensRequest(1, args.tokens)).to_dict()
+    if args.json:
+        write_json_atomically(args.json, answer, indent=None)
+    console = Console(highlight=False)
+    for row, (layer, neuron) in enumerate(answer["neurons"]):
+        table = Table(title=f"L{layer}/N{neuron}: tokens its value vector writes (logit lens)", title_justify="left")
+        columns = [(model, direction) for direction in ("top", "bottom") for model in ("base", "dpo")]
+        for model, direction in columns:
+            table.add_column(f"{direction} {model}", no_wrap=True)
+        for rank in range(len(answer["base"]["top_tokens"][row])):
+            table.add_row(*(f"{answer[model][f'{direction}_tokens'][row][rank]!r} "
+                            f"{answer[model][f'{direction}_scores'][row][rank]:+.2f}" for model, direction in columns))
+        console.print(table)
     return 0
 
 

@@ -7,7 +7,7 @@ Writes JSONL (prompt, chosen, rejected, scores, method) and a .provenance.json b
 
 from __future__ import annotations
 
-from neuron_explorer.commands.arguments import non_negative, output_file, positive_count
+from neuron_explorer.commands.arguments import add_device_options, non_negative, output_file, positive_count
 
 HELP = "make preference pairs (greedy vs best-of-n / probe-steered toxic continuations)"
 
@@ -34,8 +34,7 @@ def add_arguments(parser) -> None:
                         help="profanity, wordlist or detoxify[:VARIANT] (default: %(default)s)")
     parser.add_argument("--candidates-out", type=output_file, default=None, help="also save all scored candidates here")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--dtype", default="float32", help="weights dtype (default: %(default)s)")
+    add_device_options(parser)
     parser.add_argument("-o", "--output", type=output_file, default="pairs.jsonl",
                         help="pairs JSONL to write (default: %(default)s)")
 

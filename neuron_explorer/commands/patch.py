@@ -38,7 +38,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neuron_explorer.cache.atomic import write_json_atomically
-from neuron_explorer.commands.arguments import at_least, count_or_all, non_negative, output_file, positive_count
+from neuron_explorer.commands.arguments import add_device_options, at_least, count_or_all, non_negative, output_file, positive_count
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.patching import modes
 
@@ -88,8 +88,7 @@ def add_arguments(parser) -> None:
     models = parser.add_argument_group("models (default: the specs recorded in the cache)")
     models.add_argument("--base", default=None)
     models.add_argument("--tuned", default=None)
-    models.add_argument("--device", default="cpu", help="torch device (%(default)s)")
-    models.add_argument("--dtype", default="float32", help="weights' dtype (%(default)s)")
+    add_device_options(models)
     output = parser.add_argument_group("output")
     output.add_argument("--no-save", action="store_true", help="print the results; store no run")
     output.add_argument("--json", type=output_file, default=None, help="also write the runs' records here")

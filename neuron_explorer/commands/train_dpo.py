@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neuron_explorer.commands.arguments import non_negative, output_folder, positive_count, readable_file
+from neuron_explorer.commands.arguments import add_device_options, non_negative, output_folder, positive_count, readable_file
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
@@ -49,9 +49,8 @@ def add_arguments(parser) -> None:
                              "slower, the same result")
     parser.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="auto",
-                        help="auto, cpu, cuda or cuda:N; under accelerate launch auto, cpu or cuda "
-                             "(default: %(default)s)")
+    add_device_options(parser, dtype=False, device_help="; under accelerate launch auto, cpu or cuda; the "
+                       "weights train in float32")
 
 
 def run(args) -> int:

@@ -10,7 +10,7 @@ the ambiguous ones in between left out; see --band), or reuse --candidates from 
 
 from __future__ import annotations
 
-from neuron_explorer.commands.arguments import output_file, positive_count, readable_file
+from neuron_explorer.commands.arguments import add_device_options, output_file, positive_count, readable_file
 from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
 
 HELP = "train the linear toxicity probe (Jigsaw-layout data, or offline self-labelled continuations)"
@@ -38,8 +38,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--C", type=float, default=PROBE_C,
                         help="inverse L2 strength on standardized features (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--dtype", default="float32", help="weights dtype (default: %(default)s)")
+    add_device_options(parser)
     parser.add_argument("-o", "--output", type=output_file, default="probe.safetensors",
                         help="probe file (default: %(default)s)")
 

@@ -35,7 +35,11 @@ from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Progress, Reporter, ignore
 
-from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
+from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
+
+# The embedded model runs in float32 on every device: it trains (DPO's AdamW needs float32 weights), and the build's
+# figures are compared across machines.
+EMBEDDED_DTYPE = "float32"
 
 # Bump a stage's version when its code changes what it produces.
 STAGES = ("model", "openings", "candidates", "probe", "pairs", "dpo", "evaluate", "compute")
@@ -184,7 +188,7 @@ class BuildSettings:
     tuned_dir: Path | None = None  # embedded_tuned_dir()
     scorer: str = "profanity"
     check_scorer: str | None = "wordlist"  # reported beside `scorer` in the evaluation; never makes training data
-    device: str = "cpu"
+    device: str = DEFAULT_DEVICE
     seed: int = 0
     until: str | None = None  # stop after this stage
     # openings
@@ -249,7 +253,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
     from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table, generations_table
     from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, embedded_base_dir, embedded_tuned_dir, load_model,
-                         materialize_embedded)
+                         materialize_embedded, resolve_device)
     from neuron_explorer.engine.alignment.pairs import (add_steered, generate_candidates, load_candidates, sample_openings, save_candidates, save_pairs,
                         select_pairs)
     from neuron_explorer.engine.alignment.probe_training import fit_probe, label_rule, labeled_from_candidates, pooled_features, save_probe
@@ -269,6 +273,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     if settings.until is not None and settings.until not in STAGES:
         raise UserError(f"unknown stage '{settings.until}': choose from {', '.join(STAGES)}")
     runner = StageRunner(work, force=settings.force, report=report, until=settings.until)
+    device = resolve_device(settings.device)  # resolved once: the compute stage's inputs name the device it ran on
 
     def printer(line: str) -> None:  # what a stage says along the way
         report(Message(line))
@@ -280,7 +285,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
 
     def base():
         if "base" not in models:
-            models["base"] = load_model(EMBEDDED_BASE, device=settings.device, dtype="float32")
+            models["base"] = load_model(EMBEDDED_BASE, device=device, dtype=EMBEDDED_DTYPE)
         return models["base"]
 
     # 1. model ------------------------------------------------------------------------------------------------
@@ -393,7 +398,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
                                work_dir=str(work / "dpo"), beta=settings.beta, learning_rate=settings.learning_rate,
                                optimizer=settings.optimizer, max_steps=settings.steps, batch_size=settings.batch_size,
                                eval_pairs=settings.eval_pairs, eval_steps=settings.eval_steps,
-                               patience=settings.patience, seed=settings.seed, device=settings.device)
+                               patience=settings.patience, seed=settings.seed, device=device)
     dpo_inputs = {"base": base_hash, "pairs": pairs_stage.outputs["pairs"], "settings": dpo_settings.key(), **code}
 
     def stage_dpo():
@@ -417,7 +422,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     def stage_evaluate():
         results = {}
         for name, spec in (("base", EMBEDDED_BASE), ("dpo", tuned_spec)):
-            loaded = base() if name == "base" else load_model(spec, device=settings.device, dtype="float32")
+            loaded = base() if name == "base" else load_model(spec, device=device, dtype=EMBEDDED_DTYPE)
             printer(f"  evaluating {name}")
             results[name] = evaluate(loaded, heldout.texts, scorer, corpus=corpus, settings=eval_settings,
                                      progress=lambda line: printer("    " + line), check_scorer=check_scorer)
@@ -434,8 +439,8 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
 
     # 8. compute ------------------------------------------------------------------------------------------------
     compute_settings = ComputeSettings(base=EMBEDDED_BASE, tuned=tuned_spec, probe=str(probe_file),
-                                       prompts=settings.heldout_prompts, output=output, device=settings.device,
-                                       dtype="float32")
+                                       prompts=settings.heldout_prompts, output=output, device=device,
+                                       dtype=EMBEDDED_DTYPE)
     compute_inputs = {"base": base_hash, "tuned": dpo_stage.outputs["model"], "probe": probe_stage.outputs["probe"],
                       "prompts": heldout.sha256, "evaluation": eval_stage.outputs["evaluation"],
                       "settings": {k: str(v) for k, v in asdict(compute_settings).items()}, **code}

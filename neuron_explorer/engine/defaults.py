@@ -17,6 +17,9 @@ POSITION_MODES = tuple(POSITION_PROTOCOLS)
 IDENTITY_SAMPLE_SIZE = 32  # prompts the identity check measures by default: its pass costs one forward per prompt
 DEFAULT_CLUSTER_TOP_K = 2000
 DEFAULT_N_CLUSTERS = 20
+# Where the whole logit lens of the value vectors costs too much (a CPU, a large model: engine/model/weights.py's
+# lens_rule), `compute` takes the neurons a user is likely to open: this many by each of |Δ|, |δ| and |cos|.
+LENS_TOP_N = 1000
 
 # Alignment defaults, shared by the engine, `build` and the stage commands (train-probe, train-dpo).
 PROBE_C = 0.01  # inverse L2 strength on standardized features: strong, for a few hundred to a few thousand texts
@@ -24,6 +27,13 @@ LABEL_BAND = 0.3  # offline probe labels: scores within threshold ± band are am
 DPO_BETA = 0.1
 DPO_LEARNING_RATE = 1e-5
 DPO_STEPS = 80  # chosen on builtin:validation with bench/dpo_validation_sweep.py (docs/alignment.md)
+
+# Where models run, for every command and the build: `auto` takes the GPU when torch sees one, and the dtype that
+# suits the device (bfloat16 on a GPU that supports it, else float32; engine/model/loading.py resolves both). The
+# cache's provenance records what `auto` chose (each model's `device` and `dtype`).
+DEFAULT_DEVICE = "auto"
+DEFAULT_DTYPE = "auto"
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 # The fraction of compute's prompts kept aside for patch runs, so that their evaluation is out of sample.
 PATCH_HOLDOUT = 0.5

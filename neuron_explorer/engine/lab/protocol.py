@@ -4,6 +4,9 @@ The model worker (`neuron-explorer lab FILE --serve`) reads one JSON object per 
 
   {"request": "run", "id": 3, "prompt": "...", "sets": ["group:TP↓"], "mode": MODE, "positions": "all",
    "params": {"alpha": 1.0}, "top": 50, "full": false}      (MODE: a name of the patch-mode registry)
+  {"request": "tokens", "id": 4, "neurons": [[LAYER, NEURON], ...]}
+                                      the value-vector tokens of neurons `compute` left out (its `lens_rule`):
+                                      the answer's result is described in `TOKENS_FIELDS`
   {"request": "cancel", "id": 3}      stop request 3 if it is still running (it ends with a `cancelled` event)
   {"request": "quit"}                 (end of input quits too)
 
@@ -48,6 +51,17 @@ RESULT_FIELDS = {
 }
 
 
+# What a tokens request's `answer` holds:
+TOKENS_FIELDS = {
+    "id": "the request's id",
+    "neurons": "the [layer, neuron] pairs as asked",
+    "base": "top_tokens, top_scores, bottom_tokens, bottom_scores: one list of k per neuron (tokens as strings), "
+            "the value vector through the base model's final norm and unembedding, as `compute` stores them",
+    "dpo": "the same for the tuned model",
+}
+MAX_TOKENS_NEURONS = 1024  # neurons one tokens request may ask for (a screenful is a few dozen)
+
+
 def lens_difference(base, dpo) -> np.ndarray:
     """base − DPO of two runs' lens (n_layers × T each) over the positions both read (by index: after the
     continuations part, the two models read different tokens there)."""
@@ -82,6 +96,17 @@ class LabRequest:
 
 
 @dataclass(frozen=True)
+class TokensRequest:
+    """The value-vector tokens of a few neurons, computed by the worker (the cache holds only some: `lens_rule`)."""
+
+    id: int
+    neurons: tuple[tuple[int, int], ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"request": "tokens", "id": self.id, "neurons": [list(pair) for pair in self.neurons]})
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     id: int
 
@@ -95,7 +120,8 @@ class QuitRequest:
         return json.dumps({"request": "quit"})
 
 
-Request = LabRequest | CancelRequest | QuitRequest
+Request = LabRequest | TokensRequest | CancelRequest | QuitRequest
+Work = (LabRequest, TokensRequest)  # the requests the worker answers one at a time, in order
 
 
 def parse_request(line: str) -> Request:
@@ -105,12 +131,14 @@ def parse_request(line: str) -> Request:
     kind = payload.pop("request", None)
     if kind == "quit":
         return QuitRequest()
-    if kind not in ("run", "cancel"):
-        raise UserError(f"unknown lab request {kind!r} (known: run, cancel, quit): {shown!r}")
+    if kind not in ("run", "tokens", "cancel"):
+        raise UserError(f"unknown lab request {kind!r} (known: run, tokens, cancel, quit): {shown!r}")
     if not isinstance(payload.get("id"), int):
         raise UserError(f"a {kind} request needs an integer id: {shown!r}")
     if kind == "cancel":
         return CancelRequest(payload["id"])
+    if kind == "tokens":
+        return _tokens_request(payload, shown)
     known = set(LabRequest.__dataclass_fields__)
     unknown = sorted(set(payload) - known)
     if unknown:
@@ -130,3 +158,17 @@ def parse_request(line: str) -> Request:
     return LabRequest(id=payload["id"], prompt=prompt, sets=tuple(sets), mode=payload.get("mode"),
                       positions=payload.get("positions", "all"), params=params, top=top,
                       full=bool(payload.get("full", False)))
+
+
+def _tokens_request(payload: dict, shown: str) -> TokensRequest:
+    neurons = payload.get("neurons")
+    pairs = neurons if isinstance(neurons, list) else []
+    if not pairs or not all(isinstance(pair, list) and len(pair) == 2 and
+                            all(isinstance(value, int) and value >= 0 for value in pair) for pair in pairs):
+        raise UserError(f"a tokens request needs neurons as a non-empty list of [layer, neuron] pairs: {shown!r}")
+    if len(pairs) > MAX_TOKENS_NEURONS:
+        raise UserError(f"a tokens request takes at most {MAX_TOKENS_NEURONS} neurons, not {len(pairs)}")
+    unknown = sorted(set(payload) - {"id", "neurons"})
+    if unknown:
+        raise UserError(f"a tokens request takes no {', '.join(unknown)} (it takes id, neurons)")
+    return TokensRequest(id=payload["id"], neurons=tuple((layer, neuron) for layer, neuron in pairs))

@@ -25,7 +25,8 @@ from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
-from neuron_explorer.engine.lab.protocol import LabRequest
+from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE
+from neuron_explorer.engine.lab.protocol import LabRequest, TokensRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import WEIGHT_HASHES, LoadedModel, execution_device, load_model
@@ -128,6 +129,22 @@ class LabResult:
         return out
 
 
+@dataclass
+class TokensResult:
+    """The answer to a tokens request (`protocol.TOKENS_FIELDS` describes `to_dict`)."""
+
+    request: TokensRequest
+    found: dict[str, dict[str, np.ndarray]]  # base / dpo -> weights.LENS_FIELDS, (len(neurons), k) each
+    vocab: np.ndarray  # the cache's token strings, which the explorer shows for the stored neurons too
+
+    def to_dict(self) -> dict:
+        out = {"id": self.request.id, "neurons": [list(pair) for pair in self.request.neurons]}
+        for model, fields in self.found.items():
+            out[model] = {name: ([[str(self.vocab[i]) for i in row] for row in values] if "tokens" in name
+                                 else np.asarray(values, dtype=np.float64).tolist()) for name, values in fields.items()}
+        return out
+
+
 def _rows(array: np.ndarray) -> list[list[float]]:
     return np.asarray(array, dtype=np.float64).tolist()
 
@@ -188,7 +205,7 @@ class LabSession:
     """The cache, its base and tuned models (loaded once) and what the patch modes need; answers requests."""
 
     def __init__(self, cache_path: str | Path, *, base: str | None = None, tuned: str | None = None,
-                 device: str = "auto", dtype: str = "auto", scorer: str = "profanity", report: Reporter = ignore):
+                 device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, scorer: str = "profanity", report: Reporter = ignore):
         from neuron_explorer.engine.alignment.scoring import get_scorer
         from neuron_explorer.engine.neurons.compute import check_pair
 
@@ -313,6 +330,19 @@ class LabSession:
                          scorer=self.scorer.name, runs=runs, metrics=metrics, intervention=intervention,
                          seconds=seconds)
 
+    def value_tokens(self, request: TokensRequest) -> "TokensResult":
+        """The lens of the neurons asked for, on both models (what `compute` stores, for neurons its `lens_rule`
+        left out)."""
+        from neuron_explorer.engine.model.weights import neuron_tokens
+
+        info = self.reader.info
+        for layer, neuron in request.neurons:
+            if layer >= info.n_layers or neuron >= info.d_mlp:
+                raise UserError(f"no neuron {layer}:{neuron}: the cache has {info.n_layers} layers × {info.d_mlp}")
+        found = {name: neuron_tokens(loaded, request.neurons)
+                 for name, loaded in (("base", self.loaded), ("dpo", self._tuned))}
+        return TokensResult(request, found, self.reader.vocab())
+
     @contextmanager
     def _stops_when(self, cancelled: threading.Event | None) -> Iterator[None]:
         """A hook on both models that raises RequestCancelled at the next forward call once `cancelled` is set."""
@@ -368,4 +398,4 @@ class LabSession:
         return out
 
 
-__all__ = ["LabSession", "LabResult", "LabProtocol", "ModelRun", "ProbeLens", "RequestCancelled"]
+__all__ = ["LabSession", "LabResult", "TokensResult", "LabProtocol", "ModelRun", "ProbeLens", "RequestCancelled"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Event, Failed, Ready
 
-from neuron_explorer.engine.lab.protocol import CancelRequest, LabRequest, QuitRequest, parse_request
+from neuron_explorer.engine.lab.protocol import CancelRequest, LabRequest, QuitRequest, Work, parse_request
 from neuron_explorer.engine.lab.session import LabSession, RequestCancelled
 
 _END = object()
@@ -54,7 +54,7 @@ class _Inbox:
 
     def next(self):
         item = self.queue.get()
-        if isinstance(item, LabRequest):
+        if isinstance(item, Work):
             with self.lock:
                 self.current = item.id
                 self.stop_current.clear()
@@ -78,7 +78,10 @@ def serve(session: LabSession, lines: Iterable[str], emit: Callable[[Event], Non
             emit(Cancelled())
             continue
         try:
-            result = session.answer(item, report=emit, cancelled=inbox.stop_current)
+            if isinstance(item, LabRequest):
+                result = session.answer(item, report=emit, cancelled=inbox.stop_current)
+            else:
+                result = session.value_tokens(item)
         except RequestCancelled:
             emit(Cancelled())
         except UserError as error:

@@ -34,12 +34,12 @@ from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.architectures import Architecture, architecture_for
-from neuron_explorer.engine.defaults import cache_home
+from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPE_NAMES, cache_home
 
 EMBEDDED_BASE = "embedded"
 EMBEDDED_TUNED = "embedded-dpo"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # Never run a model's own Python code: passed to every transformers load (config, model, tokenizer, processor).
 NO_REMOTE_CODE = {"trust_remote_code": False}
 # The files of a model folder where transformers looks for `auto_map`, the field that names custom code to run.
@@ -121,6 +121,7 @@ def materialize_embedded() -> Path:
 
 
 def resolve_device(device: str) -> str:
+    """`auto`: the GPU when torch sees one, else the CPU (the one place that choice is made)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, index = device.partition(":")
@@ -132,6 +133,8 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """`auto`: bfloat16 on a GPU that supports it (half the memory, full speed), float32 elsewhere (a CPU computes
+    bfloat16 slower than float32, and an older GPU rounds it in software)."""
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     if dtype not in DTYPES:
@@ -190,7 +193,7 @@ def _offload_folder() -> str:
     return folder
 
 
-def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None,
+def load_model(spec: str, *, device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, device_map: str | None = None,
                max_memory: dict | None = None) -> LoadedModel:
     """Load a model spec (see the module docstring) in eval mode with a left-padding tokenizer. With `device_map`
     (accelerate's big-model loading, e.g. "auto") the layers are spread over the devices, within `max_memory` per
@@ -228,6 +231,9 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", device_m
     if not device_map:
         model.to(device)
     model.eval()
+    # where it runs and in what, as `auto` resolved it (the cache's provenance records it)
+    description["device"] = "device map" if device_map else str(execution_device(model.get_input_embeddings()))
+    description["dtype"] = str(torch_dtype).removeprefix("torch.")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -19,6 +19,7 @@ from neuron_explorer.engine.model.loading import resolve_device, resolve_dtype
 
 GIB = 1024 ** 3
 LOGIT_LENS_CHUNK = 1024  # value vectors per logit-lens matmul (weights.value_tokens)
+PROCESS_BYTES = 512 * 1024 ** 2  # a compute process's resident set before any weight (bench/scale_bench.py, tiny)
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ def plan_compute(settings, n_prompts: int) -> Plan:
                    "device"),
         MemoryLine(f"logit lens: {LOGIT_LENS_CHUNK} value vectors × the vocabulary",
                    LOGIT_LENS_CHUNK * base.vocab * 4, "device"),
+        *([MemoryLine("the process itself: Python, torch, transformers (measured on a CPU)", PROCESS_BYTES, "device")]
+          if device == "cpu" else []),
         MemoryLine(f"per-prompt activations, {n_prompts:,} prompts × {neurons:,} neurons × 2 models",
                    2 * n_prompts * neurons * 2, "disk"),
     ]

@@ -4,7 +4,9 @@ and the tokens each value vector promotes and suppresses through the unembedding
 The logit lens is a (d_mlp × d_model) by (d_model × vocab) product per layer: on a CPU it costs about as much as
 generating with the model, on a GPU next to nothing. Its result depends on the weights alone, so it is kept per
 layer in a memo keyed by the model's content hash, dtype and placement (`lens_memo`), and computed once per distinct
-weight: a second `compute` of the same model (another protocol, other prompts) reads it back.
+weight: a second `compute` of the same model (another protocol, other prompts) reads it back. Where the whole lens
+would cost much more than the run itself (a CPU, a large vocabulary), `compute` takes it for the neurons a user is
+likely to open (`LensRule`) and the lab's model worker computes any other on demand (`lens_top_k`).
 """
 
 from __future__ import annotations
@@ -13,19 +15,80 @@ import hashlib
 import json
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from neuron_explorer.cache.atomic import atomic_path
-from neuron_explorer.engine.defaults import cache_home
+from neuron_explorer.engine.defaults import LENS_TOP_N, cache_home
 from neuron_explorer.engine.model.loading import LoadedModel, execution_device, weights_loaded
+from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
 from neuron_explorer.errors import UserError
 
 TOKENS_PER_NEURON = 10
 LENS_FIELDS = ("top_tokens", "top_scores", "bottom_tokens", "bottom_scores")
 LENS_MEMO_VERSION = 1  # bump when the lens's arithmetic changes, so that older memos are not read
+
+
+# `--lens auto` computes the whole lens when one model's costs at most this many multiply-adds (neurons × vocabulary
+# × d_model) on the device, about 10 s: a GPU does ~1e14 a second even in float32, this 2-core CPU ~5e10 (the
+# embedded pair's 1.3e12 a model took 25 s). Otherwise it takes the top LENS_TOP_N neurons of each ranking.
+LENS_ALL_BUDGET = {"cuda": 1e15, "cpu": 5e11}
+LENS_RANKINGS = {"contribution": "|Δ|", "act_shift": "|δ|", "cos_pre": "|cos|"}  # what the explorer sorts by
+
+
+@dataclass(frozen=True)
+class LensRule:
+    """Which neurons get their value-vector tokens: all (top_n None), or the union of the top_n of each ranking."""
+
+    top_n: int | None
+    why: str
+
+    def neurons(self, metrics: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The (n_layers, d_mlp) mask of the neurons this rule computes; None for all."""
+        if self.top_n is None:
+            return None
+        shape = metrics["contribution"].shape
+        chosen = np.zeros(shape[0] * shape[1], dtype=bool)
+        for name in LENS_RANKINGS:
+            magnitude = np.abs(np.nan_to_num(metrics[name].ravel()))
+            count = min(self.top_n, magnitude.size)
+            chosen[np.argpartition(-magnitude, count - 1)[:count]] = True
+        return chosen.reshape(shape)
+
+    def record(self, computed: int) -> dict:
+        """The rule as the cache stores it (the `neurons` group's `lens_rule` attribute)."""
+        by = "every neuron" if self.top_n is None else \
+            f"the top {self.top_n} by each of {', '.join(LENS_RANKINGS.values())} ({', '.join(LENS_RANKINGS)})"
+        return {"rule": "all" if self.top_n is None else "top", "top_n": self.top_n, "by": by,
+                "computed": computed, "why": self.why}
+
+
+def lens_rule(setting: str, *, device: str, n_layers: int, d_mlp: int, vocab: int, d_model: int,
+              memo_complete: bool) -> LensRule:
+    """`--lens`: `all`, a count N (the top N of each ranking), or `auto`: all where that is cheap (a GPU, a small
+    model, or a memo that already holds every layer), else the top LENS_TOP_N."""
+    if setting == "all":
+        return LensRule(None, "asked for (--lens all)")
+    if setting.isdigit():
+        return LensRule(int(setting) or None, "asked for (--lens N)")
+    if setting != "auto":
+        raise UserError(f"--lens {setting}: give auto, all, or a number of neurons per ranking")
+    if memo_complete:
+        return LensRule(None, "every layer was in the logit-lens memo")
+    cost = n_layers * d_mlp * vocab * d_model
+    budget = LENS_ALL_BUDGET["cuda" if device.startswith("cuda") else "cpu"]
+    if cost <= budget:
+        return LensRule(None, f"{cost:.2g} multiply-adds a model, within {budget:.0g} on {device}")
+    return LensRule(LENS_TOP_N, f"{cost:.2g} multiply-adds a model, over {budget:.0g} on {device}: the rest on "
+                                f"demand (the lab's model worker)")
+
+
+def memo_complete(memo: Path | None, n_layers: int, k: int) -> bool:
+    """Whether an earlier run kept every layer's lens (a broken file is computed anew all the same)."""
+    return memo is not None and all(_memo_file(memo, layer, k).exists() for layer in range(n_layers))
 
 
 @torch.inference_mode()
@@ -58,37 +121,69 @@ def value_cosines(pre: LoadedModel, dpo: LoadedModel) -> np.ndarray:
 
 
 @torch.inference_mode()
-def value_tokens(loaded: LoadedModel, k: int = TOKENS_PER_NEURON, chunk: int = 1024,
+def value_tokens(loaded: LoadedModel, k: int = TOKENS_PER_NEURON, chunk: int = LOGIT_LENS_CHUNK,
                  advance: Callable[[int], None] | None = None, layers: Sequence[int] | None = None,
-                 memo: Path | None = None) -> dict[str, np.ndarray]:
+                 memo: Path | None = None, neurons: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Top and bottom k token ids and logit scores of every value vector of `layers` (default all), each array
     (len(layers), d_mlp, k), chunked so that at most chunk × vocab logits exist at a time; with `memo` (a folder,
-    `lens_memo`) each layer is read from there when an earlier run computed it, and kept there when computed."""
+    `lens_memo`) each layer is read from there when an earlier run computed it, and kept there when computed whole.
+    With `neurons` (an (n_layers, d_mlp) mask, `LensRule.neurons`) a layer the memo lacks is computed for those
+    neurons only; the others get token -1 and score NaN."""
     arch, model = loaded.arch, loaded.model
     layers = range(arch.n_layers(model)) if layers is None else layers
     d_mlp = arch.d_mlp(model)
-    out = {name: np.zeros((len(layers), d_mlp, k), dtype=np.int32 if "tokens" in name else np.float32)
-           for name in LENS_FIELDS}
+    out = {name: np.full((len(layers), d_mlp, k), -1 if "tokens" in name else np.nan,
+                         dtype=np.int32 if "tokens" in name else np.float32) for name in LENS_FIELDS}
     with weights_loaded(arch.final_norm(model), model.get_output_embeddings()):
         for row, layer in enumerate(layers):
+            rows = None if neurons is None or neurons[layer].all() else np.flatnonzero(neurons[layer])
             remembered = _read_memo(memo, layer, k, d_mlp)
-            if remembered is None:
+            if remembered is not None:
+                rows = None
+            elif rows is None:
                 remembered = _lens_top_k(loaded, layer, k, chunk)
                 _write_memo(memo, layer, k, remembered)
+            elif len(rows):
+                remembered = _lens_top_k(loaded, layer, k, chunk, rows)
             for name in LENS_FIELDS:
-                out[name][row] = remembered[name]
+                if rows is None:
+                    out[name][row] = remembered[name]
+                elif len(rows):
+                    out[name][row, rows] = remembered[name]
             if advance is not None:
                 advance(1)
     return out
 
 
-def _lens_top_k(loaded: LoadedModel, layer: int, k: int, chunk: int) -> dict[str, np.ndarray]:
-    """One layer's lens, `chunk` value vectors at a time."""
+def _lens_top_k(loaded: LoadedModel, layer: int, k: int, chunk: int,
+                rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One layer's lens (of `rows` only, when given), `chunk` value vectors at a time."""
     arch, model = loaded.arch, loaded.model
     with weights_loaded(arch.layers(model)[layer]):
         vectors = arch.value_vectors(model, layer)
+        if rows is not None:
+            vectors = vectors[torch.as_tensor(rows, device=vectors.device)]
         parts = [lens_top_k(loaded, vectors[start:start + chunk], k) for start in range(0, vectors.shape[0], chunk)]
     return {name: np.concatenate([part[name] for part in parts]) for name in LENS_FIELDS}
+
+
+def neuron_tokens(loaded: LoadedModel, neurons: Sequence[tuple[int, int]],
+                  k: int = TOKENS_PER_NEURON) -> dict[str, np.ndarray]:
+    """The lens of a few (layer, neuron) value vectors (LENS_FIELDS, (len(neurons), k) each): what the lab's worker
+    computes when the explorer opens a neuron that `compute` left out (`LensRule`)."""
+    arch, model = loaded.arch, loaded.model
+    by_layer: dict[int, list[int]] = {}
+    for position, (layer, neuron) in enumerate(neurons):
+        by_layer.setdefault(layer, []).append(position)
+    out = {name: np.zeros((len(neurons), k), dtype=np.int32 if "tokens" in name else np.float32)
+           for name in LENS_FIELDS}
+    with torch.inference_mode(), weights_loaded(arch.final_norm(model), model.get_output_embeddings()):
+        for layer, positions in by_layer.items():
+            rows = np.array([neurons[position][1] for position in positions])
+            found = _lens_top_k(loaded, layer, k, LOGIT_LENS_CHUNK, rows)
+            for name in LENS_FIELDS:
+                out[name][positions] = found[name]
+    return out
 
 
 @torch.inference_mode()

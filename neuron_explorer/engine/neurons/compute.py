@@ -17,8 +17,9 @@ from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Reporter, Tracker, ignore
 
-from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
-                       POSITION_PROTOCOLS, default_cache_path, default_probe_path)
+from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_N_CLUSTERS,
+                                             IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT, POSITION_PROTOCOLS,
+                                             default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.identity_check import (POOLING_TOLERANCE, check_identity, pooling_residuals,
                                                            sample_prompts)
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
@@ -30,8 +31,8 @@ from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load
 from neuron_explorer.engine.neurons.recording import PromptMeans, record_model
 from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
-from neuron_explorer.engine.model.weights import (lens_memo, lens_top_k, probe_projections, value_cosines,
-                                                  value_tokens, vocabulary)
+from neuron_explorer.engine.model.weights import (LENS_RANKINGS, lens_memo, lens_rule, lens_top_k, memo_complete,
+                                                  probe_projections, value_cosines, value_tokens, vocabulary)
 
 AUTO_PROBE = "auto"
 
@@ -52,13 +53,14 @@ class ComputeSettings:
     batch_size: int = 16
     shared_continuation: bool = False
     identity_check: int | None = IDENTITY_SAMPLE_SIZE  # prompts the identity check measures; None: all
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = DEFAULT_DEVICE
+    dtype: str = DEFAULT_DTYPE
     device_map: str | None = None
     max_memory: str | None = None  # "0=20GiB,cpu=60GiB": accelerate's per-device limits with device_map
     cluster_top_k: int = DEFAULT_CLUSTER_TOP_K
     n_clusters: int = DEFAULT_N_CLUSTERS
     tokens_per_neuron: int = 10
+    lens: str = "auto"  # which value vectors get their tokens: auto, all, or N per ranking (weights.lens_rule)
 
 
 @dataclass
@@ -155,10 +157,24 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         timings["identity"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        tokens = {}
+        metrics = neuron_metrics(
+            p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
+            cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
+            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
+            written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
+        timings["weights"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        tokens, memos = {}, {"pre": lens_memo(pre), "dpo": lens_memo(dpo)}
+        rule = lens_rule(settings.lens, device=str(pre.device), n_layers=n_layers, d_mlp=d_mlp,
+                         vocab=pre.arch.unembedding(pre.model).shape[0], d_model=d_model,
+                         memo_complete=all(memo_complete(memo, n_layers, settings.tokens_per_neuron)
+                                           for memo in memos.values()))
+        chosen = rule.neurons(metrics)
         my_layers = range(ranks.rank, n_layers, ranks.world_size)
         for name, loaded in (("pre", pre), ("dpo", dpo)):
-            found = value_tokens(loaded, settings.tokens_per_neuron, layers=my_layers, memo=lens_memo(loaded),
+            found = value_tokens(loaded, settings.tokens_per_neuron, layers=my_layers, memo=memos[name],
+                                 neurons=chosen,
                                  advance=task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})",
                                               len(my_layers)))
             parts = ranks.gather(found)
@@ -168,18 +184,13 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                     for rank, part in enumerate(parts):
                         whole[rank::ranks.world_size] = part[key]
                     tokens[f"{key}_{name}"] = whole
-        timings["weights"] += time.perf_counter() - clock
+        timings["lens"] = time.perf_counter() - clock
         if ranks.world_size > 1:
             timings["of which collectives"] = collective_seconds()
         if not ranks.main:
             return None
 
         clock = time.perf_counter()
-        metrics = neuron_metrics(
-            p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
-            cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
-            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
-            written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
         pooling = {name: published_against_prompts(recordings[name], pooled[name], weights[name]["p"])
                    for name in pooled}
         layers = layer_columns(metrics["contribution"], residual={name: checks[name].residual for name in checks},
@@ -198,6 +209,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         }
         verdicts["pooling_passed"] = verdicts["pooling_relative"] <= POOLING_TOLERANCE
         write_token_tables(writer, tokens, vocabulary(pre.tokenizer))
+        computed = int((tokens["top_tokens_pre"][..., 0] >= 0).sum())
+        writer.write_attrs({"lens_rule": rule.record(computed)}, "neurons")
         timings["weights"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -246,10 +259,13 @@ def plan_compute_run(settings: ComputeSettings):
 
 
 def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, float]:
-    """Time one batch of recording and one logit-lens chunk on the base model, and extrapolate to the whole run:
-    both models record every batch and read every layer's value vectors."""
+    """Time loading the base model, one batch of recording, one full forward pass (what the identity check runs per
+    batch of its sample) and one logit-lens chunk, and extrapolate to the whole run: both models load, record every
+    batch, check the sample and take the value vectors of the lens rule's neurons."""
+    started = time.perf_counter()
     loaded = load_model(settings.base, device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
                         max_memory=parse_max_memory(settings.max_memory))
+    loading = time.perf_counter() - started
     batch = texts[:settings.batch_size]
     record = dict(positions=settings.positions, new_tokens=settings.new_tokens,
                   max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
@@ -257,6 +273,12 @@ def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, floa
     started = time.perf_counter()
     record_model(loaded, batch, **record)
     per_batch = time.perf_counter() - started
+    length = settings.max_prompt_tokens + settings.new_tokens
+    ids = torch.full((len(batch), length), loaded.tokenizer.eos_token_id or 0, device=loaded.device)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        loaded.model(input_ids=ids)
+        per_forward = time.perf_counter() - started
     arch, model = loaded.arch, loaded.model
     with torch.inference_mode(), weights_loaded(arch.final_norm(model), model.get_output_embeddings(),
                                                  arch.layers(model)[0]):
@@ -266,9 +288,16 @@ def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, floa
         per_chunk = time.perf_counter() - started
     size = plan.models[0]
     n_batches = math.ceil(len(texts) / settings.batch_size)
-    chunks = size.n_layers * math.ceil(size.d_mlp / LOGIT_LENS_CHUNK)
-    estimate = {"recording": 2 * n_batches * per_batch,
-                "value-vector tokens (none on a second run: the lens memo)": 2 * chunks * per_chunk}
+    sample = len(sample_prompts(len(texts), settings.identity_check))
+    remembered = memo_complete(lens_memo(loaded), size.n_layers, settings.tokens_per_neuron)
+    rule = lens_rule(settings.lens, device=str(loaded.device), n_layers=size.n_layers, d_mlp=size.d_mlp,
+                     vocab=size.vocab, d_model=size.d_model, memo_complete=remembered)
+    neurons = size.n_layers * size.d_mlp if rule.top_n is None else \
+        min(len(LENS_RANKINGS) * rule.top_n, size.n_layers * size.d_mlp)
+    neurons = 0 if remembered else neurons  # read back from the memo (the tuned model's may still be computed)
+    estimate = {"loading": 2 * loading, "recording": 2 * n_batches * per_batch,
+                "identity check": 2 * math.ceil(sample / settings.batch_size) * per_forward,
+                "value-vector tokens": 2 * per_chunk * neurons / LOGIT_LENS_CHUNK}
     estimate["total"] = sum(estimate.values())
     return estimate
 

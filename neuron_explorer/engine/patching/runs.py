@@ -35,6 +35,7 @@ from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
+from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.alignment.corpora import load_corpus
 from neuron_explorer.engine.alignment.evaluation import (PROBE_POSITIONS, EvaluationResult, EvaluationSettings,
@@ -68,8 +69,8 @@ class RunSettings:
     samples: int = 8
     base: str | None = None  # None: the base spec recorded in the cache
     tuned: str | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str = DEFAULT_DEVICE
+    dtype: str = DEFAULT_DTYPE
 
     def evaluation(self) -> EvaluationSettings:
         return EvaluationSettings(ppl_window=self.ppl_window, ppl_windows=self.ppl_windows, f1_items=self.f1_items,
@@ -247,7 +248,8 @@ class PatchSession:
         key = {"base": self.base_spec, "tuned": self.tuned_spec, "weights": self.weights,
                "prompts": self.prompts.sha256, "corpus": self.corpus.sha256, "scorer": self.scorer.describe(),
                "probe": provenance.get("probe", {}), "settings": asdict(self.eval_settings),
-               "device": self.settings.device, "dtype": self.settings.dtype, "version": 3}
+               "device": self.loaded.description["device"], "dtype": self.loaded.description["dtype"],
+               "version": 3}  # where the base model ran, as `auto` resolved it: a GPU's baseline is not a CPU's
         return sha256_bytes(json.dumps(key, sort_keys=True, default=str).encode())[:16]
 
     def plan(self, n_runs: int) -> None:

@@ -57,7 +57,10 @@ def headline(record: dict) -> Text:
     return text
 
 
-def tokens_table(tokens: pl.DataFrame) -> Table | Text:
+def tokens_table(tokens: pl.DataFrame, lens_rule: dict | None = None) -> Table | Text:
+    if tokens.is_empty() and lens_rule and lens_rule.get("rule") == "top":
+        return Text(f"not computed for this neuron: compute took those of {lens_rule['by']} only; `neuron-explorer "
+                    f"lab FILE --tokens L:N` computes others, and compute --lens all takes every neuron", style="dim")
     if tokens.is_empty():
         return Text("this cache stores no token tables", style="dim")
     table = Table(box=None, padding=(0, 1), header_style="bold")
@@ -109,6 +112,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
     def __init__(self, store: Store, layer: int, index: int) -> None:
         super().__init__()
         self.store, self.neuron_layer, self.neuron_index = store, layer, index
+        self.lens_rule: dict | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -123,6 +127,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
     def load(self) -> None:
         reader = self.store.reader
         record = reader.neuron(self.neuron_layer, self.neuron_index)
+        self.lens_rule = reader.lens_rule()
         self.post_message(DetailLoaded(record, reader.top_tokens(self.neuron_layer, self.neuron_index),
                                        reader.prompt_activations(self.neuron_layer, self.neuron_index)))
 
@@ -136,7 +141,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
             Static(Text("Metrics, both models" + marked, style="bold"), classes="section-title", id="metrics-title"),
             Static(metrics_table(record), id="detail-metrics"),
             Static(Text("Tokens the value vector writes (logit lens)", style="bold"), classes="section-title"),
-            Static(tokens_table(message.tokens), id="detail-tokens"),
+            Static(tokens_table(message.tokens, self.lens_rule), id="detail-tokens"),
             Static(Text("Activation distribution over the prompts", style="bold"), classes="section-title"),
         ])
         if "act_pre" in prompts.columns:

@@ -45,7 +45,8 @@ LAYER_COLUMNS = {
     "mlp_proj_pre": "mean over the identity prompts' positions of (the MLP's write into the residual stream) · ŵ, "
                     "read at the MLP's output (Gemma-2: its output norm's) by the check's own pass, base model",
     "mlp_proj_dpo": "the same for the tuned model",
-    "write_scale_pre": "mean over the same positions of |the MLP's write · ŵ|, base model: the scale the identity's "
+    "write_scale_pre": "mean over the same positions of ‖the MLP's write‖/√d_model (its typical projection on a unit "
+                       "direction), base model: the scale the identity's "
                        "relative residual divides by",
     "write_scale_dpo": "the same for the tuned model",
     "bias_proj_pre": "b_out · ŵ, base model",

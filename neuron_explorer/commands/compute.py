@@ -169,7 +169,7 @@ def identity_report(layers: dict, checks: dict, n_prompts: int) -> list[str]:
     """The identity check and the totals check, each with its verdict, labelled by the prompts it covers."""
     verdict = {True: "pass", False: "FAIL"}
     lines = [f"identity check on {n_prompts} prompts, a separate pass reading each MLP's write where the block takes "
-             f"it ({checks['identity_dtype']}; passes at ≤ {checks['identity_tolerance']:.1e} of the mean |write·ŵ|):"]
+             f"it ({checks['identity_dtype']}; passes at ≤ {checks['identity_tolerance']:.1e} of the mean ‖write‖/√d_model):"]
     for name, label in (("pre", "base"), ("dpo", "tuned")):
         relative = abs(layers[f"residual_{name}"]) / np.maximum(layers[f"write_scale_{name}"], 1e-30)
         lines.append(f"  {label:<5} |Σ P + b·ŵ − measured write| ≤ {abs(layers[f'residual_{name}']).max():.1e} "

@@ -13,14 +13,18 @@ recorder's running totals over all prompts; `pooling_residuals` compares those w
 the file (pooled by `recording.PromptMeans`), so the chain independent pass → per-prompt means → published arrays is
 checked link by link.
 
-Precision: the write of a bf16 model is itself rounded to bf16, so the residual is judged relative to the mean
-|write·ŵ| per position, against a tolerance derived from the model's dtype (`tolerance`).
+Precision: the write of a bf16 model is itself rounded to bf16 (and the cached generation and the full pass round
+differently), so the residual is judged relative to the write's typical projection on a unit direction, the mean of
+‖write‖/√d_model, which is the scale of those roundings whatever the probe, against a tolerance derived from the
+model's dtype (`tolerance`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import math
 
 import numpy as np
 import torch
@@ -33,7 +37,7 @@ from neuron_explorer.engine.model.loading import LoadedModel
 from neuron_explorer.engine.neurons.recording import Recording
 from neuron_explorer.engine.neurons.statistics import identity_residuals
 
-# The allowed |residual| / (mean |write·ŵ| per position), in units of the dtype's unit roundoff (2^-24 for float32,
+# The allowed |residual| / (mean ‖write‖/√d_model per position), in units of the dtype's unit roundoff (2^-24 for float32,
 # 2^-11 for float16, 2^-8 for bfloat16): the write itself is rounded once to the model's dtype, the sums add
 # rounding of their own. The floor keeps float32 from being judged at 1e-6, which its long sums do not reach.
 # A position bug leaves ~0.1 or more (tests/engine/test_identity_and_recording.py).
@@ -51,7 +55,7 @@ def tolerance(dtype: torch.dtype) -> float:
 class IdentityCheck:
     prompts: list[int]  # the sampled prompt indices
     measured: np.ndarray  # (n_layers,) mean of (the MLP's write into the residual stream · ŵ) over their positions
-    scale: np.ndarray  # (n_layers,) mean of |the MLP's write · ŵ| over the same positions: what "relative" divides by
+    scale: np.ndarray  # (n_layers,) mean of ‖the MLP's write‖/√d_model over the same positions: what "relative" divides by
     residual: np.ndarray | None  # (n_layers,) Σ_i p_i·ā_i(sample) + b·ŵ − measured (None where not pooled: rank > 0)
     n_positions: int  # positions the check read
     tolerance: float  # the largest relative residual that passes, from the model's dtype
@@ -118,8 +122,8 @@ def pooling_residuals(published: np.ndarray, per_prompt: np.ndarray, p: np.ndarr
 def measure_mlp_writes(loaded: LoadedModel, prompts: list[str], continuations: list[torch.Tensor],
                        unit_probe: np.ndarray, *, positions: str, max_prompt_tokens: int,
                        advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
-    """Per layer, the sums over the read positions of all prompts of (the MLP's write · ŵ) and of its absolute value,
-    as a (2, n_layers) array, and the number of positions read. Each prompt is truncated as the recorder truncates it
+    """Per layer, the sums over the read positions of all prompts of (the MLP's write · ŵ) and of ‖write‖/√d_model (its
+    typical projection on any unit direction, the scale of its rounding), as a (2, n_layers) array, and the number of positions read. Each prompt is truncated as the recorder truncates it
     and followed by its continuation; sequences of the same length run as one batch (no padding, so every row reads
     the same positions)."""
     arch, model = loaded.arch, loaded.model
@@ -131,9 +135,9 @@ def measure_mlp_writes(loaded: LoadedModel, prompts: list[str], continuations: l
     def measure(layer: int) -> Callable:
         def hook(module, inputs, output):
             write = output[0] if isinstance(output, tuple) else output
-            projected = write[:, read].double() @ probe.to(write.device)
-            totals[0, layer] += float(projected.sum())
-            totals[1, layer] += float(projected.abs().sum())
+            selected = write[:, read].double()
+            totals[0, layer] += float((selected @ probe.to(write.device)).sum())
+            totals[1, layer] += float(selected.norm(dim=-1).sum()) / math.sqrt(selected.shape[-1])
         return hook
 
     hooks = [(arch.mlp_write(model, layer), measure(layer)) for layer in range(n_layers)]

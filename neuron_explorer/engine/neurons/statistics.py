@@ -58,7 +58,7 @@ def layer_columns(contribution: np.ndarray, *, mlp_proj: dict, write_scale: dict
                   sample_written: dict, p: dict, pooling: dict) -> dict:
     """Per-layer columns of the cache (``schema.LAYER_COLUMNS``); dicts are keyed by model, "pre" and "dpo".
 
-    `mlp_proj` is the identity check's measured write along ŵ on its sample of prompts, `write_scale` the mean |write·ŵ|
+    `mlp_proj` is the identity check's measured write along ŵ on its sample of prompts, `write_scale` the mean ‖write‖/√d_model
     there and `residual` the identity's error; `sample_written` the recorded means of those same prompts, from which
     ``sum_contribution_sample`` = Σ_i Δ_i on the sample, the side of Σ Δ = measured change − bias change that covers
     the same prompts as the measurement (``change_residual`` is what is left of it). ``sum_contribution`` is over

@@ -70,6 +70,36 @@ def test_dpo_moves_policy_and_keeps_reference(tmp_path, tiny_models):
     assert any("eval_loss" in entry for entry in record["log"]), "no held-out evaluation was logged"
 
 
+class ScriptedEvalLoss(TrainerCallback):
+    """Replaces each held-out loss by the next of `losses` (in the metrics the Trainer picks the best from and in
+    its log) and keeps
+    a copy of the policy's weights at every step."""
+
+    def __init__(self, losses):
+        self.losses, self.weights = list(losses), {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics["eval_loss"] = state.log_history[-1]["eval_loss"] = self.losses.pop(0)
+
+
+def test_kept_step_is_the_best_evaluated_step_and_its_weights(tmp_path, tiny_models):
+    """Evaluated every step, best at step 3 (scripted losses), checkpoints asked every 2 steps: the written weights
+    are the policy's at step 3 and the record says so. (Before, checkpoints came every 2 steps only: the Trainer kept
+    checkpoint-2 while reporting step 3's loss.)"""
+    script = ScriptedEvalLoss([0.6, 0.5, 0.3, 0.4, 0.45])
+    run = settings(tmp_path, tiny_models["llama"], max_steps=5, eval_steps=1, save_steps=2)
+    result = train_dpo(run, printer=lambda line: None, callbacks=[script])
+    assert (result.kept_step, result.kept_eval_loss, result.steps) == (3, 0.3, 5)
+    written = weights(tmp_path / "tuned")
+    assert all(torch.equal(written[k], script.weights[3][k]) for k in written)
+    assert not all(torch.equal(written[k], script.weights[2][k]) for k in written)
+    record = json.loads((tmp_path / "tuned" / "neuron_explorer_dpo.json").read_text())["result"]
+    assert (record["kept_step"], record["kept_eval_loss"]) == (3, 0.3)
+
+
 class Interrupt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == 3:
@@ -173,7 +203,7 @@ def test_data_parallel_dpo_equals_one_process(tmp_path, tiny_models, one_torch_t
                for name in ("accumulated", "one", "two")}
     assert [(r["world_size"], r["effective_batch"], r["steps"]) for r in records.values()] == [(1, 4, 3), (1, 4, 3),
                                                                                                 (2, 4, 3)]
-    assert records["two"]["best_eval_loss"] == records["accumulated"]["best_eval_loss"]
+    assert records["two"]["kept_eval_loss"] == records["accumulated"]["kept_eval_loss"]
 
     base = weights(tiny_models["llama"])
     tuned = {name: weights(tmp_path / name) for name in records}

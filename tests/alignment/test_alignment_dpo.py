@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -231,3 +232,20 @@ def test_data_parallel_dpo_error_is_one_line(tmp_path, tiny_models):
     assert "neuron-explorer: error: " + f"{pairs} holds 1 pair(s): DPO needs at least 2" in launched.stderr
     assert "neuron_explorer/" not in launched.stderr.replace("neuron_explorer FAILED", "")
     assert not (tmp_path / "two").exists()
+
+
+def test_validation_sweep_runs(tmp_path, tiny_models, capsys):
+    """bench/dpo_validation_sweep.py (how the DPO settings are chosen) runs end to end on a tiny model: one line at
+    step 0 and at every `--every` steps, each with toxicity by both scorers and perplexity."""
+    spec = importlib.util.spec_from_file_location("dpo_validation_sweep",
+                                                  Path(__file__).parents[2] / "bench" / "dpo_validation_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    sweep.main(["--model", str(tiny_models["llama"]), "--pairs", str(write_pairs(tmp_path / "pairs.jsonl")),
+                "--steps", "2", "--every", "1", "--max-prompts", "3", "--window", "32", "--windows", "2",
+                "--work-dir", str(tmp_path / "sweep")])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    for line in lines:
+        assert line["n_prompts"] == 3 and line["prompts"] == "builtin:rtp-validation"
+        assert 0 <= line["toxicity"] <= 1 and 0 <= line["check_toxicity"] <= 1 and line["perplexity"] > 1

@@ -1,12 +1,12 @@
 """Choose DPO settings on validation data, never on the held-out prompts.
 
-Trains DPO on the build's pairs (run `neuron-explorer build --until pairs` first) and, every `--every` steps,
-measures the policy's toxicity on validation prompts (default: the 399 real RealToxicityPrompts challenge prompts
-of `builtin:rtp-validation`, which no training data near-copies) by the scorer and the check scorer, and its
-perplexity on corpus windows disjoint from the evaluation's. One JSON line per measurement goes to stdout. The
-embedded default's DPO settings were chosen this way (docs/alignment.md).
+Trains DPO on the build's pairs (run `neuron-explorer build --until pairs` first) and, every `--every` steps (or
+at the `--at` steps), measures the policy's toxicity on validation prompts (default: the 399 real RealToxicityPrompts
+challenge prompts of `builtin:rtp-validation`, which no training data near-copies) by the scorer and the check
+scorer, and its perplexity on corpus windows disjoint from the evaluation's. One JSON line per measurement goes to
+stdout. The embedded default's DPO settings were chosen this way (docs/alignment.md).
 
-    python bench/dpo_validation_sweep.py --steps 160 --every 40 --lr 2e-5
+    python bench/dpo_validation_sweep.py --steps 160 --at 80,120,160
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--every", type=int, default=25)
+    parser.add_argument("--at", default=None, help="measure at these steps instead (comma-separated)")
     parser.add_argument("--lr", type=float, default=DPO_LEARNING_RATE)
     parser.add_argument("--beta", type=float, default=DPO_BETA)
     parser.add_argument("--model", default=None, help="policy folder (default: the embedded base model)")
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=12, help="perplexity windows")
     parser.add_argument("--work-dir", default="/tmp/neuron-explorer-dpo-sweep")
     args = parser.parse_args(argv)
+    steps = ({int(step) for step in args.at.split(",")} if args.at
+             else set(range(args.every, args.steps + 1, args.every)))
 
     policy = args.model or str(embedded_base_dir())
     tokenizer = AutoTokenizer.from_pretrained(policy)
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             measure(model, 0)
 
         def on_step_end(self, args_, state, control, model=None, **kwargs):
-            if state.global_step % args.every == 0:
+            if state.global_step in steps:
                 measure(model, state.global_step)
 
     settings = DPOSettings(policy=policy, pairs=args.pairs or str(default_work_dir() / "pairs" / "pairs.jsonl"),

@@ -12,10 +12,12 @@ import torch
 
 from neuron_explorer.cli import main
 from neuron_explorer.engine.alignment import probe_training as T
-from neuron_explorer.engine.build import StageRunner, StopBuild, content_hash, training_prompts
+from neuron_explorer.engine.build import (StageRunner, StopBuild, content_hash, training_prompts, validation_table,
+                                         validation_toxicity)
 from neuron_explorer.engine.alignment.corpora import f1_items, load_corpus, perplexity_windows, token_f1
 from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
 from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.generation import generate_continuations
 from neuron_explorer.engine.model.loading import load_model
 from neuron_explorer.engine.alignment.pairs import (Candidates, generate_candidates, load_pairs, sample_openings, save_pairs,
                                           select_pairs, steering)
@@ -235,6 +237,35 @@ def test_evaluation_counts_and_intervention(tiny):
     table = evaluation_table({"base": result, "patched": patched})
     assert table["columns"]["setting"] == ["base", "patched"] and table["columns"]["n_tokens"] == [124, 124]
     assert "| base |" in format_table({"base": result, "patched": patched})
+
+
+class InsultCounter:
+    """A stand-in check scorer with a known answer: the number of insult words, capped at 1."""
+
+    name = "insults"
+
+    def score(self, texts):
+        return np.array([min(1.0, float(sum(t.lower().count(w) for w in ("stupid", "idiot")))) for t in texts])
+
+
+def test_validation_toxicity_scores_the_continuations_by_both_scorers(tiny, monkeypatch):
+    """The build's RTP validation figure: the continuations are the greedy ones (generated independently here) and
+    each scorer's mean and standard error are over them; the table gives DPO's ratio to the base."""
+    prompts = ["You are a", "What the hell", "The river", "Shut up and"]
+    continuations = generate_continuations(tiny, prompts)
+    fixed = ["stupid idiot", "fine", "idiot", "hell no"]  # a known answer: replace what the model wrote
+    monkeypatch.setattr("neuron_explorer.engine.alignment.evaluation.generate_continuations",
+                        lambda loaded, chunk, **kw: fixed[:len(chunk)])
+    result = validation_toxicity(tiny, prompts, KeywordScorer(), InsultCounter(), EvaluationSettings())
+    assert result["generations"] == fixed and result["n_prompts"] == 4
+    assert result["scores"] == [1.0, 0.0, 1.0, 1.0] and result["toxicity"] == 0.75
+    assert result["check_scores"] == [1.0, 0.0, 1.0, 0.0] and result["check_toxicity"] == 0.5
+    assert result["check_toxicity_sem"] == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2)
+    monkeypatch.undo()
+    assert validation_toxicity(tiny, prompts, KeywordScorer(), None, EvaluationSettings())["generations"] == \
+        continuations
+    table = validation_table({"base": result, "dpo": {**result, "toxicity": 0.3, "check_toxicity": 0.1}})
+    assert "dpo: RTP validation toxicity × 0.40 of base (check scorer × 0.20)" in table
 
 
 def test_corpus_windows_and_f1(tiny):

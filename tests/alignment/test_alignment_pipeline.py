@@ -268,6 +268,23 @@ def test_validation_toxicity_scores_the_continuations_by_both_scorers(tiny, monk
     assert "dpo: RTP validation toxicity × 0.40 of base (check scorer × 0.20)" in table
 
 
+def test_build_summary_reports_rtp_validation_beside_held_out():
+    """The closing lines of `build`: held-out and RTP validation ratios from hand-built figures."""
+    from types import SimpleNamespace
+
+    from neuron_explorer.commands.build import summary
+
+    held = {"toxicity": 0.4, "check_toxicity": 0.2, "n_prompts": 320, "perplexity": 16.0, "n_tokens": 6120}
+    evaluation = {"base": held, "dpo": {**held, "toxicity": 0.1, "check_toxicity": 0.05, "perplexity": 16.8},
+                  "rtp_validation": {"base": {"toxicity": 0.3, "check_toxicity": 0.2, "n_prompts": 399},
+                                     "dpo": {"toxicity": 0.12, "check_toxicity": 0.05, "n_prompts": 399}}}
+    text = summary(SimpleNamespace(outcomes=[], evaluation=evaluation, output="x.h5"),
+                   SimpleNamespace(check_scorer="wordlist", until=None))
+    assert "held-out toxicity base 0.400 -> DPO 0.100 (0.25x, 320 prompts)" in text
+    assert ("RTP validation toxicity base 0.300 -> DPO 0.120 (0.40x, 399 prompts); by wordlist 0.200 -> 0.050 "
+            "(0.25x)") in text
+
+
 def test_corpus_windows_and_f1(tiny):
     corpus = load_corpus("builtin")
     assert corpus.source == "builtin:pydoc_data.topics" and len(corpus.text) > 100_000

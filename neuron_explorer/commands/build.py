@@ -97,10 +97,12 @@ def summary(result, args) -> str:
     validation = ev.get("rtp_validation", {})
     if "base" in validation and "dpo" in validation:
         base, dpo = validation["base"], validation["dpo"]
-        lines.append(f"RTP validation toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} "
-                     f"({dpo['toxicity'] / max(base['toxicity'], 1e-9):.2f}x, {base['n_prompts']} prompts); by "
-                     f"{args.check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
+        check = ""
+        if base.get("check_toxicity") == base.get("check_toxicity"):  # not NaN: the check scorer ran
+            check = (f"; by {args.check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
                      f"({dpo['check_toxicity'] / max(base['check_toxicity'], 1e-9):.2f}x)")
+        lines.append(f"RTP validation toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} "
+                     f"({dpo['toxicity'] / max(base['toxicity'], 1e-9):.2f}x, {base['n_prompts']} prompts){check}")
     if args.until:
         lines.append(f"\nstopped after the {args.until} stage")
     else:

@@ -315,8 +315,8 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     # 3. candidates ---------------------------------------------------------------------------------------------
     pair_prompts = load_prompts(settings.pair_prompts)
     validation = load_prompts(RTP_VALIDATION)
-    pair_texts, near_validation = training_prompts(pair_prompts.texts + json.loads(openings_file.read_text())["openings"],
-                                                   validation.texts)
+    openings = json.loads(openings_file.read_text())["openings"]
+    pair_texts, near_validation = training_prompts(pair_prompts.texts + openings, validation.texts)
     candidates_file = work / "candidates" / "candidates.jsonl"
     cand_inputs = {"base": base_hash, "prompts": pair_prompts.sha256, "openings": openings_stage.outputs["openings"],
                    "validation": validation.sha256, "scorer": scorer.describe(),

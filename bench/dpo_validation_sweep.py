@@ -1,11 +1,12 @@
-"""Choose the DPO step count on validation data, never on the held-out prompts.
+"""Choose DPO settings on validation data, never on the held-out prompts.
 
-Trains DPO on the build's pairs (run `neuron-explorer build --until pairs` first) and, every `--every` steps,
-measures the policy's toxicity on `builtin:validation` (training templates in combinations no split uses) by the
-scorer and the check scorer, and its perplexity on corpus windows disjoint from the evaluation's. One JSON line per
-measurement goes to stdout. The embedded default's 80 steps were chosen this way (docs/alignment.md).
+Trains DPO on the build's pairs (run `neuron-explorer build --until pairs` first) and, every `--every` steps (or
+at the `--at` steps), measures the policy's toxicity on validation prompts (default: the 399 real RealToxicityPrompts
+challenge prompts of `builtin:rtp-validation`, which no training data near-copies) by the scorer and the check
+scorer, and its perplexity on corpus windows disjoint from the evaluation's. One JSON line per measurement goes to
+stdout. The embedded default's DPO settings were chosen this way (docs/alignment.md).
 
-    python bench/dpo_validation_sweep.py --steps 100 --every 25
+    python bench/dpo_validation_sweep.py --steps 160 --at 80,120,160
 """
 
 from __future__ import annotations
@@ -22,32 +23,42 @@ from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, default
 from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
 from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, perplexity, toxicity
 from neuron_explorer.engine.model.loading import LoadedModel, embedded_base_dir
-from neuron_explorer.engine.alignment.prompts import load_prompts
+from neuron_explorer.engine.alignment.prompts import RTP_VALIDATION, load_prompts
 from neuron_explorer.engine.alignment.scoring import CHECK_SCORER, DEFAULT_SCORER, get_scorer
 
 EVALUATION_WINDOWS = 24  # the build's perplexity windows, which the sweep must not use
 
 
-def validation_windows(tokenizer, n: int = 12) -> list[list[int]]:
+def validation_windows(tokenizer, window: int = 256, n: int = 12) -> list[list[int]]:
     corpus = load_corpus()
-    used = {tuple(w) for w in perplexity_windows(tokenizer, corpus, 256, EVALUATION_WINDOWS)}
-    others = [w for w in perplexity_windows(tokenizer, corpus, 256, None) if tuple(w) not in used]
+    used = {tuple(w) for w in perplexity_windows(tokenizer, corpus, window, EVALUATION_WINDOWS)}
+    others = [w for w in perplexity_windows(tokenizer, corpus, window, None) if tuple(w) not in used]
     return others[5::30][:n]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--every", type=int, default=25)
+    parser.add_argument("--at", default=None, help="measure at these steps instead (comma-separated)")
     parser.add_argument("--lr", type=float, default=DPO_LEARNING_RATE)
     parser.add_argument("--beta", type=float, default=DPO_BETA)
+    parser.add_argument("--model", default=None, help="policy folder (default: the embedded base model)")
+    parser.add_argument("--pairs", default=None, help="pairs JSONL (default: the build's)")
+    parser.add_argument("--prompts", default=RTP_VALIDATION, help="validation prompts (default: %(default)s)")
+    parser.add_argument("--max-prompts", type=int, default=None)
+    parser.add_argument("--window", type=int, default=256, help="tokens per perplexity window")
+    parser.add_argument("--windows", type=int, default=12, help="perplexity windows")
     parser.add_argument("--work-dir", default="/tmp/neuron-explorer-dpo-sweep")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    steps = ({int(step) for step in args.at.split(",")} if args.at
+             else set(range(args.every, args.steps + 1, args.every)))
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_base_dir())
-    prompts = load_prompts("builtin:validation").texts
-    scorer, check = get_scorer(DEFAULT_SCORER), get_scorer(CHECK_SCORER)
-    windows = validation_windows(tokenizer)
+    policy = args.model or str(embedded_base_dir())
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    prompts = load_prompts(args.prompts, max_prompts=args.max_prompts).texts
+    scorers = [get_scorer(DEFAULT_SCORER), get_scorer(CHECK_SCORER)]
+    windows = validation_windows(tokenizer, args.window, args.windows)
 
     def measure(model, step: int) -> None:
         loaded = LoadedModel(model=model, tokenizer=tokenizer, arch=architecture_for(model.config.model_type),
@@ -55,11 +66,11 @@ def main() -> None:
         training = model.training
         model.eval()
         started = time.perf_counter()
-        generations, scores = toxicity(loaded, prompts, scorer, EvaluationSettings())
+        _, (scores, check) = toxicity(loaded, prompts, scorers, EvaluationSettings())
         ppl, _ = perplexity(loaded, windows)
-        print(json.dumps({"step": step, "toxicity": float(scores.mean()),
-                          "check_toxicity": float(check.score(generations).mean()), "perplexity": ppl,
-                          "n_prompts": len(prompts), "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+        print(json.dumps({"step": step, "toxicity": float(scores.mean()), "check_toxicity": float(check.mean()),
+                          "perplexity": ppl, "n_prompts": len(prompts), "prompts": args.prompts,
+                          "seconds": round(time.perf_counter() - started, 1)}), flush=True)
         model.train(training)
 
     class Measure(TrainerCallback):
@@ -67,10 +78,10 @@ def main() -> None:
             measure(model, 0)
 
         def on_step_end(self, args_, state, control, model=None, **kwargs):
-            if state.global_step % args.every == 0:
+            if state.global_step in steps:
                 measure(model, state.global_step)
 
-    settings = DPOSettings(policy=str(embedded_base_dir()), pairs=str(default_work_dir() / "pairs" / "pairs.jsonl"),
+    settings = DPOSettings(policy=policy, pairs=args.pairs or str(default_work_dir() / "pairs" / "pairs.jsonl"),
                            output=f"{args.work_dir}/model", work_dir=args.work_dir, learning_rate=args.lr,
                            beta=args.beta, max_steps=args.steps, eval_steps=args.steps + 1,
                            save_steps=args.steps + 1, patience=0, device="cpu")

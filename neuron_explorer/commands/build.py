@@ -1,6 +1,7 @@
 """Build the whole embedded default offline: materialize SmolLM2-135M-Instruct, train the toxicity probe, make
-preference pairs, run DPO, evaluate base and DPO (toxicity, perplexity, F1), compute the neuron statistics, and
-write one HDF5 cache that records all of it (open it with `neuron-explorer`).
+preference pairs, run DPO, evaluate base and DPO (toxicity on the held-out and on the real RTP validation prompts,
+perplexity, F1), compute the neuron statistics, and write one HDF5 cache that records all of it (open it with
+`neuron-explorer`).
 
 Each stage keeps its outputs and a manifest in the work directory (default: ~/.cache/neuron-explorer/build) and is
 skipped when its inputs are unchanged, so a second run takes seconds. The first takes about 20 minutes on a
@@ -94,6 +95,15 @@ def summary(result, args) -> str:
         lines.append(f"\nheld-out toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} "
                      f"({dpo['toxicity'] / max(base['toxicity'], 1e-9):.2f}x, {base['n_prompts']} prompts){check}; "
                      f"perplexity {base['perplexity']:.2f} -> {dpo['perplexity']:.2f} ({base['n_tokens']} tokens)")
+    validation = ev.get("rtp_validation", {})
+    if "base" in validation and "dpo" in validation:
+        base, dpo = validation["base"], validation["dpo"]
+        check = ""
+        if base.get("check_toxicity") == base.get("check_toxicity"):  # not NaN: the check scorer ran
+            check = (f"; by {args.check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
+                     f"({dpo['check_toxicity'] / max(base['check_toxicity'], 1e-9):.2f}x)")
+        lines.append(f"RTP validation toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} "
+                     f"({dpo['toxicity'] / max(base['toxicity'], 1e-9):.2f}x, {base['n_prompts']} prompts){check}")
     if args.until:
         lines.append(f"\nstopped after the {args.until} stage")
     else:

@@ -19,7 +19,9 @@ HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
 def add_arguments(parser) -> None:
     parser.add_argument("models", nargs="*", default=["embedded", "embedded-dpo"],
                         help="model specs, NAME=SPEC to label them (default: %(default)s)")
-    parser.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: %(default)s)")
+    parser.add_argument("--prompts", default="builtin:heldout",
+                        help="prompt source: builtin:heldout, builtin:rtp-validation (399 real RealToxicityPrompts "
+                             "challenge prompts), a file or hub:NAME (default: %(default)s)")
     parser.add_argument("--prompt-column", default=None)
     parser.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
                         help="use only the first N prompts (default: all)")

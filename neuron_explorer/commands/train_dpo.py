@@ -40,7 +40,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval-steps", type=positive_count, default=10,
                         help="steps between evaluations (default: %(default)s)")
     parser.add_argument("--save-steps", type=positive_count, default=20,
-                        help="steps between checkpoints (default: %(default)s)")
+                        help="steps between checkpoints when no pairs are held out; with held-out pairs a "
+                             "checkpoint is saved at every evaluation (default: %(default)s)")
     parser.add_argument("--patience", type=non_negative, default=3,
                         help="evaluations without improvement before stopping, 0 = never "
                              "(default: %(default)s)")
@@ -90,6 +91,6 @@ def run(args) -> int:
     if result.main_process:
         processes = f", {result.world_size} processes" if result.world_size > 1 else ""
         print(f"{result.steps} steps of {result.effective_batch} pairs{processes} in {result.seconds:.0f}s on "
-              f"{result.n_train_pairs} pairs (best held-out loss {result.best_eval_loss} at step {result.best_step}"
+              f"{result.n_train_pairs} pairs (kept step {result.kept_step}, held-out loss {result.kept_eval_loss}"
               f"{', stopped early' if result.stopped_early else ''}) -> {result.output}")
     return 0

@@ -10,8 +10,9 @@ Stages (each writes its outputs and a JSON manifest under the work directory):
   pairs       preference pairs: the least toxic candidate (chosen; the greedy one unless a sample is clearly
               cleaner) vs the most toxic (rejected), margin-filtered
   dpo         trl DPO from the base folder on the pairs -> embedded-dpo
-  evaluate    toxicity on the held-out prompts (template-disjoint from every training prompt) by the scorer and
-              by the check scorer that plays no part in training; perplexity and F1 (neutral corpus); base and DPO
+  evaluate    toxicity on the held-out prompts (template-disjoint from every training prompt) and on the 399 real
+              RealToxicityPrompts validation prompts (which no training prompt near-copies) by the scorer and by
+              the check scorer that plays no part in training; perplexity and F1 (neutral corpus); base and DPO
   compute     neuron statistics of base vs DPO on the held-out prompts -> the HDF5 cache, which also receives
               the evaluation and build tables
 
@@ -43,7 +44,7 @@ EMBEDDED_DTYPE = "float32"
 
 # Bump a stage's version when its code changes what it produces.
 STAGES = ("model", "openings", "candidates", "probe", "pairs", "dpo", "evaluate", "compute")
-STAGE_VERSIONS = {"model": 1, "openings": 1, "candidates": 2, "probe": 2, "pairs": 2, "dpo": 1, "evaluate": 2,
+STAGE_VERSIONS = {"model": 1, "openings": 1, "candidates": 3, "probe": 2, "pairs": 2, "dpo": 2, "evaluate": 3,
                   "compute": 2}
 
 
@@ -257,7 +258,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     from neuron_explorer.engine.alignment.pairs import (add_steered, generate_candidates, load_candidates, sample_openings, save_candidates, save_pairs,
                         select_pairs)
     from neuron_explorer.engine.alignment.probe_training import fit_probe, label_rule, labeled_from_candidates, pooled_features, save_probe
-    from neuron_explorer.engine.alignment.prompts import load_prompts, opening_seeds
+    from neuron_explorer.engine.alignment.prompts import RTP_VALIDATION, load_prompts, opening_seeds
     from neuron_explorer.engine.alignment.scoring import get_scorer
 
     if settings.pair_method not in {"best-of-n", "steer", "both"}:
@@ -318,10 +319,12 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
 
     # 3. candidates ---------------------------------------------------------------------------------------------
     pair_prompts = load_prompts(settings.pair_prompts)
-    pair_texts = pair_prompts.texts + json.loads(openings_file.read_text())["openings"]
+    validation = load_prompts(RTP_VALIDATION)
+    openings = json.loads(openings_file.read_text())["openings"]
+    pair_texts, near_validation = training_prompts(pair_prompts.texts + openings, validation.texts)
     candidates_file = work / "candidates" / "candidates.jsonl"
     cand_inputs = {"base": base_hash, "prompts": pair_prompts.sha256, "openings": openings_stage.outputs["openings"],
-                   "scorer": scorer.describe(),
+                   "validation": validation.sha256, "scorer": scorer.describe(),
                    "n_samples": settings.n_samples, "temperature": settings.temperature, "top_k": settings.top_k,
                    "seed": settings.seed, **code}
 
@@ -332,9 +335,13 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
             top_k=settings.top_k, seed=settings.seed,
             progress=lambda what, n: printer(f"  {what}: {n} continuations ({time.perf_counter() - started:.0f}s)"))
         save_candidates(cands, candidates_file, {"inputs": cand_inputs, "prompts": pair_prompts.provenance(),
-                                                 "openings": len(pair_texts) - len(pair_prompts.texts)})
+                                                 "n_prompts": len(pair_texts),
+                                                 "dropped_near_validation": near_validation})
+        if near_validation:
+            printer(f"  {len(near_validation)} training prompts left out: near copies of {RTP_VALIDATION} prompts")
         greedy = [c.greedy_score for c in cands]
-        return {"n_prompts": len(cands), "greedy_toxicity": sum(greedy) / len(greedy)}
+        return {"n_prompts": len(cands), "greedy_toxicity": sum(greedy) / len(greedy),
+                "n_dropped_near_validation": len(near_validation)}
 
     cand_stage = runner.run("candidates", cand_inputs, {"candidates": candidates_file}, stage_candidates)
 
@@ -415,25 +422,32 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
                                        f1_items=settings.f1_items)
     eval_file = work / "evaluate" / "evaluation.json"
     eval_inputs = {"base": base_hash, "tuned": dpo_stage.outputs["model"], "prompts": heldout.sha256,
-                   "corpus": corpus.sha256, "scorer": scorer.describe(),
+                   "validation": validation.sha256, "corpus": corpus.sha256, "scorer": scorer.describe(),
                    "check_scorer": check_scorer.describe() if check_scorer else None,
                    "settings": asdict(eval_settings), **code}
 
     def stage_evaluate():
-        results = {}
+        results, on_validation = {}, {}
         for name, spec in (("base", EMBEDDED_BASE), ("dpo", tuned_spec)):
             loaded = base() if name == "base" else load_model(spec, device=device, dtype=EMBEDDED_DTYPE)
             printer(f"  evaluating {name}")
             results[name] = evaluate(loaded, heldout.texts, scorer, corpus=corpus, settings=eval_settings,
                                      progress=lambda line: printer("    " + line), check_scorer=check_scorer)
-        printer(format_table(results))
+            on_validation[name] = validation_toxicity(loaded, validation.texts, scorer, check_scorer, eval_settings)
+            printer(f"    toxicity {on_validation[name]['toxicity']:.3f} over {len(validation.texts)} "
+                    f"{RTP_VALIDATION} prompts")
+        table = format_table(results) + "\n\n" + validation_table(on_validation)
+        printer(table)
         eval_file.parent.mkdir(parents=True, exist_ok=True)
         payload = {"results": {k: v.to_dict() for k, v in results.items()}, "prompts": heldout.provenance(),
+                   "validation": {"prompts": validation.provenance(), "results": on_validation},
                    "corpus": corpus.provenance(), "scorer": scorer.describe(),
                    "check_scorer": check_scorer.describe() if check_scorer else None,
-                   "settings": asdict(eval_settings), "table": format_table(results)}
+                   "settings": asdict(eval_settings), "table": table}
         _write_json(eval_file, payload)
-        return {name: r.metrics() for name, r in results.items()}
+        return {**{name: r.metrics() for name, r in results.items()},
+                "rtp_validation": {name: {k: v for k, v in r.items() if not isinstance(v, list)}
+                                   for name, r in on_validation.items()}}
 
     eval_stage = runner.run("evaluate", eval_inputs, {"evaluation": eval_file}, stage_evaluate)
 
@@ -464,10 +478,48 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
 
     runner.run("compute", compute_inputs, {"cache": output}, stage_compute)
     evaluation = json.loads(eval_file.read_text())
-    return BuildResult(output=output, outcomes=runner.outcomes,
-                       evaluation={k: {m: v[m] for m in ("toxicity", "check_toxicity", "n_prompts", "perplexity",
-                                                         "n_tokens", "f1", "n_f1")}
-                                   for k, v in evaluation["results"].items()})
+    summary = {k: {m: v[m] for m in ("toxicity", "check_toxicity", "n_prompts", "perplexity", "n_tokens", "f1",
+                                     "n_f1")}
+               for k, v in evaluation["results"].items()}
+    summary["rtp_validation"] = {k: {m: v[m] for m in ("toxicity", "check_toxicity", "n_prompts")}
+                                 for k, v in evaluation["validation"]["results"].items()}
+    return BuildResult(output=output, outcomes=runner.outcomes, evaluation=summary)
+
+
+def validation_toxicity(loaded, prompts: list[str], scorer, check_scorer, settings) -> dict:
+    """Toxicity (± s.e.) of the model's continuations of the validation prompts by the scorer and the check scorer,
+    with every continuation and its scores: how far training generalizes beyond the project's templates."""
+    from neuron_explorer.engine.alignment.evaluation import standard_error, toxicity
+
+    scorers = [scorer] + ([check_scorer] if check_scorer is not None else [])
+    generations, (scores, *check) = toxicity(loaded, prompts, scorers, settings)
+    check = check[0] if check else None
+    return {"toxicity": float(scores.mean()), "toxicity_sem": standard_error(scores),
+            "check_toxicity": float(check.mean()) if check is not None else float("nan"),
+            "check_toxicity_sem": standard_error(check) if check is not None else float("nan"),
+            "n_prompts": len(prompts), "generations": generations, "scores": [float(v) for v in scores],
+            "check_scores": [float(v) for v in check] if check is not None else []}
+
+
+def validation_table(results: dict[str, dict]) -> str:
+    """The validation figures as a Markdown table, with each model's ratio to the first."""
+    lines = ["| setting | RTP validation toxicity (± s.e.) | by the check scorer (± s.e.) | prompts |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {r['toxicity']:.3f} ± {r['toxicity_sem']:.3f} | {r['check_toxicity']:.3f} ± "
+              f"{r['check_toxicity_sem']:.3f} | {r['n_prompts']} |" for name, r in results.items()]
+    (first_name, first), *others = results.items()
+    for name, r in others:
+        lines.append(f"\n{name}: RTP validation toxicity × {r['toxicity'] / max(first['toxicity'], 1e-12):.2f} of "
+                     f"{first_name} (check scorer × {r['check_toxicity'] / max(first['check_toxicity'], 1e-12):.2f})")
+    return "\n".join(lines)
+
+
+def training_prompts(texts: list[str], validation: list[str]) -> tuple[list[str], list[str]]:
+    """The prompts of the candidates (hence of the probe's data, the pairs and DPO): `texts` less any near copy of
+    a validation prompt (prompts.NearCopies), and the ones left out."""
+    from neuron_explorer.engine.alignment.prompts import drop_near_copies
+
+    return drop_near_copies(texts, validation)
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -68,6 +69,36 @@ def test_dpo_moves_policy_and_keeps_reference(tmp_path, tiny_models):
     record = json.loads((tmp_path / "tuned" / "neuron_explorer_dpo.json").read_text())
     assert record["settings"]["beta"] == 0.1
     assert any("eval_loss" in entry for entry in record["log"]), "no held-out evaluation was logged"
+
+
+class ScriptedEvalLoss(TrainerCallback):
+    """Replaces each held-out loss by the next of `losses` (in the metrics the Trainer picks the best from and in
+    its log) and keeps
+    a copy of the policy's weights at every step."""
+
+    def __init__(self, losses):
+        self.losses, self.weights = list(losses), {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics["eval_loss"] = state.log_history[-1]["eval_loss"] = self.losses.pop(0)
+
+
+def test_kept_step_is_the_best_evaluated_step_and_its_weights(tmp_path, tiny_models):
+    """Evaluated every step, best at step 3 (scripted losses), checkpoints asked every 2 steps: the written weights
+    are the policy's at step 3 and the record says so. (Before, checkpoints came every 2 steps only: the Trainer kept
+    checkpoint-2 while reporting step 3's loss.)"""
+    script = ScriptedEvalLoss([0.6, 0.5, 0.3, 0.4, 0.45])
+    run = settings(tmp_path, tiny_models["llama"], max_steps=5, eval_steps=1, save_steps=2)
+    result = train_dpo(run, printer=lambda line: None, callbacks=[script])
+    assert (result.kept_step, result.kept_eval_loss, result.steps) == (3, 0.3, 5)
+    written = weights(tmp_path / "tuned")
+    assert all(torch.equal(written[k], script.weights[3][k]) for k in written)
+    assert not all(torch.equal(written[k], script.weights[2][k]) for k in written)
+    record = json.loads((tmp_path / "tuned" / "neuron_explorer_dpo.json").read_text())["result"]
+    assert (record["kept_step"], record["kept_eval_loss"]) == (3, 0.3)
 
 
 class Interrupt(TrainerCallback):
@@ -173,7 +204,7 @@ def test_data_parallel_dpo_equals_one_process(tmp_path, tiny_models, one_torch_t
                for name in ("accumulated", "one", "two")}
     assert [(r["world_size"], r["effective_batch"], r["steps"]) for r in records.values()] == [(1, 4, 3), (1, 4, 3),
                                                                                                 (2, 4, 3)]
-    assert records["two"]["best_eval_loss"] == records["accumulated"]["best_eval_loss"]
+    assert records["two"]["kept_eval_loss"] == records["accumulated"]["kept_eval_loss"]
 
     base = weights(tiny_models["llama"])
     tuned = {name: weights(tmp_path / name) for name in records}
@@ -201,3 +232,20 @@ def test_data_parallel_dpo_error_is_one_line(tmp_path, tiny_models):
     assert "neuron-explorer: error: " + f"{pairs} holds 1 pair(s): DPO needs at least 2" in launched.stderr
     assert "neuron_explorer/" not in launched.stderr.replace("neuron_explorer FAILED", "")
     assert not (tmp_path / "two").exists()
+
+
+def test_validation_sweep_runs(tmp_path, tiny_models, capsys):
+    """bench/dpo_validation_sweep.py (how the DPO settings are chosen) runs end to end on a tiny model: one line at
+    step 0 and at every `--every` steps, each with toxicity by both scorers and perplexity."""
+    spec = importlib.util.spec_from_file_location("dpo_validation_sweep",
+                                                  Path(__file__).parents[2] / "bench" / "dpo_validation_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    sweep.main(["--model", str(tiny_models["llama"]), "--pairs", str(write_pairs(tmp_path / "pairs.jsonl")),
+                "--steps", "2", "--every", "1", "--max-prompts", "3", "--window", "32", "--windows", "2",
+                "--work-dir", str(tmp_path / "sweep")])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    for line in lines:
+        assert line["n_prompts"] == 3 and line["prompts"] == "builtin:rtp-validation"
+        assert 0 <= line["toxicity"] <= 1 and 0 <= line["check_toxicity"] <= 1 and line["perplexity"] > 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,15 +12,18 @@ import torch
 
 from neuron_explorer.cli import main
 from neuron_explorer.engine.alignment import probe_training as T
-from neuron_explorer.engine.build import StageRunner, StopBuild, content_hash
+from neuron_explorer.engine.build import (StageRunner, StopBuild, content_hash, training_prompts, validation_table,
+                                         validation_toxicity)
 from neuron_explorer.engine.alignment.corpora import f1_items, load_corpus, perplexity_windows, token_f1
 from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
 from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.generation import generate_continuations
 from neuron_explorer.engine.model.loading import load_model
 from neuron_explorer.engine.alignment.pairs import (Candidates, generate_candidates, load_pairs, sample_openings, save_pairs,
                                           select_pairs, steering)
 from neuron_explorer.engine.alignment.probe import load_probe
-from neuron_explorer.engine.alignment.prompts import load_prompts
+from neuron_explorer.engine.alignment.prompts import (RTP_VALIDATION, NearCopies, drop_near_copies, load_prompts,
+                                                     opening_seeds)
 from neuron_explorer.engine.alignment.scoring import get_scorer
 from neuron_explorer.errors import UserError
 
@@ -259,6 +263,52 @@ def test_evaluation_counts_and_intervention(tiny):
     assert "| base |" in format_table({"base": result, "patched": patched})
 
 
+class InsultCounter:
+    """A stand-in check scorer with a known answer: the number of insult words, capped at 1."""
+
+    name = "insults"
+
+    def score(self, texts):
+        return np.array([min(1.0, float(sum(t.lower().count(w) for w in ("stupid", "idiot")))) for t in texts])
+
+
+def test_validation_toxicity_scores_the_continuations_by_both_scorers(tiny, monkeypatch):
+    """The build's RTP validation figure: the continuations are the greedy ones (generated independently here) and
+    each scorer's mean and standard error are over them; the table gives DPO's ratio to the base."""
+    prompts = ["You are a", "What the hell", "The river", "Shut up and"]
+    continuations = generate_continuations(tiny, prompts)
+    fixed = ["stupid idiot", "fine", "idiot", "hell no"]  # a known answer: replace what the model wrote
+    monkeypatch.setattr("neuron_explorer.engine.alignment.evaluation.generate_continuations",
+                        lambda loaded, chunk, **kw: fixed[:len(chunk)])
+    result = validation_toxicity(tiny, prompts, KeywordScorer(), InsultCounter(), EvaluationSettings())
+    assert result["generations"] == fixed and result["n_prompts"] == 4
+    assert result["scores"] == [1.0, 0.0, 1.0, 1.0] and result["toxicity"] == 0.75
+    assert result["check_scores"] == [1.0, 0.0, 1.0, 0.0] and result["check_toxicity"] == 0.5
+    assert result["check_toxicity_sem"] == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2)
+    monkeypatch.undo()
+    assert validation_toxicity(tiny, prompts, KeywordScorer(), None, EvaluationSettings())["generations"] == \
+        continuations
+    table = validation_table({"base": result, "dpo": {**result, "toxicity": 0.3, "check_toxicity": 0.1}})
+    assert "dpo: RTP validation toxicity × 0.40 of base (check scorer × 0.20)" in table
+
+
+def test_build_summary_reports_rtp_validation_beside_held_out():
+    """The closing lines of `build`: held-out and RTP validation ratios from hand-built figures."""
+    from types import SimpleNamespace
+
+    from neuron_explorer.commands.build import summary
+
+    held = {"toxicity": 0.4, "check_toxicity": 0.2, "n_prompts": 320, "perplexity": 16.0, "n_tokens": 6120}
+    evaluation = {"base": held, "dpo": {**held, "toxicity": 0.1, "check_toxicity": 0.05, "perplexity": 16.8},
+                  "rtp_validation": {"base": {"toxicity": 0.3, "check_toxicity": 0.2, "n_prompts": 399},
+                                     "dpo": {"toxicity": 0.12, "check_toxicity": 0.05, "n_prompts": 399}}}
+    text = summary(SimpleNamespace(outcomes=[], evaluation=evaluation, output="x.h5"),
+                   SimpleNamespace(check_scorer="wordlist", until=None))
+    assert "held-out toxicity base 0.400 -> DPO 0.100 (0.25x, 320 prompts)" in text
+    assert ("RTP validation toxicity base 0.300 -> DPO 0.120 (0.40x, 399 prompts); by wordlist 0.200 -> 0.050 "
+            "(0.25x)") in text
+
+
 def test_corpus_windows_and_f1(tiny):
     corpus = load_corpus("builtin")
     assert corpus.source == "builtin:pydoc_data.topics" and len(corpus.text) > 100_000
@@ -355,6 +405,51 @@ def test_builtin_heldout_prompts_share_no_template_with_training_prompts():
     validation = load_prompts("builtin:validation").texts  # for tuning: training templates, unused combinations
     assert len(validation) >= 100 and not set(validation) & (set(pairs) | set(heldout))
     assert {head(t) for t in validation} <= {head(t) for t in pairs}
+
+
+def test_near_copies_by_head_tail_and_common_run():
+    """A hand-built case for each rule, quote style and case ignored; texts that share less are not near copies."""
+    near = NearCopies(["Joffery is still a jerk, Ned is still", "The man then confronted Rodr\u00edguez with a pistol",
+                       "\u201cI listened to Jay\u2019s shit, that"])
+    assert near("JOFFERY is still a JERK and everyone knows it")  # first five words
+    assert near("In the books, at least, Ned is still")  # last three words
+    assert near("at dawn she confronted Rodr\u00edguez with a knife")  # 25 characters in common
+    assert near('"I listened to Jay\'s shit all day')  # first five words, straight quotes
+    assert not near("Joffery is a jerk")
+    assert not near("At dawn she confronted Rodr\u00edguez in the hall")
+    kept, dropped = drop_near_copies(["Ned is still", "Ned is still here today"], ["Ned is still"])
+    assert (kept, dropped) == (["Ned is still here today"], ["Ned is still"])
+
+
+def _near_copy_found_by_search(text: str, references: list[str]) -> bool:
+    """Independent of prompts.NearCopies: words by str.split once punctuation is blanked, common runs by substring
+    search of each 25-character window in all references joined."""
+    def plain(t):
+        return " ".join(t.replace("\u201c", '"').replace("\u201d", '"').replace("\u2019", "'").lower().split())
+
+    def words(t):
+        return re.sub(r"[^a-z0-9']+", " ", plain(t)).split()
+
+    heads, tails = {tuple(words(r)[:5]) for r in references}, {tuple(words(r)[-3:]) for r in references}
+    joined, x = "\n".join(plain(r) for r in references), plain(text)
+    return (tuple(words(text)[:5]) in heads or tuple(words(text)[-3:]) in tails
+            or any(x[i:i + 25] in joined for i in range(len(x) - 24)))
+
+
+def test_no_validation_prompt_or_near_copy_enters_training():
+    """The candidates' prompts (hence the probe's data, the pairs and DPO) are the build's training prompts less near
+    copies of the 399 RTP validation prompts: planted copies are left out, and no kept prompt near-copies a validation
+    prompt by an independent search."""
+    validation = load_prompts(RTP_VALIDATION).texts
+    assert len(validation) == 399 and len(set(validation)) == 399
+    planted = [validation[3] + " and then", "Well, " + validation[10], validation[20].upper(),
+               "so " + validation[30][-40:]]
+    texts = load_prompts("builtin:pairs").texts + opening_seeds("pairs") + planted
+    kept, dropped = training_prompts(texts, validation)
+    assert set(planted) <= set(dropped)
+    assert [text for text in kept if _near_copy_found_by_search(text, validation)] == []
+    assert all(_near_copy_found_by_search(text, validation) for text in planted)
+    assert len(kept) >= 500
 
 
 # --- stage caching ---------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Sigmoid loss, β = 0.1 by default, full fine-tuning of the policy against a frozen reference copy loaded from the
 same folder, configurable learning rate / optimizer / steps / batch size, evaluation on held-out pairs every
-`eval_steps` with early stopping on the held-out pair loss (as Lee et al.), the best checkpoint kept, safetensors
-checkpoints (with optimizer state) every `save_steps`, and resumption from the last checkpoint after an
-interruption. The Trainer runs through `accelerate`: `accelerate launch -m neuron_explorer train-dpo ...` spreads the
+`eval_steps` with early stopping on the held-out pair loss (as Lee et al.), the best evaluated step's weights kept,
+safetensors checkpoints (with optimizer state) at every evaluation (every `save_steps` when nothing is held out), so
+that every evaluated step can be the one kept, and resumption from the last checkpoint after an interruption. The
+step whose weights were written is recorded (`kept_step`). The Trainer runs through `accelerate`: `accelerate launch -m neuron_explorer train-dpo ...` spreads the
 same command over several processes (data-parallel: each takes `batch_size` pairs per step, so a step sees
 batch_size × processes × gradient_accumulation pairs); only the main process prints, prepares the checkpoint folder
 and writes the tuned model, and the run record notes the number of processes (docs/scale.md).
@@ -71,8 +72,8 @@ class DPOSettings:
 class DPOResult:
     output: Path
     steps: int
-    best_eval_loss: float | None
-    best_step: int | None
+    kept_step: int  # the step whose weights were written: the best evaluated one, or the last without evaluation
+    kept_eval_loss: float | None  # the held-out pair loss measured at kept_step
     stopped_early: bool
     resumed_from: str | None
     n_train_pairs: int
@@ -178,6 +179,15 @@ def _training_finished(checkpoint: Path, max_steps: int) -> bool:
     return state.get("global_step", 0) >= max_steps or bool(control.get("should_training_stop"))
 
 
+def _kept_step(state, best_at_end: bool) -> int:
+    """The step whose weights training leaves in the model: the best checkpoint's when `best_at_end` and it was
+    saved (Trainer.train loads it), else the last step's."""
+    best = state.best_model_checkpoint
+    if best_at_end and best and checkpoint_complete(Path(best)):
+        return int(CHECKPOINT_NAME.fullmatch(Path(best).name)[1])
+    return state.global_step
+
+
 def _restore_finished(trainer, checkpoint: Path, best_at_end: bool) -> None:
     """Put the trainer where `train()` would have left it, had it not been killed: the state of `checkpoint` and
     the weights of the best checkpoint (when `best_at_end` and it is still there) or of `checkpoint`."""
@@ -186,8 +196,8 @@ def _restore_finished(trainer, checkpoint: Path, best_at_end: bool) -> None:
     from transformers.trainer_callback import TrainerState
 
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-    best = trainer.state.best_model_checkpoint
-    weights = Path(best) if best_at_end and best and checkpoint_complete(Path(best)) else checkpoint
+    kept = _kept_step(trainer.state, best_at_end)
+    weights = checkpoint.parent / f"checkpoint-{kept}" if kept != trainer.state.global_step else checkpoint
     finished = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, trust_remote_code=False)
     trainer.model.load_state_dict(finished.state_dict())
 
@@ -226,9 +236,9 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
 
     has_eval = len(eval_rows) > 0
     eval_steps = max(1, settings.eval_steps)
-    save_steps = max(1, settings.save_steps)
-    if has_eval and save_steps % eval_steps:
-        save_steps = eval_steps * max(1, round(save_steps / eval_steps))  # best-model tracking needs this
+    # Saved where evaluated: the best step is kept only if its checkpoint exists (the Trainer otherwise keeps an
+    # earlier saved one while reporting the best step's loss).
+    save_steps = eval_steps if has_eval else max(1, settings.save_steps)
     config = DPOConfig(
         output_dir=str(checkpoints),
         beta=settings.beta,
@@ -324,11 +334,14 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
 
     output = Path(settings.output).expanduser()
     trainer.model.config.use_cache = True
-    best_step = None
-    if state.best_model_checkpoint:
-        best_step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
-    result = DPOResult(output=output, steps=state.global_step, best_eval_loss=state.best_metric,
-                       best_step=best_step, stopped_early=stopped_early, resumed_from=last,
+    kept_step = _kept_step(state, config.load_best_model_at_end)
+    kept_loss = next((entry["eval_loss"] for entry in state.log_history
+                      if entry.get("step") == kept_step and "eval_loss" in entry), None)
+    if config.load_best_model_at_end and kept_loss != state.best_metric:
+        raise RuntimeError(f"DPO kept step {kept_step} (held-out loss {kept_loss}), not the best evaluated step "
+                           f"{state.best_global_step} (loss {state.best_metric}): its checkpoint is missing")
+    result = DPOResult(output=output, steps=state.global_step, kept_step=kept_step, kept_eval_loss=kept_loss,
+                       stopped_early=stopped_early, resumed_from=last,
                        n_train_pairs=len(train_rows), n_eval_pairs=len(eval_rows), seconds=seconds,
                        world_size=world_size,
                        effective_batch=settings.batch_size * world_size * settings.gradient_accumulation,

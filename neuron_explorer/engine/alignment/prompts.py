@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from neuron_explorer.errors import UserError
 from neuron_explorer.engine.alignment.jsonl import read_jsonl, read_utf8
 
 TEMPLATES_FILE = Path(__file__).parent / "data" / "prompt_templates.json"
+# 399 real RealToxicityPrompts challenge prompts (Apache-2.0, data/README.md): validation only, never training data.
+RTP_VALIDATION_FILE = Path(__file__).parent / "data" / "rtp-challenge-validation.jsonl"
+RTP_VALIDATION = "builtin:rtp-validation"
 BUILTIN_SPLITS = ("pairs", "heldout")
 TEXT_COLUMNS = ("prompt", "text")
 
@@ -80,9 +84,11 @@ def _builtin(source: str) -> list[str]:
     _, _, split = source.partition(":")
     if split == "validation":
         return compose_validation()
+    if split == "rtp-validation":
+        return _jsonl(RTP_VALIDATION_FILE, None)
     if split and split not in BUILTIN_SPLITS:
-        raise UserError(f"unknown built-in split '{split}': use builtin, builtin:pairs, builtin:heldout or "
-                        f"builtin:validation")
+        raise UserError(f"unknown built-in split '{split}': use builtin, builtin:pairs, builtin:heldout, "
+                        f"builtin:validation or {RTP_VALIDATION}")
     return [text for name in ([split] if split else BUILTIN_SPLITS) for text in compose_builtin(name)]
 
 
@@ -121,6 +127,47 @@ def opening_seeds(split: str = "pairs") -> list[str]:
         words = text.split()
         seeds.append(" ".join(words[:max(3, len(words) // 2)]))
     return seeds
+
+
+NEAR_COPY_HEAD_WORDS = 5
+NEAR_COPY_TAIL_WORDS = 3
+NEAR_COPY_CHARACTERS = 25
+_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.translate(_QUOTES).lower().split())
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"[a-z0-9']+", _normalized(text)))
+
+
+class NearCopies:
+    """Whether a text near-copies one of `references`: the same first five words, the same last three words
+    (letters, digits and apostrophes; case and quote style ignored), or a common run of 25 characters (after
+    lower-casing and collapsing white space). Keeps the validation prompts out of everything that trains."""
+
+    def __init__(self, references: list[str]) -> None:
+        self.heads = {_words(text)[:NEAR_COPY_HEAD_WORDS] for text in references}
+        self.tails = {_words(text)[-NEAR_COPY_TAIL_WORDS:] for text in references}
+        self.runs = {run for text in references for run in _runs(_normalized(text))}
+
+    def __call__(self, text: str) -> bool:
+        words = _words(text)
+        return (words[:NEAR_COPY_HEAD_WORDS] in self.heads or words[-NEAR_COPY_TAIL_WORDS:] in self.tails
+                or any(run in self.runs for run in _runs(_normalized(text))))
+
+
+def _runs(text: str) -> list[str]:
+    return [text[i:i + NEAR_COPY_CHARACTERS] for i in range(len(text) - NEAR_COPY_CHARACTERS + 1)]
+
+
+def drop_near_copies(texts: list[str], references: list[str]) -> tuple[list[str], list[str]]:
+    """(the texts that near-copy none of `references`, those that do)."""
+    near = NearCopies(references)
+    flags = [near(text) for text in texts]
+    return [t for t, f in zip(texts, flags) if not f], [t for t, f in zip(texts, flags) if f]
 
 
 def _from_file(path: Path, column: str | None) -> list[str]:

@@ -44,8 +44,8 @@ EMBEDDED_DTYPE = "float32"
 
 # Bump a stage's version when its code changes what it produces.
 STAGES = ("model", "openings", "candidates", "probe", "pairs", "dpo", "evaluate", "compute")
-STAGE_VERSIONS = {"model": 1, "openings": 1, "candidates": 3, "probe": 2, "pairs": 2, "dpo": 2, "evaluate": 3,
-                  "compute": 2}
+STAGE_VERSIONS = {"model": 1, "openings": 1, "candidates": 2, "probe": 3, "pairs": 3, "dpo": 2, "evaluate": 3,
+                  "compute": 3}
 
 
 class StopBuild(Exception):
@@ -320,11 +320,10 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     # 3. candidates ---------------------------------------------------------------------------------------------
     pair_prompts = load_prompts(settings.pair_prompts)
     validation = load_prompts(RTP_VALIDATION)
-    openings = json.loads(openings_file.read_text())["openings"]
-    pair_texts, near_validation = training_prompts(pair_prompts.texts + openings, validation.texts)
+    pair_texts = pair_prompts.texts + json.loads(openings_file.read_text())["openings"]
     candidates_file = work / "candidates" / "candidates.jsonl"
     cand_inputs = {"base": base_hash, "prompts": pair_prompts.sha256, "openings": openings_stage.outputs["openings"],
-                   "validation": validation.sha256, "scorer": scorer.describe(),
+                   "scorer": scorer.describe(),
                    "n_samples": settings.n_samples, "temperature": settings.temperature, "top_k": settings.top_k,
                    "seed": settings.seed, **code}
 
@@ -335,24 +334,21 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
             top_k=settings.top_k, seed=settings.seed,
             progress=lambda what, n: printer(f"  {what}: {n} continuations ({time.perf_counter() - started:.0f}s)"))
         save_candidates(cands, candidates_file, {"inputs": cand_inputs, "prompts": pair_prompts.provenance(),
-                                                 "n_prompts": len(pair_texts),
-                                                 "dropped_near_validation": near_validation})
-        if near_validation:
-            printer(f"  {len(near_validation)} training prompts left out: near copies of {RTP_VALIDATION} prompts")
+                                                 "openings": len(pair_texts) - len(pair_prompts.texts)})
         greedy = [c.greedy_score for c in cands]
-        return {"n_prompts": len(cands), "greedy_toxicity": sum(greedy) / len(greedy),
-                "n_dropped_near_validation": len(near_validation)}
+        return {"n_prompts": len(cands), "greedy_toxicity": sum(greedy) / len(greedy)}
 
     cand_stage = runner.run("candidates", cand_inputs, {"candidates": candidates_file}, stage_candidates)
 
     # 4. probe --------------------------------------------------------------------------------------------------
     probe_file = work / "probe" / "probe.safetensors"
-    probe_inputs = {"base": base_hash, "candidates": cand_stage.outputs["candidates"],
+    probe_inputs = {"base": base_hash, "candidates": cand_stage.outputs["candidates"], "validation": validation.sha256,
                     "threshold": settings.label_threshold, "band": settings.label_band, "C": settings.probe_C,
                     "seed": settings.seed, **code}
 
     def stage_probe():
-        labeled = labeled_from_candidates(load_candidates(candidates_file), settings.label_threshold,
+        labeled = labeled_from_candidates(training_candidates(candidates_file, validation.texts, printer),
+                                          settings.label_threshold,
                                           source=str(candidates_file), band=settings.label_band)
         features = pooled_features(base(), labeled.texts)
         fit = fit_probe(features, labeled.labels, groups=labeled.groups, seed=settings.seed, C=settings.probe_C)
@@ -369,14 +365,15 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     # 5. pairs --------------------------------------------------------------------------------------------------
     pairs_file = work / "pairs" / "pairs.jsonl"
     steer = settings.pair_method in {"steer", "both"}
-    pairs_inputs = {"candidates": cand_stage.outputs["candidates"], "method": settings.pair_method,
+    pairs_inputs = {"candidates": cand_stage.outputs["candidates"], "validation": validation.sha256,
+                    "method": settings.pair_method,
                     "chosen": settings.chosen, "margin": settings.margin, **code}
     if steer:
         pairs_inputs.update({"probe": probe_stage.outputs["probe"], "steer_samples": settings.steer_samples,
                              "steer_strength": settings.steer_strength, "base": base_hash})
 
     def stage_pairs():
-        cands = load_candidates(candidates_file)
+        cands = training_candidates(candidates_file, validation.texts, printer)
         if steer:
             from neuron_explorer.engine.alignment.probe import load_probe
 
@@ -515,11 +512,25 @@ def validation_table(results: dict[str, dict]) -> str:
 
 
 def training_prompts(texts: list[str], validation: list[str]) -> tuple[list[str], list[str]]:
-    """The prompts of the candidates (hence of the probe's data, the pairs and DPO): `texts` less any near copy of
-    a validation prompt (prompts.NearCopies), and the ones left out."""
+    """The prompts that may train (the probe's data, the pairs and DPO): `texts` less any near copy of a validation
+    prompt (prompts.NearCopies), and the ones left out."""
     from neuron_explorer.engine.alignment.prompts import drop_near_copies
 
     return drop_near_copies(texts, validation)
+
+
+def training_candidates(candidates_file: Path, validation: list[str], printer=lambda line: None) -> list:
+    """The candidates whose prompt may train (`training_prompts`), for the probe and the pairs. Generating
+    continuations trains nothing, so the candidates stage covers every prompt and stays valid whatever the
+    validation file; what reaches training is filtered here."""
+    from neuron_explorer.engine.alignment.pairs import load_candidates
+
+    candidates = load_candidates(candidates_file)
+    kept, dropped = training_prompts([c.prompt for c in candidates], validation)
+    if dropped:
+        printer(f"  {len(dropped)} prompts left out of training: near copies of RTP validation prompts")
+    keep = set(kept)
+    return [c for c in candidates if c.prompt in keep]
 
 
 def _write_json(path: Path, payload: dict) -> None:

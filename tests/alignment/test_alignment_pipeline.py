@@ -12,8 +12,8 @@ import torch
 
 from neuron_explorer.cli import main
 from neuron_explorer.engine.alignment import probe_training as T
-from neuron_explorer.engine.build import (StageRunner, StopBuild, content_hash, training_prompts, validation_table,
-                                         validation_toxicity)
+from neuron_explorer.engine.build import (StageRunner, StopBuild, content_hash, training_candidates, training_prompts,
+                                          validation_table, validation_toxicity)
 from neuron_explorer.engine.alignment.corpora import f1_items, load_corpus, perplexity_windows, token_f1
 from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
 from neuron_explorer.engine.model.hooks import forward_hooks
@@ -450,6 +450,18 @@ def test_no_validation_prompt_or_near_copy_enters_training():
     assert [text for text in kept if _near_copy_found_by_search(text, validation)] == []
     assert all(_near_copy_found_by_search(text, validation) for text in planted)
     assert len(kept) >= 500
+
+
+def test_the_probe_and_the_pairs_read_only_candidates_that_may_train(tmp_path):
+    """The candidates stage generates for every prompt (generation trains nothing); the probe and pairs stages read
+    them through training_candidates, which leaves out the near copies of validation prompts."""
+    from neuron_explorer.engine.alignment.pairs import Candidates, save_candidates
+
+    validation = load_prompts(RTP_VALIDATION).texts
+    prompts = ["The river runs", validation[5] + " again", "Shut up, you", validation[7].lower()]
+    save_candidates([Candidates(prompt=p, greedy=" x", greedy_score=0.1) for p in prompts], tmp_path / "c.jsonl", {})
+    kept = [c.prompt for c in training_candidates(tmp_path / "c.jsonl", validation)]
+    assert kept == ["The river runs", "Shut up, you"]
 
 
 # --- stage caching ---------------------------------------------------------------------------------------------

@@ -176,6 +176,8 @@ class CacheReader:
             pl.Series("cluster", cluster).replace(-1, None),
         ]
         extra += [pl.Series(name, self.file["neurons"][name][rows].ravel()) for name in wanted]
+        absent = [c for c in (columns or schema.NEURON_COLUMNS) if c in schema.NEURON_COLUMNS and c not in wanted]
+        extra += [pl.Series(name, np.full(n_layers * self.info.d_mlp, np.nan, np.float32)) for name in absent]
         return frame.with_columns(extra)
 
     def neuron(self, layer: int, index: int) -> dict:
@@ -241,12 +243,16 @@ class CacheReader:
 
     # -- layers, summaries, clusters ------------------------------------------------------------------------
     def layers(self) -> pl.DataFrame:
-        """One row per layer: Σ Δ, its positive and negative parts, measured projections and identity residuals."""
+        """One row per layer: Σ Δ, its positive and negative parts, its firing and writing parts (NaN in a cache
+        written before them), measured projections and identity residuals."""
         table = self.table("layers").with_columns(pl.Series("layer", np.arange(self.info.n_layers, dtype=np.int16)))
         contribution = self.file["neurons/contribution"][:]
+        terms = self.neurons(columns=["activation_term", "weight_term"])
         return table.select("layer", pl.exclude("layer")).with_columns(
             pl.Series("sum_positive", np.where(contribution > 0, contribution, 0).sum(axis=1)),
             pl.Series("sum_negative", np.where(contribution < 0, contribution, 0).sum(axis=1)),
+            *(pl.Series(f"sum_{name}", terms[name].to_numpy().reshape(self.info.n_layers, -1).astype(np.float64)
+                        .sum(axis=1)) for name in ("activation_term", "weight_term")),
         )
 
     def layer_group_sums(self) -> pl.DataFrame:

@@ -158,14 +158,18 @@ def share_report(groups: dict, summary: dict, path) -> list:
     """The group table with both group definitions labelled (METHOD §3), the Δ totals and the v2 headline."""
     table = Table(title=f"neuron groups — {path}", title_justify="left")
     table.add_column("group")
-    for column in ("v1 neurons", "v1 Σ Δ", "v1 share", "v3 neurons", "v3 Σ Δ", "v3 share"):
+    for column in ("v1 neurons", "v1 Σ Δ", "v1 share", "v3 neurons", "v3 Σ Δ", "v3 share", "v3 firing",
+                   "v3 writing"):
         table.add_column(column, justify="right")
     for i, name in enumerate(groups["group"]):
         table.add_row(name, f"{groups['count'][i]:,}", f"{groups['sum_contribution'][i]:+.4g}",
                       f"{groups['share_v1'][i]:.1%}", f"{groups['count_v3'][i]:,}",
-                      f"{groups['sum_contribution_v3'][i]:+.4g}", f"{groups['share_v3'][i]:.1%}")
+                      f"{groups['sum_contribution_v3'][i]:+.4g}", f"{groups['share_v3'][i]:.1%}",
+                      f"{groups['sum_activation_term_v3'][i]:+.4g}", f"{groups['sum_weight_term_v3'][i]:+.4g}")
     totals = (f"Σ positive Δ {summary['sum_positive_contribution']:+.4g}   "
-              f"Σ negative Δ {summary['sum_negative_contribution']:+.4g}   net Δ {summary['net_contribution']:+.4g}")
+              f"Σ negative Δ {summary['sum_negative_contribution']:+.4g}   net Δ {summary['net_contribution']:+.4g} "
+              f"= firing (δ·p_pre) {summary['net_activation_term']:+.4g} + writing (ā_dpo·(p_pre − p_dpo)) "
+              f"{summary['net_weight_term']:+.4g}")
     top_toxic = (f"v2 top-{summary['top_toxic_k']} toxic neurons (largest cos; the {summary['top_toxic_kept']} with "
                  f"ā_pre > 0 and δ > 0): Σ Δ {summary['top_toxic_sum']:+.4g} = {summary['top_toxic_share']:.1%} of "
                  f"Σ positive Δ")

@@ -26,6 +26,8 @@ NEURON_COLUMNS = {
                        "(firing; with an output norm, δ of the written means)",
     "weight_term": "ā_dpo·(p_pre − p_dpo): the part of Δ_i from the change of the value vector (writing); "
                    "activation_term + weight_term = Δ_i",
+    "auroc": "AUROC of the neuron's per-prompt mean activation (base model) for toxic against non-toxic base "
+             "continuations (scorer > 0.5); NaN when the prompts hold one class only",
 }
 TOKEN_ARRAYS = tuple(f"{d}_{kind}_{m}" for m in ("pre", "dpo") for d in ("top", "bottom") for kind in ("tokens", "scores"))
 
@@ -70,7 +72,7 @@ SIDECAR_SUFFIX = ".annotations"
 # Datasets added after schema 2 was released (docs/beyond.md). A schema-2 cache written before them still opens:
 # they are not required, and the reader gives their neuron columns as NaN.
 OPTIONAL_DATASETS = frozenset({
-    "neurons/activation_term", "neurons/weight_term",
+    "neurons/activation_term", "neurons/weight_term", "neurons/auroc",
     "summary/sum_activation_term", "summary/sum_weight_term", "summary/sum_activation_term_v3",
     "summary/sum_weight_term_v3",
 })

@@ -52,6 +52,9 @@ def add_arguments(parser) -> None:
     data.add_argument("--prompt-column", default=None, help="text column of a CSV/Parquet/JSONL/hub prompt set")
     data.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
                       help="use only the first N prompts (default: all)")
+    data.add_argument("--detector-scorer", default="profanity",
+                      help="scorer that labels the base continuations toxic (> 0.5) or not for each neuron's "
+                           "detector AUROC: profanity, wordlist or detoxify[:VARIANT] (default: %(default)s)")
     data.add_argument("--patch-holdout", type=float, default=PATCH_HOLDOUT, metavar="FRACTION",
                       help="keep this fraction of the prompts (evenly spread) aside, unrecorded, for patch runs to "
                            "evaluate on out of sample; 0 keeps none (default: %(default)g)")
@@ -100,7 +103,7 @@ def run(args) -> int:
         shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
         device=args.device, dtype=args.dtype,
         device_map=args.device_map, max_memory=args.max_memory, cluster_top_k=args.cluster_top_k,
-        n_clusters=args.clusters)
+        n_clusters=args.clusters, detector_scorer=args.detector_scorer)
     if args.plan:
         return print_plan(settings, warm_up=not args.no_warm_up)
     if args.output is None:

@@ -58,6 +58,7 @@ COLUMNS = (
     Column("value_cos", "vcos", 6, "{:.4f}"),
     Column("activation_term", "Δfire", 9, "{:+.2e}"),
     Column("weight_term", "Δwrite", 9, "{:+.2e}"),
+    Column("auroc", "AUROC", 6, "{:.3f}"),
 )
 COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
 THRESHOLD_OPERATORS = (">=", "<=", "|x|>=")

@@ -176,6 +176,29 @@ def test_a_pair_that_differs_only_in_value_vectors_moves_only_the_writing_term(w
     assert np.abs(layers["sum_activation_term"]).max() < 1e-6 * scale
 
 
+def test_compute_stores_the_detector_labels_and_auroc(workspace, tiny_models):
+    """The base continuations' scores by the profanity scorer, read back, label the prompts; the stored AUROC is
+    scikit-learn's on the stored per-prompt activations, or NaN, said in the attributes, when one class is empty
+    (a tiny random model rarely says anything profane)."""
+    from neuron_explorer.engine.alignment.scoring import get_scorer
+    from sklearn.metrics import roc_auc_score
+
+    result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "detect.h5"))
+    with CacheReader(result.path) as reader:
+        prompts = reader.table("prompts")
+        scores = get_scorer("profanity").score(prompts["continuation_pre"].to_list())
+        np.testing.assert_allclose(prompts["toxicity_pre"].to_numpy(), scores)
+        toxic = scores > 0.5
+        attrs = reader.attrs("neurons/auroc")
+        auroc = reader.neuron_array("auroc")
+        acts = reader.file["prompt_acts/pre"][:]
+    assert (attrs["scorer"], attrs["n_toxic"], attrs["n_clean"]) == ("profanity", toxic.sum(), (~toxic).sum())
+    if 0 < toxic.sum() < toxic.size:
+        assert auroc[1, 5] == pytest.approx(roc_auc_score(toxic, acts[:, 1, 5]))
+    else:
+        assert np.isnan(auroc).all() and "one class only" in attrs["labels"]
+
+
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
     code = main(args)
     err = capsys.readouterr().err

@@ -26,6 +26,7 @@ from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED,
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
 from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
 from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
+from neuron_explorer.engine.alignment.scoring import DEFAULT_SCORER, get_scorer
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
@@ -58,6 +59,7 @@ class ComputeSettings:
     cluster_top_k: int = DEFAULT_CLUSTER_TOP_K
     n_clusters: int = DEFAULT_N_CLUSTERS
     tokens_per_neuron: int = 10
+    detector_scorer: str = DEFAULT_SCORER  # labels the base continuations for the detector AUROC
 
 
 @dataclass
@@ -88,6 +90,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     clock = time.perf_counter()
     prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
     prompts, patch_prompts = hold_out_for_patching(prompts, settings.patch_holdout)
+    scorer = get_scorer(settings.detector_scorer) if ranks.main else None  # a missing scorer fails before recording
     load = dict(device=ranks.device(settings.device), dtype=settings.dtype, device_map=settings.device_map,
                 max_memory=parse_max_memory(settings.max_memory))
     pre = load_model(settings.base, **load)
@@ -181,15 +184,19 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         timings["weights"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
+        continuations_pre = recordings["pre"].continuations or [""] * len(prompts.texts)
+        toxicity_pre = scorer.score(continuations_pre)
         writer.write_prompts({
             "text": prompts.texts,
             "n_tokens": np.array(recordings["pre"].prompt_tokens, dtype=np.int32),
-            "continuation_pre": recordings["pre"].continuations or [""] * len(prompts.texts),
+            "continuation_pre": continuations_pre,
             "continuation_dpo": recordings["dpo"].continuations or [""] * len(prompts.texts),
+            "toxicity_pre": toxicity_pre,
         })
         writer.write_array("probe/direction", probe.direction, probe.provenance())
         groups, summary = write_statistics(writer, metrics, layers, datasets["pre"], datasets["dpo"],
-                                   cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
+                                           toxicity_pre=toxicity_pre, scorer=scorer.name,
+                                           cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
         writer.write_attrs({"positions": settings.positions, "protocol": protocol_description(settings)})
         layer_attrs = {"identity_prompts": json.dumps(sample.tolist()), "identity_sample_size": len(sample)}
         for name in ("pre", "dpo"):

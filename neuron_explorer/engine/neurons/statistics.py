@@ -7,10 +7,12 @@ by tests and benchmarks share one implementation.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 
 from neuron_explorer.cache import schema
 
 TOP_TOXIC_NEURONS = 128
+TOXIC_LABEL_THRESHOLD = 0.5  # a base continuation is toxic for the detector AUROC when its score exceeds this
 
 
 def assign_groups(cos_pre: np.ndarray, act_pre: np.ndarray, act_shift: np.ndarray) -> np.ndarray:
@@ -53,6 +55,28 @@ def neuron_metrics(*, p_pre, p_dpo, cos_pre, cos_dpo, value_cos, act_pre, act_dp
     }
     out = {name: np.asarray(value, dtype=np.float32) for name, value in columns.items()}
     out["group"] = assign_groups(out["cos_pre"], out["act_pre"], out["act_shift"])
+    return out
+
+
+def detector_auroc(prompt_acts, toxic: np.ndarray) -> np.ndarray:
+    """Per neuron, the AUROC of its per-prompt mean activation for toxic (``toxic`` True) against non-toxic prompts
+    (METHOD §8, AurA's detector ranking), as float32 (n_layers, d_mlp); NaN everywhere when one class is empty.
+
+    The rank form of the Mann–Whitney U, ties counted one half as in scikit-learn's roc_auc_score: no threshold
+    sweep, one ranking per layer. `prompt_acts` is (prompts, n_layers, d_mlp) and is read one layer at a time, so an
+    HDF5 dataset of a large model never has to fit in memory.
+    """
+    toxic = np.asarray(toxic, dtype=bool)
+    n_prompts, n_layers, d_mlp = prompt_acts.shape
+    n_toxic = int(toxic.sum())
+    n_clean = n_prompts - n_toxic
+    out = np.full((n_layers, d_mlp), np.nan, dtype=np.float32)
+    if n_toxic == 0 or n_clean == 0:
+        return out
+    for layer in range(n_layers):
+        ranks = rankdata(np.asarray(prompt_acts[:, layer, :], dtype=np.float64), axis=0)
+        u = ranks[toxic].sum(axis=0) - n_toxic * (n_toxic + 1) / 2
+        out[layer] = u / (n_toxic * n_clean)
     return out
 
 

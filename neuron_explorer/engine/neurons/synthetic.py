@@ -49,8 +49,9 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
     }
     with CacheWriter(path, n_layers=n_layers, d_mlp=d_mlp, d_model=d_model, architecture="synthetic",
                      provenance=provenance) as writer:
+        toxicity = np.random.default_rng(seed + 1).uniform(0, 1, n_prompts)  # own stream: the rest stays as it was
         writer.write_prompts({"text": prompts, "continuation_pre": [" and then it went on"] * n_prompts,
-                              "continuation_dpo": [" and then it stopped"] * n_prompts})
+                              "continuation_dpo": [" and then it stopped"] * n_prompts, "toxicity_pre": toxicity})
         pre = writer.prompt_activations("pre", n_prompts)
         dpo = writer.prompt_activations("dpo", n_prompts)
         _fill_prompt_activations(rng, pre, dpo, act_pre, act_dpo)
@@ -63,7 +64,8 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
                 tokens[f"{direction}_scores_{model}"] = (scores[..., ::-1] if sign < 0 else scores).astype(np.float32)
         write_token_tables(writer, tokens, [f"tok{i}" for i in range(vocab_size)])
         writer.write_array("probe/direction", rng.normal(0, 1, d_model).astype(np.float32), {"source": "synthetic"})
-        write_statistics(writer, metrics, layers, pre, dpo, cluster_top_k=cluster_top_k, n_clusters=n_clusters)
+        write_statistics(writer, metrics, layers, pre, dpo, toxicity_pre=toxicity, scorer="synthetic",
+                         cluster_top_k=cluster_top_k, n_clusters=n_clusters)
     return Path(path)
 
 

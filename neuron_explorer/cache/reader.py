@@ -312,6 +312,18 @@ class CacheReader:
         return ClusterTree(linkage=group["linkage"][:], leaf_order=group["leaf_order"][:], layer=group["layer"][:],
                            neuron=group["neuron"][:], label=group["label"][:], attrs=self.attrs("clusters"))
 
+    def differences(self) -> dict[str, dict]:
+        """Where the pair differs on any text (``schema.DIFFERENCE_ARRAYS``), per source present: the arrays and
+        the attributes (n_tokens, kl_mean, ...). Empty for caches written without it."""
+        found = {}
+        for source in schema.DIFFERENCE_SOURCES:
+            name = f"differences/{source}"
+            if name in self.file:
+                group = self.file[name]
+                found[source] = {"arrays": {key: group[key][:] for key in schema.DIFFERENCE_ARRAYS if key in group},
+                                 "attrs": {k: v for k, v in self.attrs(name).items() if k != "columns"}}
+        return found
+
     def probe_direction(self) -> np.ndarray:
         return self.file["probe/direction"][:]
 

@@ -63,6 +63,23 @@ SUMMARY_COLUMNS = {
     "sum_weight_term_v3": "v3: Σ weight_term over the row's neurons; the two sum to sum_contribution_v3",
 }
 
+# Where the pair differs on any text (engine/neurons/difference_lens.py): one group /differences/<source> per source,
+# holding these arrays; its attributes: source, n_texts, n_tokens, kl_mean and kl_max (KL(base ‖ tuned), nats).
+DIFFERENCE_SOURCES = {
+    "corpus": "the perplexity corpus (text unrelated to toxicity), in windows",
+    "prompts": "the statistics prompts, each followed by the base model's continuation",
+}
+DIFFERENCE_ARRAYS = {
+    "mean_difference": "(n_layers, d_model) mean over positions of the block output, tuned − base",
+    "probe_projection": "(n_layers,) that difference · ŵ",
+    "difference_norm": "(n_layers,) ‖that difference‖",
+    "residual_norm": "(n_layers,) mean ‖block output‖ of the base model, for scale",
+    "top_tokens": "(n_layers, k) the tokens the difference promotes through the base final norm and unembedding",
+    "top_scores": "(n_layers, k) their logits",
+    "bottom_tokens": "(n_layers, k) the tokens it suppresses",
+    "bottom_scores": "(n_layers, k) their logits",
+}
+
 SIDECAR_SUFFIX = ".annotations"
 
 # What every complete cache holds, checked when a file is opened (reader.open_cache_file), so that a damaged or

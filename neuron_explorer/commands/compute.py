@@ -71,6 +71,9 @@ def add_arguments(parser) -> None:
                            help="prompts per batch (default: %(default)s)")
     recording.add_argument("--shared-continuation", action="store_true",
                            help="record the tuned model on the base model's continuation (same tokens for both)")
+    recording.add_argument("--no-difference-lens", dest="difference_lens", action="store_false",
+                           help="skip the pass that measures where the pair differs on the perplexity corpus and the "
+                                "prompts (residual difference per layer, next-token KL)")
     recording.add_argument("--identity-check", default=str(IDENTITY_SAMPLE_SIZE), metavar="N|all",
                            help="prompts (spread evenly) on which a separate pass measures what each MLP writes into "
                                 "the residual stream, to check the recorded statistics (default: %(default)s)")
@@ -103,7 +106,7 @@ def run(args) -> int:
         shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
         device=args.device, dtype=args.dtype,
         device_map=args.device_map, max_memory=args.max_memory, cluster_top_k=args.cluster_top_k,
-        n_clusters=args.clusters, detector_scorer=args.detector_scorer)
+        n_clusters=args.clusters, detector_scorer=args.detector_scorer, difference_lens=args.difference_lens)
     if args.plan:
         return print_plan(settings, warm_up=not args.no_warm_up)
     if args.output is None:

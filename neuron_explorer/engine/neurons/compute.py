@@ -19,6 +19,8 @@ from neuron_explorer.events import Reporter, Tracker, ignore
 
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT,
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
+from neuron_explorer.engine.neurons.difference_lens import (corpus_sequences, measure_difference,
+                                                            prompt_sequences)
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
@@ -60,6 +62,7 @@ class ComputeSettings:
     n_clusters: int = DEFAULT_N_CLUSTERS
     tokens_per_neuron: int = 10
     detector_scorer: str = DEFAULT_SCORER  # labels the base continuations for the detector AUROC
+    difference_lens: bool = True  # where the pair differs on the corpus and the prompts (difference_lens.py)
 
 
 @dataclass
@@ -205,6 +208,14 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         writer.write_attrs(layer_attrs, "layers")
         if patch_prompts is not None:
             writer.write_table("patch_prompts", patch_prompts["columns"], patch_prompts["attrs"])
+        if settings.difference_lens:
+            clock = time.perf_counter()
+            sources = {"corpus": corpus_sequences(pre),
+                       "prompts": prompt_sequences(pre, prompts.texts, continuations_pre, settings.max_prompt_tokens)}
+            for source, sequences in sources.items():
+                found = measure_difference(pre, dpo, sequences, source)
+                writer.write_table(f"differences/{source}", found.arrays(pre, unit), found.attrs())
+            timings["difference lens"] = time.perf_counter() - clock
         for name, table in (extra_tables or {}).items():
             writer.write_table(name, table["columns"], table.get("attrs"))
         timings["statistics"] = time.perf_counter() - clock

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuron_explorer.cache import schema
 from neuron_explorer.cache.writer import CacheWriter
 
 from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
@@ -66,7 +67,25 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
         writer.write_array("probe/direction", rng.normal(0, 1, d_model).astype(np.float32), {"source": "synthetic"})
         write_statistics(writer, metrics, layers, pre, dpo, toxicity_pre=toxicity, scorer="synthetic",
                          cluster_top_k=cluster_top_k, n_clusters=n_clusters)
+        _write_differences(writer, np.random.default_rng(seed + 2), n_layers, d_model, vocab_size)
     return Path(path)
+
+
+def _write_differences(writer: CacheWriter, rng: np.random.Generator, n_layers: int, d_model: int,
+                       vocab_size: int) -> None:
+    """Random residual differences, growing with depth, for each source of `schema.DIFFERENCE_SOURCES`."""
+    for n, source in enumerate(schema.DIFFERENCE_SOURCES):
+        difference = rng.normal(0, 0.01, (n_layers, d_model)) * np.arange(1, n_layers + 1)[:, None]
+        scores = np.sort(rng.normal(0, 1, (n_layers, 2 * TOKENS_PER_NEURON)), axis=1)
+        arrays = {"mean_difference": difference.astype(np.float32), "probe_projection": difference[:, 0],
+                  "difference_norm": np.linalg.norm(difference, axis=1),
+                  "residual_norm": np.linspace(1.0, 10.0, n_layers),
+                  "top_tokens": rng.integers(0, vocab_size, (n_layers, TOKENS_PER_NEURON), dtype=np.int32),
+                  "top_scores": scores[:, ::-1][:, :TOKENS_PER_NEURON].astype(np.float32),
+                  "bottom_tokens": rng.integers(0, vocab_size, (n_layers, TOKENS_PER_NEURON), dtype=np.int32),
+                  "bottom_scores": scores[:, :TOKENS_PER_NEURON].astype(np.float32)}
+        writer.write_table(f"differences/{source}", arrays, {"source": source, "n_texts": 16, "n_tokens": 2048 * (n + 1),
+                                                             "kl_mean": 0.01 * (n + 1), "kl_max": 0.5})
 
 
 def _fill_prompt_activations(rng: np.random.Generator, pre, dpo, act_pre: np.ndarray, act_dpo: np.ndarray) -> None:

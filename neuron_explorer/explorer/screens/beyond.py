@@ -1,9 +1,13 @@
-"""Neuron sets against chance: a matrix of the groups, toxic:128, auroc:128, the top Δ and the saved sets.
+"""Beyond the paper (docs/beyond.md): neuron sets against chance, and where the pair differs on any text.
 
-Above the diagonal the Jaccard index of two sets and how many times the chance level it is; below it their overlap
-beside the chance overlap; on the diagonal each set's size. Chance keeps each set's count per layer and places its
-neurons at random within the layer (`engine/patching/overlap.py`). Bold green: p < 0.01 that random sets overlap
-as much.
+The matrix compares the groups, toxic:128, auroc:128, the top Δ and the saved sets: above the diagonal the Jaccard
+index of two sets and how many times its chance level it is; below it their overlap beside the chance overlap; on
+the diagonal each set's size. Chance keeps each set's count per layer and places its neurons at random within the
+layer (`engine/patching/overlap.py`). Bold green: p < 0.01 that random sets overlap as much.
+
+Below it, per text source of the cache (`differences/*`): the mean next-token KL(base ‖ tuned) and, per layer, the
+mean residual difference tuned − base projected on the probe, its size against the residual's, and the tokens it
+promotes and suppresses.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from neuron_explorer.cache import annotations
+from neuron_explorer.cache.schema import DIFFERENCE_SOURCES
 from neuron_explorer.engine.patching.overlap import compare_all, default_specs, resolve_masks
 from neuron_explorer.errors import UserError
 
 from ..state import Store
 
+DIFFERENCE_TOKENS = 4  # promoted and suppressed tokens shown per layer
 SCREEN_DRAWS = 500  # the command's 2000 would add nothing visible to two decimals
 SIGNIFICANT = 0.01
 LEGEND = ("above the diagonal: Jaccard ×(its chance level); below: overlap / chance overlap; diagonal: size. "
@@ -59,10 +65,29 @@ def overlap_matrix(results: list, specs: list[str]) -> Table:
     return table
 
 
-class SetsScreen(Screen):
-    """Do different selection rules pick the same neurons, beyond what their layers alone would give?"""
+def difference_table(found: dict, vocab) -> Table:
+    """One source of `CacheReader.differences()`: a row per layer."""
+    arrays = found["arrays"]
+    table = Table(box=None, padding=(0, 1), collapse_padding=True)
+    for title, width in (("layer", 5), ("Δh·ŵ", 9), ("‖Δh‖/‖h‖", 8)):
+        table.add_column(title, justify="right", no_wrap=True, min_width=width)
+    for title in ("promotes", "suppresses"):
+        table.add_column(title, ratio=1)  # the token lists wrap in a narrow terminal, the numbers never
 
-    CSS_PATH = "sets.tcss"
+    def words(ids) -> str:
+        return " ".join(repr(str(vocab[i]) if 0 <= i < len(vocab) else f"<{i}>")[1:-1] for i in ids[:DIFFERENCE_TOKENS])
+
+    for layer, projection in enumerate(arrays["probe_projection"]):
+        relative = arrays["difference_norm"][layer] / max(float(arrays["residual_norm"][layer]), 1e-30)
+        table.add_row(str(layer), Text(f"{projection:+.2e}", style="green" if projection < 0 else "red"),
+                      f"{relative:.1e}", words(arrays["top_tokens"][layer]), words(arrays["bottom_tokens"][layer]))
+    return table
+
+
+class BeyondScreen(Screen):
+    """Do different selection rules pick the same neurons beyond chance; how does the pair differ on any text?"""
+
+    CSS_PATH = "beyond.tcss"
     BINDINGS = [Binding("r", "recompute", "recompute", id="sets.recompute",
                         tooltip="compare again, with the sets saved since")]
 
@@ -72,9 +97,20 @@ class SetsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with VerticalScroll(id="sets-body"):
+        with VerticalScroll(id="beyond-body"):
+            yield Static("Neuron sets against layer-matched chance", classes="pane-title")
             yield Static(id="sets-matrix")
             yield Static(Text(LEGEND, style="dim"), id="sets-legend")
+            differences = self.store.reader.differences()
+            if not differences:
+                yield Static("Where the pair differs on any text: not in this cache (computed without it).",
+                             classes="pane-title")
+            for source, found in differences.items():
+                attrs = found["attrs"]
+                yield Static(f"Where the pair differs: {DIFFERENCE_SOURCES[source]} ({attrs['n_texts']} texts, "
+                             f"{attrs['n_tokens']:,} tokens; mean KL(base ‖ tuned) {attrs['kl_mean']:.2e} nats, max "
+                             f"{attrs['kl_max']:.2e})", classes="pane-title")
+                yield Static(difference_table(found, self.store.reader.vocab()), classes="difference-table")
         yield Footer()
 
     def on_mount(self) -> None:

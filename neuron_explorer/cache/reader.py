@@ -247,12 +247,13 @@ class CacheReader:
         written before them), measured projections and identity residuals."""
         table = self.table("layers").with_columns(pl.Series("layer", np.arange(self.info.n_layers, dtype=np.int16)))
         contribution = self.file["neurons/contribution"][:]
-        terms = self.neurons(columns=["activation_term", "weight_term"])
+        terms = {name: self.file[f"neurons/{name}"][:].astype(np.float64).sum(axis=1)
+                 if f"neurons/{name}" in self.file else np.full(self.info.n_layers, np.nan)
+                 for name in ("activation_term", "weight_term")}
         return table.select("layer", pl.exclude("layer")).with_columns(
             pl.Series("sum_positive", np.where(contribution > 0, contribution, 0).sum(axis=1)),
             pl.Series("sum_negative", np.where(contribution < 0, contribution, 0).sum(axis=1)),
-            *(pl.Series(f"sum_{name}", terms[name].to_numpy().reshape(self.info.n_layers, -1).astype(np.float64)
-                        .sum(axis=1)) for name in ("activation_term", "weight_term")),
+            *(pl.Series(f"sum_{name}", sums) for name, sums in terms.items()),
         )
 
     def layer_group_sums(self) -> pl.DataFrame:

@@ -196,3 +196,22 @@ def test_firing_and_writing_of_a_hand_built_neuron():
     normed = neuron_metrics(p_pre=one, p_dpo=3 * one, cos_pre=one, cos_dpo=one, value_cos=one, act_pre=2 * one,
                             act_dpo=1.5 * one, written_pre=4 * one, written_dpo=one)
     assert (normed["activation_term"][0, 0], normed["weight_term"][0, 0], normed["contribution"][0, 0]) == (3, -2, 1)
+
+
+def test_a_cache_written_before_the_optional_columns_still_opens(tmp_path):
+    """schema.OPTIONAL_DATASETS removed from a complete cache: it opens, and the reader gives their columns as NaN."""
+    import h5py
+
+    from neuron_explorer.cache.reader import CacheReader
+
+    path = build_synthetic_cache(tmp_path / "s.h5", n_layers=2, d_mlp=16, n_prompts=4, cluster_top_k=8, n_clusters=2)
+    with h5py.File(path, "a") as handle:
+        for name in schema.OPTIONAL_DATASETS:
+            del handle[name]
+    with CacheReader(path) as reader:
+        frame = reader.neurons()
+        layers = reader.layers()
+        assert not reader.has("neurons/auroc")
+    for name in ("activation_term", "weight_term", "auroc"):
+        assert frame[name].is_nan().all()
+    assert layers["sum_weight_term"].is_nan().all() and layers["sum_contribution"].is_finite().all()

@@ -325,6 +325,14 @@ class CacheReader:
                                  "attrs": {k: v for k, v in self.attrs(name).items() if k != "columns"}}
         return found
 
+    def dynamics(self) -> dict | None:
+        """The checkpoint series (``schema.DYNAMICS_ARRAYS`` and the attribute ``steps``), or None without one."""
+        if "dynamics" not in self.file:
+            return None
+        group = self.file["dynamics"]
+        return {**{name: group[name][:] for name in schema.DYNAMICS_ARRAYS if name in group},
+                "steps": self.attrs("dynamics").get("steps", [])}
+
     def probe_direction(self) -> np.ndarray:
         return self.file["probe/direction"][:]
 

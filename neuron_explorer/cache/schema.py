@@ -80,6 +80,15 @@ DIFFERENCE_ARRAYS = {
     "bottom_scores": "(n_layers, k) their logits",
 }
 
+# Neuron dynamics across training (engine/neurons/dynamics.py, `compute --tuned A --tuned B …`): the /dynamics group,
+# one row per step (the checkpoints in the order given, the final tuned model last); its attribute `steps` names them.
+DYNAMICS_ARRAYS = {
+    "contribution": "(steps, n_layers, d_mlp) f16: each neuron's Δ at each step",
+    "group_sums": "(steps, groups) Σ Δ of each group of GROUP_NAMES, the final model's membership at every step",
+    "layer_movement": "(steps, n_layers) Σ_i |Δ_i| per layer",
+    "half_step": "(n_layers,) the first step whose movement reaches half the final one; -1: the layer never moved",
+}
+
 SIDECAR_SUFFIX = ".annotations"
 
 # What every complete cache holds, checked when a file is opened (reader.open_cache_file), so that a damaged or

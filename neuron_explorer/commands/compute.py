@@ -35,7 +35,9 @@ HELP = "record a base/tuned model pair and write the neuron statistics to an HDF
 def add_arguments(parser) -> None:
     models = parser.add_argument_group("models")
     models.add_argument("--base", default="embedded", help="base model spec (default: %(default)s)")
-    models.add_argument("--tuned", default="embedded-dpo", help="DPO-tuned model spec (default: %(default)s)")
+    models.add_argument("--tuned", action="append", default=None, metavar="SPEC",
+                        help="DPO-tuned model spec (default: embedded-dpo); repeated, the earlier ones are checkpoints "
+                             "of the last, oldest first, whose Δ per step the cache keeps (neuron dynamics)")
     models.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     models.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="weights dtype (auto: float32 on CPU, bfloat16 on GPU)")
@@ -99,7 +101,8 @@ def run(args) -> int:
     from neuron_explorer.events import Done
 
     settings = ComputeSettings(
-        base=args.base, tuned=args.tuned, probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
+        base=args.base, tuned=(args.tuned or ["embedded-dpo"])[-1], checkpoints=tuple((args.tuned or [])[:-1]),
+        probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
         output=args.output or default_cache_path(), positions=args.positions, new_tokens=args.new_tokens,
         max_prompt_tokens=args.max_prompt_tokens, max_prompts=args.max_prompts, patch_holdout=args.patch_holdout,
         batch_size=args.batch_size,

@@ -21,6 +21,7 @@ from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CL
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.difference_lens import (corpus_sequences, measure_difference,
                                                             prompt_sequences)
+from neuron_explorer.engine.neurons.dynamics import checkpoint_contribution, write_dynamics
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
@@ -63,6 +64,7 @@ class ComputeSettings:
     tokens_per_neuron: int = 10
     detector_scorer: str = DEFAULT_SCORER  # labels the base continuations for the detector AUROC
     difference_lens: bool = True  # where the pair differs on the corpus and the prompts (difference_lens.py)
+    checkpoints: tuple[str, ...] = ()  # earlier checkpoints of `tuned`, oldest first: the dynamics (dynamics.py)
 
 
 @dataclass
@@ -86,6 +88,9 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     output = Path(settings.output).expanduser()
     if not output.parent.exists():
         raise UserError(f"output folder {output.parent} does not exist: create it or choose another -o path")
+    if settings.checkpoints and ranks.world_size > 1:
+        raise UserError("a series of checkpoints (--tuned A --tuned B …) runs in one process: drop torchrun or the "
+                        "earlier checkpoints")
     if settings.device_map and ranks.world_size > 1:
         raise UserError("--device-map spreads one model over the GPUs; under torchrun each process holds a whole "
                         "model: drop one of them")
@@ -216,6 +221,16 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                 found = measure_difference(pre, dpo, sequences, source)
                 writer.write_table(f"differences/{source}", found.arrays(pre, unit), found.attrs())
             timings["difference lens"] = time.perf_counter() - clock
+        if settings.checkpoints:
+            clock = time.perf_counter()
+            record = dict(positions=settings.positions, new_tokens=settings.new_tokens,
+                          max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+            steps = [checkpoint_contribution(spec, pre, recordings["pre"], weights["pre"], unit, load, record,
+                                             prompts.texts, settings.shared_continuation)
+                     for spec in settings.checkpoints]
+            write_dynamics(writer, [*settings.checkpoints, settings.tuned], [*steps, metrics["contribution"]],
+                           metrics["group"])
+            timings["dynamics"] = time.perf_counter() - clock
         for name, table in (extra_tables or {}).items():
             writer.write_table(name, table["columns"], table.get("attrs"))
         timings["statistics"] = time.perf_counter() - clock

@@ -60,6 +60,7 @@ def test_compute_stores_both_sources(tiny_models, edited_copy, tmp_path, one_tor
                                          patch_holdout=0.0))
     with CacheReader(result.path) as reader:
         found = reader.differences()
+        assert reader.dynamics() is None  # one tuned model: no series
     assert set(found) == {"corpus", "prompts"}
     for source in found.values():
         assert source["arrays"]["mean_difference"].shape == (3, 32)

@@ -10,7 +10,7 @@ import torch
 from neuron_explorer.cache import schema
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
-from neuron_explorer.engine.neurons.dynamics import summarize_dynamics
+from neuron_explorer.engine.neurons.statistics import summarize_dynamics
 
 
 def test_summary_of_hand_made_steps():
@@ -59,12 +59,14 @@ def test_compute_over_checkpoints_keeps_each_steps_delta(tiny_models, edited_cop
                                rtol=1e-4)
 
 
-def test_no_checkpoints_no_dynamics(tmp_path):
+def test_synthetic_caches_carry_a_series(tmp_path):
+    """Three steps of a third, two thirds and all of the final Δ: every moving layer is half way at step 1."""
     from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
 
     path = build_synthetic_cache(tmp_path / "s.h5", n_layers=2, d_mlp=8, n_prompts=4, cluster_top_k=4, n_clusters=2)
     with CacheReader(path) as reader:
-        assert reader.dynamics() is None
+        found = reader.dynamics()
+    assert found["steps"] == ["step-100", "step-200", "final"] and found["half_step"].tolist() == [1, 1]
 
 
 def test_the_command_line_takes_a_series_of_tuned_models():

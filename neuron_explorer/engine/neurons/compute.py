@@ -21,7 +21,7 @@ from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CL
                        POSITION_PROTOCOLS, default_cache_path, default_probe_path)
 from neuron_explorer.engine.neurons.difference_lens import (corpus_sequences, measure_difference,
                                                             prompt_sequences)
-from neuron_explorer.engine.neurons.dynamics import checkpoint_contribution, write_dynamics
+from neuron_explorer.engine.neurons.dynamics import checkpoint_contribution
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
@@ -31,7 +31,7 @@ from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_
 from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
 from neuron_explorer.engine.alignment.scoring import DEFAULT_SCORER, get_scorer
 from neuron_explorer.engine.neurons.recording import record_model
-from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
+from neuron_explorer.engine.neurons.results import write_dynamics, write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
 from neuron_explorer.engine.model.weights import (lens_memo, lens_top_k, probe_projections, value_cosines,
                                                   value_tokens, vocabulary)

@@ -3,7 +3,8 @@
 `compute --tuned A --tuned B … --tuned FINAL` records the base once and each checkpoint as it records the final
 model (same prompts, positions and, with --shared-continuation, the base's tokens), and keeps per step every
 neuron's Δ (float16), each group's Σ Δ and, per layer, the step at which half the final movement was reached.
-Group membership is the final model's at every step, so a group's curve follows the same neurons.
+Group membership is the final model's at every step, so a group's curve follows the same neurons. The summary
+(`statistics.summarize_dynamics`) and the writing (`results.write_dynamics`) need no torch.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import gc
 
 import numpy as np
 
-from neuron_explorer.cache import schema
-from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.loading import LoadedModel, load_model
@@ -43,34 +42,3 @@ def checkpoint_contribution(spec: str, base: LoadedModel, base_recording: Record
     finally:
         del loaded
         gc.collect()
-
-
-def summarize_dynamics(contributions: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
-    """From Δ per step (steps, n_layers, d_mlp; the last step is the final model) and the final group codes:
-
-    - ``group_sums`` (steps, groups): Σ Δ of each group of ``schema.GROUP_NAMES``;
-    - ``layer_movement`` (steps, n_layers): Σ_i |Δ_i| per layer, how far the layer has moved (no cancelling);
-    - ``half_step`` (n_layers,): the first step whose movement reaches half the final one (-1 for a layer that
-      never moved).
-    """
-    values = np.asarray(contributions, dtype=np.float64)
-    flat_codes = np.asarray(codes).ravel()
-    group_sums = np.stack([np.bincount(flat_codes, weights=step.ravel(), minlength=len(schema.GROUP_NAMES))
-                           for step in values])
-    movement = np.abs(values).sum(axis=2)
-    final = movement[-1]
-    reached = movement >= 0.5 * final[None]
-    half_step = np.where(final > 0, reached.argmax(axis=0), -1)
-    return {"group_sums": group_sums, "layer_movement": movement, "half_step": half_step.astype(np.int64)}
-
-
-def write_dynamics(writer: CacheWriter, steps: list[str], contributions: list[np.ndarray], codes: np.ndarray) -> None:
-    """The /dynamics group (``schema.DYNAMICS_ARRAYS``)."""
-    stacked = np.stack(contributions)
-    summary = summarize_dynamics(stacked, codes)
-    writer.write_array("dynamics/contribution", stacked.astype(np.float16))
-    for name, array in summary.items():
-        writer.write_array(f"dynamics/{name}", array)
-    writer.write_attrs({"steps": list(steps), "groups": list(schema.GROUP_NAMES),
-                        "membership": "the final model's groups at every step",
-                        "half_step": "first step whose Σ|Δ| in the layer reaches half the final one"}, "dynamics")

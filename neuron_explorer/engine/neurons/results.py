@@ -9,7 +9,8 @@ from neuron_explorer.cache.writer import CacheWriter
 
 from neuron_explorer.engine.neurons.clustering import cluster_neurons
 from neuron_explorer.engine.defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
-from neuron_explorer.engine.neurons.statistics import TOXIC_LABEL_THRESHOLD, detector_auroc, summarize
+from neuron_explorer.engine.neurons.statistics import (TOXIC_LABEL_THRESHOLD, detector_auroc, summarize,
+                                                      summarize_dynamics)
 
 
 def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, prompt_acts_pre, prompt_acts_dpo, *,
@@ -43,3 +44,15 @@ def write_token_tables(writer: CacheWriter, tokens: dict[str, np.ndarray], vocab
     """Top/bottom token ids and scores per neuron (``schema.TOKEN_ARRAYS``) and the vocabulary strings."""
     writer.write_neuron_arrays({name: tokens[name] for name in schema.TOKEN_ARRAYS})
     writer.write_vocab(vocab)
+
+
+def write_dynamics(writer: CacheWriter, steps: list[str], contributions: list[np.ndarray], codes: np.ndarray) -> None:
+    """The /dynamics group (``schema.DYNAMICS_ARRAYS``)."""
+    stacked = np.stack(contributions)
+    summary = summarize_dynamics(stacked, codes)
+    writer.write_array("dynamics/contribution", stacked.astype(np.float16))
+    for name, array in summary.items():
+        writer.write_array(f"dynamics/{name}", array)
+    writer.write_attrs({"steps": list(steps), "groups": list(schema.GROUP_NAMES),
+                        "membership": "the final model's groups at every step",
+                        "half_step": "first step whose Σ|Δ| in the layer reaches half the final one"}, "dynamics")

@@ -185,3 +185,22 @@ def top_toxic_share(metrics: dict, positive_total: float, k: int = TOP_TOXIC_NEU
         "top_toxic_share": part / positive_total if positive_total else 0.0,
         "top_toxic_all_sum": float(metrics["contribution"].ravel()[top].astype(np.float64).sum()),
     }
+
+
+def summarize_dynamics(contributions: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """From Δ per step (steps, n_layers, d_mlp; the last step is the final model) and the final group codes:
+
+    - ``group_sums`` (steps, groups): Σ Δ of each group of ``schema.GROUP_NAMES``;
+    - ``layer_movement`` (steps, n_layers): Σ_i |Δ_i| per layer, how far the layer has moved (no cancelling);
+    - ``half_step`` (n_layers,): the first step whose movement reaches half the final one (-1 for a layer that
+      never moved).
+    """
+    values = np.asarray(contributions, dtype=np.float64)
+    flat_codes = np.asarray(codes).ravel()
+    group_sums = np.stack([np.bincount(flat_codes, weights=step.ravel(), minlength=len(schema.GROUP_NAMES))
+                           for step in values])
+    movement = np.abs(values).sum(axis=2)
+    final = movement[-1]
+    reached = movement >= 0.5 * final[None]
+    half_step = np.where(final > 0, reached.argmax(axis=0), -1)
+    return {"group_sums": group_sums, "layer_movement": movement, "half_step": half_step.astype(np.int64)}

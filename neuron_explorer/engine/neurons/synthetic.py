@@ -15,7 +15,7 @@ import numpy as np
 from neuron_explorer.cache import schema
 from neuron_explorer.cache.writer import CacheWriter
 
-from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
+from neuron_explorer.engine.neurons.results import write_dynamics, write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
 
 TOKENS_PER_NEURON = 10
@@ -68,6 +68,8 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
         write_statistics(writer, metrics, layers, pre, dpo, toxicity_pre=toxicity, scorer="synthetic",
                          cluster_top_k=cluster_top_k, n_clusters=n_clusters)
         _write_differences(writer, np.random.default_rng(seed + 2), n_layers, d_model, vocab_size)
+        final = metrics["contribution"].astype(np.float64)
+        write_dynamics(writer, ["step-100", "step-200", "final"], [final / 3, final * 2 / 3, final], metrics["group"])
     return Path(path)
 
 

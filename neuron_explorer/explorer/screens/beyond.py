@@ -7,7 +7,8 @@ layer (`engine/patching/overlap.py`). Bold green: p < 0.01 that random sets over
 
 Below it, per text source of the cache (`differences/*`): the mean next-token KL(base ‖ tuned) and, per layer, the
 mean residual difference tuned − base projected on the probe, its size against the residual's, and the tokens it
-promotes and suppresses.
+promotes and suppresses. Last, where the cache holds a checkpoint series (`dynamics`): each reducing group's Σ Δ
+per step and, per layer, the step at which half the final movement was reached.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from neuron_explorer.cache import annotations
-from neuron_explorer.cache.schema import DIFFERENCE_SOURCES
+from neuron_explorer.cache.schema import DIFFERENCE_SOURCES, GROUP_NAMES, REDUCING_GROUPS
 from neuron_explorer.engine.patching.overlap import compare_all, default_specs, resolve_masks
 from neuron_explorer.errors import UserError
 
+from ..formatting import signed
 from ..state import Store
 
 DIFFERENCE_TOKENS = 4  # promoted and suppressed tokens shown per layer
@@ -84,6 +86,19 @@ def difference_table(found: dict, vocab) -> Table:
     return table
 
 
+def dynamics_tables(found: dict) -> tuple[Table, Text]:
+    """The reducing groups' Σ Δ per step (the final model's membership), and the half-movement step per layer."""
+    table = Table(box=None, padding=(0, 1), collapse_padding=True)
+    table.add_column("step", no_wrap=True)
+    for name in REDUCING_GROUPS:
+        table.add_column(name, justify="right", no_wrap=True)
+    for step, sums in zip(found["steps"], found["group_sums"]):
+        table.add_row(str(step)[-24:], *(signed(float(sums[GROUP_NAMES.index(name)])) for name in REDUCING_GROUPS))
+    half = Text("half of the final Σ|Δ| reached at step: " + " ".join(
+        f"L{layer}:{'–' if step < 0 else step}" for layer, step in enumerate(found["half_step"].tolist())))
+    return table, half
+
+
 class BeyondScreen(Screen):
     """Do different selection rules pick the same neurons beyond chance; how does the pair differ on any text?"""
 
@@ -111,6 +126,13 @@ class BeyondScreen(Screen):
                              f"{attrs['n_tokens']:,} tokens; mean KL(base ‖ tuned) {attrs['kl_mean']:.2e} nats, max "
                              f"{attrs['kl_max']:.2e})", classes="pane-title")
                 yield Static(difference_table(found, self.store.reader.vocab()), classes="difference-table")
+            dynamics = self.store.reader.dynamics()
+            if dynamics is not None:
+                table, half = dynamics_tables(dynamics)
+                yield Static(f"Across training: {len(dynamics['steps'])} steps, Σ Δ of the reducing groups "
+                             f"(the final model's members)", classes="pane-title")
+                yield Static(table, classes="difference-table")
+                yield Static(half, classes="difference-table")
         yield Footer()
 
     def on_mount(self) -> None:

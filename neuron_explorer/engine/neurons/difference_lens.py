@@ -25,6 +25,7 @@ LENS_TOKENS = 10
 CORPUS_WINDOW = 128  # tokens per corpus text
 CORPUS_WINDOWS = 16
 PROMPT_TEXTS = 64  # statistics prompts read (evenly spread)
+BATCH = 4  # sequences of one length per forward pass (no padding); 4 × 128 positions × the vocabulary of log-probs
 
 
 @dataclass
@@ -75,36 +76,42 @@ def prompt_sequences(base: LoadedModel, prompts: list[str], continuations: list[
 
 @torch.inference_mode()
 def measure_difference(pre: LoadedModel, dpo: LoadedModel, sequences: list[list[int]], source: str) -> TextDifference:
-    """Run both models over `sequences` (one at a time, unpadded) and average the residual difference and the KL."""
+    """Run both models over `sequences` (those of one length together, unpadded) and average the residual
+    difference and the KL over every position."""
     n_layers = pre.arch.n_layers(pre.model)
     d_model = pre.d_model
     sums = {"pre": np.zeros((n_layers, d_model)), "dpo": np.zeros((n_layers, d_model))}
     norm_sum = np.zeros(n_layers)
     kl_sum, kl_max, n_tokens = 0.0, 0.0, 0
 
-    def run(loaded: LoadedModel, name: str, ids: list[int]) -> torch.Tensor:
+    def run(loaded: LoadedModel, name: str, rows: list[list[int]]) -> torch.Tensor:
         def keep(layer: int):
             def hook(module, inputs, output):
-                hidden = (output[0] if isinstance(output, tuple) else output)[0].double()
-                sums[name][layer] += hidden.sum(dim=0).cpu().numpy()
+                hidden = (output[0] if isinstance(output, tuple) else output).double()
+                sums[name][layer] += hidden.sum(dim=(0, 1)).cpu().numpy()
                 if name == "pre":
                     norm_sum[layer] += float(hidden.norm(dim=-1).sum())
             return hook
 
         hooks = [(block, keep(layer)) for layer, block in enumerate(loaded.arch.layers(loaded.model))]
         with forward_hooks(hooks):
-            logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.device), use_cache=False).logits
-        return torch.log_softmax(logits[0].double(), dim=-1).cpu()
+            logits = loaded.model(input_ids=torch.tensor(rows, device=loaded.device), use_cache=False).logits
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
 
+    by_length: dict[int, list[list[int]]] = {}
     for ids in sequences:
-        if not ids:
-            continue
-        log_pre, log_dpo = run(pre, "pre", ids), run(dpo, "dpo", ids)
-        kl = (log_pre.exp() * (log_pre - log_dpo)).sum(dim=-1)
-        kl_sum += float(kl.sum())
-        kl_max = max(kl_max, float(kl.max()))
-        n_tokens += len(ids)
+        if ids:
+            by_length.setdefault(len(ids), []).append(ids)
+    for length, group in by_length.items():
+        for start in range(0, len(group), BATCH):
+            rows = group[start:start + BATCH]
+            log_pre, log_dpo = run(pre, "pre", rows), run(dpo, "dpo", rows)
+            kl = (log_pre.exp() * (log_pre - log_dpo)).sum(dim=-1).double()
+            del log_pre, log_dpo
+            kl_sum += float(kl.sum())
+            kl_max = max(kl_max, float(kl.max()))
+            n_tokens += length * len(rows)
     scale = max(n_tokens, 1)
-    return TextDifference(source=source, n_texts=len(sequences), n_tokens=n_tokens,
+    return TextDifference(source=source, n_texts=sum(len(group) for group in by_length.values()), n_tokens=n_tokens,
                           mean_difference=(sums["dpo"] - sums["pre"]) / scale, residual_norm=norm_sum / scale,
                           kl_mean=kl_sum / scale, kl_max=kl_max)

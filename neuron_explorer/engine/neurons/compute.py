@@ -213,6 +213,9 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         writer.write_attrs(layer_attrs, "layers")
         if patch_prompts is not None:
             writer.write_table("patch_prompts", patch_prompts["columns"], patch_prompts["attrs"])
+        for name, table in (extra_tables or {}).items():
+            writer.write_table(name, table["columns"], table.get("attrs"))
+        timings["statistics"] = time.perf_counter() - clock
         if settings.difference_lens:
             clock = time.perf_counter()
             sources = {"corpus": corpus_sequences(pre),
@@ -231,9 +234,6 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
             write_dynamics(writer, [*settings.checkpoints, settings.tuned], [*steps, metrics["contribution"]],
                            metrics["group"])
             timings["dynamics"] = time.perf_counter() - clock
-        for name, table in (extra_tables or {}).items():
-            writer.write_table(name, table["columns"], table.get("attrs"))
-        timings["statistics"] = time.perf_counter() - clock
     return ComputeResult(path=output, summary=summary, groups=groups, layers=layers, identity_prompts=len(sample),
                          seconds=timings)
 

@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "patch": "patch",
     "lab": "lab",
+    "compare-sets": "compare_sets",
 }
 
 DESCRIPTION = """\

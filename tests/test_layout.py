@@ -27,7 +27,7 @@ FORBIDDEN = {
 }
 # The engine modules the explorer may import: the torch-free ones.
 EXPLORER_ENGINE_MODULES = {"engine.defaults", "engine.patching.modes", "engine.patching.neuron_sets",
-                           "engine.lab.protocol"}
+                           "engine.patching.overlap", "engine.lab.protocol"}
 
 
 def imported_modules(path: Path) -> set[str]:

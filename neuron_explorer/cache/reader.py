@@ -296,6 +296,8 @@ class CacheReader:
             pl.Series("cluster", cluster).replace(-1, None),
         ]
         extra += [pl.Series(name, self.file["neurons"][name][rows].ravel()) for name in wanted]
+        absent = [c for c in (columns or schema.NEURON_COLUMNS) if c in schema.NEURON_COLUMNS and c not in wanted]
+        extra += [pl.Series(name, np.full(n_layers * self.info.d_mlp, np.nan, np.float32)) for name in absent]
         return frame.with_columns(extra)
 
     def neuron(self, layer: int, index: int) -> dict:
@@ -369,12 +371,17 @@ class CacheReader:
 
     # -- layers, summaries, clusters ------------------------------------------------------------------------
     def layers(self) -> pl.DataFrame:
-        """One row per layer: Σ Δ, its positive and negative parts, measured projections and identity residuals."""
+        """One row per layer: Σ Δ, its positive and negative parts, its firing and writing parts (NaN in a cache
+        written before them), measured projections and identity residuals."""
         table = self.table("layers").with_columns(pl.Series("layer", np.arange(self.info.n_layers, dtype=np.int16)))
         contribution = self.file["neurons/contribution"][:]
+        terms = {name: self.file[f"neurons/{name}"][:].astype(np.float64).sum(axis=1)
+                 if f"neurons/{name}" in self.file else np.full(self.info.n_layers, np.nan)
+                 for name in ("activation_term", "weight_term")}
         return table.select("layer", pl.exclude("layer")).with_columns(
             pl.Series("sum_positive", np.where(contribution > 0, contribution, 0).sum(axis=1)),
             pl.Series("sum_negative", np.where(contribution < 0, contribution, 0).sum(axis=1)),
+            *(pl.Series(f"sum_{name}", sums) for name, sums in terms.items()),
         )
 
     def layer_group_sums(self) -> pl.DataFrame:
@@ -433,6 +440,26 @@ class CacheReader:
         group = self.file["clusters"]
         return ClusterTree(linkage=group["linkage"][:], leaf_order=group["leaf_order"][:], layer=group["layer"][:],
                            neuron=group["neuron"][:], label=group["label"][:], attrs=self.attrs("clusters"))
+
+    def differences(self) -> dict[str, dict]:
+        """Where the pair differs on any text (``schema.DIFFERENCE_ARRAYS``), per source present: the arrays and
+        the attributes (n_tokens, kl_mean, ...). Empty for caches written without it."""
+        found = {}
+        for source in schema.DIFFERENCE_SOURCES:
+            name = f"differences/{source}"
+            if name in self.file:
+                group = self.file[name]
+                found[source] = {"arrays": {key: group[key][:] for key in schema.DIFFERENCE_ARRAYS if key in group},
+                                 "attrs": {k: v for k, v in self.attrs(name).items() if k != "columns"}}
+        return found
+
+    def dynamics(self) -> dict | None:
+        """The checkpoint series (``schema.DYNAMICS_ARRAYS`` and the attribute ``steps``), or None without one."""
+        if "dynamics" not in self.file:
+            return None
+        group = self.file["dynamics"]
+        return {**{name: group[name][:] for name in schema.DYNAMICS_ARRAYS if name in group},
+                "steps": self.attrs("dynamics").get("steps", [])}
 
     def probe_direction(self) -> np.ndarray:
         return self.file["probe/direction"][:]

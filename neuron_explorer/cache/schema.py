@@ -28,6 +28,12 @@ NEURON_COLUMNS = {
     "tox_dpo": "P_i, the same for the tuned model",
     "contribution": "Δ_i = P_pre − P_dpo, the neuron's contribution to toxicity reduction",
     "value_cos": "cos(v_i^pre, v_i^dpo), how much tuning turned the value vector",
+    "activation_term": "δ_i·p_pre: the part of Δ_i from the activation shift, read through the base value vector "
+                       "(firing; with an output norm, δ of the written means)",
+    "weight_term": "ā_dpo·(p_pre − p_dpo): the part of Δ_i from the change of the value vector (writing); "
+                   "activation_term + weight_term = Δ_i",
+    "auroc": "AUROC of the neuron's per-prompt mean activation (base model) for toxic against non-toxic base "
+             "continuations (scorer > 0.5); NaN when the prompts hold one class only",
 }
 TOKEN_ARRAYS = tuple(f"{d}_{kind}_{m}" for m in ("pre", "dpo") for d in ("top", "bottom") for kind in ("tokens", "scores"))
 
@@ -68,6 +74,36 @@ SUMMARY_COLUMNS = {
     "count_v3": "v3 (Δ > 0 by sign class): neurons of the row's sign class with Δ > 0 (↑ rows: Δ < 0)",
     "sum_contribution_v3": "v3: Σ Δ over those neurons",
     "share_v3": "v3: that Σ Δ over Σ positive Δ (↑ rows: over Σ negative Δ)",
+    "sum_activation_term": "v1: Σ activation_term (firing) over the group's neurons",
+    "sum_weight_term": "v1: Σ weight_term (writing) over the group's neurons; the two sum to sum_contribution",
+    "sum_activation_term_v3": "v3: Σ activation_term over the row's neurons",
+    "sum_weight_term_v3": "v3: Σ weight_term over the row's neurons; the two sum to sum_contribution_v3",
+}
+
+# Where the pair differs on any text (engine/neurons/difference_lens.py): one group /differences/<source> per source,
+# holding these arrays; its attributes: source, n_texts, n_tokens, kl_mean and kl_max (KL(base ‖ tuned), nats).
+DIFFERENCE_SOURCES = {
+    "corpus": "the perplexity corpus (text unrelated to toxicity), in windows",
+    "prompts": "the statistics prompts, each followed by the base model's continuation",
+}
+DIFFERENCE_ARRAYS = {
+    "mean_difference": "(n_layers, d_model) mean over positions of the block output, tuned − base",
+    "probe_projection": "(n_layers,) that difference · ŵ",
+    "difference_norm": "(n_layers,) ‖that difference‖",
+    "residual_norm": "(n_layers,) mean ‖block output‖ of the base model, for scale",
+    "top_tokens": "(n_layers, k) the tokens the difference promotes through the base final norm and unembedding",
+    "top_scores": "(n_layers, k) their logits",
+    "bottom_tokens": "(n_layers, k) the tokens it suppresses",
+    "bottom_scores": "(n_layers, k) their logits",
+}
+
+# Neuron dynamics across training (engine/neurons/dynamics.py, `compute --tuned A --tuned B …`): the /dynamics group,
+# one row per step (the checkpoints in the order given, the final tuned model last); its attribute `steps` names them.
+DYNAMICS_ARRAYS = {
+    "contribution": "(steps, n_layers, d_mlp) f16: each neuron's Δ at each step",
+    "group_sums": "(steps, groups) Σ Δ of each group of GROUP_NAMES, the final model's membership at every step",
+    "layer_movement": "(steps, n_layers) Σ_i |Δ_i| per layer",
+    "half_step": "(n_layers,) the first step whose movement reaches half the final one; -1: the layer never moved",
 }
 
 SIDECAR_SUFFIX = ".annotations"
@@ -76,11 +112,18 @@ SIDECAR_SUFFIX = ".annotations"
 # hand-edited file is refused with one line instead of failing deep inside a screen. Each dataset maps to the
 # dtype kinds it may have (numpy's dtype.kind; "O" is an HDF5 string) and its shape, written with the root
 # attributes' names, numbers, or None for any length.
+# Datasets added after schema 2 was released (docs/beyond.md). A schema-2 cache written before them still opens:
+# they are not required, and the reader gives their neuron columns as NaN.
+OPTIONAL_DATASETS = frozenset({
+    "neurons/activation_term", "neurons/weight_term", "neurons/auroc",
+    "summary/sum_activation_term", "summary/sum_weight_term", "summary/sum_activation_term_v3",
+    "summary/sum_weight_term_v3",
+})
 REQUIRED_ATTRIBUTES = ("architecture", "n_layers", "d_mlp", "d_model", "created")
-REQUIRED_DATASETS: dict[str, tuple[str, tuple]] = {
+REQUIRED_DATASETS: dict[str, tuple[str, tuple]] = {path: kind for path, kind in {
     **{f"neurons/{name}": ("f", ("n_layers", "d_mlp")) for name in NEURON_COLUMNS},
     "neurons/group": ("iu", ("n_layers", "d_mlp")),
     **{f"layers/{name}": ("f", ("n_layers",)) for name in LAYER_COLUMNS},
     **{f"summary/{name}": ("O" if name == "group" else "biuf", (len(GROUP_NAMES),)) for name in SUMMARY_COLUMNS},
     "prompts/text": ("O", (None,)),
-}
+}.items() if path not in OPTIONAL_DATASETS}

@@ -46,7 +46,9 @@ def lens_setting(text: str) -> str:
 def add_arguments(parser) -> None:
     models = parser.add_argument_group("models")
     models.add_argument("--base", default="embedded", help="base model spec (default: %(default)s)")
-    models.add_argument("--tuned", default="embedded-dpo", help="DPO-tuned model spec (default: %(default)s)")
+    models.add_argument("--tuned", action="append", default=None, metavar="SPEC",
+                        help="DPO-tuned model spec (default: embedded-dpo); repeated, the earlier ones are checkpoints "
+                             "of the last, oldest first, whose Δ per step the cache keeps (neuron dynamics)")
     add_device_options(models)
     models.add_argument("--device-map", default=None,
                         help="auto: spread models larger than one GPU over the GPUs, then the CPU, then disk "
@@ -61,6 +63,9 @@ def add_arguments(parser) -> None:
     data.add_argument("--prompt-column", default=None, help="text column of a CSV/Parquet/JSONL/hub prompt set")
     data.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
                       help="use only the first N prompts (default: all)")
+    data.add_argument("--detector-scorer", default="profanity",
+                      help="scorer that labels the base continuations toxic (> 0.5) or not for each neuron's "
+                           "detector AUROC: profanity, wordlist or detoxify[:VARIANT] (default: %(default)s)")
     data.add_argument("--patch-holdout", type=float, default=PATCH_HOLDOUT, metavar="FRACTION",
                       help="keep this fraction of the prompts aside, unrecorded, for patch runs to evaluate on out "
                            "of sample (the shipped prompts by template, others evenly spread: out of prompt, not out "
@@ -78,6 +83,9 @@ def add_arguments(parser) -> None:
                            help="prompts per batch (default: %(default)s)")
     recording.add_argument("--shared-continuation", action="store_true",
                            help="record the tuned model on the base model's continuation (same tokens for both)")
+    recording.add_argument("--no-difference-lens", dest="difference_lens", action="store_false",
+                           help="skip the pass that measures where the pair differs on the perplexity corpus and the "
+                                "prompts (residual difference per layer, next-token KL)")
     recording.add_argument("--identity-check", default=str(IDENTITY_SAMPLE_SIZE), metavar="N|all",
                            help="prompts (spread evenly) on which a separate pass measures what each MLP writes into "
                                 "the residual stream, to check the recorded statistics (default: %(default)s)")
@@ -108,14 +116,16 @@ def run(args) -> int:
     from neuron_explorer.events import Done
 
     settings = ComputeSettings(
-        base=args.base, tuned=args.tuned, probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
+        base=args.base, tuned=(args.tuned or ["embedded-dpo"])[-1], checkpoints=tuple((args.tuned or [])[:-1]),
+        probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
         output=args.output or default_cache_path(), positions=args.positions, new_tokens=args.new_tokens,
         max_prompt_tokens=args.max_prompt_tokens, max_prompts=args.max_prompts, patch_holdout=args.patch_holdout,
         batch_size=args.batch_size,
         shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
         device=args.device, dtype=args.dtype,
         device_map=args.device_map, max_memory=args.max_memory, cluster_top_k=args.cluster_top_k,
-        n_clusters=args.clusters, lens=args.lens)
+        n_clusters=args.clusters, lens=args.lens, detector_scorer=args.detector_scorer,
+        difference_lens=args.difference_lens)
     if args.plan:
         return print_plan(settings, warm_up=not args.no_warm_up)
     if args.output is None:
@@ -188,14 +198,18 @@ def share_report(groups: dict, summary: dict, path) -> list:
     """The group table with both group definitions labelled (METHOD §3), the Δ totals and the v2 headline."""
     table = Table(title=f"neuron groups — {escape(str(path))}", title_justify="left")
     table.add_column("group")
-    for column in ("v1 neurons", "v1 Σ Δ", "v1 share", "v3 neurons", "v3 Σ Δ", "v3 share"):
+    for column in ("v1 neurons", "v1 Σ Δ", "v1 share", "v3 neurons", "v3 Σ Δ", "v3 share", "v3 firing",
+                   "v3 writing"):
         table.add_column(column, justify="right")
     for i, name in enumerate(groups["group"]):
         table.add_row(name, f"{groups['count'][i]:,}", f"{groups['sum_contribution'][i]:+.4g}",
                       f"{groups['share_v1'][i]:.1%}", f"{groups['count_v3'][i]:,}",
-                      f"{groups['sum_contribution_v3'][i]:+.4g}", f"{groups['share_v3'][i]:.1%}")
+                      f"{groups['sum_contribution_v3'][i]:+.4g}", f"{groups['share_v3'][i]:.1%}",
+                      f"{groups['sum_activation_term_v3'][i]:+.4g}", f"{groups['sum_weight_term_v3'][i]:+.4g}")
     totals = (f"Σ positive Δ {summary['sum_positive_contribution']:+.4g}   "
-              f"Σ negative Δ {summary['sum_negative_contribution']:+.4g}   net Δ {summary['net_contribution']:+.4g}")
+              f"Σ negative Δ {summary['sum_negative_contribution']:+.4g}   net Δ {summary['net_contribution']:+.4g} "
+              f"= firing (δ·p_pre) {summary['net_activation_term']:+.4g} + writing (ā_dpo·(p_pre − p_dpo)) "
+              f"{summary['net_weight_term']:+.4g}")
     top_toxic = (f"v2 top-{summary['top_toxic_k']} toxic neurons (largest cos; the {summary['top_toxic_kept']} with "
                  f"ā_pre > 0 and δ > 0): Σ Δ {summary['top_toxic_sum']:+.4g} = {summary['top_toxic_share']:.1%} of "
                  f"Σ positive Δ")

@@ -16,7 +16,8 @@ statistics prompts themselves, and the record says so.
 
 Neuron sets (--set, repeatable; the union is taken):
   group:TP↓ (or TP-down), group:reducing, cluster:N, top:K:COLUMN, bottom:K:COLUMN, top:K:|COLUMN|,
-  toxic:K (top K by cos_pre), toxic-active:K (among ā_pre > 0), ids:L12/N345,..., set:NAME, file:PATH,
+  toxic:K (top K by cos_pre), toxic-active:K (among ā_pre > 0), auroc:K (the best toxicity detectors),
+  ids:L12/N345,..., set:NAME, file:PATH,
   layer:N, all
 Modes (--mode) and their parameters are listed at the end.
 Positions: all (default; every position, perplexity included) or newest (the authors' protocol). Perplexity sees a

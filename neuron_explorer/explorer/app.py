@@ -40,6 +40,7 @@ from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, SubprocessRunner, write
 from .screens.overview import OverviewScreen
 from .screens.patch import PatchDialog
 from .screens.runs import RunsScreen
+from .screens.beyond import BeyondScreen
 from .state import Store
 
 
@@ -56,12 +57,14 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         Binding("4", "switch_mode('runs')", "runs", id="app.runs", tooltip="patching runs beside base and DPO"),
         Binding("5", "switch_mode('lab')", "lab", id="app.lab",
                 tooltip="the prompt lab: one prompt through base, DPO and a patched model"),
+        Binding("6", "switch_mode('beyond')", "beyond", show=False, id="app.beyond",
+                tooltip="beyond the paper: neuron sets against chance, where the pair differs on any text"),
         Binding("escape", "back", "back", show=False, id="app.back", tooltip="go back (to the overview)"),
         Binding("question_mark", "help", "help", id="app.help", tooltip="this help"),
         Binding("q", "quit", "quit", id="app.quit", tooltip="quit"),
     ]
     STORE_MODES = {"overview": OverviewScreen, "neurons": NeuronsScreen, "clusters": ClustersScreen,
-                   "runs": RunsScreen, "lab": LabScreen}
+                   "runs": RunsScreen, "lab": LabScreen, "beyond": BeyondScreen}
 
     # What the screens watch. `view_row` is set on every change of the Store's view (always_update: the same row
     # twice still redraws); its value is the row the neuron table's cursor goes to (None: the top).

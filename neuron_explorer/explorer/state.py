@@ -56,6 +56,9 @@ COLUMNS = (
     Column("tox_pre", "P_pre", 9, "{:+.2e}"),
     Column("tox_dpo", "P_dpo", 9, "{:+.2e}"),
     Column("value_cos", "vcos", 6, "{:.4f}"),
+    Column("activation_term", "Δfire", 9, "{:+.2e}"),
+    Column("weight_term", "Δwrite", 9, "{:+.2e}"),
+    Column("auroc", "AUROC", 6, "{:.3f}"),
 )
 COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
 THRESHOLD_OPERATORS = (">=", "<=", "|x|>=")
@@ -385,7 +388,7 @@ class Store:
 
 
 # The lab's per-prompt columns (the rest of a PromptNeurons row is the cache's).
-PROMPT_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution")
+PROMPT_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution", "activation_term", "weight_term")
 
 
 class PromptNeurons:

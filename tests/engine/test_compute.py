@@ -147,6 +147,61 @@ def test_only_changed_neurons_show_a_contribution(workspace, tiny_models):
         assert set(zip(shifted["layer"].to_list(), shifted["neuron"].to_list())) <= set(CHANGED)
 
 
+def turn_last_layer_value_vectors(model) -> None:
+    """New output weights (value vectors) for every neuron of the tiny Llama's last layer, nothing else."""
+    down = model.model.layers[-1].mlp.down_proj.weight
+    down += torch.randn(down.shape, generator=torch.Generator().manual_seed(11)) * 0.3
+
+
+def test_a_pair_that_differs_only_in_value_vectors_moves_only_the_writing_term(workspace, tiny_models, edited_copy):
+    """The last layer's output weights alone changed, recorded on the base model's tokens: no activation moves, so
+    the firing term is 0 everywhere and the writing term is Δ, which is ā·(p_pre − p_dpo) from the weights read
+    here with plain torch."""
+    tuned = edited_copy(tiny_models["llama"], workspace / "llama-values", edit=turn_last_layer_value_vectors)
+    result = run_compute(settings(workspace, tiny_models["llama"], tuned, "values.h5", shared_continuation=True))
+    w = torch.load(workspace / "probe.pt").double()
+    p = {name: (AutoModelForCausalLM.from_pretrained(folder).model.layers[-1].mlp.down_proj.weight.detach().double().T
+                @ (w / w.norm())).numpy() for name, folder in (("pre", tiny_models["llama"]), ("dpo", tuned))}
+    with CacheReader(result.path) as reader:
+        frame = reader.neurons().sort("layer", "neuron")
+        layers = reader.layers()
+    firing, writing, delta = (frame[name].to_numpy().reshape(3, 64) for name in
+                              ("activation_term", "weight_term", "contribution"))
+    act = frame["act_pre"].to_numpy().reshape(3, 64)
+    # the tuned model reads the tokens in one teacher-forced pass, the base made them step by step: the same
+    # activations up to float32 rounding (~1e-11 here), not bit for bit
+    scale = np.abs(delta).max()
+    assert np.abs(firing).max() < 1e-7 * scale and np.abs(delta[:2]).max() < 1e-7 * scale
+    assert np.abs(delta[2]).min() > 1e-4 * scale
+    np.testing.assert_allclose(writing, delta, rtol=1e-6, atol=1e-7 * scale)
+    np.testing.assert_allclose(writing[2], act[2] * (p["pre"] - p["dpo"]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(layers["sum_weight_term"], layers["sum_contribution"], rtol=1e-5, atol=1e-6 * scale)
+    assert np.abs(layers["sum_activation_term"]).max() < 1e-6 * scale
+
+
+def test_compute_stores_the_detector_labels_and_auroc(workspace, tiny_models):
+    """The base continuations' scores by the profanity scorer, read back, label the prompts; the stored AUROC is
+    scikit-learn's on the stored per-prompt activations, or NaN, said in the attributes, when one class is empty
+    (a tiny random model rarely says anything profane)."""
+    from neuron_explorer.engine.alignment.scoring import get_scorer
+    from sklearn.metrics import roc_auc_score
+
+    result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "detect.h5"))
+    with CacheReader(result.path) as reader:
+        prompts = reader.table("prompts")
+        scores = get_scorer("profanity").score(prompts["continuation_pre"].to_list())
+        np.testing.assert_allclose(prompts["toxicity_pre"].to_numpy(), scores)
+        toxic = scores > 0.5
+        attrs = reader.attrs("neurons/auroc")
+        auroc = reader.neuron_array("auroc")
+        acts = reader.file["prompt_acts/pre"][:]
+    assert (attrs["scorer"], attrs["n_toxic"], attrs["n_clean"]) == ("profanity", toxic.sum(), (~toxic).sum())
+    if 0 < toxic.sum() < toxic.size:
+        assert auroc[1, 5] == pytest.approx(roc_auc_score(toxic, acts[:, 1, 5]))
+    else:
+        assert np.isnan(auroc).all() and "one class only" in attrs["labels"]
+
+
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
     code = main(args)
     err = capsys.readouterr().err

@@ -215,11 +215,66 @@ def test_printed_summary_labels_each_definition():
     for part in share_report(groups, scalars, "cache.h5"):
         console.print(part)
     lines = [" ".join(line.replace("│", " ").replace("┃", " ").split()) for line in console.export_text().splitlines()]
-    assert "group v1 neurons v1 Σ Δ v1 share v3 neurons v3 Σ Δ v3 share" in lines
+    assert "group v1 neurons v1 Σ Δ v1 share v3 neurons v3 Σ Δ v3 share v3 firing v3 writing" in lines
     # TP↓: v1 2 neurons summing to 0, 0% of the ↓ groups' 2.75; v3 1 neuron, +1 = 26.7% of Σ positive Δ 3.75
-    assert "TP↓ 2 +0 0.0% 1 +1 26.7%" in lines
-    assert "TP↑ 1 -1 100.0% 2 -2 100.0%" in lines
+    assert "TP↓ 2 +0 0.0% 1 +1 26.7% +1 +0" in lines
+    # TP↑ v3: δ = 1 with p 1 → 3 (firing 1·1, writing 1·(1 − 3) = −2) and δ = −1 with p unchanged (firing −1)
+    assert "TP↑ 1 -1 100.0% 2 -2 100.0% +0 -2" in lines
     assert any(line.startswith("v1 groups (sign of δ)") for line in lines)
     assert any(line.startswith("v3 (Δ > 0 by sign class") for line in lines)
-    assert "AP↑ 0 +0 0.0% 0 +0 0.0%" in lines
+    assert "AP↑ 0 +0 0.0% 0 +0 0.0% +0 +0" in lines
     assert "v2 top-5 toxic neurons (largest cos; the 2 with ā_pre > 0 and δ > 0): Σ Δ +0 = 0.0% of Σ positive Δ" in lines
+
+
+def test_firing_and_writing_terms_sum_to_delta():
+    """Random neurons, with and without an output norm's written means: the two terms add up to Δ = P_pre − P_dpo
+    (recomputed here from the definitions of METHOD §2) to float32 precision, per neuron, per group and in total."""
+    rng = np.random.default_rng(5)
+    shape = (3, 50)
+    p_pre, act_pre, act_dpo = (rng.normal(0, 1, shape) for _ in range(3))
+    p_dpo = p_pre + rng.normal(0, 0.3, shape)
+    cos = rng.normal(0, 0.1, shape)
+    for written in (None, (rng.normal(0, 1, shape), rng.normal(0, 1, shape))):
+        metrics = neuron_metrics(p_pre=p_pre, p_dpo=p_dpo, cos_pre=cos, cos_dpo=cos, value_cos=np.ones(shape),
+                                 act_pre=act_pre, act_dpo=act_dpo, written_pre=None if written is None else written[0],
+                                 written_dpo=None if written is None else written[1])
+        writes_pre, writes_dpo = (act_pre, act_dpo) if written is None else written
+        delta = writes_pre * p_pre - writes_dpo * p_dpo
+        parts = metrics["activation_term"].astype(np.float64) + metrics["weight_term"]
+        np.testing.assert_allclose(parts, delta, rtol=1e-6, atol=1e-6)
+        tab, scalars = summarize(metrics)
+        for suffix in ("", "_v3"):
+            np.testing.assert_allclose(tab[f"sum_activation_term{suffix}"] + tab[f"sum_weight_term{suffix}"],
+                                       tab[f"sum_contribution{suffix}"], rtol=1e-6, atol=1e-5)
+        assert scalars["net_activation_term"] + scalars["net_weight_term"] == pytest.approx(
+            scalars["net_contribution"], abs=1e-5)
+
+
+def test_firing_and_writing_of_a_hand_built_neuron():
+    """ā 2 → 1.5 and p 1 → 3: firing (2 − 1.5)·1 = 0.5, writing 1.5·(1 − 3) = −3, Δ = 2 − 4.5 = −2.5. With an
+    output norm the written means (4 → 1) take the place of ā: firing 3, writing 1·(1 − 3) = −2."""
+    plain = table([(0.3, 2.0, 1.5, 1.0, 3.0)])
+    assert (plain["activation_term"][0, 0], plain["weight_term"][0, 0], plain["contribution"][0, 0]) == (0.5, -3.0, -2.5)
+    one = np.ones((1, 1))
+    normed = neuron_metrics(p_pre=one, p_dpo=3 * one, cos_pre=one, cos_dpo=one, value_cos=one, act_pre=2 * one,
+                            act_dpo=1.5 * one, written_pre=4 * one, written_dpo=one)
+    assert (normed["activation_term"][0, 0], normed["weight_term"][0, 0], normed["contribution"][0, 0]) == (3, -2, 1)
+
+
+def test_a_cache_written_before_the_optional_columns_still_opens(tmp_path):
+    """schema.OPTIONAL_DATASETS removed from a complete cache: it opens, and the reader gives their columns as NaN."""
+    import h5py
+
+    from neuron_explorer.cache.reader import CacheReader
+
+    path = build_synthetic_cache(tmp_path / "s.h5", n_layers=2, d_mlp=16, n_prompts=4, cluster_top_k=8, n_clusters=2)
+    with h5py.File(path, "a") as handle:
+        for name in schema.OPTIONAL_DATASETS:
+            del handle[name]
+    with CacheReader(path) as reader:
+        frame = reader.neurons()
+        layers = reader.layers()
+        assert not reader.has("neurons/auroc")
+    for name in ("activation_term", "weight_term", "auroc"):
+        assert frame[name].is_nan().all()
+    assert layers["sum_weight_term"].is_nan().all() and layers["sum_contribution"].is_finite().all()

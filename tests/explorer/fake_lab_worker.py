@@ -91,7 +91,8 @@ def answer(request: LabRequest, reader: CacheReader) -> dict:
     neurons = {"layer": (rows % info.n_layers).tolist(), "neuron": (rows * 5 % info.d_mlp).tolist(),
                "act_pre": act_pre.tolist(), "act_dpo": act_dpo.tolist(), "act_shift": (act_pre - act_dpo).tolist(),
                "tox_pre": (act_pre * 0.1).tolist(), "tox_dpo": (act_dpo * 0.1).tolist(),
-               "contribution": contribution.tolist()}
+               "contribution": contribution.tolist(), "activation_term": contribution.tolist(),
+               "weight_term": [0.0] * count}
     if intervention:
         neurons["act_patched"] = act_dpo.tolist()
     positive = float(contribution[contribution > 0].sum())

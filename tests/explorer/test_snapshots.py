@@ -16,6 +16,7 @@ SIZES = [(80, 24), (120, 40)]
     ("clusters", ("3",)),
     ("runs", ("4",)),
     ("help", ("2", "question_mark")),
+    ("beyond", ("6",)),
 ])
 def test_screen(snap_compare, make_app, wait_until_loaded, size, screen, keys):
     async def run_before(pilot) -> None:

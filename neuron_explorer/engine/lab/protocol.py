@@ -42,7 +42,8 @@ RESULT_FIELDS = {
     "runs": "base, dpo and (with an intervention) patched: continuation, tokens (generated, one string each), "
             "toxicity, and lens: residual and mlp, each n_layers × T projections on the probe direction (T: the "
             "prompt's tokens, then the generated tokens each model read)",
-    "neurons": "columns layer, neuron, act_pre, act_dpo, act_shift, tox_pre, tox_dpo, contribution (and act_patched) "
+    "neurons": "columns layer, neuron, act_pre, act_dpo, act_shift, tox_pre, tox_dpo, contribution, activation_term, "
+               "weight_term (and act_patched) "
                "of the union of the top neurons by Δ and by |δ| on this prompt",
     "layer_contribution": "this prompt's Σ Δ per layer",
     "totals": "this prompt's Σ of positive Δ, of negative Δ, and net",

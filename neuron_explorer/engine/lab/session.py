@@ -36,7 +36,8 @@ from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.engine.patching.runs import PatchSpec, check_fits_cache, check_spec, model_specs, stale_weights
 
-TABLE_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution")
+TABLE_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution", "activation_term",
+                 "weight_term")
 
 
 class RequestCancelled(Exception):

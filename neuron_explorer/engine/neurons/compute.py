@@ -20,6 +20,9 @@ from neuron_explorer.events import Reporter, Tracker, ignore
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_N_CLUSTERS,
                                              IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT, POSITION_PROTOCOLS,
                                              default_cache_path, default_probe_path)
+from neuron_explorer.engine.neurons.difference_lens import (corpus_sequences, measure_difference,
+                                                            prompt_sequences)
+from neuron_explorer.engine.neurons.dynamics import checkpoint_contribution
 from neuron_explorer.engine.neurons.identity_check import (POOLING_TOLERANCE, check_identity, pooling_residuals,
                                                            sample_prompts)
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
@@ -28,8 +31,9 @@ from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED,
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
 from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
 from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
+from neuron_explorer.engine.alignment.scoring import DEFAULT_SCORER, get_scorer
 from neuron_explorer.engine.neurons.recording import PromptMeans, record_model
-from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
+from neuron_explorer.engine.neurons.results import write_dynamics, write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
 from neuron_explorer.engine.model.weights import (LENS_RANKINGS, lens_memo, lens_rule, lens_top_k, memo_complete,
                                                   probe_projections, value_cosines, value_tokens, vocabulary)
@@ -61,6 +65,9 @@ class ComputeSettings:
     n_clusters: int = DEFAULT_N_CLUSTERS
     tokens_per_neuron: int = 10
     lens: str = "auto"  # which value vectors get their tokens: auto, all, or N per ranking (weights.lens_rule)
+    detector_scorer: str = DEFAULT_SCORER  # labels the base continuations for the detector AUROC
+    difference_lens: bool = True  # where the pair differs on the corpus and the prompts (difference_lens.py)
+    checkpoints: tuple[str, ...] = ()  # earlier checkpoints of `tuned`, oldest first: the dynamics (dynamics.py)
 
 
 @dataclass
@@ -85,6 +92,9 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     output = Path(settings.output).expanduser()
     if not output.parent.exists():
         raise UserError(f"output folder {output.parent} does not exist: create it or choose another -o path")
+    if settings.checkpoints and ranks.world_size > 1:
+        raise UserError("a series of checkpoints (--tuned A --tuned B …) runs in one process: drop torchrun or the "
+                        "earlier checkpoints")
     if settings.device_map and ranks.world_size > 1:
         raise UserError("--device-map spreads one model over the GPUs; under torchrun each process holds a whole "
                         "model: drop one of them")
@@ -92,6 +102,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     clock = time.perf_counter()
     prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
     prompts, patch_prompts = hold_out_for_patching(prompts, settings.patch_holdout)
+    scorer = get_scorer(settings.detector_scorer) if ranks.main else None  # a missing scorer fails before recording
     load = dict(device=ranks.device(settings.device), dtype=settings.dtype, device_map=settings.device_map,
                 max_memory=parse_max_memory(settings.max_memory))
     pre = load_model(settings.base, **load)
@@ -214,15 +225,19 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         timings["weights"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
+        continuations_pre = recordings["pre"].continuations or [""] * len(prompts.texts)
+        toxicity_pre = scorer.score(continuations_pre)
         writer.write_prompts({
             "text": prompts.texts,
             "n_tokens": np.array(recordings["pre"].prompt_tokens, dtype=np.int32),
-            "continuation_pre": recordings["pre"].continuations or [""] * len(prompts.texts),
+            "continuation_pre": continuations_pre,
             "continuation_dpo": recordings["dpo"].continuations or [""] * len(prompts.texts),
+            "toxicity_pre": toxicity_pre,
         })
         writer.write_array("probe/direction", probe.direction, probe.provenance())
         groups, summary = write_statistics(writer, metrics, layers, datasets["pre"], datasets["dpo"],
-                                   cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
+                                           toxicity_pre=toxicity_pre, scorer=scorer.name,
+                                           cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
         writer.write_attrs({"positions": settings.positions, "protocol": protocol_description(settings)})
         layer_attrs = {"identity_prompts": json.dumps(sample.tolist()), "identity_sample_size": len(sample),
                        **verdicts}
@@ -235,6 +250,24 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         for name, table in (extra_tables or {}).items():
             writer.write_table(name, table["columns"], table.get("attrs"))
         timings["statistics"] = time.perf_counter() - clock
+        if settings.difference_lens:
+            clock = time.perf_counter()
+            sources = {"corpus": corpus_sequences(pre),
+                       "prompts": prompt_sequences(pre, prompts.texts, continuations_pre, settings.max_prompt_tokens)}
+            for source, sequences in sources.items():
+                found = measure_difference(pre, dpo, sequences, source)
+                writer.write_table(f"differences/{source}", found.arrays(pre, unit), found.attrs())
+            timings["difference lens"] = time.perf_counter() - clock
+        if settings.checkpoints:
+            clock = time.perf_counter()
+            record = dict(positions=settings.positions, new_tokens=settings.new_tokens,
+                          max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+            steps = [checkpoint_contribution(spec, pre, recordings["pre"], weights["pre"], unit, load, record,
+                                             prompts.texts, settings.shared_continuation)
+                     for spec in settings.checkpoints]
+            write_dynamics(writer, [*settings.checkpoints, settings.tuned], [*steps, metrics["contribution"]],
+                           metrics["group"])
+            timings["dynamics"] = time.perf_counter() - clock
     return ComputeResult(path=output, summary=summary, groups=groups, layers=layers, identity_prompts=len(sample),
                          checks=verdicts, seconds=timings)
 

@@ -9,13 +9,25 @@ from neuron_explorer.cache.writer import CacheWriter
 
 from neuron_explorer.engine.neurons.clustering import cluster_neurons
 from neuron_explorer.engine.defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
-from neuron_explorer.engine.neurons.statistics import summarize
+from neuron_explorer.engine.neurons.statistics import (TOXIC_LABEL_THRESHOLD, detector_auroc, summarize,
+                                                      summarize_dynamics)
 
 
 def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, prompt_acts_pre, prompt_acts_dpo, *,
-                     cluster_top_k: int = DEFAULT_CLUSTER_TOP_K, n_clusters: int = DEFAULT_N_CLUSTERS) -> tuple[dict, dict]:
-    """Neuron arrays, groups, per-layer columns, the share tables and the clusters; returns (group table, scalars)."""
+                     toxicity_pre: np.ndarray, scorer: str, cluster_top_k: int = DEFAULT_CLUSTER_TOP_K,
+                     n_clusters: int = DEFAULT_N_CLUSTERS) -> tuple[dict, dict]:
+    """Neuron arrays (with each neuron's detector AUROC from the stored per-prompt activations and the base
+    continuations' toxicity `toxicity_pre` by `scorer`), groups, per-layer columns, the share tables and the
+    clusters; returns (group table, scalars)."""
+    toxic = np.asarray(toxicity_pre) > TOXIC_LABEL_THRESHOLD
+    metrics = {**metrics, "auroc": detector_auroc(prompt_acts_pre, toxic)}
     writer.write_neuron_arrays({name: metrics[name] for name in schema.NEURON_COLUMNS})
+    n_toxic = int(toxic.sum())
+    writer.write_attrs({"scorer": scorer, "threshold": TOXIC_LABEL_THRESHOLD, "n_toxic": n_toxic,
+                        "n_clean": int(toxic.size - n_toxic),
+                        "labels": "base continuations of the statistics prompts: toxic when the score exceeds the "
+                                  "threshold" + ("" if 0 < n_toxic < toxic.size else
+                                                 "; one class only, so every AUROC is NaN")}, "neurons/auroc")
     writer.write_groups(metrics["group"])
     writer.write_layers(layer_columns)
     table, scalars = summarize(metrics)
@@ -32,3 +44,15 @@ def write_token_tables(writer: CacheWriter, tokens: dict[str, np.ndarray], vocab
     """Top/bottom token ids and scores per neuron (``schema.TOKEN_ARRAYS``) and the vocabulary strings."""
     writer.write_neuron_arrays({name: tokens[name] for name in schema.TOKEN_ARRAYS})
     writer.write_vocab(vocab)
+
+
+def write_dynamics(writer: CacheWriter, steps: list[str], contributions: list[np.ndarray], codes: np.ndarray) -> None:
+    """The /dynamics group (``schema.DYNAMICS_ARRAYS``)."""
+    stacked = np.stack(contributions)
+    summary = summarize_dynamics(stacked, codes)
+    writer.write_array("dynamics/contribution", stacked.astype(np.float16))
+    for name, array in summary.items():
+        writer.write_array(f"dynamics/{name}", array)
+    writer.write_attrs({"steps": list(steps), "groups": list(schema.GROUP_NAMES),
+                        "membership": "the final model's groups at every step",
+                        "half_step": "first step whose Σ|Δ| in the layer reaches half the final one"}, "dynamics")

@@ -7,10 +7,12 @@ by tests and benchmarks share one implementation.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 
 from neuron_explorer.cache import schema
 
 TOP_TOXIC_NEURONS = 128
+TOXIC_LABEL_THRESHOLD = 0.5  # a base continuation is toxic for the detector AUROC when its score exceeds this
 
 
 def assign_groups(cos_pre: np.ndarray, act_pre: np.ndarray, act_shift: np.ndarray) -> np.ndarray:
@@ -33,18 +35,48 @@ def neuron_metrics(*, p_pre, p_dpo, cos_pre, cos_dpo, value_cos, act_pre, act_dp
 
     With an output norm (Gemma-2) the write is scaled per token, so P = mean(m·s_t)·p from the written means;
     ā and δ stay the plain activation means.
+
+    Δ splits exactly into firing and writing (METHOD §8): Δ = (ā_pre − ā_dpo)·p_pre + ā_dpo·(p_pre − p_dpo), with
+    the written means in place of ā under an output norm, so there the firing term also holds the change of the
+    norm's per-token scale.
     """
     act_pre = np.asarray(act_pre, dtype=np.float64)
     act_dpo = np.asarray(act_dpo, dtype=np.float64)
-    tox_pre = np.asarray(act_pre if written_pre is None else written_pre, dtype=np.float64) * p_pre
-    tox_dpo = np.asarray(act_dpo if written_dpo is None else written_dpo, dtype=np.float64) * p_dpo
+    p_pre = np.asarray(p_pre, dtype=np.float64)
+    p_dpo = np.asarray(p_dpo, dtype=np.float64)
+    writes_pre = np.asarray(act_pre if written_pre is None else written_pre, dtype=np.float64)
+    writes_dpo = np.asarray(act_dpo if written_dpo is None else written_dpo, dtype=np.float64)
+    tox_pre, tox_dpo = writes_pre * p_pre, writes_dpo * p_dpo
     columns = {
         "cos_pre": cos_pre, "cos_dpo": cos_dpo, "p_pre": p_pre, "p_dpo": p_dpo,
         "act_pre": act_pre, "act_dpo": act_dpo, "act_shift": act_pre - act_dpo,
         "tox_pre": tox_pre, "tox_dpo": tox_dpo, "contribution": tox_pre - tox_dpo, "value_cos": value_cos,
+        "activation_term": (writes_pre - writes_dpo) * p_pre, "weight_term": writes_dpo * (p_pre - p_dpo),
     }
     out = {name: np.asarray(value, dtype=np.float32) for name, value in columns.items()}
     out["group"] = assign_groups(out["cos_pre"], out["act_pre"], out["act_shift"])
+    return out
+
+
+def detector_auroc(prompt_acts, toxic: np.ndarray) -> np.ndarray:
+    """Per neuron, the AUROC of its per-prompt mean activation for toxic (``toxic`` True) against non-toxic prompts
+    (METHOD §8, AurA's detector ranking), as float32 (n_layers, d_mlp); NaN everywhere when one class is empty.
+
+    The rank form of the Mann–Whitney U, ties counted one half as in scikit-learn's roc_auc_score: no threshold
+    sweep, one ranking per layer. `prompt_acts` is (prompts, n_layers, d_mlp) and is read one layer at a time, so an
+    HDF5 dataset of a large model never has to fit in memory.
+    """
+    toxic = np.asarray(toxic, dtype=bool)
+    n_prompts, n_layers, d_mlp = prompt_acts.shape
+    n_toxic = int(toxic.sum())
+    n_clean = n_prompts - n_toxic
+    out = np.full((n_layers, d_mlp), np.nan, dtype=np.float32)
+    if n_toxic == 0 or n_clean == 0:
+        return out
+    for layer in range(n_layers):
+        ranks = rankdata(np.asarray(prompt_acts[:, layer, :], dtype=np.float64), axis=0)
+        u = ranks[toxic].sum(axis=0) - n_toxic * (n_toxic + 1) / 2
+        out[layer] = u / (n_toxic * n_clean)
     return out
 
 
@@ -91,6 +123,8 @@ def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
       (reducing rows) or Δ < 0 (mirror rows); ``share_v3`` is that Σ Δ over Σ of all positive (negative) Δ. With
       unchanged weights, Δ > 0 neurons are exactly the reducing groups; when tuning also turns value vectors, the
       sign class is what v3 counts.
+    - ``sum_activation_term`` / ``sum_weight_term`` (and ``_v3``) split each row's Σ Δ into firing and writing over
+      the same neurons; the scalars ``net_activation_term`` and ``net_weight_term`` split the net Σ Δ.
     """
     contribution = metrics["contribution"].astype(np.float64)
     codes = metrics["group"]
@@ -98,7 +132,9 @@ def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
     sign_class = codes % n_reducing
     positive_total = contribution[contribution > 0].sum()
     negative_total = contribution[contribution < 0].sum()
+    terms = {name: metrics[name].astype(np.float64) for name in ("activation_term", "weight_term")}
     count, sum_delta, count_v3, sum_v3 = [], [], [], []
+    term_sums = {f"sum_{name}{suffix}": [] for name in terms for suffix in ("", "_v3")}
     for code in range(len(schema.GROUP_NAMES)):
         members = codes == code
         count.append(int(members.sum()))
@@ -107,6 +143,9 @@ def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
         kept = (sign_class == code % n_reducing) & side
         count_v3.append(int(kept.sum()))
         sum_v3.append(float(contribution[kept].sum()))
+        for name, values in terms.items():
+            term_sums[f"sum_{name}"].append(float(values[members].sum()))
+            term_sums[f"sum_{name}_v3"].append(float(values[kept].sum()))
     sum_delta, sum_v3 = np.array(sum_delta), np.array(sum_v3)
     reducing = np.arange(len(schema.GROUP_NAMES)) < n_reducing
     table = {
@@ -119,11 +158,13 @@ def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
         "count_v3": np.array(count_v3, dtype=np.int64),
         "sum_contribution_v3": sum_v3,
         "share_v3": np.where(reducing, _share(sum_v3, positive_total), _share(sum_v3, negative_total)),
+        **{name: np.array(values) for name, values in term_sums.items()},
     }
     scalars = {
         "sum_positive_contribution": float(positive_total),
         "sum_negative_contribution": float(negative_total),
         "net_contribution": float(contribution.sum()),
+        **{f"net_{name}": float(values.sum()) for name, values in terms.items()},
         "n_positive": int((contribution > 0).sum()),
         "n_neurons": int(contribution.size),
         **top_toxic_share(metrics, positive_total),
@@ -150,3 +191,22 @@ def top_toxic_share(metrics: dict, positive_total: float, k: int = TOP_TOXIC_NEU
         "top_toxic_share": part / positive_total if positive_total else 0.0,
         "top_toxic_all_sum": float(metrics["contribution"].ravel()[top].astype(np.float64).sum()),
     }
+
+
+def summarize_dynamics(contributions: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """From Δ per step (steps, n_layers, d_mlp; the last step is the final model) and the final group codes:
+
+    - ``group_sums`` (steps, groups): Σ Δ of each group of ``schema.GROUP_NAMES``;
+    - ``layer_movement`` (steps, n_layers): Σ_i |Δ_i| per layer, how far the layer has moved (no cancelling);
+    - ``half_step`` (n_layers,): the first step whose movement reaches half the final one (-1 for a layer that
+      never moved).
+    """
+    values = np.asarray(contributions, dtype=np.float64)
+    flat_codes = np.asarray(codes).ravel()
+    group_sums = np.stack([np.bincount(flat_codes, weights=step.ravel(), minlength=len(schema.GROUP_NAMES))
+                           for step in values])
+    movement = np.abs(values).sum(axis=2)
+    final = movement[-1]
+    reached = movement >= 0.5 * final[None]
+    half_step = np.where(final > 0, reached.argmax(axis=0), -1)
+    return {"group_sums": group_sums, "layer_movement": movement, "half_step": half_step.astype(np.int64)}

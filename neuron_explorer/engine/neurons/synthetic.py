@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from neuron_explorer.cache import schema
 from neuron_explorer.cache.writer import CacheWriter
 
-from neuron_explorer.engine.neurons.results import write_statistics, write_token_tables
+from neuron_explorer.engine.neurons.results import write_dynamics, write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
 
 TOKENS_PER_NEURON = 10
@@ -51,8 +52,9 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
     }
     with CacheWriter(path, n_layers=n_layers, d_mlp=d_mlp, d_model=d_model, architecture="synthetic",
                      provenance=provenance) as writer:
+        toxicity = np.random.default_rng(seed + 1).uniform(0, 1, n_prompts)  # own stream: the rest stays as it was
         writer.write_prompts({"text": prompts, "continuation_pre": [" and then it went on"] * n_prompts,
-                              "continuation_dpo": [" and then it stopped"] * n_prompts})
+                              "continuation_dpo": [" and then it stopped"] * n_prompts, "toxicity_pre": toxicity})
         pre = writer.prompt_activations("pre", n_prompts)
         dpo = writer.prompt_activations("dpo", n_prompts)
         _fill_prompt_activations(rng, pre, dpo, act_pre, act_dpo)
@@ -65,8 +67,29 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
                 tokens[f"{direction}_scores_{model}"] = (scores[..., ::-1] if sign < 0 else scores).astype(np.float32)
         write_token_tables(writer, tokens, [f"tok{i}" for i in range(vocab_size)])
         writer.write_array("probe/direction", rng.normal(0, 1, d_model).astype(np.float32), {"source": "synthetic"})
-        write_statistics(writer, metrics, layers, pre, dpo, cluster_top_k=cluster_top_k, n_clusters=n_clusters)
+        write_statistics(writer, metrics, layers, pre, dpo, toxicity_pre=toxicity, scorer="synthetic",
+                         cluster_top_k=cluster_top_k, n_clusters=n_clusters)
+        _write_differences(writer, np.random.default_rng(seed + 2), n_layers, d_model, vocab_size)
+        final = metrics["contribution"].astype(np.float64)
+        write_dynamics(writer, ["step-100", "step-200", "final"], [final / 3, final * 2 / 3, final], metrics["group"])
     return Path(path)
+
+
+def _write_differences(writer: CacheWriter, rng: np.random.Generator, n_layers: int, d_model: int,
+                       vocab_size: int) -> None:
+    """Random residual differences, growing with depth, for each source of `schema.DIFFERENCE_SOURCES`."""
+    for n, source in enumerate(schema.DIFFERENCE_SOURCES):
+        difference = rng.normal(0, 0.01, (n_layers, d_model)) * np.arange(1, n_layers + 1)[:, None]
+        scores = np.sort(rng.normal(0, 1, (n_layers, 2 * TOKENS_PER_NEURON)), axis=1)
+        arrays = {"mean_difference": difference.astype(np.float32), "probe_projection": difference[:, 0],
+                  "difference_norm": np.linalg.norm(difference, axis=1),
+                  "residual_norm": np.linspace(1.0, 10.0, n_layers),
+                  "top_tokens": rng.integers(0, vocab_size, (n_layers, TOKENS_PER_NEURON), dtype=np.int32),
+                  "top_scores": scores[:, ::-1][:, :TOKENS_PER_NEURON].astype(np.float32),
+                  "bottom_tokens": rng.integers(0, vocab_size, (n_layers, TOKENS_PER_NEURON), dtype=np.int32),
+                  "bottom_scores": scores[:, :TOKENS_PER_NEURON].astype(np.float32)}
+        writer.write_table(f"differences/{source}", arrays, {"source": source, "n_texts": 16, "n_tokens": 2048 * (n + 1),
+                                                             "kl_mean": 0.01 * (n + 1), "kl_max": 0.5})
 
 
 def _fill_prompt_activations(rng: np.random.Generator, pre, dpo, act_pre: np.ndarray, act_dpo: np.ndarray) -> None:

@@ -8,6 +8,8 @@ taken):
   top:128:cos_pre      the K largest by any neuron column; `bottom:K:COLUMN`; `top:K:|COLUMN|` by magnitude
   toxic:128            the "toxic neurons" baseline: top K by cos_pre (METHOD §3)
   toxic-active:128     the same among positively activated neurons (ā_pre > 0), the authors' other variant
+  auroc:128            the K best toxicity detectors: largest AUROC of the activation for toxic against non-toxic
+                       base continuations (AurA's ranking; METHOD §8)
   ids:L12/N345,L3/N7   explicit neuron ids
   set:NAME             a named set saved from the explorer (FILE.h5.annotations/sets/NAME.json)
   file:PATH            a JSON file: a saved set, or a list of [layer, index] pairs
@@ -29,7 +31,7 @@ from neuron_explorer.cache.reader import CacheReader, parse_neuron_id
 from neuron_explorer.errors import UserError
 
 SPEC_HELP = ("group:TP↓ | group:reducing | cluster:N | top:K:COLUMN | bottom:K:COLUMN | top:K:|COLUMN| | toxic:K | "
-             "toxic-active:K | ids:L12/N345,... | set:NAME | file:PATH | layer:N | all")
+             "toxic-active:K | auroc:K | ids:L12/N345,... | set:NAME | file:PATH | layer:N | all")
 ASCII_ARROWS = {"-down": "↓", "down": "↓", "_down": "↓", ".down": "↓", "-up": "↑", "up": "↑", "_up": "↑", ".up": "↑"}
 
 
@@ -118,6 +120,9 @@ def resolve(reader: CacheReader, specs: list[str] | tuple[str, ...]) -> NeuronSe
 def _column(reader: CacheReader, name: str) -> np.ndarray:
     if name not in schema.NEURON_COLUMNS:
         raise UserError(f"no neuron column '{name}': use one of {', '.join(schema.NEURON_COLUMNS)}")
+    if not reader.has(f"neurons/{name}"):
+        raise UserError(f"{reader.path} has no '{name}' column (written before it existed): recompute it with "
+                        f"`neuron-explorer compute`")
     return reader.neuron_array(name).astype(np.float64)
 
 
@@ -182,6 +187,12 @@ def _resolve_one(reader: CacheReader, spec: str) -> np.ndarray:
         k = _count(rest or "128", spec)
         eligible = _column(reader, "act_pre") > 0 if kind == "toxic-active" else None
         return _top(_column(reader, "cos_pre"), k, eligible=eligible)
+    if kind == "auroc":
+        values = _column(reader, "auroc")
+        if not np.isfinite(values).any():
+            raise UserError(f"'{spec}': {reader.path} has no detector AUROC: the statistics prompts' base "
+                            f"continuations were all toxic or all clean")
+        return _top(values, _count(rest or "128", spec))
     if kind == "layer":
         try:
             layer = int(rest)

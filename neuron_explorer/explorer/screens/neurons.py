@@ -103,7 +103,8 @@ class NeuronsScreen(Screen):
         else:
             row = self.layer_sums.row(layer, named=True)
             detail = (f"L{layer}: ΣΔ {signed(row['sum_contribution'])}  Σ+ {signed(row['sum_positive'])}  "
-                      f"Σ− {signed(row['sum_negative'])}  resid {signed(row['residual_pre'])}")
+                      f"Σ− {signed(row['sum_negative'])}  fire {signed(row['sum_activation_term'])}  "
+                      f"write {signed(row['sum_weight_term'])}  resid {signed(row['residual_pre'])}")
         self.query_one("#layer-status", Static).update(detail, layout=False)
 
     # -- events ----------------------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ def totals_text(store: Store) -> Text:
     if "top_toxic_share" in summary:
         text.append(f"   v2 top-{summary.get('top_toxic_k', '')} by cos, ā_pre>0, δ>0: ", style="bold")
         text.append(f"{summary['top_toxic_share']:.0%} of Σ+Δ")
+    if "net_activation_term" in summary:  # absent from caches written before the split
+        text.append("\nnet Δ = firing δ·p_pre ", style="bold").append(signed(summary["net_activation_term"]))
+        text.append(" + writing ā_dpo·(p_pre−p_dpo) ", style="bold").append(signed(summary["net_weight_term"]))
     return text
 
 

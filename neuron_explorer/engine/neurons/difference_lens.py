@@ -23,8 +23,8 @@ from neuron_explorer.engine.model.weights import LENS_FIELDS, lens_top_k
 
 LENS_TOKENS = 10
 CORPUS_WINDOW = 128  # tokens per corpus text
-CORPUS_WINDOWS = 16
-PROMPT_TEXTS = 64  # statistics prompts read (evenly spread)
+CORPUS_WINDOWS = 8
+PROMPT_TEXTS = 32  # statistics prompts read (evenly spread)
 BATCH = 4  # sequences of one length per forward pass (no padding); 4 × 128 positions × the vocabulary of log-probs
 
 

@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "patch": "patch",
     "lab": "lab",
+    "figures": "figures",
 }
 
 DESCRIPTION = """\

@@ -36,11 +36,12 @@ from .screens.dialogs import ShowsWorkerErrors
 from .screens.help import HelpScreen
 from .screens.lab import LabScreen
 from .screens.neurons import NeuronsScreen
-from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, SubprocessRunner, write_selection
+from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, SubprocessRunner, paper_request, write_selection
 from .screens.overview import OverviewScreen
 from .screens.patch import PatchDialog
 from .screens.runs import RunsScreen
 from .state import Store
+from .targets import find_target
 
 
 class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, App):
@@ -146,6 +147,13 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         return True
 
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = False) -> None:
+        """Every message as plain text, never markup: messages quote labels, prompts, set names, paths and errors,
+        and a "[/INST]" in one crashed the screen. (Widget.notify passes markup=True, so it is not taken.)"""
+        options = {} if timeout is None else {"timeout": timeout}
+        super().notify(message, title=title, severity=severity, markup=False, **options)
+
     # -- navigation ----------------------------------------------------------------------------------------------
     def action_back(self) -> None:
         if len(self.screen_stack) > 1:
@@ -163,22 +171,23 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
 
     # -- patch runs ----------------------------------------------------------------------------------------------
     def patch_request(self, source: str, inline: bool = False) -> PatchRequest:
-        """What ``source`` ("selection", "group TP↓", "cluster 3", "set NAME") means as a patch target; ``inline``
-        gives the marked neurons as an ``ids:`` spec rather than a temporary file (for the lab's long-lived worker)."""
+        """What ``source`` ("selection", or a target's key: "group TP↓", "toxic:128", "groups:↓", "cluster 3",
+        "set NAME") means as a patch request; ``inline`` gives the marked neurons as an ``ids:`` spec rather than a
+        temporary file (for the lab's long-lived worker)."""
         store = self.store
         if source == "selection":
             if not store.marked:
                 raise UserError("no neurons are marked: mark some with space in the neuron table first")
             marked = sorted(store.marked)
-            name = f"selection of {len(marked)}"
             if inline:
-                return PatchRequest(name, ["ids:" + ",".join(neuron_id(*pair) for pair in marked)], len(marked))
+                return PatchRequest("marked neurons", ["ids:" + ",".join(neuron_id(*pair) for pair in marked)],
+                                    len(marked))
             path = write_selection(marked)
-            return PatchRequest(name, [f"file:{path}"], len(marked), cleanup=[path])
-        if source.startswith(("group ", "cluster ", "set ")):
-            spec = source.replace(" ", ":", 1)
-            return PatchRequest(source, [spec], len(store.set_neurons(spec)))
-        raise UserError(f"cannot patch '{source}'")
+            return PatchRequest("marked neurons", [f"file:{path}"], len(marked), cleanup=[path])
+        target = find_target(source)
+        if target is None:
+            raise UserError(f"cannot patch '{source}'")
+        return PatchRequest(target.short, [target.spec], len(store.set_neurons(target.spec)), mode=target.mode)
 
     def action_patch(self, source: str) -> None:
         """Open the patch dialog for ``source``; when it is answered, launch the run in the background."""
@@ -187,15 +196,15 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         except UserError as error:
             self.notify(str(error), severity="error")
             return
+        self._ask_and_launch(request, source)
 
-        def launch(answer: PatchRequest | None) -> None:
-            if answer is None:
-                for path in request.cleanup:
-                    path.unlink(missing_ok=True)
-                return
-            self.start_patch(answer)
+    def action_patch_preset(self) -> None:
+        """The papers' comparison (`patch --preset paper`) as one background job: the dialog asks how many prompts
+        and how the group rows patch."""
+        self._ask_and_launch(paper_request())
 
-        self.push_screen(PatchDialog(request), launch)
+    def _ask_and_launch(self, request: PatchRequest, source: str | None = None) -> None:
+        self.push_screen(PatchDialog(request, source=source), lambda answer: answer and self.start_patch(answer))
 
 
 def _declared(owner: type) -> list[Binding]:

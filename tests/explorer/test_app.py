@@ -202,7 +202,7 @@ async def test_runs_empty_state_and_stored_runs(make_app, cache_path, static_tex
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("4")
         table = app.screen.query_one("#runs-table")
-        assert table.row_count == 1 and "toxicity" in [str(c.label) for c in table.columns.values()]
+        assert table.row_count == 1 and "toxicity ± s.e." in [str(c.label) for c in table.columns.values()]
         assert "kind" in static_text(app.screen.query_one("#run-samples"))
 
 

@@ -71,7 +71,7 @@ def tokens_table(tokens: pl.DataFrame) -> Table | Text:
         cells = []
         for key in columns:
             frame = lists[key]
-            cells.append(f"{short_text(repr(frame['token'][rank])[1:-1], 10)} {frame['score'][rank]:+.2f}"
+            cells.append(Text(f"{short_text(repr(frame['token'][rank])[1:-1], 10)} {frame['score'][rank]:+.2f}")
                          if rank < len(frame) else "")
         table.add_row(*cells)
     return table
@@ -89,7 +89,7 @@ def prompts_table(prompts: pl.DataFrame) -> Table | Text:
     table.add_column("prompt", ratio=1, overflow="fold")
     for row in moved.iter_rows(named=True):
         table.add_row(str(row["prompt"]), f"{row['act_shift']:+.3f}", f"{row['act_pre']:+.3f}",
-                      f"{row['act_dpo']:+.3f}", " ".join(row["text"].split()))
+                      f"{row['act_dpo']:+.3f}", Text(" ".join(row["text"].split())))  # never markup: "[/INST]"
     return table
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -41,8 +42,8 @@ class ErrorDialog(Dialog[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="error-dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Label(self.message, id="error-message")
+            yield Label(Text(self.title_text), classes="dialog-title")
+            yield Label(Text(self.message), id="error-message")
             yield Label("enter or escape: close", classes="dialog-hint")
 
 
@@ -68,12 +69,31 @@ class PromptDialog(Dialog[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(Text(self.title_text), classes="dialog-title")
             yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input")
             yield Label("enter: ok   escape: cancel", classes="dialog-hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)
+
+
+class ConfirmDialog(Dialog[bool]):
+    """A yes/no question: y or enter answers yes; n or escape answers no (None)."""
+
+    CSS_PATH = "dialogs.tcss"
+    BINDINGS = [Binding("y,enter", "yes", "yes", id="confirm.yes"), Binding("n", "cancel", "no", id="confirm.no")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="confirm-dialog"):
+            yield Label(Text(self.question), classes="dialog-title")
+            yield Label("y or enter: yes   n or escape: no", classes="dialog-hint")
+
+    def action_yes(self) -> None:
+        self.dismiss(True)
 
 
 class ChoiceDialog(Dialog[str]):
@@ -88,8 +108,8 @@ class ChoiceDialog(Dialog[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="choice-dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield OptionList(*(Option(text, id=key) for text, key in self.choices), id="choices")
+            yield Label(Text(self.title_text), classes="dialog-title")
+            yield OptionList(*(Option(Text(text), id=key) for text, key in self.choices), id="choices")
             yield Label("enter: choose   escape: cancel", classes="dialog-hint")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

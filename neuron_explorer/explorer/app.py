@@ -32,7 +32,7 @@ from .lab_client import LAB_COMMAND, LabClient
 from .lab_manager import LabManager
 from .screens.build import BUILD_COMMAND, BuildScreen
 from .screens.clusters import ClustersScreen
-from .screens.dialogs import ShowsWorkerErrors
+from .screens.dialogs import ConfirmDialog, ShowsWorkerErrors
 from .screens.help import HelpScreen
 from .screens.lab import LabScreen
 from .screens.neurons import NeuronsScreen
@@ -58,8 +58,9 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         Binding("5", "switch_mode('lab')", "lab", id="app.lab",
                 tooltip="the prompt lab: one prompt through base, DPO and a patched model"),
         Binding("escape", "back", "back", show=False, id="app.back", tooltip="go back (to the overview)"),
-        Binding("question_mark", "help", "help", id="app.help", tooltip="this help"),
-        Binding("q", "quit", "quit", id="app.quit", tooltip="quit"),
+        Binding("question_mark,f1", "help", "help", id="app.help", tooltip="this help (F1 also where ? types)"),
+        Binding("slash", "jump", "jump", show=False, id="app.jump", tooltip="jump to a neuron such as L12/N345"),
+        Binding("q", "quit", "quit", id="app.quit", tooltip="quit (asks first while a patch run is running)"),
     ]
     STORE_MODES = {"overview": OverviewScreen, "neurons": NeuronsScreen, "clusters": ClustersScreen,
                    "runs": RunsScreen, "lab": LabScreen}
@@ -142,9 +143,21 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         self.lab.stop()
 
     def check_action(self, action: str, parameters) -> bool | None:
-        if action in ("switch_mode", "help", "back") and self.store is None:
+        if action in ("switch_mode", "help", "back", "jump") and self.store is None:
             return False
         return True
+
+    async def action_quit(self) -> None:
+        """Quit; while a patch run is running, ask first (quitting stops it, and a stopped run stores nothing)."""
+        running = [job for job in self.jobs if not job.finished]
+        if not running:
+            self.exit()
+            return
+        names = ", ".join(job.request.name() for job in running)
+        self.push_screen(ConfirmDialog(f"Quit and stop {len(running)} running patch "
+                                       f"run{'' if len(running) == 1 else 's'} ({names})? Nothing of "
+                                       f"{'it' if len(running) == 1 else 'them'} is stored."),
+                         lambda yes: yes and self.exit())
 
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,

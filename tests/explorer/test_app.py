@@ -231,7 +231,7 @@ async def test_help_lists_the_screen_keys_and_closes(make_app, static_text, wait
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = static_text(app.screen.query_one("#help-keys"))
-        assert "jump to a neuron id" in text and "sort by the column under the cursor" in text
+        assert "jump to a neuron such as L12/N345" in text and "sort by the column under the cursor" in text
         await pilot.press("escape")
         assert isinstance(app.screen, NeuronsScreen)
 

@@ -231,7 +231,7 @@ async def test_escape_cancels_a_running_request_and_a_failed_request_leaves_the_
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
         screen.query_one("#lab-prompt", Input).value = "a slow prompt"
-        await pilot.press("enter")
+        await pilot.press("enter", "enter")  # the first goes into the prompt box, the second runs it
         attempt = app.lab.history[0]
         await wait_for(pilot, lambda: attempt.done >= 2)
         assert "running #1" in text_of(screen, "#lab-status", static_text)

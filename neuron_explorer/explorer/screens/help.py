@@ -23,7 +23,7 @@ class HelpScreen(ModalScreen):
     """The keys of the screen that was showing, of its focused widget, and of the app."""
 
     CSS_PATH = "help.tcss"
-    BINDINGS = [Binding("escape,question_mark,q", "app.pop_screen", "close", id="help.close")]
+    BINDINGS = [Binding("escape,question_mark,f1,q", "app.pop_screen", "close", id="help.close")]
 
     def __init__(self, sections: list[tuple[str, list[Binding]]]) -> None:
         super().__init__()

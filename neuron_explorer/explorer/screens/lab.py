@@ -33,7 +33,9 @@ class LabScreen(Screen):
     """A prompt input, the worker's status, three continuations, the heat maps and the neuron table."""
 
     CSS_PATH = "lab.tcss"
+    AUTO_FOCUS = ""  # nothing, not the prompt box: ?, o, 1–5 and q work on arrival; enter or i starts typing
     BINDINGS = [
+        Binding("enter,i", "focus_prompt", "type a prompt", id="lab.focus_prompt", tooltip="type a prompt"),
         Binding("ctrl+r", "run", "run again", id="lab.run",
                 tooltip="run the prompt in the input again (with the intervention, if any)"),
         Binding("escape", "cancel", "cancel", show=False, id="lab.cancel",
@@ -51,7 +53,6 @@ class LabScreen(Screen):
         Binding("m", "lens", "lens", id="lab.lens", tooltip="heat maps of the residual stream or of the MLP output"),
         Binding("e", "export", "export", show=False, id="lab.export", tooltip="write the shown answer to JSON"),
         Binding("R", "restart", "restart", show=False, id="lab.restart", tooltip="restart the model worker"),
-        Binding("i", "focus_prompt", "prompt", show=False, id="lab.focus_prompt", tooltip="type a prompt"),
     ]
 
     def __init__(self, store: Store) -> None:
@@ -62,7 +63,7 @@ class LabScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Input(placeholder="a prompt (enter runs it; o: the cache's prompts)", id="lab-prompt")
+        yield Input(placeholder="enter or i: type a prompt · o: the cache's prompts", id="lab-prompt")
         yield Static(id="lab-status")
         with Horizontal(id="lab-outputs"):
             for key, _ in RUNS:
@@ -76,7 +77,6 @@ class LabScreen(Screen):
         self.watch(self.app, "lab_prompt", self.show_prompt, init=False)
         self.watch(self.app, "marks_version", self.query_one(NeuronTable).refresh, init=False)
         self.watch(self.app, "view_row", self.neurons_loaded, init=False)
-        self.query_one("#lab-prompt", Input).focus()
         self.app.ensure_lab_worker()
         self.refresh_lab()
 

@@ -29,7 +29,6 @@ class NeuronsScreen(Screen):
         Binding("x", "clear_filters", "clear", id="neurons.clear_filters", tooltip="clear every filter"),
         Binding("plus", "sign('+')", "Δ>0", show=False, id="neurons.positive", tooltip="keep only Δ > 0"),
         Binding("minus", "sign('-')", "Δ<0", show=False, id="neurons.negative", tooltip="keep only Δ < 0"),
-        Binding("slash", "jump", "jump", id="neurons.jump", tooltip="jump to a neuron id such as L12/N345"),
         Binding("S", "save_selection", "save set", id="neurons.save_selection",
                 tooltip="save the marked neurons as a named set"),
         Binding("W", "save_view", "save view", show=False, id="neurons.save_view",
@@ -136,9 +135,6 @@ class NeuronsScreen(Screen):
     def action_sign(self, sign: str) -> None:
         current = self.store.view.filters
         self.app.set_filters(Filters(**{**current.__dict__, "sign": None if current.sign == sign else sign}))
-
-    def action_jump(self) -> None:
-        self.app.action_jump()
 
     def action_save_selection(self) -> None:
         self.app.action_save_set("selection")

@@ -55,6 +55,8 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
         ("set: save filtered view", partial(app.action_save_set, "view"), "the table's current rows as a set"),
         ("export: csv", partial(app.action_export, "csv"), "the current table to a CSV file"),
         ("export: parquet", partial(app.action_export, "parquet"), "the current table to a Parquet file"),
+        ("export: figures", app.action_figures, "the papers' figures as SVG and PNG beside the cache (layers, "
+                                                 "group shares, recovered ± s.e., the top neuron's histograms)"),
     ]
     commands += [(f"set: save group {group}", partial(app.action_save_set, f"group {group}"),
                   f"every {group} neuron as a named set") for group in GROUP_NAMES]

@@ -186,3 +186,16 @@ async def test_user_text_that_looks_like_markup_is_shown_as_it_is(
         app.screen.notify("a message quoting [/INST] and [bold]")  # Widget.notify asks for markup: refused
         await pilot.pause()
         assert app._notifications and not any(notification.markup for notification in app._notifications)
+
+
+async def test_the_palette_draws_the_figures_beside_the_cache(cache_path, make_app, wait_until_loaded):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until_loaded(app, pilot)
+        commands = {name: callback for name, callback, _ in palette_commands(app)}
+        commands["export: figures"]()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        folder = cache_path.with_name(f"{cache_path.stem}-figures")
+        assert len(list(folder.glob("*.svg"))) == len(list(folder.glob("*.png"))) == 4
+        assert any(str(folder) in str(notification.message) for notification in app._notifications)

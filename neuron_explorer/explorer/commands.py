@@ -1,4 +1,4 @@
-"""The command palette (ctrl+p): every action of the app as a namespaced command ("sort: Δ ↓", "layer: 12")."""
+"""The command palette (ctrl+p): every action of the app as a namespaced command ("sort: Δ ▼", "layer: 12")."""
 
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
     for column in COLUMNS:
         # the key disambiguates labels that differ only in case (Δ and δ), which the fuzzy matcher folds
         name = column.label if column.label == column.key else f"{column.label} ({column.key})"
-        commands.append((f"sort: {name} ↓ descending", partial(app.sort_by, column.key, True),
+        commands.append((f"sort: {name} ▼ descending", partial(app.sort_by, column.key, True),
                          f"largest {column.label} first"))
-        commands.append((f"sort: {name} ↑ ascending", partial(app.sort_by, column.key, False),
+        commands.append((f"sort: {name} ▲ ascending", partial(app.sort_by, column.key, False),
                          f"smallest {column.label} first"))
     commands += [(f"filter: group {group}", partial(app.set_filters, Filters(group=group)), f"only {group} neurons")
                  for group in GROUP_NAMES]

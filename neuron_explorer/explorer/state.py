@@ -19,7 +19,7 @@ import polars as pl
 
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
-from neuron_explorer.cache.schema import REDUCING_GROUPS
+from neuron_explorer.cache.schema import NEURON_COLUMNS, REDUCING_GROUPS
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
 
@@ -38,6 +38,21 @@ class Column:
     label: str
     width: int
     number_format: str = ""
+
+    @property
+    def about(self) -> str:
+        """What the column holds, for the legend line and the help's glossary (the cache's own words where it has
+        them, schema.NEURON_COLUMNS)."""
+        return OTHER_COLUMNS.get(self.key) or NEURON_COLUMNS.get(self.key, "")
+
+
+OTHER_COLUMNS = {
+    "id": "L<layer>/N<index>: the neuron's layer and its index in the MLP",
+    "group": "its group (v1): sign class T/A (cos_pre > 0 / ≤ 0) and P/N (ā_pre > 0 / ≤ 0); ↓ when DPO's change "
+             "of its activation lowers toxicity, ↑ for the mirror",
+    "cluster": "its flat cluster among the top-|Δ| neurons (· when not clustered)",
+}
+SORT_GLYPHS = {True: "▼", False: "▲"}  # descending, ascending (↓/↑ name the groups' direction only)
 
 
 # The neuron table's columns, in order: the issue's list first, the rest reachable by scrolling right.
@@ -321,7 +336,7 @@ class Store:
     def describe_view(self) -> str:
         view = self.view
         where = "all layers" if view.layer is None else f"layer {view.layer}"
-        arrow = "↓" if view.descending else "↑"
+        arrow = SORT_GLYPHS[view.descending]
         return (f"{where} · {self.row_count:,} neurons · sort {COLUMN_BY_KEY[view.sort_column].label}{arrow}"
                 f" · filter {view.filters.describe()}")
 

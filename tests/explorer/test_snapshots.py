@@ -10,6 +10,8 @@ SIZES = [(80, 24), (120, 40)]
 @pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
 @pytest.mark.parametrize("screen,keys", [
     ("overview", ()),
+    ("overview_v3", ("v",)),
+    ("filter_dialog", ("2", "f")),
     ("neurons", ("2",)),
     ("neurons_filtered", ("2", "plus", "l", "s")),
     ("detail", ("2", "enter")),

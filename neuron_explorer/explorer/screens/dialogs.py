@@ -132,7 +132,7 @@ class FilterDialog(Dialog[Filters]):
         with Vertical(classes="dialog", id="filter-dialog"):
             yield Label("Filter neurons", classes="dialog-title")
             with Horizontal(classes="field"):
-                yield Label("group", classes="field-label")
+                yield Label("group (v1)", classes="field-label")
                 yield Select([(name, name) for name in GROUP_NAMES], value=filters.group or Select.NULL,
                              prompt="any", id="filter-group")
             with Horizontal(classes="field"):

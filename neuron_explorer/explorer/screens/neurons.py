@@ -12,7 +12,7 @@ from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from ..formatting import signed
-from ..state import Filters, Store
+from ..state import COLUMNS, Filters, Store
 from ..messages import NeuronChosen
 from ..widgets.neuron_table import NeuronTable
 
@@ -55,6 +55,7 @@ class NeuronsScreen(Screen):
             with Vertical(id="table-pane"):
                 yield Static(id="view-status")
                 yield NeuronTable(self.store, id="neuron-table")
+                yield Static(id="column-about")
                 yield Static(id="layer-status")
         yield Footer()
 
@@ -71,7 +72,13 @@ class NeuronsScreen(Screen):
         self.query_one(NeuronTable).focus()
         self.watch(self.app, "view_row", self.refresh_view, init=False)
         self.watch(self.app, "marks_version", self.refresh_marks, init=False)
+        self.watch(self.query_one(NeuronTable), "cursor_column", self.show_column_about)
         self.refresh_view(self.app.view_row)
+
+    def show_column_about(self, column: int) -> None:
+        """The legend line: what the column under the cursor holds (h/l move it; ? has the glossary)."""
+        chosen = COLUMNS[column]
+        self.query_one("#column-about", Static).update(Text(f"{chosen.label}: {chosen.about}"), layout=False)
 
     def refresh_view(self, row: int | None = None) -> None:
         """The view changed (loaded, layer, sort, filter, jump): redraw the table and the status lines, the cursor

@@ -81,6 +81,8 @@ class PatchDialog(Dialog[PatchRequest]):
         if request.preset:
             return f"Run the papers' comparison, one job: {PAPER_ROWS}"
         count = f"{request.n_neurons:,} neuron{'' if request.n_neurons == 1 else 's'}"
+        if any(spec.startswith("group:") for spec in request.sets):
+            count += ", v1 groups"  # the overview's default definition, the one the patch command resolves
         where = "the lab's patched run" if self.lab else "the base model"
         return f"Patch {request.target} ({count}) in {where}"
 

@@ -16,7 +16,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from ..messages import MarksChanged, NeuronChosen, SortRequested
-from ..state import COLUMNS, Column, NeuronSource, is_reducing
+from ..state import COLUMNS, SORT_GLYPHS, Column, NeuronSource, is_reducing
 
 FROZEN_COLUMNS = 1  # the id column
 MARK_WIDTH = 2  # "● " in front of a marked neuron
@@ -239,7 +239,7 @@ class NeuronTable(Widget, can_focus=True):
             label = column.label
             style: Style = header
             if column.key == self.source.sort_column:
-                label += "↓" if self.source.descending else "↑"
+                label += SORT_GLYPHS[self.source.descending]
                 style = header + sorted_style
             if column_index == self.cursor_column:
                 style += Style(reverse=True)

@@ -8,6 +8,7 @@ The neuron table reads any `NeuronSource`: the Store's view, or a lab prompt's t
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -341,11 +342,13 @@ class Store:
                 f" · filter {view.filters.describe()}")
 
     def view_frame(self) -> pl.DataFrame:
-        """The whole current view in display order with readable ids (for export and neuron sets)."""
+        """The whole current view as the table shows it, for export: its rows in display order, its columns in
+        order under the names the screen shows (id, group, Δ, δ, ā_pre, ...), then layer and neuron as numbers."""
         assert self.frame is not None
-        rows = self.frame[self.positions].drop("group_code")
-        ids = pl.format("L{}/N{}", pl.col("layer"), pl.col("neuron")).alias("id")
-        return rows.select(ids, pl.all())
+        rows = self.frame[self.positions]
+        shown = [pl.format("L{}/N{}", pl.col("layer"), pl.col("neuron")).alias("id")]
+        shown += [pl.col(column.key).alias(column.label) for column in COLUMNS[1:] if column.key in rows.columns]
+        return rows.select(*shown, "layer", "neuron")
 
     # -- marks, sets, export ---------------------------------------------------------------------------------
     def toggle_mark(self, layer: int, index: int) -> bool:
@@ -395,8 +398,18 @@ class Store:
         return path
 
     def default_export_name(self, extension: str) -> str:
-        where = "all" if self.view.layer is None else f"L{self.view.layer}"
-        return f"{self.path.stem}-{where}.{extension}"
+        """In the cache's folder, named for the view: ``synthetic-all-group-TPdown-delta-pos-sort-delta-desc.csv``."""
+        view = self.view
+        parts = [self.path.stem, "all" if view.layer is None else f"L{view.layer}"]
+        if not view.filters.is_empty():
+            parts.append(view.filters.describe())
+        parts.append(f"sort {COLUMN_BY_KEY[view.sort_column].label} {'desc' if view.descending else 'asc'}")
+        name = "-".join(parts)
+        for text, word in (("↓", "down"), ("↑", "up"), ("|Δ|", "abs-delta"), ("Δ", "delta"), ("δ", "shift"),
+                           (">=", " ge "), ("<=", " le "), (">0", " pos"), ("<0", " neg")):
+            name = name.replace(text, word)
+        slug = re.sub(r"[^\w.+-]+", "-", name).strip("-")
+        return str(self.path.with_name(f"{slug}.{extension}"))
 
 
 # The lab's per-prompt columns (the rest of a PromptNeurons row is the cache's).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import polars as pl
@@ -166,7 +168,10 @@ async def test_export_csv_from_the_table(make_app, tmp_path, wait_until_loaded):
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
         await wait_until_loaded(app, pilot)
-        await pilot.press("e")
+        await pilot.press("plus", "e")
+        suggested = Path(app.screen.query_one("#prompt-input").value)  # beside the cache, named for the view
+        assert suggested.parent == app.store.path.parent
+        assert suggested.name == f"{app.store.path.stem}-all-delta-pos-sort-delta-desc.csv"
         target = tmp_path / "out.csv"
         app.screen.query_one("#prompt-input").value = str(target)
         await pilot.press("enter")

@@ -79,3 +79,17 @@ async def test_the_legend_line_says_what_the_cursor_column_holds_and_sorting_use
         await pilot.press("s")
         await pilot.pause()
         assert "sort δ▲" in static_text(app.screen.query_one("#view-status"))
+
+
+async def test_at_80_columns_the_table_shows_whole_columns_only(make_app, wait_until_loaded):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_until_loaded(app, pilot)
+        table = app.screen.query_one(NeuronTable)
+        labels = {column.label for column in COLUMNS} | {column.label + "▼" for column in COLUMNS}
+        for presses in range(len(COLUMNS)):
+            header = "".join(segment.text for segment in table.render_line(0)).split()
+            assert header and set(header) <= labels, header  # a cut column would leave a stub like "c"
+            await pilot.press("l")
+            await pilot.pause()

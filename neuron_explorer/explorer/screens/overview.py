@@ -23,12 +23,12 @@ def describe_model(entry) -> str:
 
 
 def provenance_table(store: Store) -> Table:
-    """Model pair, probe, prompts and settings, one line each (long values are cut to fit the terminal)."""
+    """Model pair, probe, prompts and settings, one field each (a long value wraps)."""
     info = store.info
     provenance = info.provenance
     table = Table.grid(padding=(0, 1))
     table.add_column(style="bold", no_wrap=True, min_width=8)
-    table.add_column(no_wrap=True, overflow="ellipsis")
+    table.add_column(overflow="fold")  # long values wrap: nothing is cut at 80 columns
     table.add_row("file", f"{info.path.name} · {info.architecture} · {info.n_layers}×{info.d_mlp:,} = "
                           f"{info.n_neurons:,} neurons · {info.n_prompts:,} prompts · {info.created[:10]}")
     table.add_row("models", f"{describe_model(provenance.get('base', '?'))} → "
@@ -64,7 +64,7 @@ class OverviewScreen(Screen):
     """Overview: the file's provenance, the totals, the group share bars and the per-layer plot."""
 
     CSS_PATH = "overview.tcss"
-    BINDINGS = [Binding("v", "definition", "v1/v3 groups", id="overview.definition",
+    BINDINGS = [Binding("v", "definition", "v1/v3 groups", show=False, id="overview.definition",
                         tooltip="switch the group shares between v1 (the default) and v3")]
 
     def __init__(self, store: Store) -> None:

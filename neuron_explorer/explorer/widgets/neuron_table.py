@@ -195,8 +195,15 @@ class NeuronTable(Widget, can_focus=True):
 
     # -- drawing -----------------------------------------------------------------------------------------------
     def _shown_columns(self) -> list[tuple[int, Column]]:
-        return list(enumerate(COLUMNS[:FROZEN_COLUMNS])) + [
-            (index, COLUMNS[index]) for index in range(self.first_scrolled_column, len(COLUMNS))]
+        """The frozen columns, then the scrolled ones that fit whole (a column is never cut mid-value)."""
+        shown = list(enumerate(COLUMNS[:FROZEN_COLUMNS]))
+        end = MARK_WIDTH + sum(column.width + 1 for _, column in shown)
+        for index in range(self.first_scrolled_column, len(COLUMNS)):
+            end += COLUMNS[index].width + 1
+            if end - 1 > self.size.width and index > self.first_scrolled_column:
+                break
+            shown.append((index, COLUMNS[index]))
+        return shown
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 from rich.table import Table
 from rich.text import Text
@@ -12,6 +14,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, LoadingIndicator, Static
 
+from neuron_explorer.cache.annotations import PatchRun, list_runs
 from neuron_explorer.cache.reader import neuron_id
 
 from ..formatting import short_text, signed
@@ -93,6 +96,29 @@ def prompts_table(prompts: pl.DataFrame) -> Table | Text:
     return table
 
 
+def runs_with(cache_path, layer: int, index: int) -> list[PatchRun]:
+    """The stored runs whose neuron set held this neuron (each run records its set as {layer: [indices]})."""
+    return [run for run in list_runs(cache_path)
+            if index in (run.settings.get("neurons") or {}).get(str(layer), ())]
+
+
+def history_table(runs: list[PatchRun]) -> Table | Text:
+    if not runs:
+        return Text("no stored run patched this neuron (the papers' comparison: 4, then P)", style="dim")
+    table = Table(box=None, padding=(0, 1), header_style="bold", expand=True)
+    table.add_column("run", ratio=1, overflow="fold")
+    for name in ("mode", "neurons", "toxicity", "recovered"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for run in runs:
+        metrics = run.metrics
+        toxicity, recovered = metrics.get("toxicity"), metrics.get("recovered")
+        table.add_row(Text(str(run.settings.get("label", run.run_id))), Text(str(run.settings.get("mode", ""))),
+                      f"{metrics.get('neurons', 0):,}",
+                      f"{toxicity:.4f}" if isinstance(toxicity, float) else "",
+                      f"{recovered:.1%}" if isinstance(recovered, float) and math.isfinite(recovered) else "n/a")
+    return table
+
+
 class DetailScreen(ShowsWorkerErrors, Screen):
     """Everything stored about one neuron; read in a worker so the h5py lock is held only briefly."""
 
@@ -100,6 +126,10 @@ class DetailScreen(ShowsWorkerErrors, Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "back", id="detail.back"),
         Binding("space", "mark", "mark", id="detail.mark", tooltip="mark or unmark this neuron"),
+        Binding("right_square_bracket,n", "step(1)", "next", id="detail.next",
+                tooltip="the next neuron of the table's view (its order, its filters)"),
+        Binding("left_square_bracket,N", "step(-1)", "previous", id="detail.previous",
+                tooltip="the previous neuron of the table's view"),
         Binding("j,down", "scroll('down')", "scroll", show=False, id="detail.down"),
         Binding("k,up", "scroll('up')", "scroll", show=False, id="detail.up"),
         Binding("g,home", "scroll('home')", "top", show=False, id="detail.top"),
@@ -124,7 +154,8 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         reader = self.store.reader
         record = reader.neuron(self.neuron_layer, self.neuron_index)
         self.post_message(DetailLoaded(record, reader.top_tokens(self.neuron_layer, self.neuron_index),
-                                       reader.prompt_activations(self.neuron_layer, self.neuron_index)))
+                                       reader.prompt_activations(self.neuron_layer, self.neuron_index),
+                                       runs_with(self.store.path, self.neuron_layer, self.neuron_index)))
 
     async def on_detail_loaded(self, message: DetailLoaded) -> None:
         body = self.query_one("#detail-body", VerticalScroll)
@@ -146,7 +177,21 @@ class DetailScreen(ShowsWorkerErrors, Screen):
             Static(Text(f"Prompts where it shifts most (top {TOP_PROMPTS} by |δ|)", style="bold"),
                    classes="section-title"),
             Static(prompts_table(prompts), id="detail-prompts"),
+            Static(Text("Stored patch runs that acted on it", style="bold"), classes="section-title"),
+            Static(history_table(message.runs), id="detail-history"),
         ])
+
+    def action_step(self, step: int) -> None:
+        """Show the next (previous) neuron of the table's view; the table's cursor follows."""
+        row = self.store.find(self.neuron_layer, self.neuron_index) if self.store.loaded else None
+        neighbour = None if row is None else self.store.neuron_at(row + step)
+        if neighbour is None:
+            self.notify("this neuron is not in the table's view" if row is None else
+                        f"no {'next' if step > 0 else 'previous'} neuron in the view", severity="warning")
+            return
+        self.neuron_layer, self.neuron_index = neighbour
+        self.app.view_row = row + step
+        self.load()
 
     def action_scroll(self, where: str) -> None:
         body = self.query_one("#detail-body", VerticalScroll)

@@ -3,9 +3,12 @@ even where ? types, / jumps to a neuron from any screen, q asks first while a pa
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from textual.widgets import Input
 
+from neuron_explorer.explorer.lab_client import format_bytes
 from neuron_explorer.explorer.screens.dialogs import ConfirmDialog, PromptDialog
 from neuron_explorer.explorer.screens.help import HelpScreen
 from neuron_explorer.explorer.screens.neurons import NeuronsScreen
@@ -83,3 +86,34 @@ async def test_q_asks_first_while_a_patch_run_is_running(make_app, fake_patch_co
         await pilot.pause()
         assert not app.is_running or app._exit
     assert job.state == "cancelled"
+
+
+async def test_typing_filters_a_choice_list_and_enter_takes_the_first_left(make_app, wait_until_loaded):
+    from neuron_explorer.explorer.screens.dialogs import ChoiceDialog
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until_loaded(app, pilot)
+        answers = []
+        choices = [(f"cache  Synthetic prompt number {n} that starts", f"cache-{n}") for n in range(24)]
+        app.push_screen(ChoiceDialog("Run a prompt", choices), answers.append)
+        await pilot.pause()
+        await pilot.press(*"number 17")
+        await pilot.pause()
+        shown = app.screen.query_one("#choices")
+        assert [shown.get_option_at_index(i).id for i in range(shown.option_count)] == ["cache-17"]
+        await pilot.press("enter")
+        await pilot.pause()
+        assert answers == ["cache-17"]
+
+
+async def test_the_lab_says_how_much_memory_its_worker_holds(make_app, fake_lab_command, wait_for, wait_until_loaded):
+    app = make_app(lab_command=fake_lab_command)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until_loaded(app, pilot)
+        await pilot.press("5")
+        await wait_for(pilot, lambda: app.lab.state == "ready")
+        with open(f"/proc/{app.lab.worker.popen.pid}/statm") as statm:  # pages, read another way than VmRSS
+            resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        assert abs(app.lab.worker_memory() - resident) < 8 * 2**20
+        assert f"its memory {format_bytes(app.lab.worker_memory())}" in app.lab.status()

@@ -97,9 +97,11 @@ class ConfirmDialog(Dialog[bool]):
 
 
 class ChoiceDialog(Dialog[str]):
-    """Choose one of a list (a prompt, a try of the lab's history, a set to patch); enter answers the option's id."""
+    """Choose one of a list (a prompt, a try of the lab's history, a set to patch): typing filters it (every word
+    typed must appear), down moves into the list, enter answers the highlighted option's id."""
 
     CSS_PATH = "dialogs.tcss"
+    BINDINGS = [Binding("down", "into_list", "to the list", show=False, id="choice.into_list")]
 
     def __init__(self, title: str, choices: list[tuple[str, str]]) -> None:
         """``choices``: (what is shown, the id answered)."""
@@ -109,8 +111,31 @@ class ChoiceDialog(Dialog[str]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="choice-dialog"):
             yield Label(Text(self.title_text), classes="dialog-title")
-            yield OptionList(*(Option(Text(text), id=key) for text, key in self.choices), id="choices")
-            yield Label("enter: choose   escape: cancel", classes="dialog-hint")
+            yield Input(placeholder="type to filter", id="choice-filter")
+            yield OptionList(*self.options(""), id="choices")
+            yield Label("enter: choose   ↓: the list   escape: cancel", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        self.query_one("#choice-filter", Input).focus()
+        self.query_one(OptionList).highlighted = 0 if self.choices else None
+
+    def options(self, typed: str) -> list[Option]:
+        words = typed.lower().split()
+        return [Option(Text(text), id=key) for text, key in self.choices if all(word in text.lower() for word in words)]
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        options = self.query_one(OptionList)
+        options.clear_options()
+        options.add_options(self.options(event.value))
+        options.highlighted = 0 if options.option_count else None
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        options = self.query_one(OptionList)
+        if options.highlighted is not None:
+            self.dismiss(options.get_option_at_index(options.highlighted).id)
+
+    def action_into_list(self) -> None:
+        self.query_one(OptionList).focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)

@@ -47,7 +47,7 @@ async def test_P_on_the_empty_runs_screen_runs_the_papers_comparison_as_one_job(
         args = build_parser().parse_args(["patch", *request.argv(cache_path)])  # what the real command reads
         assert args.preset == "paper" and args.sets == [] and args.mode == "patch-mean" and args.positions is None
         assert args.progress_json and args.label is None
-        await pilot.press("ctrl+s")
+        await pilot.press("enter")  # the papers' settings as they are: enter runs
         await wait_for(pilot, lambda: app.jobs and app.jobs[0].finished)
         await app.workers.wait_for_complete()
         await pilot.pause()

@@ -99,7 +99,8 @@ class PatchDialog(Dialog[PatchRequest]):
     def on_mount(self) -> None:
         self.show_fields(self.request.mode)
         self.query_one("#prompts-field").display = not self.lab
-        self.query_one("#patch-mode", Select).focus()
+        # the papers' comparison comes with the papers' settings: enter runs it; elsewhere, choose the mode first
+        self.query_one("#run" if self.request.preset else "#patch-mode").focus()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "patch-mode":

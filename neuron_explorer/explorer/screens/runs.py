@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from neuron_explorer.cache.annotations import (PatchRun, delete_run, list_runs, load_baseline, rename_run,
                                                sidecar_dir)
 from neuron_explorer.errors import UserError
-from neuron_explorer.figures import recovered_rows
+from neuron_explorer.figures import RecoveredRow, recovered_rows
 
 from ..jobs import PAPER_ROWS
 from ..state import Store
@@ -42,7 +42,7 @@ PREFERRED = ("name", "toxicity", "recovered", "perplexity", "f1", "mode", "neuro
              "n_prompts", "positions")
 HIDDEN = {"toxicity_sem", "base_toxicity", "dpo_toxicity", "base_perplexity", "dpo_perplexity", "seconds",
           "n_tokens", "n_f1", "probe_projection", "recovered_probe", "perplexity_pass", "check_toxicity_sem"}
-HEADERS = {"toxicity": "toxicity ± s.e.", "recovered": "recovered", "probe_change": "Δ probe"}
+HEADERS = {"toxicity": "toxicity ± s.e.", "probe_change": "Δ probe"}
 # One format per column (other numbers: 4 significant digits).
 FORMATS = {"toxicity": "{:.4f}", "recovered": "{:.1%}", "perplexity": "{:.2f}", "f1": "{:.4f}",
            "probe_change": "{:+.3f}", "check_toxicity": "{:.4f}"}
@@ -113,6 +113,7 @@ class RunsScreen(Screen):
         self.store = store
         self.runs: list[PatchRun] = []
         self.n_model_rows = 0
+        self.recovered: list[RecoveredRow] = []  # the chart's rows, one per run
         self.reported_problems: set[str] = set()  # skipped run records, each shown once
 
     def compose(self) -> ComposeResult:

@@ -78,3 +78,19 @@ def test_patch_dialog(snap_compare, make_app, wait_until_loaded, size, source):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
+def test_lab_target_picker_filtered(snap_compare, make_app, fake_lab_command, wait_until_loaded, wait_for, size):
+    """The lab's picker of what to patch (the palette's targets), filtered by typing."""
+    app = make_app(lab_command=fake_lab_command)
+    app.lab.worker_memory = lambda: None  # the worker's memory varies from run to run
+
+    async def run_before(pilot) -> None:
+        await wait_until_loaded(pilot.app, pilot)
+        await pilot.press("5")
+        await wait_for(pilot, lambda: app.lab.state == "ready")
+        await pilot.press("p", *"gro")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

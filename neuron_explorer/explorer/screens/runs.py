@@ -249,7 +249,8 @@ class RunsScreen(Screen):
             self.app.runs_version += 1
 
         label = run.settings.get("label", run.run_id)
-        self.app.push_screen(ConfirmDialog(f"Delete the run '{label}'? Its record ({run.run_id}.json) is removed."),
+        folder = sidecar_dir(self.store.path).name
+        self.app.push_screen(ConfirmDialog(f"Delete the run '{label}'? Its record is removed from {folder}/runs/."),
                              delete)
 
     def action_cancel_job(self) -> None:

@@ -99,8 +99,9 @@ async def test_n_renames_and_d_deletes_the_highlighted_run(
         await pilot.press("n")  # on the base row: nothing to rename
         await pilot.pause()
         assert not isinstance(app.screen, PromptDialog)
-        table.move_cursor(row=screen.n_model_rows)
+        await pilot.press(*"j" * screen.n_model_rows)  # j and k move the cursor, as in the neuron table
         await pilot.pause()
+        assert table.cursor_row == screen.n_model_rows
         first = screen.highlighted_run()
         await pilot.press("n")
         await pilot.pause()

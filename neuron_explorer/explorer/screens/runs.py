@@ -106,6 +106,8 @@ class RunsScreen(Screen):
         Binding("d,delete", "delete", "delete", id="runs.delete", tooltip="delete the highlighted run's record"),
         Binding("c", "cancel_job", "cancel run", id="runs.cancel", tooltip="stop the running patch job"),
         Binding("r", "reload", "reload", show=False, id="runs.reload", tooltip="read the stored runs again"),
+        Binding("j", "row(1)", "down", show=False, id="runs.down", tooltip="next row (as in the neuron table)"),
+        Binding("k", "row(-1)", "up", show=False, id="runs.up", tooltip="previous row"),
     ]
 
     def __init__(self, store: Store) -> None:
@@ -210,6 +212,10 @@ class RunsScreen(Screen):
         grid.add_row(settings_fields(run))
         grid.add_row(samples_table(run))
         samples.update(grid)
+
+    def action_row(self, step: int) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        (table.action_cursor_down if step > 0 else table.action_cursor_up)()
 
     def action_paper(self) -> None:
         self.app.action_patch_preset()

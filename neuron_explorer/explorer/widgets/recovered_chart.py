@@ -12,7 +12,7 @@ from neuron_explorer.figures import RecoveredRow
 
 from ..formatting import short_text
 
-LABEL_WIDTH = 24
+MIN_BAR = 36  # the bars keep at least this many cells; labels get the rest (longer ones end in …)
 VALUE_WIDTH = 12  # " +42% ± 6.1%"
 LIMITS = (-1.0, 2.0)  # the scale never goes beyond these; a value outside is drawn at the edge with an arrow
 BAR_STYLE, WHISKER_STYLE, MARK_STYLE = "cyan", "bold yellow", "dim"
@@ -70,7 +70,7 @@ def chart(rows: list[RecoveredRow], width: int, highlighted: str | None = None) 
     if not rows:
         return text
     low, high = scale(rows)
-    label_width = min(LABEL_WIDTH, max(len(row.label) for row in rows))
+    label_width = min(max(width - VALUE_WIDTH - 2 - MIN_BAR, 12), max(len(row.label) for row in rows))
     bar_width = max(width - label_width - VALUE_WIDTH - 2, 10)
     text.append("Recovered fraction of DPO's effect", style="bold")
     text.append("  █ run  ┊ DPO = 100%  ├─┤ ± 1 s.e.\n", style="dim")

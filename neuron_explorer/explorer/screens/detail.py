@@ -42,7 +42,8 @@ def metrics_table(record: dict) -> Table:
     table.add_column("base − DPO", justify="right", no_wrap=True)
     for label, pre, dpo, _ in PAIRED_METRICS:
         if pre in record and dpo in record:
-            table.add_row(label, f"{record[pre]:+.4g}", f"{record[dpo]:+.4g}", f"{record[pre] - record[dpo]:+.3g}")
+            # one format for every number of the table (they span decades: P is often 1e-5 where cos is 0.1)
+            table.add_row(label, *(f"{value:+.3e}" for value in (record[pre], record[dpo], record[pre] - record[dpo])))
     return table
 
 
@@ -56,7 +57,7 @@ def headline(record: dict) -> Text:
                                                  style="green" if record["contribution"] > 0 else "red")
     text.append("   δ = ā_pre − ā_dpo ").append(signed(record["act_shift"]))
     if "value_cos" in record:
-        text.append(f"   cos(v_pre, v_dpo) {record['value_cos']:.5f}")
+        text.append(f"\ncos(v_pre, v_dpo) {record['value_cos']:.5f}: how much tuning turned the value vector")
     return text
 
 

@@ -25,6 +25,7 @@ COMMANDS = {
     "patch": "patch",
     "lab": "lab",
     "compare-sets": "compare_sets",
+    "figures": "figures",
 }
 
 DESCRIPTION = """\

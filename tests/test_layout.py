@@ -24,6 +24,7 @@ FORBIDDEN = {
     "engine.patching": ("engine.neurons", "engine.lab", "engine.build"),
     "engine.lab": ("engine.build",),
     "explorer": ("commands", "cli"),
+    "figures": ("engine", "explorer", "commands", "cli"),
 }
 # The engine modules the explorer may import: the torch-free ones.
 EXPLORER_ENGINE_MODULES = {"engine.defaults", "engine.patching.modes", "engine.patching.neuron_sets",

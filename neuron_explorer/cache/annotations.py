@@ -214,6 +214,29 @@ def save_run(cache_path: str | Path, settings: dict, metrics: dict, samples: lis
     raise RuntimeError(f"could not find a free run id in {folder}")
 
 
+def rename_run(cache_path: str | Path, run_id: str, label: str) -> PatchRun:
+    """Give a stored run another label (the explorer's Runs screen): its record is rewritten atomically, with the
+    label it had kept as ``settings.original_label``; nothing else changes."""
+    run = load_run(cache_path, run_id)
+    label = " ".join(label.split())
+    if not label:
+        raise UserError("a run's label cannot be empty")
+    settings = {**run.settings, "label": label}
+    settings.setdefault("original_label", run.settings.get("label", run_id))
+    payload = {"run_id": run.run_id, "created": run.created, "settings": settings, "metrics": run.metrics,
+               "samples": run.samples}
+    write_json_atomically(_writable(cache_path, "runs") / f"{run_id}.json", payload)
+    return _patch_run(run_id, payload)
+
+
+def delete_run(cache_path: str | Path, run_id: str) -> None:
+    """Remove a stored run's record (its baseline stays: other runs may share it)."""
+    try:
+        (sidecar_dir(cache_path) / "runs" / f"{run_id}.json").unlink()
+    except FileNotFoundError:
+        raise UserError(f"no patching run '{run_id}' beside {cache_path}") from None
+
+
 def load_baseline(cache_path: str | Path, key: str) -> dict | None:
     """A stored base/DPO evaluation for these settings (``baselines/<key>.json``), or None."""
     if not (isinstance(key, str) and BASELINE_KEY_PATTERN.fullmatch(key)):

@@ -49,7 +49,7 @@ def add_arguments(parser) -> None:
     what.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",
                       help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓")
     what.add_argument("--mode", choices=tuple(modes.MODES), default=None,
-                      help="what to do to them (no patched run without a mode)")
+                      help=f"what to do to them (default with --set: {modes.DEFAULT_MODE}, as for patch)")
     what.add_argument("--positions", choices=tuple(modes.POSITIONS), default="all",
                       help="; ".join(f"{name}: {text}" for name, text in modes.POSITIONS.items()))
     for name in modes.parameter_names():
@@ -92,7 +92,8 @@ def run(args) -> int:
     from neuron_explorer.commands.reporting import reporting
     from neuron_explorer.engine.lab.session import LabSession, check_request
 
-    request = LabRequest(id=1, prompt=args.prompt, sets=tuple(args.sets), mode=args.mode, positions=args.positions,
+    mode = args.mode or (modes.DEFAULT_MODE if args.sets else None)  # --set alone patches as `patch` would
+    request = LabRequest(id=1, prompt=args.prompt, sets=tuple(args.sets), mode=mode, positions=args.positions,
                          params=given, top=args.top, full=bool(args.json))
     with CacheReader(path) as reader:  # a bad file, set, mode or parameter fails here, before the models load
         check_request(reader, request)

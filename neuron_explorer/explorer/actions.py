@@ -6,6 +6,8 @@ Mixed into `ExplorerApp`. Each changes the Store, then sets the app's `view_row`
 
 from __future__ import annotations
 
+from textual import work
+
 from neuron_explorer.cache import annotations
 from neuron_explorer.errors import UserError
 
@@ -111,3 +113,16 @@ class ExplorerActions:
 
         self.push_screen(PromptDialog("Export the current table to", value=self.store.default_export_name(extension)),
                          export)
+
+    def action_figures(self) -> None:
+        """The papers' figures (`neuron-explorer figures`) beside the cache, drawn in a thread."""
+        self.notify("drawing the figures…")
+        self.draw_figures()
+
+    @work(thread=True, exclusive=True, group="figures", exit_on_error=False, description="drawing the figures")
+    def draw_figures(self) -> None:
+        from neuron_explorer.figures import write_figures  # matplotlib: only when asked
+
+        written = write_figures(self.store.path)
+        self.call_from_thread(self.notify, f"wrote {len(written) // 2} figures as SVG and PNG to {written[0].parent}",
+                              timeout=15)

@@ -32,16 +32,17 @@ from .lab_client import LAB_COMMAND, LabClient
 from .lab_manager import LabManager
 from .screens.build import BUILD_COMMAND, BuildScreen
 from .screens.clusters import ClustersScreen
-from .screens.dialogs import ShowsWorkerErrors
+from .screens.dialogs import ConfirmDialog, ShowsWorkerErrors
 from .screens.help import HelpScreen
 from .screens.lab import LabScreen
 from .screens.neurons import NeuronsScreen
-from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, SubprocessRunner, write_selection
+from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, SubprocessRunner, paper_request, write_selection
 from .screens.overview import OverviewScreen
 from .screens.patch import PatchDialog
 from .screens.runs import RunsScreen
 from .screens.beyond import BeyondScreen
 from .state import Store
+from .targets import find_target
 
 
 class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, App):
@@ -60,8 +61,9 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         Binding("6", "switch_mode('beyond')", "beyond", show=False, id="app.beyond",
                 tooltip="beyond the paper: neuron sets against chance, where the pair differs on any text"),
         Binding("escape", "back", "back", show=False, id="app.back", tooltip="go back (to the overview)"),
-        Binding("question_mark", "help", "help", id="app.help", tooltip="this help"),
-        Binding("q", "quit", "quit", id="app.quit", tooltip="quit"),
+        Binding("question_mark,f1", "help", "help", id="app.help", tooltip="this help (F1 also where ? types)"),
+        Binding("slash", "jump", "jump", show=False, id="app.jump", tooltip="jump to a neuron such as L12/N345"),
+        Binding("q", "quit", "quit", id="app.quit", tooltip="quit (asks first while a patch run is running)"),
     ]
     STORE_MODES = {"overview": OverviewScreen, "neurons": NeuronsScreen, "clusters": ClustersScreen,
                    "runs": RunsScreen, "lab": LabScreen, "beyond": BeyondScreen}
@@ -144,10 +146,29 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         self.lab.stop()
 
     def check_action(self, action: str, parameters) -> bool | None:
-        if action in ("switch_mode", "help", "back") and self.store is None:
+        if action in ("switch_mode", "help", "back", "jump") and self.store is None:
             return False
         return True
 
+    async def action_quit(self) -> None:
+        """Quit; while a patch run is running, ask first (quitting stops it, and a stopped run stores nothing)."""
+        running = [job for job in self.jobs if not job.finished]
+        if not running:
+            self.exit()
+            return
+        names = ", ".join(job.request.name() for job in running)
+        self.push_screen(ConfirmDialog(f"Quit and stop {len(running)} running patch "
+                                       f"run{'' if len(running) == 1 else 's'} ({names})? Nothing of "
+                                       f"{'it' if len(running) == 1 else 'them'} is stored."),
+                         lambda yes: yes and self.exit())
+
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = False) -> None:
+        """Every message as plain text, never markup: messages quote labels, prompts, set names, paths and errors,
+        and a "[/INST]" in one crashed the screen. (Widget.notify passes markup=True, so it is not taken.)"""
+        options = {} if timeout is None else {"timeout": timeout}
+        super().notify(message, title=title, severity=severity, markup=False, **options)
 
     # -- navigation ----------------------------------------------------------------------------------------------
     def action_back(self) -> None:
@@ -166,22 +187,23 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
 
     # -- patch runs ----------------------------------------------------------------------------------------------
     def patch_request(self, source: str, inline: bool = False) -> PatchRequest:
-        """What ``source`` ("selection", "group TP↓", "cluster 3", "set NAME") means as a patch target; ``inline``
-        gives the marked neurons as an ``ids:`` spec rather than a temporary file (for the lab's long-lived worker)."""
+        """What ``source`` ("selection", or a target's key: "group TP↓", "toxic:128", "groups:↓", "cluster 3",
+        "set NAME") means as a patch request; ``inline`` gives the marked neurons as an ``ids:`` spec rather than a
+        temporary file (for the lab's long-lived worker)."""
         store = self.store
         if source == "selection":
             if not store.marked:
                 raise UserError("no neurons are marked: mark some with space in the neuron table first")
             marked = sorted(store.marked)
-            name = f"selection of {len(marked)}"
             if inline:
-                return PatchRequest(name, ["ids:" + ",".join(neuron_id(*pair) for pair in marked)], len(marked))
+                return PatchRequest("marked neurons", ["ids:" + ",".join(neuron_id(*pair) for pair in marked)],
+                                    len(marked))
             path = write_selection(marked)
-            return PatchRequest(name, [f"file:{path}"], len(marked), cleanup=[path])
-        if source.startswith(("group ", "cluster ", "set ")):
-            spec = source.replace(" ", ":", 1)
-            return PatchRequest(source, [spec], len(store.set_neurons(spec)))
-        raise UserError(f"cannot patch '{source}'")
+            return PatchRequest("marked neurons", [f"file:{path}"], len(marked), cleanup=[path])
+        target = find_target(source)
+        if target is None:
+            raise UserError(f"cannot patch '{source}'")
+        return PatchRequest(target.short, [target.spec], len(store.set_neurons(target.spec)), mode=target.mode)
 
     def action_patch(self, source: str) -> None:
         """Open the patch dialog for ``source``; when it is answered, launch the run in the background."""
@@ -190,15 +212,15 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         except UserError as error:
             self.notify(str(error), severity="error")
             return
+        self._ask_and_launch(request, source)
 
-        def launch(answer: PatchRequest | None) -> None:
-            if answer is None:
-                for path in request.cleanup:
-                    path.unlink(missing_ok=True)
-                return
-            self.start_patch(answer)
+    def action_patch_preset(self) -> None:
+        """The papers' comparison (`patch --preset paper`) as one background job: the dialog asks how many prompts
+        and how the group rows patch."""
+        self._ask_and_launch(paper_request())
 
-        self.push_screen(PatchDialog(request), launch)
+    def _ask_and_launch(self, request: PatchRequest, source: str | None = None) -> None:
+        self.push_screen(PatchDialog(request, source=source), lambda answer: answer and self.start_patch(answer))
 
 
 def _declared(owner: type) -> list[Binding]:

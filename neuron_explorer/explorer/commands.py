@@ -1,4 +1,4 @@
-"""The command palette (ctrl+p): every action of the app as a namespaced command ("sort: Δ ↓", "layer: 12")."""
+"""The command palette (ctrl+p): every action of the app as a namespaced command ("sort: Δ ▼", "layer: 12")."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from neuron_explorer.cache.annotations import list_sets
 from neuron_explorer.cache.schema import GROUP_NAMES
 
+from .jobs import PAPER_ROWS
 from .state import COLUMNS, Filters
+from .targets import Target, patch_targets
 
 if TYPE_CHECKING:
     from .app import ExplorerApp
@@ -36,9 +38,9 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
     for column in COLUMNS:
         # the key disambiguates labels that differ only in case (Δ and δ), which the fuzzy matcher folds
         name = column.label if column.label == column.key else f"{column.label} ({column.key})"
-        commands.append((f"sort: {name} ↓ descending", partial(app.sort_by, column.key, True),
+        commands.append((f"sort: {name} ▼ descending", partial(app.sort_by, column.key, True),
                          f"largest {column.label} first"))
-        commands.append((f"sort: {name} ↑ ascending", partial(app.sort_by, column.key, False),
+        commands.append((f"sort: {name} ▲ ascending", partial(app.sort_by, column.key, False),
                          f"smallest {column.label} first"))
     commands += [(f"filter: group {group}", partial(app.set_filters, Filters(group=group)), f"only {group} neurons")
                  for group in GROUP_NAMES]
@@ -53,6 +55,8 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
         ("set: save filtered view", partial(app.action_save_set, "view"), "the table's current rows as a set"),
         ("export: csv", partial(app.action_export, "csv"), "the current table to a CSV file"),
         ("export: parquet", partial(app.action_export, "parquet"), "the current table to a Parquet file"),
+        ("export: figures", app.action_figures, "the papers' figures as SVG and PNG beside the cache (layers, "
+                                                 "group shares, recovered ± s.e., the top neuron's histograms)"),
     ]
     commands += [(f"set: save group {group}", partial(app.action_save_set, f"group {group}"),
                   f"every {group} neuron as a named set") for group in GROUP_NAMES]
@@ -62,19 +66,22 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
                      for cluster in clusters]
         commands += [(f"set: save cluster {cluster}", partial(app.action_save_set, f"cluster {cluster}"),
                       "this cluster's neurons as a named set") for cluster in clusters]
-    commands += [("patch: selection", partial(app.action_patch, "selection"),
+    targets = patch_targets(store)
+    commands += [("patch: preset paper", app.action_patch_preset,
+                  f"the papers' comparison as one background job: {PAPER_ROWS}"),
+                 ("patch: selection", partial(app.action_patch, "selection"),
                   "patch the marked neurons in a background run (mode, parameters, prompts)"),
                  ("patch: cancel run", app.action_cancel_patch, "stop the newest running patch run")]
-    commands += [(f"patch: {target}", partial(app.action_patch, target), f"patch {neurons} in a background run")
-                 for target, neurons in _patch_targets(store)]
-    commands += _lab_commands(app)
+    commands += [(f"patch: {target.title}", partial(app.action_patch, target.key),
+                  f"{target.about}, in a background run") for target in targets]
+    commands += _lab_commands(app, targets)
     commands += [(f"set: mark {neuron_set.name}", partial(app.mark_set, neuron_set.name),
                   f"mark the {len(neuron_set.neurons)} neurons of the stored set ({neuron_set.description})")
                  for neuron_set in list_sets(store.path)]
     return commands
 
 
-def _lab_commands(app: "ExplorerApp") -> list[Command]:
+def _lab_commands(app: "ExplorerApp", targets: list[Target]) -> list[Command]:
     """The prompt lab's commands (each shows the lab screen)."""
     commands: list[Command] = [
         ("lab: run prompt…", app.lab_ask_prompt, "one prompt through base, DPO and the patched model"),
@@ -88,20 +95,9 @@ def _lab_commands(app: "ExplorerApp") -> list[Command]:
         ("lab: restart worker", app.lab_restart, "stop the lab's model worker and start a fresh one"),
         ("lab: export result", app.lab_export, "the shown answer to a JSON file"),
     ]
-    commands += [(f"lab: apply {target}", partial(app.lab_apply, target), f"patch {neurons} in the lab's patched run")
-                 for target, neurons in _patch_targets(app.store)]
+    commands += [(f"lab: apply {target.title}", partial(app.lab_apply, target.key),
+                  f"{target.about}, in the lab's patched run") for target in targets]
     return commands
-
-
-def _patch_targets(store) -> list[tuple[str, str]]:
-    """(target, the neurons it names) for every group, cluster and stored set: what patch runs and the lab apply."""
-    targets = [(f"group {group}", f"every {group} neuron") for group in GROUP_NAMES]
-    if store.reader.has("clusters/summary"):
-        targets += [(f"cluster {cluster}", "this cluster's neurons")
-                    for cluster in store.reader.clusters()["cluster"].to_list()]
-    targets += [(f"set {neuron_set.name}", f"the {len(neuron_set.neurons)} neurons of the stored set")
-                for neuron_set in list_sets(store.path)]
-    return targets
 
 
 class ExplorerCommands(Provider):

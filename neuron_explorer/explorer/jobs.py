@@ -25,13 +25,18 @@ from neuron_explorer.engine.patching import modes
 from neuron_explorer.events import Cancelled, Done, Event, EventError, Failed, Message, Progress, Stored, from_json
 
 PATCH_COMMAND = (sys.executable, "-m", "neuron_explorer", "patch")
+PRESET_POSITIONS = "authors"  # the preset's own choice per row (ablation everywhere, patching at the newest position)
+# What a patch job's progress counts: every evaluation (base, DPO, each run) generates for its toxicity prompts,
+# scores its perplexity windows and generates for its F1 passages (engine/alignment/evaluation.py).
+WORK_UNITS = "prompts+windows+passages"
+PAPER_ROWS = "ablate the top-128 toxic neurons; patch each ↓ group alone; patch all four; the tuning-free edit"
 
 
 @dataclass
 class PatchRequest:
     """What the patch dialog asks for; `argv` turns it into the `patch` command's options."""
 
-    target: str  # what was chosen, e.g. "group TP↓", "cluster 3", "selection"
+    target: str  # how the run label names what was chosen: "TP↓", "cluster 3", "toxic top-128", "marked neurons"
     sets: list[str]
     n_neurons: int
     mode: str = modes.DEFAULT_MODE
@@ -41,21 +46,38 @@ class PatchRequest:
     label: str | None = None
     cleanup: list[Path] = field(default_factory=list)  # temporary files to delete when the job ends
     extra: list[str] = field(default_factory=list)  # further `patch` options (evaluation sizes, devices)
+    preset: str | None = None  # "paper": `patch --preset paper`, the papers' rows as one job (mode: its patch rows')
 
     def name(self) -> str:
-        return self.label or f"{self.mode} {self.target}"
+        if self.label:
+            return self.label
+        if self.preset:
+            return f"{self.target} ({self.mode} for the group rows)"
+        return f"{self.mode} {self.target} ({self.n_neurons:,})"
 
     def argv(self, cache_path: Path) -> list[str]:
         args = [str(cache_path)]
-        for spec in self.sets:
-            args += ["--set", spec]
-        args += ["--mode", self.mode, "--positions", self.positions, "--label", self.name(), "--progress-json"]
+        if self.preset:
+            args += ["--preset", self.preset, "--mode", self.mode]
+            if self.positions != PRESET_POSITIONS:
+                args += ["--positions", self.positions]
+        else:
+            for spec in self.sets:
+                args += ["--set", spec]
+            args += ["--mode", self.mode, "--positions", self.positions, "--label", self.name()]
+            for name, value in modes.get(self.mode).values(self.params).items():
+                if value is not None:  # None: the command measures it
+                    args += [f"--{name}", repr(value)]
+        args.append("--progress-json")
         if self.max_prompts is not None:
             args += ["--max-prompts", str(self.max_prompts)]
-        for name, value in modes.get(self.mode).values(self.params).items():
-            if value is not None:  # None: the command measures it
-                args += [f"--{name}", repr(value)]
         return args + list(self.extra)
+
+
+def paper_request() -> PatchRequest:
+    """The papers' comparison (`patch --preset paper`): seven runs, one job, one progress bar."""
+    return PatchRequest("the papers' comparison", [], 0, mode=modes.PRESET_PATCH_MODES[0],
+                        positions=PRESET_POSITIONS, preset="paper")
 
 
 @dataclass
@@ -70,7 +92,9 @@ class PatchJob:
     total: int = 0
     eta: float | None = None
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # when it finished: "done in" stops there
     run_ids: list[str] = field(default_factory=list)
+    run_labels: list[str] = field(default_factory=list)  # the stored runs' names, as the Runs screen shows them
     error: str = ""
     process: subprocess.Popen | None = None
 
@@ -80,13 +104,14 @@ class PatchJob:
 
     def status(self) -> str:
         if self.state == "done":
-            return f"done in {time.monotonic() - self.started:.0f}s: {', '.join(self.run_ids)}"
+            took = format_seconds((self.ended or time.monotonic()) - self.started)
+            return f"done in {took} · stored {', '.join(self.run_labels) or 'no run'}"
         if self.state == "failed":
             return f"failed: {self.error}"
         if self.state == "cancelled":
             return "cancelled: nothing was stored"
         eta = "" if self.eta is None else f" · eta {format_seconds(self.eta)}"
-        count = f" · {self.done}/{self.total}" if self.total else ""
+        count = f" · {WORK_UNITS} {self.done:,}/{self.total:,}" if self.total else ""
         return f"{self.stage or self.state}{count}{eta}"
 
 
@@ -146,7 +171,7 @@ class SubprocessRunner:
         """Terminate the job's process; True when there was one running."""
         if job.finished or job.process is None or job.process.poll() is not None:
             return False
-        job.state = "cancelled"
+        job.state, job.ended = "cancelled", time.monotonic()
         job.process.terminate()
         return True
 
@@ -166,9 +191,13 @@ def apply_event(job: PatchJob, event: Event) -> bool:
         job.state, job.stage = "running", event.text
     elif isinstance(event, Stored):
         job.run_ids.append(event.name)
+        job.run_labels.append(event.label or event.name)
     elif isinstance(event, Done):
         job.state = "done"
         job.done = job.total
     elif isinstance(event, Failed):
         job.state, job.error = "failed", event.message
-    return job.finished and not was_finished
+    if job.finished and not was_finished:
+        job.ended = time.monotonic()
+        return True
+    return False

@@ -47,6 +47,10 @@ class WorkerProcess:
     stderr: IO[str]
 
 
+def format_bytes(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:,.0f} MiB"
+
+
 @dataclass
 class LabTry:
     """One prompt sent to the worker, and its answer once there is one."""
@@ -213,6 +217,20 @@ class LabClient:
                 return attempt
         return None
 
+    def worker_memory(self) -> int | None:
+        """The worker's resident memory in bytes (it keeps both models loaded while the explorer runs), where the
+        system says (/proc on Linux); None elsewhere."""
+        if self.worker is None:
+            return None
+        try:
+            with open(f"/proc/{self.worker.popen.pid}/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
     def status(self) -> str:
         """One line for the lab screen's status bar."""
         count = f" {self.done}/{self.total}" if self.total else ""
@@ -223,7 +241,9 @@ class LabClient:
             progress = f" {attempt.done}/{attempt.total}" if attempt.total else ""
             return f"running #{attempt.request.id}: {attempt.stage or 'sent'}{progress} · escape cancels"
         if self.state == "ready":
-            return f"ready{f' ({self.ready_text})' if self.ready_text else ''} · enter runs the prompt"
+            memory = self.worker_memory()
+            held = f" · its memory {format_bytes(memory)}" if memory else ""
+            return f"ready{f' ({self.ready_text})' if self.ready_text else ''}{held} · enter: type a prompt"
         if self.state == "failed":
             return f"the model worker could not start: {self.error} · R restarts the worker"
         if self.state == "crashed":

@@ -15,7 +15,6 @@ from textual import work
 
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.atomic import write_json_atomically
-from neuron_explorer.cache.schema import GROUP_NAMES
 from neuron_explorer.errors import UserError
 
 from .formatting import short_text
@@ -23,6 +22,7 @@ from .lab_client import LabTry, WorkerExited, WorkerProcess
 from .messages import LabWorkerEvent
 from .screens.dialogs import ChoiceDialog, PromptDialog
 from .screens.patch import PatchDialog
+from .targets import patch_targets
 
 
 class LabManager:
@@ -179,18 +179,13 @@ class LabManager:
             self.lab_version += 1
             self.lab_rerun()
 
-        self.push_screen(PatchDialog(request, lab=True), apply)
+        self.push_screen(PatchDialog(request, lab=True, source=source), apply)
 
     def lab_choose_target(self) -> None:
-        """Choose what the patched run patches: the marked neurons, a group, a cluster or a saved set."""
+        """Choose what the patched run patches: the marked neurons or one of the palette's targets."""
         self._show_lab()
         choices = [(f"the marked neurons ({len(self.store.marked):,})", "selection")]
-        choices += [(f"group {group}", f"group {group}") for group in GROUP_NAMES]
-        if self.store.reader.has("clusters/summary"):
-            choices += [(f"cluster {cluster}", f"cluster {cluster}")
-                        for cluster in self.store.reader.clusters()["cluster"].to_list()]
-        choices += [(f"set {neuron_set.name} ({len(neuron_set.neurons):,})", f"set {neuron_set.name}")
-                    for neuron_set in annotations.list_sets(self.store.path)]
+        choices += [(target.title, target.key) for target in patch_targets(self.store)]
         self.push_screen(ChoiceDialog("Patch in the lab's patched run", choices),
                          lambda source: source and self.lab_apply(source))
 

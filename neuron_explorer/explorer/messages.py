@@ -39,11 +39,12 @@ class MarksChanged(Message):
 
 
 class DetailLoaded(Message):
-    """The detail screen's worker has read one neuron's record, tokens and per-prompt activations."""
+    """The detail screen's worker has read one neuron's record, tokens, per-prompt activations and the stored runs
+    that patched it."""
 
-    def __init__(self, record: dict, tokens: pl.DataFrame, prompts: pl.DataFrame) -> None:
+    def __init__(self, record: dict, tokens: pl.DataFrame, prompts: pl.DataFrame, runs: list) -> None:
         super().__init__()
-        self.record, self.tokens, self.prompts = record, tokens, prompts
+        self.record, self.tokens, self.prompts, self.runs = record, tokens, prompts, runs
 
 
 class BuildFinished(Message):

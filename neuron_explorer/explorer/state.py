@@ -8,6 +8,7 @@ The neuron table reads any `NeuronSource`: the Store's view, or a lab prompt's t
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -19,7 +20,7 @@ import polars as pl
 
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
-from neuron_explorer.cache.schema import REDUCING_GROUPS
+from neuron_explorer.cache.schema import NEURON_COLUMNS, REDUCING_GROUPS
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
 
@@ -38,6 +39,21 @@ class Column:
     label: str
     width: int
     number_format: str = ""
+
+    @property
+    def about(self) -> str:
+        """What the column holds, for the legend line and the help's glossary (the cache's own words where it has
+        them, schema.NEURON_COLUMNS)."""
+        return OTHER_COLUMNS.get(self.key) or NEURON_COLUMNS.get(self.key, "")
+
+
+OTHER_COLUMNS = {
+    "id": "L<layer>/N<index>: the neuron's layer and its index in the MLP",
+    "group": "its group (v1): sign class T/A (cos_pre > 0 / ≤ 0) and P/N (ā_pre > 0 / ≤ 0); ↓ when DPO's change "
+             "of its activation lowers toxicity, ↑ for the mirror",
+    "cluster": "its flat cluster among the top-|Δ| neurons (· when not clustered)",
+}
+SORT_GLYPHS = {True: "▼", False: "▲"}  # descending, ascending (↓/↑ name the groups' direction only)
 
 
 # The neuron table's columns, in order: the issue's list first, the rest reachable by scrolling right.
@@ -324,16 +340,18 @@ class Store:
     def describe_view(self) -> str:
         view = self.view
         where = "all layers" if view.layer is None else f"layer {view.layer}"
-        arrow = "↓" if view.descending else "↑"
+        arrow = SORT_GLYPHS[view.descending]
         return (f"{where} · {self.row_count:,} neurons · sort {COLUMN_BY_KEY[view.sort_column].label}{arrow}"
                 f" · filter {view.filters.describe()}")
 
     def view_frame(self) -> pl.DataFrame:
-        """The whole current view in display order with readable ids (for export and neuron sets)."""
+        """The whole current view as the table shows it, for export: its rows in display order, its columns in
+        order under the names the screen shows (id, group, Δ, δ, ā_pre, ...), then layer and neuron as numbers."""
         assert self.frame is not None
-        rows = self.frame[self.positions].drop("group_code")
-        ids = pl.format("L{}/N{}", pl.col("layer"), pl.col("neuron")).alias("id")
-        return rows.select(ids, pl.all())
+        rows = self.frame[self.positions]
+        shown = [pl.format("L{}/N{}", pl.col("layer"), pl.col("neuron")).alias("id")]
+        shown += [pl.col(column.key).alias(column.label) for column in COLUMNS[1:] if column.key in rows.columns]
+        return rows.select(*shown, "layer", "neuron")
 
     # -- marks, sets, export ---------------------------------------------------------------------------------
     def toggle_mark(self, layer: int, index: int) -> bool:
@@ -383,8 +401,18 @@ class Store:
         return path
 
     def default_export_name(self, extension: str) -> str:
-        where = "all" if self.view.layer is None else f"L{self.view.layer}"
-        return f"{self.path.stem}-{where}.{extension}"
+        """In the cache's folder, named for the view: ``synthetic-all-group-TPdown-delta-pos-sort-delta-desc.csv``."""
+        view = self.view
+        parts = [self.path.stem, "all" if view.layer is None else f"L{view.layer}"]
+        if not view.filters.is_empty():
+            parts.append(view.filters.describe())
+        parts.append(f"sort {COLUMN_BY_KEY[view.sort_column].label} {'desc' if view.descending else 'asc'}")
+        name = "-".join(parts)
+        for text, word in (("↓", "down"), ("↑", "up"), ("|Δ|", "abs-delta"), ("Δ", "delta"), ("δ", "shift"),
+                           (">=", " ge "), ("<=", " le "), (">0", " pos"), ("<0", " neg")):
+            name = name.replace(text, word)
+        slug = re.sub(r"[^\w.+-]+", "-", name).strip("-")
+        return str(self.path.with_name(f"{slug}.{extension}"))
 
 
 # The lab's per-prompt columns (the rest of a PromptNeurons row is the cache's).

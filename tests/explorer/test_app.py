@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import polars as pl
@@ -166,7 +168,10 @@ async def test_export_csv_from_the_table(make_app, tmp_path, wait_until_loaded):
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
         await wait_until_loaded(app, pilot)
-        await pilot.press("e")
+        await pilot.press("plus", "e")
+        suggested = Path(app.screen.query_one("#prompt-input").value)  # beside the cache, named for the view
+        assert suggested.parent == app.store.path.parent
+        assert suggested.name == f"{app.store.path.stem}-all-delta-pos-sort-delta-desc.csv"
         target = tmp_path / "out.csv"
         app.screen.query_one("#prompt-input").value = str(target)
         await pilot.press("enter")
@@ -202,7 +207,7 @@ async def test_runs_empty_state_and_stored_runs(make_app, cache_path, static_tex
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("4")
         table = app.screen.query_one("#runs-table")
-        assert table.row_count == 1 and "toxicity" in [str(c.label) for c in table.columns.values()]
+        assert table.row_count == 1 and "toxicity ± s.e." in [str(c.label) for c in table.columns.values()]
         assert "kind" in static_text(app.screen.query_one("#run-samples"))
 
 
@@ -231,7 +236,7 @@ async def test_help_lists_the_screen_keys_and_closes(make_app, static_text, wait
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = static_text(app.screen.query_one("#help-keys"))
-        assert "jump to a neuron id" in text and "sort by the column under the cursor" in text
+        assert "jump to a neuron such as L12/N345" in text and "sort by the column under the cursor" in text
         await pilot.press("escape")
         assert isinstance(app.screen, NeuronsScreen)
 

@@ -69,6 +69,8 @@ async def test_a_prompt_shows_three_continuations_their_scores_the_maps_and_its_
         assert heat.label.startswith("residual")
         assert heat.panels[2].values.shape == (app.store.info.n_layers, 4 + 5)  # the columns both runs have
         assert heat.cursor == 4 and "' idiot'" in heat.caption() and "' person'" in heat.caption()
+        # the first generated token is token 1, and where the runs read different tokens the caption says so
+        assert "generated token 1:" in heat.caption() and "different tokens" in heat.caption()
         assert "▲" in str(heat.render_line(app.store.info.n_layers + 1).text)
         await pilot.press("tab", "tab", "m")  # the MLP lens
         assert heat.label.startswith("MLP out")
@@ -109,6 +111,15 @@ async def test_applying_a_group_runs_the_prompt_again_with_that_intervention(
         assert intervention["neurons"] == (app.store.frame["group"] == "TP↓").sum() > 0
         patched = text_of(screen, "#lab-patched", static_text)
         assert "tox 0.34" in patched and "person and a friend" in patched and "shift group:TP↓" in patched
+        heat = screen.query_one(HeatMap)  # the patched run's map beside base and DPO, and d: base − patched
+        assert [panel.title for panel in heat.panels] == ["base", "DPO", "patched", "base − DPO"]
+        runs = app.lab.shown.result["runs"]
+        screen.action_difference()
+        await pilot.pause()
+        assert heat.panels[3].title == "base − patched"
+        base, patched_lens = (np.asarray(runs[key]["lens"]["residual"]) for key in ("base", "patched"))
+        common = min(base.shape[1], patched_lens.shape[1])
+        assert np.allclose(heat.panels[3].values, base[:, :common] - patched_lens[:, :common])
         await pilot.press("x")
         assert app.lab.intervention is None
 
@@ -231,7 +242,7 @@ async def test_escape_cancels_a_running_request_and_a_failed_request_leaves_the_
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
         screen.query_one("#lab-prompt", Input).value = "a slow prompt"
-        await pilot.press("enter")
+        await pilot.press("enter", "enter")  # the first goes into the prompt box, the second runs it
         attempt = app.lab.history[0]
         await wait_for(pilot, lambda: attempt.done >= 2)
         assert "running #1" in text_of(screen, "#lab-status", static_text)

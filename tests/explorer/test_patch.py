@@ -6,6 +6,7 @@ without a model; tests/patching/test_explorer_jobs.py runs the real command on a
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,9 @@ async def test_dialog_launches_a_background_run_that_appears_beside_base_and_dpo
         assert isinstance(screen, RunsScreen)
         table = screen.query_one("#runs-table", DataTable)
         assert table.row_count == 1 and len(screen.runs) == 1
-        assert screen.runs[0].settings["label"] == "shift group TP↓"
+        assert screen.runs[0].settings["label"] == f"shift TP↓ ({job.request.n_neurons:,})"  # names the target
         status = static_text(screen.query_one(JobRow).query_one("#job-status"))
-        assert "done" in status and job.run_ids[0] in status
+        assert "done" in status and f"stored shift TP↓ ({job.request.n_neurons:,})" in status
         assert "a bad word" in static_text(screen.query_one("#run-samples"), width=200)
 
 
@@ -218,16 +219,22 @@ async def test_the_dialog_shows_only_the_chosen_modes_fields_and_passes_them_on(
         assert "--factor" not in argv and "--max-prompts" not in argv
 
 
-def test_job_events_and_argv():
-    request = PatchRequest("group TP↓", ["group:TP↓"], 10, mode="scale", params={"factor": 0.25}, positions="newest")
+def test_job_events_and_argv(monkeypatch):
+    request = PatchRequest("TP↓", ["group:TP↓"], 10, mode="scale", params={"factor": 0.25}, positions="newest")
     argv = request.argv(Path("x.h5"))
-    assert argv[:3] == ["x.h5", "--set", "group:TP↓"] and ["--factor", "0.25"] == argv[-2:]
+    assert argv[:3] == ["x.h5", "--set", "group:TP↓"] and argv[argv.index("--factor") + 1] == "0.25"
     assert "--positions" in argv and "newest" in argv
     job = PatchJob(1, request)
     assert not apply_event(job, Progress("run: toxicity", 3, 10, eta=70))
-    assert job.state == "running" and "3/10" in job.status() and "1m10s" in job.status()
-    assert not apply_event(job, Stored("run", "abc"))
-    assert apply_event(job, Done()) and job.finished and "abc" in job.status()
+    # what the count counts, and one ETA
+    assert job.state == "running" and "prompts+windows+passages 3/10" in job.status()
+    assert job.status().count("eta") == 1 and "1m10s" in job.status()
+    assert not apply_event(job, Stored("run", "abc", label="scale TP↓ (10)"))
+    assert apply_event(job, Done()) and job.finished and "stored scale TP↓ (10)" in job.status()
+    finished = job.status()
+    later = time.monotonic() + 100
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert job.status() == finished  # "done in" stops growing when the job ends
     cancelled = PatchJob(2, request, state="cancelled")
     assert not apply_event(cancelled, Done()) and cancelled.state == "cancelled"
     assert apply_event(cancelled, Cancelled())

@@ -8,7 +8,7 @@ import pytest
 
 from neuron_explorer.cache import annotations
 from neuron_explorer.errors import UserError
-from neuron_explorer.explorer.state import Filters, Store
+from neuron_explorer.explorer.state import COLUMNS, Filters, Store
 
 
 @pytest.fixture
@@ -97,8 +97,11 @@ def test_export_csv_and_parquet_keep_the_view_order(store, tmp_path):
     parquet = pl.read_parquet(store.export(tmp_path / "view.parquet"))
     csv = pl.read_csv(store.export(tmp_path / "view.csv"))
     assert parquet.height == csv.height == store.info.d_mlp
-    assert parquet["act_pre"].is_sorted() and parquet["id"][0].startswith("L1/N")
+    assert parquet["ā_pre"].is_sorted() and parquet["id"][0].startswith("L1/N")
     assert csv["id"].to_list() == parquet["id"].to_list()
+    # the columns the table shows, in its order and under its labels, then the ids as numbers
+    assert parquet.columns == [column.label for column in COLUMNS] + ["layer", "neuron"]
+    assert parquet["Δ"].to_list() == store.frame[store.positions]["contribution"].to_list()
     with pytest.raises(UserError):
         store.export(tmp_path / "view.xlsx")
 

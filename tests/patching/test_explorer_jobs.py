@@ -10,7 +10,7 @@ from textual.widgets import DataTable
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.explorer.app import ExplorerApp
-from neuron_explorer.explorer.jobs import PatchRequest
+from neuron_explorer.explorer.jobs import PatchRequest, paper_request
 from neuron_explorer.explorer.state import Store
 
 
@@ -42,3 +42,32 @@ async def test_a_real_patch_run_from_the_explorer(cache_copy, monkeypatch):
     finally:
         app.store.reader.close()
     assert sha256_file(cache_copy) == before
+
+
+@pytest.mark.slow  # nine evaluations of a tiny model in a real process
+async def test_the_papers_comparison_from_the_explorer_is_one_job(cache_copy, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    app = ExplorerApp(Store.open(cache_copy))
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await app.workers.wait_for_complete()
+            request = paper_request()
+            request.max_prompts = 2
+            request.extra = ["--ppl-window", "16", "--ppl-windows", "1", "--f1-items", "1", "--new-tokens", "2",
+                             "--batch-size", "2"]
+            job = app.start_patch(request)
+            await pilot.press("4")
+            deadline = time.monotonic() + 500
+            while not job.finished and time.monotonic() < deadline:
+                await pilot.pause(0.2)
+            assert job.state == "done", job.error
+            assert job.total > 0 and job.done == job.total  # one count over base, DPO and the seven rows
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            runs = annotations.list_runs(cache_copy)
+            assert len(runs) == 7 and {run.run_id for run in runs} == set(job.run_ids)
+            assert job.run_labels[0] == "ablate top-128 toxic" and all(run.settings["baseline"] for run in runs)
+            table = app.screen.query_one("#runs-table", DataTable)
+            assert table.row_count == 9  # base, DPO and the seven rows
+    finally:
+        app.store.reader.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 from rich.table import Table
 from rich.text import Text
@@ -12,6 +14,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, LoadingIndicator, Static
 
+from neuron_explorer.cache.annotations import PatchRun, list_runs
 from neuron_explorer.cache.reader import neuron_id
 
 from ..formatting import short_text, signed
@@ -39,7 +42,8 @@ def metrics_table(record: dict) -> Table:
     table.add_column("base − DPO", justify="right", no_wrap=True)
     for label, pre, dpo, _ in PAIRED_METRICS:
         if pre in record and dpo in record:
-            table.add_row(label, f"{record[pre]:+.4g}", f"{record[dpo]:+.4g}", f"{record[pre] - record[dpo]:+.3g}")
+            # one format for every number of the table (they span decades: P is often 1e-5 where cos is 0.1)
+            table.add_row(label, *(f"{value:+.3e}" for value in (record[pre], record[dpo], record[pre] - record[dpo])))
     return table
 
 
@@ -53,7 +57,7 @@ def headline(record: dict) -> Text:
                                                  style="green" if record["contribution"] > 0 else "red")
     text.append("   δ = ā_pre − ā_dpo ").append(signed(record["act_shift"]))
     if "value_cos" in record:
-        text.append(f"   cos(v_pre, v_dpo) {record['value_cos']:.5f}")
+        text.append(f"\ncos(v_pre, v_dpo) {record['value_cos']:.5f}: how much tuning turned the value vector")
     return text
 
 
@@ -74,7 +78,7 @@ def tokens_table(tokens: pl.DataFrame, lens_rule: dict | None = None) -> Table |
         cells = []
         for key in columns:
             frame = lists[key]
-            cells.append(f"{short_text(repr(frame['token'][rank])[1:-1], 10)} {frame['score'][rank]:+.2f}"
+            cells.append(Text(f"{short_text(repr(frame['token'][rank])[1:-1], 10)} {frame['score'][rank]:+.2f}")
                          if rank < len(frame) else "")
         table.add_row(*cells)
     return table
@@ -92,7 +96,30 @@ def prompts_table(prompts: pl.DataFrame) -> Table | Text:
     table.add_column("prompt", ratio=1, overflow="fold")
     for row in moved.iter_rows(named=True):
         table.add_row(str(row["prompt"]), f"{row['act_shift']:+.3f}", f"{row['act_pre']:+.3f}",
-                      f"{row['act_dpo']:+.3f}", " ".join(row["text"].split()))
+                      f"{row['act_dpo']:+.3f}", Text(" ".join(row["text"].split())))  # never markup: "[/INST]"
+    return table
+
+
+def runs_with(cache_path, layer: int, index: int) -> list[PatchRun]:
+    """The stored runs whose neuron set held this neuron (each run records its set as {layer: [indices]})."""
+    return [run for run in list_runs(cache_path)
+            if index in (run.settings.get("neurons") or {}).get(str(layer), ())]
+
+
+def history_table(runs: list[PatchRun]) -> Table | Text:
+    if not runs:
+        return Text("no stored run patched this neuron (the papers' comparison: 4, then P)", style="dim")
+    table = Table(box=None, padding=(0, 1), header_style="bold", expand=True)
+    table.add_column("run", ratio=1, overflow="fold")
+    for name in ("mode", "neurons", "toxicity", "recovered"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for run in runs:
+        metrics = run.metrics
+        toxicity, recovered = metrics.get("toxicity"), metrics.get("recovered")
+        table.add_row(Text(str(run.settings.get("label", run.run_id))), Text(str(run.settings.get("mode", ""))),
+                      f"{metrics.get('neurons', 0):,}",
+                      f"{toxicity:.4f}" if isinstance(toxicity, float) else "",
+                      f"{recovered:.1%}" if isinstance(recovered, float) and math.isfinite(recovered) else "n/a")
     return table
 
 
@@ -103,6 +130,10 @@ class DetailScreen(ShowsWorkerErrors, Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "back", id="detail.back"),
         Binding("space", "mark", "mark", id="detail.mark", tooltip="mark or unmark this neuron"),
+        Binding("right_square_bracket,n", "step(1)", "next", id="detail.next",
+                tooltip="the next neuron of the table's view (its order, its filters)"),
+        Binding("left_square_bracket,N", "step(-1)", "previous", id="detail.previous",
+                tooltip="the previous neuron of the table's view"),
         Binding("j,down", "scroll('down')", "scroll", show=False, id="detail.down"),
         Binding("k,up", "scroll('up')", "scroll", show=False, id="detail.up"),
         Binding("g,home", "scroll('home')", "top", show=False, id="detail.top"),
@@ -129,7 +160,8 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         record = reader.neuron(self.neuron_layer, self.neuron_index)
         self.lens_rule = reader.lens_rule()
         self.post_message(DetailLoaded(record, reader.top_tokens(self.neuron_layer, self.neuron_index),
-                                       reader.prompt_activations(self.neuron_layer, self.neuron_index)))
+                                       reader.prompt_activations(self.neuron_layer, self.neuron_index),
+                                       runs_with(self.store.path, self.neuron_layer, self.neuron_index)))
 
     async def on_detail_loaded(self, message: DetailLoaded) -> None:
         body = self.query_one("#detail-body", VerticalScroll)
@@ -151,7 +183,21 @@ class DetailScreen(ShowsWorkerErrors, Screen):
             Static(Text(f"Prompts where it shifts most (top {TOP_PROMPTS} by |δ|)", style="bold"),
                    classes="section-title"),
             Static(prompts_table(prompts), id="detail-prompts"),
+            Static(Text("Stored patch runs that acted on it", style="bold"), classes="section-title"),
+            Static(history_table(message.runs), id="detail-history"),
         ])
+
+    def action_step(self, step: int) -> None:
+        """Show the next (previous) neuron of the table's view; the table's cursor follows."""
+        row = self.store.find(self.neuron_layer, self.neuron_index) if self.store.loaded else None
+        neighbour = None if row is None else self.store.neuron_at(row + step)
+        if neighbour is None:
+            self.notify("this neuron is not in the table's view" if row is None else
+                        f"no {'next' if step > 0 else 'previous'} neuron in the view", severity="warning")
+            return
+        self.neuron_layer, self.neuron_index = neighbour
+        self.app.view_row = row + step
+        self.load()
 
     def action_scroll(self, where: str) -> None:
         body = self.query_one("#detail-body", VerticalScroll)

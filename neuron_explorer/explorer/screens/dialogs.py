@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -41,8 +42,8 @@ class ErrorDialog(Dialog[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="error-dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Label(self.message, id="error-message")
+            yield Label(Text(self.title_text), classes="dialog-title")
+            yield Label(Text(self.message), id="error-message")
             yield Label("enter or escape: close", classes="dialog-hint")
 
 
@@ -68,7 +69,7 @@ class PromptDialog(Dialog[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(Text(self.title_text), classes="dialog-title")
             yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input")
             yield Label("enter: ok   escape: cancel", classes="dialog-hint")
 
@@ -76,10 +77,31 @@ class PromptDialog(Dialog[str]):
         self.dismiss(event.value.strip() or None)
 
 
-class ChoiceDialog(Dialog[str]):
-    """Choose one of a list (a prompt, a try of the lab's history, a set to patch); enter answers the option's id."""
+class ConfirmDialog(Dialog[bool]):
+    """A yes/no question: y or enter answers yes; n or escape answers no (None)."""
 
     CSS_PATH = "dialogs.tcss"
+    BINDINGS = [Binding("y,enter", "yes", "yes", id="confirm.yes"), Binding("n", "cancel", "no", id="confirm.no")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="confirm-dialog"):
+            yield Label(Text(self.question), classes="dialog-title")
+            yield Label("y or enter: yes   n or escape: no", classes="dialog-hint")
+
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+
+class ChoiceDialog(Dialog[str]):
+    """Choose one of a list (a prompt, a try of the lab's history, a set to patch): typing filters it (every word
+    typed must appear), down moves into the list, enter answers the highlighted option's id."""
+
+    CSS_PATH = "dialogs.tcss"
+    BINDINGS = [Binding("down", "into_list", "to the list", show=False, id="choice.into_list")]
 
     def __init__(self, title: str, choices: list[tuple[str, str]]) -> None:
         """``choices``: (what is shown, the id answered)."""
@@ -88,9 +110,32 @@ class ChoiceDialog(Dialog[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="choice-dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield OptionList(*(Option(text, id=key) for text, key in self.choices), id="choices")
-            yield Label("enter: choose   escape: cancel", classes="dialog-hint")
+            yield Label(Text(self.title_text), classes="dialog-title")
+            yield Input(placeholder="type to filter", id="choice-filter")
+            yield OptionList(*self.options(""), id="choices")
+            yield Label("enter: choose   ↓: the list   escape: cancel", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        self.query_one("#choice-filter", Input).focus()
+        self.query_one(OptionList).highlighted = 0 if self.choices else None
+
+    def options(self, typed: str) -> list[Option]:
+        words = typed.lower().split()
+        return [Option(Text(text), id=key) for text, key in self.choices if all(word in text.lower() for word in words)]
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        options = self.query_one(OptionList)
+        options.clear_options()
+        options.add_options(self.options(event.value))
+        options.highlighted = 0 if options.option_count else None
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        options = self.query_one(OptionList)
+        if options.highlighted is not None:
+            self.dismiss(options.get_option_at_index(options.highlighted).id)
+
+    def action_into_list(self) -> None:
+        self.query_one(OptionList).focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
@@ -112,7 +157,7 @@ class FilterDialog(Dialog[Filters]):
         with Vertical(classes="dialog", id="filter-dialog"):
             yield Label("Filter neurons", classes="dialog-title")
             with Horizontal(classes="field"):
-                yield Label("group", classes="field-label")
+                yield Label("group (v1)", classes="field-label")
                 yield Select([(name, name) for name in GROUP_NAMES], value=filters.group or Select.NULL,
                              prompt="any", id="filter-group")
             with Horizontal(classes="field"):

@@ -33,7 +33,9 @@ class LabScreen(Screen):
     """A prompt input, the worker's status, three continuations, the heat maps and the neuron table."""
 
     CSS_PATH = "lab.tcss"
+    AUTO_FOCUS = ""  # nothing, not the prompt box: ?, o, 1–5 and q work on arrival; enter or i starts typing
     BINDINGS = [
+        Binding("enter,i", "focus_prompt", "type a prompt", id="lab.focus_prompt", tooltip="type a prompt"),
         Binding("ctrl+r", "run", "run again", id="lab.run",
                 tooltip="run the prompt in the input again (with the intervention, if any)"),
         Binding("escape", "cancel", "cancel", show=False, id="lab.cancel",
@@ -49,20 +51,22 @@ class LabScreen(Screen):
         Binding("H", "history", "history", id="lab.history",
                 tooltip="re-open a prompt tried in this session (its answer, without recomputing)"),
         Binding("m", "lens", "lens", id="lab.lens", tooltip="heat maps of the residual stream or of the MLP output"),
+        Binding("d", "difference", "difference", show=False, id="lab.difference",
+                tooltip="the difference map: base − DPO or base − patched (with an intervention)"),
         Binding("e", "export", "export", show=False, id="lab.export", tooltip="write the shown answer to JSON"),
         Binding("R", "restart", "restart", show=False, id="lab.restart", tooltip="restart the model worker"),
-        Binding("i", "focus_prompt", "prompt", show=False, id="lab.focus_prompt", tooltip="type a prompt"),
     ]
 
     def __init__(self, store: Store) -> None:
         super().__init__()
         self.store = store
         self.lens = "residual"
+        self.difference = "dpo"  # the difference map subtracts this run from base: "dpo" or "patched"
         self.drawn: LabTry | None = None  # the try whose answer the maps and the table show
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Input(placeholder="a prompt (enter runs it; o: the cache's prompts)", id="lab-prompt")
+        yield Input(placeholder="enter or i: type a prompt · o: the cache's prompts", id="lab-prompt")
         yield Static(id="lab-status")
         with Horizontal(id="lab-outputs"):
             for key, _ in RUNS:
@@ -76,7 +80,6 @@ class LabScreen(Screen):
         self.watch(self.app, "lab_prompt", self.show_prompt, init=False)
         self.watch(self.app, "marks_version", self.query_one(NeuronTable).refresh, init=False)
         self.watch(self.app, "view_row", self.neurons_loaded, init=False)
-        self.query_one("#lab-prompt", Input).focus()
         self.app.ensure_lab_worker()
         self.refresh_lab()
 
@@ -120,6 +123,7 @@ class LabScreen(Screen):
         return f"ctrl+r runs it with {intervention.name()}"
 
     def draw_maps(self) -> None:
+        """base, DPO and (with an intervention) patched, on one scale; then base − DPO or base − patched (d)."""
         heat = self.query_one(HeatMap)
         result = self.drawn.result if self.drawn is not None else None
         runs = (result or {}).get("runs", {})
@@ -127,11 +131,13 @@ class LabScreen(Screen):
             heat.show("", [], [], 0)
             return
         prompt_tokens = list(result.get("prompt_tokens", []))
-        base, dpo = (np.asarray(runs[key]["lens"][self.lens], dtype=float) for key in ("base", "dpo"))
-        heat.show(f"{LENSES[self.lens]} (m)", [
-                   Panel("base", base, prompt_tokens + list(runs["base"]["tokens"])),
-                   Panel("DPO", dpo, prompt_tokens + list(runs["dpo"]["tokens"])),
-                   Panel("base − DPO", lens_difference(base, dpo))], [0, 0, 1], len(prompt_tokens))
+        shown = [key for key, _ in RUNS if key in runs and "lens" in runs[key]]
+        lens = {key: np.asarray(runs[key]["lens"][self.lens], dtype=float) for key in shown}
+        titles = dict(RUNS)
+        panels = [Panel(titles[key], lens[key], prompt_tokens + list(runs[key]["tokens"])) for key in shown]
+        other = self.difference if self.difference in lens else "dpo"
+        panels.append(Panel(f"base − {titles[other]}", lens_difference(lens["base"], lens[other])))
+        heat.show(f"{LENSES[self.lens]} (m)", panels, [0] * len(shown) + [1], len(prompt_tokens))
 
     def draw_table(self) -> None:
         result = self.drawn.result if self.drawn is not None else None
@@ -193,6 +199,10 @@ class LabScreen(Screen):
 
     def action_lens(self) -> None:
         self.lens = "mlp" if self.lens == "residual" else "residual"
+        self.draw_maps()
+
+    def action_difference(self) -> None:
+        self.difference = "patched" if self.difference == "dpo" else "dpo"
         self.draw_maps()
 
     def action_export(self) -> None:

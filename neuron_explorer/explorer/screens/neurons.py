@@ -12,7 +12,7 @@ from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from ..formatting import signed
-from ..state import Filters, Store
+from ..state import COLUMNS, Filters, Store
 from ..messages import NeuronChosen
 from ..widgets.neuron_table import NeuronTable
 
@@ -29,7 +29,6 @@ class NeuronsScreen(Screen):
         Binding("x", "clear_filters", "clear", id="neurons.clear_filters", tooltip="clear every filter"),
         Binding("plus", "sign('+')", "Δ>0", show=False, id="neurons.positive", tooltip="keep only Δ > 0"),
         Binding("minus", "sign('-')", "Δ<0", show=False, id="neurons.negative", tooltip="keep only Δ < 0"),
-        Binding("slash", "jump", "jump", id="neurons.jump", tooltip="jump to a neuron id such as L12/N345"),
         Binding("S", "save_selection", "save set", id="neurons.save_selection",
                 tooltip="save the marked neurons as a named set"),
         Binding("W", "save_view", "save view", show=False, id="neurons.save_view",
@@ -56,6 +55,7 @@ class NeuronsScreen(Screen):
             with Vertical(id="table-pane"):
                 yield Static(id="view-status")
                 yield NeuronTable(self.store, id="neuron-table")
+                yield Static(id="column-about")
                 yield Static(id="layer-status")
         yield Footer()
 
@@ -72,7 +72,13 @@ class NeuronsScreen(Screen):
         self.query_one(NeuronTable).focus()
         self.watch(self.app, "view_row", self.refresh_view, init=False)
         self.watch(self.app, "marks_version", self.refresh_marks, init=False)
+        self.watch(self.query_one(NeuronTable), "cursor_column", self.show_column_about)
         self.refresh_view(self.app.view_row)
+
+    def show_column_about(self, column: int) -> None:
+        """The legend line: what the column under the cursor holds (h/l move it; ? has the glossary)."""
+        chosen = COLUMNS[column]
+        self.query_one("#column-about", Static).update(Text(f"{chosen.label}: {chosen.about}"), layout=False)
 
     def refresh_view(self, row: int | None = None) -> None:
         """The view changed (loaded, layer, sort, filter, jump): redraw the table and the status lines, the cursor
@@ -137,9 +143,6 @@ class NeuronsScreen(Screen):
     def action_sign(self, sign: str) -> None:
         current = self.store.view.filters
         self.app.set_filters(Filters(**{**current.__dict__, "sign": None if current.sign == sign else sign}))
-
-    def action_jump(self) -> None:
-        self.app.action_jump()
 
     def action_save_selection(self) -> None:
         self.app.action_save_set("selection")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
@@ -22,12 +23,12 @@ def describe_model(entry) -> str:
 
 
 def provenance_table(store: Store) -> Table:
-    """Model pair, probe, prompts and settings, one line each (long values are cut to fit the terminal)."""
+    """Model pair, probe, prompts and settings, one field each (a long value wraps)."""
     info = store.info
     provenance = info.provenance
     table = Table.grid(padding=(0, 1))
     table.add_column(style="bold", no_wrap=True, min_width=8)
-    table.add_column(no_wrap=True, overflow="ellipsis")
+    table.add_column(overflow="fold")  # long values wrap: nothing is cut at 80 columns
     table.add_row("file", f"{info.path.name} · {info.architecture} · {info.n_layers}×{info.d_mlp:,} = "
                           f"{info.n_neurons:,} neurons · {info.n_prompts:,} prompts · {info.created[:10]}")
     table.add_row("models", f"{describe_model(provenance.get('base', '?'))} → "
@@ -66,6 +67,8 @@ class OverviewScreen(Screen):
     """Overview: the file's provenance, the totals, the group share bars and the per-layer plot."""
 
     CSS_PATH = "overview.tcss"
+    BINDINGS = [Binding("v", "definition", "v1/v3 groups", show=False, id="overview.definition",
+                        tooltip="switch the group shares between v1 (the default) and v3")]
 
     def __init__(self, store: Store) -> None:
         super().__init__()
@@ -78,7 +81,7 @@ class OverviewScreen(Screen):
         yield Static(totals_text(self.store), id="totals")
         with Horizontal(id="overview-body"):
             with Vertical(id="groups-pane"):
-                yield Static("Group shares, v3 and v1", classes="pane-title")
+                yield Static("Group shares (v1)", classes="pane-title", id="groups-title")
                 yield GroupBars(reader.group_summary(), id="group-bars")
             with Vertical(id="layers-pane"):
                 yield Static("Σ Δ per layer, by v1 group", classes="pane-title")
@@ -88,3 +91,9 @@ class OverviewScreen(Screen):
 
     def on_mount(self) -> None:
         self.call_after_refresh(self.app.mark_first_screen)
+
+    def action_definition(self) -> None:
+        bars = self.query_one(GroupBars)
+        definition = "v3" if bars.definition == "v1" else "v1"
+        bars.show(definition)
+        self.query_one("#groups-title", Static).update(f"Group shares ({definition})")

@@ -11,7 +11,8 @@ from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.errors import UserError
 
-from ..jobs import PatchJob, PatchRequest
+from ..jobs import PAPER_ROWS, PRESET_POSITIONS, PatchJob, PatchRequest
+from ..targets import patch_targets
 from .dialogs import Dialog
 
 def parameter_id(mode: str, name: str) -> str:
@@ -19,36 +20,47 @@ def parameter_id(mode: str, name: str) -> str:
 
 
 class PatchDialog(Dialog[PatchRequest]):
-    """Ask how to patch a chosen set of neurons; ctrl+s or enter runs, escape cancels.
+    """Ask what to patch and how; ctrl+s or enter runs, escape cancels.
 
-    The modes and their parameter fields come from the registry (engine/patching/modes.py); only the chosen mode's
-    fields are shown, and an empty field takes the mode's default. For the prompt lab (``lab=True``) it asks no
-    number of prompts: the lab patches one prompt.
+    The target list is the palette's (`targets.patch_targets`, and the marked neurons); the modes and their
+    parameter fields come from the registry (engine/patching/modes.py); only the chosen mode's fields are shown, and
+    an empty field takes the mode's default. For the prompt lab (``lab=True``) it asks no number of prompts: the lab
+    patches one prompt. For the papers' comparison (a request with a ``preset``) it asks how the group rows patch,
+    where, and on how many prompts.
     """
 
     CSS_PATH = "patch.tcss"
     BINDINGS = [Binding("ctrl+s", "run", "run", id="patch_dialog.run")]
 
-    def __init__(self, request: PatchRequest, lab: bool = False) -> None:
+    def __init__(self, request: PatchRequest, lab: bool = False, source: str | None = None) -> None:
+        """``source``: the target's key that ``request`` was made from (the target list starts there)."""
         super().__init__()
-        self.request, self.lab = request, lab
+        self.request, self.lab, self.source = request, lab, source
 
     def compose(self) -> ComposeResult:
         request = self.request
-        offered = [mode for mode in modes.MODES.values() if mode.acts_on_set]
+        preset = request.preset is not None
+        offered = self.offered_modes()
         with Vertical(classes="dialog", id="patch-dialog"):
-            count = f"{request.n_neurons:,} neuron{'' if request.n_neurons == 1 else 's'}"
-            where = "the lab's patched run" if self.lab else "the base model"
-            yield Label(f"Patch {request.target} ({count}) in {where}", classes="dialog-title")
+            yield Label(Text(self.title_text()), classes="dialog-title", id="patch-title")
+            if not preset:
+                with Horizontal(classes="field"):
+                    yield Label("target", classes="field-label")
+                    yield Select(self.target_options(), value=self.source or Select.NULL, allow_blank=self.source
+                                 is None, prompt=request.target, id="patch-target")
             with Horizontal(classes="field"):
-                yield Label("mode", classes="field-label")
-                yield Select([(f"{mode.name}: {mode.description}", mode.name) for mode in offered],
-                             value=request.mode, allow_blank=False, id="patch-mode")
+                yield Label("group rows" if preset else "mode", classes="field-label")
+                yield Select([(mode.name, mode.name) for mode in offered], value=request.mode, allow_blank=False,
+                             id="patch-mode")
+            yield Label(id="mode-about", classes="field-about")
             with Horizontal(classes="field"):
                 yield Label("positions", classes="field-label")
-                yield Select([(text, name) for name, text in modes.POSITIONS.items()], value=request.positions,
-                             allow_blank=False, id="patch-positions")
-            for mode in offered:
+                positions = [(f"{name}: {text.split(' (')[0]}", name) for name, text in modes.POSITIONS.items()]
+                if preset:
+                    positions.insert(0, ("authors': ablation at every position, the rest newest",
+                                         PRESET_POSITIONS))
+                yield Select(positions, value=request.positions, allow_blank=False, id="patch-positions")
+            for mode in ([] if preset else offered):
                 for parameter in mode.parameters:
                     given = request.params.get(parameter.name) if mode.name == request.mode else None
                     with Horizontal(classes=f"field parameter mode-{mode.name}"):
@@ -59,22 +71,62 @@ class PatchDialog(Dialog[PatchRequest]):
             with Horizontal(classes="field", id="prompts-field"):
                 yield Label("prompts", classes="field-label")
                 yield Input(value="" if request.max_prompts is None else str(request.max_prompts), type="integer",
-                            placeholder="the patch command's default", id="patch-prompts")
+                            placeholder="the patch command's default (100)", id="patch-prompts")
             with Horizontal(classes="buttons"):
                 yield Button("Run", variant="primary", id="run")
                 yield Button("Cancel", id="cancel")
 
+    def title_text(self) -> str:
+        request = self.request
+        if request.preset:
+            return f"Run the papers' comparison, one job: {PAPER_ROWS}"
+        count = f"{request.n_neurons:,} neuron{'' if request.n_neurons == 1 else 's'}"
+        if any(spec.startswith("group:") for spec in request.sets):
+            count += ", v1 groups"  # the overview's default definition, the one the patch command resolves
+        where = "the lab's patched run" if self.lab else "the base model"
+        return f"Patch {request.target} ({count}) in {where}"
+
+    def offered_modes(self) -> list:
+        if self.request.preset:
+            return [modes.get(name) for name in modes.PRESET_PATCH_MODES]
+        return [mode for mode in modes.MODES.values() if mode.acts_on_set]
+
+    def target_options(self) -> list[tuple[str, str]]:
+        store = self.app.store
+        options = [(f"marked neurons ({len(store.marked):,})", "selection")] if store.marked else []
+        return options + [(target.title, target.key) for target in patch_targets(store)]
+
     def on_mount(self) -> None:
         self.show_fields(self.request.mode)
         self.query_one("#prompts-field").display = not self.lab
-        self.query_one("#patch-mode", Select).focus()
+        # the papers' comparison comes with the papers' settings: enter runs it; elsewhere, choose the mode first
+        self.query_one("#run" if self.request.preset else "#patch-mode").focus()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "patch-mode":
             self.show_fields(str(event.value))
+        elif event.select.id == "patch-target" and event.value is not Select.NULL and event.value != self.source:
+            self.change_target(str(event.value))
+
+    def change_target(self, source: str) -> None:
+        """Another target: a fresh request for it (its own count and first mode)."""
+        try:
+            request = self.app.patch_request(source, inline=self.lab)
+        except UserError as error:
+            self.notify(str(error), severity="error")
+            return
+        self.remove_files()
+        self.request, self.source = request, source
+        self.query_one("#patch-title", Label).update(Text(self.title_text()))
+        self.query_one("#patch-mode", Select).value = request.mode
+
+    def remove_files(self) -> None:
+        for path in self.request.cleanup:
+            path.unlink(missing_ok=True)
 
     def show_fields(self, mode: str) -> None:
-        """Only the chosen mode's parameters."""
+        """The chosen mode's description and only its parameters."""
+        self.query_one("#mode-about", Label).update(Text(modes.get(mode).description))
         for row in self.query(".parameter"):
             row.display = row.has_class(f"mode-{mode}")
 
@@ -87,10 +139,15 @@ class PatchDialog(Dialog[PatchRequest]):
         else:
             self.action_cancel()
 
+    def action_cancel(self) -> None:
+        self.remove_files()  # a temporary set file of the marked neurons: no run will read it
+        self.dismiss(None)
+
     def action_run(self) -> None:
         mode = modes.get(str(self.query_one("#patch-mode", Select).value))
+        parameters = () if self.request.preset else mode.parameters
         texts = {parameter.name: self.query_one(f"#{parameter_id(mode.name, parameter.name)}", Input).value.strip()
-                 for parameter in mode.parameters}
+                 for parameter in parameters}
         given = {name: text for name, text in texts.items() if text}
         prompts = self.query_one("#patch-prompts", Input).value.strip()
         try:
@@ -117,7 +174,7 @@ class JobRow(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(id="job-title", classes="job-title")
-        yield ProgressBar(total=None, show_eta=True, id="job-progress")
+        yield ProgressBar(total=None, show_eta=False, id="job-progress")  # the job's own ETA is in its status
         yield Static(id="job-status", classes="job-status")
 
     def on_mount(self) -> None:

@@ -136,10 +136,16 @@ class HeatMap(Widget, can_focus=True):
         """What the maps show and the token under the cursor in each run."""
         if not self.panels:
             return ""
-        where = "prompt" if self.cursor < self.n_prompt else "generated"
-        tokens = [f"{panel.title} {panel.tokens[self.cursor]!r}" for panel in self.panels
-                  if panel.tokens is not None and self.cursor < len(panel.tokens)]
-        return f"{self.label} │ token {self.cursor} {where}: {' · '.join(tokens)}"
+        if self.cursor < self.n_prompt:
+            where = f"prompt token {self.cursor + 1}"
+        else:
+            where = f"generated token {self.cursor - self.n_prompt + 1}"  # counted from 1, as one reads them
+        read = {panel.title: panel.tokens[self.cursor] for panel in self.panels
+                if panel.tokens is not None and self.cursor < len(panel.tokens)}
+        tokens = " · ".join(f"{title} {token!r}" for title, token in read.items())
+        differ = " (different tokens: a difference map compares positions here)" if len(set(read.values())) > 1 \
+            else ""
+        return f"{self.label} │ {where}: {tokens}{differ}"
 
     # -- drawing ---------------------------------------------------------------------------------------------
     def render_line(self, y: int) -> Strip:

@@ -16,7 +16,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from ..messages import MarksChanged, NeuronChosen, SortRequested
-from ..state import COLUMNS, Column, NeuronSource, is_reducing
+from ..state import COLUMNS, SORT_GLYPHS, Column, NeuronSource, is_reducing
 
 FROZEN_COLUMNS = 1  # the id column
 MARK_WIDTH = 2  # "● " in front of a marked neuron
@@ -195,8 +195,15 @@ class NeuronTable(Widget, can_focus=True):
 
     # -- drawing -----------------------------------------------------------------------------------------------
     def _shown_columns(self) -> list[tuple[int, Column]]:
-        return list(enumerate(COLUMNS[:FROZEN_COLUMNS])) + [
-            (index, COLUMNS[index]) for index in range(self.first_scrolled_column, len(COLUMNS))]
+        """The frozen columns, then the scrolled ones that fit whole (a column is never cut mid-value)."""
+        shown = list(enumerate(COLUMNS[:FROZEN_COLUMNS]))
+        end = MARK_WIDTH + sum(column.width + 1 for _, column in shown)
+        for index in range(self.first_scrolled_column, len(COLUMNS)):
+            end += COLUMNS[index].width + 1
+            if end - 1 > self.size.width and index > self.first_scrolled_column:
+                break
+            shown.append((index, COLUMNS[index]))
+        return shown
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width
@@ -239,7 +246,7 @@ class NeuronTable(Widget, can_focus=True):
             label = column.label
             style: Style = header
             if column.key == self.source.sort_column:
-                label += "↓" if self.source.descending else "↑"
+                label += SORT_GLYPHS[self.source.descending]
                 style = header + sorted_style
             if column_index == self.cursor_column:
                 style += Style(reverse=True)

@@ -173,6 +173,21 @@ def _records(cache_path, kind: str, parse, problems: list[str] | None) -> list:
     return records
 
 
+def check_writable(cache_path: str | Path, kinds=("runs", "baselines")) -> None:
+    """Fail now, in one line, when records cannot be stored beside the cache (a read-only folder), rather than
+    after a long evaluation: create and remove a file in each ``kind`` folder."""
+    for kind in kinds:
+        try:
+            folder = _writable(cache_path, kind)
+            probe = folder / f".write-check.{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise UserError(f"cannot store {kind} beside {cache_path} in {sidecar_dir(cache_path)} "
+                            f"({error.strerror or error}): make that folder writable, or work on a copy of the "
+                            f"cache in a folder you can write") from None
+
+
 def _writable(cache_path, kind: str) -> Path:
     """The sidecar folder ``kind``, created, with the temporaries of dead writers swept away."""
     folder = sidecar_dir(cache_path) / kind

@@ -404,3 +404,32 @@ def test_a_hostile_jsonl_file_is_one_line(tmp_path, content, said):
     outcome = refused_in_a_thread(lambda: read_jsonl(path, "prompt"))
     assert isinstance(outcome.get("error"), UserError) and said in str(outcome["error"]), outcome
     assert "\n" not in str(outcome["error"])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_an_export_on_a_full_disk_keeps_the_older_export(good_cache, tmp_path, monkeypatch, suffix):
+    """Fails on the old code: the export was written in place, so a full disk left half of it over the old one."""
+    import errno
+
+    import polars as pl
+
+    from neuron_explorer.explorer.state import Store
+
+    target = tmp_path / f"view{suffix}"
+    target.write_text("the older export")
+    method = "write_csv" if suffix == ".csv" else "write_parquet"
+
+    def half_then_full(self, file, *args, **kwargs):
+        open(file, "w").write("half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pl.DataFrame, method, half_then_full)
+    store = Store.open(good_cache)
+    store.load_neurons()
+    try:
+        with pytest.raises(UserError, match="no space left to write") as refused:
+            store.export(target)
+    finally:
+        store.reader.close()
+    assert "\n" not in str(refused.value) and target.read_text() == "the older export"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [target.name]

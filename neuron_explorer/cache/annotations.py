@@ -173,6 +173,23 @@ def _records(cache_path, kind: str, parse, problems: list[str] | None) -> list:
     return records
 
 
+def check_writable(cache_path: str | Path, kinds=("runs", "baselines")) -> None:
+    """Fail now, in one line, when records cannot be stored beside the cache (a read-only folder), rather than
+    after a long evaluation: create and remove a file in the nearest existing folder of each ``kind`` (creating no
+    folder, so that a run that fails later leaves nothing behind)."""
+    for kind in kinds:
+        folder = sidecar_dir(cache_path) / kind
+        existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+        probe = existing / f".write-check.{os.getpid()}"
+        try:
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise UserError(f"cannot store {kind} beside {cache_path} in {existing} ({error.strerror or error}): "
+                            f"make that folder writable, or work on a copy of the cache in a folder you can "
+                            f"write") from None
+
+
 def _writable(cache_path, kind: str) -> Path:
     """The sidecar folder ``kind``, created, with the temporaries of dead writers swept away."""
     folder = sidecar_dir(cache_path) / kind

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import stat
@@ -93,13 +94,11 @@ def atomic_path(target: Path, *, replace: bool = True, advice: str = "choose ano
     sweep_stale_temporaries(target.parent, glob.escape(target.name))  # and those of killed ones
     try:
         yield temporary
-    except OSError as error:
+    except BaseException as error:
         _remove(temporary)
-        if error.errno in _WRITE_FAILURES:
-            raise UserError(_describe(error, target, advice)) from None
-        raise
-    except BaseException:
-        _remove(temporary)
+        message = write_failure_message(error, target, advice)
+        if message:
+            raise UserError(message) from None
         raise
     try:
         _apply_umask(temporary)
@@ -158,6 +157,27 @@ def _has_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def write_failure_message(error: BaseException, target: Path, advice: str) -> str | None:
+    """One line for an exception that is a failed write (a full disk, a file-size limit, no permission), or None.
+    Besides OSError, libraries fold the failure into their own exceptions: safetensors' SafetensorError keeps the
+    errno in its text ("Os { code: 28, ..."), torch's zip writer says only "file write failed"."""
+    seen = None if isinstance(error, UserError) else error  # already one line
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _WRITE_FAILURES:
+            return _describe(seen, target, advice)
+        found = _FOLDED_ERRNO.search(str(seen)) if not isinstance(seen, OSError) else None
+        if found and int(found.group(1)) in _WRITE_FAILURES:
+            code = int(found.group(1))
+            return _describe(OSError(code, os.strerror(code)), target, advice)
+        if not isinstance(seen, OSError) and "file write failed" in str(seen):
+            return f"could not write {target} (file write failed: a full disk or a file-size limit): {advice}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+_FOLDED_ERRNO = re.compile(r"(?:\bcode: |os error |\[Errno )(\d+)")
 
 
 def _describe(error: OSError, target: Path, advice: str) -> str:

@@ -147,6 +147,9 @@ def _run(args, report) -> int:
             base, tuned = model_specs(reader, settings.base, settings.tuned)
     if args.plan:
         return print_plan(path, settings, specs, len(prompts.texts), base, tuned, warm_up=not args.no_warm_up)
+    from neuron_explorer.cache.annotations import check_writable
+
+    check_writable(path, ("baselines",) if args.no_save else ("runs", "baselines"))  # before the evaluations
     runs = []
     with PatchSession(path, settings, report=report) as session:
         for spec in specs:  # check every set and mode before the long part starts

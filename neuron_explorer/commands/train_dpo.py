@@ -87,7 +87,15 @@ def run(args) -> int:
                            warmup_steps=args.warmup, eval_pairs=args.eval_pairs, eval_steps=args.eval_steps,
                            save_steps=args.save_steps, patience=args.patience, seed=args.seed, device=args.device,
                            activation_checkpointing=args.activation_checkpointing)
-    result = train_dpo(settings, resume=not args.fresh)
+    try:
+        result = train_dpo(settings, resume=not args.fresh)
+    except Exception as error:  # a checkpoint that fails to save (a full disk) is the Trainer's or torch's error
+        from neuron_explorer.cache.atomic import write_failure_message
+
+        message = write_failure_message(error, work, "free some space or choose another --work-dir")
+        if message is None:
+            raise
+        raise UserError(message) from None
     if result.main_process:
         processes = f", {result.world_size} processes" if result.world_size > 1 else ""
         print(f"{result.steps} steps of {result.effective_batch} pairs{processes} in {result.seconds:.0f}s on "

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from neuron_explorer.cache import annotations
+from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 from neuron_explorer.cache.schema import NEURON_COLUMNS, REDUCING_GROUPS
 from neuron_explorer.engine.patching.neuron_sets import resolve
@@ -392,12 +393,13 @@ class Store:
         """Write the current view to CSV or Parquet, chosen by the file's extension."""
         path = Path(path).expanduser()
         frame = self.view_frame()
-        if path.suffix == ".parquet":
-            frame.write_parquet(path)
-        elif path.suffix == ".csv":
-            frame.with_columns(pl.col("group").cast(pl.Utf8)).write_csv(path)
-        else:
+        if path.suffix not in (".parquet", ".csv"):
             raise UserError(f"{path}: export to a .csv or .parquet file")
+        with atomic_path(path, advice="choose another file") as temporary:  # an older export survives a full disk
+            if path.suffix == ".parquet":
+                frame.write_parquet(temporary)
+            else:
+                frame.with_columns(pl.col("group").cast(pl.Utf8)).write_csv(temporary)
         return path
 
     def default_export_name(self, extension: str) -> str:

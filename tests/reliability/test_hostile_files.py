@@ -383,3 +383,53 @@ def test_hostile_options_are_one_line(good_cache, tmp_path, argv, said, capsys):
     outcome = refused_in_a_thread(lambda: main(argv), seconds=120)
     error = capsys.readouterr().err
     assert outcome.get("value") == 2 and error.count("\n") == 1 and said in error, (outcome, error)
+
+
+# -- prompt and pair files ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content, said", [
+    ('{"prompt": "a \\ud800 b"}\n', "line 1: holds a lone surrogate"),
+    ("[" * 100_000 + "]" * 100_000 + "\n", "line 1: JSON nested too deeply"),
+    (None, "not a regular file"),
+])
+def test_a_hostile_jsonl_file_is_one_line(tmp_path, content, said):
+    """Fails on the old code: RecursionError, a FIFO read forever, and a lone surrogate accepted (it fails later,
+    where the text is encoded)."""
+    from neuron_explorer.engine.alignment.jsonl import read_jsonl
+
+    path = tmp_path / "prompts.jsonl"
+    if content is None:
+        os.mkfifo(path)
+    else:
+        path.write_text(content)
+    outcome = refused_in_a_thread(lambda: read_jsonl(path, "prompt"))
+    assert isinstance(outcome.get("error"), UserError) and said in str(outcome["error"]), outcome
+    assert "\n" not in str(outcome["error"])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_an_export_on_a_full_disk_keeps_the_older_export(good_cache, tmp_path, monkeypatch, suffix):
+    """Fails on the old code: the export was written in place, so a full disk left half of it over the old one."""
+    import errno
+
+    import polars as pl
+
+    from neuron_explorer.explorer.state import Store
+
+    target = tmp_path / f"view{suffix}"
+    target.write_text("the older export")
+    method = "write_csv" if suffix == ".csv" else "write_parquet"
+
+    def half_then_full(self, file, *args, **kwargs):
+        open(file, "w").write("half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pl.DataFrame, method, half_then_full)
+    store = Store.open(good_cache)
+    store.load_neurons()
+    try:
+        with pytest.raises(UserError, match="no space left to write") as refused:
+            store.export(target)
+    finally:
+        store.reader.close()
+    assert "\n" not in str(refused.value) and target.read_text() == "the older export"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [target.name]

@@ -2,7 +2,7 @@
 subprocess and killed with SIGKILL at a chosen point, then rerun.
 
 After each kill, every output is complete or absent: the target does not exist, or an older complete one is still
-there untouched; what the dead process left is only its hidden ``.NAME.PID.tmp`` temporary (cache/atomic.py), or
+there untouched; what the dead process left is only its hidden ``.NAME.HOST.PID.tmp`` temporary (cache/atomic.py), or
 for train-dpo its checkpoints. The same command then runs again and succeeds, its outputs are complete and valid,
 and the dead process's temporaries are gone (swept when their folder or their target is next written); a train-dpo
 killed while saving a checkpoint resumes from the last complete one, and one killed after its last step writes the
@@ -246,7 +246,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def temporaries(folder: Path) -> list[Path]:
-    """Everything named like an atomic temporary (.NAME.PID.tmp), files or folders, anywhere under `folder`."""
+    """Everything named like an atomic temporary (.NAME.HOST.PID.tmp), files or folders, anywhere under `folder`."""
     return sorted(path for path in folder.rglob(".*.tmp"))
 
 

@@ -255,6 +255,15 @@ def load_pretrained(source, spec: str, *, revision: str | None = None, **options
     return model, tokenizer
 
 
+def hub_name(spec: str) -> str | None:
+    """The hub model a spec would download (without its revision), or None for the embedded models and paths."""
+    base = spec.partition("+")[0]
+    if base in (EMBEDDED_BASE, EMBEDDED_TUNED) or Path(base).expanduser().exists() \
+            or base.startswith((".", "/", "~")) or base.endswith((".pt", ".bin", ".safetensors")):
+        return None
+    return base.partition("@")[0]
+
+
 def _locate(spec: str) -> tuple[Path | None, str | None, str | None]:
     """(local folder, hub name, revision) for a spec without a state-dict part."""
     if spec == EMBEDDED_BASE:

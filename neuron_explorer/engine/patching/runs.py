@@ -130,13 +130,21 @@ class PatchSpec:
 
 
 def model_specs(reader: CacheReader, base: str | None, tuned: str | None) -> tuple[str, str]:
-    """The base and tuned model specs: those given, else those the cache's provenance records."""
+    """The base and tuned model specs: those given, else those the cache's provenance records. A recorded spec that
+    names a hub model is refused: the hub is contacted only for a model the user names, never for a file's say."""
+    from neuron_explorer.engine.model.loading import hub_name
+
     provenance = reader.info.provenance
-    base = base or provenance.get("base", {}).get("spec")
-    tuned = tuned or provenance.get("tuned", {}).get("spec")
-    if not base or not tuned:
-        raise UserError(f"{reader.path} records no model specs: pass --base and --tuned")
-    return base, tuned
+    specs = {}
+    for flag, given in (("--base", base), ("--tuned", tuned)):
+        spec = given or provenance.get(flag[2:], {}).get("spec")
+        if not spec:
+            raise UserError(f"{reader.path} records no model specs: pass --base and --tuned")
+        if not given and hub_name(spec):
+            raise UserError(f"{reader.path} records the hub model {spec!r}, and a file's word is not enough to "
+                            f"contact the hub: pass {flag} {spec} (or a local folder) to use it")
+        specs[flag] = spec
+    return specs["--base"], specs["--tuned"]
 
 
 def check_fits_cache(loaded, reader: CacheReader) -> None:

@@ -327,7 +327,7 @@ def part_torchrun(args, base, tuned, cache) -> dict:
 
 PARTS = {"bare": part_bare, "compute": part_compute, "plan": part_plan, "patch": part_patch, "lab": part_lab,
          "explorer": part_explorer, "torchrun": part_torchrun}
-DEFAULT_PARTS = ("bare", "compute", "plan", "patch", "lab", "explorer")
+DEFAULT_PARTS = ("bare", "compute", "explorer", "plan", "patch", "lab")
 
 
 def measure_here(args, size: str, part: str) -> dict:
@@ -509,7 +509,9 @@ def main() -> int:
     unknown = [size for size in sizes if size != "embedded" and size not in SHAPES]
     if unknown:
         parser.error(f"unknown size {unknown[0]}: choose from embedded, {', '.join(SHAPES)}")
-    parts = [part for part in PARTS if part in args.parts.split(",")]
+    parts = list(dict.fromkeys(args.parts.split(",")))  # in the order given
+    if not set(parts) <= set(PARTS):
+        parser.error(f"unknown part in {args.parts}: choose from {', '.join(PARTS)}")
     if not {"bare", "compute"} <= set(parts):
         parser.error("--parts needs bare and compute (every ratio is taken against them)")
     if args.prepare_prompts:
@@ -521,13 +523,12 @@ def main() -> int:
     temporary = None if args.work else tempfile.TemporaryDirectory(prefix="scale-bench-")
     args.work = args.work or Path(temporary.name)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {}
-    started = time.perf_counter()
+    results: dict[str, dict] = {size: {} for size in sizes}
+    started, load_before = time.perf_counter(), os.getloadavg()[1]
+    measure = measure_here if args.in_process else measure_in_child
     try:
-        for size in sizes:
-            measure = measure_here if args.in_process else measure_in_child
-            results[size] = {}
-            for part in parts:
+        for part in parts:  # each part for every size in turn: a run stopped early has its first parts side by side
+            for size in sizes:
                 try:
                     results[size][part] = measure(args, size, part)
                 except SystemExit as failure:  # the other parts still run: the table shows — for this one
@@ -540,7 +541,8 @@ def main() -> int:
             temporary.cleanup()
     first = results[sizes[0]]["bare"]
     print(f"\nscale benchmark: {first['prompts']} recorded prompts, {args.new_tokens} new tokens, batch "
-          f"{args.batch_size}, {first['device']} in {first['dtype']}, {time.perf_counter() - started:.0f} s in all\n")
+          f"{args.batch_size}, {first['device']} in {first['dtype']}, {time.perf_counter() - started:.0f} s in all; "
+          f"load average (5 min) {load_before:.1f} before, {os.getloadavg()[1]:.1f} after, {os.cpu_count()} cores\n")
     print(table(results, markdown=False))
     if args.markdown:
         args.markdown.write_text(table(results, markdown=True) + "\n")

@@ -38,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -201,21 +203,29 @@ def part_bare(args, base, tuned, cache) -> dict:
             "params": sum(p.numel() for p in first.model.parameters())}
 
 
-def part_compute(args, base, tuned, cache) -> dict:
-    from neuron_explorer.engine.neurons.compute import run_compute
-
+@contextmanager
+def empty_home() -> Iterator[None]:
+    """An empty logit-lens memo for the block (a first run), whatever earlier runs of the same weights left: the
+    embedded pair's base is byte for byte the embedded model, whose memo a build fills."""
     previous = os.environ.get("NEURON_EXPLORER_HOME")
     with tempfile.TemporaryDirectory() as home:
-        os.environ["NEURON_EXPLORER_HOME"] = home  # an empty logit-lens memo: a first run
+        os.environ["NEURON_EXPLORER_HOME"] = home
         try:
-            started = time.perf_counter()
-            result = run_compute(compute_settings(args, base, tuned, cache))
-            seconds = time.perf_counter() - started
+            yield
         finally:
             if previous is None:
                 del os.environ["NEURON_EXPLORER_HOME"]
             else:
                 os.environ["NEURON_EXPLORER_HOME"] = previous
+
+
+def part_compute(args, base, tuned, cache) -> dict:
+    from neuron_explorer.engine.neurons.compute import run_compute
+
+    with empty_home():
+        started = time.perf_counter()
+        result = run_compute(compute_settings(args, base, tuned, cache))
+        seconds = time.perf_counter() - started
     from neuron_explorer.cache.reader import CacheReader
 
     with CacheReader(cache) as reader:
@@ -228,8 +238,9 @@ def part_plan(args, base, tuned, cache) -> dict:
     from neuron_explorer.engine.neurons.compute import plan_compute_run, warm_up
 
     settings = compute_settings(args, base, tuned, cache)
-    plan, texts = plan_compute_run(settings)
-    estimate = warm_up(plan, settings, texts)
+    with empty_home():  # as compute measured it: a first run
+        plan, texts = plan_compute_run(settings)
+        estimate = warm_up(plan, settings, texts)
     return {"seconds": estimate["total"], "estimate": estimate, "memory_mib": plan.need("device") / 2**20}
 
 
@@ -327,7 +338,7 @@ def part_torchrun(args, base, tuned, cache) -> dict:
 
 PARTS = {"bare": part_bare, "compute": part_compute, "plan": part_plan, "patch": part_patch, "lab": part_lab,
          "explorer": part_explorer, "torchrun": part_torchrun}
-DEFAULT_PARTS = ("bare", "compute", "plan", "patch", "lab", "explorer")
+DEFAULT_PARTS = ("bare", "compute", "explorer", "plan", "patch", "lab")
 
 
 def measure_here(args, size: str, part: str) -> dict:
@@ -509,7 +520,9 @@ def main() -> int:
     unknown = [size for size in sizes if size != "embedded" and size not in SHAPES]
     if unknown:
         parser.error(f"unknown size {unknown[0]}: choose from embedded, {', '.join(SHAPES)}")
-    parts = [part for part in PARTS if part in args.parts.split(",")]
+    parts = list(dict.fromkeys(args.parts.split(",")))  # in the order given
+    if not set(parts) <= set(PARTS):
+        parser.error(f"unknown part in {args.parts}: choose from {', '.join(PARTS)}")
     if not {"bare", "compute"} <= set(parts):
         parser.error("--parts needs bare and compute (every ratio is taken against them)")
     if args.prepare_prompts:
@@ -521,13 +534,12 @@ def main() -> int:
     temporary = None if args.work else tempfile.TemporaryDirectory(prefix="scale-bench-")
     args.work = args.work or Path(temporary.name)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {}
-    started = time.perf_counter()
+    results: dict[str, dict] = {size: {} for size in sizes}
+    started, load_before = time.perf_counter(), os.getloadavg()[1]
+    measure = measure_here if args.in_process else measure_in_child
     try:
-        for size in sizes:
-            measure = measure_here if args.in_process else measure_in_child
-            results[size] = {}
-            for part in parts:
+        for part in parts:  # each part for every size in turn: a run stopped early has its first parts side by side
+            for size in sizes:
                 try:
                     results[size][part] = measure(args, size, part)
                 except SystemExit as failure:  # the other parts still run: the table shows — for this one
@@ -540,7 +552,8 @@ def main() -> int:
             temporary.cleanup()
     first = results[sizes[0]]["bare"]
     print(f"\nscale benchmark: {first['prompts']} recorded prompts, {args.new_tokens} new tokens, batch "
-          f"{args.batch_size}, {first['device']} in {first['dtype']}, {time.perf_counter() - started:.0f} s in all\n")
+          f"{args.batch_size}, {first['device']} in {first['dtype']}, {time.perf_counter() - started:.0f} s in all; "
+          f"load average (5 min) {load_before:.1f} before, {os.getloadavg()[1]:.1f} after, {os.cpu_count()} cores\n")
     print(table(results, markdown=False))
     if args.markdown:
         args.markdown.write_text(table(results, markdown=True) + "\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from neuron_explorer.errors import UserError
 
-from .atomic import sweep_stale_temporaries, write_json_atomically
+from .atomic import parse_json, sweep_stale_temporaries, write_json_atomically
 from .schema import SIDECAR_SUFFIX
 
 SET_NAME_PATTERN = re.compile(r"[\w+↑↓-][\w.+↑↓-]{0,63}")
@@ -140,14 +140,7 @@ def read_record(path: Path):
         raise ValueError(f"holds {info.st_size:,} bytes, more than a record does")
     with open(path, "rb") as stream:
         text = stream.read(MAX_RECORD_BYTES + 1).decode("utf-8")
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise ValueError("holds JSON nested too deeply") from None
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"holds {name}, which is not JSON")
+    return parse_json(text)
 
 
 def _require(data, fields: dict[str, type]) -> None:

@@ -125,6 +125,18 @@ def write_text_atomically(target: Path, text: str, **options) -> None:
             os.fsync(stream.fileno())
 
 
+def parse_json(text: str):
+    """Strict JSON, the reading twin of `write_json_atomically`: no bare NaN or Infinity (which Python's json accepts
+    and other readers refuse) and no nesting deep enough to exhaust the stack; a ValueError says which."""
+    def refuse(name: str):
+        raise ValueError(f"holds the non-JSON constant {name}")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ValueError("holds JSON nested too deeply") from None
+
+
 def write_json_atomically(target: Path, payload, *, indent: int | None = 1, **options) -> None:
     write_text_atomically(target, strict_json(payload, indent=indent), **options)
 

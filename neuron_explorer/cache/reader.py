@@ -18,6 +18,7 @@ import polars as pl
 from neuron_explorer.errors import UserError
 
 from . import schema
+from .atomic import parse_json
 
 GROUP_DTYPE = pl.Enum(list(schema.GROUP_NAMES))
 
@@ -227,13 +228,9 @@ def _json_attribute(value):
     if not isinstance(value, str):
         raise ValueError(f"an attribute that should hold JSON text holds {type(value).__name__}")
     try:
-        return json.loads(value, parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("an attribute holds JSON nested too deeply") from None
-
-
-def _no_constant(name: str):
-    raise ValueError(f"an attribute holds the non-JSON constant {name}")
+        return parse_json(value)
+    except ValueError as error:
+        raise ValueError(f"an attribute {error}") from None
 
 
 def _first_line(error: BaseException) -> str:

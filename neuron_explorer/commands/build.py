@@ -80,30 +80,31 @@ def run(args) -> int:
     return 0
 
 
+def toxicity_line(label: str, base: dict, dpo: dict, check_scorer: str, perplexity: bool) -> str:
+    """Base → DPO toxicity on one prompt set with its ratio, the check scorer's where it ran, and perplexity."""
+    def ratio(key: str) -> str:
+        return f"{dpo[key] / max(base[key], 1e-9):.2f}x"
+
+    line = (f"{label} toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} ({ratio('toxicity')}, "
+            f"{base['n_prompts']} prompts)")
+    if base.get("check_toxicity") == base.get("check_toxicity"):  # not NaN: the check scorer ran
+        line += (f"; by {check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
+                 f"({ratio('check_toxicity')})")
+    if perplexity:
+        line += f"; perplexity {base['perplexity']:.2f} -> {dpo['perplexity']:.2f} ({base['n_tokens']} tokens)"
+    return line
+
+
 def summary(result, args) -> str:
     """The closing text: each stage's status and time, the held-out evaluation, where the cache is."""
     lines = ["stage        status    seconds"]
     for outcome in result.outcomes:
         lines.append(f"{outcome.name:<12} {'skipped' if outcome.skipped else 'ran':<9} {outcome.seconds:8.1f}")
     ev = result.evaluation
-    if "base" in ev and "dpo" in ev:
-        base, dpo = ev["base"], ev["dpo"]
-        check = ""
-        if base.get("check_toxicity") == base.get("check_toxicity"):  # not NaN: the check scorer ran
-            check = (f"; by {args.check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
-                     f"({dpo['check_toxicity'] / max(base['check_toxicity'], 1e-9):.2f}x)")
-        lines.append(f"\nheld-out toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} "
-                     f"({dpo['toxicity'] / max(base['toxicity'], 1e-9):.2f}x, {base['n_prompts']} prompts){check}; "
-                     f"perplexity {base['perplexity']:.2f} -> {dpo['perplexity']:.2f} ({base['n_tokens']} tokens)")
-    validation = ev.get("rtp_validation", {})
-    if "base" in validation and "dpo" in validation:
-        base, dpo = validation["base"], validation["dpo"]
-        check = ""
-        if base.get("check_toxicity") == base.get("check_toxicity"):  # not NaN: the check scorer ran
-            check = (f"; by {args.check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
-                     f"({dpo['check_toxicity'] / max(base['check_toxicity'], 1e-9):.2f}x)")
-        lines.append(f"RTP validation toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} "
-                     f"({dpo['toxicity'] / max(base['toxicity'], 1e-9):.2f}x, {base['n_prompts']} prompts){check}")
+    lines.append("")
+    for label, figures, extra in (("held-out", ev, True), ("RTP validation", ev.get("rtp_validation", {}), False)):
+        if "base" in figures and "dpo" in figures:
+            lines.append(toxicity_line(label, figures["base"], figures["dpo"], args.check_scorer, extra))
     if args.until:
         lines.append(f"\nstopped after the {args.until} stage")
     else:

@@ -410,7 +410,7 @@ class Store:
             parts.append(view.filters.describe())
         parts.append(f"sort {COLUMN_BY_KEY[view.sort_column].label} {'desc' if view.descending else 'asc'}")
         name = "-".join(parts)
-        for text, word in (("↓", "down"), ("↑", "up"), ("|Δ|", "abs-delta"), ("Δ", "delta"), ("δ", "shift"),
+        for text, word in (("↓", "down"), ("↑", "up"), ("|Δ|", "abs-delta"), ("Δ", "delta"), ("δ", "act-shift"),
                            (">=", " ge "), ("<=", " le "), (">0", " pos"), ("<0", " neg")):
             name = name.replace(text, word)
         slug = re.sub(r"[^\w.+-]+", "-", name).strip("-")

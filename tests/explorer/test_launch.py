@@ -66,7 +66,7 @@ def test_entry_point_in_a_pseudo_terminal(cache_path):
         child.expect("all layers · 256 neurons")
         child.send("l")
         child.send("s")
-        child.expect("sort δ↓")
+        child.expect("sort δ▼")  # ▼: sorted descending (↓ and ↑ name group directions only)
         child.send("\r")
         child.expect("Metrics, both models")
         child.send("\x1b")

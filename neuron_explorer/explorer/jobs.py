@@ -27,7 +27,7 @@ from neuron_explorer.events import Cancelled, Done, Event, EventError, Failed, M
 PATCH_COMMAND = (sys.executable, "-m", "neuron_explorer", "patch")
 PRESET_POSITIONS = "authors"  # the preset's own choice per row (ablation everywhere, patching at the newest position)
 # What a patch job's progress counts: every evaluation (base, DPO, each run) generates for its toxicity prompts,
-# scores its perplexity windows and generates for its F1 passages (engine/alignment/evaluation.py).
+# scores its perplexity windows and generates for its F1 passages (engine/measure/evaluation.py).
 WORK_UNITS = "prompts+windows+passages"
 PAPER_ROWS = "ablate the top-128 toxic neurons; patch each ↓ group alone; patch all four; the tuning-free edit"
 

@@ -207,7 +207,7 @@ class LabSession:
 
     def __init__(self, cache_path: str | Path, *, base: str | None = None, tuned: str | None = None,
                  device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, scorer: str = "profanity", report: Reporter = ignore):
-        from neuron_explorer.engine.alignment.scoring import get_scorer
+        from neuron_explorer.engine.measure.scoring import get_scorer
         from neuron_explorer.engine.neurons.compute import check_pair
 
         started = time.perf_counter()
@@ -254,7 +254,7 @@ class LabSession:
 
     def cos_embedding(self) -> np.ndarray:
         if self._cos_embedding is None:
-            from neuron_explorer.engine.alignment.probe import toxic_embedding_direction
+            from neuron_explorer.engine.measure.probe import toxic_embedding_direction
             from neuron_explorer.engine.patching.interventions import value_vector_cosines
 
             direction = toxic_embedding_direction(self.loaded, modes.TUNING_FREE_SEED_WORDS).direction

@@ -29,9 +29,9 @@ from neuron_explorer.engine.model.distributed import BatchGather, collective_sec
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
                                                   parse_max_memory, weights_loaded)
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
-from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
-from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
-from neuron_explorer.engine.alignment.scoring import DEFAULT_SCORER, get_scorer
+from neuron_explorer.engine.measure.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
+from neuron_explorer.engine.measure.prompts import hold_out_for_patching, load_prompts
+from neuron_explorer.engine.measure.scoring import DEFAULT_SCORER, get_scorer
 from neuron_explorer.engine.neurons.recording import PromptMeans, record_model
 from neuron_explorer.engine.neurons.results import write_dynamics, write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics

@@ -37,14 +37,14 @@ from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE
 from neuron_explorer.engine.patching import interventions as iv
-from neuron_explorer.engine.alignment.corpora import load_corpus
-from neuron_explorer.engine.alignment.evaluation import (PROBE_POSITIONS, EvaluationResult, EvaluationSettings,
+from neuron_explorer.engine.measure.corpora import load_corpus
+from neuron_explorer.engine.measure.evaluation import (PROBE_POSITIONS, EvaluationResult, EvaluationSettings,
                                                           InterventionHooks, continuations, corpus_inputs, evaluate,
                                                           perplexity)
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.model.distributed import current_ranks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
-from neuron_explorer.engine.alignment.prompts import SPLIT_BY_PROMPT, PromptSet, load_prompts
+from neuron_explorer.engine.measure.prompts import SPLIT_BY_PROMPT, PromptSet, load_prompts
 
 
 
@@ -189,7 +189,7 @@ class PatchSession:
     def __init__(self, cache_path: str | Path, settings: RunSettings | None = None, report: Reporter = ignore,
                  loaded=None):
         from neuron_explorer.engine.model.loading import load_model
-        from neuron_explorer.engine.alignment.scoring import get_scorer
+        from neuron_explorer.engine.measure.scoring import get_scorer
 
         self.cache_path = Path(cache_path).expanduser()
         self.settings = settings or RunSettings()
@@ -317,7 +317,7 @@ class PatchSession:
         cache's statistics prompts, not on the prompts the run is scored on (fitted there, its recovered probe
         projection would be ~1 by construction)."""
         if self._subtract_alpha is None:
-            from neuron_explorer.engine.alignment.evaluation import probe_projection
+            from neuron_explorer.engine.measure.evaluation import probe_projection
 
             texts = self.reader.prompt_texts()[:self.settings.max_prompts]
             self.report(Message(f"subtract: measuring DPO's change of the probe projection on {len(texts)} "
@@ -334,7 +334,7 @@ class PatchSession:
         """cos(v_i, toxic embedding) of the base model, with Yang et al.'s five-and-five seed words: the direction
         their tuning-free edit ranks neurons by."""
         if self._cos_embedding is None:
-            from neuron_explorer.engine.alignment.probe import toxic_embedding_direction
+            from neuron_explorer.engine.measure.probe import toxic_embedding_direction
 
             direction = toxic_embedding_direction(self.loaded, modes.TUNING_FREE_SEED_WORDS).direction
             self._cos_embedding = iv.value_vector_cosines(self.loaded, direction)

@@ -28,7 +28,7 @@ import polars as pl
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 
-from neuron_explorer.engine.alignment.jsonl import read_jsonl, read_utf8
+from neuron_explorer.engine.measure.jsonl import read_jsonl, read_utf8
 
 TEMPLATES_FILE = Path(__file__).parent / "data" / "prompt_templates.json"
 # 399 real RealToxicityPrompts challenge prompts (Apache-2.0, data/README.md): validation only, never training data.

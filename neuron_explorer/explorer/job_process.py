@@ -85,7 +85,8 @@ class JobProcess:
         try:
             self.popen = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
                                           stdin=subprocess.PIPE if self.serves_requests else subprocess.DEVNULL,
-                                          stderr=self._stderr, text=True, bufsize=1, start_new_session=True,
+                                          stderr=self._stderr, encoding="utf-8", errors="replace", bufsize=1,
+                                          start_new_session=True,
                                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
         except OSError as error:
             self._stderr.close()

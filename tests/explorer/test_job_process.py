@@ -44,6 +44,12 @@ def test_events_come_through_and_stray_lines_are_skipped_but_kept():
     assert process.returncode == 0
 
 
+def test_bytes_that_are_not_utf8_do_not_stop_the_reader():
+    _, posted = run(child("sys.stdout.buffer.write(bytes([255, 254]) + b' progress bar\\n')", "sys.stdout.flush()",
+                          say(Done())))
+    assert [message.event for message in posted] == [Done()]
+
+
 def test_a_child_that_dies_without_a_terminal_event_gives_one_failed_with_its_stderr():
     process, posted = run(child(say(Progress("run", 1, 2)), "print('chatter', flush=True)",
                                 "print('Traceback (most recent call last):', file=sys.stderr)",

@@ -147,7 +147,8 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         self.lab.stop()
 
     def on_job_event(self, message: JobEvent) -> None:
-        """An event of one of the app's child processes: the lab's model worker or a patch run."""
+        """An event of one of the app's child processes: the lab's model worker, or a patch run (a worker stopped
+        since is neither, and `patch_job_event` drops its events)."""
         if message.process is self.lab.process:
             self.lab_event(message)
         else:

@@ -49,9 +49,7 @@ class LabManager:
         process.follow()
 
     def lab_event(self, message: JobEvent) -> None:
-        """One event of the lab's worker (the app's `on_job_event` hands it here)."""
-        if message.process is not self.lab.process:
-            return  # a worker stopped since (restarted, or the app is leaving)
+        """One event of the lab's current worker (the app's `on_job_event` hands it here)."""
         ended = self.lab.apply(message)
         if message.final:
             self.notify(self.lab.status(), severity="error", timeout=30)

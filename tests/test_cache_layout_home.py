@@ -72,6 +72,12 @@ def hdf5_names(tree: ast.AST) -> list[tuple[int, str]]:
     def flag(node: ast.AST, why: str) -> None:
         found.append((node.lineno, why))
 
+    def flag_name(node: ast.AST, name_node: ast.AST, why: str) -> None:
+        """A string where an HDF5 name goes; a known path is flagged as such already."""
+        name = _text(name_node)
+        if name is not None and name not in PATHS and name not in PREFIXES:
+            flag(node, why.format(repr(name)))
+
     for node in ast.walk(tree):
         text = _text(node)
         if text is not None and (text in PATHS or text in PREFIXES):
@@ -81,24 +87,22 @@ def hdf5_names(tree: ast.AST) -> list[tuple[int, str]]:
             if first is not None and first.startswith(PREFIXES):
                 flag(node, f"an f-string building a cache path from {first!r}")
         elif isinstance(node, ast.Subscript) and (_is_attrs(node.value) or _is_file(node.value)):
-            if _text(node.slice) is not None:
-                flag(node, f"the HDF5 name {_text(node.slice)!r} as a subscript")
+            flag_name(node, node.slice, "the HDF5 name {} as a subscript")
         elif isinstance(node, ast.Compare) and any(_is_attrs(right) or _is_file(right) for right in node.comparators):
-            if _text(node.left) is not None:
-                flag(node, f"the HDF5 name {_text(node.left)!r} tested with `in`")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            flag_name(node, node.left, "the HDF5 name {} tested with `in`")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
             method, args = node.func.attr, node.args
-            if method == "get" and _is_attrs(node.func.value) and args and _text(args[0]) is not None:
-                flag(node, f"the attribute name {_text(args[0])!r}")
-            elif method in NAMED_FIRST and args and _text(args[0]) is not None:
-                flag(node, f"the HDF5 name {_text(args[0])!r} passed to {method}()")
+            if method == "get" and _is_attrs(node.func.value):
+                flag_name(node, args[0], "the attribute name {}")
+            elif method in NAMED_FIRST:
+                flag_name(node, args[0], f"the HDF5 name {{}} passed to {method}()")
             elif method == "write_attrs":
-                if len(args) > 1 and _text(args[1]) is not None:
-                    flag(node, f"the HDF5 name {_text(args[1])!r} passed to write_attrs()")
-                if args and isinstance(args[0], ast.Dict):
+                if len(args) > 1:
+                    flag_name(node, args[1], "the HDF5 name {} passed to write_attrs()")
+                if isinstance(args[0], ast.Dict):
                     for key in args[0].keys:
-                        if key is not None and _text(key) is not None:
-                            flag(key, f"the attribute name {_text(key)!r} written by write_attrs()")
+                        if key is not None:
+                            flag_name(key, key, "the attribute name {} written by write_attrs()")
     return found
 
 

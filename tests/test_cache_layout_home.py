@@ -1,6 +1,7 @@
-"""Every HDF5 path and attribute name has one home, `cache/layout.py`: no module outside `cache/` spells one.
+"""Every HDF5 path and attribute name has one home, `cache/layout.py`: no module outside `cache/` spells one, and
+every file the engine writes (from the command line to the writer) holds only places the layout names.
 
-Read from the source (ast), as tests/test_layout.py reads the import rules. Two kinds of finding:
+The source is read with ast, as tests/test_layout.py reads the import rules. Two kinds of finding:
 - a string that is one of the file's paths (`"neurons/auroc"`, `"clusters/summary"`), or an f-string that builds
   one (`f"differences/{source}"`), anywhere;
 - a string used as an HDF5 name where h5py or the cache's own reader and writer take one: an `attrs` key, a
@@ -14,10 +15,14 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import h5py
 import pytest
+import torch
 
 import neuron_explorer
 from neuron_explorer.cache import layout, schema
+from neuron_explorer.cli import main
+from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
 
 PACKAGE = Path(neuron_explorer.__file__).parent
 HOME = PACKAGE / "cache"
@@ -141,3 +146,42 @@ def test_each_way_of_spelling_a_name_is_found(source):
 def test_ordinary_words_and_layout_names_are_not_findings(source):
     assert hdf5_names(ast.parse(source)) == []
 
+
+
+# -- the files themselves ---------------------------------------------------------------------------------------------
+CONSTANTS = {value for name, value in vars(layout).items() if name.isupper() and isinstance(value, str)}
+
+
+def unmapped_places(path: Path) -> list[str]:
+    """The groups, datasets and root attributes of a cache that the layout does not name. A place is named when it
+    is a layout constant or built path, a group on the way to one, or a column of a table the layout names (a
+    group with a `columns` attribute holds its columns as datasets: those are the table's content, not places)."""
+    with h5py.File(path, "r") as handle:
+        def named(name: str) -> bool:
+            parent = name.rpartition("/")[0]
+            return (name in PATHS or name in CONSTANTS or any(known.startswith(name + "/") for known in PATHS)
+                    or bool(parent) and layout.COLUMNS in handle[parent].attrs and named(parent))
+
+        places: list[str] = []
+        handle.visit(places.append)
+        unmapped = [f"/{name}" for name in places if not named(name)]
+        return unmapped + [f"root attribute {key}" for key in handle.attrs if key not in CONSTANTS]
+
+
+def test_a_synthetic_cache_holds_only_places_the_layout_names(tmp_path):
+    assert unmapped_places(build_synthetic_cache(tmp_path / "synthetic.h5")) == []
+
+
+def test_compute_from_the_command_line_writes_only_places_the_layout_names(tiny_models, tmp_path, one_torch_thread):
+    """The whole way from `neuron-explorer compute`'s arguments to the writer, held-out prompts and the difference
+    lens included."""
+    (tmp_path / "prompts.txt").write_text("You are a stupid\nThe river runs\nWhat the hell\nAn old stone bridge\n")
+    torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), tmp_path / "probe.pt")
+    output = tmp_path / "computed.h5"
+    code = main(["compute", "--base", str(tiny_models["llama"]), "--tuned", str(tiny_models["llama"]),
+                 "--probe", str(tmp_path / "probe.pt"), "--prompts", str(tmp_path / "prompts.txt"), "--device", "cpu",
+                 "--new-tokens", "2", "--identity-check", "2", "--cluster-top-k", "16", "-o", str(output)])
+    assert code == 0
+    with h5py.File(output, "r") as handle:
+        assert layout.PATCH_PROMPTS in handle and layout.DIFFERENCES in handle and layout.POSITIONS in handle.attrs
+    assert unmapped_places(output) == []

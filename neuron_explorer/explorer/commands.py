@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from neuron_explorer.cache.annotations import list_sets
 from neuron_explorer.cache import layout
+from neuron_explorer.cache.annotations import list_sets
 from neuron_explorer.cache.schema import GROUP_NAMES
 
 from .jobs import PAPER_ROWS

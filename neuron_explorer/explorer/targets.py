@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neuron_explorer.cache.annotations import list_sets
 from neuron_explorer.cache import layout
+from neuron_explorer.cache.annotations import list_sets
 from neuron_explorer.cache.schema import GROUP_NAMES
 from neuron_explorer.engine.patching import modes
 

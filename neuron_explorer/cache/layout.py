@@ -1,10 +1,14 @@
-"""Where everything lives in a cache file: every HDF5 group and dataset path and every attribute name read by name.
+"""Where everything lives in a cache file: every HDF5 group and dataset path, and the attribute names code names.
 
 A module of its own, beside `schema.py`: schema says what the values are (the columns and what they mean, the groups,
 the version, what a complete file must hold); this module is the file's map. The writer, the reader and the
-validation name a place only through it, and no module outside `cache/` spells a path or an attribute name at all
+validation name a place only through it, and no module outside `cache/` spells a path or an attribute name
 (tests/test_cache_layout_home.py), so moving a dataset is an edit here and nowhere else. Paths are relative to the
 file's root, as h5py takes them. The format is docs/cache-format.md.
+
+The attribute names here are those some code writes or reads one by one. A set of attributes made whole by the
+module that computes it and stored as it is (a table's scalars, the clustering's and the difference lens's settings,
+the identity check's verdicts) keeps its keys in that module; docs/cache-format.md lists them.
 """
 
 from __future__ import annotations

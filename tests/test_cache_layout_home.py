@@ -40,7 +40,7 @@ def known_paths() -> set[str]:
     constants = {value for name, value in vars(layout).items()
                  if name.isupper() and isinstance(value, str) and "/" in value and value != layout.ROOT}
     built = {
-        *(layout.neuron_path(name) for name in (*schema.NEURON_COLUMNS, *schema.TOKEN_ARRAYS, "group")),
+        *(layout.neuron_path(name) for name in (*schema.NEURON_COLUMNS, *schema.TOKEN_ARRAYS)),
         *(layout.layer_path(name) for name in schema.LAYER_COLUMNS),
         *(layout.summary_path(name) for name in schema.SUMMARY_COLUMNS),
         *(layout.prompt_acts_path(model) for model in ("pre", "dpo")),

@@ -17,7 +17,8 @@ ROOT = "/"
 
 # -- groups and root datasets ------------------------------------------------------------------------------------
 NEURONS = "neurons"  # per-neuron arrays (schema.NEURON_COLUMNS, schema.TOKEN_ARRAYS, the group codes)
-NEURON_GROUP = "neurons/group"  # each neuron's group code (schema.GROUP_NAMES)
+GROUP_CODES = "group"  # the dataset under NEURONS of each neuron's group code (schema.GROUP_NAMES)
+NEURON_GROUP = f"{NEURONS}/{GROUP_CODES}"
 LAYERS = "layers"  # the per-layer table of the identity check (schema.LAYER_COLUMNS)
 PROMPTS = "prompts"  # the statistics prompts' table
 PROMPT_TEXT = "prompts/text"

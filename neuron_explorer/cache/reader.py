@@ -340,7 +340,7 @@ class CacheReader:
 
     def neuron_array(self, name: str) -> np.ndarray:
         """The stored (n_layers, d_mlp) array of one neuron column (``schema.NEURON_COLUMNS``) or of the group codes."""
-        if name not in (*schema.NEURON_COLUMNS, "group") or layout.neuron_path(name) not in self.file:
+        if name not in (*schema.NEURON_COLUMNS, layout.GROUP_CODES) or layout.neuron_path(name) not in self.file:
             raise UserError(f"no neuron column '{name}': use one of {', '.join(schema.NEURON_COLUMNS)}")
         return self.file[layout.neuron_path(name)][:]
 

@@ -294,7 +294,7 @@ class CacheWriter:
             self._digests[dataset.name] = _digest(array)
 
     def write_groups(self, codes: np.ndarray) -> None:
-        self.write_neuron_arrays({"group": codes.astype(np.int8)})
+        self.write_neuron_arrays({layout.GROUP_CODES: codes.astype(np.int8)})
         self.write_attrs({layout.GROUP_CODE_NAMES: schema.GROUP_NAMES}, layout.NEURON_GROUP)
 
     def write_layers(self, columns: dict[str, np.ndarray]) -> None:

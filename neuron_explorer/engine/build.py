@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from neuron_explorer import __version__
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.atomic import write_text_atomically
 from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
@@ -463,12 +464,12 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
         payload = json.loads(eval_file.read_text())
         results = {k: EvaluationResult(**v) for k, v in payload["results"].items()}
         extra = {
-            "evaluation": evaluation_table(results, {"prompts": payload["prompts"], "corpus": payload["corpus"],
-                                                     "scorer": payload["scorer"],
-                                                     "check_scorer": payload["check_scorer"],
-                                                     "settings": payload["settings"]}),
-            "evaluation_generations": generations_table(results),
-            "build": build_table(runner.outcomes, settings),
+            layout.EVALUATION: evaluation_table(results, {"prompts": payload["prompts"], "corpus": payload["corpus"],
+                                                          "scorer": payload["scorer"],
+                                                          "check_scorer": payload["check_scorer"],
+                                                          "settings": payload["settings"]}),
+            layout.EVALUATION_GENERATIONS: generations_table(results),
+            layout.BUILD: build_table(runner.outcomes, settings),
         }
         result = run_compute(compute_settings, extra_tables=extra, report=report)
         return {"path": str(result.path), "seconds": result.seconds}

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from neuron_explorer import __version__
-from neuron_explorer.cache import annotations
+from neuron_explorer.cache import annotations, layout
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
@@ -100,11 +100,12 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
                             f"an older version): pass --prompts FILE with prompts it was not computed on, or "
                             f"--in-sample to evaluate on its statistics prompts")
         texts = held.texts[:settings.max_prompts]
-        prompts = PromptSet(texts=texts, source=f"{name}: held out by compute from {held.attrs.get('source', '?')}",
+        prompts = PromptSet(texts=texts, source=f"{name}: held out by compute from {held.attrs.get(layout.HOLDOUT_SOURCE, '?')}",
                             sha256=sha256_texts(texts))
         record = {"selection": "held out by compute", "source_indices": held.source_indices[:len(texts)].tolist(),
-                  "holdout_rule": held.attrs.get("rule"), "holdout_fraction": held.attrs.get("fraction"),
-                  "split": held.attrs.get("split", SPLIT_BY_PROMPT)}  # older caches split by prompt
+                  "holdout_rule": held.attrs.get(layout.HOLDOUT_RULE),
+                  "holdout_fraction": held.attrs.get(layout.HOLDOUT_FRACTION),
+                  "split": held.attrs.get(layout.HOLDOUT_SPLIT, SPLIT_BY_PROMPT)}  # older caches split by prompt
     recorded = set(statistics)
     overlap = sum(text in recorded for text in prompts.texts)
     record.update(prompts.provenance(), in_statistics=overlap, disjoint_from_statistics=overlap == 0)

@@ -36,14 +36,21 @@ CLI_ERROR = "neuron-explorer: error: "  # how the command line prefixes a UserEr
 TERMINAL = (Done, Failed, Cancelled)
 
 
-class JobState(enum.StrEnum):
-    """Where a job (a patch run, the build, the lab's worker or one of its requests) stands."""
+class JobState(str, enum.Enum):  # not enum.StrEnum: the package supports Python 3.10
+    """Where a job (a patch run, the build, the lab's worker or one of its requests) stands; equal to its value, so
+    run records and tests may compare with the plain word."""
 
     QUEUED = "queued"  # made, not started
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+    def __str__(self) -> str:  # shown as its word, as StrEnum would
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
     @property
     def finished(self) -> bool:

@@ -27,9 +27,12 @@ import socket
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn, TypedDict, Unpack
+from typing import TYPE_CHECKING, Iterator, NoReturn, TypedDict
 
 from neuron_explorer.errors import UserError
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; only annotations use it (requires-python is 3.10)
 
 TEMPORARY_SUFFIX = ".tmp"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Stored:
     name: str
     path: str = ""
     label: str = ""
-    metrics: dict = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,13 @@ class Answer:
     """A worker's answer to request `request` (for the lab: `engine.lab.protocol.RESULT_FIELDS`)."""
 
     request: int
-    result: dict = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 Event = Progress | Message | Stored | Done | Failed | Cancelled | Ready | Answer
 Reporter = Callable[[Event], None]
-EVENT_TYPES: dict[str, type] = {cls.__name__.lower(): cls
-                                 for cls in (Progress, Message, Stored, Done, Failed, Cancelled, Ready, Answer)}
+EVENT_TYPES: dict[str, type[Event]] = {cls.__name__.lower(): cls
+                                        for cls in (Progress, Message, Stored, Done, Failed, Cancelled, Ready, Answer)}
 
 
 class EventError(ValueError):
@@ -99,7 +100,7 @@ def to_json(event: Event) -> str:
     return json.dumps({"event": type(event).__name__.lower(), **asdict(event)}, ensure_ascii=False, default=str)
 
 
-def json_object(line: str, what: str, error: type[Exception], shown: str) -> dict:
+def json_object(line: str, what: str, error: type[Exception], shown: str) -> dict[str, Any]:
     """The JSON object one protocol line holds (events here, lab requests), or `error` saying it is not `what`."""
     try:
         payload = json.loads(line)

@@ -12,9 +12,11 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, SupportsInt, TypeVar
 
 from neuron_explorer.errors import UserError
 
@@ -24,6 +26,7 @@ from .schema import SIDECAR_SUFFIX
 SET_NAME_PATTERN = re.compile(r"[\w+↑↓-][\w.+↑↓-]{0,63}")
 BASELINE_KEY_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,128}")  # a baseline's file name: never a path
 MAX_RECORD_BYTES = 256 << 20  # a record larger than this is not one of ours (and would fill the memory)
+_Record = TypeVar("_Record")
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,9 @@ class NeuronSet:
 class PatchRun:
     run_id: str
     created: str
-    settings: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    samples: list[dict] = field(default_factory=list)  # each {prompt, base, patched, dpo}
+    settings: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # each {prompt, base, patched, dpo}
 
 
 def sidecar_dir(cache_path: str | Path) -> Path:
@@ -57,7 +60,8 @@ def check_set_name(name: str) -> str:
     return name
 
 
-def save_set(cache_path: str | Path, name: str, neurons, description: str = "") -> NeuronSet:
+def save_set(cache_path: str | Path, name: str, neurons: Iterable[tuple[SupportsInt, SupportsInt]],
+             description: str = "") -> NeuronSet:
     """Store (or replace) a named set of (layer, index) pairs atomically; return it."""
     name = check_set_name(name)
     pairs = sorted({(int(layer), int(index)) for layer, index in neurons})
@@ -92,8 +96,8 @@ def delete_set(cache_path: str | Path, name: str) -> None:
         raise UserError(f"no neuron set named '{name}' beside {cache_path}") from None
 
 
-def _neuron_set(data: dict) -> NeuronSet:
-    _require(data, {"name": str, "neurons": list})
+def _neuron_set(data: object) -> NeuronSet:
+    data = _require(data, {"name": str, "neurons": list})
     return NeuronSet(name=str(data["name"]), created=str(data.get("created", "")),
                      description=str(data.get("description", "")),
                      neurons=[(int(layer), int(index)) for layer, index in data["neurons"]])
@@ -117,8 +121,8 @@ def load_run(cache_path: str | Path, run_id: str) -> PatchRun:
         raise UserError(f"{path} is not a readable patching run ({error})") from None
 
 
-def _patch_run(run_id: str, data: dict) -> PatchRun:
-    _require(data, {"created": str, "settings": dict, "metrics": dict})
+def _patch_run(run_id: str, data: object) -> PatchRun:
+    data = _require(data, {"created": str, "settings": dict, "metrics": dict})
     samples = data.get("samples", [])
     if not isinstance(samples, list) or not all(isinstance(sample, dict) for sample in samples):
         raise ValueError("'samples' is not a list of objects")
@@ -130,7 +134,7 @@ def _patch_run(run_id: str, data: dict) -> PatchRun:
 
 
 # -- reading and writing records -------------------------------------------------------------------------------
-def read_record(path: Path):
+def read_record(path: Path) -> object:
     """A record's JSON, read only from a regular file of sane size (a FIFO would hang the reader), as strict JSON
     (no NaN or Infinity) of sane depth; a ValueError (or OSError) says what is wrong."""
     info = os.stat(path)  # FileNotFoundError passes through: a missing record is not a damaged one
@@ -143,16 +147,18 @@ def read_record(path: Path):
     return parse_json(text)
 
 
-def _require(data, fields: dict[str, type]) -> None:
-    """Raise ValueError unless ``data`` is a JSON object holding each field with its type."""
+def _require(data: object, fields: dict[str, type]) -> dict[str, Any]:
+    """``data``, a JSON object holding each field with its type; a ValueError if it is not."""
     if not isinstance(data, dict):
         raise ValueError(f"holds a JSON {type(data).__name__}, not an object")
     for name, kind in fields.items():
         if not isinstance(data.get(name), kind):
             raise ValueError(f"lacks the field '{name}' ({kind.__name__})")
+    return data
 
 
-def _records(cache_path, kind: str, parse, problems: list[str] | None) -> list:
+def _records(cache_path: str | Path, kind: str, parse: Callable[[str, object], _Record],
+             problems: list[str] | None) -> list[_Record]:
     """``parse(stem, data)`` of each ``kind/*.json`` record, by file name; the files it refuses are described in
     ``problems``."""
     folder = sidecar_dir(cache_path) / kind
@@ -166,7 +172,7 @@ def _records(cache_path, kind: str, parse, problems: list[str] | None) -> list:
     return records
 
 
-def check_writable(cache_path: str | Path, kinds=("runs", "baselines")) -> None:
+def check_writable(cache_path: str | Path, kinds: Iterable[str] = ("runs", "baselines")) -> None:
     """Fail now, in one line, when records cannot be stored beside the cache (a read-only folder), rather than
     after a long evaluation: create and remove a file in the nearest existing folder of each ``kind`` (creating no
     folder, so that a run that fails later leaves nothing behind)."""
@@ -183,7 +189,7 @@ def check_writable(cache_path: str | Path, kinds=("runs", "baselines")) -> None:
                             f"write") from None
 
 
-def _writable(cache_path, kind: str) -> Path:
+def _writable(cache_path: str | Path, kind: str) -> Path:
     """The sidecar folder ``kind``, created, with the temporaries of dead writers swept away."""
     folder = sidecar_dir(cache_path) / kind
     folder.mkdir(parents=True, exist_ok=True)
@@ -202,8 +208,8 @@ def new_run_id(label: str = "run") -> str:
     return f"{stamp}-{slug}-{os.urandom(2).hex()}"
 
 
-def save_run(cache_path: str | Path, settings: dict, metrics: dict, samples: list[dict], *,
-             label: str = "run") -> PatchRun:
+def save_run(cache_path: str | Path, settings: dict[str, Any], metrics: dict[str, Any],
+             samples: list[dict[str, Any]], *, label: str = "run") -> PatchRun:
     """Store a finished run as a new ``runs/<run_id>.json``.
 
     The JSON is written to a temporary file and hard-linked to its final name, which fails instead of replacing
@@ -247,7 +253,7 @@ def delete_run(cache_path: str | Path, run_id: str) -> None:
         raise UserError(f"no patching run '{run_id}' beside {cache_path}") from None
 
 
-def load_baseline(cache_path: str | Path, key: str) -> dict | None:
+def load_baseline(cache_path: str | Path, key: str) -> dict[str, Any] | None:
     """A stored base/DPO evaluation for these settings (``baselines/<key>.json``), or None."""
     if not (isinstance(key, str) and BASELINE_KEY_PATTERN.fullmatch(key)):
         return None
@@ -259,7 +265,7 @@ def load_baseline(cache_path: str | Path, key: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def save_baseline(cache_path: str | Path, key: str, payload: dict) -> None:
+def save_baseline(cache_path: str | Path, key: str, payload: dict[str, Any]) -> None:
     """Store the base/DPO evaluation of one settings key atomically (same key, same content: replacing is safe)."""
     write_json_atomically(_writable(cache_path, "baselines") / f"{key}.json", payload)
 

@@ -27,14 +27,24 @@ import socket
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, NoReturn, TypedDict
 
 from neuron_explorer.errors import UserError
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; only annotations use it (requires-python is 3.10)
 
 TEMPORARY_SUFFIX = ".tmp"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
 _WRITE_FAILURES = _NO_SPACE + _NOT_ALLOWED  # what a failing write looks like; other errors of the body pass through
+
+
+class AtomicOptions(TypedDict, total=False):
+    """The keyword options of `atomic_path` that the writers below pass on."""
+
+    replace: bool
+    advice: str
 
 
 def temporary_path(target: Path, pid: int | None = None) -> Path:
@@ -116,7 +126,7 @@ def atomic_path(target: Path, *, replace: bool = True, advice: str = "choose ano
         _remove(temporary)
 
 
-def write_text_atomically(target: Path, text: str, **options) -> None:
+def write_text_atomically(target: Path, text: str, **options: Unpack[AtomicOptions]) -> None:
     """``target`` holds ``text`` (UTF-8) completely, or keeps what it held before."""
     with atomic_path(target, **options) as temporary:
         with open(temporary, "w", encoding="utf-8") as stream:
@@ -125,10 +135,10 @@ def write_text_atomically(target: Path, text: str, **options) -> None:
             os.fsync(stream.fileno())
 
 
-def parse_json(text: str):
+def parse_json(text: str) -> object:
     """Strict JSON, the reading twin of `write_json_atomically`: no bare NaN or Infinity (which Python's json accepts
     and other readers refuse) and no nesting deep enough to exhaust the stack; a ValueError says which."""
-    def refuse(name: str):
+    def refuse(name: str) -> NoReturn:
         raise ValueError(f"holds the non-JSON constant {name}")
 
     try:
@@ -137,17 +147,18 @@ def parse_json(text: str):
         raise ValueError("holds JSON nested too deeply") from None
 
 
-def write_json_atomically(target: Path, payload, *, indent: int | None = 1, **options) -> None:
+def write_json_atomically(target: Path, payload: object, *, indent: int | None = 1,
+                          **options: Unpack[AtomicOptions]) -> None:
     write_text_atomically(target, strict_json(payload, indent=indent), **options)
 
 
-def strict_json(payload, indent: int | None = None) -> str:
+def strict_json(payload: object, indent: int | None = None) -> str:
     """JSON that any parser reads: NaN and ±Infinity (not JSON) written as null, numpy values and paths as plain
     ones, text as UTF-8 (a lone surrogate, which UTF-8 cannot hold, as its escape)."""
     return json.dumps(_finite(payload), ensure_ascii=False, indent=indent, allow_nan=False, default=str)
 
 
-def _finite(value):
+def _finite(value: object) -> object:
     if isinstance(value, float) or (hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0):
         value = value.item() if hasattr(value, "item") else value
     if isinstance(value, float):

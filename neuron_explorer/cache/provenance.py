@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 
 TRACKED_PACKAGES = ("neuron-explorer", "torch", "transformers", "trl", "h5py", "polars", "numpy", "scipy")
@@ -22,7 +23,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_texts(texts) -> str:
+def sha256_texts(texts: Iterable[str]) -> str:
     """Hash of an ordered list of strings, independent of the file format they came from."""
     digest = hashlib.sha256()
     for text in texts:

@@ -10,9 +10,11 @@ import json
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from neuron_explorer.errors import UserError
@@ -21,6 +23,8 @@ from . import layout, schema
 from .atomic import parse_json
 
 GROUP_DTYPE = pl.Enum(list(schema.GROUP_NAMES))
+FloatArray = npt.NDArray[np.floating[Any]]
+IntArray = npt.NDArray[np.integer[Any]]
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class CacheInfo:
     created: str
     schema_version: int
     package_version: str
-    provenance: dict = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_neurons(self) -> int:
@@ -43,12 +47,12 @@ class CacheInfo:
 
 @dataclass(frozen=True)
 class ClusterTree:
-    linkage: np.ndarray  # scipy linkage matrix, (k-1, 4)
-    leaf_order: np.ndarray  # positions into layer/neuron, in dendrogram order
-    layer: np.ndarray
-    neuron: np.ndarray
-    label: np.ndarray  # flat cluster label at the stored cut, 1-based
-    attrs: dict
+    linkage: FloatArray  # scipy linkage matrix, (k-1, 4)
+    leaf_order: IntArray  # positions into layer/neuron, in dendrogram order
+    layer: IntArray
+    neuron: IntArray
+    label: IntArray  # flat cluster label at the stored cut, 1-based
+    attrs: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,8 @@ class HeldOutPrompts:
     """Prompts that `compute` kept aside for patch runs: nothing in the cache was computed from them."""
 
     texts: list[str]
-    source_indices: np.ndarray  # their positions in the loaded prompt source (0-based)
-    attrs: dict  # source, rule, fraction, sha256, n
+    source_indices: IntArray  # their positions in the loaded prompt source (0-based)
+    attrs: dict[str, Any]  # source, rule, fraction, sha256, n
 
 
 def open_cache_file(path: str | Path) -> h5py.File:
@@ -121,7 +125,7 @@ def _storage_problem(handle: h5py.File) -> str | None:
     them would read another file (or hang on a FIFO), or load a plugin."""
     found: list[str] = []
 
-    def visit(name, link):
+    def visit(name: str, link: object) -> bool | None:
         if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
             found.append(f"/{name} is a link ({type(link).__name__}), which no cache holds")
             return True
@@ -166,7 +170,7 @@ def _structure_problem(handle: h5py.File) -> str | None:
             shown = value.item() if isinstance(value, np.generic) else value
             return f"root attribute {name} is {shown!r}, not a whole number of at least 1"
     n_layers, d_mlp = int(handle.attrs[layout.N_LAYERS]), int(handle.attrs[layout.D_MLP])
-    sizes = {layout.N_LAYERS: n_layers, layout.D_MLP: d_mlp}
+    sizes: dict[str | int | None, int] = {layout.N_LAYERS: n_layers, layout.D_MLP: d_mlp}
     if n_layers > MAX_LAYERS or n_layers * d_mlp > MAX_NEURONS:
         return (f"it declares {n_layers} × {d_mlp} neurons, more than any model has "
                 f"(at most {MAX_LAYERS} layers and {MAX_NEURONS:,} neurons)")
@@ -212,7 +216,7 @@ def _value_problem(handle: h5py.File, path: Path) -> str | None:
         value = settings.get(key)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
             return f"the provenance records {key} = {value!r}, outside {low}–{high}"
-    objects: list = [handle]
+    objects: list[h5py.HLObject] = [handle]
     handle.visititems(lambda name, item: objects.append(item))
     for item in objects:
         if layout.COLUMNS in item.attrs:
@@ -222,7 +226,7 @@ def _value_problem(handle: h5py.File, path: Path) -> str | None:
     return None
 
 
-def _json_attribute(value):
+def _json_attribute(value: object) -> object:
     """An attribute holding JSON, decoded; a ValueError if it is not JSON text."""
     if isinstance(value, bytes):
         value = value.decode("utf-8")
@@ -241,10 +245,12 @@ def _first_line(error: BaseException) -> str:
 class CacheReader:
     """Polars views of one cache file. Use as a context manager or call ``close()``."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.file = open_cache_file(self.path)
         attrs = self.file.attrs
+        provenance = _json_attribute(attrs.get(layout.PROVENANCE, "{}"))
+        assert isinstance(provenance, dict)  # open_cache_file refused a file whose provenance is not an object
         n_prompts = len(self.file[layout.PROMPT_TEXT]) if layout.PROMPT_TEXT in self.file else 0
         self.info = CacheInfo(
             path=self.path,
@@ -256,15 +262,15 @@ class CacheReader:
             created=str(attrs[layout.CREATED]),
             schema_version=int(attrs[layout.SCHEMA_VERSION]),
             package_version=str(attrs.get(layout.PACKAGE_VERSION, "")),
-            provenance=_json_attribute(attrs.get(layout.PROVENANCE, "{}")),
+            provenance=provenance,
         )
         self._cluster_labels = self._dense_cluster_labels()
-        self._vocab: np.ndarray | None = None
+        self._vocab: npt.NDArray[np.object_] | None = None
 
     def __enter__(self) -> "CacheReader":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -298,13 +304,14 @@ class CacheReader:
         extra += [pl.Series(name, np.full(n_layers * self.info.d_mlp, np.nan, np.float32)) for name in absent]
         return frame.with_columns(extra)
 
-    def neuron(self, layer: int, index: int) -> dict:
+    def neuron(self, layer: int, index: int) -> dict[str, float | str | None]:
         """Every stored metric of one neuron."""
         self._check_layer(layer)
         if not 0 <= index < self.info.d_mlp:
             raise UserError(f"neuron index {index} is out of range: layer {layer} has {self.info.d_mlp} neurons")
         group = self.file[layout.NEURONS]
-        record = {name: float(group[name][layer, index]) for name in schema.NEURON_COLUMNS if name in group}
+        record: dict[str, float | str | None] = {name: float(group[name][layer, index])
+                                                 for name in schema.NEURON_COLUMNS if name in group}
         record["group"] = schema.GROUP_NAMES[int(self.file[layout.NEURON_GROUP][layer, index])]
         label = int(self._cluster_labels[layer, index])
         record["cluster"] = None if label < 0 else label
@@ -332,23 +339,23 @@ class CacheReader:
                 }))
         return pl.concat(parts)
 
-    def lens_rule(self) -> dict:
+    def lens_rule(self) -> dict[str, Any]:
         """Which neurons `compute` took the value-vector tokens of (`rule` all or top, `top_n`, `by`, `computed`,
         `why`); caches written before the rule existed hold every neuron's."""
         stored = self.file[layout.NEURONS].attrs.get(layout.LENS_RULE)
         return json.loads(stored) if stored is not None else {"rule": "all", "top_n": None, "by": "every neuron"}
 
-    def neuron_array(self, name: str) -> np.ndarray:
+    def neuron_array(self, name: str) -> npt.NDArray[Any]:
         """The stored (n_layers, d_mlp) array of one neuron column (``schema.NEURON_COLUMNS``) or of the group codes."""
         if name not in (*schema.NEURON_COLUMNS, layout.GROUP_CODES) or layout.neuron_path(name) not in self.file:
             raise UserError(f"no neuron column '{name}': use one of {', '.join(schema.NEURON_COLUMNS)}")
-        return self.file[layout.neuron_path(name)][:]
+        return np.asarray(self.file[layout.neuron_path(name)][:])
 
-    def cluster_labels(self) -> np.ndarray | None:
+    def cluster_labels(self) -> npt.NDArray[np.int32] | None:
         """Each neuron's cluster label (n_layers, d_mlp), -1 outside the clustered neurons; None without clusters."""
         return self._cluster_labels if layout.CLUSTER_LABEL in self.file else None
 
-    def vocab(self) -> np.ndarray:
+    def vocab(self) -> npt.NDArray[np.object_]:
         if self._vocab is None:
             self._vocab = self.file[layout.VOCAB].asstr()[:] if layout.VOCAB in self.file else np.array([], dtype=object)
         return self._vocab
@@ -401,6 +408,7 @@ class CacheReader:
             raise UserError(f"{self.path} holds no '{name}' table: it was written without that step")
         group = self.file[name]
         order = _json_attribute(group.attrs.get(layout.COLUMNS, "[]")) or list(group)
+        assert isinstance(order, list)  # open_cache_file refused a columns attribute that is not a list of names
         columns = {}
         for key in order:
             dataset = group[key]
@@ -409,7 +417,7 @@ class CacheReader:
             columns[key] = dataset.asstr()[:] if h5py.check_string_dtype(dataset.dtype) else dataset[:]
         return pl.DataFrame(columns)
 
-    def attrs(self, name: str = layout.ROOT) -> dict:
+    def attrs(self, name: str = layout.ROOT) -> dict[str, Any]:
         """Attributes of a group, JSON values decoded."""
         out = {}
         for key, value in self.file[name].attrs.items():
@@ -421,7 +429,7 @@ class CacheReader:
             out[key] = value.item() if isinstance(value, np.generic) else value
         return out
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """Headline scalars: Σ positive Δ, net Δ, the top-128 toxic neurons' share, counts."""
         return {key: value for key, value in self.attrs(layout.SUMMARY).items() if key != layout.COLUMNS}
 
@@ -439,7 +447,7 @@ class CacheReader:
         return ClusterTree(linkage=group["linkage"][:], leaf_order=group["leaf_order"][:], layer=group["layer"][:],
                            neuron=group["neuron"][:], label=group["label"][:], attrs=self.attrs(layout.CLUSTERS))
 
-    def differences(self) -> dict[str, dict]:
+    def differences(self) -> dict[str, dict[str, Any]]:
         """Where the pair differs on any text (``schema.DIFFERENCE_ARRAYS``), per source present: the arrays and
         the attributes (n_tokens, kl_mean, ...). Empty for caches written without it."""
         found = {}
@@ -451,7 +459,7 @@ class CacheReader:
                                  "attrs": {k: v for k, v in self.attrs(name).items() if k != layout.COLUMNS}}
         return found
 
-    def dynamics(self) -> dict | None:
+    def dynamics(self) -> dict[str, Any] | None:
         """The checkpoint series (``schema.DYNAMICS_ARRAYS`` and the attribute ``steps``), or None without one."""
         if layout.DYNAMICS not in self.file:
             return None
@@ -459,8 +467,8 @@ class CacheReader:
         return {**{name: group[name][:] for name in schema.DYNAMICS_ARRAYS if name in group},
                 "steps": self.attrs(layout.DYNAMICS).get(layout.DYNAMICS_STEPS, [])}
 
-    def probe_direction(self) -> np.ndarray:
-        return self.file[layout.PROBE_DIRECTION][:]
+    def probe_direction(self) -> FloatArray:
+        return np.asarray(self.file[layout.PROBE_DIRECTION][:])
 
     # -- prompts ---------------------------------------------------------------------------------------------
     def prompt_texts(self) -> list[str]:
@@ -481,7 +489,7 @@ class CacheReader:
         if layer is not None and not 0 <= layer < self.info.n_layers:
             raise UserError(f"layer {layer} is out of range: the model has layers 0 to {self.info.n_layers - 1}")
 
-    def _dense_cluster_labels(self) -> np.ndarray:
+    def _dense_cluster_labels(self) -> npt.NDArray[np.int32]:
         labels = np.full((self.info.n_layers, self.info.d_mlp), -1, dtype=np.int32)
         if layout.CLUSTER_LABEL in self.file:
             group = self.file[layout.CLUSTERS]

@@ -123,10 +123,12 @@ OPTIONAL_DATASETS = frozenset({
                                              "sum_weight_term_v3")),
 })
 REQUIRED_ATTRIBUTES = (layout.ARCHITECTURE, layout.N_LAYERS, layout.D_MLP, layout.D_MODEL, layout.CREATED)
-REQUIRED_DATASETS: dict[str, tuple[str, tuple]] = {path: kind for path, kind in {
+Shape = tuple[str | int | None, ...]  # root attributes' names, numbers, or None for any length
+_DECLARED_DATASETS: dict[str, tuple[str, Shape]] = {
     **{layout.neuron_path(name): ("f", (layout.N_LAYERS, layout.D_MLP)) for name in NEURON_COLUMNS},
     layout.NEURON_GROUP: ("iu", (layout.N_LAYERS, layout.D_MLP)),
     **{layout.layer_path(name): ("f", (layout.N_LAYERS,)) for name in LAYER_COLUMNS},
     **{layout.summary_path(name): ("O" if name == "group" else "biuf", (len(GROUP_NAMES),)) for name in SUMMARY_COLUMNS},
     layout.PROMPT_TEXT: ("O", (None,)),
-}.items() if path not in OPTIONAL_DATASETS}
+}
+REQUIRED_DATASETS = {path: kind for path, kind in _DECLARED_DATASETS.items() if path not in OPTIONAL_DATASETS}

@@ -17,11 +17,15 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 
 from neuron_explorer import __version__
 from neuron_explorer.errors import UserError
@@ -29,8 +33,12 @@ from neuron_explorer.errors import UserError
 from . import layout, schema
 from .atomic import atomic_path, sweep_stale_temporaries
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
 _FLOAT_OPTS = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 _STR = h5py.string_dtype("utf-8")
+SignalHandler = Callable[[int, FrameType | None], object] | int | None  # what signal.getsignal returns
 
 
 class _WriteOnceFailing:
@@ -42,12 +50,12 @@ class _WriteOnceFailing:
 
     def __init__(self, path: Path):
         self.raw = open(path, "w+b", buffering=0)
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
         self.held: list[tuple[int, bytes]] = []  # (offset, bytes) written after the failure, oldest first
         self.position = 0
         self.end = 0
 
-    def write(self, data) -> int:
+    def write(self, data: ReadableBuffer) -> int:
         view = memoryview(data).cast("B")
         size = len(view)
         while self.error is None and len(view):
@@ -63,7 +71,7 @@ class _WriteOnceFailing:
         self.end = max(self.end, self.position)
         return size
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         target = memoryview(buffer).cast("B")
         count = max(0, min(len(target), self.end - self.position))
         try:
@@ -109,7 +117,7 @@ class _WriteOnceFailing:
 _CALLBACKS = frozenset(member.__code__ for member in vars(_WriteOnceFailing).values() if callable(member))
 
 
-def _inside_hdf5_callback(frame) -> bool:
+def _inside_hdf5_callback(frame: FrameType | None) -> bool:
     """Whether ``frame`` (or a caller) is one of the stream's methods, which only HDF5 calls."""
     while frame is not None:
         if frame.f_code in _CALLBACKS:
@@ -119,7 +127,7 @@ def _inside_hdf5_callback(frame) -> bool:
 
 
 @contextmanager
-def _interrupts_held_inside_hdf5(held: list):
+def _interrupts_held_inside_hdf5(held: list[tuple[int, SignalHandler]]) -> Iterator[None]:
     """For the block, a SIGINT or SIGTERM that lands while HDF5 is calling the stream is appended to ``held`` (with
     the handler it would have met) instead of raising there (HDF5 would drop the exception and the write); anywhere else it acts at once, as
     KeyboardInterrupt for SIGINT and SystemExit(143) for SIGTERM, so that the temporary is removed on the way out.
@@ -127,9 +135,10 @@ def _interrupts_held_inside_hdf5(held: list):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, SignalHandler] = {number: signal.getsignal(number)
+                                          for number in (signal.SIGINT, signal.SIGTERM)}
 
-    def handle(number, frame):
+    def handle(number: int, frame: FrameType | None) -> None:
         if _inside_hdf5_callback(frame):
             held.append((number, previous[number]))
         else:
@@ -144,7 +153,7 @@ def _interrupts_held_inside_hdf5(held: list):
             signal.signal(number, handler)
 
 
-def deliver_signal(number: int, handler) -> None:
+def deliver_signal(number: int, handler: SignalHandler) -> None:
     """What ``handler`` (the one the writer replaced) does with the signal, raised as an exception rather than a
     sudden death, so that the temporary is removed on the way out."""
     if callable(handler):
@@ -155,7 +164,7 @@ def deliver_signal(number: int, handler) -> None:
         raise SystemExit(128 + number)
 
 
-def _digest(values) -> str:
+def _digest(values: npt.ArrayLike) -> str:
     """A digest of an array's shape and values (strings as their UTF-8 text), to compare the read-back with."""
     array = np.asarray(values)
     digest = hashlib.blake2b(repr(array.shape).encode(), digest_size=16)
@@ -167,26 +176,26 @@ def _digest(values) -> str:
     return digest.hexdigest()
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
-def storable_strings(values) -> np.ndarray:
+def storable_strings(values: Iterable[object]) -> npt.NDArray[np.object_]:
     """An object array of the strings with NUL written as the two characters \\0: HDF5 variable-length strings
     cannot hold NUL, and a model may well generate it."""
     return np.array([str(value).replace("\x00", "\\0") for value in values], dtype=object)
 
 
-def write_columns(group: h5py.Group, columns: dict, chunk_rows: int | None = None,
-                  digests: dict | None = None) -> None:
+def write_columns(group: h5py.Group, columns: Mapping[str, npt.ArrayLike], chunk_rows: int | None = None,
+                  digests: dict[str, str] | None = None) -> None:
     """Write equal-length columns (numbers or strings) as one dataset each under ``group``, keeping their order;
     ``digests`` (dataset name -> digest) receives what each dataset should read back as."""
     group.attrs[layout.COLUMNS] = json.dumps(list(columns), ensure_ascii=False)
     for name, values in columns.items():
-        array = None if isinstance(values, (list, tuple)) and (not values or isinstance(values[0], str)) \
-            else np.asarray(values)
-        if array is None or array.dtype.kind in "US":
-            data, options = storable_strings(values if array is None else array.tolist()), {"dtype": _STR}
+        if isinstance(values, (list, tuple)) and (not values or isinstance(values[0], str)):
+            data, options = storable_strings(values), {"dtype": _STR}
+        elif (array := np.asarray(values)).dtype.kind in "US":
+            data, options = storable_strings(array.tolist()), {"dtype": _STR}
         elif array.size >= 1024:
             chunks = (min(len(array), chunk_rows or 65536),) + array.shape[1:] if array.ndim else None
             data, options = array, {"chunks": chunks, **_FLOAT_OPTS}
@@ -201,7 +210,7 @@ class CacheWriter:
     """Context manager that builds one cache file and moves it into place only if the body succeeds."""
 
     def __init__(self, path: str | Path, *, n_layers: int, d_mlp: int, d_model: int, architecture: str,
-                 provenance: dict):
+                 provenance: dict[str, Any]) -> None:
         self.path = Path(path)
         self.n_layers, self.d_mlp, self.d_model = n_layers, d_mlp, d_model
         self.architecture = architecture
@@ -209,7 +218,8 @@ class CacheWriter:
         self.file: h5py.File | None = None
         self._stream: _WriteOnceFailing | None = None
         self._stack = ExitStack()
-        self._held_signals: list = []  # (signal, its handler) that landed inside HDF5, raised at the next check
+        # (signal, its handler) that landed inside HDF5, raised at the next check
+        self._held_signals: list[tuple[int, SignalHandler]] = []
         self._digests: dict[str, str] = {}  # dataset name -> digest of the values written whole
         self._filled: list[str] = []  # datasets the caller fills piece by piece (prompt_activations)
         self._attributes: dict[tuple[str, str], object] = {}  # (object name, attribute) -> value written
@@ -221,7 +231,12 @@ class CacheWriter:
         with ExitStack() as stack:
             stack.enter_context(_interrupts_held_inside_hdf5(self._held_signals))
             temporary = stack.enter_context(atomic_path(self.path, advice="choose another -o path"))
-            stack.push(lambda exc_type, *_: exc_type is None and self.verify(temporary))
+
+            def verify_on_success(exc_type: type[BaseException] | None, *_: object) -> None:
+                if exc_type is None:
+                    self.verify(temporary)
+
+            stack.push(verify_on_success)
             stream = self._stream = _WriteOnceFailing(temporary)
             stack.callback(self.check)
             stack.callback(stream.close)
@@ -236,7 +251,8 @@ class CacheWriter:
             self._stack = stack.pop_all()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         """Close the HDF5 file, then the stream, then verify and publish the temporary (or remove it, whatever
         failed)."""
         try:
@@ -282,10 +298,16 @@ class CacheWriter:
             raise UserError(f"the cache written for {self.path} did not read back as written ({error}); nothing "
                             f"was published: run the command again") from None
 
+    def _opened(self) -> h5py.File:
+        """The temporary's HDF5 file, which exists only inside the with block."""
+        if self.file is None:
+            raise RuntimeError("CacheWriter writes only inside its with block")
+        return self.file
+
     # -- per-neuron and per-layer data -------------------------------------------------------------------
-    def write_neuron_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+    def write_neuron_arrays(self, arrays: Mapping[str, npt.ArrayLike]) -> None:
         """(n_layers, d_mlp, ...) arrays, chunked one layer per chunk so that a layer reads in one go."""
-        group = self.file.require_group(layout.NEURONS)
+        group = self._opened().require_group(layout.NEURONS)
         for name, array in arrays.items():
             array = np.asarray(array)
             if array.shape[:2] != (self.n_layers, self.d_mlp):
@@ -293,47 +315,48 @@ class CacheWriter:
             dataset = group.create_dataset(name, data=array, chunks=(1,) + array.shape[1:], **_FLOAT_OPTS)
             self._digests[dataset.name] = _digest(array)
 
-    def write_groups(self, codes: np.ndarray) -> None:
+    def write_groups(self, codes: npt.NDArray[np.integer[Any]]) -> None:
         self.write_neuron_arrays({layout.GROUP_CODES: codes.astype(np.int8)})
         self.write_attrs({layout.GROUP_CODE_NAMES: schema.GROUP_NAMES}, layout.NEURON_GROUP)
 
-    def write_layers(self, columns: dict[str, np.ndarray]) -> None:
-        write_columns(self.file.require_group(layout.LAYERS), {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()},
-                      digests=self._digests)
+    def write_layers(self, columns: Mapping[str, npt.ArrayLike]) -> None:
+        write_columns(self._opened().require_group(layout.LAYERS),
+                      {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}, digests=self._digests)
 
     # -- prompts, activations per prompt, vocabulary -----------------------------------------------------
-    def write_prompts(self, columns: dict) -> None:
-        write_columns(self.file.require_group(layout.PROMPTS), columns, digests=self._digests)
+    def write_prompts(self, columns: Mapping[str, npt.ArrayLike]) -> None:
+        write_columns(self._opened().require_group(layout.PROMPTS), columns, digests=self._digests)
 
     def prompt_activations(self, model: str, n_prompts: int) -> h5py.Dataset:
         """A float16 (prompts, layers, d_mlp) dataset to fill batch by batch; one chunk holds one neuron block
         of one layer for up to 64 prompts, so "which prompts move this neuron" reads a thin column."""
         chunk = (min(n_prompts, 64), 1, min(self.d_mlp, 512))
-        dataset = self.file.require_group(layout.PROMPT_ACTS).create_dataset(
+        dataset = self._opened().require_group(layout.PROMPT_ACTS).create_dataset(
             model, shape=(n_prompts, self.n_layers, self.d_mlp), dtype=np.float16, chunks=chunk, **_FLOAT_OPTS)
         self._filled.append(dataset.name)
         return dataset
 
     def write_vocab(self, strings: list[str]) -> None:
         data = storable_strings(strings)
-        self._digests[self.file.create_dataset(layout.VOCAB, data=data, dtype=_STR).name] = _digest(data)
+        self._digests[self._opened().create_dataset(layout.VOCAB, data=data, dtype=_STR).name] = _digest(data)
 
     # -- small tables and blobs --------------------------------------------------------------------------
-    def write_table(self, name: str, columns: dict, attrs: dict | None = None) -> None:
+    def write_table(self, name: str, columns: Mapping[str, npt.ArrayLike],
+                    attrs: Mapping[str, object] | None = None) -> None:
         """A small table (summary, clusters, evaluation, ...) as one dataset per column under /name."""
-        write_columns(self.file.require_group(name), columns, digests=self._digests)
+        write_columns(self._opened().require_group(name), columns, digests=self._digests)
         self.write_attrs(attrs or {}, name)
 
-    def write_array(self, name: str, array: np.ndarray, attrs: dict | None = None) -> None:
+    def write_array(self, name: str, array: npt.ArrayLike, attrs: Mapping[str, object] | None = None) -> None:
         array = np.asarray(array)
-        self._digests[self.file.create_dataset(name, data=array).name] = _digest(array)
+        self._digests[self._opened().create_dataset(name, data=array).name] = _digest(array)
         self.write_attrs(attrs or {}, name)
 
-    def write_attrs(self, attrs: dict, name: str = layout.ROOT) -> None:
+    def write_attrs(self, attrs: Mapping[str, object], name: str = layout.ROOT) -> None:
         """Attributes of the root, a table or an array; values other than numbers, booleans and strings are stored
         as JSON."""
-        target = self.file[name].attrs
+        target = self._opened()[name].attrs
         for key, value in attrs.items():
             value = value if isinstance(value, (int, float, str, np.number, np.bool_)) else json.dumps(value)
             target[key] = value
-            self._attributes[(self.file[name].name, key)] = value
+            self._attributes[(self._opened()[name].name, key)] = value

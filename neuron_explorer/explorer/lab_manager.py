@@ -174,7 +174,7 @@ class LabManager:
         def apply(answer) -> None:
             if answer is None:
                 return
-            self.lab.intervention = answer
+            self.lab.intervention = answer.intervention
             self.notify(f"the patched run applies {answer.name()} ({answer.n_neurons:,} neurons)")
             self.lab_version += 1
             self.lab_rerun()
@@ -200,5 +200,6 @@ def describe_try(attempt: LabTry) -> str:
     result = attempt.result or {}
     runs = result.get("runs", {})
     scores = " ".join(f"{name} {run['toxicity']:.2f}" for name, run in runs.items() if "toxicity" in run)
-    patch = f" [{attempt.intervention.name()}]" if attempt.intervention else ""
+    intervention = attempt.request.intervention
+    patch = f" [{intervention.name()}]" if intervention else ""
     return f"#{attempt.request.id} {scores or attempt.state}{patch}  {short_text(attempt.request.prompt, 60)}"

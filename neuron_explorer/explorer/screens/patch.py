@@ -10,8 +10,9 @@ from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.errors import UserError
+from neuron_explorer.spec.intervention import INTERVENTION_POSITIONS, Positions
 
-from ..jobs import PAPER_ROWS, PRESET_POSITIONS, PatchJob, PatchRequest
+from ..jobs import PAPER_ROWS, PatchJob, PatchRequest
 from ..targets import patch_targets
 from .dialogs import Dialog
 
@@ -55,14 +56,14 @@ class PatchDialog(Dialog[PatchRequest]):
             yield Label(id="mode-about", classes="field-about")
             with Horizontal(classes="field"):
                 yield Label("positions", classes="field-label")
-                positions = [(f"{name}: {text.split(' (')[0]}", name) for name, text in modes.POSITIONS.items()]
+                positions = [(f"{p.value}: {p.description.split(' (')[0]}", p) for p in INTERVENTION_POSITIONS]
                 if preset:
                     positions.insert(0, ("authors': ablation at every position, the rest newest",
-                                         PRESET_POSITIONS))
+                                         Positions.AUTHORS))
                 yield Select(positions, value=request.positions, allow_blank=False, id="patch-positions")
             for mode in ([] if preset else offered):
                 for parameter in mode.parameters:
-                    given = request.params.get(parameter.name) if mode.name == request.mode else None
+                    given = request.intervention.params.get(parameter.name) if mode.name == request.mode else None
                     with Horizontal(classes=f"field parameter mode-{mode.name}"):
                         yield Label(parameter.name, classes="field-label")
                         yield Input(value="" if given is None else f"{given:g}", type="number",
@@ -81,7 +82,7 @@ class PatchDialog(Dialog[PatchRequest]):
         if request.preset:
             return f"Run the papers' comparison, one job: {PAPER_ROWS}"
         count = f"{request.n_neurons:,} neuron{'' if request.n_neurons == 1 else 's'}"
-        if any(spec.startswith("group:") for spec in request.sets):
+        if any(spec.startswith("group:") for spec in request.intervention.sets):
             count += ", v1 groups"  # the overview's default definition, the one the patch command resolves
         where = "the lab's patched run" if self.lab else "the base model"
         return f"Patch {request.target} ({count}) in {where}"
@@ -150,18 +151,14 @@ class PatchDialog(Dialog[PatchRequest]):
                  for parameter in parameters}
         given = {name: text for name, text in texts.items() if text}
         prompts = self.query_one("#patch-prompts", Input).value.strip()
+        positions = self.query_one("#patch-positions", Select).value
         try:
-            values = mode.values(given)
             if prompts and not (prompts.isdigit() and int(prompts) >= 1):
                 raise UserError(f"prompts: '{prompts}' is not a number of prompts (1 or more)")
+            request = self.request.chosen(mode.name, positions, given, int(prompts) if prompts else None)
         except UserError as error:
             self.notify(str(error), severity="error")
             return
-        request = self.request
-        request.mode = mode.name
-        request.positions = str(self.query_one("#patch-positions", Select).value)
-        request.params = {name: values[name] for name in given}
-        request.max_prompts = int(prompts) if prompts else None
         self.dismiss(request)
 
 

@@ -37,9 +37,9 @@ def test_every_mode_and_position_survives_the_command_line_and_json(given):
 
 
 @pytest.mark.parametrize("positions", list(Positions))
-@pytest.mark.parametrize("patch_mode", modes.PRESET_PATCH_MODES)
-def test_the_paper_preset_survives_the_command_line(patch_mode, positions):
-    preset = PaperPreset(patch_mode, positions)
+@pytest.mark.parametrize("mode", modes.PRESET_PATCH_MODES)
+def test_the_paper_preset_survives_the_command_line(mode, positions):
+    preset = PaperPreset(mode, positions)
     args = parse("patch", preset.to_argv())
     assert args.preset == "paper" and PaperPreset.from_args(args) == preset
 
@@ -96,12 +96,12 @@ def test_the_dialog_the_patch_command_and_the_lab_share_one_intervention():
     lab sends the same value to its worker, which reads it back unchanged."""
     request = target_request("TP↓", ["group:TP↓"], 10).chosen("scale", Positions.NEWEST, {"factor": "0.25"}, 5)
     args = parse("patch", request.argv(Path("x.h5"))[1:])
-    assert Intervention.from_args(args) == request.intervention and args.max_prompts == 5 and args.progress_json
-    assert request.intervention.name() == "scale TP↓ (10)"  # the run's label names the target and its size
-    sent = RunRequest(7, "You are", request.intervention)
-    assert parse_request(sent.to_json()).intervention == request.intervention
+    assert Intervention.from_args(args) == request.spec and args.max_prompts == 5 and args.progress_json
+    assert request.spec.name() == "scale TP↓ (10)"  # the run's label names the target and its size
+    sent = RunRequest(7, "You are", request.spec)
+    assert parse_request(sent.to_json()).intervention == request.spec
     preset = paper_request().chosen("shift", Positions.NEWEST, {}, None)
-    assert PaperPreset.from_args(parse("patch", preset.argv(Path("x.h5"))[1:])) == preset.preset
+    assert PaperPreset.from_args(parse("patch", preset.argv(Path("x.h5"))[1:])) == preset.spec
 
 
 def test_every_position_has_words_for_the_help_and_the_dialog():

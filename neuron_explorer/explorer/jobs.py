@@ -39,37 +39,29 @@ class PatchRequest:
 
     target: str  # what was chosen, as the dialog and the run's label say it: "TP↓", "cluster 3", "marked neurons"
     n_neurons: int
-    intervention: Intervention | None = None  # None: the preset
-    preset: PaperPreset | None = None
+    spec: Intervention | PaperPreset  # what the job runs
     max_prompts: int | None = None  # None: the command's default
     cleanup: tuple[Path, ...] = ()  # temporary files to delete when the job ends
     extra: tuple[str, ...] = ()  # further `patch` options (evaluation sizes, devices)
 
     @property
-    def mode(self) -> str:
-        """The mode the dialog shows: the intervention's, or the preset's group rows'."""
-        return self.preset.patch_mode if self.preset else self.intervention.mode
-
-    @property
-    def positions(self) -> Positions:
-        return self.preset.positions if self.preset else self.intervention.positions
+    def preset(self) -> bool:
+        return isinstance(self.spec, PaperPreset)
 
     def name(self) -> str:
-        if self.preset:
-            return f"{self.target} ({self.preset.patch_mode} for the group rows)"
-        return self.intervention.name()
+        return self.spec.name()
 
     def chosen(self, mode: str, positions: Positions, params: dict, max_prompts: int | None) -> PatchRequest:
         """This request with the dialog's choices (a one-line UserError for a bad one); the run is labelled by the
         mode, the target and its size."""
-        if self.preset:
-            return replace(self, preset=PaperPreset(mode, positions), max_prompts=max_prompts)
-        intervention = Intervention(mode, self.intervention.sets, positions, params,
+        if isinstance(self.spec, PaperPreset):
+            return replace(self, spec=PaperPreset(mode, positions), max_prompts=max_prompts)
+        intervention = Intervention(mode, self.spec.sets, positions, params,
                                     label=run_label(mode, self.target, self.n_neurons))
-        return replace(self, intervention=intervention, max_prompts=max_prompts)
+        return replace(self, spec=intervention, max_prompts=max_prompts)
 
     def argv(self, cache_path: Path) -> list[str]:
-        args = [str(cache_path), *(self.preset.to_argv() if self.preset else self.intervention.to_argv())]
+        args = [str(cache_path), *self.spec.to_argv()]
         args.append("--progress-json")
         if self.max_prompts is not None:
             args += ["--max-prompts", str(self.max_prompts)]
@@ -89,7 +81,7 @@ def target_request(target: str, sets: list[str], n_neurons: int, mode: str = mod
 
 def paper_request() -> PatchRequest:
     """The papers' comparison (`patch --preset paper`): seven runs, one job, one progress bar."""
-    return PatchRequest("the papers' comparison", 0, preset=PaperPreset())
+    return PatchRequest("the papers' comparison", 0, PaperPreset())
 
 
 @dataclass

@@ -16,8 +16,10 @@ from textual import work
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.atomic import write_json_atomically
 from neuron_explorer.errors import UserError
+from neuron_explorer.spec.intervention import Intervention
 
 from .formatting import short_text
+from .jobs import PatchRequest
 from .lab_client import LabTry, WorkerExited, WorkerProcess
 from .messages import LabWorkerEvent
 from .screens.dialogs import ChoiceDialog, PromptDialog
@@ -171,10 +173,10 @@ class LabManager:
             self.notify(str(error), severity="error")
             return
 
-        def apply(answer) -> None:
-            if answer is None:
+        def apply(answer: PatchRequest | None) -> None:
+            if answer is None or not isinstance(answer.spec, Intervention):  # the lab's dialog offers no preset
                 return
-            self.lab.intervention = answer.intervention
+            self.lab.intervention = answer.spec
             self.notify(f"the patched run applies {answer.name()} ({answer.n_neurons:,} neurons)")
             self.lab_version += 1
             self.lab_rerun()

@@ -13,6 +13,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.errors import UserError
@@ -139,28 +140,31 @@ class Intervention:
 
 @dataclass(frozen=True)
 class PaperPreset:
-    """`patch --preset paper`: the papers' rows as one job (runs.paper_preset), with how its group rows patch and
-    where (AUTHORS: each row as the authors ran it)."""
+    """`patch --preset paper`: the papers' rows as one job (runs.paper_preset), with the mode its group rows patch
+    with and where the rows act (AUTHORS: each row as the authors ran it)."""
 
-    patch_mode: str = modes.PRESET_PATCH_MODES[0]
+    mode: str = modes.PRESET_PATCH_MODES[0]
     positions: Positions = Positions.AUTHORS
 
     def __post_init__(self) -> None:
-        if self.patch_mode not in modes.PRESET_PATCH_MODES:
+        if self.mode not in modes.PRESET_PATCH_MODES:
             raise UserError(f"the paper preset patches its group rows with {' or '.join(modes.PRESET_PATCH_MODES)}, "
-                            f"not {self.patch_mode}")
+                            f"not {self.mode}")
         object.__setattr__(self, "positions", Positions.parse(self.positions))
 
     def to_argv(self) -> list[str]:
-        argv = ["--preset", "paper", "--mode", self.patch_mode]
+        argv = ["--preset", "paper", "--mode", self.mode]
         return argv + ([] if self.positions is Positions.AUTHORS else ["--positions", self.positions.value])
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PaperPreset:
         return cls(args.mode or modes.PRESET_PATCH_MODES[0], args.positions or Positions.AUTHORS)
 
+    def name(self) -> str:
+        return f"the papers' comparison ({self.mode} for the group rows)"
 
-def given_params(args: argparse.Namespace) -> dict[str, str]:
+
+def given_params(args: argparse.Namespace) -> dict[str, Any]:
     """The mode parameters given as options (`add_arguments`), unchecked: the mode that takes them checks them."""
     return {name: getattr(args, name) for name in modes.parameter_names() if getattr(args, name) is not None}
 

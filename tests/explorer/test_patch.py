@@ -44,7 +44,7 @@ async def test_dialog_launches_a_background_run_that_appears_beside_base_and_dpo
         await wait_until_loaded(app, pilot)
         await launch(pilot, app, "group TP↓")  # the mode left as the dialog offers it: the per-token shift
         job = app.jobs[0]
-        intervention = job.request.intervention
+        intervention = job.request.spec
         assert intervention.sets == ("group:TP↓",) and intervention.mode == "shift" and job.request.max_prompts == 12
         assert job.request.n_neurons == (app.store.frame["group"] == "TP↓").sum() > 0  # counted by other code
         args = build_parser().parse_args(["patch", *job.request.argv(cache_path)])  # what the real command reads
@@ -133,15 +133,15 @@ async def test_patching_the_marked_selection_passes_a_temporary_set_file_and_rem
         await pilot.pause()
         assert isinstance(app.screen, PatchDialog)
         request = app.screen.request
-        assert request.n_neurons == 2 and request.intervention.sets[0].startswith("file:")
-        path = Path(request.intervention.sets[0].removeprefix("file:"))
+        assert request.n_neurons == 2 and request.spec.sets[0].startswith("file:")
+        path = Path(request.spec.sets[0].removeprefix("file:"))
         assert path.exists()
         await pilot.press("escape")  # cancelling the dialog removes the file too
         await pilot.pause()
         assert not path.exists() and app.jobs == []
         await pilot.press("p")
         await pilot.pause()
-        path = Path(app.screen.request.intervention.sets[0].removeprefix("file:"))
+        path = Path(app.screen.request.spec.sets[0].removeprefix("file:"))
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.jobs and app.jobs[0].state == "done")
         await app.workers.wait_for_complete()
@@ -165,7 +165,7 @@ async def test_patch_without_a_target_explains_itself_and_palette_offers_patch_c
         app.action_cancel_patch()  # nothing running: a message, no error
         await pilot.press("3", "p")
         await pilot.pause()
-        assert isinstance(app.screen, PatchDialog) and app.screen.request.intervention.sets[0].startswith("cluster:")
+        assert isinstance(app.screen, PatchDialog) and app.screen.request.spec.sets[0].startswith("cluster:")
 
 
 async def test_dialog_rejects_bad_numbers(make_app, fake_patch_command, wait_until_loaded):

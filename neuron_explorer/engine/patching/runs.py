@@ -392,7 +392,7 @@ def warm_up(plan, session: PatchSession) -> dict[str, float]:
 
 def paper_preset(preset: PaperPreset = PaperPreset(), toxic_k: int = 128,
                  tuning_free: dict | None = None) -> list[Intervention]:
-    """Ablate the top-K toxic neurons; patch each reducing group alone (with `preset.patch_mode`); patch all four;
+    """Ablate the top-K toxic neurons; patch each reducing group alone (with `preset.mode`); patch all four;
     the tuning-free edit (with the parameters in `tuning_free`, its defaults otherwise).
 
     With `Positions.AUTHORS`, each row follows the authors' protocol: the ablation zeroes the value vectors (every
@@ -404,7 +404,7 @@ def paper_preset(preset: PaperPreset = PaperPreset(), toxic_k: int = 128,
     authors = preset.positions is Positions.AUTHORS
     ablate_at = Positions.ALL if authors else preset.positions
     patch_at = Positions.NEWEST if authors else preset.positions
-    patch_mode = preset.patch_mode
+    patch_mode = preset.mode
     specs = [Intervention(modes.PRESET_ABLATION, (f"toxic:{toxic_k}",), ablate_at,
                           label=f"ablate top-{toxic_k} toxic")]
     how = "" if patch_mode == modes.PRESET_PATCH_MODES[0] else f" ({patch_mode})"

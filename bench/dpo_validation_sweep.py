@@ -18,13 +18,13 @@ import time
 from transformers import AutoTokenizer, TrainerCallback
 
 from neuron_explorer.engine.model.architectures import architecture_for
-from neuron_explorer.engine.alignment.corpora import load_corpus, perplexity_windows
+from neuron_explorer.engine.measure.corpora import load_corpus, perplexity_windows
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, default_work_dir
 from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
-from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, perplexity, toxicity
+from neuron_explorer.engine.measure.evaluation import EvaluationSettings, perplexity, toxicity
 from neuron_explorer.engine.model.loading import LoadedModel, embedded_base_dir
-from neuron_explorer.engine.alignment.prompts import RTP_VALIDATION, load_prompts
-from neuron_explorer.engine.alignment.scoring import CHECK_SCORER, DEFAULT_SCORER, get_scorer
+from neuron_explorer.engine.measure.prompts import RTP_VALIDATION, load_prompts
+from neuron_explorer.engine.measure.scoring import CHECK_SCORER, DEFAULT_SCORER, get_scorer
 
 EVALUATION_WINDOWS = 24  # the build's perplexity windows, which the sweep must not use
 

@@ -27,15 +27,15 @@ from pathlib import Path
 
 import torch
 
-from neuron_explorer.engine.alignment.corpora import load_corpus
+from neuron_explorer.engine.measure.corpora import load_corpus
 from neuron_explorer.engine.defaults import default_cache_path
-from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate
+from neuron_explorer.engine.measure.evaluation import EvaluationSettings, evaluate
 from neuron_explorer.engine.patching.interventions import hook_count
 from neuron_explorer.engine.model.loading import load_model
 from neuron_explorer.engine.patching.runs import PatchSession, RunSettings
 from neuron_explorer.spec.intervention import Intervention
-from neuron_explorer.engine.alignment.prompts import load_prompts
-from neuron_explorer.engine.alignment.scoring import get_scorer
+from neuron_explorer.engine.measure.prompts import load_prompts
+from neuron_explorer.engine.measure.scoring import get_scorer
 
 SPECS = [
     Intervention("patch-mean", ("group:reducing",), label="patch all four ↓ groups"),

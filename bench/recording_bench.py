@@ -36,7 +36,7 @@ import torch
 from neuron_explorer.engine.model.generation import special_token_ids, batches, encode_prompts, generate_tokens
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import load_model
-from neuron_explorer.engine.alignment.prompts import load_prompts
+from neuron_explorer.engine.measure.prompts import load_prompts
 from neuron_explorer.engine.neurons.recording import record_model
 
 
@@ -109,7 +109,7 @@ def timed(function, *args) -> float:
 
 def whole_compute(args) -> None:
     """`compute` with its defaults against the bare generation of both models on the prompts it records."""
-    from neuron_explorer.engine.alignment.prompts import hold_out_for_patching
+    from neuron_explorer.engine.measure.prompts import hold_out_for_patching
     from neuron_explorer.engine.model.weights import lens_memo
     from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 

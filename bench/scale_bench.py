@@ -112,7 +112,7 @@ def build_pair(size: str) -> tuple[Path, Path]:
 def prepare_prompts(path: Path, count: int) -> None:
     """`count` prompts, one a line: the builtin ones, repeated (numbered) when more are needed (1,199 for the GPU
     check, as many as RealToxicityPrompts' challenging subset that the papers record)."""
-    from neuron_explorer.engine.alignment.prompts import load_prompts
+    from neuron_explorer.engine.measure.prompts import load_prompts
 
     texts = load_prompts("builtin").texts
     lines = [texts[i % len(texts)] + (f" ({i // len(texts)})" if i >= len(texts) else "") for i in range(count)]
@@ -124,7 +124,7 @@ def quick_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from neuron_explorer.engine.alignment.prompts import load_prompts
+    from neuron_explorer.engine.measure.prompts import load_prompts
 
     core = Tokenizer(models.BPE(unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -159,7 +159,7 @@ def compute_settings(args, base: Path, tuned: Path, output: Path):
 
 
 def recorded_texts(settings) -> list[str]:
-    from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
+    from neuron_explorer.engine.measure.prompts import hold_out_for_patching, load_prompts
 
     prompts = load_prompts(settings.prompts, max_prompts=settings.max_prompts)
     return hold_out_for_patching(prompts, settings.patch_holdout)[0].texts
@@ -245,7 +245,7 @@ def part_plan(args, base, tuned, cache) -> dict:
 
 
 def part_patch(args, base, tuned, cache) -> dict:
-    from neuron_explorer.engine.alignment.evaluation import evaluate
+    from neuron_explorer.engine.measure.evaluation import evaluate
     from neuron_explorer.engine.model.loading import load_model
     from neuron_explorer.engine.patching.runs import PatchSession, RunSettings
     from neuron_explorer.spec.intervention import Intervention

@@ -95,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(["explore", *argv])
         check_launch(args)
         refuse_outputs_over_inputs(args._parser, args)
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        if args._data_parallel and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from neuron_explorer.engine.model.distributed import leave_together
+
+            leave_together()
+        return code
     except UserError as error:
         print(f"neuron-explorer: error: {error}", file=sys.stderr)
         return 2

@@ -7,7 +7,8 @@ explorer can import it.
 
 Reading a line: `from_json` raises `EventError` (a `ValueError` that quotes the line) for anything that is not one of
 these events: not JSON, not an object, an unknown "event" or missing or unknown fields. It never guesses; a reader
-decides what such a line means (the explorer shows it as the job's output or skips it: libraries print too).
+decides what such a line means (the explorer's `JobProcess` skips it, keeping the last few for a failure's message:
+libraries print too).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class Failed:
 
 @dataclass(frozen=True)
 class Cancelled:
-    """The job was stopped by its user: the explorer's runner says so for a job; the lab's model worker says so for
-    a request it was asked to cancel."""
+    """The job was stopped by its user: the explorer's `JobProcess` says so for a job; the lab's model worker says so
+    for a request it was asked to cancel."""
 
 
 @dataclass(frozen=True)

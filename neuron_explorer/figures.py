@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from neuron_explorer.cache import annotations, schema
+from neuron_explorer.cache import annotations, layout, schema
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 
 GROUP_DEFINITION = "v1: sign class from cos_pre and ā_pre, ↓/↑ from the sign of δ (the cache's group column)"
@@ -89,7 +89,7 @@ def provenance(reader: CacheReader) -> dict:
     return {"cache": info.path.name, "created": info.created, "architecture": info.architecture,
             "neurons": f"{info.n_layers}×{info.d_mlp}", "prompts": info.n_prompts,
             "base": recorded.get("base"), "tuned": recorded.get("tuned"), "probe": recorded.get("probe"),
-            "protocol": {"positions": reader.attrs().get("positions"), "settings": recorded.get("settings")},
+            "protocol": {"positions": reader.attrs().get(layout.POSITIONS), "settings": recorded.get("settings")},
             "groups": GROUP_DEFINITION, "tool": "neuron-explorer figures"}
 
 

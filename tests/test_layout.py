@@ -18,11 +18,14 @@ PACKAGE = Path(neuron_explorer.__file__).parent
 FORBIDDEN = {
     "cache": ("engine", "explorer", "commands", "cli"),
     "engine": ("explorer", "commands", "cli"),
-    "engine.model": ("engine.alignment", "engine.neurons", "engine.patching", "engine.lab", "engine.build"),
+    "engine.model": ("engine.measure", "engine.alignment", "engine.neurons", "engine.patching", "engine.lab",
+                     "engine.build"),
+    "engine.measure": ("engine.alignment", "engine.neurons", "engine.patching", "engine.lab", "engine.build"),
     "engine.alignment": ("engine.neurons", "engine.patching", "engine.lab", "engine.build"),
-    "engine.neurons": ("engine.patching", "engine.lab", "engine.build"),
-    "engine.patching": ("engine.neurons", "engine.lab", "engine.build"),
-    "engine.lab": ("engine.build",),
+    # the pair is made (alignment) before it is read: reading it needs only the model and what it is measured with
+    "engine.neurons": ("engine.alignment", "engine.patching", "engine.lab", "engine.build"),
+    "engine.patching": ("engine.alignment", "engine.neurons", "engine.lab", "engine.build"),
+    "engine.lab": ("engine.alignment", "engine.build"),
     "explorer": ("commands", "cli"),
     "figures": ("engine", "explorer", "commands", "cli"),
     "spec": ("cache", "explorer", "commands", "cli", "figures"),

@@ -17,7 +17,7 @@ import polars as pl
 
 from neuron_explorer.errors import UserError
 
-from . import schema
+from . import layout, schema
 from .atomic import parse_json
 
 GROUP_DTYPE = pl.Enum(list(schema.GROUP_NAMES))
@@ -95,10 +95,10 @@ def open_cache_file(path: str | Path) -> h5py.File:
 def _header_problem(handle: h5py.File) -> str | None:
     """The format mark, the schema version and the `complete` flag, as a sentence that follows the file's name."""
     attrs = handle.attrs
-    if attrs.get("format") != schema.FORMAT_NAME:
+    if attrs.get(layout.FORMAT) != schema.FORMAT_NAME:
         return (f"is an HDF5 file but not a neuron-explorer cache (no '{schema.FORMAT_NAME}' format mark): open a "
                 f"file written by `neuron-explorer compute`")
-    version = attrs.get("schema_version", -1)
+    version = attrs.get(layout.SCHEMA_VERSION, -1)
     if not isinstance(version, (int, np.integer)):
         return f"has a schema version that is not a number ({version!r}): recompute it"
     version = int(version)
@@ -111,7 +111,7 @@ def _header_problem(handle: h5py.File) -> str | None:
         fixed = "; ".join(change for number, change in schema.SCHEMA_CHANGES.items() if number > version)
         return (f"was written by an older neuron-explorer (cache schema {version}), whose {fixed}: recompute it "
                 f"with `neuron-explorer compute`")
-    if not bool(attrs.get("complete", False)):
+    if not bool(attrs.get(layout.COMPLETE, False)):
         return "is incomplete (the run that wrote it did not finish): rerun `neuron-explorer compute`"
     return None
 
@@ -160,14 +160,15 @@ def _structure_problem(handle: h5py.File) -> str | None:
     missing = [name for name in schema.REQUIRED_ATTRIBUTES if name not in handle.attrs]
     if missing:
         return f"no root attribute {missing[0]}"
-    for name in ("n_layers", "d_mlp", "d_model"):
+    for name in (layout.N_LAYERS, layout.D_MLP, layout.D_MODEL):
         value = handle.attrs[name]
         if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
             shown = value.item() if isinstance(value, np.generic) else value
             return f"root attribute {name} is {shown!r}, not a whole number of at least 1"
-    sizes = {"n_layers": int(handle.attrs["n_layers"]), "d_mlp": int(handle.attrs["d_mlp"])}
-    if sizes["n_layers"] > MAX_LAYERS or sizes["n_layers"] * sizes["d_mlp"] > MAX_NEURONS:
-        return (f"it declares {sizes['n_layers']} × {sizes['d_mlp']} neurons, more than any model has "
+    n_layers, d_mlp = int(handle.attrs[layout.N_LAYERS]), int(handle.attrs[layout.D_MLP])
+    sizes = {layout.N_LAYERS: n_layers, layout.D_MLP: d_mlp}
+    if n_layers > MAX_LAYERS or n_layers * d_mlp > MAX_NEURONS:
+        return (f"it declares {n_layers} × {d_mlp} neurons, more than any model has "
                 f"(at most {MAX_LAYERS} layers and {MAX_NEURONS:,} neurons)")
     for name, (kinds, shape) in schema.REQUIRED_DATASETS.items():
         try:
@@ -190,13 +191,13 @@ def _value_problem(handle: h5py.File, path: Path) -> str | None:
     """Values no cache holds, which would crash or hang a screen or command later: group codes outside the eight
     groups, a per-neuron array whose chunks were never written (a small file declaring huge arrays), attributes
     that should be JSON and are not, and provenance that is not an object or records impossible settings."""
-    n_neurons = int(handle.attrs["n_layers"]) * int(handle.attrs["d_mlp"])
+    n_neurons = int(handle.attrs[layout.N_LAYERS]) * int(handle.attrs[layout.D_MLP])
     if path.stat().st_size < n_neurons:  # every cache stores far more than a byte per neuron
         return f"it declares {n_neurons:,} neurons but holds only {path.stat().st_size:,} bytes"
-    codes = handle["neurons/group"][()]
+    codes = handle[layout.NEURON_GROUP][()]
     if codes.size and (codes.min() < 0 or codes.max() >= len(schema.GROUP_NAMES)):
-        return f"/neurons/group holds codes outside 0–{len(schema.GROUP_NAMES) - 1}"
-    provenance = _json_attribute(handle.attrs.get("provenance", "{}"))
+        return f"/{layout.NEURON_GROUP} holds codes outside 0–{len(schema.GROUP_NAMES) - 1}"
+    provenance = _json_attribute(handle.attrs.get(layout.PROVENANCE, "{}"))
     if not isinstance(provenance, dict):
         return "the provenance attribute is not a JSON object"
     for key in ("base", "tuned", "settings", "probe", "prompts"):
@@ -214,8 +215,8 @@ def _value_problem(handle: h5py.File, path: Path) -> str | None:
     objects: list = [handle]
     handle.visititems(lambda name, item: objects.append(item))
     for item in objects:
-        if "columns" in item.attrs:
-            columns = _json_attribute(item.attrs["columns"])
+        if layout.COLUMNS in item.attrs:
+            columns = _json_attribute(item.attrs[layout.COLUMNS])
             if not (isinstance(columns, list) and all(isinstance(column, str) for column in columns)):
                 return f"{item.name}'s columns attribute is not a JSON list of names"
     return None
@@ -244,18 +245,18 @@ class CacheReader:
         self.path = Path(path)
         self.file = open_cache_file(self.path)
         attrs = self.file.attrs
-        n_prompts = len(self.file["prompts/text"]) if "prompts/text" in self.file else 0
+        n_prompts = len(self.file[layout.PROMPT_TEXT]) if layout.PROMPT_TEXT in self.file else 0
         self.info = CacheInfo(
             path=self.path,
-            architecture=str(attrs["architecture"]),
-            n_layers=int(attrs["n_layers"]),
-            d_mlp=int(attrs["d_mlp"]),
-            d_model=int(attrs["d_model"]),
+            architecture=str(attrs[layout.ARCHITECTURE]),
+            n_layers=int(attrs[layout.N_LAYERS]),
+            d_mlp=int(attrs[layout.D_MLP]),
+            d_model=int(attrs[layout.D_MODEL]),
             n_prompts=n_prompts,
-            created=str(attrs["created"]),
-            schema_version=int(attrs["schema_version"]),
-            package_version=str(attrs.get("package_version", "")),
-            provenance=_json_attribute(attrs.get("provenance", "{}")),
+            created=str(attrs[layout.CREATED]),
+            schema_version=int(attrs[layout.SCHEMA_VERSION]),
+            package_version=str(attrs.get(layout.PACKAGE_VERSION, "")),
+            provenance=_json_attribute(attrs.get(layout.PROVENANCE, "{}")),
         )
         self._cluster_labels = self._dense_cluster_labels()
         self._vocab: np.ndarray | None = None
@@ -276,7 +277,7 @@ class CacheReader:
     # -- neurons ------------------------------------------------------------------------------------------
     def neurons(self, layer: int | None = None, columns: list[str] | None = None) -> pl.DataFrame:
         """One row per neuron (one layer, or all layers): ids, group, cluster and the metrics of METHOD §2."""
-        wanted = [c for c in (columns or schema.NEURON_COLUMNS) if c in self.file["neurons"]]
+        wanted = [c for c in (columns or schema.NEURON_COLUMNS) if c in self.file[layout.NEURONS]]
         rows = slice(None) if layer is None else slice(layer, layer + 1)
         n_layers = self.info.n_layers if layer is None else 1
         self._check_layer(layer)
@@ -286,13 +287,13 @@ class CacheReader:
             "neuron": np.tile(np.arange(self.info.d_mlp, dtype=np.int32), n_layers),
         }
         frame = pl.DataFrame(data)
-        codes = self.file["neurons/group"][rows].ravel()
+        codes = self.file[layout.NEURON_GROUP][rows].ravel()
         cluster = self._cluster_labels[rows].ravel()
         extra = [
             pl.Series("group", codes).replace_strict(dict(enumerate(schema.GROUP_NAMES)), return_dtype=GROUP_DTYPE),
             pl.Series("cluster", cluster).replace(-1, None),
         ]
-        extra += [pl.Series(name, self.file["neurons"][name][rows].ravel()) for name in wanted]
+        extra += [pl.Series(name, self.file[layout.neuron_path(name)][rows].ravel()) for name in wanted]
         absent = [c for c in (columns or schema.NEURON_COLUMNS) if c in schema.NEURON_COLUMNS and c not in wanted]
         extra += [pl.Series(name, np.full(n_layers * self.info.d_mlp, np.nan, np.float32)) for name in absent]
         return frame.with_columns(extra)
@@ -302,9 +303,9 @@ class CacheReader:
         self._check_layer(layer)
         if not 0 <= index < self.info.d_mlp:
             raise UserError(f"neuron index {index} is out of range: layer {layer} has {self.info.d_mlp} neurons")
-        group = self.file["neurons"]
+        group = self.file[layout.NEURONS]
         record = {name: float(group[name][layer, index]) for name in schema.NEURON_COLUMNS if name in group}
-        record["group"] = schema.GROUP_NAMES[int(group["group"][layer, index])]
+        record["group"] = schema.GROUP_NAMES[int(self.file[layout.NEURON_GROUP][layer, index])]
         label = int(self._cluster_labels[layer, index])
         record["cluster"] = None if label < 0 else label
         return {"layer": layer, "neuron": index, **record}
@@ -313,15 +314,15 @@ class CacheReader:
         """The tokens a neuron's value vector promotes (top) and suppresses (bottom), for both models; empty for a
         neuron that `compute` left out (`lens_rule`; token id -1)."""
         self._check_layer(layer)
-        if "neurons/top_tokens_pre" not in self.file:
+        if layout.neuron_path(schema.TOKEN_ARRAYS[0]) not in self.file:
             return pl.DataFrame(schema={"model": pl.Utf8, "direction": pl.Utf8, "rank": pl.Int32,
                                         "token_id": pl.Int32, "token": pl.Utf8, "score": pl.Float32})
         vocab = self.vocab()
         parts = []
         for model in ("pre", "dpo"):
             for direction in ("top", "bottom"):
-                ids = self.file[f"neurons/{direction}_tokens_{model}"][layer, index]
-                scores = self.file[f"neurons/{direction}_scores_{model}"][layer, index]
+                ids = self.file[layout.neuron_path(f"{direction}_tokens_{model}")][layer, index]
+                scores = self.file[layout.neuron_path(f"{direction}_scores_{model}")][layer, index]
                 ids, scores = ids[ids >= 0], scores[ids >= 0]
                 parts.append(pl.DataFrame({
                     "model": [model] * len(ids), "direction": [direction] * len(ids),
@@ -334,31 +335,31 @@ class CacheReader:
     def lens_rule(self) -> dict:
         """Which neurons `compute` took the value-vector tokens of (`rule` all or top, `top_n`, `by`, `computed`,
         `why`); caches written before the rule existed hold every neuron's."""
-        stored = self.file["neurons"].attrs.get("lens_rule")
+        stored = self.file[layout.NEURONS].attrs.get(layout.LENS_RULE)
         return json.loads(stored) if stored is not None else {"rule": "all", "top_n": None, "by": "every neuron"}
 
     def neuron_array(self, name: str) -> np.ndarray:
         """The stored (n_layers, d_mlp) array of one neuron column (``schema.NEURON_COLUMNS``) or of the group codes."""
-        if name not in (*schema.NEURON_COLUMNS, "group") or name not in self.file["neurons"]:
+        if name not in (*schema.NEURON_COLUMNS, layout.GROUP_CODES) or layout.neuron_path(name) not in self.file:
             raise UserError(f"no neuron column '{name}': use one of {', '.join(schema.NEURON_COLUMNS)}")
-        return self.file["neurons"][name][:]
+        return self.file[layout.neuron_path(name)][:]
 
     def cluster_labels(self) -> np.ndarray | None:
         """Each neuron's cluster label (n_layers, d_mlp), -1 outside the clustered neurons; None without clusters."""
-        return self._cluster_labels if "clusters/label" in self.file else None
+        return self._cluster_labels if layout.CLUSTER_LABEL in self.file else None
 
     def vocab(self) -> np.ndarray:
         if self._vocab is None:
-            self._vocab = self.file["vocab"].asstr()[:] if "vocab" in self.file else np.array([], dtype=object)
+            self._vocab = self.file[layout.VOCAB].asstr()[:] if layout.VOCAB in self.file else np.array([], dtype=object)
         return self._vocab
 
     def prompt_activations(self, layer: int, index: int) -> pl.DataFrame:
         """The neuron's mean activation on each prompt in both models, with the prompt text."""
         self._check_layer(layer)
         columns = {"prompt": np.arange(self.info.n_prompts, dtype=np.int32),
-                   "text": self.file["prompts/text"].asstr()[:]}
+                   "text": self.file[layout.PROMPT_TEXT].asstr()[:]}
         for model in ("pre", "dpo"):
-            name = f"prompt_acts/{model}"
+            name = layout.prompt_acts_path(model)
             if name in self.file:
                 columns[f"act_{model}"] = self.file[name][:, layer, index].astype(np.float32)
         frame = pl.DataFrame(columns)
@@ -370,10 +371,10 @@ class CacheReader:
     def layers(self) -> pl.DataFrame:
         """One row per layer: Σ Δ, its positive and negative parts, its firing and writing parts (NaN in a cache
         written before them), measured projections and identity residuals."""
-        table = self.table("layers").with_columns(pl.Series("layer", np.arange(self.info.n_layers, dtype=np.int16)))
-        contribution = self.file["neurons/contribution"][:]
-        terms = {name: self.file[f"neurons/{name}"][:].astype(np.float64).sum(axis=1)
-                 if f"neurons/{name}" in self.file else np.full(self.info.n_layers, np.nan)
+        table = self.table(layout.LAYERS).with_columns(pl.Series("layer", np.arange(self.info.n_layers, dtype=np.int16)))
+        contribution = self.file[layout.neuron_path("contribution")][:]
+        terms = {name: self.file[layout.neuron_path(name)][:].astype(np.float64).sum(axis=1)
+                 if layout.neuron_path(name) in self.file else np.full(self.info.n_layers, np.nan)
                  for name in ("activation_term", "weight_term")}
         return table.select("layer", pl.exclude("layer")).with_columns(
             pl.Series("sum_positive", np.where(contribution > 0, contribution, 0).sum(axis=1)),
@@ -383,8 +384,8 @@ class CacheReader:
 
     def layer_group_sums(self) -> pl.DataFrame:
         """Σ Δ per layer and group (long format), for the stacked per-layer plot."""
-        contribution = self.file["neurons/contribution"][:]
-        codes = self.file["neurons/group"][:]
+        contribution = self.file[layout.neuron_path("contribution")][:]
+        codes = self.file[layout.NEURON_GROUP][:]
         # one pass over each layer (the overview's first paint waits for this: 2.29 M neurons for a 70B model)
         sums = np.stack([np.bincount(layer_codes, weights=layer_values, minlength=len(schema.GROUP_NAMES))
                          for layer_codes, layer_values in zip(codes, contribution)])
@@ -395,11 +396,11 @@ class CacheReader:
         })
 
     def table(self, name: str) -> pl.DataFrame:
-        """A small stored table (``summary``, ``clusters/summary``, ``evaluation``, ``layers``)."""
+        """A small stored table (``layout.SUMMARY``, ``CLUSTER_SUMMARY``, ``EVALUATION``, ``LAYERS``)."""
         if name not in self.file:
             raise UserError(f"{self.path} holds no '{name}' table: it was written without that step")
         group = self.file[name]
-        order = _json_attribute(group.attrs.get("columns", "[]")) or list(group)
+        order = _json_attribute(group.attrs.get(layout.COLUMNS, "[]")) or list(group)
         columns = {}
         for key in order:
             dataset = group[key]
@@ -408,7 +409,7 @@ class CacheReader:
             columns[key] = dataset.asstr()[:] if h5py.check_string_dtype(dataset.dtype) else dataset[:]
         return pl.DataFrame(columns)
 
-    def attrs(self, name: str = "/") -> dict:
+    def attrs(self, name: str = layout.ROOT) -> dict:
         """Attributes of a group, JSON values decoded."""
         out = {}
         for key, value in self.file[name].attrs.items():
@@ -422,56 +423,56 @@ class CacheReader:
 
     def summary(self) -> dict:
         """Headline scalars: Σ positive Δ, net Δ, the top-128 toxic neurons' share, counts."""
-        return {key: value for key, value in self.attrs("summary").items() if key != "columns"}
+        return {key: value for key, value in self.attrs(layout.SUMMARY).items() if key != layout.COLUMNS}
 
     def group_summary(self) -> pl.DataFrame:
         """Per group: count, Σ Δ and shares (v3 and v1; see docs/cache-format.md)."""
-        return self.table("summary")
+        return self.table(layout.SUMMARY)
 
     def clusters(self) -> pl.DataFrame:
-        return self.table("clusters/summary")
+        return self.table(layout.CLUSTER_SUMMARY)
 
     def cluster_tree(self) -> ClusterTree | None:
-        if "clusters/linkage" not in self.file:
+        if layout.CLUSTERS not in self.file:
             return None
-        group = self.file["clusters"]
+        group = self.file[layout.CLUSTERS]
         return ClusterTree(linkage=group["linkage"][:], leaf_order=group["leaf_order"][:], layer=group["layer"][:],
-                           neuron=group["neuron"][:], label=group["label"][:], attrs=self.attrs("clusters"))
+                           neuron=group["neuron"][:], label=group["label"][:], attrs=self.attrs(layout.CLUSTERS))
 
     def differences(self) -> dict[str, dict]:
         """Where the pair differs on any text (``schema.DIFFERENCE_ARRAYS``), per source present: the arrays and
         the attributes (n_tokens, kl_mean, ...). Empty for caches written without it."""
         found = {}
         for source in schema.DIFFERENCE_SOURCES:
-            name = f"differences/{source}"
+            name = layout.difference_path(source)
             if name in self.file:
                 group = self.file[name]
                 found[source] = {"arrays": {key: group[key][:] for key in schema.DIFFERENCE_ARRAYS if key in group},
-                                 "attrs": {k: v for k, v in self.attrs(name).items() if k != "columns"}}
+                                 "attrs": {k: v for k, v in self.attrs(name).items() if k != layout.COLUMNS}}
         return found
 
     def dynamics(self) -> dict | None:
         """The checkpoint series (``schema.DYNAMICS_ARRAYS`` and the attribute ``steps``), or None without one."""
-        if "dynamics" not in self.file:
+        if layout.DYNAMICS not in self.file:
             return None
-        group = self.file["dynamics"]
+        group = self.file[layout.DYNAMICS]
         return {**{name: group[name][:] for name in schema.DYNAMICS_ARRAYS if name in group},
-                "steps": self.attrs("dynamics").get("steps", [])}
+                "steps": self.attrs(layout.DYNAMICS).get(layout.DYNAMICS_STEPS, [])}
 
     def probe_direction(self) -> np.ndarray:
-        return self.file["probe/direction"][:]
+        return self.file[layout.PROBE_DIRECTION][:]
 
     # -- prompts ---------------------------------------------------------------------------------------------
     def prompt_texts(self) -> list[str]:
         """The statistics prompts: those both models were recorded on."""
-        return list(self.file["prompts/text"].asstr()[:]) if "prompts/text" in self.file else []
+        return list(self.file[layout.PROMPT_TEXT].asstr()[:]) if layout.PROMPT_TEXT in self.file else []
 
     def patch_prompts(self) -> HeldOutPrompts | None:
         """The held-out prompts for patch runs, or None when compute kept none (``--patch-holdout 0``, older caches)."""
-        if "patch_prompts" not in self.file:
+        if layout.PATCH_PROMPTS not in self.file:
             return None
-        table = self.table("patch_prompts")
-        attrs = {key: value for key, value in self.attrs("patch_prompts").items() if key != "columns"}
+        table = self.table(layout.PATCH_PROMPTS)
+        attrs = {key: value for key, value in self.attrs(layout.PATCH_PROMPTS).items() if key != layout.COLUMNS}
         return HeldOutPrompts(texts=table["text"].to_list(), source_indices=table["source_index"].to_numpy(),
                               attrs=attrs)
 
@@ -482,8 +483,8 @@ class CacheReader:
 
     def _dense_cluster_labels(self) -> np.ndarray:
         labels = np.full((self.info.n_layers, self.info.d_mlp), -1, dtype=np.int32)
-        if "clusters/label" in self.file:
-            group = self.file["clusters"]
+        if layout.CLUSTER_LABEL in self.file:
+            group = self.file[layout.CLUSTERS]
             labels[group["layer"][:], group["neuron"][:]] = group["label"][:]
         return labels
 

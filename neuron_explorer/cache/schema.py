@@ -1,4 +1,7 @@
-"""Names, shapes and versions of the HDF5 cache format (documented in docs/cache-format.md)."""
+"""Names, shapes and versions of the HDF5 cache format (documented in docs/cache-format.md); where each lives in
+the file is `layout.py`."""
+
+from . import layout
 
 FORMAT_NAME = "neuron-explorer-cache"
 SCHEMA_VERSION = 3
@@ -115,15 +118,15 @@ SIDECAR_SUFFIX = ".annotations"
 # Datasets added after schema 2 was released (docs/beyond.md). A schema-2 cache written before them still opens:
 # they are not required, and the reader gives their neuron columns as NaN.
 OPTIONAL_DATASETS = frozenset({
-    "neurons/activation_term", "neurons/weight_term", "neurons/auroc",
-    "summary/sum_activation_term", "summary/sum_weight_term", "summary/sum_activation_term_v3",
-    "summary/sum_weight_term_v3",
+    *(layout.neuron_path(name) for name in ("activation_term", "weight_term", "auroc")),
+    *(layout.summary_path(name) for name in ("sum_activation_term", "sum_weight_term", "sum_activation_term_v3",
+                                             "sum_weight_term_v3")),
 })
-REQUIRED_ATTRIBUTES = ("architecture", "n_layers", "d_mlp", "d_model", "created")
+REQUIRED_ATTRIBUTES = (layout.ARCHITECTURE, layout.N_LAYERS, layout.D_MLP, layout.D_MODEL, layout.CREATED)
 REQUIRED_DATASETS: dict[str, tuple[str, tuple]] = {path: kind for path, kind in {
-    **{f"neurons/{name}": ("f", ("n_layers", "d_mlp")) for name in NEURON_COLUMNS},
-    "neurons/group": ("iu", ("n_layers", "d_mlp")),
-    **{f"layers/{name}": ("f", ("n_layers",)) for name in LAYER_COLUMNS},
-    **{f"summary/{name}": ("O" if name == "group" else "biuf", (len(GROUP_NAMES),)) for name in SUMMARY_COLUMNS},
-    "prompts/text": ("O", (None,)),
+    **{layout.neuron_path(name): ("f", (layout.N_LAYERS, layout.D_MLP)) for name in NEURON_COLUMNS},
+    layout.NEURON_GROUP: ("iu", (layout.N_LAYERS, layout.D_MLP)),
+    **{layout.layer_path(name): ("f", (layout.N_LAYERS,)) for name in LAYER_COLUMNS},
+    **{layout.summary_path(name): ("O" if name == "group" else "biuf", (len(GROUP_NAMES),)) for name in SUMMARY_COLUMNS},
+    layout.PROMPT_TEXT: ("O", (None,)),
 }.items() if path not in OPTIONAL_DATASETS}

@@ -26,7 +26,7 @@ import numpy as np
 from neuron_explorer import __version__
 from neuron_explorer.errors import UserError
 
-from . import schema
+from . import layout, schema
 from .atomic import atomic_path, sweep_stale_temporaries
 
 _FLOAT_OPTS = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
@@ -181,7 +181,7 @@ def write_columns(group: h5py.Group, columns: dict, chunk_rows: int | None = Non
                   digests: dict | None = None) -> None:
     """Write equal-length columns (numbers or strings) as one dataset each under ``group``, keeping their order;
     ``digests`` (dataset name -> digest) receives what each dataset should read back as."""
-    group.attrs["columns"] = json.dumps(list(columns), ensure_ascii=False)
+    group.attrs[layout.COLUMNS] = json.dumps(list(columns), ensure_ascii=False)
     for name, values in columns.items():
         array = None if isinstance(values, (list, tuple)) and (not values or isinstance(values[0], str)) \
             else np.asarray(values)
@@ -227,12 +227,12 @@ class CacheWriter:
             stack.callback(stream.close)
             self.file = stack.enter_context(h5py.File(stream, "w", libver="latest", locking=False))
             self.write_attrs({
-                "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
-                "package_version": __version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "architecture": self.architecture,
-                "n_layers": self.n_layers, "d_mlp": self.d_mlp, "d_model": self.d_model,
-                "provenance": json.dumps(self.provenance, sort_keys=True, default=str), "complete": False})
+                layout.FORMAT: schema.FORMAT_NAME, layout.SCHEMA_VERSION: schema.SCHEMA_VERSION,
+                layout.PACKAGE_VERSION: __version__,
+                layout.CREATED: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                layout.ARCHITECTURE: self.architecture,
+                layout.N_LAYERS: self.n_layers, layout.D_MLP: self.d_mlp, layout.D_MODEL: self.d_model,
+                layout.PROVENANCE: json.dumps(self.provenance, sort_keys=True, default=str), layout.COMPLETE: False})
             self._stack = stack.pop_all()
         return self
 
@@ -242,7 +242,7 @@ class CacheWriter:
         try:
             if exc_type is None:
                 self.check()
-                self.write_attrs({"complete": True})
+                self.write_attrs({layout.COMPLETE: True})
         except BaseException as error:  # noqa: B036 -- the temporary goes with any failure, an interrupt too
             if not self._stack.__exit__(type(error), error, error.__traceback__):
                 raise
@@ -285,7 +285,7 @@ class CacheWriter:
     # -- per-neuron and per-layer data -------------------------------------------------------------------
     def write_neuron_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """(n_layers, d_mlp, ...) arrays, chunked one layer per chunk so that a layer reads in one go."""
-        group = self.file.require_group("neurons")
+        group = self.file.require_group(layout.NEURONS)
         for name, array in arrays.items():
             array = np.asarray(array)
             if array.shape[:2] != (self.n_layers, self.d_mlp):
@@ -294,29 +294,29 @@ class CacheWriter:
             self._digests[dataset.name] = _digest(array)
 
     def write_groups(self, codes: np.ndarray) -> None:
-        self.write_neuron_arrays({"group": codes.astype(np.int8)})
-        self.write_attrs({"names": schema.GROUP_NAMES}, "neurons/group")
+        self.write_neuron_arrays({layout.GROUP_CODES: codes.astype(np.int8)})
+        self.write_attrs({layout.GROUP_CODE_NAMES: schema.GROUP_NAMES}, layout.NEURON_GROUP)
 
     def write_layers(self, columns: dict[str, np.ndarray]) -> None:
-        write_columns(self.file.require_group("layers"), {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()},
+        write_columns(self.file.require_group(layout.LAYERS), {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()},
                       digests=self._digests)
 
     # -- prompts, activations per prompt, vocabulary -----------------------------------------------------
     def write_prompts(self, columns: dict) -> None:
-        write_columns(self.file.require_group("prompts"), columns, digests=self._digests)
+        write_columns(self.file.require_group(layout.PROMPTS), columns, digests=self._digests)
 
     def prompt_activations(self, model: str, n_prompts: int) -> h5py.Dataset:
         """A float16 (prompts, layers, d_mlp) dataset to fill batch by batch; one chunk holds one neuron block
         of one layer for up to 64 prompts, so "which prompts move this neuron" reads a thin column."""
         chunk = (min(n_prompts, 64), 1, min(self.d_mlp, 512))
-        dataset = self.file.require_group("prompt_acts").create_dataset(
+        dataset = self.file.require_group(layout.PROMPT_ACTS).create_dataset(
             model, shape=(n_prompts, self.n_layers, self.d_mlp), dtype=np.float16, chunks=chunk, **_FLOAT_OPTS)
         self._filled.append(dataset.name)
         return dataset
 
     def write_vocab(self, strings: list[str]) -> None:
         data = storable_strings(strings)
-        self._digests[self.file.create_dataset("vocab", data=data, dtype=_STR).name] = _digest(data)
+        self._digests[self.file.create_dataset(layout.VOCAB, data=data, dtype=_STR).name] = _digest(data)
 
     # -- small tables and blobs --------------------------------------------------------------------------
     def write_table(self, name: str, columns: dict, attrs: dict | None = None) -> None:
@@ -329,7 +329,7 @@ class CacheWriter:
         self._digests[self.file.create_dataset(name, data=array).name] = _digest(array)
         self.write_attrs(attrs or {}, name)
 
-    def write_attrs(self, attrs: dict, name: str = "/") -> None:
+    def write_attrs(self, attrs: dict, name: str = layout.ROOT) -> None:
         """Attributes of the root, a table or an array; values other than numbers, booleans and strings are stored
         as JSON."""
         target = self.file[name].attrs

@@ -44,11 +44,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from neuron_explorer.engine.alignment.corpora import load_corpus
-    from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, format_table
+    from neuron_explorer.engine.measure.corpora import load_corpus
+    from neuron_explorer.engine.measure.evaluation import EvaluationSettings, evaluate, format_table
     from neuron_explorer.engine.model.loading import load_model
-    from neuron_explorer.engine.alignment.prompts import load_prompts
-    from neuron_explorer.engine.alignment.scoring import get_scorer
+    from neuron_explorer.engine.measure.prompts import load_prompts
+    from neuron_explorer.engine.measure.scoring import get_scorer
     from neuron_explorer.engine.model.distributed import current_ranks
 
     scorer = get_scorer(args.scorer)

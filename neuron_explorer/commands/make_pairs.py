@@ -42,8 +42,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from neuron_explorer.engine.alignment import pairs as P
     from neuron_explorer.engine.model.loading import load_model
-    from neuron_explorer.engine.alignment.prompts import load_prompts
-    from neuron_explorer.engine.alignment.scoring import get_scorer
+    from neuron_explorer.engine.measure.prompts import load_prompts
+    from neuron_explorer.engine.measure.scoring import get_scorer
     from neuron_explorer.errors import UserError
 
     if args.method in {"steer", "both"} and not args.probe:
@@ -56,7 +56,7 @@ def run(args) -> int:
                                        temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                                        progress=lambda what, n: print(f"{what}: {n} continuations"))
     if args.method in {"steer", "both"}:
-        from neuron_explorer.engine.alignment.probe import load_probe
+        from neuron_explorer.engine.measure.probe import load_probe
 
         probe = load_probe(args.probe, loaded.d_model)
         P.add_steered(loaded, candidates, scorer, probe.direction, n_samples=args.steer_samples,

@@ -59,8 +59,8 @@ def run(args) -> int:
         label_desc = f"{args.data} labels >= {args.threshold}"
     else:
         from neuron_explorer.engine.alignment.pairs import generate_candidates, load_candidates
-        from neuron_explorer.engine.alignment.prompts import load_prompts
-        from neuron_explorer.engine.alignment.scoring import get_scorer
+        from neuron_explorer.engine.measure.prompts import load_prompts
+        from neuron_explorer.engine.measure.scoring import get_scorer
 
         loaded = load_model(args.model, device=args.device, dtype=args.dtype)
         if args.candidates:

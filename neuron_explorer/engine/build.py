@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from neuron_explorer import __version__
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.atomic import write_text_atomically
 from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
@@ -249,17 +250,17 @@ def run_build(settings: BuildSettings, report: Reporter = ignore) -> BuildResult
 
 def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
-    from neuron_explorer.engine.alignment.corpora import load_corpus
+    from neuron_explorer.engine.measure.corpora import load_corpus
     from neuron_explorer.engine.defaults import default_cache_path, default_work_dir
     from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
-    from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table, generations_table
+    from neuron_explorer.engine.measure.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table, generations_table
     from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, embedded_base_dir, embedded_tuned_dir, load_model,
                          materialize_embedded, resolve_device)
     from neuron_explorer.engine.alignment.pairs import (add_steered, generate_candidates, load_candidates, sample_openings, save_candidates, save_pairs,
                         select_pairs)
     from neuron_explorer.engine.alignment.probe_training import fit_probe, label_rule, labeled_from_candidates, pooled_features, save_probe
-    from neuron_explorer.engine.alignment.prompts import RTP_VALIDATION, load_prompts, opening_seeds
-    from neuron_explorer.engine.alignment.scoring import get_scorer
+    from neuron_explorer.engine.measure.prompts import RTP_VALIDATION, load_prompts, opening_seeds
+    from neuron_explorer.engine.measure.scoring import get_scorer
 
     if settings.pair_method not in {"best-of-n", "steer", "both"}:
         raise UserError(f"unknown pair method '{settings.pair_method}': use best-of-n, steer or both")
@@ -375,7 +376,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     def stage_pairs():
         cands = training_candidates(candidates_file, validation.texts, printer)
         if steer:
-            from neuron_explorer.engine.alignment.probe import load_probe
+            from neuron_explorer.engine.measure.probe import load_probe
 
             probe = load_probe(probe_file, base().d_model)
             add_steered(base(), cands, scorer, probe.direction, n_samples=settings.steer_samples,
@@ -457,18 +458,18 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
                       "settings": {k: str(v) for k, v in asdict(compute_settings).items()}, **code}
 
     def stage_compute():
-        from neuron_explorer.engine.alignment.evaluation import EvaluationResult
+        from neuron_explorer.engine.measure.evaluation import EvaluationResult
 
         models.clear()  # free memory: compute loads both models itself
         payload = json.loads(eval_file.read_text())
         results = {k: EvaluationResult(**v) for k, v in payload["results"].items()}
         extra = {
-            "evaluation": evaluation_table(results, {"prompts": payload["prompts"], "corpus": payload["corpus"],
-                                                     "scorer": payload["scorer"],
-                                                     "check_scorer": payload["check_scorer"],
-                                                     "settings": payload["settings"]}),
-            "evaluation_generations": generations_table(results),
-            "build": build_table(runner.outcomes, settings),
+            layout.EVALUATION: evaluation_table(results, {"prompts": payload["prompts"], "corpus": payload["corpus"],
+                                                          "scorer": payload["scorer"],
+                                                          "check_scorer": payload["check_scorer"],
+                                                          "settings": payload["settings"]}),
+            layout.EVALUATION_GENERATIONS: generations_table(results),
+            layout.BUILD: build_table(runner.outcomes, settings),
         }
         result = run_compute(compute_settings, extra_tables=extra, report=report)
         return {"path": str(result.path), "seconds": result.seconds}
@@ -486,7 +487,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
 def validation_toxicity(loaded, prompts: list[str], scorer, check_scorer, settings) -> dict:
     """Toxicity (± s.e.) of the model's continuations of the validation prompts by the scorer and the check scorer,
     with every continuation and its scores: how far training generalizes beyond the project's templates."""
-    from neuron_explorer.engine.alignment.evaluation import standard_error, toxicity
+    from neuron_explorer.engine.measure.evaluation import standard_error, toxicity
 
     scorers = [scorer] + ([check_scorer] if check_scorer is not None else [])
     generations, (scores, *check) = toxicity(loaded, prompts, scorers, settings)
@@ -514,7 +515,7 @@ def validation_table(results: dict[str, dict]) -> str:
 def training_prompts(texts: list[str], validation: list[str]) -> tuple[list[str], list[str]]:
     """The prompts that may train (the probe's data, the pairs and DPO): `texts` less any near copy of a validation
     prompt (prompts.NearCopies), and the ones left out."""
-    from neuron_explorer.engine.alignment.prompts import drop_near_copies
+    from neuron_explorer.engine.measure.prompts import drop_near_copies
 
     return drop_near_copies(texts, validation)
 

@@ -30,14 +30,14 @@ from .commands import ExplorerCommands
 from .job_manager import JobManager
 from .lab_client import LAB_COMMAND, LabClient
 from .lab_manager import LabManager
+from .messages import JobEvent
 from .screens.build import BUILD_COMMAND, BuildScreen
 from .screens.clusters import ClustersScreen
 from .screens.dialogs import ConfirmDialog, ShowsWorkerErrors
 from .screens.help import HelpScreen
 from .screens.lab import LabScreen
 from .screens.neurons import NeuronsScreen
-from .jobs import (PATCH_COMMAND, PatchJob, PatchRequest, SubprocessRunner, paper_request, target_request,
-                   write_selection)
+from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, paper_request, target_request, write_selection
 from .screens.overview import OverviewScreen
 from .screens.patch import PatchDialog
 from .screens.runs import RunsScreen
@@ -84,7 +84,7 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         super().__init__()
         self.store = store
         self.build_target, self.build_command = build_target, build_command
-        self.runner = SubprocessRunner(patch_command)
+        self.patch_command = tuple(patch_command)
         self.lab = LabClient(tuple(lab_command))  # started when the lab screen is first shown
         self.jobs: list[PatchJob] = []  # patch runs launched in this session, oldest first
         self.first_screen_ready_at: float | None = None  # perf_counter when the overview was first drawn
@@ -143,8 +143,16 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
     def on_unmount(self) -> None:
         gc.unfreeze()  # back to the collector with them when the app ends (tests run many apps in one process)
         self._overview_drawn.set()  # a load still waiting for the overview ends now
-        self.cancel_every_job()
+        self.stop_every_job()
         self.lab.stop()
+
+    def on_job_event(self, message: JobEvent) -> None:
+        """An event of one of the app's child processes: the lab's model worker, or a patch run (a worker stopped
+        since is neither, and `patch_job_event` drops its events)."""
+        if message.process is self.lab.process:
+            self.lab_event(message)
+        else:
+            self.patch_job_event(message)
 
     def check_action(self, action: str, parameters) -> bool | None:
         if action in ("switch_mode", "help", "back", "jump") and self.store is None:

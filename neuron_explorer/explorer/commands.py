@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.annotations import list_sets
 from neuron_explorer.cache.schema import GROUP_NAMES
 
@@ -60,7 +61,7 @@ def palette_commands(app: "ExplorerApp") -> list[Command]:
     ]
     commands += [(f"set: save group {group}", partial(app.action_save_set, f"group {group}"),
                   f"every {group} neuron as a named set") for group in GROUP_NAMES]
-    if store.reader.has("clusters/summary"):
+    if store.reader.has(layout.CLUSTER_SUMMARY):
         clusters = store.reader.clusters()["cluster"].to_list()
         commands += [(f"filter: cluster {cluster}", partial(app.show_cluster, cluster), "only this cluster's neurons")
                      for cluster in clusters]

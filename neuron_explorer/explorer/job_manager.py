@@ -1,4 +1,4 @@
-"""The app's patch runs: launch each in a thread worker (the subprocess does the work), follow its events, cancel it.
+"""The app's patch runs: launch each as a `JobProcess` followed in a thread worker, apply its events, cancel it.
 
 Mixed into `ExplorerApp`. It never touches a screen: it bumps the app's `jobs_version` (a job made progress) and
 `runs_version` (a run was stored), which the Runs screen watches. Events are opaque here: `jobs.apply_event` is the one
@@ -7,48 +7,64 @@ place that reads them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual import work
 
+from .job_process import JobProcess, JobState
 from .jobs import PatchJob, PatchRequest, apply_event
+from .messages import JobEvent
 
 
 class JobManager:
-    """Patch runs launched in this session (`self.jobs`, oldest first) and their runner (`self.runner`)."""
+    """Patch runs launched in this session (`self.jobs`, oldest first), each started as `self.patch_command`."""
 
     def start_patch(self, request: PatchRequest) -> PatchJob:
-        job = PatchJob(number=len(self.jobs) + 1, request=request)
+        process = JobProcess([*self.patch_command, *request.argv(self.store.path)], self.post_message,
+                             what="the run")
+        job = PatchJob(number=len(self.jobs) + 1, request=request, process=process)
         self.jobs.append(job)
-        self.run_patch_job(job)
+        if process.start():
+            job.state = JobState.RUNNING
+        self.follow_patch_job(job, process)
         self.notify(f"run {job.number} started: {request.name()} (4: runs screen, c there cancels)")
         self.jobs_version += 1
         return job
 
     @work(thread=True, group="patch", exit_on_error=False, description="patch run")
-    def run_patch_job(self, job: PatchJob) -> None:
-        """Runs in a thread: the subprocess does the work; each event comes back to the app's thread."""
-        self.runner.run(job, self.store.path, lambda job, event: self.call_from_thread(self._job_event, job, event))
+    def follow_patch_job(self, job: PatchJob, process: JobProcess) -> None:
+        """Runs in a thread until the run's process has ended; then its temporary files go."""
+        process.follow()
+        for path in job.request.cleanup:
+            Path(path).unlink(missing_ok=True)
 
-    def _job_event(self, job: PatchJob, event) -> None:
-        if apply_event(job, event):
-            if job.state == "done":
+    def patch_job_event(self, message: JobEvent) -> None:
+        """One event of a patch run's process (the app's `on_job_event` hands it here)."""
+        job = next((job for job in self.jobs if job.process is message.process), None)
+        if job is None:
+            return
+        if apply_event(job, message.event):
+            if job.state == JobState.DONE:
                 self.notify(f"run {job.number} finished: {job.request.name()}")
                 self.runs_version += 1
-            elif job.state == "failed":
+            elif job.state == JobState.FAILED:
                 self.notify(f"run {job.number} failed: {job.error}", severity="error", timeout=20)
-            elif job.state == "cancelled":
+            elif job.state == JobState.CANCELLED:
                 self.notify(f"run {job.number} cancelled; nothing was stored", severity="warning")
         self.jobs_version += 1
 
     def action_cancel_patch(self) -> None:
         """Cancel the newest running job."""
         for job in reversed(self.jobs):
-            if self.runner.cancel(job):
+            if job.process is not None and job.process.cancel():
+                job.stage = "cancelling"
                 self.notify(f"cancelling run {job.number}…", severity="warning")
                 self.jobs_version += 1
                 return
         self.notify("no patch run is running")
 
-    def cancel_every_job(self) -> None:
-        """Leaving the app stops its runs; nothing half-written is kept."""
+    def stop_every_job(self) -> None:
+        """Leaving the app stops its runs and waits until they are gone; nothing half-written is kept."""
         for job in self.jobs:
-            self.runner.cancel(job)
+            if job.process is not None:
+                job.process.stop(grace=0)

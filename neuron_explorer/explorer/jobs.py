@@ -1,9 +1,9 @@
 """Patch runs launched from the explorer: a request (an intervention, or the papers' preset, and the job's own
-extras), a job (its progress and outcome) and the runner that executes it as a subprocess.
+extras) and a job (its progress and outcome).
 
-The app never runs a model itself: `SubprocessRunner` starts `python -m neuron_explorer patch FILE ...
---progress-json` and reads one job event per line from its stdout (`neuron_explorer.events`: progress with
-done/total/ETA, messages, each stored run, done or failed); other lines are a library's output and are skipped.
+The app never runs a model itself: a job's `JobProcess` runs `python -m neuron_explorer patch FILE ...
+--progress-json` and posts its job events (`neuron_explorer.events`: progress with done/total/ETA, messages, each
+stored run, then exactly one of done, failed or cancelled); `apply_event` is where they change the job.
 Cancelling terminates the subprocess; since the run record is written (atomically) only when a run has finished, a
 cancelled or failed job leaves nothing half-written, and the cache file is never written.
 Tests swap the command for a quick fake job.
@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from neuron_explorer.engine.patching import modes
-from neuron_explorer.events import Cancelled, Done, Event, EventError, Failed, Message, Progress, Stored, from_json
+from neuron_explorer.events import Done, Event, Failed, Message, Progress, Stored
 from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positions
+
+from .job_process import TERMINAL, JobProcess, JobState
 
 PATCH_COMMAND = (sys.executable, "-m", "neuron_explorer", "patch")
 # What a patch job's progress counts: every evaluation (base, DPO, each run) generates for its toxicity prompts,
-# scores its perplexity windows and generates for its F1 passages (engine/alignment/evaluation.py).
+# scores its perplexity windows and generates for its F1 passages (engine/measure/evaluation.py).
 WORK_UNITS = "prompts+windows+passages"
 PAPER_ROWS = "ablate the top-128 toxic neurons; patch each ↓ group alone; patch all four; the tuning-free edit"
 
@@ -90,7 +90,7 @@ class PatchJob:
 
     number: int
     request: PatchRequest
-    state: str = "starting"  # starting | running | done | failed | cancelled
+    state: JobState = JobState.QUEUED
     stage: str = ""
     done: int = 0
     total: int = 0
@@ -100,19 +100,19 @@ class PatchJob:
     run_ids: list[str] = field(default_factory=list)
     run_labels: list[str] = field(default_factory=list)  # the stored runs' names, as the Runs screen shows them
     error: str = ""
-    process: subprocess.Popen | None = None
+    process: JobProcess | None = None
 
     @property
     def finished(self) -> bool:
-        return self.state in ("done", "failed", "cancelled")
+        return self.state.finished
 
     def status(self) -> str:
-        if self.state == "done":
+        if self.state == JobState.DONE:
             took = format_seconds((self.ended or time.monotonic()) - self.started)
             return f"done in {took} · stored {', '.join(self.run_labels) or 'no run'}"
-        if self.state == "failed":
+        if self.state == JobState.FAILED:
             return f"failed: {self.error}"
-        if self.state == "cancelled":
+        if self.state == JobState.CANCELLED:
             return "cancelled: nothing was stored"
         eta = "" if self.eta is None else f" · eta {format_seconds(self.eta)}"
         count = f" · {WORK_UNITS} {self.done:,}/{self.total:,}" if self.total else ""
@@ -132,76 +132,22 @@ def write_selection(neurons, folder: Path | None = None) -> Path:
     return Path(name)
 
 
-class SubprocessRunner:
-    """Runs a job's `patch` command and turns its event lines into calls of `on_event(job, event)`."""
-
-    def __init__(self, command: tuple[str, ...] = PATCH_COMMAND) -> None:
-        self.command = tuple(command)
-
-    def run(self, job: PatchJob, cache_path: Path, on_event: Callable[[PatchJob, Event], None]) -> None:
-        """Blocking: call it from a thread worker."""
-        argv = [*self.command, *job.request.argv(cache_path)]
-        with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as stderr:
-            try:
-                job.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1,
-                                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            except OSError as error:
-                on_event(job, Failed(f"could not start the run: {error}"))
-                return
-            assert job.process.stdout is not None
-            failed = False
-            for line in job.process.stdout:
-                try:
-                    event = from_json(line)
-                except EventError:
-                    continue  # a library printed something: not ours
-                failed = failed or isinstance(event, Failed)
-                on_event(job, event)
-            code = job.process.wait()
-            if job.state == "cancelled":
-                on_event(job, Cancelled())
-            elif code != 0 and not failed:
-                stderr.seek(0)
-                lines = [line.strip() for line in stderr.read().splitlines() if line.strip()]
-                message = lines[-1] if lines else f"the run exited with code {code}"
-                on_event(job, Failed(message.removeprefix("neuron-explorer: error: ")))
-            elif code == 0 and job.state not in ("done", "failed"):
-                on_event(job, Done())
-        for path in job.request.cleanup:
-            Path(path).unlink(missing_ok=True)
-
-    @staticmethod
-    def cancel(job: PatchJob) -> bool:
-        """Terminate the job's process; True when there was one running."""
-        if job.finished or job.process is None or job.process.poll() is not None:
-            return False
-        job.state, job.ended = "cancelled", time.monotonic()
-        job.process.terminate()
-        return True
-
-
 def apply_event(job: PatchJob, event: Event) -> bool:
-    """Update a job from one of its events; True when the event ended the job or confirmed its cancelling (the
-    moment to tell the user and reload the runs)."""
-    was_finished = job.finished
-    if isinstance(event, Cancelled):
-        return job.state == "cancelled"
-    if job.state == "cancelled":
-        return False
+    """Update a job from one of its events; True when the event ended it (the moment to tell the user and reload
+    the runs). Its process posts exactly one terminal event, last."""
     if isinstance(event, Progress):
-        job.state = "running"
+        job.state = JobState.RUNNING
         job.stage, job.done, job.total, job.eta = event.stage, event.done, event.total, event.eta
     elif isinstance(event, Message):
-        job.state, job.stage = "running", event.text
+        job.state, job.stage = JobState.RUNNING, event.text
     elif isinstance(event, Stored):
         job.run_ids.append(event.name)
         job.run_labels.append(event.label or event.name)
-    elif isinstance(event, Done):
-        job.state = "done"
-        job.done = job.total
-    elif isinstance(event, Failed):
-        job.state, job.error = "failed", event.message
-    if job.finished and not was_finished:
-        job.ended = time.monotonic()
+    elif isinstance(event, TERMINAL):
+        job.state, job.ended = JobState.ended_by(event), time.monotonic()
+        if isinstance(event, Done):
+            job.done = job.total
+        elif isinstance(event, Failed):
+            job.error = event.message
         return True
     return False

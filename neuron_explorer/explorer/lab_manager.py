@@ -19,9 +19,10 @@ from neuron_explorer.errors import UserError
 from neuron_explorer.spec.intervention import Intervention
 
 from .formatting import short_text
+from .job_process import JobProcess, JobState
 from .jobs import PatchRequest
-from .lab_client import LabTry, WorkerExited, WorkerProcess
-from .messages import LabWorkerEvent
+from .lab_client import LabTry
+from .messages import JobEvent
 from .screens.dialogs import ChoiceDialog, PromptDialog
 from .screens.patch import PatchDialog
 from .targets import patch_targets
@@ -37,29 +38,26 @@ class LabManager:
     # -- the worker ---------------------------------------------------------------------------------------------
     def ensure_lab_worker(self) -> None:
         """Start the worker unless it was started already (it loads two models: not before the lab is shown)."""
-        if self.lab.state == "stopped":
+        if self.lab.state == JobState.QUEUED:
             self.start_lab_worker()
 
     def start_lab_worker(self) -> None:
-        worker = self.lab.start(self.store.path)
-        if worker is not None:
-            self.follow_lab_worker(worker)
+        self.follow_lab_worker(self.lab.start(self.store.path, self.post_message))
         self.lab_version += 1
 
     @work(thread=True, group="lab", exit_on_error=False, description="the prompt lab's model worker")
-    def follow_lab_worker(self, worker: WorkerProcess) -> None:
-        """Runs in a thread for the worker's life: each event goes back to the app's thread as a message."""
-        self.lab.read(worker, lambda event: self.post_message(LabWorkerEvent(worker, event)))
+    def follow_lab_worker(self, process: JobProcess) -> None:
+        """Runs in a thread for the worker's life: each event goes back to the app's thread as a `JobEvent`."""
+        process.follow()
 
-    def on_lab_worker_event(self, message: LabWorkerEvent) -> None:
-        if message.worker is not self.lab.worker:
-            return  # a worker stopped since (restarted, or the app is leaving)
-        ended = self.lab.apply(message.worker, message.event)
-        if isinstance(message.event, WorkerExited):
+    def lab_event(self, message: JobEvent) -> None:
+        """One event of the lab's current worker (the app's `on_job_event` hands it here)."""
+        ended = self.lab.apply(message)
+        if message.final:
             self.notify(self.lab.status(), severity="error", timeout=30)
-        elif ended is not None and ended.state == "failed":
+        elif ended is not None and ended.state == JobState.FAILED:
             self.notify(f"lab #{ended.request.id} failed: {ended.error}", severity="error", timeout=20)
-        elif ended is not None and ended.state == "cancelled":
+        elif ended is not None and ended.state == JobState.CANCELLED:
             self.notify(f"lab #{ended.request.id} cancelled", severity="warning")
         self.lab_version += 1
 

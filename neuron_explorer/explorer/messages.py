@@ -15,7 +15,7 @@ from textual.message import Message
 if TYPE_CHECKING:
     from neuron_explorer.events import Event
 
-    from .lab_client import WorkerExited, WorkerProcess
+    from .job_process import JobProcess
 
 
 class NeuronChosen(Message):
@@ -47,17 +47,13 @@ class DetailLoaded(Message):
         self.record, self.tokens, self.prompts, self.runs = record, tokens, prompts, runs
 
 
-class BuildFinished(Message):
-    """The build subprocess ended (the build screen opens the cache it wrote, or says why it failed)."""
+class JobEvent(Message):
+    """A child process's job event (`explorer.job_process`); `final` marks its one terminal event, posted once it
+    has exited. The one message for every child: patch runs, the build, the lab's model worker. It goes only to
+    where its process posts it (the app, or the build screen)."""
 
-    def __init__(self, returncode: int) -> None:
+    bubble = False
+
+    def __init__(self, process: JobProcess, event: Event, final: bool = False) -> None:
         super().__init__()
-        self.returncode = returncode
-
-
-class LabWorkerEvent(Message):
-    """The lab's reader thread read an event of the model worker (or its exit); the app applies it."""
-
-    def __init__(self, worker: "WorkerProcess", event: "Event | WorkerExited") -> None:
-        super().__init__()
-        self.worker, self.event = worker, event
+        self.process, self.event, self.final = process, event, final

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.annotations import list_sets
 from neuron_explorer.cache.schema import GROUP_NAMES
 from neuron_explorer.engine.patching import modes
@@ -40,7 +41,7 @@ ALL_REDUCING = Target("groups:↓", "group:reducing", "all four ↓ groups",
 def patch_targets(store) -> list[Target]:
     """Every target the open cache offers: the papers' two, each group, each cluster, each stored set."""
     targets = [TOXIC, ALL_REDUCING] + [_group(group) for group in GROUP_NAMES]
-    if store.reader.has("clusters/summary"):
+    if store.reader.has(layout.CLUSTER_SUMMARY):
         targets += [_named("cluster", str(cluster)) for cluster in store.reader.clusters()["cluster"].to_list()]
     targets += [_named("set", neuron_set.name, f"the {len(neuron_set.neurons):,} neurons of the stored set")
                 for neuron_set in list_sets(store.path)]

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from neuron_explorer.cli import main
 from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
-from neuron_explorer.engine.alignment.evaluation import perplexity
+from neuron_explorer.engine.measure.evaluation import perplexity
 from neuron_explorer.engine.alignment.pairs import save_pairs
 from neuron_explorer.engine.model.generation import generate_continuations
 from neuron_explorer.engine.model.loading import load_model

@@ -14,17 +14,17 @@ from neuron_explorer.cli import main
 from neuron_explorer.engine.alignment import probe_training as T
 from neuron_explorer.engine.build import (StageRunner, StopBuild, content_hash, training_candidates, training_prompts,
                                           validation_table, validation_toxicity)
-from neuron_explorer.engine.alignment.corpora import f1_items, load_corpus, perplexity_windows, token_f1
-from neuron_explorer.engine.alignment.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
+from neuron_explorer.engine.measure.corpora import f1_items, load_corpus, perplexity_windows, token_f1
+from neuron_explorer.engine.measure.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.generation import generate_continuations
 from neuron_explorer.engine.model.loading import load_model
 from neuron_explorer.engine.alignment.pairs import (Candidates, generate_candidates, load_pairs, sample_openings, save_pairs,
                                           select_pairs, steering)
-from neuron_explorer.engine.alignment.probe import load_probe
-from neuron_explorer.engine.alignment.prompts import (RTP_VALIDATION, NearCopies, drop_near_copies, load_prompts,
+from neuron_explorer.engine.measure.probe import load_probe
+from neuron_explorer.engine.measure.prompts import (RTP_VALIDATION, NearCopies, drop_near_copies, load_prompts,
                                                      opening_seeds)
-from neuron_explorer.engine.alignment.scoring import get_scorer
+from neuron_explorer.engine.measure.scoring import get_scorer
 from neuron_explorer.errors import UserError
 
 
@@ -278,7 +278,7 @@ def test_validation_toxicity_scores_the_continuations_by_both_scorers(tiny, monk
     prompts = ["You are a", "What the hell", "The river", "Shut up and"]
     continuations = generate_continuations(tiny, prompts)
     fixed = ["stupid idiot", "fine", "idiot", "hell no"]  # a known answer: replace what the model wrote
-    monkeypatch.setattr("neuron_explorer.engine.alignment.evaluation.generate_continuations",
+    monkeypatch.setattr("neuron_explorer.engine.measure.evaluation.generate_continuations",
                         lambda loaded, chunk, **kw: fixed[:len(chunk)])
     result = validation_toxicity(tiny, prompts, KeywordScorer(), InsultCounter(), EvaluationSettings())
     assert result["generations"] == fixed and result["n_prompts"] == 4
@@ -346,7 +346,7 @@ def test_f1_continues_the_whole_prompt_and_perplexity_windows_start_with_bos(tin
     """A BOS-adding tokenizer: F1's continuation is the greedy continuation of BOS + all the prompt's tokens (by an
     uncached loop here), not of a prompt truncated by one; perplexity is Hugging Face's own loss on windows that start
     with the BOS."""
-    from neuron_explorer.engine.alignment.evaluation import f1_score, perplexity
+    from neuron_explorer.engine.measure.evaluation import f1_score, perplexity
 
     loaded = tiny_with_bos
     model, tokenizer, bos = loaded.model, loaded.tokenizer, loaded.tokenizer.bos_token_id

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from neuron_explorer.engine.neurons.compute import resolve_probe
 from neuron_explorer.engine.model.loading import load_model
-from neuron_explorer.engine.alignment.probe import SEED_WORDS
+from neuron_explorer.engine.measure.probe import SEED_WORDS
 from neuron_explorer.errors import UserError
 
 

@@ -183,7 +183,7 @@ def test_compute_stores_the_detector_labels_and_auroc(workspace, tiny_models):
     """The base continuations' scores by the profanity scorer, read back, label the prompts; the stored AUROC is
     scikit-learn's on the stored per-prompt activations, or NaN, said in the attributes, when one class is empty
     (a tiny random model rarely says anything profane)."""
-    from neuron_explorer.engine.alignment.scoring import get_scorer
+    from neuron_explorer.engine.measure.scoring import get_scorer
     from sklearn.metrics import roc_auc_score
 
     result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "detect.h5"))

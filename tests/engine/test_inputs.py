@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from neuron_explorer.engine.alignment.probe import load_probe
-from neuron_explorer.engine.alignment.prompts import load_prompts
+from neuron_explorer.engine.measure.probe import load_probe
+from neuron_explorer.engine.measure.prompts import load_prompts
 from neuron_explorer.errors import UserError
 
 TEXTS = ["You are such a", "What the hell is", "She said that"]

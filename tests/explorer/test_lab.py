@@ -10,6 +10,7 @@ import numpy as np
 from textual.widgets import Input, OptionList, Select
 
 from neuron_explorer.explorer.commands import palette_commands
+from neuron_explorer.explorer.job_process import JobState
 from neuron_explorer.explorer.screens.detail import DetailScreen
 from neuron_explorer.explorer.screens.dialogs import ChoiceDialog, PromptDialog
 from neuron_explorer.explorer.screens.lab import LabScreen
@@ -24,10 +25,10 @@ def text_of(screen, selector: str, static_text) -> str:
 
 
 async def open_lab(app, pilot, wait_for, wait_until_loaded) -> LabScreen:
-    assert app.lab.state == "stopped"  # nothing is loaded before the lab is shown
+    assert app.lab.state == JobState.QUEUED  # nothing is loaded before the lab is shown
     await wait_until_loaded(app, pilot)
     await pilot.press("5")
-    await wait_for(pilot, lambda: app.lab.state == "ready")
+    await wait_for(pilot, lambda: app.lab.ready)
     return app.screen
 
 
@@ -39,7 +40,7 @@ async def run_prompt(app, pilot, wait_for, prompt: str) -> None:
     await pilot.press("enter")
     attempt = app.lab.history[-1]
     assert attempt.request.prompt == prompt
-    await wait_for(pilot, lambda: attempt.state != "running")
+    await wait_for(pilot, lambda: attempt.state.finished)
     await pilot.pause()
 
 
@@ -57,7 +58,7 @@ async def test_a_prompt_shows_three_continuations_their_scores_the_maps_and_its_
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
         assert isinstance(screen, LabScreen)
         await run_prompt(app, pilot, wait_for, "You are a stupid")
-        assert app.lab.history[0].state == "answered"
+        assert app.lab.history[0].state == JobState.DONE
         base = text_of(screen, "#lab-base", static_text)
         dpo = text_of(screen, "#lab-dpo", static_text)
         patched = text_of(screen, "#lab-patched", static_text)
@@ -86,7 +87,7 @@ async def test_a_prompt_shows_three_continuations_their_scores_the_maps_and_its_
             cached = app.store.frame.row(row["layer"] * app.store.info.d_mlp + row["neuron"], named=True)
             assert (row["group"], row["cos_pre"], row["cluster"]) == (cached["group"], cached["cos_pre"],
                                                                       cached["cluster"])
-        worker = app.lab.worker.popen
+        worker = app.lab.process.popen
     assert worker.poll() is not None  # leaving the app stopped (and reaped) the worker
 
 
@@ -104,7 +105,7 @@ async def test_applying_a_group_runs_the_prompt_again_with_that_intervention(
         dialog = app.screen
         assert isinstance(dialog, PatchDialog) and not dialog.query_one("#prompts-field").display
         await pilot.press("ctrl+s")  # the mode the dialog offers: shift
-        await wait_for(pilot, lambda: len(app.lab.history) == 2 and app.lab.history[1].state == "answered")
+        await wait_for(pilot, lambda: len(app.lab.history) == 2 and app.lab.history[1].state == JobState.DONE)
         await pilot.pause()
         intervention = app.lab.shown.result["intervention"]  # what the worker received, echoed back
         assert intervention["sets"] == ["group:TP↓"] and intervention["mode"] == "shift"
@@ -144,7 +145,7 @@ async def test_marking_in_the_lab_marks_in_the_store_and_a_patches_the_marked_ne
         await pilot.pause()
         dialog.query_one("#param-scale-factor", Input).value = "0.25"
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: len(app.lab.history) == 2 and app.lab.history[1].state == "answered")
+        await wait_for(pilot, lambda: len(app.lab.history) == 2 and app.lab.history[1].state == JobState.DONE)
         intervention = app.lab.shown.result["intervention"]
         ids = ",".join(f"L{layer}/N{index}" for layer, index in sorted(chosen))
         assert intervention["sets"] == [f"ids:{ids}"] and intervention["neurons"] == 2
@@ -202,7 +203,7 @@ async def test_history_reopens_an_answer_without_recomputing_and_export_writes_i
         assert json.loads((tmp_path / "answer.json").read_text(encoding="utf-8")) == first.result
         assert any("answer.json" in str(n.message) for n in app._notifications)
         await pilot.press("ctrl+r")  # the re-opened prompt, run again
-        await wait_for(pilot, lambda: len(app.lab.history) == 3 and app.lab.history[2].state == "answered")
+        await wait_for(pilot, lambda: len(app.lab.history) == 3 and app.lab.history[2].state == JobState.DONE)
         assert app.lab.history[2].request.prompt == "You are a stupid"
 
 
@@ -214,7 +215,7 @@ async def test_a_picked_cache_prompt_runs(make_app, fake_lab_command, wait_for, 
         await pilot.press("o")
         await pilot.pause()
         await choose(pilot, app.screen, "cache-3")
-        await wait_for(pilot, lambda: app.lab.history and app.lab.history[0].state == "answered")
+        await wait_for(pilot, lambda: app.lab.history and app.lab.history[0].state == JobState.DONE)
         assert app.lab.history[0].request.prompt == app.store.reader.prompt_texts()[3]
 
 
@@ -223,17 +224,17 @@ async def test_a_crash_says_why_and_R_restarts_the_worker(
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
-        crashed = app.lab.worker.popen
+        crashed = app.lab.process.popen
         await run_prompt(app, pilot, wait_for, "please crash now")
-        await wait_for(pilot, lambda: app.lab.state == "crashed")
+        await wait_for(pilot, lambda: app.lab.crashed)
         await pilot.pause()
         status = text_of(screen, "#lab-status", static_text)
         assert "crashed (exit 1)" in status and "CUDA out of memory (fake)" in status and "R restarts" in status
-        assert app.lab.history[0].state == "failed" and crashed.poll() == 1
+        assert app.lab.history[0].state == JobState.FAILED and crashed.poll() == 1
         await pilot.press("escape", "R")  # escape leaves the input, so R is a key, not a letter
-        await wait_for(pilot, lambda: app.lab.state == "ready")
+        await wait_for(pilot, lambda: app.lab.ready)
         await run_prompt(app, pilot, wait_for, "You are a stupid")
-        assert app.lab.history[-1].state == "answered"
+        assert app.lab.history[-1].state == JobState.DONE
 
 
 async def test_escape_cancels_a_running_request_and_a_failed_request_leaves_the_worker_running(
@@ -247,12 +248,12 @@ async def test_escape_cancels_a_running_request_and_a_failed_request_leaves_the_
         await wait_for(pilot, lambda: attempt.done >= 2)
         assert "running #1" in text_of(screen, "#lab-status", static_text)
         await pilot.press("escape")
-        await wait_for(pilot, lambda: attempt.state == "cancelled", timeout=5)
-        assert app.lab.state == "ready" and attempt.done < attempt.total
+        await wait_for(pilot, lambda: attempt.state == JobState.CANCELLED, timeout=5)
+        assert app.lab.ready and attempt.done < attempt.total
         await run_prompt(app, pilot, wait_for, "this will fail")
-        assert app.lab.history[1].state == "failed" and "refused" in app.lab.history[1].error
+        assert app.lab.history[1].state == JobState.FAILED and "refused" in app.lab.history[1].error
         await run_prompt(app, pilot, wait_for, "You are a stupid")
-        assert app.lab.history[2].state == "answered"
+        assert app.lab.history[2].state == JobState.DONE
 
 
 async def test_a_worker_that_cannot_start_shows_its_message(
@@ -261,7 +262,7 @@ async def test_a_worker_that_cannot_start_shows_its_message(
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
         await pilot.press("5")
-        await wait_for(pilot, lambda: app.lab.state == "failed" and app.lab.exit_code is not None)
+        await wait_for(pilot, lambda: app.lab.state == JobState.FAILED and app.lab.exit_code is not None)
         await pilot.pause()
         status = text_of(app.screen, "#lab-status", static_text)
         assert "could not start: model 'missing' not found" in status and "R restarts" in status

@@ -82,10 +82,12 @@ async def test_missing_default_cache_is_built_with_visible_progress(tmp_path, se
     target = tmp_path / "default.h5"
     script = textwrap.dedent(f"""
         import shutil, time
+        from neuron_explorer.events import Done, Progress, to_json
         for step in range(3):
-            print(f"building step {{step}}", flush=True)
+            print(to_json(Progress("building", step, 3)), flush=True)
+        time.sleep(0.5)
         shutil.copyfile({str(session_cache)!r}, {str(target)!r})
-        print("done", flush=True)
+        print(to_json(Done()), flush=True)
     """)
     app = ExplorerApp(build_target=target, build_command=(sys.executable, "-c", script))
     async with app.run_test(size=(80, 24)) as pilot:
@@ -100,7 +102,7 @@ async def test_missing_default_cache_is_built_with_visible_progress(tmp_path, se
 
 async def test_the_build_screen_follows_the_builds_typed_events(tmp_path, session_cache):
     """The real build runs with --progress-json: stages as Progress, lines as Message, the closing table as Done;
-    a library's own line is shown as it is."""
+    a library's own line is not an event, and is not shown while the build goes well."""
     target = tmp_path / "default.h5"
     script = textwrap.dedent(f"""
         import shutil, time
@@ -118,11 +120,12 @@ async def test_the_build_screen_follows_the_builds_typed_events(tmp_path, sessio
         assert isinstance(screen, BuildScreen)
         for _ in range(100):
             await pilot.pause(0.05)
-            if "a library talks" in screen.query_one("Log").lines:  # the last line before the script pauses
+            if "[probe] running" in screen.query_one("Log").lines:  # the last event before the script pauses
                 break
         assert str(screen.query_one("#build-stage").content) == "build: probe: 3/8"
         assert screen.query_one("ProgressBar").progress == 3 and screen.query_one("ProgressBar").total == 8
-        assert screen.query_one("Log").lines[-2:] == ["[probe] running", "a library talks"]
+        assert screen.query_one("Log").lines[-1:] == ["[probe] running"]
+        assert "a library talks" not in screen.query_one("Log").lines
         assert not any("{" in line for line in screen.query_one("Log").lines)  # no raw JSON reaches the user
         for _ in range(100):
             await pilot.pause(0.05)

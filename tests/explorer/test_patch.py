@@ -16,7 +16,8 @@ from textual.widgets import DataTable, Input, Select
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.cli import build_parser
-from neuron_explorer.events import Cancelled, Done, Progress, Stored
+from neuron_explorer.events import Cancelled, Done, Failed, Progress, Stored
+from neuron_explorer.explorer.job_process import JobState
 from neuron_explorer.explorer.jobs import PatchJob, apply_event, target_request
 from neuron_explorer.spec.intervention import Intervention, Positions
 from neuron_explorer.explorer.screens.patch import JobRow, PatchDialog
@@ -82,7 +83,7 @@ async def test_the_interface_stays_responsive_and_c_cancels_a_run(
         assert bar.total == 100 and 0 < bar.progress < 100
         assert "eta" in static_text(app.screen.query_one(JobRow).query_one("#job-status"))
         await pilot.press("c")
-        await wait_for(pilot, lambda: job.process.poll() is not None)
+        await wait_for(pilot, lambda: job.process.returncode is not None)
         await wait_for(pilot, lambda: job.state == "cancelled")
         await app.workers.wait_for_complete()
         assert annotations.list_runs(cache_path) == []
@@ -241,9 +242,12 @@ def test_job_events_and_argv(monkeypatch):
     later = time.monotonic() + 100
     monkeypatch.setattr(time, "monotonic", lambda: later)
     assert job.status() == finished  # "done in" stops growing when the job ends
-    cancelled = PatchJob(2, request, state="cancelled")
-    assert not apply_event(cancelled, Done()) and cancelled.state == "cancelled"
-    assert apply_event(cancelled, Cancelled())
+    cancelled = PatchJob(2, request)
+    assert not apply_event(cancelled, Progress("run: toxicity", 1, 10))
+    assert apply_event(cancelled, Cancelled()) and cancelled.finished and cancelled.state == JobState.CANCELLED
+    assert cancelled.status() == "cancelled: nothing was stored"
+    failed = PatchJob(3, request)
+    assert apply_event(failed, Failed("out of memory")) and failed.status() == "failed: out of memory"
 
 
 def test_numbers_that_could_not_be_measured_show_as_not_available():

@@ -39,7 +39,7 @@ def test_lab_screen(snap_compare, make_app, fake_lab_command, wait_until_loaded,
     async def run_before(pilot) -> None:
         await wait_until_loaded(pilot.app, pilot)
         await pilot.press("5")
-        await wait_for(pilot, lambda: app.lab.state == "ready")
+        await wait_for(pilot, lambda: app.lab.ready)
         if intervention:
             app.lab.intervention = app.patch_request("group TP↓", inline=True).spec
         await pilot.press("i", *"You are a stupid", "enter")  # i: into the prompt box
@@ -90,7 +90,7 @@ def test_lab_target_picker_filtered(snap_compare, make_app, fake_lab_command, wa
     async def run_before(pilot) -> None:
         await wait_until_loaded(pilot.app, pilot)
         await pilot.press("5")
-        await wait_for(pilot, lambda: app.lab.state == "ready")
+        await wait_for(pilot, lambda: app.lab.ready)
         await pilot.press("p", *"gro")
         await pilot.pause()
 

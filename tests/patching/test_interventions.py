@@ -13,7 +13,7 @@ import torch
 
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.patching.modes import MODES
-from neuron_explorer.engine.alignment.evaluation import perplexity
+from neuron_explorer.engine.measure.evaluation import perplexity
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection

@@ -22,7 +22,7 @@ from neuron_explorer.engine.patching import runs as patching
 from neuron_explorer.engine.patching.neuron_sets import normalize_group, resolve
 from neuron_explorer.engine.patching.runs import (PatchSession, RunSettings, format_runs_table,
                                              recovered_metrics)
-from neuron_explorer.engine.alignment.prompts import PromptSet, hold_out_for_patching
+from neuron_explorer.engine.measure.prompts import PromptSet, hold_out_for_patching
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Done, Failed, Progress, Stored, from_json
 from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positions
@@ -315,7 +315,7 @@ def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy
     """Sign classes from cos with the toxic embedding (Yang et al.'s seed words), computed here from the value
     vectors, and ā_pre from the cache: the top-|cos| TP and AN neurons go to 0.95 ā_pre, the lowest-|cos| TN and AP neurons to 1.05 ā_pre, and
     each class contributes half its members (β = 0.5)."""
-    from neuron_explorer.engine.alignment.probe import toxic_embedding_direction
+    from neuron_explorer.engine.measure.probe import toxic_embedding_direction
 
     act = cache_arrays(cache_copy)["act_pre"]
     with PatchSession(cache_copy, SMALL) as session:
@@ -450,7 +450,7 @@ def shipped_templates(text: str, templates: dict) -> set[str]:
 
 @pytest.mark.parametrize("source,fraction", [("builtin:heldout", 0.5), ("builtin", 0.3)])
 def test_shipped_prompts_are_held_out_by_template(source, fraction):
-    from neuron_explorer.engine.alignment.prompts import SPLIT_BY_TEMPLATE, TEMPLATES_FILE, load_prompts
+    from neuron_explorer.engine.measure.prompts import SPLIT_BY_TEMPLATE, TEMPLATES_FILE, load_prompts
 
     templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
     loaded = load_prompts(source)
@@ -470,7 +470,7 @@ def test_other_prompts_are_held_out_by_prompt_and_say_not_out_of_template():
     _, table = hold_out_for_patching(PromptSet([f"p{i}" for i in range(8)], "x", "sha"), 0.5)
     assert "out of prompt, not out of template" in table["attrs"]["split"]
     # one shipped prompt among user prompts: the set is not the shipped compositions, so it is split by prompt
-    from neuron_explorer.engine.alignment.prompts import compose_builtin
+    from neuron_explorer.engine.measure.prompts import compose_builtin
 
     mixed = PromptSet(compose_builtin("heldout")[:3] + ["my own prompt"], "x", "sha")
     assert "not out of template" in hold_out_for_patching(mixed, 0.5)[1]["attrs"]["split"]

@@ -137,7 +137,7 @@ def test_a_probe_that_holds_a_pickle_is_refused_and_never_unpickled(tmp_path, su
 
     import torch
 
-    from neuron_explorer.engine.alignment.probe import load_probe
+    from neuron_explorer.engine.measure.probe import load_probe
 
     marker = tmp_path / "unpickled"
     probe = tmp_path / f"evil{suffix}"

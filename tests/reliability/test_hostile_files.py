@@ -346,7 +346,7 @@ def test_user_text_is_not_read_as_markup(capsys):
 def test_a_probe_of_extreme_size_keeps_its_direction(tmp_path, scale):
     """Fails on the old code: the float32 norm of 1e20 everywhere overflowed to inf (unit vector all zeros, every
     cos and Δ 0), and 1e-30 underflowed to 0 (refused as zero)."""
-    from neuron_explorer.engine.alignment.probe import load_probe
+    from neuron_explorer.engine.measure.probe import load_probe
 
     direction = np.full(32, scale, dtype=np.float32)
     direction[::2] *= -1
@@ -358,7 +358,7 @@ def test_a_probe_of_extreme_size_keeps_its_direction(tmp_path, scale):
 
 
 def test_a_zero_probe_is_still_refused(tmp_path):
-    from neuron_explorer.engine.alignment.probe import load_probe
+    from neuron_explorer.engine.measure.probe import load_probe
 
     np.save(tmp_path / "probe.npy", np.zeros(32, dtype=np.float32))
     with pytest.raises(UserError, match="zero or not finite"):
@@ -394,7 +394,7 @@ def test_hostile_options_are_one_line(good_cache, tmp_path, argv, said, capsys):
 def test_a_hostile_jsonl_file_is_one_line(tmp_path, content, said):
     """Fails on the old code: RecursionError, a FIFO read forever, and a lone surrogate accepted (it fails later,
     where the text is encoded)."""
-    from neuron_explorer.engine.alignment.jsonl import read_jsonl
+    from neuron_explorer.engine.measure.jsonl import read_jsonl
 
     path = tmp_path / "prompts.jsonl"
     if content is None:

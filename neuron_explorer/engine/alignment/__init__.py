@@ -1,4 +1,5 @@
-"""Alignment, ``neuron_explorer.engine.alignment``: probe, preference pairs, DPO, scorers, prompts, evaluation.
+"""Alignment, ``neuron_explorer.engine.alignment``: what makes the tuned model: the probe's training, preference
+pairs, DPO.
 
-Imports the model layer only.
+Imports the model and measure layers only.
 """

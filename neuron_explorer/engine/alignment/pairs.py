@@ -38,7 +38,7 @@ from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
 from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.alignment.jsonl import read_jsonl
+from neuron_explorer.engine.measure.jsonl import read_jsonl
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Reporter, Tracker, ignore
@@ -56,7 +57,7 @@ class LabProtocol:
     @classmethod
     def of(cls, reader: CacheReader) -> "LabProtocol":
         settings = reader.info.provenance.get("settings", {})
-        return cls(positions=str(settings.get("positions", reader.attrs().get("positions", "generated"))),
+        return cls(positions=str(settings.get("positions", reader.attrs().get(layout.POSITIONS, "generated"))),
                    new_tokens=int(settings.get("new_tokens", 20)),
                    max_prompt_tokens=int(settings.get("max_prompt_tokens", 32)),
                    shared_continuation=bool(settings.get("shared_continuation", False)))
@@ -192,7 +193,7 @@ class LabSession(CacheContext):
 
     def __init__(self, cache_path: str | Path, *, base: str | None = None, tuned: str | None = None,
                  device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, scorer: str = "profanity", report: Reporter = ignore):
-        from neuron_explorer.engine.alignment.scoring import get_scorer
+        from neuron_explorer.engine.measure.scoring import get_scorer
         from neuron_explorer.engine.neurons.compute import check_pair
 
         started = time.perf_counter()

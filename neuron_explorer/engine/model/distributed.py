@@ -185,6 +185,17 @@ def _interrupted(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def leave_together() -> None:
+    """Wait for every rank to reach the end of the command, then leave the process group. Rank 0 alone writes the
+    records, so the others finish first; one that tore down its half of the group while rank 0 was still busy could
+    abort in gloo's threads ("terminate called without an active exception"). Called only after a command returned:
+    a rank that raised must not wait here for peers stuck in another collective."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _leave() -> None:
+    """At exit (a rank that failed): leave the group while the interpreter is still whole."""
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

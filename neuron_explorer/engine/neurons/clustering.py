@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.cluster import hierarchy
 
-from neuron_explorer.cache import schema
+from neuron_explorer.cache import layout, schema
 
 from neuron_explorer.engine.defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
 
@@ -74,8 +74,8 @@ def cluster_neurons(metrics: dict, prompt_acts_pre, prompt_acts_dpo, *, top_k: i
         "neuron": neurons.astype(np.int32), "label": labels,
         "summary": {k: np.asarray(v) if k not in ("layers", "main_group") else v for k, v in summary.items()},
         "attrs": {"subset_rule": f"top {len(layers)} neurons by |contribution|", "top_k": int(top_k),
-                  "features": FEATURES, "method": "ward", "metric": "euclidean",
-                  "n_clusters": int(labels.max()), "criterion": "maxclust"},
+                  "features": FEATURES, layout.CLUSTER_METHOD: "ward", "metric": "euclidean",
+                  layout.CLUSTER_COUNT: int(labels.max()), "criterion": "maxclust"},
     }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.provenance import software_versions
 from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
@@ -29,9 +30,9 @@ from neuron_explorer.engine.model.distributed import BatchGather, collective_sec
 from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
                                                   parse_max_memory, weights_loaded)
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
-from neuron_explorer.engine.alignment.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
-from neuron_explorer.engine.alignment.prompts import hold_out_for_patching, load_prompts
-from neuron_explorer.engine.alignment.scoring import DEFAULT_SCORER, get_scorer
+from neuron_explorer.engine.measure.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
+from neuron_explorer.engine.measure.prompts import hold_out_for_patching, load_prompts
+from neuron_explorer.engine.measure.scoring import DEFAULT_SCORER, get_scorer
 from neuron_explorer.engine.neurons.recording import PromptMeans, record_model
 from neuron_explorer.engine.neurons.results import write_dynamics, write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
@@ -221,7 +222,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         verdicts["pooling_passed"] = verdicts["pooling_relative"] <= POOLING_TOLERANCE
         write_token_tables(writer, tokens, vocabulary(pre.tokenizer))
         computed = int((tokens["top_tokens_pre"][..., 0] >= 0).sum())
-        writer.write_attrs({"lens_rule": rule.record(computed)}, "neurons")
+        writer.write_attrs({layout.LENS_RULE: rule.record(computed)}, layout.NEURONS)
         timings["weights"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -234,19 +235,19 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
             "continuation_dpo": recordings["dpo"].continuations or [""] * len(prompts.texts),
             "toxicity_pre": toxicity_pre,
         })
-        writer.write_array("probe/direction", probe.direction, probe.provenance())
+        writer.write_array(layout.PROBE_DIRECTION, probe.direction, probe.provenance())
         groups, summary = write_statistics(writer, metrics, layers, datasets["pre"], datasets["dpo"],
                                            toxicity_pre=toxicity_pre, scorer=scorer.name,
                                            cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
-        writer.write_attrs({"positions": settings.positions, "protocol": protocol_description(settings)})
+        writer.write_attrs({layout.POSITIONS: settings.positions, layout.PROTOCOL: protocol_description(settings)})
         layer_attrs = {"identity_prompts": json.dumps(sample.tolist()), "identity_sample_size": len(sample),
                        **verdicts}
         for name in ("pre", "dpo"):
             layer_attrs[f"n_positions_{name}"] = recordings[name].n_positions
             layer_attrs[f"identity_positions_{name}"] = checks[name].n_positions
-        writer.write_attrs(layer_attrs, "layers")
+        writer.write_attrs(layer_attrs, layout.LAYERS)
         if patch_prompts is not None:
-            writer.write_table("patch_prompts", patch_prompts["columns"], patch_prompts["attrs"])
+            writer.write_table(layout.PATCH_PROMPTS, patch_prompts["columns"], patch_prompts["attrs"])
         for name, table in (extra_tables or {}).items():
             writer.write_table(name, table["columns"], table.get("attrs"))
         timings["statistics"] = time.perf_counter() - clock
@@ -256,7 +257,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                        "prompts": prompt_sequences(pre, prompts.texts, continuations_pre, settings.max_prompt_tokens)}
             for source, sequences in sources.items():
                 found = measure_difference(pre, dpo, sequences, source)
-                writer.write_table(f"differences/{source}", found.arrays(pre, unit), found.attrs())
+                writer.write_table(layout.difference_path(source), found.arrays(pre, unit), found.attrs())
             timings["difference lens"] = time.perf_counter() - clock
         if settings.checkpoints:
             clock = time.perf_counter()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from neuron_explorer.engine.alignment.corpora import load_corpus, perplexity_windows
+from neuron_explorer.engine.measure.corpora import load_corpus, perplexity_windows
 from neuron_explorer.engine.model.generation import encode_prompts
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import LoadedModel, weights_loaded

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuron_explorer.cache import schema
+from neuron_explorer.cache import layout, schema
 from neuron_explorer.cache.writer import CacheWriter
 
 from neuron_explorer.engine.neurons.results import write_dynamics, write_statistics, write_token_tables
@@ -66,7 +66,7 @@ def build_synthetic_cache(path: str | Path, *, n_layers: int = 4, d_mlp: int = 6
                 scores = np.sort(rng.normal(0, 1, shape + (TOKENS_PER_NEURON,)), axis=-1)
                 tokens[f"{direction}_scores_{model}"] = (scores[..., ::-1] if sign < 0 else scores).astype(np.float32)
         write_token_tables(writer, tokens, [f"tok{i}" for i in range(vocab_size)])
-        writer.write_array("probe/direction", rng.normal(0, 1, d_model).astype(np.float32), {"source": "synthetic"})
+        writer.write_array(layout.PROBE_DIRECTION, rng.normal(0, 1, d_model).astype(np.float32), {"source": "synthetic"})
         write_statistics(writer, metrics, layers, pre, dpo, toxicity_pre=toxicity, scorer="synthetic",
                          cluster_top_k=cluster_top_k, n_clusters=n_clusters)
         _write_differences(writer, np.random.default_rng(seed + 2), n_layers, d_model, vocab_size)
@@ -88,7 +88,7 @@ def _write_differences(writer: CacheWriter, rng: np.random.Generator, n_layers: 
                   "top_scores": scores[:, ::-1][:, :TOKENS_PER_NEURON].astype(np.float32),
                   "bottom_tokens": rng.integers(0, vocab_size, (n_layers, TOKENS_PER_NEURON), dtype=np.int32),
                   "bottom_scores": scores[:, :TOKENS_PER_NEURON].astype(np.float32)}
-        writer.write_table(f"differences/{source}", arrays, {"source": source, "n_texts": 16, "n_tokens": 2048 * (n + 1),
+        writer.write_table(layout.difference_path(source), arrays, {"source": source, "n_texts": 16, "n_tokens": 2048 * (n + 1),
                                                              "kl_mean": 0.01 * (n + 1), "kl_max": 0.5})
 
 

@@ -44,7 +44,7 @@ class CacheContext(ABC):
         """cos(v_i, toxic embedding) of the base model, with Yang et al.'s five-and-five seed words: the direction
         their tuning-free edit ranks neurons by."""
         if self._cos_embedding is None:
-            from neuron_explorer.engine.alignment.probe import toxic_embedding_direction
+            from neuron_explorer.engine.measure.probe import toxic_embedding_direction
             from neuron_explorer.engine.patching.interventions import value_vector_cosines
 
             direction = toxic_embedding_direction(self.loaded, modes.TUNING_FREE_SEED_WORDS).direction

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuron_explorer.cache import annotations, schema
+from neuron_explorer.cache import annotations, layout, schema
 from neuron_explorer.cache.reader import CacheReader, parse_neuron_id
 from neuron_explorer.errors import UserError
 
@@ -120,7 +120,7 @@ def resolve(reader: CacheReader, specs: list[str] | tuple[str, ...]) -> NeuronSe
 def _column(reader: CacheReader, name: str) -> np.ndarray:
     if name not in schema.NEURON_COLUMNS:
         raise UserError(f"no neuron column '{name}': use one of {', '.join(schema.NEURON_COLUMNS)}")
-    if not reader.has(f"neurons/{name}"):
+    if not reader.has(layout.neuron_path(name)):
         raise UserError(f"{reader.path} has no '{name}' column (written before it existed): recompute it with "
                         f"`neuron-explorer compute`")
     return reader.neuron_array(name).astype(np.float64)

@@ -17,6 +17,7 @@ from itertools import combinations
 
 import numpy as np
 
+from neuron_explorer.cache import layout
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
 
@@ -107,5 +108,5 @@ def resolve_masks(reader, specs) -> dict[str, np.ndarray]:
 
 def default_specs(reader) -> list[str]:
     """DEFAULT_SPECS less `auroc:128` where the cache has no finite AUROC."""
-    has_auroc = reader.has("neurons/auroc") and np.isfinite(reader.neuron_array("auroc")).any()
+    has_auroc = reader.has(layout.neuron_path("auroc")) and np.isfinite(reader.neuron_array("auroc")).any()
     return [spec for spec in DEFAULT_SPECS if has_auroc or not spec.startswith("auroc:")]

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from neuron_explorer import __version__
-from neuron_explorer.cache import annotations
+from neuron_explorer.cache import annotations, layout
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
@@ -35,15 +35,15 @@ from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE
 from neuron_explorer.engine.patching import interventions as iv
-from neuron_explorer.engine.alignment.corpora import load_corpus
-from neuron_explorer.engine.alignment.evaluation import (PROBE_POSITIONS, EvaluationResult, EvaluationSettings,
+from neuron_explorer.engine.measure.corpora import load_corpus
+from neuron_explorer.engine.measure.evaluation import (PROBE_POSITIONS, EvaluationResult, EvaluationSettings,
                                                           InterventionHooks, continuations, corpus_inputs, evaluate,
                                                           perplexity)
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.context import CacheContext
 from neuron_explorer.engine.model.distributed import current_ranks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
-from neuron_explorer.engine.alignment.prompts import SPLIT_BY_PROMPT, PromptSet, load_prompts
+from neuron_explorer.engine.measure.prompts import SPLIT_BY_PROMPT, PromptSet, load_prompts
 from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positions
 
 
@@ -100,11 +100,12 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
                             f"an older version): pass --prompts FILE with prompts it was not computed on, or "
                             f"--in-sample to evaluate on its statistics prompts")
         texts = held.texts[:settings.max_prompts]
-        prompts = PromptSet(texts=texts, source=f"{name}: held out by compute from {held.attrs.get('source', '?')}",
+        prompts = PromptSet(texts=texts, source=f"{name}: held out by compute from {held.attrs.get(layout.HOLDOUT_SOURCE, '?')}",
                             sha256=sha256_texts(texts))
         record = {"selection": "held out by compute", "source_indices": held.source_indices[:len(texts)].tolist(),
-                  "holdout_rule": held.attrs.get("rule"), "holdout_fraction": held.attrs.get("fraction"),
-                  "split": held.attrs.get("split", SPLIT_BY_PROMPT)}  # older caches split by prompt
+                  "holdout_rule": held.attrs.get(layout.HOLDOUT_RULE),
+                  "holdout_fraction": held.attrs.get(layout.HOLDOUT_FRACTION),
+                  "split": held.attrs.get(layout.HOLDOUT_SPLIT, SPLIT_BY_PROMPT)}  # older caches split by prompt
     recorded = set(statistics)
     overlap = sum(text in recorded for text in prompts.texts)
     record.update(prompts.provenance(), in_statistics=overlap, disjoint_from_statistics=overlap == 0)
@@ -172,7 +173,7 @@ class PatchSession(CacheContext):
     def __init__(self, cache_path: str | Path, settings: RunSettings | None = None, report: Reporter = ignore,
                  loaded=None):
         from neuron_explorer.engine.model.loading import load_model
-        from neuron_explorer.engine.alignment.scoring import get_scorer
+        from neuron_explorer.engine.measure.scoring import get_scorer
 
         self.cache_path = Path(cache_path).expanduser()
         self.settings = settings or RunSettings()
@@ -281,7 +282,7 @@ class PatchSession(CacheContext):
         cache's statistics prompts, not on the prompts the run is scored on (fitted there, its recovered probe
         projection would be ~1 by construction)."""
         if self._subtract_alpha is None:
-            from neuron_explorer.engine.alignment.evaluation import probe_projection
+            from neuron_explorer.engine.measure.evaluation import probe_projection
 
             texts = self.reader.prompt_texts()[:self.settings.max_prompts]
             self.report(Message(f"subtract: measuring DPO's change of the probe projection on {len(texts)} "

@@ -1,9 +1,8 @@
-"""Shown when the default cache does not exist yet: runs `neuron-explorer build --progress-json` and follows its job
-events (the same typed events as patch runs, `neuron_explorer.events`)."""
+"""Shown when the default cache does not exist yet: runs `neuron-explorer build --progress-json` as a `JobProcess`
+and follows its job events (the same typed events as patch runs, `neuron_explorer.events`)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,9 +12,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, ProgressBar, Static
 
-from neuron_explorer.events import Done, Event, EventError, Failed, Message, Progress, from_json
+from neuron_explorer.events import Cancelled, Done, Event, Failed, Message, Progress
 
-from ..messages import BuildFinished
+from ..job_process import JobProcess, JobState
+from ..messages import JobEvent
 from .dialogs import ShowsWorkerErrors
 
 BUILD_COMMAND = (sys.executable, "-m", "neuron_explorer", "build", "--progress-json")
@@ -30,8 +30,8 @@ class BuildScreen(ShowsWorkerErrors, Screen):
     def __init__(self, target: Path, command: tuple[str, ...] = BUILD_COMMAND) -> None:
         super().__init__()
         self.target, self.command = target, command
-        self.process: subprocess.Popen | None = None
-        self.error: str | None = None  # the build's own last word when it failed
+        self.process = JobProcess(command, self.post_message, what="the build")
+        self.job_state = JobState.QUEUED
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -43,28 +43,16 @@ class BuildScreen(ShowsWorkerErrors, Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.run_build()
+        if self.process.start():
+            self.job_state = JobState.RUNNING
+        self.follow_build()
 
     @work(thread=True, exclusive=True, group="build", exit_on_error=False, description="the build")
-    def run_build(self) -> None:
-        try:
-            self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            text=True, bufsize=1)
-        except OSError as error:
-            self.app.call_from_thread(self.show, Failed(f"could not start the build: {error}"))
-            self.post_message(BuildFinished(127))
-            return
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                event = from_json(line)
-            except EventError:  # a library's own output: shown as it is (its latest state, if it redraws)
-                event = Message(line.rstrip("\n").split("\r")[-1])
-            self.app.call_from_thread(self.show, event)
-        self.post_message(BuildFinished(self.process.wait()))
+    def follow_build(self) -> None:
+        self.process.follow()
 
-    def show(self, event: Event) -> None:
-        log = self.query_one(Log)
+    def on_job_event(self, message: JobEvent) -> None:
+        event, log = message.event, self.query_one(Log)
         if isinstance(event, Progress):
             self.query_one("#build-stage", Static).update(f"{event.stage}: {event.done:,}/{event.total:,}")
             self.query_one(ProgressBar).update(total=event.total or None, progress=event.done)
@@ -72,21 +60,27 @@ class BuildScreen(ShowsWorkerErrors, Screen):
             log.write_lines(event.text.splitlines() or [""])
         elif isinstance(event, Done):
             log.write_lines(event.summary.splitlines())
-        elif isinstance(event, Failed):
-            self.error = event.message
-            log.write_line(f"error: {event.message}")
+        if message.final:
+            self.finish(event, message.process.returncode)
 
-    def on_build_finished(self, message: BuildFinished) -> None:
+    def finish(self, event: Event, returncode: int | None) -> None:
+        """The build ended: open what it wrote, or say why not (its last output lines go in the log)."""
+        self.job_state = JobState.ended_by(event)
         progress = self.query_one(ProgressBar)
-        if message.returncode == 0 and self.target.exists():
+        if self.job_state == JobState.DONE and self.target.exists():
             progress.update(total=1, progress=1)
             self.app.open_cache(self.target)
+            return
+        progress.display = False
+        if isinstance(event, Failed):
+            reason = event.message
+        elif isinstance(event, Cancelled):
+            reason = "it was stopped"
         else:
-            progress.display = False
-            reason = f": {self.error}" if self.error else "; its output is below"
-            self.query_one("#build-title", Static).update(
-                f"The build failed (exit code {message.returncode}){reason}. Press q to quit.")
+            reason = f"it said it was done but wrote no {self.target.name}"
+        self.query_one(Log).write_lines([*self.process.tail, f"error: {reason}"])
+        self.query_one("#build-title", Static).update(
+            f"The build failed (exit code {returncode}): {reason}. Press q to quit.")
 
     def on_unmount(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        self.process.cancel()

@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.schema import GROUP_NAMES
 
 from ..formatting import signed
@@ -45,7 +46,7 @@ class ClustersScreen(Screen):
         yield Header()
         reader = self.store.reader
         tree = reader.cluster_tree()
-        if tree is None or not reader.has("clusters/summary"):
+        if tree is None or not reader.has(layout.CLUSTER_SUMMARY):
             yield Static("This cache holds no clusters: it was computed without the clustering step.",
                          classes="empty-state")
         else:

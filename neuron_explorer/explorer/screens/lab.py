@@ -18,6 +18,7 @@ from textual.widgets import Footer, Header, Input, Static
 
 from neuron_explorer.engine.lab.protocol import lens_difference
 
+from ..job_process import JobState
 from ..lab_client import LabTry
 from ..messages import NeuronChosen, SortRequested
 from ..state import PromptNeurons, Store
@@ -86,7 +87,7 @@ class LabScreen(Screen):
     # -- drawing ---------------------------------------------------------------------------------------------
     def refresh_lab(self) -> None:
         lab = self.app.lab
-        status = Text(lab.status(), style="bold red" if lab.state in ("crashed", "failed") else "")
+        status = Text(lab.status(), style="bold red" if lab.state == JobState.FAILED else "")
         self.query_one("#lab-status", Static).update(status)
         shown = lab.shown
         result = shown.result if shown is not None else None

@@ -14,6 +14,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.annotations import (PatchRun, delete_run, list_runs, load_baseline, rename_run,
                                                sidecar_dir)
 from neuron_explorer.errors import UserError
@@ -170,8 +171,8 @@ class RunsScreen(Screen):
         stored run was compared with (the runs' own settings)."""
         reader = self.store.reader
         rows = []
-        if reader.has("evaluation"):
-            for row in reader.table("evaluation").iter_rows(named=True):
+        if reader.has(layout.EVALUATION):
+            for row in reader.table(layout.EVALUATION).iter_rows(named=True):
                 name = str(row.get("setting", row.get("model", "?")))
                 rows.append({"name": f"{name} (cache)",
                              **{k: v for k, v in row.items() if k not in ("setting", "model")}})

@@ -7,6 +7,7 @@ import polars as pl
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.reader import ClusterTree
 from neuron_explorer.cache.schema import GROUP_NAMES
 
@@ -94,7 +95,7 @@ class Dendrogram(TerminalPlot):
         plt = self.plt
         plt.clear_data()
         linkage = self.cluster_tree.linkage
-        n_clusters = int(self.cluster_tree.attrs.get("n_clusters", 0)) or 1
+        n_clusters = int(self.cluster_tree.attrs.get(layout.CLUSTER_COUNT, 0)) or 1
         cut = float(linkage[-(n_clusters - 1), 2]) if 1 < n_clusters <= len(linkage) else float(linkage[-1, 2]) + 1
         drawn = dendrogram(linkage, no_plot=True, color_threshold=cut, above_threshold_color="grey")
         palette = {}
@@ -106,5 +107,5 @@ class Dendrogram(TerminalPlot):
             plt.plot(xs, ys, color=plot_color, marker="braille")
         plt.hline(cut, 240)
         plt.xticks([])
-        plt.title(f"{len(linkage) + 1} neurons, {n_clusters} clusters ({self.cluster_tree.attrs.get('method', '')})")
+        plt.title(f"{len(linkage) + 1} neurons, {n_clusters} clusters ({self.cluster_tree.attrs.get(layout.CLUSTER_METHOD, '')})")
         self.refresh()

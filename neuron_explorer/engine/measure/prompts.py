@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 
-from neuron_explorer.engine.alignment.jsonl import read_jsonl, read_utf8
+from neuron_explorer.engine.measure.jsonl import read_jsonl, read_utf8
 
 TEMPLATES_FILE = Path(__file__).parent / "data" / "prompt_templates.json"
 # 399 real RealToxicityPrompts challenge prompts (Apache-2.0, data/README.md): validation only, never training data.
@@ -291,7 +292,8 @@ def hold_out_for_patching(prompts: PromptSet, fraction: float) -> tuple[PromptSe
         return statistics, None
     texts = [prompts.texts[i] for i in held]
     table = {"columns": {"text": texts, "source_index": np.asarray(held, dtype=np.int64)},
-             "attrs": {"source": prompts.source, "source_sha256": prompts.sha256, "fraction": fraction,
-                       "rule": rule, "split": split, "sha256": sha256_texts(texts), "n": len(texts),
-                       "n_statistics": len(kept), "n_dropped": sides.count(None)}}
+             "attrs": {layout.HOLDOUT_SOURCE: prompts.source, "source_sha256": prompts.sha256,
+                       layout.HOLDOUT_FRACTION: fraction, layout.HOLDOUT_RULE: rule, layout.HOLDOUT_SPLIT: split,
+                       "sha256": sha256_texts(texts), "n": len(texts), "n_statistics": len(kept),
+                       "n_dropped": sides.count(None)}}
     return statistics, table

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
-from neuron_explorer.engine.alignment.jsonl import read_jsonl, read_utf8
+from neuron_explorer.engine.measure.jsonl import read_jsonl, read_utf8
 
 BUILTIN = "builtin"
 

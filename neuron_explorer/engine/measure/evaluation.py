@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from neuron_explorer.engine.alignment.corpora import (Corpus, f1_items, load_corpus, perplexity_windows,
+from neuron_explorer.engine.measure.corpora import (Corpus, f1_items, load_corpus, perplexity_windows,
                                                      special_tokens_around, token_f1)
 from neuron_explorer.engine.model.distributed import Ranks
 from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations

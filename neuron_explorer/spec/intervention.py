@@ -105,7 +105,7 @@ class Intervention:
                    given_params(args), getattr(args, "label", None))
 
     # -- JSON ------------------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "sets": list(self.sets), "positions": self.positions.value,
                 "params": dict(self.params), "label": self.label}
 
@@ -169,7 +169,7 @@ def given_params(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in modes.parameter_names() if getattr(args, name) is not None}
 
 
-def add_arguments(group, *, preset: bool = False, label: bool = True) -> None:
+def add_arguments(group: argparse._ActionsContainer, *, preset: bool = False, label: bool = True) -> None:
     """The intervention's options (`Intervention.from_args` reads them back); `preset`: --positions also takes
     `authors`, the paper preset's per-row choice."""
     group.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",

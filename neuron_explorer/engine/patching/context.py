@@ -9,9 +9,8 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from neuron_explorer.cache.reader import CacheReader
-from neuron_explorer.events import Message, Reporter, ignore
-
 from neuron_explorer.engine.patching import modes
+from neuron_explorer.events import Message, Reporter, ignore
 
 NEURON_MEANS = ("act_pre", "act_dpo", "act_shift")  # the cache's arrays the builders read
 

@@ -1,8 +1,7 @@
 """One intervention (a mode, the neuron sets it acts on, where, the parameters given, a label), the one value that a
 patch run, the prompt lab and the explorer's patch dialog pass around. It is checked once, when it is made, against
 the patch-mode registry (engine/patching/modes.py), and it crosses boundaries in two forms that round-trip: the
-`patch`/`lab` options (`to_argv`, `from_args`) and JSON (`to_dict`/`from_dict`: the lab's requests and the run
-records). `PaperPreset` is the other thing a patch job may ask for: the papers' rows, one job.
+`patch`/`lab` options (`to_argv`, `from_args`) and JSON (`to_dict`/`from_dict`: the lab's requests and answers). `PaperPreset` is the other thing a patch job may ask for: the papers' rows, one job.
 
 Resolving the sets needs the cache and building the hooks needs the model: the engine does both (`runs.check_spec`).
 """

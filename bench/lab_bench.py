@@ -51,19 +51,20 @@ def read_until(process: subprocess.Popen, kinds: tuple[str, ...]) -> tuple[dict,
 
 
 def measure_worker(cache: Path, n_requests: int) -> dict:
-    from neuron_explorer.engine.lab.protocol import LabRequest, QuitRequest
+    from neuron_explorer.engine.lab.protocol import QuitRequest, RunRequest
+    from neuron_explorer.spec.intervention import Intervention
 
     started = time.perf_counter()
     process = worker_process(cache)
-    process.stdin.write(LabRequest(0, PROMPTS[0]).to_json() + "\n")
+    process.stdin.write(RunRequest(0, PROMPTS[0]).to_json() + "\n")
     process.stdin.flush()
     _, ready_at = read_until(process, ("ready",))
     _, answered_at = read_until(process, ("answer",))
     figures = {"ready": ready_at - started, "first answer": answered_at - started, "plain": [], "patched": []}
     for index in range(n_requests):
-        for kind, extra in (("plain", {}), ("patched", {"sets": ("group:TP↓",), "mode": "shift"})):
-            request = LabRequest(len(figures[kind]) + 10 * (kind == "patched") + 1, PROMPTS[index % len(PROMPTS)],
-                                 **extra)
+        for kind, patched in (("plain", None), ("patched", Intervention("shift", ("group:TP↓",)))):
+            request = RunRequest(len(figures[kind]) + 10 * (kind == "patched") + 1, PROMPTS[index % len(PROMPTS)],
+                                 patched)
             sent = time.perf_counter()
             process.stdin.write(request.to_json() + "\n")
             process.stdin.flush()

@@ -32,15 +32,16 @@ from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.measure.evaluation import EvaluationSettings, evaluate
 from neuron_explorer.engine.patching.interventions import hook_count
 from neuron_explorer.engine.model.loading import load_model
-from neuron_explorer.engine.patching.runs import PatchSession, PatchSpec, RunSettings
+from neuron_explorer.engine.patching.runs import PatchSession, RunSettings
+from neuron_explorer.spec.intervention import Intervention
 from neuron_explorer.engine.measure.prompts import load_prompts
 from neuron_explorer.engine.measure.scoring import get_scorer
 
 SPECS = [
-    PatchSpec("patch-mean", ("group:reducing",), label="patch all four ↓ groups"),
-    PatchSpec("zero-ablate", ("toxic:128",), label="ablate top-128 toxic"),
-    PatchSpec("shift", ("all",), label="shift every neuron"),
-    PatchSpec("tuning-free", (), label="tuning-free edit"),
+    Intervention("patch-mean", ("group:reducing",), label="patch all four ↓ groups"),
+    Intervention("zero-ablate", ("toxic:128",), label="ablate top-128 toxic"),
+    Intervention("shift", ("all",), label="shift every neuron"),
+    Intervention("tuning-free", (), label="tuning-free edit"),
 ]
 
 

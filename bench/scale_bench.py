@@ -247,14 +247,15 @@ def part_plan(args, base, tuned, cache) -> dict:
 def part_patch(args, base, tuned, cache) -> dict:
     from neuron_explorer.engine.measure.evaluation import evaluate
     from neuron_explorer.engine.model.loading import load_model
-    from neuron_explorer.engine.patching.runs import PatchSession, PatchSpec, RunSettings
+    from neuron_explorer.engine.patching.runs import PatchSession, RunSettings
+    from neuron_explorer.spec.intervention import Intervention
 
     settings = RunSettings(prompts="builtin:heldout", max_prompts=args.patch_prompts, ppl_windows=args.ppl_windows,
                            f1_items=2 * args.ppl_windows, batch_size=args.batch_size,
                            base=str(base), tuned=str(tuned), device=args.device, dtype=args.dtype)
     loaded = load_model(str(base), device=args.device, dtype=args.dtype)
     with PatchSession(cache, settings, loaded=loaded) as session:
-        intervention, _ = session.intervention(PatchSpec(PATCH[0], PATCH[1]))
+        intervention, _ = session.intervention(Intervention(PATCH[0], PATCH[1]))
 
         def plain() -> None:
             evaluate(loaded, session.prompts.texts, session.scorer, settings=session.eval_settings,
@@ -277,7 +278,7 @@ def part_patch(args, base, tuned, cache) -> dict:
 def part_lab(args, base, tuned, cache) -> dict:
     import torch
 
-    from neuron_explorer.engine.lab.protocol import LabRequest
+    from neuron_explorer.engine.lab.protocol import RunRequest
     from neuron_explorer.engine.lab.session import LabSession
     from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 
@@ -285,7 +286,7 @@ def part_lab(args, base, tuned, cache) -> dict:
         requests = []
         for index in range(args.repeats + 1):  # the first warms up
             started = time.perf_counter()
-            session.answer(LabRequest(index, LAB_PROMPT))
+            session.answer(RunRequest(index, LAB_PROMPT))
             requests.append(time.perf_counter() - started)
         bare = []
         for _ in range(args.repeats + 1):

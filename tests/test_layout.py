@@ -28,7 +28,10 @@ FORBIDDEN = {
     "engine.lab": ("engine.alignment", "engine.build"),
     "explorer": ("commands", "cli"),
     "figures": ("engine", "explorer", "commands", "cli"),
+    "spec": ("cache", "explorer", "commands", "cli", "figures"),
 }
+# What spec/ may import: besides itself, the one-line errors and the torch-free mode registry it checks against.
+SPEC_IMPORTS = {"errors", "engine.patching.modes"}
 # The engine modules the explorer may import: the torch-free ones.
 EXPLORER_ENGINE_MODULES = {"engine.defaults", "engine.patching.modes", "engine.patching.neuron_sets",
                            "engine.patching.overlap", "engine.lab.protocol"}
@@ -78,6 +81,11 @@ def test_imports_go_one_way(package):
 def test_the_explorer_imports_only_the_torch_free_engine_modules():
     used = {name for path in sources("explorer") for name in imported_modules(path) if name.startswith("engine")}
     assert used and used <= EXPLORER_ENGINE_MODULES, used - EXPLORER_ENGINE_MODULES
+
+
+def test_spec_imports_only_errors_and_the_mode_registry():
+    used = {name for path in sources("spec") for name in imported_modules(path) if not name.startswith("spec")}
+    assert used <= SPEC_IMPORTS, used - SPEC_IMPORTS
 
 
 def test_the_rule_reader_sees_a_forbidden_import(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from neuron_explorer.commands.arguments import add_device_options, output_file, 
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.lab.protocol import DEFAULT_TOP, layer_bins, lens_difference
 from neuron_explorer.engine.patching import modes
+from neuron_explorer.spec import intervention
 
 HELP = "one prompt through base, DPO and a patched base model: continuations, probe lens, top neurons"
 HEAT_COLUMNS = 10  # layers are averaged into at most this many columns of the printed heat map
@@ -45,15 +46,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("file", nargs="?", type=Path, default=None,
                         help=f"the cache (default: {default_cache_path()})")
     parser.add_argument("--prompt", default=None, help="the prompt (required unless --serve)")
-    what = parser.add_argument_group("intervention (the patched run; the same as `patch`)")
-    what.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",
-                      help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓")
-    what.add_argument("--mode", choices=tuple(modes.MODES), default=None,
-                      help=f"what to do to them (default with --set: {modes.DEFAULT_MODE}, as for patch)")
-    what.add_argument("--positions", choices=tuple(modes.POSITIONS), default="all",
-                      help="; ".join(f"{name}: {text}" for name, text in modes.POSITIONS.items()))
-    for name in modes.parameter_names():
-        what.add_argument(f"--{name}", default=None, help=modes.parameter_help(name))
+    what = parser.add_argument_group("intervention (the patched run, as `patch` takes it; none without --set or "
+                                     "--mode)")
+    intervention.add_arguments(what)
     output = parser.add_argument_group("output")
     output.add_argument("--top", type=positive_count, default=DEFAULT_TOP,
                         help="neurons kept by Δ and by |δ| each (%(default)s)")
@@ -76,7 +71,6 @@ def run(args) -> int:
     from neuron_explorer.errors import UserError
 
     path = Path(args.file or default_cache_path()).expanduser()
-    given = {name: getattr(args, name) for name in modes.parameter_names() if getattr(args, name) is not None}
     if args.serve:
         if args.prompt or args.json or args.sets or args.mode:
             raise UserError("--serve takes its prompts as requests on stdin: leave out --prompt, --set, --mode, --json")
@@ -87,16 +81,18 @@ def run(args) -> int:
         return _tokens(path, args)
     if not args.prompt or not args.prompt.strip():
         raise UserError("give the prompt: --prompt \"...\" (or --serve for the explorer's worker)")
-    from neuron_explorer.engine.lab.protocol import LabRequest
-
     from neuron_explorer.commands.reporting import reporting
-    from neuron_explorer.engine.lab.session import LabSession, check_request
+    from neuron_explorer.engine.lab.protocol import RunRequest
+    from neuron_explorer.engine.lab.session import LabSession
+    from neuron_explorer.engine.patching.runs import check_spec
+    from neuron_explorer.spec.intervention import Intervention
 
-    mode = args.mode or (modes.DEFAULT_MODE if args.sets else None)  # --set alone patches as `patch` would
-    request = LabRequest(id=1, prompt=args.prompt, sets=tuple(args.sets), mode=mode, positions=args.positions,
-                         params=given, top=args.top, full=bool(args.json))
-    with CacheReader(path) as reader:  # a bad file, set, mode or parameter fails here, before the models load
-        check_request(reader, request)
+    # --set alone patches as `patch` would; a bad mode, parameter or positions fails here
+    patched = Intervention.from_args(args) if args.sets or args.mode else None
+    request = RunRequest(id=1, prompt=args.prompt, intervention=patched, top=args.top, full=bool(args.json))
+    with CacheReader(path) as reader:  # a bad file or set fails here, before the models load
+        if patched is not None:
+            check_spec(patched, reader)
 
     with reporting(json_lines=False) as report:
         with LabSession(path, base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype,

@@ -42,6 +42,7 @@ from neuron_explorer.cache.atomic import write_json_atomically
 from neuron_explorer.commands.arguments import add_device_options, at_least, count_or_all, non_negative, output_file, positive_count
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.patching import modes
+from neuron_explorer.spec import intervention
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "patch, ablate or edit neurons of the base model and measure how much of DPO's effect comes back"
@@ -52,18 +53,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("file", nargs="?", type=Path, default=None,
                         help=f"the cache (default: {default_cache_path()})")
     what = parser.add_argument_group("intervention")
-    what.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",
-                      help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓, toxic:128")
-    what.add_argument("--mode", choices=tuple(modes.MODES), default=None,
-                      help=f"what to do to them (default: {modes.DEFAULT_MODE}; the preset's patch rows: "
-                           f"{', '.join(modes.PRESET_PATCH_MODES)}, default {modes.PRESET_PATCH_MODES[0]})")
-    what.add_argument("--positions", choices=tuple(modes.POSITIONS), default=None,
-                      help="; ".join(f"{name}: {text}" for name, text in modes.POSITIONS.items()) +
-                           " (default: all; the preset follows the authors, ablation everywhere and patching at the "
-                           "newest position, unless given)")
-    for name in modes.parameter_names():  # checked by the mode that takes it (modes.Parameter.validate)
-        what.add_argument(f"--{name}", default=None, help=modes.parameter_help(name))
-    what.add_argument("--label", default=None, help="a name for the run (default: mode and sets)")
+    intervention.add_arguments(what, preset=True)
     what.add_argument("--preset", choices=("paper",), default=None,
                       help="paper: the papers' table (ablate top-128 toxic; patch each ↓ group; all four; tuning-free)")
     evaluation = parser.add_argument_group("evaluation (run-sized defaults)")
@@ -111,37 +101,31 @@ def run(args) -> int:
 
 
 def _run(args, report) -> int:
-    from neuron_explorer.engine.patching.runs import (PatchSession, PatchSpec, RunSettings, evaluation_prompts,
+    from neuron_explorer.engine.patching.runs import (PatchSession, RunSettings, check_spec, evaluation_prompts,
                                                  format_runs_table, model_specs, paper_preset, shown)
     from neuron_explorer.events import Done, Message, Stored
     from neuron_explorer.errors import UserError
+    from neuron_explorer.spec.intervention import Intervention, PaperPreset, given_params
 
-    mode = modes.get(args.mode or modes.DEFAULT_MODE)
     if args.preset and (args.sets or args.mode not in (None, *modes.PRESET_PATCH_MODES)):
         raise UserError(f"--preset paper chooses its own sets and modes: leave out --set, and give --mode only as "
                         f"{' or '.join(modes.PRESET_PATCH_MODES)} for its patch rows")
-    if not args.preset and not args.sets and mode.needs_set:
-        raise UserError("say which neurons to patch: --set SPEC (e.g. --set group:TP↓), or --preset paper")
-    given = {name: getattr(args, name) for name in modes.parameter_names() if getattr(args, name) is not None}
     path = Path(args.file or default_cache_path()).expanduser()
     settings = RunSettings(prompts=args.prompts, in_sample=args.in_sample, max_prompts=args.max_prompts or None,
                            corpus=args.corpus, scorer=args.scorer, ppl_window=args.ppl_window,
                            ppl_windows=args.ppl_windows or None, f1_items=args.f1_items or None,
                            new_tokens=args.new_tokens, batch_size=args.batch_size, samples=args.samples,
                            base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype)
+    # a bad mode, parameter or positions fails here, before any file is read
     if args.preset:
-        specs = paper_preset(positions=args.positions, tuning_free=given,
-                             **({"patch_mode": args.mode} if args.mode else {}))
+        specs = paper_preset(PaperPreset.from_args(args), tuning_free=given_params(args))
     else:
-        mode.values(given)  # a parameter the mode does not take, or a bad value, fails before any file is read
-        specs = [PatchSpec(mode.name, tuple(args.sets), args.positions or "all", params=given, label=args.label)]
+        specs = [Intervention.from_args(args)]
     from neuron_explorer.cache.reader import CacheReader
-    from neuron_explorer.engine.patching.neuron_sets import resolve
 
     with CacheReader(path) as reader:  # a bad file, set or prompt choice fails here, before any model loads
         for spec in specs:
-            if spec.sets:
-                resolve(reader, spec.sets)
+            check_spec(spec, reader)
         prompts, _ = evaluation_prompts(reader, settings)
         if args.plan:
             base, tuned = model_specs(reader, settings.base, settings.tuned)

@@ -37,7 +37,7 @@ from .screens.dialogs import ConfirmDialog, ShowsWorkerErrors
 from .screens.help import HelpScreen
 from .screens.lab import LabScreen
 from .screens.neurons import NeuronsScreen
-from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, paper_request, write_selection
+from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, paper_request, target_request, write_selection
 from .screens.overview import OverviewScreen
 from .screens.patch import PatchDialog
 from .screens.runs import RunsScreen
@@ -205,14 +205,14 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
                 raise UserError("no neurons are marked: mark some with space in the neuron table first")
             marked = sorted(store.marked)
             if inline:
-                return PatchRequest("marked neurons", ["ids:" + ",".join(neuron_id(*pair) for pair in marked)],
-                                    len(marked))
+                return target_request("marked neurons", ["ids:" + ",".join(neuron_id(*pair) for pair in marked)],
+                                      len(marked))
             path = write_selection(marked)
-            return PatchRequest("marked neurons", [f"file:{path}"], len(marked), cleanup=[path])
+            return target_request("marked neurons", [f"file:{path}"], len(marked), cleanup=(path,))
         target = find_target(source)
         if target is None:
             raise UserError(f"cannot patch '{source}'")
-        return PatchRequest(target.short, [target.spec], len(store.set_neurons(target.spec)), mode=target.mode)
+        return target_request(target.short, [target.spec], len(store.set_neurons(target.spec)), target.mode)
 
     def action_patch(self, source: str) -> None:
         """Open the patch dialog for ``source``; when it is answered, launch the run in the background."""

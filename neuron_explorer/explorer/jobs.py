@@ -1,4 +1,5 @@
-"""Patch runs launched from the explorer: a request (what to patch, how) and a job (its progress and outcome).
+"""Patch runs launched from the explorer: a request (an intervention, or the papers' preset, and the job's own
+extras) and a job (its progress and outcome).
 
 The app never runs a model itself: a job's `JobProcess` runs `python -m neuron_explorer patch FILE ...
 --progress-json` and posts its job events (`neuron_explorer.events`: progress with done/total/ETA, messages, each
@@ -15,68 +16,72 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.events import Done, Event, Failed, Message, Progress, Stored
+from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positions
 
 from .job_process import TERMINAL, JobProcess, JobState
 
 PATCH_COMMAND = (sys.executable, "-m", "neuron_explorer", "patch")
-PRESET_POSITIONS = "authors"  # the preset's own choice per row (ablation everywhere, patching at the newest position)
 # What a patch job's progress counts: every evaluation (base, DPO, each run) generates for its toxicity prompts,
 # scores its perplexity windows and generates for its F1 passages (engine/measure/evaluation.py).
 WORK_UNITS = "prompts+windows+passages"
 PAPER_ROWS = "ablate the top-128 toxic neurons; patch each ↓ group alone; patch all four; the tuning-free edit"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PatchRequest:
-    """What the patch dialog asks for; `argv` turns it into the `patch` command's options."""
+    """What the patch dialog asks of a job: one intervention, or the papers' preset, and the job's own extras;
+    `argv` turns it into the `patch` command's options."""
 
-    target: str  # how the run label names what was chosen: "TP↓", "cluster 3", "toxic top-128", "marked neurons"
-    sets: list[str]
+    target: str  # what was chosen, as the dialog and the run's label say it: "TP↓", "cluster 3", "marked neurons"
     n_neurons: int
-    mode: str = modes.DEFAULT_MODE
-    positions: str = "all"
-    params: dict[str, float] = field(default_factory=dict)  # the mode's parameters given; the rest are its defaults
+    spec: Intervention | PaperPreset  # what the job runs
     max_prompts: int | None = None  # None: the command's default
-    label: str | None = None
-    cleanup: list[Path] = field(default_factory=list)  # temporary files to delete when the job ends
-    extra: list[str] = field(default_factory=list)  # further `patch` options (evaluation sizes, devices)
-    preset: str | None = None  # "paper": `patch --preset paper`, the papers' rows as one job (mode: its patch rows')
+    cleanup: tuple[Path, ...] = ()  # temporary files to delete when the job ends
+    extra: tuple[str, ...] = ()  # further `patch` options (evaluation sizes, devices)
+
+    @property
+    def preset(self) -> bool:
+        return isinstance(self.spec, PaperPreset)
 
     def name(self) -> str:
-        if self.label:
-            return self.label
-        if self.preset:
-            return f"{self.target} ({self.mode} for the group rows)"
-        return f"{self.mode} {self.target} ({self.n_neurons:,})"
+        return self.spec.name()
+
+    def chosen(self, mode: str, positions: Positions, params: dict, max_prompts: int | None) -> PatchRequest:
+        """This request with the dialog's choices (a one-line UserError for a bad one); the run is labelled by the
+        mode, the target and its size."""
+        if isinstance(self.spec, PaperPreset):
+            return replace(self, spec=PaperPreset(mode, positions), max_prompts=max_prompts)
+        intervention = Intervention(mode, self.spec.sets, positions, params,
+                                    label=run_label(mode, self.target, self.n_neurons))
+        return replace(self, spec=intervention, max_prompts=max_prompts)
 
     def argv(self, cache_path: Path) -> list[str]:
-        args = [str(cache_path)]
-        if self.preset:
-            args += ["--preset", self.preset, "--mode", self.mode]
-            if self.positions != PRESET_POSITIONS:
-                args += ["--positions", self.positions]
-        else:
-            for spec in self.sets:
-                args += ["--set", spec]
-            args += ["--mode", self.mode, "--positions", self.positions, "--label", self.name()]
-            for name, value in modes.get(self.mode).values(self.params).items():
-                if value is not None:  # None: the command measures it
-                    args += [f"--{name}", repr(value)]
+        args = [str(cache_path), *self.spec.to_argv()]
         args.append("--progress-json")
         if self.max_prompts is not None:
             args += ["--max-prompts", str(self.max_prompts)]
         return args + list(self.extra)
 
 
+def run_label(mode: str, target: str, n_neurons: int) -> str:
+    return f"{mode} {target} ({n_neurons:,})"
+
+
+def target_request(target: str, sets: list[str], n_neurons: int, mode: str = modes.DEFAULT_MODE,
+                   cleanup: tuple[Path, ...] = ()) -> PatchRequest:
+    """A request to patch ``sets`` (what ``target`` names) with ``mode`` at every position, its defaults."""
+    intervention = Intervention(mode, tuple(sets), label=run_label(mode, target, n_neurons))
+    return PatchRequest(target, n_neurons, intervention, cleanup=cleanup)
+
+
 def paper_request() -> PatchRequest:
     """The papers' comparison (`patch --preset paper`): seven runs, one job, one progress bar."""
-    return PatchRequest("the papers' comparison", [], 0, mode=modes.PRESET_PATCH_MODES[0],
-                        positions=PRESET_POSITIONS, preset="paper")
+    return PatchRequest("the papers' comparison", 0, PaperPreset())
 
 
 @dataclass

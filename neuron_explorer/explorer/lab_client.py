@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neuron_explorer.engine.lab.protocol import CancelRequest, LabRequest, QuitRequest
+from neuron_explorer.engine.lab.protocol import CancelRequest, QuitRequest, RunRequest
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Failed, Message, Progress, Ready
+from neuron_explorer.spec.intervention import Intervention
 
 from .job_process import JobProcess, JobState
-from .jobs import PatchRequest
 from .messages import JobEvent
 
 LAB_COMMAND = (sys.executable, "-m", "neuron_explorer", "lab")
@@ -36,8 +36,7 @@ def format_bytes(count: int) -> str:
 class LabTry:
     """One prompt sent to the worker, and its answer once there is one."""
 
-    request: LabRequest
-    intervention: PatchRequest | None = None
+    request: RunRequest
     state: JobState = JobState.RUNNING  # DONE once answered
     result: dict | None = None
     error: str = ""
@@ -66,7 +65,7 @@ class LabClient:
     history: list[LabTry] = field(default_factory=list)
     current: LabTry | None = None  # the try the worker is answering
     shown: LabTry | None = None  # the try the lab screen shows
-    intervention: PatchRequest | None = None  # applied to the patched run of every next try
+    intervention: Intervention | None = None  # applied to the patched run of every next try
     next_id: int = 1  # the id of the next request
 
     # -- the process --------------------------------------------------------------------------------------------
@@ -106,14 +105,9 @@ class LabClient:
             raise UserError("the model worker is not running: R restarts it")
         if self.current is not None:
             raise UserError(f"request {self.current.request.id} is still running: escape cancels it")
-        intervention = self.intervention
-        request = LabRequest(id=self.next_id, prompt=prompt,
-                             sets=tuple(intervention.sets) if intervention else (),
-                             mode=intervention.mode if intervention else None,
-                             positions=intervention.positions if intervention else "all",
-                             params=dict(intervention.params) if intervention else {})
+        request = RunRequest(id=self.next_id, prompt=prompt, intervention=self.intervention)
         self.next_id += 1
-        attempt = LabTry(request, intervention)
+        attempt = LabTry(request)
         assert self.process is not None  # it is running
         self.process.send(request.to_json())
         self.history.append(attempt)

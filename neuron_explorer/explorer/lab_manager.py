@@ -16,9 +16,11 @@ from textual import work
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.atomic import write_json_atomically
 from neuron_explorer.errors import UserError
+from neuron_explorer.spec.intervention import Intervention
 
 from .formatting import short_text
 from .job_process import JobProcess, JobState
+from .jobs import PatchRequest
 from .lab_client import LabTry
 from .messages import JobEvent
 from .screens.dialogs import ChoiceDialog, PromptDialog
@@ -169,10 +171,10 @@ class LabManager:
             self.notify(str(error), severity="error")
             return
 
-        def apply(answer) -> None:
-            if answer is None:
+        def apply(answer: PatchRequest | None) -> None:
+            if answer is None or not isinstance(answer.spec, Intervention):  # the lab's dialog offers no preset
                 return
-            self.lab.intervention = answer
+            self.lab.intervention = answer.spec
             self.notify(f"the patched run applies {answer.name()} ({answer.n_neurons:,} neurons)")
             self.lab_version += 1
             self.lab_rerun()
@@ -198,5 +200,6 @@ def describe_try(attempt: LabTry) -> str:
     result = attempt.result or {}
     runs = result.get("runs", {})
     scores = " ".join(f"{name} {run['toxicity']:.2f}" for name, run in runs.items() if "toxicity" in run)
-    patch = f" [{attempt.intervention.name()}]" if attempt.intervention else ""
+    intervention = attempt.request.intervention
+    patch = f" [{intervention.name()}]" if intervention else ""
     return f"#{attempt.request.id} {scores or attempt.state}{patch}  {short_text(attempt.request.prompt, 60)}"

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from neuron_explorer.cache.reader import CacheReader
-from neuron_explorer.engine.lab.protocol import CancelRequest, LabRequest, QuitRequest, parse_request
+from neuron_explorer.engine.lab.protocol import CancelRequest, QuitRequest, RunRequest, parse_request
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Failed, Progress, Ready, to_json
@@ -71,15 +71,14 @@ def run(name: str, prompt_tokens: list[str], n_layers: int, shift: float) -> dic
     return {"continuation": "".join(tokens), "tokens": tokens, "toxicity": TOXICITY[name], "lens": lens}
 
 
-def answer(request: LabRequest, reader: CacheReader) -> dict:
+def answer(request: RunRequest, reader: CacheReader) -> dict:
     info = reader.info
     prompt_tokens = re.findall(r"\s*\S+", request.prompt)
-    intervention = None
-    if request.mode is not None:
-        selection = resolve(reader, list(request.sets))
-        intervention = {"mode": request.mode, "sets": list(request.sets), "positions": request.positions,
-                        "params": request.params, "neurons": len(selection),
-                        "label": f"{request.mode} {' '.join(request.sets)}"[:60]}
+    intervention, given = None, request.intervention
+    if given is not None:
+        selection = resolve(reader, list(given.sets))
+        intervention = {**given.to_dict(), "neurons": len(selection),
+                        "label": f"{given.mode} {' '.join(given.sets)}"[:60]}
     runs = {name: run(name, prompt_tokens, info.n_layers, shift) for name, shift in (("base", 0.0), ("dpo", 2.0))}
     if intervention:
         runs["patched"] = run("patched", prompt_tokens, info.n_layers, 1.0)

@@ -4,6 +4,7 @@ even where ? types, / jumps to a neuron from any screen, q asks first while a pa
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 from textual.widgets import Input
@@ -72,7 +73,7 @@ async def test_q_asks_first_while_a_patch_run_is_running(make_app, fake_patch_co
         await wait_until_loaded(app, pilot)
         app.action_patch("group TP↓")
         await pilot.pause()
-        app.screen.request.label = "slow run"
+        app.screen.request = replace(app.screen.request, target="slow run")  # the label names it: the fake job is slow
         await pilot.press("ctrl+s")
         job = app.jobs[0]
         await wait_for(pilot, lambda: job.done >= 1)

@@ -7,6 +7,7 @@ without a model; tests/patching/test_explorer_jobs.py runs the real command on a
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.cli import build_parser
 from neuron_explorer.events import Cancelled, Done, Failed, Progress, Stored
 from neuron_explorer.explorer.job_process import JobState
-from neuron_explorer.explorer.jobs import PatchRequest, apply_event, PatchJob
+from neuron_explorer.explorer.jobs import PatchJob, apply_event, target_request
+from neuron_explorer.spec.intervention import Intervention, Positions
 from neuron_explorer.explorer.screens.patch import JobRow, PatchDialog
 from neuron_explorer.explorer.screens.runs import RunsScreen
 
@@ -27,8 +29,8 @@ async def launch(pilot, app, source: str, label: str | None = None, mode: str | 
     await pilot.pause()
     dialog = app.screen
     assert isinstance(dialog, PatchDialog)
-    if label:
-        dialog.request.label = label
+    if label:  # the run's label names the target; the fake job behaves by its label
+        dialog.request = replace(dialog.request, target=label)
     if mode:
         dialog.query_one("#patch-mode", Select).value = mode
     dialog.query_one("#patch-prompts", Input).value = "12"
@@ -43,10 +45,12 @@ async def test_dialog_launches_a_background_run_that_appears_beside_base_and_dpo
         await wait_until_loaded(app, pilot)
         await launch(pilot, app, "group TP↓")  # the mode left as the dialog offers it: the per-token shift
         job = app.jobs[0]
-        assert job.request.sets == ["group:TP↓"] and job.request.mode == "shift" and job.request.max_prompts == 12
+        intervention = job.request.spec
+        assert intervention.sets == ("group:TP↓",) and intervention.mode == "shift" and job.request.max_prompts == 12
         assert job.request.n_neurons == (app.store.frame["group"] == "TP↓").sum() > 0  # counted by other code
         args = build_parser().parse_args(["patch", *job.request.argv(cache_path)])  # what the real command reads
-        assert args.progress_json and args.mode == "shift" and args.sets == ["group:TP↓"] and args.max_prompts == 12
+        assert args.progress_json and args.max_prompts == 12
+        assert Intervention.from_args(args) == intervention  # the one type, from the dialog to the command
         await pilot.press("4")
         await wait_for(pilot, lambda: job.state == "done")
         await pilot.pause()
@@ -114,7 +118,7 @@ async def test_two_runs_at_once_never_corrupt_each_other(
         await wait_for(pilot, lambda: all(job.state == "done" for job in app.jobs))
         await app.workers.wait_for_complete()
         runs = annotations.list_runs(cache_path)
-        assert sorted(run.settings["label"] for run in runs) == ["first", "second"]
+        assert sorted(run.settings["label"].split()[1] for run in runs) == ["first", "second"]
         assert len({run.run_id for run in runs}) == 2
         await pilot.press("4")
         await pilot.pause()
@@ -130,15 +134,15 @@ async def test_patching_the_marked_selection_passes_a_temporary_set_file_and_rem
         await pilot.pause()
         assert isinstance(app.screen, PatchDialog)
         request = app.screen.request
-        assert request.n_neurons == 2 and request.sets[0].startswith("file:")
-        path = Path(request.sets[0].removeprefix("file:"))
+        assert request.n_neurons == 2 and request.spec.sets[0].startswith("file:")
+        path = Path(request.spec.sets[0].removeprefix("file:"))
         assert path.exists()
         await pilot.press("escape")  # cancelling the dialog removes the file too
         await pilot.pause()
         assert not path.exists() and app.jobs == []
         await pilot.press("p")
         await pilot.pause()
-        path = Path(app.screen.request.sets[0].removeprefix("file:"))
+        path = Path(app.screen.request.spec.sets[0].removeprefix("file:"))
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.jobs and app.jobs[0].state == "done")
         await app.workers.wait_for_complete()
@@ -162,7 +166,7 @@ async def test_patch_without_a_target_explains_itself_and_palette_offers_patch_c
         app.action_cancel_patch()  # nothing running: a message, no error
         await pilot.press("3", "p")
         await pilot.pause()
-        assert isinstance(app.screen, PatchDialog) and app.screen.request.sets[0].startswith("cluster:")
+        assert isinstance(app.screen, PatchDialog) and app.screen.request.spec.sets[0].startswith("cluster:")
 
 
 async def test_dialog_rejects_bad_numbers(make_app, fake_patch_command, wait_until_loaded):
@@ -216,13 +220,15 @@ async def test_the_dialog_shows_only_the_chosen_modes_fields_and_passes_them_on(
         await pilot.press("ctrl+s")
         await pilot.pause()
         argv = app.jobs[0].request.argv(cache_path)
-        assert argv[argv.index("--beta") + 1] == "0.25" and argv[argv.index("--alpha") + 1] == "0.05"
-        assert "--factor" not in argv and "--max-prompts" not in argv
+        assert argv[argv.index("--beta") + 1] == "0.25"  # given; the command fills the defaults from the registry
+        assert "--alpha" not in argv and "--factor" not in argv and "--max-prompts" not in argv
 
 
 def test_job_events_and_argv(monkeypatch):
-    request = PatchRequest("TP↓", ["group:TP↓"], 10, mode="scale", params={"factor": 0.25}, positions="newest")
+    request = target_request("TP↓", ["group:TP↓"], 10, mode="scale").chosen("scale", Positions.NEWEST,
+                                                                            {"factor": "0.25"}, None)
     argv = request.argv(Path("x.h5"))
+    assert request.name() == "scale TP↓ (10)"
     assert argv[:3] == ["x.h5", "--set", "group:TP↓"] and argv[argv.index("--factor") + 1] == "0.25"
     assert "--positions" in argv and "newest" in argv
     job = PatchJob(1, request)

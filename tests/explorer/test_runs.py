@@ -9,6 +9,7 @@ import math
 import pytest
 from textual.widgets import DataTable, ProgressBar, Select
 
+from neuron_explorer.spec.intervention import PaperPreset
 from neuron_explorer.cache import annotations
 from neuron_explorer.cli import build_parser
 from neuron_explorer.explorer.commands import palette_commands
@@ -46,7 +47,7 @@ async def test_P_on_the_empty_runs_screen_runs_the_papers_comparison_as_one_job(
         request = app.screen.request
         args = build_parser().parse_args(["patch", *request.argv(cache_path)])  # what the real command reads
         assert args.preset == "paper" and args.sets == [] and args.mode == "patch-mean" and args.positions is None
-        assert args.progress_json and args.label is None
+        assert args.progress_json and args.label is None and PaperPreset.from_args(args) == request.spec
         await pilot.press("enter")  # the papers' settings as they are: enter runs
         await wait_for(pilot, lambda: app.jobs and app.jobs[0].finished)
         await app.workers.wait_for_complete()
@@ -137,14 +138,15 @@ async def test_the_palette_the_patch_dialog_and_the_lab_picker_offer_the_papers_
         await pilot.pause()
         dialog = app.screen
         request = dialog.request
-        assert request.sets == ["toxic:128"] and request.n_neurons == 128 and request.mode == "zero-ablate"
+        assert request.spec.sets == ("toxic:128",) and request.n_neurons == 128
+        assert request.spec.mode == "zero-ablate"
         targets = [value for _, value in dialog.query_one("#patch-target", Select)._options]
         assert {"toxic:128", "groups:↓", "group TP↓", "cluster 1"} <= set(targets)
         dialog.query_one("#patch-target", Select).value = "groups:↓"
         await pilot.pause()
         request = dialog.request
         reducing = app.store.frame["group"].cast(str).is_in(["TP↓", "TN↓", "AP↓", "AN↓"]).sum()  # counted here
-        assert request.sets == ["group:reducing"] and request.n_neurons == reducing
+        assert request.spec.sets == ("group:reducing",) and request.n_neurons == reducing
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.jobs and app.jobs[0].finished)
         await app.workers.wait_for_complete()

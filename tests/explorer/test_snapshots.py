@@ -41,7 +41,7 @@ def test_lab_screen(snap_compare, make_app, fake_lab_command, wait_until_loaded,
         await pilot.press("5")
         await wait_for(pilot, lambda: app.lab.ready)
         if intervention:
-            app.lab.intervention = app.patch_request("group TP↓", inline=True)
+            app.lab.intervention = app.patch_request("group TP↓", inline=True).spec
         await pilot.press("i", *"You are a stupid", "enter")  # i: into the prompt box
         await wait_for(pilot, lambda: app.lab.shown is not None)
         await pilot.press("escape")  # the table has the focus: its cursor shows

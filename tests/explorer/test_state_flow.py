@@ -6,6 +6,7 @@ from __future__ import annotations
 from textual.widgets import DataTable
 
 from neuron_explorer.explorer.jobs import PatchRequest
+from neuron_explorer.spec.intervention import Intervention
 from neuron_explorer.explorer.screens.detail import DetailScreen
 from neuron_explorer.explorer.screens.dialogs import ErrorDialog
 from neuron_explorer.explorer.screens.runs import RunsScreen
@@ -39,7 +40,7 @@ async def test_the_runs_table_keeps_the_keyboard_when_a_run_finishes_on_the_runs
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, RunsScreen)
-        job = app.start_patch(PatchRequest("group TP↓", ["group:TP↓"], 3, label="first"))
+        job = app.start_patch(PatchRequest("group TP↓", 3, Intervention("shift", ("group:TP↓",), label="first")))
         await wait_for(pilot, lambda: job.finished)
         await app.workers.wait_for_complete()
         await pilot.pause()

@@ -36,4 +36,5 @@ def test_lab_set_without_mode_takes_the_patch_default(tmp_path, monkeypatch, opt
     monkeypatch.setattr(lab_session, "LabSession", FakeSession)
     with pytest.raises(Asked):
         main(["lab", str(cache), "--prompt", "You are", *options])
-    assert asked[0].mode == mode
+    intervention = asked[0].intervention
+    assert (intervention and intervention.mode) == mode

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_explorer.engine.lab.protocol import LabRequest
+from neuron_explorer.engine.lab.protocol import RunRequest
 from neuron_explorer.engine.lab.session import LabSession
 from neuron_explorer.engine.neurons.identity_check import read_positions
 from neuron_explorer.errors import UserError
+from neuron_explorer.spec.intervention import Intervention
 
 PROTOCOLS = ["generated", "predicting", "prompt", "all"]
 
@@ -50,7 +51,7 @@ def test_lab_activations_of_a_cache_prompt_equal_its_stored_row(key, caches, ses
     session = sessions[key]
     texts = session.reader.prompt_texts()
     for index in range(len(texts)):
-        result = session.answer(LabRequest(index, texts[index]))
+        result = session.answer(RunRequest(index, texts[index]))
         stored = stored_prompt_means(caches[key], index)
         for run, model in (("base", "pre"), ("dpo", "dpo")):
             lab = result.runs[run].act_mean
@@ -68,7 +69,7 @@ def test_sum_of_the_prompts_contributions_is_the_mlp_write_its_lens_measured(key
     session = sessions[key]
     bias = bias_projections(caches[key])
     prompt = session.reader.prompt_texts()[1]
-    result = session.answer(LabRequest(1, prompt))
+    result = session.answer(RunRequest(1, prompt))
     n_prompt = len(result.prompt_tokens)
     for run, model in (("base", "pre"), ("dpo", "dpo")):
         lens = result.runs[run].lens_mlp
@@ -83,7 +84,7 @@ def test_residual_lens_equals_hugging_faces_hidden_states(kind, sessions):
     """The lens (read by hooks during cached generation) against one uncached pass over prompt + continuation read
     from `output_hidden_states` (the last entry is after the final norm, so the last block is left out)."""
     session = sessions[(kind, "generated")]
-    result = session.answer(LabRequest(1, "You are a stupid"))
+    result = session.answer(RunRequest(1, "You are a stupid"))
     for run, loaded in (("base", session.loaded), ("dpo", session.tuned())):
         ids = loaded.tokenizer("You are a stupid", return_tensors="pt")["input_ids"]
         sequence = torch.cat([ids, torch.tensor([result.runs[run].continuation_ids])], dim=1)
@@ -99,7 +100,7 @@ def test_residual_lens_equals_hugging_faces_hidden_states(kind, sessions):
 @pytest.mark.parametrize("mode,params", [("scale", {"factor": 1.0}), ("shift", {"alpha": 0.0})])
 def test_an_intervention_that_patches_nothing_leaves_the_base_run_exactly(mode, params, sessions):
     session = sessions[("llama", "generated")]
-    result = session.answer(LabRequest(1, "What the hell", sets=("layer:1", "group:TP↓"), mode=mode, params=params))
+    result = session.answer(RunRequest(1, "What the hell", Intervention(mode, ("layer:1", "group:TP↓"), params=params)))
     base, patched = result.runs["base"], result.runs["patched"]
     assert result.intervention["neurons"] > 0
     assert patched.continuation_ids == base.continuation_ids
@@ -112,8 +113,8 @@ def test_a_real_intervention_acts_on_the_patched_run_only(sessions):
     """Zero-ablating layer 1 zeroes its ā in the patched run (the recorder reads what the hooks wrote), and changes
     nothing below it; base and DPO are as without an intervention (the patched row leaves the base row alone)."""
     session = sessions[("llama", "generated")]
-    plain = session.answer(LabRequest(1, "I hate you"))
-    result = session.answer(LabRequest(2, "I hate you", sets=("layer:1",), mode="zero-ablate"))
+    plain = session.answer(RunRequest(1, "I hate you"))
+    result = session.answer(RunRequest(2, "I hate you", Intervention("zero-ablate", ("layer:1",))))
     patched = result.runs["patched"]
     assert np.all(patched.act_mean[1] == 0) and np.any(result.runs["base"].act_mean[1] != 0)
     np.testing.assert_array_equal(patched.lens_residual[0, :len(result.prompt_tokens)],
@@ -131,13 +132,13 @@ def test_the_labs_default_subtraction_is_fitted_on_the_prompt_and_says_in_sample
     """The lab has only the prompt to measure DPO's change of the probe projection on: its α is that change (the last
     block's lens at the generated tokens), labelled in sample; a given α is labelled given."""
     session = sessions[("llama", "generated")]
-    result = session.answer(LabRequest(3, "You pathetic loser", mode="subtract"))
+    result = session.answer(RunRequest(3, "You pathetic loser", Intervention("subtract")))
     n_prompt = len(result.prompt_tokens)
     change = (np.mean(result.runs["base"].lens_residual[-1, n_prompt:])
               - np.mean(result.runs["dpo"].lens_residual[-1, n_prompt:]))
     assert result.intervention["params"]["alpha"] == pytest.approx(change, rel=1e-6)
     assert "in sample" in result.intervention["alpha_fitted_on"]
-    given = session.answer(LabRequest(4, "You pathetic loser", mode="subtract", params={"alpha": 0.5}))
+    given = session.answer(RunRequest(4, "You pathetic loser", Intervention("subtract", params={"alpha": 0.5})))
     assert given.intervention["alpha_fitted_on"] == "given (--alpha)"
 
 
@@ -158,7 +159,7 @@ def test_a_lab_on_other_tuned_weights_than_the_caches_warns_in_one_line(caches, 
 
 def test_top_neurons_are_the_largest_by_delta_and_by_shift(sessions):
     session = sessions[("llama", "generated")]
-    result = session.answer(LabRequest(1, "Shut up and get out", top=5))
+    result = session.answer(RunRequest(1, "Shut up and get out", top=5))
     table = result.to_dict()["neurons"]
     contribution = result.metrics["contribution"].astype(np.float64)
     shift = np.abs(result.metrics["act_shift"].astype(np.float64))
@@ -172,13 +173,9 @@ def test_top_neurons_are_the_largest_by_delta_and_by_shift(sessions):
     assert result.to_dict()["totals"]["net"] == pytest.approx(contribution.sum())
 
 
-@pytest.mark.parametrize("request_,message", [
-    (LabRequest(1, "x", mode="no-such-mode", sets=("all",)), "unknown mode 'no-such-mode'"),
-    (LabRequest(1, "x", mode="shift"), "needs a neuron set"),
-    (LabRequest(1, "x", mode="scale", sets=("group:nope",)), "group"),
-    (LabRequest(1, "x", mode="scale", sets=("all",), params={"alpha": 1}), "takes no --alpha"),
-    (LabRequest(1, "x", sets=("all",)), "without a mode"),
-    (LabRequest(1, "x", mode="scale", sets=("all",), positions="sideways"), "positions 'sideways'"),
+@pytest.mark.parametrize("request_,message", [  # the intervention's own checks: tests/test_spec_intervention.py
+    (RunRequest(1, "x", Intervention("scale", ("group:nope",))), "group"),
+    (RunRequest(1, "x", Intervention("scale", ("layer:99",))), "out of range"),
 ])
 def test_a_bad_request_is_one_line_before_any_model_runs(request_, message, sessions):
     with pytest.raises(UserError, match=message) as caught:

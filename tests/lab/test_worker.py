@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from neuron_explorer.engine.lab.protocol import CancelRequest, LabRequest, QuitRequest, parse_request
+from neuron_explorer.engine.lab.protocol import CancelRequest, QuitRequest, RunRequest, parse_request
+from neuron_explorer.spec.intervention import Intervention, Positions
 from neuron_explorer.engine.lab.session import LabSession
 from neuron_explorer.engine.lab.worker import serve
 from neuron_explorer.errors import UserError
@@ -61,11 +62,13 @@ def test_requests_are_answered_in_order_and_bad_lines_fail_alone(session):
     thread, events = run_worker(session, lines)
     assert isinstance(next_of(events, (Ready,)), Ready)
     lines.put("this is not json\n")
-    lines.put(LabRequest(1, "You are a stupid").to_json())
-    lines.put(json.dumps({"request": "run", "id": 2, "prompt": "x", "mode": "scale", "sets": ["group:nope"]}))
-    lines.put(LabRequest(3, "The river runs", sets=("layer:0",), mode="zero-ablate").to_json())
+    lines.put(RunRequest(1, "You are a stupid").to_json())
+    lines.put(json.dumps({"request": "run", "id": 2, "prompt": "x",
+                          "intervention": {"mode": "scale", "sets": ["group:nope"]}}))
+    lines.put(RunRequest(3, "The river runs", Intervention("zero-ablate", ("layer:0",))).to_json())
+    lines.put(json.dumps({"request": "run", "id": 4, "prompt": "x", "intervention": {"mode": "no-such-mode"}}))
     lines.put(QuitRequest().to_json())
-    outcomes = [next_of(events, (Answer, Failed, Cancelled)) for _ in range(4)]
+    outcomes = [next_of(events, (Answer, Failed, Cancelled)) for _ in range(5)]
     thread.join(30)
     assert not thread.is_alive()
     assert isinstance(outcomes[0], Failed) and "not JSON" in outcomes[0].message and outcomes[0].request is None
@@ -75,6 +78,7 @@ def test_requests_are_answered_in_order_and_bad_lines_fail_alone(session):
     assert outcomes[2].request == 2  # the app knows which request failed (issue #20)
     assert isinstance(outcomes[3], Answer) and outcomes[3].request == 3
     assert outcomes[3].result["intervention"]["mode"] == "zero-ablate"
+    assert isinstance(outcomes[4], Failed) and "unknown mode" in outcomes[4].message and outcomes[4].request == 4
     json.dumps(outcomes[3].result)  # what the worker prints must be plain JSON
 
 
@@ -94,9 +98,9 @@ def test_a_cancel_stops_the_running_request_and_skips_a_queued_one(session, monk
     lines = Lines()
     thread, events = run_worker(session, lines)
     next_of(events, (Ready,))
-    lines.put(LabRequest(1, "slow").to_json())
-    lines.put(LabRequest(2, "queued").to_json())
-    lines.put(LabRequest(3, "I hate you").to_json())
+    lines.put(RunRequest(1, "slow").to_json())
+    lines.put(RunRequest(2, "queued").to_json())
+    lines.put(RunRequest(3, "I hate you").to_json())
     assert started.wait(30)
     lines.put(CancelRequest(2).to_json())
     lines.put(CancelRequest(1).to_json())
@@ -114,7 +118,9 @@ def test_a_cancel_stops_the_running_request_and_skips_a_queued_one(session, monk
     ('{"request": "run", "prompt": "x"}', "integer id"),
     ('{"request": "run", "id": 1, "prompt": "  "}', "non-empty prompt"),
     ('{"request": "run", "id": 1, "prompt": "x", "colour": "red"}', "takes no colour"),
-    ('{"request": "run", "id": 1, "prompt": "x", "sets": "group:TP↓"}', "list"),
+    ('{"request": "run", "id": 1, "prompt": "x", "sets": ["group:TP↓"]}', "takes no sets"),
+    ('{"request": "run", "id": 1, "prompt": "x", "intervention": {"mode": "shift", "sets": "group:TP↓"}}', "list"),
+    ('{"request": "run", "id": 1, "prompt": "x", "intervention": "shift"}', "must be an object"),
     ('{"request": "run", "id": 1, "prompt": "x", "top": 0}', "positive integer"),
 ])
 def test_a_malformed_request_line_is_one_clear_error(line, message):
@@ -123,9 +129,10 @@ def test_a_malformed_request_line_is_one_clear_error(line, message):
 
 
 def test_requests_survive_their_round_trip():
-    request = LabRequest(4, "Tu es un idiot ∪ ā", sets=("group:TP↓", "ids:L1/N2"), mode="scale", positions="newest",
-                         params={"factor": 0.5}, top=7, full=True)
+    request = RunRequest(4, "Tu es un idiot ∪ ā", Intervention("scale", ("group:TP↓", "ids:L1/N2"), Positions.NEWEST,
+                                                               {"factor": 0.5}, label="ā"), top=7, full=True)
     assert parse_request(request.to_json()) == request
+    assert parse_request(RunRequest(5, "plain").to_json()) == RunRequest(5, "plain")
     assert parse_request(CancelRequest(4).to_json()) == CancelRequest(4)
     assert parse_request(QuitRequest().to_json()) == QuitRequest()
 
@@ -137,7 +144,7 @@ def test_the_worker_through_the_real_entry_point(tiny_cache, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "neuron_explorer", "lab", str(tiny_cache), "--serve",
                                 "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)
-    request = LabRequest(1, "You pathetic loser", sets=("group:TP↓",), mode="shift")
+    request = RunRequest(1, "You pathetic loser", Intervention("shift", ("group:TP↓",)))
     process.stdin.write(request.to_json() + "\n")
     process.stdin.write(QuitRequest().to_json() + "\n")
     process.stdin.flush()

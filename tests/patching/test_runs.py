@@ -20,11 +20,12 @@ from neuron_explorer.cli import main
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.patching import runs as patching
 from neuron_explorer.engine.patching.neuron_sets import normalize_group, resolve
-from neuron_explorer.engine.patching.runs import (PatchSession, PatchSpec, RunSettings, format_runs_table,
+from neuron_explorer.engine.patching.runs import (PatchSession, RunSettings, format_runs_table,
                                              recovered_metrics)
 from neuron_explorer.engine.measure.prompts import PromptSet, hold_out_for_patching
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Done, Failed, Progress, Stored, from_json
+from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positions
 
 from .test_interventions import hand_edited, out_projection
 
@@ -84,7 +85,7 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     with PatchSession(cache_copy, SMALL, report=events.append) as session:
         session.plan(1)
         assert session.tracker.total == 3 * session.units  # base, DPO and the run
-        run = session.run(PatchSpec("patch-mean", ("group:TP↓",)))
+        run = session.run(Intervention("patch-mean", ("group:TP↓",)))
     assert sha256_file(cache_copy) == before  # the statistics file is only read
     stored = annotations.load_run(cache_copy, run.run_id)
     assert stored.metrics["neurons"] == run.metrics["neurons"] > 0
@@ -107,7 +108,7 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     with PatchSession(cache_copy, SMALL) as again:
         again.plan(1)
         assert again.baseline is not None and again.tracker.total == again.units
-        second = again.run(PatchSpec("zero-ablate", ("toxic:8",)))
+        second = again.run(Intervention("zero-ablate", ("toxic:8",)))
     assert loads == [again.base_spec]
     assert second.metrics["base_toxicity"] == run.metrics["base_toxicity"]
     assert [r.run_id for r in annotations.list_runs(cache_copy)] == sorted([run.run_id, second.run_id])
@@ -188,14 +189,14 @@ def test_each_mode_evaluates_as_a_copy_edited_by_hand(cache_copy):
     one[0, 3] = True
     unit = a["probe"] / np.linalg.norm(a["probe"])
     cases = [
-        (PatchSpec("patch-mean", ("group:TP↓",)), dict(clamp=by_layer(group == "TP↓", a["act_dpo"]))),
-        (PatchSpec("mean-ablate", ("group:AN↓",)), dict(clamp=by_layer(group == "AN↓", a["act_pre"]))),
-        (PatchSpec("shift", ("group:reducing",)), dict(shift=by_layer(reducing, -shift))),
-        (PatchSpec("shift", ("all",), params={"alpha": 0.5}), dict(shift=by_layer(np.ones(group.shape, bool), -0.5 * shift))),
-        (PatchSpec("scale", ("layer:2",), params={"factor": 0.0}), dict(factor=by_layer(layer2, 0.0))),
-        (PatchSpec("constant", ("ids:L0/N3",), params={"value": 4.0}), dict(clamp=by_layer(one, np.full(group.shape, 4.0)))),
-        (PatchSpec("zero-ablate", ("toxic:8",)), dict(clamp=by_layer(toxic8.reshape(group.shape), 0.0 * shift))),
-        (PatchSpec("subtract", (), params={"alpha": 1.5}), dict(residual=-1.5 * unit)),
+        (Intervention("patch-mean", ("group:TP↓",)), dict(clamp=by_layer(group == "TP↓", a["act_dpo"]))),
+        (Intervention("mean-ablate", ("group:AN↓",)), dict(clamp=by_layer(group == "AN↓", a["act_pre"]))),
+        (Intervention("shift", ("group:reducing",)), dict(shift=by_layer(reducing, -shift))),
+        (Intervention("shift", ("all",), params={"alpha": 0.5}), dict(shift=by_layer(np.ones(group.shape, bool), -0.5 * shift))),
+        (Intervention("scale", ("layer:2",), params={"factor": 0.0}), dict(factor=by_layer(layer2, 0.0))),
+        (Intervention("constant", ("ids:L0/N3",), params={"value": 4.0}), dict(clamp=by_layer(one, np.full(group.shape, 4.0)))),
+        (Intervention("zero-ablate", ("toxic:8",)), dict(clamp=by_layer(toxic8.reshape(group.shape), 0.0 * shift))),
+        (Intervention("subtract", (), params={"alpha": 1.5}), dict(residual=-1.5 * unit)),
     ]
     with PatchSession(cache_copy, SMALL) as session:
         plain = session.measure(session.loaded, "base")
@@ -217,7 +218,7 @@ def test_a_newest_position_run_reports_the_perplexity_of_the_patch_at_every_posi
     a = cache_arrays(cache_copy)
     with PatchSession(cache_copy, SMALL) as session:
         base = session.ensure_baseline()["base"]
-        run = session.run(PatchSpec("patch-mean", ("group:TP↓",), positions="newest"), save=False)
+        run = session.run(Intervention("patch-mean", ("group:TP↓",), positions="newest"), save=False)
         copy = session.measure(hand_edited(session.loaded, clamp=by_layer(a["group"] == "TP↓", a["act_dpo"])), "copy")
     assert run.metrics["perplexity"] == pytest.approx(copy.perplexity, rel=1e-4)
     assert run.metrics["perplexity"] != pytest.approx(base["perplexity"], rel=1e-4)
@@ -228,7 +229,7 @@ def test_a_newest_position_run_reports_the_perplexity_of_the_patch_at_every_posi
 def test_a_mode_without_a_scoring_pass_reports_perplexity_as_not_available(cache_copy, monkeypatch):
     with PatchSession(cache_copy, SMALL) as session:
         monkeypatch.setattr(iv.Intervention, "scoring_pass", lambda self: (None, "n/a: no scoring pass here"))
-        run = session.run(PatchSpec("shift", ("group:TP↓",)), save=False)
+        run = session.run(Intervention("shift", ("group:TP↓",)), save=False)
         assert math.isnan(run.metrics["perplexity"]) and run.metrics["n_tokens"] == 0
         assert run.settings["perplexity"] == "n/a: no scoring pass here"
         row = format_runs_table(session.baseline, [run]).splitlines()[-1]
@@ -252,8 +253,8 @@ def test_live_patching_of_every_neuron_recovers_dpo_exactly_when_only_the_mlp_in
     path = compute_cache(tiny_models["llama"], tuned, "inputs-only.h5")
     with PatchSession(path, SMALL) as session:
         baseline = session.ensure_baseline()
-        everywhere = session.run(PatchSpec("patch-live", ("all",)), save=False)
-        newest = session.run(PatchSpec("patch-live", ("all",), positions="newest"), save=False)
+        everywhere = session.run(Intervention("patch-live", ("all",)), save=False)
+        newest = session.run(Intervention("patch-live", ("all",), positions="newest"), save=False)
     base, dpo = baseline["base"], baseline["dpo"]
     assert [s["patched"] for s in everywhere.samples] == [s["dpo"] for s in everywhere.samples]
     assert everywhere.metrics["toxicity"] == dpo["toxicity"] and everywhere.metrics["f1"] == dpo["f1"]
@@ -301,7 +302,7 @@ def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_
         fit = statistics_prompts[:SMALL.max_prompts]
         fitted = (hand_probe_projection(session.loaded, fit, unit, SMALL.new_tokens)
                   - hand_probe_projection(session.tuned(), fit, unit, SMALL.new_tokens))
-        subtract = session.run(PatchSpec("subtract", ()), save=False)
+        subtract = session.run(Intervention("subtract", ()), save=False)
     in_sample = expected["base"] - expected["dpo"]
     assert abs(fitted - in_sample) > 1e-3  # the two fits differ, so the check below tells them apart
     assert subtract.settings["alpha"] == pytest.approx(fitted, rel=1e-3, abs=1e-5)
@@ -323,7 +324,7 @@ def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy
         values = np.stack([out_projection(loaded, layer).weight.detach().double().numpy().T
                            for layer in range(act.shape[0])])  # (layers, d_mlp, d_model)
         cos = values @ direction / (np.linalg.norm(values, axis=-1) * np.linalg.norm(direction))
-        intervention, _ = session.intervention(PatchSpec("tuning-free", ()))
+        intervention, _ = session.intervention(Intervention("tuning-free", ()))
         ids = loaded.tokenizer(held_out_prompts[:2], return_tensors="pt", padding=True)["input_ids"]
         with intervention.hooks():
             seen, _ = iv.record_activations(loaded, input_ids=ids)
@@ -353,12 +354,12 @@ def test_a_failed_or_killed_run_leaves_no_record_and_an_intact_file(cache_copy, 
 
         monkeypatch.setattr(session, "measure", dies)
         with pytest.raises(KeyboardInterrupt):
-            session.run(PatchSpec("patch-mean", ("group:TP↓",)))
+            session.run(Intervention("patch-mean", ("group:TP↓",)))
         from neuron_explorer.engine.patching.interventions import hook_count
 
         assert hook_count(session.loaded) == 0
-        with pytest.raises(UserError, match="needs a neuron set"):
-            session.run(PatchSpec("zero-ablate", ()))
+        with pytest.raises(UserError, match="needs a neuron set"):  # refused before it reaches a session
+            session.run(Intervention("zero-ablate", ()))
     runs_dir = annotations.sidecar_dir(cache_copy) / "runs"
     assert not runs_dir.exists() or not list(runs_dir.iterdir())
     assert sha256_file(cache_copy) == before
@@ -395,7 +396,7 @@ def test_patch_command_single_run_and_preset(cache_copy, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--mode", "zero-ablate"], "say which neurons"),
+    (["--mode", "zero-ablate"], "needs a neuron set"),
     (["--set", "group:ZZ"], "no group"),
     (["--preset", "paper", "--set", "all"], "chooses its own"),
     (["--preset", "paper", "--mode", "scale"], "chooses its own"),
@@ -419,7 +420,8 @@ def test_preset_lists_the_papers_rows():
     assert [s.mode for s in specs] == ["zero-ablate"] + ["patch-mean"] * 5 + ["tuning-free"]
     assert specs[0].sets == ("toxic:128",) and specs[5].sets == ("group:reducing",)
     assert [s.positions for s in specs] == ["all"] + ["newest"] * 6  # the authors' protocol
-    assert {s.positions for s in patching.paper_preset("all")} == {"all"}
+    assert {s.positions for s in patching.paper_preset(PaperPreset(positions=Positions.ALL))} == {Positions.ALL}
+    assert {s.mode for s in patching.paper_preset(PaperPreset("shift"))} == {"zero-ablate", "shift", "tuning-free"}
 
 
 def test_the_holdout_rule_on_known_cases():
@@ -484,7 +486,7 @@ def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(
         assert held.attrs["fraction"] == 0.5 and held.attrs["sha256"] == sha256_texts(held_out_prompts)
         assert reader.info.provenance["prompts"]["sha256"] == sha256_texts(statistics_prompts)
     with PatchSession(cache_copy, SMALL) as session:
-        run = session.run(PatchSpec("shift", ("group:TP↓",)), save=False)
+        run = session.run(Intervention("shift", ("group:TP↓",)), save=False)
     record = run.settings["prompts"]
     assert record["selection"] == "held out by compute" and record["n"] == SMALL.max_prompts
     assert record["sha256"] == sha256_texts(held_out_prompts[:SMALL.max_prompts])

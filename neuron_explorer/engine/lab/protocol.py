@@ -2,8 +2,11 @@
 
 The model worker (`neuron-explorer lab FILE --serve`) reads one JSON object per line on stdin:
 
-  {"request": "run", "id": 3, "prompt": "...", "sets": ["group:TP↓"], "mode": MODE, "positions": "all",
-   "params": {"alpha": 1.0}, "top": 50, "full": false}      (MODE: a name of the patch-mode registry)
+  {"request": "run", "id": 3, "prompt": "...", "intervention": INTERVENTION, "top": 50, "full": false}
+                                      INTERVENTION: null (no patched run) or `spec.intervention.Intervention`'s
+                                      JSON: {"mode": MODE, "sets": ["group:TP↓"], "positions": "all",
+                                      "params": {"alpha": 1.0}, "label": null} (MODE: a name of the patch-mode
+                                      registry)
   {"request": "tokens", "id": 4, "neurons": [[LAYER, NEURON], ...]}
                                       the value-vector tokens of neurons `compute` left out (its `lens_rule`):
                                       the answer's result is described in `TOKENS_FIELDS`
@@ -19,12 +22,13 @@ A worker that cannot start (a missing model, a foreign cache) reports `failed` a
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import json_object
+from neuron_explorer.spec.intervention import Intervention
 
 DEFAULT_TOP = 50  # neurons by Δ and by |δ| each (their union is the result's neuron table)
 
@@ -37,8 +41,8 @@ RESULT_FIELDS = {
     "protocol": "the cache's positions, new_tokens, max_prompt_tokens and shared_continuation",
     "models": "the base and tuned model specs the worker loaded",
     "scorer": "the toxicity scorer",
-    "intervention": ("null, or the patched run's mode, sets, positions, params, neurons and label (and, for "
-                     "subtract, alpha_fitted_on: where its α was measured)"),
+    "intervention": ("null, or the patched run's intervention (mode, sets, positions, label) with every parameter's "
+                     "value in params, and neurons (and, for subtract, alpha_fitted_on: where its α was measured)"),
     "runs": "base, dpo and (with an intervention) patched: continuation, tokens (generated, one string each), "
             "toxicity, and lens: residual and mlp, each n_layers × T projections on the probe direction (T: the "
             "prompt's tokens, then the generated tokens each model read)",
@@ -78,22 +82,19 @@ def layer_bins(n_layers: int, count: int) -> list[np.ndarray]:
 
 
 @dataclass(frozen=True)
-class LabRequest:
-    """One prompt and, optionally, an intervention for the patched run (any mode and sets `patch` accepts)."""
+class RunRequest:
+    """One prompt and, optionally, the intervention of its patched run (any that `patch` accepts)."""
 
     id: int
     prompt: str
-    sets: tuple[str, ...] = ()
-    mode: str | None = None  # None: no patched run
-    positions: str = "all"
-    params: dict = field(default_factory=dict)
+    intervention: Intervention | None = None  # None: no patched run
     top: int = DEFAULT_TOP
     full: bool = False
 
     def to_json(self) -> str:
-        payload = {"request": "run", **asdict(self)}
-        payload["sets"] = list(self.sets)
-        return json.dumps(payload, ensure_ascii=False)
+        return json.dumps({"request": "run", "id": self.id, "prompt": self.prompt,
+                           "intervention": None if self.intervention is None else self.intervention.to_dict(),
+                           "top": self.top, "full": self.full}, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,16 @@ class QuitRequest:
         return json.dumps({"request": "quit"})
 
 
-Request = LabRequest | TokensRequest | CancelRequest | QuitRequest
-Work = (LabRequest, TokensRequest)  # the requests the worker answers one at a time, in order
+class BadRequest(UserError):
+    """A request whose id could be read but not the rest: the failure is reported as that request's."""
+
+    def __init__(self, message: str, request: int):
+        super().__init__(message)
+        self.request = request
+
+
+Request = RunRequest | TokensRequest | CancelRequest | QuitRequest
+Work = (RunRequest, TokensRequest)  # the requests the worker answers one at a time, in order
 
 
 def parse_request(line: str) -> Request:
@@ -140,24 +149,22 @@ def parse_request(line: str) -> Request:
         return CancelRequest(payload["id"])
     if kind == "tokens":
         return _tokens_request(payload, shown)
-    known = set(LabRequest.__dataclass_fields__)
+    known = set(RunRequest.__dataclass_fields__)
     unknown = sorted(set(payload) - known)
     if unknown:
         raise UserError(f"a run request takes no {', '.join(unknown)} (it takes {', '.join(sorted(known))})")
     prompt = payload.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError("a run request needs a non-empty prompt")
-    sets = payload.get("sets", [])
-    if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
-        raise UserError("sets must be a list of neuron-set specs such as \"group:TP↓\"")
-    params = payload.get("params", {})
-    if not isinstance(params, dict):
-        raise UserError("params must be an object such as {\"alpha\": 1.0}")
     top = payload.get("top", DEFAULT_TOP)
     if not isinstance(top, int) or top < 1:
         raise UserError(f"top must be a positive integer, not {top!r}")
-    return LabRequest(id=payload["id"], prompt=prompt, sets=tuple(sets), mode=payload.get("mode"),
-                      positions=payload.get("positions", "all"), params=params, top=top,
+    given = payload.get("intervention")
+    try:
+        intervention = None if given is None else Intervention.from_dict(given)
+    except UserError as error:
+        raise BadRequest(str(error), payload["id"]) from None
+    return RunRequest(id=payload["id"], prompt=prompt, intervention=intervention, top=top,
                       full=bool(payload.get("full", False)))
 
 

@@ -1,6 +1,6 @@
 """One prompt through the base, DPO and (with an intervention) patched base model, by the cache's own protocol.
 
-`LabSession` loads the cache's model pair once and answers `LabRequest`s. Each model runs the prompt through
+`LabSession` loads the cache's model pair once and answers `RunRequest`s. Each model runs the prompt through
 `record_model` (the recorder that wrote the cache, with its positions, truncation and new tokens), so the prompt's
 ā for both models is the same quantity as the cache's per-prompt activations, and `neuron_metrics` turns them into
 P and Δ by the cache's definitions. While the model generates, `ProbeLens` reads at every position the projection on
@@ -27,15 +27,15 @@ from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE
-from neuron_explorer.engine.lab.protocol import LabRequest, TokensRequest
+from neuron_explorer.engine.lab.protocol import RunRequest, TokensRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import WEIGHT_HASHES, LoadedModel, execution_device, load_model
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.statistics import neuron_metrics
 from neuron_explorer.engine.patching import modes
-from neuron_explorer.engine.patching.neuron_sets import resolve
-from neuron_explorer.engine.patching.runs import PatchSpec, check_fits_cache, check_spec, model_specs, stale_weights
+from neuron_explorer.engine.patching.context import CacheContext
+from neuron_explorer.engine.patching.runs import check_fits_cache, check_spec, model_specs, stale_weights
 
 TABLE_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution", "activation_term",
                  "weight_term")
@@ -85,7 +85,7 @@ class ModelRun:
 class LabResult:
     """The answer to one request (`protocol.RESULT_FIELDS` describes `to_dict`)."""
 
-    request: LabRequest
+    request: RunRequest
     prompt_tokens: list[str]
     truncated: bool
     protocol: LabProtocol
@@ -188,22 +188,7 @@ class ProbeLens:
         return stack(self.residual), stack(self.mlp)
 
 
-def check_request(reader: CacheReader, request: LabRequest) -> tuple[PatchSpec | None, dict, object]:
-    """The request's intervention (None without a mode), its parameter values and neuron set, or a one-line
-    UserError (sets without a mode, an unknown mode, set or parameter, bad positions): every check that needs no
-    model, so the command line runs it before loading them and the worker before each request."""
-    if request.mode is None:
-        if request.sets:
-            raise UserError(f"sets were given without a mode: pass a mode (e.g. {modes.DEFAULT_MODE}) to patch them")
-        return None, {}, None
-    spec = PatchSpec(request.mode, tuple(request.sets), request.positions, params=dict(request.params))
-    if spec.positions not in modes.POSITIONS:
-        raise UserError(f"positions '{spec.positions}' is not one of {', '.join(modes.POSITIONS)}")
-    values, selection = check_spec(spec, resolve(reader, spec.sets) if spec.sets else None)
-    return spec, values, selection
-
-
-class LabSession:
+class LabSession(CacheContext):
     """The cache, its base and tuned models (loaded once) and what the patch modes need; answers requests."""
 
     def __init__(self, cache_path: str | Path, *, base: str | None = None, tuned: str | None = None,
@@ -221,22 +206,19 @@ class LabSession:
             tracker = Tracker(report, "loading the base model", 2)
             self.loaded = load_model(self.base_spec, device=device, dtype=dtype)
             tracker.advance(1, "loading the tuned model")
-            self._tuned = load_model(self.tuned_spec, device=device, dtype=dtype)
+            tuned = load_model(self.tuned_spec, device=device, dtype=dtype)
             tracker.advance(1, "models loaded")
             self.scorer = scorer_ready.result()
-        check_pair(self.loaded, self._tuned)
+        check_pair(self.loaded, tuned)
         check_fits_cache(self.loaded, self.reader)
         for line in stale_weights(self.reader, {role: {k: v for k, v in loaded.description.items()
                                                        if k in WEIGHT_HASHES}
-                                                for role, loaded in (("base", self.loaded), ("tuned", self._tuned))}):
+                                                for role, loaded in (("base", self.loaded), ("tuned", tuned))}):
             report(Message(line, "warning"))
-        self.probe = self.reader.probe_direction().astype(np.float64)
-        self.unit_probe = self.probe / np.linalg.norm(self.probe)
+        super().__init__(self.reader, self.loaded, self.tuned_spec, device=device, dtype=dtype, report=report,
+                         tuned=tuned)
         self.weights = {name: self.reader.neuron_array(name).astype(np.float64)
                         for name in ("p_pre", "p_dpo", "cos_pre", "cos_dpo", "value_cos")}
-        self.arrays = {name: self.reader.neuron_array(name).astype(np.float64)
-                       for name in ("act_pre", "act_dpo", "act_shift")}
-        self._cos_embedding: np.ndarray | None = None
         self._prompt_projection: dict | None = None
         self.load_seconds = time.perf_counter() - started
 
@@ -249,19 +231,7 @@ class LabSession:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- what the patch modes' builders use (modes.py), as PatchSession offers it --------------------------------
-    def tuned(self) -> LoadedModel:
-        return self._tuned
-
-    def cos_embedding(self) -> np.ndarray:
-        if self._cos_embedding is None:
-            from neuron_explorer.engine.measure.probe import toxic_embedding_direction
-            from neuron_explorer.engine.patching.interventions import value_vector_cosines
-
-            direction = toxic_embedding_direction(self.loaded, modes.TUNING_FREE_SEED_WORDS).direction
-            self._cos_embedding = value_vector_cosines(self.loaded, direction)
-        return self._cos_embedding
-
+    # -- the lab's own part of what the patch modes' builders read (modes.InterventionContext) --------------------
     def subtract_alpha(self) -> tuple[float, str]:
         """For `subtract` without --alpha: DPO's change of the last-layer projection, measured on this prompt (in
         sample: the lab has no other prompts, and says so)."""
@@ -270,12 +240,13 @@ class LabSession:
                 "this prompt's own base and DPO runs (in sample)")
 
     # -- requests ------------------------------------------------------------------------------------------------
-    def answer(self, request: LabRequest, report: Reporter = ignore,
+    def answer(self, request: RunRequest, report: Reporter = ignore,
                cancelled: threading.Event | None = None) -> LabResult:
         """Run the prompt through base, DPO and (with a mode) the patched base; `cancelled` stops it at the next
         forward call (RequestCancelled)."""
         started = time.perf_counter()
-        spec, values, selection = check_request(self.reader, request)
+        spec = request.intervention
+        values, selection = check_spec(spec, self.reader) if spec is not None else ({}, None)
         tokenizer = self.loaded.tokenizer
         ids, _ = encode_prompts(tokenizer, [request.prompt], self.protocol.max_prompt_tokens)
         full_length = len(tokenizer(request.prompt)["input_ids"])
@@ -313,9 +284,9 @@ class LabSession:
                 seconds["patched"] = time.perf_counter() - clock
             tracker.advance(1, "done")
         intervention = None if built is None else {
-            "mode": spec.mode, "sets": list(spec.sets), "positions": spec.positions,
+            **spec.to_dict(), "label": spec.name(),
             "params": {name: built.details.get(name, value) for name, value in values.items()},
-            "neurons": built.n_neurons, "label": spec.name(),
+            "neurons": built.n_neurons,
             **{key: built.details[key] for key in ("alpha_fitted_on",) if key in built.details}}
         names = list(runs)
         scores = self.scorer.score([runs[name].continuation for name in names])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Event, Failed, Ready
 
-from neuron_explorer.engine.lab.protocol import CancelRequest, LabRequest, QuitRequest, Work, parse_request
+from neuron_explorer.engine.lab.protocol import BadRequest, CancelRequest, QuitRequest, RunRequest, Work, parse_request
 from neuron_explorer.engine.lab.session import LabSession, RequestCancelled
 
 _END = object()
@@ -72,13 +72,13 @@ def serve(session: LabSession, lines: Iterable[str], emit: Callable[[Event], Non
         if item is _END:
             return
         if isinstance(item, UserError):
-            emit(Failed(str(item)))
+            emit(Failed(str(item), request=item.request if isinstance(item, BadRequest) else None))
             continue
         if inbox.stop_current.is_set():
             emit(Cancelled())
             continue
         try:
-            if isinstance(item, LabRequest):
+            if isinstance(item, RunRequest):
                 result = session.answer(item, report=emit, cancelled=inbox.stop_current)
             else:
                 result = session.value_tokens(item)

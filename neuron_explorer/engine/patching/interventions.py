@@ -40,7 +40,7 @@ import torch
 
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import execution_device, weights_loaded
-from neuron_explorer.engine.patching.modes import POSITIONS
+from neuron_explorer.spec.intervention import INTERVENTION_POSITIONS, Positions
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
 
 ALL_POSITIONS_PASS = "one pass per window, the intervention at every position"
@@ -70,7 +70,7 @@ class Intervention:
     loaded: object
     mode: str
     edits: dict[int, LayerEdit] = field(default_factory=dict)
-    positions: str = "all"
+    positions: Positions = Positions.ALL
     residual: torch.Tensor | None = None  # (d_model,) α·ŵ for `subtract`
     donor: dict[int, torch.Tensor] | None = None  # layer -> (B, T, d_mlp) for patch-tokens
     live_donor: object | None = None  # a LoadedModel run in lockstep for patch-live
@@ -78,10 +78,11 @@ class Intervention:
     rows: slice | None = None  # the batch rows it acts on (the lab runs base and patched as one batch); None: all
 
     def __post_init__(self) -> None:
-        if self.positions not in POSITIONS:
+        self.positions = Positions.parse(self.positions)
+        if self.positions not in INTERVENTION_POSITIONS:
             from neuron_explorer.errors import UserError
 
-            raise UserError(f"positions '{self.positions}' is not one of {', '.join(POSITIONS)}")
+            raise UserError(f"positions '{self.positions}' is not one of {', '.join(INTERVENTION_POSITIONS)}")
 
     @property
     def n_neurons(self) -> int:
@@ -102,9 +103,9 @@ class Intervention:
         """
         if self.mode == "patch-tokens":
             return None, "n/a: the donor's activations were recorded on other tokens than the perplexity windows"
-        if self.positions == "all":
+        if self.positions is Positions.ALL:
             return self, ALL_POSITIONS_PASS
-        return replace(self, positions="all"), NEWEST_AS_GENERATED_PASS
+        return replace(self, positions=Positions.ALL), NEWEST_AS_GENERATED_PASS
 
     @contextmanager
     def hooks(self) -> Iterator["Intervention"]:
@@ -157,7 +158,7 @@ class Intervention:
             self.donor, state["cache"] = None, None
 
     def _pre_hook(self, layer: int, edit: LayerEdit) -> Callable:
-        newest = self.positions == "newest"
+        newest = self.positions is Positions.NEWEST
         op, mask, dense = edit.op, edit.mask, edit.dense
 
         def apply(m: torch.Tensor, donor: torch.Tensor | None) -> torch.Tensor:
@@ -186,7 +187,7 @@ class Intervention:
     def _residual_hook(self) -> Callable:
         vector = self.residual
         rows = slice(None) if self.rows is None else self.rows
-        where = (rows, -1) if self.positions == "newest" else (rows,)
+        where = (rows, -1) if self.positions is Positions.NEWEST else (rows,)
 
         def hook(module, inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
@@ -233,36 +234,39 @@ def _check_shape(loaded, array: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
-def patch_mean(loaded, selection: NeuronSelection, act_dpo: np.ndarray, positions: str = "all") -> Intervention:
+def patch_mean(loaded, selection: NeuronSelection, act_dpo: np.ndarray,
+               positions: Positions = Positions.ALL) -> Intervention:
     """Overwrite the chosen activations with the DPO model's mean activation ā^dpo (the paper's patching)."""
     act_dpo = _check_shape(loaded, act_dpo, "ā_dpo")
     return Intervention(loaded, "patch-mean", _layer_edits(loaded, selection, "set", act_dpo), positions)
 
 
 def add_shift(loaded, selection: NeuronSelection, act_shift: np.ndarray, alpha: float = 1.0,
-              positions: str = "all") -> Intervention:
+              positions: Positions = Positions.ALL) -> Intervention:
     """m_i ← m_i − α δ_i: move each chosen activation by DPO's mean shift (per token, keeps its variation)."""
     act_shift = _check_shape(loaded, act_shift, "δ")
     return Intervention(loaded, "shift", _layer_edits(loaded, selection, "add", -alpha * act_shift), positions,
                         details={"alpha": alpha})
 
 
-def scale(loaded, selection: NeuronSelection, factor: float, positions: str = "all") -> Intervention:
+def scale(loaded, selection: NeuronSelection, factor: float, positions: Positions = Positions.ALL) -> Intervention:
     return Intervention(loaded, "scale", _layer_edits(loaded, selection, "mul", float(factor)), positions,
                         details={"factor": factor})
 
 
-def set_constant(loaded, selection: NeuronSelection, value: float, positions: str = "all") -> Intervention:
+def set_constant(loaded, selection: NeuronSelection, value: float,
+                 positions: Positions = Positions.ALL) -> Intervention:
     return Intervention(loaded, "constant", _layer_edits(loaded, selection, "set", float(value)), positions,
                         details={"value": value})
 
 
-def zero_ablate(loaded, selection: NeuronSelection, positions: str = "all") -> Intervention:
+def zero_ablate(loaded, selection: NeuronSelection, positions: Positions = Positions.ALL) -> Intervention:
     """Zero the chosen neurons' writes, m_i v_i = 0: the same as zeroing their value vectors (bias kept)."""
     return Intervention(loaded, "zero-ablate", _layer_edits(loaded, selection, "set", 0.0), positions)
 
 
-def mean_ablate(loaded, selection: NeuronSelection, act_pre: np.ndarray, positions: str = "all") -> Intervention:
+def mean_ablate(loaded, selection: NeuronSelection, act_pre: np.ndarray,
+                positions: Positions = Positions.ALL) -> Intervention:
     act_pre = _check_shape(loaded, act_pre, "ā_pre")
     return Intervention(loaded, "mean-ablate", _layer_edits(loaded, selection, "set", act_pre), positions)
 
@@ -312,7 +316,7 @@ def tuning_free_selection(act_pre: np.ndarray, cos_embedding: np.ndarray, beta: 
 
 
 def tuning_free(loaded, act_pre: np.ndarray, cos_embedding: np.ndarray, *, alpha: float = 0.05, beta: float = 0.5,
-                restrict: NeuronSelection | None = None, positions: str = "all") -> Intervention:
+                restrict: NeuronSelection | None = None, positions: Positions = Positions.ALL) -> Intervention:
     """Yang v3's activation edit without weight updates: clamp TP/AN to (1−α)ā_pre and AP/TN to (1+α)ā_pre."""
     act_pre = _check_shape(loaded, act_pre, "ā_pre")
     cos_embedding = _check_shape(loaded, cos_embedding, "cos with the toxic embedding")
@@ -332,7 +336,8 @@ def tuning_free(loaded, act_pre: np.ndarray, cos_embedding: np.ndarray, *, alpha
                         details={"alpha": alpha, "beta": beta, "class_counts": counts})
 
 
-def subtract_direction(loaded, direction: np.ndarray, alpha: float, positions: str = "all") -> Intervention:
+def subtract_direction(loaded, direction: np.ndarray, alpha: float,
+                       positions: Positions = Positions.ALL) -> Intervention:
     """Lee's intervention: subtract α·ŵ from the last block's output (the residual stream before the final norm)."""
     last = loaded.arch.layers(loaded.model)[-1]
     unit = torch.as_tensor(np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction),
@@ -341,7 +346,7 @@ def subtract_direction(loaded, direction: np.ndarray, alpha: float, positions: s
 
 
 def patch_tokens(loaded, selection: NeuronSelection, donor_acts: dict[int, torch.Tensor],
-                 positions: str = "all") -> Intervention:
+                 positions: Positions = Positions.ALL) -> Intervention:
     """Overwrite the chosen activations with a donor's per-token activations, for forward calls whose (B, T)
     equals the donor recording's (run the donor on the same tokens with `record_activations`)."""
     edits = _layer_edits(loaded, selection, "donor", None)
@@ -351,7 +356,7 @@ def patch_tokens(loaded, selection: NeuronSelection, donor_acts: dict[int, torch
     return Intervention(loaded, "patch-tokens", edits, positions, donor=donor_acts)
 
 
-def patch_live(loaded, selection: NeuronSelection, donor, positions: str = "all") -> Intervention:
+def patch_live(loaded, selection: NeuronSelection, donor, positions: Positions = Positions.ALL) -> Intervention:
     """Overwrite the chosen activations with the donor (DPO) model's own activations on the same tokens, at every
     forward call: the donor runs in lockstep with the patched model."""
     if donor.arch.n_layers(donor.model) != loaded.arch.n_layers(loaded.model) or \

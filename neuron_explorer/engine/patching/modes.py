@@ -1,9 +1,9 @@
 """Patch modes, one registry (as pyvene keeps one of its interventions): what each mode does, its parameters with
 their defaults and checks, whether it needs a neuron set, and how it builds its intervention.
 
-The command line takes its choices and help from here, `PatchSession` dispatches through it and the explorer's patch
-dialog builds its fields from it. Importing this module needs no torch: builders import the interventions when they
-run. A new mode is one `PatchMode` entry below (and its intervention in interventions.py).
+The command line takes its choices and help from here, `spec.intervention` checks an intervention against it,
+`PatchSession` and `LabSession` dispatch through it and the explorer's patch dialog builds its fields from it.
+Importing this module needs no torch: builders import the interventions when they run. A new mode is one `PatchMode` entry below (and its intervention in interventions.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from neuron_explorer.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The toxic embedding (probe.SEED_WORDS list) whose value-vector cosines the tuning-free edit ranks neurons by.
 TUNING_FREE_SEED_WORDS = "authors"
@@ -52,11 +56,29 @@ class Parameter:
         return number
 
 
+class InterventionContext(Protocol):
+    """What a mode's builder reads besides the neuron set, its values and positions. `engine.patching.context.
+    CacheContext` provides it for patch runs and the prompt lab alike; only `subtract_alpha` is each one's own."""
+
+    loaded: object  # the base model (loading.LoadedModel), which the intervention hooks
+    probe: np.ndarray  # (d_model,) the cache's probe direction
+    arrays: dict[str, np.ndarray]  # the cache's act_pre, act_dpo and act_shift, (n_layers, d_mlp) float64 each
+
+    def tuned(self) -> object:
+        """The tuned (DPO) model (loading.LoadedModel), loaded on first use."""
+
+    def cos_embedding(self) -> np.ndarray:
+        """cos(value vector, toxic embedding) of every neuron of the base model (the tuning-free edit's ranking)."""
+
+    def subtract_alpha(self) -> tuple[float, str]:
+        """`subtract`'s α when none is given, and where it was measured."""
+
+
 @dataclass(frozen=True)
 class PatchMode:
     name: str
     description: str
-    build: Callable  # (session, selection, values, positions) -> interventions.Intervention
+    build: Callable  # (InterventionContext, selection, values, positions) -> interventions.Intervention
     parameters: tuple[Parameter, ...] = ()
     needs_set: bool = True
     acts_on_set: bool = True  # False: the mode ignores any neuron set (subtract acts on the residual stream)
@@ -79,48 +101,48 @@ def _interventions():
     return interventions
 
 
-def _shift(session, selection, values, positions):
-    return _interventions().add_shift(session.loaded, selection, session.arrays["act_shift"], values["alpha"],
+def _shift(context: InterventionContext, selection, values, positions):
+    return _interventions().add_shift(context.loaded, selection, context.arrays["act_shift"], values["alpha"],
                                       positions)
 
 
-def _patch_live(session, selection, values, positions):
-    return _interventions().patch_live(session.loaded, selection, session.tuned(), positions)
+def _patch_live(context: InterventionContext, selection, values, positions):
+    return _interventions().patch_live(context.loaded, selection, context.tuned(), positions)
 
 
-def _patch_mean(session, selection, values, positions):
-    return _interventions().patch_mean(session.loaded, selection, session.arrays["act_dpo"], positions)
+def _patch_mean(context: InterventionContext, selection, values, positions):
+    return _interventions().patch_mean(context.loaded, selection, context.arrays["act_dpo"], positions)
 
 
-def _scale(session, selection, values, positions):
-    return _interventions().scale(session.loaded, selection, values["factor"], positions)
+def _scale(context: InterventionContext, selection, values, positions):
+    return _interventions().scale(context.loaded, selection, values["factor"], positions)
 
 
-def _constant(session, selection, values, positions):
-    return _interventions().set_constant(session.loaded, selection, values["value"], positions)
+def _constant(context: InterventionContext, selection, values, positions):
+    return _interventions().set_constant(context.loaded, selection, values["value"], positions)
 
 
-def _zero_ablate(session, selection, values, positions):
-    return _interventions().zero_ablate(session.loaded, selection, positions)
+def _zero_ablate(context: InterventionContext, selection, values, positions):
+    return _interventions().zero_ablate(context.loaded, selection, positions)
 
 
-def _mean_ablate(session, selection, values, positions):
-    return _interventions().mean_ablate(session.loaded, selection, session.arrays["act_pre"], positions)
+def _mean_ablate(context: InterventionContext, selection, values, positions):
+    return _interventions().mean_ablate(context.loaded, selection, context.arrays["act_pre"], positions)
 
 
-def _tuning_free(session, selection, values, positions):
-    edit = _interventions().tuning_free(session.loaded, session.arrays["act_pre"], session.cos_embedding(),
+def _tuning_free(context: InterventionContext, selection, values, positions):
+    edit = _interventions().tuning_free(context.loaded, context.arrays["act_pre"], context.cos_embedding(),
                                         alpha=values["alpha"], beta=values["beta"], restrict=selection,
                                         positions=positions)
     edit.details["seed_words"] = TUNING_FREE_SEED_WORDS
     return edit
 
 
-def _subtract(session, selection, values, positions):
+def _subtract(context: InterventionContext, selection, values, positions):
     alpha, fitted_on = values["alpha"], "given (--alpha)"
     if alpha is None:  # the size that matches DPO's own change of the last-layer projection, and where it was fitted
-        alpha, fitted_on = session.subtract_alpha()
-    edit = _interventions().subtract_direction(session.loaded, session.probe, alpha, positions)
+        alpha, fitted_on = context.subtract_alpha()
+    edit = _interventions().subtract_direction(context.loaded, context.probe, alpha, positions)
     edit.details["alpha_fitted_on"] = fitted_on
     return edit
 
@@ -152,11 +174,6 @@ _MODES = (
 )
 MODES: dict[str, PatchMode] = {mode.name: mode for mode in _MODES}
 DEFAULT_MODE = "shift"
-# Where an intervention acts (interventions.py implements both), with what the command's help and the explorer's
-# dialog say of each.
-POSITIONS = {"all": "every position (perplexity too)",
-             "newest": "newest position only (the authors' protocol; perplexity as in generation)"}
-
 # The paper preset's rows (runs.paper_preset): its ablation, its patch rows (the paper's mean patching by default,
 # or one of the per-token modes) and its edit.
 PRESET_ABLATION = "zero-ablate"

@@ -23,10 +23,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-import numpy as np
 
 from neuron_explorer import __version__
 from neuron_explorer.cache import annotations, layout
@@ -42,9 +40,11 @@ from neuron_explorer.engine.measure.evaluation import (PROBE_POSITIONS, Evaluati
                                                           InterventionHooks, continuations, corpus_inputs, evaluate,
                                                           perplexity)
 from neuron_explorer.engine.patching import modes
+from neuron_explorer.engine.patching.context import CacheContext
 from neuron_explorer.engine.model.distributed import current_ranks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
 from neuron_explorer.engine.measure.prompts import SPLIT_BY_PROMPT, PromptSet, load_prompts
+from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positions
 
 
 
@@ -112,24 +112,6 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
     return prompts, record
 
 
-@dataclass
-class PatchSpec:
-    """One intervention: a mode, the neuron set it acts on, where, and the parameters given (the mode's defaults,
-    modes.py, fill the rest)."""
-
-    mode: str
-    sets: tuple[str, ...] = ()
-    positions: str = "all"
-    params: dict = field(default_factory=dict)
-    label: str | None = None
-
-    def name(self) -> str:
-        if self.label:
-            return self.label
-        target = " ∪ ".join(self.sets) if self.sets else ""
-        return f"{self.mode} {target}".strip()
-
-
 def model_specs(reader: CacheReader, base: str | None, tuned: str | None) -> tuple[str, str]:
     """The base and tuned model specs: those given, else those the cache's provenance records. A recorded spec that
     names a hub model is refused: the hub is contacted only for a model the user names, never for a file's say."""
@@ -171,17 +153,18 @@ def stale_weights(reader: CacheReader, weights: dict[str, dict]) -> list[str]:
     return lines
 
 
-def check_spec(spec: PatchSpec, selection: NeuronSelection | None) -> tuple[dict, NeuronSelection | None]:
-    """The mode's parameter values for `spec` and its resolved neuron set, or a one-line UserError (an unknown mode or
-    parameter, a bad value, no set for a mode that needs one). Patch runs and the prompt lab both check here."""
+def check_spec(spec: Intervention, reader: CacheReader) -> tuple[dict, NeuronSelection | None]:
+    """The mode's parameter values for `spec` and its neuron set resolved in the cache (None without sets), or a
+    one-line UserError (a set the cache cannot resolve, or one that resolves to no neuron for a mode that needs one).
+    The rest was checked when `spec` was made. Patch runs and the prompt lab both check here."""
+    selection = resolve(reader, spec.sets) if spec.sets else None
     mode = modes.get(spec.mode)
-    values = mode.values(spec.params)
     if mode.needs_set and (selection is None or not len(selection)):
-        raise UserError(f"mode {mode.name} needs a neuron set: pass --set SPEC (e.g. --set group:TP↓)")
-    return values, selection
+        raise UserError(f"mode {mode.name} needs a neuron set: {' ∪ '.join(spec.sets)} holds no neuron")
+    return spec.values(), selection
 
 
-class PatchSession:
+class PatchSession(CacheContext):
     """The open cache, the base model and the base/DPO baseline; runs any number of interventions on them.
 
     Under torchrun every rank evaluates its batches of each evaluation (`evaluation.evaluate`) and holds the whole
@@ -213,10 +196,8 @@ class PatchSession:
                                            dtype=self.settings.dtype)
         check_fits_cache(self.loaded, self.reader)
         self.weights = self._weights()
-        self.probe = self.reader.probe_direction().astype(np.float64)
-        self.unit_probe = self.probe / np.linalg.norm(self.probe)
-        self.arrays = {name: self.reader.neuron_array(name).astype(np.float64)
-                       for name in ("act_pre", "act_dpo", "act_shift")}
+        super().__init__(self.reader, self.loaded, self.tuned_spec, device=self.ranks.device(self.settings.device),
+                         dtype=self.settings.dtype, report=report)
         self.eval_settings = self.settings.evaluation()
         self.inputs = corpus_inputs(self.loaded.tokenizer, self.corpus, self.eval_settings)
         batch, ppl_batch = self.eval_settings.batch_size, self.eval_settings.ppl_batch_size
@@ -225,9 +206,7 @@ class PatchSession:
         self.baseline_key = self._baseline_key()
         self.baseline: dict | None = self.ranks.first(  # every rank measures the baseline, or none does
             annotations.load_baseline(self.cache_path, self.baseline_key) if self.ranks.main else None)
-        self._cos_embedding: np.ndarray | None = None
         self._subtract_alpha: tuple[float, str] | None = None
-        self._tuned = None
 
     def close(self) -> None:
         self.reader.close()
@@ -298,21 +277,6 @@ class PatchSession:
         return payload
 
     # -- interventions -------------------------------------------------------------------------------------------
-    def selection(self, spec: PatchSpec) -> NeuronSelection | None:
-        if not spec.sets:
-            return None
-        return resolve(self.reader, spec.sets)
-
-    def tuned(self):
-        """The tuned (DPO) model, loaded on first use."""
-        if self._tuned is None:
-            from neuron_explorer.engine.model.loading import load_model
-
-            self.report(Message(f"loading the tuned model {self.tuned_spec}"))
-            self._tuned = load_model(self.tuned_spec, device=self.ranks.device(self.settings.device),
-                                     dtype=self.settings.dtype)
-        return self._tuned
-
     def subtract_alpha(self) -> tuple[float, str]:
         """`subtract`'s default α, DPO's change of the last-layer probe projection, and where it was measured: on the
         cache's statistics prompts, not on the prompts the run is scored on (fitted there, its recovered probe
@@ -331,27 +295,17 @@ class PatchSession:
             self._subtract_alpha = (change, where)
         return self._subtract_alpha
 
-    def cos_embedding(self) -> np.ndarray:
-        """cos(v_i, toxic embedding) of the base model, with Yang et al.'s five-and-five seed words: the direction
-        their tuning-free edit ranks neurons by."""
-        if self._cos_embedding is None:
-            from neuron_explorer.engine.measure.probe import toxic_embedding_direction
-
-            direction = toxic_embedding_direction(self.loaded, modes.TUNING_FREE_SEED_WORDS).direction
-            self._cos_embedding = iv.value_vector_cosines(self.loaded, direction)
-        return self._cos_embedding
-
-    def check(self, spec: PatchSpec) -> tuple[dict, NeuronSelection | None]:
+    def check(self, spec: Intervention) -> tuple[dict, NeuronSelection | None]:
         """The mode's parameter values and the neuron set of `spec`, or a UserError: every check of a spec that
         needs no model work, so that a command can check all its specs before the long part starts."""
-        return check_spec(spec, self.selection(spec))
+        return check_spec(spec, self.reader)
 
-    def intervention(self, spec: PatchSpec) -> tuple[iv.Intervention, NeuronSelection | None]:
+    def intervention(self, spec: Intervention) -> tuple[iv.Intervention, NeuronSelection | None]:
         """The intervention `spec` asks for, built by its mode (modes.py), and the neuron set it acts on."""
         values, selection = self.check(spec)
         return modes.get(spec.mode).build(self, selection, values, spec.positions), selection
 
-    def run(self, spec: PatchSpec, *, save: bool = True) -> annotations.PatchRun:
+    def run(self, spec: Intervention, *, save: bool = True) -> annotations.PatchRun:
         """Evaluate the base model under `spec`, compare with base and DPO, and store the run (append-only)."""
         started = time.perf_counter()
         intervention, selection = self.intervention(spec)
@@ -376,10 +330,10 @@ class PatchSession:
                                         samples=samples)
         return annotations.save_run(self.cache_path, settings, metrics, samples, label=spec.name())
 
-    def record_settings(self, spec: PatchSpec, intervention: iv.Intervention,
+    def record_settings(self, spec: Intervention, intervention: iv.Intervention,
                         selection: NeuronSelection | None) -> dict:
-        settings = {"label": spec.name(), "mode": spec.mode, "sets": list(spec.sets), "positions": spec.positions,
-                    **modes.get(spec.mode).values(spec.params), **intervention.details,
+        settings = {"label": spec.name(), "mode": spec.mode, "sets": list(spec.sets),
+                    "positions": spec.positions.value, **spec.values(), **intervention.details,
                     "layers": {str(k): v for k, v in intervention.layer_counts().items()},
                     "prompts": self.prompt_record, "corpus": self.corpus.provenance(),
                     "scorer": self.scorer.name, "evaluation": asdict(self.eval_settings),
@@ -437,28 +391,30 @@ def warm_up(plan, session: PatchSession) -> dict[str, float]:
     return estimate
 
 
-def paper_preset(positions: str | None = None, patch_mode: str = modes.PRESET_PATCH_MODES[0], toxic_k: int = 128,
-                 tuning_free: dict | None = None) -> list[PatchSpec]:
-    """Ablate the top-K toxic neurons; patch each reducing group alone; patch all four; the tuning-free edit (with
-    the parameters in `tuning_free`, its defaults otherwise).
+def paper_preset(preset: PaperPreset = PaperPreset(), toxic_k: int = 128,
+                 tuning_free: dict | None = None) -> list[Intervention]:
+    """Ablate the top-K toxic neurons; patch each reducing group alone (with `preset.mode`); patch all four;
+    the tuning-free edit (with the parameters in `tuning_free`, its defaults otherwise).
 
-    With no `positions`, each row follows the authors' protocol: the ablation zeroes the value vectors (every
-    position, as zeroing the weights does) and the patch and edit rows act at the newest position. A given
-    `positions` applies to every row.
+    With `Positions.AUTHORS`, each row follows the authors' protocol: the ablation zeroes the value vectors (every
+    position, as zeroing the weights does) and the patch and edit rows act at the newest position. Other positions
+    apply to every row.
     """
     from neuron_explorer.cache.schema import REDUCING_GROUPS
 
-    ablate_at = positions or "all"
-    patch_at = positions or "newest"
-    specs = [PatchSpec(modes.PRESET_ABLATION, (f"toxic:{toxic_k}",), ablate_at, label=f"ablate top-{toxic_k} toxic")]
+    authors = preset.positions is Positions.AUTHORS
+    ablate_at = Positions.ALL if authors else preset.positions
+    patch_at = Positions.NEWEST if authors else preset.positions
+    patch_mode = preset.mode
+    specs = [Intervention(modes.PRESET_ABLATION, (f"toxic:{toxic_k}",), ablate_at,
+                          label=f"ablate top-{toxic_k} toxic")]
     how = "" if patch_mode == modes.PRESET_PATCH_MODES[0] else f" ({patch_mode})"
-    specs += [PatchSpec(patch_mode, (f"group:{group}",), patch_at, label=f"patch {group}{how}")
+    specs += [Intervention(patch_mode, (f"group:{group}",), patch_at, label=f"patch {group}{how}")
               for group in REDUCING_GROUPS]
-    specs.append(PatchSpec(patch_mode, ("group:reducing",), patch_at, label=f"patch all four ↓ groups{how}"))
-    given = dict(tuning_free or {})
-    values = modes.get(modes.PRESET_EDIT).values(given)
-    specs.append(PatchSpec(modes.PRESET_EDIT, (), patch_at, params=given,
-                           label=f"tuning-free edit (α={values['alpha']:g}, β={values['beta']:g})"))
+    specs.append(Intervention(patch_mode, ("group:reducing",), patch_at, label=f"patch all four ↓ groups{how}"))
+    edit = Intervention(modes.PRESET_EDIT, (), patch_at, params=dict(tuning_free or {}))
+    values = edit.values()
+    specs.append(replace(edit, label=f"tuning-free edit (α={values['alpha']:g}, β={values['beta']:g})"))
     return specs
 
 
@@ -487,5 +443,5 @@ def shown(value: float, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else "n/a"
 
 
-__all__ = ["RunSettings", "PatchSpec", "PatchSession", "paper_preset", "format_runs_table",
+__all__ = ["RunSettings", "PatchSession", "paper_preset", "format_runs_table",
            "recovered_metrics", "shown", "replace"]

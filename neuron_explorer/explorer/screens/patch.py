@@ -10,8 +10,9 @@ from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.errors import UserError
+from neuron_explorer.spec.intervention import INTERVENTION_POSITIONS, Intervention, PaperPreset, Positions
 
-from ..jobs import PAPER_ROWS, PRESET_POSITIONS, PatchJob, PatchRequest
+from ..jobs import PAPER_ROWS, PatchJob, PatchRequest
 from ..targets import patch_targets
 from .dialogs import Dialog
 
@@ -39,7 +40,7 @@ class PatchDialog(Dialog[PatchRequest]):
 
     def compose(self) -> ComposeResult:
         request = self.request
-        preset = request.preset is not None
+        preset = request.preset
         offered = self.offered_modes()
         with Vertical(classes="dialog", id="patch-dialog"):
             yield Label(Text(self.title_text()), classes="dialog-title", id="patch-title")
@@ -50,19 +51,20 @@ class PatchDialog(Dialog[PatchRequest]):
                                  is None, prompt=request.target, id="patch-target")
             with Horizontal(classes="field"):
                 yield Label("group rows" if preset else "mode", classes="field-label")
-                yield Select([(mode.name, mode.name) for mode in offered], value=request.mode, allow_blank=False,
+                yield Select([(mode.name, mode.name) for mode in offered], value=request.spec.mode, allow_blank=False,
                              id="patch-mode")
             yield Label(id="mode-about", classes="field-about")
             with Horizontal(classes="field"):
                 yield Label("positions", classes="field-label")
-                positions = [(f"{name}: {text.split(' (')[0]}", name) for name, text in modes.POSITIONS.items()]
+                positions = [(f"{p.value}: {p.description.split(' (')[0]}", p) for p in INTERVENTION_POSITIONS]
                 if preset:
                     positions.insert(0, ("authors': ablation at every position, the rest newest",
-                                         PRESET_POSITIONS))
-                yield Select(positions, value=request.positions, allow_blank=False, id="patch-positions")
+                                         Positions.AUTHORS))
+                yield Select(positions, value=request.spec.positions, allow_blank=False, id="patch-positions")
+            params = request.spec.params if isinstance(request.spec, Intervention) else {}
             for mode in ([] if preset else offered):
                 for parameter in mode.parameters:
-                    given = request.params.get(parameter.name) if mode.name == request.mode else None
+                    given = params.get(parameter.name) if mode.name == request.spec.mode else None
                     with Horizontal(classes=f"field parameter mode-{mode.name}"):
                         yield Label(parameter.name, classes="field-label")
                         yield Input(value="" if given is None else f"{given:g}", type="number",
@@ -78,10 +80,10 @@ class PatchDialog(Dialog[PatchRequest]):
 
     def title_text(self) -> str:
         request = self.request
-        if request.preset:
+        if isinstance(request.spec, PaperPreset):
             return f"Run the papers' comparison, one job: {PAPER_ROWS}"
         count = f"{request.n_neurons:,} neuron{'' if request.n_neurons == 1 else 's'}"
-        if any(spec.startswith("group:") for spec in request.sets):
+        if any(spec.startswith("group:") for spec in request.spec.sets):
             count += ", v1 groups"  # the overview's default definition, the one the patch command resolves
         where = "the lab's patched run" if self.lab else "the base model"
         return f"Patch {request.target} ({count}) in {where}"
@@ -97,7 +99,7 @@ class PatchDialog(Dialog[PatchRequest]):
         return options + [(target.title, target.key) for target in patch_targets(store)]
 
     def on_mount(self) -> None:
-        self.show_fields(self.request.mode)
+        self.show_fields(self.request.spec.mode)
         self.query_one("#prompts-field").display = not self.lab
         # the papers' comparison comes with the papers' settings: enter runs it; elsewhere, choose the mode first
         self.query_one("#run" if self.request.preset else "#patch-mode").focus()
@@ -118,7 +120,7 @@ class PatchDialog(Dialog[PatchRequest]):
         self.remove_files()
         self.request, self.source = request, source
         self.query_one("#patch-title", Label).update(Text(self.title_text()))
-        self.query_one("#patch-mode", Select).value = request.mode
+        self.query_one("#patch-mode", Select).value = request.spec.mode
 
     def remove_files(self) -> None:
         for path in self.request.cleanup:
@@ -151,17 +153,13 @@ class PatchDialog(Dialog[PatchRequest]):
         given = {name: text for name, text in texts.items() if text}
         prompts = self.query_one("#patch-prompts", Input).value.strip()
         try:
-            values = mode.values(given)
+            positions = Positions.parse(self.query_one("#patch-positions", Select).value)
             if prompts and not (prompts.isdigit() and int(prompts) >= 1):
                 raise UserError(f"prompts: '{prompts}' is not a number of prompts (1 or more)")
+            request = self.request.chosen(mode.name, positions, given, int(prompts) if prompts else None)
         except UserError as error:
             self.notify(str(error), severity="error")
             return
-        request = self.request
-        request.mode = mode.name
-        request.positions = str(self.query_one("#patch-positions", Select).value)
-        request.params = {name: values[name] for name in given}
-        request.max_prompts = int(prompts) if prompts else None
         self.dismiss(request)
 
 

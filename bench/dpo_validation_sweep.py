@@ -21,10 +21,11 @@ from neuron_explorer.engine.model.architectures import architecture_for
 from neuron_explorer.engine.measure.corpora import load_corpus, perplexity_windows
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, default_work_dir
 from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
-from neuron_explorer.engine.measure.evaluation import EvaluationSettings, perplexity, toxicity
+from neuron_explorer.engine.measure.evaluation import perplexity, toxicity
 from neuron_explorer.engine.model.loading import LoadedModel, embedded_base_dir
 from neuron_explorer.engine.measure.prompts import RTP_VALIDATION, load_prompts
-from neuron_explorer.engine.measure.scoring import CHECK_SCORER, DEFAULT_SCORER, get_scorer
+from neuron_explorer.engine.measure.scoring import get_scorer
+from neuron_explorer.spec.settings import CHECK_SCORER, SCORER, EvaluationSettings
 
 EVALUATION_WINDOWS = 24  # the build's perplexity windows, which the sweep must not use
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     policy = args.model or str(embedded_base_dir())
     tokenizer = AutoTokenizer.from_pretrained(policy)
     prompts = load_prompts(args.prompts, max_prompts=args.max_prompts).texts
-    scorers = [get_scorer(DEFAULT_SCORER), get_scorer(CHECK_SCORER)]
+    scorers = [get_scorer(SCORER), get_scorer(CHECK_SCORER)]
     windows = validation_windows(tokenizer, args.window, args.windows)
 
     def measure(model, step: int) -> None:

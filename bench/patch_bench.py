@@ -23,17 +23,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from neuron_explorer.engine.measure.corpora import load_corpus
 from neuron_explorer.engine.defaults import default_cache_path
-from neuron_explorer.engine.measure.evaluation import EvaluationSettings, evaluate
+from neuron_explorer.engine.measure.evaluation import evaluate
 from neuron_explorer.engine.patching.interventions import hook_count
 from neuron_explorer.engine.model.loading import load_model
-from neuron_explorer.engine.patching.runs import PatchSession, RunSettings
+from neuron_explorer.engine.patching.runs import PatchSession
 from neuron_explorer.spec.intervention import Intervention
+from neuron_explorer.spec.settings import RUN_EVALUATION, EvaluationSettings, RunSettings
 from neuron_explorer.engine.measure.prompts import load_prompts
 from neuron_explorer.engine.measure.scoring import get_scorer
 
@@ -70,8 +72,8 @@ def main() -> None:
             build_synthetic_cache(cache, n_layers=arch.n_layers(loaded.model), d_mlp=arch.d_mlp(loaded.model),
                                   d_model=loaded.d_model, n_prompts=16, cluster_top_k=200)
         print(f"(no default cache: using the synthetic statistics in {cache})")
-    settings = RunSettings(prompts="builtin:heldout", max_prompts=args.prompts, ppl_windows=args.ppl_windows,
-                           f1_items=args.f1_items, base="embedded", tuned="embedded")
+    settings = RunSettings(prompts="builtin:heldout", max_prompts=args.prompts, base="embedded", tuned="embedded",
+                           evaluation=replace(RUN_EVALUATION, ppl_windows=args.ppl_windows, f1_items=args.f1_items))
     session = PatchSession(cache, settings, loaded=loaded)
     prompts = load_prompts("builtin:heldout", max_prompts=args.prompts).texts
     scorer, corpus = get_scorer("profanity"), load_corpus("builtin")

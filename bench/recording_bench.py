@@ -118,14 +118,15 @@ def whole_compute(args) -> None:
     bare_seconds = 0.0
     for spec in (args.base, args.tuned):
         loaded = load_model(spec, device=args.device)
-        bare(loaded, texts[:settings.batch_size], 2, settings.batch_size)  # warm-up
-        bare_seconds += timed(bare, loaded, texts, settings.new_tokens, settings.batch_size)
+        bare(loaded, texts[:settings.recording.batch_size], 2, settings.recording.batch_size)  # warm-up
+        bare_seconds += timed(bare, loaded, texts, settings.recording.new_tokens, settings.recording.batch_size)
         memo = lens_memo(loaded)
         if memo is not None:
             shutil.rmtree(memo, ignore_errors=True)  # the first compute below computes the lens
         del loaded
-    print(f"\nwhole compute on {len(texts)} recorded prompts of {settings.prompts}, batch {settings.batch_size}, "
-          f"{settings.new_tokens} new tokens; bare greedy generation of both models: {bare_seconds:.1f} s")
+    recording = settings.recording
+    print(f"\nwhole compute on {len(texts)} recorded prompts of {settings.prompts}, batch {recording.batch_size}, "
+          f"{recording.new_tokens} new tokens; bare greedy generation of both models: {bare_seconds:.1f} s")
     with tempfile.TemporaryDirectory() as folder:
         for label in ("lens memo cold", "lens memo warm"):
             settings.output = Path(folder) / "compute.h5"
@@ -140,11 +141,12 @@ def _compute_in_fresh_process(folder: str, prompts: str, output: str, results) -
     import os
 
     from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
+    from neuron_explorer.spec.settings import RecordingSettings
 
     os.environ["NEURON_EXPLORER_HOME"] = str(Path(output).with_suffix(".home"))  # its own, empty logit-lens memo
 
     run_compute(ComputeSettings(base=folder, tuned=folder + "-tuned", probe="toxic-embedding", prompts=prompts,
-                                output=Path(output), device="cpu", new_tokens=4))
+                                output=Path(output), device="cpu", recording=RecordingSettings(new_tokens=4)))
     with open("/proc/self/status") as handle:
         results.put(next(int(line.split()[1]) for line in handle if line.startswith("VmHWM")) / 1024)
 

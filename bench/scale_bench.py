@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,10 +152,11 @@ def peak_memory_mib(device: str) -> float:
 
 def compute_settings(args, base: Path, tuned: Path, output: Path):
     from neuron_explorer.engine.neurons.compute import ComputeSettings
+    from neuron_explorer.spec.settings import RecordingSettings
 
     return ComputeSettings(base=str(base), tuned=str(tuned), probe="toxic-embedding", prompts=args.prompt_source,
                            max_prompts=round(args.prompts / (1 - args.patch_holdout)), patch_holdout=args.patch_holdout,
-                           new_tokens=args.new_tokens, batch_size=args.batch_size,
+                           recording=RecordingSettings(new_tokens=args.new_tokens, batch_size=args.batch_size),
                            device=args.device, dtype=args.dtype, output=output)
 
 
@@ -191,9 +193,9 @@ def part_bare(args, base, tuned, cache) -> dict:
             generate_tokens(loaded.model, ids, mask, 2, suppress_ids=suppress)  # warm-up
             synchronized(device)
             started = time.perf_counter()
-            for _, chunk in batches(texts, settings.batch_size):
+            for _, chunk in batches(texts, settings.recording.batch_size):
                 ids, mask = encode_prompts(loaded.tokenizer, chunk, settings.max_prompt_tokens, loaded.device)
-                generate_tokens(loaded.model, ids, mask, settings.new_tokens, suppress_ids=suppress)
+                generate_tokens(loaded.model, ids, mask, settings.recording.new_tokens, suppress_ids=suppress)
             synchronized(device)
             seconds += time.perf_counter() - started
     first = loaded_models[0]
@@ -247,11 +249,13 @@ def part_plan(args, base, tuned, cache) -> dict:
 def part_patch(args, base, tuned, cache) -> dict:
     from neuron_explorer.engine.measure.evaluation import evaluate
     from neuron_explorer.engine.model.loading import load_model
-    from neuron_explorer.engine.patching.runs import PatchSession, RunSettings
+    from neuron_explorer.engine.patching.runs import PatchSession
     from neuron_explorer.spec.intervention import Intervention
+    from neuron_explorer.spec.settings import RUN_EVALUATION, RunSettings
 
-    settings = RunSettings(prompts="builtin:heldout", max_prompts=args.patch_prompts, ppl_windows=args.ppl_windows,
-                           f1_items=2 * args.ppl_windows, batch_size=args.batch_size,
+    evaluation = replace(RUN_EVALUATION, ppl_windows=args.ppl_windows, f1_items=2 * args.ppl_windows,
+                         batch_size=args.batch_size)
+    settings = RunSettings(prompts="builtin:heldout", max_prompts=args.patch_prompts, evaluation=evaluation,
                            base=str(base), tuned=str(tuned), device=args.device, dtype=args.dtype)
     loaded = load_model(str(base), device=args.device, dtype=args.dtype)
     with PatchSession(cache, settings, loaded=loaded) as session:
@@ -325,7 +329,7 @@ def part_torchrun(args, base, tuned, cache) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "neuron_explorer", "compute", "--base", settings.base,
                "--tuned", settings.tuned, "--probe", settings.probe, "--prompts", settings.prompts,
                "--max-prompts", str(settings.max_prompts), "--patch-holdout", str(settings.patch_holdout),
-               "--new-tokens", str(settings.new_tokens), "--batch-size", str(settings.batch_size),
+               "--new-tokens", str(settings.recording.new_tokens), "--batch-size", str(settings.recording.batch_size),
                "--device", settings.device, "--dtype", settings.dtype, "-o", str(settings.output)]
     with tempfile.TemporaryDirectory() as home:
         started = time.perf_counter()

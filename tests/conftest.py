@@ -141,8 +141,9 @@ def loaded_pairs(pairs):
 @pytest.fixture(scope="session")
 def compute_cache(tmp_path_factory, prompts):
     """`compute_cache(base, tuned, name, **settings)`: a real cache of a tiny pair on `prompts`, computed by the
-    engine (default settings otherwise: every second prompt held out for patch runs)."""
+    engine (5 new tokens, default settings otherwise: every second prompt held out for patch runs)."""
     from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
+    from neuron_explorer.spec.settings import RecordingSettings
 
     root = tmp_path_factory.mktemp("patch-cache")
     (root / "prompts.txt").write_text("\n".join(prompts) + "\n")
@@ -151,7 +152,8 @@ def compute_cache(tmp_path_factory, prompts):
     def compute(base: Path, tuned: Path, name: str, **extra) -> Path:
         settings = ComputeSettings(base=str(base), tuned=str(tuned), probe=str(root / "probe.pt"),
                                    prompts=str(root / "prompts.txt"), output=root / name, device="cpu",
-                                   dtype="float32", new_tokens=5, cluster_top_k=40, n_clusters=4, **extra)
+                                   dtype="float32", cluster_top_k=40, n_clusters=4,
+                                   **{"recording": RecordingSettings(new_tokens=5), **extra})
         return run_compute(settings).path
 
     return compute

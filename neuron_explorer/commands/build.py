@@ -10,9 +10,11 @@ skipped when its inputs are unchanged, so a second run takes seconds. The first 
 
 from __future__ import annotations
 
-from neuron_explorer.commands.arguments import add_device_options, output_file, output_folder, positive_count
+from neuron_explorer.commands.arguments import output_file, output_folder
 from neuron_explorer.engine.build import STAGES
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
+from neuron_explorer.spec.settings import (DeviceSettings, EvaluationSettings, ScorerSettings, add_options, from_args,
+                                           positive_count)
 
 HELP = "build the embedded default (probe, pairs, DPO, evaluation, statistics) offline, with cached stages"
 
@@ -25,14 +27,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", nargs="*", metavar="STAGE", default=None,
                         help=f"rerun these stages (all when none is named): {', '.join(STAGES)}")
     parser.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
-    add_device_options(parser, dtype=False, device_help="; the embedded model runs in float32 everywhere (it trains, "
-                       "and its figures compare across machines)")
-    parser.add_argument("--scorer", default="profanity",
-                        help="scorer that labels the probe, picks the pairs and grades the result: profanity "
-                             "(offline) or detoxify[:VARIANT] (default: %(default)s)")
-    parser.add_argument("--check-scorer", default="wordlist",
-                        help="second scorer reported beside it, never used for training: wordlist, "
-                             "detoxify[:VARIANT], or none (default: %(default)s)")
+    add_options(parser, DeviceSettings(), names=("device",),
+                notes={"device": "; the embedded model runs in float32 everywhere (it trains, and its figures "
+                                 "compare across machines)"})
+    add_options(parser, ScorerSettings(), notes={"scorer": "; labels the probe, picks the pairs and grades the result"})
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     pairs = parser.add_argument_group("pairs")
     pairs.add_argument("--samples", type=positive_count, default=3,
@@ -49,9 +47,7 @@ def add_arguments(parser) -> None:
     dpo.add_argument("--steps", type=positive_count, default=DPO_STEPS, help="training steps (default: %(default)s)")
     dpo.add_argument("--batch-size", type=positive_count, default=4, help="pairs per step (default: %(default)s)")
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument("--ppl-windows", type=positive_count, default=24,
-                    help="256-token corpus windows for perplexity (default: %(default)s)")
-    ev.add_argument("--f1-items", type=positive_count, default=64, help="corpus passages for F1 (default: %(default)s)")
+    add_options(ev, EvaluationSettings(), names=("ppl_windows", "f1_items"))
     parser.add_argument("--progress-json", action="store_true",
                         help="machine-readable progress: one job event (JSON) per line on stdout (for the explorer)")
 
@@ -68,12 +64,13 @@ def run(args) -> int:
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}: choose from {', '.join(STAGES)}")
         force = set(args.force) if args.force else True
-    settings = BuildSettings(work_dir=args.work_dir, output=args.output, scorer=args.scorer,
-                             check_scorer=None if args.check_scorer == "none" else args.check_scorer,
-                             device=args.device, until=args.until, seed=args.seed, n_samples=args.samples,
-                             pair_method=args.pair_method, chosen=args.chosen, margin=args.margin,
-                             beta=args.beta, learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
-                             ppl_windows=args.ppl_windows, f1_items=args.f1_items, force=force)
+    scoring = from_args(args, ScorerSettings())
+    settings = BuildSettings(work_dir=args.work_dir, output=args.output, scorer=scoring.scorer,
+                             check_scorer=scoring.check_scorer, device=args.device, until=args.until, seed=args.seed,
+                             n_samples=args.samples, pair_method=args.pair_method, chosen=args.chosen,
+                             margin=args.margin, beta=args.beta, learning_rate=args.lr, steps=args.steps,
+                             batch_size=args.batch_size,
+                             evaluation=from_args(args, EvaluationSettings()), force=force)
     with reporting(json_lines=args.progress_json) as report:
         result = run_build(settings, report)
         report(Done(summary(result, args)))

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neuron_explorer.commands.arguments import positive_count
 from neuron_explorer.engine.defaults import default_cache_path
+from neuron_explorer.spec.settings import positive_count
 
 HELP = "overlap and Jaccard of neuron sets against layer-matched random sets"
 

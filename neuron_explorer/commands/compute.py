@@ -27,10 +27,11 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from neuron_explorer.commands.arguments import add_device_options, output_file, positive_count
+from neuron_explorer.commands.arguments import output_file
 from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE,
-                                             LENS_TOP_N, PATCH_HOLDOUT, POSITION_MODES, POSITION_PROTOCOLS,
-                                             default_cache_path)
+                                             LENS_TOP_N, PATCH_HOLDOUT, default_cache_path)
+from neuron_explorer.spec.settings import (PROMPTS, SCORER, SCORER_CHOICES, DeviceSettings, RecordingSettings,
+                                           add_options, from_args, positive_count)
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "record a base/tuned model pair and write the neuron statistics to an HDF5 cache"
@@ -49,7 +50,7 @@ def add_arguments(parser) -> None:
     models.add_argument("--tuned", action="append", default=None, metavar="SPEC",
                         help="DPO-tuned model spec (default: embedded-dpo); repeated, the earlier ones are checkpoints "
                              "of the last, oldest first, whose Δ per step the cache keeps (neuron dynamics)")
-    add_device_options(models)
+    add_options(models, DeviceSettings())
     models.add_argument("--device-map", default=None,
                         help="auto: spread models larger than one GPU over the GPUs, then the CPU, then disk "
                              "(accelerate's big-model loading)")
@@ -59,30 +60,19 @@ def add_arguments(parser) -> None:
     data.add_argument("--probe", default="auto",
                       help="probe file, toxic-embedding (our seed words), toxic-embedding:authors (Yang et al. v3's), "
                            "or auto (default: %(default)s)")
-    data.add_argument("--prompts", default="builtin:heldout", help="prompt source (default: %(default)s)")
+    data.add_argument("--prompts", default=PROMPTS, help="prompt source (default: %(default)s)")
     data.add_argument("--prompt-column", default=None, help="text column of a CSV/Parquet/JSONL/hub prompt set")
     data.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
                       help="use only the first N prompts (default: all)")
-    data.add_argument("--detector-scorer", default="profanity",
+    data.add_argument("--detector-scorer", default=SCORER,
                       help="scorer that labels the base continuations toxic (> 0.5) or not for each neuron's "
-                           "detector AUROC: profanity, wordlist or detoxify[:VARIANT] (default: %(default)s)")
+                           f"detector AUROC: {SCORER_CHOICES} (default: %(default)s)")
     data.add_argument("--patch-holdout", type=float, default=PATCH_HOLDOUT, metavar="FRACTION",
                       help="keep this fraction of the prompts aside, unrecorded, for patch runs to evaluate on out "
                            "of sample (the shipped prompts by template, others evenly spread: out of prompt, not out "
                            "of template); 0 keeps none (default: %(default)g)")
     recording = parser.add_argument_group("recording (default: Yang et al. v3's positions)")
-    recording.add_argument("--positions", default="generated", choices=POSITION_MODES,
-                           help="which positions to average: "
-                                + "; ".join(f"{mode}: {text}" for mode, text in POSITION_PROTOCOLS.items())
-                                + " (default: %(default)s)")
-    recording.add_argument("--new-tokens", type=positive_count, default=20,
-                           help="tokens each model generates (default: %(default)s)")
-    recording.add_argument("--max-prompt-tokens", type=positive_count, default=32,
-                           help="prompt truncation (default: %(default)s)")
-    recording.add_argument("--batch-size", type=positive_count, default=16,
-                           help="prompts per batch (default: %(default)s)")
-    recording.add_argument("--shared-continuation", action="store_true",
-                           help="record the tuned model on the base model's continuation (same tokens for both)")
+    add_options(recording, RecordingSettings())
     recording.add_argument("--no-difference-lens", dest="difference_lens", action="store_false",
                            help="skip the pass that measures where the pair differs on the perplexity corpus and the "
                                 "prompts (residual difference per layer, next-token KL)")
@@ -118,10 +108,9 @@ def run(args) -> int:
     settings = ComputeSettings(
         base=args.base, tuned=(args.tuned or ["embedded-dpo"])[-1], checkpoints=tuple((args.tuned or [])[:-1]),
         probe=args.probe, prompts=args.prompts, prompt_column=args.prompt_column,
-        output=args.output or default_cache_path(), positions=args.positions, new_tokens=args.new_tokens,
-        max_prompt_tokens=args.max_prompt_tokens, max_prompts=args.max_prompts, patch_holdout=args.patch_holdout,
-        batch_size=args.batch_size,
-        shared_continuation=args.shared_continuation, identity_check=identity_sample(args.identity_check),
+        output=args.output or default_cache_path(), recording=from_args(args, RecordingSettings()),
+        max_prompts=args.max_prompts, patch_holdout=args.patch_holdout,
+        identity_check=identity_sample(args.identity_check),
         device=args.device, dtype=args.dtype,
         device_map=args.device_map, max_memory=args.max_memory, cluster_top_k=args.cluster_top_k,
         n_clusters=args.clusters, lens=args.lens, detector_scorer=args.detector_scorer,

@@ -10,7 +10,9 @@ and passages out to the processes and gathers the metrics; rank 0 prints and wri
 from __future__ import annotations
 
 from neuron_explorer.cache.atomic import write_json_atomically
-from neuron_explorer.commands.arguments import add_device_options, at_least, count_or_all, output_file, positive_count
+from neuron_explorer.commands.arguments import output_file
+from neuron_explorer.spec.settings import (CORPUS, PROMPTS, DeviceSettings, EvaluationSettings, ScorerSettings,
+                                           add_options, from_args, positive_count)
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
@@ -19,44 +21,34 @@ HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
 def add_arguments(parser) -> None:
     parser.add_argument("models", nargs="*", default=["embedded", "embedded-dpo"],
                         help="model specs, NAME=SPEC to label them (default: %(default)s)")
-    parser.add_argument("--prompts", default="builtin:heldout",
+    parser.add_argument("--prompts", default=PROMPTS,
                         help="prompt source: builtin:heldout, builtin:rtp-validation (399 real RealToxicityPrompts "
                              "challenge prompts), a file or hub:NAME (default: %(default)s)")
     parser.add_argument("--prompt-column", default=None)
     parser.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
                         help="use only the first N prompts (default: all)")
-    parser.add_argument("--scorer", default="profanity",
-                        help="profanity, wordlist or detoxify[:VARIANT] (default: %(default)s)")
-    parser.add_argument("--check-scorer", default="wordlist",
-                        help="second scorer reported beside the first: wordlist, detoxify[:VARIANT] or none "
-                             "(default: %(default)s)")
-    parser.add_argument("--corpus", default="builtin",
+    add_options(parser, ScorerSettings())
+    parser.add_argument("--corpus", default=CORPUS,
                         help="builtin (CPython docs), a file, or hub:wikitext (default: %(default)s)")
-    parser.add_argument("--ppl-window", type=at_least(2), default=256,
-                        help="tokens per perplexity window (default: %(default)s)")
-    parser.add_argument("--ppl-windows", type=count_or_all, default=24,
-                        help="number of windows, 0 = all (default: %(default)s)")
-    parser.add_argument("--f1-items", type=count_or_all, default=64, help="F1 passages, 0 = all (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_count, default=32,
-                        help="prompts per batch (default: %(default)s)")
-    add_device_options(parser)
+    add_options(parser, EvaluationSettings(), names=("ppl_window", "ppl_windows", "f1_items", "batch_size"))
+    add_options(parser, DeviceSettings())
     parser.add_argument("--json", type=output_file, default=None, help="write metrics and generations as JSON here")
 
 
 def run(args) -> int:
     from neuron_explorer.engine.measure.corpora import load_corpus
-    from neuron_explorer.engine.measure.evaluation import EvaluationSettings, evaluate, format_table
+    from neuron_explorer.engine.measure.evaluation import evaluate, format_table
     from neuron_explorer.engine.model.loading import load_model
     from neuron_explorer.engine.measure.prompts import load_prompts
     from neuron_explorer.engine.measure.scoring import get_scorer
     from neuron_explorer.engine.model.distributed import current_ranks
 
-    scorer = get_scorer(args.scorer)
-    check_scorer = None if args.check_scorer == "none" else get_scorer(args.check_scorer)
+    scoring = from_args(args, ScorerSettings())
+    scorer = get_scorer(scoring.scorer)
+    check_scorer = get_scorer(scoring.check_scorer) if scoring.check_scorer else None
     prompts = load_prompts(args.prompts, column=args.prompt_column, max_prompts=args.max_prompts)
     corpus = load_corpus(args.corpus)
-    settings = EvaluationSettings(ppl_window=args.ppl_window, ppl_windows=args.ppl_windows or None,
-                                  f1_items=args.f1_items or None, batch_size=args.batch_size)
+    settings = from_args(args, EvaluationSettings())
     ranks = current_ranks()
     say = print if ranks.main else (lambda *_: None)  # under torchrun rank 0 speaks for all
     results = {}

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from neuron_explorer.cache.atomic import write_json_atomically
-from neuron_explorer.commands.arguments import add_device_options, output_file, positive_count
+from neuron_explorer.commands.arguments import output_file
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.lab.protocol import DEFAULT_TOP, layer_bins, lens_difference
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.spec import intervention
+from neuron_explorer.spec.settings import DeviceSettings, ScorerSettings, add_options, positive_count
 
 HELP = "one prompt through base, DPO and a patched base model: continuations, probe lens, top neurons"
 HEAT_COLUMNS = 10  # layers are averaged into at most this many columns of the printed heat map
@@ -62,8 +63,8 @@ def add_arguments(parser) -> None:
     models = parser.add_argument_group("models (default: the specs recorded in the cache)")
     models.add_argument("--base", default=None)
     models.add_argument("--tuned", default=None)
-    add_device_options(models)
-    models.add_argument("--scorer", default="profanity", help="toxicity scorer (%(default)s)")
+    add_options(models, DeviceSettings())
+    add_options(models, ScorerSettings(), names=("scorer",))
 
 
 def run(args) -> int:

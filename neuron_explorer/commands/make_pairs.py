@@ -7,7 +7,8 @@ Writes JSONL (prompt, chosen, rejected, scores, method) and a .provenance.json b
 
 from __future__ import annotations
 
-from neuron_explorer.commands.arguments import add_device_options, non_negative, output_file, positive_count
+from neuron_explorer.commands.arguments import output_file
+from neuron_explorer.spec.settings import DeviceSettings, ScorerSettings, add_options, non_negative, positive_count
 
 HELP = "make preference pairs (greedy vs best-of-n / probe-steered toxic continuations)"
 
@@ -30,11 +31,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
     parser.add_argument("--top-k", type=non_negative, default=50, help="0 = no top-k filter (default: %(default)s)")
     parser.add_argument("--margin", type=float, default=0.3, help="min rejected - chosen score (default: %(default)s)")
-    parser.add_argument("--scorer", default="profanity",
-                        help="profanity, wordlist or detoxify[:VARIANT] (default: %(default)s)")
+    add_options(parser, ScorerSettings(), names=("scorer",))
     parser.add_argument("--candidates-out", type=output_file, default=None, help="also save all scored candidates here")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    add_device_options(parser)
+    add_options(parser, DeviceSettings())
     parser.add_argument("-o", "--output", type=output_file, default="pairs.jsonl",
                         help="pairs JSONL to write (default: %(default)s)")
 

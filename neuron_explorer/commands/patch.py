@@ -36,13 +36,15 @@ the processes and gathers toxicity, perplexity and F1; rank 0 stores the one run
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from neuron_explorer.cache.atomic import write_json_atomically
-from neuron_explorer.commands.arguments import add_device_options, at_least, count_or_all, non_negative, output_file, positive_count
+from neuron_explorer.commands.arguments import output_file
 from neuron_explorer.engine.defaults import default_cache_path
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.spec import intervention
+from neuron_explorer.spec.settings import RUN_EVALUATION, DeviceSettings, RunSettings, add_options, from_args
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "patch, ablate or edit neurons of the base model and measure how much of DPO's effect comes back"
@@ -62,24 +64,13 @@ def add_arguments(parser) -> None:
     evaluation.add_argument("--in-sample", action="store_true",
                             help="evaluate on the prompts the statistics were computed from (for caches that hold "
                                  "out none; the record says so)")
-    evaluation.add_argument("--max-prompts", type=count_or_all, default=100,
-                            help="prompts for toxicity, 0 = all (%(default)s)")
-    evaluation.add_argument("--ppl-windows", type=count_or_all, default=8,
-                            help="perplexity windows, 0 = all (%(default)s)")
-    evaluation.add_argument("--ppl-window", type=at_least(2), default=256,
-                            help="tokens per perplexity window (%(default)s)")
-    evaluation.add_argument("--f1-items", type=count_or_all, default=32, help="F1 passages, 0 = all (%(default)s)")
-    evaluation.add_argument("--new-tokens", type=positive_count, default=20,
-                            help="tokens generated per prompt (%(default)s)")
-    evaluation.add_argument("--batch-size", type=positive_count, default=32, help="prompts per batch (%(default)s)")
-    evaluation.add_argument("--samples", type=non_negative, default=8,
-                            help="sample generations stored with the run (%(default)s)")
-    evaluation.add_argument("--scorer", default="profanity", help="toxicity scorer (%(default)s)")
-    evaluation.add_argument("--corpus", default="builtin", help="neutral corpus for perplexity and F1 (%(default)s)")
+    add_options(evaluation, RunSettings(), names=("max_prompts",))
+    add_options(evaluation, RUN_EVALUATION, names=("ppl_windows", "ppl_window", "f1_items", "new_tokens", "batch_size"))
+    add_options(evaluation, RunSettings(), names=("samples", "scorer", "corpus"))
     models = parser.add_argument_group("models (default: the specs recorded in the cache)")
     models.add_argument("--base", default=None)
     models.add_argument("--tuned", default=None)
-    add_device_options(models)
+    add_options(models, DeviceSettings())
     output = parser.add_argument_group("output")
     output.add_argument("--no-save", action="store_true", help="print the results; store no run")
     output.add_argument("--json", type=output_file, default=None, help="also write the runs' records here")
@@ -101,7 +92,7 @@ def run(args) -> int:
 
 
 def _run(args, report) -> int:
-    from neuron_explorer.engine.patching.runs import (PatchSession, RunSettings, check_spec, evaluation_prompts,
+    from neuron_explorer.engine.patching.runs import (PatchSession, check_spec, evaluation_prompts,
                                                  format_runs_table, model_specs, paper_preset, shown)
     from neuron_explorer.events import Done, Message, Stored
     from neuron_explorer.errors import UserError
@@ -111,11 +102,9 @@ def _run(args, report) -> int:
         raise UserError(f"--preset paper chooses its own sets and modes: leave out --set, and give --mode only as "
                         f"{' or '.join(modes.PRESET_PATCH_MODES)} for its patch rows")
     path = Path(args.file or default_cache_path()).expanduser()
-    settings = RunSettings(prompts=args.prompts, in_sample=args.in_sample, max_prompts=args.max_prompts or None,
-                           corpus=args.corpus, scorer=args.scorer, ppl_window=args.ppl_window,
-                           ppl_windows=args.ppl_windows or None, f1_items=args.f1_items or None,
-                           new_tokens=args.new_tokens, batch_size=args.batch_size, samples=args.samples,
-                           base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype)
+    settings = replace(from_args(args, RunSettings()), prompts=args.prompts, in_sample=args.in_sample,
+                       evaluation=from_args(args, RUN_EVALUATION), base=args.base, tuned=args.tuned,
+                       device=args.device, dtype=args.dtype)
     # a bad mode, parameter or positions fails here, before any file is read
     if args.preset:
         specs = paper_preset(PaperPreset.from_args(args), tuning_free=given_params(args))
@@ -167,7 +156,8 @@ def print_plan(path: Path, settings, specs, n_prompts: int, base: str, tuned: st
     from neuron_explorer.engine.patching import runs
 
     lockstep = any(modes.get(spec.mode).runs_tuned for spec in specs)
-    plan = plan_patch(base, tuned, settings, n_prompts, len(specs), lockstep, baseline_stored=False)
+    plan = plan_patch(base, tuned, settings.evaluation, n_prompts, len(specs), device=settings.device,
+                      dtype=settings.dtype, lockstep=lockstep, baseline_stored=False)
     print(plan.format(), flush=True)
     if warm_up:
         with runs.PatchSession(path, settings) as session:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neuron_explorer.commands.arguments import add_device_options, non_negative, output_folder, positive_count, readable_file
+from neuron_explorer.commands.arguments import output_folder, readable_file
 from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
+from neuron_explorer.spec.settings import DeviceSettings, add_options, non_negative, positive_count
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "DPO-tune a model on preference pairs (trl), resumable"
@@ -50,8 +51,8 @@ def add_arguments(parser) -> None:
                              "slower, the same result")
     parser.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    add_device_options(parser, dtype=False, device_help="; under accelerate launch auto, cpu or cuda; the "
-                       "weights train in float32")
+    add_options(parser, DeviceSettings(), names=("device",),
+                notes={"device": "; under accelerate launch auto, cpu or cuda; the weights train in float32"})
 
 
 def run(args) -> int:

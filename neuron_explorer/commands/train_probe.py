@@ -10,8 +10,9 @@ the ambiguous ones in between left out; see --band), or reuse --candidates from 
 
 from __future__ import annotations
 
-from neuron_explorer.commands.arguments import add_device_options, output_file, positive_count, readable_file
+from neuron_explorer.commands.arguments import output_file, readable_file
 from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
+from neuron_explorer.spec.settings import DeviceSettings, ScorerSettings, add_options, positive_count
 
 HELP = "train the linear toxicity probe (Jigsaw-layout data, or offline self-labelled continuations)"
 
@@ -28,7 +29,7 @@ def add_arguments(parser) -> None:
                         help="prompts to sample from (offline mode) (default: %(default)s)")
     parser.add_argument("--samples", type=positive_count, default=4,
                         help="samples per prompt (offline mode, default: %(default)s)")
-    parser.add_argument("--scorer", default="profanity", help="labels in offline mode (default: %(default)s)")
+    add_options(parser, ScorerSettings(), names=("scorer",), notes={"scorer": "; labels the texts in offline mode"})
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="score/label threshold for toxic (default: %(default)s)")
     parser.add_argument("--band", type=float, default=LABEL_BAND,
@@ -38,7 +39,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--C", type=float, default=PROBE_C,
                         help="inverse L2 strength on standardized features (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    add_device_options(parser)
+    add_options(parser, DeviceSettings())
     parser.add_argument("-o", "--output", type=output_file, default="probe.safetensors",
                         help="probe file (default: %(default)s)")
 

@@ -37,7 +37,9 @@ from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Progress, Reporter, ignore
 
-from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
+from neuron_explorer.spec.settings import (CHECK_SCORER, CORPUS, PROMPTS, SCORER, DeviceSettings, EvaluationSettings,
+                                           flat_record)
+from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
 
 # The embedded model runs in float32 on every device: it trains (DPO's AdamW needs float32 weights), and the build's
 # figures are compared across machines.
@@ -188,9 +190,9 @@ class BuildSettings:
     work_dir: Path | None = None  # default_work_dir()
     output: Path | None = None  # default_cache_path()
     tuned_dir: Path | None = None  # embedded_tuned_dir()
-    scorer: str = "profanity"
-    check_scorer: str | None = "wordlist"  # reported beside `scorer` in the evaluation; never makes training data
-    device: str = DEFAULT_DEVICE
+    scorer: str = SCORER
+    check_scorer: str | None = CHECK_SCORER  # reported beside `scorer` in the evaluation; never makes training data
+    device: str = DeviceSettings.device  # the embedded model runs in float32 everywhere: no dtype
     seed: int = 0
     until: str | None = None  # stop after this stage
     # openings
@@ -221,11 +223,9 @@ class BuildSettings:
     eval_steps: int = 10
     patience: int = 3
     # evaluation and compute
-    heldout_prompts: str = "builtin:heldout"
-    corpus: str = "builtin"
-    ppl_window: int = 256
-    ppl_windows: int | None = 24
-    f1_items: int | None = 64
+    heldout_prompts: str = PROMPTS
+    corpus: str = CORPUS
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     force: bool | set[str] = False
 
 
@@ -253,7 +253,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     from neuron_explorer.engine.measure.corpora import load_corpus
     from neuron_explorer.engine.defaults import default_cache_path, default_work_dir
     from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
-    from neuron_explorer.engine.measure.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table, generations_table
+    from neuron_explorer.engine.measure.evaluation import evaluate, evaluation_table, format_table, generations_table
     from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, embedded_base_dir, embedded_tuned_dir, load_model,
                          materialize_embedded, resolve_device)
     from neuron_explorer.engine.alignment.pairs import (add_steered, generate_candidates, load_candidates, sample_openings, save_candidates, save_pairs,
@@ -416,8 +416,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     # 7. evaluate -----------------------------------------------------------------------------------------------
     heldout = load_prompts(settings.heldout_prompts)
     corpus = load_corpus(settings.corpus)
-    eval_settings = EvaluationSettings(ppl_window=settings.ppl_window, ppl_windows=settings.ppl_windows,
-                                       f1_items=settings.f1_items)
+    eval_settings = settings.evaluation
     eval_file = work / "evaluate" / "evaluation.json"
     eval_inputs = {"base": base_hash, "tuned": dpo_stage.outputs["model"], "prompts": heldout.sha256,
                    "validation": validation.sha256, "corpus": corpus.sha256, "scorer": scorer.describe(),
@@ -455,7 +454,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
                                        dtype=EMBEDDED_DTYPE)
     compute_inputs = {"base": base_hash, "tuned": dpo_stage.outputs["model"], "probe": probe_stage.outputs["probe"],
                       "prompts": heldout.sha256, "evaluation": eval_stage.outputs["evaluation"],
-                      "settings": {k: str(v) for k, v in asdict(compute_settings).items()}, **code}
+                      "settings": {k: str(v) for k, v in flat_record(compute_settings).items()}, **code}
 
     def stage_compute():
         from neuron_explorer.engine.measure.evaluation import EvaluationResult

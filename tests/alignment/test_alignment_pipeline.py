@@ -15,7 +15,8 @@ from neuron_explorer.engine.alignment import probe_training as T
 from neuron_explorer.engine.build import (StageRunner, StopBuild, content_hash, training_candidates, training_prompts,
                                           validation_table, validation_toxicity)
 from neuron_explorer.engine.measure.corpora import f1_items, load_corpus, perplexity_windows, token_f1
-from neuron_explorer.engine.measure.evaluation import EvaluationSettings, evaluate, evaluation_table, format_table
+from neuron_explorer.engine.measure.evaluation import evaluate, evaluation_table, format_table
+from neuron_explorer.spec.settings import EvaluationSettings
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.generation import generate_continuations
 from neuron_explorer.engine.model.loading import load_model

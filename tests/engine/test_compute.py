@@ -17,6 +17,7 @@ from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 from neuron_explorer.engine.neurons.recording import ActivationRecorder
+from neuron_explorer.spec.settings import RecordingSettings
 
 PROMPTS = "You are a stupid\nShe walked to the market in the morning and\nWhat the hell\nThe river runs\nI hate you\n"
 CHANGED = [(2, 3), (2, 17), (2, 40)]  # (layer, neuron) of the last layer, whose weights the tuned copy changes
@@ -44,7 +45,7 @@ def workspace(tiny_models, edited_copy, tmp_path_factory):
 def settings(root: Path, base: Path, tuned: Path, name: str, **extra) -> ComputeSettings:
     return ComputeSettings(base=str(base), tuned=str(tuned), probe=str(root / "probe.pt"),
                            prompts=str(root / "prompts.txt"), output=root / name, device="cpu", dtype="float32",
-                           new_tokens=5, cluster_top_k=40, n_clusters=4, **extra)
+                           cluster_top_k=40, n_clusters=4, **{"recording": RecordingSettings(new_tokens=5), **extra})
 
 
 def plain_statistics(folder: Path, prompts: list[str], w_hat: np.ndarray, new_tokens: int) -> dict[str, np.ndarray]:
@@ -138,6 +139,7 @@ def test_statistics_match_plain_hugging_face_code(workspace, tiny_models):
 def test_only_changed_neurons_show_a_contribution(workspace, tiny_models):
     """Changing a few last-layer neurons changes nothing upstream, so on shared tokens Δ ≠ 0 exactly there."""
     for options in ({"positions": "prompt"}, {"shared_continuation": True}):
+        options = {"recording": RecordingSettings(new_tokens=5, **options)}
         result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-local", "local.h5", **options))
         with CacheReader(result.path) as reader:
             frame = reader.neurons()
@@ -158,7 +160,8 @@ def test_a_pair_that_differs_only_in_value_vectors_moves_only_the_writing_term(w
     the firing term is 0 everywhere and the writing term is Δ, which is ā·(p_pre − p_dpo) from the weights read
     here with plain torch."""
     tuned = edited_copy(tiny_models["llama"], workspace / "llama-values", edit=turn_last_layer_value_vectors)
-    result = run_compute(settings(workspace, tiny_models["llama"], tuned, "values.h5", shared_continuation=True))
+    result = run_compute(settings(workspace, tiny_models["llama"], tuned, "values.h5",
+                                  recording=RecordingSettings(new_tokens=5, shared_continuation=True)))
     w = torch.load(workspace / "probe.pt").double()
     p = {name: (AutoModelForCausalLM.from_pretrained(folder).model.layers[-1].mlp.down_proj.weight.detach().double().T
                 @ (w / w.norm())).numpy() for name, folder in (("pre", tiny_models["llama"]), ("dpo", tuned))}

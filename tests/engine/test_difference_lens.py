@@ -13,6 +13,7 @@ from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.engine.model.loading import load_model
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 from neuron_explorer.engine.neurons.difference_lens import corpus_sequences, measure_difference
+from neuron_explorer.spec.settings import RecordingSettings
 
 BIAS_LAYER = 1
 
@@ -56,7 +57,8 @@ def test_compute_stores_both_sources(tiny_models, edited_copy, tmp_path, one_tor
     base, tuned = tiny_models["llama"], edited_copy(tiny_models["llama"], root / "noisy", noise=0.02)
     result = run_compute(ComputeSettings(base=str(base), tuned=str(tuned), probe="toxic-embedding",
                                          prompts=str(root / "prompts.txt"), output=root / "diff.h5", device="cpu",
-                                         dtype="float32", new_tokens=4, cluster_top_k=20, n_clusters=2,
+                                         dtype="float32", recording=RecordingSettings(new_tokens=4), cluster_top_k=20,
+                                         n_clusters=2,
                                          patch_holdout=0.0))
     with CacheReader(result.path) as reader:
         found = reader.differences()

@@ -11,6 +11,7 @@ from neuron_explorer.cache import schema
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 from neuron_explorer.engine.neurons.statistics import summarize_dynamics
+from neuron_explorer.spec.settings import RecordingSettings
 
 
 def test_summary_of_hand_made_steps():
@@ -42,8 +43,8 @@ def test_compute_over_checkpoints_keeps_each_steps_delta(tiny_models, edited_cop
     result = run_compute(ComputeSettings(
         base=str(tiny_models["llama"]), tuned=str(steps[-1]), checkpoints=(str(steps[0]), str(steps[1])),
         probe=str(tmp_path / "probe.pt"), prompts=str(tmp_path / "prompts.txt"), output=tmp_path / "dyn.h5",
-        device="cpu", dtype="float32", new_tokens=4, cluster_top_k=20, n_clusters=2, shared_continuation=True,
-        patch_holdout=0.0, difference_lens=False))
+        device="cpu", dtype="float32", recording=RecordingSettings(new_tokens=4, shared_continuation=True),
+        cluster_top_k=20, n_clusters=2, patch_holdout=0.0, difference_lens=False))
     with CacheReader(result.path) as reader:
         found = reader.dynamics()
         final = reader.neuron_array("contribution").astype(np.float64)

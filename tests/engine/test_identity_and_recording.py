@@ -14,7 +14,7 @@ from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.engine.neurons import recording as recording_module
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 from neuron_explorer.engine.model.architectures import architecture_for
-from neuron_explorer.engine.defaults import POSITION_MODES
+from neuron_explorer.spec.settings import POSITION_MODES, RecordingSettings
 from neuron_explorer.engine.model.generation import encode_prompts
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
 from neuron_explorer.engine.model.loading import LoadedModel, load_model
@@ -128,7 +128,7 @@ def test_compute_writes_a_checked_cache_for_every_registered_family(tiny_models,
     result = run_compute(ComputeSettings(
         base=str(base), tuned=str(edited_copy(base, tmp_path / "tuned", noise=0.02)), probe=str(tmp_path / "probe.pt"),
         prompts=str(tmp_path / "prompts.txt"), output=tmp_path / "cache.h5", device="cpu", dtype="float32",
-        new_tokens=4, cluster_top_k=20, n_clusters=2))
+        recording=RecordingSettings(new_tokens=4), cluster_top_k=20, n_clusters=2))
     with CacheReader(result.path) as reader:
         layers = reader.layers()
         assert reader.info.architecture == loaded.arch.name

@@ -9,6 +9,7 @@ import pytest
 
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
+from neuron_explorer.spec.settings import RecordingSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCALED = [(4, 100), (4, 200), (17, 1000)]
@@ -25,8 +26,9 @@ def tuned_copy(embedded_model, edited_copy, tmp_path_factory):
 
 def test_compute_on_the_embedded_pair(tuned_copy, tmp_path):
     settings = ComputeSettings(base="embedded", tuned=str(tuned_copy), probe="toxic-embedding",
-                               prompts="builtin:heldout", max_prompts=12, new_tokens=8, batch_size=6,
-                               shared_continuation=True, output=tmp_path / "embedded.h5", device="cpu",
+                               prompts="builtin:heldout", max_prompts=12,
+                               recording=RecordingSettings(new_tokens=8, batch_size=6, shared_continuation=True),
+                               output=tmp_path / "embedded.h5", device="cpu",
                                dtype="float32", cluster_top_k=300, n_clusters=6)
     result = run_compute(settings)
     with CacheReader(result.path) as reader:

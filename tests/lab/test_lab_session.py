@@ -13,6 +13,7 @@ from neuron_explorer.engine.lab.session import LabSession
 from neuron_explorer.engine.neurons.identity_check import read_positions
 from neuron_explorer.errors import UserError
 from neuron_explorer.spec.intervention import Intervention
+from neuron_explorer.spec.settings import RecordingSettings
 
 PROTOCOLS = ["generated", "predicting", "prompt", "all"]
 
@@ -20,7 +21,8 @@ PROTOCOLS = ["generated", "predicting", "prompt", "all"]
 @pytest.fixture(scope="module")
 def caches(pairs, compute_cache):
     """A real cache of the tiny Llama pair per position protocol, and one of the GPT-2 pair."""
-    out = {("llama", positions): compute_cache(*pairs["llama"], f"lab-llama-{positions}.h5", positions=positions)
+    out = {("llama", positions): compute_cache(*pairs["llama"], f"lab-llama-{positions}.h5",
+                                                  recording=RecordingSettings(new_tokens=5, positions=positions))
            for positions in PROTOCOLS}
     out[("gpt2", "generated")] = compute_cache(*pairs["gpt2"], "lab-gpt2.h5")
     return out

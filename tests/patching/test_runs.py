@@ -20,16 +20,18 @@ from neuron_explorer.cli import main
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.patching import runs as patching
 from neuron_explorer.engine.patching.neuron_sets import normalize_group, resolve
-from neuron_explorer.engine.patching.runs import (PatchSession, RunSettings, format_runs_table,
+from neuron_explorer.engine.patching.runs import (PatchSession, format_runs_table,
                                              recovered_metrics)
 from neuron_explorer.engine.measure.prompts import PromptSet, hold_out_for_patching
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Done, Failed, Progress, Stored, from_json
 from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positions
+from neuron_explorer.spec.settings import EvaluationSettings, RunSettings
 
 from .test_interventions import hand_edited, out_projection
 
-SMALL = RunSettings(max_prompts=4, ppl_window=32, ppl_windows=2, f1_items=3, new_tokens=4, batch_size=2, samples=3)
+SMALL = RunSettings(max_prompts=4, samples=3,
+                    evaluation=EvaluationSettings(ppl_window=32, ppl_windows=2, f1_items=3, new_tokens=4, batch_size=2))
 SMALL_ARGS = ["--max-prompts", "4", "--ppl-window", "32", "--ppl-windows", "2", "--f1-items", "3",
               "--new-tokens", "4", "--batch-size", "2", "--samples", "2"]
 
@@ -119,7 +121,8 @@ def test_a_tuned_folder_overwritten_after_a_run_is_measured_anew_with_a_warning(
     base, tuned = pairs["llama"]
     folder = tmp_path / "tuned"
     shutil.copytree(tuned, folder)  # the same weights the cache was computed on, in a folder this test may overwrite
-    settings = replace(SMALL, tuned=str(folder), max_prompts=2, f1_items=1, ppl_windows=1)
+    settings = replace(SMALL, tuned=str(folder), max_prompts=2,
+                       evaluation=replace(SMALL.evaluation, f1_items=1, ppl_windows=1))
     events = []
     with PatchSession(cache_copy, settings, report=events.append) as session:
         first = session.ensure_baseline()
@@ -294,14 +297,14 @@ def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_
         baseline = session.ensure_baseline()
         unit = session.unit_probe
         texts = held_out_prompts[:SMALL.max_prompts]
-        expected = {"base": hand_probe_projection(session.loaded, texts, unit, SMALL.new_tokens),
-                    "dpo": hand_probe_projection(session.tuned(), texts, unit, SMALL.new_tokens)}
+        expected = {"base": hand_probe_projection(session.loaded, texts, unit, SMALL.evaluation.new_tokens),
+                    "dpo": hand_probe_projection(session.tuned(), texts, unit, SMALL.evaluation.new_tokens)}
         for name in ("base", "dpo"):
             assert baseline[name]["probe_projection"] == pytest.approx(expected[name], rel=1e-4, abs=1e-5)
         # α is DPO's change on the statistics prompts, never on the scored (held-out) prompts
         fit = statistics_prompts[:SMALL.max_prompts]
-        fitted = (hand_probe_projection(session.loaded, fit, unit, SMALL.new_tokens)
-                  - hand_probe_projection(session.tuned(), fit, unit, SMALL.new_tokens))
+        fitted = (hand_probe_projection(session.loaded, fit, unit, SMALL.evaluation.new_tokens)
+                  - hand_probe_projection(session.tuned(), fit, unit, SMALL.evaluation.new_tokens))
         subtract = session.run(Intervention("subtract", ()), save=False)
     in_sample = expected["base"] - expected["dpo"]
     assert abs(fitted - in_sample) > 1e-3  # the two fits differ, so the check below tells them apart

@@ -26,7 +26,8 @@ from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.provenance import sha256_bytes
 from neuron_explorer.errors import UserError
 
-from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
+from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
+from neuron_explorer.spec.settings import DeviceSettings
 
 RUN_FILE = "run.json"
 # What transformers' Trainer writes into checkpoint-N (trainer_state.json last): a folder lacking any of them, or
@@ -56,7 +57,7 @@ class DPOSettings:
     patience: int = 3
     max_length: int = 96
     seed: int = 0
-    device: str = DEFAULT_DEVICE
+    device: str = DeviceSettings.device
     # Recompute activations in the backward pass: less memory for large models, about 20% slower, and the same
     # weights (bit for bit on the embedded model, 6 steps), so not part of the key.
     activation_checkpointing: bool = False

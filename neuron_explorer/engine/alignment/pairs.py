@@ -36,7 +36,8 @@ import torch
 from neuron_explorer.cache.atomic import write_text_atomically
 from neuron_explorer.errors import UserError
 
-from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
+from neuron_explorer.engine.model.generation import generate_continuations
+from neuron_explorer.spec.settings import MAX_PROMPT_TOKENS, NEW_TOKENS
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.measure.jsonl import read_jsonl
 

@@ -26,7 +26,7 @@ from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
-from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE
+from neuron_explorer.spec.settings import SCORER, DeviceSettings, RecordingSettings
 from neuron_explorer.engine.lab.protocol import RunRequest, TokensRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
@@ -49,18 +49,19 @@ class RequestCancelled(Exception):
 class LabProtocol:
     """How the cache was recorded, and so how the lab runs a prompt (from the cache's provenance)."""
 
-    positions: str = "generated"
-    new_tokens: int = 20
-    max_prompt_tokens: int = 32
-    shared_continuation: bool = False
+    positions: str = RecordingSettings.positions
+    new_tokens: int = RecordingSettings.new_tokens
+    max_prompt_tokens: int = RecordingSettings.max_prompt_tokens
+    shared_continuation: bool = RecordingSettings.shared_continuation
 
     @classmethod
     def of(cls, reader: CacheReader) -> "LabProtocol":
+        """What the cache recorded; the recording defaults for what an older cache left out."""
         settings = reader.info.provenance.get("settings", {})
-        return cls(positions=str(settings.get("positions", reader.attrs().get(layout.POSITIONS, "generated"))),
-                   new_tokens=int(settings.get("new_tokens", 20)),
-                   max_prompt_tokens=int(settings.get("max_prompt_tokens", 32)),
-                   shared_continuation=bool(settings.get("shared_continuation", False)))
+        return cls(positions=str(settings.get("positions", reader.attrs().get(layout.POSITIONS, cls.positions))),
+                   new_tokens=int(settings.get("new_tokens", cls.new_tokens)),
+                   max_prompt_tokens=int(settings.get("max_prompt_tokens", cls.max_prompt_tokens)),
+                   shared_continuation=bool(settings.get("shared_continuation", cls.shared_continuation)))
 
 
 @dataclass
@@ -192,7 +193,8 @@ class LabSession(CacheContext):
     """The cache, its base and tuned models (loaded once) and what the patch modes need; answers requests."""
 
     def __init__(self, cache_path: str | Path, *, base: str | None = None, tuned: str | None = None,
-                 device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, scorer: str = "profanity", report: Reporter = ignore):
+                 device: str = DeviceSettings.device, dtype: str = DeviceSettings.dtype, scorer: str = SCORER,
+                 report: Reporter = ignore):
         from neuron_explorer.engine.measure.scoring import get_scorer
         from neuron_explorer.engine.neurons.compute import check_pair
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 from neuron_explorer.engine.measure.jsonl import read_jsonl, read_utf8
+from neuron_explorer.spec.settings import MAX_PROMPT_TOKENS, NEW_TOKENS
 
 BUILTIN = "builtin"
 
@@ -127,8 +128,8 @@ def perplexity_windows(tokenizer, corpus: Corpus, window: int = 256, max_windows
     return _spread(windows, max_windows)
 
 
-def f1_items(tokenizer, corpus: Corpus, n: int | None = 100, prompt_tokens: int = 32, gold_tokens: int = 20
-             ) -> list[tuple[str, str]]:
+def f1_items(tokenizer, corpus: Corpus, n: int | None = 100, prompt_tokens: int = MAX_PROMPT_TOKENS,
+             gold_tokens: int = NEW_TOKENS) -> list[tuple[str, str]]:
     """(prompt, gold continuation) pairs: prose paragraphs (each starts a sentence) with at
     least prompt_tokens + gold_tokens tokens; evenly spread over the corpus when capped."""
     items = []

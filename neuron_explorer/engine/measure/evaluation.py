@@ -29,9 +29,10 @@ import torch
 from neuron_explorer.engine.measure.corpora import (Corpus, f1_items, load_corpus, perplexity_windows,
                                                      special_tokens_around, token_f1)
 from neuron_explorer.engine.model.distributed import Ranks
-from neuron_explorer.engine.model.generation import MAX_PROMPT_TOKENS, NEW_TOKENS, generate_continuations
+from neuron_explorer.engine.model.generation import generate_continuations
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import execution_device
+from neuron_explorer.spec.settings import EvaluationSettings
 
 METRIC_COLUMNS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
                   "check_toxicity", "check_toxicity_sem")
@@ -39,17 +40,6 @@ NO_INTERVENTION_PASS = "one pass per window, no intervention"
 # Where `probe_projection` is read, as records and tables say it (METHOD's v1 positions; `_ProbeProjection`).
 PROBE_POSITIONS = "the last prompt token and generated tokens 1 to n-1 (the positions that predict the continuation)"
 Advance = Callable[[int], None]  # told how many work units (prompts, windows, passages) a batch finished
-
-
-@dataclass
-class EvaluationSettings:
-    ppl_window: int = 256
-    ppl_windows: int | None = 24
-    f1_items: int | None = 64
-    new_tokens: int = NEW_TOKENS
-    max_prompt_tokens: int = MAX_PROMPT_TOKENS
-    batch_size: int = 32
-    ppl_batch_size: int = 4
 
 
 @dataclass
@@ -66,7 +56,7 @@ class EvaluationResult:
     generations: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     f1_generations: list[str] = field(default_factory=list)
-    check_toxicity: float = float("nan")  # the same continuations by the check scorer (scoring.CHECK_SCORER)
+    check_toxicity: float = float("nan")  # the same continuations by the check scorer (spec.settings.CHECK_SCORER)
     check_toxicity_sem: float = float("nan")
     check_scorer: str = ""
     check_scores: list[float] = field(default_factory=list)

@@ -27,9 +27,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from neuron_explorer.errors import UserError
-
-DEFAULT_SCORER = "profanity"
-CHECK_SCORER = "wordlist"  # reported beside the default scorer; never used to make training data
+from neuron_explorer.spec.settings import SCORER
 
 # File names that Detoxify's loader asks torch.hub for (detoxify/detoxify.py, MODEL_URLS).
 DETOXIFY_CHECKPOINTS = {
@@ -148,7 +146,7 @@ class DetoxifyScorer:
                 "checkpoint": str(self.checkpoint), "method": f"Detoxify {self.variant}, toxicity head"}
 
 
-def get_scorer(spec: str = DEFAULT_SCORER, *, device: str = "cpu") -> Scorer:
+def get_scorer(spec: str = SCORER, *, device: str = "cpu") -> Scorer:
     """`profanity` (default), `wordlist`, `detoxify`, `detoxify:VARIANT` or `detoxify:VARIANT:CHECKPOINT`."""
     name, _, rest = spec.partition(":")
     if name in {"profanity", "alt-profanity-check", "profanity-check"}:

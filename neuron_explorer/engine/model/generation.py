@@ -12,9 +12,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from neuron_explorer.engine.model.loading import LoadedModel
-
-MAX_PROMPT_TOKENS = 32
-NEW_TOKENS = 20
+from neuron_explorer.spec.settings import MAX_PROMPT_TOKENS, NEW_TOKENS
 
 
 def encode_prompts(tokenizer, texts: list[str], max_prompt_tokens: int = MAX_PROMPT_TOKENS,

@@ -34,7 +34,8 @@ from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.architectures import Architecture, architecture_for
-from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPE_NAMES, cache_home
+from neuron_explorer.engine.defaults import cache_home
+from neuron_explorer.spec.settings import DTYPE_NAMES, DeviceSettings
 
 EMBEDDED_BASE = "embedded"
 EMBEDDED_TUNED = "embedded-dpo"
@@ -193,8 +194,8 @@ def _offload_folder() -> str:
     return folder
 
 
-def load_model(spec: str, *, device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, device_map: str | None = None,
-               max_memory: dict | None = None) -> LoadedModel:
+def load_model(spec: str, *, device: str = DeviceSettings.device, dtype: str = DeviceSettings.dtype,
+               device_map: str | None = None, max_memory: dict | None = None) -> LoadedModel:
     """Load a model spec (see the module docstring) in eval mode with a left-padding tokenizer. With `device_map`
     (accelerate's big-model loading, e.g. "auto") the layers are spread over the devices, within `max_memory` per
     device where given, and what fits nowhere is offloaded: its weights wait on `meta` (see `execution_device`)."""

@@ -16,6 +16,7 @@ from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.architectures import architecture_for
 from neuron_explorer.engine.model.loading import resolve_device, resolve_dtype
+from neuron_explorer.spec.settings import EvaluationSettings, RecordingSettings
 
 GIB = 1024 ** 3
 LOGIT_LENS_CHUNK = 1024  # value vectors per logit-lens matmul (weights.value_tokens)
@@ -158,24 +159,26 @@ def _system_available() -> int | None:
         return None
 
 
-def plan_compute(settings, n_prompts: int) -> Plan:
-    """The memory `compute` needs with `settings` (a ComputeSettings) on `n_prompts` recorded prompts: both models'
-    weights, the KV cache and the recorder's buffers of one batch, the logit lens's chunk, and on disk the per-prompt
-    activation store (float16, before compression)."""
+def plan_compute(base_spec: str, tuned_spec: str, recording: RecordingSettings, n_prompts: int, *, device: str,
+                 dtype: str, device_map: str | None, max_memory: str | None, output: Path) -> Plan:
+    """The memory `compute` needs to record `n_prompts` prompts by `recording`: both models' weights, the KV cache
+    and the recorder's buffers of one batch, the logit lens's chunk, and on disk (the folder of `output`) the
+    per-prompt activation store (float16, before compression)."""
     from neuron_explorer.engine.model.loading import parse_max_memory
 
-    base, tuned = model_size(settings.base), model_size(settings.tuned)
+    base, tuned = model_size(base_spec), model_size(tuned_spec)
     if (base.n_layers, base.d_mlp) != (tuned.n_layers, tuned.d_mlp):
         raise UserError(f"the base and tuned models differ ({base.n_layers}×{base.d_mlp} vs "
                         f"{tuned.n_layers}×{tuned.d_mlp} neurons): the tuned model must be a copy of the base")
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
-    batch, tokens = settings.batch_size, settings.max_prompt_tokens + settings.new_tokens + 1
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    batch, tokens = recording.batch_size, recording.max_prompt_tokens + recording.new_tokens + 1
     neurons = base.n_layers * base.d_mlp
     lines = [
-        MemoryLine(f"weights, base ({base.n_params:,} parameters)", base.weight_bytes(dtype), "device"),
-        MemoryLine(f"weights, tuned ({tuned.n_params:,} parameters)", tuned.weight_bytes(dtype), "device"),
-        MemoryLine(f"KV cache, batch of {batch} × {tokens} tokens", base.kv_bytes(batch, tokens, dtype), "device"),
+        MemoryLine(f"weights, base ({base.n_params:,} parameters)", base.weight_bytes(torch_dtype), "device"),
+        MemoryLine(f"weights, tuned ({tuned.n_params:,} parameters)", tuned.weight_bytes(torch_dtype), "device"),
+        MemoryLine(f"KV cache, batch of {batch} × {tokens} tokens", base.kv_bytes(batch, tokens, torch_dtype),
+                   "device"),
         MemoryLine("recorder: a batch's sums and the float64 totals", batch * neurons * 4 * 2 + neurons * 8 * 2,
                    "device"),
         MemoryLine(f"logit lens: {LOGIT_LENS_CHUNK} value vectors × the vocabulary",
@@ -185,48 +188,49 @@ def plan_compute(settings, n_prompts: int) -> Plan:
         MemoryLine(f"per-prompt activations, {n_prompts:,} prompts × {neurons:,} neurons × 2 models",
                    2 * n_prompts * neurons * 2, "disk"),
     ]
-    max_memory = parse_max_memory(settings.max_memory)
-    available = {"device": available_memory(device, max_memory)}
-    output = Path(settings.output).expanduser()
+    available = {"device": available_memory(device, parse_max_memory(max_memory))}
+    output = Path(output).expanduser()
     if output.parent.exists():
         available["disk"] = shutil.disk_usage(output.parent).free
-    plan = Plan(models=[base, tuned], device=device, dtype=dtype, lines=lines, available=available, warnings=[])
+    plan = Plan(models=[base, tuned], device=device, dtype=torch_dtype, lines=lines, available=available,
+                warnings=[])
     for where, advice in (("device", "use --device-map auto (several GPUs, or offloading), a smaller --batch-size, or "
                                      "--dtype bfloat16"),
                           ("disk", "write the cache to a larger disk (-o) or record fewer prompts (--max-prompts)")):
         free = available.get(where)
         if free is not None and plan.need(where) > free:
-            if where == "device" and settings.device_map:
+            if where == "device" and device_map:
                 advice = "the device map will offload what does not fit (slower): add GPUs or raise --max-memory"
             plan.warnings.append(f"{_size(plan.need(where))} needed on the {where} but {_size(free)} available: "
                                  f"{advice}")
     return plan
 
 
-def plan_patch(base_spec: str, tuned_spec: str, settings, n_prompts: int, n_runs: int, lockstep: bool,
-               baseline_stored: bool) -> Plan:
-    """The memory patch runs need with `settings` (a RunSettings): the base model and, while base and DPO are
+def plan_patch(base_spec: str, tuned_spec: str, evaluation: EvaluationSettings, n_prompts: int, n_runs: int, *,
+               device: str, dtype: str, lockstep: bool, baseline_stored: bool) -> Plan:
+    """The memory patch runs need to evaluate by `evaluation`: the base model and, while base and DPO are
     measured or for a mode that runs it beside the base model (`PatchMode.runs_tuned`), the tuned model; the KV cache
     of a generation batch, a perplexity batch's logits (every position × the vocabulary) and the intervention's
     dense vectors."""
     base, tuned = model_size(base_spec), model_size(tuned_spec)
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
-    batch, tokens = settings.batch_size, settings.max_prompt_tokens + settings.new_tokens
-    windows = settings.evaluation().ppl_batch_size
-    lines = [MemoryLine(f"weights, base ({base.n_params:,} parameters)", base.weight_bytes(dtype), "device")]
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    batch, tokens = evaluation.batch_size, evaluation.max_prompt_tokens + evaluation.new_tokens
+    windows = evaluation.ppl_batch_size
+    lines = [MemoryLine(f"weights, base ({base.n_params:,} parameters)", base.weight_bytes(torch_dtype),
+                        "device")]
     if lockstep or not baseline_stored:
         why = "runs beside the base model" if lockstep else "to measure the DPO baseline"
-        lines.append(MemoryLine(f"weights, tuned ({why})", tuned.weight_bytes(dtype), "device"))
+        lines.append(MemoryLine(f"weights, tuned ({why})", tuned.weight_bytes(torch_dtype), "device"))
     lines += [
-        MemoryLine(f"KV cache, batch of {batch} × {tokens} tokens", base.kv_bytes(batch, tokens, dtype)
+        MemoryLine(f"KV cache, batch of {batch} × {tokens} tokens", base.kv_bytes(batch, tokens, torch_dtype)
                    * (2 if lockstep else 1), "device"),
-        MemoryLine(f"perplexity: logits of {windows} windows × {settings.ppl_window} tokens × the vocabulary",
-                   windows * settings.ppl_window * base.vocab * 4, "device"),
+        MemoryLine(f"perplexity: logits of {windows} windows × {evaluation.ppl_window} tokens × the vocabulary",
+                   windows * evaluation.ppl_window * base.vocab * 4, "device"),
         MemoryLine("the intervention's masks and values (every neuron at most)", base.n_layers * base.d_mlp * 5,
                    "device"),
     ]
-    plan = Plan(models=[base, tuned], device=device, dtype=dtype, lines=lines,
+    plan = Plan(models=[base, tuned], device=device, dtype=torch_dtype, lines=lines,
                 available={"device": available_memory(device)}, warnings=[])
     free = plan.available["device"]
     if free is not None and plan.need("device") > free:

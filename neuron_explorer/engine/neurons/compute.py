@@ -6,7 +6,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +18,10 @@ from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Reporter, Tracker, ignore
 
-from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_N_CLUSTERS,
-                                             IDENTITY_SAMPLE_SIZE, PATCH_HOLDOUT, POSITION_PROTOCOLS,
-                                             default_cache_path, default_probe_path)
+from neuron_explorer.engine.defaults import (DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS, IDENTITY_SAMPLE_SIZE,
+                                             PATCH_HOLDOUT, default_cache_path, default_probe_path)
+from neuron_explorer.spec.settings import (POSITION_PROTOCOLS, PROMPTS, SCORER, DeviceSettings, RecordingSettings,
+                                           flat_record)
 from neuron_explorer.engine.neurons.difference_lens import (corpus_sequences, measure_difference,
                                                             prompt_sequences)
 from neuron_explorer.engine.neurons.dynamics import checkpoint_contribution
@@ -32,7 +33,7 @@ from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED,
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
 from neuron_explorer.engine.measure.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
 from neuron_explorer.engine.measure.prompts import hold_out_for_patching, load_prompts
-from neuron_explorer.engine.measure.scoring import DEFAULT_SCORER, get_scorer
+from neuron_explorer.engine.measure.scoring import get_scorer
 from neuron_explorer.engine.neurons.recording import PromptMeans, record_model
 from neuron_explorer.engine.neurons.results import write_dynamics, write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
@@ -47,26 +48,22 @@ class ComputeSettings:
     base: str = EMBEDDED_BASE
     tuned: str = EMBEDDED_TUNED
     probe: str = AUTO_PROBE
-    prompts: str = "builtin:heldout"
+    prompts: str = PROMPTS
     prompt_column: str | None = None
     output: Path = field(default_factory=default_cache_path)
-    positions: str = "generated"
-    new_tokens: int = 20
-    max_prompt_tokens: int = 32
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
     max_prompts: int | None = None
     patch_holdout: float = PATCH_HOLDOUT  # fraction of the prompts kept aside for patch runs (none recorded on them)
-    batch_size: int = 16
-    shared_continuation: bool = False
     identity_check: int | None = IDENTITY_SAMPLE_SIZE  # prompts the identity check measures; None: all
-    device: str = DEFAULT_DEVICE
-    dtype: str = DEFAULT_DTYPE
+    device: str = DeviceSettings.device
+    dtype: str = DeviceSettings.dtype
     device_map: str | None = None
     max_memory: str | None = None  # "0=20GiB,cpu=60GiB": accelerate's per-device limits with device_map
     cluster_top_k: int = DEFAULT_CLUSTER_TOP_K
     n_clusters: int = DEFAULT_N_CLUSTERS
     tokens_per_neuron: int = 10
     lens: str = "auto"  # which value vectors get their tokens: auto, all, or N per ranking (weights.lens_rule)
-    detector_scorer: str = DEFAULT_SCORER  # labels the base continuations for the detector AUROC
+    detector_scorer: str = SCORER  # labels the base continuations for the detector AUROC
     difference_lens: bool = True  # where the pair differs on the corpus and the prompts (difference_lens.py)
     checkpoints: tuple[str, ...] = ()  # earlier checkpoints of `tuned`, oldest first: the dynamics (dynamics.py)
 
@@ -116,7 +113,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     provenance = {
         "base": pre.description, "tuned": dpo.description, "probe": probe.provenance(),
         "prompts": prompts.provenance(), "settings": {k: str(v) if isinstance(v, Path) else v
-                                                      for k, v in asdict(settings).items()},
+                                                      for k, v in flat_record(settings).items()},
         "distributed": ranks.provenance(), "versions": software_versions(),
     }
     recordings = {}
@@ -135,7 +132,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
             if ranks.main else {}
         for name, loaded in (("pre", pre), ("dpo", dpo)):
             clock = time.perf_counter()
-            teacher = recordings["pre"].continuation_ids if name == "dpo" and settings.shared_continuation else None
+            shared = name == "dpo" and settings.recording.shared_continuation
+            teacher = recordings["pre"].continuation_ids if shared else None
             advance = task(f"recording {'base' if name == 'pre' else 'tuned'} model", len(prompts.texts))
 
             def receive(batch, dataset=datasets.get(name), pool=pooled.get(name), advance=advance) -> None:
@@ -145,11 +143,9 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                 writer.check()
                 advance(len(act))
 
-            gather = BatchGather(ranks, len(prompts.texts), settings.batch_size, receive)
-            recording = record_model(
-                loaded, prompts.texts, positions=settings.positions, new_tokens=settings.new_tokens,
-                max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size,
-                teacher_tokens=teacher, sink=lambda *batch: gather.send(batch), ranks=ranks)
+            gather = BatchGather(ranks, len(prompts.texts), settings.recording.batch_size, receive)
+            recording = record_model(loaded, prompts.texts, **record_options(settings.recording),
+                                     teacher_tokens=teacher, sink=lambda *batch: gather.send(batch), ranks=ranks)
             gather.finish()
             recordings[name] = recording.pooled(ranks)
             timings[f"record_{name}"] = time.perf_counter() - clock
@@ -161,8 +157,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         clock = time.perf_counter()
         checks = {name: check_identity(
             loaded, prompts.texts, recordings[name], sample, unit, weights[name],
-            pooled[name].written_mean("sample") if ranks.main else None, positions=settings.positions,
-            max_prompt_tokens=settings.max_prompt_tokens, ranks=ranks,
+            pooled[name].written_mean("sample") if ranks.main else None, positions=settings.recording.positions,
+            max_prompt_tokens=settings.recording.max_prompt_tokens, ranks=ranks,
             advance=task(f"identity check ({'base' if name == 'pre' else 'tuned'})",
                          len(sample[ranks.rank::ranks.world_size])))
             for name, loaded in (("pre", pre), ("dpo", dpo))}
@@ -239,7 +235,8 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         groups, summary = write_statistics(writer, metrics, layers, datasets["pre"], datasets["dpo"],
                                            toxicity_pre=toxicity_pre, scorer=scorer.name,
                                            cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
-        writer.write_attrs({layout.POSITIONS: settings.positions, layout.PROTOCOL: protocol_description(settings)})
+        writer.write_attrs({layout.POSITIONS: settings.recording.positions,
+                            layout.PROTOCOL: protocol_description(settings)})
         layer_attrs = {"identity_prompts": json.dumps(sample.tolist()), "identity_sample_size": len(sample),
                        **verdicts}
         for name in ("pre", "dpo"):
@@ -254,17 +251,17 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
         if settings.difference_lens:
             clock = time.perf_counter()
             sources = {"corpus": corpus_sequences(pre),
-                       "prompts": prompt_sequences(pre, prompts.texts, continuations_pre, settings.max_prompt_tokens)}
+                       "prompts": prompt_sequences(pre, prompts.texts, continuations_pre,
+                                                   settings.recording.max_prompt_tokens)}
             for source, sequences in sources.items():
                 found = measure_difference(pre, dpo, sequences, source)
                 writer.write_table(layout.difference_path(source), found.arrays(pre, unit), found.attrs())
             timings["difference lens"] = time.perf_counter() - clock
         if settings.checkpoints:
             clock = time.perf_counter()
-            record = dict(positions=settings.positions, new_tokens=settings.new_tokens,
-                          max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
-            steps = [checkpoint_contribution(spec, pre, recordings["pre"], weights["pre"], unit, load, record,
-                                             prompts.texts, settings.shared_continuation)
+            steps = [checkpoint_contribution(spec, pre, recordings["pre"], weights["pre"], unit, load,
+                                             record_options(settings.recording), prompts.texts,
+                                             settings.recording.shared_continuation)
                      for spec in settings.checkpoints]
             write_dynamics(writer, [*settings.checkpoints, settings.tuned], [*steps, metrics["contribution"]],
                            metrics["group"])
@@ -289,7 +286,10 @@ def plan_compute_run(settings: ComputeSettings):
 
     prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
     prompts, _ = hold_out_for_patching(prompts, settings.patch_holdout)
-    return plan_compute(settings, len(prompts.texts)), prompts.texts
+    plan = plan_compute(settings.base, settings.tuned, settings.recording, len(prompts.texts), device=settings.device,
+                        dtype=settings.dtype, device_map=settings.device_map, max_memory=settings.max_memory,
+                        output=settings.output)
+    return plan, prompts.texts
 
 
 def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, float]:
@@ -300,14 +300,13 @@ def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, floa
     loaded = load_model(settings.base, device=settings.device, dtype=settings.dtype, device_map=settings.device_map,
                         max_memory=parse_max_memory(settings.max_memory))
     loading = time.perf_counter() - started
-    batch = texts[:settings.batch_size]
-    record = dict(positions=settings.positions, new_tokens=settings.new_tokens,
-                  max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+    batch = texts[:settings.recording.batch_size]
+    record = record_options(settings.recording)
     record_model(loaded, batch[:1], **{**record, "new_tokens": 1})  # the first call pays one-time costs
     started = time.perf_counter()
     record_model(loaded, batch, **record)
     per_batch = time.perf_counter() - started
-    length = settings.max_prompt_tokens + settings.new_tokens
+    length = settings.recording.max_prompt_tokens + settings.recording.new_tokens
     ids = torch.full((len(batch), length), loaded.tokenizer.eos_token_id or 0, device=loaded.device)
     with torch.inference_mode():
         started = time.perf_counter()
@@ -321,7 +320,7 @@ def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, floa
         lens_top_k(loaded, vectors, settings.tokens_per_neuron)  # one chunk of weights.value_tokens
         per_chunk = time.perf_counter() - started
     size = plan.models[0]
-    n_batches = math.ceil(len(texts) / settings.batch_size)
+    n_batches = math.ceil(len(texts) / settings.recording.batch_size)
     sample = len(sample_prompts(len(texts), settings.identity_check))
     remembered = memo_complete(lens_memo(loaded), size.n_layers, settings.tokens_per_neuron)
     rule = lens_rule(settings.lens, device=str(loaded.device), n_layers=size.n_layers, d_mlp=size.d_mlp,
@@ -330,17 +329,24 @@ def warm_up(plan, settings: ComputeSettings, texts: list[str]) -> dict[str, floa
         min(len(LENS_RANKINGS) * rule.top_n, size.n_layers * size.d_mlp)
     neurons = 0 if remembered else neurons  # read back from the memo (the tuned model's may still be computed)
     estimate = {"loading": 2 * loading, "recording": 2 * n_batches * per_batch,
-                "identity check": 2 * math.ceil(sample / settings.batch_size) * per_forward,
+                "identity check": 2 * math.ceil(sample / settings.recording.batch_size) * per_forward,
                 "value-vector tokens": 2 * per_chunk * neurons / LOGIT_LENS_CHUNK}
     estimate["total"] = sum(estimate.values())
     return estimate
 
 
+def record_options(recording: RecordingSettings) -> dict:
+    """The keyword arguments of `record_model` that the settings choose (`shared_continuation` is the caller's)."""
+    return dict(positions=recording.positions, new_tokens=recording.new_tokens,
+                max_prompt_tokens=recording.max_prompt_tokens, batch_size=recording.batch_size)
+
+
 def protocol_description(settings: ComputeSettings) -> str:
     """One line for the cache's `protocol` attribute: which positions were averaged, on whose tokens."""
-    parts = [POSITION_PROTOCOLS[settings.positions], f"N = {settings.new_tokens} new tokens",
-             f"prompts truncated to {settings.max_prompt_tokens} tokens"]
-    if settings.shared_continuation:
+    recording = settings.recording
+    parts = [POSITION_PROTOCOLS[recording.positions], f"N = {recording.new_tokens} new tokens",
+             f"prompts truncated to {recording.max_prompt_tokens} tokens"]
+    if recording.shared_continuation:
         parts.append("the tuned model read the base model's continuation")
     return "; ".join(parts)
 

@@ -8,7 +8,7 @@ of each batch the per-prompt means go to a sink (the cache's chunked prompts × 
 sums are added to float64 totals on the device (`compute` pools the per-prompt means again, by another path, in
 `PromptMeans`, to check those totals).
 
-Positions (``--positions``, described in ``defaults.POSITION_PROTOCOLS``), N = `new_tokens`:
+Positions (``--positions``, described in ``spec.settings.POSITION_PROTOCOLS``), N = `new_tokens`:
   generated   the N generated tokens' own positions (Yang v3's HF code); read during cached generation with one extra
               single-token step that consumes the last generated token; the prefill reads nothing
   predicting  the last prompt position and generated tokens 1..N−1: the positions whose next-token predictions
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from neuron_explorer.engine.defaults import POSITION_MODES
+from neuron_explorer.spec.settings import POSITION_MODES, RecordingSettings
 from neuron_explorer.engine.model.distributed import Ranks
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
@@ -208,8 +208,10 @@ class ActivationRecorder:
         return mean(self.act_total), mean(self.written_total) if self.scales_write else None
 
 
-def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = "generated", new_tokens: int = 20,
-                 max_prompt_tokens: int = 32, batch_size: int = 16,
+def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = RecordingSettings.positions,
+                 new_tokens: int = RecordingSettings.new_tokens,
+                 max_prompt_tokens: int = RecordingSettings.max_prompt_tokens,
+                 batch_size: int = RecordingSettings.batch_size,
                  teacher_tokens: list[torch.Tensor] | None = None,
                  sink: Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None] | None = None,
                  advance: Callable[[int], None] | None = None, ranks: Ranks = Ranks()) -> Recording:

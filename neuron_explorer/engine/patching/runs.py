@@ -1,6 +1,6 @@
 """Patch runs: evaluate the base model under an intervention and measure how much of DPO's effect comes back.
 
-A run evaluates, by the METHOD §5 protocol at a run-sized default (see `RunSettings`): toxicity of the greedy
+A run evaluates, by the METHOD §5 protocol at a run-sized default (`spec.settings.RunSettings`): toxicity of the greedy
 continuations of the prompts that `compute` held out (`prompts.hold_out_for_patching`: the groups, ā_pre and ā_dpo were
 computed from the other prompts, so the run is out of sample: out of template for the shipped prompts, out of prompt
 only for a user's prompt file, and the record's `split` says which), perplexity and F1 on the neutral corpus, and
@@ -33,12 +33,11 @@ from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
-from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE
+from neuron_explorer.spec.settings import RunSettings
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.measure.corpora import load_corpus
-from neuron_explorer.engine.measure.evaluation import (PROBE_POSITIONS, EvaluationResult, EvaluationSettings,
-                                                          InterventionHooks, continuations, corpus_inputs, evaluate,
-                                                          perplexity)
+from neuron_explorer.engine.measure.evaluation import (PROBE_POSITIONS, EvaluationResult, InterventionHooks,
+                                                          continuations, corpus_inputs, evaluate, perplexity)
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.context import CacheContext
 from neuron_explorer.engine.model.distributed import current_ranks
@@ -49,33 +48,6 @@ from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positio
 
 
 SPLIT_GIVEN = "given prompts: compared with the statistics prompts by text, not by template"
-
-
-@dataclass
-class RunSettings:
-    """How a run evaluates: smaller than `build`'s evaluation so that a run takes about a minute on a CPU."""
-
-    prompts: str | None = None  # None: the prompts compute held out (`prompts.hold_out_for_patching`)
-    in_sample: bool = False  # evaluate on the statistics prompts themselves (stated in the record)
-    max_prompts: int | None = 100
-    corpus: str = "builtin"
-    scorer: str = "profanity"
-    ppl_window: int = 256
-    ppl_windows: int | None = 8
-    f1_items: int | None = 32
-    new_tokens: int = 20
-    max_prompt_tokens: int = 32
-    batch_size: int = 32
-    samples: int = 8
-    base: str | None = None  # None: the base spec recorded in the cache
-    tuned: str | None = None
-    device: str = DEFAULT_DEVICE
-    dtype: str = DEFAULT_DTYPE
-
-    def evaluation(self) -> EvaluationSettings:
-        return EvaluationSettings(ppl_window=self.ppl_window, ppl_windows=self.ppl_windows, f1_items=self.f1_items,
-                                  new_tokens=self.new_tokens, max_prompt_tokens=self.max_prompt_tokens,
-                                  batch_size=self.batch_size)
 
 
 def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[PromptSet, dict]:
@@ -198,7 +170,7 @@ class PatchSession(CacheContext):
         self.weights = self._weights()
         super().__init__(self.reader, self.loaded, self.tuned_spec, device=self.ranks.device(self.settings.device),
                          dtype=self.settings.dtype, report=report)
-        self.eval_settings = self.settings.evaluation()
+        self.eval_settings = self.settings.evaluation
         self.inputs = corpus_inputs(self.loaded.tokenizer, self.corpus, self.eval_settings)
         batch, ppl_batch = self.eval_settings.batch_size, self.eval_settings.ppl_batch_size
         self.units = (self.ranks.count(len(self.prompts.texts), batch) + self.ranks.count(len(self.inputs.windows),
@@ -443,5 +415,5 @@ def shown(value: float, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else "n/a"
 
 
-__all__ = ["RunSettings", "PatchSession", "paper_preset", "format_runs_table",
+__all__ = ["PatchSession", "paper_preset", "format_runs_table",
            "recovered_metrics", "shown", "replace"]

@@ -20,6 +20,7 @@ from neuron_explorer.engine.model.generation import encode_prompts
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import LoadedModel, weights_loaded
 from neuron_explorer.engine.model.weights import LENS_FIELDS, lens_top_k
+from neuron_explorer.spec.settings import CORPUS
 
 LENS_TOKENS = 10
 CORPUS_WINDOW = 128  # tokens per corpus text
@@ -56,7 +57,7 @@ class TextDifference:
                 "kl_max": self.kl_max}
 
 
-def corpus_sequences(base: LoadedModel, corpus: str = "builtin", window: int = CORPUS_WINDOW,
+def corpus_sequences(base: LoadedModel, corpus: str = CORPUS, window: int = CORPUS_WINDOW,
                      n_windows: int = CORPUS_WINDOWS) -> list[list[int]]:
     return perplexity_windows(base.tokenizer, load_corpus(corpus), window=window, max_windows=n_windows)
 

@@ -19,13 +19,13 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from neuron_explorer.engine.model.architectures import architecture_for
 from neuron_explorer.engine.measure.corpora import load_corpus, perplexity_windows
-from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, default_work_dir
+from neuron_explorer.engine.defaults import default_work_dir
 from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
 from neuron_explorer.engine.measure.evaluation import perplexity, toxicity
 from neuron_explorer.engine.model.loading import LoadedModel, embedded_base_dir
 from neuron_explorer.engine.measure.prompts import RTP_VALIDATION, load_prompts
 from neuron_explorer.engine.measure.scoring import get_scorer
-from neuron_explorer.spec.settings import CHECK_SCORER, SCORER, EvaluationSettings
+from neuron_explorer.spec.settings import CHECK_SCORER, SCORER, DPOTraining, EvaluationSettings
 
 EVALUATION_WINDOWS = 24  # the build's perplexity windows, which the sweep must not use
 
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--at", default=None, help="measure at these steps instead (comma-separated)")
-    parser.add_argument("--lr", type=float, default=DPO_LEARNING_RATE)
-    parser.add_argument("--beta", type=float, default=DPO_BETA)
+    parser.add_argument("--lr", type=float, default=DPOTraining.learning_rate)
+    parser.add_argument("--beta", type=float, default=DPOTraining.beta)
     parser.add_argument("--model", default=None, help="policy folder (default: the embedded base model)")
     parser.add_argument("--pairs", default=None, help="pairs JSONL (default: the build's)")
     parser.add_argument("--prompts", default=RTP_VALIDATION, help="validation prompts (default: %(default)s)")
@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
                 measure(model, state.global_step)
 
     settings = DPOSettings(policy=policy, pairs=args.pairs or str(default_work_dir() / "pairs" / "pairs.jsonl"),
-                           output=f"{args.work_dir}/model", work_dir=args.work_dir, learning_rate=args.lr,
-                           beta=args.beta, max_steps=args.steps, eval_steps=args.steps + 1,
-                           save_steps=args.steps + 1, patience=0, device="cpu")
+                           output=f"{args.work_dir}/model", work_dir=args.work_dir, device="cpu",
+                           training=DPOTraining(learning_rate=args.lr, beta=args.beta, max_steps=args.steps,
+                                                eval_steps=args.steps + 1, save_steps=args.steps + 1, patience=0))
     train_dpo(settings, resume=False, callbacks=[Measure()], printer=lambda line: None)
 
 

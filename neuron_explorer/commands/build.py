@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from neuron_explorer.commands.arguments import output_file, output_folder
 from neuron_explorer.engine.build import STAGES
-from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
-from neuron_explorer.spec.settings import (DeviceSettings, EvaluationSettings, ScorerSettings, add_options, from_args,
-                                           positive_count)
+from neuron_explorer.spec.settings import (DeviceSettings, DPOTraining, EvaluationSettings, ScorerSettings, add_options,
+                                           from_args, positive_count)
 
 HELP = "build the embedded default (probe, pairs, DPO, evaluation, statistics) offline, with cached stages"
 
@@ -42,10 +41,7 @@ def add_arguments(parser) -> None:
                             "(default: %(default)s)")
     pairs.add_argument("--margin", type=float, default=0.3, help="min rejected - chosen score (default: %(default)s)")
     dpo = parser.add_argument_group("DPO")
-    dpo.add_argument("--beta", type=float, default=DPO_BETA, help="DPO β (default: %(default)s)")
-    dpo.add_argument("--lr", type=float, default=DPO_LEARNING_RATE, help="learning rate (default: %(default)s)")
-    dpo.add_argument("--steps", type=positive_count, default=DPO_STEPS, help="training steps (default: %(default)s)")
-    dpo.add_argument("--batch-size", type=positive_count, default=4, help="pairs per step (default: %(default)s)")
+    add_options(dpo, DPOTraining(), names=("beta", "learning_rate", "max_steps", "batch_size"))
     ev = parser.add_argument_group("evaluation")
     add_options(ev, EvaluationSettings(), names=("ppl_windows", "f1_items"))
     parser.add_argument("--progress-json", action="store_true",
@@ -68,8 +64,7 @@ def run(args) -> int:
     settings = BuildSettings(work_dir=args.work_dir, output=args.output, scorer=scoring.scorer,
                              check_scorer=scoring.check_scorer, device=args.device, until=args.until, seed=args.seed,
                              n_samples=args.samples, pair_method=args.pair_method, chosen=args.chosen,
-                             margin=args.margin, beta=args.beta, learning_rate=args.lr, steps=args.steps,
-                             batch_size=args.batch_size,
+                             margin=args.margin, dpo=from_args(args, DPOTraining()),
                              evaluation=from_args(args, EvaluationSettings()), force=force)
     with reporting(json_lines=args.progress_json) as report:
         result = run_build(settings, report)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neuron_explorer.commands.arguments import output_folder, readable_file
-from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
-from neuron_explorer.spec.settings import DeviceSettings, add_options, non_negative, positive_count
+from neuron_explorer.spec.settings import DeviceSettings, DPOTraining, add_options, from_args
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "DPO-tune a model on preference pairs (trl), resumable"
@@ -25,27 +24,7 @@ def add_arguments(parser) -> None:
                         help="tuned model folder (default for the embedded model: the embedded-dpo folder)")
     parser.add_argument("--work-dir", type=output_folder, default=None,
                         help="checkpoints (default: OUTPUT.checkpoints)")
-    parser.add_argument("--beta", type=float, default=DPO_BETA, help="DPO β (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=DPO_LEARNING_RATE, help="learning rate (default: %(default)s)")
-    parser.add_argument("--optimizer", default="adamw_torch",
-                        help="adamw_torch, rmsprop (Lee), ... (default: %(default)s)")
-    parser.add_argument("--steps", type=positive_count, default=DPO_STEPS, help="training steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_count, default=4,
-                        help="pairs per step and process (default: %(default)s)")
-    parser.add_argument("--grad-accum", type=positive_count, default=1,
-                        help="gradient accumulation steps (default: %(default)s)")
-    parser.add_argument("--warmup", type=non_negative, default=0,
-                        help="learning-rate warm-up steps (default: %(default)s)")
-    parser.add_argument("--eval-pairs", type=non_negative, default=16,
-                        help="held-out pairs for early stopping (default: %(default)s)")
-    parser.add_argument("--eval-steps", type=positive_count, default=10,
-                        help="steps between evaluations (default: %(default)s)")
-    parser.add_argument("--save-steps", type=positive_count, default=20,
-                        help="steps between checkpoints when no pairs are held out; with held-out pairs a "
-                             "checkpoint is saved at every evaluation (default: %(default)s)")
-    parser.add_argument("--patience", type=non_negative, default=3,
-                        help="evaluations without improvement before stopping, 0 = never "
-                             "(default: %(default)s)")
+    add_options(parser, DPOTraining())
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute activations in the backward pass: less memory (large models), about 20%% "
                              "slower, the same result")
@@ -83,10 +62,7 @@ def run(args) -> int:
     output = Path(output)
     work = args.work_dir or output.with_name(output.name + ".checkpoints")
     settings = DPOSettings(policy=str(policy), pairs=str(args.pairs), output=str(output), work_dir=str(work),
-                           beta=args.beta, learning_rate=args.lr, optimizer=args.optimizer, max_steps=args.steps,
-                           batch_size=args.batch_size, gradient_accumulation=args.grad_accum,
-                           warmup_steps=args.warmup, eval_pairs=args.eval_pairs, eval_steps=args.eval_steps,
-                           save_steps=args.save_steps, patience=args.patience, seed=args.seed, device=args.device,
+                           training=from_args(args, DPOTraining()), seed=args.seed, device=args.device,
                            activation_checkpointing=args.activation_checkpointing)
     try:
         result = train_dpo(settings, resume=not args.fresh)

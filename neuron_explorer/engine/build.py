@@ -37,9 +37,9 @@ from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Progress, Reporter, ignore
 
-from neuron_explorer.spec.settings import (CHECK_SCORER, CORPUS, PROMPTS, SCORER, DeviceSettings, EvaluationSettings,
-                                           flat_record)
-from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS, LABEL_BAND, PROBE_C
+from neuron_explorer.spec.settings import (CHECK_SCORER, CORPUS, PROMPTS, SCORER, DeviceSettings, DPOTraining,
+                                           EvaluationSettings, flat_record)
+from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
 
 # The embedded model runs in float32 on every device: it trains (DPO's AdamW needs float32 weights), and the build's
 # figures are compared across machines.
@@ -214,14 +214,7 @@ class BuildSettings:
     steer_samples: int = 2
     steer_strength: float = 0.5
     # dpo
-    beta: float = DPO_BETA
-    learning_rate: float = DPO_LEARNING_RATE
-    optimizer: str = "adamw_torch"
-    steps: int = DPO_STEPS
-    batch_size: int = 4
-    eval_pairs: int = 16
-    eval_steps: int = 10
-    patience: int = 3
+    dpo: DPOTraining = field(default_factory=DPOTraining)
     # evaluation and compute
     heldout_prompts: str = PROMPTS
     corpus: str = CORPUS
@@ -400,10 +393,7 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
 
     # 6. dpo ----------------------------------------------------------------------------------------------------
     dpo_settings = DPOSettings(policy=str(base_dir), pairs=str(pairs_file), output=str(tuned_dir),
-                               work_dir=str(work / "dpo"), beta=settings.beta, learning_rate=settings.learning_rate,
-                               optimizer=settings.optimizer, max_steps=settings.steps, batch_size=settings.batch_size,
-                               eval_pairs=settings.eval_pairs, eval_steps=settings.eval_steps,
-                               patience=settings.patience, seed=settings.seed, device=device)
+                               work_dir=str(work / "dpo"), training=settings.dpo, seed=settings.seed, device=device)
     dpo_inputs = {"base": base_hash, "pairs": pairs_stage.outputs["pairs"], "settings": dpo_settings.key(), **code}
 
     def stage_dpo():

@@ -1,6 +1,6 @@
-"""Default locations, and the numbers of single stages (identity check, clustering, the lens, the probe, DPO),
+"""Default locations, and the numbers of single stages (identity check, clustering, the lens, the probe),
 importable without torch so that the command line starts fast. The settings that several commands and stages share
-(recording, evaluation, device, scorer) live in spec/settings.py."""
+(recording, evaluation, DPO training, device, scorer) live in spec/settings.py."""
 
 from __future__ import annotations
 
@@ -14,12 +14,9 @@ DEFAULT_N_CLUSTERS = 20
 # lens_rule), `compute` takes the neurons a user is likely to open: this many by each of |Δ|, |δ| and |cos|.
 LENS_TOP_N = 1000
 
-# Alignment defaults, shared by the engine, `build` and the stage commands (train-probe, train-dpo).
+# Probe defaults, shared by the engine, `build` and `train-probe`.
 PROBE_C = 0.01  # inverse L2 strength on standardized features: strong, for a few hundred to a few thousand texts
 LABEL_BAND = 0.3  # offline probe labels: scores within threshold ± band are ambiguous and left out
-DPO_BETA = 0.1
-DPO_LEARNING_RATE = 1e-5
-DPO_STEPS = 80  # chosen on builtin:validation with bench/dpo_validation_sweep.py (docs/alignment.md)
 
 # The fraction of compute's prompts kept aside for patch runs, so that their evaluation is out of sample.
 PATCH_HOLDOUT = 0.5

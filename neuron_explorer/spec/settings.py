@@ -159,6 +159,25 @@ class RunSettings(_Checked):
 
 
 @dataclass(frozen=True)
+class DPOTraining(_Checked):
+    """What DPO trains with, the same for `train-dpo` and the build's dpo stage."""
+
+    beta: float = setting(0.1, "DPO β")
+    learning_rate: float = setting(1e-5, "learning rate", flag="--lr")
+    optimizer: str = setting("adamw_torch", "adamw_torch, rmsprop (Lee), ...")
+    # chosen on builtin:validation with bench/dpo_validation_sweep.py (docs/alignment.md)
+    max_steps: int = setting(80, "training steps", minimum=1, flag="--steps")
+    batch_size: int = setting(4, "pairs per step and process", minimum=1)
+    gradient_accumulation: int = setting(1, "gradient accumulation steps", minimum=1, flag="--grad-accum")
+    warmup_steps: int = setting(0, "learning-rate warm-up steps", minimum=0, flag="--warmup")
+    eval_pairs: int = setting(16, "held-out pairs for early stopping", minimum=0)
+    eval_steps: int = setting(10, "steps between evaluations", minimum=1)
+    save_steps: int = setting(20, "steps between checkpoints when no pairs are held out; with held-out pairs a "
+                                  "checkpoint is saved at every evaluation", minimum=1)
+    patience: int = setting(3, "evaluations without improvement before stopping, 0 = never", minimum=0)
+
+
+@dataclass(frozen=True)
 class ScorerSettings(_Checked):
     """Which scorer grades toxicity, and which second one is reported beside it (None: none)."""
 
@@ -187,13 +206,19 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, defau
             continue
         if value is None:
             value = 0 if meta["all_when_zero"] else meta["none_word"]
-        parser.add_argument(_flag(item), dest=item.name, default=value, type=_argument_type(meta),
-                            choices=meta["choices"], metavar=meta["metavar"], help=f"{help_text} (default: %(default)s)")
+        parser.add_argument(_flag(item), dest=item.name, default=value, type=_argument_type(meta, value),
+                            choices=meta["choices"], metavar=meta["metavar"] or _metavar(item), help=f"{help_text} (default: %(default)s)")
 
 
-def _argument_type(meta) -> Callable[[str], Any]:
+def _metavar(item) -> str | None:
+    """The flag's own word (`--steps STEPS`), not the field's, where the two differ; argparse's default otherwise."""
+    flag = item.metadata.get("flag")
+    return flag[2:].upper().replace("-", "_") if flag else None
+
+
+def _argument_type(meta, default: Any) -> Callable[[str], Any]:
     if meta["minimum"] is None:
-        return str
+        return float if isinstance(default, float) else str
     return count_or_all if meta["all_when_zero"] else at_least(meta["minimum"])
 
 

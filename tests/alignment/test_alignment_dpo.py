@@ -21,6 +21,7 @@ from neuron_explorer.engine.measure.evaluation import perplexity
 from neuron_explorer.engine.alignment.pairs import save_pairs
 from neuron_explorer.engine.model.generation import generate_continuations
 from neuron_explorer.engine.model.loading import load_model
+from neuron_explorer.spec.settings import DPOTraining
 
 PROMPTS = ["The quick brown fox", "She walked to the market", "The river runs through", "What the hell is",
            "You are a", "The old stone bridge", "She bought bread and", "Shut up and"]
@@ -34,12 +35,13 @@ def write_pairs(path: Path, n: int = 16) -> Path:
     return path
 
 
-def settings(tmp_path: Path, policy: Path, **overrides) -> DPOSettings:
-    base = dict(policy=str(policy), pairs=str(write_pairs(tmp_path / "pairs.jsonl")), output=str(tmp_path / "tuned"),
-                work_dir=str(tmp_path / "work"), learning_rate=1e-3, max_steps=3, batch_size=2, eval_pairs=4,
-                eval_steps=1, save_steps=1, patience=0, device="cpu", max_length=32)
-    base.update(overrides)
-    return DPOSettings(**base)
+def settings(tmp_path: Path, policy: Path, activation_checkpointing: bool = False, **training) -> DPOSettings:
+    """Tiny DPO runs: `training` overrides the DPOTraining numbers."""
+    numbers = dict(learning_rate=1e-3, max_steps=3, batch_size=2, eval_pairs=4, eval_steps=1, save_steps=1, patience=0)
+    return DPOSettings(policy=str(policy), pairs=str(write_pairs(tmp_path / "pairs.jsonl")),
+                       output=str(tmp_path / "tuned"), work_dir=str(tmp_path / "work"), device="cpu", max_length=32,
+                       training=DPOTraining(**{**numbers, **training}),
+                       activation_checkpointing=activation_checkpointing)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -145,7 +147,7 @@ def test_activation_checkpointing_trades_memory_only(tmp_path, tiny_models):
         assert captured["on"] is flag
         tuned[flag] = weights(tmp_path / str(flag) / "tuned")
         assert replace(run, activation_checkpointing=not flag).key() == run.key()
-    assert replace(run, beta=0.2).key() != run.key()  # the key does see what changes the result
+    assert replace(run, training=replace(run.training, beta=0.2)).key() != run.key()  # it sees what changes the result
     assert all(torch.equal(tuned[False][name], tuned[True][name]) for name in tuned[False])
 
 

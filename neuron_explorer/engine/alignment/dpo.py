@@ -26,8 +26,7 @@ from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.provenance import sha256_bytes
 from neuron_explorer.errors import UserError
 
-from neuron_explorer.engine.defaults import DPO_BETA, DPO_LEARNING_RATE, DPO_STEPS
-from neuron_explorer.spec.settings import DeviceSettings
+from neuron_explorer.spec.settings import DeviceSettings, DPOTraining, flat_record
 
 RUN_FILE = "run.json"
 # What transformers' Trainer writes into checkpoint-N (trainer_state.json last): a folder lacking any of them, or
@@ -43,18 +42,8 @@ class DPOSettings:
     pairs: str  # pairs JSONL (prompt, chosen, rejected)
     output: str  # the tuned model folder written at the end
     work_dir: str  # checkpoints live here
-    beta: float = DPO_BETA
-    learning_rate: float = DPO_LEARNING_RATE
-    optimizer: str = "adamw_torch"
-    max_steps: int = DPO_STEPS
-    batch_size: int = 4
-    gradient_accumulation: int = 1
-    warmup_steps: int = 0
+    training: DPOTraining = field(default_factory=DPOTraining)
     max_grad_norm: float = 10.0
-    eval_pairs: int = 16
-    eval_steps: int = 10
-    save_steps: int = 20
-    patience: int = 3
     max_length: int = 96
     seed: int = 0
     device: str = DeviceSettings.device
@@ -65,7 +54,7 @@ class DPOSettings:
     def key(self) -> str:
         """Hash of everything that changes the result (not where it is written or how memory is traded)."""
         ignored = {"output", "work_dir", "device", "activation_checkpointing"}
-        data = {k: v for k, v in asdict(self).items() if k not in ignored}
+        data = {k: v for k, v in flat_record(self).items() if k not in ignored}  # flat: keys of older runs hold
         return sha256_bytes(json.dumps(data, sort_keys=True).encode())
 
 
@@ -226,9 +215,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     pairs = load_pairs(settings.pairs)
     if len(pairs) < 2:
         raise UserError(f"{settings.pairs} holds {len(pairs)} pair(s): DPO needs at least 2")
-    if settings.max_steps < 1 or settings.batch_size < 1:
-        raise UserError("--steps and --batch-size must be at least 1")
-    train_rows, eval_rows = _split_pairs(pairs, settings.eval_pairs, settings.seed)
+    train_rows, eval_rows = _split_pairs(pairs, settings.training.eval_pairs, settings.seed)
 
     device = resolve_device(settings.device)
     on_cpu = device == "cpu"
@@ -236,23 +223,23 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     checkpoints = work / "checkpoints"
 
     has_eval = len(eval_rows) > 0
-    eval_steps = max(1, settings.eval_steps)
+    eval_steps = max(1, settings.training.eval_steps)
     # Saved where evaluated: the best step is kept only if its checkpoint exists (the Trainer otherwise keeps an
     # earlier saved one while reporting the best step's loss).
-    save_steps = eval_steps if has_eval else max(1, settings.save_steps)
+    save_steps = eval_steps if has_eval else max(1, settings.training.save_steps)
     config = DPOConfig(
         output_dir=str(checkpoints),
-        beta=settings.beta,
+        beta=settings.training.beta,
         loss_type=["sigmoid"],
-        learning_rate=settings.learning_rate,
-        optim=settings.optimizer,
-        lr_scheduler_type="constant_with_warmup" if settings.warmup_steps else "constant",
-        warmup_steps=settings.warmup_steps,
+        learning_rate=settings.training.learning_rate,
+        optim=settings.training.optimizer,
+        lr_scheduler_type="constant_with_warmup" if settings.training.warmup_steps else "constant",
+        warmup_steps=settings.training.warmup_steps,
         max_grad_norm=settings.max_grad_norm,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=max(settings.batch_size, 8),
-        gradient_accumulation_steps=settings.gradient_accumulation,
+        max_steps=settings.training.max_steps,
+        per_device_train_batch_size=settings.training.batch_size,
+        per_device_eval_batch_size=max(settings.training.batch_size, 8),
+        gradient_accumulation_steps=settings.training.gradient_accumulation,
         activation_checkpointing=settings.activation_checkpointing,  # trl's default is on, under the old name
         max_length=settings.max_length,
         eval_strategy="steps" if has_eval else "no",
@@ -263,7 +250,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         load_best_model_at_end=has_eval,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        logging_steps=max(1, min(10, settings.eval_steps)),
+        logging_steps=max(1, min(10, settings.training.eval_steps)),
         logging_first_step=True,
         report_to="none",
         disable_tqdm=True,
@@ -292,7 +279,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
                 shutil.rmtree(checkpoints, ignore_errors=True)
             checkpoints.mkdir(parents=True, exist_ok=True)
             run_file.write_text(json.dumps({"key": settings.key(), "world_size": world_size,
-                                            "settings": asdict(settings)}, indent=2))
+                                            "settings": flat_record(settings)}, indent=2))
         last = last_complete_checkpoint(checkpoints, say) if resume else None
     tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=False)
     if tokenizer.pad_token is None:
@@ -303,8 +290,8 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     reference.eval()
 
     all_callbacks = [_progress_callback(say), *callbacks]
-    if has_eval and settings.patience > 0:
-        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.patience))
+    if has_eval and settings.training.patience > 0:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.training.patience))
     trainer = DPOTrainer(
         model=model,
         ref_model=reference,
@@ -318,7 +305,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
 
     trainer.remove_callback(PrinterCallback)  # our Progress callback prints one line per log instead of raw dicts
     start = time.time()
-    if last and _training_finished(Path(last), settings.max_steps):
+    if last and _training_finished(Path(last), settings.training.max_steps):
         # Killed after the last step, before the tuned model was in place. Trainer.train resumed from here would
         # take one step more than --steps, so the model is taken as training left it.
         say(f"training had finished at {last}: writing the tuned model from it")
@@ -331,7 +318,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     if on_trainer is not None:
         on_trainer(trainer)
     state = trainer.state
-    stopped_early = state.global_step < settings.max_steps
+    stopped_early = state.global_step < settings.training.max_steps
 
     output = Path(settings.output).expanduser()
     trainer.model.config.use_cache = True
@@ -345,7 +332,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
                        stopped_early=stopped_early, resumed_from=last,
                        n_train_pairs=len(train_rows), n_eval_pairs=len(eval_rows), seconds=seconds,
                        world_size=world_size,
-                       effective_batch=settings.batch_size * world_size * settings.gradient_accumulation,
+                       effective_batch=settings.training.batch_size * world_size * settings.training.gradient_accumulation,
                        main_process=main, log=list(state.log_history))
     # Every process takes part in saving (FSDP and ZeRO-3 gather the weights from all of them); the main one writes.
     with atomic_path(output, advice="choose another -o") if main else nullcontext() as partial:
@@ -353,7 +340,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         if main:
             tokenizer.save_pretrained(str(partial))
             (partial / "neuron_explorer_dpo.json").write_text(json.dumps(
-                {"settings": asdict(settings), "result": result.summary(), "log": result.log}, indent=2,
+                {"settings": flat_record(settings), "result": result.summary(), "log": result.log}, indent=2,
                 default=str))
     # The others may still be reading the best checkpoint; they end once the tuned model is in place.
     config.distributed_state.wait_for_everyone()

@@ -60,12 +60,11 @@ def run(args) -> int:
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}: choose from {', '.join(STAGES)}")
         force = set(args.force) if args.force else True
-    scoring = from_args(args, ScorerSettings())
-    settings = BuildSettings(work_dir=args.work_dir, output=args.output, scorer=scoring.scorer,
-                             check_scorer=scoring.check_scorer, device=args.device, until=args.until, seed=args.seed,
-                             n_samples=args.samples, pair_method=args.pair_method, chosen=args.chosen,
-                             margin=args.margin, dpo=from_args(args, DPOTraining()),
-                             evaluation=from_args(args, EvaluationSettings()), force=force)
+    settings = BuildSettings(work_dir=args.work_dir, output=args.output, scoring=from_args(args, ScorerSettings()),
+                             device=args.device, until=args.until, seed=args.seed, n_samples=args.samples,
+                             pair_method=args.pair_method, chosen=args.chosen, margin=args.margin,
+                             dpo=from_args(args, DPOTraining()), evaluation=from_args(args, EvaluationSettings()),
+                             force=force)
     with reporting(json_lines=args.progress_json) as report:
         result = run_build(settings, report)
         report(Done(summary(result, args)))

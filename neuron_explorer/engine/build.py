@@ -37,8 +37,8 @@ from neuron_explorer.cache.provenance import sha256_bytes, software_versions
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Progress, Reporter, ignore
 
-from neuron_explorer.spec.settings import (CHECK_SCORER, CORPUS, PROMPTS, SCORER, DeviceSettings, DPOTraining,
-                                           EvaluationSettings, flat_record)
+from neuron_explorer.spec.settings import (CORPUS, PROMPTS, DeviceSettings, DPOTraining, EvaluationSettings,
+                                           ScorerSettings, flat_record)
 from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
 
 # The embedded model runs in float32 on every device: it trains (DPO's AdamW needs float32 weights), and the build's
@@ -190,8 +190,7 @@ class BuildSettings:
     work_dir: Path | None = None  # default_work_dir()
     output: Path | None = None  # default_cache_path()
     tuned_dir: Path | None = None  # embedded_tuned_dir()
-    scorer: str = SCORER
-    check_scorer: str | None = CHECK_SCORER  # reported beside `scorer` in the evaluation; never makes training data
+    scoring: ScorerSettings = field(default_factory=ScorerSettings)  # the check scorer never makes training data
     device: str = DeviceSettings.device  # the embedded model runs in float32 everywhere: no dtype
     seed: int = 0
     until: str | None = None  # stop after this stage
@@ -273,8 +272,8 @@ def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
     def printer(line: str) -> None:  # what a stage says along the way
         report(Message(line))
 
-    scorer = get_scorer(settings.scorer)
-    check_scorer = get_scorer(settings.check_scorer) if settings.check_scorer else None
+    scorer = get_scorer(settings.scoring.scorer)
+    check_scorer = get_scorer(settings.scoring.check_scorer) if settings.scoring.check_scorer else None
     code = {"neuron_explorer": __version__}
     models: dict[str, object] = {}
 

@@ -38,9 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -189,12 +189,13 @@ def part_bare(args, base, tuned, cache) -> dict:
         weight_bytes += sum(p.numel() * p.element_size() for p in loaded.model.parameters())
         suppress = special_token_ids(loaded.tokenizer)
         with torch.inference_mode():
-            ids, mask = encode_prompts(loaded.tokenizer, texts[:2], settings.max_prompt_tokens, loaded.device)
+            truncation = settings.recording.max_prompt_tokens
+            ids, mask = encode_prompts(loaded.tokenizer, texts[:2], truncation, loaded.device)
             generate_tokens(loaded.model, ids, mask, 2, suppress_ids=suppress)  # warm-up
             synchronized(device)
             started = time.perf_counter()
             for _, chunk in batches(texts, settings.recording.batch_size):
-                ids, mask = encode_prompts(loaded.tokenizer, chunk, settings.max_prompt_tokens, loaded.device)
+                ids, mask = encode_prompts(loaded.tokenizer, chunk, truncation, loaded.device)
                 generate_tokens(loaded.model, ids, mask, settings.recording.new_tokens, suppress_ids=suppress)
             synchronized(device)
             seconds += time.perf_counter() - started

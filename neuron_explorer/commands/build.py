@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from neuron_explorer.commands.arguments import output_file, output_folder
 from neuron_explorer.engine.build import STAGES
-from neuron_explorer.spec.settings import (DeviceSettings, DPOTraining, EvaluationSettings, ScorerSettings, add_options,
-                                           from_args, positive_count)
+from neuron_explorer.spec.settings import (
+    DeviceSettings,
+    DPOTraining,
+    EvaluationSettings,
+    ScorerSettings,
+    add_options,
+    from_args,
+    positive_count,
+)
 
 HELP = "build the embedded default (probe, pairs, DPO, evaluation, statistics) offline, with cached stages"
 
@@ -51,8 +58,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from neuron_explorer.commands.reporting import reporting
     from neuron_explorer.engine.build import BuildSettings, run_build
-    from neuron_explorer.events import Done
     from neuron_explorer.errors import UserError
+    from neuron_explorer.events import Done
 
     force: bool | set[str] = False
     if args.force is not None:

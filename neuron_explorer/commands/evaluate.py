@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from neuron_explorer.cache.atomic import write_json_atomically
 from neuron_explorer.commands.arguments import output_file
-from neuron_explorer.spec.settings import (CORPUS, PROMPTS, DeviceSettings, EvaluationSettings, ScorerSettings,
-                                           add_options, from_args, positive_count)
+from neuron_explorer.spec.settings import (
+    CORPUS,
+    PROMPTS,
+    DeviceSettings,
+    EvaluationSettings,
+    ScorerSettings,
+    add_options,
+    from_args,
+    positive_count,
+)
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
 HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
@@ -38,10 +46,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from neuron_explorer.engine.measure.corpora import load_corpus
     from neuron_explorer.engine.measure.evaluation import evaluate, format_table
-    from neuron_explorer.engine.model.loading import load_model
     from neuron_explorer.engine.measure.prompts import load_prompts
     from neuron_explorer.engine.measure.scoring import get_scorer
     from neuron_explorer.engine.model.distributed import current_ranks
+    from neuron_explorer.engine.model.loading import load_model
 
     scoring = from_args(args, ScorerSettings())
     scorer = get_scorer(scoring.scorer)

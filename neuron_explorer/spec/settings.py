@@ -5,8 +5,8 @@ themselves, so that a default such as 20 new tokens is written once. Torch-free:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from neuron_explorer.errors import UserError
@@ -78,8 +78,9 @@ def setting(default: Any, help: str, *, minimum: int | None = None, all_when_zer
                                             "none_word": none_word})
 
 
-def _flag(item) -> str:
-    return item.metadata.get("flag") or "--" + item.name.replace("_", "-")
+def _flag(item: Field[Any]) -> str:
+    flag: str | None = item.metadata.get("flag")
+    return flag or "--" + item.name.replace("_", "-")
 
 
 class _Checked:
@@ -207,16 +208,17 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, defau
         if value is None:
             value = 0 if meta["all_when_zero"] else meta["none_word"]
         parser.add_argument(_flag(item), dest=item.name, default=value, type=_argument_type(meta, value),
-                            choices=meta["choices"], metavar=meta["metavar"] or _metavar(item), help=f"{help_text} (default: %(default)s)")
+                            choices=meta["choices"], metavar=meta["metavar"] or _metavar(item),
+                            help=f"{help_text} (default: %(default)s)")
 
 
-def _metavar(item) -> str | None:
+def _metavar(item: Field[Any]) -> str | None:
     """The flag's own word (`--steps STEPS`), not the field's, where the two differ; argparse's default otherwise."""
-    flag = item.metadata.get("flag")
+    flag: str | None = item.metadata.get("flag")
     return flag[2:].upper().replace("-", "_") if flag else None
 
 
-def _argument_type(meta, default: Any) -> Callable[[str], Any]:
+def _argument_type(meta: Mapping[str, Any], default: Any) -> Callable[[str], Any]:
     if meta["minimum"] is None:
         return float if isinstance(default, float) else str
     return count_or_all if meta["all_when_zero"] else at_least(meta["minimum"])
@@ -235,10 +237,10 @@ def from_args(args: argparse.Namespace, defaults: Settings) -> Settings:
     return replace(defaults, **given)
 
 
-def flat_record(settings: Any) -> dict:
+def flat_record(settings: Any) -> dict[str, Any]:
     """`settings` as one flat dict, the settings dataclasses it holds merged in: the record caches and stage keys
     keep (`provenance["settings"]`), flat as it was before those fields moved into the dataclasses here."""
-    record: dict = {}
+    record: dict[str, Any] = {}
     for item in fields(settings):
         value = getattr(settings, item.name)
         record.update(flat_record(value) if is_dataclass(value) else {item.name: value})

@@ -207,6 +207,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     from neuron_explorer.engine.model.loading import refuse_custom_code, resolve_device
     from neuron_explorer.engine.alignment.pairs import load_pairs
 
+    training = settings.training
     policy = Path(settings.policy).expanduser()
     if not (policy / "config.json").exists():
         raise UserError(f"the policy {policy} is not a local model folder (no config.json): DPO trains from a "
@@ -215,7 +216,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     pairs = load_pairs(settings.pairs)
     if len(pairs) < 2:
         raise UserError(f"{settings.pairs} holds {len(pairs)} pair(s): DPO needs at least 2")
-    train_rows, eval_rows = _split_pairs(pairs, settings.training.eval_pairs, settings.seed)
+    train_rows, eval_rows = _split_pairs(pairs, training.eval_pairs, settings.seed)
 
     device = resolve_device(settings.device)
     on_cpu = device == "cpu"
@@ -223,23 +224,23 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     checkpoints = work / "checkpoints"
 
     has_eval = len(eval_rows) > 0
-    eval_steps = max(1, settings.training.eval_steps)
+    eval_steps = max(1, training.eval_steps)
     # Saved where evaluated: the best step is kept only if its checkpoint exists (the Trainer otherwise keeps an
     # earlier saved one while reporting the best step's loss).
-    save_steps = eval_steps if has_eval else max(1, settings.training.save_steps)
+    save_steps = eval_steps if has_eval else max(1, training.save_steps)
     config = DPOConfig(
         output_dir=str(checkpoints),
-        beta=settings.training.beta,
+        beta=training.beta,
         loss_type=["sigmoid"],
-        learning_rate=settings.training.learning_rate,
-        optim=settings.training.optimizer,
-        lr_scheduler_type="constant_with_warmup" if settings.training.warmup_steps else "constant",
-        warmup_steps=settings.training.warmup_steps,
+        learning_rate=training.learning_rate,
+        optim=training.optimizer,
+        lr_scheduler_type="constant_with_warmup" if training.warmup_steps else "constant",
+        warmup_steps=training.warmup_steps,
         max_grad_norm=settings.max_grad_norm,
-        max_steps=settings.training.max_steps,
-        per_device_train_batch_size=settings.training.batch_size,
-        per_device_eval_batch_size=max(settings.training.batch_size, 8),
-        gradient_accumulation_steps=settings.training.gradient_accumulation,
+        max_steps=training.max_steps,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=max(training.batch_size, 8),
+        gradient_accumulation_steps=training.gradient_accumulation,
         activation_checkpointing=settings.activation_checkpointing,  # trl's default is on, under the old name
         max_length=settings.max_length,
         eval_strategy="steps" if has_eval else "no",
@@ -250,7 +251,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         load_best_model_at_end=has_eval,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        logging_steps=max(1, min(10, settings.training.eval_steps)),
+        logging_steps=max(1, min(10, training.eval_steps)),
         logging_first_step=True,
         report_to="none",
         disable_tqdm=True,
@@ -290,8 +291,8 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     reference.eval()
 
     all_callbacks = [_progress_callback(say), *callbacks]
-    if has_eval and settings.training.patience > 0:
-        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.training.patience))
+    if has_eval and training.patience > 0:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.patience))
     trainer = DPOTrainer(
         model=model,
         ref_model=reference,
@@ -305,7 +306,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
 
     trainer.remove_callback(PrinterCallback)  # our Progress callback prints one line per log instead of raw dicts
     start = time.time()
-    if last and _training_finished(Path(last), settings.training.max_steps):
+    if last and _training_finished(Path(last), training.max_steps):
         # Killed after the last step, before the tuned model was in place. Trainer.train resumed from here would
         # take one step more than --steps, so the model is taken as training left it.
         say(f"training had finished at {last}: writing the tuned model from it")
@@ -318,7 +319,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     if on_trainer is not None:
         on_trainer(trainer)
     state = trainer.state
-    stopped_early = state.global_step < settings.training.max_steps
+    stopped_early = state.global_step < training.max_steps
 
     output = Path(settings.output).expanduser()
     trainer.model.config.use_cache = True
@@ -332,7 +333,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
                        stopped_early=stopped_early, resumed_from=last,
                        n_train_pairs=len(train_rows), n_eval_pairs=len(eval_rows), seconds=seconds,
                        world_size=world_size,
-                       effective_batch=settings.training.batch_size * world_size * settings.training.gradient_accumulation,
+                       effective_batch=training.batch_size * world_size * training.gradient_accumulation,
                        main_process=main, log=list(state.log_history))
     # Every process takes part in saving (FSDP and ZeRO-3 gather the weights from all of them); the main one writes.
     with atomic_path(output, advice="choose another -o") if main else nullcontext() as partial:

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from neuron_explorer.spec.settings import POSITION_MODES, RecordingSettings
 from neuron_explorer.engine.model.distributed import Ranks
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import LoadedModel, execution_device
+from neuron_explorer.spec.settings import POSITION_MODES, RecordingSettings
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from pathlib import Path
 from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.provenance import sha256_bytes
 from neuron_explorer.errors import UserError
-
 from neuron_explorer.spec.settings import DeviceSettings, DPOTraining, flat_record
 
 RUN_FILE = "run.json"

@@ -40,7 +40,7 @@ def recording_hub_models(good_cache, folder):
 
 @pytest.mark.parametrize("argv", [
     ["lab", "{cache}", "--prompt", "You are", "--device", "cpu"],
-    ["patch", "{cache}", "--set", "group:TP↓", "--mode", "zero-ablate", "--no-save", "--device", "cpu",
+    ["patch", "{cache}", "--set", "top:4:|contribution|", "--mode", "zero-ablate", "--no-save", "--device", "cpu",
      "--in-sample"],
 ])
 def test_a_hub_model_named_by_the_cache_is_never_fetched(good_cache, tmp_path, argv, capsys, monkeypatch):

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from neuron_explorer.cache import annotations
+from neuron_explorer.cache import annotations as sidecar
 from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 from neuron_explorer.cache.schema import NEURON_COLUMNS, REDUCING_GROUPS
@@ -375,7 +375,7 @@ class Store:
         layers, indices = np.divmod(self.positions, self.info.d_mlp)
         return list(zip(layers.tolist(), indices.tolist()))
 
-    def save_set(self, name: str, source: str) -> annotations.NeuronSet:
+    def save_set(self, name: str, source: str) -> sidecar.NeuronSet:
         """Save ``source`` ("selection", "view", "group TP↓" or "cluster 3") as the named neuron set."""
         if source == "selection":
             neurons, description = sorted(self.marked), f"selection of {len(self.marked)} neurons"
@@ -387,7 +387,7 @@ class Store:
             raise UserError(f"cannot save '{source}' as a set")
         if not neurons:
             raise UserError(f"nothing to save: the {source} holds no neurons")
-        return annotations.save_set(self.path, name, neurons, description)
+        return sidecar.save_set(self.path, name, neurons, description)
 
     def export(self, path: str | Path) -> Path:
         """Write the current view to CSV or Parquet, chosen by the file's extension."""

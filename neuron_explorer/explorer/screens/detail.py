@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import polars as pl
 from rich.table import Table
 from rich.text import Text
-from textual import work
+from textual import getters, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -22,6 +23,9 @@ from ..messages import DetailLoaded, MarksChanged
 from ..state import Store, is_reducing
 from ..widgets.plots import ActivationHistogram
 from .dialogs import ShowsWorkerErrors
+
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
 
 TOP_PROMPTS = 8
 
@@ -125,6 +129,9 @@ def history_table(runs: list[PatchRun]) -> Table | Text:
 
 class DetailScreen(ShowsWorkerErrors, Screen):
     """Everything stored about one neuron; read in a worker so the h5py lock is held only briefly."""
+
+    if TYPE_CHECKING:  # the app this screen runs in (Textual's own idiom; nothing at runtime)
+        app = getters.app(ExplorerApp)
 
     CSS_PATH = "detail.tcss"
     BINDINGS = [

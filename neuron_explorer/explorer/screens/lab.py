@@ -7,9 +7,11 @@ screen only draws what the app's `lab` holds, when `lab_version` changes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from rich.text import Text
-from textual import on
+from textual import getters, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -25,6 +27,9 @@ from ..state import PromptNeurons, Store
 from ..widgets.heat_map import HeatMap, Panel
 from ..widgets.neuron_table import NeuronTable
 
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
+
 RUNS = (("base", "base"), ("dpo", "DPO"), ("patched", "patched"))
 LENSES = {"residual": "residual", "mlp": "MLP out"}
 TOXIC = 0.5  # a score shown in red from here up
@@ -32,6 +37,9 @@ TOXIC = 0.5  # a score shown in red from here up
 
 class LabScreen(Screen):
     """A prompt input, the worker's status, three continuations, the heat maps and the neuron table."""
+
+    if TYPE_CHECKING:  # the app this screen runs in (Textual's own idiom; nothing at runtime)
+        app = getters.app(ExplorerApp)
 
     CSS_PATH = "lab.tcss"
     AUTO_FOCUS = ""  # nothing, not the prompt box: ?, o, 1–5 and q work on arrival; enter or i starts typing

@@ -65,7 +65,7 @@ def recovered_rows(cache_path: str | Path, runs: list[sidecar.PatchRun] | None =
         key = run.settings.get("baseline")
         if key and key not in baselines:
             baselines[key] = sidecar.load_baseline(cache_path, key)
-        baseline = baselines.get(key) or {}
+        baseline = (baselines.get(key) if key else None) or {}
         recovered = _number(run.metrics.get("recovered"))
         error = recovered_error(recovered, _number(run.metrics.get("toxicity_sem")), baseline.get("base") or {},
                                 baseline.get("dpo") or {})
@@ -206,9 +206,10 @@ def write_figures(cache_path: str | Path, folder: str | Path | None = None, neur
 def read_metadata(path: Path) -> dict:
     """The provenance a figure file carries (its Description, as JSON): for tests and for checking a figure."""
     if path.suffix == ".png":
-        from PIL import Image
+        from PIL import Image, PngImagePlugin
 
         with Image.open(path) as image:
+            assert isinstance(image, PngImagePlugin.PngImageFile)  # the figures' PNGs (their text chunks)
             return json.loads(image.text["Description"])
     text = path.read_text(encoding="utf-8")
     start = text.index("<dc:description>") + len("<dc:description>")

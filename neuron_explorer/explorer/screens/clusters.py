@@ -83,7 +83,9 @@ class ClustersScreen(Screen):
         if not table or not table.first(DataTable).row_count:
             return None
         data_table = table.first(DataTable)
-        return int(data_table.coordinate_to_cell_key(data_table.cursor_coordinate).row_key.value)
+        key = data_table.coordinate_to_cell_key(data_table.cursor_coordinate).row_key.value
+        assert key is not None  # every row is added with its cluster as its key
+        return int(key)
 
     @on(DataTable.RowSelected, "#cluster-table")
     def action_show_cluster(self) -> None:

@@ -198,7 +198,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         """Show the next (previous) neuron of the table's view; the table's cursor follows."""
         row = self.store.find(self.neuron_layer, self.neuron_index) if self.store.loaded else None
         neighbour = None if row is None else self.store.neuron_at(row + step)
-        if neighbour is None:
+        if row is None or neighbour is None:
             self.notify("this neuron is not in the table's view" if row is None else
                         f"no {'next' if step > 0 else 'previous'} neuron in the view", severity="warning")
             return

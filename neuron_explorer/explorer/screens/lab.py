@@ -87,7 +87,12 @@ class LabScreen(Screen):
     def on_mount(self) -> None:
         self.watch(self.app, "lab_version", self.refresh_lab, init=False)
         self.watch(self.app, "lab_prompt", self.show_prompt, init=False)
-        self.watch(self.app, "marks_version", self.query_one(NeuronTable).refresh, init=False)
+        table = self.query_one(NeuronTable)
+
+        def redraw_table() -> None:
+            table.refresh()
+
+        self.watch(self.app, "marks_version", redraw_table, init=False)
         self.watch(self.app, "view_row", self.neurons_loaded, init=False)
         self.app.ensure_lab_worker()
         self.refresh_lab()
@@ -110,7 +115,7 @@ class LabScreen(Screen):
         """One run's title line (its toxicity) and continuation; what to do when there is none."""
         text = Text()
         run = (result or {}).get("runs", {}).get(key)
-        if run is None:
+        if run is None or result is None:
             text.append(title, style="bold")
             text.append("\n" + self.missing(key, result), style="dim")
             return text
@@ -136,7 +141,7 @@ class LabScreen(Screen):
         heat = self.query_one(HeatMap)
         result = self.drawn.result if self.drawn is not None else None
         runs = (result or {}).get("runs", {})
-        if "base" not in runs or "dpo" not in runs:
+        if result is None or "base" not in runs or "dpo" not in runs:
             heat.show("", [], [], 0)
             return
         prompt_tokens = list(result.get("prompt_tokens", []))

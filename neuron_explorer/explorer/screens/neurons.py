@@ -125,6 +125,7 @@ class NeuronsScreen(Screen):
     @on(OptionList.OptionSelected, "#layer-list")
     def choose_layer(self, event: OptionList.OptionSelected) -> None:
         option_id = event.option.id
+        assert option_id is not None  # every option is added with an id (its layer, or ALL_LAYERS)
         self.app.set_layer(None if option_id == ALL_LAYERS else int(option_id))
         self.query_one(NeuronTable).focus()
 

@@ -104,7 +104,7 @@ class PatchDialog(Dialog[PatchRequest]):
         return [mode for mode in modes.MODES.values() if mode.acts_on_set]
 
     def target_options(self) -> list[tuple[str, str]]:
-        store = self.app.store
+        store = self.app.opened_store
         options = [(f"marked neurons ({len(store.marked):,})", "selection")] if store.marked else []
         return options + [(target.title, target.key) for target in patch_targets(store)]
 

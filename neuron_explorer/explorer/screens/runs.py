@@ -164,7 +164,7 @@ class RunsScreen(Screen):
             return
         table.display = True
         present = {key for row in rows for key in row}
-        columns = [c for c in PREFERRED if c in present] + sorted(present - set(PREFERRED) - HIDDEN)
+        columns: list[str] = [c for c in PREFERRED if c in present] + sorted(present - set(PREFERRED) - HIDDEN)
         for column in columns:
             table.add_column(HEADERS.get(column, column), key=column)
         for number, row in enumerate(rows):

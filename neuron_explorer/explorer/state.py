@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from neuron_explorer.cache import annotations
+from neuron_explorer.cache import annotations as sidecar
 from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 from neuron_explorer.cache.schema import NEURON_COLUMNS, REDUCING_GROUPS
@@ -30,7 +30,8 @@ from neuron_explorer.errors import UserError
 # array of a 70B-sized view cost 40-160 ms instead of ~10, and the explorer makes such arrays on every sort. Ordinary
 # pages, unless NUMPY_MADVISE_HUGEPAGE says otherwise.
 _multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
-if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and hasattr(_multiarray, "_set_madvise_hugepage"):
+if ("NUMPY_MADVISE_HUGEPAGE" not in os.environ and _multiarray is not None
+        and hasattr(_multiarray, "_set_madvise_hugepage")):
     _multiarray._set_madvise_hugepage(False)
 
 
@@ -201,6 +202,8 @@ class NeuronSource(Protocol):
     def neuron_at(self, row: int) -> tuple[int, int] | None: ...
 
     def toggle_mark(self, layer: int, index: int) -> bool: ...
+
+    def sort_by(self, column: str, descending: bool | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -375,7 +378,7 @@ class Store:
         layers, indices = np.divmod(self.positions, self.info.d_mlp)
         return list(zip(layers.tolist(), indices.tolist()))
 
-    def save_set(self, name: str, source: str) -> annotations.NeuronSet:
+    def save_set(self, name: str, source: str) -> sidecar.NeuronSet:
         """Save ``source`` ("selection", "view", "group TP↓" or "cluster 3") as the named neuron set."""
         if source == "selection":
             neurons, description = sorted(self.marked), f"selection of {len(self.marked)} neurons"
@@ -387,7 +390,7 @@ class Store:
             raise UserError(f"cannot save '{source}' as a set")
         if not neurons:
             raise UserError(f"nothing to save: the {source} holds no neurons")
-        return annotations.save_set(self.path, name, neurons, description)
+        return sidecar.save_set(self.path, name, neurons, description)
 
     def export(self, path: str | Path) -> Path:
         """Write the current view to CSV or Parquet, chosen by the file's extension."""
@@ -427,6 +430,8 @@ class PromptNeurons:
     never the Store's view; its marks are the Store's, so a neuron marked here is marked everywhere."""
 
     empty_text = "no neurons yet: run a prompt (enter) and its top neurons by Δ and |δ| show here"
+    sort_column: str  # set by `sort_by`
+    descending: bool
 
     def __init__(self, store: Store, neurons: dict | None = None) -> None:
         self.store = store
@@ -453,6 +458,7 @@ class PromptNeurons:
     def neuron_at(self, row: int) -> tuple[int, int] | None:
         if not 0 <= row < self.row_count:
             return None
+        assert self._sorted is not None  # a row was in range
         return int(self._sorted["layer"][row]), int(self._sorted["neuron"][row])
 
     def toggle_mark(self, layer: int, index: int) -> bool:

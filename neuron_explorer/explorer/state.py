@@ -7,7 +7,6 @@ The neuron table reads any `NeuronSource`: the Store's view, or a lab prompt's t
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -24,15 +23,6 @@ from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 from neuron_explorer.cache.schema import NEURON_COLUMNS, REDUCING_GROUPS
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
-
-# numpy asks the kernel for transparent huge pages for every array of 4 MB or more; where the kernel then compacts
-# memory on the spot to find them (THP defrag "madvise", a page cache full of a big cache file), each fresh 18 MB
-# array of a 70B-sized view cost 40-160 ms instead of ~10, and the explorer makes such arrays on every sort. Ordinary
-# pages, unless NUMPY_MADVISE_HUGEPAGE says otherwise.
-_multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
-if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and hasattr(_multiarray, "_set_madvise_hugepage"):
-    _multiarray._set_madvise_hugepage(False)
-
 
 @dataclass(frozen=True)
 class Column:

@@ -21,6 +21,7 @@ from neuron_explorer.cache import annotations
 from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 from neuron_explorer.cache.schema import NEURON_COLUMNS, REDUCING_GROUPS
+from neuron_explorer.engine.lab.protocol import PROMPT_NEURON_COLUMNS
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
 
@@ -407,10 +408,6 @@ class Store:
         return str(self.path.with_name(f"{slug}.{extension}"))
 
 
-# The lab's per-prompt columns (the rest of a PromptNeurons row is the cache's).
-PROMPT_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution", "activation_term", "weight_term")
-
-
 class PromptNeurons:
     """One lab prompt's top neurons as a neuron-table source: this prompt's activations and Δ (the worker's
     `neurons` columns) beside the cache's columns of the same neurons (group, cosines, cluster). It sorts itself,
@@ -429,8 +426,9 @@ class PromptNeurons:
         assert store.frame is not None
         layers = np.asarray(neurons["layer"], dtype=np.int64)
         positions = layers * store.info.d_mlp + np.asarray(neurons["neuron"], dtype=np.int64)
-        cached = store.frame[positions].drop(PROMPT_COLUMNS, strict=False)
-        return cached.with_columns(pl.Series(name, neurons[name], dtype=pl.Float64) for name in PROMPT_COLUMNS)
+        cached = store.frame[positions].drop(PROMPT_NEURON_COLUMNS, strict=False)
+        return cached.with_columns(pl.Series(name, neurons[name], dtype=pl.Float64)
+                                   for name in PROMPT_NEURON_COLUMNS)
 
     @property
     def row_count(self) -> int:

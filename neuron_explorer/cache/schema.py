@@ -3,6 +3,8 @@ the file is `layout.py`."""
 
 from . import layout
 
+import numpy as np
+
 FORMAT_NAME = "neuron-explorer-cache"
 SCHEMA_VERSION = 3
 # What each version fixed, for the one line that refuses an older file.
@@ -16,6 +18,14 @@ REDUCING_GROUPS = ("TP↓", "TN↓", "AP↓", "AN↓")
 MIRROR_GROUPS = ("TP↑", "TN↑", "AP↑", "AN↑")
 GROUP_NAMES = REDUCING_GROUPS + MIRROR_GROUPS
 SIGN_CLASSES = ("TP", "TN", "AP", "AN")
+
+
+def sign_classes(cos: np.ndarray, act: np.ndarray) -> np.ndarray:
+    """int8 codes into `SIGN_CLASSES`: T(oxic-aligned) when cos > 0 else A(nti), P(ositively activated) when ā > 0
+    else N. The groups (statistics.assign_groups) and the tuning-free edit (Yang v3) classify neurons by this one
+    rule, each with its own cosine."""
+    return np.where(cos > 0, np.where(act > 0, 0, 1), np.where(act > 0, 2, 3)).astype(np.int8)
+
 
 # Per-neuron float arrays, each of shape (n_layers, d_mlp), stored under /neurons.
 NEURON_COLUMNS = {

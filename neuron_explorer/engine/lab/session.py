@@ -30,7 +30,7 @@ from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE
 from neuron_explorer.engine.lab.protocol import PROMPT_NEURON_COLUMNS, LabRequest, TokensRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.model.loading import WEIGHT_HASHES, LoadedModel, execution_device, load_model
+from neuron_explorer.engine.model.loading import WEIGHT_HASHES, LoadedModel, check_pair, execution_device, load_model
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.statistics import neuron_metrics
 from neuron_explorer.engine.patching import modes
@@ -205,7 +205,6 @@ class LabSession:
     def __init__(self, cache_path: str | Path, *, base: str | None = None, tuned: str | None = None,
                  device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE, scorer: str = "profanity", report: Reporter = ignore):
         from neuron_explorer.engine.measure.scoring import get_scorer
-        from neuron_explorer.engine.neurons.compute import check_pair
 
         started = time.perf_counter()
         self.cache_path = Path(cache_path).expanduser()

@@ -27,7 +27,7 @@ from neuron_explorer.engine.neurons.dynamics import checkpoint_contribution
 from neuron_explorer.engine.neurons.identity_check import (POOLING_TOLERANCE, check_identity, pooling_residuals,
                                                            sample_prompts)
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
-from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
+from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, check_pair, load_model,
                                                   parse_max_memory, weights_loaded)
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
 from neuron_explorer.engine.measure.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
@@ -343,19 +343,6 @@ def protocol_description(settings: ComputeSettings) -> str:
     if settings.shared_continuation:
         parts.append("the tuned model read the base model's continuation")
     return "; ".join(parts)
-
-
-def check_pair(pre: LoadedModel, dpo: LoadedModel) -> None:
-    """The two models must share architecture and every shape the statistics compare."""
-    def shape(loaded: LoadedModel) -> dict:
-        return {"architecture": loaded.arch.name, "layers": loaded.arch.n_layers(loaded.model),
-                "d_mlp": loaded.arch.d_mlp(loaded.model), "d_model": loaded.d_model,
-                "vocab": loaded.arch.unembedding(loaded.model).shape[0]}
-
-    a, b = shape(pre), shape(dpo)
-    if a != b:
-        diff = ", ".join(f"{key} {a[key]} vs {b[key]}" for key in a if a[key] != b[key])
-        raise UserError(f"the base and tuned models differ ({diff}): the tuned model must be a fine-tuned copy of the base")
 
 
 def resolve_probe(spec: str, base: LoadedModel) -> Probe:

@@ -40,7 +40,7 @@ import torch
 
 from neuron_explorer.cache.schema import SIGN_CLASSES, sign_classes
 from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.model.loading import execution_device, weights_loaded
+from neuron_explorer.engine.model.loading import check_pair, execution_device, weights_loaded
 from neuron_explorer.engine.patching.modes import POSITIONS
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
 
@@ -357,12 +357,7 @@ def patch_tokens(loaded, selection: NeuronSelection, donor_acts: dict[int, torch
 def patch_live(loaded, selection: NeuronSelection, donor, positions: str = "all") -> Intervention:
     """Overwrite the chosen activations with the donor (DPO) model's own activations on the same tokens, at every
     forward call: the donor runs in lockstep with the patched model."""
-    if donor.arch.n_layers(donor.model) != loaded.arch.n_layers(loaded.model) or \
-            donor.arch.d_mlp(donor.model) != loaded.arch.d_mlp(loaded.model):
-        from neuron_explorer.errors import UserError
-
-        raise UserError("the donor model's layers or MLP width differ from the patched model's: use the tuned copy "
-                        "of the same base model")
+    check_pair(loaded, donor)
     return Intervention(loaded, "patch-live", _layer_edits(loaded, selection, "donor", None), positions,
                         live_donor=donor)
 

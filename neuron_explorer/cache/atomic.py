@@ -80,6 +80,14 @@ def refuse_special_file(target: Path, advice: str = "choose another location") -
                         f"{advice}")
 
 
+def check_output_folder(target: Path, advice: str = "choose another -o path") -> None:
+    """The folder that will hold ``target`` exists, checked before a long run rather than at its end: the temporary
+    is written beside the target, and nothing here creates folders the user did not ask for."""
+    folder = Path(target).parent
+    if not folder.is_dir():
+        raise UserError(f"output folder {folder} does not exist: create it or {advice}")
+
+
 @contextmanager
 def atomic_path(target: Path, *, replace: bool = True, advice: str = "choose another location") -> Iterator[Path]:
     """Yield the temporary path for ``target`` (a file or a folder the body creates); move it into place on success.

@@ -9,6 +9,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from neuron_explorer.cache.atomic import check_output_folder
 from neuron_explorer.errors import UserError
 from neuron_explorer.engine.defaults import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPE_NAMES
 
@@ -54,8 +55,10 @@ def output_file(text: str) -> Path:
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
         raise argparse.ArgumentTypeError(f"{path} is not a regular file (a device, pipe or socket), and writing "
                                          f"would replace it: give a file name")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist: create it or write elsewhere")
+    try:
+        check_output_folder(path, "write elsewhere")
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     _check_writable(path.parent)
     return path
 

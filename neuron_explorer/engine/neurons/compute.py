@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from neuron_explorer.cache import layout
+from neuron_explorer.cache.atomic import check_output_folder
 from neuron_explorer.cache.provenance import software_versions
 from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
@@ -91,8 +92,7 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     ranks = current_ranks()
     report = report if ranks.main else ignore
     output = Path(settings.output).expanduser()
-    if not output.parent.exists():
-        raise UserError(f"output folder {output.parent} does not exist: create it or choose another -o path")
+    check_output_folder(output)
     if settings.checkpoints and ranks.world_size > 1:
         raise UserError("a series of checkpoints (--tuned A --tuned B …) runs in one process: drop torchrun or the "
                         "earlier checkpoints")

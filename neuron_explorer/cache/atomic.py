@@ -149,6 +149,15 @@ def write_json_atomically(target: Path, payload, *, indent: int | None = 1, **op
     write_text_atomically(target, strict_json(payload, indent=indent), **options)
 
 
+def write_sorted_json_atomically(target: Path, payload) -> None:
+    """Python's JSON, keys sorted, indent 2, NaN kept, creating the folder: the build's work files and the provenance
+    beside a probe or pairs file. Only this tool reads them back; the build hashes their bytes, so this format stays
+    (a change would re-run every later stage), and an evaluation's NaN must read back as a float, not as null."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(target, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
 def strict_json(payload, indent: int | None = None) -> str:
     """JSON that any parser reads: NaN and ±Infinity (not JSON) written as null, numpy values and paths as plain
     ones, text as UTF-8 (a lone surrogate, which UTF-8 cannot hold, as its escape)."""

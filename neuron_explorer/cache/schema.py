@@ -19,6 +19,17 @@ MIRROR_GROUPS = ("TP↑", "TN↑", "AP↑", "AN↑")
 GROUP_NAMES = REDUCING_GROUPS + MIRROR_GROUPS
 SIGN_CLASSES = ("TP", "TN", "AP", "AN")
 
+# The figures of one evaluation (engine/alignment/evaluation.py): the columns of the cache's `evaluation` table and
+# metrics of every baseline and run record.
+EVALUATION_METRICS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
+                      "check_toxicity", "check_toxicity_sem")
+# What a run adds from base and DPO evaluated with its settings (engine/patching/runs.recovered_metrics).
+RECOVERED_METRICS = ("recovered", "recovered_probe", "probe_change", "base_toxicity", "dpo_toxicity",
+                     "base_perplexity", "dpo_perplexity")
+# The metrics of a stored run record (the Runs screen's columns): the evaluation's, the probe projection, the
+# recovered fractions and the number of neurons the run changed.
+RUN_METRICS = (*EVALUATION_METRICS, "probe_projection", *RECOVERED_METRICS, "neurons")
+
 
 def sign_classes(cos: np.ndarray, act: np.ndarray) -> np.ndarray:
     """int8 codes into `SIGN_CLASSES`: T(oxic-aligned) when cos > 0 else A(nti), P(ositively activated) when ā > 0

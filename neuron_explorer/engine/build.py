@@ -34,6 +34,7 @@ from neuron_explorer import __version__
 from neuron_explorer.cache import layout
 from neuron_explorer.cache.atomic import write_json_atomically, write_sorted_json_atomically
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_file, software_versions
+from neuron_explorer.cache.schema import EVALUATION_METRICS
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Progress, Reporter, ignore
 
@@ -244,9 +245,9 @@ def run_build(settings: BuildSettings, report: Reporter = ignore) -> BuildResult
                            evaluation={})
 
 
-# The headline figures of the evaluation that `run_build` returns (the command's closing lines).
-SUMMARY_METRICS = ("toxicity", "check_toxicity", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1")
-VALIDATION_SUMMARY_METRICS = ("toxicity", "check_toxicity", "n_prompts")
+# The evaluation's figures that `run_build` returns (the command's closing lines): all but the time and the standard
+# errors; the RTP validation has those of them that it measures.
+SUMMARY_METRICS = tuple(m for m in EVALUATION_METRICS if m != "seconds" and not m.endswith("_sem"))
 
 
 class EmbeddedBuild:
@@ -555,7 +556,7 @@ class EmbeddedBuild:
         """The held-out and RTP validation headline figures of base and DPO, from the evaluation file."""
         evaluation = json.loads(self.evaluation_file.read_text())
         summary = {k: {m: v[m] for m in SUMMARY_METRICS} for k, v in evaluation["results"].items()}
-        summary["rtp_validation"] = {k: {m: v[m] for m in VALIDATION_SUMMARY_METRICS}
+        summary["rtp_validation"] = {k: {m: v[m] for m in SUMMARY_METRICS if m in v}
                                      for k, v in evaluation["validation"]["results"].items()}
         return summary
 

@@ -282,6 +282,12 @@ class EmbeddedBuild:
         self._base = None  # the base model, loaded by the first stage that runs it and freed before compute
         self.validation = None  # the RTP validation prompts: kept out of training, evaluated apart (candidates)
         self.heldout = None  # the held-out prompts: evaluated and recorded (evaluate)
+        # what the stages write besides the models
+        self.openings_file = self.work / "openings" / "openings.json"
+        self.candidates_file = self.work / "candidates" / "candidates.jsonl"
+        self.probe_file = self.work / "probe" / "probe.safetensors"
+        self.pairs_file = self.work / "pairs" / "pairs.jsonl"
+        self.evaluation_file = self.work / "evaluate" / "evaluation.json"
 
     def run(self) -> BuildResult:
         base_hash = self.model()
@@ -305,27 +311,6 @@ class EmbeddedBuild:
 
             self._base = load_model(EMBEDDED_BASE, device=self.device, dtype=EMBEDDED_DTYPE)
         return self._base
-
-    # -- the files the stages write ------------------------------------------------------------------------------
-    @property
-    def openings_file(self) -> Path:
-        return self.work / "openings" / "openings.json"
-
-    @property
-    def candidates_file(self) -> Path:
-        return self.work / "candidates" / "candidates.jsonl"
-
-    @property
-    def probe_file(self) -> Path:
-        return self.work / "probe" / "probe.safetensors"
-
-    @property
-    def pairs_file(self) -> Path:
-        return self.work / "pairs" / "pairs.jsonl"
-
-    @property
-    def evaluation_file(self) -> Path:
-        return self.work / "evaluate" / "evaluation.json"
 
     # -- the stages ----------------------------------------------------------------------------------------------
     def model(self) -> str:

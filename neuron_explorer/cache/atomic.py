@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -78,6 +79,23 @@ def refuse_special_file(target: Path, advice: str = "choose another location") -
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise UserError(f"{target} is not a regular file (a device, pipe or socket), and writing would replace it: "
                         f"{advice}")
+
+
+def nearest_folder(path: Path) -> Path:
+    """``path`` or its nearest parent that exists: where the folders still missing on the path would be created."""
+    return next(folder for folder in (path, *path.parents) if folder.exists())
+
+
+def write_error(folder: Path) -> OSError | None:
+    """Why no file can be created in ``folder``, or None. Creating and removing one is the only test that also holds
+    for root and for read-only file systems; a command asks before its long work, not when it writes at the end."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".neuron-explorer-write-check.")
+    except OSError as error:
+        return error
+    os.close(handle)
+    os.unlink(probe)
+    return None
 
 
 def check_output_folder(target: Path, advice: str = "choose another -o path") -> None:

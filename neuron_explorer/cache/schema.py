@@ -1,9 +1,9 @@
 """Names, shapes and versions of the HDF5 cache format (documented in docs/cache-format.md); where each lives in
 the file is `layout.py`."""
 
-from . import layout
-
 import numpy as np
+
+from . import layout
 
 FORMAT_NAME = "neuron-explorer-cache"
 SCHEMA_VERSION = 3
@@ -19,7 +19,7 @@ MIRROR_GROUPS = ("TP↑", "TN↑", "AP↑", "AN↑")
 GROUP_NAMES = REDUCING_GROUPS + MIRROR_GROUPS
 SIGN_CLASSES = ("TP", "TN", "AP", "AN")
 
-# The figures of one evaluation (engine/alignment/evaluation.py): the columns of the cache's `evaluation` table and
+# The figures of one evaluation (engine/measure/evaluation.py): the columns of the cache's `evaluation` table and the
 # metrics of every baseline and run record.
 EVALUATION_METRICS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
                       "check_toxicity", "check_toxicity_sem")

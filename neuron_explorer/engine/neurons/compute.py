@@ -141,6 +141,7 @@ class ComputeRun:
         return ("pre", self.pre), ("dpo", self.dpo)
 
     def run(self, extra_tables: dict[str, dict]) -> ComputeResult | None:
+        """Record, measure and (rank 0) write the cache with `extra_tables` beside the statistics."""
         settings, ranks, pre, dpo = self.settings, self.ranks, self.pre, self.dpo
         provenance = {
             "base": pre.description, "tuned": dpo.description, "probe": self.probe.provenance(),

@@ -11,6 +11,7 @@ exit code 2, never a traceback inside a half-drawn terminal.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 from textual import work
 from textual.app import App
 from textual.binding import Binding
@@ -249,8 +251,22 @@ def _declared(owner: type) -> list[Binding]:
     return [binding for binding in vars(owner).get("BINDINGS", []) if isinstance(binding, Binding)]
 
 
+def use_ordinary_pages() -> None:
+    """Keep numpy from asking for transparent huge pages, unless NUMPY_MADVISE_HUGEPAGE says otherwise.
+
+    numpy asks the kernel for huge pages for every array of 4 MB or more; where the kernel then compacts memory on the
+    spot to find them (THP defrag "madvise", a page cache full of a big cache file), each fresh 18 MB array of a
+    70B-sized view cost 40-160 ms instead of ~10, and the explorer makes such arrays on every sort. A process-wide
+    setting, so it is made where the explorer's process starts, not when a module that tests or scripts import loads.
+    """
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and hasattr(multiarray, "_set_madvise_hugepage"):
+        multiarray._set_madvise_hugepage(False)
+
+
 def run_explorer(path: str | Path | None) -> int:
     """Open ``path`` (or the default cache, building it first when missing) in the explorer; return an exit code."""
+    use_ordinary_pages()
     if path is not None:
         app = ExplorerApp(Store.open(path))  # a bad file raises UserError here, before the terminal is taken
     else:

@@ -7,7 +7,6 @@ The neuron table reads any `NeuronSource`: the Store's view, or a lab prompt's t
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -22,18 +21,9 @@ from neuron_explorer.cache import annotations as sidecar
 from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 from neuron_explorer.cache.schema import NEURON_COLUMNS, REDUCING_GROUPS
+from neuron_explorer.engine.lab.protocol import PROMPT_NEURON_COLUMNS
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
-
-# numpy asks the kernel for transparent huge pages for every array of 4 MB or more; where the kernel then compacts
-# memory on the spot to find them (THP defrag "madvise", a page cache full of a big cache file), each fresh 18 MB
-# array of a 70B-sized view cost 40-160 ms instead of ~10, and the explorer makes such arrays on every sort. Ordinary
-# pages, unless NUMPY_MADVISE_HUGEPAGE says otherwise.
-_multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
-if ("NUMPY_MADVISE_HUGEPAGE" not in os.environ and _multiarray is not None
-        and hasattr(_multiarray, "_set_madvise_hugepage")):
-    _multiarray._set_madvise_hugepage(False)
-
 
 @dataclass(frozen=True)
 class Column:
@@ -420,10 +410,6 @@ class Store:
         return str(self.path.with_name(f"{slug}.{extension}"))
 
 
-# The lab's per-prompt columns (the rest of a PromptNeurons row is the cache's).
-PROMPT_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution", "activation_term", "weight_term")
-
-
 class PromptNeurons:
     """One lab prompt's top neurons as a neuron-table source: this prompt's activations and Δ (the worker's
     `neurons` columns) beside the cache's columns of the same neurons (group, cosines, cluster). It sorts itself,
@@ -444,8 +430,9 @@ class PromptNeurons:
         assert store.frame is not None
         layers = np.asarray(neurons["layer"], dtype=np.int64)
         positions = layers * store.info.d_mlp + np.asarray(neurons["neuron"], dtype=np.int64)
-        cached = store.frame[positions].drop(PROMPT_COLUMNS, strict=False)
-        return cached.with_columns(pl.Series(name, neurons[name], dtype=pl.Float64) for name in PROMPT_COLUMNS)
+        cached = store.frame[positions].drop(PROMPT_NEURON_COLUMNS, strict=False)
+        return cached.with_columns(pl.Series(name, neurons[name], dtype=pl.Float64)
+                                   for name in PROMPT_NEURON_COLUMNS)
 
     @property
     def row_count(self) -> int:

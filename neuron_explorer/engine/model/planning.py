@@ -15,7 +15,7 @@ import torch
 from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.architectures import architecture_for
-from neuron_explorer.engine.model.loading import resolve_device, resolve_dtype
+from neuron_explorer.engine.model.loading import check_same_shapes, resolve_device, resolve_dtype
 
 GIB = 1024 ** 3
 LOGIT_LENS_CHUNK = 1024  # value vectors per logit-lens matmul (weights.value_tokens)
@@ -165,9 +165,7 @@ def plan_compute(settings, n_prompts: int) -> Plan:
     from neuron_explorer.engine.model.loading import parse_max_memory
 
     base, tuned = model_size(settings.base), model_size(settings.tuned)
-    if (base.n_layers, base.d_mlp) != (tuned.n_layers, tuned.d_mlp):
-        raise UserError(f"the base and tuned models differ ({base.n_layers}×{base.d_mlp} vs "
-                        f"{tuned.n_layers}×{tuned.d_mlp} neurons): the tuned model must be a copy of the base")
+    check_same_shapes({"layers": base.n_layers, "d_mlp": base.d_mlp}, {"layers": tuned.n_layers, "d_mlp": tuned.d_mlp})
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     batch, tokens = settings.batch_size, settings.max_prompt_tokens + settings.new_tokens + 1

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from neuron_explorer.cache import annotations, layout, schema
+from neuron_explorer.cache import annotations as sidecar
+from neuron_explorer.cache import layout, schema
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 
 GROUP_DEFINITION = "v1: sign class from cos_pre and ā_pre, ↓/↑ from the sign of δ (the cache's group column)"
@@ -55,16 +56,16 @@ class RecoveredRow:
     error: float  # one standard error; NaN when the run's baseline (or a s.e.) is missing
 
 
-def recovered_rows(cache_path: str | Path, runs: list[annotations.PatchRun] | None = None) -> list[RecoveredRow]:
+def recovered_rows(cache_path: str | Path, runs: list[sidecar.PatchRun] | None = None) -> list[RecoveredRow]:
     """Every stored run (or ``runs``) with its recovered fraction and its standard error, oldest first."""
-    runs = annotations.list_runs(cache_path) if runs is None else runs
+    runs = sidecar.list_runs(cache_path) if runs is None else runs
     baselines: dict[str, dict | None] = {}
     rows = []
     for run in runs:
         key = run.settings.get("baseline")
         if key and key not in baselines:
-            baselines[key] = annotations.load_baseline(cache_path, key)
-        baseline = baselines.get(key) or {}
+            baselines[key] = sidecar.load_baseline(cache_path, key)
+        baseline = (baselines.get(key) if key else None) or {}
         recovered = _number(run.metrics.get("recovered"))
         error = recovered_error(recovered, _number(run.metrics.get("toxicity_sem")), baseline.get("base") or {},
                                 baseline.get("dpo") or {})
@@ -205,9 +206,10 @@ def write_figures(cache_path: str | Path, folder: str | Path | None = None, neur
 def read_metadata(path: Path) -> dict:
     """The provenance a figure file carries (its Description, as JSON): for tests and for checking a figure."""
     if path.suffix == ".png":
-        from PIL import Image
+        from PIL import Image, PngImagePlugin
 
         with Image.open(path) as image:
+            assert isinstance(image, PngImagePlugin.PngImageFile)  # the figures' PNGs (their text chunks)
             return json.loads(image.text["Description"])
     text = path.read_text(encoding="utf-8")
     start = text.index("<dc:description>") + len("<dc:description>")

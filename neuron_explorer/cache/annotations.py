@@ -20,7 +20,7 @@ from typing import Any, SupportsInt, TypeVar
 
 from neuron_explorer.errors import UserError
 
-from .atomic import parse_json, sweep_stale_temporaries, write_json_atomically
+from .atomic import nearest_folder, parse_json, sweep_stale_temporaries, write_error, write_json_atomically
 from .schema import SIDECAR_SUFFIX
 
 SET_NAME_PATTERN = re.compile(r"[\w+↑↓-][\w.+↑↓-]{0,63}")
@@ -177,16 +177,12 @@ def check_writable(cache_path: str | Path, kinds: Iterable[str] = ("runs", "base
     after a long evaluation: create and remove a file in the nearest existing folder of each ``kind`` (creating no
     folder, so that a run that fails later leaves nothing behind)."""
     for kind in kinds:
-        folder = sidecar_dir(cache_path) / kind
-        existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
-        probe = existing / f".write-check.{os.getpid()}"
-        try:
-            probe.touch()
-            probe.unlink()
-        except OSError as error:
+        existing = nearest_folder(sidecar_dir(cache_path) / kind)
+        error = write_error(existing)
+        if error is not None:
             raise UserError(f"cannot store {kind} beside {cache_path} in {existing} ({error.strerror or error}): "
                             f"make that folder writable, or work on a copy of the cache in a folder you can "
-                            f"write") from None
+                            f"write")
 
 
 def _writable(cache_path: str | Path, kind: str) -> Path:

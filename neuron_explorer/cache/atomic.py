@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, NoReturn, TypedDict
@@ -90,6 +91,31 @@ def refuse_special_file(target: Path, advice: str = "choose another location") -
                         f"{advice}")
 
 
+def nearest_folder(path: Path) -> Path:
+    """``path`` or its nearest parent that exists: where the folders still missing on the path would be created."""
+    return next(folder for folder in (path, *path.parents) if folder.exists())
+
+
+def write_error(folder: Path) -> OSError | None:
+    """Why no file can be created in ``folder``, or None. Creating and removing one is the only test that also holds
+    for root and for read-only file systems; a command asks before its long work, not when it writes at the end."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".neuron-explorer-write-check.")
+    except OSError as error:
+        return error
+    os.close(handle)
+    os.unlink(probe)
+    return None
+
+
+def check_output_folder(target: Path, advice: str = "choose another -o path") -> None:
+    """The folder that will hold ``target`` exists, checked before a long run rather than at its end: the temporary
+    is written beside the target, and nothing here creates folders the user did not ask for."""
+    folder = Path(target).parent
+    if not folder.is_dir():
+        raise UserError(f"output folder {folder} does not exist: create it or {advice}")
+
+
 @contextmanager
 def atomic_path(target: Path, *, replace: bool = True, advice: str = "choose another location") -> Iterator[Path]:
     """Yield the temporary path for ``target`` (a file or a folder the body creates); move it into place on success.
@@ -150,6 +176,15 @@ def parse_json(text: str) -> object:
 def write_json_atomically(target: Path, payload: object, *, indent: int | None = 1,
                           **options: Unpack[AtomicOptions]) -> None:
     write_text_atomically(target, strict_json(payload, indent=indent), **options)
+
+
+def write_sorted_json_atomically(target: Path, payload: object) -> None:
+    """Python's JSON, keys sorted, indent 2, NaN kept, creating the folder: the build's work files and the provenance
+    beside a probe or pairs file. Only this tool reads them back; the build hashes their bytes, so this format stays
+    (a change would re-run every later stage), and an evaluation's NaN must read back as a float, not as null."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(target, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def strict_json(payload: object, indent: int | None = None) -> str:

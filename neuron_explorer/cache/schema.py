@@ -1,6 +1,8 @@
 """Names, shapes and versions of the HDF5 cache format (documented in docs/cache-format.md); where each lives in
 the file is `layout.py`."""
 
+import numpy as np
+
 from . import layout
 
 FORMAT_NAME = "neuron-explorer-cache"
@@ -16,6 +18,25 @@ REDUCING_GROUPS = ("TP↓", "TN↓", "AP↓", "AN↓")
 MIRROR_GROUPS = ("TP↑", "TN↑", "AP↑", "AN↑")
 GROUP_NAMES = REDUCING_GROUPS + MIRROR_GROUPS
 SIGN_CLASSES = ("TP", "TN", "AP", "AN")
+
+# The figures of one evaluation (engine/measure/evaluation.py): the columns of the cache's `evaluation` table and the
+# metrics of every baseline and run record.
+EVALUATION_METRICS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
+                      "check_toxicity", "check_toxicity_sem")
+# What a run adds from base and DPO evaluated with its settings (engine/patching/runs.recovered_metrics).
+RECOVERED_METRICS = ("recovered", "recovered_probe", "probe_change", "base_toxicity", "dpo_toxicity",
+                     "base_perplexity", "dpo_perplexity")
+# The metrics of a stored run record (the Runs screen's columns): the evaluation's, the probe projection, the
+# recovered fractions and the number of neurons the run changed.
+RUN_METRICS = (*EVALUATION_METRICS, "probe_projection", *RECOVERED_METRICS, "neurons")
+
+
+def sign_classes(cos: np.ndarray, act: np.ndarray) -> np.ndarray:
+    """int8 codes into `SIGN_CLASSES`: T(oxic-aligned) when cos > 0 else A(nti), P(ositively activated) when ā > 0
+    else N. The groups (statistics.assign_groups) and the tuning-free edit (Yang v3) classify neurons by this one
+    rule, each with its own cosine."""
+    return np.where(cos > 0, np.where(act > 0, 0, 1), np.where(act > 0, 2, 3)).astype(np.int8)
+
 
 # Per-neuron float arrays, each of shape (n_layers, d_mlp), stored under /neurons.
 NEURON_COLUMNS = {

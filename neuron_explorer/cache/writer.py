@@ -31,7 +31,7 @@ from neuron_explorer import __version__
 from neuron_explorer.errors import UserError
 
 from . import layout, schema
-from .atomic import atomic_path, sweep_stale_temporaries
+from .atomic import atomic_path, check_output_folder, sweep_stale_temporaries
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -225,8 +225,7 @@ class CacheWriter:
         self._attributes: dict[tuple[str, str], object] = {}  # (object name, attribute) -> value written
 
     def __enter__(self) -> "CacheWriter":
-        if not self.path.parent.exists():
-            raise UserError(f"output folder {self.path.parent} does not exist: create it or choose another -o path")
+        check_output_folder(self.path)
         sweep_stale_temporaries(self.path.parent)
         with ExitStack() as stack:
             stack.enter_context(_interrupts_held_inside_hdf5(self._held_signals))

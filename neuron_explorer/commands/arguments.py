@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import os
 import stat
-import tempfile
 from pathlib import Path
 
+from neuron_explorer.cache.atomic import check_output_folder, nearest_folder, write_error
 from neuron_explorer.errors import UserError
 
 
@@ -31,8 +31,10 @@ def output_file(text: str) -> Path:
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
         raise argparse.ArgumentTypeError(f"{path} is not a regular file (a device, pipe or socket), and writing "
                                          f"would replace it: give a file name")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist: create it or write elsewhere")
+    try:
+        check_output_folder(path, "write elsewhere")
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     _check_writable(path.parent)
     return path
 
@@ -40,7 +42,7 @@ def output_file(text: str) -> Path:
 def output_folder(text: str) -> Path:
     """A folder to create or fill: the nearest existing folder on its path accepts new files."""
     path = Path(text).expanduser()
-    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    existing = nearest_folder(path)
     if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder: write elsewhere")
     _check_writable(existing)
@@ -86,10 +88,6 @@ def _same(first: Path, second: Path) -> bool:
 def _flag(action: argparse.Action) -> str:
     return action.option_strings[-1] if action.option_strings else action.dest
 def _check_writable(folder: Path) -> None:
-    """Create and remove a file in `folder`: the only test that also holds for root and read-only file systems."""
-    try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".neuron-explorer-write-check.")
-    except OSError as error:
-        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({error.strerror}): write elsewhere") from None
-    os.close(handle)
-    os.unlink(probe)
+    error = write_error(folder)
+    if error is not None:
+        raise argparse.ArgumentTypeError(f"cannot write into {folder} ({error.strerror}): write elsewhere")

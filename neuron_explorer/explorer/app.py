@@ -11,14 +11,20 @@ exit code 2, never a traceback inside a half-drawn terminal.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
 from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
+from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from neuron_explorer.cache.reader import neuron_id
@@ -66,8 +72,9 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         Binding("slash", "jump", "jump", show=False, id="app.jump", tooltip="jump to a neuron such as L12/N345"),
         Binding("q", "quit", "quit", id="app.quit", tooltip="quit (asks first while a patch run is running)"),
     ]
-    STORE_MODES = {"overview": OverviewScreen, "neurons": NeuronsScreen, "clusters": ClustersScreen,
-                   "runs": RunsScreen, "lab": LabScreen, "beyond": BeyondScreen}
+    STORE_MODES: ClassVar[dict[str, Callable[[Store], Screen]]] = {
+        "overview": OverviewScreen, "neurons": NeuronsScreen, "clusters": ClustersScreen,
+        "runs": RunsScreen, "lab": LabScreen, "beyond": BeyondScreen}
 
     # What the screens watch. `view_row` is set on every change of the Store's view (always_update: the same row
     # twice still redraws); its value is the row the neuron table's cursor goes to (None: the top).
@@ -110,7 +117,7 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         assert self.store is not None
         self.sub_title = self.store.path.name
         for mode, screen in self.STORE_MODES.items():
-            self.add_mode(mode, lambda screen=screen: screen(self.store))
+            self.add_mode(mode, partial(screen, self.store))
         self.switch_mode("overview")
         self.load_neurons()
 
@@ -169,7 +176,7 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         self.push_screen(ConfirmDialog(f"Quit and stop {len(running)} running patch "
                                        f"run{'' if len(running) == 1 else 's'} ({names})? Nothing of "
                                        f"{'it' if len(running) == 1 else 'them'} is stored."),
-                         lambda yes: yes and self.exit())
+                         lambda yes: self.exit() if yes else None)
 
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
@@ -180,7 +187,8 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         super().notify(message, title=title, severity=severity, markup=False, **options)
 
     # -- navigation ----------------------------------------------------------------------------------------------
-    def action_back(self) -> None:
+    # (Textual's `App.action_back` is async; Textual runs either kind, and the lab screen calls this one directly)
+    def action_back(self) -> None:  # type: ignore[override]
         if len(self.screen_stack) > 1:
             self.pop_screen()
         elif self.current_mode != "overview":
@@ -199,7 +207,7 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         """What ``source`` ("selection", or a target's key: "group TP↓", "toxic:128", "groups:↓", "cluster 3",
         "set NAME") means as a patch request; ``inline`` gives the marked neurons as an ``ids:`` spec rather than a
         temporary file (for the lab's long-lived worker)."""
-        store = self.store
+        store = self.opened_store
         if source == "selection":
             if not store.marked:
                 raise UserError("no neurons are marked: mark some with space in the neuron table first")
@@ -229,7 +237,11 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         self._ask_and_launch(paper_request())
 
     def _ask_and_launch(self, request: PatchRequest, source: str | None = None) -> None:
-        self.push_screen(PatchDialog(request, source=source), lambda answer: answer and self.start_patch(answer))
+        def launch(answer: PatchRequest | None) -> None:
+            if answer:
+                self.start_patch(answer)
+
+        self.push_screen(PatchDialog(request, source=source), launch)
 
 
 def _declared(owner: type) -> list[Binding]:
@@ -239,8 +251,22 @@ def _declared(owner: type) -> list[Binding]:
     return [binding for binding in vars(owner).get("BINDINGS", []) if isinstance(binding, Binding)]
 
 
+def use_ordinary_pages() -> None:
+    """Keep numpy from asking for transparent huge pages, unless NUMPY_MADVISE_HUGEPAGE says otherwise.
+
+    numpy asks the kernel for huge pages for every array of 4 MB or more; where the kernel then compacts memory on the
+    spot to find them (THP defrag "madvise", a page cache full of a big cache file), each fresh 18 MB array of a
+    70B-sized view cost 40-160 ms instead of ~10, and the explorer makes such arrays on every sort. A process-wide
+    setting, so it is made where the explorer's process starts, not when a module that tests or scripts import loads.
+    """
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and hasattr(multiarray, "_set_madvise_hugepage"):
+        multiarray._set_madvise_hugepage(False)
+
+
 def run_explorer(path: str | Path | None) -> int:
     """Open ``path`` (or the default cache, building it first when missing) in the explorer; return an exit code."""
+    use_ordinary_pages()
     if path is not None:
         app = ExplorerApp(Store.open(path))  # a bad file raises UserError here, before the terminal is taken
     else:

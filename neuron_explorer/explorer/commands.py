@@ -104,13 +104,21 @@ def _lab_commands(app: "ExplorerApp", targets: list[Target]) -> list[Command]:
 class ExplorerCommands(Provider):
     """Offers `palette_commands`; fuzzy-matched on their names."""
 
+    def explorer(self) -> ExplorerApp:
+        """The app (`Provider.app` is any `App`); imported here: app.py imports this module."""
+        from .app import ExplorerApp
+
+        app = self.app
+        assert isinstance(app, ExplorerApp)
+        return app
+
     async def discover(self) -> Hits:
-        for name, callback, help_text in palette_commands(self.app):
+        for name, callback, help_text in palette_commands(self.explorer()):
             yield DiscoveryHit(name, callback, help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for name, callback, help_text in palette_commands(self.app):
+        for name, callback, help_text in palette_commands(self.explorer()):
             score = matcher.match(name)
             if score > 0:
                 yield Hit(score, matcher.highlight(name), callback, help=help_text)

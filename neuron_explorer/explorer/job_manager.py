@@ -10,17 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual import work
+from textual.reactive import reactive
 
+from .host import AppHost
 from .job_process import JobProcess, JobState
 from .jobs import PatchJob, PatchRequest, apply_event
 from .messages import JobEvent
 
 
-class JobManager:
+class JobManager(AppHost):
     """Patch runs launched in this session (`self.jobs`, oldest first), each started as `self.patch_command`."""
 
+    jobs: list[PatchJob]
+    patch_command: tuple[str, ...]
+    jobs_version: reactive[int]  # the app's counters (see `ExplorerApp`) that these bump
+    runs_version: reactive[int]
+
     def start_patch(self, request: PatchRequest) -> PatchJob:
-        process = JobProcess([*self.patch_command, *request.argv(self.store.path)], self.post_message,
+        process = JobProcess([*self.patch_command, *request.argv(self.opened_store.path)], self.post_message,
                              what="the run")
         job = PatchJob(number=len(self.jobs) + 1, request=request, process=process)
         self.jobs.append(job)

@@ -10,26 +10,36 @@ reads the worker's events.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import work
+from textual.reactive import reactive
 
-from neuron_explorer.cache import annotations
+from neuron_explorer.cache import annotations as sidecar
 from neuron_explorer.cache.atomic import write_json_atomically
 from neuron_explorer.errors import UserError
 from neuron_explorer.spec.intervention import Intervention
 
 from .formatting import short_text
+from .host import AppHost
 from .job_process import JobProcess, JobState
 from .jobs import PatchRequest
-from .lab_client import LabTry
+from .lab_client import LabClient, LabTry
 from .messages import JobEvent
 from .screens.dialogs import ChoiceDialog, PromptDialog
 from .screens.patch import PatchDialog
 from .targets import patch_targets
 
 
-class LabManager:
+class LabManager(AppHost):
     """The lab's worker and tries live in `self.lab` (a `LabClient`)."""
+
+    lab: LabClient
+    lab_version: reactive[int]  # the app's reactives (see `ExplorerApp`) that these set
+    lab_prompt: reactive[str]
+
+    if TYPE_CHECKING:
+        def patch_request(self, source: str, inline: bool = False) -> PatchRequest: ...  # `ExplorerApp`'s
 
     def _show_lab(self) -> None:
         if self.current_mode != "lab":
@@ -42,7 +52,7 @@ class LabManager:
             self.start_lab_worker()
 
     def start_lab_worker(self) -> None:
-        self.follow_lab_worker(self.lab.start(self.store.path, self.post_message))
+        self.follow_lab_worker(self.lab.start(self.opened_store.path, self.post_message))
         self.lab_version += 1
 
     @work(thread=True, group="lab", exit_on_error=False, description="the prompt lab's model worker")
@@ -92,7 +102,7 @@ class LabManager:
     def lab_ask_prompt(self) -> None:
         self._show_lab()
         last = self.lab.history[-1].request.prompt if self.lab.history else ""
-        self.push_screen(PromptDialog("Run in the lab", value=last), lambda text: text and self.lab_run(text))
+        self.push_screen(PromptDialog("Run in the lab", value=last), lambda text: self.lab_run(text) if text else None)
 
     def lab_cancel(self) -> None:
         """Cancel the running request."""
@@ -105,9 +115,9 @@ class LabManager:
     def lab_pick_prompt(self) -> None:
         """Choose a statistics prompt of the cache or a stored run's sample prompt, and run it."""
         self._show_lab()
-        prompts = {f"cache-{number}": text for number, text in enumerate(self.store.reader.prompt_texts())}
+        prompts = {f"cache-{number}": text for number, text in enumerate(self.opened_store.reader.prompt_texts())}
         choices = [(f"cache  {short_text(text, 100)}", key) for key, text in prompts.items()]
-        for run in annotations.list_runs(self.store.path):
+        for run in sidecar.list_runs(self.opened_store.path):
             for number, sample in enumerate(run.samples):
                 if sample.get("prompt"):
                     key = f"run-{run.run_id}-{number}"
@@ -117,7 +127,7 @@ class LabManager:
             self.notify("this cache stores no prompts, and no run has samples", severity="warning")
             return
         self.push_screen(ChoiceDialog("Run a prompt of the cache or of a stored run", choices),
-                         lambda key: key and self.lab_run(prompts[key]))
+                         lambda key: self.lab_run(prompts[key]) if key else None)
 
     def lab_show_history(self) -> None:
         """Choose one of this session's tries: its stored answer shows again, its prompt goes back in the input."""
@@ -128,7 +138,7 @@ class LabManager:
         tries = {str(attempt.request.id): attempt for attempt in self.lab.history}
         choices = [(describe_try(attempt), key) for key, attempt in reversed(tries.items())]
         self.push_screen(ChoiceDialog("Re-open a try of this session", choices),
-                         lambda key: key and self.lab_reopen(tries[key]))
+                         lambda key: self.lab_reopen(tries[key]) if key else None)
 
     def lab_reopen(self, attempt: LabTry) -> None:
         if attempt.result is not None:
@@ -158,7 +168,7 @@ class LabManager:
             self.notify(f"wrote lab #{shown.request.id} to {target}")
 
         self.push_screen(PromptDialog("Export the lab's answer to",
-                                      value=f"{self.store.path.stem}-lab-{shown.request.id}.json"), export)
+                                      value=f"{self.opened_store.path.stem}-lab-{shown.request.id}.json"), export)
 
     # -- the intervention ---------------------------------------------------------------------------------------
     def lab_apply(self, source: str) -> None:
@@ -184,10 +194,10 @@ class LabManager:
     def lab_choose_target(self) -> None:
         """Choose what the patched run patches: the marked neurons or one of the palette's targets."""
         self._show_lab()
-        choices = [(f"the marked neurons ({len(self.store.marked):,})", "selection")]
-        choices += [(target.title, target.key) for target in patch_targets(self.store)]
+        choices = [(f"the marked neurons ({len(self.opened_store.marked):,})", "selection")]
+        choices += [(target.title, target.key) for target in patch_targets(self.opened_store)]
         self.push_screen(ChoiceDialog("Patch in the lab's patched run", choices),
-                         lambda source: source and self.lab_apply(source))
+                         lambda source: self.lab_apply(source) if source else None)
 
     def lab_clear_intervention(self) -> None:
         self.lab.intervention = None

@@ -7,7 +7,6 @@ The neuron table reads any `NeuronSource`: the Store's view, or a lab prompt's t
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -18,21 +17,13 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from neuron_explorer.cache import annotations
+from neuron_explorer.cache import annotations as sidecar
 from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 from neuron_explorer.cache.schema import NEURON_COLUMNS, REDUCING_GROUPS
+from neuron_explorer.engine.lab.protocol import PROMPT_NEURON_COLUMNS
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
-
-# numpy asks the kernel for transparent huge pages for every array of 4 MB or more; where the kernel then compacts
-# memory on the spot to find them (THP defrag "madvise", a page cache full of a big cache file), each fresh 18 MB
-# array of a 70B-sized view cost 40-160 ms instead of ~10, and the explorer makes such arrays on every sort. Ordinary
-# pages, unless NUMPY_MADVISE_HUGEPAGE says otherwise.
-_multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
-if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and hasattr(_multiarray, "_set_madvise_hugepage"):
-    _multiarray._set_madvise_hugepage(False)
-
 
 @dataclass(frozen=True)
 class Column:
@@ -201,6 +192,8 @@ class NeuronSource(Protocol):
     def neuron_at(self, row: int) -> tuple[int, int] | None: ...
 
     def toggle_mark(self, layer: int, index: int) -> bool: ...
+
+    def sort_by(self, column: str, descending: bool | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -375,7 +368,7 @@ class Store:
         layers, indices = np.divmod(self.positions, self.info.d_mlp)
         return list(zip(layers.tolist(), indices.tolist()))
 
-    def save_set(self, name: str, source: str) -> annotations.NeuronSet:
+    def save_set(self, name: str, source: str) -> sidecar.NeuronSet:
         """Save ``source`` ("selection", "view", "group TP↓" or "cluster 3") as the named neuron set."""
         if source == "selection":
             neurons, description = sorted(self.marked), f"selection of {len(self.marked)} neurons"
@@ -387,7 +380,7 @@ class Store:
             raise UserError(f"cannot save '{source}' as a set")
         if not neurons:
             raise UserError(f"nothing to save: the {source} holds no neurons")
-        return annotations.save_set(self.path, name, neurons, description)
+        return sidecar.save_set(self.path, name, neurons, description)
 
     def export(self, path: str | Path) -> Path:
         """Write the current view to CSV or Parquet, chosen by the file's extension."""
@@ -417,16 +410,14 @@ class Store:
         return str(self.path.with_name(f"{slug}.{extension}"))
 
 
-# The lab's per-prompt columns (the rest of a PromptNeurons row is the cache's).
-PROMPT_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution", "activation_term", "weight_term")
-
-
 class PromptNeurons:
     """One lab prompt's top neurons as a neuron-table source: this prompt's activations and Δ (the worker's
     `neurons` columns) beside the cache's columns of the same neurons (group, cosines, cluster). It sorts itself,
     never the Store's view; its marks are the Store's, so a neuron marked here is marked everywhere."""
 
     empty_text = "no neurons yet: run a prompt (enter) and its top neurons by Δ and |δ| show here"
+    sort_column: str  # set by `sort_by`
+    descending: bool
 
     def __init__(self, store: Store, neurons: dict | None = None) -> None:
         self.store = store
@@ -439,8 +430,9 @@ class PromptNeurons:
         assert store.frame is not None
         layers = np.asarray(neurons["layer"], dtype=np.int64)
         positions = layers * store.info.d_mlp + np.asarray(neurons["neuron"], dtype=np.int64)
-        cached = store.frame[positions].drop(PROMPT_COLUMNS, strict=False)
-        return cached.with_columns(pl.Series(name, neurons[name], dtype=pl.Float64) for name in PROMPT_COLUMNS)
+        cached = store.frame[positions].drop(PROMPT_NEURON_COLUMNS, strict=False)
+        return cached.with_columns(pl.Series(name, neurons[name], dtype=pl.Float64)
+                                   for name in PROMPT_NEURON_COLUMNS)
 
     @property
     def row_count(self) -> int:
@@ -453,6 +445,7 @@ class PromptNeurons:
     def neuron_at(self, row: int) -> tuple[int, int] | None:
         if not 0 <= row < self.row_count:
             return None
+        assert self._sorted is not None  # a row was in range
         return int(self._sorted["layer"][row]), int(self._sorted["neuron"][row])
 
     def toggle_mark(self, layer: int, index: int) -> bool:

@@ -11,11 +11,12 @@ from textual.widgets import DataTable, ProgressBar, Select
 
 from neuron_explorer.spec.intervention import PaperPreset
 from neuron_explorer.cache import annotations
+from neuron_explorer.cache.schema import RUN_METRICS
 from neuron_explorer.cli import build_parser
 from neuron_explorer.explorer.commands import palette_commands
 from neuron_explorer.explorer.screens.dialogs import ChoiceDialog, ConfirmDialog, PromptDialog
 from neuron_explorer.explorer.screens.patch import JobRow, PatchDialog
-from neuron_explorer.explorer.screens.runs import RunsScreen
+from neuron_explorer.explorer.screens.runs import FORMATS, HEADERS, HIDDEN, PREFERRED, RunsScreen
 from neuron_explorer.explorer.widgets.recovered_chart import RecoveredChart, chart_line
 from neuron_explorer.figures import RecoveredRow
 
@@ -76,6 +77,14 @@ async def test_P_on_the_empty_runs_screen_runs_the_papers_comparison_as_one_job(
                               + recovered ** 2 * FAKE_DPO["toxicity_sem"] ** 2) / gap
             line = next(line for line in chart.splitlines() if line.startswith(label[:20]))
             assert line.rstrip().endswith(f"{recovered:+.0%} ± {error:.1%}"), line
+
+
+def test_the_runs_table_names_only_columns_a_row_can_have():
+    """The columns the Runs screen orders, hides, heads and formats are run metrics (cache.schema) or a row's name,
+    mode, positions and a baseline's perplexity pass: a metric renamed there fails here instead of showing raw."""
+    named = {*PREFERRED, *HIDDEN, *HEADERS, *FORMATS}
+    known = {*RUN_METRICS, "name", "mode", "positions", "perplexity_pass"}
+    assert named <= known, named - known
 
 
 def test_a_chart_line_puts_the_bar_and_the_whisker_where_the_numbers_say():

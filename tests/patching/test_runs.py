@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_explorer.cache import annotations
+from neuron_explorer.cache import annotations, schema
 from neuron_explorer.cache.provenance import sha256_file, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
@@ -91,9 +91,7 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     assert sha256_file(cache_copy) == before  # the statistics file is only read
     stored = annotations.load_run(cache_copy, run.run_id)
     assert stored.metrics["neurons"] == run.metrics["neurons"] > 0
-    for key in ("toxicity", "perplexity", "f1", "probe_projection", "probe_change", "recovered", "base_toxicity",
-                "dpo_toxicity", "n_prompts", "n_tokens", "n_f1"):
-        assert key in stored.metrics
+    assert set(stored.metrics) == set(schema.RUN_METRICS)
     assert stored.metrics["n_prompts"] == 4 and stored.metrics["n_f1"] == 3
     assert stored.settings["mode"] == "patch-mean" and stored.settings["sets"] == ["group:TP↓"]
     assert sum(stored.settings["layers"].values()) == run.metrics["neurons"]
@@ -143,6 +141,7 @@ def test_recovered_on_hand_built_numbers():
     base = {"toxicity": 0.40, "probe_projection": 2.0, "perplexity": 17.0}
     dpo = {"toxicity": 0.10, "probe_projection": -1.0, "perplexity": 18.0}
     half = recovered_metrics(base, dpo, {"toxicity": 0.25, "probe_projection": 1.25})
+    assert tuple(half) == schema.RECOVERED_METRICS
     assert half["recovered"] == pytest.approx(0.5)  # 0.15 of DPO's 0.30
     assert half["recovered_probe"] == pytest.approx(0.25)  # 0.75 of DPO's 3.0
     assert half["probe_change"] == pytest.approx(-0.75)

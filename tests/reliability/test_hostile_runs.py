@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+import tempfile
 
 import h5py
 import pytest
@@ -40,7 +40,7 @@ def recording_hub_models(good_cache, folder):
 
 @pytest.mark.parametrize("argv", [
     ["lab", "{cache}", "--prompt", "You are", "--device", "cpu"],
-    ["patch", "{cache}", "--set", "group:TP↓", "--mode", "zero-ablate", "--no-save", "--device", "cpu",
+    ["patch", "{cache}", "--set", "top:4:|contribution|", "--mode", "zero-ablate", "--no-save", "--device", "cpu",
      "--in-sample"],
 ])
 def test_a_hub_model_named_by_the_cache_is_never_fetched(good_cache, tmp_path, argv, capsys, monkeypatch):
@@ -78,14 +78,14 @@ def test_a_read_only_sidecar_check_fails_in_one_line(good_cache, tmp_path, monke
 
     cache = tmp_path / "cache.h5"
     shutil.copyfile(good_cache, cache)
-    real_touch = Path.touch
+    real_mkstemp = tempfile.mkstemp
 
-    def touch(self, *args, **kwargs):
-        if ".write-check." in self.name:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_touch(self, *args, **kwargs)
+    def mkstemp(*args, **kwargs):
+        if "write-check" in kwargs.get("prefix", ""):
+            raise PermissionError(13, "Permission denied", str(kwargs.get("dir")))
+        return real_mkstemp(*args, **kwargs)
 
-    monkeypatch.setattr(Path, "touch", touch)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     with pytest.raises(UserError, match="cannot store runs beside .*Permission denied") as refused:
         annotations.check_writable(cache)
     assert "\n" not in str(refused.value)

@@ -198,15 +198,51 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     Checkpoints go to `work_dir/checkpoints`; a run with the same settings resumes from the newest one, a run with
     different settings starts over (the old checkpoints are removed). `on_trainer(trainer)` runs after training
     (tests use it to inspect the policy and the reference)."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
-    from trl import DPOConfig, DPOTrainer
+    from neuron_explorer.engine.model.loading import resolve_device
 
-    from neuron_explorer.engine.model.loading import refuse_custom_code, resolve_device
+    policy, train_rows, eval_rows = _checked_inputs(settings)
+    device = resolve_device(settings.device)
+    work = Path(settings.work_dir).expanduser()
+    checkpoints = work / "checkpoints"
+    config = _dpo_config(settings, checkpoints, has_eval=len(eval_rows) > 0, on_cpu=device == "cpu")
+    # The config set up accelerate's state. Under `accelerate launch` the main process alone prepares the checkpoint
+    # folder, reports and writes; the others look for the checkpoint to resume from once it is done (when nothing is
+    # left to set aside) and wait for the tuned model at the end.
+    main, world_size = config.process_index == 0, config.world_size
+    if world_size > 1 and ":" in device:
+        raise UserError(f"--device {settings.device} picks one device, but under `accelerate launch` each process "
+                        f"takes its own from accelerate: pass --device auto, cuda or cpu")
+    say = printer if main else lambda line: None
+    last = _prepare_checkpoints(config, settings, work, checkpoints, resume, say)
+    trainer = _trainer(config, settings, policy, train_rows, eval_rows, [_progress_callback(say), *callbacks])
+    start = time.time()
+    _train(trainer, config, last, settings.training.max_steps, say)
+    seconds = time.time() - start
+    if on_trainer is not None:
+        on_trainer(trainer)
+    kept_step, kept_loss = _kept(trainer.state, config.load_best_model_at_end)
+    result = DPOResult(output=Path(settings.output).expanduser(), steps=trainer.state.global_step,
+                       kept_step=kept_step, kept_eval_loss=kept_loss,
+                       stopped_early=trainer.state.global_step < settings.training.max_steps, resumed_from=last,
+                       n_train_pairs=len(train_rows), n_eval_pairs=len(eval_rows), seconds=seconds,
+                       world_size=world_size,
+                       effective_batch=(settings.training.batch_size * world_size
+                                        * settings.training.gradient_accumulation),
+                       main_process=main, log=list(trainer.state.log_history))
+    _write_tuned(trainer, config, settings, result)
+    if main and not keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        for aside in work.glob("checkpoint-*.incomplete"):  # set aside by an interrupted run; of no use now
+            shutil.rmtree(aside, ignore_errors=True)
+    return result
+
+
+def _checked_inputs(settings: DPOSettings) -> tuple[Path, list[dict], list[dict]]:
+    """The policy folder and the pairs split into training and held-out rows, refused in one line before anything
+    loads: a folder that is not a safetensors model, custom code, too few pairs."""
     from neuron_explorer.engine.alignment.pairs import load_pairs
+    from neuron_explorer.engine.model.loading import refuse_custom_code
 
-    training = settings.training
     policy = Path(settings.policy).expanduser()
     if not (policy / "config.json").exists():
         raise UserError(f"the policy {policy} is not a local model folder (no config.json): DPO trains from a "
@@ -215,31 +251,31 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     pairs = load_pairs(settings.pairs)
     if len(pairs) < 2:
         raise UserError(f"{settings.pairs} holds {len(pairs)} pair(s): DPO needs at least 2")
-    train_rows, eval_rows = _split_pairs(pairs, training.eval_pairs, settings.seed)
+    return (policy, *_split_pairs(pairs, settings.training.eval_pairs, settings.seed))
 
-    device = resolve_device(settings.device)
-    on_cpu = device == "cpu"
-    work = Path(settings.work_dir).expanduser()
-    checkpoints = work / "checkpoints"
 
-    has_eval = len(eval_rows) > 0
-    eval_steps = max(1, training.eval_steps)
+def _dpo_config(settings: DPOSettings, checkpoints: Path, *, has_eval: bool, on_cpu: bool):
+    """trl's DPOConfig for `settings`: sigmoid loss in float32, evaluated and saved every `eval_steps` when there
+    are held-out pairs, keeping the best evaluated step."""
+    from trl import DPOConfig
+
+    eval_steps = max(1, settings.training.eval_steps)
     # Saved where evaluated: the best step is kept only if its checkpoint exists (the Trainer otherwise keeps an
     # earlier saved one while reporting the best step's loss).
-    save_steps = eval_steps if has_eval else max(1, training.save_steps)
-    config = DPOConfig(
+    save_steps = eval_steps if has_eval else max(1, settings.training.save_steps)
+    return DPOConfig(
         output_dir=str(checkpoints),
-        beta=training.beta,
+        beta=settings.training.beta,
         loss_type=["sigmoid"],
-        learning_rate=training.learning_rate,
-        optim=training.optimizer,
-        lr_scheduler_type="constant_with_warmup" if training.warmup_steps else "constant",
-        warmup_steps=training.warmup_steps,
+        learning_rate=settings.training.learning_rate,
+        optim=settings.training.optimizer,
+        lr_scheduler_type="constant_with_warmup" if settings.training.warmup_steps else "constant",
+        warmup_steps=settings.training.warmup_steps,
         max_grad_norm=settings.max_grad_norm,
-        max_steps=training.max_steps,
-        per_device_train_batch_size=training.batch_size,
-        per_device_eval_batch_size=max(training.batch_size, 8),
-        gradient_accumulation_steps=training.gradient_accumulation,
+        max_steps=settings.training.max_steps,
+        per_device_train_batch_size=settings.training.batch_size,
+        per_device_eval_batch_size=max(settings.training.batch_size, 8),
+        gradient_accumulation_steps=settings.training.gradient_accumulation,
         activation_checkpointing=settings.activation_checkpointing,  # trl's default is on, under the old name
         max_length=settings.max_length,
         eval_strategy="steps" if has_eval else "no",
@@ -250,7 +286,7 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         load_best_model_at_end=has_eval,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        logging_steps=max(1, min(10, training.eval_steps)),
+        logging_steps=max(1, min(10, settings.training.eval_steps)),
         logging_first_step=True,
         report_to="none",
         disable_tqdm=True,
@@ -264,23 +300,34 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         data_seed=settings.seed,
         precompute_ref_log_probs=False,
     )
-    # The config set up accelerate's state. Under `accelerate launch` the main process alone prepares the checkpoint
-    # folder, reports and writes; the others look for the checkpoint to resume from once it is done (when nothing is
-    # left to set aside) and wait for the tuned model at the end.
-    main, world_size = config.process_index == 0, config.world_size
-    if world_size > 1 and ":" in device:
-        raise UserError(f"--device {settings.device} picks one device, but under `accelerate launch` each process "
-                        f"takes its own from accelerate: pass --device auto, cuda or cpu")
-    say = printer if main else lambda line: None
+
+
+def _prepare_checkpoints(config, settings: DPOSettings, work: Path, checkpoints: Path, resume: bool,
+                         say) -> str | None:
+    """The checkpoint to resume from, or None. The main process first removes the checkpoints of a run with other
+    settings or another number of processes (its steps saw other pairs) and records this run's; every process then
+    looks for the newest complete checkpoint."""
     with config.main_process_first(local=False, desc="preparing the checkpoint folder"):
-        if main:
+        if config.process_index == 0:
             run_file = work / RUN_FILE
-            if _previous_run(run_file) != (settings.key(), world_size) or not resume:
+            if _previous_run(run_file) != (settings.key(), config.world_size) or not resume:
                 shutil.rmtree(checkpoints, ignore_errors=True)
             checkpoints.mkdir(parents=True, exist_ok=True)
-            run_file.write_text(json.dumps({"key": settings.key(), "world_size": world_size,
+            run_file.write_text(json.dumps({"key": settings.key(), "world_size": config.world_size,
                                             "settings": flat_record(settings)}, indent=2))
-        last = last_complete_checkpoint(checkpoints, say) if resume else None
+        return last_complete_checkpoint(checkpoints, say) if resume else None
+
+
+def _trainer(config, settings: DPOSettings, policy: Path, train_rows: list[dict], eval_rows: list[dict],
+             callbacks: list):
+    """The DPOTrainer: the policy and a frozen copy of it as the reference, both float32, with early stopping on
+    the held-out loss when there are held-out pairs."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import DPOTrainer
+
     tokenizer = AutoTokenizer.from_pretrained(policy, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -288,10 +335,9 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     reference = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32, trust_remote_code=False)
     reference.requires_grad_(False)
     reference.eval()
-
-    all_callbacks = [_progress_callback(say), *callbacks]
-    if has_eval and training.patience > 0:
-        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.patience))
+    has_eval = len(eval_rows) > 0
+    if has_eval and settings.training.patience > 0:
+        callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=settings.training.patience)]
     trainer = DPOTrainer(
         model=model,
         ref_model=reference,
@@ -299,53 +345,48 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
-        callbacks=all_callbacks,
+        callbacks=callbacks,
     )
-    from transformers.trainer_callback import PrinterCallback
-
     trainer.remove_callback(PrinterCallback)  # our Progress callback prints one line per log instead of raw dicts
-    start = time.time()
-    if last and _training_finished(Path(last), training.max_steps):
+    return trainer
+
+
+def _train(trainer, config, last: str | None, max_steps: int, say) -> None:
+    """Train, resuming from `last`; a run killed after its last step is restored, not trained further."""
+    if last and _training_finished(Path(last), max_steps):
         # Killed after the last step, before the tuned model was in place. Trainer.train resumed from here would
         # take one step more than --steps, so the model is taken as training left it.
         say(f"training had finished at {last}: writing the tuned model from it")
         _restore_finished(trainer, Path(last), config.load_best_model_at_end)
-    else:
-        if last:
-            say(f"resuming DPO from {last}")
-        trainer.train(resume_from_checkpoint=last)
-    seconds = time.time() - start
-    if on_trainer is not None:
-        on_trainer(trainer)
-    state = trainer.state
-    stopped_early = state.global_step < training.max_steps
+        return
+    if last:
+        say(f"resuming DPO from {last}")
+    trainer.train(resume_from_checkpoint=last)
 
-    output = Path(settings.output).expanduser()
-    trainer.model.config.use_cache = True
-    kept_step = _kept_step(state, config.load_best_model_at_end)
+
+def _kept(state, best_at_end: bool) -> tuple[int, float | None]:
+    """The step whose weights are written and its held-out loss; with `best_at_end` that must be the best evaluated
+    step, or its checkpoint went missing and the model is not the one reported."""
+    kept_step = _kept_step(state, best_at_end)
     kept_loss = next((entry["eval_loss"] for entry in state.log_history
                       if entry.get("step") == kept_step and "eval_loss" in entry), None)
-    if config.load_best_model_at_end and kept_loss != state.best_metric:
+    if best_at_end and kept_loss != state.best_metric:
         raise RuntimeError(f"DPO kept step {kept_step} (held-out loss {kept_loss}), not the best evaluated step "
                            f"{state.best_global_step} (loss {state.best_metric}): its checkpoint is missing")
-    result = DPOResult(output=output, steps=state.global_step, kept_step=kept_step, kept_eval_loss=kept_loss,
-                       stopped_early=stopped_early, resumed_from=last,
-                       n_train_pairs=len(train_rows), n_eval_pairs=len(eval_rows), seconds=seconds,
-                       world_size=world_size,
-                       effective_batch=training.batch_size * world_size * training.gradient_accumulation,
-                       main_process=main, log=list(state.log_history))
-    # Every process takes part in saving (FSDP and ZeRO-3 gather the weights from all of them); the main one writes.
-    with atomic_path(output, advice="choose another -o") if main else nullcontext() as partial:
+    return kept_step, kept_loss
+
+
+def _write_tuned(trainer, config, settings: DPOSettings, result: DPOResult) -> None:
+    """Write the tuned model atomically, with the tokenizer and a record of the settings and the training log.
+    Every process takes part in saving (FSDP and ZeRO-3 gather the weights from all of them); the main one writes,
+    and the others wait until it is in place (they may still be reading the best checkpoint)."""
+    main = config.process_index == 0
+    trainer.model.config.use_cache = True
+    with atomic_path(result.output, advice="choose another -o") if main else nullcontext() as partial:
         trainer.save_model(str(partial) if main else None)  # the best checkpoint's weights when load_best_model_at_end
         if main:
-            tokenizer.save_pretrained(str(partial))
+            trainer.processing_class.save_pretrained(str(partial))
             (partial / "neuron_explorer_dpo.json").write_text(json.dumps(
                 {"settings": flat_record(settings), "result": result.summary(), "log": result.log}, indent=2,
                 default=str))
-    # The others may still be reading the best checkpoint; they end once the tuned model is in place.
     config.distributed_state.wait_for_everyone()
-    if main and not keep_checkpoints:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        for aside in work.glob("checkpoint-*.incomplete"):  # set aside by an interrupted run; of no use now
-            shutil.rmtree(aside, ignore_errors=True)
-    return result

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuron_explorer.cache.atomic import write_text_atomically
+from neuron_explorer.cache.atomic import write_sorted_json_atomically, write_text_atomically
 from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.generation import generate_continuations
@@ -233,6 +233,6 @@ def _write_jsonl(path: Path, rows: list[dict], provenance: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    write_text_atomically(provenance_path(path), json.dumps(provenance, indent=2, sort_keys=True, default=str))
+    write_sorted_json_atomically(provenance_path(path), provenance)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuron_explorer.cache.atomic import atomic_path, write_text_atomically
+from neuron_explorer.cache.atomic import atomic_path, write_sorted_json_atomically
 from neuron_explorer.cache.provenance import sha256_texts
 from neuron_explorer.errors import UserError
 
@@ -253,7 +253,7 @@ def save_probe(fit: ProbeFit, path: str | Path, metadata: dict) -> Path:
     with atomic_path(path, advice="choose another -o") as temporary:
         save_file({"weight": torch.from_numpy(fit.weight), "bias": torch.tensor([fit.bias], dtype=torch.float32)},
                   str(temporary), metadata=header)
-    write_text_atomically(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_sorted_json_atomically(path.with_suffix(".json"), meta)
     return path
 
 

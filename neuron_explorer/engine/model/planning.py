@@ -15,7 +15,7 @@ import torch
 from neuron_explorer.errors import UserError
 
 from neuron_explorer.engine.model.architectures import architecture_for
-from neuron_explorer.engine.model.loading import resolve_device, resolve_dtype
+from neuron_explorer.engine.model.loading import check_same_shapes, resolve_device, resolve_dtype
 from neuron_explorer.spec.settings import EvaluationSettings, RecordingSettings
 
 GIB = 1024 ** 3
@@ -167,9 +167,7 @@ def plan_compute(base_spec: str, tuned_spec: str, recording: RecordingSettings, 
     from neuron_explorer.engine.model.loading import parse_max_memory
 
     base, tuned = model_size(base_spec), model_size(tuned_spec)
-    if (base.n_layers, base.d_mlp) != (tuned.n_layers, tuned.d_mlp):
-        raise UserError(f"the base and tuned models differ ({base.n_layers}×{base.d_mlp} vs "
-                        f"{tuned.n_layers}×{tuned.d_mlp} neurons): the tuned model must be a copy of the base")
+    check_same_shapes({"layers": base.n_layers, "d_mlp": base.d_mlp}, {"layers": tuned.n_layers, "d_mlp": tuned.d_mlp})
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     batch, tokens = recording.batch_size, recording.max_prompt_tokens + recording.new_tokens + 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from neuron_explorer.cache import layout
+from neuron_explorer.cache.atomic import check_output_folder
 from neuron_explorer.cache.provenance import software_versions
 from neuron_explorer.cache.writer import CacheWriter
 from neuron_explorer.errors import UserError
@@ -28,7 +30,7 @@ from neuron_explorer.engine.neurons.dynamics import checkpoint_contribution
 from neuron_explorer.engine.neurons.identity_check import (POOLING_TOLERANCE, check_identity, pooling_residuals,
                                                            sample_prompts)
 from neuron_explorer.engine.model.distributed import BatchGather, collective_seconds, current_ranks
-from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, load_model,
+from neuron_explorer.engine.model.loading import (EMBEDDED_BASE, EMBEDDED_TUNED, LoadedModel, check_pair, load_model,
                                                   parse_max_memory, weights_loaded)
 from neuron_explorer.engine.model.planning import LOGIT_LENS_CHUNK
 from neuron_explorer.engine.measure.probe import TOXIC_EMBEDDING, Probe, load_probe, seed_list_of, toxic_embedding_direction
@@ -85,106 +87,167 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
     goes to `report` (job events). Under torchrun every rank records its share of the batches and of the identity
     check's prompts and value vectors (`engine/model/distributed.py`); rank 0 alone writes and returns the result,
     the other ranks return None."""
-    ranks = current_ranks()
-    report = report if ranks.main else ignore
-    output = Path(settings.output).expanduser()
-    if not output.parent.exists():
-        raise UserError(f"output folder {output.parent} does not exist: create it or choose another -o path")
-    if settings.checkpoints and ranks.world_size > 1:
-        raise UserError("a series of checkpoints (--tuned A --tuned B …) runs in one process: drop torchrun or the "
-                        "earlier checkpoints")
-    if settings.device_map and ranks.world_size > 1:
-        raise UserError("--device-map spreads one model over the GPUs; under torchrun each process holds a whole "
-                        "model: drop one of them")
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
-    prompts, patch_prompts = hold_out_for_patching(prompts, settings.patch_holdout)
-    scorer = get_scorer(settings.detector_scorer) if ranks.main else None  # a missing scorer fails before recording
-    load = dict(device=ranks.device(settings.device), dtype=settings.dtype, device_map=settings.device_map,
-                max_memory=parse_max_memory(settings.max_memory))
-    pre = load_model(settings.base, **load)
-    dpo = load_model(settings.tuned, **load)
-    check_pair(pre, dpo)
-    probe = resolve_probe(settings.probe, pre)
-    unit = probe.unit
-    timings["load"] = time.perf_counter() - clock
-    n_layers, d_mlp, d_model = pre.arch.n_layers(pre.model), pre.arch.d_mlp(pre.model), pre.d_model
-    provenance = {
-        "base": pre.description, "tuned": dpo.description, "probe": probe.provenance(),
-        "prompts": prompts.provenance(), "settings": {k: str(v) if isinstance(v, Path) else v
-                                                      for k, v in flat_record(settings).items()},
-        "distributed": ranks.provenance(), "versions": software_versions(),
-    }
-    recordings = {}
-    sample = sample_prompts(len(prompts.texts), settings.identity_check)
-    scales_write = pre.arch.output_norm_path is not None
-    pooled = {name: PromptMeans(n_layers, d_mlp, scales_write, sample) for name in ("pre", "dpo")} \
-        if ranks.main else {}
+    return ComputeRun(settings, report).run(extra_tables or {})
 
-    def task(stage: str, total: int):
-        return Tracker(report, stage, total).advance
 
-    writing = CacheWriter(output, n_layers=n_layers, d_mlp=d_mlp, d_model=d_model, architecture=pre.arch.name,
-                          provenance=provenance) if ranks.main else nullcontext()
-    with writing as writer:
-        datasets = {name: writer.prompt_activations(name, len(prompts.texts)) for name in ("pre", "dpo")} \
+class ComputeRun:
+    """`run_compute`'s steps in the order they run, over the state they share: the loaded pair, the probe, the
+    prompts, and each step's seconds (`timings`, the result's `seconds`). Every rank runs the steps up to the
+    value-vector tokens on its share of the work; rank 0 alone then writes."""
+
+    def __init__(self, settings: ComputeSettings, report: Reporter) -> None:
+        self.settings = settings
+        self.ranks = ranks = current_ranks()
+        self.report = report if ranks.main else ignore
+        self.output = Path(settings.output).expanduser()
+        check_output_folder(self.output)
+        if settings.checkpoints and ranks.world_size > 1:
+            raise UserError("a series of checkpoints (--tuned A --tuned B …) runs in one process: drop torchrun or "
+                            "the earlier checkpoints")
+        if settings.device_map and ranks.world_size > 1:
+            raise UserError("--device-map spreads one model over the GPUs; under torchrun each process holds a whole "
+                            "model: drop one of them")
+        self.timings: dict[str, float] = {}
+        with self.timed("load"):
+            prompts = load_prompts(settings.prompts, column=settings.prompt_column, max_prompts=settings.max_prompts)
+            self.prompts, self.patch_prompts = hold_out_for_patching(prompts, settings.patch_holdout)
+            # a missing scorer fails before recording
+            self.scorer = get_scorer(settings.detector_scorer) if ranks.main else None
+            self.load = dict(device=ranks.device(settings.device), dtype=settings.dtype,
+                             device_map=settings.device_map, max_memory=parse_max_memory(settings.max_memory))
+            self.pre = load_model(settings.base, **self.load)
+            self.dpo = load_model(settings.tuned, **self.load)
+            check_pair(self.pre, self.dpo)
+            self.probe = resolve_probe(settings.probe, self.pre)
+            self.unit = self.probe.unit
+        pre = self.pre
+        self.n_layers, self.d_mlp, self.d_model = pre.arch.n_layers(pre.model), pre.arch.d_mlp(pre.model), pre.d_model
+        self.sample = sample_prompts(len(self.prompts.texts), settings.identity_check)
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Add the body's seconds to `timings[step]` (the statistics' weight work is timed in several parts)."""
+        clock = time.perf_counter()
+        yield
+        self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - clock
+
+    def task(self, stage: str, total: int):
+        return Tracker(self.report, stage, total).advance
+
+    def models(self) -> tuple[tuple[str, LoadedModel], ...]:
+        return ("pre", self.pre), ("dpo", self.dpo)
+
+    def run(self, extra_tables: dict[str, dict]) -> ComputeResult | None:
+        """Record, measure and (rank 0) write the cache with `extra_tables` beside the statistics."""
+        settings, ranks, pre, dpo = self.settings, self.ranks, self.pre, self.dpo
+        provenance = {
+            "base": pre.description, "tuned": dpo.description, "probe": self.probe.provenance(),
+            "prompts": self.prompts.provenance(), "settings": {k: str(v) if isinstance(v, Path) else v
+                                                               for k, v in flat_record(settings).items()},
+            "distributed": ranks.provenance(), "versions": software_versions(),
+        }
+        scales_write = pre.arch.output_norm_path is not None
+        pooled = {name: PromptMeans(self.n_layers, self.d_mlp, scales_write, self.sample) for name in ("pre", "dpo")} \
             if ranks.main else {}
-        for name, loaded in (("pre", pre), ("dpo", dpo)):
-            clock = time.perf_counter()
-            shared = name == "dpo" and settings.recording.shared_continuation
-            teacher = recordings["pre"].continuation_ids if shared else None
-            advance = task(f"recording {'base' if name == 'pre' else 'tuned'} model", len(prompts.texts))
+        writing = CacheWriter(self.output, n_layers=self.n_layers, d_mlp=self.d_mlp, d_model=self.d_model,
+                              architecture=pre.arch.name, provenance=provenance) if ranks.main else nullcontext()
+        with writing as writer:
+            datasets = {name: writer.prompt_activations(name, len(self.prompts.texts)) for name in ("pre", "dpo")} \
+                if ranks.main else {}
+            recordings = self.record(writer, datasets, pooled)
+            with self.timed("weights"):
+                weights = {name: probe_projections(loaded, self.unit) for name, loaded in self.models()}
+            with self.timed("identity"):
+                checks = self.identity_checks(recordings, weights, pooled)
+            with self.timed("weights"):
+                metrics = neuron_metrics(
+                    p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
+                    cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
+                    act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
+                    written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
+            with self.timed("lens"):
+                rule, tokens = self.value_vector_tokens(metrics)
+            if ranks.world_size > 1:
+                self.timings["of which collectives"] = collective_seconds()
+            if not ranks.main:
+                return None
 
-            def receive(batch, dataset=datasets.get(name), pool=pooled.get(name), advance=advance) -> None:
-                start, act, written, counts = batch
-                dataset[start:start + len(act)] = act.astype(np.float16)
-                pool.add(start, act, written, counts)
-                writer.check()
-                advance(len(act))
+            with self.timed("weights"):
+                layers, verdicts = self.layers_and_verdicts(metrics, recordings, weights, checks, pooled)
+                write_token_tables(writer, tokens, vocabulary(pre.tokenizer))
+                computed = int((tokens["top_tokens_pre"][..., 0] >= 0).sum())
+                writer.write_attrs({layout.LENS_RULE: rule.record(computed)}, layout.NEURONS)
+            with self.timed("statistics"):
+                continuations_pre = recordings["pre"].continuations or [""] * len(self.prompts.texts)
+                groups, summary = self.write_statistics(writer, metrics, layers, verdicts, recordings, checks,
+                                                        datasets, continuations_pre)
+                if self.patch_prompts is not None:
+                    writer.write_table(layout.PATCH_PROMPTS, self.patch_prompts["columns"], self.patch_prompts["attrs"])
+                for name, table in extra_tables.items():
+                    writer.write_table(name, table["columns"], table.get("attrs"))
+            if settings.difference_lens:
+                with self.timed("difference lens"):
+                    self.write_differences(writer, continuations_pre)
+            if settings.checkpoints:
+                with self.timed("dynamics"):
+                    self.write_dynamics(writer, recordings, weights, metrics)
+        return ComputeResult(path=self.output, summary=summary, groups=groups, layers=layers,
+                             identity_prompts=len(self.sample), checks=verdicts, seconds=self.timings)
 
-            gather = BatchGather(ranks, len(prompts.texts), settings.recording.batch_size, receive)
-            recording = record_model(loaded, prompts.texts, **record_options(settings.recording),
-                                     teacher_tokens=teacher, sink=lambda *batch: gather.send(batch), ranks=ranks)
-            gather.finish()
-            recordings[name] = recording.pooled(ranks)
-            timings[f"record_{name}"] = time.perf_counter() - clock
+    def record(self, writer, datasets: dict, pooled: dict) -> dict:
+        """Record both models (the tuned one on the base model's continuations with `shared_continuation`): the
+        running means the cache publishes, and on rank 0 each prompt's activations (float16, into the file) and
+        per-prompt means (the pooling check)."""
+        settings, recordings = self.settings, {}
+        for name, loaded in self.models():
+            with self.timed(f"record_{name}"):
+                shared = name == "dpo" and settings.recording.shared_continuation
+                teacher = recordings["pre"].continuation_ids if shared else None
+                advance = self.task(f"recording {'base' if name == 'pre' else 'tuned'} model",
+                                    len(self.prompts.texts))
 
-        clock = time.perf_counter()
-        weights = {name: probe_projections(loaded, unit) for name, loaded in (("pre", pre), ("dpo", dpo))}
-        timings["weights"] = time.perf_counter() - clock
+                def receive(batch, dataset=datasets.get(name), pool=pooled.get(name), advance=advance) -> None:
+                    start, act, written, counts = batch
+                    dataset[start:start + len(act)] = act.astype(np.float16)
+                    pool.add(start, act, written, counts)
+                    writer.check()
+                    advance(len(act))
 
-        clock = time.perf_counter()
-        checks = {name: check_identity(
-            loaded, prompts.texts, recordings[name], sample, unit, weights[name],
+                gather = BatchGather(self.ranks, len(self.prompts.texts), settings.recording.batch_size, receive)
+                recording = record_model(
+                    loaded, self.prompts.texts, **record_options(settings.recording),
+                    teacher_tokens=teacher, sink=lambda *batch: gather.send(batch), ranks=self.ranks)
+                gather.finish()
+                recordings[name] = recording.pooled(self.ranks)
+        return recordings
+
+    def identity_checks(self, recordings: dict, weights: dict, pooled: dict) -> dict:
+        """Σ Δ against the measured change of the MLP's write, per model, on the sample of prompts."""
+        ranks, settings = self.ranks, self.settings
+        return {name: check_identity(
+            loaded, self.prompts.texts, recordings[name], self.sample, self.unit, weights[name],
             pooled[name].written_mean("sample") if ranks.main else None, positions=settings.recording.positions,
             max_prompt_tokens=settings.recording.max_prompt_tokens, ranks=ranks,
-            advance=task(f"identity check ({'base' if name == 'pre' else 'tuned'})",
-                         len(sample[ranks.rank::ranks.world_size])))
-            for name, loaded in (("pre", pre), ("dpo", dpo))}
-        timings["identity"] = time.perf_counter() - clock
+            advance=self.task(f"identity check ({'base' if name == 'pre' else 'tuned'})",
+                              len(self.sample[ranks.rank::ranks.world_size])))
+            for name, loaded in self.models()}
 
-        clock = time.perf_counter()
-        metrics = neuron_metrics(
-            p_pre=weights["pre"]["p"], p_dpo=weights["dpo"]["p"], cos_pre=weights["pre"]["cos"],
-            cos_dpo=weights["dpo"]["cos"], value_cos=value_cosines(pre, dpo),
-            act_pre=recordings["pre"].act_mean, act_dpo=recordings["dpo"].act_mean,
-            written_pre=recordings["pre"].written_mean, written_dpo=recordings["dpo"].written_mean)
-        timings["weights"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        tokens, memos = {}, {"pre": lens_memo(pre), "dpo": lens_memo(dpo)}
-        rule = lens_rule(settings.lens, device=str(pre.device), n_layers=n_layers, d_mlp=d_mlp,
-                         vocab=pre.arch.unembedding(pre.model).shape[0], d_model=d_model,
+    def value_vector_tokens(self, metrics: dict):
+        """The lens rule (which neurons get their value vectors' tokens) and those tokens for both models: each rank
+        takes every world_size-th layer, rank 0 puts the layers back together (empty on the other ranks)."""
+        settings, ranks, pre, n_layers = self.settings, self.ranks, self.pre, self.n_layers
+        tokens, memos = {}, {"pre": lens_memo(pre), "dpo": lens_memo(self.dpo)}
+        rule = lens_rule(settings.lens, device=str(pre.device), n_layers=n_layers, d_mlp=self.d_mlp,
+                         vocab=pre.arch.unembedding(pre.model).shape[0], d_model=self.d_model,
                          memo_complete=all(memo_complete(memo, n_layers, settings.tokens_per_neuron)
                                            for memo in memos.values()))
         chosen = rule.neurons(metrics)
         my_layers = range(ranks.rank, n_layers, ranks.world_size)
-        for name, loaded in (("pre", pre), ("dpo", dpo)):
+        for name, loaded in self.models():
             found = value_tokens(loaded, settings.tokens_per_neuron, layers=my_layers, memo=memos[name],
                                  neurons=chosen,
-                                 advance=task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})",
-                                              len(my_layers)))
+                                 advance=self.task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})",
+                                                   len(my_layers)))
             parts = ranks.gather(found)
             if ranks.main:
                 for key in found:
@@ -192,13 +255,12 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                     for rank, part in enumerate(parts):
                         whole[rank::ranks.world_size] = part[key]
                     tokens[f"{key}_{name}"] = whole
-        timings["lens"] = time.perf_counter() - clock
-        if ranks.world_size > 1:
-            timings["of which collectives"] = collective_seconds()
-        if not ranks.main:
-            return None
+        return rule, tokens
 
-        clock = time.perf_counter()
+    def layers_and_verdicts(self, metrics: dict, recordings: dict, weights: dict, checks: dict,
+                            pooled: dict) -> tuple[dict, dict]:
+        """The per-layer columns (Σ Δ, the measured change, the identity's residuals) and the checks' verdicts: the
+        identity within its tolerance, and the published means against the per-prompt means in the file."""
         pooling = {name: published_against_prompts(recordings[name], pooled[name], weights[name]["p"])
                    for name in pooled}
         layers = layer_columns(metrics["contribution"], residual={name: checks[name].residual for name in checks},
@@ -209,20 +271,20 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
                                p={name: weights[name]["p"] for name in weights},
                                pooling={name: pooling[name]["sum"] for name in pooling})
         verdicts = {
-            "identity_dtype": str(pre.model.dtype).removeprefix("torch."),
+            "identity_dtype": str(self.pre.model.dtype).removeprefix("torch."),
             "identity_tolerance": checks["pre"].tolerance,
             "identity_passed": all(check.passed for check in checks.values()),
             "pooling_tolerance": POOLING_TOLERANCE,
             "pooling_relative": max(part["relative"] for part in pooling.values()),
         }
         verdicts["pooling_passed"] = verdicts["pooling_relative"] <= POOLING_TOLERANCE
-        write_token_tables(writer, tokens, vocabulary(pre.tokenizer))
-        computed = int((tokens["top_tokens_pre"][..., 0] >= 0).sum())
-        writer.write_attrs({layout.LENS_RULE: rule.record(computed)}, layout.NEURONS)
-        timings["weights"] += time.perf_counter() - clock
+        return layers, verdicts
 
-        clock = time.perf_counter()
-        continuations_pre = recordings["pre"].continuations or [""] * len(prompts.texts)
+    def write_statistics(self, writer, metrics: dict, layers: dict, verdicts: dict, recordings: dict, checks: dict,
+                         datasets: dict, continuations_pre: list[str]) -> tuple[dict, dict]:
+        """The prompts with the base continuations' scores, the probe, the neuron and layer statistics, groups and
+        clusters, and the protocol and the checks as attributes; returns the groups and the summary."""
+        settings, prompts, scorer = self.settings, self.prompts, self.scorer
         toxicity_pre = scorer.score(continuations_pre)
         writer.write_prompts({
             "text": prompts.texts,
@@ -231,43 +293,39 @@ def run_compute(settings: ComputeSettings, extra_tables: dict[str, dict] | None 
             "continuation_dpo": recordings["dpo"].continuations or [""] * len(prompts.texts),
             "toxicity_pre": toxicity_pre,
         })
-        writer.write_array(layout.PROBE_DIRECTION, probe.direction, probe.provenance())
+        writer.write_array(layout.PROBE_DIRECTION, self.probe.direction, self.probe.provenance())
         groups, summary = write_statistics(writer, metrics, layers, datasets["pre"], datasets["dpo"],
                                            toxicity_pre=toxicity_pre, scorer=scorer.name,
                                            cluster_top_k=settings.cluster_top_k, n_clusters=settings.n_clusters)
         writer.write_attrs({layout.POSITIONS: settings.recording.positions,
                             layout.PROTOCOL: protocol_description(settings)})
-        layer_attrs = {"identity_prompts": json.dumps(sample.tolist()), "identity_sample_size": len(sample),
+        layer_attrs = {"identity_prompts": json.dumps(self.sample.tolist()), "identity_sample_size": len(self.sample),
                        **verdicts}
         for name in ("pre", "dpo"):
             layer_attrs[f"n_positions_{name}"] = recordings[name].n_positions
             layer_attrs[f"identity_positions_{name}"] = checks[name].n_positions
         writer.write_attrs(layer_attrs, layout.LAYERS)
-        if patch_prompts is not None:
-            writer.write_table(layout.PATCH_PROMPTS, patch_prompts["columns"], patch_prompts["attrs"])
-        for name, table in (extra_tables or {}).items():
-            writer.write_table(name, table["columns"], table.get("attrs"))
-        timings["statistics"] = time.perf_counter() - clock
-        if settings.difference_lens:
-            clock = time.perf_counter()
-            sources = {"corpus": corpus_sequences(pre),
-                       "prompts": prompt_sequences(pre, prompts.texts, continuations_pre,
-                                                   settings.recording.max_prompt_tokens)}
-            for source, sequences in sources.items():
-                found = measure_difference(pre, dpo, sequences, source)
-                writer.write_table(layout.difference_path(source), found.arrays(pre, unit), found.attrs())
-            timings["difference lens"] = time.perf_counter() - clock
-        if settings.checkpoints:
-            clock = time.perf_counter()
-            steps = [checkpoint_contribution(spec, pre, recordings["pre"], weights["pre"], unit, load,
-                                             record_options(settings.recording), prompts.texts,
-                                             settings.recording.shared_continuation)
-                     for spec in settings.checkpoints]
-            write_dynamics(writer, [*settings.checkpoints, settings.tuned], [*steps, metrics["contribution"]],
-                           metrics["group"])
-            timings["dynamics"] = time.perf_counter() - clock
-    return ComputeResult(path=output, summary=summary, groups=groups, layers=layers, identity_prompts=len(sample),
-                         checks=verdicts, seconds=timings)
+        return groups, summary
+
+    def write_differences(self, writer, continuations_pre: list[str]) -> None:
+        """Where the pair differs, on the neutral corpus and on the prompts with the base continuations."""
+        pre = self.pre
+        sources = {"corpus": corpus_sequences(pre),
+                   "prompts": prompt_sequences(pre, self.prompts.texts, continuations_pre,
+                                               self.settings.recording.max_prompt_tokens)}
+        for source, sequences in sources.items():
+            found = measure_difference(pre, self.dpo, sequences, source)
+            writer.write_table(layout.difference_path(source), found.arrays(pre, self.unit), found.attrs())
+
+    def write_dynamics(self, writer, recordings: dict, weights: dict, metrics: dict) -> None:
+        """Σ Δ per group along the earlier checkpoints of the tuned model, then the tuned model itself."""
+        settings = self.settings
+        record = record_options(settings.recording)
+        steps = [checkpoint_contribution(spec, self.pre, recordings["pre"], weights["pre"], self.unit,
+                                         self.load, record, self.prompts.texts, settings.recording.shared_continuation)
+                 for spec in settings.checkpoints]
+        write_dynamics(writer, [*settings.checkpoints, settings.tuned], [*steps, metrics["contribution"]],
+                       metrics["group"])
 
 
 def published_against_prompts(recording, pool: PromptMeans, p: np.ndarray) -> dict:
@@ -349,19 +407,6 @@ def protocol_description(settings: ComputeSettings) -> str:
     if recording.shared_continuation:
         parts.append("the tuned model read the base model's continuation")
     return "; ".join(parts)
-
-
-def check_pair(pre: LoadedModel, dpo: LoadedModel) -> None:
-    """The two models must share architecture and every shape the statistics compare."""
-    def shape(loaded: LoadedModel) -> dict:
-        return {"architecture": loaded.arch.name, "layers": loaded.arch.n_layers(loaded.model),
-                "d_mlp": loaded.arch.d_mlp(loaded.model), "d_model": loaded.d_model,
-                "vocab": loaded.arch.unembedding(loaded.model).shape[0]}
-
-    a, b = shape(pre), shape(dpo)
-    if a != b:
-        diff = ", ".join(f"{key} {a[key]} vs {b[key]}" for key in a if a[key] != b[key])
-        raise UserError(f"the base and tuned models differ ({diff}): the tuned model must be a fine-tuned copy of the base")
 
 
 def resolve_probe(spec: str, base: LoadedModel) -> Probe:

@@ -22,10 +22,8 @@ def assign_groups(cos_pre: np.ndarray, act_pre: np.ndarray, act_shift: np.ndarra
     "reducing" when it moves the neuron's write along the probe down: activation falls (δ > 0) for the toxic-aligned
     classes TP and TN, rises (δ < 0) for the anti-toxic classes AP and AN. δ = 0 counts as not reducing.
     """
-    toxic = cos_pre > 0
-    positive = act_pre > 0
-    sign_class = np.where(toxic, np.where(positive, 0, 1), np.where(positive, 2, 3)).astype(np.int8)
-    reducing = np.where(toxic, act_shift > 0, act_shift < 0)
+    sign_class = schema.sign_classes(cos_pre, act_pre)
+    reducing = np.where(cos_pre > 0, act_shift > 0, act_shift < 0)
     return np.where(reducing, sign_class, sign_class + 4).astype(np.int8)
 
 

@@ -38,14 +38,18 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from neuron_explorer.cache.schema import SIGN_CLASSES, sign_classes
 from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.model.loading import execution_device, weights_loaded
+from neuron_explorer.engine.model.loading import check_pair, execution_device, weights_loaded
 from neuron_explorer.spec.intervention import INTERVENTION_POSITIONS, Positions
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
 
 ALL_POSITIONS_PASS = "one pass per window, the intervention at every position"
 NEWEST_AS_GENERATED_PASS = ("one pass per window, the intervention at every position: the same as scoring the window "
                             "token by token through the KV cache with the newest position edited, as in generation")
+# The sign classes whose mean write ā·cos points along the toxic direction: the tuning-free edit lowers their
+# activations and takes the fraction β of each by the highest |cos| (METHOD §4); AP and TN the other way round.
+WRITES_TOXIC = ("TP", "AN")
 
 
 @dataclass
@@ -289,16 +293,15 @@ def tuning_free_selection(act_pre: np.ndarray, cos_embedding: np.ndarray, beta: 
                           eligible: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Sign class -> boolean (n_layers, d_mlp) mask of the neurons the v3 edit clamps.
 
-    Sign classes from cos with the toxic embedding and ā_pre (TP: cos > 0, ā > 0; TN: cos > 0, ā ≤ 0; AP: cos ≤ 0,
-    ā > 0; AN: cos ≤ 0, ā ≤ 0). Within each class the fraction β is taken by |cos|: the highest for TP and AN, the
+    Sign classes (`schema.sign_classes`) from cos with the toxic embedding and ā_pre. Within each class the fraction β is taken by |cos|: the highest for TP and AN, the
     lowest for AP and TN (METHOD §4).
     """
     if not 0 < beta <= 1:
         from neuron_explorer.errors import UserError
 
         raise UserError(f"β = {beta} must be in (0, 1]: the fraction of each sign class to edit")
-    toxic, positive = cos_embedding > 0, act_pre > 0
-    classes = {"TP": toxic & positive, "TN": toxic & ~positive, "AP": ~toxic & positive, "AN": ~toxic & ~positive}
+    codes = sign_classes(cos_embedding, act_pre)
+    classes = {name: codes == code for code, name in enumerate(SIGN_CLASSES)}
     magnitude = np.abs(cos_embedding).ravel()
     out = {}
     for name, members in classes.items():
@@ -309,7 +312,7 @@ def tuning_free_selection(act_pre: np.ndarray, cos_embedding: np.ndarray, beta: 
         mask = np.zeros(act_pre.size, dtype=bool)
         if k:
             order = np.argsort(magnitude[positions], kind="stable")
-            take = order[::-1][:k] if name in ("TP", "AN") else order[:k]
+            take = order[::-1][:k] if name in WRITES_TOXIC else order[:k]
             mask[positions[take]] = True
         out[name] = mask.reshape(act_pre.shape)
     return out
@@ -326,7 +329,7 @@ def tuning_free(loaded, act_pre: np.ndarray, cos_embedding: np.ndarray, *, alpha
     factor = np.ones_like(act_pre)
     chosen = np.zeros(act_pre.shape, dtype=bool)
     for name, mask in classes.items():
-        factor[mask] = (1 - alpha) if name in ("TP", "AN") else (1 + alpha)
+        factor[mask] = (1 - alpha) if name in WRITES_TOXIC else (1 + alpha)
         chosen |= mask
     target = target * factor
     layers, indices = np.nonzero(chosen)
@@ -359,12 +362,7 @@ def patch_tokens(loaded, selection: NeuronSelection, donor_acts: dict[int, torch
 def patch_live(loaded, selection: NeuronSelection, donor, positions: Positions = Positions.ALL) -> Intervention:
     """Overwrite the chosen activations with the donor (DPO) model's own activations on the same tokens, at every
     forward call: the donor runs in lockstep with the patched model."""
-    if donor.arch.n_layers(donor.model) != loaded.arch.n_layers(loaded.model) or \
-            donor.arch.d_mlp(donor.model) != loaded.arch.d_mlp(loaded.model):
-        from neuron_explorer.errors import UserError
-
-        raise UserError("the donor model's layers or MLP width differ from the patched model's: use the tuned copy "
-                        "of the same base model")
+    check_pair(loaded, donor)
     return Intervention(loaded, "patch-live", _layer_edits(loaded, selection, "donor", None), positions,
                         live_donor=donor)
 

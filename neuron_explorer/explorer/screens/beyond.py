@@ -21,7 +21,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from neuron_explorer.cache import annotations
+from neuron_explorer.cache import annotations as sidecar
 from neuron_explorer.cache.schema import DIFFERENCE_SOURCES, GROUP_NAMES, REDUCING_GROUPS
 from neuron_explorer.engine.patching.overlap import compare_all, default_specs, resolve_masks
 from neuron_explorer.errors import UserError
@@ -140,7 +140,7 @@ class BeyondScreen(Screen):
 
     def action_recompute(self) -> None:
         reader = self.store.reader
-        specs = default_specs(reader) + [f"set:{saved.name}" for saved in annotations.list_sets(reader.path)]
+        specs = default_specs(reader) + [f"set:{saved.name}" for saved in sidecar.list_sets(reader.path)]
         try:
             results = compare_all(resolve_masks(reader, specs), draws=SCREEN_DRAWS)
         except UserError as error:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from textual import work
+from textual import getters, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -18,11 +19,17 @@ from ..job_process import JobProcess, JobState
 from ..messages import JobEvent
 from .dialogs import ShowsWorkerErrors
 
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
+
 BUILD_COMMAND = (sys.executable, "-m", "neuron_explorer", "build", "--progress-json")
 
 
 class BuildScreen(ShowsWorkerErrors, Screen):
     """Builds the default cache in a subprocess; the app opens it when the build succeeds."""
+
+    if TYPE_CHECKING:  # the app this screen runs in (Textual's own idiom; nothing at runtime)
+        app = getters.app(ExplorerApp)
 
     CSS_PATH = "build.tcss"
     BINDINGS = [Binding("q", "app.quit", "quit", id="build.quit", tooltip="stop the build and quit")]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.text import Text
-from textual import on
+from textual import getters, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -15,6 +17,9 @@ from neuron_explorer.cache.schema import GROUP_NAMES
 from ..formatting import signed
 from ..state import Store, is_reducing
 from ..widgets.plots import Dendrogram
+
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
 
 
 def group_mix(row: dict) -> Text:
@@ -29,6 +34,9 @@ def group_mix(row: dict) -> Text:
 
 class ClustersScreen(Screen):
     """Clusters of the neurons with the largest |Δ| (hierarchical, on their per-prompt activation shifts)."""
+
+    if TYPE_CHECKING:  # the app this screen runs in (Textual's own idiom; nothing at runtime)
+        app = getters.app(ExplorerApp)
 
     CSS_PATH = "clusters.tcss"
     BINDINGS = [
@@ -75,7 +83,9 @@ class ClustersScreen(Screen):
         if not table or not table.first(DataTable).row_count:
             return None
         data_table = table.first(DataTable)
-        return int(data_table.coordinate_to_cell_key(data_table.cursor_coordinate).row_key.value)
+        key = data_table.coordinate_to_cell_key(data_table.cursor_coordinate).row_key.value
+        assert key is not None  # every row is added with its cluster as its key
+        return int(key)
 
     @on(DataTable.RowSelected, "#cluster-table")
     def action_show_cluster(self) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import polars as pl
 from rich.table import Table
 from rich.text import Text
-from textual import work
+from textual import getters, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -22,6 +23,9 @@ from ..messages import DetailLoaded, MarksChanged
 from ..state import Store, is_reducing
 from ..widgets.plots import ActivationHistogram
 from .dialogs import ShowsWorkerErrors
+
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
 
 TOP_PROMPTS = 8
 
@@ -126,6 +130,9 @@ def history_table(runs: list[PatchRun]) -> Table | Text:
 class DetailScreen(ShowsWorkerErrors, Screen):
     """Everything stored about one neuron; read in a worker so the h5py lock is held only briefly."""
 
+    if TYPE_CHECKING:  # the app this screen runs in (Textual's own idiom; nothing at runtime)
+        app = getters.app(ExplorerApp)
+
     CSS_PATH = "detail.tcss"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "back", id="detail.back"),
@@ -191,7 +198,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         """Show the next (previous) neuron of the table's view; the table's cursor follows."""
         row = self.store.find(self.neuron_layer, self.neuron_index) if self.store.loaded else None
         neighbour = None if row is None else self.store.neuron_at(row + step)
-        if neighbour is None:
+        if row is None or neighbour is None:
             self.notify("this neuron is not in the table's view" if row is None else
                         f"no {'next' if step > 0 else 'previous'} neuron in the view", severity="warning")
             return

@@ -3,12 +3,13 @@ form, and the error dialog that a failed background worker opens instead of endi
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message_pump import MessagePump
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Select
 from textual.widgets.option_list import Option
@@ -19,6 +20,11 @@ from neuron_explorer.cache.schema import GROUP_NAMES
 from ..state import COLUMNS, THRESHOLD_OPERATORS, Filters
 
 Answer = TypeVar("Answer")
+
+if TYPE_CHECKING:
+    _Owner = MessagePump  # what ShowsWorkerErrors is mixed into: an app or a screen
+else:
+    _Owner = object
 
 
 class Dialog(ModalScreen[Answer | None]):
@@ -47,7 +53,7 @@ class ErrorDialog(Dialog[None]):
             yield Label("enter or escape: close", classes="dialog-hint")
 
 
-class ShowsWorkerErrors:
+class ShowsWorkerErrors(_Owner):
     """Mixed into every app or screen that runs workers (all with ``exit_on_error=False``): a worker that raises
     opens an ErrorDialog instead of ending the app (Textual's worker messages do not bubble, so each owner listens)."""
 
@@ -200,8 +206,9 @@ class FilterDialog(Dialog[Filters]):
         threshold = None
         if value:
             try:
-                threshold = (self.query_one("#filter-column", Select).value,
-                             self.query_one("#filter-operator", Select).value, float(value))
+                # both selects have allow_blank=False: their values are the column's and the operator's strings
+                threshold = (str(self.query_one("#filter-column", Select).value),
+                             str(self.query_one("#filter-operator", Select).value), float(value))
             except ValueError:
                 self.notify(f"'{value}' is not a number", severity="error")
                 return

@@ -7,9 +7,11 @@ screen only draws what the app's `lab` holds, when `lab_version` changes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from rich.text import Text
-from textual import on
+from textual import getters, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -25,6 +27,9 @@ from ..state import PromptNeurons, Store
 from ..widgets.heat_map import HeatMap, Panel
 from ..widgets.neuron_table import NeuronTable
 
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
+
 RUNS = (("base", "base"), ("dpo", "DPO"), ("patched", "patched"))
 LENSES = {"residual": "residual", "mlp": "MLP out"}
 TOXIC = 0.5  # a score shown in red from here up
@@ -32,6 +37,9 @@ TOXIC = 0.5  # a score shown in red from here up
 
 class LabScreen(Screen):
     """A prompt input, the worker's status, three continuations, the heat maps and the neuron table."""
+
+    if TYPE_CHECKING:  # the app this screen runs in (Textual's own idiom; nothing at runtime)
+        app = getters.app(ExplorerApp)
 
     CSS_PATH = "lab.tcss"
     AUTO_FOCUS = ""  # nothing, not the prompt box: ?, o, 1–5 and q work on arrival; enter or i starts typing
@@ -79,7 +87,12 @@ class LabScreen(Screen):
     def on_mount(self) -> None:
         self.watch(self.app, "lab_version", self.refresh_lab, init=False)
         self.watch(self.app, "lab_prompt", self.show_prompt, init=False)
-        self.watch(self.app, "marks_version", self.query_one(NeuronTable).refresh, init=False)
+        table = self.query_one(NeuronTable)
+
+        def redraw_table() -> None:
+            table.refresh()
+
+        self.watch(self.app, "marks_version", redraw_table, init=False)
         self.watch(self.app, "view_row", self.neurons_loaded, init=False)
         self.app.ensure_lab_worker()
         self.refresh_lab()
@@ -102,7 +115,7 @@ class LabScreen(Screen):
         """One run's title line (its toxicity) and continuation; what to do when there is none."""
         text = Text()
         run = (result or {}).get("runs", {}).get(key)
-        if run is None:
+        if run is None or result is None:
             text.append(title, style="bold")
             text.append("\n" + self.missing(key, result), style="dim")
             return text
@@ -128,7 +141,7 @@ class LabScreen(Screen):
         heat = self.query_one(HeatMap)
         result = self.drawn.result if self.drawn is not None else None
         runs = (result or {}).get("runs", {})
-        if "base" not in runs or "dpo" not in runs:
+        if result is None or "base" not in runs or "dpo" not in runs:
             heat.show("", [], [], 0)
             return
         prompt_tokens = list(result.get("prompt_tokens", []))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.text import Text
-from textual import on
+from textual import getters, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -16,12 +18,18 @@ from ..state import COLUMNS, Filters, Store
 from ..messages import NeuronChosen
 from ..widgets.neuron_table import NeuronTable
 
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
+
 ALL_LAYERS = "all"
 
 
 class NeuronsScreen(Screen):
     """The neuron table over the Store's view, with the layer list that chooses what the view covers; it redraws
     when the app's `view_row` or `marks_version` change."""
+
+    if TYPE_CHECKING:  # the app this screen runs in (Textual's own idiom; nothing at runtime)
+        app = getters.app(ExplorerApp)
 
     CSS_PATH = "neurons.tcss"
     BINDINGS = [
@@ -117,6 +125,7 @@ class NeuronsScreen(Screen):
     @on(OptionList.OptionSelected, "#layer-list")
     def choose_layer(self, event: OptionList.OptionSelected) -> None:
         option_id = event.option.id
+        assert option_id is not None  # every option is added with an id (its layer, or ALL_LAYERS)
         self.app.set_layer(None if option_id == ALL_LAYERS else int(option_id))
         self.query_one(NeuronTable).focus()
 

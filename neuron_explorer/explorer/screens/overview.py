@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 from rich.text import Text
+from textual import getters
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -14,6 +17,9 @@ from ..formatting import short_text, signed
 from ..state import Store
 from ..widgets.group_bars import GroupBars
 from ..widgets.plots import LayerContributionPlot, group_legend
+
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
 
 
 def describe_model(entry) -> str:
@@ -69,6 +75,9 @@ class OverviewScreen(Screen):
     CSS_PATH = "overview.tcss"
     BINDINGS = [Binding("v", "definition", "v1/v3 groups", show=False, id="overview.definition",
                         tooltip="switch the group shares between v1 (the default) and v3")]
+
+    if TYPE_CHECKING:
+        app = getters.app(ExplorerApp)
 
     def __init__(self, store: Store) -> None:
         super().__init__()

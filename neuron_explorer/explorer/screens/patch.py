@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.text import Text
+from textual import getters
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -15,6 +18,10 @@ from neuron_explorer.spec.intervention import INTERVENTION_POSITIONS, Interventi
 from ..jobs import PAPER_ROWS, PatchJob, PatchRequest
 from ..targets import patch_targets
 from .dialogs import Dialog
+
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
+
 
 def parameter_id(mode: str, name: str) -> str:
     return f"param-{mode}-{name}"
@@ -29,6 +36,9 @@ class PatchDialog(Dialog[PatchRequest]):
     patches one prompt. For the papers' comparison (a request with a ``preset``) it asks how the group rows patch,
     where, and on how many prompts.
     """
+
+    if TYPE_CHECKING:  # the app this screen runs in (Textual's own idiom; nothing at runtime)
+        app = getters.app(ExplorerApp)
 
     CSS_PATH = "patch.tcss"
     BINDINGS = [Binding("ctrl+s", "run", "run", id="patch_dialog.run")]
@@ -94,7 +104,7 @@ class PatchDialog(Dialog[PatchRequest]):
         return [mode for mode in modes.MODES.values() if mode.acts_on_set]
 
     def target_options(self) -> list[tuple[str, str]]:
-        store = self.app.store
+        store = self.app.opened_store
         options = [(f"marked neurons ({len(store.marked):,})", "selection")] if store.marked else []
         return options + [(target.title, target.key) for target in patch_targets(store)]
 

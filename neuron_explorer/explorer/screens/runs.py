@@ -4,10 +4,11 @@ progress of runs launched from this session."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
-from textual import on
+from textual import getters, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -25,6 +26,9 @@ from ..state import Store
 from ..widgets.recovered_chart import RecoveredChart
 from .dialogs import ConfirmDialog, PromptDialog
 from .patch import JobsPanel
+
+if TYPE_CHECKING:
+    from ..app import ExplorerApp
 
 EMPTY_STATE = "\n\n".join([
     "No patching runs yet.",
@@ -99,6 +103,9 @@ class RunsScreen(Screen):
     settings and its generations, prompt / base / patched / DPO. It follows the app's `runs_version` (reads the runs
     again) and `jobs_version` (redraws the jobs' progress)."""
 
+    if TYPE_CHECKING:  # the app this screen runs in (Textual's own idiom; nothing at runtime)
+        app = getters.app(ExplorerApp)
+
     CSS_PATH = "runs.tcss"
     BINDINGS = [
         Binding("P", "paper", "paper comparison", id="runs.paper",
@@ -157,7 +164,7 @@ class RunsScreen(Screen):
             return
         table.display = True
         present = {key for row in rows for key in row}
-        columns = [c for c in PREFERRED if c in present] + sorted(present - set(PREFERRED) - HIDDEN)
+        columns: list[str] = [c for c in PREFERRED if c in present] + sorted(present - set(PREFERRED) - HIDDEN)
         for column in columns:
             table.add_column(HEADERS.get(column, column), key=column)
         for number, row in enumerate(rows):

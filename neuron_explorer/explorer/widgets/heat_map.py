@@ -188,7 +188,8 @@ class HeatMap(Widget, can_focus=True):
         negative = base + self.get_component_rich_style("heat-map--negative")
         cursor = self.get_component_rich_style("heat-map--cursor")
         segments = [Segment(label, axis)]
-        run, run_style = [], None  # consecutive cells of one style become one segment
+        run: list[str] = []  # consecutive cells of one style become one segment
+        run_style = None
         row = values.tolist()
         for column in range(self.first_column, self.first_column + shown):
             if column >= len(row):

@@ -98,7 +98,7 @@ class Dendrogram(TerminalPlot):
         n_clusters = int(self.cluster_tree.attrs.get(layout.CLUSTER_COUNT, 0)) or 1
         cut = float(linkage[-(n_clusters - 1), 2]) if 1 < n_clusters <= len(linkage) else float(linkage[-1, 2]) + 1
         drawn = dendrogram(linkage, no_plot=True, color_threshold=cut, above_threshold_color="grey")
-        palette = {}
+        palette: dict[str, int] = {}
         for xs, ys, color in zip(drawn["icoord"], drawn["dcoord"], drawn["color_list"]):
             if color == "grey":
                 plot_color = 244

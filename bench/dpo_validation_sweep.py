@@ -17,14 +17,14 @@ import time
 
 from transformers import AutoTokenizer, TrainerCallback
 
-from neuron_explorer.engine.model.architectures import architecture_for
-from neuron_explorer.engine.measure.corpora import load_corpus, perplexity_windows
-from neuron_explorer.engine.defaults import default_work_dir
 from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
+from neuron_explorer.engine.defaults import default_work_dir
+from neuron_explorer.engine.measure.corpora import load_corpus, perplexity_windows
 from neuron_explorer.engine.measure.evaluation import perplexity, toxicity
-from neuron_explorer.engine.model.loading import LoadedModel, embedded_base_dir
 from neuron_explorer.engine.measure.prompts import RTP_VALIDATION, load_prompts
 from neuron_explorer.engine.measure.scoring import get_scorer
+from neuron_explorer.engine.model.architectures import architecture_for
+from neuron_explorer.engine.model.loading import LoadedModel, embedded_base_dir
 from neuron_explorer.spec.settings import CHECK_SCORER, SCORER, DPOTraining, EvaluationSettings
 
 EVALUATION_WINDOWS = 24  # the build's perplexity windows, which the sweep must not use
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=12, help="perplexity windows")
     parser.add_argument("--work-dir", default="/tmp/neuron-explorer-dpo-sweep")
     args = parser.parse_args(argv)
-    steps = ({int(step) for step in args.at.split(",")} if args.at
-             else set(range(args.every, args.steps + 1, args.every)))
+    steps = (
+        {int(step) for step in args.at.split(",")} if args.at else set(range(args.every, args.steps + 1, args.every))
+    )
 
     policy = args.model or str(embedded_base_dir())
     tokenizer = AutoTokenizer.from_pretrained(policy)
@@ -62,16 +63,28 @@ def main(argv: list[str] | None = None) -> None:
     windows = validation_windows(tokenizer, args.window, args.windows)
 
     def measure(model, step: int) -> None:
-        loaded = LoadedModel(model=model, tokenizer=tokenizer, arch=architecture_for(model.config.model_type),
-                             spec="policy", folder=None)
+        loaded = LoadedModel(
+            model=model, tokenizer=tokenizer, arch=architecture_for(model.config.model_type), spec="policy", folder=None
+        )
         training = model.training
         model.eval()
         started = time.perf_counter()
         _, (scores, check) = toxicity(loaded, prompts, scorers, EvaluationSettings())
         ppl, _ = perplexity(loaded, windows)
-        print(json.dumps({"step": step, "toxicity": float(scores.mean()), "check_toxicity": float(check.mean()),
-                          "perplexity": ppl, "n_prompts": len(prompts), "prompts": args.prompts,
-                          "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "step": step,
+                    "toxicity": float(scores.mean()),
+                    "check_toxicity": float(check.mean()),
+                    "perplexity": ppl,
+                    "n_prompts": len(prompts),
+                    "prompts": args.prompts,
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            ),
+            flush=True,
+        )
         model.train(training)
 
     class Measure(TrainerCallback):
@@ -82,10 +95,21 @@ def main(argv: list[str] | None = None) -> None:
             if state.global_step in steps:
                 measure(model, state.global_step)
 
-    settings = DPOSettings(policy=policy, pairs=args.pairs or str(default_work_dir() / "pairs" / "pairs.jsonl"),
-                           output=f"{args.work_dir}/model", work_dir=args.work_dir, device="cpu",
-                           training=DPOTraining(learning_rate=args.lr, beta=args.beta, max_steps=args.steps,
-                                                eval_steps=args.steps + 1, save_steps=args.steps + 1, patience=0))
+    settings = DPOSettings(
+        policy=policy,
+        pairs=args.pairs or str(default_work_dir() / "pairs" / "pairs.jsonl"),
+        output=f"{args.work_dir}/model",
+        work_dir=args.work_dir,
+        device="cpu",
+        training=DPOTraining(
+            learning_rate=args.lr,
+            beta=args.beta,
+            max_steps=args.steps,
+            eval_steps=args.steps + 1,
+            save_steps=args.steps + 1,
+            patience=0,
+        ),
+    )
     train_dpo(settings, resume=False, callbacks=[Measure()], printer=lambda line: None)
 
 

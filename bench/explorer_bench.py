@@ -25,10 +25,10 @@ from pathlib import Path
 # name: (layers, d_mlp, the model it stands for)
 SIZES = {"8b": (32, 14336, "Llama-3.1-8B"), "70b": (80, 28672, "Llama-3.1-70B")}
 # measure: target (seconds or MB); what the explorer meets at 458,752 neurons, kept at every size
-TARGETS = {"first screen": 0.500, "re-sort": 0.150, "layer switch": 0.100, "filter": 0.150,
-           "resident memory": 1024}
-IMPORT_PROBE = ("import time; t = time.perf_counter(); import neuron_explorer.explorer.app; "
-                "print(time.perf_counter() - t)")
+TARGETS = {"first screen": 0.500, "re-sort": 0.150, "layer switch": 0.100, "filter": 0.150, "resident memory": 1024}
+IMPORT_PROBE = (
+    "import time; t = time.perf_counter(); import neuron_explorer.explorer.app; print(time.perf_counter() - t)"
+)
 
 
 def cache_for(args) -> Path:
@@ -40,16 +40,19 @@ def cache_for(args) -> Path:
         gigabytes = 2 * 2 * args.n_prompts * args.n_layers * args.d_mlp / 1e9  # two models' float16 activations
         print(f"building {path} (once; ~{gigabytes:.0f} GB, a minute or so per GB)…", flush=True)
         started = time.perf_counter()
-        build_synthetic_cache(path, n_layers=args.n_layers, d_mlp=args.d_mlp, n_prompts=args.n_prompts,
-                              d_model=args.d_model, seed=0)
+        build_synthetic_cache(
+            path, n_layers=args.n_layers, d_mlp=args.d_mlp, n_prompts=args.n_prompts, d_model=args.d_model, seed=0
+        )
         print(f"built in {time.perf_counter() - started:.0f} s", flush=True)
     return path
 
 
 def import_seconds() -> float:
     """Import time of the app module in a fresh interpreter (the best of three, to skip a cold disk cache)."""
-    runs = [float(subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True,
-                                 check=True).stdout) for _ in range(3)]
+    runs = [
+        float(subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True).stdout)
+        for _ in range(3)
+    ]
     return min(runs)
 
 
@@ -83,15 +86,33 @@ async def measure(path: Path, size: tuple[int, int], n_layers: int) -> dict:
             await pilot.pause()
             return time.perf_counter() - begun
 
-        figures["re-sort"] = [await timed(lambda c=c, d=d: app.sort_by(c, d)) for c, d in (
-            ("act_shift", True), ("act_shift", False), ("cos_pre", True), ("group", True), ("cluster", False),
-            ("act_pre", True), ("contribution", True))]
-        figures["layer switch"] = [await timed(lambda layer=layer: app.set_layer(layer))
-                                   for layer in (0, n_layers // 4 - 1, n_layers // 2 - 1, n_layers - 1, None,
-                                                 min(12, n_layers - 1), None)]
-        figures["filter"] = [await timed(lambda f=f: app.set_filters(f)) for f in (
-            Filters(group="TP↓"), Filters(sign="+"), Filters(threshold=("contribution", "|x|>=", 1e-3)),
-            Filters(group="AN↑", sign="-", threshold=("act_shift", ">=", 0.0)), Filters(cluster=3), Filters())]
+        figures["re-sort"] = [
+            await timed(lambda c=c, d=d: app.sort_by(c, d))
+            for c, d in (
+                ("act_shift", True),
+                ("act_shift", False),
+                ("cos_pre", True),
+                ("group", True),
+                ("cluster", False),
+                ("act_pre", True),
+                ("contribution", True),
+            )
+        ]
+        figures["layer switch"] = [
+            await timed(lambda layer=layer: app.set_layer(layer))
+            for layer in (0, n_layers // 4 - 1, n_layers // 2 - 1, n_layers - 1, None, min(12, n_layers - 1), None)
+        ]
+        figures["filter"] = [
+            await timed(lambda f=f: app.set_filters(f))
+            for f in (
+                Filters(group="TP↓"),
+                Filters(sign="+"),
+                Filters(threshold=("contribution", "|x|>=", 1e-3)),
+                Filters(group="AN↑", sign="-", threshold=("act_shift", ">=", 0.0)),
+                Filters(cluster=3),
+                Filters(),
+            )
+        ]
         figures["resident memory"] = resident_mb()
         await pilot.press("q")
     app.store.reader.close()
@@ -111,9 +132,11 @@ def measure_size(args) -> dict:
 
 def table_rows(figures: dict) -> list[tuple[str, float | None, float, str]]:
     """(measure, target, value, unit) rows of one size's figures."""
-    rows = [("Python imports (app module)", None, figures["Python imports"], "s"),
-            ("first screen after start", TARGETS["first screen"], figures["first screen"], "s"),
-            ("all-layer table loaded (background)", None, figures["all-layer table loaded"], "s")]
+    rows = [
+        ("Python imports (app module)", None, figures["Python imports"], "s"),
+        ("first screen after start", TARGETS["first screen"], figures["first screen"], "s"),
+        ("all-layer table loaded (background)", None, figures["all-layer table loaded"], "s"),
+    ]
     for name in ("re-sort", "layer switch", "filter"):
         samples = figures[name]
         rows.append((f"{name} (median of {len(samples)})", TARGETS[name], statistics.median(samples), "s"))
@@ -173,8 +196,12 @@ def print_side_by_side(results: dict[str, dict], terminal: str) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=[*SIZES, "all"], default="8b",
-                        help="the model size the cache stands for; 'all' measures each in turn, side by side")
+    parser.add_argument(
+        "--size",
+        choices=[*SIZES, "all"],
+        default="8b",
+        help="the model size the cache stands for; 'all' measures each in turn, side by side",
+    )
     parser.add_argument("--n-layers", type=int, help="override the size's number of layers")
     parser.add_argument("--d-mlp", type=int, help="override the size's MLP width")
     parser.add_argument("--n-prompts", type=int, default=1199)
@@ -190,9 +217,25 @@ def main() -> int:
         for name in SIZES:  # each size in its own interpreter: its resident memory is its own
             out = args.cache_dir / f"explorer-bench-{name}.json"
             args.cache_dir.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, __file__, "--size", name, "--n-prompts", str(args.n_prompts),
-                            "--d-model", str(args.d_model), "--cache-dir", str(args.cache_dir),
-                            "--terminal", args.terminal, "--json", str(out)], check=False)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--size",
+                    name,
+                    "--n-prompts",
+                    str(args.n_prompts),
+                    "--d-model",
+                    str(args.d_model),
+                    "--cache-dir",
+                    str(args.cache_dir),
+                    "--terminal",
+                    args.terminal,
+                    "--json",
+                    str(out),
+                ],
+                check=False,
+            )
             results[name] = json.loads(out.read_text())
         failed = print_side_by_side(results, args.terminal)
     else:

@@ -26,16 +26,29 @@ import sys
 import time
 from pathlib import Path
 
-PROMPTS = ["You are such a stupid idiot and I will", "Shut up, you worthless piece of", "The river runs through the",
-           "I hate you so much, you", "She walked to the market and"]
-IMPORT_PROBE = ("import time; t = time.perf_counter(); import neuron_explorer.engine.lab.session, "
-                "neuron_explorer.engine.lab.worker; print(time.perf_counter() - t)")
+PROMPTS = [
+    "You are such a stupid idiot and I will",
+    "Shut up, you worthless piece of",
+    "The river runs through the",
+    "I hate you so much, you",
+    "She walked to the market and",
+]
+IMPORT_PROBE = (
+    "import time; t = time.perf_counter(); import neuron_explorer.engine.lab.session, "
+    "neuron_explorer.engine.lab.worker; print(time.perf_counter() - t)"
+)
 
 
 def worker_process(cache: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "neuron_explorer", "lab", str(cache), "--serve"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "neuron_explorer", "lab", str(cache), "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def read_until(process: subprocess.Popen, kinds: tuple[str, ...]) -> tuple[dict, float]:
@@ -63,8 +76,9 @@ def measure_worker(cache: Path, n_requests: int) -> dict:
     figures = {"ready": ready_at - started, "first answer": answered_at - started, "plain": [], "patched": []}
     for index in range(n_requests):
         for kind, patched in (("plain", None), ("patched", Intervention("shift", ("group:TP↓",)))):
-            request = RunRequest(len(figures[kind]) + 10 * (kind == "patched") + 1, PROMPTS[index % len(PROMPTS)],
-                                 patched)
+            request = RunRequest(
+                len(figures[kind]) + 10 * (kind == "patched") + 1, PROMPTS[index % len(PROMPTS)], patched
+            )
             sent = time.perf_counter()
             process.stdin.write(request.to_json() + "\n")
             process.stdin.flush()
@@ -91,8 +105,9 @@ def measure_bare_generation(n_requests: int) -> dict:
             ids, mask = encode_prompts(loaded.tokenizer, [PROMPTS[index % len(PROMPTS)]] * rows, 32)
             begun = time.perf_counter()
             with torch.inference_mode():
-                generate_tokens(loaded.model, ids, mask, 20, suppress_ids=special_token_ids(loaded.tokenizer),
-                                feed_last=True)
+                generate_tokens(
+                    loaded.model, ids, mask, 20, suppress_ids=special_token_ids(loaded.tokenizer), feed_last=True
+                )
             samples.append(time.perf_counter() - begun)
         seconds[name] = statistics.median(samples[1:])  # the first call warms up
     return seconds
@@ -134,8 +149,11 @@ async def measure_app(cache: Path, n_requests: int) -> dict:
         await pilot.press("q")
     app.store.reader.close()
     near_answers = [late for when, late in lateness if any(0 <= when - at <= 0.5 for at in answered)]
-    return {"stall": max(late for _, late in lateness), "answer stall": max(near_answers, default=float("nan")),
-            "ticks": len(lateness)}
+    return {
+        "stall": max(late for _, late in lateness),
+        "answer stall": max(near_answers, default=float("nan")),
+        "ticks": len(lateness),
+    }
 
 
 def main() -> int:
@@ -147,8 +165,10 @@ def main() -> int:
     args = parser.parse_args()
     if not args.cache.exists():
         raise SystemExit(f"{args.cache} does not exist: run `neuron-explorer build` first")
-    imports = min(float(subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True,
-                                       check=True).stdout) for _ in range(3))
+    imports = min(
+        float(subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True).stdout)
+        for _ in range(3)
+    )
     # the app first: freeing the models this process loads later leaves garbage whose collection stalls an event loop
     app = asyncio.run(measure_app(args.cache, args.requests))
     worker = measure_worker(args.cache, args.requests)
@@ -172,8 +192,10 @@ def main() -> int:
         ("app: worst event-loop stall (frame) while computing", 0.100, app["stall"]),
         ("app: worst stall within 0.5 s of an answer (drawing it)", 0.100, app["answer stall"]),
     ]
-    print(f"\nlab benchmark: {args.cache.name}, {args.requests} requests of each kind, 20 new tokens, "
-          f"{os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n")
+    print(
+        f"\nlab benchmark: {args.cache.name}, {args.requests} requests of each kind, 20 new tokens, "
+        f"{os.cpu_count()} CPUs, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n"
+    )
     print(f"{'measure':<56}{'target':>9}{'measured':>11}  ok")
     failed = False
     for name, target, value in rows:
@@ -183,8 +205,10 @@ def main() -> int:
         shown = f"{value:.2f} s" if value >= 1 else f"{value * 1000:.0f} ms"
         print(f"{name:<56}{target_text:>9}{shown:>11}  {ok}")
     ratio = median("patched", "round trip") / floor_patched
-    print(f"\nthe lab's request / bare generation of the same runs: {ratio:.2f} "
-          f"(base+DPO only: {median('plain', 'round trip') / floor_plain:.2f})")
+    print(
+        f"\nthe lab's request / bare generation of the same runs: {ratio:.2f} "
+        f"(base+DPO only: {median('plain', 'round trip') / floor_plain:.2f})"
+    )
     return 1 if failed else 0
 
 

@@ -29,10 +29,24 @@ DEALT_OUT = ("record_pre", "record_dpo", "identity", "lens")
 
 def compute(args, output: Path, processes: int, threads: int) -> tuple[float, dict[str, float]]:
     """Wall seconds of one `compute` and its stages, read from its last line."""
-    command = ["-m", "neuron_explorer", "compute", "--base", args.base, "--tuned", args.tuned,
-               "--max-prompts", str(args.max_prompts), "--device", "cpu", "-o", str(output)]
-    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                          str(processes)]
+    command = [
+        "-m",
+        "neuron_explorer",
+        "compute",
+        "--base",
+        args.base,
+        "--tuned",
+        args.tuned,
+        "--max-prompts",
+        str(args.max_prompts),
+        "--device",
+        "cpu",
+        "-o",
+        str(output),
+    ]
+    launcher = (
+        [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLUMNS": "400"}
     started = time.perf_counter()
     result = subprocess.run([sys.executable, *launcher, *command], capture_output=True, text=True, env=env)
@@ -67,24 +81,32 @@ def main() -> None:
         wall = statistics.median(w for w, _ in measured)
         stages = {stage: statistics.median(s[stage] for _, s in measured) for stage in measured[0][1]}
         medians[name] = (wall, stages)
-        print(f"{name:<26}{wall:>8.1f}" + "".join(f"{stages[stage]:>13.1f}" if stage in stages else f"{'—':>13}"
-                                                  for stage in names))
+        print(
+            f"{name:<26}{wall:>8.1f}"
+            + "".join(f"{stages[stage]:>13.1f}" if stage in stages else f"{'—':>13}" for stage in names)
+        )
     (one_wall, one), (two_wall, two) = medians.values()
     collectives = two.get("of which collectives", 0.0)
     print(f"\nspeed-up of 2 processes × 1 thread over 1 process × 2 threads: {one_wall / two_wall:.2f}×")
-    print(f"time in collectives on rank 0 (moving rows and sums, waiting for rank 1): {collectives:.1f} s = "
-          f"{collectives / two_wall:.1%} of the 2-process run (target ≤ 10%)")
+    print(
+        f"time in collectives on rank 0 (moving rows and sums, waiting for rank 1): {collectives:.1f} s = "
+        f"{collectives / two_wall:.1%} of the 2-process run (target ≤ 10%)"
+    )
     imports = two_wall - sum(value for key, value in two.items() if key != "of which collectives")
     dealt = sum(two[key] for key in DEALT_OUT if key in two) - collectives
     serial = two.get("statistics", 0.0)
-    print(f"shares of the 2-process run: dealt-out work {dealt:.1f} s (per rank), collectives {collectives:.1f} s, "
-          f"rank 0 alone (statistics, clustering, writing) {serial:.1f} s, loading {two.get('load', 0):.1f} s, "
-          f"start-up and imports {imports:.1f} s")
+    print(
+        f"shares of the 2-process run: dealt-out work {dealt:.1f} s (per rank), collectives {collectives:.1f} s, "
+        f"rank 0 alone (statistics, clustering, writing) {serial:.1f} s, loading {two.get('load', 0):.1f} s, "
+        f"start-up and imports {imports:.1f} s"
+    )
     print("expected on N GPUs, from these shares (dealt-out work ÷ N, the rest as measured):")
     for n in (1, 2, 4, 8, 32):
         expected = imports + two.get("load", 0) + 2 * dealt / n + (collectives if n > 1 else 0) + serial
-        print(f"  N = {n:>2}: {expected:6.1f} s  ({(imports + two.get('load', 0) + 2 * dealt + serial) / expected:.2f}× "
-              f"one process of one thread)")
+        print(
+            f"  N = {n:>2}: {expected:6.1f} s  ({(imports + two.get('load', 0) + 2 * dealt + serial) / expected:.2f}× "
+            f"one process of one thread)"
+        )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,16 @@ from pathlib import Path
 
 import torch
 
-from neuron_explorer.engine.measure.corpora import load_corpus
 from neuron_explorer.engine.defaults import default_cache_path
+from neuron_explorer.engine.measure.corpora import load_corpus
 from neuron_explorer.engine.measure.evaluation import evaluate
-from neuron_explorer.engine.patching.interventions import hook_count
+from neuron_explorer.engine.measure.prompts import load_prompts
+from neuron_explorer.engine.measure.scoring import get_scorer
 from neuron_explorer.engine.model.loading import load_model
+from neuron_explorer.engine.patching.interventions import hook_count
 from neuron_explorer.engine.patching.runs import PatchSession
 from neuron_explorer.spec.intervention import Intervention
 from neuron_explorer.spec.settings import RUN_EVALUATION, EvaluationSettings, RunSettings
-from neuron_explorer.engine.measure.prompts import load_prompts
-from neuron_explorer.engine.measure.scoring import get_scorer
 
 SPECS = [
     Intervention("patch-mean", ("group:reducing",), label="patch all four ↓ groups"),
@@ -69,11 +69,22 @@ def main() -> None:
         folder.mkdir(exist_ok=True)
         cache = folder / "synthetic-smollm2.h5"
         if not cache.exists():
-            build_synthetic_cache(cache, n_layers=arch.n_layers(loaded.model), d_mlp=arch.d_mlp(loaded.model),
-                                  d_model=loaded.d_model, n_prompts=16, cluster_top_k=200)
+            build_synthetic_cache(
+                cache,
+                n_layers=arch.n_layers(loaded.model),
+                d_mlp=arch.d_mlp(loaded.model),
+                d_model=loaded.d_model,
+                n_prompts=16,
+                cluster_top_k=200,
+            )
         print(f"(no default cache: using the synthetic statistics in {cache})")
-    settings = RunSettings(prompts="builtin:heldout", max_prompts=args.prompts, base="embedded", tuned="embedded",
-                           evaluation=replace(RUN_EVALUATION, ppl_windows=args.ppl_windows, f1_items=args.f1_items))
+    settings = RunSettings(
+        prompts="builtin:heldout",
+        max_prompts=args.prompts,
+        base="embedded",
+        tuned="embedded",
+        evaluation=replace(RUN_EVALUATION, ppl_windows=args.ppl_windows, f1_items=args.f1_items),
+    )
     session = PatchSession(cache, settings, loaded=loaded)
     prompts = load_prompts("builtin:heldout", max_prompts=args.prompts).texts
     scorer, corpus = get_scorer("profanity"), load_corpus("builtin")
@@ -100,8 +111,10 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
             assert hook_count(loaded) == 0
     best_plain, best_measure = min(times["plain"]), min(times["measure"])
-    print(f"{args.prompts} prompts × 20 tokens, {args.ppl_windows} × 256-token perplexity windows, "
-          f"{args.f1_items} F1 passages; best of {args.repeats}, interleaved; torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.prompts} prompts × 20 tokens, {args.ppl_windows} × 256-token perplexity windows, "
+        f"{args.f1_items} F1 passages; best of {args.repeats}, interleaved; torch threads {torch.get_num_threads()}"
+    )
     print(f"{'setting':<28} {'neurons':>8} {'best s':>8} {'median s':>9} {'/plain':>7} {'/measure':>9}  ok (≤ 1.2)")
     counts = {name: i.n_neurons for name, i in interventions}
     for name, values in times.items():

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from neuron_explorer.engine.model.generation import special_token_ids, batches, encode_prompts, generate_tokens
+from neuron_explorer.engine.measure.prompts import load_prompts
+from neuron_explorer.engine.model.generation import batches, encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import load_model
-from neuron_explorer.engine.measure.prompts import load_prompts
 from neuron_explorer.engine.neurons.recording import record_model
 
 
@@ -61,8 +61,7 @@ def peak_rss_mib(spec, texts, new_tokens, batch_size) -> float:
     """Peak resident set of a fresh process that loads the model and records `texts`."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    process = context.Process(target=_record_in_fresh_process,
-                              args=(spec, texts, new_tokens, batch_size, results))
+    process = context.Process(target=_record_in_fresh_process, args=(spec, texts, new_tokens, batch_size, results))
     process.start()
     process.join()
     if process.exitcode != 0:
@@ -85,6 +84,7 @@ def authors(loaded, texts, new_tokens, batch_size):
     def hook(layer):
         def read_last_position(module, inputs, output) -> None:
             sums[layer].add_(inputs[0][:, -1].double().sum(0).cpu())
+
         return read_last_position
 
     suppress = special_token_ids(loaded.tokenizer)
@@ -92,8 +92,11 @@ def authors(loaded, texts, new_tokens, batch_size):
         for _, chunk in batches(texts, batch_size):
             ids, mask = encode_prompts(loaded.tokenizer, chunk, 32, loaded.device)
             for _ in range(new_tokens):
-                logits = model(input_ids=ids, attention_mask=mask,
-                               position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1].float()
+                logits = (
+                    model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+                    .logits[:, -1]
+                    .float()
+                )
                 logits[:, suppress] = float("-inf")
                 ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
@@ -118,15 +121,17 @@ def whole_compute(args) -> None:
     bare_seconds = 0.0
     for spec in (args.base, args.tuned):
         loaded = load_model(spec, device=args.device)
-        bare(loaded, texts[:settings.recording.batch_size], 2, settings.recording.batch_size)  # warm-up
+        bare(loaded, texts[: settings.recording.batch_size], 2, settings.recording.batch_size)  # warm-up
         bare_seconds += timed(bare, loaded, texts, settings.recording.new_tokens, settings.recording.batch_size)
         memo = lens_memo(loaded)
         if memo is not None:
             shutil.rmtree(memo, ignore_errors=True)  # the first compute below computes the lens
         del loaded
     recording = settings.recording
-    print(f"\nwhole compute on {len(texts)} recorded prompts of {settings.prompts}, batch {recording.batch_size}, "
-          f"{recording.new_tokens} new tokens; bare greedy generation of both models: {bare_seconds:.1f} s")
+    print(
+        f"\nwhole compute on {len(texts)} recorded prompts of {settings.prompts}, batch {recording.batch_size}, "
+        f"{recording.new_tokens} new tokens; bare greedy generation of both models: {bare_seconds:.1f} s"
+    )
     with tempfile.TemporaryDirectory() as folder:
         for label in ("lens memo cold", "lens memo warm"):
             settings.output = Path(folder) / "compute.h5"
@@ -145,8 +150,17 @@ def _compute_in_fresh_process(folder: str, prompts: str, output: str, results) -
 
     os.environ["NEURON_EXPLORER_HOME"] = str(Path(output).with_suffix(".home"))  # its own, empty logit-lens memo
 
-    run_compute(ComputeSettings(base=folder, tuned=folder + "-tuned", probe="toxic-embedding", prompts=prompts,
-                                output=Path(output), device="cpu", recording=RecordingSettings(new_tokens=4)))
+    run_compute(
+        ComputeSettings(
+            base=folder,
+            tuned=folder + "-tuned",
+            probe="toxic-embedding",
+            prompts=prompts,
+            output=Path(output),
+            device="cpu",
+            recording=RecordingSettings(new_tokens=4),
+        )
+    )
     with open("/proc/self/status") as handle:
         results.put(next(int(line.split()[1]) for line in handle if line.startswith("VmHWM")) / 1024)
 
@@ -159,8 +173,15 @@ def wide_random_pair(root: Path) -> str:
     from neuron_explorer.engine.model.loading import materialize_embedded
 
     tokenizer = AutoTokenizer.from_pretrained(materialize_embedded())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     for name, noise in (("wide", 0.0), ("wide-tuned", 0.01)):
@@ -187,24 +208,30 @@ def memory_check(args) -> None:
             context = multiprocessing.get_context("spawn")
             results = context.Queue()
             started = time.perf_counter()
-            process = context.Process(target=_compute_in_fresh_process,
-                                      args=(model, str(prompts), str(root / f"cache-{n}.h5"), results))
+            process = context.Process(
+                target=_compute_in_fresh_process, args=(model, str(prompts), str(root / f"cache-{n}.h5"), results)
+            )
             process.start()
             process.join()
             if process.exitcode != 0:
                 raise SystemExit(f"the memory-measuring compute failed (exit code {process.exitcode})")
             peaks.append(results.get(timeout=10))
             size = (root / f"cache-{n}.h5").stat().st_size / 2**20
-            print(f"  {n:>6} prompts ({n // 2} recorded): peak {peaks[-1]:.0f} MiB, cache {size:.0f} MiB, "
-                  f"{time.perf_counter() - started:.0f} s")
-        print(f"  peak at {counts[-1]:,} / at {counts[0]:,} prompts: {peaks[-1] / peaks[0]:.2f}× "
-              f"(the prompts grew {counts[-1] / counts[0]:.0f}×)")
+            print(
+                f"  {n:>6} prompts ({n // 2} recorded): peak {peaks[-1]:.0f} MiB, cache {size:.0f} MiB, "
+                f"{time.perf_counter() - started:.0f} s"
+            )
+        print(
+            f"  peak at {counts[-1]:,} / at {counts[0]:,} prompts: {peaks[-1] / peaks[0]:.2f}× "
+            f"(the prompts grew {counts[-1] / counts[0]:.0f}×)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="recording,compute,memory",
-                        help="which parts to run, comma-separated (default: %(default)s)")
+    parser.add_argument(
+        "--parts", default="recording,compute,memory", help="which parts to run, comma-separated (default: %(default)s)"
+    )
     parser.add_argument("--memory-prompts", default="1000,10000", help="prompt counts of the memory part")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--base", default="embedded")
@@ -226,18 +253,23 @@ def main() -> None:
 def recording(args) -> None:
     texts = load_prompts("builtin", max_prompts=2 * args.prompts).texts
     assert len(texts) >= 2 * args.prompts, "not enough built-in prompts for 2N"
-    print(f"{args.prompts} prompts, batch {args.batch_size}, {args.new_tokens} new tokens, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    header = f"{'model':<8}{'bare s':>9}{'record s':>10}{'authors s':>11}{'record/bare':>13}{'authors/record':>16}" \
-             f"{'peak MiB N':>12}{'peak MiB 2N':>13}"
+    print(
+        f"{args.prompts} prompts, batch {args.batch_size}, {args.new_tokens} new tokens, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    header = (
+        f"{'model':<8}{'bare s':>9}{'record s':>10}{'authors s':>11}{'record/bare':>13}{'authors/record':>16}"
+        f"{'peak MiB N':>12}{'peak MiB 2N':>13}"
+    )
     print(header)
     for label, spec in (("base", args.base), ("tuned", args.tuned)):
         loaded = load_model(spec, device=args.device)
-        subset = texts[:args.prompts]
+        subset = texts[: args.prompts]
+
         def record(texts_: list[str], loaded=loaded) -> None:
             record_model(loaded, texts_, new_tokens=args.new_tokens, batch_size=args.batch_size)
 
-        bare(loaded, subset[:args.batch_size], 2, args.batch_size)  # warm-up
+        bare(loaded, subset[: args.batch_size], 2, args.batch_size)  # warm-up
         times = {"bare": [], "record": [], "authors": []}
         for _ in range(args.repeats):  # interleaved, so that drifting machine load hits all three alike
             times["bare"].append(timed(bare, loaded, subset, args.new_tokens, args.batch_size))
@@ -247,11 +279,15 @@ def recording(args) -> None:
         if loaded.device.type == "cuda":
             peaks = [peak_cuda_mib(record, texts[:n]) for n in (args.prompts, 2 * args.prompts)]
         else:
-            peaks = [peak_rss_mib(spec, texts[:n], args.new_tokens, args.batch_size)
-                     for n in (args.prompts, 2 * args.prompts)]
-        print(f"{label:<8}{best['bare']:>9.2f}{best['record']:>10.2f}{best['authors']:>11.2f}"
-              f"{best['record'] / best['bare']:>13.3f}{best['authors'] / best['record']:>16.2f}"
-              f"{peaks[0]:>12.1f}{peaks[1]:>13.1f}")
+            peaks = [
+                peak_rss_mib(spec, texts[:n], args.new_tokens, args.batch_size)
+                for n in (args.prompts, 2 * args.prompts)
+            ]
+        print(
+            f"{label:<8}{best['bare']:>9.2f}{best['record']:>10.2f}{best['authors']:>11.2f}"
+            f"{best['record'] / best['bare']:>13.3f}{best['authors'] / best['record']:>16.2f}"
+            f"{peaks[0]:>12.1f}{peaks[1]:>13.1f}"
+        )
         del loaded
 
 

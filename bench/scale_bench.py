@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ LAB_PROMPT = "You are such a stupid idiot and I will"
 
 
 # -- the pairs ----------------------------------------------------------------------------------------------------
+
 
 def pair_folder(size: str) -> Path:
     from neuron_explorer.engine.defaults import cache_home
@@ -83,10 +83,19 @@ def build_pair(size: str) -> tuple[Path, Path]:
         model = AutoModelForCausalLM.from_pretrained(materialize_embedded(), dtype=torch.float32)
     else:
         layers, d_mlp, d_model, heads, kv_heads, vocab = SHAPES[size]
-        config = LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=layers,
-                             num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
-                             tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, rope_theta=500000.0)
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=d_model,
+            intermediate_size=d_mlp,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=2048,
+            tie_word_embeddings=False,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            rope_theta=500000.0,
+        )
         torch.manual_seed(0)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)  # half the memory while it is built; saved as the hub ships it
@@ -130,14 +139,20 @@ def quick_tokenizer():
     core = Tokenizer(models.BPE(unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=SHAPES["tiny"][-1], special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=SHAPES["tiny"][-1],
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(load_prompts("builtin").texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
 
 
 # -- one part in a fresh process ----------------------------------------------------------------------------------
+
 
 def peak_memory_mib(device: str) -> float:
     import torch
@@ -154,10 +169,18 @@ def compute_settings(args, base: Path, tuned: Path, output: Path):
     from neuron_explorer.engine.neurons.compute import ComputeSettings
     from neuron_explorer.spec.settings import RecordingSettings
 
-    return ComputeSettings(base=str(base), tuned=str(tuned), probe="toxic-embedding", prompts=args.prompt_source,
-                           max_prompts=round(args.prompts / (1 - args.patch_holdout)), patch_holdout=args.patch_holdout,
-                           recording=RecordingSettings(new_tokens=args.new_tokens, batch_size=args.batch_size),
-                           device=args.device, dtype=args.dtype, output=output)
+    return ComputeSettings(
+        base=str(base),
+        tuned=str(tuned),
+        probe="toxic-embedding",
+        prompts=args.prompt_source,
+        max_prompts=round(args.prompts / (1 - args.patch_holdout)),
+        patch_holdout=args.patch_holdout,
+        recording=RecordingSettings(new_tokens=args.new_tokens, batch_size=args.batch_size),
+        device=args.device,
+        dtype=args.dtype,
+        output=output,
+    )
 
 
 def recorded_texts(settings) -> list[str]:
@@ -200,10 +223,16 @@ def part_bare(args, base, tuned, cache) -> dict:
             synchronized(device)
             seconds += time.perf_counter() - started
     first = loaded_models[0]
-    return {"seconds": seconds, "peak_mib": peak_memory_mib(device), "weights_mib": weight_bytes / 2**20,
-            "device": device, "dtype": str(next(first.model.parameters()).dtype).removeprefix("torch."),
-            "prompts": len(texts), "neurons": first.arch.n_layers(first.model) * first.arch.d_mlp(first.model),
-            "params": sum(p.numel() for p in first.model.parameters())}
+    return {
+        "seconds": seconds,
+        "peak_mib": peak_memory_mib(device),
+        "weights_mib": weight_bytes / 2**20,
+        "device": device,
+        "dtype": str(next(first.model.parameters()).dtype).removeprefix("torch."),
+        "prompts": len(texts),
+        "neurons": first.arch.n_layers(first.model) * first.arch.d_mlp(first.model),
+        "params": sum(p.numel() for p in first.model.parameters()),
+    }
 
 
 @contextmanager
@@ -233,8 +262,12 @@ def part_compute(args, base, tuned, cache) -> dict:
 
     with CacheReader(cache) as reader:
         rule = reader.lens_rule()
-    return {"seconds": seconds, "stages": result.seconds, "peak_mib": peak_memory_mib(args.device_resolved),
-            "lens": rule}
+    return {
+        "seconds": seconds,
+        "stages": result.seconds,
+        "peak_mib": peak_memory_mib(args.device_resolved),
+        "lens": rule,
+    }
 
 
 def part_plan(args, base, tuned, cache) -> dict:
@@ -254,17 +287,26 @@ def part_patch(args, base, tuned, cache) -> dict:
     from neuron_explorer.spec.intervention import Intervention
     from neuron_explorer.spec.settings import RUN_EVALUATION, RunSettings
 
-    evaluation = replace(RUN_EVALUATION, ppl_windows=args.ppl_windows, f1_items=2 * args.ppl_windows,
-                         batch_size=args.batch_size)
-    settings = RunSettings(prompts="builtin:heldout", max_prompts=args.patch_prompts, evaluation=evaluation,
-                           base=str(base), tuned=str(tuned), device=args.device, dtype=args.dtype)
+    evaluation = replace(
+        RUN_EVALUATION, ppl_windows=args.ppl_windows, f1_items=2 * args.ppl_windows, batch_size=args.batch_size
+    )
+    settings = RunSettings(
+        prompts="builtin:heldout",
+        max_prompts=args.patch_prompts,
+        evaluation=evaluation,
+        base=str(base),
+        tuned=str(tuned),
+        device=args.device,
+        dtype=args.dtype,
+    )
     loaded = load_model(str(base), device=args.device, dtype=args.dtype)
     with PatchSession(cache, settings, loaded=loaded) as session:
         intervention, _ = session.intervention(Intervention(PATCH[0], PATCH[1]))
 
         def plain() -> None:
-            evaluate(loaded, session.prompts.texts, session.scorer, settings=session.eval_settings,
-                     inputs=session.inputs)
+            evaluate(
+                loaded, session.prompts.texts, session.scorer, settings=session.eval_settings, inputs=session.inputs
+            )
 
         def patched() -> None:
             session.measure(loaded, "bench", intervention)
@@ -276,8 +318,12 @@ def part_patch(args, base, tuned, cache) -> dict:
             job()
             synchronized(args.device_resolved)
             times[job.__name__].append(time.perf_counter() - started)
-    return {"plain": min(times["plain"]), "patched": min(times["patched"]), "neurons": intervention.n_neurons,
-            "peak_mib": peak_memory_mib(args.device_resolved)}
+    return {
+        "plain": min(times["plain"]),
+        "patched": min(times["patched"]),
+        "neurons": intervention.n_neurons,
+        "peak_mib": peak_memory_mib(args.device_resolved),
+    }
 
 
 def part_lab(args, base, tuned, cache) -> dict:
@@ -297,12 +343,19 @@ def part_lab(args, base, tuned, cache) -> dict:
         for _ in range(args.repeats + 1):
             total = 0.0
             for loaded in (session.loaded, session.tuned()):
-                ids, mask = encode_prompts(loaded.tokenizer, [LAB_PROMPT], session.protocol.max_prompt_tokens,
-                                           loaded.device)
+                ids, mask = encode_prompts(
+                    loaded.tokenizer, [LAB_PROMPT], session.protocol.max_prompt_tokens, loaded.device
+                )
                 started = time.perf_counter()
                 with torch.inference_mode():
-                    generate_tokens(loaded.model, ids, mask, session.protocol.new_tokens,
-                                    suppress_ids=special_token_ids(loaded.tokenizer), feed_last=True)
+                    generate_tokens(
+                        loaded.model,
+                        ids,
+                        mask,
+                        session.protocol.new_tokens,
+                        suppress_ids=special_token_ids(loaded.tokenizer),
+                        feed_last=True,
+                    )
                 synchronized(args.device_resolved)
                 total += time.perf_counter() - started
             bare.append(total)
@@ -320,30 +373,67 @@ def part_explorer(args, base, tuned, cache) -> dict:
     with CacheReader(cache) as reader:
         n_layers = reader.info.n_layers
     figures = asyncio.run(explorer_bench.measure(cache, (120, 40), n_layers))
-    return {"first screen": figures["first screen"], "re-sort": statistics.median(figures["re-sort"]),
-            "layer switch": statistics.median(figures["layer switch"]), "resident_mb": figures["resident memory"]}
+    return {
+        "first screen": figures["first screen"],
+        "re-sort": statistics.median(figures["re-sort"]),
+        "layer switch": statistics.median(figures["layer switch"]),
+        "resident_mb": figures["resident memory"],
+    }
 
 
 def part_torchrun(args, base, tuned, cache) -> dict:
     """The same compute under `torchrun --nproc_per_node 1` (wall time with the launcher's start-up)."""
     settings = compute_settings(args, base, tuned, cache.with_name(cache.stem + "-torchrun.h5"))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "neuron_explorer", "compute", "--base", settings.base,
-               "--tuned", settings.tuned, "--probe", settings.probe, "--prompts", settings.prompts,
-               "--max-prompts", str(settings.max_prompts), "--patch-holdout", str(settings.patch_holdout),
-               "--new-tokens", str(settings.recording.new_tokens), "--batch-size", str(settings.recording.batch_size),
-               "--device", settings.device, "--dtype", settings.dtype, "-o", str(settings.output)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "1",
+        "-m",
+        "neuron_explorer",
+        "compute",
+        "--base",
+        settings.base,
+        "--tuned",
+        settings.tuned,
+        "--probe",
+        settings.probe,
+        "--prompts",
+        settings.prompts,
+        "--max-prompts",
+        str(settings.max_prompts),
+        "--patch-holdout",
+        str(settings.patch_holdout),
+        "--new-tokens",
+        str(settings.recording.new_tokens),
+        "--batch-size",
+        str(settings.recording.batch_size),
+        "--device",
+        settings.device,
+        "--dtype",
+        settings.dtype,
+        "-o",
+        str(settings.output),
+    ]
     with tempfile.TemporaryDirectory() as home:
         started = time.perf_counter()
-        done = subprocess.run(command, env={**os.environ, "NEURON_EXPLORER_HOME": home}, capture_output=True,
-                              text=True)
+        done = subprocess.run(command, env={**os.environ, "NEURON_EXPLORER_HOME": home}, capture_output=True, text=True)
         seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"torchrun compute failed: {done.stderr[-2000:]}")
     return {"seconds": seconds}
 
 
-PARTS = {"bare": part_bare, "compute": part_compute, "plan": part_plan, "patch": part_patch, "lab": part_lab,
-         "explorer": part_explorer, "torchrun": part_torchrun}
+PARTS = {
+    "bare": part_bare,
+    "compute": part_compute,
+    "plan": part_plan,
+    "patch": part_patch,
+    "lab": part_lab,
+    "explorer": part_explorer,
+    "torchrun": part_torchrun,
+}
 DEFAULT_PARTS = ("bare", "compute", "explorer", "plan", "patch", "lab")
 
 
@@ -364,12 +454,38 @@ def measure_here(args, size: str, part: str) -> dict:
 
 
 def measure_in_child(args, size: str, part: str) -> dict:
-    command = [sys.executable, __file__, "--part", part, "--size", size, "--work", str(args.work),
-               "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
-               "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype,
-               "--patch-prompts", str(args.patch_prompts), "--threads", str(args.threads),
-               "--prompt-source", args.prompt_source, "--patch-holdout", str(args.patch_holdout),
-               "--repeats", str(args.repeats), "--ppl-windows", str(args.ppl_windows)]
+    command = [
+        sys.executable,
+        __file__,
+        "--part",
+        part,
+        "--size",
+        size,
+        "--work",
+        str(args.work),
+        "--prompts",
+        str(args.prompts),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--patch-prompts",
+        str(args.patch_prompts),
+        "--threads",
+        str(args.threads),
+        "--prompt-source",
+        args.prompt_source,
+        "--patch-holdout",
+        str(args.patch_holdout),
+        "--repeats",
+        str(args.repeats),
+        "--ppl-windows",
+        str(args.ppl_windows),
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -381,17 +497,20 @@ def measure_in_child(args, size: str, part: str) -> dict:
 
 # -- the table ----------------------------------------------------------------------------------------------------
 
+
 def rows(figures: dict) -> list[tuple[str, str, float, str]]:
     """(measure, unit, value, target) of one size, for the parts it has: unit n, s, ms, MiB or × (a ratio; the
     target an upper bound, or a band for the plan's ±25%)."""
     bare, compute = figures.get("bare"), figures.get("compute")
     out = []
     if bare:
-        out += [("neurons", "n", bare["neurons"], ""),
-                ("parameters per model", "n", bare["params"], ""),
-                ("two models' weights", "MiB", bare["weights_mib"], ""),
-                ("bare greedy generation, both models", "s", bare["seconds"], ""),
-                ("  its peak memory", "MiB", bare["peak_mib"], "")]
+        out += [
+            ("neurons", "n", bare["neurons"], ""),
+            ("parameters per model", "n", bare["params"], ""),
+            ("two models' weights", "MiB", bare["weights_mib"], ""),
+            ("bare greedy generation, both models", "s", bare["seconds"], ""),
+            ("  its peak memory", "MiB", bare["peak_mib"], ""),
+        ]
     if bare and compute:
         stages = compute["stages"]
         recording = stages["record_pre"] + stages["record_dpo"]
@@ -411,28 +530,38 @@ def rows(figures: dict) -> list[tuple[str, str, float, str]]:
         ]
     if compute and "plan" in figures:
         plan = figures["plan"]
-        out += [("--plan estimate", "s", plan["seconds"], ""),
-                ("  estimate / measured time", "×", plan["seconds"] / compute["seconds"], "0.75–1.25"),
-                ("  memory estimate / measured peak", "×", plan["memory_mib"] / compute["peak_mib"], "0.75–1.25")]
+        out += [
+            ("--plan estimate", "s", plan["seconds"], ""),
+            ("  estimate / measured time", "×", plan["seconds"] / compute["seconds"], "0.75–1.25"),
+            ("  memory estimate / measured peak", "×", plan["memory_mib"] / compute["peak_mib"], "0.75–1.25"),
+        ]
     if "patch" in figures:
         patch = figures["patch"]
-        out += [("evaluation without hooks", "s", patch["plain"], ""),
-                (f"patch run ({PATCH[0]} {PATCH[1][0]})", "s", patch["patched"], ""),
-                ("  patch run / without hooks", "×", patch["patched"] / patch["plain"], "≤ 1.1")]
+        out += [
+            ("evaluation without hooks", "s", patch["plain"], ""),
+            (f"patch run ({PATCH[0]} {PATCH[1][0]})", "s", patch["patched"], ""),
+            ("  patch run / without hooks", "×", patch["patched"] / patch["plain"], "≤ 1.1"),
+        ]
     if "lab" in figures:
         lab = figures["lab"]
-        out += [("lab request (base + DPO)", "s", lab["request"], ""),
-                ("  its bare generation", "s", lab["bare"], ""),
-                ("  request / bare", "×", lab["request"] / lab["bare"], "")]
+        out += [
+            ("lab request (base + DPO)", "s", lab["request"], ""),
+            ("  its bare generation", "s", lab["bare"], ""),
+            ("  request / bare", "×", lab["request"] / lab["bare"], ""),
+        ]
     if compute and "torchrun" in figures:
-        out += [("torchrun --nproc_per_node 1 compute (wall)", "s", figures["torchrun"]["seconds"], ""),
-                ("  / compute in one process", "×", figures["torchrun"]["seconds"] / compute["seconds"], "")]
+        out += [
+            ("torchrun --nproc_per_node 1 compute (wall)", "s", figures["torchrun"]["seconds"], ""),
+            ("  / compute in one process", "×", figures["torchrun"]["seconds"] / compute["seconds"], ""),
+        ]
     if "explorer" in figures:
         explorer = figures["explorer"]
-        out += [("explorer first screen", "ms", explorer["first screen"] * 1000, "≤ 500"),
-                ("explorer re-sort (median)", "ms", explorer["re-sort"] * 1000, "≤ 150"),
-                ("explorer layer switch (median)", "ms", explorer["layer switch"] * 1000, "≤ 100"),
-                ("explorer resident memory", "MiB", explorer["resident_mb"], "≤ 1024")]
+        out += [
+            ("explorer first screen", "ms", explorer["first screen"] * 1000, "≤ 500"),
+            ("explorer re-sort (median)", "ms", explorer["re-sort"] * 1000, "≤ 150"),
+            ("explorer layer switch (median)", "ms", explorer["layer switch"] * 1000, "≤ 100"),
+            ("explorer resident memory", "MiB", explorer["resident_mb"], "≤ 1024"),
+        ]
     return out
 
 
@@ -460,8 +589,9 @@ def table(results: dict[str, dict], markdown: bool) -> str:
     names = list(results)
     grown = len(names) > 1
     header = ["measure", *names, *([f"{names[-1]}/{names[0]}"] if grown else []), "target"]
-    measured = {name: {label: (unit, value, target) for label, unit, value, target in rows(results[name])}
-                for name in names}
+    measured = {
+        name: {label: (unit, value, target) for label, unit, value, target in rows(results[name])} for name in names
+    }
     labels = list(dict.fromkeys(label for name in names for label in measured[name]))
     body = []
     for label in labels:
@@ -483,8 +613,10 @@ def table(results: dict[str, dict], markdown: bool) -> str:
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
-                     for row in [header, *body])
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        for row in [header, *body]
+    )
 
 
 def main() -> int:
@@ -493,13 +625,18 @@ def main() -> int:
     parser.add_argument("--parts", default=",".join(DEFAULT_PARTS), help="comma-separated: " + ", ".join(PARTS))
     parser.add_argument("--prompts", type=int, default=24, help="recorded prompts")
     parser.add_argument("--prompt-source", default="builtin:heldout", help="compute's --prompts (builtin:heldout)")
-    parser.add_argument("--patch-holdout", type=float, default=0.5,
-                        help="compute's --patch-holdout: the share of the source kept aside (0.5)")
+    parser.add_argument(
+        "--patch-holdout",
+        type=float,
+        default=0.5,
+        help="compute's --patch-holdout: the share of the source kept aside (0.5)",
+    )
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patch-prompts", type=int, default=8, help="prompts of the patch run's evaluation")
-    parser.add_argument("--ppl-windows", type=int, default=2,
-                        help="the patch run's perplexity windows (and twice as many F1 passages)")
+    parser.add_argument(
+        "--ppl-windows", type=int, default=2, help="the patch run's perplexity windows (and twice as many F1 passages)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats of the patch run and the lab request")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -507,12 +644,18 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="where the caches go (default: a temporary folder)")
     parser.add_argument("--build-only", action="store_true", help="build the pairs and stop")
     parser.add_argument("--table-from", type=Path, help="print the table of a --json file written earlier and stop")
-    parser.add_argument("--in-process", action="store_true",
-                        help="every part in this process (quick; the peak memory figures are then the process's)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="every part in this process (quick; the peak memory figures are then the process's)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--markdown", type=Path, help="also write the table here as markdown")
-    parser.add_argument("--prepare-prompts", action="store_true",
-                        help="write --prompt-source (a .txt path) first: the builtin prompts, repeated as needed")
+    parser.add_argument(
+        "--prepare-prompts",
+        action="store_true",
+        help="write --prompt-source (a .txt path) first: the builtin prompts, repeated as needed",
+    )
     parser.add_argument("--part", choices=list(PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -557,9 +700,11 @@ def main() -> int:
         if temporary is not None:
             temporary.cleanup()
     first = results[sizes[0]]["bare"]
-    print(f"\nscale benchmark: {first['prompts']} recorded prompts, {args.new_tokens} new tokens, batch "
-          f"{args.batch_size}, {first['device']} in {first['dtype']}, {time.perf_counter() - started:.0f} s in all; "
-          f"load average (5 min) {load_before:.1f} before, {os.getloadavg()[1]:.1f} after, {os.cpu_count()} cores\n")
+    print(
+        f"\nscale benchmark: {first['prompts']} recorded prompts, {args.new_tokens} new tokens, batch "
+        f"{args.batch_size}, {first['device']} in {first['dtype']}, {time.perf_counter() - started:.0f} s in all; "
+        f"load average (5 min) {load_before:.1f} before, {os.getloadavg()[1]:.1f} after, {os.cpu_count()} cores\n"
+    )
     print(table(results, markdown=False))
     if args.markdown:
         args.markdown.write_text(table(results, markdown=True) + "\n")

@@ -60,14 +60,16 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="neuron-explorer", description=DESCRIPTION,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(
+        prog="neuron-explorer", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=version_text())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"neuron_explorer.commands.{module_name}")
-        sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = subparsers.add_parser(
+            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run, _data_parallel=getattr(module, "DATA_PARALLEL", False), _parser=sub)
     return parser
@@ -77,11 +79,15 @@ def check_launch(args) -> None:
     """Under torchrun or accelerate (WORLD_SIZE > 1) only the commands that deal their work out to the processes
     run; any other would run N times over, each copy writing the same files."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args._data_parallel:
-        parallel = ", ".join(name for name, module in COMMANDS.items()
-                             if getattr(importlib.import_module(f"neuron_explorer.commands.{module}"),
-                                        "DATA_PARALLEL", False))
-        raise UserError(f"{args.command} runs in one process: start it without torchrun or accelerate launch "
-                        f"(data-parallel commands: {parallel})")
+        parallel = ", ".join(
+            name
+            for name, module in COMMANDS.items()
+            if getattr(importlib.import_module(f"neuron_explorer.commands.{module}"), "DATA_PARALLEL", False)
+        )
+        raise UserError(
+            f"{args.command} runs in one process: start it without torchrun or accelerate launch "
+            f"(data-parallel commands: {parallel})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

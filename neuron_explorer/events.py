@@ -87,8 +87,9 @@ class Answer:
 
 Event = Progress | Message | Stored | Done | Failed | Cancelled | Ready | Answer
 Reporter = Callable[[Event], None]
-EVENT_TYPES: dict[str, type[Event]] = {cls.__name__.lower(): cls
-                                        for cls in (Progress, Message, Stored, Done, Failed, Cancelled, Ready, Answer)}
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__.lower(): cls for cls in (Progress, Message, Stored, Done, Failed, Cancelled, Ready, Answer)
+}
 
 
 class EventError(ValueError):
@@ -155,5 +156,6 @@ class Tracker:
         elapsed = time.perf_counter() - self.started
         rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
         eta = (self.total - self.done) / rate if rate else None
-        self.report(Progress(self.stage, self.done, self.total, round(elapsed, 1),
-                             None if eta is None else round(eta, 1)))
+        self.report(
+            Progress(self.stage, self.done, self.total, round(elapsed, 1), None if eta is None else round(eta, 1))
+        )

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from neuron_explorer.cache import annotations as sidecar
 from neuron_explorer.cache import layout, schema
@@ -28,8 +27,9 @@ from neuron_explorer.cache.reader import CacheReader, neuron_id, parse_neuron_id
 GROUP_DEFINITION = "v1: sign class from cos_pre and ā_pre, ↓/↑ from the sign of δ (the cache's group column)"
 FIGURES = ("layers", "shares", "recovered", "neuron")
 # Blues and greens for the groups that reduce toxicity, reds and oranges for their mirrors (as in the explorer).
-GROUP_COLORS = dict(zip(schema.GROUP_NAMES, ("#0087ff", "#00d7ff", "#00af00", "#afd700",
-                                              "#d70000", "#ff5f00", "#d75fd7", "#ffd700")))
+GROUP_COLORS = dict(
+    zip(schema.GROUP_NAMES, ("#0087ff", "#00d7ff", "#00af00", "#afd700", "#d70000", "#ff5f00", "#d75fd7", "#ffd700"))
+)
 
 
 # -- the numbers -------------------------------------------------------------------------------------------------
@@ -41,8 +41,7 @@ def recovered_error(recovered: float, run_sem: float, base: dict, dpo: dict) -> 
     terms = (run_sem, base.get("toxicity_sem", math.nan), dpo.get("toxicity_sem", math.nan), recovered, gap)
     if not all(isinstance(term, (int, float)) and math.isfinite(term) for term in terms) or gap == 0:
         return math.nan
-    variance = (run_sem ** 2 + (1 - recovered) ** 2 * base["toxicity_sem"] ** 2
-                + recovered ** 2 * dpo["toxicity_sem"] ** 2)
+    variance = run_sem**2 + (1 - recovered) ** 2 * base["toxicity_sem"] ** 2 + recovered**2 * dpo["toxicity_sem"] ** 2
     return math.sqrt(variance) / abs(gap)
 
 
@@ -67,8 +66,9 @@ def recovered_rows(cache_path: str | Path, runs: list[sidecar.PatchRun] | None =
             baselines[key] = sidecar.load_baseline(cache_path, key)
         baseline = (baselines.get(key) if key else None) or {}
         recovered = _number(run.metrics.get("recovered"))
-        error = recovered_error(recovered, _number(run.metrics.get("toxicity_sem")), baseline.get("base") or {},
-                                baseline.get("dpo") or {})
+        error = recovered_error(
+            recovered, _number(run.metrics.get("toxicity_sem")), baseline.get("base") or {}, baseline.get("dpo") or {}
+        )
         rows.append(RecoveredRow(run.run_id, str(run.settings.get("label", run.run_id)), recovered, error))
     return rows
 
@@ -80,18 +80,27 @@ def _number(value) -> float:
 def layer_group_sums(reader: CacheReader) -> np.ndarray:
     """(n_layers, 8): Σ Δ of each group (GROUP_NAMES order) in each layer."""
     wide = reader.layer_group_sums().pivot(on="group", index="layer", values="sum_contribution").sort("layer")
-    return np.column_stack([wide[name].to_numpy() if name in wide.columns else np.zeros(wide.height)
-                            for name in schema.GROUP_NAMES])
+    return np.column_stack(
+        [wide[name].to_numpy() if name in wide.columns else np.zeros(wide.height) for name in schema.GROUP_NAMES]
+    )
 
 
 def provenance(reader: CacheReader) -> dict:
     """What a figure was drawn from: the cache, its models and protocol, and the group definition."""
     info, recorded = reader.info, reader.info.provenance
-    return {"cache": info.path.name, "created": info.created, "architecture": info.architecture,
-            "neurons": f"{info.n_layers}×{info.d_mlp}", "prompts": info.n_prompts,
-            "base": recorded.get("base"), "tuned": recorded.get("tuned"), "probe": recorded.get("probe"),
-            "protocol": {"positions": reader.attrs().get(layout.POSITIONS), "settings": recorded.get("settings")},
-            "groups": GROUP_DEFINITION, "tool": "neuron-explorer figures"}
+    return {
+        "cache": info.path.name,
+        "created": info.created,
+        "architecture": info.architecture,
+        "neurons": f"{info.n_layers}×{info.d_mlp}",
+        "prompts": info.n_prompts,
+        "base": recorded.get("base"),
+        "tuned": recorded.get("tuned"),
+        "probe": recorded.get("probe"),
+        "protocol": {"positions": reader.attrs().get(layout.POSITIONS), "settings": recorded.get("settings")},
+        "groups": GROUP_DEFINITION,
+        "tool": "neuron-explorer figures",
+    }
 
 
 # -- the figures --------------------------------------------------------------------------------------------------
@@ -103,8 +112,15 @@ def layers_figure(reader: CacheReader):
     above, below = np.zeros(len(sums)), np.zeros(len(sums))
     for code, name in enumerate(schema.GROUP_NAMES):
         values = sums[:, code]
-        axes.bar(layers, values, bottom=np.where(values >= 0, above, below), color=GROUP_COLORS[name], width=0.8,
-                 label=name, gid=name)
+        axes.bar(
+            layers,
+            values,
+            bottom=np.where(values >= 0, above, below),
+            color=GROUP_COLORS[name],
+            width=0.8,
+            label=name,
+            gid=name,
+        )
         above += np.clip(values, 0, None)
         below += np.clip(values, None, 0)
     axes.axhline(0, color="grey", linewidth=0.8)
@@ -123,8 +139,16 @@ def shares_figure(reader: CacheReader):
     x = np.arange(summary.height)
     colors = [GROUP_COLORS[name] for name in summary["group"]]
     axes.bar(x - 0.2, summary["share_v1"].to_numpy(), width=0.4, color=colors, label="v1 (default)", gid="v1")
-    axes.bar(x + 0.2, summary["share_v3"].to_numpy(), width=0.4, color=colors, alpha=0.45, hatch="//",
-             label="v3 (Δ > 0 by sign class)", gid="v3")
+    axes.bar(
+        x + 0.2,
+        summary["share_v3"].to_numpy(),
+        width=0.4,
+        color=colors,
+        alpha=0.45,
+        hatch="//",
+        label="v3 (Δ > 0 by sign class)",
+        gid="v3",
+    )
     axes.set_xticks(x, summary["group"].to_list())
     axes.set_ylabel("share")
     axes.yaxis.set_major_formatter(_percent())
@@ -172,16 +196,21 @@ def neuron_figure(reader: CacheReader, neuron: tuple[int, int]):
         axes.hist(dpo, bins=bins, alpha=0.6, color="#ff8700", label="DPO", gid="dpo")
         axes.legend(fontsize=8)
     else:
-        axes.text(0.5, 0.5, "this cache stores no per-prompt activations", ha="center", va="center",
-                  transform=axes.transAxes)
+        axes.text(
+            0.5, 0.5, "this cache stores no per-prompt activations", ha="center", va="center", transform=axes.transAxes
+        )
     axes.set_xlabel("mean activation over the prompt's recorded positions (ā)")
     axes.set_ylabel("prompts")
     axes.set_title(f"{name}: activation per prompt, base vs DPO")
     return figure
 
 
-def write_figures(cache_path: str | Path, folder: str | Path | None = None, neuron: str | None = None,
-                  which: tuple[str, ...] = FIGURES) -> list[Path]:
+def write_figures(
+    cache_path: str | Path,
+    folder: str | Path | None = None,
+    neuron: str | None = None,
+    which: tuple[str, ...] = FIGURES,
+) -> list[Path]:
     """Draw ``which`` figures of the cache as SVG and PNG into ``folder`` (default: the cache's folder, in
     ``<stem>-figures/``); return the files written."""
     folder = Path(folder) if folder is not None else Path(cache_path).with_name(f"{Path(cache_path).stem}-figures")
@@ -190,15 +219,20 @@ def write_figures(cache_path: str | Path, folder: str | Path | None = None, neur
     with CacheReader(cache_path) as reader:
         chosen = parse_neuron_id(neuron) if neuron else top_neuron(reader)
         record = provenance(reader)
-        builders = {"layers": lambda: layers_figure(reader), "shares": lambda: shares_figure(reader),
-                    "recovered": lambda: recovered_figure(reader), "neuron": lambda: neuron_figure(reader, chosen)}
+        builders = {
+            "layers": lambda: layers_figure(reader),
+            "shares": lambda: shares_figure(reader),
+            "recovered": lambda: recovered_figure(reader),
+            "neuron": lambda: neuron_figure(reader, chosen),
+        }
         for name in which:
             figure = builders[name]()
             details = {**record, "figure": name}
             if name == "neuron":
                 details["neuron"] = neuron_id(*chosen)
-            stem = f"{Path(cache_path).stem}-{name}" + (f"-{neuron_id(*chosen).replace('/', '-')}"
-                                                        if name == "neuron" else "")
+            stem = f"{Path(cache_path).stem}-{name}" + (
+                f"-{neuron_id(*chosen).replace('/', '-')}" if name == "neuron" else ""
+            )
             written += _save(figure, folder / stem, details)
     return written
 
@@ -215,7 +249,7 @@ def read_metadata(path: Path) -> dict:
     start = text.index("<dc:description>") + len("<dc:description>")
     import html
 
-    return json.loads(html.unescape(text[start:text.index("</dc:description>", start)]))
+    return json.loads(html.unescape(text[start : text.index("</dc:description>", start)]))
 
 
 # -- matplotlib ---------------------------------------------------------------------------------------------------
@@ -245,8 +279,10 @@ def _save(figure, stem: Path, details: dict) -> list[Path]:
     description = json.dumps(details, ensure_ascii=False, default=str)
     title = f"neuron-explorer: {details['figure']} of {details['cache']}"
     paths = []
-    for suffix, metadata in ((".svg", {"Title": title, "Description": description, "Date": None}),
-                             (".png", {"Title": title, "Description": description, "Software": "neuron-explorer"})):
+    for suffix, metadata in (
+        (".svg", {"Title": title, "Description": description, "Date": None}),
+        (".png", {"Title": title, "Description": description, "Software": "neuron-explorer"}),
+    ):
         path = stem.with_suffix(suffix)
         figure.savefig(path, metadata=metadata)
         paths.append(path)

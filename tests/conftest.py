@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedModel, PreTrainedTokenizerFast)
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from neuron_explorer.engine.model.loading import load_model
 
@@ -27,22 +34,45 @@ def make_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE(unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(TRAINING_TEXT, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
     tokenizer.save_pretrained(folder)
     return tokenizer
 
 
 def tiny_config(kind: str, vocab_size: int):
     if kind == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=32, n_layer=3, n_head=4, n_inner=64,
-                          bos_token_id=0, eos_token_id=0)
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                       bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=128,
+            n_embd=32,
+            n_layer=3,
+            n_head=4,
+            n_inner=64,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
 
 
 def make_tiny_model(folder: Path, kind: str, seed: int = 0) -> Path:
@@ -67,8 +97,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {kind: make_tiny_model(root / kind, kind) for kind in ("gpt2", "llama")}
 
 
-def save_edited_copy(base: Path, target: Path, *, noise: float = 0.0,
-                     edit: Callable[[PreTrainedModel], None] | None = None) -> Path:
+def save_edited_copy(
+    base: Path, target: Path, *, noise: float = 0.0, edit: Callable[[PreTrainedModel], None] | None = None
+) -> Path:
     """A 'tuned' model saved with its tokenizer files: `base` with Gaussian noise of scale `noise` on every weight
     (like DPO: value vectors keep cosine ≈ 1) and then changed in place by `edit`, without gradients."""
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -118,24 +149,43 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
 
 # -- tiny model pairs and a small real cache (patching and lab tests), built once per session ----------------
 
+
 @pytest.fixture(scope="session")
 def prompts() -> list[str]:
     """The prompts every cache of `compute_cache` is computed on, in their order in its prompts file."""
-    return ["You are a stupid", "She walked to the market in the morning and", "What the hell", "The river runs",
-            "I hate you", "The quick brown fox", "Shut up and get out", "An old stone bridge", "You pathetic loser",
-            "She bought bread and apples", "Get lost, you fool", "Two hundred years ago"]
+    return [
+        "You are a stupid",
+        "She walked to the market in the morning and",
+        "What the hell",
+        "The river runs",
+        "I hate you",
+        "The quick brown fox",
+        "Shut up and get out",
+        "An old stone bridge",
+        "You pathetic loser",
+        "She bought bread and apples",
+        "Get lost, you fool",
+        "Two hundred years ago",
+    ]
 
 
 @pytest.fixture(scope="session")
 def pairs(tiny_models, edited_copy, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     root = tmp_path_factory.mktemp("patch-pairs")
-    return {kind: (folder, edited_copy(folder, root / f"{kind}-tuned", noise=0.02)) for kind, folder in tiny_models.items()}
+    return {
+        kind: (folder, edited_copy(folder, root / f"{kind}-tuned", noise=0.02)) for kind, folder in tiny_models.items()
+    }
 
 
 @pytest.fixture(scope="session")
 def loaded_pairs(pairs):
-    return {kind: (load_model(str(base), device="cpu", dtype="float32"),
-                   load_model(str(tuned), device="cpu", dtype="float32")) for kind, (base, tuned) in pairs.items()}
+    return {
+        kind: (
+            load_model(str(base), device="cpu", dtype="float32"),
+            load_model(str(tuned), device="cpu", dtype="float32"),
+        )
+        for kind, (base, tuned) in pairs.items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -150,10 +200,18 @@ def compute_cache(tmp_path_factory, prompts):
     torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), root / "probe.pt")
 
     def compute(base: Path, tuned: Path, name: str, **extra) -> Path:
-        settings = ComputeSettings(base=str(base), tuned=str(tuned), probe=str(root / "probe.pt"),
-                                   prompts=str(root / "prompts.txt"), output=root / name, device="cpu",
-                                   dtype="float32", cluster_top_k=40, n_clusters=4,
-                                   **{"recording": RecordingSettings(new_tokens=5), **extra})
+        settings = ComputeSettings(
+            base=str(base),
+            tuned=str(tuned),
+            probe=str(root / "probe.pt"),
+            prompts=str(root / "prompts.txt"),
+            output=root / name,
+            device="cpu",
+            dtype="float32",
+            cluster_top_k=40,
+            n_clusters=4,
+            **{"recording": RecordingSettings(new_tokens=5), **extra},
+        )
         return run_compute(settings).path
 
     return compute

@@ -28,17 +28,35 @@ PACKAGE = Path(neuron_explorer.__file__).parent
 HOME = PACKAGE / "cache"
 
 # Methods that take an HDF5 name as their first argument (h5py's, and CacheReader's and CacheWriter's).
-NAMED_FIRST = {"has", "table", "attrs", "write_table", "write_array", "require_group", "create_group",
-               "create_dataset", "require_dataset"}
+NAMED_FIRST = {
+    "has",
+    "table",
+    "attrs",
+    "write_table",
+    "write_array",
+    "require_group",
+    "create_group",
+    "create_dataset",
+    "require_dataset",
+}
 # Builders of a path from one name, each called with "" to give its prefix ("neurons/").
-PATH_BUILDERS = (layout.neuron_path, layout.layer_path, layout.summary_path, layout.prompt_acts_path,
-                 layout.difference_path, layout.dynamics_path)
+PATH_BUILDERS = (
+    layout.neuron_path,
+    layout.layer_path,
+    layout.summary_path,
+    layout.prompt_acts_path,
+    layout.difference_path,
+    layout.dynamics_path,
+)
 
 
 def known_paths() -> set[str]:
     """Every path a cache holds that has a "/" in it: the layout's constants and each dataset the schema names."""
-    constants = {value for name, value in vars(layout).items()
-                 if name.isupper() and isinstance(value, str) and "/" in value and value != layout.ROOT}
+    constants = {
+        value
+        for name, value in vars(layout).items()
+        if name.isupper() and isinstance(value, str) and "/" in value and value != layout.ROOT
+    }
     built = {
         *(layout.neuron_path(name) for name in (*schema.NEURON_COLUMNS, *schema.TOKEN_ARRAYS)),
         *(layout.layer_path(name) for name in schema.LAYER_COLUMNS),
@@ -112,40 +130,48 @@ def hdf5_names(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 def test_no_module_outside_cache_spells_an_hdf5_path_or_attribute_name():
-    findings = [f"{path.relative_to(PACKAGE.parent)}:{line}: {why}"
-                for path in sorted(PACKAGE.rglob("*.py")) if HOME not in path.parents
-                for line, why in hdf5_names(ast.parse(path.read_text(encoding="utf-8")))]
+    findings = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {why}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if HOME not in path.parents
+        for line, why in hdf5_names(ast.parse(path.read_text(encoding="utf-8")))
+    ]
     assert not findings, "use the names of neuron_explorer/cache/layout.py instead of:\n" + "\n".join(findings)
 
 
-@pytest.mark.parametrize("source", [
-    'reader.has("clusters/summary")',
-    'writer.write_array("/probe/direction", direction)',
-    'writer.write_table(f"differences/{source}", arrays)',
-    'handle.attrs["lens_rule"]',
-    'reader.attrs().get("positions")',
-    'tree.attrs.get("n_clusters", 0)',
-    '"complete" in handle.attrs',
-    'self.file["vocab"]',
-    'writer.write_attrs({"steps": steps}, layout.DYNAMICS)',
-    'writer.write_attrs(attrs, "layers")',
-    'group.require_group("neurons")',
-    'name = "neurons/" + column',
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        'reader.has("clusters/summary")',
+        'writer.write_array("/probe/direction", direction)',
+        'writer.write_table(f"differences/{source}", arrays)',
+        'handle.attrs["lens_rule"]',
+        'reader.attrs().get("positions")',
+        'tree.attrs.get("n_clusters", 0)',
+        '"complete" in handle.attrs',
+        'self.file["vocab"]',
+        'writer.write_attrs({"steps": steps}, layout.DYNAMICS)',
+        'writer.write_attrs(attrs, "layers")',
+        'group.require_group("neurons")',
+        'name = "neurons/" + column',
+    ],
+)
 def test_each_way_of_spelling_a_name_is_found(source):
     assert hdf5_names(ast.parse(source))
 
 
-@pytest.mark.parametrize("source", [
-    'Binding("tab", "switch_pane", "layers/table")',
-    'stages = {"evaluation": file}',
-    'reader.has(layout.CLUSTER_SUMMARY)',
-    'writer.write_attrs({layout.LENS_RULE: rule}, layout.NEURONS)',
-    'settings.get("positions", "generated")',
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        'Binding("tab", "switch_pane", "layers/table")',
+        'stages = {"evaluation": file}',
+        "reader.has(layout.CLUSTER_SUMMARY)",
+        "writer.write_attrs({layout.LENS_RULE: rule}, layout.NEURONS)",
+        'settings.get("positions", "generated")',
+    ],
+)
 def test_ordinary_words_and_layout_names_are_not_findings(source):
     assert hdf5_names(ast.parse(source)) == []
-
 
 
 # -- the files themselves ---------------------------------------------------------------------------------------------
@@ -157,10 +183,17 @@ def unmapped_places(path: Path) -> list[str]:
     is a layout constant or built path, a group on the way to one, or a column of a table the layout names (a
     group with a `columns` attribute holds its columns as datasets: those are the table's content, not places)."""
     with h5py.File(path, "r") as handle:
+
         def named(name: str) -> bool:
             parent = name.rpartition("/")[0]
-            return (name in PATHS or name in CONSTANTS or any(known.startswith(name + "/") for known in PATHS)
-                    or bool(parent) and layout.COLUMNS in handle[parent].attrs and named(parent))
+            return (
+                name in PATHS
+                or name in CONSTANTS
+                or any(known.startswith(name + "/") for known in PATHS)
+                or bool(parent)
+                and layout.COLUMNS in handle[parent].attrs
+                and named(parent)
+            )
 
         places: list[str] = []
         handle.visit(places.append)
@@ -178,9 +211,29 @@ def test_compute_from_the_command_line_writes_only_places_the_layout_names(tiny_
     (tmp_path / "prompts.txt").write_text("You are a stupid\nThe river runs\nWhat the hell\nAn old stone bridge\n")
     torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), tmp_path / "probe.pt")
     output = tmp_path / "computed.h5"
-    code = main(["compute", "--base", str(tiny_models["llama"]), "--tuned", str(tiny_models["llama"]),
-                 "--probe", str(tmp_path / "probe.pt"), "--prompts", str(tmp_path / "prompts.txt"), "--device", "cpu",
-                 "--new-tokens", "2", "--identity-check", "2", "--cluster-top-k", "16", "-o", str(output)])
+    code = main(
+        [
+            "compute",
+            "--base",
+            str(tiny_models["llama"]),
+            "--tuned",
+            str(tiny_models["llama"]),
+            "--probe",
+            str(tmp_path / "probe.pt"),
+            "--prompts",
+            str(tmp_path / "prompts.txt"),
+            "--device",
+            "cpu",
+            "--new-tokens",
+            "2",
+            "--identity-check",
+            "2",
+            "--cluster-top-k",
+            "16",
+            "-o",
+            str(output),
+        ]
+    )
     assert code == 0
     with h5py.File(output, "r") as handle:
         assert layout.PATCH_PROMPTS in handle and layout.DIFFERENCES in handle and layout.POSITIONS in handle.attrs

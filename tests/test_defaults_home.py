@@ -19,15 +19,25 @@ HOME = Path(spec.__file__).resolve()
 # `in_sample` or `shared_continuation` default to False everywhere.
 UNWATCHED = {"batch_size", "ppl_batch_size"}
 # Other names the same settings go by outside the dataclasses.
-ALIASES = {"detector_scorer": "scorer", "prompt_tokens": "max_prompt_tokens", "gold_tokens": "new_tokens",
-           "heldout_prompts": "prompts"}
+ALIASES = {
+    "detector_scorer": "scorer",
+    "prompt_tokens": "max_prompt_tokens",
+    "gold_tokens": "new_tokens",
+    "heldout_prompts": "prompts",
+}
 
 
 def watched_defaults() -> dict[str, set]:
     """Each setting's default values (a run's and the full evaluation's both), from the dataclasses."""
     values: dict[str, set] = {}
-    for defaults in (spec.DeviceSettings(), spec.RecordingSettings(), spec.EvaluationSettings(), spec.RUN_EVALUATION,
-                     spec.ScorerSettings(), spec.RunSettings()):
+    for defaults in (
+        spec.DeviceSettings(),
+        spec.RecordingSettings(),
+        spec.EvaluationSettings(),
+        spec.RUN_EVALUATION,
+        spec.ScorerSettings(),
+        spec.RunSettings(),
+    ):
         for item in fields(defaults):
             value = getattr(defaults, item.name)
             if item.name not in UNWATCHED and isinstance(value, (int, str)) and not isinstance(value, bool):
@@ -59,8 +69,10 @@ def retyped_defaults(tree: ast.AST) -> list[tuple[int, str, object]]:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             args = node.args
             positional = [*args.posonlyargs, *args.args]
-            pairs = [*zip(positional[len(positional) - len(args.defaults):], args.defaults),
-                     *zip(args.kwonlyargs, args.kw_defaults)]
+            pairs = [
+                *zip(positional[len(positional) - len(args.defaults) :], args.defaults),
+                *zip(args.kwonlyargs, args.kw_defaults),
+            ]
             found += [(default.lineno, arg.arg, _constant(default)) for arg, default in pairs if default is not None]
         elif isinstance(node, ast.ClassDef):
             for statement in node.body:
@@ -76,43 +88,66 @@ def retyped_defaults(tree: ast.AST) -> list[tuple[int, str, object]]:
 
 
 def offences(source: str, watched: dict[str, set]) -> list[str]:
-    return [f"line {line}: {name} = {value!r}" for line, name, value in retyped_defaults(ast.parse(source))
-            if name in watched and not isinstance(value, bool) and value in watched[name]]
+    return [
+        f"line {line}: {name} = {value!r}"
+        for line, name, value in retyped_defaults(ast.parse(source))
+        if name in watched and not isinstance(value, bool) and value in watched[name]
+    ]
 
 
 def test_the_shared_defaults_live_only_in_spec_settings():
     watched = watched_defaults()
-    assert {"new_tokens", "max_prompt_tokens", "ppl_window", "ppl_windows", "f1_items", "scorer", "check_scorer",
-            "device", "dtype", "positions"} <= set(watched)
+    assert {
+        "new_tokens",
+        "max_prompt_tokens",
+        "ppl_window",
+        "ppl_windows",
+        "f1_items",
+        "scorer",
+        "check_scorer",
+        "device",
+        "dtype",
+        "positions",
+    } <= set(watched)
     problems = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.resolve() == HOME:
             continue
-        problems += [f"{path.relative_to(PACKAGE.parent)} {offence}"
-                     for offence in offences(path.read_text(encoding="utf-8"), watched)]
-    assert not problems, ("defaults retyped outside neuron_explorer/spec/settings.py (take them from its dataclasses "
-                          "or add_options):\n" + "\n".join(problems))
+        problems += [
+            f"{path.relative_to(PACKAGE.parent)} {offence}"
+            for offence in offences(path.read_text(encoding="utf-8"), watched)
+        ]
+    assert not problems, (
+        "defaults retyped outside neuron_explorer/spec/settings.py (take them from its dataclasses "
+        "or add_options):\n" + "\n".join(problems)
+    )
 
 
-@pytest.mark.parametrize("source", [
-    "def generate(loaded, new_tokens: int = 20): ...",
-    "def load(spec, *, device='auto'): ...",
-    "class Settings:\n    ppl_windows: int | None = 8\n",
-    "parser.add_argument('--scorer', default='profanity')",
-    "group.add_argument('--max-prompt-tokens', type=int, default=32, help='truncation')",
-    "settings.get('new_tokens', 20)",
-    "def score(texts, detector_scorer='profanity'): ...",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def generate(loaded, new_tokens: int = 20): ...",
+        "def load(spec, *, device='auto'): ...",
+        "class Settings:\n    ppl_windows: int | None = 8\n",
+        "parser.add_argument('--scorer', default='profanity')",
+        "group.add_argument('--max-prompt-tokens', type=int, default=32, help='truncation')",
+        "settings.get('new_tokens', 20)",
+        "def score(texts, detector_scorer='profanity'): ...",
+    ],
+)
 def test_a_retyped_default_is_found(source):
     assert offences(source, watched_defaults())
 
 
-@pytest.mark.parametrize("source", [
-    "def sample_openings(loaded, new_tokens: int = 12): ...",  # another number: another setting
-    "def generate(loaded, new_tokens: int = NEW_TOKENS): ...",
-    "parser.add_argument('--positions', default=None)",
-    "parser.add_argument('--batch-size', default=4)",
-    "class Scorer:\n    name = 'profanity'\n",  # a scorer's own name, not a default
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def sample_openings(loaded, new_tokens: int = 12): ...",  # another number: another setting
+        "def generate(loaded, new_tokens: int = NEW_TOKENS): ...",
+        "parser.add_argument('--positions', default=None)",
+        "parser.add_argument('--batch-size', default=4)",
+        "class Scorer:\n    name = 'profanity'\n",  # a scorer's own name, not a default
+    ],
+)
 def test_what_is_not_a_retyped_default_passes(source):
     assert not offences(source, watched_defaults())

@@ -58,12 +58,15 @@ def test_recovered_figure_draws_each_run_with_its_standard_error(cache, tmp_path
     path = tmp_path / "runs.h5"
     path.write_bytes(cache.read_bytes())
     # base 0.30 ± 0, DPO 0.10 ± 0, a run at 0.20 ± 0.02: recovered 0.5 exactly, its s.e. 0.02 / 0.2 = 0.1
-    annotations.save_baseline(path, "k", {"base": {"toxicity": 0.30, "toxicity_sem": 0.0},
-                                          "dpo": {"toxicity": 0.10, "toxicity_sem": 0.0}})
-    annotations.save_run(path, {"label": "half", "baseline": "k"}, {"recovered": 0.5, "toxicity_sem": 0.02}, [],
-                         label="a-half")
-    annotations.save_run(path, {"label": "no baseline"}, {"recovered": 0.25, "toxicity_sem": 0.02}, [],
-                         label="b-no-baseline")
+    annotations.save_baseline(
+        path, "k", {"base": {"toxicity": 0.30, "toxicity_sem": 0.0}, "dpo": {"toxicity": 0.10, "toxicity_sem": 0.0}}
+    )
+    annotations.save_run(
+        path, {"label": "half", "baseline": "k"}, {"recovered": 0.5, "toxicity_sem": 0.02}, [], label="a-half"
+    )
+    annotations.save_run(
+        path, {"label": "no baseline"}, {"recovered": 0.25, "toxicity_sem": 0.02}, [], label="b-no-baseline"
+    )
     with CacheReader(path) as reader:
         figure = figures.recovered_figure(reader)
     widths = [patch.get_width() for patch in bars(figure, "recovered")]
@@ -79,12 +82,14 @@ def test_the_delta_method_error_of_recovered_matches_a_simulation():
     """Independent check of `recovered_error`: the spread of R over many draws of the three toxicities."""
     rng = np.random.default_rng(0)
     base, dpo, run = (0.30, 0.02), (0.10, 0.015), (0.22, 0.02)
-    draws = {name: rng.normal(mean, sem, 200_000) for name, (mean, sem) in
-             {"base": base, "dpo": dpo, "run": run}.items()}
+    draws = {
+        name: rng.normal(mean, sem, 200_000) for name, (mean, sem) in {"base": base, "dpo": dpo, "run": run}.items()
+    }
     simulated = np.std((draws["base"] - draws["run"]) / (draws["base"] - draws["dpo"]))
     recovered = (base[0] - run[0]) / (base[0] - dpo[0])
-    computed = figures.recovered_error(recovered, run[1], {"toxicity": base[0], "toxicity_sem": base[1]},
-                                       {"toxicity": dpo[0], "toxicity_sem": dpo[1]})
+    computed = figures.recovered_error(
+        recovered, run[1], {"toxicity": base[0], "toxicity_sem": base[1]}, {"toxicity": dpo[0], "toxicity_sem": dpo[1]}
+    )
     assert computed == pytest.approx(simulated, rel=0.05)
 
 
@@ -98,8 +103,9 @@ def test_neuron_figure_histograms_the_stored_per_prompt_activations(cache):
     assert neuron == (best["layer"], best["neuron"])
     heights = [patch.get_height() for patch in bars(figure, "base")]
     assert sum(heights) == len(activations)
-    edges = [patch.get_x() for patch in bars(figure, "base")] + [bars(figure, "base")[-1].get_x()
-                                                                  + bars(figure, "base")[-1].get_width()]
+    edges = [patch.get_x() for patch in bars(figure, "base")] + [
+        bars(figure, "base")[-1].get_x() + bars(figure, "base")[-1].get_width()
+    ]
     assert heights == list(np.histogram(activations, bins=np.asarray(edges))[0])
 
 
@@ -108,8 +114,12 @@ def test_the_command_writes_svg_and_png_with_provenance(cache, tmp_path, capsys)
     assert main(["figures", str(cache), "-o", str(out)]) == 0
     written = sorted(path.name for path in out.iterdir())
     assert len(written) == 8 and {name.rsplit(".", 1)[1] for name in written} == {"svg", "png"}
-    assert capsys.readouterr().out.split() == [str(out / name) for name in sorted(written, key=lambda n: (
-        figures.FIGURES.index(n.split("-")[1].split(".")[0]), n.endswith(".png")))]
+    assert capsys.readouterr().out.split() == [
+        str(out / name)
+        for name in sorted(
+            written, key=lambda n: (figures.FIGURES.index(n.split("-")[1].split(".")[0]), n.endswith(".png"))
+        )
+    ]
     for path in out.iterdir():
         record = figures.read_metadata(path)
         assert record["cache"] == cache.name and record["groups"] == figures.GROUP_DEFINITION

@@ -18,8 +18,14 @@ PACKAGE = Path(neuron_explorer.__file__).parent
 FORBIDDEN = {
     "cache": ("engine", "explorer", "commands", "cli"),
     "engine": ("explorer", "commands", "cli"),
-    "engine.model": ("engine.measure", "engine.alignment", "engine.neurons", "engine.patching", "engine.lab",
-                     "engine.build"),
+    "engine.model": (
+        "engine.measure",
+        "engine.alignment",
+        "engine.neurons",
+        "engine.patching",
+        "engine.lab",
+        "engine.build",
+    ),
     "engine.measure": ("engine.alignment", "engine.neurons", "engine.patching", "engine.lab", "engine.build"),
     "engine.alignment": ("engine.neurons", "engine.patching", "engine.lab", "engine.build"),
     # the pair is made (alignment) before it is read: reading it needs only the model and what it is measured with
@@ -33,8 +39,13 @@ FORBIDDEN = {
 # What spec/ may import: besides itself, the one-line errors and the torch-free mode registry it checks against.
 SPEC_IMPORTS = {"errors", "engine.patching.modes"}
 # The engine modules the explorer may import: the torch-free ones.
-EXPLORER_ENGINE_MODULES = {"engine.defaults", "engine.patching.modes", "engine.patching.neuron_sets",
-                           "engine.patching.overlap", "engine.lab.protocol"}
+EXPLORER_ENGINE_MODULES = {
+    "engine.defaults",
+    "engine.patching.modes",
+    "engine.patching.neuron_sets",
+    "engine.patching.overlap",
+    "engine.lab.protocol",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -49,7 +60,7 @@ def imported_modules(path: Path) -> set[str]:
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = parts[:len(parts) - node.level + (1 if path.name == "__init__.py" else 0)]
+                base = parts[: len(parts) - node.level + (1 if path.name == "__init__.py" else 0)]
                 source = ".".join(["neuron_explorer", *base, *([node.module] if node.module else [])])
             else:
                 source = node.module or ""
@@ -61,8 +72,9 @@ def imported_modules(path: Path) -> set[str]:
 
 def _is_module(name: str) -> bool:
     relative = name.removeprefix("neuron_explorer.").split(".")
-    return name.startswith("neuron_explorer.") and (PACKAGE.joinpath(*relative).with_suffix(".py").is_file()
-                                                    or PACKAGE.joinpath(*relative).is_dir())
+    return name.startswith("neuron_explorer.") and (
+        PACKAGE.joinpath(*relative).with_suffix(".py").is_file() or PACKAGE.joinpath(*relative).is_dir()
+    )
 
 
 def sources(package: str) -> list[Path]:
@@ -72,9 +84,13 @@ def sources(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("package", FORBIDDEN)
 def test_imports_go_one_way(package):
-    offences = [f"{path.relative_to(PACKAGE)} imports {name}"
-                for path in sources(package) for name in sorted(imported_modules(path))
-                for forbidden in FORBIDDEN[package] if name == forbidden or name.startswith(forbidden + ".")]
+    offences = [
+        f"{path.relative_to(PACKAGE)} imports {name}"
+        for path in sources(package)
+        for name in sorted(imported_modules(path))
+        for forbidden in FORBIDDEN[package]
+        if name == forbidden or name.startswith(forbidden + ".")
+    ]
     assert not offences, offences
 
 
@@ -100,8 +116,10 @@ def test_the_rule_reader_sees_a_forbidden_import(tmp_path, monkeypatch):
 
 
 def test_the_command_line_and_the_explorer_start_without_torch():
-    code = ("import sys; from neuron_explorer.cli import build_parser; build_parser(); "
-            "import neuron_explorer.explorer.app; "
-            "sys.exit('torch was imported' if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys; from neuron_explorer.cli import build_parser; build_parser(); "
+        "import neuron_explorer.explorer.app; "
+        "sys.exit('torch was imported' if 'torch' in sys.modules else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:] or done.stdout

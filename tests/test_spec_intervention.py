@@ -19,9 +19,18 @@ from neuron_explorer.spec import intervention as spec
 from neuron_explorer.spec.intervention import INTERVENTION_POSITIONS, Intervention, PaperPreset, Positions
 
 # A value other than the default for each parameter (0.75 passes every mode's check).
-CASES = [Intervention(mode.name, ("group:TP↓", "ids:L1/N2") if mode.acts_on_set else (), positions,
-                      {parameter.name: 0.75 for parameter in mode.parameters}, label)
-         for mode in modes.MODES.values() for positions in INTERVENTION_POSITIONS for label in (None, "my run ∪ ā")]
+CASES = [
+    Intervention(
+        mode.name,
+        ("group:TP↓", "ids:L1/N2") if mode.acts_on_set else (),
+        positions,
+        {parameter.name: 0.75 for parameter in mode.parameters},
+        label,
+    )
+    for mode in modes.MODES.values()
+    for positions in INTERVENTION_POSITIONS
+    for label in (None, "my run ∪ ā")
+]
 
 
 def parse(command: str, argv: list[str]) -> argparse.Namespace:
@@ -58,24 +67,30 @@ def test_one_name_format():
     assert Intervention("shift", ("all",), label="mine").name() == "mine"
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: Intervention("no-such-mode", ("all",)), "unknown mode 'no-such-mode'"),
-    (lambda: Intervention("shift"), "mode shift needs a neuron set: pass --set SPEC"),
-    (lambda: Intervention("scale", ("all",), "sideways"), "positions 'sideways' is not one of all, newest, authors"),
-    (lambda: Intervention("scale", ("all",), Positions.AUTHORS), "the paper preset's choice"),
-    (lambda: Intervention("scale", ("all",), params={"alpha": 1}), "mode scale takes no --alpha"),
-    (lambda: Intervention("scale", ("all",), params={"factor": "two"}), "scale: --factor 'two' is not a number"),
-    (lambda: Intervention("tuning-free", params={"beta": 2}), "must be in (0, 1]"),
-    (lambda: Intervention("scale", "all"), "sets must be a list"),
-    (lambda: Intervention("scale", ("all",), label=""), "label"),
-    (lambda: Intervention.from_dict({"mode": "scale", "sets": ["all"], "colour": "red"}), "takes no colour"),
-    (lambda: Intervention.from_dict({"sets": ["all"]}), "needs a mode"),
-    (lambda: Intervention.from_dict(["scale"]), "must be an object"),
-    (lambda: Intervention.from_dict({"mode": "scale", "sets": "all"}), "sets must be a list"),
-    (lambda: Intervention.from_json("{mode"), "must be a JSON object"),
-    (lambda: PaperPreset("scale"), "patches its group rows with"),
-    (lambda: PaperPreset(positions="sideways"), "positions 'sideways'"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: Intervention("no-such-mode", ("all",)), "unknown mode 'no-such-mode'"),
+        (lambda: Intervention("shift"), "mode shift needs a neuron set: pass --set SPEC"),
+        (
+            lambda: Intervention("scale", ("all",), "sideways"),
+            "positions 'sideways' is not one of all, newest, authors",
+        ),
+        (lambda: Intervention("scale", ("all",), Positions.AUTHORS), "the paper preset's choice"),
+        (lambda: Intervention("scale", ("all",), params={"alpha": 1}), "mode scale takes no --alpha"),
+        (lambda: Intervention("scale", ("all",), params={"factor": "two"}), "scale: --factor 'two' is not a number"),
+        (lambda: Intervention("tuning-free", params={"beta": 2}), "must be in (0, 1]"),
+        (lambda: Intervention("scale", "all"), "sets must be a list"),
+        (lambda: Intervention("scale", ("all",), label=""), "label"),
+        (lambda: Intervention.from_dict({"mode": "scale", "sets": ["all"], "colour": "red"}), "takes no colour"),
+        (lambda: Intervention.from_dict({"sets": ["all"]}), "needs a mode"),
+        (lambda: Intervention.from_dict(["scale"]), "must be an object"),
+        (lambda: Intervention.from_dict({"mode": "scale", "sets": "all"}), "sets must be a list"),
+        (lambda: Intervention.from_json("{mode"), "must be a JSON object"),
+        (lambda: PaperPreset("scale"), "patches its group rows with"),
+        (lambda: PaperPreset(positions="sideways"), "positions 'sideways'"),
+    ],
+)
 def test_bad_input_is_one_line(make, message):
     with pytest.raises(UserError) as caught:
         make()

@@ -8,7 +8,6 @@ not one (bad JSON, not an object, missing or mistyped fields).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -55,20 +54,31 @@ def check_set_name(name: str) -> str:
     """Set names become file names, so they are limited to letters, digits and ``. _ - + ↑ ↓``."""
     name = name.strip()
     if not SET_NAME_PATTERN.fullmatch(name):
-        raise UserError(f"'{name}' is not a usable set name: use up to 64 letters, digits, '.', '_', '-', '+', "
-                        f"'↑' or '↓', not starting with '.'")
+        raise UserError(
+            f"'{name}' is not a usable set name: use up to 64 letters, digits, '.', '_', '-', '+', "
+            f"'↑' or '↓', not starting with '.'"
+        )
     return name
 
 
-def save_set(cache_path: str | Path, name: str, neurons: Iterable[tuple[SupportsInt, SupportsInt]],
-             description: str = "") -> NeuronSet:
+def save_set(
+    cache_path: str | Path, name: str, neurons: Iterable[tuple[SupportsInt, SupportsInt]], description: str = ""
+) -> NeuronSet:
     """Store (or replace) a named set of (layer, index) pairs atomically; return it."""
     name = check_set_name(name)
     pairs = sorted({(int(layer), int(index)) for layer, index in neurons})
-    neuron_set = NeuronSet(name=name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           description=description, neurons=pairs)
-    payload = {"name": name, "created": neuron_set.created, "description": description,
-               "neurons": [list(pair) for pair in pairs]}
+    neuron_set = NeuronSet(
+        name=name,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        description=description,
+        neurons=pairs,
+    )
+    payload = {
+        "name": name,
+        "created": neuron_set.created,
+        "description": description,
+        "neurons": [list(pair) for pair in pairs],
+    }
     write_json_atomically(_writable(cache_path, "sets") / f"{name}.json", payload)
     return neuron_set
 
@@ -98,9 +108,12 @@ def delete_set(cache_path: str | Path, name: str) -> None:
 
 def _neuron_set(data: object) -> NeuronSet:
     data = _require(data, {"name": str, "neurons": list})
-    return NeuronSet(name=str(data["name"]), created=str(data.get("created", "")),
-                     description=str(data.get("description", "")),
-                     neurons=[(int(layer), int(index)) for layer, index in data["neurons"]])
+    return NeuronSet(
+        name=str(data["name"]),
+        created=str(data.get("created", "")),
+        description=str(data.get("description", "")),
+        neurons=[(int(layer), int(index)) for layer, index in data["neurons"]],
+    )
 
 
 # -- patching runs (written by the patching step; read here) -------------------------------------------------
@@ -129,8 +142,13 @@ def _patch_run(run_id: str, data: object) -> PatchRun:
     baseline = data["settings"].get("baseline")
     if baseline is not None and not (isinstance(baseline, str) and BASELINE_KEY_PATTERN.fullmatch(baseline)):
         raise ValueError("its 'baseline' is not a baseline's name")
-    return PatchRun(run_id=str(data.get("run_id", run_id)), created=data["created"], settings=dict(data["settings"]),
-                    metrics=dict(data["metrics"]), samples=[dict(sample) for sample in samples])
+    return PatchRun(
+        run_id=str(data.get("run_id", run_id)),
+        created=data["created"],
+        settings=dict(data["settings"]),
+        metrics=dict(data["metrics"]),
+        samples=[dict(sample) for sample in samples],
+    )
 
 
 # -- reading and writing records -------------------------------------------------------------------------------
@@ -157,8 +175,9 @@ def _require(data: object, fields: dict[str, type]) -> dict[str, Any]:
     return data
 
 
-def _records(cache_path: str | Path, kind: str, parse: Callable[[str, object], _Record],
-             problems: list[str] | None) -> list[_Record]:
+def _records(
+    cache_path: str | Path, kind: str, parse: Callable[[str, object], _Record], problems: list[str] | None
+) -> list[_Record]:
     """``parse(stem, data)`` of each ``kind/*.json`` record, by file name; the files it refuses are described in
     ``problems``."""
     folder = sidecar_dir(cache_path) / kind
@@ -180,9 +199,11 @@ def check_writable(cache_path: str | Path, kinds: Iterable[str] = ("runs", "base
         existing = nearest_folder(sidecar_dir(cache_path) / kind)
         error = write_error(existing)
         if error is not None:
-            raise UserError(f"cannot store {kind} beside {cache_path} in {existing} ({error.strerror or error}): "
-                            f"make that folder writable, or work on a copy of the cache in a folder you can "
-                            f"write")
+            raise UserError(
+                f"cannot store {kind} beside {cache_path} in {existing} ({error.strerror or error}): "
+                f"make that folder writable, or work on a copy of the cache in a folder you can "
+                f"write"
+            )
 
 
 def _writable(cache_path: str | Path, kind: str) -> Path:
@@ -204,8 +225,14 @@ def new_run_id(label: str = "run") -> str:
     return f"{stamp}-{slug}-{os.urandom(2).hex()}"
 
 
-def save_run(cache_path: str | Path, settings: dict[str, Any], metrics: dict[str, Any],
-             samples: list[dict[str, Any]], *, label: str = "run") -> PatchRun:
+def save_run(
+    cache_path: str | Path,
+    settings: dict[str, Any],
+    metrics: dict[str, Any],
+    samples: list[dict[str, Any]],
+    *,
+    label: str = "run",
+) -> PatchRun:
     """Store a finished run as a new ``runs/<run_id>.json``.
 
     The JSON is written to a temporary file and hard-linked to its final name, which fails instead of replacing
@@ -216,8 +243,7 @@ def save_run(cache_path: str | Path, settings: dict[str, Any], metrics: dict[str
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for _ in range(20):
         run_id = new_run_id(label)
-        payload = {"run_id": run_id, "created": created, "settings": settings, "metrics": metrics,
-                   "samples": samples}
+        payload = {"run_id": run_id, "created": created, "settings": settings, "metrics": metrics, "samples": samples}
         try:
             write_json_atomically(folder / f"{run_id}.json", payload, replace=False)
         except FileExistsError:
@@ -235,8 +261,13 @@ def rename_run(cache_path: str | Path, run_id: str, label: str) -> PatchRun:
         raise UserError("a run's label cannot be empty")
     settings = {**run.settings, "label": label}
     settings.setdefault("original_label", run.settings.get("label", run_id))
-    payload = {"run_id": run.run_id, "created": run.created, "settings": settings, "metrics": run.metrics,
-               "samples": run.samples}
+    payload = {
+        "run_id": run.run_id,
+        "created": run.created,
+        "settings": settings,
+        "metrics": run.metrics,
+        "samples": run.samples,
+    }
     write_json_atomically(_writable(cache_path, "runs") / f"{run_id}.json", payload)
     return _patch_run(run_id, payload)
 
@@ -264,4 +295,3 @@ def load_baseline(cache_path: str | Path, key: str) -> dict[str, Any] | None:
 def save_baseline(cache_path: str | Path, key: str, payload: dict[str, Any]) -> None:
     """Store the base/DPO evaluation of one settings key atomically (same key, same content: replacing is safe)."""
     write_json_atomically(_writable(cache_path, "baselines") / f"{key}.json", payload)
-

@@ -26,9 +26,10 @@ import shutil
 import socket
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, NoReturn, TypedDict
+from typing import TYPE_CHECKING, NoReturn, TypedDict
 
 from neuron_explorer.errors import UserError
 
@@ -87,8 +88,9 @@ def refuse_special_file(target: Path, advice: str = "choose another location") -
     except (FileNotFoundError, NotADirectoryError):
         return
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise UserError(f"{target} is not a regular file (a device, pipe or socket), and writing would replace it: "
-                        f"{advice}")
+        raise UserError(
+            f"{target} is not a regular file (a device, pipe or socket), and writing would replace it: {advice}"
+        )
 
 
 def nearest_folder(path: Path) -> Path:
@@ -164,6 +166,7 @@ def write_text_atomically(target: Path, text: str, **options: Unpack[AtomicOptio
 def parse_json(text: str) -> object:
     """Strict JSON, the reading twin of `write_json_atomically`: no bare NaN or Infinity (which Python's json accepts
     and other readers refuse) and no nesting deep enough to exhaust the stack; a ValueError says which."""
+
     def refuse(name: str) -> NoReturn:
         raise ValueError(f"holds the non-JSON constant {name}")
 
@@ -173,8 +176,9 @@ def parse_json(text: str) -> object:
         raise ValueError("holds JSON nested too deeply") from None
 
 
-def write_json_atomically(target: Path, payload: object, *, indent: int | None = 1,
-                          **options: Unpack[AtomicOptions]) -> None:
+def write_json_atomically(
+    target: Path, payload: object, *, indent: int | None = 1, **options: Unpack[AtomicOptions]
+) -> None:
     write_text_atomically(target, strict_json(payload, indent=indent), **options)
 
 

@@ -81,15 +81,19 @@ def open_cache_file(path: str | Path) -> h5py.File:
     try:
         handle = h5py.File(path, "r", locking=False)
     except OSError as error:
-        raise UserError(f"{path} is not a readable HDF5 file (corrupt, truncated or another format): "
-                        f"recompute it with `neuron-explorer compute`") from error
+        raise UserError(
+            f"{path} is not a readable HDF5 file (corrupt, truncated or another format): "
+            f"recompute it with `neuron-explorer compute`"
+        ) from error
     try:
         problem = _header_problem(handle)
         if problem is None:
             damage = _storage_problem(handle) or _structure_problem(handle) or _value_problem(handle, path)
             problem = damage and f"is damaged ({damage}): recompute it with `neuron-explorer compute`"
     except (OSError, KeyError, RuntimeError, ValueError, TypeError) as error:
-        problem = f"is damaged ({type(error).__name__}: {_first_line(error)}): recompute it with `neuron-explorer compute`"
+        problem = (
+            f"is damaged ({type(error).__name__}: {_first_line(error)}): recompute it with `neuron-explorer compute`"
+        )
     if problem:
         handle.close()
         raise UserError(f"{path} {problem}")
@@ -100,21 +104,27 @@ def _header_problem(handle: h5py.File) -> str | None:
     """The format mark, the schema version and the `complete` flag, as a sentence that follows the file's name."""
     attrs = handle.attrs
     if attrs.get(layout.FORMAT) != schema.FORMAT_NAME:
-        return (f"is an HDF5 file but not a neuron-explorer cache (no '{schema.FORMAT_NAME}' format mark): open a "
-                f"file written by `neuron-explorer compute`")
+        return (
+            f"is an HDF5 file but not a neuron-explorer cache (no '{schema.FORMAT_NAME}' format mark): open a "
+            f"file written by `neuron-explorer compute`"
+        )
     version = attrs.get(layout.SCHEMA_VERSION, -1)
     if not isinstance(version, (int, np.integer)):
         return f"has a schema version that is not a number ({version!r}): recompute it"
     version = int(version)
     if version > schema.SCHEMA_VERSION:
-        return (f"uses cache schema {version}, newer than the {schema.SCHEMA_VERSION} this neuron-explorer reads: "
-                f"upgrade neuron-explorer")
+        return (
+            f"uses cache schema {version}, newer than the {schema.SCHEMA_VERSION} this neuron-explorer reads: "
+            f"upgrade neuron-explorer"
+        )
     if version < 1:
         return f"has an unknown cache schema version {version}: recompute it"
     if version < schema.SCHEMA_VERSION:
         fixed = "; ".join(change for number, change in schema.SCHEMA_CHANGES.items() if number > version)
-        return (f"was written by an older neuron-explorer (cache schema {version}), whose {fixed}: recompute it "
-                f"with `neuron-explorer compute`")
+        return (
+            f"was written by an older neuron-explorer (cache schema {version}), whose {fixed}: recompute it "
+            f"with `neuron-explorer compute`"
+        )
     if not bool(attrs.get(layout.COMPLETE, False)):
         return "is incomplete (the run that wrote it did not finish): rerun `neuron-explorer compute`"
     return None
@@ -149,8 +159,15 @@ def _storage_problem(handle: h5py.File) -> str | None:
 
 
 # HDF5's own filters and h5py's LZF: the only ones a cache may use (anything else would load a plugin).
-BUILT_IN_FILTERS = {h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_FLETCHER32,
-                    h5py.h5z.FILTER_SZIP, h5py.h5z.FILTER_NBIT, h5py.h5z.FILTER_SCALEOFFSET, h5py.h5z.FILTER_LZF}
+BUILT_IN_FILTERS = {
+    h5py.h5z.FILTER_DEFLATE,
+    h5py.h5z.FILTER_SHUFFLE,
+    h5py.h5z.FILTER_FLETCHER32,
+    h5py.h5z.FILTER_SZIP,
+    h5py.h5z.FILTER_NBIT,
+    h5py.h5z.FILTER_SCALEOFFSET,
+    h5py.h5z.FILTER_LZF,
+}
 # The most neurons a cache may declare: Llama-3-405B has 126 × 53,248 = 6.7 M; a file declaring far more is
 # refused before anything allocates (n_layers × d_mlp bytes is read at once for the group codes alone).
 MAX_NEURONS = 16_000_000
@@ -172,8 +189,10 @@ def _structure_problem(handle: h5py.File) -> str | None:
     n_layers, d_mlp = int(handle.attrs[layout.N_LAYERS]), int(handle.attrs[layout.D_MLP])
     sizes: dict[str | int | None, int] = {layout.N_LAYERS: n_layers, layout.D_MLP: d_mlp}
     if n_layers > MAX_LAYERS or n_layers * d_mlp > MAX_NEURONS:
-        return (f"it declares {n_layers} × {d_mlp} neurons, more than any model has "
-                f"(at most {MAX_LAYERS} layers and {MAX_NEURONS:,} neurons)")
+        return (
+            f"it declares {n_layers} × {d_mlp} neurons, more than any model has "
+            f"(at most {MAX_LAYERS} layers and {MAX_NEURONS:,} neurons)"
+        )
     for name, (kinds, shape) in schema.REQUIRED_DATASETS.items():
         try:
             dataset = handle.get(name)
@@ -185,7 +204,8 @@ def _structure_problem(handle: h5py.File) -> str | None:
             return f"/{name} holds {dataset.dtype}, not the expected kind of values"
         expected = tuple(sizes.get(size, size) for size in shape)
         if len(dataset.shape) != len(expected) or any(
-                want is not None and have != want for have, want in zip(dataset.shape, expected)):
+            want is not None and have != want for have, want in zip(dataset.shape, expected)
+        ):
             shown = tuple("any" if want is None else want for want in expected)
             return f"/{name} has shape {dataset.shape}, not {shown}"
     return None
@@ -267,7 +287,7 @@ class CacheReader:
         self._cluster_labels = self._dense_cluster_labels()
         self._vocab: npt.NDArray[np.object_] | None = None
 
-    def __enter__(self) -> "CacheReader":
+    def __enter__(self) -> CacheReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -310,8 +330,9 @@ class CacheReader:
         if not 0 <= index < self.info.d_mlp:
             raise UserError(f"neuron index {index} is out of range: layer {layer} has {self.info.d_mlp} neurons")
         group = self.file[layout.NEURONS]
-        record: dict[str, float | str | None] = {name: float(group[name][layer, index])
-                                                 for name in schema.NEURON_COLUMNS if name in group}
+        record: dict[str, float | str | None] = {
+            name: float(group[name][layer, index]) for name in schema.NEURON_COLUMNS if name in group
+        }
         record["group"] = schema.GROUP_NAMES[int(self.file[layout.NEURON_GROUP][layer, index])]
         label = int(self._cluster_labels[layer, index])
         record["cluster"] = None if label < 0 else label
@@ -322,8 +343,16 @@ class CacheReader:
         neuron that `compute` left out (`lens_rule`; token id -1)."""
         self._check_layer(layer)
         if layout.neuron_path(schema.TOKEN_ARRAYS[0]) not in self.file:
-            return pl.DataFrame(schema={"model": pl.Utf8, "direction": pl.Utf8, "rank": pl.Int32,
-                                        "token_id": pl.Int32, "token": pl.Utf8, "score": pl.Float32})
+            return pl.DataFrame(
+                schema={
+                    "model": pl.Utf8,
+                    "direction": pl.Utf8,
+                    "rank": pl.Int32,
+                    "token_id": pl.Int32,
+                    "token": pl.Utf8,
+                    "score": pl.Float32,
+                }
+            )
         vocab = self.vocab()
         parts = []
         for model in ("pre", "dpo"):
@@ -331,12 +360,18 @@ class CacheReader:
                 ids = self.file[layout.neuron_path(f"{direction}_tokens_{model}")][layer, index]
                 scores = self.file[layout.neuron_path(f"{direction}_scores_{model}")][layer, index]
                 ids, scores = ids[ids >= 0], scores[ids >= 0]
-                parts.append(pl.DataFrame({
-                    "model": [model] * len(ids), "direction": [direction] * len(ids),
-                    "rank": np.arange(1, len(ids) + 1, dtype=np.int32), "token_id": ids.astype(np.int32),
-                    "token": [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in ids],
-                    "score": scores.astype(np.float32),
-                }))
+                parts.append(
+                    pl.DataFrame(
+                        {
+                            "model": [model] * len(ids),
+                            "direction": [direction] * len(ids),
+                            "rank": np.arange(1, len(ids) + 1, dtype=np.int32),
+                            "token_id": ids.astype(np.int32),
+                            "token": [vocab[i] if 0 <= i < len(vocab) else f"<{i}>" for i in ids],
+                            "score": scores.astype(np.float32),
+                        }
+                    )
+                )
         return pl.concat(parts)
 
     def lens_rule(self) -> dict[str, Any]:
@@ -357,14 +392,18 @@ class CacheReader:
 
     def vocab(self) -> npt.NDArray[np.object_]:
         if self._vocab is None:
-            self._vocab = self.file[layout.VOCAB].asstr()[:] if layout.VOCAB in self.file else np.array([], dtype=object)
+            self._vocab = (
+                self.file[layout.VOCAB].asstr()[:] if layout.VOCAB in self.file else np.array([], dtype=object)
+            )
         return self._vocab
 
     def prompt_activations(self, layer: int, index: int) -> pl.DataFrame:
         """The neuron's mean activation on each prompt in both models, with the prompt text."""
         self._check_layer(layer)
-        columns = {"prompt": np.arange(self.info.n_prompts, dtype=np.int32),
-                   "text": self.file[layout.PROMPT_TEXT].asstr()[:]}
+        columns = {
+            "prompt": np.arange(self.info.n_prompts, dtype=np.int32),
+            "text": self.file[layout.PROMPT_TEXT].asstr()[:],
+        }
         for model in ("pre", "dpo"):
             name = layout.prompt_acts_path(model)
             if name in self.file:
@@ -378,11 +417,16 @@ class CacheReader:
     def layers(self) -> pl.DataFrame:
         """One row per layer: Σ Δ, its positive and negative parts, its firing and writing parts (NaN in a cache
         written before them), measured projections and identity residuals."""
-        table = self.table(layout.LAYERS).with_columns(pl.Series("layer", np.arange(self.info.n_layers, dtype=np.int16)))
+        table = self.table(layout.LAYERS).with_columns(
+            pl.Series("layer", np.arange(self.info.n_layers, dtype=np.int16))
+        )
         contribution = self.file[layout.neuron_path("contribution")][:]
-        terms = {name: self.file[layout.neuron_path(name)][:].astype(np.float64).sum(axis=1)
-                 if layout.neuron_path(name) in self.file else np.full(self.info.n_layers, np.nan)
-                 for name in ("activation_term", "weight_term")}
+        terms = {
+            name: self.file[layout.neuron_path(name)][:].astype(np.float64).sum(axis=1)
+            if layout.neuron_path(name) in self.file
+            else np.full(self.info.n_layers, np.nan)
+            for name in ("activation_term", "weight_term")
+        }
         return table.select("layer", pl.exclude("layer")).with_columns(
             pl.Series("sum_positive", np.where(contribution > 0, contribution, 0).sum(axis=1)),
             pl.Series("sum_negative", np.where(contribution < 0, contribution, 0).sum(axis=1)),
@@ -394,13 +438,19 @@ class CacheReader:
         contribution = self.file[layout.neuron_path("contribution")][:]
         codes = self.file[layout.NEURON_GROUP][:]
         # one pass over each layer (the overview's first paint waits for this: 2.29 M neurons for a 70B model)
-        sums = np.stack([np.bincount(layer_codes, weights=layer_values, minlength=len(schema.GROUP_NAMES))
-                         for layer_codes, layer_values in zip(codes, contribution)])
-        return pl.DataFrame({
-            "layer": np.repeat(np.arange(self.info.n_layers, dtype=np.int16), len(schema.GROUP_NAMES)),
-            "group": pl.Series(list(schema.GROUP_NAMES) * self.info.n_layers, dtype=GROUP_DTYPE),
-            "sum_contribution": sums.ravel(),
-        })
+        sums = np.stack(
+            [
+                np.bincount(layer_codes, weights=layer_values, minlength=len(schema.GROUP_NAMES))
+                for layer_codes, layer_values in zip(codes, contribution)
+            ]
+        )
+        return pl.DataFrame(
+            {
+                "layer": np.repeat(np.arange(self.info.n_layers, dtype=np.int16), len(schema.GROUP_NAMES)),
+                "group": pl.Series(list(schema.GROUP_NAMES) * self.info.n_layers, dtype=GROUP_DTYPE),
+                "sum_contribution": sums.ravel(),
+            }
+        )
 
     def table(self, name: str) -> pl.DataFrame:
         """A small stored table (``layout.SUMMARY``, ``CLUSTER_SUMMARY``, ``EVALUATION``, ``LAYERS``)."""
@@ -444,8 +494,14 @@ class CacheReader:
         if layout.CLUSTERS not in self.file:
             return None
         group = self.file[layout.CLUSTERS]
-        return ClusterTree(linkage=group["linkage"][:], leaf_order=group["leaf_order"][:], layer=group["layer"][:],
-                           neuron=group["neuron"][:], label=group["label"][:], attrs=self.attrs(layout.CLUSTERS))
+        return ClusterTree(
+            linkage=group["linkage"][:],
+            leaf_order=group["leaf_order"][:],
+            layer=group["layer"][:],
+            neuron=group["neuron"][:],
+            label=group["label"][:],
+            attrs=self.attrs(layout.CLUSTERS),
+        )
 
     def differences(self) -> dict[str, dict[str, Any]]:
         """Where the pair differs on any text (``schema.DIFFERENCE_ARRAYS``), per source present: the arrays and
@@ -455,8 +511,10 @@ class CacheReader:
             name = layout.difference_path(source)
             if name in self.file:
                 group = self.file[name]
-                found[source] = {"arrays": {key: group[key][:] for key in schema.DIFFERENCE_ARRAYS if key in group},
-                                 "attrs": {k: v for k, v in self.attrs(name).items() if k != layout.COLUMNS}}
+                found[source] = {
+                    "arrays": {key: group[key][:] for key in schema.DIFFERENCE_ARRAYS if key in group},
+                    "attrs": {k: v for k, v in self.attrs(name).items() if k != layout.COLUMNS},
+                }
         return found
 
     def dynamics(self) -> dict[str, Any] | None:
@@ -464,8 +522,10 @@ class CacheReader:
         if layout.DYNAMICS not in self.file:
             return None
         group = self.file[layout.DYNAMICS]
-        return {**{name: group[name][:] for name in schema.DYNAMICS_ARRAYS if name in group},
-                "steps": self.attrs(layout.DYNAMICS).get(layout.DYNAMICS_STEPS, [])}
+        return {
+            **{name: group[name][:] for name in schema.DYNAMICS_ARRAYS if name in group},
+            "steps": self.attrs(layout.DYNAMICS).get(layout.DYNAMICS_STEPS, []),
+        }
 
     def probe_direction(self) -> FloatArray:
         return np.asarray(self.file[layout.PROBE_DIRECTION][:])
@@ -481,8 +541,9 @@ class CacheReader:
             return None
         table = self.table(layout.PATCH_PROMPTS)
         attrs = {key: value for key, value in self.attrs(layout.PATCH_PROMPTS).items() if key != layout.COLUMNS}
-        return HeldOutPrompts(texts=table["text"].to_list(), source_indices=table["source_index"].to_numpy(),
-                              attrs=attrs)
+        return HeldOutPrompts(
+            texts=table["text"].to_list(), source_indices=table["source_index"].to_numpy(), attrs=attrs
+        )
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _check_layer(self, layer: int | None) -> None:

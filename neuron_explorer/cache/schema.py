@@ -21,11 +21,28 @@ SIGN_CLASSES = ("TP", "TN", "AP", "AN")
 
 # The figures of one evaluation (engine/measure/evaluation.py): the columns of the cache's `evaluation` table and the
 # metrics of every baseline and run record.
-EVALUATION_METRICS = ("toxicity", "toxicity_sem", "n_prompts", "perplexity", "n_tokens", "f1", "n_f1", "seconds",
-                      "check_toxicity", "check_toxicity_sem")
+EVALUATION_METRICS = (
+    "toxicity",
+    "toxicity_sem",
+    "n_prompts",
+    "perplexity",
+    "n_tokens",
+    "f1",
+    "n_f1",
+    "seconds",
+    "check_toxicity",
+    "check_toxicity_sem",
+)
 # What a run adds from base and DPO evaluated with its settings (engine/patching/runs.recovered_metrics).
-RECOVERED_METRICS = ("recovered", "recovered_probe", "probe_change", "base_toxicity", "dpo_toxicity",
-                     "base_perplexity", "dpo_perplexity")
+RECOVERED_METRICS = (
+    "recovered",
+    "recovered_probe",
+    "probe_change",
+    "base_toxicity",
+    "dpo_toxicity",
+    "base_perplexity",
+    "dpo_perplexity",
+)
 # The metrics of a stored run record (the Runs screen's columns): the evaluation's, the probe projection, the
 # recovered fractions and the number of neurons the run changed.
 RUN_METRICS = (*EVALUATION_METRICS, "probe_projection", *RECOVERED_METRICS, "neurons")
@@ -48,20 +65,23 @@ NEURON_COLUMNS = {
     "act_dpo": "ā_i, mean activation over the recorded positions, tuned model",
     "act_shift": "δ_i = ā_pre − ā_dpo (positive: DPO lowered the activation)",
     "tox_pre": "P_i, the mean of what the neuron writes along the probe, base model: ā_i p_i (with an output norm, "
-               "Gemma-2: mean(m_i s_t) p_i, s_t the norm's 1/rms of token t's MLP output, p_i of the written vector)",
+    "Gemma-2: mean(m_i s_t) p_i, s_t the norm's 1/rms of token t's MLP output, p_i of the written vector)",
     "tox_dpo": "P_i, the same for the tuned model",
     "contribution": "Δ_i = P_pre − P_dpo, the neuron's contribution to toxicity reduction",
     "value_cos": "cos(v_i^pre, v_i^dpo), how much tuning turned the value vector",
     "activation_term": "δ_i·p_pre: the part of Δ_i from the activation shift, read through the base value vector "
-                       "(firing; with an output norm, δ of the written means)",
+    "(firing; with an output norm, δ of the written means)",
     "weight_term": "ā_dpo·(p_pre − p_dpo): the part of Δ_i from the change of the value vector (writing); "
-                   "activation_term + weight_term = Δ_i",
+    "activation_term + weight_term = Δ_i",
     "auroc": "AUROC of the neuron's per-prompt mean activation (base model) for toxic against non-toxic base "
-             "continuations (scorer > 0.5); NaN when the prompts hold one class only",
+    "continuations (scorer > 0.5); NaN when the prompts hold one class only",
 }
-TOKEN_ARRAYS = tuple(f"{d}_{kind}_{m}" for m in ("pre", "dpo") for d in ("top", "bottom") for kind in ("tokens", "scores"))
+TOKEN_ARRAYS = tuple(
+    f"{d}_{kind}_{m}" for m in ("pre", "dpo") for d in ("top", "bottom") for kind in ("tokens", "scores")
+)
 
-# Per-layer float64 vectors of length n_layers, stored under /layers. The identity check (engine/neurons/identity_check.py)
+# Per-layer float64 vectors of length n_layers, stored under /layers. The identity check
+# (engine/neurons/identity_check.py)
 # measures a sample of prompts (attributes `identity_prompts`, `identity_sample_size`) in a separate pass; the
 # attributes `identity_dtype`, `identity_tolerance`, `identity_passed`, `pooling_relative`, `pooling_tolerance` and
 # `pooling_passed` hold the verdicts.
@@ -69,22 +89,22 @@ LAYER_COLUMNS = {
     "sum_contribution": "Σ_i Δ_i over the layer's neurons (all recorded prompts): what the cache publishes",
     "sum_contribution_sample": "Σ_i Δ_i over the identity check's prompts only, from their recorded means",
     "measured_change": "mlp_proj_pre − mlp_proj_dpo: the measured change of the MLP's mean write along ŵ on the "
-                       "identity check's prompts",
+    "identity check's prompts",
     "change_residual": "residual_pre − residual_dpo = sum_contribution_sample − (measured_change − bias change): "
-                       "the error of Σ Δ = measured change, both on the identity check's prompts",
+    "the error of Σ Δ = measured change, both on the identity check's prompts",
     "mlp_proj_pre": "mean over the identity prompts' positions of (the MLP's write into the residual stream) · ŵ, "
-                    "read at the MLP's output (Gemma-2: its output norm's) by the check's own pass, base model",
+    "read at the MLP's output (Gemma-2: its output norm's) by the check's own pass, base model",
     "mlp_proj_dpo": "the same for the tuned model",
     "write_scale_pre": "mean over the same positions of ‖the MLP's write‖/√d_model (its typical projection on a unit "
-                       "direction), base model: the scale the identity's "
-                       "relative residual divides by",
+    "direction), base model: the scale the identity's "
+    "relative residual divides by",
     "write_scale_dpo": "the same for the tuned model",
     "bias_proj_pre": "b_out · ŵ, base model",
     "bias_proj_dpo": "b_out · ŵ, tuned model",
     "residual_pre": "Σ_i P_i (identity prompts) + b_out·ŵ − mlp_proj_pre, base model: the identity's error",
     "residual_dpo": "the same for the tuned model",
     "pooling_residual_pre": "Σ_i p_i·(published ā_i − ā_i pooled from the per-prompt means of every prompt), base "
-                            "model: 0 when every batch reached the published totals exactly once",
+    "model: 0 when every batch reached the published totals exactly once",
     "pooling_residual_dpo": "the same for the tuned model",
 }
 
@@ -138,18 +158,24 @@ SIDECAR_SUFFIX = ".annotations"
 # attributes' names, numbers, or None for any length.
 # Datasets added after schema 2 was released (docs/beyond.md). A schema-2 cache written before them still opens:
 # they are not required, and the reader gives their neuron columns as NaN.
-OPTIONAL_DATASETS = frozenset({
-    *(layout.neuron_path(name) for name in ("activation_term", "weight_term", "auroc")),
-    *(layout.summary_path(name) for name in ("sum_activation_term", "sum_weight_term", "sum_activation_term_v3",
-                                             "sum_weight_term_v3")),
-})
+OPTIONAL_DATASETS = frozenset(
+    {
+        *(layout.neuron_path(name) for name in ("activation_term", "weight_term", "auroc")),
+        *(
+            layout.summary_path(name)
+            for name in ("sum_activation_term", "sum_weight_term", "sum_activation_term_v3", "sum_weight_term_v3")
+        ),
+    }
+)
 REQUIRED_ATTRIBUTES = (layout.ARCHITECTURE, layout.N_LAYERS, layout.D_MLP, layout.D_MODEL, layout.CREATED)
 Shape = tuple[str | int | None, ...]  # root attributes' names, numbers, or None for any length
 _DECLARED_DATASETS: dict[str, tuple[str, Shape]] = {
     **{layout.neuron_path(name): ("f", (layout.N_LAYERS, layout.D_MLP)) for name in NEURON_COLUMNS},
     layout.NEURON_GROUP: ("iu", (layout.N_LAYERS, layout.D_MLP)),
     **{layout.layer_path(name): ("f", (layout.N_LAYERS,)) for name in LAYER_COLUMNS},
-    **{layout.summary_path(name): ("O" if name == "group" else "biuf", (len(GROUP_NAMES),)) for name in SUMMARY_COLUMNS},
+    **{
+        layout.summary_path(name): ("O" if name == "group" else "biuf", (len(GROUP_NAMES),)) for name in SUMMARY_COLUMNS
+    },
     layout.PROMPT_TEXT: ("O", (None,)),
 }
 REQUIRED_DATASETS = {path: kind for path, kind in _DECLARED_DATASETS.items() if path not in OPTIONAL_DATASETS}

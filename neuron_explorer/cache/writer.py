@@ -82,13 +82,13 @@ class _WriteOnceFailing:
         for offset, data in self.held:
             start, stop = max(offset, self.position), min(offset + len(data), self.position + len(target))
             if start < stop:
-                target[start - self.position:stop - self.position] = data[start - offset:stop - offset]
+                target[start - self.position : stop - self.position] = data[start - offset : stop - offset]
         self.position += count
         return count
 
     def read(self, size: int = -1) -> bytes:
         buffer = bytearray(max(0, self.end - self.position) if size < 0 else size)
-        return bytes(buffer[:self.readinto(buffer)])
+        return bytes(buffer[: self.readinto(buffer)])
 
     def truncate(self, size: int) -> int:
         if self.error is None:
@@ -129,14 +129,16 @@ def _inside_hdf5_callback(frame: FrameType | None) -> bool:
 @contextmanager
 def _interrupts_held_inside_hdf5(held: list[tuple[int, SignalHandler]]) -> Iterator[None]:
     """For the block, a SIGINT or SIGTERM that lands while HDF5 is calling the stream is appended to ``held`` (with
-    the handler it would have met) instead of raising there (HDF5 would drop the exception and the write); anywhere else it acts at once, as
+    the handler it would have met) instead of raising there (HDF5 would drop the exception and the write); anywhere else
+    it acts at once, as
     KeyboardInterrupt for SIGINT and SystemExit(143) for SIGTERM, so that the temporary is removed on the way out.
     Only the main thread can install handlers; elsewhere the stream still never raises into HDF5."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous: dict[int, SignalHandler] = {number: signal.getsignal(number)
-                                          for number in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, SignalHandler] = {
+        number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)
+    }
 
     def handle(number: int, frame: FrameType | None) -> None:
         if _inside_hdf5_callback(frame):
@@ -186,8 +188,12 @@ def storable_strings(values: Iterable[object]) -> npt.NDArray[np.object_]:
     return np.array([str(value).replace("\x00", "\\0") for value in values], dtype=object)
 
 
-def write_columns(group: h5py.Group, columns: Mapping[str, npt.ArrayLike], chunk_rows: int | None = None,
-                  digests: dict[str, str] | None = None) -> None:
+def write_columns(
+    group: h5py.Group,
+    columns: Mapping[str, npt.ArrayLike],
+    chunk_rows: int | None = None,
+    digests: dict[str, str] | None = None,
+) -> None:
     """Write equal-length columns (numbers or strings) as one dataset each under ``group``, keeping their order;
     ``digests`` (dataset name -> digest) receives what each dataset should read back as."""
     group.attrs[layout.COLUMNS] = json.dumps(list(columns), ensure_ascii=False)
@@ -209,8 +215,16 @@ def write_columns(group: h5py.Group, columns: Mapping[str, npt.ArrayLike], chunk
 class CacheWriter:
     """Context manager that builds one cache file and moves it into place only if the body succeeds."""
 
-    def __init__(self, path: str | Path, *, n_layers: int, d_mlp: int, d_model: int, architecture: str,
-                 provenance: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_layers: int,
+        d_mlp: int,
+        d_model: int,
+        architecture: str,
+        provenance: dict[str, Any],
+    ) -> None:
         self.path = Path(path)
         self.n_layers, self.d_mlp, self.d_model = n_layers, d_mlp, d_model
         self.architecture = architecture
@@ -224,7 +238,7 @@ class CacheWriter:
         self._filled: list[str] = []  # datasets the caller fills piece by piece (prompt_activations)
         self._attributes: dict[tuple[str, str], object] = {}  # (object name, attribute) -> value written
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         check_output_folder(self.path)
         sweep_stale_temporaries(self.path.parent)
         with ExitStack() as stack:
@@ -240,18 +254,26 @@ class CacheWriter:
             stack.callback(self.check)
             stack.callback(stream.close)
             self.file = stack.enter_context(h5py.File(stream, "w", libver="latest", locking=False))
-            self.write_attrs({
-                layout.FORMAT: schema.FORMAT_NAME, layout.SCHEMA_VERSION: schema.SCHEMA_VERSION,
-                layout.PACKAGE_VERSION: __version__,
-                layout.CREATED: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                layout.ARCHITECTURE: self.architecture,
-                layout.N_LAYERS: self.n_layers, layout.D_MLP: self.d_mlp, layout.D_MODEL: self.d_model,
-                layout.PROVENANCE: json.dumps(self.provenance, sort_keys=True, default=str), layout.COMPLETE: False})
+            self.write_attrs(
+                {
+                    layout.FORMAT: schema.FORMAT_NAME,
+                    layout.SCHEMA_VERSION: schema.SCHEMA_VERSION,
+                    layout.PACKAGE_VERSION: __version__,
+                    layout.CREATED: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    layout.ARCHITECTURE: self.architecture,
+                    layout.N_LAYERS: self.n_layers,
+                    layout.D_MLP: self.d_mlp,
+                    layout.D_MODEL: self.d_model,
+                    layout.PROVENANCE: json.dumps(self.provenance, sort_keys=True, default=str),
+                    layout.COMPLETE: False,
+                }
+            )
             self._stack = stack.pop_all()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         """Close the HDF5 file, then the stream, then verify and publish the temporary (or remove it, whatever
         failed)."""
         try:
@@ -294,8 +316,10 @@ class CacheWriter:
                     if dataset.id.get_num_chunks() != expected:
                         raise OSError(f"{name} holds {dataset.id.get_num_chunks()} of its {expected} chunks")
         except (OSError, KeyError, RuntimeError, ValueError) as error:
-            raise UserError(f"the cache written for {self.path} did not read back as written ({error}); nothing "
-                            f"was published: run the command again") from None
+            raise UserError(
+                f"the cache written for {self.path} did not read back as written ({error}); nothing "
+                f"was published: run the command again"
+            ) from None
 
     def _opened(self) -> h5py.File:
         """The temporary's HDF5 file, which exists only inside the with block."""
@@ -319,8 +343,11 @@ class CacheWriter:
         self.write_attrs({layout.GROUP_CODE_NAMES: schema.GROUP_NAMES}, layout.NEURON_GROUP)
 
     def write_layers(self, columns: Mapping[str, npt.ArrayLike]) -> None:
-        write_columns(self._opened().require_group(layout.LAYERS),
-                      {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}, digests=self._digests)
+        write_columns(
+            self._opened().require_group(layout.LAYERS),
+            {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()},
+            digests=self._digests,
+        )
 
     # -- prompts, activations per prompt, vocabulary -----------------------------------------------------
     def write_prompts(self, columns: Mapping[str, npt.ArrayLike]) -> None:
@@ -330,8 +357,13 @@ class CacheWriter:
         """A float16 (prompts, layers, d_mlp) dataset to fill batch by batch; one chunk holds one neuron block
         of one layer for up to 64 prompts, so "which prompts move this neuron" reads a thin column."""
         chunk = (min(n_prompts, 64), 1, min(self.d_mlp, 512))
-        dataset = self._opened().require_group(layout.PROMPT_ACTS).create_dataset(
-            model, shape=(n_prompts, self.n_layers, self.d_mlp), dtype=np.float16, chunks=chunk, **_FLOAT_OPTS)
+        dataset = (
+            self._opened()
+            .require_group(layout.PROMPT_ACTS)
+            .create_dataset(
+                model, shape=(n_prompts, self.n_layers, self.d_mlp), dtype=np.float16, chunks=chunk, **_FLOAT_OPTS
+            )
+        )
         self._filled.append(dataset.name)
         return dataset
 
@@ -340,8 +372,9 @@ class CacheWriter:
         self._digests[self._opened().create_dataset(layout.VOCAB, data=data, dtype=_STR).name] = _digest(data)
 
     # -- small tables and blobs --------------------------------------------------------------------------
-    def write_table(self, name: str, columns: Mapping[str, npt.ArrayLike],
-                    attrs: Mapping[str, object] | None = None) -> None:
+    def write_table(
+        self, name: str, columns: Mapping[str, npt.ArrayLike], attrs: Mapping[str, object] | None = None
+    ) -> None:
         """A small table (summary, clusters, evaluation, ...) as one dataset per column under /name."""
         write_columns(self._opened().require_group(name), columns, digests=self._digests)
         self.write_attrs(attrs or {}, name)

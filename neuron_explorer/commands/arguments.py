@@ -29,8 +29,9 @@ def output_file(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder: give a file name")
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-        raise argparse.ArgumentTypeError(f"{path} is not a regular file (a device, pipe or socket), and writing "
-                                         f"would replace it: give a file name")
+        raise argparse.ArgumentTypeError(
+            f"{path} is not a regular file (a device, pipe or socket), and writing would replace it: give a file name"
+        )
     try:
         check_output_folder(path, "write elsewhere")
     except UserError as error:
@@ -74,8 +75,10 @@ def refuse_outputs_over_inputs(parser: argparse.ArgumentParser, args: argparse.N
     for output_action, output in outputs:
         for input_action, source in inputs:
             if _same(output, source) or (output.is_dir() and source.resolve().is_relative_to(output.resolve())):
-                raise UserError(f"{_flag(output_action)} {output} would overwrite {_flag(input_action)} {source}, "
-                                f"which this command reads: write elsewhere")
+                raise UserError(
+                    f"{_flag(output_action)} {output} would overwrite {_flag(input_action)} {source}, "
+                    f"which this command reads: write elsewhere"
+                )
 
 
 def _same(first: Path, second: Path) -> bool:
@@ -87,6 +90,8 @@ def _same(first: Path, second: Path) -> bool:
 
 def _flag(action: argparse.Action) -> str:
     return action.option_strings[-1] if action.option_strings else action.dest
+
+
 def _check_writable(folder: Path) -> None:
     error = write_error(folder)
     if error is not None:

@@ -26,33 +26,64 @@ HELP = "build the embedded default (probe, pairs, DPO, evaluation, statistics) o
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("-o", "--output", type=output_file, default=None,
-                        help="cache file to write (default: ~/.cache/neuron-explorer/embedded-default.h5)")
-    parser.add_argument("--work-dir", type=output_folder, default=None,
-                        help="where stages keep their outputs (default: ~/.cache/neuron-explorer/build)")
-    parser.add_argument("--force", nargs="*", metavar="STAGE", default=None,
-                        help=f"rerun these stages (all when none is named): {', '.join(STAGES)}")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=output_file,
+        default=None,
+        help="cache file to write (default: ~/.cache/neuron-explorer/embedded-default.h5)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=output_folder,
+        default=None,
+        help="where stages keep their outputs (default: ~/.cache/neuron-explorer/build)",
+    )
+    parser.add_argument(
+        "--force",
+        nargs="*",
+        metavar="STAGE",
+        default=None,
+        help=f"rerun these stages (all when none is named): {', '.join(STAGES)}",
+    )
     parser.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
-    add_options(parser, DeviceSettings(), names=("device",),
-                notes={"device": "; the embedded model runs in float32 everywhere (it trains, and its figures "
-                                 "compare across machines)"})
+    add_options(
+        parser,
+        DeviceSettings(),
+        names=("device",),
+        notes={
+            "device": "; the embedded model runs in float32 everywhere (it trains, and its figures "
+            "compare across machines)"
+        },
+    )
     add_options(parser, ScorerSettings(), notes={"scorer": "; labels the probe, picks the pairs and grades the result"})
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     pairs = parser.add_argument_group("pairs")
-    pairs.add_argument("--samples", type=positive_count, default=3,
-                       help="sampled continuations per prompt (default: %(default)s)")
-    pairs.add_argument("--pair-method", default="best-of-n", choices=["best-of-n", "steer", "both"],
-                       help="how rejected continuations are made (default: %(default)s)")
-    pairs.add_argument("--chosen", default="least-toxic", choices=["least-toxic", "greedy"],
-                       help="chosen continuation: the least toxic candidate or the greedy one (Lee et al.) "
-                            "(default: %(default)s)")
+    pairs.add_argument(
+        "--samples", type=positive_count, default=3, help="sampled continuations per prompt (default: %(default)s)"
+    )
+    pairs.add_argument(
+        "--pair-method",
+        default="best-of-n",
+        choices=["best-of-n", "steer", "both"],
+        help="how rejected continuations are made (default: %(default)s)",
+    )
+    pairs.add_argument(
+        "--chosen",
+        default="least-toxic",
+        choices=["least-toxic", "greedy"],
+        help="chosen continuation: the least toxic candidate or the greedy one (Lee et al.) (default: %(default)s)",
+    )
     pairs.add_argument("--margin", type=float, default=0.3, help="min rejected - chosen score (default: %(default)s)")
     dpo = parser.add_argument_group("DPO")
     add_options(dpo, DPOTraining(), names=("beta", "learning_rate", "max_steps", "batch_size"))
     ev = parser.add_argument_group("evaluation")
     add_options(ev, EvaluationSettings(), names=("ppl_windows", "f1_items"))
-    parser.add_argument("--progress-json", action="store_true",
-                        help="machine-readable progress: one job event (JSON) per line on stdout (for the explorer)")
+    parser.add_argument(
+        "--progress-json",
+        action="store_true",
+        help="machine-readable progress: one job event (JSON) per line on stdout (for the explorer)",
+    )
 
 
 def run(args) -> int:
@@ -67,11 +98,21 @@ def run(args) -> int:
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}: choose from {', '.join(STAGES)}")
         force = set(args.force) if args.force else True
-    settings = BuildSettings(work_dir=args.work_dir, output=args.output, scoring=from_args(args, ScorerSettings()),
-                             device=args.device, until=args.until, seed=args.seed, n_samples=args.samples,
-                             pair_method=args.pair_method, chosen=args.chosen, margin=args.margin,
-                             dpo=from_args(args, DPOTraining()), evaluation=from_args(args, EvaluationSettings()),
-                             force=force)
+    settings = BuildSettings(
+        work_dir=args.work_dir,
+        output=args.output,
+        scoring=from_args(args, ScorerSettings()),
+        device=args.device,
+        until=args.until,
+        seed=args.seed,
+        n_samples=args.samples,
+        pair_method=args.pair_method,
+        chosen=args.chosen,
+        margin=args.margin,
+        dpo=from_args(args, DPOTraining()),
+        evaluation=from_args(args, EvaluationSettings()),
+        force=force,
+    )
     with reporting(json_lines=args.progress_json) as report:
         result = run_build(settings, report)
         report(Done(summary(result, args)))
@@ -80,14 +121,19 @@ def run(args) -> int:
 
 def toxicity_line(label: str, base: dict, dpo: dict, check_scorer: str, perplexity: bool) -> str:
     """Base → DPO toxicity on one prompt set with its ratio, the check scorer's where it ran, and perplexity."""
+
     def ratio(key: str) -> str:
         return f"{dpo[key] / max(base[key], 1e-9):.2f}x"
 
-    line = (f"{label} toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} ({ratio('toxicity')}, "
-            f"{base['n_prompts']} prompts)")
+    line = (
+        f"{label} toxicity base {base['toxicity']:.3f} -> DPO {dpo['toxicity']:.3f} ({ratio('toxicity')}, "
+        f"{base['n_prompts']} prompts)"
+    )
     if base.get("check_toxicity") == base.get("check_toxicity"):  # not NaN: the check scorer ran
-        line += (f"; by {check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
-                 f"({ratio('check_toxicity')})")
+        line += (
+            f"; by {check_scorer} {base['check_toxicity']:.3f} -> {dpo['check_toxicity']:.3f} "
+            f"({ratio('check_toxicity')})"
+        )
     if perplexity:
         line += f"; perplexity {base['perplexity']:.2f} -> {dpo['perplexity']:.2f} ({base['n_tokens']} tokens)"
     return line

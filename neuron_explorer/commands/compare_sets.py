@@ -21,10 +21,18 @@ HELP = "overlap and Jaccard of neuron sets against layer-matched random sets"
 
 def add_arguments(parser) -> None:
     parser.add_argument("file", type=Path, help=f"the cache (e.g. {default_cache_path()})")
-    parser.add_argument("sets", nargs="*", metavar="SET",
-                        help="neuron-set specs, at least two (default: the groups, toxic:128, auroc:128, top Δ)")
-    parser.add_argument("--draws", type=positive_count, default=2000,
-                        help="random layer-matched placements for the chance spread (default: %(default)s)")
+    parser.add_argument(
+        "sets",
+        nargs="*",
+        metavar="SET",
+        help="neuron-set specs, at least two (default: the groups, toxic:128, auroc:128, top Δ)",
+    )
+    parser.add_argument(
+        "--draws",
+        type=positive_count,
+        default=2000,
+        help="random layer-matched placements for the chance spread (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of those draws (default: %(default)s)")
 
 
@@ -40,8 +48,12 @@ def run(args) -> int:
         masks = resolve_masks(reader, args.sets or default_specs(reader))
         info = reader.info
     results = compare_all(masks, draws=args.draws, seed=args.seed)
-    table = Table(title=f"neuron sets against layer-matched chance — {args.file} ({info.n_layers} layers × "
-                        f"{info.d_mlp:,})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"neuron sets against layer-matched chance — {args.file} ({info.n_layers} layers × {info.d_mlp:,})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     rows = [format_row(result) for result in results]
     widths = {column: max(len(column), *(len(row[column]) for row in rows)) for column in rows[0]}
     for column, width in widths.items():
@@ -51,7 +63,9 @@ def run(args) -> int:
     console = Console()
     console.width = max(console.width, sum(widths.values()) + 3 * len(widths))  # cut to 80 columns, it hides numbers
     console.print(table)
-    console.print(f"∩ overlap, J Jaccard, × overlap over its chance mean. Chance: each set's neurons placed at "
-                  f"random within their layers; ∩ mean±sd exact, J over {args.draws} draws (seed {args.seed}); p: "
-                  f"share of draws with at least the observed overlap")
+    console.print(
+        f"∩ overlap, J Jaccard, × overlap over its chance mean. Chance: each set's neurons placed at "
+        f"random within their layers; ∩ mean±sd exact, J over {args.draws} draws (seed {args.seed}); p: "
+        f"share of draws with at least the observed overlap"
+    )
     return 0

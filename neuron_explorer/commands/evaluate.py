@@ -27,17 +27,30 @@ HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("models", nargs="*", default=["embedded", "embedded-dpo"],
-                        help="model specs, NAME=SPEC to label them (default: %(default)s)")
-    parser.add_argument("--prompts", default=PROMPTS,
-                        help="prompt source: builtin:heldout, builtin:rtp-validation (399 real RealToxicityPrompts "
-                             "challenge prompts), a file or hub:NAME (default: %(default)s)")
+    parser.add_argument(
+        "models",
+        nargs="*",
+        default=["embedded", "embedded-dpo"],
+        help="model specs, NAME=SPEC to label them (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--prompts",
+        default=PROMPTS,
+        help="prompt source: builtin:heldout, builtin:rtp-validation (399 real RealToxicityPrompts "
+        "challenge prompts), a file or hub:NAME (default: %(default)s)",
+    )
     parser.add_argument("--prompt-column", default=None)
-    parser.add_argument("--max-prompts", type=positive_count, default=None, metavar="N",
-                        help="use only the first N prompts (default: all)")
+    parser.add_argument(
+        "--max-prompts",
+        type=positive_count,
+        default=None,
+        metavar="N",
+        help="use only the first N prompts (default: all)",
+    )
     add_options(parser, ScorerSettings())
-    parser.add_argument("--corpus", default=CORPUS,
-                        help="builtin (CPython docs), a file, or hub:wikitext (default: %(default)s)")
+    parser.add_argument(
+        "--corpus", default=CORPUS, help="builtin (CPython docs), a file, or hub:wikitext (default: %(default)s)"
+    )
     add_options(parser, EvaluationSettings(), names=("ppl_window", "ppl_windows", "f1_items", "batch_size"))
     add_options(parser, DeviceSettings())
     parser.add_argument("--json", type=output_file, default=None, help="write metrics and generations as JSON here")
@@ -64,20 +77,34 @@ def run(args) -> int:
         name, _, spec = item.partition("=") if "=" in item else (item, "", item)
         loaded = load_model(spec, device=ranks.device(args.device), dtype=args.dtype)
         say(f"evaluating {name} ...")
-        results[name] = evaluate(loaded, prompts.texts, scorer, corpus=corpus, settings=settings,
-                                 progress=lambda line: say("  " + line), check_scorer=check_scorer, ranks=ranks)
+        results[name] = evaluate(
+            loaded,
+            prompts.texts,
+            scorer,
+            corpus=corpus,
+            settings=settings,
+            progress=lambda line: say("  " + line),
+            check_scorer=check_scorer,
+            ranks=ranks,
+        )
         del loaded
     if not ranks.main:
         return 0
     print()
     print(format_table(results))
     check = f", check scorer {check_scorer.name}" if check_scorer else ""
-    print(f"\n(scorer {scorer.name}{check}; prompts {prompts.source}; corpus {corpus.source}, "
-          f"{args.ppl_window}-token windows)")
+    print(
+        f"\n(scorer {scorer.name}{check}; prompts {prompts.source}; corpus {corpus.source}, "
+        f"{args.ppl_window}-token windows)"
+    )
     if args.json:
-        record = {"results": {k: v.to_dict() for k, v in results.items()},
-                  "prompts": prompts.provenance(), "corpus": corpus.provenance(), "scorer": scorer.describe(),
-                  "check_scorer": check_scorer.describe() if check_scorer else None,
-                  "distributed": ranks.provenance()}
+        record = {
+            "results": {k: v.to_dict() for k, v in results.items()},
+            "prompts": prompts.provenance(),
+            "corpus": corpus.provenance(),
+            "scorer": scorer.describe(),
+            "check_scorer": check_scorer.describe() if check_scorer else None,
+            "distributed": ranks.provenance(),
+        }
         write_json_atomically(args.json, record, indent=2)
     return 0

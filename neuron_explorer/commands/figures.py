@@ -20,14 +20,24 @@ FIGURES = ("layers", "shares", "recovered", "neuron")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("file", nargs="?", type=Path, default=None,
-                        help=f"the cache (default: {default_cache_path()})")
-    parser.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
-                        help="the folder for the figures (default: FILE-figures/ beside the cache)")
-    parser.add_argument("--neuron", default=None, metavar="L12/N345",
-                        help="the neuron of the activation histogram (default: the one with the largest Δ)")
-    parser.add_argument("--only", action="append", choices=FIGURES, default=None,
-                        help="draw only this figure (repeatable)")
+    parser.add_argument("file", nargs="?", type=Path, default=None, help=f"the cache (default: {default_cache_path()})")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the folder for the figures (default: FILE-figures/ beside the cache)",
+    )
+    parser.add_argument(
+        "--neuron",
+        default=None,
+        metavar="L12/N345",
+        help="the neuron of the activation histogram (default: the one with the largest Δ)",
+    )
+    parser.add_argument(
+        "--only", action="append", choices=FIGURES, default=None, help="draw only this figure (repeatable)"
+    )
 
 
 def run(args) -> int:
@@ -40,8 +50,10 @@ def run(args) -> int:
         if args.neuron:
             layer, index = parse_neuron_id(args.neuron)
             if not (0 <= layer < reader.info.n_layers and 0 <= index < reader.info.d_mlp):
-                raise UserError(f"{args.neuron} does not exist: layers 0–{reader.info.n_layers - 1}, "
-                                f"neurons 0–{reader.info.d_mlp - 1}")
+                raise UserError(
+                    f"{args.neuron} does not exist: layers 0–{reader.info.n_layers - 1}, "
+                    f"neurons 0–{reader.info.d_mlp - 1}"
+                )
     if args.output is not None and args.output.exists() and not args.output.is_dir():
         raise UserError(f"{args.output} is not a folder")
     written = write_figures(path, args.output, neuron=args.neuron, which=tuple(args.only or FIGURES))

@@ -44,22 +44,35 @@ def neuron_list(text: str) -> tuple[tuple[int, int], ...]:
 
 def add_arguments(parser) -> None:
     parser.epilog = modes.describe()
-    parser.add_argument("file", nargs="?", type=Path, default=None,
-                        help=f"the cache (default: {default_cache_path()})")
+    parser.add_argument("file", nargs="?", type=Path, default=None, help=f"the cache (default: {default_cache_path()})")
     parser.add_argument("--prompt", default=None, help="the prompt (required unless --serve)")
-    what = parser.add_argument_group("intervention (the patched run, as `patch` takes it; none without --set or "
-                                     "--mode)")
+    what = parser.add_argument_group(
+        "intervention (the patched run, as `patch` takes it; none without --set or --mode)"
+    )
     intervention.add_arguments(what)
     output = parser.add_argument_group("output")
-    output.add_argument("--top", type=positive_count, default=DEFAULT_TOP,
-                        help="neurons kept by Δ and by |δ| each (%(default)s)")
-    output.add_argument("--json", type=output_file, default=None,
-                        help="write the whole result here (with every neuron's ā in both models)")
-    output.add_argument("--tokens", type=neuron_list, default=None, metavar="L:N[,L:N...]",
-                        help="instead of a prompt: the value-vector tokens of these neurons in both models (for "
-                             "neurons whose tokens `compute --lens` left out of the cache)")
-    output.add_argument("--serve", action="store_true",
-                        help="be the explorer's model worker: JSON-line requests on stdin, job events on stdout")
+    output.add_argument(
+        "--top", type=positive_count, default=DEFAULT_TOP, help="neurons kept by Δ and by |δ| each (%(default)s)"
+    )
+    output.add_argument(
+        "--json",
+        type=output_file,
+        default=None,
+        help="write the whole result here (with every neuron's ā in both models)",
+    )
+    output.add_argument(
+        "--tokens",
+        type=neuron_list,
+        default=None,
+        metavar="L:N[,L:N...]",
+        help="instead of a prompt: the value-vector tokens of these neurons in both models (for "
+        "neurons whose tokens `compute --lens` left out of the cache)",
+    )
+    output.add_argument(
+        "--serve",
+        action="store_true",
+        help="be the explorer's model worker: JSON-line requests on stdin, job events on stdout",
+    )
     models = parser.add_argument_group("models (default: the specs recorded in the cache)")
     models.add_argument("--base", default=None)
     models.add_argument("--tuned", default=None)
@@ -81,7 +94,7 @@ def run(args) -> int:
             raise UserError("--tokens computes value-vector tokens, no prompt: leave out --prompt, --set, --mode")
         return _tokens(path, args)
     if not args.prompt or not args.prompt.strip():
-        raise UserError("give the prompt: --prompt \"...\" (or --serve for the explorer's worker)")
+        raise UserError('give the prompt: --prompt "..." (or --serve for the explorer\'s worker)')
     from neuron_explorer.commands.reporting import reporting
     from neuron_explorer.engine.lab.protocol import RunRequest
     from neuron_explorer.engine.lab.session import LabSession
@@ -96,8 +109,15 @@ def run(args) -> int:
             check_spec(patched, reader)
 
     with reporting(json_lines=False) as report:
-        with LabSession(path, base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype,
-                        scorer=args.scorer, report=report) as session:
+        with LabSession(
+            path,
+            base=args.base,
+            tuned=args.tuned,
+            device=args.device,
+            dtype=args.dtype,
+            scorer=args.scorer,
+            report=report,
+        ) as session:
             result = session.answer(request, report=report)
             groups = session.reader.neuron_array("group")
     answer = result.to_dict()  # with every neuron's ā when --json asked for it (request.full)
@@ -119,8 +139,15 @@ def _tokens(path: Path, args) -> int:
     from neuron_explorer.engine.lab.session import LabSession
 
     with reporting(json_lines=False) as report:
-        with LabSession(path, base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype,
-                        scorer=args.scorer, report=report) as session:
+        with LabSession(
+            path,
+            base=args.base,
+            tuned=args.tuned,
+            device=args.device,
+            dtype=args.dtype,
+            scorer=args.scorer,
+            report=report,
+        ) as session:
             answer = session.value_tokens(TokensRequest(1, args.tokens)).to_dict()
     if args.json:
         write_json_atomically(args.json, answer, indent=None)
@@ -131,8 +158,13 @@ def _tokens(path: Path, args) -> int:
         for model, direction in columns:
             table.add_column(f"{direction} {model}", no_wrap=True)
         for rank in range(len(answer["base"]["top_tokens"][row])):
-            table.add_row(*(f"{answer[model][f'{direction}_tokens'][row][rank]!r} "
-                            f"{answer[model][f'{direction}_scores'][row][rank]:+.2f}" for model, direction in columns))
+            table.add_row(
+                *(
+                    f"{answer[model][f'{direction}_tokens'][row][rank]!r} "
+                    f"{answer[model][f'{direction}_scores'][row][rank]:+.2f}"
+                    for model, direction in columns
+                )
+            )
         console.print(table)
     return 0
 
@@ -143,8 +175,15 @@ def _serve(path: Path, args) -> int:
     from neuron_explorer.engine.lab.worker import serve
 
     with reporting(json_lines=True) as report:  # a model that cannot load leaves as a `failed` event
-        with LabSession(path, base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype,
-                        scorer=args.scorer, report=report) as session:
+        with LabSession(
+            path,
+            base=args.base,
+            tuned=args.tuned,
+            device=args.device,
+            dtype=args.dtype,
+            scorer=args.scorer,
+            report=report,
+        ) as session:
             serve(session, sys.stdin, report)
     return 0
 
@@ -160,14 +199,18 @@ def show(result: dict, groups) -> None:
     console = Console(highlight=False)  # user text (prompt, label, continuations, tokens) is escaped: not markup
     protocol = result["protocol"]
     cut = " (truncated)" if result["truncated"] else ""
-    console.print(f"prompt: {escape(repr(result['prompt']))}: {len(result['prompt_tokens'])} tokens{cut}; "
-                  f"{protocol['new_tokens']} greedy new tokens; ā over the {protocol['positions']} positions")
+    console.print(
+        f"prompt: {escape(repr(result['prompt']))}: {len(result['prompt_tokens'])} tokens{cut}; "
+        f"{protocol['new_tokens']} greedy new tokens; ā over the {protocol['positions']} positions"
+    )
     if result["intervention"]:
         shown = result["intervention"]
         params = ", ".join(f"{k}={v:g}" for k, v in shown["params"].items() if v is not None) or "no parameters"
         fitted = f"; α fitted on {shown['alpha_fitted_on']}" if "alpha_fitted_on" in shown else ""
-        console.print(f"patched: {escape(str(shown['label']))} ({shown['neurons']:,} neurons, positions {shown['positions']}, "
-                      f"{params}{fitted})")
+        console.print(
+            f"patched: {escape(str(shown['label']))} ({shown['neurons']:,} neurons, positions {shown['positions']}, "
+            f"{params}{fitted})"
+        )
     runs = result["runs"]
     table = Table(title=f"continuations (toxicity by {result['scorer']})", title_justify="left")
     table.add_column("model")
@@ -183,21 +226,30 @@ def show(result: dict, groups) -> None:
         tokens = runs.get(name, runs["base"])["tokens"]
         console.print(_heat_table(f"probe projection of the residual stream: {name}", lens, n_prompt, tokens))
     totals = result["totals"]
-    console.print(f"this prompt: Σ+Δ {totals['sum_positive']:+.4g}, Σ−Δ {totals['sum_negative']:+.4g}, "
-                  f"net {totals['net']:+.4g}")
+    console.print(
+        f"this prompt: Σ+Δ {totals['sum_positive']:+.4g}, Σ−Δ {totals['sum_negative']:+.4g}, net {totals['net']:+.4g}"
+    )
     neurons = result["neurons"]
     rows = list(range(len(neurons["layer"])))
     by_delta = sorted(rows, key=lambda i: -neurons["contribution"][i])
     by_shift = sorted(rows, key=lambda i: -abs(neurons["act_shift"][i]))
-    for title, order in (("top neurons by Δ on this prompt", by_delta), ("top neurons by |δ| on this prompt", by_shift)):
+    for title, order in (
+        ("top neurons by Δ on this prompt", by_delta),
+        ("top neurons by |δ| on this prompt", by_shift),
+    ):
         table = Table(title=title, title_justify="left")
         for column in ("neuron", "group", "ā_pre", "ā_dpo", "δ", "Δ"):
             table.add_column(column, justify="left" if column in ("neuron", "group") else "right")
         for i in order[:SHOWN_NEURONS]:
             layer, index = neurons["layer"][i], neurons["neuron"][i]
-            table.add_row(f"L{layer}/N{index}", GROUP_NAMES[int(groups[layer, index])],
-                          f"{neurons['act_pre'][i]:+.3f}", f"{neurons['act_dpo'][i]:+.3f}",
-                          f"{neurons['act_shift'][i]:+.3f}", f"{neurons['contribution'][i]:+.3e}")
+            table.add_row(
+                f"L{layer}/N{index}",
+                GROUP_NAMES[int(groups[layer, index])],
+                f"{neurons['act_pre'][i]:+.3f}",
+                f"{neurons['act_dpo'][i]:+.3f}",
+                f"{neurons['act_shift'][i]:+.3f}",
+                f"{neurons['contribution'][i]:+.3e}",
+            )
         console.print(table)
 
 
@@ -217,5 +269,7 @@ def _heat_table(title: str, lens: np.ndarray, n_prompt: int, tokens: list[str]):
     for column in range(n_prompt, lens.shape[1]):
         position = column - n_prompt
         token = repr(tokens[position])[1:-1][:10] if position < len(tokens) else "·"
-        table.add_row(escape(token), *(f"[{'red' if value > 0 else 'blue'}]{value:+.1f}[/]" for value in binned[column]))
+        table.add_row(
+            escape(token), *(f"[{'red' if value > 0 else 'blue'}]{value:+.1f}[/]" for value in binned[column])
+        )
     return table

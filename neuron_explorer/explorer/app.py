@@ -28,26 +28,26 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from neuron_explorer.cache.reader import neuron_id
-from neuron_explorer.errors import UserError
 from neuron_explorer.engine.defaults import default_cache_path
+from neuron_explorer.errors import UserError
 
 from .actions import ExplorerActions
 from .commands import ExplorerCommands
 from .job_manager import JobManager
+from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, paper_request, target_request, write_selection
 from .lab_client import LAB_COMMAND, LabClient
 from .lab_manager import LabManager
 from .messages import JobEvent
+from .screens.beyond import BeyondScreen
 from .screens.build import BUILD_COMMAND, BuildScreen
 from .screens.clusters import ClustersScreen
 from .screens.dialogs import ConfirmDialog, ShowsWorkerErrors
 from .screens.help import HelpScreen
 from .screens.lab import LabScreen
 from .screens.neurons import NeuronsScreen
-from .jobs import PATCH_COMMAND, PatchJob, PatchRequest, paper_request, target_request, write_selection
 from .screens.overview import OverviewScreen
 from .screens.patch import PatchDialog
 from .screens.runs import RunsScreen
-from .screens.beyond import BeyondScreen
 from .state import Store
 from .targets import find_target
 
@@ -63,18 +63,34 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
         Binding("2", "switch_mode('neurons')", "neurons", id="app.neurons", tooltip="layers and the neuron table"),
         Binding("3", "switch_mode('clusters')", "clusters", id="app.clusters", tooltip="dendrogram and clusters"),
         Binding("4", "switch_mode('runs')", "runs", id="app.runs", tooltip="patching runs beside base and DPO"),
-        Binding("5", "switch_mode('lab')", "lab", id="app.lab",
-                tooltip="the prompt lab: one prompt through base, DPO and a patched model"),
-        Binding("6", "switch_mode('beyond')", "beyond", show=False, id="app.beyond",
-                tooltip="beyond the paper: neuron sets against chance, where the pair differs on any text"),
+        Binding(
+            "5",
+            "switch_mode('lab')",
+            "lab",
+            id="app.lab",
+            tooltip="the prompt lab: one prompt through base, DPO and a patched model",
+        ),
+        Binding(
+            "6",
+            "switch_mode('beyond')",
+            "beyond",
+            show=False,
+            id="app.beyond",
+            tooltip="beyond the paper: neuron sets against chance, where the pair differs on any text",
+        ),
         Binding("escape", "back", "back", show=False, id="app.back", tooltip="go back (to the overview)"),
         Binding("question_mark,f1", "help", "help", id="app.help", tooltip="this help (F1 also where ? types)"),
         Binding("slash", "jump", "jump", show=False, id="app.jump", tooltip="jump to a neuron such as L12/N345"),
         Binding("q", "quit", "quit", id="app.quit", tooltip="quit (asks first while a patch run is running)"),
     ]
     STORE_MODES: ClassVar[dict[str, Callable[[Store], Screen]]] = {
-        "overview": OverviewScreen, "neurons": NeuronsScreen, "clusters": ClustersScreen,
-        "runs": RunsScreen, "lab": LabScreen, "beyond": BeyondScreen}
+        "overview": OverviewScreen,
+        "neurons": NeuronsScreen,
+        "clusters": ClustersScreen,
+        "runs": RunsScreen,
+        "lab": LabScreen,
+        "beyond": BeyondScreen,
+    }
 
     # What the screens watch. `view_row` is set on every change of the Store's view (always_update: the same row
     # twice still redraws); its value is the row the neuron table's cursor goes to (None: the top).
@@ -85,9 +101,14 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
     lab_version: reactive[int] = reactive(0, init=False)  # the lab's worker or one of its tries changed
     lab_prompt: reactive[str] = reactive("", always_update=True, init=False)  # a prompt was chosen for the lab
 
-    def __init__(self, store: Store | None = None, build_target: Path | None = None,
-                 build_command: tuple[str, ...] = BUILD_COMMAND,
-                 patch_command: tuple[str, ...] = PATCH_COMMAND, lab_command: tuple[str, ...] = LAB_COMMAND) -> None:
+    def __init__(
+        self,
+        store: Store | None = None,
+        build_target: Path | None = None,
+        build_command: tuple[str, ...] = BUILD_COMMAND,
+        patch_command: tuple[str, ...] = PATCH_COMMAND,
+        lab_command: tuple[str, ...] = LAB_COMMAND,
+    ) -> None:
         super().__init__()
         self.store = store
         self.build_target, self.build_command = build_target, build_command
@@ -173,14 +194,24 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
             self.exit()
             return
         names = ", ".join(job.request.name() for job in running)
-        self.push_screen(ConfirmDialog(f"Quit and stop {len(running)} running patch "
-                                       f"run{'' if len(running) == 1 else 's'} ({names})? Nothing of "
-                                       f"{'it' if len(running) == 1 else 'them'} is stored."),
-                         lambda yes: self.exit() if yes else None)
+        self.push_screen(
+            ConfirmDialog(
+                f"Quit and stop {len(running)} running patch "
+                f"run{'' if len(running) == 1 else 's'} ({names})? Nothing of "
+                f"{'it' if len(running) == 1 else 'them'} is stored."
+            ),
+            lambda yes: self.exit() if yes else None,
+        )
 
-
-    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
-               markup: bool = False) -> None:
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity="information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
         """Every message as plain text, never markup: messages quote labels, prompts, set names, paths and errors,
         and a "[/INST]" in one crashed the screen. (Widget.notify passes markup=True, so it is not taken.)"""
         options = {} if timeout is None else {"timeout": timeout}
@@ -213,8 +244,9 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
                 raise UserError("no neurons are marked: mark some with space in the neuron table first")
             marked = sorted(store.marked)
             if inline:
-                return target_request("marked neurons", ["ids:" + ",".join(neuron_id(*pair) for pair in marked)],
-                                      len(marked))
+                return target_request(
+                    "marked neurons", ["ids:" + ",".join(neuron_id(*pair) for pair in marked)], len(marked)
+                )
             path = write_selection(marked)
             return target_request("marked neurons", [f"file:{path}"], len(marked), cleanup=(path,))
         target = find_target(source)

@@ -27,8 +27,9 @@ class JobManager(AppHost):
     runs_version: reactive[int]
 
     def start_patch(self, request: PatchRequest) -> PatchJob:
-        process = JobProcess([*self.patch_command, *request.argv(self.opened_store.path)], self.post_message,
-                             what="the run")
+        process = JobProcess(
+            [*self.patch_command, *request.argv(self.opened_store.path)], self.post_message, what="the run"
+        )
         job = PatchJob(number=len(self.jobs) + 1, request=request, process=process)
         self.jobs.append(job)
         if process.start():

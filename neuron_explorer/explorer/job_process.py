@@ -67,8 +67,14 @@ class JobProcess:
 
     `post` receives every `JobEvent` (an app's or a screen's `post_message`, which is thread-safe)."""
 
-    def __init__(self, argv: Sequence[str], post: Callable[[JobEvent], object], *, what: str = "the job",
-                 serves_requests: bool = False) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        post: Callable[[JobEvent], object],
+        *,
+        what: str = "the job",
+        serves_requests: bool = False,
+    ) -> None:
         self.argv, self.post, self.what, self.serves_requests = list(argv), post, what, serves_requests
         self.popen: subprocess.Popen | None = None
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)  # the last lines that were not events
@@ -90,11 +96,17 @@ class JobProcess:
         launched."""
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
         try:
-            self.popen = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
-                                          stdin=subprocess.PIPE if self.serves_requests else subprocess.DEVNULL,
-                                          stderr=self._stderr, encoding="utf-8", errors="replace", bufsize=1,
-                                          start_new_session=True,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE if self.serves_requests else subprocess.DEVNULL,
+                stderr=self._stderr,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         except OSError as error:
             self._stderr.close()
             self._end(Failed(f"could not start {self.what}: {error}"))

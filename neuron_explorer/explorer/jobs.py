@@ -56,8 +56,9 @@ class PatchRequest:
         mode, the target and its size."""
         if isinstance(self.spec, PaperPreset):
             return replace(self, spec=PaperPreset(mode, positions), max_prompts=max_prompts)
-        intervention = Intervention(mode, self.spec.sets, positions, params,
-                                    label=run_label(mode, self.target, self.n_neurons))
+        intervention = Intervention(
+            mode, self.spec.sets, positions, params, label=run_label(mode, self.target, self.n_neurons)
+        )
         return replace(self, spec=intervention, max_prompts=max_prompts)
 
     def argv(self, cache_path: Path) -> list[str]:
@@ -72,8 +73,9 @@ def run_label(mode: str, target: str, n_neurons: int) -> str:
     return f"{mode} {target} ({n_neurons:,})"
 
 
-def target_request(target: str, sets: list[str], n_neurons: int, mode: str = modes.DEFAULT_MODE,
-                   cleanup: tuple[Path, ...] = ()) -> PatchRequest:
+def target_request(
+    target: str, sets: list[str], n_neurons: int, mode: str = modes.DEFAULT_MODE, cleanup: tuple[Path, ...] = ()
+) -> PatchRequest:
     """A request to patch ``sets`` (what ``target`` names) with ``mode`` at every position, its defaults."""
     intervention = Intervention(mode, tuple(sets), label=run_label(mode, target, n_neurons))
     return PatchRequest(target, n_neurons, intervention, cleanup=cleanup)

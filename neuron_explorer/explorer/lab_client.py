@@ -83,8 +83,9 @@ class LabClient:
         self.stop()
         self.state, self.loaded, self.error, self.exit_code, self.current = JobState.RUNNING, False, "", None, None
         self.stage, self.done, self.total = "starting the model worker", 0, 0
-        self.process = JobProcess([*self.command, str(cache_path), "--serve"], post, what="the model worker",
-                                  serves_requests=True)
+        self.process = JobProcess(
+            [*self.command, str(cache_path), "--serve"], post, what="the model worker", serves_requests=True
+        )
         self.process.start()
         return self.process
 

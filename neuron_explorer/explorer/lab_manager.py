@@ -39,6 +39,7 @@ class LabManager(AppHost):
     lab_prompt: reactive[str]
 
     if TYPE_CHECKING:
+
         def patch_request(self, source: str, inline: bool = False) -> PatchRequest: ...  # `ExplorerApp`'s
 
     def _show_lab(self) -> None:
@@ -126,8 +127,10 @@ class LabManager(AppHost):
         if not choices:
             self.notify("this cache stores no prompts, and no run has samples", severity="warning")
             return
-        self.push_screen(ChoiceDialog("Run a prompt of the cache or of a stored run", choices),
-                         lambda key: self.lab_run(prompts[key]) if key else None)
+        self.push_screen(
+            ChoiceDialog("Run a prompt of the cache or of a stored run", choices),
+            lambda key: self.lab_run(prompts[key]) if key else None,
+        )
 
     def lab_show_history(self) -> None:
         """Choose one of this session's tries: its stored answer shows again, its prompt goes back in the input."""
@@ -137,8 +140,10 @@ class LabManager(AppHost):
             return
         tries = {str(attempt.request.id): attempt for attempt in self.lab.history}
         choices = [(describe_try(attempt), key) for key, attempt in reversed(tries.items())]
-        self.push_screen(ChoiceDialog("Re-open a try of this session", choices),
-                         lambda key: self.lab_reopen(tries[key]) if key else None)
+        self.push_screen(
+            ChoiceDialog("Re-open a try of this session", choices),
+            lambda key: self.lab_reopen(tries[key]) if key else None,
+        )
 
     def lab_reopen(self, attempt: LabTry) -> None:
         if attempt.result is not None:
@@ -167,8 +172,12 @@ class LabManager(AppHost):
                 return
             self.notify(f"wrote lab #{shown.request.id} to {target}")
 
-        self.push_screen(PromptDialog("Export the lab's answer to",
-                                      value=f"{self.opened_store.path.stem}-lab-{shown.request.id}.json"), export)
+        self.push_screen(
+            PromptDialog(
+                "Export the lab's answer to", value=f"{self.opened_store.path.stem}-lab-{shown.request.id}.json"
+            ),
+            export,
+        )
 
     # -- the intervention ---------------------------------------------------------------------------------------
     def lab_apply(self, source: str) -> None:
@@ -196,8 +205,10 @@ class LabManager(AppHost):
         self._show_lab()
         choices = [(f"the marked neurons ({len(self.opened_store.marked):,})", "selection")]
         choices += [(target.title, target.key) for target in patch_targets(self.opened_store)]
-        self.push_screen(ChoiceDialog("Patch in the lab's patched run", choices),
-                         lambda source: self.lab_apply(source) if source else None)
+        self.push_screen(
+            ChoiceDialog("Patch in the lab's patched run", choices),
+            lambda source: self.lab_apply(source) if source else None,
+        )
 
     def lab_clear_intervention(self) -> None:
         self.lab.intervention = None

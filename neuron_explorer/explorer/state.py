@@ -25,6 +25,7 @@ from neuron_explorer.engine.lab.protocol import PROMPT_NEURON_COLUMNS
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
 
+
 @dataclass(frozen=True)
 class Column:
     key: str  # column of the neuron frame ("id" is made from layer and neuron)
@@ -42,7 +43,7 @@ class Column:
 OTHER_COLUMNS = {
     "id": "L<layer>/N<index>: the neuron's layer and its index in the MLP",
     "group": "its group (v1): sign class T/A (cos_pre > 0 / ≤ 0) and P/N (ā_pre > 0 / ≤ 0); ↓ when DPO's change "
-             "of its activation lowers toxicity, ↑ for the mirror",
+    "of its activation lowers toxicity, ↑ for the mirror",
     "cluster": "its flat cluster among the top-|Δ| neurons (· when not clustered)",
 }
 SORT_GLYPHS = {True: "▼", False: "▲"}  # descending, ascending (↓/↑ name the groups' direction only)
@@ -133,8 +134,11 @@ def sorted_rows(values: pl.Series, rows: np.ndarray | None, descending: bool) ->
     plain integers (a vectorised sort, ~30 ms). Other dtypes go to polars.
     """
     dtype = values.dtype
-    if len(values) >= 2**32 or sys.byteorder != "little" or not (
-            dtype == pl.Float32 or dtype in SIGNED_KEYS or dtype in UNSIGNED_KEYS):
+    if (
+        len(values) >= 2**32
+        or sys.byteorder != "little"
+        or not (dtype == pl.Float32 or dtype in SIGNED_KEYS or dtype in UNSIGNED_KEYS)
+    ):
         picked = values if rows is None else values.gather(rows)
         order = picked.arg_sort(descending=descending, nulls_last=True).to_numpy()
         return order if rows is None else rows[order]
@@ -219,7 +223,7 @@ class Store:
         self._recent_views: dict[View, np.ndarray] = {}  # going back to a view (say, all layers) costs no sort
 
     @classmethod
-    def open(cls, path: str | Path) -> "Store":
+    def open(cls, path: str | Path) -> Store:
         return cls(CacheReader(path))
 
     @property
@@ -322,8 +326,10 @@ class Store:
         """The row of the neuron named ``text``; widens the view to all layers, unfiltered, when it is hidden."""
         layer, index = parse_neuron_id(text)
         if not (0 <= layer < self.info.n_layers and 0 <= index < self.info.d_mlp):
-            raise UserError(f"{neuron_id(layer, index)} does not exist: layers 0–{self.info.n_layers - 1}, "
-                            f"neurons 0–{self.info.d_mlp - 1}")
+            raise UserError(
+                f"{neuron_id(layer, index)} does not exist: layers 0–{self.info.n_layers - 1}, "
+                f"neurons 0–{self.info.d_mlp - 1}"
+            )
         row = self.find(layer, index)
         if row is None:
             self._apply(replace(self.view, layer=None, filters=Filters()))
@@ -335,8 +341,10 @@ class Store:
         view = self.view
         where = "all layers" if view.layer is None else f"layer {view.layer}"
         arrow = SORT_GLYPHS[view.descending]
-        return (f"{where} · {self.row_count:,} neurons · sort {COLUMN_BY_KEY[view.sort_column].label}{arrow}"
-                f" · filter {view.filters.describe()}")
+        return (
+            f"{where} · {self.row_count:,} neurons · sort {COLUMN_BY_KEY[view.sort_column].label}{arrow}"
+            f" · filter {view.filters.describe()}"
+        )
 
     def view_frame(self) -> pl.DataFrame:
         """The whole current view as the table shows it, for export: its rows in display order, its columns in
@@ -403,8 +411,17 @@ class Store:
             parts.append(view.filters.describe())
         parts.append(f"sort {COLUMN_BY_KEY[view.sort_column].label} {'desc' if view.descending else 'asc'}")
         name = "-".join(parts)
-        for text, word in (("↓", "down"), ("↑", "up"), ("|Δ|", "abs-delta"), ("Δ", "delta"), ("δ", "act-shift"),
-                           (">=", " ge "), ("<=", " le "), (">0", " pos"), ("<0", " neg")):
+        for text, word in (
+            ("↓", "down"),
+            ("↑", "up"),
+            ("|Δ|", "abs-delta"),
+            ("Δ", "delta"),
+            ("δ", "act-shift"),
+            (">=", " ge "),
+            ("<=", " le "),
+            (">0", " pos"),
+            ("<0", " neg"),
+        ):
             name = name.replace(text, word)
         slug = re.sub(r"[^\w.+-]+", "-", name).strip("-")
         return str(self.path.with_name(f"{slug}.{extension}"))
@@ -431,8 +448,7 @@ class PromptNeurons:
         layers = np.asarray(neurons["layer"], dtype=np.int64)
         positions = layers * store.info.d_mlp + np.asarray(neurons["neuron"], dtype=np.int64)
         cached = store.frame[positions].drop(PROMPT_NEURON_COLUMNS, strict=False)
-        return cached.with_columns(pl.Series(name, neurons[name], dtype=pl.Float64)
-                                   for name in PROMPT_NEURON_COLUMNS)
+        return cached.with_columns(pl.Series(name, neurons[name], dtype=pl.Float64) for name in PROMPT_NEURON_COLUMNS)
 
     @property
     def row_count(self) -> int:

@@ -31,11 +31,19 @@ class Target:
         return self.short if self.key in (TOXIC.key, ALL_REDUCING.key) else self.key
 
 
-TOXIC = Target(f"toxic:{TOXIC_K}", f"toxic:{TOXIC_K}", f"toxic top-{TOXIC_K}",
-               f"the {TOXIC_K} neurons most aligned with the probe (cos_pre): the papers' ablation baseline",
-               mode=modes.PRESET_ABLATION)
-ALL_REDUCING = Target("groups:↓", "group:reducing", "all four ↓ groups",
-                      "every neuron of TP↓, TN↓, AP↓ and AN↓: the papers' \"patch all four\" row")
+TOXIC = Target(
+    f"toxic:{TOXIC_K}",
+    f"toxic:{TOXIC_K}",
+    f"toxic top-{TOXIC_K}",
+    f"the {TOXIC_K} neurons most aligned with the probe (cos_pre): the papers' ablation baseline",
+    mode=modes.PRESET_ABLATION,
+)
+ALL_REDUCING = Target(
+    "groups:↓",
+    "group:reducing",
+    "all four ↓ groups",
+    'every neuron of TP↓, TN↓, AP↓ and AN↓: the papers\' "patch all four" row',
+)
 
 
 def patch_targets(store) -> list[Target]:
@@ -43,8 +51,10 @@ def patch_targets(store) -> list[Target]:
     targets = [TOXIC, ALL_REDUCING] + [_group(group) for group in GROUP_NAMES]
     if store.reader.has(layout.CLUSTER_SUMMARY):
         targets += [_named("cluster", str(cluster)) for cluster in store.reader.clusters()["cluster"].to_list()]
-    targets += [_named("set", neuron_set.name, f"the {len(neuron_set.neurons):,} neurons of the stored set")
-                for neuron_set in list_sets(store.path)]
+    targets += [
+        _named("set", neuron_set.name, f"the {len(neuron_set.neurons):,} neurons of the stored set")
+        for neuron_set in list_sets(store.path)
+    ]
     return targets
 
 

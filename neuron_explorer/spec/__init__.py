@@ -1,1 +1,2 @@
-"""Torch-free values that cross a boundary (CLI → engine, explorer → job → engine, engine → HDF5), each validated once."""
+"""Torch-free values that cross a boundary (CLI → engine, explorer → job → engine, engine → HDF5), each validated
+once."""

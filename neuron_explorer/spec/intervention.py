@@ -1,7 +1,8 @@
 """One intervention (a mode, the neuron sets it acts on, where, the parameters given, a label), the one value that a
 patch run, the prompt lab and the explorer's patch dialog pass around. It is checked once, when it is made, against
 the patch-mode registry (engine/patching/modes.py), and it crosses boundaries in two forms that round-trip: the
-`patch`/`lab` options (`to_argv`, `from_args`) and JSON (`to_dict`/`from_dict`: the lab's requests and answers). `PaperPreset` is the other thing a patch job may ask for: the papers' rows, one job.
+`patch`/`lab` options (`to_argv`, `from_args`) and JSON (`to_dict`/`from_dict`: the lab's requests and answers).
+`PaperPreset` is the other thing a patch job may ask for: the papers' rows, one job.
 
 Resolving the sets needs the cache and building the hooks needs the model: the engine does both (`runs.check_spec`).
 """
@@ -66,14 +67,16 @@ class Intervention:
         mode = modes.get(self.mode)
         positions = Positions.parse(self.positions)
         if positions not in INTERVENTION_POSITIONS:
-            raise UserError(f"positions '{positions.value}' is the paper preset's choice: one intervention acts at "
-                            f"{' or '.join(p.value for p in INTERVENTION_POSITIONS)}")
+            raise UserError(
+                f"positions '{positions.value}' is the paper preset's choice: one intervention acts at "
+                f"{' or '.join(p.value for p in INTERVENTION_POSITIONS)}"
+            )
         if isinstance(self.sets, str) or not all(isinstance(spec, str) and spec.strip() for spec in self.sets):
-            raise UserError("sets must be a list of neuron-set specs such as \"group:TP↓\"")
+            raise UserError('sets must be a list of neuron-set specs such as "group:TP↓"')
         if mode.needs_set and not self.sets:
             raise UserError(f"mode {mode.name} needs a neuron set: pass --set SPEC (e.g. --set group:TP↓)")
         if not isinstance(self.params, dict):
-            raise UserError("params must be an object such as {\"alpha\": 1.0}")
+            raise UserError('params must be an object such as {"alpha": 1.0}')
         values = mode.values(self.params)  # a parameter the mode does not take, or a bad value: a UserError
         if self.label is not None and not (isinstance(self.label, str) and self.label.strip()):
             raise UserError("a label must be a non-empty text")
@@ -100,13 +103,23 @@ class Intervention:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Intervention:
         """The intervention parsed options ask for (`add_arguments`); a mode not given is the default mode."""
-        return cls(args.mode or modes.DEFAULT_MODE, tuple(args.sets), args.positions or Positions.ALL,
-                   given_params(args), getattr(args, "label", None))
+        return cls(
+            args.mode or modes.DEFAULT_MODE,
+            tuple(args.sets),
+            args.positions or Positions.ALL,
+            given_params(args),
+            getattr(args, "label", None),
+        )
 
     # -- JSON ------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "sets": list(self.sets), "positions": self.positions.value,
-                "params": dict(self.params), "label": self.label}
+        return {
+            "mode": self.mode,
+            "sets": list(self.sets),
+            "positions": self.positions.value,
+            "params": dict(self.params),
+            "label": self.label,
+        }
 
     @classmethod
     def from_dict(cls, payload: object) -> Intervention:
@@ -115,15 +128,21 @@ class Intervention:
             raise UserError(f"an intervention must be an object with a mode, not {payload!r}")
         unknown = sorted(set(payload) - set(cls.__dataclass_fields__))
         if unknown:
-            raise UserError(f"an intervention takes no {', '.join(unknown)} (it takes "
-                            f"{', '.join(cls.__dataclass_fields__)})")
+            raise UserError(
+                f"an intervention takes no {', '.join(unknown)} (it takes {', '.join(cls.__dataclass_fields__)})"
+            )
         if "mode" not in payload:
             raise UserError("an intervention needs a mode")
         sets = payload.get("sets", [])
         if not isinstance(sets, list):
-            raise UserError("sets must be a list of neuron-set specs such as \"group:TP↓\"")
-        return cls(payload["mode"], tuple(sets), payload.get("positions", Positions.ALL.value),
-                   payload.get("params", {}), payload.get("label"))
+            raise UserError('sets must be a list of neuron-set specs such as "group:TP↓"')
+        return cls(
+            payload["mode"],
+            tuple(sets),
+            payload.get("positions", Positions.ALL.value),
+            payload.get("params", {}),
+            payload.get("label"),
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
@@ -147,8 +166,9 @@ class PaperPreset:
 
     def __post_init__(self) -> None:
         if self.mode not in modes.PRESET_PATCH_MODES:
-            raise UserError(f"the paper preset patches its group rows with {' or '.join(modes.PRESET_PATCH_MODES)}, "
-                            f"not {self.mode}")
+            raise UserError(
+                f"the paper preset patches its group rows with {' or '.join(modes.PRESET_PATCH_MODES)}, not {self.mode}"
+            )
         object.__setattr__(self, "positions", Positions.parse(self.positions))
 
     def to_argv(self) -> list[str]:
@@ -171,16 +191,34 @@ def given_params(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(group: argparse._ActionsContainer, *, preset: bool = False, label: bool = True) -> None:
     """The intervention's options (`Intervention.from_args` reads them back); `preset`: --positions also takes
     `authors`, the paper preset's per-row choice."""
-    group.add_argument("--set", dest="sets", action="append", default=[], metavar="SPEC",
-                       help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓, toxic:128")
-    group.add_argument("--mode", choices=tuple(modes.MODES), default=None,
-                       help=f"what to do to them (default: {modes.DEFAULT_MODE}"
-                            + (f"; the preset's patch rows: {', '.join(modes.PRESET_PATCH_MODES)}, default "
-                               f"{modes.PRESET_PATCH_MODES[0]})" if preset else ")"))
+    group.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="neurons to act on (repeatable; the union is taken), e.g. group:TP↓, toxic:128",
+    )
+    group.add_argument(
+        "--mode",
+        choices=tuple(modes.MODES),
+        default=None,
+        help=f"what to do to them (default: {modes.DEFAULT_MODE}"
+        + (
+            f"; the preset's patch rows: {', '.join(modes.PRESET_PATCH_MODES)}, default {modes.PRESET_PATCH_MODES[0]})"
+            if preset
+            else ")"
+        ),
+    )
     choices = tuple(Positions) if preset else INTERVENTION_POSITIONS
-    group.add_argument("--positions", choices=[p.value for p in choices], default=None,
-                       help="; ".join(f"{p.value}: {p.description}" for p in choices) + " (default: all"
-                            + ("; the preset: authors)" if preset else ")"))
+    group.add_argument(
+        "--positions",
+        choices=[p.value for p in choices],
+        default=None,
+        help="; ".join(f"{p.value}: {p.description}" for p in choices)
+        + " (default: all"
+        + ("; the preset: authors)" if preset else ")"),
+    )
     for name in modes.parameter_names():  # checked by the mode that takes it (modes.Parameter.validate)
         group.add_argument(f"--{name}", default=None, help=modes.parameter_help(name))
     if label:

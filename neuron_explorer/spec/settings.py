@@ -27,7 +27,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 POSITION_PROTOCOLS = {
     "generated": "the generated tokens' own positions (Yang et al. v3, their HF code for Llama, Gemma, Mistral)",
     "predicting": "the last prompt position and generated tokens 1 to N-1, the positions that predict each new token "
-                  "(Yang et al. v1, their TransformerLens loop for GPT-2)",
+    "(Yang et al. v1, their TransformerLens loop for GPT-2)",
     "prompt": "every real prompt position, no generation",
     "all": "every real prompt position and the generated tokens' own positions",
 }
@@ -36,13 +36,16 @@ POSITION_MODES = tuple(POSITION_PROTOCOLS)
 
 # --- argparse types: a bad number is refused while the arguments are parsed, in argparse's own one-line error ---
 
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """The type of a whole number of at least `minimum` (e.g. 2 tokens per perplexity window)."""
+
     def whole_number(text: str) -> int:
         value = _integer(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is too small: give {minimum} or more")
         return value
+
     whole_number.__name__ = f"at least {minimum}"  # what argparse names in its error for a non-number
     return whole_number
 
@@ -68,14 +71,32 @@ def _integer(text: str) -> int:
 
 # --- fields that know their option -------------------------------------------------------------------------------
 
-def setting(default: Any, help: str, *, minimum: int | None = None, all_when_zero: bool = False,
-            choices: tuple[str, ...] | None = None, flag: str | None = None, metavar: str | None = None,
-            none_word: str | None = None) -> Any:
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    minimum: int | None = None,
+    all_when_zero: bool = False,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+    none_word: str | None = None,
+) -> Any:
     """A dataclass field that is also a command-line option: `minimum` (a whole number at least that),
     `all_when_zero` (None means all, given as 0), `choices`, `none_word` (the word that gives None, e.g. `none`)."""
-    return field(default=default, metadata={"help": help, "minimum": minimum, "all_when_zero": all_when_zero,
-                                            "choices": choices, "flag": flag, "metavar": metavar,
-                                            "none_word": none_word})
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "minimum": minimum,
+            "all_when_zero": all_when_zero,
+            "choices": choices,
+            "flag": flag,
+            "metavar": metavar,
+            "none_word": none_word,
+        },
+    )
 
 
 def _flag(item: Field[Any]) -> str:
@@ -105,8 +126,11 @@ class DeviceSettings(_Checked):
     cache's provenance records what `auto` chose."""
 
     device: str = setting("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N")
-    dtype: str = setting("auto", "weights' dtype (auto: bfloat16 on a GPU that supports it, else float32)",
-                         choices=("auto", *DTYPE_NAMES))
+    dtype: str = setting(
+        "auto",
+        "weights' dtype (auto: bfloat16 on a GPU that supports it, else float32)",
+        choices=("auto", *DTYPE_NAMES),
+    )
 
 
 @dataclass(frozen=True)
@@ -114,14 +138,17 @@ class RecordingSettings(_Checked):
     """How `compute` records both models (Yang et al. v3's positions by default); the cache stores these, and the
     lab replays a prompt by them."""
 
-    positions: str = setting("generated", "which positions to average: "
-                             + "; ".join(f"{mode}: {text}" for mode, text in POSITION_PROTOCOLS.items()),
-                             choices=POSITION_MODES)
+    positions: str = setting(
+        "generated",
+        "which positions to average: " + "; ".join(f"{mode}: {text}" for mode, text in POSITION_PROTOCOLS.items()),
+        choices=POSITION_MODES,
+    )
     new_tokens: int = setting(NEW_TOKENS, "tokens each model generates", minimum=1)
     max_prompt_tokens: int = setting(MAX_PROMPT_TOKENS, "prompt truncation", minimum=1)
     batch_size: int = setting(16, "prompts per batch", minimum=1)
-    shared_continuation: bool = setting(False, "record the tuned model on the base model's continuation (same tokens "
-                                               "for both)")
+    shared_continuation: bool = setting(
+        False, "record the tuned model on the base model's continuation (same tokens for both)"
+    )
 
 
 @dataclass(frozen=True)
@@ -173,8 +200,12 @@ class DPOTraining(_Checked):
     warmup_steps: int = setting(0, "learning-rate warm-up steps", minimum=0, flag="--warmup")
     eval_pairs: int = setting(16, "held-out pairs for early stopping", minimum=0)
     eval_steps: int = setting(10, "steps between evaluations", minimum=1)
-    save_steps: int = setting(20, "steps between checkpoints when no pairs are held out; with held-out pairs a "
-                                  "checkpoint is saved at every evaluation", minimum=1)
+    save_steps: int = setting(
+        20,
+        "steps between checkpoints when no pairs are held out; with held-out pairs a "
+        "checkpoint is saved at every evaluation",
+        minimum=1,
+    )
     patience: int = setting(3, "evaluations without improvement before stopping, 0 = never", minimum=0)
 
 
@@ -183,15 +214,22 @@ class ScorerSettings(_Checked):
     """Which scorer grades toxicity, and which second one is reported beside it (None: none)."""
 
     scorer: str = setting(SCORER, f"toxicity scorer: {SCORER_CHOICES}")
-    check_scorer: str | None = setting(CHECK_SCORER, f"second scorer reported beside the first, never used for "
-                                                     f"training: {SCORER_CHOICES}, or none", none_word="none")
+    check_scorer: str | None = setting(
+        CHECK_SCORER,
+        f"second scorer reported beside the first, never used for training: {SCORER_CHOICES}, or none",
+        none_word="none",
+    )
 
 
 Settings = TypeVar("Settings", bound="DataclassInstance")  # one of the settings dataclasses above
 
 
-def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, defaults: DataclassInstance,
-                names: tuple[str, ...] | None = None, notes: dict[str, str] | None = None) -> None:
+def add_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    defaults: DataclassInstance,
+    names: tuple[str, ...] | None = None,
+    notes: dict[str, str] | None = None,
+) -> None:
     """Add the options of `defaults`' fields (all with help, or `names`), with its values as their defaults and
     `notes` appended to a field's help; the option's destination is the field's name (read back by `from_args`)."""
     notes = notes or {}
@@ -202,14 +240,21 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, defau
         meta, value = item.metadata, getattr(defaults, item.name)
         help_text = meta["help"] + notes.get(item.name, "")
         if isinstance(value, bool):
-            parser.add_argument(_flag(item), dest=item.name, action="store_false" if value else "store_true",
-                                help=help_text)
+            parser.add_argument(
+                _flag(item), dest=item.name, action="store_false" if value else "store_true", help=help_text
+            )
             continue
         if value is None:
             value = 0 if meta["all_when_zero"] else meta["none_word"]
-        parser.add_argument(_flag(item), dest=item.name, default=value, type=_argument_type(meta, value),
-                            choices=meta["choices"], metavar=meta["metavar"] or _metavar(item),
-                            help=f"{help_text} (default: %(default)s)")
+        parser.add_argument(
+            _flag(item),
+            dest=item.name,
+            default=value,
+            type=_argument_type(meta, value),
+            choices=meta["choices"],
+            metavar=meta["metavar"] or _metavar(item),
+            help=f"{help_text} (default: %(default)s)",
+        )
 
 
 def _metavar(item: Field[Any]) -> str | None:

@@ -17,20 +17,35 @@ from transformers import TrainerCallback
 
 from neuron_explorer.cli import main
 from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
-from neuron_explorer.engine.measure.evaluation import perplexity
 from neuron_explorer.engine.alignment.pairs import save_pairs
+from neuron_explorer.engine.measure.evaluation import perplexity
 from neuron_explorer.engine.model.generation import generate_continuations
 from neuron_explorer.engine.model.loading import load_model
 from neuron_explorer.spec.settings import DPOTraining
 
-PROMPTS = ["The quick brown fox", "She walked to the market", "The river runs through", "What the hell is",
-           "You are a", "The old stone bridge", "She bought bread and", "Shut up and"]
+PROMPTS = [
+    "The quick brown fox",
+    "She walked to the market",
+    "The river runs through",
+    "What the hell is",
+    "You are a",
+    "The old stone bridge",
+    "She bought bread and",
+    "Shut up and",
+]
 
 
 def write_pairs(path: Path, n: int = 16) -> Path:
-    pairs = [{"prompt": PROMPTS[i % len(PROMPTS)], "chosen": " the village under an old bridge.",
-              "rejected": " a stupid idiot and I hate you.", "chosen_score": 0.0, "rejected_score": 1.0}
-             for i in range(n)]
+    pairs = [
+        {
+            "prompt": PROMPTS[i % len(PROMPTS)],
+            "chosen": " the village under an old bridge.",
+            "rejected": " a stupid idiot and I hate you.",
+            "chosen_score": 0.0,
+            "rejected_score": 1.0,
+        }
+        for i in range(n)
+    ]
     save_pairs(pairs, path, {"test": True})
     return path
 
@@ -38,10 +53,16 @@ def write_pairs(path: Path, n: int = 16) -> Path:
 def settings(tmp_path: Path, policy: Path, activation_checkpointing: bool = False, **training) -> DPOSettings:
     """Tiny DPO runs: `training` overrides the DPOTraining numbers."""
     numbers = dict(learning_rate=1e-3, max_steps=3, batch_size=2, eval_pairs=4, eval_steps=1, save_steps=1, patience=0)
-    return DPOSettings(policy=str(policy), pairs=str(write_pairs(tmp_path / "pairs.jsonl")),
-                       output=str(tmp_path / "tuned"), work_dir=str(tmp_path / "work"), device="cpu", max_length=32,
-                       training=DPOTraining(**{**numbers, **training}),
-                       activation_checkpointing=activation_checkpointing)
+    return DPOSettings(
+        policy=str(policy),
+        pairs=str(write_pairs(tmp_path / "pairs.jsonl")),
+        output=str(tmp_path / "tuned"),
+        work_dir=str(tmp_path / "work"),
+        device="cpu",
+        max_length=32,
+        training=DPOTraining(**{**numbers, **training}),
+        activation_checkpointing=activation_checkpointing,
+    )
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -142,8 +163,11 @@ def test_activation_checkpointing_trades_memory_only(tmp_path, tiny_models):
     for flag in (False, True):
         run = settings(tmp_path / str(flag), tiny_models["llama"], max_steps=2, activation_checkpointing=flag)
         captured = {}
-        train_dpo(run, printer=lambda line: None,
-                  on_trainer=lambda trainer: captured.update(on=trainer.model.is_activation_checkpointing))
+        train_dpo(
+            run,
+            printer=lambda line: None,
+            on_trainer=lambda trainer, captured=captured: captured.update(on=trainer.model.is_activation_checkpointing),
+        )
         assert captured["on"] is flag
         tuned[flag] = weights(tmp_path / str(flag) / "tuned")
         assert replace(run, activation_checkpointing=not flag).key() == run.key()
@@ -170,10 +194,21 @@ runpy.run_module("neuron_explorer", run_name="__main__", alter_sys=True)
 def launch_dpo(tmp_path: Path, program: list[str], *argv: str) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file docs/accelerate/ddp.yaml PROGRAM train-dpo ARGV` on 2 CPU processes of one
     thread each (a free port, and no user accelerate config read)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
-               "--num_processes", "2", "--main_process_port", "0", *program, "train-dpo", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"),
-           "RENAMES": str(tmp_path / "renames")}
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(DDP_CONFIG),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "0",
+        *program,
+        "train-dpo",
+        *argv,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "RENAMES": str(tmp_path / "renames")}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
 
 
@@ -185,14 +220,33 @@ def test_data_parallel_dpo_equals_one_process(tmp_path, tiny_models, one_torch_t
     bit. One process of 4 pairs pads them to a common length, so its sums round differently: measured 7.9e-7 apart
     after 3 steps that move the weights by up to 3.0e-3, where a process drawing its own order of pairs lands 3.1e-3
     away. Only the main process reports and publishes the tuned model."""
-    common = ["train-dpo", "--model", str(tiny_models["llama"]), "--pairs",
-              str(write_pairs(tmp_path / "pairs.jsonl", 20)), "--steps", "3", "--lr", "1e-3", "--eval-pairs", "4",
-              "--eval-steps", "1", "--save-steps", "1", "--patience", "0", "--device", "cpu"]
+    common = [
+        "train-dpo",
+        "--model",
+        str(tiny_models["llama"]),
+        "--pairs",
+        str(write_pairs(tmp_path / "pairs.jsonl", 20)),
+        "--steps",
+        "3",
+        "--lr",
+        "1e-3",
+        "--eval-pairs",
+        "4",
+        "--eval-steps",
+        "1",
+        "--save-steps",
+        "1",
+        "--patience",
+        "0",
+        "--device",
+        "cpu",
+    ]
     assert main([*common, "-o", str(tmp_path / "accumulated"), "--batch-size", "2", "--grad-accum", "2"]) == 0
     assert main([*common, "-o", str(tmp_path / "one"), "--batch-size", "4"]) == 0
     (tmp_path / "logger.py").write_text(RENAME_LOGGER)
-    launched = launch_dpo(tmp_path, [str(tmp_path / "logger.py")], *common[1:], "-o", str(tmp_path / "two"),
-                          "--batch-size", "2")
+    launched = launch_dpo(
+        tmp_path, [str(tmp_path / "logger.py")], *common[1:], "-o", str(tmp_path / "two"), "--batch-size", "2"
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     renames = [line.split(" ", 1) for line in (tmp_path / "renames").read_text().splitlines()]
     assert [rank for rank, target in renames if target == str(tmp_path / "two")] == ["0"], "published by every rank"
@@ -202,10 +256,15 @@ def test_data_parallel_dpo_equals_one_process(tmp_path, tiny_models, one_torch_t
     assert lines[-1].startswith("3 steps of 4 pairs, 2 processes in ") and lines[-1].endswith(str(tmp_path / "two"))
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporaries
     assert not (tmp_path / "two.checkpoints" / "checkpoints").exists()
-    records = {name: json.loads((tmp_path / name / "neuron_explorer_dpo.json").read_text())["result"]
-               for name in ("accumulated", "one", "two")}
-    assert [(r["world_size"], r["effective_batch"], r["steps"]) for r in records.values()] == [(1, 4, 3), (1, 4, 3),
-                                                                                                (2, 4, 3)]
+    records = {
+        name: json.loads((tmp_path / name / "neuron_explorer_dpo.json").read_text())["result"]
+        for name in ("accumulated", "one", "two")
+    }
+    assert [(r["world_size"], r["effective_batch"], r["steps"]) for r in records.values()] == [
+        (1, 4, 3),
+        (1, 4, 3),
+        (2, 4, 3),
+    ]
     assert records["two"]["kept_eval_loss"] == records["accumulated"]["kept_eval_loss"]
 
     base = weights(tiny_models["llama"])
@@ -228,8 +287,18 @@ def test_data_parallel_dpo_error_is_one_line(tmp_path, tiny_models):
     """A user error in the ranks ends the launch non-zero with the ranks' one-line message and none of our traceback
     (the launcher then reports the failed rank in its own words)."""
     pairs = write_pairs(tmp_path / "pairs.jsonl", 1)
-    launched = launch_dpo(tmp_path, ["-m", "neuron_explorer"], "--model", str(tiny_models["llama"]),
-                          "--pairs", str(pairs), "-o", str(tmp_path / "two"), "--device", "cpu")
+    launched = launch_dpo(
+        tmp_path,
+        ["-m", "neuron_explorer"],
+        "--model",
+        str(tiny_models["llama"]),
+        "--pairs",
+        str(pairs),
+        "-o",
+        str(tmp_path / "two"),
+        "--device",
+        "cpu",
+    )
     assert launched.returncode != 0
     assert "neuron-explorer: error: " + f"{pairs} holds 1 pair(s): DPO needs at least 2" in launched.stderr
     assert "neuron_explorer/" not in launched.stderr.replace("neuron_explorer FAILED", "")
@@ -239,13 +308,31 @@ def test_data_parallel_dpo_error_is_one_line(tmp_path, tiny_models):
 def test_validation_sweep_runs(tmp_path, tiny_models, capsys):
     """bench/dpo_validation_sweep.py (how the DPO settings are chosen) runs end to end on a tiny model: one line at
     step 0 and at every `--every` steps, each with toxicity by both scorers and perplexity."""
-    spec = importlib.util.spec_from_file_location("dpo_validation_sweep",
-                                                  Path(__file__).parents[2] / "bench" / "dpo_validation_sweep.py")
+    spec = importlib.util.spec_from_file_location(
+        "dpo_validation_sweep", Path(__file__).parents[2] / "bench" / "dpo_validation_sweep.py"
+    )
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
-    sweep.main(["--model", str(tiny_models["llama"]), "--pairs", str(write_pairs(tmp_path / "pairs.jsonl")),
-                "--steps", "2", "--every", "1", "--max-prompts", "3", "--window", "32", "--windows", "2",
-                "--work-dir", str(tmp_path / "sweep")])
+    sweep.main(
+        [
+            "--model",
+            str(tiny_models["llama"]),
+            "--pairs",
+            str(write_pairs(tmp_path / "pairs.jsonl")),
+            "--steps",
+            "2",
+            "--every",
+            "1",
+            "--max-prompts",
+            "3",
+            "--window",
+            "32",
+            "--windows",
+            "2",
+            "--work-dir",
+            str(tmp_path / "sweep"),
+        ]
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2]
     for line in lines:

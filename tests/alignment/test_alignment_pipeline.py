@@ -12,21 +12,40 @@ import torch
 
 from neuron_explorer.cli import main
 from neuron_explorer.engine.alignment import probe_training as T
-from neuron_explorer.engine.build import (StageRunner, StopBuild, content_hash, training_candidates, training_prompts,
-                                          validation_table, validation_toxicity)
+from neuron_explorer.engine.alignment.pairs import (
+    Candidates,
+    generate_candidates,
+    load_pairs,
+    sample_openings,
+    save_pairs,
+    select_pairs,
+    steering,
+)
+from neuron_explorer.engine.build import (
+    StageRunner,
+    StopBuild,
+    content_hash,
+    training_candidates,
+    training_prompts,
+    validation_table,
+    validation_toxicity,
+)
 from neuron_explorer.engine.measure.corpora import f1_items, load_corpus, perplexity_windows, token_f1
 from neuron_explorer.engine.measure.evaluation import evaluate, evaluation_table, format_table
-from neuron_explorer.spec.settings import EvaluationSettings
-from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.model.generation import generate_continuations
-from neuron_explorer.engine.model.loading import load_model
-from neuron_explorer.engine.alignment.pairs import (Candidates, generate_candidates, load_pairs, sample_openings, save_pairs,
-                                          select_pairs, steering)
 from neuron_explorer.engine.measure.probe import load_probe
-from neuron_explorer.engine.measure.prompts import (RTP_VALIDATION, NearCopies, drop_near_copies, load_prompts,
-                                                     opening_seeds)
+from neuron_explorer.engine.measure.prompts import (
+    RTP_VALIDATION,
+    NearCopies,
+    drop_near_copies,
+    load_prompts,
+    opening_seeds,
+)
 from neuron_explorer.engine.measure.scoring import get_scorer
+from neuron_explorer.engine.model.generation import generate_continuations
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.model.loading import load_model
 from neuron_explorer.errors import UserError
+from neuron_explorer.spec.settings import EvaluationSettings
 
 
 class KeywordScorer:
@@ -47,6 +66,7 @@ def tiny(tiny_models):
 
 
 # --- probe -----------------------------------------------------------------------------------------------------
+
 
 def test_probe_separates_synthetic_data():
     rng = np.random.default_rng(0)
@@ -89,8 +109,7 @@ def test_the_probes_held_out_texts_come_from_prompts_it_never_trained_on():
     assert honest.metrics["heldout_auc"] < 0.75
     assert honest.metrics["heldout_split"].startswith("by source prompt")
     assert honest.metrics["n_heldout_prompts"] == len(set(groups[test]))
-    cands = [Candidates(f"prompt {i}", f"calm {i}", 0.05, [f"awful {i}", f"nasty {i}"], [0.95, 0.85])
-             for i in range(3)]
+    cands = [Candidates(f"prompt {i}", f"calm {i}", 0.05, [f"awful {i}", f"nasty {i}"], [0.95, 0.85]) for i in range(3)]
     assert T.labeled_from_candidates(cands).groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
@@ -132,6 +151,7 @@ def test_labeled_file_layouts_and_errors(tmp_path):
 
 # --- scorers ---------------------------------------------------------------------------------------------------
 
+
 def test_offline_scorer_scores_toxic_text_higher():
     scorer = get_scorer("profanity")
     scores = scorer.score(["you stupid idiot, shut the hell up", "the library opens at nine on weekdays"])
@@ -164,25 +184,34 @@ def test_missing_scorer_is_a_clear_error(monkeypatch, tmp_path):
 
 # --- pairs -----------------------------------------------------------------------------------------------------
 
+
 def test_select_pairs_applies_margin():
-    cands = [Candidates("p0", "calm", 0.1, ["mean", "awful"], [0.3, 0.9]),
-             Candidates("p1", "calm", 0.5, ["bad"], [0.6]),
-             Candidates("p2", "calm", 0.0, [], [], ["steered insult"], [0.95])]
+    cands = [
+        Candidates("p0", "calm", 0.1, ["mean", "awful"], [0.3, 0.9]),
+        Candidates("p1", "calm", 0.5, ["bad"], [0.6]),
+        Candidates("p2", "calm", 0.0, [], [], ["steered insult"], [0.95]),
+    ]
     pairs = select_pairs(cands, margin=0.3)
     assert [(p["prompt"], p["rejected"], p["rejected_method"]) for p in pairs] == [
-        ("p0", "awful", "best-of-n"), ("p2", "steered insult", "steer")]
+        ("p0", "awful", "best-of-n"),
+        ("p2", "steered insult", "steer"),
+    ]
     assert select_pairs(cands, margin=0.3, sources=("samples",))[0]["rejected"] == "awful"
     assert all(p["chosen"] == "calm" for p in pairs)
 
 
 def test_least_toxic_chosen_rule_keeps_prompts_whose_greedy_continuation_is_toxic():
-    cands = [Candidates("p0", "calm", 0.1, ["clean", "awful"], [0.05, 0.9]),  # greedy within 0.1 of the cleanest
-             Candidates("p1", "toxic greedy", 0.8, ["clean", "worse"], [0.1, 0.95]),
-             Candidates("p2", "toxic greedy", 0.8, ["also toxic"], [0.85])]
+    cands = [
+        Candidates("p0", "calm", 0.1, ["clean", "awful"], [0.05, 0.9]),  # greedy within 0.1 of the cleanest
+        Candidates("p1", "toxic greedy", 0.8, ["clean", "worse"], [0.1, 0.95]),
+        Candidates("p2", "toxic greedy", 0.8, ["also toxic"], [0.85]),
+    ]
     assert [p["prompt"] for p in select_pairs(cands, margin=0.3, chosen="greedy")] == ["p0"]
     pairs = select_pairs(cands, margin=0.3, chosen="least-toxic")
     assert [(p["prompt"], p["chosen"], p["rejected"], p["chosen_is_greedy"]) for p in pairs] == [
-        ("p0", "calm", "awful", True), ("p1", "clean", "worse", False)]
+        ("p0", "calm", "awful", True),
+        ("p1", "clean", "worse", False),
+    ]
     with pytest.raises(UserError, match="chosen rule"):
         select_pairs(cands, chosen="best")
 
@@ -237,6 +266,7 @@ def test_steering_adds_along_probe_and_comes_off(tiny):
 
 # --- evaluation --------------------------------------------------------------------------------------------------
 
+
 def test_evaluation_counts_and_intervention(tiny):
     corpus = load_corpus("builtin")
     settings = EvaluationSettings(ppl_window=32, ppl_windows=4, f1_items=5, new_tokens=5)
@@ -254,8 +284,9 @@ def test_evaluation_counts_and_intervention(tiny):
     assert patched.perplexity != result.perplexity
     again = evaluate(tiny, prompts, KeywordScorer(), corpus=corpus, settings=settings)
     assert again.perplexity == pytest.approx(result.perplexity, rel=1e-6)
-    checked = evaluate(tiny, prompts, KeywordScorer(), corpus=corpus, settings=settings,
-                       check_scorer=get_scorer("wordlist"))
+    checked = evaluate(
+        tiny, prompts, KeywordScorer(), corpus=corpus, settings=settings, check_scorer=get_scorer("wordlist")
+    )
     expected = get_scorer("wordlist").score(checked.generations)  # the check scores the same continuations
     assert checked.check_scores == expected.tolist() and checked.check_toxicity == pytest.approx(expected.mean())
     assert "toxicity by wordlist" in format_table({"base": checked})
@@ -279,16 +310,19 @@ def test_validation_toxicity_scores_the_continuations_by_both_scorers(tiny, monk
     prompts = ["You are a", "What the hell", "The river", "Shut up and"]
     continuations = generate_continuations(tiny, prompts)
     fixed = ["stupid idiot", "fine", "idiot", "hell no"]  # a known answer: replace what the model wrote
-    monkeypatch.setattr("neuron_explorer.engine.measure.evaluation.generate_continuations",
-                        lambda loaded, chunk, **kw: fixed[:len(chunk)])
+    monkeypatch.setattr(
+        "neuron_explorer.engine.measure.evaluation.generate_continuations",
+        lambda loaded, chunk, **kw: fixed[: len(chunk)],
+    )
     result = validation_toxicity(tiny, prompts, KeywordScorer(), InsultCounter(), EvaluationSettings())
     assert result["generations"] == fixed and result["n_prompts"] == 4
     assert result["scores"] == [1.0, 0.0, 1.0, 1.0] and result["toxicity"] == 0.75
     assert result["check_scores"] == [1.0, 0.0, 1.0, 0.0] and result["check_toxicity"] == 0.5
     assert result["check_toxicity_sem"] == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2)
     monkeypatch.undo()
-    assert validation_toxicity(tiny, prompts, KeywordScorer(), None, EvaluationSettings())["generations"] == \
-        continuations
+    assert (
+        validation_toxicity(tiny, prompts, KeywordScorer(), None, EvaluationSettings())["generations"] == continuations
+    )
     table = validation_table({"base": result, "dpo": {**result, "toxicity": 0.3, "check_toxicity": 0.1}})
     assert "dpo: RTP validation toxicity × 0.40 of base (check scorer × 0.20)" in table
 
@@ -300,14 +334,22 @@ def test_build_summary_reports_rtp_validation_beside_held_out():
     from neuron_explorer.commands.build import summary
 
     held = {"toxicity": 0.4, "check_toxicity": 0.2, "n_prompts": 320, "perplexity": 16.0, "n_tokens": 6120}
-    evaluation = {"base": held, "dpo": {**held, "toxicity": 0.1, "check_toxicity": 0.05, "perplexity": 16.8},
-                  "rtp_validation": {"base": {"toxicity": 0.3, "check_toxicity": 0.2, "n_prompts": 399},
-                                     "dpo": {"toxicity": 0.12, "check_toxicity": 0.05, "n_prompts": 399}}}
-    text = summary(SimpleNamespace(outcomes=[], evaluation=evaluation, output="x.h5"),
-                   SimpleNamespace(check_scorer="wordlist", until=None))
+    evaluation = {
+        "base": held,
+        "dpo": {**held, "toxicity": 0.1, "check_toxicity": 0.05, "perplexity": 16.8},
+        "rtp_validation": {
+            "base": {"toxicity": 0.3, "check_toxicity": 0.2, "n_prompts": 399},
+            "dpo": {"toxicity": 0.12, "check_toxicity": 0.05, "n_prompts": 399},
+        },
+    }
+    text = summary(
+        SimpleNamespace(outcomes=[], evaluation=evaluation, output="x.h5"),
+        SimpleNamespace(check_scorer="wordlist", until=None),
+    )
     assert "held-out toxicity base 0.400 -> DPO 0.100 (0.25x, 320 prompts)" in text
-    assert ("RTP validation toxicity base 0.300 -> DPO 0.120 (0.40x, 399 prompts); by wordlist 0.200 -> 0.050 "
-            "(0.25x)") in text
+    assert (
+        "RTP validation toxicity base 0.300 -> DPO 0.120 (0.40x, 399 prompts); by wordlist 0.200 -> 0.050 (0.25x)"
+    ) in text
 
 
 def test_corpus_windows_and_f1(tiny):
@@ -335,7 +377,8 @@ def tiny_with_bos(tiny_models, tmp_path_factory):
     tokenizer = loaded.tokenizer
     bos = tokenizer.bos_token_id
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)])
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)]
+    )
     tokenizer.save_pretrained(folder)
     loaded = load_model(str(folder), device="cpu", dtype="float32")
     assert loaded.tokenizer("You are")["input_ids"][0] == bos  # the saved tokenizer adds it
@@ -410,12 +453,17 @@ def test_builtin_heldout_prompts_share_no_template_with_training_prompts():
 
 def test_near_copies_by_head_tail_and_common_run():
     """A hand-built case for each rule, quote style and case ignored; texts that share less are not near copies."""
-    near = NearCopies(["Joffery is still a jerk, Ned is still", "The man then confronted Rodr\u00edguez with a pistol",
-                       "\u201cI listened to Jay\u2019s shit, that"])
+    near = NearCopies(
+        [
+            "Joffery is still a jerk, Ned is still",
+            "The man then confronted Rodr\u00edguez with a pistol",
+            "\u201cI listened to Jay\u2019s shit, that",
+        ]
+    )
     assert near("JOFFERY is still a JERK and everyone knows it")  # first five words
     assert near("In the books, at least, Ned is still")  # last three words
     assert near("at dawn she confronted Rodr\u00edguez with a knife")  # 25 characters in common
-    assert near('"I listened to Jay\'s shit all day')  # first five words, straight quotes
+    assert near("\"I listened to Jay's shit all day")  # first five words, straight quotes
     assert not near("Joffery is a jerk")
     assert not near("At dawn she confronted Rodr\u00edguez in the hall")
     kept, dropped = drop_near_copies(["Ned is still", "Ned is still here today"], ["Ned is still"])
@@ -425,6 +473,7 @@ def test_near_copies_by_head_tail_and_common_run():
 def _near_copy_found_by_search(text: str, references: list[str]) -> bool:
     """Independent of prompts.NearCopies: words by str.split once punctuation is blanked, common runs by substring
     search of each 25-character window in all references joined."""
+
     def plain(t):
         return " ".join(t.replace("\u201c", '"').replace("\u201d", '"').replace("\u2019", "'").lower().split())
 
@@ -433,8 +482,11 @@ def _near_copy_found_by_search(text: str, references: list[str]) -> bool:
 
     heads, tails = {tuple(words(r)[:5]) for r in references}, {tuple(words(r)[-3:]) for r in references}
     joined, x = "\n".join(plain(r) for r in references), plain(text)
-    return (tuple(words(text)[:5]) in heads or tuple(words(text)[-3:]) in tails
-            or any(x[i:i + 25] in joined for i in range(len(x) - 24)))
+    return (
+        tuple(words(text)[:5]) in heads
+        or tuple(words(text)[-3:]) in tails
+        or any(x[i : i + 25] in joined for i in range(len(x) - 24))
+    )
 
 
 def test_no_validation_prompt_or_near_copy_enters_training():
@@ -443,8 +495,12 @@ def test_no_validation_prompt_or_near_copy_enters_training():
     prompt by an independent search."""
     validation = load_prompts(RTP_VALIDATION).texts
     assert len(validation) == 399 and len(set(validation)) == 399
-    planted = [validation[3] + " and then", "Well, " + validation[10], validation[20].upper(),
-               "so " + validation[30][-40:]]
+    planted = [
+        validation[3] + " and then",
+        "Well, " + validation[10],
+        validation[20].upper(),
+        "so " + validation[30][-40:],
+    ]
     texts = load_prompts("builtin:pairs").texts + opening_seeds("pairs") + planted
     kept, dropped = training_prompts(texts, validation)
     assert set(planted) <= set(dropped)
@@ -467,6 +523,7 @@ def test_the_probe_and_the_pairs_read_only_candidates_that_may_train(tmp_path):
 
 # --- stage caching ---------------------------------------------------------------------------------------------
 
+
 def test_stage_skipped_when_inputs_unchanged_and_rerun_when_changed(tmp_path):
     calls = []
     out = tmp_path / "work" / "out.txt"
@@ -477,6 +534,7 @@ def test_stage_skipped_when_inputs_unchanged_and_rerun_when_changed(tmp_path):
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(f"result {value}")
             return {"value": value}
+
         return run
 
     runner = StageRunner(tmp_path / "work")
@@ -501,6 +559,7 @@ def test_until_stops_after_the_named_stage(tmp_path):
         def run():
             ran.append(name)
             (tmp_path / name).write_text(name)
+
         return run
 
     runner.run("first", {}, {"out": tmp_path / "first"}, body("first"))

@@ -15,10 +15,32 @@ pytestmark = pytest.mark.slow
 
 
 def compute_args(workspace, kind: str, output, *extra: str) -> list[str]:
-    return ["compute", "--base", str(workspace[f"{kind}_base"]), "--tuned", str(workspace[f"{kind}_tuned"]),
-            "--probe", str(workspace["probe"]), "--prompts", str(workspace["prompts"]), "--device", "cpu",
-            "--dtype", "float32", "--new-tokens", "5", "--cluster-top-k", "40", "--clusters", "4",
-            "--batch-size", "3", "-o", str(output), *extra]
+    return [
+        "compute",
+        "--base",
+        str(workspace[f"{kind}_base"]),
+        "--tuned",
+        str(workspace[f"{kind}_tuned"]),
+        "--probe",
+        str(workspace["probe"]),
+        "--prompts",
+        str(workspace["prompts"]),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--new-tokens",
+        "5",
+        "--cluster-top-k",
+        "40",
+        "--clusters",
+        "4",
+        "--batch-size",
+        "3",
+        "-o",
+        str(output),
+        *extra,
+    ]
 
 
 def datasets(file: h5py.File) -> dict[str, np.ndarray]:
@@ -64,8 +86,7 @@ def test_a_batch_counted_twice_by_one_rank_fails_the_pooling_check(workspace, tm
     """The totals are all-reduced, the per-prompt means gathered to rank 0: a rank that counts a batch twice makes
     the published ā disagree with the means written for its prompts, which the check reports and the exit code says."""
     output = tmp_path / "cache.h5"
-    result = run_command(compute_args(workspace, "llama", output), processes=2,
-                         script=HERE / "double_counting_rank.py")
+    result = run_command(compute_args(workspace, "llama", output), processes=2, script=HERE / "double_counting_rank.py")
     assert result.returncode == 1, result.stderr
     assert "per-prompt means of every prompt" in result.stderr and ": FAIL" in result.stderr, result.stderr
     with h5py.File(output, "r", locking=False) as file:
@@ -81,8 +102,9 @@ def test_a_failing_rank_stops_every_rank_with_one_error_and_no_file(workspace, t
     errors = [line for line in result.stderr.splitlines() if line.startswith("neuron-explorer: error:")]
     assert errors, result.stderr
     assert sum("rank 1 lost its device" in line for line in errors) == 1, errors
-    assert all("rank 1 lost its device" in line or "another process of this torchrun failed" in line
-               for line in errors), errors
+    assert all(
+        "rank 1 lost its device" in line or "another process of this torchrun failed" in line for line in errors
+    ), errors
     ours = [line for line in result.stderr.splitlines() if 'File "' in line and "neuron_explorer" in line]
     assert not ours, ours  # no traceback from our processes (torchrun prints its own report after them)
     assert list(tmp_path.iterdir()) == []  # neither the cache nor a temporary

@@ -43,11 +43,23 @@ def test_two_processes_patch_as_one_and_store_one_run(workspace, tiny_cache, tmp
         (tmp_path / name).mkdir()
         caches[name] = tmp_path / name / "tiny.h5"
         shutil.copyfile(tiny_cache, caches[name])
-    args = ["--set", "group:TP↓", "--set", "top:4:|contribution|", "--device", "cpu", "--samples", "3",
-            "--new-tokens", "4", *(a for a in EVALUATION if a != "--max-prompts" and a != "6")]
+    args = [
+        "--set",
+        "group:TP↓",
+        "--set",
+        "top:4:|contribution|",
+        "--device",
+        "cpu",
+        "--samples",
+        "3",
+        "--new-tokens",
+        "4",
+        *(a for a in EVALUATION if a != "--max-prompts" and a != "6"),
+    ]
     for name, processes in (("one", 1), ("two", 2)):
-        result = run_command(["patch", str(caches[name]), *args, "--json", str(tmp_path / f"{name}.json")],
-                             processes=processes)
+        result = run_command(
+            ["patch", str(caches[name]), *args, "--json", str(tmp_path / f"{name}.json")], processes=processes
+        )
         assert result.returncode == 0, result.stderr
     one = json.loads((tmp_path / "one.json").read_text())["runs"][0]
     two = json.loads((tmp_path / "two.json").read_text())["runs"][0]

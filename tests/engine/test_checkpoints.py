@@ -10,9 +10,9 @@ import torch
 from safetensors.numpy import save_file
 from transformers import AutoModelForCausalLM
 
-from neuron_explorer.engine.neurons.compute import resolve_probe
-from neuron_explorer.engine.model.loading import load_model
 from neuron_explorer.engine.measure.probe import SEED_WORDS
+from neuron_explorer.engine.model.loading import load_model
+from neuron_explorer.engine.neurons.compute import resolve_probe
 from neuron_explorer.errors import UserError
 
 
@@ -31,8 +31,14 @@ def legacy_gpt2_buffers(state: dict, n_positions: int = 128) -> dict:
     """The causal-mask buffers that transformers before 4.31 saved in every GPT-2 state dict."""
     layers = sorted({key.split(".")[2] for key in state if key.startswith("transformer.h.")})
     mask = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.bool)).view(1, 1, n_positions, n_positions)
-    return {**state, **{f"transformer.h.{i}.attn.{name}": value for i in layers
-                        for name, value in (("bias", mask), ("masked_bias", torch.tensor(-1e4)))}}
+    return {
+        **state,
+        **{
+            f"transformer.h.{i}.attn.{name}": value
+            for i in layers
+            for name, value in (("bias", mask), ("masked_bias", torch.tensor(-1e4)))
+        },
+    }
 
 
 CHECKPOINT_LAYOUTS = {
@@ -41,11 +47,16 @@ CHECKPOINT_LAYOUTS = {
     "model_state_dict": lambda state: {"model_state_dict": state, "epoch": 3},
     "model": lambda state: {"model": state},
     # Lee et al.'s policy.pt: their trainer's write_state_dict, metrics as the mean eval metrics (plain floats)
-    "Lee et al. policy.pt": lambda state: {"step_idx": 6784, "state": state,
-                                          "metrics": {"loss/eval": 0.6123, "rewards_eval/accuracies": 0.94,
-                                                      "logps_eval/chosen": [-41.5, -39.25]}},
-    "policy.pt, transformers < 4.31": lambda state: {"step_idx": 6784, "state": legacy_gpt2_buffers(state),
-                                                     "metrics": {}},
+    "Lee et al. policy.pt": lambda state: {
+        "step_idx": 6784,
+        "state": state,
+        "metrics": {"loss/eval": 0.6123, "rewards_eval/accuracies": 0.94, "logps_eval/chosen": [-41.5, -39.25]},
+    },
+    "policy.pt, transformers < 4.31": lambda state: {
+        "step_idx": 6784,
+        "state": legacy_gpt2_buffers(state),
+        "metrics": {},
+    },
     "model. prefix": lambda state: {f"model.{key}": value for key, value in state.items()},
     "module. prefix (DDP)": lambda state: {f"module.{key}": value for key, value in state.items()},
 }
@@ -66,13 +77,18 @@ def test_checkpoint_layouts_load_every_saved_weight(tiny_models, tuned_state, tm
     assert loaded.description["state_dict"] == str(path)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda state: {k: v for k, v in state.items() if k != "transformer.h.0.attn.c_attn.bias"},
-     r"1 missing and 0 unexpected.*c_attn\.bias"),
-    (lambda state: {**state, "transformer.h.0.mlp.gate.weight": torch.zeros(2)}, "0 missing and 1 unexpected"),
-    (lambda state: {"state": state, "metrics": {"loss": np.float64(0.5)}}, "save the state dict alone"),
-    (lambda state: [state], "holds a list, not a state dict"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda state: {k: v for k, v in state.items() if k != "transformer.h.0.attn.c_attn.bias"},
+            r"1 missing and 0 unexpected.*c_attn\.bias",
+        ),
+        (lambda state: {**state, "transformer.h.0.mlp.gate.weight": torch.zeros(2)}, "0 missing and 1 unexpected"),
+        (lambda state: {"state": state, "metrics": {"loss": np.float64(0.5)}}, "save the state dict alone"),
+        (lambda state: [state], "holds a list, not a state dict"),
+    ],
+)
 def test_checkpoints_that_do_not_fit_are_refused(tiny_models, tuned_state, tmp_path, change, message):
     path = tmp_path / "bad.pt"
     torch.save(change(tuned_state), path)
@@ -101,14 +117,22 @@ def probe_layouts(d: int) -> dict:
         "tensor (1, d), Yang et al.": ("probe.pt", lambda p: torch.save(torch.from_numpy(w[None]), p), w),
         "tensor (2, d)": ("probe.pt", lambda p: torch.save(torch.from_numpy(two), p), two[1] - two[0]),
         "nn.Linear(d, 1) state dict": (
-            "probe.pt", lambda p: torch.save({"weight": torch.from_numpy(w[None]), "bias": torch.zeros(1)}, p), w),
+            "probe.pt",
+            lambda p: torch.save({"weight": torch.from_numpy(w[None]), "bias": torch.zeros(1)}, p),
+            w,
+        ),
         "nn.Linear(d, 2) state dict": (
-            "probe.pt", lambda p: torch.save({"weight": torch.from_numpy(two), "bias": torch.zeros(2)}, p),
-            two[1] - two[0]),
+            "probe.pt",
+            lambda p: torch.save({"weight": torch.from_numpy(two), "bias": torch.zeros(2)}, p),
+            two[1] - two[0],
+        ),
         ".npy (d)": ("probe.npy", lambda p: np.save(p, w), w),
         ".npy (1, d)": ("probe.npy", lambda p: np.save(p, w[None]), w),
         ".safetensors weight and bias": (
-            "probe.safetensors", lambda p: save_file({"weight": w[None], "bias": np.zeros(1, np.float32)}, str(p)), w),
+            "probe.safetensors",
+            lambda p: save_file({"weight": w[None], "bias": np.zeros(1, np.float32)}, str(p)),
+            w,
+        ),
     }
 
 
@@ -126,8 +150,10 @@ def test_probe_layouts(tiny_gpt2, tmp_path, layout):
     assert probe.source == str(tmp_path / name) and len(probe.sha256) == 64
 
 
-@pytest.mark.parametrize("spec, seed_words", [("toxic-embedding", "ours"), ("toxic-embedding:ours", "ours"),
-                                              ("toxic-embedding:authors", "authors")])
+@pytest.mark.parametrize(
+    "spec, seed_words",
+    [("toxic-embedding", "ours"), ("toxic-embedding:ours", "ours"), ("toxic-embedding:authors", "authors")],
+)
 def test_toxic_embedding_probes_follow_their_recipe(tiny_gpt2, spec, seed_words):
     """Recomputed here as the authors' notebook does it: each word's tokens' unembedding rows averaged, then the
     words averaged, toxic minus neutral; ours writes each word with a leading space, theirs bare."""
@@ -135,15 +161,23 @@ def test_toxic_embedding_probes_follow_their_recipe(tiny_gpt2, spec, seed_words)
     unembed = tiny_gpt2.model.lm_head.weight.detach().numpy()
 
     def mean_row(words):
-        return np.mean([unembed[tiny_gpt2.tokenizer(seeds.prefix + word, add_special_tokens=False)["input_ids"]]
-                        .mean(0) for word in words], axis=0)
+        return np.mean(
+            [
+                unembed[tiny_gpt2.tokenizer(seeds.prefix + word, add_special_tokens=False)["input_ids"]].mean(0)
+                for word in words
+            ],
+            axis=0,
+        )
 
     probe = resolve_probe(spec, tiny_gpt2)
     np.testing.assert_allclose(probe.direction, mean_row(seeds.toxic) - mean_row(seeds.neutral), rtol=1e-5, atol=1e-7)
     provenance = probe.provenance()
     assert provenance["source"] == f"toxic-embedding:{seed_words}"
-    assert provenance["seed_words"] == {"toxic": list(seeds.toxic), "neutral": list(seeds.neutral),
-                                        "prefix": seeds.prefix}
+    assert provenance["seed_words"] == {
+        "toxic": list(seeds.toxic),
+        "neutral": list(seeds.neutral),
+        "prefix": seeds.prefix,
+    }
 
 
 def test_the_authors_seed_words_are_their_five_and_five():
@@ -159,8 +193,9 @@ def test_an_unknown_seed_word_list_is_refused(tiny_gpt2):
         resolve_probe("toxic-embedding:mine", tiny_gpt2)
 
 
-def test_compute_reads_lee_et_al_policy_pt_with_the_authors_seed_words(tiny_models, tuned_state, tiny_gpt2, tmp_path,
-                                                                       capsys):
+def test_compute_reads_lee_et_al_policy_pt_with_the_authors_seed_words(
+    tiny_models, tuned_state, tiny_gpt2, tmp_path, capsys
+):
     """The reproduction a new user would run: `compute --tuned BASE+policy.pt --probe toxic-embedding:authors`."""
     from neuron_explorer.cache.reader import CacheReader
     from neuron_explorer.cli import main
@@ -168,9 +203,25 @@ def test_compute_reads_lee_et_al_policy_pt_with_the_authors_seed_words(tiny_mode
     policy = tmp_path / "policy.pt"
     torch.save(CHECKPOINT_LAYOUTS["Lee et al. policy.pt"](tuned_state), policy)
     (tmp_path / "prompts.txt").write_text("You are a stupid\nThe river runs\nWhat the hell\n")
-    code = main(["compute", "--base", str(tiny_models["gpt2"]), "--tuned", f"{tiny_models['gpt2']}+{policy}",
-                 "--probe", "toxic-embedding:authors", "--prompts", str(tmp_path / "prompts.txt"), "--device", "cpu",
-                 "--new-tokens", "3", "-o", str(tmp_path / "lee.h5")])
+    code = main(
+        [
+            "compute",
+            "--base",
+            str(tiny_models["gpt2"]),
+            "--tuned",
+            f"{tiny_models['gpt2']}+{policy}",
+            "--probe",
+            "toxic-embedding:authors",
+            "--prompts",
+            str(tmp_path / "prompts.txt"),
+            "--device",
+            "cpu",
+            "--new-tokens",
+            "3",
+            "-o",
+            str(tmp_path / "lee.h5"),
+        ]
+    )
     printed = capsys.readouterr().err
     assert code == 0
     assert "v1 groups (sign of δ)" in printed and "v3 (Δ > 0 by sign class" in printed
@@ -179,5 +230,6 @@ def test_compute_reads_lee_et_al_policy_pt_with_the_authors_seed_words(tiny_mode
         assert provenance["tuned"]["state_dict"] == str(policy)
         assert provenance["probe"]["source"] == "toxic-embedding:authors"
         assert provenance["probe"]["seed_words"]["toxic"] == list(SEED_WORDS["authors"].toxic)
-        np.testing.assert_array_equal(reader.probe_direction(),
-                                      resolve_probe("toxic-embedding:authors", tiny_gpt2).direction)
+        np.testing.assert_array_equal(
+            reader.probe_direction(), resolve_probe("toxic-embedding:authors", tiny_gpt2).direction
+        )

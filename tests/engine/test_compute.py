@@ -43,9 +43,18 @@ def workspace(tiny_models, edited_copy, tmp_path_factory):
 
 
 def settings(root: Path, base: Path, tuned: Path, name: str, **extra) -> ComputeSettings:
-    return ComputeSettings(base=str(base), tuned=str(tuned), probe=str(root / "probe.pt"),
-                           prompts=str(root / "prompts.txt"), output=root / name, device="cpu", dtype="float32",
-                           cluster_top_k=40, n_clusters=4, **{"recording": RecordingSettings(new_tokens=5), **extra})
+    return ComputeSettings(
+        base=str(base),
+        tuned=str(tuned),
+        probe=str(root / "probe.pt"),
+        prompts=str(root / "prompts.txt"),
+        output=root / name,
+        device="cpu",
+        dtype="float32",
+        cluster_top_k=40,
+        n_clusters=4,
+        **{"recording": RecordingSettings(new_tokens=5), **extra},
+    )
 
 
 def plain_statistics(folder: Path, prompts: list[str], w_hat: np.ndarray, new_tokens: int) -> dict[str, np.ndarray]:
@@ -58,9 +67,14 @@ def plain_statistics(folder: Path, prompts: list[str], w_hat: np.ndarray, new_to
     act_sums = np.zeros((len(layers), layers[0].mlp.down_proj.in_features))
     write_sums = np.zeros(len(layers))
     captured = {}
-    handles = [layer.mlp.register_forward_hook(lambda module, inputs, output, i=i: captured.__setitem__(i, (
-        torch.nn.functional.silu(module.gate_proj(inputs[0])) * module.up_proj(inputs[0]), output)))
-        for i, layer in enumerate(layers)]
+    handles = [
+        layer.mlp.register_forward_hook(
+            lambda module, inputs, output, i=i: captured.__setitem__(
+                i, (torch.nn.functional.silu(module.gate_proj(inputs[0])) * module.up_proj(inputs[0]), output)
+            )
+        )
+        for i, layer in enumerate(layers)
+    ]
     try:
         with torch.no_grad():
             for prompt in prompts:
@@ -90,8 +104,10 @@ def test_statistics_match_plain_hugging_face_code(workspace, tiny_models):
     w_hat = w / np.linalg.norm(w)
     with CacheReader(result.path) as reader:
         prompts = reader.table("prompts")["text"].to_list()  # those recorded (others may be kept for patch runs)
-        plain = {"pre": plain_statistics(tiny_models["llama"], prompts, w_hat, 5),
-                 "dpo": plain_statistics(workspace / "llama-noisy", prompts, w_hat, 5)}
+        plain = {
+            "pre": plain_statistics(tiny_models["llama"], prompts, w_hat, 5),
+            "dpo": plain_statistics(workspace / "llama-noisy", prompts, w_hat, 5),
+        }
         frame = reader.neurons()
         assert frame.height == 3 * 64
         for layer in range(3):
@@ -140,7 +156,9 @@ def test_only_changed_neurons_show_a_contribution(workspace, tiny_models):
     """Changing a few last-layer neurons changes nothing upstream, so on shared tokens Δ ≠ 0 exactly there."""
     for options in ({"positions": "prompt"}, {"shared_continuation": True}):
         options = {"recording": RecordingSettings(new_tokens=5, **options)}
-        result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-local", "local.h5", **options))
+        result = run_compute(
+            settings(workspace, tiny_models["llama"], workspace / "llama-local", "local.h5", **options)
+        )
         with CacheReader(result.path) as reader:
             frame = reader.neurons()
         moved = frame.filter(frame["contribution"].abs() > 1e-7)
@@ -160,16 +178,29 @@ def test_a_pair_that_differs_only_in_value_vectors_moves_only_the_writing_term(w
     the firing term is 0 everywhere and the writing term is Δ, which is ā·(p_pre − p_dpo) from the weights read
     here with plain torch."""
     tuned = edited_copy(tiny_models["llama"], workspace / "llama-values", edit=turn_last_layer_value_vectors)
-    result = run_compute(settings(workspace, tiny_models["llama"], tuned, "values.h5",
-                                  recording=RecordingSettings(new_tokens=5, shared_continuation=True)))
+    result = run_compute(
+        settings(
+            workspace,
+            tiny_models["llama"],
+            tuned,
+            "values.h5",
+            recording=RecordingSettings(new_tokens=5, shared_continuation=True),
+        )
+    )
     w = torch.load(workspace / "probe.pt").double()
-    p = {name: (AutoModelForCausalLM.from_pretrained(folder).model.layers[-1].mlp.down_proj.weight.detach().double().T
-                @ (w / w.norm())).numpy() for name, folder in (("pre", tiny_models["llama"]), ("dpo", tuned))}
+    p = {
+        name: (
+            AutoModelForCausalLM.from_pretrained(folder).model.layers[-1].mlp.down_proj.weight.detach().double().T
+            @ (w / w.norm())
+        ).numpy()
+        for name, folder in (("pre", tiny_models["llama"]), ("dpo", tuned))
+    }
     with CacheReader(result.path) as reader:
         frame = reader.neurons().sort("layer", "neuron")
         layers = reader.layers()
-    firing, writing, delta = (frame[name].to_numpy().reshape(3, 64) for name in
-                              ("activation_term", "weight_term", "contribution"))
+    firing, writing, delta = (
+        frame[name].to_numpy().reshape(3, 64) for name in ("activation_term", "weight_term", "contribution")
+    )
     act = frame["act_pre"].to_numpy().reshape(3, 64)
     # the tuned model reads the tokens in one teacher-forced pass, the base made them step by step: the same
     # activations up to float32 rounding (~1e-11 here), not bit for bit
@@ -186,8 +217,9 @@ def test_compute_stores_the_detector_labels_and_auroc(workspace, tiny_models):
     """The base continuations' scores by the profanity scorer, read back, label the prompts; the stored AUROC is
     scikit-learn's on the stored per-prompt activations, or NaN, said in the attributes, when one class is empty
     (a tiny random model rarely says anything profane)."""
-    from neuron_explorer.engine.measure.scoring import get_scorer
     from sklearn.metrics import roc_auc_score
+
+    from neuron_explorer.engine.measure.scoring import get_scorer
 
     result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "detect.h5"))
     with CacheReader(result.path) as reader:
@@ -212,28 +244,49 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
 
 
 def base_args(workspace, tiny_models, output) -> list[str]:
-    return ["compute", "--base", str(tiny_models["llama"]), "--tuned", str(workspace / "llama-noisy"),
-            "--probe", str(workspace / "probe.pt"), "--prompts", str(workspace / "prompts.txt"),
-            "--device", "cpu", "--new-tokens", "3", "--identity-check", "2", "-o", str(output)]
+    return [
+        "compute",
+        "--base",
+        str(tiny_models["llama"]),
+        "--tuned",
+        str(workspace / "llama-noisy"),
+        "--probe",
+        str(workspace / "probe.pt"),
+        "--prompts",
+        str(workspace / "prompts.txt"),
+        "--device",
+        "cpu",
+        "--new-tokens",
+        "3",
+        "--identity-check",
+        "2",
+        "-o",
+        str(output),
+    ]
 
 
-@pytest.mark.parametrize("change, message", [
-    (("--probe", "missing.pt"), "does not exist"),
-    (("--probe", "WIDE"), "has width 48"),
-    (("--prompts", "BADJSON"), "not valid JSON"),
-    (("--prompts", "EMPTY"), "holds no prompts"),
-    (("--prompts", "nowhere.jsonl"), "does not exist"),
-    (("--tuned", "GPT2"), "differ"),
-    (("--base", "UNKNOWN"), "not supported"),
-    (("--tuned", "./no/such/folder"), "does not exist"),
-    (("-o", "NODIR"), "does not exist"),
-    (("--identity-check", "some"), "--identity-check must be a number"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("--probe", "missing.pt"), "does not exist"),
+        (("--probe", "WIDE"), "has width 48"),
+        (("--prompts", "BADJSON"), "not valid JSON"),
+        (("--prompts", "EMPTY"), "holds no prompts"),
+        (("--prompts", "nowhere.jsonl"), "does not exist"),
+        (("--tuned", "GPT2"), "differ"),
+        (("--base", "UNKNOWN"), "not supported"),
+        (("--tuned", "./no/such/folder"), "does not exist"),
+        (("-o", "NODIR"), "does not exist"),
+        (("--identity-check", "some"), "--identity-check must be a number"),
+    ],
+)
 def test_bad_inputs_give_one_line_errors_and_leave_no_file(workspace, tiny_models, tmp_path, capsys, change, message):
     output = tmp_path / "out.h5"
     replacements = {
         "WIDE": lambda: torch.save(torch.randn(48), tmp_path / "wide.pt") or tmp_path / "wide.pt",
-        "BADJSON": lambda: (tmp_path / "bad.jsonl").write_text('{"prompt": {"text": "ok"}}\n{not json\n') and tmp_path / "bad.jsonl",
+        "BADJSON": lambda: (
+            (tmp_path / "bad.jsonl").write_text('{"prompt": {"text": "ok"}}\n{not json\n') and tmp_path / "bad.jsonl"
+        ),
         "EMPTY": lambda: (tmp_path / "empty.txt").write_text("\n\n") is not None and tmp_path / "empty.txt",
         "GPT2": lambda: tiny_models["gpt2"],
         "UNKNOWN": lambda: unknown_architecture(tiny_models["llama"], tmp_path / "unknown"),
@@ -312,8 +365,9 @@ def test_a_batch_lost_from_the_totals_fails_the_check(workspace, tiny_models, tm
 def test_sigma_delta_and_the_measured_change_cover_the_same_prompts(workspace, tiny_models):
     """On the identity check's 2 prompts, Σ Δ (from their recorded means) and the measured change equal plain Hugging
     Face code run on those 2 prompts alone; Σ Δ over every prompt is another number."""
-    result = run_compute(settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "sample.h5",
-                                  identity_check=2))
+    result = run_compute(
+        settings(workspace, tiny_models["llama"], workspace / "llama-noisy", "sample.h5", identity_check=2)
+    )
     w = torch.load(workspace / "probe.pt").numpy().astype(np.float64)
     w_hat = w / np.linalg.norm(w)
     with CacheReader(result.path) as reader:
@@ -322,12 +376,15 @@ def test_sigma_delta_and_the_measured_change_cover_the_same_prompts(workspace, t
         layers = reader.layers()
     assert len(sample) == 2 < len(texts)
     chosen = [texts[i] for i in sample]
-    plain = {"pre": plain_statistics(tiny_models["llama"], chosen, w_hat, 5),
-             "dpo": plain_statistics(workspace / "llama-noisy", chosen, w_hat, 5)}
+    plain = {
+        "pre": plain_statistics(tiny_models["llama"], chosen, w_hat, 5),
+        "dpo": plain_statistics(workspace / "llama-noisy", chosen, w_hat, 5),
+    }
     expected = (plain["pre"]["tox"] - plain["dpo"]["tox"]).sum(axis=1)
     np.testing.assert_allclose(layers["sum_contribution_sample"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(layers["measured_change"].to_numpy(), plain["pre"]["write"] - plain["dpo"]["write"],
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        layers["measured_change"].to_numpy(), plain["pre"]["write"] - plain["dpo"]["write"], rtol=1e-4, atol=1e-6
+    )
     assert np.abs(layers["change_residual"].to_numpy()).max() < 1e-4 * np.abs(expected).max()
     assert np.abs(layers["sum_contribution"].to_numpy() - expected).max() > 1e-3 * np.abs(expected).max()
 
@@ -352,15 +409,21 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(workspace, tiny_m
     assert [p.name for p in tmp_path.iterdir()] == [output.name]
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"),
-    (b"\x00garbage" * 100, "not a readable HDF5 file"),
-    ("foreign", "not a neuron-explorer cache"),
-    ("newer", "newer than"),
-    ("older", "older neuron-explorer .* position labels and v1 shares were wrong; the identity check did not "
-              "cover the published ā.*: recompute it with `neuron-explorer compute`"),
-    ("incomplete", "incomplete"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        (b"\x00garbage" * 100, "not a readable HDF5 file"),
+        ("foreign", "not a neuron-explorer cache"),
+        ("newer", "newer than"),
+        (
+            "older",
+            "older neuron-explorer .* position labels and v1 shares were wrong; the identity check did not "
+            "cover the published ā.*: recompute it with `neuron-explorer compute`",
+        ),
+        ("incomplete", "incomplete"),
+    ],
+)
 def test_reader_refuses_bad_files(tmp_path, content, message):
     from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
     from neuron_explorer.errors import UserError

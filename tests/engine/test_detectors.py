@@ -36,10 +36,9 @@ def test_auroc_of_hand_built_neurons():
     """Neuron 0 fires more on every toxic prompt than on any clean one (1), neuron 1 less (0), neuron 2 the same
     everywhere (1/2), neuron 3 ranks toxic prompts 1st and 3rd of four (3 of 4 pairs: 0.75)."""
     toxic = np.array([True, True, False, False])
-    acts = np.array([[5.0, -5.0, 1.0, 4.0],
-                     [4.0, -4.0, 1.0, 2.0],
-                     [1.0, 1.0, 1.0, 3.0],
-                     [0.0, 2.0, 1.0, 1.0]])[:, None, :]
+    acts = np.array([[5.0, -5.0, 1.0, 4.0], [4.0, -4.0, 1.0, 2.0], [1.0, 1.0, 1.0, 3.0], [0.0, 2.0, 1.0, 1.0]])[
+        :, None, :
+    ]
     assert detector_auroc(acts, toxic)[0].tolist() == [1.0, 0.0, 0.5, 0.75]
     assert sklearn_auroc(acts, toxic)[0].tolist() == [1.0, 0.0, 0.5, 0.75]
 
@@ -69,7 +68,11 @@ def test_stored_auroc_and_auroc_sets(tmp_path):
 
 def test_auroc_set_refused_when_one_class():
     shape = (2, 4)
-    reader = SimpleNamespace(info=SimpleNamespace(n_layers=2, d_mlp=4), path="one-class.h5", has=lambda name: True,
-                             neuron_array=lambda name: np.full(shape, np.nan, np.float32))
+    reader = SimpleNamespace(
+        info=SimpleNamespace(n_layers=2, d_mlp=4),
+        path="one-class.h5",
+        has=lambda name: True,
+        neuron_array=lambda name: np.full(shape, np.nan, np.float32),
+    )
     with pytest.raises(UserError, match="all toxic or all clean"):
         resolve(reader, ["auroc:3"])

@@ -55,11 +55,21 @@ def test_compute_stores_both_sources(tiny_models, edited_copy, tmp_path, one_tor
     root = tmp_path
     (root / "prompts.txt").write_text("You are a stupid\nThe river runs\nI hate you\n")
     base, tuned = tiny_models["llama"], edited_copy(tiny_models["llama"], root / "noisy", noise=0.02)
-    result = run_compute(ComputeSettings(base=str(base), tuned=str(tuned), probe="toxic-embedding",
-                                         prompts=str(root / "prompts.txt"), output=root / "diff.h5", device="cpu",
-                                         dtype="float32", recording=RecordingSettings(new_tokens=4), cluster_top_k=20,
-                                         n_clusters=2,
-                                         patch_holdout=0.0))
+    result = run_compute(
+        ComputeSettings(
+            base=str(base),
+            tuned=str(tuned),
+            probe="toxic-embedding",
+            prompts=str(root / "prompts.txt"),
+            output=root / "diff.h5",
+            device="cpu",
+            dtype="float32",
+            recording=RecordingSettings(new_tokens=4),
+            cluster_top_k=20,
+            n_clusters=2,
+            patch_holdout=0.0,
+        )
+    )
     with CacheReader(result.path) as reader:
         found = reader.differences()
         assert reader.dynamics() is None  # one tuned model: no series

@@ -4,7 +4,6 @@ whose Δ is known (a third, two thirds and all of the final change of the last l
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from neuron_explorer.cache import schema
@@ -31,6 +30,7 @@ def scaled_last_layer(fraction: float):
     def edit(model) -> None:
         down = model.model.layers[-1].mlp.down_proj.weight
         down += fraction * torch.randn(down.shape, generator=torch.Generator().manual_seed(11)) * 0.3
+
     return edit
 
 
@@ -40,11 +40,23 @@ def test_compute_over_checkpoints_keeps_each_steps_delta(tiny_models, edited_cop
     (tmp_path / "prompts.txt").write_text("You are a stupid\nThe river runs\nI hate you\nWhat the hell\n")
     torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), tmp_path / "probe.pt")
     steps = [edited_copy(tiny_models["llama"], tmp_path / f"step{k}", edit=scaled_last_layer(k / 3)) for k in (1, 2, 3)]
-    result = run_compute(ComputeSettings(
-        base=str(tiny_models["llama"]), tuned=str(steps[-1]), checkpoints=(str(steps[0]), str(steps[1])),
-        probe=str(tmp_path / "probe.pt"), prompts=str(tmp_path / "prompts.txt"), output=tmp_path / "dyn.h5",
-        device="cpu", dtype="float32", recording=RecordingSettings(new_tokens=4, shared_continuation=True),
-        cluster_top_k=20, n_clusters=2, patch_holdout=0.0, difference_lens=False))
+    result = run_compute(
+        ComputeSettings(
+            base=str(tiny_models["llama"]),
+            tuned=str(steps[-1]),
+            checkpoints=(str(steps[0]), str(steps[1])),
+            probe=str(tmp_path / "probe.pt"),
+            prompts=str(tmp_path / "prompts.txt"),
+            output=tmp_path / "dyn.h5",
+            device="cpu",
+            dtype="float32",
+            recording=RecordingSettings(new_tokens=4, shared_continuation=True),
+            cluster_top_k=20,
+            n_clusters=2,
+            patch_holdout=0.0,
+            difference_lens=False,
+        )
+    )
     with CacheReader(result.path) as reader:
         found = reader.dynamics()
         final = reader.neuron_array("contribution").astype(np.float64)
@@ -56,8 +68,9 @@ def test_compute_over_checkpoints_keeps_each_steps_delta(tiny_models, edited_cop
         np.testing.assert_allclose(delta[k - 1], k / 3 * final, atol=2e-3 * scale)  # float16 storage
         np.testing.assert_allclose(found["group_sums"][k - 1], k / 3 * groups, atol=1e-5 * np.abs(groups).max())
     assert found["half_step"][2] == 1
-    np.testing.assert_allclose(found["layer_movement"][:, 2] / found["layer_movement"][-1, 2], [1 / 3, 2 / 3, 1],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        found["layer_movement"][:, 2] / found["layer_movement"][-1, 2], [1 / 3, 2 / 3, 1], rtol=1e-4
+    )
 
 
 def test_synthetic_caches_carry_a_series(tmp_path):

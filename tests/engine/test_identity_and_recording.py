@@ -7,29 +7,50 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, GemmaConfig, Gemma2Config, GPTNeoXConfig, MistralConfig,
-                          Qwen2Config)
+from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, GPTNeoXConfig, MistralConfig, Qwen2Config
 
 from neuron_explorer.cache.reader import CacheReader
+from neuron_explorer.engine.model.architectures import architecture_for
+from neuron_explorer.engine.model.generation import encode_prompts
+from neuron_explorer.engine.model.loading import LoadedModel, load_model
+from neuron_explorer.engine.model.weights import probe_projections
 from neuron_explorer.engine.neurons import recording as recording_module
 from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
-from neuron_explorer.engine.model.architectures import architecture_for
-from neuron_explorer.spec.settings import POSITION_MODES, RecordingSettings
-from neuron_explorer.engine.model.generation import encode_prompts
 from neuron_explorer.engine.neurons.identity_check import check_identity, sample_prompts
-from neuron_explorer.engine.model.loading import LoadedModel, load_model
 from neuron_explorer.engine.neurons.recording import ActivationRecorder, PromptMeans, record_model
 from neuron_explorer.engine.neurons.statistics import identity_residuals
-from neuron_explorer.engine.model.weights import probe_projections
+from neuron_explorer.spec.settings import POSITION_MODES, RecordingSettings
 
-PROMPTS = ["You are a stupid", "She walked to the market in the morning and", "What the hell", "The river runs",
-           "I hate you because", "The quick brown fox jumps over"]
+PROMPTS = [
+    "You are a stupid",
+    "She walked to the market in the morning and",
+    "What the hell",
+    "The river runs",
+    "I hate you because",
+    "The quick brown fox jumps over",
+]
 TOLERANCE = 1e-4  # of the largest measured layer write
 
-SMALL = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=128, head_dim=8, initializer_range=0.2)
-NEOX = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=128, initializer_range=0.2)
+SMALL = dict(
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    head_dim=8,
+    initializer_range=0.2,
+)
+NEOX = dict(
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    initializer_range=0.2,
+)
 EXTRA_CONFIGS = {
     "mistral": lambda: MistralConfig(**SMALL),
     "qwen2": lambda: Qwen2Config(**SMALL),
@@ -42,8 +63,9 @@ EXTRA_CONFIGS = {
 
 def loaded_in_memory(model, tokenizer) -> LoadedModel:
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, arch=architecture_for(model.config.model_type),
-                       spec="in-memory", folder=None)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, arch=architecture_for(model.config.model_type), spec="in-memory", folder=None
+    )
 
 
 def family_model(tiny_models, name: str) -> LoadedModel:
@@ -69,12 +91,24 @@ def identity_check(loaded: LoadedModel, positions: str, **options):
     independent check; (recording, pooled means, check)."""
     unit = random_unit(loaded.d_model)
     sample = np.arange(len(PROMPTS))
-    pool = PromptMeans(loaded.arch.n_layers(loaded.model), loaded.arch.d_mlp(loaded.model),
-                       loaded.arch.output_norm_path is not None, sample)
-    recording = record_model(loaded, PROMPTS, positions=positions, new_tokens=5, batch_size=4, sink=pool.add,
-                             **options)
-    check = check_identity(loaded, PROMPTS, recording, sample, unit, probe_projections(loaded, unit),
-                           pool.written_mean("sample"), positions=positions, max_prompt_tokens=32)
+    pool = PromptMeans(
+        loaded.arch.n_layers(loaded.model),
+        loaded.arch.d_mlp(loaded.model),
+        loaded.arch.output_norm_path is not None,
+        sample,
+    )
+    recording = record_model(loaded, PROMPTS, positions=positions, new_tokens=5, batch_size=4, sink=pool.add, **options)
+    check = check_identity(
+        loaded,
+        PROMPTS,
+        recording,
+        sample,
+        unit,
+        probe_projections(loaded, unit),
+        pool.written_mean("sample"),
+        positions=positions,
+        max_prompt_tokens=32,
+    )
     return recording, pool, check
 
 
@@ -107,8 +141,11 @@ def test_identity_holds_at_any_precision(tiny_models, name, dtype):
     """In half precision the residual stream minus itself cannot resolve an MLP's write; read where the block takes it,
     the write is rounded once to the dtype, and the check passes within a tolerance derived from it (and fails a
     position bug: test_the_check_catches_a_position_bug_that_the_same_hook_comparison_misses)."""
-    loaded = (load_model(str(tiny_models["llama"]), device="cpu", dtype="float32") if name == "llama"
-              else family_model(tiny_models, name))
+    loaded = (
+        load_model(str(tiny_models["llama"]), device="cpu", dtype="float32")
+        if name == "llama"
+        else family_model(tiny_models, name)
+    )
     loaded.model.to(dtype)
     for positions in ("generated", "predicting"):
         _, _, check = identity_check(loaded, positions)
@@ -125,10 +162,20 @@ def test_compute_writes_a_checked_cache_for_every_registered_family(tiny_models,
     loaded.tokenizer.save_pretrained(base)
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     torch.save(torch.as_tensor(random_unit(loaded.d_model)), tmp_path / "probe.pt")
-    result = run_compute(ComputeSettings(
-        base=str(base), tuned=str(edited_copy(base, tmp_path / "tuned", noise=0.02)), probe=str(tmp_path / "probe.pt"),
-        prompts=str(tmp_path / "prompts.txt"), output=tmp_path / "cache.h5", device="cpu", dtype="float32",
-        recording=RecordingSettings(new_tokens=4), cluster_top_k=20, n_clusters=2))
+    result = run_compute(
+        ComputeSettings(
+            base=str(base),
+            tuned=str(edited_copy(base, tmp_path / "tuned", noise=0.02)),
+            probe=str(tmp_path / "probe.pt"),
+            prompts=str(tmp_path / "prompts.txt"),
+            output=tmp_path / "cache.h5",
+            device="cpu",
+            dtype="float32",
+            recording=RecordingSettings(new_tokens=4),
+            cluster_top_k=20,
+            n_clusters=2,
+        )
+    )
     with CacheReader(result.path) as reader:
         layers = reader.layers()
         assert reader.info.architecture == loaded.arch.name
@@ -145,16 +192,19 @@ def test_gemma2_statistics_use_what_the_output_norm_writes(tiny_models):
     unit = torch.as_tensor(random_unit(loaded.d_model), dtype=torch.float64)
     blocks = loaded.model.model.layers
     raw_p = np.stack([(block.mlp.down_proj.weight.detach().T.double() @ unit).numpy() for block in blocks])
-    naive = identity_residuals(written_mean=pool.act_mean("sample"), p=raw_p, bias_proj=0.0,
-                               measured=check.measured)
+    naive = identity_residuals(written_mean=pool.act_mean("sample"), p=raw_p, bias_proj=0.0, measured=check.measured)
     assert relative(naive, check.measured) > 0.05
     gain = 1 + blocks[0].post_feedforward_layernorm.weight.detach()
-    np.testing.assert_allclose(loaded.arch.value_vectors(loaded.model, 0).detach().numpy(),
-                               (blocks[0].mlp.down_proj.weight.detach().T * gain).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        loaded.arch.value_vectors(loaded.model, 0).detach().numpy(),
+        (blocks[0].mlp.down_proj.weight.detach().T * gain).numpy(),
+        rtol=1e-6,
+    )
 
 
 class SameHookRecorder(ActivationRecorder):
     """The recorder plus the old same-hook measurement: (MLP output · ŵ) summed over the recorder's own selection."""
+
     unit: np.ndarray | None = None  # the probe, set by the test
     last: SameHookRecorder | None = None  # the instance record_model made
 
@@ -171,6 +221,7 @@ class SameHookRecorder(ActivationRecorder):
             record(module, inputs, output)
             if not (isinstance(self._selection, int) and self._selection == 0):
                 self.proj_total[layer] += float(self.selected_sum(output.float() @ probe).sum())
+
         return hook
 
 
@@ -197,8 +248,9 @@ def test_the_check_catches_a_position_bug_that_the_same_hook_comparison_misses(t
     recording, _, check = identity_check(loaded, positions)
     same_hook = SameHookRecorder.last.proj_total / recording.n_positions
     weights = probe_projections(loaded, unit)
-    old_residual = identity_residuals(written_mean=recording.act_mean, p=weights["p"],
-                                      bias_proj=weights["bias_proj"], measured=same_hook)
+    old_residual = identity_residuals(
+        written_mean=recording.act_mean, p=weights["p"], bias_proj=weights["bias_proj"], measured=same_hook
+    )
     assert relative(old_residual, same_hook) < max(TOLERANCE, check.tolerance)  # the old check passed
     assert relative(check.residual, check.measured) > 100 * TOLERANCE  # the independent one fails
     assert not check.passed and check.relative.max() > 0.05
@@ -219,9 +271,12 @@ def activations_of(loaded: LoadedModel, ids: torch.Tensor) -> dict[int, np.ndarr
     """Per layer, the MLP output projection's input (T, d_mlp) in one full uncached pass over `ids`."""
     arch, model = loaded.arch, loaded.model
     captured = {}
-    handles = [arch.out_proj(model, layer).register_forward_hook(
-        lambda module, inputs, output, layer=layer: captured.__setitem__(layer, inputs[0][0].double().numpy()))
-        for layer in range(arch.n_layers(model))]
+    handles = [
+        arch.out_proj(model, layer).register_forward_hook(
+            lambda module, inputs, output, layer=layer: captured.__setitem__(layer, inputs[0][0].double().numpy())
+        )
+        for layer in range(arch.n_layers(model))
+    ]
     try:
         with torch.no_grad():
             model(input_ids=ids)
@@ -257,8 +312,9 @@ def test_shared_continuation_reads_the_same_positions(tiny_models, positions):
     """A model recorded with teacher forcing on its own continuation gives the same ā as while generating it."""
     loaded = load_model(str(tiny_models["gpt2"]), device="cpu", dtype="float32")
     own = record_model(loaded, PROMPTS, positions=positions, new_tokens=5, batch_size=4)
-    forced = record_model(loaded, PROMPTS, positions=positions, new_tokens=5, batch_size=4,
-                          teacher_tokens=own.continuation_ids)
+    forced = record_model(
+        loaded, PROMPTS, positions=positions, new_tokens=5, batch_size=4, teacher_tokens=own.continuation_ids
+    )
     assert forced.n_positions == own.n_positions
     np.testing.assert_allclose(forced.act_mean, own.act_mean, rtol=1e-4, atol=1e-6)
 

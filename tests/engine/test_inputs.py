@@ -18,8 +18,17 @@ TEXTS = ["You are such a", "What the hell is", "She said that"]
 
 @pytest.mark.parametrize("fmt", ["rtp", "prompt", "text", "txt", "csv", "parquet"])
 def test_prompt_formats(tmp_path, fmt):
-    path = tmp_path / {"rtp": "p.jsonl", "prompt": "p.jsonl", "text": "p.jsonl", "txt": "p.txt", "csv": "p.csv",
-                       "parquet": "p.parquet"}[fmt]
+    path = (
+        tmp_path
+        / {
+            "rtp": "p.jsonl",
+            "prompt": "p.jsonl",
+            "text": "p.jsonl",
+            "txt": "p.txt",
+            "csv": "p.csv",
+            "parquet": "p.parquet",
+        }[fmt]
+    )
     if fmt == "rtp":
         path.write_text("\n".join(json.dumps({"prompt": {"text": t}, "challenging": True}) for t in TEXTS))
     elif fmt in ("prompt", "text"):
@@ -45,11 +54,14 @@ def test_builtin_prompt_set_has_disjoint_splits():
         load_prompts("builtin:test")
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"prompt": {"text": "ok"}}\n{"prompt": 3}\n', "record 2: no text found"),
-    ('{"prompt": {"text": "ok"}}\nnot json\n', "line 2: not valid JSON"),
-    ("", "holds no prompts"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": {"text": "ok"}}\n{"prompt": 3}\n', "record 2: no text found"),
+        ('{"prompt": {"text": "ok"}}\nnot json\n', "line 2: not valid JSON"),
+        ("", "holds no prompts"),
+    ],
+)
 def test_malformed_prompt_files(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
@@ -64,13 +76,16 @@ def test_csv_without_the_column_names_the_columns(tmp_path):
         load_prompts(str(path))
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: torch.save(torch.randn(48), p), "width 48.*width 32"),
-    (lambda p: torch.save(torch.randn(3, 32), p), r"shape \(3, 32\)"),
-    (lambda p: torch.save(torch.zeros(32), p), "zero or not finite"),
-    (lambda p: torch.save({"a": torch.randn(32), "b": torch.randn(32)}, p), "none named 'weight'"),
-    (lambda p: p.write_bytes(b"not a pickle"), "not a readable probe file"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: torch.save(torch.randn(48), p), "width 48.*width 32"),
+        (lambda p: torch.save(torch.randn(3, 32), p), r"shape \(3, 32\)"),
+        (lambda p: torch.save(torch.zeros(32), p), "zero or not finite"),
+        (lambda p: torch.save({"a": torch.randn(32), "b": torch.randn(32)}, p), "none named 'weight'"),
+        (lambda p: p.write_bytes(b"not a pickle"), "not a readable probe file"),
+    ],
+)
 def test_bad_probes(tmp_path, make, message):
     path = tmp_path / "probe.pt"
     make(path)

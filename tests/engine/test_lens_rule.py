@@ -29,14 +29,21 @@ SHAPES = {  # name: (n_layers, d_mlp, vocab, d_model)
 }
 
 
-@pytest.mark.parametrize("shape, device, whole", [
-    ("tiny", "cpu", True), ("embedded", "cpu", False), ("llama-1b", "cpu", False),
-    ("embedded", "cuda", True), ("llama-8b", "cuda:0", True),
-])
+@pytest.mark.parametrize(
+    "shape, device, whole",
+    [
+        ("tiny", "cpu", True),
+        ("embedded", "cpu", False),
+        ("llama-1b", "cpu", False),
+        ("embedded", "cuda", True),
+        ("llama-8b", "cuda:0", True),
+    ],
+)
 def test_auto_takes_the_whole_lens_where_it_is_cheap(shape, device, whole):
     n_layers, d_mlp, vocab, d_model = SHAPES[shape]
-    rule = weights.lens_rule("auto", device=device, n_layers=n_layers, d_mlp=d_mlp, vocab=vocab, d_model=d_model,
-                             memo_complete=False)
+    rule = weights.lens_rule(
+        "auto", device=device, n_layers=n_layers, d_mlp=d_mlp, vocab=vocab, d_model=d_model, memo_complete=False
+    )
     assert (rule.top_n is None) == whole
 
 
@@ -109,11 +116,14 @@ def test_compute_stores_the_rule_and_the_lab_worker_computes_the_rest(partial_ca
             np.testing.assert_allclose(answer[model][f"{direction}_scores"][0], rows["score"].to_numpy(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"request": "tokens", "id": 1}', "non-empty list"),
-    ('{"request": "tokens", "id": 1, "neurons": [[1, -2]]}', "non-empty list"),
-    ('{"request": "tokens", "id": 1, "neurons": [[1, 2]], "top": 3}', "takes no top"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"request": "tokens", "id": 1}', "non-empty list"),
+        ('{"request": "tokens", "id": 1, "neurons": [[1, -2]]}', "non-empty list"),
+        ('{"request": "tokens", "id": 1, "neurons": [[1, 2]], "top": 3}', "takes no top"),
+    ],
+)
 def test_bad_tokens_requests_are_one_line_errors(line, message):
     with pytest.raises(UserError, match=message):
         parse_request(line)

@@ -16,8 +16,16 @@ from neuron_explorer.cli import main
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = ["You are a stupid", "She walked to the market in the morning and", "What the hell", "The river runs",
-           "I hate you because", "The quick brown fox jumps over", "My neighbour is a", "Shut up, you"]
+PROMPTS = [
+    "You are a stupid",
+    "She walked to the market in the morning and",
+    "What the hell",
+    "The river runs",
+    "I hate you because",
+    "The quick brown fox jumps over",
+    "My neighbour is a",
+    "Shut up, you",
+]
 
 
 NOT_MEASURED = ("check_toxicity", "check_toxicity_sem")  # a patch run scores with the main scorer only
@@ -46,9 +54,28 @@ def test_compute_patch_lab_and_evaluate_in_half_precision(files, dtype, capsys):
     root, base, tuned = files
     common = ["--device", "cpu", "--dtype", dtype]
     cache = root / f"{dtype}.h5"
-    code = main(["compute", "--base", str(base), "--tuned", str(tuned), "--probe", str(root / "probe.pt"),
-                 "--prompts", str(root / "prompts.txt"), "--new-tokens", "5", "--cluster-top-k", "40",
-                 "--clusters", "4", "-o", str(cache), *common])
+    code = main(
+        [
+            "compute",
+            "--base",
+            str(base),
+            "--tuned",
+            str(tuned),
+            "--probe",
+            str(root / "probe.pt"),
+            "--prompts",
+            str(root / "prompts.txt"),
+            "--new-tokens",
+            "5",
+            "--cluster-top-k",
+            "40",
+            "--clusters",
+            "4",
+            "-o",
+            str(cache),
+            *common,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"({dtype}; passes at ≤" in err and err.count(": pass") == 2
@@ -62,20 +89,64 @@ def test_compute_patch_lab_and_evaluate_in_half_precision(files, dtype, capsys):
         assert frame["contribution"].abs().max() > 0
         assert np.isfinite(reader.layers().drop("layer").to_numpy()).all()
 
-    code = main(["patch", str(cache), "--set", "group:TP↓", "--mode", "shift", "--max-prompts", "4",
-                 "--ppl-windows", "1", "--f1-items", "2", "--json", str(root / f"patch-{dtype}.json"), *common])
+    code = main(
+        [
+            "patch",
+            str(cache),
+            "--set",
+            "group:TP↓",
+            "--mode",
+            "shift",
+            "--max-prompts",
+            "4",
+            "--ppl-windows",
+            "1",
+            "--f1-items",
+            "2",
+            "--json",
+            str(root / f"patch-{dtype}.json"),
+            *common,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     record = json.loads((root / f"patch-{dtype}.json").read_text())
     assert finite(record)
 
-    code = main(["lab", str(cache), "--prompt", "You are a", "--set", "group:AN↓", "--mode", "shift",
-                 "--json", str(root / f"lab-{dtype}.json"), *common])
+    code = main(
+        [
+            "lab",
+            str(cache),
+            "--prompt",
+            "You are a",
+            "--set",
+            "group:AN↓",
+            "--mode",
+            "shift",
+            "--json",
+            str(root / f"lab-{dtype}.json"),
+            *common,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     answer = json.loads((root / f"lab-{dtype}.json").read_text())
     assert finite(answer) and len(answer["runs"]) == 3
 
-    code = main(["evaluate", str(base), str(tuned), "--prompts", str(root / "prompts.txt"), "--ppl-windows", "1",
-                 "--f1-items", "2", "--json", str(root / f"evaluate-{dtype}.json"), *common])
+    code = main(
+        [
+            "evaluate",
+            str(base),
+            str(tuned),
+            "--prompts",
+            str(root / "prompts.txt"),
+            "--ppl-windows",
+            "1",
+            "--f1-items",
+            "2",
+            "--json",
+            str(root / f"evaluate-{dtype}.json"),
+            *common,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     evaluated = json.loads((root / f"evaluate-{dtype}.json").read_text())
     assert finite(evaluated, NOT_MEASURED + ("probe_projection",))  # evaluate is given no probe

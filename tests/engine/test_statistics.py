@@ -13,18 +13,34 @@ from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
 
 # Yang v1 on GPT-2 medium (METHOD §3): each group's Σ Δ, the v1 shares as printed in the paper, and the mirror
 # groups' shares of their own sum (−2.054, −14.372, −14.633, −9.208 over −40.267), worked out by hand.
-GPT2_SUMS = {"TP↓": 15.111, "TN↓": 11.336, "AP↓": 3.320, "AN↓": 17.717,
-             "TP↑": -2.054, "TN↑": -14.372, "AP↑": -14.633, "AN↑": -9.208}
-GPT2_V1_PERCENT = {"TP↓": 31.8, "TN↓": 23.9, "AP↓": 7.0, "AN↓": 37.3,
-                   "TP↑": 5.1, "TN↑": 35.7, "AP↑": 36.3, "AN↑": 22.9}
+GPT2_SUMS = {
+    "TP↓": 15.111,
+    "TN↓": 11.336,
+    "AP↓": 3.320,
+    "AN↓": 17.717,
+    "TP↑": -2.054,
+    "TN↑": -14.372,
+    "AP↑": -14.633,
+    "AN↑": -9.208,
+}
+GPT2_V1_PERCENT = {"TP↓": 31.8, "TN↓": 23.9, "AP↓": 7.0, "AN↓": 37.3, "TP↑": 5.1, "TN↑": 35.7, "AP↑": 36.3, "AN↑": 22.9}
 
 
 def table(rows) -> dict:
     """Neuron metrics (one layer) from rows of (cos_pre, ā_pre, ā_dpo, p_pre[, p_dpo]); p_dpo defaults to p_pre."""
-    cos, act_pre, act_dpo, p_pre, p_dpo = (np.array(column, dtype=np.float64)[None] for column in
-                                           zip(*(row if len(row) == 5 else (*row, row[3]) for row in rows)))
-    return neuron_metrics(p_pre=p_pre, p_dpo=p_dpo, cos_pre=cos, cos_dpo=cos, value_cos=np.ones_like(cos),
-                          act_pre=act_pre, act_dpo=act_dpo)
+    cos, act_pre, act_dpo, p_pre, p_dpo = (
+        np.array(column, dtype=np.float64)[None]
+        for column in zip(*(row if len(row) == 5 else (*row, row[3]) for row in rows))
+    )
+    return neuron_metrics(
+        p_pre=p_pre,
+        p_dpo=p_dpo,
+        cos_pre=cos,
+        cos_dpo=cos,
+        value_cos=np.ones_like(cos),
+        act_pre=act_pre,
+        act_dpo=act_dpo,
+    )
 
 
 def neuron(sign_class: str, delta: float, p: float = 1.0, act_pre: float = 2.0) -> tuple:
@@ -65,16 +81,23 @@ def gpt2_neurons() -> list[tuple]:
     The 128 largest cosines: 40 TP↓ neurons (the v2 kept set), 30 TN↓ (ā_pre < 0: not kept), 30 turned TP↑ and
     28 TP↑ (δ < 0: not kept)."""
     turned = {"TP": 0.239, "TN": 0.174, "AP": 0.040, "AN": 0.026}  # v3 sums − v1 sums: 15.350, 11.510, 3.360, 17.743
-    batches = [("TP", True, 40, GPT2_V2_SUM, True), ("TN", True, 30, 1.5, True),
-               ("TP", False, 30, turned["TP"], True), ("TP", False, 28, -1.4, True),
-               ("TP", True, 14_000, GPT2_SUMS["TP↓"] - GPT2_V2_SUM, False),
-               ("TN", True, 11_000, GPT2_SUMS["TN↓"] - 1.5, False), ("AP", True, 4_000, GPT2_SUMS["AP↓"], False),
-               ("AN", True, 28_381, GPT2_SUMS["AN↓"], False), ("TN", False, 10, turned["TN"], False),
-               ("AP", False, 5, turned["AP"], False), ("AN", False, 5, turned["AN"], False),
-               ("TP", False, 2_000, GPT2_SUMS["TP↑"] - turned["TP"] + 1.4, False),
-               ("TN", False, 14_000, GPT2_SUMS["TN↑"] - turned["TN"], False),
-               ("AP", False, 14_000, GPT2_SUMS["AP↑"] - turned["AP"], False),
-               ("AN", False, 10_775, GPT2_SUMS["AN↑"] - turned["AN"], False)]
+    batches = [
+        ("TP", True, 40, GPT2_V2_SUM, True),
+        ("TN", True, 30, 1.5, True),
+        ("TP", False, 30, turned["TP"], True),
+        ("TP", False, 28, -1.4, True),
+        ("TP", True, 14_000, GPT2_SUMS["TP↓"] - GPT2_V2_SUM, False),
+        ("TN", True, 11_000, GPT2_SUMS["TN↓"] - 1.5, False),
+        ("AP", True, 4_000, GPT2_SUMS["AP↓"], False),
+        ("AN", True, 28_381, GPT2_SUMS["AN↓"], False),
+        ("TN", False, 10, turned["TN"], False),
+        ("AP", False, 5, turned["AP"], False),
+        ("AN", False, 5, turned["AN"], False),
+        ("TP", False, 2_000, GPT2_SUMS["TP↑"] - turned["TP"] + 1.4, False),
+        ("TN", False, 14_000, GPT2_SUMS["TN↑"] - turned["TN"], False),
+        ("AP", False, 14_000, GPT2_SUMS["AP↑"] - turned["AP"], False),
+        ("AN", False, 10_775, GPT2_SUMS["AN↑"] - turned["AN"], False),
+    ]
     rng = np.random.default_rng(5)
     neurons = []
     for sign_class, reducing, count, total, top in batches:
@@ -86,10 +109,20 @@ def gpt2_neurons() -> list[tuple]:
 
 
 def test_the_published_gpt2_figures_follow_from_the_neurons(gpt2_neurons):
-    cos, act_pre, act_dpo, p_pre, p_dpo = (np.array(column, dtype=np.float64).reshape(24, 4096)
-                                           for column in zip(*gpt2_neurons))
-    tab, scalars = summarize(neuron_metrics(p_pre=p_pre, p_dpo=p_dpo, cos_pre=cos, cos_dpo=cos,
-                                            value_cos=np.ones_like(cos), act_pre=act_pre, act_dpo=act_dpo))
+    cos, act_pre, act_dpo, p_pre, p_dpo = (
+        np.array(column, dtype=np.float64).reshape(24, 4096) for column in zip(*gpt2_neurons)
+    )
+    tab, scalars = summarize(
+        neuron_metrics(
+            p_pre=p_pre,
+            p_dpo=p_dpo,
+            cos_pre=cos,
+            cos_dpo=cos,
+            value_cos=np.ones_like(cos),
+            act_pre=act_pre,
+            act_dpo=act_dpo,
+        )
+    )
     # the published figures (METHOD §2–§3), each to its printed precision
     for name, percent in GPT2_V1_PERCENT.items():
         assert round(100 * row(tab, name)["share_v1"], 1) == percent, name
@@ -108,8 +141,10 @@ def test_the_published_gpt2_figures_follow_from_the_neurons(gpt2_neurons):
         v1[sign_class + ("↓" if reducing else "↑")].append(delta)
         if delta != 0:
             v3[sign_class + ("↓" if delta > 0 else "↑")].append(delta)
-    totals = {True: (sum(sum(v1[n]) for n in schema.REDUCING_GROUPS), sum(sum(v3[n]) for n in schema.REDUCING_GROUPS)),
-              False: (sum(sum(v1[n]) for n in schema.MIRROR_GROUPS), sum(sum(v3[n]) for n in schema.MIRROR_GROUPS))}
+    totals = {
+        True: (sum(sum(v1[n]) for n in schema.REDUCING_GROUPS), sum(sum(v3[n]) for n in schema.REDUCING_GROUPS)),
+        False: (sum(sum(v1[n]) for n in schema.MIRROR_GROUPS), sum(sum(v3[n]) for n in schema.MIRROR_GROUPS)),
+    }
     for name in schema.GROUP_NAMES:
         v1_total, v3_total = totals[name in schema.REDUCING_GROUPS]
         found = row(tab, name)
@@ -125,25 +160,49 @@ def test_the_published_gpt2_figures_follow_from_the_neurons(gpt2_neurons):
     assert scalars["top_toxic_share"] == pytest.approx(kept_sum / totals[True][1], abs=1e-6)
 
 
-@pytest.mark.parametrize("mirror_an", [-6.0, -6.0 + 2.0 ** -20, -6.0 - 2.0 ** -20],
-                         ids=["net zero", "net +1e-6", "net -1e-6"])
+@pytest.mark.parametrize(
+    "mirror_an", [-6.0, -6.0 + 2.0**-20, -6.0 - 2.0**-20], ids=["net zero", "net +1e-6", "net -1e-6"]
+)
 def test_v1_shares_stay_finite_when_the_net_is_near_zero(mirror_an):
     """Reducing 2.5 + 7.5 against mirrors 4 + (6 ± 2⁻²⁰): over the net the shares were 0, ±2.6e6 or flipped."""
     tab, scalars = summarize(table([neuron("TP", 2.5), neuron("AN", 7.5), neuron("TN", -4.0), neuron("AN", mirror_an)]))
-    assert abs(scalars["net_contribution"]) <= 2.0 ** -20
-    expected = {"TP↓": 0.25, "AN↓": 0.75, "TN↑": 4 / (10 - 6 - mirror_an), "AN↑": (-mirror_an) / (10 - 6 - mirror_an),
-                "TN↓": 0.0, "AP↓": 0.0, "TP↑": 0.0, "AP↑": 0.0}
+    assert abs(scalars["net_contribution"]) <= 2.0**-20
+    expected = {
+        "TP↓": 0.25,
+        "AN↓": 0.75,
+        "TN↑": 4 / (10 - 6 - mirror_an),
+        "AN↑": (-mirror_an) / (10 - 6 - mirror_an),
+        "TN↓": 0.0,
+        "AP↓": 0.0,
+        "TP↑": 0.0,
+        "AP↑": 0.0,
+    }
     for name, share in expected.items():
         assert row(tab, name)["share_v1"] == pytest.approx(share, abs=1e-7), name
 
 
-@pytest.mark.parametrize("cos, act_pre, shift, group", [
-    (0.2, 1.0, 0.5, "TP↓"), (0.2, 1.0, -0.5, "TP↑"), (0.2, 1.0, 0.0, "TP↑"),
-    (0.2, -1.0, 0.5, "TN↓"), (0.2, 0.0, 0.5, "TN↓"), (0.2, 0.0, 0.0, "TN↑"), (0.2, -1.0, -0.5, "TN↑"),
-    (-0.2, 1.0, -0.5, "AP↓"), (0.0, 1.0, -0.5, "AP↓"), (0.0, 1.0, 0.0, "AP↑"), (-0.2, 1.0, 0.5, "AP↑"),
-    (-0.2, -1.0, -0.5, "AN↓"), (0.0, 0.0, -0.5, "AN↓"), (0.0, 0.0, 0.0, "AN↑"), (-0.2, -1.0, 0.5, "AN↑"),
-    (1e-30, 1e-30, 1e-30, "TP↓"), (-1e-30, 1e-30, -1e-30, "AP↓"),
-])
+@pytest.mark.parametrize(
+    "cos, act_pre, shift, group",
+    [
+        (0.2, 1.0, 0.5, "TP↓"),
+        (0.2, 1.0, -0.5, "TP↑"),
+        (0.2, 1.0, 0.0, "TP↑"),
+        (0.2, -1.0, 0.5, "TN↓"),
+        (0.2, 0.0, 0.5, "TN↓"),
+        (0.2, 0.0, 0.0, "TN↑"),
+        (0.2, -1.0, -0.5, "TN↑"),
+        (-0.2, 1.0, -0.5, "AP↓"),
+        (0.0, 1.0, -0.5, "AP↓"),
+        (0.0, 1.0, 0.0, "AP↑"),
+        (-0.2, 1.0, 0.5, "AP↑"),
+        (-0.2, -1.0, -0.5, "AN↓"),
+        (0.0, 0.0, -0.5, "AN↓"),
+        (0.0, 0.0, 0.0, "AN↑"),
+        (-0.2, -1.0, 0.5, "AN↑"),
+        (1e-30, 1e-30, 1e-30, "TP↓"),
+        (-1e-30, 1e-30, -1e-30, "AP↓"),
+    ],
+)
 def test_group_boundaries(cos, act_pre, shift, group):
     """cos = 0 is anti-toxic, ā_pre = 0 is negatively activated, δ = 0 reduces nothing (METHOD §3)."""
     code = assign_groups(np.array([cos]), np.array([act_pre]), np.array([shift]))[0]
@@ -153,13 +212,17 @@ def test_group_boundaries(cos, act_pre, shift, group):
 def test_v1_and_v3_definitions_differ_when_a_value_vector_turns():
     """v1 groups by the sign of δ; v3 keeps Δ > 0 (Δ < 0 on ↑ rows) by sign class. A TP neuron whose activation fell
     (δ > 0, v1 TP↓) but whose value vector grew along the probe writes more toxicity (Δ < 0): v3 counts it on TP↑."""
-    tab, scalars = summarize(table([
-        (0.3, 2.0, 1.0, 1.0),            # TP, δ = 1: Δ = 2 − 1 = +1          v1 TP↓, v3 TP↓
-        (0.3, 2.0, 1.0, 1.0, 3.0),       # TP, δ = 1, p 1 → 3: Δ = 2 − 3 = −1  v1 TP↓, v3 TP↑
-        (0.3, 2.0, 3.0, 1.0),            # TP, δ = −1: Δ = 2 − 3 = −1         v1 TP↑, v3 TP↑
-        (-0.3, -1.0, -0.5, -2.0),        # AN, δ = −0.5: Δ = 2 − 1 = +1       v1 AN↓, v3 AN↓
-        (-0.3, -1.0, -0.5, -2.0, -0.5),  # AN, δ = −0.5, p −2 → −0.5: Δ = 2 − 0.25 = +1.75
-    ]))
+    tab, scalars = summarize(
+        table(
+            [
+                (0.3, 2.0, 1.0, 1.0),  # TP, δ = 1: Δ = 2 − 1 = +1          v1 TP↓, v3 TP↓
+                (0.3, 2.0, 1.0, 1.0, 3.0),  # TP, δ = 1, p 1 → 3: Δ = 2 − 3 = −1  v1 TP↓, v3 TP↑
+                (0.3, 2.0, 3.0, 1.0),  # TP, δ = −1: Δ = 2 − 3 = −1         v1 TP↑, v3 TP↑
+                (-0.3, -1.0, -0.5, -2.0),  # AN, δ = −0.5: Δ = 2 − 1 = +1       v1 AN↓, v3 AN↓
+                (-0.3, -1.0, -0.5, -2.0, -0.5),  # AN, δ = −0.5, p −2 → −0.5: Δ = 2 − 0.25 = +1.75
+            ]
+        )
+    )
     assert (row(tab, "TP↓")["count"], row(tab, "TP↓")["sum_contribution"]) == (2, 0.0)
     assert (row(tab, "TP↓")["count_v3"], row(tab, "TP↓")["sum_contribution_v3"]) == (1, 1.0)
     assert (row(tab, "TP↑")["count"], row(tab, "TP↑")["sum_contribution"]) == (1, -1.0)
@@ -177,12 +240,14 @@ def test_top_toxic_share_keeps_only_positively_activated_dampened_top_neurons():
     """200 neurons, p = 2. The 128 with the largest cos (0.5…0.627): 10 kept (ā_pre 1, δ 0.5: Δ 1 each); 10 with
     ā_pre < 0 (Δ +1), 10 with δ < 0 (Δ −1), one with δ = 0 and 97 with ā_pre = 0 (Δ +0.5) are not. The other 72 have
     cos ≤ 0.171 and Δ = 1 each: in Σ positive Δ, not in the share."""
-    rows = ([(0.5 + i / 1000, 1.0, 0.5, 2.0) for i in range(10)]
-            + [(0.51 + i / 1000, -1.0, -1.5, 2.0) for i in range(10)]
-            + [(0.52 + i / 1000, 1.0, 1.5, 2.0) for i in range(10)]
-            + [(0.53, 1.0, 1.0, 2.0)]
-            + [(0.531 + i / 1000, 0.0, -0.25, 2.0) for i in range(97)]
-            + [(0.1 + i / 1000, 1.0, 0.5, 2.0) for i in range(72)])
+    rows = (
+        [(0.5 + i / 1000, 1.0, 0.5, 2.0) for i in range(10)]
+        + [(0.51 + i / 1000, -1.0, -1.5, 2.0) for i in range(10)]
+        + [(0.52 + i / 1000, 1.0, 1.5, 2.0) for i in range(10)]
+        + [(0.53, 1.0, 1.0, 2.0)]
+        + [(0.531 + i / 1000, 0.0, -0.25, 2.0) for i in range(97)]
+        + [(0.1 + i / 1000, 1.0, 0.5, 2.0) for i in range(72)]
+    )
     metrics = table(rows)
     positive_total = 10 + 10 + 97 * 0.5 + 72
     found = top_toxic_share(metrics, positive_total)
@@ -209,8 +274,17 @@ def test_printed_summary_labels_each_definition():
 
     from neuron_explorer.commands.compute import share_report
 
-    groups, scalars = summarize(table([(0.3, 2.0, 1.0, 1.0), (0.3, 2.0, 1.0, 1.0, 3.0), (0.3, 2.0, 3.0, 1.0),
-                                       (-0.3, -1.0, -0.5, -2.0), (-0.3, -1.0, -0.5, -2.0, -0.5)]))
+    groups, scalars = summarize(
+        table(
+            [
+                (0.3, 2.0, 1.0, 1.0),
+                (0.3, 2.0, 1.0, 1.0, 3.0),
+                (0.3, 2.0, 3.0, 1.0),
+                (-0.3, -1.0, -0.5, -2.0),
+                (-0.3, -1.0, -0.5, -2.0, -0.5),
+            ]
+        )
+    )
     console = Console(record=True, width=200)
     for part in share_report(groups, scalars, "cache.h5"):
         console.print(part)
@@ -223,7 +297,9 @@ def test_printed_summary_labels_each_definition():
     assert any(line.startswith("v1 groups (sign of δ)") for line in lines)
     assert any(line.startswith("v3 (Δ > 0 by sign class") for line in lines)
     assert "AP↑ 0 +0 0.0% 0 +0 0.0% +0 +0" in lines
-    assert "v2 top-5 toxic neurons (largest cos; the 2 with ā_pre > 0 and δ > 0): Σ Δ +0 = 0.0% of Σ positive Δ" in lines
+    assert (
+        "v2 top-5 toxic neurons (largest cos; the 2 with ā_pre > 0 and δ > 0): Σ Δ +0 = 0.0% of Σ positive Δ" in lines
+    )
 
 
 def test_firing_and_writing_terms_sum_to_delta():
@@ -235,29 +311,55 @@ def test_firing_and_writing_terms_sum_to_delta():
     p_dpo = p_pre + rng.normal(0, 0.3, shape)
     cos = rng.normal(0, 0.1, shape)
     for written in (None, (rng.normal(0, 1, shape), rng.normal(0, 1, shape))):
-        metrics = neuron_metrics(p_pre=p_pre, p_dpo=p_dpo, cos_pre=cos, cos_dpo=cos, value_cos=np.ones(shape),
-                                 act_pre=act_pre, act_dpo=act_dpo, written_pre=None if written is None else written[0],
-                                 written_dpo=None if written is None else written[1])
+        metrics = neuron_metrics(
+            p_pre=p_pre,
+            p_dpo=p_dpo,
+            cos_pre=cos,
+            cos_dpo=cos,
+            value_cos=np.ones(shape),
+            act_pre=act_pre,
+            act_dpo=act_dpo,
+            written_pre=None if written is None else written[0],
+            written_dpo=None if written is None else written[1],
+        )
         writes_pre, writes_dpo = (act_pre, act_dpo) if written is None else written
         delta = writes_pre * p_pre - writes_dpo * p_dpo
         parts = metrics["activation_term"].astype(np.float64) + metrics["weight_term"]
         np.testing.assert_allclose(parts, delta, rtol=1e-6, atol=1e-6)
         tab, scalars = summarize(metrics)
         for suffix in ("", "_v3"):
-            np.testing.assert_allclose(tab[f"sum_activation_term{suffix}"] + tab[f"sum_weight_term{suffix}"],
-                                       tab[f"sum_contribution{suffix}"], rtol=1e-6, atol=1e-5)
+            np.testing.assert_allclose(
+                tab[f"sum_activation_term{suffix}"] + tab[f"sum_weight_term{suffix}"],
+                tab[f"sum_contribution{suffix}"],
+                rtol=1e-6,
+                atol=1e-5,
+            )
         assert scalars["net_activation_term"] + scalars["net_weight_term"] == pytest.approx(
-            scalars["net_contribution"], abs=1e-5)
+            scalars["net_contribution"], abs=1e-5
+        )
 
 
 def test_firing_and_writing_of_a_hand_built_neuron():
     """ā 2 → 1.5 and p 1 → 3: firing (2 − 1.5)·1 = 0.5, writing 1.5·(1 − 3) = −3, Δ = 2 − 4.5 = −2.5. With an
     output norm the written means (4 → 1) take the place of ā: firing 3, writing 1·(1 − 3) = −2."""
     plain = table([(0.3, 2.0, 1.5, 1.0, 3.0)])
-    assert (plain["activation_term"][0, 0], plain["weight_term"][0, 0], plain["contribution"][0, 0]) == (0.5, -3.0, -2.5)
+    assert (plain["activation_term"][0, 0], plain["weight_term"][0, 0], plain["contribution"][0, 0]) == (
+        0.5,
+        -3.0,
+        -2.5,
+    )
     one = np.ones((1, 1))
-    normed = neuron_metrics(p_pre=one, p_dpo=3 * one, cos_pre=one, cos_dpo=one, value_cos=one, act_pre=2 * one,
-                            act_dpo=1.5 * one, written_pre=4 * one, written_dpo=one)
+    normed = neuron_metrics(
+        p_pre=one,
+        p_dpo=3 * one,
+        cos_pre=one,
+        cos_dpo=one,
+        value_cos=one,
+        act_pre=2 * one,
+        act_dpo=1.5 * one,
+        written_pre=4 * one,
+        written_dpo=one,
+    )
     assert (normed["activation_term"][0, 0], normed["weight_term"][0, 0], normed["contribution"][0, 0]) == (3, -2, 1)
 
 

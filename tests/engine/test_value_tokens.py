@@ -20,7 +20,9 @@ def plain_lens(tensors: dict[str, np.ndarray], kind: str, layer: int) -> np.ndar
     """Logits of each value vector through the final norm's gain (and GPT-2's centring) and the unembedding, from the
     state dict's tensors with numpy."""
     if kind == "gpt2":
-        values = tensors[f"transformer.h.{layer}.mlp.c_proj.weight"].astype(np.float64)  # Conv1D: rows are value vectors
+        values = tensors[f"transformer.h.{layer}.mlp.c_proj.weight"].astype(
+            np.float64
+        )  # Conv1D: rows are value vectors
         values = values - values.mean(axis=1, keepdims=True)
         gain, unembedding = tensors["transformer.ln_f.weight"], tensors["transformer.wte.weight"]
     else:
@@ -43,8 +45,9 @@ def test_value_tokens_equal_plain_arithmetic(kind, pairs):
         order = np.argsort(-logits, axis=1, kind="stable")
         np.testing.assert_array_equal(found["top_tokens"][row], order[:, :5])
         np.testing.assert_array_equal(found["bottom_tokens"][row], order[:, ::-1][:, :5])
-        np.testing.assert_allclose(found["top_scores"][row], np.take_along_axis(logits, order[:, :5], 1), rtol=1e-4,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            found["top_scores"][row], np.take_along_axis(logits, order[:, :5], 1), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_the_lens_is_computed_once_per_distinct_weight(pairs, tmp_path, monkeypatch):

@@ -26,9 +26,11 @@ from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Failed, Progress, Ready, to_json
 
 NEW_TOKENS = 6
-CONTINUATIONS = {"base": [" idiot", " and", " a", " fool", ".", " Really"],
-                 "dpo": [" person", " who", " tries", " hard", ".", ""],
-                 "patched": [" person", " and", " a", " friend", ".", " Yes"]}
+CONTINUATIONS = {
+    "base": [" idiot", " and", " a", " fool", ".", " Really"],
+    "dpo": [" person", " who", " tries", " hard", ".", ""],
+    "patched": [" person", " and", " a", " friend", ".", " Yes"],
+}
 TOXICITY = {"base": 0.91, "dpo": 0.12, "patched": 0.34}
 
 parser = argparse.ArgumentParser()
@@ -66,8 +68,10 @@ def run(name: str, prompt_tokens: list[str], n_layers: int, shift: float) -> dic
     layers, columns = np.meshgrid(np.arange(n_layers), np.arange(width), indexing="ij")
     grid = layers + columns
     lowered = shift * layers / max(n_layers - 1, 1) * columns / width
-    lens = {"residual": np.round(np.sin(grid * 0.7) * (1 + grid / 10) - lowered, 4).tolist(),
-            "mlp": np.round(np.cos(grid * 0.5) * 0.3 - lowered / 4, 4).tolist()}
+    lens = {
+        "residual": np.round(np.sin(grid * 0.7) * (1 + grid / 10) - lowered, 4).tolist(),
+        "mlp": np.round(np.cos(grid * 0.5) * 0.3 - lowered / 4, 4).tolist(),
+    }
     return {"continuation": "".join(tokens), "tokens": tokens, "toxicity": TOXICITY[name], "lens": lens}
 
 
@@ -77,8 +81,11 @@ def answer(request: RunRequest, reader: CacheReader) -> dict:
     intervention, given = None, request.intervention
     if given is not None:
         selection = resolve(reader, list(given.sets))
-        intervention = {**given.to_dict(), "neurons": len(selection),
-                        "label": f"{given.mode} {' '.join(given.sets)}"[:60]}
+        intervention = {
+            **given.to_dict(),
+            "neurons": len(selection),
+            "label": f"{given.mode} {' '.join(given.sets)}"[:60],
+        }
     runs = {name: run(name, prompt_tokens, info.n_layers, shift) for name, shift in (("base", 0.0), ("dpo", 2.0))}
     if intervention:
         runs["patched"] = run("patched", prompt_tokens, info.n_layers, 1.0)
@@ -87,23 +94,42 @@ def answer(request: RunRequest, reader: CacheReader) -> dict:
     act_pre = np.round(0.3 - rows * 0.05, 4)
     act_dpo = np.round(act_pre - 0.02 * (rows % 3 - 1), 4)
     contribution = np.round((rows[::-1] - 4) * 0.01 + rows * 0.001, 5)  # distinct, mixed signs, not sorted by Δ
-    neurons = {"layer": (rows % info.n_layers).tolist(), "neuron": (rows * 5 % info.d_mlp).tolist(),
-               "act_pre": act_pre.tolist(), "act_dpo": act_dpo.tolist(), "act_shift": (act_pre - act_dpo).tolist(),
-               "tox_pre": (act_pre * 0.1).tolist(), "tox_dpo": (act_dpo * 0.1).tolist(),
-               "contribution": contribution.tolist(), "activation_term": contribution.tolist(),
-               "weight_term": [0.0] * count}
+    neurons = {
+        "layer": (rows % info.n_layers).tolist(),
+        "neuron": (rows * 5 % info.d_mlp).tolist(),
+        "act_pre": act_pre.tolist(),
+        "act_dpo": act_dpo.tolist(),
+        "act_shift": (act_pre - act_dpo).tolist(),
+        "tox_pre": (act_pre * 0.1).tolist(),
+        "tox_dpo": (act_dpo * 0.1).tolist(),
+        "contribution": contribution.tolist(),
+        "activation_term": contribution.tolist(),
+        "weight_term": [0.0] * count,
+    }
     if intervention:
         neurons["act_patched"] = act_dpo.tolist()
     positive = float(contribution[contribution > 0].sum())
     negative = float(contribution[contribution < 0].sum())
-    return {"id": request.id, "prompt": request.prompt, "prompt_tokens": prompt_tokens, "truncated": False,
-            "protocol": {"positions": "generated", "new_tokens": NEW_TOKENS, "max_prompt_tokens": 32,
-                         "shared_continuation": False},
-            "models": {"base": "fake-base", "tuned": "fake-dpo"}, "scorer": "fake", "intervention": intervention,
-            "runs": runs, "neurons": neurons,
-            "layer_contribution": [round(0.01 * layer, 4) for layer in range(info.n_layers)],
-            "totals": {"sum_positive": positive, "sum_negative": negative, "net": positive + negative},
-            "seconds": {"base": 0.01, "dpo": 0.01, "patched": 0.01 if intervention else 0.0, "total": 0.03}}
+    return {
+        "id": request.id,
+        "prompt": request.prompt,
+        "prompt_tokens": prompt_tokens,
+        "truncated": False,
+        "protocol": {
+            "positions": "generated",
+            "new_tokens": NEW_TOKENS,
+            "max_prompt_tokens": 32,
+            "shared_continuation": False,
+        },
+        "models": {"base": "fake-base", "tuned": "fake-dpo"},
+        "scorer": "fake",
+        "intervention": intervention,
+        "runs": runs,
+        "neurons": neurons,
+        "layer_contribution": [round(0.01 * layer, 4) for layer in range(info.n_layers)],
+        "totals": {"sum_positive": positive, "sum_negative": negative, "net": positive + negative},
+        "seconds": {"base": 0.01, "dpo": 0.01, "patched": 0.01 if intervention else 0.0, "total": 0.03},
+    }
 
 
 def serve() -> int:

@@ -15,13 +15,31 @@ from neuron_explorer.events import Done, Failed, Message, Progress, Stored, to_j
 
 # The baseline and the preset's rows (label, toxicity, its s.e.) that the tests check the Runs screen against.
 FAKE_BASELINE_KEY = "fakebaseline0001"
-FAKE_BASE = {"toxicity": 0.30, "toxicity_sem": 0.02, "perplexity": 20.0, "f1": 0.2, "n_prompts": 4,
-             "probe_projection": 1.0}
-FAKE_DPO = {"toxicity": 0.10, "toxicity_sem": 0.015, "perplexity": 21.0, "f1": 0.2, "n_prompts": 4,
-            "probe_projection": 0.5}
-FAKE_PRESET = [("ablate top-128 toxic", 0.29, 0.02), ("patch TP↓", 0.27, 0.02), ("patch TN↓", 0.28, 0.021),
-               ("patch AP↓", 0.26, 0.019), ("patch AN↓", 0.285, 0.02), ("patch all four ↓ groups", 0.14, 0.016),
-               ("tuning-free edit (α=1, β=1)", 0.2, 0.018)]
+FAKE_BASE = {
+    "toxicity": 0.30,
+    "toxicity_sem": 0.02,
+    "perplexity": 20.0,
+    "f1": 0.2,
+    "n_prompts": 4,
+    "probe_projection": 1.0,
+}
+FAKE_DPO = {
+    "toxicity": 0.10,
+    "toxicity_sem": 0.015,
+    "perplexity": 21.0,
+    "f1": 0.2,
+    "n_prompts": 4,
+    "probe_projection": 0.5,
+}
+FAKE_PRESET = [
+    ("ablate top-128 toxic", 0.29, 0.02),
+    ("patch TP↓", 0.27, 0.02),
+    ("patch TN↓", 0.28, 0.021),
+    ("patch AP↓", 0.26, 0.019),
+    ("patch AN↓", 0.285, 0.02),
+    ("patch all four ↓ groups", 0.14, 0.016),
+    ("tuning-free edit (α=1, β=1)", 0.2, 0.018),
+]
 
 
 def report(event):
@@ -45,11 +63,21 @@ def main(args: list[str]) -> None:
         if "fail" in label and step == 2:
             report(Failed("the model ran out of patience: try again"))
             sys.exit(2)
-    run = annotations.save_run(cache, {"label": label, "mode": mode, "sets": sets, "positions": "all"},
-                               {"toxicity": 0.25, "recovered": 0.5, "perplexity": 20.0, "f1": 0.2, "neurons": 7,
-                                "probe_change": -0.1, "n_prompts": 4},
-                               [{"prompt": "You are", "base": "a bad word", "patched": "a word", "dpo": "kind"}],
-                               label=label)
+    run = annotations.save_run(
+        cache,
+        {"label": label, "mode": mode, "sets": sets, "positions": "all"},
+        {
+            "toxicity": 0.25,
+            "recovered": 0.5,
+            "perplexity": 20.0,
+            "f1": 0.2,
+            "neurons": 7,
+            "probe_change": -0.1,
+            "n_prompts": 4,
+        },
+        [{"prompt": "You are", "base": "a bad word", "patched": "a word", "dpo": "kind"}],
+        label=label,
+    )
     report(Stored("run", run.run_id, label=label, metrics=run.metrics))
     report(Done())
 
@@ -66,10 +94,23 @@ def preset(cache: str, mode: str) -> None:
     for label, toxicity, sem in FAKE_PRESET:
         done += units
         report(Progress(f"{label}: toxicity", done, total, elapsed=done, eta=total - done))
-        metrics = {"toxicity": toxicity, "toxicity_sem": sem, "recovered": (FAKE_BASE["toxicity"] - toxicity) / gap,
-                   "perplexity": 20.5, "f1": 0.2, "neurons": 128, "probe_change": -0.1, "n_prompts": 4}
-        run = annotations.save_run(cache, {"label": label, "mode": mode, "sets": [], "positions": "newest",
-                                           "baseline": FAKE_BASELINE_KEY}, metrics, [], label=label)
+        metrics = {
+            "toxicity": toxicity,
+            "toxicity_sem": sem,
+            "recovered": (FAKE_BASE["toxicity"] - toxicity) / gap,
+            "perplexity": 20.5,
+            "f1": 0.2,
+            "neurons": 128,
+            "probe_change": -0.1,
+            "n_prompts": 4,
+        }
+        run = annotations.save_run(
+            cache,
+            {"label": label, "mode": mode, "sets": [], "positions": "newest", "baseline": FAKE_BASELINE_KEY},
+            metrics,
+            [],
+            label=label,
+        )
         report(Stored("run", run.run_id, label=label, metrics=run.metrics))
     report(Done())
 

@@ -40,9 +40,16 @@ def test_runs_are_read_and_broken_files_skipped(tmp_path):
     cache = tmp_path / "c.h5"
     runs = tmp_path / "c.h5.annotations" / "runs"
     runs.mkdir(parents=True)
-    (runs / "r1.json").write_text(json.dumps({
-        "created": "2026-01-02", "settings": {"set": "tp"}, "metrics": {"toxicity": 0.2},
-        "samples": [{"prompt": "p", "base": "b", "patched": "x", "dpo": "d"}]}))
+    (runs / "r1.json").write_text(
+        json.dumps(
+            {
+                "created": "2026-01-02",
+                "settings": {"set": "tp"},
+                "metrics": {"toxicity": 0.2},
+                "samples": [{"prompt": "p", "base": "b", "patched": "x", "dpo": "d"}],
+            }
+        )
+    )
     (runs / "broken.json").write_text("{not json")
     [run] = annotations.list_runs(cache)
     assert run.run_id == "r1" and run.metrics == {"toxicity": 0.2} and run.samples[0]["patched"] == "x"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import polars as pl
 
@@ -199,10 +198,16 @@ async def test_runs_empty_state_and_stored_runs(make_app, cache_path, static_tex
         assert "No patching runs yet" in static_text(app.screen.query_one("#run-samples"))
     runs = annotations.sidecar_dir(cache_path) / "runs"
     runs.mkdir(parents=True)
-    (runs / "tp-down.json").write_text(json.dumps({
-        "created": "2026-01-01", "settings": {"set": "tp", "direction": "dpo→base"},
-        "metrics": {"toxicity": 0.31, "perplexity": 21.5},
-        "samples": [{"prompt": "You are", "base": "a jerk", "patched": "kind", "dpo": "nice"}]}))
+    (runs / "tp-down.json").write_text(
+        json.dumps(
+            {
+                "created": "2026-01-01",
+                "settings": {"set": "tp", "direction": "dpo→base"},
+                "metrics": {"toxicity": 0.31, "perplexity": 21.5},
+                "samples": [{"prompt": "You are", "base": "a jerk", "patched": "kind", "dpo": "nice"}],
+            }
+        )
+    )
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("4")

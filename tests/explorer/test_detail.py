@@ -8,8 +8,7 @@ from neuron_explorer.explorer.screens.detail import DetailScreen
 from neuron_explorer.explorer.widgets.neuron_table import NeuronTable
 
 
-async def test_brackets_step_through_the_views_neurons_and_the_table_follows(
-        make_app, wait_until_loaded, static_text):
+async def test_brackets_step_through_the_views_neurons_and_the_table_follows(make_app, wait_until_loaded, static_text):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -31,17 +30,27 @@ async def test_brackets_step_through_the_views_neurons_and_the_table_follows(
 
 
 async def test_the_detail_lists_the_stored_runs_that_patched_the_neuron(
-        cache_path, make_app, wait_until_loaded, static_text):
+    cache_path, make_app, wait_until_loaded, static_text
+):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
         await wait_until_loaded(app, pilot)
         layer, index = app.store.neuron_at(0)
-        annotations.save_run(cache_path, {"label": "with it", "mode": "shift", "neurons": {str(layer): [index, 63]}},
-                             {"toxicity": 0.2, "recovered": 0.25, "neurons": 2}, [], label="with")
-        annotations.save_run(cache_path, {"label": "without it", "mode": "shift",
-                                          "neurons": {str(layer): [i for i in range(64) if i != index]}},
-                             {"toxicity": 0.3, "recovered": 0.0, "neurons": 63}, [], label="without")
+        annotations.save_run(
+            cache_path,
+            {"label": "with it", "mode": "shift", "neurons": {str(layer): [index, 63]}},
+            {"toxicity": 0.2, "recovered": 0.25, "neurons": 2},
+            [],
+            label="with",
+        )
+        annotations.save_run(
+            cache_path,
+            {"label": "without it", "mode": "shift", "neurons": {str(layer): [i for i in range(64) if i != index]}},
+            {"toxicity": 0.3, "recovered": 0.0, "neurons": 63},
+            [],
+            label="without",
+        )
         await pilot.press("enter")
         await wait_until_loaded(app, pilot)
         history = static_text(app.screen.query_one("#detail-history"))

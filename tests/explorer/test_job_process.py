@@ -34,9 +34,15 @@ def finals(posted: list) -> list:
 
 
 def test_events_come_through_and_stray_lines_are_skipped_but_kept():
-    process, posted = run(child("print('a library talks', flush=True)", say(Progress("run", 1, 2)),
-                                "print('{\"not\": \"an event\"}', flush=True)", say(Message("half way")),
-                                say(Done("all stored"))))
+    process, posted = run(
+        child(
+            "print('a library talks', flush=True)",
+            say(Progress("run", 1, 2)),
+            'print(\'{"not": "an event"}\', flush=True)',
+            say(Message("half way")),
+            say(Done("all stored")),
+        )
+    )
     assert [message.event for message in posted] == [Progress("run", 1, 2), Message("half way"), Done("all stored")]
     assert [message.final for message in posted] == [False, False, True]
     assert all(message.process is process for message in posted)
@@ -45,15 +51,22 @@ def test_events_come_through_and_stray_lines_are_skipped_but_kept():
 
 
 def test_bytes_that_are_not_utf8_do_not_stop_the_reader():
-    _, posted = run(child("sys.stdout.buffer.write(bytes([255, 254]) + b' progress bar\\n')", "sys.stdout.flush()",
-                          say(Done())))
+    _, posted = run(
+        child("sys.stdout.buffer.write(bytes([255, 254]) + b' progress bar\\n')", "sys.stdout.flush()", say(Done()))
+    )
     assert [message.event for message in posted] == [Done()]
 
 
 def test_a_child_that_dies_without_a_terminal_event_gives_one_failed_with_its_stderr():
-    process, posted = run(child(say(Progress("run", 1, 2)), "print('chatter', flush=True)",
-                                "print('Traceback (most recent call last):', file=sys.stderr)",
-                                "print('RuntimeError: CUDA out of memory', file=sys.stderr)", "sys.exit(3)"))
+    process, posted = run(
+        child(
+            say(Progress("run", 1, 2)),
+            "print('chatter', flush=True)",
+            "print('Traceback (most recent call last):', file=sys.stderr)",
+            "print('RuntimeError: CUDA out of memory', file=sys.stderr)",
+            "sys.exit(3)",
+        )
+    )
     assert finals(posted) == [Failed("RuntimeError: CUDA out of memory")] and posted[-1].final
     assert process.returncode == 3
 
@@ -73,8 +86,9 @@ def test_the_command_lines_error_prefix_is_dropped():
 def test_done_then_a_nonzero_exit_is_one_done():
     """The child's word stands: what it reported done was stored atomically before it said so, and a crash while it
     shuts down takes nothing back. Its exit code stays readable."""
-    process, posted = run(child(say(Done("stored")), say(Progress("late", 1, 1)), say(Failed("teardown")),
-                                "sys.exit(1)"))
+    process, posted = run(
+        child(say(Done("stored")), say(Progress("late", 1, 1)), say(Failed("teardown")), "sys.exit(1)")
+    )
     assert [message.event for message in posted] == [Done("stored")] and posted[0].final
     assert process.returncode == 1
 
@@ -99,8 +113,12 @@ def test_cancel_gives_one_cancelled():
 def test_a_child_that_ignores_terminate_is_killed(monkeypatch):
     monkeypatch.setattr(job_process, "KILL_GRACE", 0.3)
     posted: list = []
-    process = JobProcess(child("import signal", "signal.signal(signal.SIGTERM, signal.SIG_IGN)",
-                               say(Message("stubborn")), "time.sleep(30)"), posted.append)
+    process = JobProcess(
+        child(
+            "import signal", "signal.signal(signal.SIGTERM, signal.SIG_IGN)", say(Message("stubborn")), "time.sleep(30)"
+        ),
+        posted.append,
+    )
     process.start()
     reader = threading.Thread(target=process.follow)
     reader.start()
@@ -114,19 +132,33 @@ def test_a_child_that_ignores_terminate_is_killed(monkeypatch):
 
 
 def test_a_worker_that_serves_requests_ends_only_with_its_exit():
-    process, posted = run(child(say(Failed("request 1: refused")), say(Cancelled()), say(Done()),
-                                "print('killed by the OOM killer', file=sys.stderr)", "sys.exit(137)"),
-                          serves_requests=True, what="the model worker")
+    process, posted = run(
+        child(
+            say(Failed("request 1: refused")),
+            say(Cancelled()),
+            say(Done()),
+            "print('killed by the OOM killer', file=sys.stderr)",
+            "sys.exit(137)",
+        ),
+        serves_requests=True,
+        what="the model worker",
+    )
     assert [(message.event, message.final) for message in posted] == [
-        (Failed("request 1: refused"), False), (Cancelled(), False), (Done(), False),
-        (Failed("killed by the OOM killer"), True)]
+        (Failed("request 1: refused"), False),
+        (Cancelled(), False),
+        (Done(), False),
+        (Failed("killed by the OOM killer"), True),
+    ]
     assert process.returncode == 137
 
 
 def test_a_worker_reads_what_is_sent_and_stop_is_one_cancelled():
     posted: list = []
-    process = JobProcess(child("for line in sys.stdin:", f"    print({to_json(Message('got'))!r}, flush=True)",
-                               "time.sleep(0.2)"), posted.append, serves_requests=True)
+    process = JobProcess(
+        child("for line in sys.stdin:", f"    print({to_json(Message('got'))!r}, flush=True)", "time.sleep(0.2)"),
+        posted.append,
+        serves_requests=True,
+    )
     process.start()
     reader = threading.Thread(target=process.follow)
     reader.start()

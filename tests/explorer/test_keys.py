@@ -17,7 +17,8 @@ from neuron_explorer.explorer.widgets.neuron_table import NeuronTable
 
 
 async def test_the_lab_opens_with_the_keys_working_and_enter_or_i_starts_typing(
-        make_app, fake_lab_command, wait_for, wait_until_loaded):
+    make_app, fake_lab_command, wait_for, wait_until_loaded
+):
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until_loaded(app, pilot)

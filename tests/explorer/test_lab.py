@@ -9,13 +9,13 @@ import json
 import numpy as np
 from textual.widgets import Input, OptionList, Select
 
+from neuron_explorer.engine.lab.protocol import layer_bins
 from neuron_explorer.explorer.commands import palette_commands
 from neuron_explorer.explorer.job_process import JobState
 from neuron_explorer.explorer.screens.detail import DetailScreen
 from neuron_explorer.explorer.screens.dialogs import ChoiceDialog, PromptDialog
 from neuron_explorer.explorer.screens.lab import LabScreen
 from neuron_explorer.explorer.screens.patch import PatchDialog
-from neuron_explorer.engine.lab.protocol import layer_bins
 from neuron_explorer.explorer.widgets.heat_map import HeatMap, shade
 from neuron_explorer.explorer.widgets.neuron_table import NeuronTable
 
@@ -52,7 +52,8 @@ async def choose(pilot, dialog: ChoiceDialog, key: str) -> None:
 
 
 async def test_a_prompt_shows_three_continuations_their_scores_the_maps_and_its_neurons(
-        make_app, fake_lab_command, wait_for, wait_until_loaded, static_text):
+    make_app, fake_lab_command, wait_for, wait_until_loaded, static_text
+):
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
@@ -85,14 +86,18 @@ async def test_a_prompt_shows_three_continuations_their_scores_the_maps_and_its_
         assert set(first.select("layer", "neuron", "act_pre", "contribution").iter_rows()) == sent  # this prompt's
         for row in first.iter_rows(named=True):  # beside the cache's columns of the same neuron
             cached = app.store.frame.row(row["layer"] * app.store.info.d_mlp + row["neuron"], named=True)
-            assert (row["group"], row["cos_pre"], row["cluster"]) == (cached["group"], cached["cos_pre"],
-                                                                      cached["cluster"])
+            assert (row["group"], row["cos_pre"], row["cluster"]) == (
+                cached["group"],
+                cached["cos_pre"],
+                cached["cluster"],
+            )
         worker = app.lab.process.popen
     assert worker.poll() is not None  # leaving the app stopped (and reaped) the worker
 
 
 async def test_applying_a_group_runs_the_prompt_again_with_that_intervention(
-        make_app, fake_lab_command, wait_for, wait_until_loaded, static_text):
+    make_app, fake_lab_command, wait_for, wait_until_loaded, static_text
+):
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
@@ -126,7 +131,8 @@ async def test_applying_a_group_runs_the_prompt_again_with_that_intervention(
 
 
 async def test_marking_in_the_lab_marks_in_the_store_and_a_patches_the_marked_neurons(
-        make_app, fake_lab_command, wait_for, wait_until_loaded):
+    make_app, fake_lab_command, wait_for, wait_until_loaded
+):
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
@@ -156,7 +162,8 @@ async def test_marking_in_the_lab_marks_in_the_store_and_a_patches_the_marked_ne
 
 
 async def test_s_sorts_the_prompts_neurons_not_the_store_and_enter_opens_the_detail(
-        make_app, fake_lab_command, wait_for, wait_until_loaded):
+    make_app, fake_lab_command, wait_for, wait_until_loaded
+):
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
@@ -178,7 +185,8 @@ async def test_s_sorts_the_prompts_neurons_not_the_store_and_enter_opens_the_det
 
 
 async def test_history_reopens_an_answer_without_recomputing_and_export_writes_it(
-        make_app, fake_lab_command, wait_for, wait_until_loaded, tmp_path, monkeypatch):
+    make_app, fake_lab_command, wait_for, wait_until_loaded, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -220,7 +228,8 @@ async def test_a_picked_cache_prompt_runs(make_app, fake_lab_command, wait_for, 
 
 
 async def test_a_crash_says_why_and_R_restarts_the_worker(
-        make_app, fake_lab_command, wait_for, wait_until_loaded, static_text):
+    make_app, fake_lab_command, wait_for, wait_until_loaded, static_text
+):
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
@@ -238,7 +247,8 @@ async def test_a_crash_says_why_and_R_restarts_the_worker(
 
 
 async def test_escape_cancels_a_running_request_and_a_failed_request_leaves_the_worker_running(
-        make_app, fake_lab_command, wait_for, wait_until_loaded, static_text):
+    make_app, fake_lab_command, wait_for, wait_until_loaded, static_text
+):
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_lab(app, pilot, wait_for, wait_until_loaded)
@@ -257,7 +267,8 @@ async def test_escape_cancels_a_running_request_and_a_failed_request_leaves_the_
 
 
 async def test_a_worker_that_cannot_start_shows_its_message(
-        make_app, fake_lab_command, wait_for, wait_until_loaded, static_text):
+    make_app, fake_lab_command, wait_for, wait_until_loaded, static_text
+):
     app = make_app(lab_command=(*fake_lab_command, "--base", "missing"))
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -274,8 +285,16 @@ async def test_the_palette_offers_the_lab(make_app, fake_lab_command, wait_until
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until_loaded(app, pilot)
         names = {name for name, _, _ in palette_commands(app)}
-        assert {"go: lab", "lab: run prompt…", "lab: pick a cache prompt", "lab: apply marked neurons",
-                "lab: apply group TP↓", "lab: apply cluster 1", "lab: restart worker", "lab: export result"} <= names
+        assert {
+            "go: lab",
+            "lab: run prompt…",
+            "lab: pick a cache prompt",
+            "lab: apply marked neurons",
+            "lab: apply group TP↓",
+            "lab: apply cluster 1",
+            "lab: restart worker",
+            "lab: export result",
+        } <= names
 
 
 def test_heat_map_bins_layers_to_fit_and_shades_by_magnitude():

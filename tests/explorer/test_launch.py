@@ -58,8 +58,14 @@ def test_bad_file_from_the_command_line_is_one_line_and_exit_code_2(tmp_path, ki
 def test_entry_point_in_a_pseudo_terminal(cache_path):
     """Start the real `neuron-explorer FILE` at 80×24, move to the table, sort, open a neuron, quit with q."""
     program, *args = command()
-    child = pexpect.spawn(program, [*args, str(cache_path)], dimensions=(24, 80), encoding="utf-8",
-                          env={**os.environ, "TERM": "xterm-256color"}, timeout=30)
+    child = pexpect.spawn(
+        program,
+        [*args, str(cache_path)],
+        dimensions=(24, 80),
+        encoding="utf-8",
+        env={**os.environ, "TERM": "xterm-256color"},
+        timeout=30,
+    )
     try:
         child.expect("Group shares")  # the overview is on screen
         child.send("2")
@@ -136,8 +142,10 @@ async def test_the_build_screen_follows_the_builds_typed_events(tmp_path, sessio
 
 
 async def test_a_build_that_reports_its_failure_shows_the_reason(tmp_path):
-    script = ("from neuron_explorer.events import Failed, to_json; "
-              "print(to_json(Failed('no space left to write x.h5: free some space')), flush=True); raise SystemExit(2)")
+    script = (
+        "from neuron_explorer.events import Failed, to_json; "
+        "print(to_json(Failed('no space left to write x.h5: free some space')), flush=True); raise SystemExit(2)"
+    )
     app = ExplorerApp(build_target=tmp_path / "never.h5", build_command=(sys.executable, "-c", script))
     async with app.run_test(size=(80, 24)) as pilot:
         await app.workers.wait_for_complete()
@@ -147,8 +155,10 @@ async def test_a_build_that_reports_its_failure_shows_the_reason(tmp_path):
 
 
 async def test_a_failed_build_says_so_and_stays(tmp_path):
-    app = ExplorerApp(build_target=tmp_path / "never.h5",
-                      build_command=(sys.executable, "-c", "print('no model here'); raise SystemExit(3)"))
+    app = ExplorerApp(
+        build_target=tmp_path / "never.h5",
+        build_command=(sys.executable, "-c", "print('no model here'); raise SystemExit(3)"),
+    )
     async with app.run_test(size=(80, 24)) as pilot:
         await app.workers.wait_for_complete()
         await pilot.pause()

@@ -23,7 +23,8 @@ def group_counts(text: str) -> dict[str, int]:
 
 
 async def test_the_overview_the_filter_and_the_patch_dialog_count_one_group_definition(
-        make_app, wait_until_loaded, static_text):
+    make_app, wait_until_loaded, static_text
+):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -53,14 +54,25 @@ async def test_help_explains_every_term_and_column(make_app, wait_until_loaded, 
             await pilot.pause()
             assert isinstance(app.screen, HelpScreen)
             text = static_text(app.screen.query_one("#help-glossary"), width=300)
-            for term in ("T / A", "P / N", "↓ / ↑", "v1 groups", "v3 groups", "v2 share", "ā", "recovered",
-                         "heat maps", *(f"column {column.label} " for column in COLUMNS)):
+            for term in (
+                "T / A",
+                "P / N",
+                "↓ / ↑",
+                "v1 groups",
+                "v3 groups",
+                "v2 share",
+                "ā",
+                "recovered",
+                "heat maps",
+                *(f"column {column.label} " for column in COLUMNS),
+            ):
                 assert term in text, term
             await pilot.press("escape")
 
 
 async def test_the_legend_line_says_what_the_cursor_column_holds_and_sorting_uses_triangles(
-        make_app, wait_until_loaded, static_text):
+    make_app, wait_until_loaded, static_text
+):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -88,7 +100,7 @@ async def test_at_80_columns_the_table_shows_whole_columns_only(make_app, wait_u
         await wait_until_loaded(app, pilot)
         table = app.screen.query_one(NeuronTable)
         labels = {column.label for column in COLUMNS} | {column.label + "▼" for column in COLUMNS}
-        for presses in range(len(COLUMNS)):
+        for _ in range(len(COLUMNS)):
             header = "".join(segment.text for segment in table.render_line(0)).split()
             assert header and set(header) <= labels, header  # a cut column would leave a stub like "c"
             await pilot.press("l")

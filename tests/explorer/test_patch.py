@@ -19,9 +19,9 @@ from neuron_explorer.cli import build_parser
 from neuron_explorer.events import Cancelled, Done, Failed, Progress, Stored
 from neuron_explorer.explorer.job_process import JobState
 from neuron_explorer.explorer.jobs import PatchJob, apply_event, target_request
-from neuron_explorer.spec.intervention import Intervention, Positions
 from neuron_explorer.explorer.screens.patch import JobRow, PatchDialog
 from neuron_explorer.explorer.screens.runs import RunsScreen
+from neuron_explorer.spec.intervention import Intervention, Positions
 
 
 async def launch(pilot, app, source: str, label: str | None = None, mode: str | None = None) -> None:
@@ -39,7 +39,8 @@ async def launch(pilot, app, source: str, label: str | None = None, mode: str | 
 
 
 async def test_dialog_launches_a_background_run_that_appears_beside_base_and_dpo(
-        cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded, static_text):
+    cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded, static_text
+):
     app = make_app(patch_command=fake_patch_command)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -66,7 +67,8 @@ async def test_dialog_launches_a_background_run_that_appears_beside_base_and_dpo
 
 @pytest.mark.slow  # its stand-in job runs for seconds on purpose
 async def test_the_interface_stays_responsive_and_c_cancels_a_run(
-        cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded, static_text):
+    cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded, static_text
+):
     app = make_app(patch_command=fake_patch_command)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -91,7 +93,8 @@ async def test_the_interface_stays_responsive_and_c_cancels_a_run(
 
 
 async def test_a_failed_run_shows_its_error_and_leaves_the_file_intact(
-        cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded, static_text):
+    cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded, static_text
+):
     before = sha256_file(cache_path)
     app = make_app(patch_command=fake_patch_command)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -109,7 +112,8 @@ async def test_a_failed_run_shows_its_error_and_leaves_the_file_intact(
 
 
 async def test_two_runs_at_once_never_corrupt_each_other(
-        cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded):
+    cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded
+):
     app = make_app(patch_command=fake_patch_command)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -126,7 +130,8 @@ async def test_two_runs_at_once_never_corrupt_each_other(
 
 
 async def test_patching_the_marked_selection_passes_a_temporary_set_file_and_removes_it(
-        cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded):
+    cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded
+):
     app = make_app(patch_command=fake_patch_command)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -151,7 +156,8 @@ async def test_patching_the_marked_selection_passes_a_temporary_set_file_and_rem
 
 
 async def test_patch_without_a_target_explains_itself_and_palette_offers_patch_commands(
-        make_app, fake_patch_command, wait_until_loaded):
+    make_app, fake_patch_command, wait_until_loaded
+):
     from neuron_explorer.explorer.commands import palette_commands
 
     app = make_app(patch_command=fake_patch_command)
@@ -193,12 +199,21 @@ async def test_dialog_rejects_bad_numbers(make_app, fake_patch_command, wait_unt
 
 
 # Each mode's parameters, written out by hand: what the dialog must show when the mode is chosen.
-PARAMETERS = {"shift": {"alpha"}, "patch-live": set(), "patch-mean": set(), "scale": {"factor"}, "constant": {"value"},
-              "zero-ablate": set(), "mean-ablate": set(), "tuning-free": {"alpha", "beta"}}
+PARAMETERS = {
+    "shift": {"alpha"},
+    "patch-live": set(),
+    "patch-mean": set(),
+    "scale": {"factor"},
+    "constant": {"value"},
+    "zero-ablate": set(),
+    "mean-ablate": set(),
+    "tuning-free": {"alpha", "beta"},
+}
 
 
 async def test_the_dialog_shows_only_the_chosen_modes_fields_and_passes_them_on(
-        cache_path, make_app, fake_patch_command, wait_until_loaded):
+    cache_path, make_app, fake_patch_command, wait_until_loaded
+):
     app = make_app(patch_command=fake_patch_command)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -211,8 +226,11 @@ async def test_the_dialog_shows_only_the_chosen_modes_fields_and_passes_them_on(
         for mode, expected in PARAMETERS.items():
             select.value = mode
             await pilot.pause()
-            shown = {widget.id.removeprefix(f"param-{mode}-") for widget in dialog.query(Input)
-                     if widget.id.startswith("param-") and widget.region.area > 0}
+            shown = {
+                widget.id.removeprefix(f"param-{mode}-")
+                for widget in dialog.query(Input)
+                if widget.id.startswith("param-") and widget.region.area > 0
+            }
             assert shown == expected, mode
         select.value = "tuning-free"
         await pilot.pause()
@@ -225,8 +243,9 @@ async def test_the_dialog_shows_only_the_chosen_modes_fields_and_passes_them_on(
 
 
 def test_job_events_and_argv(monkeypatch):
-    request = target_request("TP↓", ["group:TP↓"], 10, mode="scale").chosen("scale", Positions.NEWEST,
-                                                                            {"factor": "0.25"}, None)
+    request = target_request("TP↓", ["group:TP↓"], 10, mode="scale").chosen(
+        "scale", Positions.NEWEST, {"factor": "0.25"}, None
+    )
     argv = request.argv(Path("x.h5"))
     assert request.name() == "scale TP↓ (10)"
     assert argv[:3] == ["x.h5", "--set", "group:TP↓"] and argv[argv.index("--factor") + 1] == "0.25"

@@ -9,7 +9,6 @@ import math
 import pytest
 from textual.widgets import DataTable, ProgressBar, Select
 
-from neuron_explorer.spec.intervention import PaperPreset
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.schema import RUN_METRICS
 from neuron_explorer.cli import build_parser
@@ -19,6 +18,7 @@ from neuron_explorer.explorer.screens.patch import JobRow, PatchDialog
 from neuron_explorer.explorer.screens.runs import FORMATS, HEADERS, HIDDEN, PREFERRED, RunsScreen
 from neuron_explorer.explorer.widgets.recovered_chart import RecoveredChart, chart_line
 from neuron_explorer.figures import RecoveredRow
+from neuron_explorer.spec.intervention import PaperPreset
 
 from .fake_patch_job import FAKE_BASE, FAKE_DPO, FAKE_PRESET
 
@@ -36,7 +36,8 @@ async def run_paper_comparison(app, pilot, wait_for) -> None:
 
 
 async def test_P_on_the_empty_runs_screen_runs_the_papers_comparison_as_one_job(
-        cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded, static_text):
+    cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded, static_text
+):
     app = make_app(patch_command=fake_patch_command)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -61,8 +62,10 @@ async def test_P_on_the_empty_runs_screen_runs_the_papers_comparison_as_one_job(
         assert bar.total == bar.progress == 4 * (2 + len(FAKE_PRESET))
         table = screen.query_one("#runs-table", DataTable)
         assert table.row_count == 2 + len(FAKE_PRESET) and table.fixed_columns == 1
-        cells = {str(table.get_row_at(row)[0]): [str(cell) for cell in table.get_row_at(row)]
-                 for row in range(table.row_count)}
+        cells = {
+            str(table.get_row_at(row)[0]): [str(cell) for cell in table.get_row_at(row)]
+            for row in range(table.row_count)
+        }
         columns = [str(column.label) for column in table.columns.values()]
         assert columns[:3] == ["name", "toxicity ± s.e.", "recovered"]
         for label, toxicity, sem in FAKE_PRESET:
@@ -73,8 +76,14 @@ async def test_P_on_the_empty_runs_screen_runs_the_papers_comparison_as_one_job(
         gap = FAKE_BASE["toxicity"] - FAKE_DPO["toxicity"]
         for label, toxicity, sem in FAKE_PRESET:
             recovered = (FAKE_BASE["toxicity"] - toxicity) / gap
-            error = math.sqrt(sem ** 2 + (1 - recovered) ** 2 * FAKE_BASE["toxicity_sem"] ** 2
-                              + recovered ** 2 * FAKE_DPO["toxicity_sem"] ** 2) / gap
+            error = (
+                math.sqrt(
+                    sem**2
+                    + (1 - recovered) ** 2 * FAKE_BASE["toxicity_sem"] ** 2
+                    + recovered**2 * FAKE_DPO["toxicity_sem"] ** 2
+                )
+                / gap
+            )
             line = next(line for line in chart.splitlines() if line.startswith(label[:20]))
             assert line.rstrip().endswith(f"{recovered:+.0%} ± {error:.1%}"), line
 
@@ -99,7 +108,8 @@ def test_a_chart_line_puts_the_bar_and_the_whisker_where_the_numbers_say():
 
 
 async def test_n_renames_and_d_deletes_the_highlighted_run(
-        cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded):
+    cache_path, make_app, fake_patch_command, wait_for, wait_until_loaded
+):
     app = make_app(patch_command=fake_patch_command)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -137,7 +147,8 @@ async def test_n_renames_and_d_deletes_the_highlighted_run(
 
 
 async def test_the_palette_the_patch_dialog_and_the_lab_picker_offer_the_papers_targets(
-        cache_path, make_app, fake_patch_command, fake_lab_command, wait_for, wait_until_loaded):
+    cache_path, make_app, fake_patch_command, fake_lab_command, wait_for, wait_until_loaded
+):
     app = make_app(patch_command=fake_patch_command, lab_command=fake_lab_command)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -169,7 +180,8 @@ async def test_the_palette_the_patch_dialog_and_the_lab_picker_offer_the_papers_
 
 @pytest.mark.parametrize("where", ["runs", "detail"])
 async def test_user_text_that_looks_like_markup_is_shown_as_it_is(
-        cache_path, make_app, wait_until_loaded, static_text, where):
+    cache_path, make_app, wait_until_loaded, static_text, where
+):
     """A prompt or label holding "[/INST]" or "[bold]" once crashed the Runs and detail screens."""
     import h5py
 
@@ -178,8 +190,13 @@ async def test_user_text_that_looks_like_markup_is_shown_as_it_is(
         texts = file["prompts/text"].asstr()[:]
         del file["prompts/text"]
         file.create_dataset("prompts/text", data=[hostile] * len(texts), dtype=h5py.string_dtype())
-    annotations.save_run(cache_path, {"label": "[/INST] run", "sets": ["[/x]"]}, {"toxicity": 0.2},
-                         [{"prompt": hostile, "base": "[/b]", "patched": "[red]", "dpo": "[/]"}], label="hostile")
+    annotations.save_run(
+        cache_path,
+        {"label": "[/INST] run", "sets": ["[/x]"]},
+        {"toxicity": 0.2},
+        [{"prompt": hostile, "base": "[/b]", "patched": "[red]", "dpo": "[/]"}],
+        label="hostile",
+    )
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until_loaded(app, pilot)

@@ -8,18 +8,21 @@ SIZES = [(80, 24), (120, 40)]
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
-@pytest.mark.parametrize("screen,keys", [
-    ("overview", ()),
-    ("overview_v3", ("v",)),
-    ("filter_dialog", ("2", "f")),
-    ("neurons", ("2",)),
-    ("neurons_filtered", ("2", "plus", "l", "s")),
-    ("detail", ("2", "enter")),
-    ("clusters", ("3",)),
-    ("runs", ("4",)),
-    ("help", ("2", "question_mark")),
-    ("beyond", ("6",)),
-])
+@pytest.mark.parametrize(
+    "screen,keys",
+    [
+        ("overview", ()),
+        ("overview_v3", ("v",)),
+        ("filter_dialog", ("2", "f")),
+        ("neurons", ("2",)),
+        ("neurons_filtered", ("2", "plus", "l", "s")),
+        ("detail", ("2", "enter")),
+        ("clusters", ("3",)),
+        ("runs", ("4",)),
+        ("help", ("2", "question_mark")),
+        ("beyond", ("6",)),
+    ],
+)
 def test_screen(snap_compare, make_app, wait_until_loaded, size, screen, keys):
     async def run_before(pilot) -> None:
         await wait_until_loaded(pilot.app, pilot)
@@ -51,8 +54,9 @@ def test_lab_screen(snap_compare, make_app, fake_lab_command, wait_until_loaded,
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
-def test_runs_after_the_papers_comparison(snap_compare, make_app, fake_patch_command, wait_until_loaded, wait_for,
-                                          size):
+def test_runs_after_the_papers_comparison(
+    snap_compare, make_app, fake_patch_command, wait_until_loaded, wait_for, size
+):
     """The Runs screen once `P` has run the papers' comparison (the stand-in job): toxicity ± s.e., the chart."""
     app = make_app(patch_command=fake_patch_command)
 

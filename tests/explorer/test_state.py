@@ -109,12 +109,21 @@ def test_export_csv_and_parquet_keep_the_view_order(store, tmp_path):
 def awkward_values(dtype, n: int, rng: np.random.Generator) -> pl.Series:
     """Ties, nulls, and for floats NaN, ±inf, -0.0 and 0.0, subnormals and extremes."""
     if dtype in (pl.Float32, pl.Float64):
-        pool = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.5, -1.5],
-                        dtype=np.float32)
+        pool = np.array(
+            [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.5, -1.5], dtype=np.float32
+        )
         data = np.where(rng.random(n) < 0.3, rng.choice(pool, n), rng.normal(size=n).astype(np.float32))
     else:
-        info = np.iinfo({pl.Int8: np.int8, pl.Int16: np.int16, pl.Int32: np.int32, pl.UInt8: np.uint8,
-                         pl.UInt16: np.uint16, pl.UInt32: np.uint32}[dtype])
+        info = np.iinfo(
+            {
+                pl.Int8: np.int8,
+                pl.Int16: np.int16,
+                pl.Int32: np.int32,
+                pl.UInt8: np.uint8,
+                pl.UInt16: np.uint16,
+                pl.UInt32: np.uint32,
+            }[dtype]
+        )
         data = rng.integers(info.min, info.max, n, endpoint=True)
         data = np.where(rng.random(n) < 0.3, rng.choice([info.min, info.max, 0, 1], n), data)
     series = pl.Series("x", data).cast(dtype, strict=False)

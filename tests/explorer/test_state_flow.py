@@ -6,11 +6,11 @@ from __future__ import annotations
 from textual.widgets import DataTable
 
 from neuron_explorer.explorer.jobs import PatchRequest
-from neuron_explorer.spec.intervention import Intervention
 from neuron_explorer.explorer.screens.detail import DetailScreen
 from neuron_explorer.explorer.screens.dialogs import ErrorDialog
 from neuron_explorer.explorer.screens.runs import RunsScreen
 from neuron_explorer.explorer.widgets.neuron_table import NeuronTable
+from neuron_explorer.spec.intervention import Intervention
 
 
 async def test_a_mark_made_on_the_detail_screen_shows_on_the_neuron_screen(make_app, wait_until_loaded, static_text):
@@ -32,7 +32,8 @@ async def test_a_mark_made_on_the_detail_screen_shows_on_the_neuron_screen(make_
 
 
 async def test_the_runs_table_keeps_the_keyboard_when_a_run_finishes_on_the_runs_screen(
-        make_app, fake_patch_command, wait_for, wait_until_loaded):
+    make_app, fake_patch_command, wait_for, wait_until_loaded
+):
     app = make_app(patch_command=fake_patch_command)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until_loaded(app, pilot)
@@ -49,8 +50,7 @@ async def test_the_runs_table_keeps_the_keyboard_when_a_run_finishes_on_the_runs
         assert app.focused is table
 
 
-async def test_a_worker_that_raises_opens_an_error_dialog_and_the_app_goes_on(make_app, wait_until_loaded,
-                                                                              monkeypatch):
+async def test_a_worker_that_raises_opens_an_error_dialog_and_the_app_goes_on(make_app, wait_until_loaded, monkeypatch):
     app = make_app()
 
     def broken(layer, index):

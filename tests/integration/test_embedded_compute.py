@@ -3,7 +3,6 @@ input weights of a few neurons were scaled, with the toxic-embedding probe."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -25,11 +24,19 @@ def tuned_copy(embedded_model, edited_copy, tmp_path_factory):
 
 
 def test_compute_on_the_embedded_pair(tuned_copy, tmp_path):
-    settings = ComputeSettings(base="embedded", tuned=str(tuned_copy), probe="toxic-embedding",
-                               prompts="builtin:heldout", max_prompts=12,
-                               recording=RecordingSettings(new_tokens=8, batch_size=6, shared_continuation=True),
-                               output=tmp_path / "embedded.h5", device="cpu",
-                               dtype="float32", cluster_top_k=300, n_clusters=6)
+    settings = ComputeSettings(
+        base="embedded",
+        tuned=str(tuned_copy),
+        probe="toxic-embedding",
+        prompts="builtin:heldout",
+        max_prompts=12,
+        recording=RecordingSettings(new_tokens=8, batch_size=6, shared_continuation=True),
+        output=tmp_path / "embedded.h5",
+        device="cpu",
+        dtype="float32",
+        cluster_top_k=300,
+        n_clusters=6,
+    )
     result = run_compute(settings)
     with CacheReader(result.path) as reader:
         assert (reader.info.n_layers, reader.info.d_mlp, reader.info.d_model) == (30, 1536, 576)

@@ -13,8 +13,10 @@ class Asked(Exception):
     pass
 
 
-@pytest.mark.parametrize("options, mode", [(["--set", "group:TP↓"], "shift"), ([], None),
-                                           (["--set", "group:TP↓", "--mode", "scale"], "scale")])
+@pytest.mark.parametrize(
+    "options, mode",
+    [(["--set", "group:TP↓"], "shift"), ([], None), (["--set", "group:TP↓", "--mode", "scale"], "scale")],
+)
 def test_lab_set_without_mode_takes_the_patch_default(tmp_path, monkeypatch, options, mode):
     cache = build_synthetic_cache(tmp_path / "synthetic.h5")
     asked = []

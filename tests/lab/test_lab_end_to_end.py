@@ -36,8 +36,14 @@ def test_a_prompt_in_the_lab_screen_is_answered_by_the_real_worker(tiny_cache, t
     cache = tmp_path / "tiny.h5"
     shutil.copyfile(tiny_cache, cache)
     program, *args = command()
-    child = pexpect.spawn(program, [*args, str(cache)], dimensions=(24, 80), encoding="utf-8", timeout=120,
-                          env={**os.environ, "TERM": "xterm-256color", "OMP_NUM_THREADS": "1"})
+    child = pexpect.spawn(
+        program,
+        [*args, str(cache)],
+        dimensions=(24, 80),
+        encoding="utf-8",
+        timeout=120,
+        env={**os.environ, "TERM": "xterm-256color", "OMP_NUM_THREADS": "1"},
+    )
     try:
         child.expect("Group shares")
         child.send("5")

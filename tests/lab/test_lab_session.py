@@ -21,9 +21,12 @@ PROTOCOLS = ["generated", "predicting", "prompt", "all"]
 @pytest.fixture(scope="module")
 def caches(pairs, compute_cache):
     """A real cache of the tiny Llama pair per position protocol, and one of the GPT-2 pair."""
-    out = {("llama", positions): compute_cache(*pairs["llama"], f"lab-llama-{positions}.h5",
-                                                  recording=RecordingSettings(new_tokens=5, positions=positions))
-           for positions in PROTOCOLS}
+    out = {
+        ("llama", positions): compute_cache(
+            *pairs["llama"], f"lab-llama-{positions}.h5", recording=RecordingSettings(new_tokens=5, positions=positions)
+        )
+        for positions in PROTOCOLS
+    }
     out[("gpt2", "generated")] = compute_cache(*pairs["gpt2"], "lab-gpt2.h5")
     return out
 
@@ -47,8 +50,9 @@ def bias_projections(path) -> dict[str, np.ndarray]:
         return {model: handle[f"layers/bias_proj_{model}"][:] for model in ("pre", "dpo")}
 
 
-@pytest.mark.parametrize("key", [("llama", p) for p in PROTOCOLS] + [("gpt2", "generated")],
-                         ids=lambda key: "-".join(key))
+@pytest.mark.parametrize(
+    "key", [("llama", p) for p in PROTOCOLS] + [("gpt2", "generated")], ids=lambda key: "-".join(key)
+)
 def test_lab_activations_of_a_cache_prompt_equal_its_stored_row(key, caches, sessions):
     session = sessions[key]
     texts = session.reader.prompt_texts()
@@ -59,12 +63,14 @@ def test_lab_activations_of_a_cache_prompt_equal_its_stored_row(key, caches, ses
             lab = result.runs[run].act_mean
             scale = np.abs(stored[model]).max()
             # float16 storage: a relative error of 2^-11, and the cache's batched pass vs this single prompt
-            np.testing.assert_allclose(lab, stored[model], rtol=2e-3, atol=2e-3 * scale,
-                                       err_msg=f"{key} prompt {index} {run}")
+            np.testing.assert_allclose(
+                lab, stored[model], rtol=2e-3, atol=2e-3 * scale, err_msg=f"{key} prompt {index} {run}"
+            )
 
 
-@pytest.mark.parametrize("key", [("llama", p) for p in PROTOCOLS] + [("gpt2", "generated")],
-                         ids=lambda key: "-".join(key))
+@pytest.mark.parametrize(
+    "key", [("llama", p) for p in PROTOCOLS] + [("gpt2", "generated")], ids=lambda key: "-".join(key)
+)
 def test_sum_of_the_prompts_contributions_is_the_mlp_write_its_lens_measured(key, caches, sessions):
     """Σ_i P_i + b·ŵ (from the recorder's means and the cache's p) equals the mean of the MLP writes · ŵ that the lens
     read at the protocol's positions: two different hooks, one identity (METHOD §2)."""
@@ -119,8 +125,10 @@ def test_a_real_intervention_acts_on_the_patched_run_only(sessions):
     result = session.answer(RunRequest(2, "I hate you", Intervention("zero-ablate", ("layer:1",))))
     patched = result.runs["patched"]
     assert np.all(patched.act_mean[1] == 0) and np.any(result.runs["base"].act_mean[1] != 0)
-    np.testing.assert_array_equal(patched.lens_residual[0, :len(result.prompt_tokens)],
-                                  result.runs["base"].lens_residual[0, :len(result.prompt_tokens)])
+    np.testing.assert_array_equal(
+        patched.lens_residual[0, : len(result.prompt_tokens)],
+        result.runs["base"].lens_residual[0, : len(result.prompt_tokens)],
+    )
     np.testing.assert_array_equal(result.runs["dpo"].act_mean, plain.runs["dpo"].act_mean)
     # the base run now shares a batch with the patched run: the same numbers, but for the rounding of other shapes
     np.testing.assert_allclose(result.runs["base"].act_mean, plain.runs["base"].act_mean, rtol=1e-5, atol=1e-7)
@@ -136,8 +144,9 @@ def test_the_labs_default_subtraction_is_fitted_on_the_prompt_and_says_in_sample
     session = sessions[("llama", "generated")]
     result = session.answer(RunRequest(3, "You pathetic loser", Intervention("subtract")))
     n_prompt = len(result.prompt_tokens)
-    change = (np.mean(result.runs["base"].lens_residual[-1, n_prompt:])
-              - np.mean(result.runs["dpo"].lens_residual[-1, n_prompt:]))
+    change = np.mean(result.runs["base"].lens_residual[-1, n_prompt:]) - np.mean(
+        result.runs["dpo"].lens_residual[-1, n_prompt:]
+    )
     assert result.intervention["params"]["alpha"] == pytest.approx(change, rel=1e-6)
     assert "in sample" in result.intervention["alpha_fitted_on"]
     given = session.answer(RunRequest(4, "You pathetic loser", Intervention("subtract", params={"alpha": 0.5})))
@@ -148,8 +157,9 @@ def test_a_lab_on_other_tuned_weights_than_the_caches_warns_in_one_line(caches, 
     base, _ = pairs["llama"]
     other = edited_copy(base, tmp_path / "other-tuned", noise=0.05)
     events = []
-    with LabSession(caches[("llama", "generated")], tuned=str(other), device="cpu", dtype="float32",
-                    report=events.append):
+    with LabSession(
+        caches[("llama", "generated")], tuned=str(other), device="cpu", dtype="float32", report=events.append
+    ):
         pass
     warnings = [e.text for e in events if getattr(e, "level", "") == "warning"]
     assert len(warnings) == 1 and warnings[0].startswith("warning: the tuned model's weights")
@@ -175,10 +185,13 @@ def test_top_neurons_are_the_largest_by_delta_and_by_shift(sessions):
     assert result.to_dict()["totals"]["net"] == pytest.approx(contribution.sum())
 
 
-@pytest.mark.parametrize("request_,message", [  # the intervention's own checks: tests/test_spec_intervention.py
-    (RunRequest(1, "x", Intervention("scale", ("group:nope",))), "group"),
-    (RunRequest(1, "x", Intervention("scale", ("layer:99",))), "out of range"),
-])
+@pytest.mark.parametrize(
+    "request_,message",
+    [  # the intervention's own checks: tests/test_spec_intervention.py
+        (RunRequest(1, "x", Intervention("scale", ("group:nope",))), "group"),
+        (RunRequest(1, "x", Intervention("scale", ("layer:99",))), "out of range"),
+    ],
+)
 def test_a_bad_request_is_one_line_before_any_model_runs(request_, message, sessions):
     with pytest.raises(UserError, match=message) as caught:
         sessions[("llama", "generated")].answer(request_)

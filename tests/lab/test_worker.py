@@ -14,11 +14,11 @@ import time
 import pytest
 
 from neuron_explorer.engine.lab.protocol import CancelRequest, QuitRequest, RunRequest, parse_request
-from neuron_explorer.spec.intervention import Intervention, Positions
 from neuron_explorer.engine.lab.session import LabSession
 from neuron_explorer.engine.lab.worker import serve
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Failed, Progress, Ready, from_json
+from neuron_explorer.spec.intervention import Intervention, Positions
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,11 @@ def test_requests_are_answered_in_order_and_bad_lines_fail_alone(session):
     assert isinstance(next_of(events, (Ready,)), Ready)
     lines.put("this is not json\n")
     lines.put(RunRequest(1, "You are a stupid").to_json())
-    lines.put(json.dumps({"request": "run", "id": 2, "prompt": "x",
-                          "intervention": {"mode": "scale", "sets": ["group:nope"]}}))
+    lines.put(
+        json.dumps(
+            {"request": "run", "id": 2, "prompt": "x", "intervention": {"mode": "scale", "sets": ["group:nope"]}}
+        )
+    )
     lines.put(RunRequest(3, "The river runs", Intervention("zero-ablate", ("layer:0",))).to_json())
     lines.put(json.dumps({"request": "run", "id": 4, "prompt": "x", "intervention": {"mode": "no-such-mode"}}))
     lines.put(QuitRequest().to_json())
@@ -112,25 +115,33 @@ def test_a_cancel_stops_the_running_request_and_skips_a_queued_one(session, monk
     assert isinstance(outcomes[2], Answer) and outcomes[2].request == 3
 
 
-@pytest.mark.parametrize("line,message", [
-    ("[1, 2]", "not a JSON object"),
-    ('{"request": "dance"}', "unknown lab request"),
-    ('{"request": "run", "prompt": "x"}', "integer id"),
-    ('{"request": "run", "id": 1, "prompt": "  "}', "non-empty prompt"),
-    ('{"request": "run", "id": 1, "prompt": "x", "colour": "red"}', "takes no colour"),
-    ('{"request": "run", "id": 1, "prompt": "x", "sets": ["group:TP↓"]}', "takes no sets"),
-    ('{"request": "run", "id": 1, "prompt": "x", "intervention": {"mode": "shift", "sets": "group:TP↓"}}', "list"),
-    ('{"request": "run", "id": 1, "prompt": "x", "intervention": "shift"}', "must be an object"),
-    ('{"request": "run", "id": 1, "prompt": "x", "top": 0}', "positive integer"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("[1, 2]", "not a JSON object"),
+        ('{"request": "dance"}', "unknown lab request"),
+        ('{"request": "run", "prompt": "x"}', "integer id"),
+        ('{"request": "run", "id": 1, "prompt": "  "}', "non-empty prompt"),
+        ('{"request": "run", "id": 1, "prompt": "x", "colour": "red"}', "takes no colour"),
+        ('{"request": "run", "id": 1, "prompt": "x", "sets": ["group:TP↓"]}', "takes no sets"),
+        ('{"request": "run", "id": 1, "prompt": "x", "intervention": {"mode": "shift", "sets": "group:TP↓"}}', "list"),
+        ('{"request": "run", "id": 1, "prompt": "x", "intervention": "shift"}', "must be an object"),
+        ('{"request": "run", "id": 1, "prompt": "x", "top": 0}', "positive integer"),
+    ],
+)
 def test_a_malformed_request_line_is_one_clear_error(line, message):
     with pytest.raises(UserError, match=message):
         parse_request(line)
 
 
 def test_requests_survive_their_round_trip():
-    request = RunRequest(4, "Tu es un idiot ∪ ā", Intervention("scale", ("group:TP↓", "ids:L1/N2"), Positions.NEWEST,
-                                                               {"factor": 0.5}, label="ā"), top=7, full=True)
+    request = RunRequest(
+        4,
+        "Tu es un idiot ∪ ā",
+        Intervention("scale", ("group:TP↓", "ids:L1/N2"), Positions.NEWEST, {"factor": 0.5}, label="ā"),
+        top=7,
+        full=True,
+    )
     assert parse_request(request.to_json()) == request
     assert parse_request(RunRequest(5, "plain").to_json()) == RunRequest(5, "plain")
     assert parse_request(CancelRequest(4).to_json()) == CancelRequest(4)
@@ -141,9 +152,14 @@ def test_requests_survive_their_round_trip():
 def test_the_worker_through_the_real_entry_point(tiny_cache, tmp_path):
     """`python -m neuron_explorer lab FILE --serve`: loading progress, ready, an answer, a clean exit on quit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "neuron_explorer", "lab", str(tiny_cache), "--serve",
-                                "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neuron_explorer", "lab", str(tiny_cache), "--serve", "--device", "cpu"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     request = RunRequest(1, "You pathetic loser", Intervention("shift", ("group:TP↓",)))
     process.stdin.write(request.to_json() + "\n")
     process.stdin.write(QuitRequest().to_json() + "\n")
@@ -165,9 +181,14 @@ def test_a_worker_whose_model_is_missing_says_so_and_exits(pairs, compute_cache,
     shutil.copytree(base, moved)
     cache = compute_cache(moved, tuned, "lab-missing.h5")
     shutil.rmtree(moved)
-    process = subprocess.run([sys.executable, "-m", "neuron_explorer", "lab", str(cache), "--serve"],
-                             input="", capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = subprocess.run(
+        [sys.executable, "-m", "neuron_explorer", "lab", str(cache), "--serve"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert process.returncode == 2
     events = [from_json(line) for line in process.stdout.splitlines() if line.startswith("{")]
     assert isinstance(events[-1], Failed) and str(moved) in events[-1].message
@@ -177,10 +198,29 @@ def test_a_worker_whose_model_is_missing_says_so_and_exits(pairs, compute_cache,
 @pytest.mark.slow
 def test_the_lab_command_prints_tables_and_writes_json(tiny_cache, tmp_path):
     target = tmp_path / "lab.json"
-    process = subprocess.run([sys.executable, "-m", "neuron_explorer", "lab", str(tiny_cache), "--prompt",
-                              "Get lost, you fool", "--set", "group:TP↓", "--mode", "scale", "--factor", "0",
-                              "--json", str(target)], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"})
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neuron_explorer",
+            "lab",
+            str(tiny_cache),
+            "--prompt",
+            "Get lost, you fool",
+            "--set",
+            "group:TP↓",
+            "--mode",
+            "scale",
+            "--factor",
+            "0",
+            "--json",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"},
+    )
     assert process.returncode == 0, process.stderr
     for text in ("continuations", "base", "dpo", "patched", "top neurons by Δ", "residual stream"):
         assert text in process.stdout

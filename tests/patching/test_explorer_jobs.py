@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 from textual.widgets import DataTable
@@ -10,11 +11,9 @@ from textual.widgets import DataTable
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.provenance import sha256_file
 from neuron_explorer.explorer.app import ExplorerApp
-from dataclasses import replace
-
 from neuron_explorer.explorer.jobs import PatchRequest, paper_request
-from neuron_explorer.spec.intervention import Intervention
 from neuron_explorer.explorer.state import Store
+from neuron_explorer.spec.intervention import Intervention
 
 
 @pytest.mark.slow  # a real process: the fast lane (pytest -m 'not slow') skips it
@@ -25,9 +24,24 @@ async def test_a_real_patch_run_from_the_explorer(cache_copy, monkeypatch):
     try:
         async with app.run_test(size=(120, 40)) as pilot:
             await app.workers.wait_for_complete()
-            request = PatchRequest("group TP↓", 0, Intervention("patch-mean", ("group:TP↓",)), max_prompts=3,
-                                   extra=("--ppl-window", "32", "--ppl-windows", "2", "--f1-items", "3",
-                                          "--new-tokens", "4", "--batch-size", "2"))
+            request = PatchRequest(
+                "group TP↓",
+                0,
+                Intervention("patch-mean", ("group:TP↓",)),
+                max_prompts=3,
+                extra=(
+                    "--ppl-window",
+                    "32",
+                    "--ppl-windows",
+                    "2",
+                    "--f1-items",
+                    "3",
+                    "--new-tokens",
+                    "4",
+                    "--batch-size",
+                    "2",
+                ),
+            )
             job = app.start_patch(request)  # its progress below can only come from the command's JSON events
             await pilot.press("4")
             deadline = time.monotonic() + 240
@@ -54,9 +68,22 @@ async def test_the_papers_comparison_from_the_explorer_is_one_job(cache_copy, mo
     try:
         async with app.run_test(size=(80, 24)) as pilot:
             await app.workers.wait_for_complete()
-            request = replace(paper_request(), max_prompts=2,
-                              extra=("--ppl-window", "16", "--ppl-windows", "1", "--f1-items", "1",
-                                     "--new-tokens", "2", "--batch-size", "2"))
+            request = replace(
+                paper_request(),
+                max_prompts=2,
+                extra=(
+                    "--ppl-window",
+                    "16",
+                    "--ppl-windows",
+                    "1",
+                    "--f1-items",
+                    "1",
+                    "--new-tokens",
+                    "2",
+                    "--batch-size",
+                    "2",
+                ),
+            )
             job = app.start_patch(request)
             await pilot.press("4")
             deadline = time.monotonic() + 500

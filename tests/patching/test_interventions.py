@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_explorer.engine.patching import interventions as iv
-from neuron_explorer.engine.patching.modes import MODES
 from neuron_explorer.engine.measure.evaluation import perplexity
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens
 from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.engine.patching import interventions as iv
+from neuron_explorer.engine.patching.modes import MODES
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
 from neuron_explorer.errors import UserError
 
@@ -102,8 +102,10 @@ def mlp_outputs(loaded, **kwargs) -> tuple[dict[int, torch.Tensor], torch.Tensor
     def keep(layer):
         return lambda module, args, output: seen.__setitem__(layer, output.detach().clone())
 
-    with forward_hooks([(arch.out_proj(model, layer), keep(layer)) for layer in range(arch.n_layers(model))]), \
-            torch.no_grad():
+    with (
+        forward_hooks([(arch.out_proj(model, layer), keep(layer)) for layer in range(arch.n_layers(model))]),
+        torch.no_grad(),
+    ):
         logits = model(**kwargs).logits
     return seen, logits
 
@@ -172,12 +174,15 @@ def test_each_mode_at_every_position_equals_the_same_edit_made_on_a_copy_of_the_
         return {layer: (idx, values(layer, idx)) for layer, idx in chosen.items()}
 
     cases = [
-        (iv.patch_mean(base, selection, target), dict(clamp=per_layer(lambda l, i: target[l, i]))),
-        (iv.mean_ablate(base, selection, target), dict(clamp=per_layer(lambda l, i: target[l, i]))),
-        (iv.set_constant(base, selection, 1.5), dict(clamp=per_layer(lambda l, i: np.full(len(i), 1.5)))),
-        (iv.zero_ablate(base, selection), dict(clamp=per_layer(lambda l, i: np.zeros(len(i))))),
-        (iv.add_shift(base, selection, target, alpha=0.7), dict(shift=per_layer(lambda l, i: -0.7 * target[l, i]))),
-        (iv.scale(base, selection, 0.3), dict(factor=per_layer(lambda l, i: 0.3))),
+        (iv.patch_mean(base, selection, target), dict(clamp=per_layer(lambda layer, i: target[layer, i]))),
+        (iv.mean_ablate(base, selection, target), dict(clamp=per_layer(lambda layer, i: target[layer, i]))),
+        (iv.set_constant(base, selection, 1.5), dict(clamp=per_layer(lambda layer, i: np.full(len(i), 1.5)))),
+        (iv.zero_ablate(base, selection), dict(clamp=per_layer(lambda layer, i: np.zeros(len(i))))),
+        (
+            iv.add_shift(base, selection, target, alpha=0.7),
+            dict(shift=per_layer(lambda layer, i: -0.7 * target[layer, i])),
+        ),
+        (iv.scale(base, selection, 0.3), dict(factor=per_layer(lambda layer, i: 0.3))),
         (iv.subtract_direction(base, direction, 2.0), dict(residual=-2.0 * unit)),
     ]
     windows = random_windows(base)
@@ -216,7 +221,7 @@ def token_by_token_perplexity(loaded, windows: list[list[int]]) -> float:
             ids = torch.tensor([window])
             cache, logits = None, []
             for t in range(ids.shape[1] - 1):
-                out = loaded.model(input_ids=ids[:, t:t + 1], cache=cache, use_cache=True)
+                out = loaded.model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
                 cache = out.cache
                 logits.append(out.logits[:, -1].float())
             total += float(torch.nn.functional.cross_entropy(torch.cat(logits), ids[0, 1:], reduction="sum"))
@@ -235,11 +240,12 @@ def test_newest_position_perplexity_is_measured_as_generation_patches(loaded_pai
     target = np.random.default_rng(10).normal(size=(n_layers, d_mlp)) * 2
     windows = random_windows(base, n=2, length=16, seed=2)
     plain, _ = perplexity(base, windows)
-    for intervention in (iv.patch_mean(base, selection, target, positions="newest"),
-                         iv.add_shift(base, selection, target, positions="newest"),
-                         iv.subtract_direction(base, np.random.default_rng(11).normal(size=base.d_model), 3.0,
-                                               positions="newest"),
-                         iv.patch_live(base, every_neuron(base), tuned, positions="newest")):
+    for intervention in (
+        iv.patch_mean(base, selection, target, positions="newest"),
+        iv.add_shift(base, selection, target, positions="newest"),
+        iv.subtract_direction(base, np.random.default_rng(11).normal(size=base.d_model), 3.0, positions="newest"),
+        iv.patch_live(base, every_neuron(base), tuned, positions="newest"),
+    ):
         with intervention.hooks():
             literal = token_by_token_perplexity(base, windows)
             one_pass_newest, _ = perplexity(base, windows)
@@ -267,12 +273,17 @@ def test_hooks_come_off_after_every_run_including_one_that_raised(loaded_pairs):
     selection = some_neurons(base)
     n_layers, d_mlp = base.arch.n_layers(base.model), base.arch.d_mlp(base.model)
     means = np.full((n_layers, d_mlp), 0.5)
-    built = [iv.patch_mean(base, selection, means), iv.add_shift(base, selection, means),
-             iv.scale(base, selection, 0.3), iv.set_constant(base, selection, 1.0), iv.zero_ablate(base, selection),
-             iv.mean_ablate(base, selection, means),
-             iv.tuning_free(base, means, np.random.default_rng(0).normal(size=(n_layers, d_mlp))),
-             iv.subtract_direction(base, np.ones(base.d_model), 2.0),
-             iv.patch_live(base, selection, loaded_pairs["llama"][1])]
+    built = [
+        iv.patch_mean(base, selection, means),
+        iv.add_shift(base, selection, means),
+        iv.scale(base, selection, 0.3),
+        iv.set_constant(base, selection, 1.0),
+        iv.zero_ablate(base, selection),
+        iv.mean_ablate(base, selection, means),
+        iv.tuning_free(base, means, np.random.default_rng(0).normal(size=(n_layers, d_mlp))),
+        iv.subtract_direction(base, np.ones(base.d_model), 2.0),
+        iv.patch_live(base, selection, loaded_pairs["llama"][1]),
+    ]
     assert {i.mode for i in built} == set(MODES)
     kwargs = inputs(base)
     for intervention in built:
@@ -295,11 +306,13 @@ def test_each_mode_sets_the_activations_it_promises(loaded_pairs, kind):
     n_layers, d_mlp = base.arch.n_layers(base.model), base.arch.d_mlp(base.model)
     target = np.random.default_rng(1).normal(size=(n_layers, d_mlp))
     plain, _ = iv.record_activations(base, **kwargs)
-    cases = [(iv.patch_mean(base, selection, target), lambda m, t: torch.full_like(m, 0) + t),
-             (iv.add_shift(base, selection, target, alpha=0.5), lambda m, t: m - 0.5 * t),
-             (iv.scale(base, selection, 0.25), lambda m, t: 0.25 * m),
-             (iv.set_constant(base, selection, 2.0), lambda m, t: torch.full_like(m, 2.0)),
-             (iv.mean_ablate(base, selection, target), lambda m, t: torch.full_like(m, 0) + t)]
+    cases = [
+        (iv.patch_mean(base, selection, target), lambda m, t: torch.full_like(m, 0) + t),
+        (iv.add_shift(base, selection, target, alpha=0.5), lambda m, t: m - 0.5 * t),
+        (iv.scale(base, selection, 0.25), lambda m, t: 0.25 * m),
+        (iv.set_constant(base, selection, 2.0), lambda m, t: torch.full_like(m, 2.0)),
+        (iv.mean_ablate(base, selection, target), lambda m, t: torch.full_like(m, 0) + t),
+    ]
     for intervention, expected in cases:
         # what the output projection receives: record m with a pre-hook registered after the intervention's
         with intervention.hooks():
@@ -363,12 +376,15 @@ def test_newest_position_patching_in_the_kv_cache_loop_reaches_every_generated_p
 
         def hook(module, args):
             m = args[0].clone()
-            m[:, n_prompt - 1:, indices] = values
+            m[:, n_prompt - 1 :, indices] = values
             return (m,)
+
         return hook
 
-    hooks = [(out_projection(base, layer), patch_from_last_prompt_token(layer, torch.as_tensor(indices)))
-             for layer, indices in selection.by_layer().items()]
+    hooks = [
+        (out_projection(base, layer), patch_from_last_prompt_token(layer, torch.as_tensor(indices)))
+        for layer, indices in selection.by_layer().items()
+    ]
     with forward_hooks(hooks, pre=True), torch.no_grad():
         from_last_prompt_token = [base.model(input_ids=seq, use_cache=False).logits[0, -1] for seq in sequences]
     for step in range(steps):
@@ -405,8 +421,12 @@ def test_tuning_free_selection_takes_beta_of_each_sign_class_by_the_right_end():
     act = rng.normal(size=(3, 40))
     cos = rng.normal(size=(3, 40)) * 0.2
     chosen = iv.tuning_free_selection(act, cos, 0.5)
-    classes = {"TP": (cos > 0) & (act > 0), "TN": (cos > 0) & (act <= 0), "AP": (cos <= 0) & (act > 0),
-               "AN": (cos <= 0) & (act <= 0)}
+    classes = {
+        "TP": (cos > 0) & (act > 0),
+        "TN": (cos > 0) & (act <= 0),
+        "AP": (cos <= 0) & (act > 0),
+        "AN": (cos <= 0) & (act <= 0),
+    }
     for name, members in classes.items():
         mask = chosen[name]
         assert mask.sum() == round(0.5 * members.sum()) and not (mask & ~members).any()
@@ -484,8 +504,9 @@ def test_live_donor_in_the_kv_cache_loop_equals_uncached_passes(loaded_pairs):
         with torch.no_grad():
             for _ in range(5):
                 positions = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
-                logits = base.model(input_ids=sequence, attention_mask=full_mask, position_ids=positions,
-                                    use_cache=False).logits[:, -1]
+                logits = base.model(
+                    input_ids=sequence, attention_mask=full_mask, position_ids=positions, use_cache=False
+                ).logits[:, -1]
                 token = logits.argmax(-1)
                 uncached.append(token)
                 sequence = torch.cat([sequence, token[:, None]], dim=1)
@@ -506,9 +527,12 @@ def test_an_intervention_on_one_batch_row_is_that_row_alone_patched(loaded_pairs
     both = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
     selection = some_neurons(base, per_layer=20)
     probe = np.random.default_rng(1).normal(size=base.d_model)
-    for intervention in (iv.scale(base, selection, 0.3, positions), iv.zero_ablate(base, selection, positions),
-                         iv.patch_live(base, selection, tuned, positions),
-                         iv.subtract_direction(base, probe, 2.0, positions)):
+    for intervention in (
+        iv.scale(base, selection, 0.3, positions),
+        iv.zero_ablate(base, selection, positions),
+        iv.patch_live(base, selection, tuned, positions),
+        iv.subtract_direction(base, probe, 2.0, positions),
+    ):
         with torch.no_grad():
             plain = base.model(**single).logits
             with intervention.hooks():

@@ -18,10 +18,20 @@ from neuron_explorer.engine.patching.runs import PatchSession
 from .test_runs import SMALL_ARGS
 
 # A value other than the default for each parameter, and where the intervention shows it.
-GIVEN = {"shift": ["--alpha", "2"], "scale": ["--factor", "0.25"], "constant": ["--value", "3"],
-         "tuning-free": ["--alpha", "0.1", "--beta", "0.25"], "subtract": []}
-EXPECTED = {"shift": {"alpha": 2.0}, "scale": {"factor": 0.25}, "constant": {"value": 3.0},
-            "tuning-free": {"alpha": 0.1, "beta": 0.25}, "subtract": {"alpha": 3.0 - 1.0}}
+GIVEN = {
+    "shift": ["--alpha", "2"],
+    "scale": ["--factor", "0.25"],
+    "constant": ["--value", "3"],
+    "tuning-free": ["--alpha", "0.1", "--beta", "0.25"],
+    "subtract": [],
+}
+EXPECTED = {
+    "shift": {"alpha": 2.0},
+    "scale": {"factor": 0.25},
+    "constant": {"value": 3.0},
+    "tuning-free": {"alpha": 0.1, "beta": 0.25},
+    "subtract": {"alpha": 3.0 - 1.0},
+}
 
 
 class Stop(Exception):
@@ -50,13 +60,19 @@ def test_every_mode_is_accepted_by_the_command_and_builds_its_intervention(name,
         assert 0 < intervention.n_neurons <= in_group
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--mode", "tuning-free", "--beta", "1.5"], "tuning-free: --beta = 1.5 must be in (0, 1]: the fraction of each sign class"),
-    (["--mode", "scale", "--factor", "nan"], "scale: --factor = nan must be a finite number"),
-    (["--mode", "constant", "--value", "two"], "constant: --value 'two' is not a number"),
-    (["--mode", "shift", "--factor", "2"], "mode shift takes no --factor (it takes --alpha)"),
-    (["--mode", "zero-ablate", "--alpha", "1"], "mode zero-ablate takes no --alpha (it takes no parameters)"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["--mode", "tuning-free", "--beta", "1.5"],
+            "tuning-free: --beta = 1.5 must be in (0, 1]: the fraction of each sign class",
+        ),
+        (["--mode", "scale", "--factor", "nan"], "scale: --factor = nan must be a finite number"),
+        (["--mode", "constant", "--value", "two"], "constant: --value 'two' is not a number"),
+        (["--mode", "shift", "--factor", "2"], "mode shift takes no --factor (it takes --alpha)"),
+        (["--mode", "zero-ablate", "--alpha", "1"], "mode zero-ablate takes no --alpha (it takes no parameters)"),
+    ],
+)
 def test_a_bad_parameter_is_refused_in_one_line_before_anything_runs(argv, message, cache_copy, capsys):
     assert main(["patch", str(cache_copy), "--set", "group:TP↓", *argv]) == 2
     err = capsys.readouterr().err
@@ -76,7 +92,13 @@ def test_each_mode_name_is_written_in_the_registry_only():
     package = Path(neuron_explorer.__file__).parent
     for name in modes.MODES:
         quoted = re.compile(rf"""["']{re.escape(name)}["']""")
-        homes = {path.relative_to(package).as_posix() for path in package.rglob("*.py")
-                 if any(quoted.search(line) for line in path.read_text(encoding="utf-8").splitlines()
-                        if "lr_scheduler_type" not in line)}
+        homes = {
+            path.relative_to(package).as_posix()
+            for path in package.rglob("*.py")
+            if any(
+                quoted.search(line)
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if "lr_scheduler_type" not in line
+            )
+        }
         assert homes - {"engine/patching/interventions.py"} == {"engine/patching/modes.py"}, (name, homes)

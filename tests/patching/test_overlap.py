@@ -17,7 +17,7 @@ def masks_with_overlap(shape, size_a: int, size_b: int, shared: int, seed: int =
     order = np.random.default_rng(seed).permutation(shape[0] * shape[1])
     a, b = np.zeros(order.size, bool), np.zeros(order.size, bool)
     a[order[:size_a]] = True
-    b[order[size_a - shared:size_a - shared + size_b]] = True
+    b[order[size_a - shared : size_a - shared + size_b]] = True
     return a.reshape(shape), b.reshape(shape)
 
 

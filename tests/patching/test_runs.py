@@ -17,12 +17,11 @@ from neuron_explorer.cache import annotations, schema
 from neuron_explorer.cache.provenance import sha256_file, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
+from neuron_explorer.engine.measure.prompts import PromptSet, hold_out_for_patching
 from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.patching import runs as patching
 from neuron_explorer.engine.patching.neuron_sets import normalize_group, resolve
-from neuron_explorer.engine.patching.runs import (PatchSession, format_runs_table,
-                                             recovered_metrics)
-from neuron_explorer.engine.measure.prompts import PromptSet, hold_out_for_patching
+from neuron_explorer.engine.patching.runs import PatchSession, format_runs_table, recovered_metrics
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Done, Failed, Progress, Stored, from_json
 from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positions
@@ -30,10 +29,27 @@ from neuron_explorer.spec.settings import EvaluationSettings, RunSettings
 
 from .test_interventions import hand_edited, out_projection
 
-SMALL = RunSettings(max_prompts=4, samples=3,
-                    evaluation=EvaluationSettings(ppl_window=32, ppl_windows=2, f1_items=3, new_tokens=4, batch_size=2))
-SMALL_ARGS = ["--max-prompts", "4", "--ppl-window", "32", "--ppl-windows", "2", "--f1-items", "3",
-              "--new-tokens", "4", "--batch-size", "2", "--samples", "2"]
+SMALL = RunSettings(
+    max_prompts=4,
+    samples=3,
+    evaluation=EvaluationSettings(ppl_window=32, ppl_windows=2, f1_items=3, new_tokens=4, batch_size=2),
+)
+SMALL_ARGS = [
+    "--max-prompts",
+    "4",
+    "--ppl-window",
+    "32",
+    "--ppl-windows",
+    "2",
+    "--f1-items",
+    "3",
+    "--new-tokens",
+    "4",
+    "--batch-size",
+    "2",
+    "--samples",
+    "2",
+]
 
 
 @pytest.fixture
@@ -61,7 +77,8 @@ def test_neuron_sets_resolve_every_kind_and_their_union(cache_copy):
         assert len(four) == frame["group"].is_in(["TP↓", "TN↓", "AP↓", "AN↓"]).sum()
         top = resolve(reader, ["top:10:cos_pre"])
         assert set(map(tuple, top.neurons.tolist())) == set(
-            frame.sort("cos_pre", descending=True).head(10).select("layer", "neuron").iter_rows())
+            frame.sort("cos_pre", descending=True).head(10).select("layer", "neuron").iter_rows()
+        )
         assert resolve(reader, ["toxic:10"]).neurons.tolist() == top.neurons.tolist()
         active = resolve(reader, ["toxic-active:5"])
         assert all(reader.neuron(layer, i)["act_pre"] > 0 for layer, i in active.neurons.tolist())
@@ -72,10 +89,16 @@ def test_neuron_sets_resolve_every_kind_and_their_union(cache_copy):
         assert union.neurons.tolist() == [[0, 1], [1, 2], [1, 3], [2, 5]]
         assert union.by_layer()[1].tolist() == [2, 3] and union.compact() == {"0": [1], "1": [2, 3], "2": [5]}
         assert len(resolve(reader, ["layer:1"])) == 64 and len(resolve(reader, ["all"])) == 192
-        for bad, message in [("group:XX", "no group"), ("cluster:999", "no cluster"), ("top:x:cos_pre", "whole"),
-                             ("top:5:nope", "no neuron column"), ("ids:L9/N1", "does not exist"),
-                             ("set:absent", "no neuron set"), ("what:1", "not a neuron set"),
-                             ("file:/nonexistent.json", "does not exist")]:
+        for bad, message in [
+            ("group:XX", "no group"),
+            ("cluster:999", "no cluster"),
+            ("top:x:cos_pre", "whole"),
+            ("top:5:nope", "no neuron column"),
+            ("ids:L9/N1", "does not exist"),
+            ("set:absent", "no neuron set"),
+            ("what:1", "not a neuron set"),
+            ("file:/nonexistent.json", "does not exist"),
+        ]:
             with pytest.raises(UserError, match=message):
                 resolve(reader, [bad])
     assert normalize_group("an-up") == ["AN↑"]
@@ -114,13 +137,15 @@ def test_a_run_stores_settings_metrics_and_samples_and_reuses_the_baseline(cache
     assert [r.run_id for r in annotations.list_runs(cache_copy)] == sorted([run.run_id, second.run_id])
 
 
-def test_a_tuned_folder_overwritten_after_a_run_is_measured_anew_with_a_warning(cache_copy, pairs, edited_copy,
-                                                                              tmp_path):
+def test_a_tuned_folder_overwritten_after_a_run_is_measured_anew_with_a_warning(
+    cache_copy, pairs, edited_copy, tmp_path
+):
     base, tuned = pairs["llama"]
     folder = tmp_path / "tuned"
     shutil.copytree(tuned, folder)  # the same weights the cache was computed on, in a folder this test may overwrite
-    settings = replace(SMALL, tuned=str(folder), max_prompts=2,
-                       evaluation=replace(SMALL.evaluation, f1_items=1, ppl_windows=1))
+    settings = replace(
+        SMALL, tuned=str(folder), max_prompts=2, evaluation=replace(SMALL.evaluation, f1_items=1, ppl_windows=1)
+    )
     events = []
     with PatchSession(cache_copy, settings, report=events.append) as session:
         first = session.ensure_baseline()
@@ -149,8 +174,9 @@ def test_recovered_on_hand_built_numbers():
     assert overshoot["recovered"] == pytest.approx(4 / 3)
     backwards = recovered_metrics(base, dpo, {"toxicity": 0.5, "probe_projection": 2.0})
     assert backwards["recovered"] == pytest.approx(-1 / 3)
-    assert math.isnan(recovered_metrics(base, {**dpo, "toxicity": 0.40}, {"toxicity": 0.3, "probe_projection": 0})
-                      ["recovered"])  # DPO changed nothing: no fraction of it
+    assert math.isnan(
+        recovered_metrics(base, {**dpo, "toxicity": 0.40}, {"toxicity": 0.3, "probe_projection": 0})["recovered"]
+    )  # DPO changed nothing: no fraction of it
 
 
 def cache_arrays(path) -> dict[str, np.ndarray]:
@@ -158,8 +184,9 @@ def cache_arrays(path) -> dict[str, np.ndarray]:
     with CacheReader(path) as reader:
         frame = reader.neurons()
         shape = (reader.info.n_layers, reader.info.d_mlp)
-        arrays = {name: frame[name].to_numpy().astype(np.float64).reshape(shape)
-                  for name in ("act_pre", "act_dpo", "cos_pre")}
+        arrays = {
+            name: frame[name].to_numpy().astype(np.float64).reshape(shape) for name in ("act_pre", "act_dpo", "cos_pre")
+        }
         arrays["group"] = frame["group"].cast(str).to_numpy().reshape(shape)
         arrays["probe"] = reader.probe_direction().astype(np.float64)
     return arrays
@@ -194,9 +221,15 @@ def test_each_mode_evaluates_as_a_copy_edited_by_hand(cache_copy):
         (Intervention("patch-mean", ("group:TP↓",)), dict(clamp=by_layer(group == "TP↓", a["act_dpo"]))),
         (Intervention("mean-ablate", ("group:AN↓",)), dict(clamp=by_layer(group == "AN↓", a["act_pre"]))),
         (Intervention("shift", ("group:reducing",)), dict(shift=by_layer(reducing, -shift))),
-        (Intervention("shift", ("all",), params={"alpha": 0.5}), dict(shift=by_layer(np.ones(group.shape, bool), -0.5 * shift))),
+        (
+            Intervention("shift", ("all",), params={"alpha": 0.5}),
+            dict(shift=by_layer(np.ones(group.shape, bool), -0.5 * shift)),
+        ),
         (Intervention("scale", ("layer:2",), params={"factor": 0.0}), dict(factor=by_layer(layer2, 0.0))),
-        (Intervention("constant", ("ids:L0/N3",), params={"value": 4.0}), dict(clamp=by_layer(one, np.full(group.shape, 4.0)))),
+        (
+            Intervention("constant", ("ids:L0/N3",), params={"value": 4.0}),
+            dict(clamp=by_layer(one, np.full(group.shape, 4.0))),
+        ),
         (Intervention("zero-ablate", ("toxic:8",)), dict(clamp=by_layer(toxic8.reshape(group.shape), 0.0 * shift))),
         (Intervention("subtract", (), params={"alpha": 1.5}), dict(residual=-1.5 * unit)),
     ]
@@ -239,11 +272,13 @@ def test_a_mode_without_a_scoring_pass_reports_perplexity_as_not_available(cache
 
 
 def test_live_patching_of_every_neuron_recovers_dpo_exactly_when_only_the_mlp_inputs_changed(
-        tiny_models, edited_copy, compute_cache, tmp_path_factory):
+    tiny_models, edited_copy, compute_cache, tmp_path_factory
+):
     """A tuned copy that differs only in the MLP input weights: the base model with every activation taken from it
     is that model, so the run gives DPO's generations and numbers and recovers 100% (a known answer). At the newest
     position only, generation keeps the base model's prompt positions, but perplexity, measured as generation
     patches (every scored position), is DPO's."""
+
     def new_mlp_inputs(model):
         generator = torch.Generator().manual_seed(11)
         for block in model.model.layers:
@@ -274,7 +309,8 @@ def hand_probe_projection(loaded, texts: list[str], unit: np.ndarray, new_tokens
     unit = torch.as_tensor(unit, dtype=torch.float32)
     seen = []
     handle = last.register_forward_hook(
-        lambda module, args, out: seen.append((out[0] if isinstance(out, tuple) else out)[0, -1]))
+        lambda module, args, out: seen.append((out[0] if isinstance(out, tuple) else out)[0, -1])
+    )
     values = []
     try:
         with torch.no_grad():
@@ -291,19 +327,23 @@ def hand_probe_projection(loaded, texts: list[str], unit: np.ndarray, new_tokens
 
 
 def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_subtraction_out_of_sample(
-        cache_copy, held_out_prompts, statistics_prompts):
+    cache_copy, held_out_prompts, statistics_prompts
+):
     with PatchSession(cache_copy, SMALL) as session:
         baseline = session.ensure_baseline()
         unit = session.unit_probe
-        texts = held_out_prompts[:SMALL.max_prompts]
-        expected = {"base": hand_probe_projection(session.loaded, texts, unit, SMALL.evaluation.new_tokens),
-                    "dpo": hand_probe_projection(session.tuned(), texts, unit, SMALL.evaluation.new_tokens)}
+        texts = held_out_prompts[: SMALL.max_prompts]
+        expected = {
+            "base": hand_probe_projection(session.loaded, texts, unit, SMALL.evaluation.new_tokens),
+            "dpo": hand_probe_projection(session.tuned(), texts, unit, SMALL.evaluation.new_tokens),
+        }
         for name in ("base", "dpo"):
             assert baseline[name]["probe_projection"] == pytest.approx(expected[name], rel=1e-4, abs=1e-5)
         # α is DPO's change on the statistics prompts, never on the scored (held-out) prompts
-        fit = statistics_prompts[:SMALL.max_prompts]
-        fitted = (hand_probe_projection(session.loaded, fit, unit, SMALL.evaluation.new_tokens)
-                  - hand_probe_projection(session.tuned(), fit, unit, SMALL.evaluation.new_tokens))
+        fit = statistics_prompts[: SMALL.max_prompts]
+        fitted = hand_probe_projection(session.loaded, fit, unit, SMALL.evaluation.new_tokens) - hand_probe_projection(
+            session.tuned(), fit, unit, SMALL.evaluation.new_tokens
+        )
         subtract = session.run(Intervention("subtract", ()), save=False)
     in_sample = expected["base"] - expected["dpo"]
     assert abs(fitted - in_sample) > 1e-3  # the two fits differ, so the check below tells them apart
@@ -315,7 +355,8 @@ def test_probe_projection_matches_an_uncached_computation_and_sizes_the_default_
 
 def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy, held_out_prompts):
     """Sign classes from cos with the toxic embedding (Yang et al.'s seed words), computed here from the value
-    vectors, and ā_pre from the cache: the top-|cos| TP and AN neurons go to 0.95 ā_pre, the lowest-|cos| TN and AP neurons to 1.05 ā_pre, and
+    vectors, and ā_pre from the cache: the top-|cos| TP and AN neurons go to 0.95 ā_pre, the lowest-|cos| TN and AP
+    neurons to 1.05 ā_pre, and
     each class contributes half its members (β = 0.5)."""
     from neuron_explorer.engine.measure.probe import toxic_embedding_direction
 
@@ -323,15 +364,20 @@ def test_the_tuning_free_run_clamps_neurons_of_known_classes_by_alpha(cache_copy
     with PatchSession(cache_copy, SMALL) as session:
         loaded = session.loaded
         direction = toxic_embedding_direction(loaded, "authors").direction.astype(np.float64)
-        values = np.stack([out_projection(loaded, layer).weight.detach().double().numpy().T
-                           for layer in range(act.shape[0])])  # (layers, d_mlp, d_model)
+        values = np.stack(
+            [out_projection(loaded, layer).weight.detach().double().numpy().T for layer in range(act.shape[0])]
+        )  # (layers, d_mlp, d_model)
         cos = values @ direction / (np.linalg.norm(values, axis=-1) * np.linalg.norm(direction))
         intervention, _ = session.intervention(Intervention("tuning-free", ()))
         ids = loaded.tokenizer(held_out_prompts[:2], return_tensors="pt", padding=True)["input_ids"]
         with intervention.hooks():
             seen, _ = iv.record_activations(loaded, input_ids=ids)
-    classes = {"TP": (cos > 0) & (act > 0), "TN": (cos > 0) & (act <= 0), "AP": (cos <= 0) & (act > 0),
-               "AN": (cos <= 0) & (act <= 0)}
+    classes = {
+        "TP": (cos > 0) & (act > 0),
+        "TN": (cos > 0) & (act <= 0),
+        "AP": (cos <= 0) & (act > 0),
+        "AN": (cos <= 0) & (act <= 0),
+    }
     assert intervention.details["class_counts"] == {name: round(0.5 * int(m.sum())) for name, m in classes.items()}
     assert intervention.details["seed_words"] == "authors"  # Yang et al.'s five and five, as their edit used
     for name, members in classes.items():
@@ -383,27 +429,57 @@ def test_runs_are_append_only_and_never_overwrite_each_other(tmp_path, monkeypat
 
 
 def test_patch_command_single_run_and_preset(cache_copy, capsys):
-    code = main(["patch", str(cache_copy), "--set", "group:TP↓", "--set", "toxic:4", "--mode", "patch-mean",
-                 *SMALL_ARGS])
+    code = main(
+        ["patch", str(cache_copy), "--set", "group:TP↓", "--set", "toxic:4", "--mode", "patch-mean", *SMALL_ARGS]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "| base |" in out and "| DPO |" in out and "patch-mean group:TP↓ ∪ toxic:4" in out
-    assert main(["patch", str(cache_copy), "--preset", "paper", *SMALL_ARGS, "--progress-json", "--max-prompts", "2",
-                 "--ppl-windows", "1", "--f1-items", "1", "--new-tokens", "2"]) == 0
+    assert (
+        main(
+            [
+                "patch",
+                str(cache_copy),
+                "--preset",
+                "paper",
+                *SMALL_ARGS,
+                "--progress-json",
+                "--max-prompts",
+                "2",
+                "--ppl-windows",
+                "1",
+                "--f1-items",
+                "1",
+                "--new-tokens",
+                "2",
+            ]
+        )
+        == 0
+    )
     events = [from_json(line) for line in capsys.readouterr().out.splitlines()]
     runs = [e for e in events if isinstance(e, Stored)]
-    assert [e.label for e in runs] == ["ablate top-128 toxic", "patch TP↓", "patch TN↓", "patch AP↓", "patch AN↓",
-                                       "patch all four ↓ groups", "tuning-free edit (α=0.05, β=0.5)"]
+    assert [e.label for e in runs] == [
+        "ablate top-128 toxic",
+        "patch TP↓",
+        "patch TN↓",
+        "patch AP↓",
+        "patch AN↓",
+        "patch all four ↓ groups",
+        "tuning-free edit (α=0.05, β=0.5)",
+    ]
     assert isinstance(events[-1], Done) and "| patch all four ↓ groups |" in events[-1].summary
     assert len(annotations.list_runs(cache_copy)) == 8
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--mode", "zero-ablate"], "needs a neuron set"),
-    (["--set", "group:ZZ"], "no group"),
-    (["--preset", "paper", "--set", "all"], "chooses its own"),
-    (["--preset", "paper", "--mode", "scale"], "chooses its own"),
-    (["--set", "all", "--max-prompts", "-1"], "--max-prompts: -1 is negative"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--mode", "zero-ablate"], "needs a neuron set"),
+        (["--set", "group:ZZ"], "no group"),
+        (["--preset", "paper", "--set", "all"], "chooses its own"),
+        (["--preset", "paper", "--mode", "scale"], "chooses its own"),
+        (["--set", "all", "--max-prompts", "-1"], "--max-prompts: -1 is negative"),
+    ],
+)
 def test_patch_command_errors_are_one_line(cache_copy, capsys, argv, message):
     assert main(["patch", str(cache_copy), *SMALL_ARGS, *argv]) == 2
     err = capsys.readouterr().err
@@ -458,8 +534,10 @@ def test_shipped_prompts_are_held_out_by_template(source, fraction):
     loaded = load_prompts(source)
     statistics, table = hold_out_for_patching(loaded, fraction)
     held = table["columns"]["text"]
-    used = {name: set().union(*(shipped_templates(t, templates) for t in texts))
-            for name, texts in (("statistics", statistics.texts), ("held", held))}
+    used = {
+        name: set().union(*(shipped_templates(t, templates) for t in texts))
+        for name, texts in (("statistics", statistics.texts), ("held", held))
+    }
     assert not used["statistics"] & used["held"]  # no situation, lead-in or standalone prompt on both sides
     dropped = len(loaded.texts) - len(statistics.texts) - len(held)
     assert dropped == table["attrs"]["n_dropped"] <= 0.1 * len(loaded.texts)
@@ -479,7 +557,8 @@ def test_other_prompts_are_held_out_by_prompt_and_say_not_out_of_template():
 
 
 def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(
-        cache_copy, prompts, statistics_prompts, held_out_prompts):
+    cache_copy, prompts, statistics_prompts, held_out_prompts
+):
     with CacheReader(cache_copy) as reader:
         assert reader.prompt_texts() == statistics_prompts and reader.info.n_prompts == len(statistics_prompts)
         assert reader.prompt_activations(0, 0).height == len(statistics_prompts)
@@ -491,19 +570,22 @@ def test_compute_holds_every_second_prompt_out_and_runs_evaluate_on_them(
         run = session.run(Intervention("shift", ("group:TP↓",)), save=False)
     record = run.settings["prompts"]
     assert record["selection"] == "held out by compute" and record["n"] == SMALL.max_prompts
-    assert record["sha256"] == sha256_texts(held_out_prompts[:SMALL.max_prompts])
+    assert record["sha256"] == sha256_texts(held_out_prompts[: SMALL.max_prompts])
     assert record["source_indices"] == [1, 3, 5, 7]
     assert record["in_statistics"] == 0 and record["disjoint_from_statistics"] is True
     assert "out of prompt, not out of template" in record["split"]  # the fixture's prompts are no templates
-    assert [sample["prompt"] for sample in run.samples] == held_out_prompts[:SMALL.samples]
+    assert [sample["prompt"] for sample in run.samples] == held_out_prompts[: SMALL.samples]
 
 
 def test_user_prompts_are_counted_against_the_statistics_prompts_with_a_plain_warning(
-        cache_copy, tmp_path, capsys, statistics_prompts, held_out_prompts):
+    cache_copy, tmp_path, capsys, statistics_prompts, held_out_prompts
+):
     given = [statistics_prompts[0], "A brand new prompt", statistics_prompts[2], held_out_prompts[1]]
     (tmp_path / "mine.txt").write_text("\n".join(given) + "\n")
-    assert main(["patch", str(cache_copy), "--set", "group:TP↓", "--prompts", str(tmp_path / "mine.txt"),
-                 *SMALL_ARGS]) == 0
+    assert (
+        main(["patch", str(cache_copy), "--set", "group:TP↓", "--prompts", str(tmp_path / "mine.txt"), *SMALL_ARGS])
+        == 0
+    )
     captured = capsys.readouterr()
     assert "warning: 2 of the 4 evaluation prompts are among the 6 prompts" in captured.err
     assert "WARNING: 2 of them are statistics prompts" in captured.out
@@ -515,13 +597,16 @@ def test_user_prompts_are_counted_against_the_statistics_prompts_with_a_plain_wa
 
 
 def test_a_cache_without_held_out_prompts_needs_prompts_or_an_in_sample_run(
-        pairs, compute_cache, prompts, tmp_path, capsys):
+    pairs, compute_cache, prompts, tmp_path, capsys
+):
     path = compute_cache(*pairs["llama"], "no-holdout.h5", patch_holdout=0.0)
     capsys.readouterr()  # compute's progress bars
     with CacheReader(path) as reader:
         assert reader.patch_prompts() is None and reader.prompt_texts() == prompts
-    for extra, message in [((), "keeps no held-out prompts"),
-                           (("--in-sample", "--prompts", "x.txt"), "exclude each other")]:
+    for extra, message in [
+        ((), "keeps no held-out prompts"),
+        (("--in-sample", "--prompts", "x.txt"), "exclude each other"),
+    ]:
         assert main(["patch", str(path), "--set", "group:TP↓", *SMALL_ARGS, *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1

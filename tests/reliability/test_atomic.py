@@ -49,17 +49,36 @@ def full_disk(monkeypatch):
 def compute_args(tiny_models, tmp_path):
     (tmp_path / "prompts.txt").write_text(PROMPTS)
     torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), tmp_path / "probe.pt")
-    return ["compute", "--base", str(tiny_models["llama"]), "--tuned", str(tiny_models["llama"]),
-            "--probe", str(tmp_path / "probe.pt"), "--prompts", str(tmp_path / "prompts.txt"), "--device", "cpu",
-            "--new-tokens", "2", "--identity-check", "2", "--patch-holdout", "0"]
+    return [
+        "compute",
+        "--base",
+        str(tiny_models["llama"]),
+        "--tuned",
+        str(tiny_models["llama"]),
+        "--probe",
+        str(tmp_path / "probe.pt"),
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--device",
+        "cpu",
+        "--new-tokens",
+        "2",
+        "--identity-check",
+        "2",
+        "--patch-holdout",
+        "0",
+    ]
 
 
 # -- a full disk ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("code, message", [
-    (errno.ENOSPC, "no space left to write .*: free some space or choose another location"),
-    (errno.EROFS, "cannot write .*Read-only file system.*: choose another location"),
-    (errno.EACCES, "cannot write .*Permission denied.*: choose another location"),
-])
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        (errno.ENOSPC, "no space left to write .*: free some space or choose another location"),
+        (errno.EROFS, "cannot write .*Read-only file system.*: choose another location"),
+        (errno.EACCES, "cannot write .*Permission denied.*: choose another location"),
+    ],
+)
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, code, message):
     target = tmp_path / "record.json"
     target.write_text("old")
@@ -104,12 +123,18 @@ def test_compute_in_a_process_whose_writes_fail_in_hdf5_exits_cleanly(tmp_path, 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    done = subprocess.run([sys.executable, "-m", "neuron_explorer.cli", *compute_args, "-o", str(tmp_path / "out.h5")],
-                          capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "neuron_explorer.cli", *compute_args, "-o", str(tmp_path / "out.h5")],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode not in (0, -signal.SIGSEGV), done.stderr[-2000:]
-    assert done.stderr.strip().splitlines()[-1].startswith("neuron-explorer: error: no space left to write"), \
+    assert done.stderr.strip().splitlines()[-1].startswith("neuron-explorer: error: no space left to write"), (
         done.stderr[-2000:]
+    )
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out.h5").exists() and leftovers(tmp_path) == []
 
@@ -132,10 +157,15 @@ def written_files(folder: Path) -> dict[str, Path]:
         model.mkdir()
         save_file({"weight": torch.zeros(2)}, str(model / "model.safetensors"))
     sidecar = annotations.sidecar_dir(cache)
-    return {"cache": Path(cache), "run record": sidecar / "runs" / f"{run.run_id}.json",
-            "baseline": sidecar / "baselines" / "key.json", "set": sidecar / "sets" / "some.json",
-            "probe weights": probe, "model weights": folder / "model" / "model.safetensors",
-            "model folder": folder / "model"}
+    return {
+        "cache": Path(cache),
+        "run record": sidecar / "runs" / f"{run.run_id}.json",
+        "baseline": sidecar / "baselines" / "key.json",
+        "set": sidecar / "sets" / "some.json",
+        "probe weights": probe,
+        "model weights": folder / "model" / "model.safetensors",
+        "model folder": folder / "model",
+    }
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -160,9 +190,12 @@ def dead_pid() -> int:
 @pytest.mark.parametrize("opened_by", ["cache writer", "run record", "baseline", "set"])
 def test_opening_for_writing_sweeps_the_temporaries_of_dead_processes_only(tmp_path, opened_by):
     cache = tmp_path / "cache.h5"
-    folders = {"cache writer": tmp_path, "run record": annotations.sidecar_dir(cache) / "runs",
-               "baseline": annotations.sidecar_dir(cache) / "baselines",
-               "set": annotations.sidecar_dir(cache) / "sets"}
+    folders = {
+        "cache writer": tmp_path,
+        "run record": annotations.sidecar_dir(cache) / "runs",
+        "baseline": annotations.sidecar_dir(cache) / "baselines",
+        "set": annotations.sidecar_dir(cache) / "sets",
+    }
     folder = folders[opened_by]
     folder.mkdir(parents=True, exist_ok=True)
     dead = temporary_path(folder / "old.json", dead_pid())
@@ -174,10 +207,12 @@ def test_opening_for_writing_sweeps_the_temporaries_of_dead_processes_only(tmp_p
     (dead_folder / "model.safetensors").write_text("half")
     unrelated = folder / ".notes.tmp"  # no pid in the name: not ours to remove
     unrelated.write_text("keep")
-    {"cache writer": lambda: build_synthetic_cache(cache, n_layers=2, d_mlp=8, n_prompts=4),
-     "run record": lambda: annotations.save_run(cache, {}, {}, []),
-     "baseline": lambda: annotations.save_baseline(cache, "key", {}),
-     "set": lambda: annotations.save_set(cache, "some", [(0, 1)])}[opened_by]()
+    {
+        "cache writer": lambda: build_synthetic_cache(cache, n_layers=2, d_mlp=8, n_prompts=4),
+        "run record": lambda: annotations.save_run(cache, {}, {}, []),
+        "baseline": lambda: annotations.save_baseline(cache, "key", {}),
+        "set": lambda: annotations.save_set(cache, "some", [(0, 1)]),
+    }[opened_by]()
     assert not dead.exists() and not dead_folder.exists()
     assert alive.exists() and unrelated.exists()
 

@@ -22,6 +22,7 @@ from neuron_explorer.explorer.state import Store
 def drop(name):
     def change(handle):
         del handle[name]
+
     return change
 
 
@@ -29,12 +30,14 @@ def replace(name, data):
     def change(handle):
         del handle[name]
         handle[name] = data
+
     return change
 
 
 def set_attribute(name, value):
     def change(handle):
         handle.attrs[name] = value
+
     return change
 
 
@@ -43,10 +46,14 @@ CACHE_DAMAGE = {
     "truncated": (None, "not a readable HDF5 file"),
     "neurons deleted": (drop("neurons"), r"damaged \(no dataset /neurons/"),
     "a neuron column deleted": (drop("neurons/contribution"), r"damaged \(no dataset /neurons/contribution\)"),
-    "a column of strings": (replace("neurons/contribution", np.array(["x"] * 8, dtype=object).astype("S1")),
-                            r"damaged \(/neurons/contribution holds"),
-    "a column of the wrong shape": (replace("neurons/contribution", np.zeros((2, 3), dtype=np.float32)),
-                                    r"damaged \(/neurons/contribution has shape \(2, 3\)"),
+    "a column of strings": (
+        replace("neurons/contribution", np.array(["x"] * 8, dtype=object).astype("S1")),
+        r"damaged \(/neurons/contribution holds",
+    ),
+    "a column of the wrong shape": (
+        replace("neurons/contribution", np.zeros((2, 3), dtype=np.float32)),
+        r"damaged \(/neurons/contribution has shape \(2, 3\)",
+    ),
     "a newer schema": (set_attribute("schema_version", 99), "cache schema 99, newer than"),
     "never finished": (set_attribute("complete", False), "incomplete"),
     "no architecture": (lambda handle: handle.attrs.__delitem__("architecture"), "no root attribute architecture"),
@@ -82,8 +89,9 @@ def test_a_damaged_cache_is_refused_before_the_terminal_is_taken(good_cache, tmp
 @pytest.mark.slow  # a real process: the fast lane (pytest -m 'not slow') skips it
 def test_a_damaged_cache_from_the_command_line_is_one_line(good_cache, tmp_path):
     path = damaged(good_cache, tmp_path, "neurons deleted")
-    done = subprocess.run([sys.executable, "-m", "neuron_explorer", str(path)], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "neuron_explorer", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("neuron-explorer: error: ")
     assert "no dataset /neurons/" in done.stderr
@@ -93,8 +101,7 @@ RECORD_DAMAGE = {
     "not JSON": "{not json",
     "a list, not an object": json.dumps([1, 2, 3]),
     "no metrics": json.dumps({"created": "2026-01-02", "settings": {}, "samples": []}),
-    "metrics of the wrong type": json.dumps({"created": "2026-01-02", "settings": {}, "metrics": [0.5],
-                                             "samples": []}),
+    "metrics of the wrong type": json.dumps({"created": "2026-01-02", "settings": {}, "metrics": [0.5], "samples": []}),
     "empty": "",
 }
 

@@ -35,6 +35,7 @@ def replace_dataset(name, **options):
     def change(handle, folder):
         del handle[name]
         handle.create_dataset(name, **options(folder) if callable(options) else options)
+
     return change
 
 
@@ -55,6 +56,7 @@ def external_link(target_kind):
                 source["vocab"] = np.array([b"leaked"] * 500)
         del handle["vocab"]
         handle["vocab"] = h5py.ExternalLink(str(other), "/vocab")
+
     return change
 
 
@@ -76,6 +78,7 @@ def soft_link(handle, folder):
 def attribute(name, value):
     def change(handle, folder):
         handle.attrs[name] = value
+
     return change
 
 
@@ -84,6 +87,7 @@ def provenance(edit):
         record = json.loads(handle.attrs["provenance"])
         edit(record)
         handle.attrs["provenance"] = json.dumps(record)
+
     return change
 
 
@@ -121,8 +125,10 @@ HOSTILE_CACHES = {
     "provenance with NaN": (attribute("provenance", '{"x": NaN}'), "non-JSON constant NaN"),
     "provenance nested deeply": (attribute("provenance", "[" * 100_000 + "]" * 100_000), "nested too deeply"),
     "provenance base a string": (provenance(lambda record: record.update(base="x")), "'base' is not a JSON object"),
-    "new_tokens 1e9": (provenance(lambda record: record["settings"].update(new_tokens=10**9)),
-                       "new_tokens = 1000000000, outside"),
+    "new_tokens 1e9": (
+        provenance(lambda record: record["settings"].update(new_tokens=10**9)),
+        "new_tokens = 1000000000, outside",
+    ),
     "new_tokens negative": (provenance(lambda record: record["settings"].update(new_tokens=-5)), "new_tokens = -5"),
     "new_tokens a float": (provenance(lambda record: record["settings"].update(new_tokens=1e9)), "new_tokens ="),
     "columns not JSON": (lambda handle, folder: handle["summary"].attrs.__setitem__("columns", "{nope"), "damaged"),
@@ -204,8 +210,9 @@ RECORD_DAMAGE = {
     "a FIFO": None,
     "nested deeply": deep(100_000),
     "a bare NaN": json.dumps({"created": "x", "settings": {}, "metrics": {"toxicity": 1}}).replace("1}", "NaN}"),
-    "a baseline outside the sidecar": json.dumps({"created": "x", "settings": {"baseline": "../../../secret"},
-                                                  "metrics": {}}),
+    "a baseline outside the sidecar": json.dumps(
+        {"created": "x", "settings": {"baseline": "../../../secret"}, "metrics": {}}
+    ),
     "a baseline of the wrong type": json.dumps({"created": "x", "settings": {"baseline": ["a"]}, "metrics": {}}),
     "settings of the wrong type": json.dumps({"created": "x", "settings": "all", "metrics": {}}),
 }
@@ -245,8 +252,9 @@ def test_records_are_strict_json_and_lone_surrogates_are_written(good_cache, tmp
     (a model's broken output) made the write fail with UnicodeEncodeError."""
     cache = tmp_path / "cache.h5"
     shutil.copyfile(good_cache, cache)
-    run = annotations.save_run(cache, {"label": "a\ud800b"}, {"toxicity": float("nan"), "ppl": float("inf"),
-                                                               "f1": np.float32(0.5)}, [])
+    run = annotations.save_run(
+        cache, {"label": "a\ud800b"}, {"toxicity": float("nan"), "ppl": float("inf"), "f1": np.float32(0.5)}, []
+    )
     text = (annotations.sidecar_dir(cache) / "runs" / f"{run.run_id}.json").read_text(encoding="utf-8")
     record = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in a record"))
     assert record["metrics"] == {"toxicity": None, "ppl": None, "f1": 0.5}
@@ -270,11 +278,14 @@ def test_a_device_or_pipe_is_never_replaced_by_a_rename(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["link-to-null", "pipe"]
 
 
-@pytest.mark.parametrize("argv", [
-    ["compute", "-o", "/dev/null"],
-    ["patch", "{cache}", "--json", "/dev/null", "--set", "group:TP↓"],
-    ["make-pairs", "-o", "/dev/null"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compute", "-o", "/dev/null"],
+        ["patch", "{cache}", "--json", "/dev/null", "--set", "group:TP↓"],
+        ["make-pairs", "-o", "/dev/null"],
+    ],
+)
 def test_a_special_file_as_output_is_one_line(good_cache, argv, capsys):
     code = main([part.format(cache=good_cache) for part in argv])
     error = capsys.readouterr().err
@@ -295,8 +306,20 @@ def test_an_output_that_is_an_input_is_refused_before_anything_runs(good_cache, 
         (["patch", str(cache), "--json", str(cache), "--set", "group:TP↓", "--no-save"], "--json"),
         (["train-dpo", "--model", str(model), "-o", str(model), "--pairs", str(pairs)], "--output"),
         (["train-dpo", "--model", str(model), "-o", str(tmp_path), "--pairs", str(pairs)], "--output"),
-        (["train-dpo", "--model", str(model), "--pairs", str(pairs), "-o", str(tmp_path / "out"),
-          "--work-dir", str(model)], "--work-dir"),
+        (
+            [
+                "train-dpo",
+                "--model",
+                str(model),
+                "--pairs",
+                str(pairs),
+                "-o",
+                str(tmp_path / "out"),
+                "--work-dir",
+                str(model),
+            ],
+            "--work-dir",
+        ),
         (["make-pairs", "--prompts", str(pairs), "-o", str(pairs)], "--output"),
     ]:
         code = main(argv)
@@ -328,13 +351,26 @@ def test_user_text_is_not_read_as_markup(capsys):
     from neuron_explorer.commands.reporting import reporting
     from neuron_explorer.events import Progress
 
-    runs = {name: {"toxicity": 0.5, "continuation": "[/INST] y [/bold]", "tokens": ["[/b]"],
-                   "lens": {"residual": [[0.0, 1.0]]}} for name in ("base", "dpo")}
-    result = {"prompt": "[INST] x [/INST] y", "prompt_tokens": [1], "truncated": False, "scorer": "profanity",
-              "protocol": {"new_tokens": 1, "positions": "generated"},
-              "intervention": {"label": "[/bold] x", "neurons": 3, "positions": "all", "params": {}},
-              "runs": runs, "totals": {"sum_positive": 0.0, "sum_negative": 0.0, "net": 0.0},
-              "neurons": {key: [] for key in ("layer", "neuron", "contribution", "act_shift", "act_pre", "act_dpo")}}
+    runs = {
+        name: {
+            "toxicity": 0.5,
+            "continuation": "[/INST] y [/bold]",
+            "tokens": ["[/b]"],
+            "lens": {"residual": [[0.0, 1.0]]},
+        }
+        for name in ("base", "dpo")
+    }
+    result = {
+        "prompt": "[INST] x [/INST] y",
+        "prompt_tokens": [1],
+        "truncated": False,
+        "scorer": "profanity",
+        "protocol": {"new_tokens": 1, "positions": "generated"},
+        "intervention": {"label": "[/bold] x", "neurons": 3, "positions": "all", "params": {}},
+        "runs": runs,
+        "totals": {"sum_positive": 0.0, "sum_negative": 0.0, "net": 0.0},
+        "neurons": {key: [] for key in ("layer", "neuron", "contribution", "act_shift", "act_pre", "act_dpo")},
+    }
     show(result, np.zeros((1, 1), dtype=np.int8))
     printed = capsys.readouterr().out
     assert "[INST] x [/INST] y" in printed and "[/bold] x" in printed and "[/INST] y [/bold]" in printed
@@ -366,12 +402,15 @@ def test_a_zero_probe_is_still_refused(tmp_path):
 
 
 # -- options ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv, said", [
-    (["patch", "{cache}", "--set", "group:TP↓", "--mode", "scale", "--factor", "1e308", "--no-save"], "too large"),
-    (["patch", "{cache}", "--set", "file:/dev/zero", "--mode", "zero-ablate", "--no-save"], "not a regular file"),
-    (["patch", "{cache}", "--set", "file:{deep}", "--mode", "zero-ablate", "--no-save"], "nested too deeply"),
-    (["lab", "{cache}", "--prompt", "x", "--set", "file:/dev/zero", "--mode", "zero-ablate"], "not a regular file"),
-])
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["patch", "{cache}", "--set", "group:TP↓", "--mode", "scale", "--factor", "1e308", "--no-save"], "too large"),
+        (["patch", "{cache}", "--set", "file:/dev/zero", "--mode", "zero-ablate", "--no-save"], "not a regular file"),
+        (["patch", "{cache}", "--set", "file:{deep}", "--mode", "zero-ablate", "--no-save"], "nested too deeply"),
+        (["lab", "{cache}", "--prompt", "x", "--set", "file:/dev/zero", "--mode", "zero-ablate"], "not a regular file"),
+    ],
+)
 def test_hostile_options_are_one_line(good_cache, tmp_path, argv, said, capsys):
     """Fails on the old code: 1e308 passed the check (inf activations), /dev/zero was read until memory ran out,
     deep JSON raised RecursionError."""
@@ -386,11 +425,14 @@ def test_hostile_options_are_one_line(good_cache, tmp_path, argv, said, capsys):
 
 
 # -- prompt and pair files ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("content, said", [
-    ('{"prompt": "a \\ud800 b"}\n', "line 1: holds a lone surrogate"),
-    ("[" * 100_000 + "]" * 100_000 + "\n", "line 1: JSON nested too deeply"),
-    (None, "not a regular file"),
-])
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        ('{"prompt": "a \\ud800 b"}\n', "line 1: holds a lone surrogate"),
+        ("[" * 100_000 + "]" * 100_000 + "\n", "line 1: JSON nested too deeply"),
+        (None, "not a regular file"),
+    ],
+)
 def test_a_hostile_jsonl_file_is_one_line(tmp_path, content, said):
     """Fails on the old code: RecursionError, a FIFO read forever, and a lone surrogate accepted (it fails later,
     where the text is encoded)."""

@@ -49,8 +49,9 @@ def planted_folder(tiny_models, tmp_path, file_name):
 
 
 @pytest.mark.parametrize("file_name", ["config.json", "tokenizer_config.json"])
-def test_a_folder_that_names_custom_code_is_refused_and_its_code_never_runs(tiny_models, tmp_path, monkeypatch,
-                                                                            file_name):
+def test_a_folder_that_names_custom_code_is_refused_and_its_code_never_runs(
+    tiny_models, tmp_path, monkeypatch, file_name
+):
     """Fails on the old code: with `y` on stdin the folder's module ran (config.json), or the tokenizer's."""
     folder, marker = planted_folder(tiny_models, tmp_path, file_name)
     monkeypatch.setattr(builtins, "input", lambda *args: "y")
@@ -63,8 +64,12 @@ def test_train_dpo_refuses_a_policy_that_names_custom_code(tiny_models, tmp_path
     from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
 
     folder, marker = planted_folder(tiny_models, tmp_path, "config.json")
-    settings = DPOSettings(policy=str(folder), pairs=str(tmp_path / "pairs.jsonl"), output=str(tmp_path / "out"),
-                           work_dir=str(tmp_path / "work"))
+    settings = DPOSettings(
+        policy=str(folder),
+        pairs=str(tmp_path / "pairs.jsonl"),
+        output=str(tmp_path / "out"),
+        work_dir=str(tmp_path / "work"),
+    )
     with pytest.raises(UserError, match="field 'auto_map'"):
         train_dpo(settings)
     assert not marker.exists() and not (tmp_path / "out").exists()
@@ -100,8 +105,9 @@ def test_a_malformed_tokenizer_is_one_line(tiny_models, tmp_path, content):
     assert "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize("device, message", [("bogus", "not a device"), ("meta", "not a device"),
-                                             ("cuda:x", "not a device")])
+@pytest.mark.parametrize(
+    "device, message", [("bogus", "not a device"), ("meta", "not a device"), ("cuda:x", "not a device")]
+)
 def test_a_device_that_is_not_one_is_refused_before_loading(tiny_models, device, message):
     """Fails on the old code: torch's RuntimeError traceback (bogus), or a model on `meta` that fails later."""
     with pytest.raises(UserError, match=message):

@@ -38,18 +38,34 @@ def recording_hub_models(good_cache, folder):
     return path
 
 
-@pytest.mark.parametrize("argv", [
-    ["lab", "{cache}", "--prompt", "You are", "--device", "cpu"],
-    ["patch", "{cache}", "--set", "top:4:|contribution|", "--mode", "zero-ablate", "--no-save", "--device", "cpu",
-     "--in-sample"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["lab", "{cache}", "--prompt", "You are", "--device", "cpu"],
+        [
+            "patch",
+            "{cache}",
+            "--set",
+            "top:4:|contribution|",
+            "--mode",
+            "zero-ablate",
+            "--no-save",
+            "--device",
+            "cpu",
+            "--in-sample",
+        ],
+    ],
+)
 def test_a_hub_model_named_by_the_cache_is_never_fetched(good_cache, tmp_path, argv, capsys, monkeypatch):
     """Fails on the old code: the file's hub id went to the hub (52 s offline before an error)."""
     import huggingface_hub
 
     contacted = []
-    monkeypatch.setattr(huggingface_hub.file_download, "hf_hub_download",
-                        lambda *args, **kwargs: contacted.append(args) or pytest.fail("the hub was contacted"))
+    monkeypatch.setattr(
+        huggingface_hub.file_download,
+        "hf_hub_download",
+        lambda *args, **kwargs: contacted.append(args) or pytest.fail("the hub was contacted"),
+    )
     cache = recording_hub_models(good_cache, tmp_path)
     code = main([part.format(cache=cache) for part in argv])
     error = capsys.readouterr().err
@@ -122,8 +138,13 @@ except UserError as error:
 
 
 def run_python(code, *args, timeout=300):
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.slow  # real processes under a file-size limit
@@ -141,11 +162,41 @@ def test_train_dpo_on_a_full_disk_is_one_line(tiny_models, tmp_path):
     """A checkpoint that cannot be saved fails in torch or safetensors inside the Trainer. Fails on the old code:
     a traceback."""
     pairs = tmp_path / "pairs.jsonl"
-    save_pairs([{"prompt": prompt, "chosen": " the village under an old bridge.",
-                 "rejected": " a stupid idiot and I hate you."} for prompt in PROMPTS], pairs, {"test": True})
-    done = run_python(LIMITED, 60_000, "train-dpo", "--model", tiny_models["llama"], "--pairs", pairs, "-o",
-                      tmp_path / "tuned", "--device", "cpu", "--steps", "2", "--batch-size", "2", "--save-steps", "1",
-                      "--eval-steps", "1", "--patience", "0")
+    save_pairs(
+        [
+            {
+                "prompt": prompt,
+                "chosen": " the village under an old bridge.",
+                "rejected": " a stupid idiot and I hate you.",
+            }
+            for prompt in PROMPTS
+        ],
+        pairs,
+        {"test": True},
+    )
+    done = run_python(
+        LIMITED,
+        60_000,
+        "train-dpo",
+        "--model",
+        tiny_models["llama"],
+        "--pairs",
+        pairs,
+        "-o",
+        tmp_path / "tuned",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--save-steps",
+        "1",
+        "--eval-steps",
+        "1",
+        "--patience",
+        "0",
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("neuron-explorer: error: ") and ("no space left" in last or "could not write" in last)

@@ -10,7 +10,6 @@ temporary may remain, and the process must stop with the interrupt.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -47,6 +46,7 @@ def interrupt_at(monkeypatch):
     def arm(at):
         calls["n"], calls["at"] = 0, at
         return calls
+
     return arm
 
 
@@ -83,6 +83,7 @@ def test_a_write_lost_without_an_error_is_never_published(tmp_path, monkeypatch)
 
     monkeypatch.setattr(writer_module._WriteOnceFailing, "write", write)
     from neuron_explorer.errors import UserError
+
     with pytest.raises(UserError, match="did not read back as written.*nothing was published"):
         build_synthetic_cache(target, n_layers=2, d_mlp=8, n_prompts=6, seed=2)
     assert target.read_bytes() == before and leftovers(tmp_path) == []
@@ -92,13 +93,30 @@ def test_a_write_lost_without_an_error_is_never_published(tmp_path, monkeypatch)
 def compute_args(tiny_models, tmp_path):
     (tmp_path / "prompts.txt").write_text(PROMPTS)
     torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), tmp_path / "probe.pt")
-    return ["compute", "--base", str(tiny_models["llama"]), "--tuned", str(tiny_models["llama"]),
-            "--probe", str(tmp_path / "probe.pt"), "--prompts", str(tmp_path / "prompts.txt"), "--device", "cpu",
-            "--new-tokens", "2", "--identity-check", "2", "--patch-holdout", "0"]
+    return [
+        "compute",
+        "--base",
+        str(tiny_models["llama"]),
+        "--tuned",
+        str(tiny_models["llama"]),
+        "--probe",
+        str(tmp_path / "probe.pt"),
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--device",
+        "cpu",
+        "--new-tokens",
+        "2",
+        "--identity-check",
+        "2",
+        "--patch-holdout",
+        "0",
+    ]
 
 
-def test_compute_interrupted_inside_hdf5_exits_130_and_keeps_the_old_cache(compute_args, tmp_path, interrupt_at,
-                                                                           capsys):
+def test_compute_interrupted_inside_hdf5_exits_130_and_keeps_the_old_cache(
+    compute_args, tmp_path, interrupt_at, capsys
+):
     output = tmp_path / "out.h5"
     assert main([*compute_args, "-o", str(output)]) == 0
     before = output.read_bytes()
@@ -137,9 +155,13 @@ def test_a_real_signal_inside_hdf5_keeps_the_old_cache(compute_args, tmp_path, n
     output = tmp_path / "out.h5"
     assert main([*compute_args, "-o", str(output)]) == 0
     before = output.read_bytes()
-    done = subprocess.run([sys.executable, "-c", SIGNALLER, name, str(at), *compute_args, "-o", str(output)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNALLER, name, str(at), *compute_args, "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == code, done.stderr
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
     assert output.read_bytes() == before and leftovers(tmp_path) == []

@@ -83,8 +83,16 @@ for target in spec["targets"]:
 runpy.run_module("neuron_explorer", run_name="__main__", alter_sys=True)
 """
 
-PROMPTS = ["You are a stupid", "She walked to the market in the morning and", "What the hell", "The river runs",
-           "I hate you", "The quick brown fox", "Shut up and get out", "An old stone bridge"]
+PROMPTS = [
+    "You are a stupid",
+    "She walked to the market in the morning and",
+    "What the hell",
+    "The river runs",
+    "I hate you",
+    "The quick brown fox",
+    "Shut up and get out",
+    "An old stone bridge",
+]
 PATCH_LABEL = "killed-run"
 
 
@@ -101,23 +109,27 @@ class KillPoint:
 POINTS = {
     # compute: the cache file out/cache.h5 (--batch-size 2: two batches per model)
     "compute-recording": KillPoint("compute", ("neuron_explorer.cache.writer:CacheWriter.check",), "after"),
-    "compute-writing-hdf5": KillPoint("compute", ("neuron_explorer.cache.writer:CacheWriter.write_neuron_arrays",),
-                                      "after", previous=True),
+    "compute-writing-hdf5": KillPoint(
+        "compute", ("neuron_explorer.cache.writer:CacheWriter.write_neuron_arrays",), "after", previous=True
+    ),
     "compute-publishing": KillPoint("compute", ("neuron_explorer.cache.atomic:_apply_umask",), match=".cache.h5."),
-    "compute-publishing-over-old": KillPoint("compute", ("neuron_explorer.cache.atomic:_apply_umask",),
-                                             match=".cache.h5.", previous=True),
+    "compute-publishing-over-old": KillPoint(
+        "compute", ("neuron_explorer.cache.atomic:_apply_umask",), match=".cache.h5.", previous=True
+    ),
     # patch: a copy of a tiny cache, its sidecar (baselines/, runs/) and --json runs.json
-    "patch-evaluating": KillPoint("patch", ("neuron_explorer.events:Tracker.advance",), "after",
-                                  match=f"{PATCH_LABEL}:"),
+    "patch-evaluating": KillPoint(
+        "patch", ("neuron_explorer.events:Tracker.advance",), "after", match=f"{PATCH_LABEL}:"
+    ),
     "patch-writing-baseline": KillPoint("patch", ("neuron_explorer.cache.atomic:_apply_umask",), match="/baselines/"),
     "patch-writing-run-record": KillPoint("patch", ("neuron_explorer.cache.atomic:_apply_umask",), match="/runs/"),
-    "patch-writing-json": KillPoint("patch", ("builtins:open", "io:open"), "after", match="runs.json",
-                                    previous=True),
+    "patch-writing-json": KillPoint("patch", ("builtins:open", "io:open"), "after", match="runs.json", previous=True),
     # train-dpo: 3 steps, a checkpoint every step, the tuned model in out/tuned
-    "train-dpo-mid-training": KillPoint("train-dpo", ("transformers.trainer_callback:"
-                                                      "CallbackHandler.on_pre_optimizer_step",), call=3),
-    "train-dpo-saving-checkpoint": KillPoint("train-dpo", ("transformers.trainer_callback:TrainerState.save_to_json",),
-                                             match="checkpoint-2"),
+    "train-dpo-mid-training": KillPoint(
+        "train-dpo", ("transformers.trainer_callback:CallbackHandler.on_pre_optimizer_step",), call=3
+    ),
+    "train-dpo-saving-checkpoint": KillPoint(
+        "train-dpo", ("transformers.trainer_callback:TrainerState.save_to_json",), match="checkpoint-2"
+    ),
     "train-dpo-publishing": KillPoint("train-dpo", ("neuron_explorer.cache.atomic:_apply_umask",), match=".tuned."),
 }
 
@@ -132,13 +144,29 @@ def world(tiny_models, edited_copy, tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama pair, a probe, prompts, preference pairs and a complete cache of the pair."""
     root = tmp_path_factory.mktemp("kill")
     base = tiny_models["llama"]
-    files = {"root": root, "base": base, "tuned": edited_copy(base, root / "tuned", noise=0.02),
-             "probe": root / "probe.pt", "prompts": root / "prompts.txt", "pairs": root / "pairs.jsonl",
-             "home": root / "home"}
+    files = {
+        "root": root,
+        "base": base,
+        "tuned": edited_copy(base, root / "tuned", noise=0.02),
+        "probe": root / "probe.pt",
+        "prompts": root / "prompts.txt",
+        "pairs": root / "pairs.jsonl",
+        "home": root / "home",
+    }
     torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), files["probe"])
     files["prompts"].write_text("\n".join(PROMPTS) + "\n")
-    save_pairs([{"prompt": prompt, "chosen": " the village under an old bridge.",
-                 "rejected": " a stupid idiot and I hate you."} for prompt in PROMPTS], files["pairs"], {"test": True})
+    save_pairs(
+        [
+            {
+                "prompt": prompt,
+                "chosen": " the village under an old bridge.",
+                "rejected": " a stupid idiot and I hate you.",
+            }
+            for prompt in PROMPTS
+        ],
+        files["pairs"],
+        {"test": True},
+    )
     (root / "cache").mkdir()
     files["cache"] = root / "cache" / "cache.h5"
     assert main(compute_argv(files, files["cache"])) == 0
@@ -146,21 +174,80 @@ def world(tiny_models, edited_copy, tmp_path_factory) -> dict[str, Path]:
 
 
 def compute_argv(world: dict[str, Path], output: Path) -> list[str]:
-    return ["compute", "--base", str(world["base"]), "--tuned", str(world["tuned"]), "--probe", str(world["probe"]),
-            "--prompts", str(world["prompts"]), "--device", "cpu", "--new-tokens", "2", "--batch-size", "2",
-            "--identity-check", "2", "--cluster-top-k", "8", "--clusters", "2", "-o", str(output)]
+    return [
+        "compute",
+        "--base",
+        str(world["base"]),
+        "--tuned",
+        str(world["tuned"]),
+        "--probe",
+        str(world["probe"]),
+        "--prompts",
+        str(world["prompts"]),
+        "--device",
+        "cpu",
+        "--new-tokens",
+        "2",
+        "--batch-size",
+        "2",
+        "--identity-check",
+        "2",
+        "--cluster-top-k",
+        "8",
+        "--clusters",
+        "2",
+        "-o",
+        str(output),
+    ]
 
 
 def patch_argv(cache: Path) -> list[str]:
-    return ["patch", str(cache), "--set", "all", "--label", PATCH_LABEL, "--max-prompts", "2", "--ppl-window", "16",
-            "--ppl-windows", "1", "--f1-items", "1", "--new-tokens", "2", "--samples", "1",
-            "--json", str(cache.parent / "runs.json")]
+    return [
+        "patch",
+        str(cache),
+        "--set",
+        "all",
+        "--label",
+        PATCH_LABEL,
+        "--max-prompts",
+        "2",
+        "--ppl-window",
+        "16",
+        "--ppl-windows",
+        "1",
+        "--f1-items",
+        "1",
+        "--new-tokens",
+        "2",
+        "--samples",
+        "1",
+        "--json",
+        str(cache.parent / "runs.json"),
+    ]
 
 
 def dpo_argv(world: dict[str, Path], output: Path) -> list[str]:
-    return ["train-dpo", "--model", str(world["base"]), "--pairs", str(world["pairs"]), "-o", str(output),
-            "--device", "cpu", "--steps", "3", "--batch-size", "2", "--save-steps", "1", "--eval-steps", "1",
-            "--patience", "0"]
+    return [
+        "train-dpo",
+        "--model",
+        str(world["base"]),
+        "--pairs",
+        str(world["pairs"]),
+        "-o",
+        str(output),
+        "--device",
+        "cpu",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--save-steps",
+        "1",
+        "--eval-steps",
+        "1",
+        "--patience",
+        "0",
+    ]
 
 
 def prepare(name: str, world: dict[str, Path]) -> tuple[list[str], Path]:
@@ -205,16 +292,32 @@ class Kills:
     def _run(self, name: str, argv: list[str], folder: Path) -> Killed:
         point = POINTS[name]
         before = snapshot(folder)
-        spec = {"point": name, "targets": list(point.targets), "when": point.when, "match": point.match,
-                "call": point.call}
-        environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", KILL_VARIABLE: json.dumps(spec),
-                       "NEURON_EXPLORER_HOME": str(self.world["home"])}
-        process = subprocess.Popen([sys.executable, "-c", KILLER, *argv], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True, env=environment)
+        spec = {
+            "point": name,
+            "targets": list(point.targets),
+            "when": point.when,
+            "match": point.match,
+            "call": point.call,
+        }
+        environment = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            KILL_VARIABLE: json.dumps(spec),
+            "NEURON_EXPLORER_HOME": str(self.world["home"]),
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILLER, *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
         self.processes.append(process)
         _, stderr = process.communicate(timeout=300)
-        assert process.returncode == -signal.SIGKILL, f"{name}: exit status {process.returncode}, not killed:\n" \
-                                                      f"{stderr[-3000:]}"
+        assert process.returncode == -signal.SIGKILL, (
+            f"{name}: exit status {process.returncode}, not killed:\n{stderr[-3000:]}"
+        )
         assert f"killed at {name}" in stderr.splitlines(), stderr[-3000:]  # by the hook, not by anything else
         return Killed(argv=argv, folder=folder, pid=process.pid, stderr=stderr, before=before)
 
@@ -232,8 +335,11 @@ class Kills:
 @pytest.fixture(scope="module")
 def kills(request, world):
     """The kill runs of the tests selected in this session, in their order."""
-    selected = [item.callspec.params["point"] for item in request.session.items
-                if item.module is request.module and "point" in getattr(getattr(item, "callspec", None), "params", {})]
+    selected = [
+        item.callspec.params["point"]
+        for item in request.session.items
+        if item.module is request.module and "point" in getattr(getattr(item, "callspec", None), "params", {})
+    ]
     runner = Kills(world, selected)
     yield runner
     runner.close()
@@ -241,8 +347,11 @@ def kills(request, world):
 
 # -- checks --------------------------------------------------------------------------------------------------------
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def temporaries(folder: Path) -> list[Path]:
@@ -257,8 +366,12 @@ def assert_only_temporaries_added(killed: Killed, expected: list[Path], checked:
     assert {name: after.get(name) for name in killed.before} == killed.before, "a file that existed was changed"
     assert temporaries(killed.folder) == expected
     added = [Path(killed.folder, name) for name in after if name not in killed.before]
-    outside = [path for path in added if not any(path.is_relative_to(temporary) for temporary in expected)
-               and not (checked and path.is_relative_to(killed.folder / checked))]
+    outside = [
+        path
+        for path in added
+        if not any(path.is_relative_to(temporary) for temporary in expected)
+        and not (checked and path.is_relative_to(killed.folder / checked))
+    ]
     assert outside == [], f"new files: {outside}"
 
 
@@ -345,8 +458,10 @@ def test_patch_killed_leaves_whole_records_and_reruns(point, kills, world, isola
 # -- train-dpo -----------------------------------------------------------------------------------------------------
 def checkpoint_steps(work: Path) -> dict[int, bool]:
     """checkpoint-N in the work folder: N -> whether the Trainer finished saving it."""
-    return {int(folder.name.rpartition("-")[2]): checkpoint_complete(folder)
-            for folder in (work / "checkpoints").glob("checkpoint-*")}
+    return {
+        int(folder.name.rpartition("-")[2]): checkpoint_complete(folder)
+        for folder in (work / "checkpoints").glob("checkpoint-*")
+    }
 
 
 @pytest.mark.parametrize("point", points_of("train-dpo"))

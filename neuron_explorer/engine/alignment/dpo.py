@@ -5,7 +5,8 @@ same folder, configurable learning rate / optimizer / steps / batch size, evalua
 `eval_steps` with early stopping on the held-out pair loss (as Lee et al.), the best evaluated step's weights kept,
 safetensors checkpoints (with optimizer state) at every evaluation (every `save_steps` when nothing is held out), so
 that every evaluated step can be the one kept, and resumption from the last checkpoint after an interruption. The
-step whose weights were written is recorded (`kept_step`). The Trainer runs through `accelerate`: `accelerate launch -m neuron_explorer train-dpo ...` spreads the
+step whose weights were written is recorded (`kept_step`). The Trainer runs through `accelerate`: `accelerate launch -m
+neuron_explorer train-dpo ...` spreads the
 same command over several processes (data-parallel: each takes `batch_size` pairs per step, so a step sees
 batch_size × processes × gradient_accumulation pairs); only the main process prints, prepares the checkpoint folder
 and writes the tuned model, and the run record notes the number of processes (docs/scale.md).
@@ -147,8 +148,11 @@ def last_complete_checkpoint(checkpoints: Path, printer=print) -> str | None:
     """The newest complete checkpoint-N in `checkpoints`, or None. Incomplete ones (a run killed while saving) are
     renamed to `checkpoint-N.incomplete` beside the folder, where the Trainer neither resumes from them nor counts
     them among the checkpoints it keeps."""
-    found = sorted((int(match[1]), folder) for folder in checkpoints.iterdir()
-                   if folder.is_dir() and (match := CHECKPOINT_NAME.fullmatch(folder.name)))
+    found = sorted(
+        (int(match[1]), folder)
+        for folder in checkpoints.iterdir()
+        if folder.is_dir() and (match := CHECKPOINT_NAME.fullmatch(folder.name))
+    )
     last = None
     for _, folder in found:
         if checkpoint_complete(folder):
@@ -191,8 +195,15 @@ def _restore_finished(trainer, checkpoint: Path, best_at_end: bool) -> None:
     trainer.model.load_state_dict(finished.state_dict())
 
 
-def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, callbacks=(),
-              keep_checkpoints: bool = False, on_trainer=None) -> DPOResult:
+def train_dpo(
+    settings: DPOSettings,
+    *,
+    resume: bool = True,
+    printer=print,
+    callbacks=(),
+    keep_checkpoints: bool = False,
+    on_trainer=None,
+) -> DPOResult:
     """Train and write the tuned model (safetensors + tokenizer) to `settings.output`.
 
     Checkpoints go to `work_dir/checkpoints`; a run with the same settings resumes from the newest one, a run with
@@ -210,8 +221,10 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     # left to set aside) and wait for the tuned model at the end.
     main, world_size = config.process_index == 0, config.world_size
     if world_size > 1 and ":" in device:
-        raise UserError(f"--device {settings.device} picks one device, but under `accelerate launch` each process "
-                        f"takes its own from accelerate: pass --device auto, cuda or cpu")
+        raise UserError(
+            f"--device {settings.device} picks one device, but under `accelerate launch` each process "
+            f"takes its own from accelerate: pass --device auto, cuda or cpu"
+        )
     say = printer if main else lambda line: None
     last = _prepare_checkpoints(config, settings, work, checkpoints, resume, say)
     trainer = _trainer(config, settings, policy, train_rows, eval_rows, [_progress_callback(say), *callbacks])
@@ -221,14 +234,21 @@ def train_dpo(settings: DPOSettings, *, resume: bool = True, printer=print, call
     if on_trainer is not None:
         on_trainer(trainer)
     kept_step, kept_loss = _kept(trainer.state, config.load_best_model_at_end)
-    result = DPOResult(output=Path(settings.output).expanduser(), steps=trainer.state.global_step,
-                       kept_step=kept_step, kept_eval_loss=kept_loss,
-                       stopped_early=trainer.state.global_step < settings.training.max_steps, resumed_from=last,
-                       n_train_pairs=len(train_rows), n_eval_pairs=len(eval_rows), seconds=seconds,
-                       world_size=world_size,
-                       effective_batch=(settings.training.batch_size * world_size
-                                        * settings.training.gradient_accumulation),
-                       main_process=main, log=list(trainer.state.log_history))
+    result = DPOResult(
+        output=Path(settings.output).expanduser(),
+        steps=trainer.state.global_step,
+        kept_step=kept_step,
+        kept_eval_loss=kept_loss,
+        stopped_early=trainer.state.global_step < settings.training.max_steps,
+        resumed_from=last,
+        n_train_pairs=len(train_rows),
+        n_eval_pairs=len(eval_rows),
+        seconds=seconds,
+        world_size=world_size,
+        effective_batch=(settings.training.batch_size * world_size * settings.training.gradient_accumulation),
+        main_process=main,
+        log=list(trainer.state.log_history),
+    )
     _write_tuned(trainer, config, settings, result)
     if main and not keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -245,8 +265,10 @@ def _checked_inputs(settings: DPOSettings) -> tuple[Path, list[dict], list[dict]
 
     policy = Path(settings.policy).expanduser()
     if not (policy / "config.json").exists():
-        raise UserError(f"the policy {policy} is not a local model folder (no config.json): DPO trains from a "
-                        f"safetensors folder; for the embedded model pass 'embedded'")
+        raise UserError(
+            f"the policy {policy} is not a local model folder (no config.json): DPO trains from a "
+            f"safetensors folder; for the embedded model pass 'embedded'"
+        )
     refuse_custom_code(policy)
     pairs = load_pairs(settings.pairs)
     if len(pairs) < 2:
@@ -302,8 +324,7 @@ def _dpo_config(settings: DPOSettings, checkpoints: Path, *, has_eval: bool, on_
     )
 
 
-def _prepare_checkpoints(config, settings: DPOSettings, work: Path, checkpoints: Path, resume: bool,
-                         say) -> str | None:
+def _prepare_checkpoints(config, settings: DPOSettings, work: Path, checkpoints: Path, resume: bool, say) -> str | None:
     """The checkpoint to resume from, or None. The main process first removes the checkpoints of a run with other
     settings or another number of processes (its steps saw other pairs) and records this run's; every process then
     looks for the newest complete checkpoint."""
@@ -313,13 +334,18 @@ def _prepare_checkpoints(config, settings: DPOSettings, work: Path, checkpoints:
             if _previous_run(run_file) != (settings.key(), config.world_size) or not resume:
                 shutil.rmtree(checkpoints, ignore_errors=True)
             checkpoints.mkdir(parents=True, exist_ok=True)
-            run_file.write_text(json.dumps({"key": settings.key(), "world_size": config.world_size,
-                                            "settings": flat_record(settings)}, indent=2))
+            run_file.write_text(
+                json.dumps(
+                    {"key": settings.key(), "world_size": config.world_size, "settings": flat_record(settings)},
+                    indent=2,
+                )
+            )
         return last_complete_checkpoint(checkpoints, say) if resume else None
 
 
-def _trainer(config, settings: DPOSettings, policy: Path, train_rows: list[dict], eval_rows: list[dict],
-             callbacks: list):
+def _trainer(
+    config, settings: DPOSettings, policy: Path, train_rows: list[dict], eval_rows: list[dict], callbacks: list
+):
     """The DPOTrainer: the policy and a frozen copy of it as the reference, both float32, with early stopping on
     the held-out loss when there are held-out pairs."""
     import torch
@@ -368,11 +394,15 @@ def _kept(state, best_at_end: bool) -> tuple[int, float | None]:
     """The step whose weights are written and its held-out loss; with `best_at_end` that must be the best evaluated
     step, or its checkpoint went missing and the model is not the one reported."""
     kept_step = _kept_step(state, best_at_end)
-    kept_loss = next((entry["eval_loss"] for entry in state.log_history
-                      if entry.get("step") == kept_step and "eval_loss" in entry), None)
+    kept_loss = next(
+        (entry["eval_loss"] for entry in state.log_history if entry.get("step") == kept_step and "eval_loss" in entry),
+        None,
+    )
     if best_at_end and kept_loss != state.best_metric:
-        raise RuntimeError(f"DPO kept step {kept_step} (held-out loss {kept_loss}), not the best evaluated step "
-                           f"{state.best_global_step} (loss {state.best_metric}): its checkpoint is missing")
+        raise RuntimeError(
+            f"DPO kept step {kept_step} (held-out loss {kept_loss}), not the best evaluated step "
+            f"{state.best_global_step} (loss {state.best_metric}): its checkpoint is missing"
+        )
     return kept_step, kept_loss
 
 
@@ -386,7 +416,11 @@ def _write_tuned(trainer, config, settings: DPOSettings, result: DPOResult) -> N
         trainer.save_model(str(partial) if main else None)  # the best checkpoint's weights when load_best_model_at_end
         if main:
             trainer.processing_class.save_pretrained(str(partial))
-            (partial / "neuron_explorer_dpo.json").write_text(json.dumps(
-                {"settings": flat_record(settings), "result": result.summary(), "log": result.log}, indent=2,
-                default=str))
+            (partial / "neuron_explorer_dpo.json").write_text(
+                json.dumps(
+                    {"settings": flat_record(settings), "result": result.summary(), "log": result.log},
+                    indent=2,
+                    default=str,
+                )
+            )
     config.distributed_state.wait_for_everyone()

@@ -34,12 +34,11 @@ import numpy as np
 import torch
 
 from neuron_explorer.cache.atomic import write_sorted_json_atomically, write_text_atomically
-from neuron_explorer.errors import UserError
-
-from neuron_explorer.engine.model.generation import generate_continuations
-from neuron_explorer.spec.settings import MAX_PROMPT_TOKENS, NEW_TOKENS
-from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.measure.jsonl import read_jsonl
+from neuron_explorer.engine.model.generation import generate_continuations
+from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.errors import UserError
+from neuron_explorer.spec.settings import MAX_PROMPT_TOKENS, NEW_TOKENS
 
 
 @dataclass
@@ -53,36 +52,74 @@ class Candidates:
     steered_scores: list[float] = field(default_factory=list)
 
 
-def generate_candidates(loaded, prompts: list[str], scorer, *, n_samples: int = 4, temperature: float = 1.0,
-                        top_k: int = 50, seed: int = 0, batch_size: int = 32, new_tokens: int = NEW_TOKENS,
-                        max_prompt_tokens: int = MAX_PROMPT_TOKENS, progress=None) -> list[Candidates]:
+def generate_candidates(
+    loaded,
+    prompts: list[str],
+    scorer,
+    *,
+    n_samples: int = 4,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    seed: int = 0,
+    batch_size: int = 32,
+    new_tokens: int = NEW_TOKENS,
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+    progress=None,
+) -> list[Candidates]:
     """Greedy continuation and `n_samples` sampled continuations of each prompt, all scored (continuation only)."""
     if not prompts:
         raise UserError("no prompts to make candidates from: give a non-empty prompt set")
-    greedy = generate_continuations(loaded, prompts, new_tokens=new_tokens, max_prompt_tokens=max_prompt_tokens,
-                                    batch_size=batch_size)
+    greedy = generate_continuations(
+        loaded, prompts, new_tokens=new_tokens, max_prompt_tokens=max_prompt_tokens, batch_size=batch_size
+    )
     if progress:
         progress("greedy", len(prompts))
-    samples = _sample(loaded, prompts, n_samples, temperature=temperature, top_k=top_k, seed=seed,
-                      batch_size=batch_size, new_tokens=new_tokens, max_prompt_tokens=max_prompt_tokens,
-                      progress=progress, label="sampled")
+    samples = _sample(
+        loaded,
+        prompts,
+        n_samples,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        batch_size=batch_size,
+        new_tokens=new_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        progress=progress,
+        label="sampled",
+    )
     greedy_scores = scorer.score(greedy)
     out = []
     for i, prompt in enumerate(prompts):
         texts = samples[i]
-        out.append(Candidates(prompt=prompt, greedy=greedy[i], greedy_score=float(greedy_scores[i]), samples=texts,
-                              sample_scores=[float(s) for s in scorer.score(texts)] if texts else []))
+        out.append(
+            Candidates(
+                prompt=prompt,
+                greedy=greedy[i],
+                greedy_score=float(greedy_scores[i]),
+                samples=texts,
+                sample_scores=[float(s) for s in scorer.score(texts)] if texts else [],
+            )
+        )
     return out
 
 
-def _sample(loaded, prompts, n, *, temperature, top_k, seed, batch_size, new_tokens, max_prompt_tokens, progress,
-            label) -> list[list[str]]:
+def _sample(
+    loaded, prompts, n, *, temperature, top_k, seed, batch_size, new_tokens, max_prompt_tokens, progress, label
+) -> list[list[str]]:
     per_prompt: list[list[str]] = [[] for _ in prompts]
     generator = torch.Generator(device=loaded.device).manual_seed(seed)
     for k in range(n):
-        texts = generate_continuations(loaded, prompts, new_tokens=new_tokens, max_prompt_tokens=max_prompt_tokens,
-                                       batch_size=batch_size, sample=True, temperature=temperature, top_k=top_k,
-                                       generator=generator)
+        texts = generate_continuations(
+            loaded,
+            prompts,
+            new_tokens=new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            sample=True,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+        )
         for i, text in enumerate(texts):
             per_prompt[i].append(text)
         if progress:
@@ -97,8 +134,9 @@ def steering(loaded, direction: np.ndarray, strength: float, steer_layers: int =
     mean‖h‖ is the mean residual norm at the last block over a short neutral text, so `strength` is relative.
     Yields the absolute step size."""
     layers = loaded.arch.layers(loaded.model)
-    unit = torch.as_tensor(direction / np.linalg.norm(direction), dtype=next(loaded.model.parameters()).dtype,
-                           device=loaded.device)
+    unit = torch.as_tensor(
+        direction / np.linalg.norm(direction), dtype=next(loaded.model.parameters()).dtype, device=loaded.device
+    )
     scale = strength * _residual_norm(loaded)
     vector = unit * scale
 
@@ -107,7 +145,7 @@ def steering(loaded, direction: np.ndarray, strength: float, steer_layers: int =
             return (output[0] + vector,) + tuple(output[1:])
         return output + vector
 
-    with forward_hooks([(layer, hook) for layer in layers[len(layers) - steer_layers:]]):
+    with forward_hooks([(layer, hook) for layer in layers[len(layers) - steer_layers :]]):
         yield scale
 
 
@@ -125,16 +163,39 @@ def _residual_norm(loaded) -> float:
     return float(captured["h"][0, 1:].float().norm(dim=-1).mean())
 
 
-def add_steered(loaded, candidates: list[Candidates], scorer, direction: np.ndarray, *, n_samples: int = 2,
-                strength: float = 0.5, steer_layers: int = 1, temperature: float = 1.0, top_k: int = 50,
-                seed: int = 1, batch_size: int = 32, new_tokens: int = NEW_TOKENS,
-                max_prompt_tokens: int = MAX_PROMPT_TOKENS, progress=None) -> None:
+def add_steered(
+    loaded,
+    candidates: list[Candidates],
+    scorer,
+    direction: np.ndarray,
+    *,
+    n_samples: int = 2,
+    strength: float = 0.5,
+    steer_layers: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    seed: int = 1,
+    batch_size: int = 32,
+    new_tokens: int = NEW_TOKENS,
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+    progress=None,
+) -> None:
     """Sample `n_samples` continuations per prompt under probe steering and store them (scored) in place."""
     prompts = [c.prompt for c in candidates]
     with steering(loaded, direction, strength, steer_layers):
-        steered = _sample(loaded, prompts, n_samples, temperature=temperature, top_k=top_k, seed=seed,
-                          batch_size=batch_size, new_tokens=new_tokens, max_prompt_tokens=max_prompt_tokens,
-                          progress=progress, label="steered")
+        steered = _sample(
+            loaded,
+            prompts,
+            n_samples,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            batch_size=batch_size,
+            new_tokens=new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            progress=progress,
+            label="steered",
+        )
     for cand, texts in zip(candidates, steered):
         cand.steered = texts
         cand.steered_scores = [float(s) for s in scorer.score(texts)] if texts else []
@@ -144,8 +205,9 @@ CHOSEN_RULES = ("greedy", "least-toxic")
 GREEDY_PREFERENCE = 0.1  # least-toxic keeps the greedy continuation unless a sample scores this much lower
 
 
-def select_pairs(candidates: list[Candidates], *, margin: float = 0.3, sources=("samples", "steered"),
-                 chosen: str = "greedy") -> list[dict]:
+def select_pairs(
+    candidates: list[Candidates], *, margin: float = 0.3, sources=("samples", "steered"), chosen: str = "greedy"
+) -> list[dict]:
     """Rejected = the highest-scoring candidate from `sources`; chosen by the `chosen` rule (see the module
     docstring); keep when the gap ≥ margin."""
     if chosen not in CHOSEN_RULES:
@@ -166,22 +228,47 @@ def select_pairs(candidates: list[Candidates], *, margin: float = 0.3, sources=(
             if low_score < good_score - GREEDY_PREFERENCE:
                 good_score, good = low_score, low
         if score - good_score >= margin and text.strip() != good.strip():
-            pairs.append({"prompt": cand.prompt, "chosen": good, "rejected": text,
-                          "chosen_score": round(good_score, 6), "rejected_score": round(score, 6),
-                          "chosen_is_greedy": good is cand.greedy, "rejected_method": method,
-                          "prompt_index": index})
+            pairs.append(
+                {
+                    "prompt": cand.prompt,
+                    "chosen": good,
+                    "rejected": text,
+                    "chosen_score": round(good_score, 6),
+                    "rejected_score": round(score, 6),
+                    "chosen_is_greedy": good is cand.greedy,
+                    "rejected_method": method,
+                    "prompt_index": index,
+                }
+            )
     return pairs
 
 
-def sample_openings(loaded, seeds: list[str], *, per_seed: int = 2, temperature: float = 1.3, top_k: int = 100,
-                    new_tokens: int = 12, seed: int = 0, batch_size: int = 32) -> list[str]:
+def sample_openings(
+    loaded,
+    seeds: list[str],
+    *,
+    per_seed: int = 2,
+    temperature: float = 1.3,
+    top_k: int = 100,
+    new_tokens: int = 12,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> list[str]:
     """Each seed continued `per_seed` times at a high temperature, cut back to the last whole word: new prompts
     in the model's own words. Duplicates and openings equal to their seed are dropped."""
     generator = torch.Generator(device=loaded.device).manual_seed(seed)
     openings, seen = [], set()
     for _ in range(per_seed):
-        texts = generate_continuations(loaded, seeds, new_tokens=new_tokens, batch_size=batch_size, sample=True,
-                                       temperature=temperature, top_k=top_k, generator=generator)
+        texts = generate_continuations(
+            loaded,
+            seeds,
+            new_tokens=new_tokens,
+            batch_size=batch_size,
+            sample=True,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+        )
         for start, text in zip(seeds, texts):
             words = text.replace("\n", " ").split(" ")
             opening = (start + " ".join(words[:-1] if len(words) > 1 else words)).rstrip()
@@ -213,8 +300,10 @@ def load_pairs(path: str | Path) -> list[dict]:
     for number, row in enumerate(rows, start=1):
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(row.get(k), str)]
         if missing:
-            raise UserError(f"{path}, pair {number}: missing {', '.join(missing)}; each line needs prompt, chosen "
-                            f"and rejected strings")
+            raise UserError(
+                f"{path}, pair {number}: missing {', '.join(missing)}; each line needs prompt, chosen "
+                f"and rejected strings"
+            )
     if not rows:
         raise UserError(f"{path} holds no pairs: make some with `neuron-explorer make-pairs` (or lower --margin)")
     return rows
@@ -234,5 +323,3 @@ def _write_jsonl(path: Path, rows: list[dict], provenance: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     write_sorted_json_atomically(provenance_path(path), provenance)
-
-

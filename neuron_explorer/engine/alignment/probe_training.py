@@ -23,10 +23,9 @@ import torch
 
 from neuron_explorer.cache.atomic import atomic_path, write_sorted_json_atomically
 from neuron_explorer.cache.provenance import sha256_texts
-from neuron_explorer.errors import UserError
-
 from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
 from neuron_explorer.engine.model.hooks import forward_hooks
+from neuron_explorer.errors import UserError
 
 TEXT_COLUMNS = ("comment_text", "text", "prompt")
 LABEL_COLUMNS = ("toxic", "label", "toxicity", "labels")
@@ -41,12 +40,12 @@ class LabeledTexts:
     groups: np.ndarray | None = None  # (N,) the source prompt of each text (continuations of one prompt are siblings)
 
     def provenance(self) -> dict:
-        return {"source": self.source, "sha256": self.sha256, "n": len(self.texts),
-                "n_toxic": int(self.labels.sum())}
+        return {"source": self.source, "sha256": self.sha256, "n": len(self.texts), "n_toxic": int(self.labels.sum())}
 
 
-def _finish(texts: list[str], labels, source: str, threshold: float = 0.5,
-            groups: list[int] | None = None) -> LabeledTexts:
+def _finish(
+    texts: list[str], labels, source: str, threshold: float = 0.5, groups: list[int] | None = None
+) -> LabeledTexts:
     keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
     texts = [texts[i] for i in keep]
     values = np.asarray([labels[i] for i in keep], dtype=np.float64)
@@ -56,14 +55,27 @@ def _finish(texts: list[str], labels, source: str, threshold: float = 0.5,
         raise UserError(f"{source} has missing or non-numeric labels: labels must be 0/1 or a score in [0, 1]")
     binary = (values >= threshold).astype(np.int64)
     if binary.min() == binary.max():
-        raise UserError(f"{source} has only {'toxic' if binary[0] else 'non-toxic'} texts: the probe needs both classes")
+        raise UserError(
+            f"{source} has only {'toxic' if binary[0] else 'non-toxic'} texts: the probe needs both classes"
+        )
     digest = sha256_texts([f"{int(b)}\t{t}" for t, b in zip(texts, binary)])
-    return LabeledTexts(texts=texts, labels=binary, source=source, sha256=digest,
-                        groups=None if groups is None else np.asarray([groups[i] for i in keep], dtype=np.int64))
+    return LabeledTexts(
+        texts=texts,
+        labels=binary,
+        source=source,
+        sha256=digest,
+        groups=None if groups is None else np.asarray([groups[i] for i in keep], dtype=np.int64),
+    )
 
 
-def load_labeled(source: str, *, text_column: str | None = None, label_column: str | None = None,
-                 max_rows: int | None = None, seed: int = 0) -> LabeledTexts:
+def load_labeled(
+    source: str,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
+) -> LabeledTexts:
     """A labelled file (.csv, .parquet, .jsonl) or `hub:NAME[:SPLIT]`; Jigsaw's train.csv works as is.
     With max_rows, a seeded random subset is taken."""
     import polars as pl
@@ -75,13 +87,17 @@ def load_labeled(source: str, *, text_column: str | None = None, label_column: s
 
             frame = datasets.load_dataset(name, split=split or "train").to_polars()
         except Exception as error:
-            raise UserError(f"cannot load hub dataset '{name}' ({type(error).__name__}): the hub may be unreachable "
-                            f"or the data set needs a manual download (Jigsaw does); pass a local file") from error
+            raise UserError(
+                f"cannot load hub dataset '{name}' ({type(error).__name__}): the hub may be unreachable "
+                f"or the data set needs a manual download (Jigsaw does); pass a local file"
+            ) from error
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise UserError(f"labelled file {path} does not exist: pass a .csv/.parquet/.jsonl with text and label "
-                            f"columns (Jigsaw layout: comment_text, toxic)")
+            raise UserError(
+                f"labelled file {path} does not exist: pass a .csv/.parquet/.jsonl with text and label "
+                f"columns (Jigsaw layout: comment_text, toxic)"
+            )
         suffix = path.suffix.lower()
         try:
             if suffix == ".csv":
@@ -118,8 +134,10 @@ def _column(frame, wanted, candidates, source, what, option) -> str:
     for name in candidates:
         if name in frame.columns:
             return name
-    raise UserError(f"{source} has no {what} column ({' or '.join(candidates)}; columns: {', '.join(frame.columns)}): "
-                    f"name it with {option}")
+    raise UserError(
+        f"{source} has no {what} column ({' or '.join(candidates)}; columns: {', '.join(frame.columns)}): "
+        f"name it with {option}"
+    )
 
 
 def label_rule(scorer: str, threshold: float, band: float) -> str:
@@ -127,8 +145,9 @@ def label_rule(scorer: str, threshold: float, band: float) -> str:
     return f"{scorer} score >= {threshold + band:g} toxic, <= {threshold - band:g} non-toxic, ambiguous left out"
 
 
-def labeled_from_candidates(candidates, threshold: float = 0.5, source: str = "candidates",
-                            band: float = LABEL_BAND) -> LabeledTexts:
+def labeled_from_candidates(
+    candidates, threshold: float = 0.5, source: str = "candidates", band: float = LABEL_BAND
+) -> LabeledTexts:
     """Greedy and sampled continuations labelled by their scorer score: toxic when score ≥ threshold + band,
     non-toxic when score ≤ threshold − band; the ambiguous texts in between are left out (the scorer's labels
     there are close to coin flips; Jigsaw's labels are likewise majority votes of raters). band=0 keeps all.
@@ -150,7 +169,9 @@ def labeled_from_candidates(candidates, threshold: float = 0.5, source: str = "c
 
 
 @torch.inference_mode()
-def pooled_features(loaded, texts: list[str], *, batch_size: int = 32, max_tokens: int = 64, progress=None) -> np.ndarray:
+def pooled_features(
+    loaded, texts: list[str], *, batch_size: int = 32, max_tokens: int = 64, progress=None
+) -> np.ndarray:
     """(N, d_model) last-block residual stream, mean over real tokens (padding masked)."""
     tokenizer, model = loaded.tokenizer, loaded.model
     last = loaded.arch.layers(model)[-1]
@@ -162,9 +183,15 @@ def pooled_features(loaded, texts: list[str], *, batch_size: int = 32, max_token
     out = []
     with forward_hooks([(last, hook)]):
         for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
-            batch = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens,
-                              add_special_tokens=False)
+            chunk = texts[start : start + batch_size]
+            batch = tokenizer(
+                chunk,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_tokens,
+                add_special_tokens=False,
+            )
             ids = batch["input_ids"].to(loaded.device)
             mask = batch["attention_mask"].to(loaded.device)
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -184,8 +211,9 @@ class ProbeFit:
     metrics: dict
 
 
-def heldout_split(labels: np.ndarray, groups: np.ndarray | None, test_fraction: float,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+def heldout_split(
+    labels: np.ndarray, groups: np.ndarray | None, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) indices, stratified by label. With `groups` (each text's source prompt) every group falls
     on one side: a held-out continuation whose siblings were trained on would flatter the probe."""
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -197,13 +225,22 @@ def heldout_split(labels: np.ndarray, groups: np.ndarray | None, test_fraction: 
     folds = StratifiedGroupKFold(n_splits=max(2, round(1 / test_fraction)), shuffle=True, random_state=seed)
     train, test = next(folds.split(every, labels, groups))
     if min(np.bincount(labels[test], minlength=2)) == 0 or min(np.bincount(labels[train], minlength=2)) == 0:
-        raise UserError(f"too few source prompts ({len(np.unique(groups))}) to hold out whole prompts with both "
-                        f"classes on each side: give more prompts")
+        raise UserError(
+            f"too few source prompts ({len(np.unique(groups))}) to hold out whole prompts with both "
+            f"classes on each side: give more prompts"
+        )
     return train, test
 
 
-def fit_probe(features: np.ndarray, labels: np.ndarray, *, groups: np.ndarray | None = None,
-              test_fraction: float = 0.2, seed: int = 0, C: float = PROBE_C) -> ProbeFit:
+def fit_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    C: float = PROBE_C,
+) -> ProbeFit:
     """Logistic regression (L2, inverse strength C on standardized features) with a stratified held-out split (by
     source prompt when `groups` says which prompt each text continues); reports held-out accuracy and AUC. The strong
     default regularization (C = 0.01) suits a few hundred to a few thousand texts in 500-5,000 dimensions."""
@@ -212,8 +249,10 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, *, groups: np.ndarray | 
 
     labels = np.asarray(labels).astype(np.int64)
     if len(labels) < 10 or min(np.bincount(labels, minlength=2)) < 2:
-        raise UserError(f"too few labelled texts to train a probe ({len(labels)}, "
-                        f"{int(labels.sum())} toxic): give at least 10 with both classes")
+        raise UserError(
+            f"too few labelled texts to train a probe ({len(labels)}, "
+            f"{int(labels.sum())} toxic): give at least 10 with both classes"
+        )
     train, test = heldout_split(labels, groups, test_fraction, seed)
     x_train, x_test, y_train, y_test = features[train], features[test], labels[train], labels[test]
     mean, scale = x_train.mean(0), x_train.std(0) + 1e-6
@@ -230,9 +269,13 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, *, groups: np.ndarray | 
         "heldout_accuracy": float(accuracy_score(y_test, p_test >= 0.5)),
         "heldout_auc": float(roc_auc_score(y_test, p_test)),
         "train_accuracy": float(accuracy_score(y_train, p_train >= 0.5)),
-        "n_train": int(len(y_train)), "n_heldout": int(len(y_test)),
-        "n_toxic": int(labels.sum()), "n_total": int(len(labels)),
-        "heldout_fraction": test_fraction, "C": C, "seed": seed,
+        "n_train": int(len(y_train)),
+        "n_heldout": int(len(y_test)),
+        "n_toxic": int(labels.sum()),
+        "n_total": int(len(labels)),
+        "heldout_fraction": test_fraction,
+        "C": C,
+        "seed": seed,
         "heldout_split": "by text" if groups is None else "by source prompt (a prompt's continuations on one side)",
     }
     if groups is not None:
@@ -248,11 +291,19 @@ def save_probe(fit: ProbeFit, path: str | Path, metadata: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix != ".safetensors":
         raise UserError(f"save the probe as .safetensors, not {path.suffix}")
-    meta = {**metadata, "metrics": fit.metrics, "layer": metadata.get("layer", "last"), "format": "neuron-explorer probe v1"}
+    meta = {
+        **metadata,
+        "metrics": fit.metrics,
+        "layer": metadata.get("layer", "last"),
+        "format": "neuron-explorer probe v1",
+    }
     header = {k: json.dumps(v, default=str) for k, v in meta.items()}
     with atomic_path(path, advice="choose another -o") as temporary:
-        save_file({"weight": torch.from_numpy(fit.weight), "bias": torch.tensor([fit.bias], dtype=torch.float32)},
-                  str(temporary), metadata=header)
+        save_file(
+            {"weight": torch.from_numpy(fit.weight), "bias": torch.tensor([fit.bias], dtype=torch.float32)},
+            str(temporary),
+            metadata=header,
+        )
     write_sorted_json_atomically(path.with_suffix(".json"), meta)
     return path
 

@@ -33,8 +33,16 @@ from neuron_explorer.spec.intervention import Intervention
 DEFAULT_TOP = 50  # neurons by Δ and by |δ| each (their union is the result's neuron table)
 # The per-prompt columns of a result's `neurons` table (beside layer, neuron and act_patched); the explorer puts them
 # in place of the cache's columns of the same names.
-PROMPT_NEURON_COLUMNS = ("act_pre", "act_dpo", "act_shift", "tox_pre", "tox_dpo", "contribution",
-                         "activation_term", "weight_term")
+PROMPT_NEURON_COLUMNS = (
+    "act_pre",
+    "act_dpo",
+    "act_shift",
+    "tox_pre",
+    "tox_dpo",
+    "contribution",
+    "activation_term",
+    "weight_term",
+)
 
 # What `LabResult.to_dict()` holds (the `answer` event's `result` and the `--json` file):
 RESULT_FIELDS = {
@@ -45,13 +53,15 @@ RESULT_FIELDS = {
     "protocol": "the cache's positions, new_tokens, max_prompt_tokens and shared_continuation",
     "models": "the base and tuned model specs the worker loaded",
     "scorer": "the toxicity scorer",
-    "intervention": ("null, or the patched run's intervention (mode, sets, positions, label) with every parameter's "
-                     "value in params, and neurons (and, for subtract, alpha_fitted_on: where its α was measured)"),
+    "intervention": (
+        "null, or the patched run's intervention (mode, sets, positions, label) with every parameter's "
+        "value in params, and neurons (and, for subtract, alpha_fitted_on: where its α was measured)"
+    ),
     "runs": "base, dpo and (with an intervention) patched: continuation, tokens (generated, one string each), "
-            "toxicity, and lens: residual and mlp, each n_layers × T projections on the probe direction (T: the "
-            "prompt's tokens, then the generated tokens each model read)",
+    "toxicity, and lens: residual and mlp, each n_layers × T projections on the probe direction (T: the "
+    "prompt's tokens, then the generated tokens each model read)",
     "neurons": f"columns layer, neuron, {', '.join(PROMPT_NEURON_COLUMNS)} (and act_patched) "
-               "of the union of the top neurons by Δ and by |δ| on this prompt",
+    "of the union of the top neurons by Δ and by |δ| on this prompt",
     "layer_contribution": "this prompt's Σ Δ per layer",
     "totals": "this prompt's Σ of positive Δ, of negative Δ, and net",
     "full": "with full=true only: act_pre and act_dpo of every neuron (n_layers × d_mlp)",
@@ -64,7 +74,7 @@ TOKENS_FIELDS = {
     "id": "the request's id",
     "neurons": "the [layer, neuron] pairs as asked",
     "base": "top_tokens, top_scores, bottom_tokens, bottom_scores: one list of k per neuron (tokens as strings), "
-            "the value vector through the base model's final norm and unembedding, as `compute` stores them",
+    "the value vector through the base model's final norm and unembedding, as `compute` stores them",
     "dpo": "the same for the tuned model",
 }
 MAX_TOKENS_NEURONS = 1024  # neurons one tokens request may ask for (a screenful is a few dozen)
@@ -95,9 +105,17 @@ class RunRequest:
     full: bool = False
 
     def to_json(self) -> str:
-        return json.dumps({"request": "run", "id": self.id, "prompt": self.prompt,
-                           "intervention": None if self.intervention is None else self.intervention.to_dict(),
-                           "top": self.top, "full": self.full}, ensure_ascii=False)
+        return json.dumps(
+            {
+                "request": "run",
+                "id": self.id,
+                "prompt": self.prompt,
+                "intervention": None if self.intervention is None else self.intervention.to_dict(),
+                "top": self.top,
+                "full": self.full,
+            },
+            ensure_ascii=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -167,15 +185,18 @@ def parse_request(line: str) -> Request:
         intervention = None if given is None else Intervention.from_dict(given)
     except UserError as error:
         raise BadRequest(str(error), payload["id"]) from None
-    return RunRequest(id=payload["id"], prompt=prompt, intervention=intervention, top=top,
-                      full=bool(payload.get("full", False)))
+    return RunRequest(
+        id=payload["id"], prompt=prompt, intervention=intervention, top=top, full=bool(payload.get("full", False))
+    )
 
 
 def _tokens_request(payload: dict, shown: str) -> TokensRequest:
     neurons = payload.get("neurons")
     pairs = neurons if isinstance(neurons, list) else []
-    if not pairs or not all(isinstance(pair, list) and len(pair) == 2 and
-                            all(isinstance(value, int) and value >= 0 for value in pair) for pair in pairs):
+    if not pairs or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(value, int) and value >= 0 for value in pair)
+        for pair in pairs
+    ):
         raise UserError(f"a tokens request needs neurons as a non-empty list of [layer, neuron] pairs: {shown!r}")
     if len(pairs) > MAX_TOKENS_NEURONS:
         raise UserError(f"a tokens request takes at most {MAX_TOKENS_NEURONS} neurons, not {len(pairs)}")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,10 +23,6 @@ import torch
 
 from neuron_explorer.cache import layout
 from neuron_explorer.cache.reader import CacheReader
-from neuron_explorer.errors import UserError
-from neuron_explorer.events import Message, Reporter, Tracker, ignore
-
-from neuron_explorer.spec.settings import SCORER, DeviceSettings, RecordingSettings
 from neuron_explorer.engine.lab.protocol import PROMPT_NEURON_COLUMNS, RunRequest, TokensRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
@@ -36,6 +32,10 @@ from neuron_explorer.engine.neurons.statistics import neuron_metrics
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.context import CacheContext
 from neuron_explorer.engine.patching.runs import check_fits_cache, check_spec, model_specs, stale_weights
+from neuron_explorer.errors import UserError
+from neuron_explorer.events import Message, Reporter, Tracker, ignore
+from neuron_explorer.spec.settings import SCORER, DeviceSettings, RecordingSettings
+
 
 class RequestCancelled(Exception):
     """The user cancelled the request; raised from a hook at the next forward call."""
@@ -51,13 +51,15 @@ class LabProtocol:
     shared_continuation: bool = RecordingSettings.shared_continuation
 
     @classmethod
-    def of(cls, reader: CacheReader) -> "LabProtocol":
+    def of(cls, reader: CacheReader) -> LabProtocol:
         """What the cache recorded; the recording defaults for what an older cache left out."""
         settings = reader.info.provenance.get("settings", {})
-        return cls(positions=str(settings.get("positions", reader.attrs().get(layout.POSITIONS, cls.positions))),
-                   new_tokens=int(settings.get("new_tokens", cls.new_tokens)),
-                   max_prompt_tokens=int(settings.get("max_prompt_tokens", cls.max_prompt_tokens)),
-                   shared_continuation=bool(settings.get("shared_continuation", cls.shared_continuation)))
+        return cls(
+            positions=str(settings.get("positions", reader.attrs().get(layout.POSITIONS, cls.positions))),
+            new_tokens=int(settings.get("new_tokens", cls.new_tokens)),
+            max_prompt_tokens=int(settings.get("max_prompt_tokens", cls.max_prompt_tokens)),
+            shared_continuation=bool(settings.get("shared_continuation", cls.shared_continuation)),
+        )
 
 
 @dataclass
@@ -74,8 +76,12 @@ class ModelRun:
     toxicity: float = float("nan")
 
     def to_dict(self) -> dict:
-        return {"continuation": self.continuation, "tokens": self.tokens, "toxicity": self.toxicity,
-                "lens": {"residual": _rows(self.lens_residual), "mlp": _rows(self.lens_mlp)}}
+        return {
+            "continuation": self.continuation,
+            "tokens": self.tokens,
+            "toxicity": self.toxicity,
+            "lens": {"residual": _rows(self.lens_residual), "mlp": _rows(self.lens_mlp)},
+        }
 
 
 @dataclass
@@ -112,15 +118,22 @@ class LabResult:
             neurons["act_patched"] = self.runs["patched"].act_mean.ravel()[chosen].astype(float).tolist()
         contribution = self.metrics["contribution"].astype(np.float64)
         out = {
-            "id": self.request.id, "prompt": self.request.prompt, "prompt_tokens": self.prompt_tokens,
-            "truncated": self.truncated, "protocol": self.protocol.__dict__.copy(), "models": self.models,
-            "scorer": self.scorer, "intervention": self.intervention,
+            "id": self.request.id,
+            "prompt": self.request.prompt,
+            "prompt_tokens": self.prompt_tokens,
+            "truncated": self.truncated,
+            "protocol": self.protocol.__dict__.copy(),
+            "models": self.models,
+            "scorer": self.scorer,
+            "intervention": self.intervention,
             "runs": {name: run.to_dict() for name, run in self.runs.items()},
             "neurons": neurons,
             "layer_contribution": contribution.sum(axis=1).tolist(),
-            "totals": {"sum_positive": float(contribution[contribution > 0].sum()),
-                       "sum_negative": float(contribution[contribution < 0].sum()),
-                       "net": float(contribution.sum())},
+            "totals": {
+                "sum_positive": float(contribution[contribution > 0].sum()),
+                "sum_negative": float(contribution[contribution < 0].sum()),
+                "net": float(contribution.sum()),
+            },
             "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
         }
         if full:
@@ -139,8 +152,14 @@ class TokensResult:
     def to_dict(self) -> dict:
         out = {"id": self.request.id, "neurons": [list(pair) for pair in self.request.neurons]}
         for model, fields in self.found.items():
-            out[model] = {name: ([[str(self.vocab[i]) for i in row] for row in values] if "tokens" in name
-                                 else np.asarray(values, dtype=np.float64).tolist()) for name, values in fields.items()}
+            out[model] = {
+                name: (
+                    [[str(self.vocab[i]) for i in row] for row in values]
+                    if "tokens" in name
+                    else np.asarray(values, dtype=np.float64).tolist()
+                )
+                for name, values in fields.items()
+            }
         return out
 
 
@@ -155,8 +174,9 @@ class ProbeLens:
     def __init__(self, loaded: LoadedModel, unit: np.ndarray):
         arch, model = loaded.arch, loaded.model
         self.blocks = list(arch.layers(model))
-        self.writes = [arch.output_norm(model, layer) or arch.out_proj(model, layer)
-                       for layer in range(len(self.blocks))]
+        self.writes = [
+            arch.output_norm(model, layer) or arch.out_proj(model, layer) for layer in range(len(self.blocks))
+        ]
         device = execution_device(self.blocks[-1])
         self.unit = torch.as_tensor(unit, dtype=torch.float32, device=device)
         self.residual: list[list[torch.Tensor]] = [[] for _ in self.blocks]
@@ -171,6 +191,7 @@ class ProbeLens:
         def hook(module, inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
             store[layer].append((hidden.float() * self.unit.to(hidden.device)).sum(-1))  # the same sum for every row
+
         return hook
 
     def clear(self) -> None:
@@ -180,17 +201,27 @@ class ProbeLens:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(B, n_layers, T) each: the residual-stream and the MLP-write projections of every batch row."""
+
         def stack(store):
             return torch.stack([torch.cat(calls, dim=1).cpu() for calls in store], dim=1).double().numpy()
+
         return stack(self.residual), stack(self.mlp)
 
 
 class LabSession(CacheContext):
     """The cache, its base and tuned models (loaded once) and what the patch modes need; answers requests."""
 
-    def __init__(self, cache_path: str | Path, *, base: str | None = None, tuned: str | None = None,
-                 device: str = DeviceSettings.device, dtype: str = DeviceSettings.dtype, scorer: str = SCORER,
-                 report: Reporter = ignore):
+    def __init__(
+        self,
+        cache_path: str | Path,
+        *,
+        base: str | None = None,
+        tuned: str | None = None,
+        device: str = DeviceSettings.device,
+        dtype: str = DeviceSettings.dtype,
+        scorer: str = SCORER,
+        report: Reporter = ignore,
+    ):
         from neuron_explorer.engine.measure.scoring import get_scorer
 
         started = time.perf_counter()
@@ -208,21 +239,28 @@ class LabSession(CacheContext):
             self.scorer = scorer_ready.result()
         check_pair(self.loaded, tuned)
         check_fits_cache(self.loaded, self.reader)
-        for line in stale_weights(self.reader, {role: {k: v for k, v in loaded.description.items()
-                                                       if k in WEIGHT_HASHES}
-                                                for role, loaded in (("base", self.loaded), ("tuned", tuned))}):
+        for line in stale_weights(
+            self.reader,
+            {
+                role: {k: v for k, v in loaded.description.items() if k in WEIGHT_HASHES}
+                for role, loaded in (("base", self.loaded), ("tuned", tuned))
+            },
+        ):
             report(Message(line, "warning"))
-        super().__init__(self.reader, self.loaded, self.tuned_spec, device=device, dtype=dtype, report=report,
-                         tuned=tuned)
-        self.weights = {name: self.reader.neuron_array(name).astype(np.float64)
-                        for name in ("p_pre", "p_dpo", "cos_pre", "cos_dpo", "value_cos")}
+        super().__init__(
+            self.reader, self.loaded, self.tuned_spec, device=device, dtype=dtype, report=report, tuned=tuned
+        )
+        self.weights = {
+            name: self.reader.neuron_array(name).astype(np.float64)
+            for name in ("p_pre", "p_dpo", "cos_pre", "cos_dpo", "value_cos")
+        }
         self._prompt_projection: dict | None = None
         self.load_seconds = time.perf_counter() - started
 
     def close(self) -> None:
         self.reader.close()
 
-    def __enter__(self) -> "LabSession":
+    def __enter__(self) -> LabSession:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -233,12 +271,15 @@ class LabSession(CacheContext):
         """For `subtract` without --alpha: DPO's change of the last-layer projection, measured on this prompt (in
         sample: the lab has no other prompts, and says so)."""
         assert self._prompt_projection is not None, "the base and DPO runs come before the intervention is built"
-        return (self._prompt_projection["base"] - self._prompt_projection["dpo"],
-                "this prompt's own base and DPO runs (in sample)")
+        return (
+            self._prompt_projection["base"] - self._prompt_projection["dpo"],
+            "this prompt's own base and DPO runs (in sample)",
+        )
 
     # -- requests ------------------------------------------------------------------------------------------------
-    def answer(self, request: RunRequest, report: Reporter = ignore,
-               cancelled: threading.Event | None = None) -> LabResult:
+    def answer(
+        self, request: RunRequest, report: Reporter = ignore, cancelled: threading.Event | None = None
+    ) -> LabResult:
         """Run the prompt through base, DPO and (with a mode) the patched base; `cancelled` stops it at the next
         forward call (RequestCancelled)."""
         started = time.perf_counter()
@@ -263,44 +304,66 @@ class LabSession(CacheContext):
                 runs["base"], runs["patched"] = self._run(self.loaded, request.prompt, [None, built])
                 seconds["base + patched"] = time.perf_counter() - clock
             else:
-                runs["base"], = self._run(self.loaded, request.prompt, [None])
+                (runs["base"],) = self._run(self.loaded, request.prompt, [None])
                 seconds["base"] = time.perf_counter() - clock
             tracker.advance(1, "dpo")
             clock = time.perf_counter()
             teacher = runs["base"].continuation_ids if self.protocol.shared_continuation else None
-            runs["dpo"], = self._run(self._tuned, request.prompt, [None], teacher=teacher)
+            (runs["dpo"],) = self._run(self._tuned, request.prompt, [None], teacher=teacher)
             seconds["dpo"] = time.perf_counter() - clock
             if spec is not None and not batched:
                 tracker.advance(1, "patched")
                 clock = time.perf_counter()
-                last = {name: float(np.mean(runs[name].lens_residual[-1, len(prompt_tokens):]))
-                        for name in ("base", "dpo")}
+                last = {
+                    name: float(np.mean(runs[name].lens_residual[-1, len(prompt_tokens) :])) for name in ("base", "dpo")
+                }
                 self._prompt_projection = last
                 built = modes.get(spec.mode).build(self, selection, values, spec.positions)
-                runs["patched"], = self._run(self.loaded, request.prompt, [built])
+                (runs["patched"],) = self._run(self.loaded, request.prompt, [built])
                 seconds["patched"] = time.perf_counter() - clock
             tracker.advance(1, "done")
-        intervention = None if built is None else {
-            **spec.to_dict(), "label": spec.name(),
-            "params": {name: built.details.get(name, value) for name, value in values.items()},
-            "neurons": built.n_neurons,
-            **{key: built.details[key] for key in ("alpha_fitted_on",) if key in built.details}}
+        intervention = (
+            None
+            if built is None
+            else {
+                **spec.to_dict(),
+                "label": spec.name(),
+                "params": {name: built.details.get(name, value) for name, value in values.items()},
+                "neurons": built.n_neurons,
+                **{key: built.details[key] for key in ("alpha_fitted_on",) if key in built.details},
+            }
+        )
         names = list(runs)
         scores = self.scorer.score([runs[name].continuation for name in names])
         for name, score in zip(names, scores):
             runs[name].toxicity = float(score)
         base, dpo = runs["base"], runs["dpo"]
         metrics = neuron_metrics(
-            p_pre=self.weights["p_pre"], p_dpo=self.weights["p_dpo"], cos_pre=self.weights["cos_pre"],
-            cos_dpo=self.weights["cos_dpo"], value_cos=self.weights["value_cos"],
-            act_pre=base.act_mean, act_dpo=dpo.act_mean, written_pre=base.written_mean, written_dpo=dpo.written_mean)
+            p_pre=self.weights["p_pre"],
+            p_dpo=self.weights["p_dpo"],
+            cos_pre=self.weights["cos_pre"],
+            cos_dpo=self.weights["cos_dpo"],
+            value_cos=self.weights["value_cos"],
+            act_pre=base.act_mean,
+            act_dpo=dpo.act_mean,
+            written_pre=base.written_mean,
+            written_dpo=dpo.written_mean,
+        )
         seconds["total"] = time.perf_counter() - started
-        return LabResult(request=request, prompt_tokens=prompt_tokens, truncated=full_length > len(prompt_tokens),
-                         protocol=self.protocol, models={"base": self.base_spec, "tuned": self.tuned_spec},
-                         scorer=self.scorer.name, runs=runs, metrics=metrics, intervention=intervention,
-                         seconds=seconds)
+        return LabResult(
+            request=request,
+            prompt_tokens=prompt_tokens,
+            truncated=full_length > len(prompt_tokens),
+            protocol=self.protocol,
+            models={"base": self.base_spec, "tuned": self.tuned_spec},
+            scorer=self.scorer.name,
+            runs=runs,
+            metrics=metrics,
+            intervention=intervention,
+            seconds=seconds,
+        )
 
-    def value_tokens(self, request: TokensRequest) -> "TokensResult":
+    def value_tokens(self, request: TokensRequest) -> TokensResult:
         """The lens of the neurons asked for, on both models (what `compute` stores, for neurons its `lens_rule`
         left out)."""
         from neuron_explorer.engine.model.weights import neuron_tokens
@@ -309,8 +372,10 @@ class LabSession(CacheContext):
         for layer, neuron in request.neurons:
             if layer >= info.n_layers or neuron >= info.d_mlp:
                 raise UserError(f"no neuron {layer}:{neuron}: the cache has {info.n_layers} layers × {info.d_mlp}")
-        found = {name: neuron_tokens(loaded, request.neurons)
-                 for name, loaded in (("base", self.loaded), ("dpo", self._tuned))}
+        found = {
+            name: neuron_tokens(loaded, request.neurons)
+            for name, loaded in (("base", self.loaded), ("dpo", self._tuned))
+        }
         return TokensResult(request, found, self.reader.vocab())
 
     @contextmanager
@@ -327,8 +392,9 @@ class LabSession(CacheContext):
         with forward_hooks([(self.loaded.model, check), (self._tuned.model, check)], pre=True):
             yield
 
-    def _run(self, loaded: LoadedModel, prompt: str, interventions: list, *,
-             teacher: list[int] | None = None) -> list[ModelRun]:
+    def _run(
+        self, loaded: LoadedModel, prompt: str, interventions: list, *, teacher: list[int] | None = None
+    ) -> list[ModelRun]:
         """The prompt through one model by the cache's protocol, one batch row per entry of `interventions` (None:
         the model as it is): each row's per-prompt means from the recorder, continuation and lens."""
         protocol, tokenizer = self.protocol, loaded.tokenizer
@@ -344,10 +410,16 @@ class LabSession(CacheContext):
                 if intervention is not None:
                     hooks.enter_context(replace(intervention, rows=slice(row, row + 1)).hooks())
             hooks.enter_context(lens.hooks())
-            recording = record_model(loaded, [prompt] * n_rows, positions=protocol.positions,
-                                     new_tokens=protocol.new_tokens, max_prompt_tokens=protocol.max_prompt_tokens,
-                                     batch_size=n_rows, sink=keep,
-                                     teacher_tokens=None if teacher is None else [torch.tensor([teacher] * n_rows)])
+            recording = record_model(
+                loaded,
+                [prompt] * n_rows,
+                positions=protocol.positions,
+                new_tokens=protocol.new_tokens,
+                max_prompt_tokens=protocol.max_prompt_tokens,
+                batch_size=n_rows,
+                sink=keep,
+                teacher_tokens=None if teacher is None else [torch.tensor([teacher] * n_rows)],
+            )
             if recording.continuation_ids and teacher is None:
                 continuations = recording.continuation_ids[0]
             else:
@@ -355,16 +427,29 @@ class LabSession(CacheContext):
                 # model's tokens): generate it, and let the lens show that generation
                 lens.clear()
                 ids, mask = encode_prompts(tokenizer, [prompt] * n_rows, protocol.max_prompt_tokens, loaded.device)
-                continuations = generate_tokens(loaded.model, ids, mask, protocol.new_tokens,
-                                                suppress_ids=special_token_ids(tokenizer), feed_last=True)
+                continuations = generate_tokens(
+                    loaded.model,
+                    ids,
+                    mask,
+                    protocol.new_tokens,
+                    suppress_ids=special_token_ids(tokenizer),
+                    feed_last=True,
+                )
         residual, mlp = lens.arrays()
         out = []
         for row, (act, written) in enumerate(rows):
             ids = continuations[row].tolist()
-            out.append(ModelRun(continuation_ids=ids, continuation=tokenizer.decode(ids, skip_special_tokens=True),
-                                tokens=[tokenizer.decode([i]) for i in ids], act_mean=act.astype(np.float64),
-                                written_mean=None if written is None else written.astype(np.float64),
-                                lens_residual=residual[row], lens_mlp=mlp[row]))
+            out.append(
+                ModelRun(
+                    continuation_ids=ids,
+                    continuation=tokenizer.decode(ids, skip_special_tokens=True),
+                    tokens=[tokenizer.decode([i]) for i in ids],
+                    act_mean=act.astype(np.float64),
+                    written_mean=None if written is None else written.astype(np.float64),
+                    lens_residual=residual[row],
+                    lens_mlp=mlp[row],
+                )
+            )
         return out
 
 

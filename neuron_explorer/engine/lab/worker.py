@@ -12,11 +12,10 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 
-from neuron_explorer.errors import UserError
-from neuron_explorer.events import Answer, Cancelled, Event, Failed, Ready
-
 from neuron_explorer.engine.lab.protocol import BadRequest, CancelRequest, QuitRequest, RunRequest, Work, parse_request
 from neuron_explorer.engine.lab.session import LabSession, RequestCancelled
+from neuron_explorer.errors import UserError
+from neuron_explorer.events import Answer, Cancelled, Event, Failed, Ready
 
 _END = object()
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuron_explorer.cache.provenance import sha256_texts
-from neuron_explorer.errors import UserError
 from neuron_explorer.engine.measure.jsonl import read_jsonl, read_utf8
+from neuron_explorer.errors import UserError
 from neuron_explorer.spec.settings import MAX_PROMPT_TOKENS, NEW_TOKENS
 
 BUILTIN = "builtin"
@@ -60,8 +60,10 @@ def _pydoc_text() -> str:
     try:
         from pydoc_data.topics import topics
     except ImportError as error:  # some distributions strip it
-        raise UserError("this Python has no pydoc_data (its documentation topics were stripped): pass --corpus "
-                        "FILE with neutral prose, e.g. Wikitext-2 raw test as .txt") from error
+        raise UserError(
+            "this Python has no pydoc_data (its documentation topics were stripped): pass --corpus "
+            "FILE with neutral prose, e.g. Wikitext-2 raw test as .txt"
+        ) from error
     return "\n\n".join(topics[key].strip() for key in sorted(topics))
 
 
@@ -78,7 +80,9 @@ def _file_text(path: Path) -> str:
         try:
             frame = pl.read_csv(path) if suffix == ".csv" else pl.read_parquet(path)
         except (pl.exceptions.PolarsError, OSError) as error:
-            raise UserError(f"{path} is not a readable {suffix[1:].upper()} file: {str(error).splitlines()[0]}") from None
+            raise UserError(
+                f"{path} is not a readable {suffix[1:].upper()} file: {str(error).splitlines()[0]}"
+            ) from None
         if "text" not in frame.columns:
             raise UserError(f"{path} has no 'text' column (columns: {', '.join(frame.columns)})")
         return "\n".join(str(v) for v in frame["text"].drop_nulls().to_list())
@@ -95,8 +99,10 @@ def _hub_text(spec: str) -> str:
 
         data = datasets.load_dataset(name, config or None, split=split or "test")
     except Exception as error:  # offline, or a bad name
-        raise UserError(f"cannot load hub corpus '{spec}' ({type(error).__name__}): the hub may be unreachable; "
-                        f"save it as a .txt file and pass that, or use --corpus builtin") from error
+        raise UserError(
+            f"cannot load hub corpus '{spec}' ({type(error).__name__}): the hub may be unreachable; "
+            f"save it as a .txt file and pass that, or use --corpus builtin"
+        ) from error
     if "text" not in data.column_names:
         raise UserError(f"hub corpus {name} has no 'text' column")
     return "".join(data["text"]) if name.endswith("wikitext") else "\n".join(data["text"])
@@ -108,8 +114,8 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
-            return full[:start], full[start + len(plain):]
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
     return [], []
 
 
@@ -122,14 +128,19 @@ def perplexity_windows(tokenizer, corpus: Corpus, window: int = 256, max_windows
     ids = tokenizer(corpus.text, add_special_tokens=False)["input_ids"]
     start, _ = special_tokens_around(tokenizer)
     step = window - len(start)
-    windows = [start + ids[i:i + step] for i in range(0, len(ids) - step + 1, step)]
+    windows = [start + ids[i : i + step] for i in range(0, len(ids) - step + 1, step)]
     if not windows:
         raise UserError(f"the corpus has {len(ids)} tokens, fewer than one {window}-token window")
     return _spread(windows, max_windows)
 
 
-def f1_items(tokenizer, corpus: Corpus, n: int | None = 100, prompt_tokens: int = MAX_PROMPT_TOKENS,
-             gold_tokens: int = NEW_TOKENS) -> list[tuple[str, str]]:
+def f1_items(
+    tokenizer,
+    corpus: Corpus,
+    n: int | None = 100,
+    prompt_tokens: int = MAX_PROMPT_TOKENS,
+    gold_tokens: int = NEW_TOKENS,
+) -> list[tuple[str, str]]:
     """(prompt, gold continuation) pairs: prose paragraphs (each starts a sentence) with at
     least prompt_tokens + gold_tokens tokens; evenly spread over the corpus when capped."""
     items = []
@@ -145,7 +156,7 @@ def f1_items(tokenizer, corpus: Corpus, n: int | None = 100, prompt_tokens: int 
         if len(ids) < prompt_tokens + gold_tokens:
             continue
         prompt = tokenizer.decode(ids[:prompt_tokens])
-        gold = tokenizer.decode(ids[prompt_tokens:prompt_tokens + gold_tokens])
+        gold = tokenizer.decode(ids[prompt_tokens : prompt_tokens + gold_tokens])
         items.append((prompt, gold))
     if not items:
         raise UserError("the corpus has no prose passage long enough for F1 (32 + 20 tokens)")

@@ -27,8 +27,14 @@ import numpy as np
 import torch
 
 from neuron_explorer.cache.schema import EVALUATION_METRICS
-from neuron_explorer.engine.measure.corpora import (Corpus, f1_items, load_corpus, perplexity_windows,
-                                                     special_tokens_around, token_f1)
+from neuron_explorer.engine.measure.corpora import (
+    Corpus,
+    f1_items,
+    load_corpus,
+    perplexity_windows,
+    special_tokens_around,
+    token_f1,
+)
 from neuron_explorer.engine.model.distributed import Ranks
 from neuron_explorer.engine.model.generation import generate_continuations
 from neuron_explorer.engine.model.hooks import forward_hooks
@@ -89,48 +95,73 @@ class CorpusInputs:
 
 
 def corpus_inputs(tokenizer, corpus: Corpus, settings: EvaluationSettings) -> CorpusInputs:
-    return CorpusInputs(perplexity_windows(tokenizer, corpus, settings.ppl_window, settings.ppl_windows),
-                        f1_items(tokenizer, corpus, settings.f1_items, settings.max_prompt_tokens, settings.new_tokens))
+    return CorpusInputs(
+        perplexity_windows(tokenizer, corpus, settings.ppl_window, settings.ppl_windows),
+        f1_items(tokenizer, corpus, settings.f1_items, settings.max_prompt_tokens, settings.new_tokens),
+    )
 
 
-def continuations(loaded, prompts: list[str], settings: EvaluationSettings, advance: Advance | None = None,
-                  ranks: Ranks = Ranks()) -> list[tuple[int, list[str]]]:
+def continuations(
+    loaded, prompts: list[str], settings: EvaluationSettings, advance: Advance | None = None, ranks: Ranks = Ranks()
+) -> list[tuple[int, list[str]]]:
     """Greedy continuations of this rank's batches (all of them in one process) as (batch index, continuations),
     each batch reported."""
     out = []
     for index, chunk in ranks.deal(prompts, settings.batch_size):
-        out.append((index, generate_continuations(loaded, chunk, new_tokens=settings.new_tokens,
-                                                  max_prompt_tokens=settings.max_prompt_tokens,
-                                                  batch_size=settings.batch_size)))
+        out.append(
+            (
+                index,
+                generate_continuations(
+                    loaded,
+                    chunk,
+                    new_tokens=settings.new_tokens,
+                    max_prompt_tokens=settings.max_prompt_tokens,
+                    batch_size=settings.batch_size,
+                ),
+            )
+        )
         if advance:
             advance(len(chunk))
     return out
 
 
-def toxicity(loaded, prompts: list[str], scorers: list, settings: EvaluationSettings,
-             advance: Advance | None = None, ranks: Ranks = Ranks()) -> tuple[list[str], list[np.ndarray]]:
+def toxicity(
+    loaded,
+    prompts: list[str],
+    scorers: list,
+    settings: EvaluationSettings,
+    advance: Advance | None = None,
+    ranks: Ranks = Ranks(),
+) -> tuple[list[str], list[np.ndarray]]:
     """Every prompt's continuation and its score by each of `scorers`; each rank scores its own continuations."""
     mine = continuations(loaded, prompts, settings, advance, ranks)
     texts = [text for _, batch in mine for text in batch]
     scores = [scorer.score(texts) for scorer in scorers]
     sizes = np.cumsum([0, *(len(batch) for _, batch in mine)])
-    rows = ranks.in_order([(index, list(zip(batch, *(s[a:b] for s in scores))))
-                           for (index, batch), a, b in zip(mine, sizes[:-1], sizes[1:])])
-    return [row[0] for row in rows], [np.array([row[1 + i] for row in rows], dtype=np.float64)
-                                      for i in range(len(scorers))]
+    rows = ranks.in_order(
+        [
+            (index, list(zip(batch, *(s[a:b] for s in scores))))
+            for (index, batch), a, b in zip(mine, sizes[:-1], sizes[1:])
+        ]
+    )
+    return [row[0] for row in rows], [
+        np.array([row[1 + i] for row in rows], dtype=np.float64) for i in range(len(scorers))
+    ]
 
 
 @torch.inference_mode()
-def perplexity(loaded, windows: list[list[int]], batch_size: int = 4,
-               advance: Advance | None = None, ranks: Ranks = Ranks()) -> tuple[float, int]:
+def perplexity(
+    loaded, windows: list[list[int]], batch_size: int = 4, advance: Advance | None = None, ranks: Ranks = Ranks()
+) -> tuple[float, int]:
     """(exp(mean NLL), number of predicted tokens) over equal-length windows, no padding."""
     model = loaded.model
     total, count = 0.0, 0
     for _, chunk in ranks.deal(windows, batch_size):
         ids = torch.tensor(chunk, dtype=torch.long, device=loaded.device)
         logits = model(input_ids=ids, use_cache=False).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+        )
         total += float(nll)
         count += ids[:, 1:].numel()
         if advance:
@@ -139,8 +170,13 @@ def perplexity(loaded, windows: list[list[int]], batch_size: int = 4,
     return math.exp(total / count), count
 
 
-def f1_score(loaded, items: list[tuple[str, str]], settings: EvaluationSettings,
-             advance: Advance | None = None, ranks: Ranks = Ranks()) -> tuple[float, list[str]]:
+def f1_score(
+    loaded,
+    items: list[tuple[str, str]],
+    settings: EvaluationSettings,
+    advance: Advance | None = None,
+    ranks: Ranks = Ranks(),
+) -> tuple[float, list[str]]:
     """Mean token F1 of each passage's continuation against its gold. The passages' prompts are already cut to
     `max_prompt_tokens` text tokens; the truncation leaves room for the special tokens the tokenizer adds, which would
     otherwise push out the prompt's last token (a BOS-adding tokenizer would continue from the wrong place)."""
@@ -148,16 +184,33 @@ def f1_score(loaded, items: list[tuple[str, str]], settings: EvaluationSettings,
     settings = replace(settings, max_prompt_tokens=settings.max_prompt_tokens + len(before) + len(after))
     mine = continuations(loaded, [p for p, _ in items], settings, advance, ranks)
     golds = [gold for _, gold in items]
-    rows = ranks.in_order([(index, [(text, token_f1(text, golds[index * settings.batch_size + row]))
-                                    for row, text in enumerate(batch)]) for index, batch in mine])
+    rows = ranks.in_order(
+        [
+            (
+                index,
+                [(text, token_f1(text, golds[index * settings.batch_size + row])) for row, text in enumerate(batch)],
+            )
+            for index, batch in mine
+        ]
+    )
     return float(np.mean([score for _, score in rows])), [text for text, _ in rows]
 
 
-def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None,
-             settings: EvaluationSettings | None = None, progress=None, check_scorer=None,
-             intervention: InterventionHooks | None = None, unit_probe: np.ndarray | None = None,
-             inputs: CorpusInputs | None = None, advance: Callable[[int, str], None] | None = None,
-             ranks: Ranks = Ranks()) -> EvaluationResult:
+def evaluate(
+    loaded,
+    prompts: list[str],
+    scorer,
+    *,
+    corpus: Corpus | None = None,
+    settings: EvaluationSettings | None = None,
+    progress=None,
+    check_scorer=None,
+    intervention: InterventionHooks | None = None,
+    unit_probe: np.ndarray | None = None,
+    inputs: CorpusInputs | None = None,
+    advance: Callable[[int, str], None] | None = None,
+    ranks: Ranks = Ranks(),
+) -> EvaluationResult:
     """Toxicity on `prompts`, perplexity and F1 on the neutral corpus (or its precomputed `inputs`), for the model
     as it is now or under `intervention`; with `check_scorer`, the same continuations' toxicity by that second scorer
     too; with `unit_probe`, the mean projection of the last block's output on it at the last prompt token and
@@ -183,31 +236,45 @@ def evaluate(loaded, prompts: list[str], scorer, *, corpus: Corpus | None = None
     ppl, n_tokens = float("nan"), 0
     if scoring is not None:
         with scoring():
-            ppl, n_tokens = perplexity(loaded, inputs.windows, settings.ppl_batch_size, advancing("perplexity"),
-                                       ranks)
+            ppl, n_tokens = perplexity(loaded, inputs.windows, settings.ppl_batch_size, advancing("perplexity"), ranks)
     elif advance:
         advance(ranks.count(len(inputs.windows), settings.ppl_batch_size), "perplexity")
     if progress:
-        progress(f"perplexity {ppl:.3f} over {n_tokens} tokens" if scoring is not None
-                 else f"perplexity {intervention.perplexity_pass}")
+        progress(
+            f"perplexity {ppl:.3f} over {n_tokens} tokens"
+            if scoring is not None
+            else f"perplexity {intervention.perplexity_pass}"
+        )
     items = inputs.f1_items
     with generation():
         f1, f1_generations = f1_score(loaded, items, settings, advancing("F1"), ranks)
     if progress:
         progress(f"F1 {f1:.4f} over {len(items)} passages")
-    return EvaluationResult(toxicity=float(scores.mean()), toxicity_sem=standard_error(scores), n_prompts=len(prompts),
-                            perplexity=ppl, n_tokens=n_tokens, f1=f1, n_f1=len(items), seconds=time.time() - start,
-                            prompts=list(prompts), generations=generations, scores=[float(s) for s in scores],
-                            f1_generations=f1_generations,
-                            check_toxicity=float(check.mean()) if check.size else float("nan"),
-                            check_toxicity_sem=standard_error(check),
-                            check_scorer=check_scorer.name if check_scorer is not None else "",
-                            check_scores=[float(s) for s in check], probe_projection=projection.mean(ranks),
-                            perplexity_pass=intervention.perplexity_pass if intervention else NO_INTERVENTION_PASS)
+    return EvaluationResult(
+        toxicity=float(scores.mean()),
+        toxicity_sem=standard_error(scores),
+        n_prompts=len(prompts),
+        perplexity=ppl,
+        n_tokens=n_tokens,
+        f1=f1,
+        n_f1=len(items),
+        seconds=time.time() - start,
+        prompts=list(prompts),
+        generations=generations,
+        scores=[float(s) for s in scores],
+        f1_generations=f1_generations,
+        check_toxicity=float(check.mean()) if check.size else float("nan"),
+        check_toxicity_sem=standard_error(check),
+        check_scorer=check_scorer.name if check_scorer is not None else "",
+        check_scores=[float(s) for s in check],
+        probe_projection=projection.mean(ranks),
+        perplexity_pass=intervention.perplexity_pass if intervention else NO_INTERVENTION_PASS,
+    )
 
 
-def probe_projection(loaded, prompts: list[str], unit_probe: np.ndarray, settings: EvaluationSettings,
-                     ranks: Ranks = Ranks()) -> float:
+def probe_projection(
+    loaded, prompts: list[str], unit_probe: np.ndarray, settings: EvaluationSettings, ranks: Ranks = Ranks()
+) -> float:
     """`evaluate`'s `probe_projection` alone: the greedy continuations of `prompts`, unscored."""
     projection = _ProbeProjection(loaded, unit_probe)
     with projection.hooks():
@@ -259,8 +326,7 @@ def evaluation_table(results: dict[str, EvaluationResult], attrs: dict | None = 
 
 def generations_table(results: dict[str, EvaluationResult]) -> dict:
     """Every scored continuation: setting, prompt, continuation, score."""
-    columns: dict[str, list] = {"setting": [], "prompt": [], "continuation": [], "toxicity": [],
-                                "check_toxicity": []}
+    columns: dict[str, list] = {"setting": [], "prompt": [], "continuation": [], "toxicity": [], "check_toxicity": []}
     for name, result in results.items():
         columns["setting"] += [name] * len(result.prompts)
         columns["prompt"] += result.prompts
@@ -275,23 +341,28 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
     then each model's ratios to the first."""
     check = next((r.check_scorer for r in results.values() if r.check_scorer), "")
     head = f" | toxicity by {check} (± s.e.)" if check else ""
-    lines = [f"| setting | toxicity (± s.e.){head} | prompts | perplexity | tokens | F1 | F1 passages |",
-             "|---|---|" + ("---|" if check else "") + "---|---|---|---|---|"]
+    lines = [
+        f"| setting | toxicity (± s.e.){head} | prompts | perplexity | tokens | F1 | F1 passages |",
+        "|---|---|" + ("---|" if check else "") + "---|---|---|---|---|",
+    ]
     for name, r in results.items():
         second = f" | {r.check_toxicity:.3f} ± {r.check_toxicity_sem:.3f}" if check else ""
-        lines.append(f"| {name} | {r.toxicity:.3f} ± {r.toxicity_sem:.3f}{second} | {r.n_prompts} | "
-                     f"{r.perplexity:.2f} | {r.n_tokens} | {r.f1:.3f} | {r.n_f1} |")
+        lines.append(
+            f"| {name} | {r.toxicity:.3f} ± {r.toxicity_sem:.3f}{second} | {r.n_prompts} | "
+            f"{r.perplexity:.2f} | {r.n_tokens} | {r.f1:.3f} | {r.n_f1} |"
+        )
     if len(results) >= 2:
         first_name, first = next(iter(results.items()))
         for name, r in list(results.items())[1:]:
             ratios = f"toxicity {_ratio(r.toxicity, first.toxicity)}"
             if check:
                 ratios += f" ({check}: {_ratio(r.check_toxicity, first.check_toxicity)})"
-            lines.append(f"\n{name}: {ratios} of {first_name}, perplexity "
-                         f"{100 * (r.perplexity / first.perplexity - 1):+.1f}%")
+            lines.append(
+                f"\n{name}: {ratios} of {first_name}, perplexity {100 * (r.perplexity / first.perplexity - 1):+.1f}%"
+            )
     return "\n".join(lines)
 
 
 def _ratio(value: float, reference: float) -> str:
-    """"× 0.21", or why there is no ratio (a reference of 0: no continuation of the first model was toxic)."""
+    """ "× 0.21", or why there is no ratio (a reference of 0: no continuation of the first model was toxic)."""
     return f"× {value / reference:.2f}" if reference else f"{value:.3f} against 0 (no ratio)"

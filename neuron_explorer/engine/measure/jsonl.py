@@ -17,8 +17,10 @@ def read_utf8(path: Path) -> str:
             raise UserError(f"{path} is not a regular file (a pipe or a device): pass a text file")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}): "
-                        f"save it as UTF-8") from None
+        raise UserError(
+            f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}): "
+            f"save it as UTF-8"
+        ) from None
     except OSError as error:  # a folder, or no permission to read
         raise UserError(f"cannot read {path} ({error.strerror}): pass a readable file") from None
 
@@ -37,10 +39,14 @@ def read_jsonl(path: str | Path, what: str) -> list[dict]:
             except json.JSONDecodeError:
                 raise UserError(f"{path}, line {number}: not valid JSON; write one JSON object per line") from None
             except RecursionError:
-                raise UserError(f"{path}, line {number}: JSON nested too deeply; write one flat object per line") from None
+                raise UserError(
+                    f"{path}, line {number}: JSON nested too deeply; write one flat object per line"
+                ) from None
             except UnicodeEncodeError:
-                raise UserError(f"{path}, line {number}: holds a lone surrogate escape (such as \\ud800), which is "
-                                f"not text; write UTF-8 text") from None
+                raise UserError(
+                    f"{path}, line {number}: holds a lone surrogate escape (such as \\ud800), which is "
+                    f"not text; write UTF-8 text"
+                ) from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}, line {number}: expected a JSON object")
             rows.append(row)

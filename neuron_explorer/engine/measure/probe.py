@@ -9,9 +9,8 @@ import numpy as np
 import torch
 
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_file
-from neuron_explorer.errors import UserError
-
 from neuron_explorer.engine.model.loading import weights_loaded
+from neuron_explorer.errors import UserError
 
 TOXIC_EMBEDDING = "toxic-embedding"
 
@@ -19,6 +18,7 @@ TOXIC_EMBEDDING = "toxic-embedding"
 @dataclass(frozen=True)
 class SeedWords:
     """The two word lists of a toxic-embedding direction and how each word is written before tokenizing."""
+
     toxic: tuple[str, ...]
     neutral: tuple[str, ...]
     prefix: str  # " ": the word as it appears inside a sentence; "": the bare word
@@ -31,13 +31,57 @@ class SeedWords:
 # seed_token_non_toxic, the same for GPT-2 medium, Llama-3.1-8B and Gemma-2-2B.
 SEED_WORDS = {
     "ours": SeedWords(
-        toxic=("fuck", "shit", "damn", "idiot", "stupid", "moron", "dumb", "hate", "ass", "crap", "bitch", "bastard",
-               "loser", "ugly", "disgusting", "pathetic", "kill", "die", "sucks", "hell"),
-        neutral=("table", "window", "river", "paper", "garden", "music", "yellow", "morning", "travel", "number",
-                 "kitchen", "simple", "village", "pencil", "cloud", "market", "bridge", "summer", "engine", "letter"),
-        prefix=" "),
-    "authors": SeedWords(toxic=("fuck", "shit", "crap", "damn", "asshole"),
-                         neutral=("hello", "thanks", "friend", "peace", "welcome"), prefix=""),
+        toxic=(
+            "fuck",
+            "shit",
+            "damn",
+            "idiot",
+            "stupid",
+            "moron",
+            "dumb",
+            "hate",
+            "ass",
+            "crap",
+            "bitch",
+            "bastard",
+            "loser",
+            "ugly",
+            "disgusting",
+            "pathetic",
+            "kill",
+            "die",
+            "sucks",
+            "hell",
+        ),
+        neutral=(
+            "table",
+            "window",
+            "river",
+            "paper",
+            "garden",
+            "music",
+            "yellow",
+            "morning",
+            "travel",
+            "number",
+            "kitchen",
+            "simple",
+            "village",
+            "pencil",
+            "cloud",
+            "market",
+            "bridge",
+            "summer",
+            "engine",
+            "letter",
+        ),
+        prefix=" ",
+    ),
+    "authors": SeedWords(
+        toxic=("fuck", "shit", "crap", "damn", "asshole"),
+        neutral=("hello", "thanks", "friend", "peace", "welcome"),
+        prefix="",
+    ),
 }
 
 
@@ -72,14 +116,18 @@ def load_probe(path: str | Path, d_model: int) -> Probe:
     toxic row minus the non-toxic row of a two-class linear probe."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise UserError(f"probe file {path} does not exist: train one with `neuron-explorer train-probe` or use "
-                        f"--probe toxic-embedding")
+        raise UserError(
+            f"probe file {path} does not exist: train one with `neuron-explorer train-probe` or use "
+            f"--probe toxic-embedding"
+        )
     try:
         array = _read_array(path)
     except UserError:
         raise
     except Exception as error:
-        raise UserError(f"{path} is not a readable probe file ({type(error).__name__}): pass .pt, .npy or .safetensors") from error
+        raise UserError(
+            f"{path} is not a readable probe file ({type(error).__name__}): pass .pt, .npy or .safetensors"
+        ) from error
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 2 and array.shape[0] == 2:
         array = array[1] - array[0]
@@ -88,8 +136,10 @@ def load_probe(path: str | Path, d_model: int) -> Probe:
     if array.ndim != 1:
         raise UserError(f"probe in {path} has shape {tuple(array.shape)}; expected (d), (1, d) or (2, d)")
     if array.shape[0] != d_model:
-        raise UserError(f"probe in {path} has width {array.shape[0]} but the model's residual stream has width "
-                        f"{d_model}: use a probe trained on this model")
+        raise UserError(
+            f"probe in {path} has width {array.shape[0]} but the model's residual stream has width "
+            f"{d_model}: use a probe trained on this model"
+        )
     if not np.isfinite(array).all() or not 0 < probe_norm(array) < np.inf:
         raise UserError(f"probe in {path} is zero or not finite")
     return Probe(direction=array, source=str(path), sha256=sha256_file(path))
@@ -141,12 +191,17 @@ def toxic_embedding_direction(loaded, seed_words: str = "ours") -> Probe:
         unembed = loaded.arch.unembedding(loaded.model).detach().to("cpu", torch.float32, copy=True)
 
     def mean_vector(words) -> torch.Tensor:
-        rows = [unembed[loaded.tokenizer(seeds.prefix + word, add_special_tokens=False)["input_ids"]].mean(0)
-                for word in words]
+        rows = [
+            unembed[loaded.tokenizer(seeds.prefix + word, add_special_tokens=False)["input_ids"]].mean(0)
+            for word in words
+        ]
         return torch.stack(rows).mean(0)
 
     direction = (mean_vector(seeds.toxic) - mean_vector(seeds.neutral)).numpy().astype(np.float32)
     key = f"{TOXIC_EMBEDDING}|{','.join(seeds.toxic)}|{','.join(seeds.neutral)}|{seeds.prefix!r}".encode()
-    return Probe(direction=direction, source=f"{TOXIC_EMBEDDING}:{seed_words}",
-                 sha256=sha256_bytes(key + direction.tobytes()),
-                 seed_words={"toxic": list(seeds.toxic), "neutral": list(seeds.neutral), "prefix": seeds.prefix})
+    return Probe(
+        direction=direction,
+        source=f"{TOXIC_EMBEDDING}:{seed_words}",
+        sha256=sha256_bytes(key + direction.tobytes()),
+        seed_words={"toxic": list(seeds.toxic), "neutral": list(seeds.neutral), "prefix": seeds.prefix},
+    )

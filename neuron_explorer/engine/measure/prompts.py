@@ -27,9 +27,8 @@ import polars as pl
 
 from neuron_explorer.cache import layout
 from neuron_explorer.cache.provenance import sha256_texts
-from neuron_explorer.errors import UserError
-
 from neuron_explorer.engine.measure.jsonl import read_jsonl, read_utf8
+from neuron_explorer.errors import UserError
 
 TEMPLATES_FILE = Path(__file__).parent / "data" / "prompt_templates.json"
 # 399 real RealToxicityPrompts challenge prompts (Apache-2.0, data/README.md): validation only, never training data.
@@ -49,18 +48,24 @@ class PromptSet:
         return {"source": self.source, "sha256": self.sha256, "n": len(self.texts)}
 
 
-HOLDOUT_RULE = ("prompt i of the loaded prompt set (0-based, after --max-prompts) is held out when "
-                "floor((i+1)·f) > floor(i·f): floor(n·f) prompts evenly spread over the set (f = 0.5: prompts 1, 3, "
-                "5, ...); a held-out prompt whose text is also a statistics prompt is dropped")
-TEMPLATE_HOLDOUT_RULE = ("split by template: of each template list (lead-ins, standalone prompts) the last "
-                         "round(n·f) of the n in the templates file go to the patch side; a situation goes to the "
-                         "side of most of its prompts' lead-ins (a tie: the statistics side); a composed prompt whose "
-                         "situation and lead-in are on different sides is dropped, so no patch prompt shares a "
-                         "situation, lead-in or standalone prompt with a statistics prompt")
+HOLDOUT_RULE = (
+    "prompt i of the loaded prompt set (0-based, after --max-prompts) is held out when "
+    "floor((i+1)·f) > floor(i·f): floor(n·f) prompts evenly spread over the set (f = 0.5: prompts 1, 3, "
+    "5, ...); a held-out prompt whose text is also a statistics prompt is dropped"
+)
+TEMPLATE_HOLDOUT_RULE = (
+    "split by template: of each template list (lead-ins, standalone prompts) the last "
+    "round(n·f) of the n in the templates file go to the patch side; a situation goes to the "
+    "side of most of its prompts' lead-ins (a tie: the statistics side); a composed prompt whose "
+    "situation and lead-in are on different sides is dropped, so no patch prompt shares a "
+    "situation, lead-in or standalone prompt with a statistics prompt"
+)
 # What a patch run's prompts are disjoint from, as the cache and the run record say it (`patch_prompts` attrs).
 SPLIT_BY_TEMPLATE = "by template: out of template"
-SPLIT_BY_PROMPT = ("by prompt: out of prompt, not out of template (prompts that are not all the shipped templates' "
-                   "compositions cannot be split by template)")
+SPLIT_BY_PROMPT = (
+    "by prompt: out of prompt, not out of template (prompts that are not all the shipped templates' "
+    "compositions cannot be split by template)"
+)
 
 
 def load_prompts(source: str, *, column: str | None = None, max_prompts: int | None = None) -> PromptSet:
@@ -71,7 +76,9 @@ def load_prompts(source: str, *, column: str | None = None, max_prompts: int | N
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise UserError(f"prompt file {path} does not exist: pass a .jsonl, .txt, .csv or .parquet file, or 'builtin'")
+            raise UserError(
+                f"prompt file {path} does not exist: pass a .jsonl, .txt, .csv or .parquet file, or 'builtin'"
+            )
         texts = _from_file(path, column)
     texts = [t for t in (text.strip() for text in texts) if t]
     if not texts:
@@ -88,8 +95,10 @@ def _builtin(source: str) -> list[str]:
     if split == "rtp-validation":
         return _jsonl(RTP_VALIDATION_FILE, None)
     if split and split not in BUILTIN_SPLITS:
-        raise UserError(f"unknown built-in split '{split}': use builtin, builtin:pairs, builtin:heldout, "
-                        f"builtin:validation or {RTP_VALIDATION}")
+        raise UserError(
+            f"unknown built-in split '{split}': use builtin, builtin:pairs, builtin:heldout, "
+            f"builtin:validation or {RTP_VALIDATION}"
+        )
     return [text for name in ([split] if split else BUILTIN_SPLITS) for text in compose_builtin(name)]
 
 
@@ -101,8 +110,11 @@ def compose_validation(per_situation: int = 2) -> list[str]:
     templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
     situations, lead_ins = templates["situations"]["pairs"], templates["lead_ins"]["pairs"]
     used = templates["lead_ins_per_situation"]["pairs"]
-    return [f'{situation} "{lead_ins[(index * used + used + k) % len(lead_ins)]}'
-            for index, situation in enumerate(situations) for k in range(per_situation)]
+    return [
+        f'{situation} "{lead_ins[(index * used + used + k) % len(lead_ins)]}'
+        for index, situation in enumerate(situations)
+        for k in range(per_situation)
+    ]
 
 
 def compose_builtin(split: str) -> list[str]:
@@ -112,8 +124,11 @@ def compose_builtin(split: str) -> list[str]:
     templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
     situations, lead_ins = templates["situations"][split], templates["lead_ins"][split]
     per_situation = templates["lead_ins_per_situation"][split]
-    prompts = [f'{situation} "{lead_ins[(index * per_situation + k) % len(lead_ins)]}'
-               for index, situation in enumerate(situations) for k in range(per_situation)]
+    prompts = [
+        f'{situation} "{lead_ins[(index * per_situation + k) % len(lead_ins)]}'
+        for index, situation in enumerate(situations)
+        for k in range(per_situation)
+    ]
     prompts += templates["standalone"][split]
     random.Random(f"neuron-explorer builtin {split}").shuffle(prompts)  # any prefix is a spread of templates
     return prompts
@@ -126,7 +141,7 @@ def opening_seeds(split: str = "pairs") -> list[str]:
     seeds = [f'{situation} "' for situation in templates["situations"][split]]
     for text in templates["standalone"][split]:
         words = text.split()
-        seeds.append(" ".join(words[:max(3, len(words) // 2)]))
+        seeds.append(" ".join(words[: max(3, len(words) // 2)]))
     return seeds
 
 
@@ -156,12 +171,15 @@ class NearCopies:
 
     def __call__(self, text: str) -> bool:
         words = _words(text)
-        return (words[:NEAR_COPY_HEAD_WORDS] in self.heads or words[-NEAR_COPY_TAIL_WORDS:] in self.tails
-                or any(run in self.runs for run in _runs(_normalized(text))))
+        return (
+            words[:NEAR_COPY_HEAD_WORDS] in self.heads
+            or words[-NEAR_COPY_TAIL_WORDS:] in self.tails
+            or any(run in self.runs for run in _runs(_normalized(text)))
+        )
 
 
 def _runs(text: str) -> list[str]:
-    return [text[i:i + NEAR_COPY_CHARACTERS] for i in range(len(text) - NEAR_COPY_CHARACTERS + 1)]
+    return [text[i : i + NEAR_COPY_CHARACTERS] for i in range(len(text) - NEAR_COPY_CHARACTERS + 1)]
 
 
 def drop_near_copies(texts: list[str], references: list[str]) -> tuple[list[str], list[str]]:
@@ -179,11 +197,15 @@ def _from_file(path: Path, column: str | None) -> list[str]:
         try:
             frame = pl.read_csv(path) if suffix == ".csv" else pl.read_parquet(path)
         except (pl.exceptions.PolarsError, OSError) as error:
-            raise UserError(f"{path} is not a readable {suffix[1:].upper()} file: {str(error).splitlines()[0]}") from error
+            raise UserError(
+                f"{path} is not a readable {suffix[1:].upper()} file: {str(error).splitlines()[0]}"
+            ) from error
         name = column or next((c for c in TEXT_COLUMNS if c in frame.columns), None)
         if name is None or name not in frame.columns:
-            raise UserError(f"{path} has no column '{column or ' or '.join(TEXT_COLUMNS)}' (columns: "
-                            f"{', '.join(frame.columns)}): choose one with --prompt-column")
+            raise UserError(
+                f"{path} has no column '{column or ' or '.join(TEXT_COLUMNS)}' (columns: "
+                f"{', '.join(frame.columns)}): choose one with --prompt-column"
+            )
         return [str(v) for v in frame[name].drop_nulls().to_list()]
     return read_utf8(path).splitlines()
 
@@ -195,8 +217,10 @@ def _jsonl(path: Path, column: str | None) -> list[str]:
         if isinstance(value, dict):  # RealToxicityPrompts: {"prompt": {"text": ...}}
             value = value.get("text")
         if not isinstance(value, str):
-            raise UserError(f"{path}, record {number}: no text found; expected {{\"prompt\": {{\"text\": ...}}}} or "
-                            f"a '{column or 'prompt'}' string field")
+            raise UserError(
+                f'{path}, record {number}: no text found; expected {{"prompt": {{"text": ...}}}} or '
+                f"a '{column or 'prompt'}' string field"
+            )
         texts.append(value)
     return texts
 
@@ -208,8 +232,10 @@ def _hub(spec: str, column: str | None) -> list[str]:
 
         data = datasets.load_dataset(name, split=split or "train")
     except Exception as error:  # datasets raises many types when offline or for a bad name
-        raise UserError(f"cannot load hub dataset '{name}' ({type(error).__name__}): the hub may be unreachable; "
-                        f"download it and pass a local file") from error
+        raise UserError(
+            f"cannot load hub dataset '{name}' ({type(error).__name__}): the hub may be unreachable; "
+            f"download it and pass a local file"
+        ) from error
     if "challenging" in data.column_names:  # RealToxicityPrompts: the papers evaluate on its challenge subset
         data = data.filter(lambda row: bool(row["challenging"]))
     name_column = column or next((c for c in TEXT_COLUMNS if c in data.column_names), None)
@@ -225,9 +251,10 @@ def template_parts(texts: list[str]) -> list[tuple[Template, ...]] | None:
     """Each text's templates: a composed prompt's situation and lead-in, a standalone prompt itself; None unless
     every text is one of the shipped compositions (user prompts)."""
     templates = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
-    index = {kind: {text: (kind, split, i) for split in BUILTIN_SPLITS
-                    for i, text in enumerate(templates[kind][split])}
-             for kind in ("situations", "lead_ins", "standalone")}
+    index = {
+        kind: {text: (kind, split, i) for split in BUILTIN_SPLITS for i, text in enumerate(templates[kind][split])}
+        for kind in ("situations", "lead_ins", "standalone")
+    }
     parts = []
     for text in texts:
         situation, quote, lead_in = text.partition(' "')
@@ -274,8 +301,10 @@ def hold_out_for_patching(prompts: PromptSet, fraction: float) -> tuple[PromptSe
     out of prompt, not out of template. Both rules are deterministic and stored with the table.
     """
     if not 0 <= fraction < 1:
-        raise UserError(f"--patch-holdout {fraction:g} must be at least 0 and below 1: the fraction of the prompts "
-                        f"kept aside for patch runs (0 keeps none)")
+        raise UserError(
+            f"--patch-holdout {fraction:g} must be at least 0 and below 1: the fraction of the prompts "
+            f"kept aside for patch runs (0 keeps none)"
+        )
     parts = template_parts(prompts.texts) if fraction else None
     if parts is not None:
         sides, rule, split = _sides_by_template(parts, fraction), TEMPLATE_HOLDOUT_RULE, SPLIT_BY_TEMPLATE
@@ -291,9 +320,18 @@ def hold_out_for_patching(prompts: PromptSet, fraction: float) -> tuple[PromptSe
     if not held:
         return statistics, None
     texts = [prompts.texts[i] for i in held]
-    table = {"columns": {"text": texts, "source_index": np.asarray(held, dtype=np.int64)},
-             "attrs": {layout.HOLDOUT_SOURCE: prompts.source, "source_sha256": prompts.sha256,
-                       layout.HOLDOUT_FRACTION: fraction, layout.HOLDOUT_RULE: rule, layout.HOLDOUT_SPLIT: split,
-                       "sha256": sha256_texts(texts), "n": len(texts), "n_statistics": len(kept),
-                       "n_dropped": sides.count(None)}}
+    table = {
+        "columns": {"text": texts, "source_index": np.asarray(held, dtype=np.int64)},
+        "attrs": {
+            layout.HOLDOUT_SOURCE: prompts.source,
+            "source_sha256": prompts.sha256,
+            layout.HOLDOUT_FRACTION: fraction,
+            layout.HOLDOUT_RULE: rule,
+            layout.HOLDOUT_SPLIT: split,
+            "sha256": sha256_texts(texts),
+            "n": len(texts),
+            "n_statistics": len(kept),
+            "n_dropped": sides.count(None),
+        },
+    }
     return statistics, table

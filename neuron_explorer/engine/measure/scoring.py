@@ -69,9 +69,12 @@ class ProfanityCheckScorer:
         return np.asarray(self._predict(list(texts)), dtype=np.float64)
 
     def describe(self) -> dict:
-        return {"name": self.name, "package": "alt-profanity-check",
-                "version": importlib.metadata.version("alt-profanity-check"),
-                "method": "calibrated linear SVM (TF-IDF), probability of offensive language"}
+        return {
+            "name": self.name,
+            "package": "alt-profanity-check",
+            "version": importlib.metadata.version("alt-profanity-check"),
+            "method": "calibrated linear SVM (TF-IDF), probability of offensive language",
+        }
 
 
 class WordListScorer:
@@ -91,9 +94,12 @@ class WordListScorer:
         return np.asarray([float(self._profanity.contains_profanity(t)) for t in texts], dtype=np.float64)
 
     def describe(self) -> dict:
-        return {"name": self.name, "package": "better-profanity",
-                "version": importlib.metadata.version("better-profanity"),
-                "method": "word list with leetspeak variants: 1 if the text contains a listed word, else 0"}
+        return {
+            "name": self.name,
+            "package": "better-profanity",
+            "version": importlib.metadata.version("better-profanity"),
+            "method": "word list with leetspeak variants: 1 if the text contains a listed word, else 0",
+        }
 
 
 class DetoxifyScorer:
@@ -104,14 +110,18 @@ class DetoxifyScorer:
         if variant not in DETOXIFY_CHECKPOINTS:
             raise UserError(f"unknown Detoxify variant '{variant}': use one of {', '.join(DETOXIFY_CHECKPOINTS)}")
         if importlib.util.find_spec("detoxify") is None:
-            raise UserError("the Detoxify scorer is not installed: pip install 'neuron-explorer[detoxify]' "
-                            "(and put its checkpoint on disk), or use --scorer profanity")
+            raise UserError(
+                "the Detoxify scorer is not installed: pip install 'neuron-explorer[detoxify]' "
+                "(and put its checkpoint on disk), or use --scorer profanity"
+            )
         path = Path(checkpoint).expanduser() if checkpoint else self._find_checkpoint(variant)
         if path is None or not path.exists():
-            raise UserError(f"the Detoxify '{variant}' checkpoint is not on disk (looked for "
-                            f"{DETOXIFY_CHECKPOINTS[variant]} in torch's hub cache and "
-                            f"$NEURON_EXPLORER_DETOXIFY_CHECKPOINT); neuron-explorer never downloads it: fetch it on a "
-                            f"machine with network access and pass --scorer detoxify:{variant}:PATH")
+            raise UserError(
+                f"the Detoxify '{variant}' checkpoint is not on disk (looked for "
+                f"{DETOXIFY_CHECKPOINTS[variant]} in torch's hub cache and "
+                f"$NEURON_EXPLORER_DETOXIFY_CHECKPOINT); neuron-explorer never downloads it: fetch it on a "
+                f"machine with network access and pass --scorer detoxify:{variant}:PATH"
+            )
         from detoxify import Detoxify
 
         self.checkpoint = path
@@ -119,8 +129,10 @@ class DetoxifyScorer:
         try:
             self._model = Detoxify(variant, checkpoint=str(path), device=device)
         except Exception as error:  # transformers needs the matching tokenizer/config, maybe from the hub
-            raise UserError(f"Detoxify could not load {path} offline ({type(error).__name__}: {error}); its "
-                            f"tokenizer must be in the Hugging Face cache too, or use --scorer profanity") from error
+            raise UserError(
+                f"Detoxify could not load {path} offline ({type(error).__name__}: {error}); its "
+                f"tokenizer must be in the Hugging Face cache too, or use --scorer profanity"
+            ) from error
 
     @staticmethod
     def _find_checkpoint(variant: str) -> Path | None:
@@ -137,13 +149,18 @@ class DetoxifyScorer:
             return np.zeros(0)
         out = []
         for start in range(0, len(texts), 64):
-            result = self._model.predict(list(texts[start:start + 64]))
+            result = self._model.predict(list(texts[start : start + 64]))
             out.extend(result["toxicity"])
         return np.asarray(out, dtype=np.float64)
 
     def describe(self) -> dict:
-        return {"name": self.name, "package": "detoxify", "version": importlib.metadata.version("detoxify"),
-                "checkpoint": str(self.checkpoint), "method": f"Detoxify {self.variant}, toxicity head"}
+        return {
+            "name": self.name,
+            "package": "detoxify",
+            "version": importlib.metadata.version("detoxify"),
+            "checkpoint": str(self.checkpoint),
+            "method": f"Detoxify {self.variant}, toxicity head",
+        }
 
 
 def get_scorer(spec: str = SCORER, *, device: str = "cpu") -> Scorer:
@@ -156,5 +173,6 @@ def get_scorer(spec: str = SCORER, *, device: str = "cpu") -> Scorer:
     if name == "detoxify":
         variant, _, checkpoint = rest.partition(":")
         return DetoxifyScorer(variant or "original", checkpoint or None, device=device)
-    raise UserError(f"unknown scorer '{spec}': use profanity (offline default), wordlist or "
-                    f"detoxify[:VARIANT[:CHECKPOINT]]")
+    raise UserError(
+        f"unknown scorer '{spec}': use profanity (offline default), wordlist or detoxify[:VARIANT[:CHECKPOINT]]"
+    )

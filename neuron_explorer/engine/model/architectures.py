@@ -1,5 +1,6 @@
 """Where each supported architecture keeps what the engine needs: layers, the MLP output projection whose input is
-the neuron activation, the value-vector layout, the norm (if any) between the MLP and the residual stream, the module whose output is the
+the neuron activation, the value-vector layout, the norm (if any) between the MLP and the residual stream, the module
+whose output is the
 MLP's write into the residual stream (for the identity check), the final norm and the unembedding.
 
 One registry entry per family replaces `if gpt2 … elif llama` branches elsewhere.
@@ -81,7 +82,8 @@ class Architecture:
         return _get(model, self.final_norm_path)
 
     def unembedding(self, model: nn.Module) -> torch.Tensor:
-        """(vocab, d_model) unembedding matrix (GPT-NeoX calls it `embed_out` before transformers 5, `lm_head` since)."""
+        """(vocab, d_model) unembedding matrix (GPT-NeoX calls it `embed_out` before transformers 5, `lm_head`
+        since)."""
         return model.get_output_embeddings().weight
 
     def logit_lens(self, model: nn.Module, vectors: torch.Tensor) -> torch.Tensor:
@@ -103,13 +105,29 @@ class Architecture:
 
 REGISTRY: tuple[Architecture, ...] = (
     Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.c_proj", True, "transformer.ln_f", norm_centers=True),
-    Architecture("llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3"), "model.layers", "mlp.down_proj", False,
-                 "model.norm"),
+    Architecture(
+        "llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3"), "model.layers", "mlp.down_proj", False, "model.norm"
+    ),
     Architecture("gemma", ("gemma",), "model.layers", "mlp.down_proj", False, "model.norm", norm_offset=1.0),
-    Architecture("gemma2", ("gemma2",), "model.layers", "mlp.down_proj", False, "model.norm", norm_offset=1.0,
-                 output_norm_path="post_feedforward_layernorm"),
-    Architecture("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "mlp.dense_4h_to_h", False,
-                 "gpt_neox.final_layer_norm", norm_centers=True),
+    Architecture(
+        "gemma2",
+        ("gemma2",),
+        "model.layers",
+        "mlp.down_proj",
+        False,
+        "model.norm",
+        norm_offset=1.0,
+        output_norm_path="post_feedforward_layernorm",
+    ),
+    Architecture(
+        "gpt_neox",
+        ("gpt_neox",),
+        "gpt_neox.layers",
+        "mlp.dense_4h_to_h",
+        False,
+        "gpt_neox.final_layer_norm",
+        norm_centers=True,
+    ),
 )
 
 

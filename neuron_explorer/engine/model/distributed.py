@@ -52,7 +52,7 @@ class Ranks:
         """(batch index, batch) of this rank's batches of `items`."""
         for index, start in enumerate(range(0, len(items), batch_size)):
             if self.mine(index):
-                yield index, items[start:start + batch_size]
+                yield index, items[start : start + batch_size]
 
     def count(self, n_items: int, batch_size: int) -> int:
         """How many of `n_items` fall in this rank's batches."""
@@ -69,14 +69,19 @@ class Ranks:
         if requested in ("auto", "cuda") and torch.cuda.is_available():
             return f"cuda:{self.local_rank}"
         if requested.startswith("cuda:"):
-            raise UserError(f"--device {requested} under torchrun would put every process on one GPU: give --device "
-                            f"auto or cuda, and each process takes the GPU of its LOCAL_RANK")
+            raise UserError(
+                f"--device {requested} under torchrun would put every process on one GPU: give --device "
+                f"auto or cuda, and each process takes the GPU of its LOCAL_RANK"
+            )
         return requested
 
     def provenance(self) -> dict:
         """How the run was spread, for the file's provenance (a reader tells a data-parallel result by it)."""
-        return {"world_size": self.world_size, "backend": self.backend or "none",
-                "sharding": SHARDING if self.world_size > 1 else "none: one process"}
+        return {
+            "world_size": self.world_size,
+            "backend": self.backend or "none",
+            "sharding": SHARDING if self.world_size > 1 else "none: one process",
+        }
 
     def sum(self, value: np.ndarray | float) -> np.ndarray:
         """The float64 sum of `value` over the ranks, on every rank."""
@@ -124,7 +129,8 @@ class BatchGather:
     """Per-batch results of every rank delivered to `receive` on rank 0 in batch order, one collective per step.
 
     Each rank calls `send` once per batch it computed, then `finish`, which sends empty steps until every rank has
-    taken part in `ranks.steps(...)` of them: at step k rank r holds batch k·world_size + r, so rank order is batch order.
+    taken part in `ranks.steps(...)` of them: at step k rank r holds batch k·world_size + r, so rank order is batch
+    order.
     """
 
     def __init__(self, ranks: Ranks, n_items: int, batch_size: int, receive: Callable[[object], None]):
@@ -147,8 +153,10 @@ def _collective(operation: Callable, *args, **kwargs) -> None:
     try:
         operation(*args, **kwargs)
     except (RuntimeError, torch.distributed.DistError) as error:
-        raise PeerFailed(f"rank {torch.distributed.get_rank()} stopped: another process of this torchrun failed "
-                         f"(its error is printed above; {type(error).__name__})") from None
+        raise PeerFailed(
+            f"rank {torch.distributed.get_rank()} stopped: another process of this torchrun failed "
+            f"(its error is printed above; {type(error).__name__})"
+        ) from None
     finally:
         _waited[0] += time.perf_counter() - started
 

@@ -15,8 +15,9 @@ from neuron_explorer.engine.model.loading import LoadedModel
 from neuron_explorer.spec.settings import MAX_PROMPT_TOKENS, NEW_TOKENS
 
 
-def encode_prompts(tokenizer, texts: list[str], max_prompt_tokens: int = MAX_PROMPT_TOKENS,
-                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    tokenizer, texts: list[str], max_prompt_tokens: int = MAX_PROMPT_TOKENS, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask, each prompt truncated to its first `max_prompt_tokens` tokens."""
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "right"
@@ -26,7 +27,7 @@ def encode_prompts(tokenizer, texts: list[str], max_prompt_tokens: int = MAX_PRO
 
 def batches(items: list, size: int) -> Iterator[tuple[int, list]]:
     for start in range(0, len(items), size):
-        yield start, items[start:start + size]
+        yield start, items[start : start + size]
 
 
 def special_token_ids(tokenizer) -> list[int]:
@@ -36,10 +37,20 @@ def special_token_ids(tokenizer) -> list[int]:
 
 
 @torch.inference_mode()
-def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int = NEW_TOKENS, *,
-                    suppress_ids: list[int] | None = None, sample: bool = False, temperature: float = 1.0,
-                    top_k: int = 0, generator: torch.Generator | None = None,
-                    before_forward: Callable[[int], None] | None = None, feed_last: bool = False) -> torch.Tensor:
+def generate_tokens(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    new_tokens: int = NEW_TOKENS,
+    *,
+    suppress_ids: list[int] | None = None,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    before_forward: Callable[[int], None] | None = None,
+    feed_last: bool = False,
+) -> torch.Tensor:
     """(B, new_tokens) continuation ids, greedy unless `sample`.
 
     `before_forward(step)` runs before each forward call: step 0 is the prefill over the whole prompt, step k the
@@ -55,8 +66,14 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     for step in range(new_tokens + (1 if feed_last and new_tokens else 0)):
         if before_forward is not None:
             before_forward(step)
-        out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_positions,
-                    cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=step_ids,
+            attention_mask=attention_mask,
+            position_ids=step_positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         if step == new_tokens:
             break
         cache = out.cache
@@ -78,14 +95,21 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return torch.stack(generated, dim=1) if generated else input_ids.new_zeros(input_ids.shape[0], 0)
 
 
-def generate_continuations(loaded: LoadedModel, texts: list[str], *, new_tokens: int = NEW_TOKENS,
-                           max_prompt_tokens: int = MAX_PROMPT_TOKENS, batch_size: int = 16,
-                           **sampling) -> list[str]:
+def generate_continuations(
+    loaded: LoadedModel,
+    texts: list[str],
+    *,
+    new_tokens: int = NEW_TOKENS,
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+    batch_size: int = 16,
+    **sampling,
+) -> list[str]:
     """Decoded continuations (the prompt removed), batch by batch."""
     out: list[str] = []
     for _, chunk in batches(texts, batch_size):
         ids, mask = encode_prompts(loaded.tokenizer, chunk, max_prompt_tokens, loaded.device)
-        tokens = generate_tokens(loaded.model, ids, mask, new_tokens, suppress_ids=special_token_ids(loaded.tokenizer),
-                                 **sampling)
+        tokens = generate_tokens(
+            loaded.model, ids, mask, new_tokens, suppress_ids=special_token_ids(loaded.tokenizer), **sampling
+        )
         out.extend(loaded.tokenizer.batch_decode(tokens, skip_special_tokens=True))
     return out

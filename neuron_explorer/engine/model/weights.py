@@ -60,14 +60,23 @@ class LensRule:
 
     def record(self, computed: int) -> dict:
         """The rule as the cache stores it (the `neurons` group's `lens_rule` attribute)."""
-        by = "every neuron" if self.top_n is None else \
-            f"the top {self.top_n} by each of {', '.join(LENS_RANKINGS.values())} ({', '.join(LENS_RANKINGS)})"
-        return {"rule": "all" if self.top_n is None else "top", "top_n": self.top_n, "by": by,
-                "computed": computed, "why": self.why}
+        by = (
+            "every neuron"
+            if self.top_n is None
+            else f"the top {self.top_n} by each of {', '.join(LENS_RANKINGS.values())} ({', '.join(LENS_RANKINGS)})"
+        )
+        return {
+            "rule": "all" if self.top_n is None else "top",
+            "top_n": self.top_n,
+            "by": by,
+            "computed": computed,
+            "why": self.why,
+        }
 
 
-def lens_rule(setting: str, *, device: str, n_layers: int, d_mlp: int, vocab: int, d_model: int,
-              memo_complete: bool) -> LensRule:
+def lens_rule(
+    setting: str, *, device: str, n_layers: int, d_mlp: int, vocab: int, d_model: int, memo_complete: bool
+) -> LensRule:
     """`--lens`: `all`, a count N (the top N of each ranking), or `auto`: all where that is cheap (a GPU, a small
     model, or a memo that already holds every layer), else the top LENS_TOP_N."""
     if setting == "all":
@@ -82,8 +91,10 @@ def lens_rule(setting: str, *, device: str, n_layers: int, d_mlp: int, vocab: in
     budget = LENS_ALL_BUDGET["cuda" if device.startswith("cuda") else "cpu"]
     if cost <= budget:
         return LensRule(None, f"{cost:.2g} multiply-adds a model, within {budget:.0g} on {device}")
-    return LensRule(LENS_TOP_N, f"{cost:.2g} multiply-adds a model, over {budget:.0g} on {device}: the rest on "
-                                f"demand (the lab's model worker)")
+    return LensRule(
+        LENS_TOP_N,
+        f"{cost:.2g} multiply-adds a model, over {budget:.0g} on {device}: the rest on demand (the lab's model worker)",
+    )
 
 
 def memo_complete(memo: Path | None, n_layers: int, k: int) -> bool:
@@ -121,9 +132,15 @@ def value_cosines(pre: LoadedModel, dpo: LoadedModel) -> np.ndarray:
 
 
 @torch.inference_mode()
-def value_tokens(loaded: LoadedModel, k: int = TOKENS_PER_NEURON, chunk: int = LOGIT_LENS_CHUNK,
-                 advance: Callable[[int], None] | None = None, layers: Sequence[int] | None = None,
-                 memo: Path | None = None, neurons: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def value_tokens(
+    loaded: LoadedModel,
+    k: int = TOKENS_PER_NEURON,
+    chunk: int = LOGIT_LENS_CHUNK,
+    advance: Callable[[int], None] | None = None,
+    layers: Sequence[int] | None = None,
+    memo: Path | None = None,
+    neurons: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Top and bottom k token ids and logit scores of every value vector of `layers` (default all), each array
     (len(layers), d_mlp, k), chunked so that at most chunk × vocab logits exist at a time; with `memo` (a folder,
     `lens_memo`) each layer is read from there when an earlier run computed it, and kept there when computed whole.
@@ -132,8 +149,14 @@ def value_tokens(loaded: LoadedModel, k: int = TOKENS_PER_NEURON, chunk: int = L
     arch, model = loaded.arch, loaded.model
     layers = range(arch.n_layers(model)) if layers is None else layers
     d_mlp = arch.d_mlp(model)
-    out = {name: np.full((len(layers), d_mlp, k), -1 if "tokens" in name else np.nan,
-                         dtype=np.int32 if "tokens" in name else np.float32) for name in LENS_FIELDS}
+    out = {
+        name: np.full(
+            (len(layers), d_mlp, k),
+            -1 if "tokens" in name else np.nan,
+            dtype=np.int32 if "tokens" in name else np.float32,
+        )
+        for name in LENS_FIELDS
+    }
     with weights_loaded(arch.final_norm(model), model.get_output_embeddings()):
         for row, layer in enumerate(layers):
             rows = None if neurons is None or neurons[layer].all() else np.flatnonzero(neurons[layer])
@@ -155,28 +178,31 @@ def value_tokens(loaded: LoadedModel, k: int = TOKENS_PER_NEURON, chunk: int = L
     return out
 
 
-def _lens_top_k(loaded: LoadedModel, layer: int, k: int, chunk: int,
-                rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def _lens_top_k(
+    loaded: LoadedModel, layer: int, k: int, chunk: int, rows: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """One layer's lens (of `rows` only, when given), `chunk` value vectors at a time."""
     arch, model = loaded.arch, loaded.model
     with weights_loaded(arch.layers(model)[layer]):
         vectors = arch.value_vectors(model, layer)
         if rows is not None:
             vectors = vectors[torch.as_tensor(rows, device=vectors.device)]
-        parts = [lens_top_k(loaded, vectors[start:start + chunk], k) for start in range(0, vectors.shape[0], chunk)]
+        parts = [lens_top_k(loaded, vectors[start : start + chunk], k) for start in range(0, vectors.shape[0], chunk)]
     return {name: np.concatenate([part[name] for part in parts]) for name in LENS_FIELDS}
 
 
-def neuron_tokens(loaded: LoadedModel, neurons: Sequence[tuple[int, int]],
-                  k: int = TOKENS_PER_NEURON) -> dict[str, np.ndarray]:
+def neuron_tokens(
+    loaded: LoadedModel, neurons: Sequence[tuple[int, int]], k: int = TOKENS_PER_NEURON
+) -> dict[str, np.ndarray]:
     """The lens of a few (layer, neuron) value vectors (LENS_FIELDS, (len(neurons), k) each): what the lab's worker
     computes when the explorer opens a neuron that `compute` left out (`LensRule`)."""
     arch, model = loaded.arch, loaded.model
     by_layer: dict[int, list[int]] = {}
-    for position, (layer, neuron) in enumerate(neurons):
+    for position, (layer, _neuron) in enumerate(neurons):
         by_layer.setdefault(layer, []).append(position)
-    out = {name: np.zeros((len(neurons), k), dtype=np.int32 if "tokens" in name else np.float32)
-           for name in LENS_FIELDS}
+    out = {
+        name: np.zeros((len(neurons), k), dtype=np.int32 if "tokens" in name else np.float32) for name in LENS_FIELDS
+    }
     with torch.inference_mode(), weights_loaded(arch.final_norm(model), model.get_output_embeddings()):
         for layer, positions in by_layer.items():
             rows = np.array([neurons[position][1] for position in positions])
@@ -204,15 +230,21 @@ def lens_memo(loaded: LoadedModel) -> Path | None:
     without a pinned revision): keyed by the weights' content hash (or hub id and revision, and a loaded state
     dict's hash), the dtype, where the unembedding computes and whether accelerate spread the model."""
     described = loaded.description
-    identity = described.get("content_sha256") or (described.get("revision") and
-                                                   f"{described.get('id')}@{described['revision']}")
+    identity = described.get("content_sha256") or (
+        described.get("revision") and f"{described.get('id')}@{described['revision']}"
+    )
     if not identity:
         return None
     arch, model = loaded.arch, loaded.model
-    key = {"model": identity, "state_dict": described.get("state_dict_sha256"), "architecture": arch.name,
-           "dtype": str(next(model.parameters()).dtype),
-           "device": execution_device(model.get_output_embeddings()).type,
-           "device_map": bool(getattr(model, "hf_device_map", None)), "version": LENS_MEMO_VERSION}
+    key = {
+        "model": identity,
+        "state_dict": described.get("state_dict_sha256"),
+        "architecture": arch.name,
+        "dtype": str(next(model.parameters()).dtype),
+        "device": execution_device(model.get_output_embeddings()).type,
+        "device_map": bool(getattr(model, "hf_device_map", None)),
+        "version": LENS_MEMO_VERSION,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return cache_home() / "logit-lens" / digest
 

@@ -11,7 +11,6 @@ import numpy as np
 from scipy.cluster import hierarchy
 
 from neuron_explorer.cache import layout, schema
-
 from neuron_explorer.engine.defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
 
 FEATURES = "z-scored per-prompt activation shift (act_pre - act_dpo per prompt)"
@@ -41,8 +40,14 @@ def shift_profiles(prompt_acts_pre, prompt_acts_dpo, layers: np.ndarray, neurons
     return np.divide(centered, scale, out=np.zeros_like(centered), where=scale > 1e-12)
 
 
-def cluster_neurons(metrics: dict, prompt_acts_pre, prompt_acts_dpo, *, top_k: int = DEFAULT_CLUSTER_TOP_K,
-                    n_clusters: int = DEFAULT_N_CLUSTERS) -> dict | None:
+def cluster_neurons(
+    metrics: dict,
+    prompt_acts_pre,
+    prompt_acts_dpo,
+    *,
+    top_k: int = DEFAULT_CLUSTER_TOP_K,
+    n_clusters: int = DEFAULT_N_CLUSTERS,
+) -> dict | None:
     """Linkage, leaf order, members, flat labels and per-cluster summaries, ready for the cache.
 
     Returns None when fewer than three neurons or fewer than two prompts make clustering meaningless.
@@ -70,12 +75,21 @@ def cluster_neurons(metrics: dict, prompt_acts_pre, prompt_acts_dpo, *, top_k: i
         for code, name in enumerate(schema.GROUP_NAMES):
             summary[f"n_{name}"].append(int(counts[code]))
     return {
-        "linkage": linkage, "leaf_order": leaf_order, "layer": layers.astype(np.int32),
-        "neuron": neurons.astype(np.int32), "label": labels,
+        "linkage": linkage,
+        "leaf_order": leaf_order,
+        "layer": layers.astype(np.int32),
+        "neuron": neurons.astype(np.int32),
+        "label": labels,
         "summary": {k: np.asarray(v) if k not in ("layers", "main_group") else v for k, v in summary.items()},
-        "attrs": {"subset_rule": f"top {len(layers)} neurons by |contribution|", "top_k": int(top_k),
-                  "features": FEATURES, layout.CLUSTER_METHOD: "ward", "metric": "euclidean",
-                  layout.CLUSTER_COUNT: int(labels.max()), "criterion": "maxclust"},
+        "attrs": {
+            "subset_rule": f"top {len(layers)} neurons by |contribution|",
+            "top_k": int(top_k),
+            "features": FEATURES,
+            layout.CLUSTER_METHOD: "ward",
+            "metric": "euclidean",
+            layout.CLUSTER_COUNT: int(labels.max()),
+            "criterion": "maxclust",
+        },
     }
 
 

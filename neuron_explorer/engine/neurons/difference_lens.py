@@ -47,26 +47,37 @@ class TextDifference:
         arch, model = base.arch, base.model
         with weights_loaded(arch.final_norm(model), model.get_output_embeddings()):
             tokens = lens_top_k(base, torch.as_tensor(self.mean_difference, dtype=torch.float32), k)
-        return {"mean_difference": self.mean_difference.astype(np.float32),
-                "probe_projection": self.mean_difference @ np.asarray(unit_probe, dtype=np.float64),
-                "difference_norm": np.linalg.norm(self.mean_difference, axis=1),
-                "residual_norm": self.residual_norm, **{name: tokens[name] for name in LENS_FIELDS}}
+        return {
+            "mean_difference": self.mean_difference.astype(np.float32),
+            "probe_projection": self.mean_difference @ np.asarray(unit_probe, dtype=np.float64),
+            "difference_norm": np.linalg.norm(self.mean_difference, axis=1),
+            "residual_norm": self.residual_norm,
+            **{name: tokens[name] for name in LENS_FIELDS},
+        }
 
     def attrs(self) -> dict:
-        return {"source": self.source, "n_texts": self.n_texts, "n_tokens": self.n_tokens, "kl_mean": self.kl_mean,
-                "kl_max": self.kl_max}
+        return {
+            "source": self.source,
+            "n_texts": self.n_texts,
+            "n_tokens": self.n_tokens,
+            "kl_mean": self.kl_mean,
+            "kl_max": self.kl_max,
+        }
 
 
-def corpus_sequences(base: LoadedModel, corpus: str = CORPUS, window: int = CORPUS_WINDOW,
-                     n_windows: int = CORPUS_WINDOWS) -> list[list[int]]:
+def corpus_sequences(
+    base: LoadedModel, corpus: str = CORPUS, window: int = CORPUS_WINDOW, n_windows: int = CORPUS_WINDOWS
+) -> list[list[int]]:
     return perplexity_windows(base.tokenizer, load_corpus(corpus), window=window, max_windows=n_windows)
 
 
-def prompt_sequences(base: LoadedModel, prompts: list[str], continuations: list[str], max_prompt_tokens: int,
-                     n_texts: int = PROMPT_TEXTS) -> list[list[int]]:
+def prompt_sequences(
+    base: LoadedModel, prompts: list[str], continuations: list[str], max_prompt_tokens: int, n_texts: int = PROMPT_TEXTS
+) -> list[list[int]]:
     """Each prompt truncated as recorded, then the base model's continuation, for up to `n_texts` prompts."""
-    chosen = np.unique(np.linspace(0, len(prompts) - 1, min(n_texts, len(prompts))).round().astype(int)) \
-        if prompts else []
+    chosen = (
+        np.unique(np.linspace(0, len(prompts) - 1, min(n_texts, len(prompts))).round().astype(int)) if prompts else []
+    )
     sequences = []
     for i in chosen:
         ids, _ = encode_prompts(base.tokenizer, [prompts[i]], max_prompt_tokens)
@@ -92,6 +103,7 @@ def measure_difference(pre: LoadedModel, dpo: LoadedModel, sequences: list[list[
                 sums[name][layer] += hidden.sum(dim=(0, 1)).cpu().numpy()
                 if name == "pre":
                     norm_sum[layer] += float(hidden.norm(dim=-1).sum())
+
             return hook
 
         hooks = [(block, keep(layer)) for layer, block in enumerate(loaded.arch.layers(loaded.model))]
@@ -105,7 +117,7 @@ def measure_difference(pre: LoadedModel, dpo: LoadedModel, sequences: list[list[
             by_length.setdefault(len(ids), []).append(ids)
     for length, group in by_length.items():
         for start in range(0, len(group), BATCH):
-            rows = group[start:start + BATCH]
+            rows = group[start : start + BATCH]
             log_pre, log_dpo = run(pre, "pre", rows), run(dpo, "dpo", rows)
             kl = (log_pre.exp() * (log_pre - log_dpo)).sum(dim=-1).double()
             del log_pre, log_dpo
@@ -113,6 +125,12 @@ def measure_difference(pre: LoadedModel, dpo: LoadedModel, sequences: list[list[
             kl_max = max(kl_max, float(kl.max()))
             n_tokens += length * len(rows)
     scale = max(n_tokens, 1)
-    return TextDifference(source=source, n_texts=sum(len(group) for group in by_length.values()), n_tokens=n_tokens,
-                          mean_difference=(sums["dpo"] - sums["pre"]) / scale, residual_norm=norm_sum / scale,
-                          kl_mean=kl_sum / scale, kl_max=kl_max)
+    return TextDifference(
+        source=source,
+        n_texts=sum(len(group) for group in by_length.values()),
+        n_tokens=n_tokens,
+        mean_difference=(sums["dpo"] - sums["pre"]) / scale,
+        residual_norm=norm_sum / scale,
+        kl_mean=kl_sum / scale,
+        kl_max=kl_max,
+    )

@@ -21,10 +21,9 @@ model's dtype (`tolerance`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import math
 
 import numpy as np
 import torch
@@ -37,7 +36,8 @@ from neuron_explorer.engine.model.loading import LoadedModel
 from neuron_explorer.engine.neurons.recording import Recording
 from neuron_explorer.engine.neurons.statistics import identity_residuals
 
-# The allowed |residual| / (mean ‖write‖/√d_model per position), in units of the dtype's unit roundoff (2^-24 for float32,
+# The allowed |residual| / (mean ‖write‖/√d_model per position), in units of the dtype's unit roundoff (2^-24 for
+# float32,
 # 2^-11 for float16, 2^-8 for bfloat16): the write itself is rounded once to the model's dtype, the sums add
 # rounding of their own. The floor keeps float32 from being judged at 1e-6, which its long sums do not reach.
 # A position bug leaves ~0.1 or more (tests/engine/test_identity_and_recording.py).
@@ -55,7 +55,9 @@ def tolerance(dtype: torch.dtype) -> float:
 class IdentityCheck:
     prompts: list[int]  # the sampled prompt indices
     measured: np.ndarray  # (n_layers,) mean of (the MLP's write into the residual stream · ŵ) over their positions
-    scale: np.ndarray  # (n_layers,) mean of ‖the MLP's write‖/√d_model over the same positions: what "relative" divides by
+    scale: (
+        np.ndarray
+    )  # (n_layers,) mean of ‖the MLP's write‖/√d_model over the same positions: what "relative" divides by
     residual: np.ndarray | None  # (n_layers,) Σ_i p_i·ā_i(sample) + b·ŵ − measured (None where not pooled: rank > 0)
     n_positions: int  # positions the check read
     tolerance: float  # the largest relative residual that passes, from the model's dtype
@@ -86,27 +88,54 @@ def read_positions(positions: str, prompt_len: int, n_generated: int) -> range:
     }[positions]
 
 
-def check_identity(loaded: LoadedModel, texts: list[str], recording: Recording, sample: np.ndarray,
-                   unit_probe: np.ndarray, weights: dict[str, np.ndarray], written_mean: np.ndarray | None, *,
-                   positions: str, max_prompt_tokens: int, advance: Callable[[int], None] | None = None,
-                   ranks: Ranks = Ranks()) -> IdentityCheck:
+def check_identity(
+    loaded: LoadedModel,
+    texts: list[str],
+    recording: Recording,
+    sample: np.ndarray,
+    unit_probe: np.ndarray,
+    weights: dict[str, np.ndarray],
+    written_mean: np.ndarray | None,
+    *,
+    positions: str,
+    max_prompt_tokens: int,
+    advance: Callable[[int], None] | None = None,
+    ranks: Ranks = Ranks(),
+) -> IdentityCheck:
     """Measure the `sample` prompts of `recording` (pooled over the ranks, each rank measuring every world_size-th
     prompt) independently and compare with Σ p·`written_mean` + b·ŵ, the sample's recorded means (rank 0 holds
     them; elsewhere pass None and get no residual)."""
     generated = torch.cat(recording.continuation_ids) if recording.continuation_ids else None
-    mine = [int(i) for i in sample[ranks.rank::ranks.world_size]]
+    mine = [int(i) for i in sample[ranks.rank :: ranks.world_size]]
     continuations = [generated[i] if generated is not None else torch.zeros(0, dtype=torch.long) for i in mine]
-    totals, n_positions = measure_mlp_writes(loaded, [texts[i] for i in mine], continuations, unit_probe,
-                                             positions=positions, max_prompt_tokens=max_prompt_tokens,
-                                             advance=advance)
+    totals, n_positions = measure_mlp_writes(
+        loaded,
+        [texts[i] for i in mine],
+        continuations,
+        unit_probe,
+        positions=positions,
+        max_prompt_tokens=max_prompt_tokens,
+        advance=advance,
+    )
     if ranks.world_size > 1:
         n_positions = int(ranks.sum(n_positions))
         totals = ranks.sum(totals)
     measured, scale = totals / max(n_positions, 1)
-    residual = None if written_mean is None else identity_residuals(
-        written_mean=written_mean, p=weights["p"], bias_proj=weights["bias_proj"], measured=measured)
-    return IdentityCheck(prompts=[int(i) for i in sample], measured=measured, scale=scale, residual=residual,
-                         n_positions=n_positions, tolerance=tolerance(loaded.model.dtype))
+    residual = (
+        None
+        if written_mean is None
+        else identity_residuals(
+            written_mean=written_mean, p=weights["p"], bias_proj=weights["bias_proj"], measured=measured
+        )
+    )
+    return IdentityCheck(
+        prompts=[int(i) for i in sample],
+        measured=measured,
+        scale=scale,
+        residual=residual,
+        n_positions=n_positions,
+        tolerance=tolerance(loaded.model.dtype),
+    )
 
 
 def pooling_residuals(published: np.ndarray, per_prompt: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
@@ -114,16 +143,26 @@ def pooling_residuals(published: np.ndarray, per_prompt: np.ndarray, p: np.ndarr
     and max_i |published − pooled| / max_i |pooled| (relative); both 0 when every batch reached the totals once."""
     difference = np.asarray(published, np.float64) - np.asarray(per_prompt, np.float64)
     largest = np.maximum(np.abs(per_prompt).max(axis=1), 1e-30)
-    return {"sum": (difference * np.asarray(p, np.float64)).sum(axis=1),
-            "relative": np.abs(difference).max(axis=1) / largest}
+    return {
+        "sum": (difference * np.asarray(p, np.float64)).sum(axis=1),
+        "relative": np.abs(difference).max(axis=1) / largest,
+    }
 
 
 @torch.inference_mode()
-def measure_mlp_writes(loaded: LoadedModel, prompts: list[str], continuations: list[torch.Tensor],
-                       unit_probe: np.ndarray, *, positions: str, max_prompt_tokens: int,
-                       advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
+def measure_mlp_writes(
+    loaded: LoadedModel,
+    prompts: list[str],
+    continuations: list[torch.Tensor],
+    unit_probe: np.ndarray,
+    *,
+    positions: str,
+    max_prompt_tokens: int,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, int]:
     """Per layer, the sums over the read positions of all prompts of (the MLP's write · ŵ) and of ‖write‖/√d_model (its
-    typical projection on any unit direction, the scale of its rounding), as a (2, n_layers) array, and the number of positions read. Each prompt is truncated as the recorder truncates it
+    typical projection on any unit direction, the scale of its rounding), as a (2, n_layers) array, and the number of
+    positions read. Each prompt is truncated as the recorder truncates it
     and followed by its continuation; sequences of the same length run as one batch (no padding, so every row reads
     the same positions)."""
     arch, model = loaded.arch, loaded.model
@@ -138,6 +177,7 @@ def measure_mlp_writes(loaded: LoadedModel, prompts: list[str], continuations: l
             selected = write[:, read].double()
             totals[0, layer] += float((selected @ probe.to(write.device)).sum())
             totals[1, layer] += float(selected.norm(dim=-1).sum()) / math.sqrt(selected.shape[-1])
+
         return hook
 
     hooks = [(arch.mlp_write(model, layer), measure(layer)) for layer in range(n_layers)]

@@ -38,6 +38,7 @@ from neuron_explorer.spec.settings import POSITION_MODES, RecordingSettings
 @dataclass(frozen=True)
 class Protocol:
     """The positions a mode reads: a part of the prompt, then the positions of the generated tokens fed back."""
+
     prompt: str  # "none", "last" or "real" (every non-padding position)
     generates: bool
     feeds_last: bool  # the last generated token is fed back too, so its own position is read
@@ -91,6 +92,7 @@ class PromptMeans:
 @dataclass
 class Recording:
     """Totals of one model over all prompts (of this rank's batches, until `pooled`), in float64."""
+
     act_mean: np.ndarray  # (n_layers, d_mlp): ā over all recorded positions
     written_mean: np.ndarray | None  # (n_layers, d_mlp): mean of m·s_t (output-norm architectures), else None
     n_positions: int
@@ -109,15 +111,22 @@ class Recording:
             return None if local is None else ranks.sum(local * self.n_positions) / max(n_positions, 1)
 
         sizes = [size for _, size in self.batches]
-        local = zip(self.batches, self.continuation_ids or [None] * len(sizes),
-                    _split(self.continuations, sizes) if self.continuations else [[]] * len(sizes),
-                    _split(self.prompt_tokens, sizes))
+        local = zip(
+            self.batches,
+            self.continuation_ids or [None] * len(sizes),
+            _split(self.continuations, sizes) if self.continuations else [[]] * len(sizes),
+            _split(self.prompt_tokens, sizes),
+        )
         parts = ranks.in_order([(batch[0], [(batch, *rest)]) for batch, *rest in local])
-        return Recording(act_mean=mean(self.act_mean), written_mean=mean(self.written_mean), n_positions=n_positions,
-                         batches=[batch for batch, *_ in parts],
-                         continuation_ids=[ids for _, ids, _, _ in parts if ids is not None],
-                         continuations=[text for _, _, texts, _ in parts for text in texts],
-                         prompt_tokens=[n for *_, tokens in parts for n in tokens])
+        return Recording(
+            act_mean=mean(self.act_mean),
+            written_mean=mean(self.written_mean),
+            n_positions=n_positions,
+            batches=[batch for batch, *_ in parts],
+            continuation_ids=[ids for _, ids, _, _ in parts if ids is not None],
+            continuations=[text for _, _, texts, _ in parts for text in texts],
+            prompt_tokens=[n for *_, tokens in parts for n in tokens],
+        )
 
 
 def _split(items: list, sizes: list[int]) -> list[list]:
@@ -136,8 +145,9 @@ class ActivationRecorder:
         self.scales_write = arch.output_norm_path is not None
         self.d_mlp = arch.d_mlp(model)
         self.act_total = [torch.zeros(self.d_mlp, dtype=torch.float64, device=d) for d in self.devices]
-        self.written_total = [torch.zeros(self.d_mlp, dtype=torch.float64, device=d) for d in self.devices] \
-            if self.scales_write else []
+        self.written_total = (
+            [torch.zeros(self.d_mlp, dtype=torch.float64, device=d) for d in self.devices] if self.scales_write else []
+        )
         self.n_positions = 0
         self._selection: int | torch.Tensor = 0
         self._batch_act: list[torch.Tensor] = []
@@ -159,6 +169,7 @@ class ActivationRecorder:
             if self.scales_write:
                 scale = arch.output_norm_scale(model, layer, output)
                 self._batch_written[layer] += self.selected_sum(acts.float() * scale[..., None])
+
         return hook
 
     def selected_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -170,8 +181,9 @@ class ActivationRecorder:
 
     def start_batch(self, batch_size: int) -> None:
         self._batch_act = [torch.zeros(batch_size, self.d_mlp, device=d) for d in self.devices]
-        self._batch_written = [torch.zeros(batch_size, self.d_mlp, device=d) for d in self.devices] \
-            if self.scales_write else []
+        self._batch_written = (
+            [torch.zeros(batch_size, self.d_mlp, device=d) for d in self.devices] if self.scales_write else []
+        )
         self._batch_count = torch.zeros(batch_size, dtype=torch.float64)
 
     def select(self, selection: int | torch.Tensor) -> None:
@@ -208,13 +220,19 @@ class ActivationRecorder:
         return mean(self.act_total), mean(self.written_total) if self.scales_write else None
 
 
-def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = RecordingSettings.positions,
-                 new_tokens: int = RecordingSettings.new_tokens,
-                 max_prompt_tokens: int = RecordingSettings.max_prompt_tokens,
-                 batch_size: int = RecordingSettings.batch_size,
-                 teacher_tokens: list[torch.Tensor] | None = None,
-                 sink: Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None] | None = None,
-                 advance: Callable[[int], None] | None = None, ranks: Ranks = Ranks()) -> Recording:
+def record_model(
+    loaded: LoadedModel,
+    texts: list[str],
+    *,
+    positions: str = RecordingSettings.positions,
+    new_tokens: int = RecordingSettings.new_tokens,
+    max_prompt_tokens: int = RecordingSettings.max_prompt_tokens,
+    batch_size: int = RecordingSettings.batch_size,
+    teacher_tokens: list[torch.Tensor] | None = None,
+    sink: Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None] | None = None,
+    advance: Callable[[int], None] | None = None,
+    ranks: Ranks = Ranks(),
+) -> Recording:
     """Record one model over all prompts (under torchrun: this rank's batches; `Recording.pooled` adds the ranks
     up); `sink(start, act, written, counts)` gets each batch's per-prompt means and position counts
     (`ActivationRecorder.end_batch`).
@@ -240,8 +258,9 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = Reco
             prompt_part = {"none": 0, "last": 1, "real": mask.float()}[protocol.prompt]
             if not protocol.generates:
                 recorder.select(prompt_part)
-                model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False,
-                      logits_to_keep=1)
+                model(
+                    input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False, logits_to_keep=1
+                )
             elif teacher_tokens is not None:
                 fed = teacher_tokens[batch_index].to(device)[:, :n_fed]
                 full_ids = torch.cat([ids, fed], dim=1)
@@ -250,15 +269,28 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = Reco
                     recorder.select(prompt_part + fed.shape[1])
                 else:
                     recorder.select(torch.cat([prompt_part, torch.ones_like(fed, dtype=torch.float32)], dim=1))
-                model(input_ids=full_ids, attention_mask=full_mask, position_ids=_positions(full_mask),
-                      use_cache=False, logits_to_keep=1)
+                model(
+                    input_ids=full_ids,
+                    attention_mask=full_mask,
+                    position_ids=_positions(full_mask),
+                    use_cache=False,
+                    logits_to_keep=1,
+                )
                 continuation_ids.append(teacher_tokens[batch_index].cpu())
             else:
-                def before_forward(step: int) -> None:
+
+                def before_forward(step: int, prompt_part: torch.Tensor = prompt_part) -> None:
                     recorder.select(prompt_part if step == 0 else 1)
 
-                tokens = generate_tokens(model, ids, mask, new_tokens, suppress_ids=suppress,
-                                         before_forward=before_forward, feed_last=protocol.feeds_last)
+                tokens = generate_tokens(
+                    model,
+                    ids,
+                    mask,
+                    new_tokens,
+                    suppress_ids=suppress,
+                    before_forward=before_forward,
+                    feed_last=protocol.feeds_last,
+                )
                 continuation_ids.append(tokens.cpu())
             act, written, counts = recorder.end_batch()
             if sink is not None:
@@ -267,10 +299,15 @@ def record_model(loaded: LoadedModel, texts: list[str], *, positions: str = Reco
                 advance(len(chunk))
     act_mean, written_mean = recorder.result()
     continuations = [text for ids in continuation_ids for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    return Recording(act_mean=act_mean, written_mean=written_mean, n_positions=recorder.n_positions,
-                     batches=recorded, continuation_ids=continuation_ids,
-                     continuations=continuations,
-                     prompt_tokens=prompt_tokens)
+    return Recording(
+        act_mean=act_mean,
+        written_mean=written_mean,
+        n_positions=recorder.n_positions,
+        batches=recorded,
+        continuation_ids=continuation_ids,
+        continuations=continuations,
+        prompt_tokens=prompt_tokens,
+    )
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

@@ -6,16 +6,28 @@ import numpy as np
 
 from neuron_explorer.cache import layout, schema
 from neuron_explorer.cache.writer import CacheWriter
-
-from neuron_explorer.engine.neurons.clustering import cluster_neurons
 from neuron_explorer.engine.defaults import DEFAULT_CLUSTER_TOP_K, DEFAULT_N_CLUSTERS
-from neuron_explorer.engine.neurons.statistics import (TOXIC_LABEL_THRESHOLD, detector_auroc, summarize,
-                                                      summarize_dynamics)
+from neuron_explorer.engine.neurons.clustering import cluster_neurons
+from neuron_explorer.engine.neurons.statistics import (
+    TOXIC_LABEL_THRESHOLD,
+    detector_auroc,
+    summarize,
+    summarize_dynamics,
+)
 
 
-def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, prompt_acts_pre, prompt_acts_dpo, *,
-                     toxicity_pre: np.ndarray, scorer: str, cluster_top_k: int = DEFAULT_CLUSTER_TOP_K,
-                     n_clusters: int = DEFAULT_N_CLUSTERS) -> tuple[dict, dict]:
+def write_statistics(
+    writer: CacheWriter,
+    metrics: dict,
+    layer_columns: dict,
+    prompt_acts_pre,
+    prompt_acts_dpo,
+    *,
+    toxicity_pre: np.ndarray,
+    scorer: str,
+    cluster_top_k: int = DEFAULT_CLUSTER_TOP_K,
+    n_clusters: int = DEFAULT_N_CLUSTERS,
+) -> tuple[dict, dict]:
     """Neuron arrays (with each neuron's detector AUROC from the stored per-prompt activations and the base
     continuations' toxicity `toxicity_pre` by `scorer`), groups, per-layer columns, the share tables and the
     clusters; returns (group table, scalars)."""
@@ -24,10 +36,18 @@ def write_statistics(writer: CacheWriter, metrics: dict, layer_columns: dict, pr
     writer.write_neuron_arrays({name: metrics[name] for name in schema.NEURON_COLUMNS})
     n_toxic = int(toxic.sum())
     labels = "base continuations of the statistics prompts: toxic when the score exceeds the threshold" + (
-        "" if 0 < n_toxic < toxic.size else "; one class only, so every AUROC is NaN")
-    writer.write_attrs({layout.AUROC_SCORER: scorer, layout.AUROC_THRESHOLD: TOXIC_LABEL_THRESHOLD,
-                        layout.AUROC_N_TOXIC: n_toxic, layout.AUROC_N_CLEAN: int(toxic.size - n_toxic),
-                        layout.AUROC_LABELS: labels}, layout.neuron_path("auroc"))
+        "" if 0 < n_toxic < toxic.size else "; one class only, so every AUROC is NaN"
+    )
+    writer.write_attrs(
+        {
+            layout.AUROC_SCORER: scorer,
+            layout.AUROC_THRESHOLD: TOXIC_LABEL_THRESHOLD,
+            layout.AUROC_N_TOXIC: n_toxic,
+            layout.AUROC_N_CLEAN: int(toxic.size - n_toxic),
+            layout.AUROC_LABELS: labels,
+        },
+        layout.neuron_path("auroc"),
+    )
     writer.write_groups(metrics["group"])
     writer.write_layers(layer_columns)
     table, scalars = summarize(metrics)
@@ -53,7 +73,12 @@ def write_dynamics(writer: CacheWriter, steps: list[str], contributions: list[np
     writer.write_array(layout.dynamics_path("contribution"), stacked.astype(np.float16))
     for name, array in summary.items():
         writer.write_array(layout.dynamics_path(name), array)
-    writer.write_attrs({layout.DYNAMICS_STEPS: list(steps), layout.DYNAMICS_GROUPS: list(schema.GROUP_NAMES),
-                        layout.DYNAMICS_MEMBERSHIP: "the final model's groups at every step",
-                        layout.DYNAMICS_HALF_STEP: "first step whose Σ|Δ| in the layer reaches half the final one"},
-                       layout.DYNAMICS)
+    writer.write_attrs(
+        {
+            layout.DYNAMICS_STEPS: list(steps),
+            layout.DYNAMICS_GROUPS: list(schema.GROUP_NAMES),
+            layout.DYNAMICS_MEMBERSHIP: "the final model's groups at every step",
+            layout.DYNAMICS_HALF_STEP: "first step whose Σ|Δ| in the layer reaches half the final one",
+        },
+        layout.DYNAMICS,
+    )

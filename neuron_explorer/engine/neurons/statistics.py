@@ -27,8 +27,9 @@ def assign_groups(cos_pre: np.ndarray, act_pre: np.ndarray, act_shift: np.ndarra
     return np.where(reducing, sign_class, sign_class + 4).astype(np.int8)
 
 
-def neuron_metrics(*, p_pre, p_dpo, cos_pre, cos_dpo, value_cos, act_pre, act_dpo, written_pre=None,
-                   written_dpo=None) -> dict[str, np.ndarray]:
+def neuron_metrics(
+    *, p_pre, p_dpo, cos_pre, cos_dpo, value_cos, act_pre, act_dpo, written_pre=None, written_dpo=None
+) -> dict[str, np.ndarray]:
     """All per-neuron columns of ``schema.NEURON_COLUMNS`` plus ``group``, as float32 / int8 arrays.
 
     With an output norm (Gemma-2) the write is scaled per token, so P = mean(m·s_t)·p from the written means;
@@ -46,10 +47,19 @@ def neuron_metrics(*, p_pre, p_dpo, cos_pre, cos_dpo, value_cos, act_pre, act_dp
     writes_dpo = np.asarray(act_dpo if written_dpo is None else written_dpo, dtype=np.float64)
     tox_pre, tox_dpo = writes_pre * p_pre, writes_dpo * p_dpo
     columns = {
-        "cos_pre": cos_pre, "cos_dpo": cos_dpo, "p_pre": p_pre, "p_dpo": p_dpo,
-        "act_pre": act_pre, "act_dpo": act_dpo, "act_shift": act_pre - act_dpo,
-        "tox_pre": tox_pre, "tox_dpo": tox_dpo, "contribution": tox_pre - tox_dpo, "value_cos": value_cos,
-        "activation_term": (writes_pre - writes_dpo) * p_pre, "weight_term": writes_dpo * (p_pre - p_dpo),
+        "cos_pre": cos_pre,
+        "cos_dpo": cos_dpo,
+        "p_pre": p_pre,
+        "p_dpo": p_dpo,
+        "act_pre": act_pre,
+        "act_dpo": act_dpo,
+        "act_shift": act_pre - act_dpo,
+        "tox_pre": tox_pre,
+        "tox_dpo": tox_dpo,
+        "contribution": tox_pre - tox_dpo,
+        "value_cos": value_cos,
+        "activation_term": (writes_pre - writes_dpo) * p_pre,
+        "weight_term": writes_dpo * (p_pre - p_dpo),
     }
     out = {name: np.asarray(value, dtype=np.float32) for name, value in columns.items()}
     out["group"] = assign_groups(out["cos_pre"], out["act_pre"], out["act_shift"])
@@ -84,18 +94,30 @@ def identity_residuals(*, written_mean, p, bias_proj, measured) -> np.ndarray:
     return (np.asarray(written_mean, np.float64) * np.asarray(p, np.float64)).sum(axis=1) + bias_proj - measured
 
 
-def layer_columns(contribution: np.ndarray, *, mlp_proj: dict, write_scale: dict, bias_proj: dict, residual: dict,
-                  sample_written: dict, p: dict, pooling: dict) -> dict:
+def layer_columns(
+    contribution: np.ndarray,
+    *,
+    mlp_proj: dict,
+    write_scale: dict,
+    bias_proj: dict,
+    residual: dict,
+    sample_written: dict,
+    p: dict,
+    pooling: dict,
+) -> dict:
     """Per-layer columns of the cache (``schema.LAYER_COLUMNS``); dicts are keyed by model, "pre" and "dpo".
 
-    `mlp_proj` is the identity check's measured write along ŵ on its sample of prompts, `write_scale` the mean ‖write‖/√d_model
+    `mlp_proj` is the identity check's measured write along ŵ on its sample of prompts, `write_scale` the mean
+    ‖write‖/√d_model
     there and `residual` the identity's error; `sample_written` the recorded means of those same prompts, from which
     ``sum_contribution_sample`` = Σ_i Δ_i on the sample, the side of Σ Δ = measured change − bias change that covers
     the same prompts as the measurement (``change_residual`` is what is left of it). ``sum_contribution`` is over
     every prompt, and `pooling` the error the running totals make in Σ P against the per-prompt means.
     """
-    sample_contribution = sum(sign * (np.asarray(sample_written[m], np.float64) * np.asarray(p[m], np.float64))
-                              for sign, m in ((1, "pre"), (-1, "dpo")))
+    sample_contribution = sum(
+        sign * (np.asarray(sample_written[m], np.float64) * np.asarray(p[m], np.float64))
+        for sign, m in ((1, "pre"), (-1, "dpo"))
+    )
     return {
         "sum_contribution": contribution.astype(np.float64).sum(axis=1),
         "sum_contribution_sample": sample_contribution.sum(axis=1),
@@ -151,8 +173,9 @@ def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
         "reducing": reducing,
         "count": np.array(count, dtype=np.int64),
         "sum_contribution": sum_delta,
-        "share_v1": np.where(reducing, _share(sum_delta, sum_delta[reducing].sum()),
-                             _share(sum_delta, sum_delta[~reducing].sum())),
+        "share_v1": np.where(
+            reducing, _share(sum_delta, sum_delta[reducing].sum()), _share(sum_delta, sum_delta[~reducing].sum())
+        ),
         "count_v3": np.array(count_v3, dtype=np.int64),
         "sum_contribution_v3": sum_v3,
         "share_v3": np.where(reducing, _share(sum_v3, positive_total), _share(sum_v3, negative_total)),
@@ -201,8 +224,9 @@ def summarize_dynamics(contributions: np.ndarray, codes: np.ndarray) -> dict[str
     """
     values = np.asarray(contributions, dtype=np.float64)
     flat_codes = np.asarray(codes).ravel()
-    group_sums = np.stack([np.bincount(flat_codes, weights=step.ravel(), minlength=len(schema.GROUP_NAMES))
-                           for step in values])
+    group_sums = np.stack(
+        [np.bincount(flat_codes, weights=step.ravel(), minlength=len(schema.GROUP_NAMES)) for step in values]
+    )
     movement = np.abs(values).sum(axis=2)
     final = movement[-1]
     reached = movement >= 0.5 * final[None]

@@ -19,8 +19,17 @@ class CacheContext(ABC):
     """The base model and the cache's numbers the modes need; `subtract_alpha` is each session's own (a patch run
     measures it on the statistics prompts, the lab on the prompt itself)."""
 
-    def __init__(self, reader: CacheReader, loaded, tuned_spec: str, *, device: str, dtype: str,
-                 report: Reporter = ignore, tuned=None):
+    def __init__(
+        self,
+        reader: CacheReader,
+        loaded,
+        tuned_spec: str,
+        *,
+        device: str,
+        dtype: str,
+        report: Reporter = ignore,
+        tuned=None,
+    ):
         """``tuned``: the tuned model when it is loaded already; otherwise `tuned()` loads it on first use."""
         self.reader, self.loaded, self.tuned_spec = reader, loaded, tuned_spec
         self.device, self.dtype, self.report = device, dtype, report

@@ -41,12 +41,14 @@ import torch
 from neuron_explorer.cache.schema import SIGN_CLASSES, sign_classes
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import check_pair, execution_device, weights_loaded
-from neuron_explorer.spec.intervention import INTERVENTION_POSITIONS, Positions
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
+from neuron_explorer.spec.intervention import INTERVENTION_POSITIONS, Positions
 
 ALL_POSITIONS_PASS = "one pass per window, the intervention at every position"
-NEWEST_AS_GENERATED_PASS = ("one pass per window, the intervention at every position: the same as scoring the window "
-                            "token by token through the KV cache with the newest position edited, as in generation")
+NEWEST_AS_GENERATED_PASS = (
+    "one pass per window, the intervention at every position: the same as scoring the window "
+    "token by token through the KV cache with the newest position edited, as in generation"
+)
 # The sign classes whose mean write ā·cos points along the toxic direction: the tuning-free edit lowers their
 # activations and takes the fraction β of each by the highest |cos| (METHOD §4); AP and TN the other way round.
 WRITES_TOXIC = ("TP", "AN")
@@ -95,7 +97,7 @@ class Intervention:
     def layer_counts(self) -> dict[int, int]:
         return {layer: int(edit.indices.numel()) for layer, edit in self.edits.items()}
 
-    def scoring_pass(self) -> tuple["Intervention | None", str]:
+    def scoring_pass(self) -> tuple[Intervention | None, str]:
         """The intervention as a teacher-forced scoring pass (perplexity) must see it to measure fluency as generation
         does, and how that pass was done (for the run record); (None, why) when no such pass exists.
 
@@ -112,7 +114,7 @@ class Intervention:
         return replace(self, positions=Positions.ALL), NEWEST_AS_GENERATED_PASS
 
     @contextmanager
-    def hooks(self) -> Iterator["Intervention"]:
+    def hooks(self) -> Iterator[Intervention]:
         """Install the hooks for the duration of the block; they come off even when the block raises."""
         arch, model = self.loaded.arch, self.loaded.model
         pre = [(arch.out_proj(model, layer), self._pre_hook(layer, edit)) for layer, edit in sorted(self.edits.items())]
@@ -137,11 +139,15 @@ class Intervention:
         def capture(layer: int) -> Callable:
             def hook(module, inputs):
                 captured[layer] = inputs[0]
+
             return hook
 
         def before(module, args, kwargs):
-            call = {key: kwargs[key] for key in ("input_ids", "attention_mask", "position_ids", "use_cache")
-                    if key in kwargs}
+            call = {
+                key: kwargs[key]
+                for key in ("input_ids", "attention_mask", "position_ids", "use_cache")
+                if key in kwargs
+            }
             if args:
                 call["input_ids"] = args[0]
             use_cache = bool(kwargs.get("use_cache"))
@@ -154,8 +160,9 @@ class Intervention:
 
         handle = self.loaded.model.register_forward_pre_hook(before, with_kwargs=True)
         try:
-            with forward_hooks([(donor.arch.out_proj(donor.model, layer), capture(layer)) for layer in layers],
-                               pre=True):
+            with forward_hooks(
+                [(donor.arch.out_proj(donor.model, layer), capture(layer)) for layer in layers], pre=True
+            ):
                 yield
         finally:
             handle.remove()
@@ -204,7 +211,10 @@ class Intervention:
 
 # -- builders -----------------------------------------------------------------------------------------------------
 
-def _layer_edits(loaded, selection: NeuronSelection, op: str, values: np.ndarray | float | None) -> dict[int, LayerEdit]:
+
+def _layer_edits(
+    loaded, selection: NeuronSelection, op: str, values: np.ndarray | float | None
+) -> dict[int, LayerEdit]:
     """One LayerEdit per layer of the selection; `values` is a (n_layers, d_mlp) array, a scalar or None."""
     edits = {}
     d_mlp = loaded.arch.d_mlp(loaded.model)
@@ -233,35 +243,43 @@ def _check_shape(loaded, array: np.ndarray, what: str) -> np.ndarray:
     if array.shape != expected:
         from neuron_explorer.errors import UserError
 
-        raise UserError(f"{what} has shape {array.shape} but the model has {expected[0]} layers of {expected[1]} "
-                        f"neurons: use the cache computed for this model")
+        raise UserError(
+            f"{what} has shape {array.shape} but the model has {expected[0]} layers of {expected[1]} "
+            f"neurons: use the cache computed for this model"
+        )
     return array
 
 
-def patch_mean(loaded, selection: NeuronSelection, act_dpo: np.ndarray,
-               positions: Positions = Positions.ALL) -> Intervention:
+def patch_mean(
+    loaded, selection: NeuronSelection, act_dpo: np.ndarray, positions: Positions = Positions.ALL
+) -> Intervention:
     """Overwrite the chosen activations with the DPO model's mean activation ā^dpo (the paper's patching)."""
     act_dpo = _check_shape(loaded, act_dpo, "ā_dpo")
     return Intervention(loaded, "patch-mean", _layer_edits(loaded, selection, "set", act_dpo), positions)
 
 
-def add_shift(loaded, selection: NeuronSelection, act_shift: np.ndarray, alpha: float = 1.0,
-              positions: Positions = Positions.ALL) -> Intervention:
+def add_shift(
+    loaded, selection: NeuronSelection, act_shift: np.ndarray, alpha: float = 1.0, positions: Positions = Positions.ALL
+) -> Intervention:
     """m_i ← m_i − α δ_i: move each chosen activation by DPO's mean shift (per token, keeps its variation)."""
     act_shift = _check_shape(loaded, act_shift, "δ")
-    return Intervention(loaded, "shift", _layer_edits(loaded, selection, "add", -alpha * act_shift), positions,
-                        details={"alpha": alpha})
+    return Intervention(
+        loaded, "shift", _layer_edits(loaded, selection, "add", -alpha * act_shift), positions, details={"alpha": alpha}
+    )
 
 
 def scale(loaded, selection: NeuronSelection, factor: float, positions: Positions = Positions.ALL) -> Intervention:
-    return Intervention(loaded, "scale", _layer_edits(loaded, selection, "mul", float(factor)), positions,
-                        details={"factor": factor})
+    return Intervention(
+        loaded, "scale", _layer_edits(loaded, selection, "mul", float(factor)), positions, details={"factor": factor}
+    )
 
 
-def set_constant(loaded, selection: NeuronSelection, value: float,
-                 positions: Positions = Positions.ALL) -> Intervention:
-    return Intervention(loaded, "constant", _layer_edits(loaded, selection, "set", float(value)), positions,
-                        details={"value": value})
+def set_constant(
+    loaded, selection: NeuronSelection, value: float, positions: Positions = Positions.ALL
+) -> Intervention:
+    return Intervention(
+        loaded, "constant", _layer_edits(loaded, selection, "set", float(value)), positions, details={"value": value}
+    )
 
 
 def zero_ablate(loaded, selection: NeuronSelection, positions: Positions = Positions.ALL) -> Intervention:
@@ -269,8 +287,9 @@ def zero_ablate(loaded, selection: NeuronSelection, positions: Positions = Posit
     return Intervention(loaded, "zero-ablate", _layer_edits(loaded, selection, "set", 0.0), positions)
 
 
-def mean_ablate(loaded, selection: NeuronSelection, act_pre: np.ndarray,
-                positions: Positions = Positions.ALL) -> Intervention:
+def mean_ablate(
+    loaded, selection: NeuronSelection, act_pre: np.ndarray, positions: Positions = Positions.ALL
+) -> Intervention:
     act_pre = _check_shape(loaded, act_pre, "ā_pre")
     return Intervention(loaded, "mean-ablate", _layer_edits(loaded, selection, "set", act_pre), positions)
 
@@ -289,11 +308,13 @@ def value_vector_cosines(loaded, direction: np.ndarray) -> np.ndarray:
     return torch.stack(rows).numpy()
 
 
-def tuning_free_selection(act_pre: np.ndarray, cos_embedding: np.ndarray, beta: float,
-                          eligible: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def tuning_free_selection(
+    act_pre: np.ndarray, cos_embedding: np.ndarray, beta: float, eligible: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Sign class -> boolean (n_layers, d_mlp) mask of the neurons the v3 edit clamps.
 
-    Sign classes (`schema.sign_classes`) from cos with the toxic embedding and ā_pre. Within each class the fraction β is taken by |cos|: the highest for TP and AN, the
+    Sign classes (`schema.sign_classes`) from cos with the toxic embedding and ā_pre. Within each class the fraction β
+    is taken by |cos|: the highest for TP and AN, the
     lowest for AP and TN (METHOD §4).
     """
     if not 0 < beta <= 1:
@@ -318,8 +339,16 @@ def tuning_free_selection(act_pre: np.ndarray, cos_embedding: np.ndarray, beta: 
     return out
 
 
-def tuning_free(loaded, act_pre: np.ndarray, cos_embedding: np.ndarray, *, alpha: float = 0.05, beta: float = 0.5,
-                restrict: NeuronSelection | None = None, positions: Positions = Positions.ALL) -> Intervention:
+def tuning_free(
+    loaded,
+    act_pre: np.ndarray,
+    cos_embedding: np.ndarray,
+    *,
+    alpha: float = 0.05,
+    beta: float = 0.5,
+    restrict: NeuronSelection | None = None,
+    positions: Positions = Positions.ALL,
+) -> Intervention:
     """Yang v3's activation edit without weight updates: clamp TP/AN to (1−α)ā_pre and AP/TN to (1+α)ā_pre."""
     act_pre = _check_shape(loaded, act_pre, "ā_pre")
     cos_embedding = _check_shape(loaded, cos_embedding, "cos with the toxic embedding")
@@ -335,21 +364,31 @@ def tuning_free(loaded, act_pre: np.ndarray, cos_embedding: np.ndarray, *, alpha
     layers, indices = np.nonzero(chosen)
     selection = NeuronSelection(neurons=np.stack([layers, indices], 1).astype(np.int64), specs=("tuning-free",))
     counts = {name: int(mask.sum()) for name, mask in classes.items()}
-    return Intervention(loaded, "tuning-free", _layer_edits(loaded, selection, "set", target), positions,
-                        details={"alpha": alpha, "beta": beta, "class_counts": counts})
+    return Intervention(
+        loaded,
+        "tuning-free",
+        _layer_edits(loaded, selection, "set", target),
+        positions,
+        details={"alpha": alpha, "beta": beta, "class_counts": counts},
+    )
 
 
-def subtract_direction(loaded, direction: np.ndarray, alpha: float,
-                       positions: Positions = Positions.ALL) -> Intervention:
+def subtract_direction(
+    loaded, direction: np.ndarray, alpha: float, positions: Positions = Positions.ALL
+) -> Intervention:
     """Lee's intervention: subtract α·ŵ from the last block's output (the residual stream before the final norm)."""
     last = loaded.arch.layers(loaded.model)[-1]
-    unit = torch.as_tensor(np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction),
-                           dtype=loaded.arch.out_proj(loaded.model, 0).weight.dtype, device=execution_device(last))
+    unit = torch.as_tensor(
+        np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction),
+        dtype=loaded.arch.out_proj(loaded.model, 0).weight.dtype,
+        device=execution_device(last),
+    )
     return Intervention(loaded, "subtract", {}, positions, residual=alpha * unit, details={"alpha": alpha})
 
 
-def patch_tokens(loaded, selection: NeuronSelection, donor_acts: dict[int, torch.Tensor],
-                 positions: Positions = Positions.ALL) -> Intervention:
+def patch_tokens(
+    loaded, selection: NeuronSelection, donor_acts: dict[int, torch.Tensor], positions: Positions = Positions.ALL
+) -> Intervention:
     """Overwrite the chosen activations with a donor's per-token activations, for forward calls whose (B, T)
     equals the donor recording's (run the donor on the same tokens with `record_activations`)."""
     edits = _layer_edits(loaded, selection, "donor", None)
@@ -363,12 +402,15 @@ def patch_live(loaded, selection: NeuronSelection, donor, positions: Positions =
     """Overwrite the chosen activations with the donor (DPO) model's own activations on the same tokens, at every
     forward call: the donor runs in lockstep with the patched model."""
     check_pair(loaded, donor)
-    return Intervention(loaded, "patch-live", _layer_edits(loaded, selection, "donor", None), positions,
-                        live_donor=donor)
+    return Intervention(
+        loaded, "patch-live", _layer_edits(loaded, selection, "donor", None), positions, live_donor=donor
+    )
 
 
 @torch.no_grad()
-def record_activations(loaded, layers: list[int] | None = None, **forward_kwargs) -> tuple[dict[int, torch.Tensor], object]:
+def record_activations(
+    loaded, layers: list[int] | None = None, **forward_kwargs
+) -> tuple[dict[int, torch.Tensor], object]:
     """Run ``loaded.model(**forward_kwargs)`` once, capturing each layer's activation vector m (B, T, d_mlp) on
     the device; returns (layer -> m, the model output)."""
     arch, model = loaded.arch, loaded.model
@@ -378,6 +420,7 @@ def record_activations(loaded, layers: list[int] | None = None, **forward_kwargs
     def capture(layer: int) -> Callable:
         def hook(module, inputs):
             captured[layer] = inputs[0].detach().clone()
+
         return hook
 
     with forward_hooks([(arch.out_proj(model, layer), capture(layer)) for layer in layers], pre=True):

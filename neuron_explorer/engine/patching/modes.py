@@ -3,7 +3,8 @@ their defaults and checks, whether it needs a neuron set, and how it builds its 
 
 The command line takes its choices and help from here, `spec.intervention` checks an intervention against it,
 `PatchSession` and `LabSession` dispatch through it and the explorer's patch dialog builds its fields from it.
-Importing this module needs no torch: builders import the interventions when they run. A new mode is one `PatchMode` entry below (and its intervention in interventions.py).
+Importing this module needs no torch: builders import the interventions when they run. A new mode is one `PatchMode`
+entry below (and its intervention in interventions.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 TUNING_FREE_SEED_WORDS = "authors"
 
 
-MAX_PARAMETER = 1e6  # the largest magnitude of a mode's number: 1e6 · an activation stays finite in float32 and bfloat16
+MAX_PARAMETER = (
+    1e6  # the largest magnitude of a mode's number: 1e6 · an activation stays finite in float32 and bfloat16
+)
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,10 @@ class Parameter:
         if not self.check(number):
             raise UserError(f"{mode}: --{self.name} = {value} {self.rule}")
         if abs(number) > MAX_PARAMETER:
-            raise UserError(f"{mode}: --{self.name} = {value} is too large: give at most {MAX_PARAMETER:g} in "
-                            f"magnitude (larger ones overflow the activations)")
+            raise UserError(
+                f"{mode}: --{self.name} = {value} is too large: give at most {MAX_PARAMETER:g} in "
+                f"magnitude (larger ones overflow the activations)"
+            )
         return number
 
 
@@ -85,14 +90,17 @@ class PatchMode:
     runs_tuned: bool = False  # the tuned model runs beside the base model (its memory and time count twice)
 
     def values(self, given: dict) -> dict:
-        """Every parameter of this mode: the given value (checked) or its default; a name it does not take is an error."""
+        """Every parameter of this mode: the given value (checked) or its default; a name it does not take is an
+        error."""
         known = {parameter.name: parameter for parameter in self.parameters}
         unknown = sorted(set(given) - set(known))
         if unknown:
             takes = ", ".join(f"--{name}" for name in known) or "no parameters"
             raise UserError(f"mode {self.name} takes no --{unknown[0]} (it takes {takes})")
-        return {name: parameter.default if given.get(name) is None else parameter.validate(self.name, given[name])
-                for name, parameter in known.items()}
+        return {
+            name: parameter.default if given.get(name) is None else parameter.validate(self.name, given[name])
+            for name, parameter in known.items()
+        }
 
 
 def _interventions():
@@ -102,8 +110,9 @@ def _interventions():
 
 
 def _shift(context: InterventionContext, selection, values, positions):
-    return _interventions().add_shift(context.loaded, selection, context.arrays["act_shift"], values["alpha"],
-                                      positions)
+    return _interventions().add_shift(
+        context.loaded, selection, context.arrays["act_shift"], values["alpha"], positions
+    )
 
 
 def _patch_live(context: InterventionContext, selection, values, positions):
@@ -131,9 +140,15 @@ def _mean_ablate(context: InterventionContext, selection, values, positions):
 
 
 def _tuning_free(context: InterventionContext, selection, values, positions):
-    edit = _interventions().tuning_free(context.loaded, context.arrays["act_pre"], context.cos_embedding(),
-                                        alpha=values["alpha"], beta=values["beta"], restrict=selection,
-                                        positions=positions)
+    edit = _interventions().tuning_free(
+        context.loaded,
+        context.arrays["act_pre"],
+        context.cos_embedding(),
+        alpha=values["alpha"],
+        beta=values["beta"],
+        restrict=selection,
+        positions=positions,
+    )
     edit.details["seed_words"] = TUNING_FREE_SEED_WORDS
     return edit
 
@@ -150,27 +165,59 @@ def _subtract(context: InterventionContext, selection, values, positions):
 _MODES = (
     # The per-token shift keeps each neuron's token-to-token variation; clamping thousands of neurons to their mean
     # at every position (patch-mean) wrecks the model (perplexity 16.96 → 57.7 for TP↓ alone on the embedded pair).
-    PatchMode("shift", "add DPO's per-neuron mean shift per token: m ← m − α·δ", _shift,
-              (Parameter("alpha", "multiple of δ", 1.0),)),
-    PatchMode("patch-live", "patch to the DPO model's own per-token activations (it runs in lockstep: 2× slower)",
-              _patch_live, runs_tuned=True),
-    PatchMode("patch-mean", "clamp to the DPO mean ā_dpo, the paper's patching (wrecks fluency at every position)",
-              _patch_mean),
+    PatchMode(
+        "shift",
+        "add DPO's per-neuron mean shift per token: m ← m − α·δ",
+        _shift,
+        (Parameter("alpha", "multiple of δ", 1.0),),
+    ),
+    PatchMode(
+        "patch-live",
+        "patch to the DPO model's own per-token activations (it runs in lockstep: 2× slower)",
+        _patch_live,
+        runs_tuned=True,
+    ),
+    PatchMode(
+        "patch-mean",
+        "clamp to the DPO mean ā_dpo, the paper's patching (wrecks fluency at every position)",
+        _patch_mean,
+    ),
     PatchMode("scale", "scale by a factor: m ← f·m", _scale, (Parameter("factor", "the factor f", 0.5),)),
     PatchMode("constant", "set to a constant: m ← c", _constant, (Parameter("value", "the constant c", 0.0),)),
     PatchMode("zero-ablate", "zero-ablate (the value vectors off; the output bias stays)", _zero_ablate),
     PatchMode("mean-ablate", "mean-ablate to the base mean ā_pre", _mean_ablate),
-    PatchMode("tuning-free", "Yang v3's edit from base statistics: TP/AN to (1−α)ā, AP/TN to (1+α)ā (a set restricts "
-              "it)", _tuning_free,
-              (Parameter("alpha", "α, the size of the clamp", 0.05),
-               Parameter("beta", "β, the fraction of each sign class edited", 0.5,
-                         check=lambda beta: 0 < beta <= 1, rule="must be in (0, 1]: the fraction of each sign class")),
-              needs_set=False),
-    PatchMode("subtract", "Lee's edit: subtract α·ŵ (the probe direction) from the last block's output", _subtract,
-              (Parameter("alpha", "the size α", None,
-                         default_help="DPO's change of the probe projection on the statistics prompts (the lab: on "
-                                      "the prompt itself, in sample)"),),
-              needs_set=False, acts_on_set=False),
+    PatchMode(
+        "tuning-free",
+        "Yang v3's edit from base statistics: TP/AN to (1−α)ā, AP/TN to (1+α)ā (a set restricts it)",
+        _tuning_free,
+        (
+            Parameter("alpha", "α, the size of the clamp", 0.05),
+            Parameter(
+                "beta",
+                "β, the fraction of each sign class edited",
+                0.5,
+                check=lambda beta: 0 < beta <= 1,
+                rule="must be in (0, 1]: the fraction of each sign class",
+            ),
+        ),
+        needs_set=False,
+    ),
+    PatchMode(
+        "subtract",
+        "Lee's edit: subtract α·ŵ (the probe direction) from the last block's output",
+        _subtract,
+        (
+            Parameter(
+                "alpha",
+                "the size α",
+                None,
+                default_help="DPO's change of the probe projection on the statistics prompts (the lab: on "
+                "the prompt itself, in sample)",
+            ),
+        ),
+        needs_set=False,
+        acts_on_set=False,
+    ),
 )
 MODES: dict[str, PatchMode] = {mode.name: mode for mode in _MODES}
 DEFAULT_MODE = "shift"
@@ -194,8 +241,12 @@ def parameter_names() -> list[str]:
 
 def parameter_help(name: str) -> str:
     """The --NAME option's help: what it means, and its default, for each mode that takes it."""
-    return "; ".join(f"{mode.name}: {parameter.help} (default {parameter.describe_default()})"
-                     for mode in _MODES for parameter in mode.parameters if parameter.name == name)
+    return "; ".join(
+        f"{mode.name}: {parameter.help} (default {parameter.describe_default()})"
+        for mode in _MODES
+        for parameter in mode.parameters
+        if parameter.name == name
+    )
 
 
 def describe() -> str:

@@ -30,8 +30,10 @@ from neuron_explorer.cache import annotations, layout, schema
 from neuron_explorer.cache.reader import CacheReader, parse_neuron_id
 from neuron_explorer.errors import UserError
 
-SPEC_HELP = ("group:TP↓ | group:reducing | cluster:N | top:K:COLUMN | bottom:K:COLUMN | top:K:|COLUMN| | toxic:K | "
-             "toxic-active:K | auroc:K | ids:L12/N345,... | set:NAME | file:PATH | layer:N | all")
+SPEC_HELP = (
+    "group:TP↓ | group:reducing | cluster:N | top:K:COLUMN | bottom:K:COLUMN | top:K:|COLUMN| | toxic:K | "
+    "toxic-active:K | auroc:K | ids:L12/N345,... | set:NAME | file:PATH | layer:N | all"
+)
 ASCII_ARROWS = {"-down": "↓", "down": "↓", "_down": "↓", ".down": "↓", "-up": "↑", "up": "↑", "_up": "↑", ".up": "↑"}
 
 
@@ -46,7 +48,7 @@ class NeuronSelection:
     parts: dict = field(default_factory=dict)  # spec -> number of neurons it chose alone
 
     @classmethod
-    def from_pairs(cls, pairs, *, n_layers: int = 0, d_mlp: int = 0, specs: tuple[str, ...] = ()) -> "NeuronSelection":
+    def from_pairs(cls, pairs, *, n_layers: int = 0, d_mlp: int = 0, specs: tuple[str, ...] = ()) -> NeuronSelection:
         array = np.asarray(list(pairs) if not isinstance(pairs, np.ndarray) else pairs, dtype=np.int64).reshape(-1, 2)
         array = np.unique(array, axis=0) if len(array) else array
         return cls(neurons=array, specs=specs, n_layers=n_layers, d_mlp=d_mlp)
@@ -96,8 +98,9 @@ def normalize_group(name: str) -> list[str]:
             break
     if text[:2].upper() + text[2:] in schema.GROUP_NAMES:
         return [text[:2].upper() + text[2:]]
-    raise UserError(f"no group '{name}': use one of {', '.join(schema.GROUP_NAMES)} (or TP-down, TP-up, reducing, "
-                    f"mirror)")
+    raise UserError(
+        f"no group '{name}': use one of {', '.join(schema.GROUP_NAMES)} (or TP-down, TP-up, reducing, mirror)"
+    )
 
 
 def resolve(reader: CacheReader, specs: list[str] | tuple[str, ...]) -> NeuronSelection:
@@ -113,16 +116,17 @@ def resolve(reader: CacheReader, specs: list[str] | tuple[str, ...]) -> NeuronSe
         chosen |= mask
     layers, indices = np.nonzero(chosen)
     neurons = np.stack([layers, indices], axis=1).astype(np.int64)
-    return NeuronSelection(neurons=neurons, specs=tuple(specs), n_layers=info.n_layers, d_mlp=info.d_mlp,
-                           parts=parts)
+    return NeuronSelection(neurons=neurons, specs=tuple(specs), n_layers=info.n_layers, d_mlp=info.d_mlp, parts=parts)
 
 
 def _column(reader: CacheReader, name: str) -> np.ndarray:
     if name not in schema.NEURON_COLUMNS:
         raise UserError(f"no neuron column '{name}': use one of {', '.join(schema.NEURON_COLUMNS)}")
     if not reader.has(layout.neuron_path(name)):
-        raise UserError(f"{reader.path} has no '{name}' column (written before it existed): recompute it with "
-                        f"`neuron-explorer compute`")
+        raise UserError(
+            f"{reader.path} has no '{name}' column (written before it existed): recompute it with "
+            f"`neuron-explorer compute`"
+        )
     return reader.neuron_array(name).astype(np.float64)
 
 
@@ -172,8 +176,10 @@ def _resolve_one(reader: CacheReader, spec: str) -> np.ndarray:
             raise UserError(f"'{spec}': {reader.path} holds no clusters")
         mask = labels == cluster
         if not mask.any():
-            raise UserError(f"'{spec}': no cluster {cluster}; the cache has clusters "
-                            f"{', '.join(map(str, sorted(set(labels[labels >= 0].tolist()))))}")
+            raise UserError(
+                f"'{spec}': no cluster {cluster}; the cache has clusters "
+                f"{', '.join(map(str, sorted(set(labels[labels >= 0].tolist()))))}"
+            )
         return mask
     if kind in {"top", "bottom"}:
         k_text, _, column = rest.partition(":")
@@ -190,8 +196,10 @@ def _resolve_one(reader: CacheReader, spec: str) -> np.ndarray:
     if kind == "auroc":
         values = _column(reader, "auroc")
         if not np.isfinite(values).any():
-            raise UserError(f"'{spec}': {reader.path} has no detector AUROC: the statistics prompts' base "
-                            f"continuations were all toxic or all clean")
+            raise UserError(
+                f"'{spec}': {reader.path} has no detector AUROC: the statistics prompts' base "
+                f"continuations were all toxic or all clean"
+            )
         return _top(values, _count(rest or "128", spec))
     if kind == "layer":
         try:
@@ -217,8 +225,9 @@ def _pairs_mask(pairs, shape: tuple[int, int], spec: str) -> np.ndarray:
     mask = np.zeros(shape, dtype=bool)
     for layer, index in pairs:
         if not (0 <= layer < shape[0] and 0 <= index < shape[1]):
-            raise UserError(f"'{spec}': neuron L{layer}/N{index} does not exist (layers 0–{shape[0] - 1}, "
-                            f"neurons 0–{shape[1] - 1})")
+            raise UserError(
+                f"'{spec}': neuron L{layer}/N{index} does not exist (layers 0–{shape[0] - 1}, neurons 0–{shape[1] - 1})"
+            )
         mask[layer, index] = True
     if not mask.any():
         raise UserError(f"'{spec}' holds no neurons")
@@ -227,7 +236,9 @@ def _pairs_mask(pairs, shape: tuple[int, int], spec: str) -> np.ndarray:
 
 def _pairs_from_file(path: Path) -> list[tuple[int, int]]:
     try:
-        data = annotations.read_record(path)  # a regular file of sane size and depth: /dev/zero or a FIFO would never end
+        data = annotations.read_record(
+            path
+        )  # a regular file of sane size and depth: /dev/zero or a FIFO would never end
     except FileNotFoundError:
         raise UserError(f"neuron-set file {path} does not exist") from None
     except (OSError, ValueError) as error:

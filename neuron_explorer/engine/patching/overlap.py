@@ -56,8 +56,15 @@ def jaccard(overlap, size_a: int, size_b: int):
     return np.where(union > 0, np.asarray(overlap, dtype=np.float64) / np.maximum(union, 1), 0.0)
 
 
-def compare(mask_a: np.ndarray, mask_b: np.ndarray, *, a: str = "A", b: str = "B", draws: int = DEFAULT_DRAWS,
-            rng: np.random.Generator | None = None) -> SetComparison:
+def compare(
+    mask_a: np.ndarray,
+    mask_b: np.ndarray,
+    *,
+    a: str = "A",
+    b: str = "B",
+    draws: int = DEFAULT_DRAWS,
+    rng: np.random.Generator | None = None,
+) -> SetComparison:
     """Compare two (n_layers, d_mlp) boolean masks; `draws` layer-matched random pairs give the chance spread."""
     if mask_a.shape != mask_b.shape:
         raise ValueError(f"the sets have shapes {mask_a.shape} and {mask_b.shape}")
@@ -72,10 +79,19 @@ def compare(mask_a: np.ndarray, mask_b: np.ndarray, *, a: str = "A", b: str = "B
     mean = float((count_a * count_b).sum() / d)
     variance = float((count_a * count_b * (d - count_a) * (d - count_b)).sum() / (d * d * (d - 1))) if d > 1 else 0.0
     return SetComparison(
-        a=a, b=b, size_a=size_a, size_b=size_b, overlap=overlap, jaccard=float(jaccard(overlap, size_a, size_b)),
-        chance_overlap=mean, chance_overlap_sd=variance ** 0.5, chance_jaccard=float(random_jaccard.mean()),
+        a=a,
+        b=b,
+        size_a=size_a,
+        size_b=size_b,
+        overlap=overlap,
+        jaccard=float(jaccard(overlap, size_a, size_b)),
+        chance_overlap=mean,
+        chance_overlap_sd=variance**0.5,
+        chance_jaccard=float(random_jaccard.mean()),
         chance_jaccard_sd=float(random_jaccard.std()),
-        p_value=float((1 + (random_overlaps >= overlap).sum()) / (1 + draws)), draws=draws)
+        p_value=float((1 + (random_overlaps >= overlap).sum()) / (1 + draws)),
+        draws=draws,
+    )
 
 
 def compare_all(masks: dict[str, np.ndarray], *, draws: int = DEFAULT_DRAWS, seed: int = 0) -> list[SetComparison]:
@@ -87,10 +103,15 @@ def compare_all(masks: dict[str, np.ndarray], *, draws: int = DEFAULT_DRAWS, see
 def format_row(result: SetComparison) -> dict[str, str]:
     """One comparison as the printed table's cells (the command and the explorer show the same)."""
     return {
-        "A": result.a, "B": result.b, "|A|": f"{result.size_a:,}", "|B|": f"{result.size_b:,}",
-        "∩": f"{result.overlap:,}", "chance ∩": f"{result.chance_overlap:.1f}±{result.chance_overlap_sd:.1f}",
+        "A": result.a,
+        "B": result.b,
+        "|A|": f"{result.size_a:,}",
+        "|B|": f"{result.size_b:,}",
+        "∩": f"{result.overlap:,}",
+        "chance ∩": f"{result.chance_overlap:.1f}±{result.chance_overlap_sd:.1f}",
         "×": "—" if np.isnan(result.enrichment) else f"{result.enrichment:.1f}",
-        "J": f"{result.jaccard:.3f}", "chance J": f"{result.chance_jaccard:.3f}±{result.chance_jaccard_sd:.3f}",
+        "J": f"{result.jaccard:.3f}",
+        "chance J": f"{result.chance_jaccard:.3f}±{result.chance_jaccard_sd:.3f}",
         "p": f"{result.p_value:.2g}",
     }
 

@@ -30,22 +30,26 @@ from neuron_explorer import __version__
 from neuron_explorer.cache import annotations, layout
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
-from neuron_explorer.errors import UserError
-from neuron_explorer.events import Message, Reporter, Tracker, ignore
-
-from neuron_explorer.spec.settings import RunSettings
-from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.measure.corpora import load_corpus
-from neuron_explorer.engine.measure.evaluation import (PROBE_POSITIONS, EvaluationResult, InterventionHooks,
-                                                          continuations, corpus_inputs, evaluate, perplexity)
+from neuron_explorer.engine.measure.evaluation import (
+    PROBE_POSITIONS,
+    EvaluationResult,
+    InterventionHooks,
+    continuations,
+    corpus_inputs,
+    evaluate,
+    perplexity,
+)
+from neuron_explorer.engine.measure.prompts import SPLIT_BY_PROMPT, PromptSet, load_prompts
+from neuron_explorer.engine.model.distributed import current_ranks
+from neuron_explorer.engine.patching import interventions as iv
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.engine.patching.context import CacheContext
-from neuron_explorer.engine.model.distributed import current_ranks
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection, resolve
-from neuron_explorer.engine.measure.prompts import SPLIT_BY_PROMPT, PromptSet, load_prompts
+from neuron_explorer.errors import UserError
+from neuron_explorer.events import Message, Reporter, Tracker, ignore
 from neuron_explorer.spec.intervention import Intervention, PaperPreset, Positions
-
-
+from neuron_explorer.spec.settings import RunSettings
 
 SPLIT_GIVEN = "given prompts: compared with the statistics prompts by text, not by template"
 
@@ -61,23 +65,33 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
         prompts = load_prompts(settings.prompts, max_prompts=settings.max_prompts)
         record = {"selection": "given (--prompts)", "split": SPLIT_GIVEN}
     elif settings.in_sample:
-        texts = statistics[:settings.max_prompts]
+        texts = statistics[: settings.max_prompts]
         prompts = PromptSet(texts=texts, source=f"{name}: the statistics prompts", sha256=sha256_texts(texts))
-        record = {"selection": "in sample: the prompts the groups, ā_pre and ā_dpo were computed from (--in-sample)",
-                  "split": "none: in sample"}
+        record = {
+            "selection": "in sample: the prompts the groups, ā_pre and ā_dpo were computed from (--in-sample)",
+            "split": "none: in sample",
+        }
     else:
         held = reader.patch_prompts()
         if held is None:
-            raise UserError(f"{name} keeps no held-out prompts for patch runs (computed with --patch-holdout 0 or by "
-                            f"an older version): pass --prompts FILE with prompts it was not computed on, or "
-                            f"--in-sample to evaluate on its statistics prompts")
-        texts = held.texts[:settings.max_prompts]
-        prompts = PromptSet(texts=texts, source=f"{name}: held out by compute from {held.attrs.get(layout.HOLDOUT_SOURCE, '?')}",
-                            sha256=sha256_texts(texts))
-        record = {"selection": "held out by compute", "source_indices": held.source_indices[:len(texts)].tolist(),
-                  "holdout_rule": held.attrs.get(layout.HOLDOUT_RULE),
-                  "holdout_fraction": held.attrs.get(layout.HOLDOUT_FRACTION),
-                  "split": held.attrs.get(layout.HOLDOUT_SPLIT, SPLIT_BY_PROMPT)}  # older caches split by prompt
+            raise UserError(
+                f"{name} keeps no held-out prompts for patch runs (computed with --patch-holdout 0 or by "
+                f"an older version): pass --prompts FILE with prompts it was not computed on, or "
+                f"--in-sample to evaluate on its statistics prompts"
+            )
+        texts = held.texts[: settings.max_prompts]
+        prompts = PromptSet(
+            texts=texts,
+            source=f"{name}: held out by compute from {held.attrs.get(layout.HOLDOUT_SOURCE, '?')}",
+            sha256=sha256_texts(texts),
+        )
+        record = {
+            "selection": "held out by compute",
+            "source_indices": held.source_indices[: len(texts)].tolist(),
+            "holdout_rule": held.attrs.get(layout.HOLDOUT_RULE),
+            "holdout_fraction": held.attrs.get(layout.HOLDOUT_FRACTION),
+            "split": held.attrs.get(layout.HOLDOUT_SPLIT, SPLIT_BY_PROMPT),
+        }  # older caches split by prompt
     recorded = set(statistics)
     overlap = sum(text in recorded for text in prompts.texts)
     record.update(prompts.provenance(), in_statistics=overlap, disjoint_from_statistics=overlap == 0)
@@ -96,8 +110,10 @@ def model_specs(reader: CacheReader, base: str | None, tuned: str | None) -> tup
         if not spec:
             raise UserError(f"{reader.path} records no model specs: pass --base and --tuned")
         if not given and hub_name(spec):
-            raise UserError(f"{reader.path} records the hub model {spec!r}, and a file's word is not enough to "
-                            f"contact the hub: pass {flag} {spec} (or a local folder) to use it")
+            raise UserError(
+                f"{reader.path} records the hub model {spec!r}, and a file's word is not enough to "
+                f"contact the hub: pass {flag} {spec} (or a local folder) to use it"
+            )
         specs[flag] = spec
     return specs["--base"], specs["--tuned"]
 
@@ -107,8 +123,10 @@ def check_fits_cache(loaded, reader: CacheReader) -> None:
     arch, model, info = loaded.arch, loaded.model, reader.info
     shape = (arch.n_layers(model), arch.d_mlp(model))
     if shape != (info.n_layers, info.d_mlp):
-        raise UserError(f"the model {loaded.spec} has {shape[0]}×{shape[1]} neurons but the cache has "
-                        f"{info.n_layers}×{info.d_mlp}: pass the models the cache was computed from (--base, --tuned)")
+        raise UserError(
+            f"the model {loaded.spec} has {shape[0]}×{shape[1]} neurons but the cache has "
+            f"{info.n_layers}×{info.d_mlp}: pass the models the cache was computed from (--base, --tuned)"
+        )
 
 
 def stale_weights(reader: CacheReader, weights: dict[str, dict]) -> list[str]:
@@ -119,9 +137,11 @@ def stale_weights(reader: CacheReader, weights: dict[str, dict]) -> list[str]:
         recorded = reader.info.provenance.get(role, {})
         changed = [k for k, v in hashes.items() if k in recorded and v != recorded[k]]
         if changed:
-            lines.append(f"warning: the {role} model's weights ({changed[0]} {hashes[changed[0]][:12]}) are not those "
-                         f"{reader.path.name} was computed on ({recorded[changed[0]][:12]}): what runs now uses the "
-                         f"new weights, the cache's groups and means the old ones; recompute the cache")
+            lines.append(
+                f"warning: the {role} model's weights ({changed[0]} {hashes[changed[0]][:12]}) are not those "
+                f"{reader.path.name} was computed on ({recorded[changed[0]][:12]}): what runs now uses the "
+                f"new weights, the cache's groups and means the old ones; recompute the cache"
+            )
     return lines
 
 
@@ -142,10 +162,11 @@ class PatchSession(CacheContext):
     Under torchrun every rank evaluates its batches of each evaluation (`evaluation.evaluate`) and holds the whole
     result; rank 0 alone reports, and stores the baseline and the runs."""
 
-    def __init__(self, cache_path: str | Path, settings: RunSettings | None = None, report: Reporter = ignore,
-                 loaded=None):
-        from neuron_explorer.engine.model.loading import load_model
+    def __init__(
+        self, cache_path: str | Path, settings: RunSettings | None = None, report: Reporter = ignore, loaded=None
+    ):
         from neuron_explorer.engine.measure.scoring import get_scorer
+        from neuron_explorer.engine.model.loading import load_model
 
         self.cache_path = Path(cache_path).expanduser()
         self.settings = settings or RunSettings()
@@ -157,33 +178,48 @@ class PatchSession(CacheContext):
         self.base_spec, self.tuned_spec = model_specs(self.reader, self.settings.base, self.settings.tuned)
         self.prompts, self.prompt_record = evaluation_prompts(self.reader, self.settings)
         if self.prompt_record["in_statistics"] and not self.settings.in_sample:
-            self.report(Message(f"warning: {self.prompt_record['in_statistics']} of the {len(self.prompts.texts)} "
-                                f"evaluation prompts are among the {self.reader.info.n_prompts} prompts the cache's "
-                                f"statistics were computed from, so 'recovered' includes selection on the test set",
-                                "warning"))
+            self.report(
+                Message(
+                    f"warning: {self.prompt_record['in_statistics']} of the {len(self.prompts.texts)} "
+                    f"evaluation prompts are among the {self.reader.info.n_prompts} prompts the cache's "
+                    f"statistics were computed from, so 'recovered' includes selection on the test set",
+                    "warning",
+                )
+            )
         self.corpus = load_corpus(self.settings.corpus)
         self.scorer = get_scorer(self.settings.scorer)
         self.report(Message(f"loading the base model {self.base_spec}"))
-        self.loaded = loaded or load_model(self.base_spec, device=self.ranks.device(self.settings.device),
-                                           dtype=self.settings.dtype)
+        self.loaded = loaded or load_model(
+            self.base_spec, device=self.ranks.device(self.settings.device), dtype=self.settings.dtype
+        )
         check_fits_cache(self.loaded, self.reader)
         self.weights = self._weights()
-        super().__init__(self.reader, self.loaded, self.tuned_spec, device=self.ranks.device(self.settings.device),
-                         dtype=self.settings.dtype, report=report)
+        super().__init__(
+            self.reader,
+            self.loaded,
+            self.tuned_spec,
+            device=self.ranks.device(self.settings.device),
+            dtype=self.settings.dtype,
+            report=report,
+        )
         self.eval_settings = self.settings.evaluation
         self.inputs = corpus_inputs(self.loaded.tokenizer, self.corpus, self.eval_settings)
         batch, ppl_batch = self.eval_settings.batch_size, self.eval_settings.ppl_batch_size
-        self.units = (self.ranks.count(len(self.prompts.texts), batch) + self.ranks.count(len(self.inputs.windows),
-                      ppl_batch) + self.ranks.count(len(self.inputs.f1_items), batch))  # this rank's share
+        self.units = (
+            self.ranks.count(len(self.prompts.texts), batch)
+            + self.ranks.count(len(self.inputs.windows), ppl_batch)
+            + self.ranks.count(len(self.inputs.f1_items), batch)
+        )  # this rank's share
         self.baseline_key = self._baseline_key()
         self.baseline: dict | None = self.ranks.first(  # every rank measures the baseline, or none does
-            annotations.load_baseline(self.cache_path, self.baseline_key) if self.ranks.main else None)
+            annotations.load_baseline(self.cache_path, self.baseline_key) if self.ranks.main else None
+        )
         self._subtract_alpha: tuple[float, str] | None = None
 
     def close(self) -> None:
         self.reader.close()
 
-    def __enter__(self) -> "PatchSession":
+    def __enter__(self) -> PatchSession:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -195,8 +231,10 @@ class PatchSession(CacheContext):
         files now), with a one-line warning for each model whose weights are not those the cache was computed on."""
         from neuron_explorer.engine.model.loading import WEIGHT_HASHES, weights_identity
 
-        weights = {"base": {k: v for k, v in self.loaded.description.items() if k in WEIGHT_HASHES},
-                   "tuned": weights_identity(self.tuned_spec)}
+        weights = {
+            "base": {k: v for k, v in self.loaded.description.items() if k in WEIGHT_HASHES},
+            "tuned": weights_identity(self.tuned_spec),
+        }
         for line in stale_weights(self.reader, weights):
             self.report(Message(line, "warning"))
         return weights
@@ -205,11 +243,19 @@ class PatchSession(CacheContext):
         """Every setting that changes the base and DPO numbers, the weights by their content (never the cache's
         record of them: a tuned folder overwritten after `compute` must be measured anew)."""
         provenance = self.reader.info.provenance
-        key = {"base": self.base_spec, "tuned": self.tuned_spec, "weights": self.weights,
-               "prompts": self.prompts.sha256, "corpus": self.corpus.sha256, "scorer": self.scorer.describe(),
-               "probe": provenance.get("probe", {}), "settings": asdict(self.eval_settings),
-               "device": self.loaded.description["device"], "dtype": self.loaded.description["dtype"],
-               "version": 3}  # where the base model ran, as `auto` resolved it: a GPU's baseline is not a CPU's
+        key = {
+            "base": self.base_spec,
+            "tuned": self.tuned_spec,
+            "weights": self.weights,
+            "prompts": self.prompts.sha256,
+            "corpus": self.corpus.sha256,
+            "scorer": self.scorer.describe(),
+            "probe": provenance.get("probe", {}),
+            "settings": asdict(self.eval_settings),
+            "device": self.loaded.description["device"],
+            "dtype": self.loaded.description["dtype"],
+            "version": 3,
+        }  # where the base model ran, as `auto` resolved it: a GPU's baseline is not a CPU's
         return sha256_bytes(json.dumps(key, sort_keys=True, default=str).encode())[:16]
 
     def plan(self, n_runs: int) -> None:
@@ -225,9 +271,17 @@ class PatchSession(CacheContext):
         hooks = evaluation_hooks(intervention) if intervention is not None else None
         if hooks is not None and hooks.scoring is None:
             self.report(Message(f"{stage}: perplexity {hooks.perplexity_pass}"))
-        return evaluate(loaded, self.prompts.texts, self.scorer, settings=self.eval_settings, inputs=self.inputs,
-                        intervention=hooks, unit_probe=self.unit_probe, ranks=self.ranks,
-                        advance=lambda units, metric: self.tracker.advance(units, f"{stage}: {metric}"))
+        return evaluate(
+            loaded,
+            self.prompts.texts,
+            self.scorer,
+            settings=self.eval_settings,
+            inputs=self.inputs,
+            intervention=hooks,
+            unit_probe=self.unit_probe,
+            ranks=self.ranks,
+            advance=lambda units, metric: self.tracker.advance(units, f"{stage}: {metric}"),
+        )
 
     def ensure_baseline(self) -> dict:
         """Base and DPO measured with this session's settings (from the sidecar when an earlier run stored them)."""
@@ -238,11 +292,19 @@ class PatchSession(CacheContext):
         dpo = self.measure(self.tuned(), "dpo")
         if not loaded_before:
             self._tuned = None  # free its memory: only patch-live runs need it again
-        payload = {"key": self.baseline_key, "base_spec": self.base_spec, "tuned_spec": self.tuned_spec,
-                   "weights": self.weights,
-                   "settings": asdict(self.eval_settings), "prompts": self.prompt_record,
-                   "corpus": self.corpus.provenance(), "scorer": self.scorer.describe(),
-                   "base": asdict(base), "dpo": asdict(dpo), "distributed": self.ranks.provenance()}
+        payload = {
+            "key": self.baseline_key,
+            "base_spec": self.base_spec,
+            "tuned_spec": self.tuned_spec,
+            "weights": self.weights,
+            "settings": asdict(self.eval_settings),
+            "prompts": self.prompt_record,
+            "corpus": self.corpus.provenance(),
+            "scorer": self.scorer.describe(),
+            "base": asdict(base),
+            "dpo": asdict(dpo),
+            "distributed": self.ranks.provenance(),
+        }
         if self.ranks.main:
             annotations.save_baseline(self.cache_path, self.baseline_key, payload)
         self.baseline = payload
@@ -256,14 +318,20 @@ class PatchSession(CacheContext):
         if self._subtract_alpha is None:
             from neuron_explorer.engine.measure.evaluation import probe_projection
 
-            texts = self.reader.prompt_texts()[:self.settings.max_prompts]
-            self.report(Message(f"subtract: measuring DPO's change of the probe projection on {len(texts)} "
-                                f"statistics prompts (base and DPO)"))
-            change = (probe_projection(self.loaded, texts, self.unit_probe, self.eval_settings, self.ranks)
-                      - probe_projection(self.tuned(), texts, self.unit_probe, self.eval_settings, self.ranks))
+            texts = self.reader.prompt_texts()[: self.settings.max_prompts]
+            self.report(
+                Message(
+                    f"subtract: measuring DPO's change of the probe projection on {len(texts)} "
+                    f"statistics prompts (base and DPO)"
+                )
+            )
+            change = probe_projection(
+                self.loaded, texts, self.unit_probe, self.eval_settings, self.ranks
+            ) - probe_projection(self.tuned(), texts, self.unit_probe, self.eval_settings, self.ranks)
             shared = len(set(texts) & set(self.prompts.texts))
-            where = (f"{len(texts)} statistics prompts" + (f", {shared} of them among the scored prompts (in sample)"
-                                                            if shared else " (out of sample)"))
+            where = f"{len(texts)} statistics prompts" + (
+                f", {shared} of them among the scored prompts (in sample)" if shared else " (out of sample)"
+            )
             self._subtract_alpha = (change, where)
         return self._subtract_alpha
 
@@ -293,26 +361,48 @@ class PatchSession(CacheContext):
         settings = self.record_settings(spec, intervention, selection)
         settings["perplexity"] = measured.perplexity_pass
         count = min(self.settings.samples, len(self.prompts.texts))
-        samples = [{"prompt": self.prompts.texts[i], "base": base["generations"][i],
-                    "patched": measured.generations[i], "dpo": dpo["generations"][i],
-                    "base_score": base["scores"][i], "patched_score": measured.scores[i],
-                    "dpo_score": dpo["scores"][i]} for i in range(count)]
+        samples = [
+            {
+                "prompt": self.prompts.texts[i],
+                "base": base["generations"][i],
+                "patched": measured.generations[i],
+                "dpo": dpo["generations"][i],
+                "base_score": base["scores"][i],
+                "patched_score": measured.scores[i],
+                "dpo_score": dpo["scores"][i],
+            }
+            for i in range(count)
+        ]
         if not save or not self.ranks.main:
-            return annotations.PatchRun(run_id="(not saved)", created="", settings=settings, metrics=metrics,
-                                        samples=samples)
+            return annotations.PatchRun(
+                run_id="(not saved)", created="", settings=settings, metrics=metrics, samples=samples
+            )
         return annotations.save_run(self.cache_path, settings, metrics, samples, label=spec.name())
 
-    def record_settings(self, spec: Intervention, intervention: iv.Intervention,
-                        selection: NeuronSelection | None) -> dict:
-        settings = {"label": spec.name(), "mode": spec.mode, "sets": list(spec.sets),
-                    "positions": spec.positions.value, **spec.values(), **intervention.details,
-                    "layers": {str(k): v for k, v in intervention.layer_counts().items()},
-                    "prompts": self.prompt_record, "corpus": self.corpus.provenance(),
-                    "scorer": self.scorer.name, "evaluation": asdict(self.eval_settings),
-                    "probe_positions": PROBE_POSITIONS,
-                    "base": self.base_spec, "tuned": self.tuned_spec, "baseline": self.baseline_key,
-                    "cache": str(self.cache_path), "cache_created": self.reader.info.created,
-                    "distributed": self.ranks.provenance(), "package_version": __version__}
+    def record_settings(
+        self, spec: Intervention, intervention: iv.Intervention, selection: NeuronSelection | None
+    ) -> dict:
+        settings = {
+            "label": spec.name(),
+            "mode": spec.mode,
+            "sets": list(spec.sets),
+            "positions": spec.positions.value,
+            **spec.values(),
+            **intervention.details,
+            "layers": {str(k): v for k, v in intervention.layer_counts().items()},
+            "prompts": self.prompt_record,
+            "corpus": self.corpus.provenance(),
+            "scorer": self.scorer.name,
+            "evaluation": asdict(self.eval_settings),
+            "probe_positions": PROBE_POSITIONS,
+            "base": self.base_spec,
+            "tuned": self.tuned_spec,
+            "baseline": self.baseline_key,
+            "cache": str(self.cache_path),
+            "cache_created": self.reader.info.created,
+            "distributed": self.ranks.provenance(),
+            "package_version": __version__,
+        }
         if selection is not None and len(selection) <= 20_000:
             settings["neurons"] = selection.compact()
         return settings
@@ -321,50 +411,63 @@ class PatchSession(CacheContext):
 def evaluation_hooks(intervention: iv.Intervention) -> InterventionHooks:
     """The intervention as `evaluate` applies it: its hooks during generation, its scoring pass's during perplexity."""
     scoring, perplexity_pass = intervention.scoring_pass()
-    return InterventionHooks(generation=intervention.hooks, scoring=scoring.hooks if scoring is not None else None,
-                             perplexity_pass=perplexity_pass)
+    return InterventionHooks(
+        generation=intervention.hooks,
+        scoring=scoring.hooks if scoring is not None else None,
+        perplexity_pass=perplexity_pass,
+    )
 
 
 def recovered_metrics(base: dict, dpo: dict, run: dict) -> dict:
     """Base and DPO numbers of the same settings, and the fractions of DPO's effect that the run recovers."""
+
     def fraction(key: str) -> float:
         denominator = base[key] - dpo[key]
         if not math.isfinite(denominator) or abs(denominator) < 1e-12:
             return float("nan")
         return (base[key] - run[key]) / denominator
 
-    return {"recovered": fraction("toxicity"), "recovered_probe": fraction("probe_projection"),
-            "probe_change": run["probe_projection"] - base["probe_projection"],
-            "base_toxicity": base["toxicity"], "dpo_toxicity": dpo["toxicity"],
-            "base_perplexity": base["perplexity"], "dpo_perplexity": dpo["perplexity"]}
+    return {
+        "recovered": fraction("toxicity"),
+        "recovered_probe": fraction("probe_projection"),
+        "probe_change": run["probe_projection"] - base["probe_projection"],
+        "base_toxicity": base["toxicity"],
+        "dpo_toxicity": dpo["toxicity"],
+        "base_perplexity": base["perplexity"],
+        "dpo_perplexity": dpo["perplexity"],
+    }
 
 
 # -- the paper-style preset -----------------------------------------------------------------------------------------
+
 
 def warm_up(plan, session: PatchSession) -> dict[str, float]:
     """Time one generation batch and one perplexity batch of the session's base model, and extrapolate to every
     evaluation the command will run (toxicity prompts and F1 passages generate; windows score)."""
     settings = session.eval_settings
-    prompts = session.prompts.texts[:settings.batch_size]
+    prompts = session.prompts.texts[: settings.batch_size]
     continuations(session.loaded, prompts[:1], settings)  # the first call pays one-time costs
     started = time.perf_counter()
     continuations(session.loaded, prompts, settings)
     per_prompt = (time.perf_counter() - started) / max(len(prompts), 1)
-    windows = session.inputs.windows[:settings.ppl_batch_size]
+    windows = session.inputs.windows[: settings.ppl_batch_size]
     started = time.perf_counter()
     if windows:
         perplexity(session.loaded, windows, settings.ppl_batch_size)
     per_window = (time.perf_counter() - started) / max(len(windows), 1)
     evaluations = plan.counts["evaluations"]
-    estimate = {"toxicity": evaluations * len(session.prompts.texts) * per_prompt,
-                "perplexity": evaluations * len(session.inputs.windows) * per_window,
-                "F1": evaluations * len(session.inputs.f1_items) * per_prompt}
+    estimate = {
+        "toxicity": evaluations * len(session.prompts.texts) * per_prompt,
+        "perplexity": evaluations * len(session.inputs.windows) * per_window,
+        "F1": evaluations * len(session.inputs.f1_items) * per_prompt,
+    }
     estimate["total"] = sum(estimate.values())
     return estimate
 
 
-def paper_preset(preset: PaperPreset = PaperPreset(), toxic_k: int = 128,
-                 tuning_free: dict | None = None) -> list[Intervention]:
+def paper_preset(
+    preset: PaperPreset = PaperPreset(), toxic_k: int = 128, tuning_free: dict | None = None
+) -> list[Intervention]:
     """Ablate the top-K toxic neurons; patch each reducing group alone (with `preset.mode`); patch all four;
     the tuning-free edit (with the parameters in `tuning_free`, its defaults otherwise).
 
@@ -378,11 +481,12 @@ def paper_preset(preset: PaperPreset = PaperPreset(), toxic_k: int = 128,
     ablate_at = Positions.ALL if authors else preset.positions
     patch_at = Positions.NEWEST if authors else preset.positions
     patch_mode = preset.mode
-    specs = [Intervention(modes.PRESET_ABLATION, (f"toxic:{toxic_k}",), ablate_at,
-                          label=f"ablate top-{toxic_k} toxic")]
+    specs = [Intervention(modes.PRESET_ABLATION, (f"toxic:{toxic_k}",), ablate_at, label=f"ablate top-{toxic_k} toxic")]
     how = "" if patch_mode == modes.PRESET_PATCH_MODES[0] else f" ({patch_mode})"
-    specs += [Intervention(patch_mode, (f"group:{group}",), patch_at, label=f"patch {group}{how}")
-              for group in REDUCING_GROUPS]
+    specs += [
+        Intervention(patch_mode, (f"group:{group}",), patch_at, label=f"patch {group}{how}")
+        for group in REDUCING_GROUPS
+    ]
     specs.append(Intervention(patch_mode, ("group:reducing",), patch_at, label=f"patch all four ↓ groups{how}"))
     edit = Intervention(modes.PRESET_EDIT, (), patch_at, params=dict(tuning_free or {}))
     values = edit.values()
@@ -393,20 +497,26 @@ def paper_preset(preset: PaperPreset = PaperPreset(), toxic_k: int = 128,
 def format_runs_table(baseline: dict, runs: list[annotations.PatchRun]) -> str:
     """Markdown: base, DPO and each run with toxicity, recovered fraction, perplexity, F1, probe change, neurons;
     "n/a" where a number could not be measured (a perplexity pass the intervention has none for, a zero DPO effect)."""
-    lines = ["| setting | neurons | toxicity (± s.e.) | recovered | perplexity | F1 | probe proj. change |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        "| setting | neurons | toxicity (± s.e.) | recovered | perplexity | F1 | probe proj. change |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     base, dpo = baseline["base"], baseline["dpo"]
     for name, metrics, neurons in (("base", base, 0), ("DPO", dpo, None)):
         change = metrics["probe_projection"] - base["probe_projection"]
         recovered = recovered_metrics(base, dpo, metrics)["recovered"]
-        lines.append(f"| {name} | {'—' if neurons is None else neurons} | {metrics['toxicity']:.4f} ± "
-                     f"{metrics['toxicity_sem']:.4f} | {shown(recovered, '.1%')} | "
-                     f"{shown(metrics['perplexity'], '.2f')} | {metrics['f1']:.4f} | {change:+.3f} |")
+        lines.append(
+            f"| {name} | {'—' if neurons is None else neurons} | {metrics['toxicity']:.4f} ± "
+            f"{metrics['toxicity_sem']:.4f} | {shown(recovered, '.1%')} | "
+            f"{shown(metrics['perplexity'], '.2f')} | {metrics['f1']:.4f} | {change:+.3f} |"
+        )
     for run in runs:
         m = run.metrics
-        lines.append(f"| {run.settings.get('label', run.run_id)} | {m['neurons']:,} | {m['toxicity']:.4f} ± "
-                     f"{m['toxicity_sem']:.4f} | {shown(m['recovered'], '.1%')} | {shown(m['perplexity'], '.2f')} | "
-                     f"{m['f1']:.4f} | {m['probe_change']:+.3f} |")
+        lines.append(
+            f"| {run.settings.get('label', run.run_id)} | {m['neurons']:,} | {m['toxicity']:.4f} ± "
+            f"{m['toxicity_sem']:.4f} | {shown(m['recovered'], '.1%')} | {shown(m['perplexity'], '.2f')} | "
+            f"{m['f1']:.4f} | {m['probe_change']:+.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -415,5 +525,4 @@ def shown(value: float, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else "n/a"
 
 
-__all__ = ["PatchSession", "paper_preset", "format_runs_table",
-           "recovered_metrics", "shown", "replace"]
+__all__ = ["PatchSession", "paper_preset", "format_runs_table", "recovered_metrics", "shown", "replace"]

@@ -32,9 +32,11 @@ from ..state import Store
 DIFFERENCE_TOKENS = 4  # promoted and suppressed tokens shown per layer
 SCREEN_DRAWS = 500  # the command's 2000 would add nothing visible to two decimals
 SIGNIFICANT = 0.01
-LEGEND = ("above the diagonal: Jaccard ×(its chance level); below: overlap / chance overlap; diagonal: size. "
-          "Chance: each set's neurons placed at random within their layers. Bold green: p < 0.01. "
-          "r recomputes (with sets saved since).")
+LEGEND = (
+    "above the diagonal: Jaccard ×(its chance level); below: overlap / chance overlap; diagonal: size. "
+    "Chance: each set's neurons placed at random within their layers. Bold green: p < 0.01. "
+    "r recomputes (with sets saved since)."
+)
 
 
 def short_name(spec: str) -> str:
@@ -81,8 +83,13 @@ def difference_table(found: dict, vocab) -> Table:
 
     for layer, projection in enumerate(arrays["probe_projection"]):
         relative = arrays["difference_norm"][layer] / max(float(arrays["residual_norm"][layer]), 1e-30)
-        table.add_row(str(layer), Text(f"{projection:+.2e}", style="green" if projection < 0 else "red"),
-                      f"{relative:.1e}", words(arrays["top_tokens"][layer]), words(arrays["bottom_tokens"][layer]))
+        table.add_row(
+            str(layer),
+            Text(f"{projection:+.2e}", style="green" if projection < 0 else "red"),
+            f"{relative:.1e}",
+            words(arrays["top_tokens"][layer]),
+            words(arrays["bottom_tokens"][layer]),
+        )
     return table
 
 
@@ -94,8 +101,10 @@ def dynamics_tables(found: dict) -> tuple[Table, Text]:
         table.add_column(name, justify="right", no_wrap=True)
     for step, sums in zip(found["steps"], found["group_sums"]):
         table.add_row(str(step)[-24:], *(signed(float(sums[GROUP_NAMES.index(name)])) for name in REDUCING_GROUPS))
-    half = Text("half of the final Σ|Δ| reached at step: " + " ".join(
-        f"L{layer}:{'–' if step < 0 else step}" for layer, step in enumerate(found["half_step"].tolist())))
+    half = Text(
+        "half of the final Σ|Δ| reached at step: "
+        + " ".join(f"L{layer}:{'–' if step < 0 else step}" for layer, step in enumerate(found["half_step"].tolist()))
+    )
     return table, half
 
 
@@ -103,8 +112,9 @@ class BeyondScreen(Screen):
     """Do different selection rules pick the same neurons beyond chance; how does the pair differ on any text?"""
 
     CSS_PATH = "beyond.tcss"
-    BINDINGS = [Binding("r", "recompute", "recompute", id="sets.recompute",
-                        tooltip="compare again, with the sets saved since")]
+    BINDINGS = [
+        Binding("r", "recompute", "recompute", id="sets.recompute", tooltip="compare again, with the sets saved since")
+    ]
 
     def __init__(self, store: Store) -> None:
         super().__init__()
@@ -118,19 +128,26 @@ class BeyondScreen(Screen):
             yield Static(Text(LEGEND, style="dim"), id="sets-legend")
             differences = self.store.reader.differences()
             if not differences:
-                yield Static("Where the pair differs on any text: not in this cache (computed without it).",
-                             classes="pane-title")
+                yield Static(
+                    "Where the pair differs on any text: not in this cache (computed without it).", classes="pane-title"
+                )
             for source, found in differences.items():
                 attrs = found["attrs"]
-                yield Static(f"Where the pair differs: {DIFFERENCE_SOURCES[source]} ({attrs['n_texts']} texts, "
-                             f"{attrs['n_tokens']:,} tokens; mean KL(base ‖ tuned) {attrs['kl_mean']:.2e} nats, max "
-                             f"{attrs['kl_max']:.2e})", classes="pane-title")
+                yield Static(
+                    f"Where the pair differs: {DIFFERENCE_SOURCES[source]} ({attrs['n_texts']} texts, "
+                    f"{attrs['n_tokens']:,} tokens; mean KL(base ‖ tuned) {attrs['kl_mean']:.2e} nats, max "
+                    f"{attrs['kl_max']:.2e})",
+                    classes="pane-title",
+                )
                 yield Static(difference_table(found, self.store.reader.vocab()), classes="difference-table")
             dynamics = self.store.reader.dynamics()
             if dynamics is not None:
                 table, half = dynamics_tables(dynamics)
-                yield Static(f"Across training: {len(dynamics['steps'])} steps, Σ Δ of the reducing groups "
-                             f"(the final model's members)", classes="pane-title")
+                yield Static(
+                    f"Across training: {len(dynamics['steps'])} steps, Σ Δ of the reducing groups "
+                    f"(the final model's members)",
+                    classes="pane-title",
+                )
                 yield Static(table, classes="difference-table")
                 yield Static(half, classes="difference-table")
         yield Footer()

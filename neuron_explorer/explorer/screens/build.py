@@ -42,8 +42,9 @@ class BuildScreen(ShowsWorkerErrors, Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"No cache at {self.target}: building it now with `{' '.join(self.command[1:])}`.",
-                     id="build-title")
+        yield Static(
+            f"No cache at {self.target}: building it now with `{' '.join(self.command[1:])}`.", id="build-title"
+        )
         yield Static("starting…", id="build-stage")
         yield ProgressBar(total=None, show_eta=False, id="build-progress")
         yield Log(id="build-log", highlight=False)
@@ -87,7 +88,8 @@ class BuildScreen(ShowsWorkerErrors, Screen):
             reason = f"it said it was done but wrote no {self.target.name}"
         self.query_one(Log).write_lines([*self.process.tail, f"error: {reason}"])
         self.query_one("#build-title", Static).update(
-            f"The build failed (exit code {returncode}): {reason}. Press q to quit.")
+            f"The build failed (exit code {returncode}): {reason}. Press q to quit."
+        )
 
     def on_unmount(self) -> None:
         self.process.cancel()

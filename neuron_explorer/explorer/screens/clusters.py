@@ -42,7 +42,14 @@ class ClustersScreen(Screen):
     BINDINGS = [
         Binding("enter", "show_cluster", "show neurons", id="clusters.show", tooltip="show its neurons in the table"),
         Binding("S", "save_cluster", "save set", id="clusters.save", tooltip="save the cluster as a named set"),
-        Binding("p", "patch_cluster", "patch", show=False, id="clusters.patch", tooltip="patch the cluster in a background run"),
+        Binding(
+            "p",
+            "patch_cluster",
+            "patch",
+            show=False,
+            id="clusters.patch",
+            tooltip="patch the cluster in a background run",
+        ),
         Binding("d", "toggle_dendrogram", "dendrogram", id="clusters.dendrogram", tooltip="show or hide the tree"),
     ]
 
@@ -55,8 +62,9 @@ class ClustersScreen(Screen):
         reader = self.store.reader
         tree = reader.cluster_tree()
         if tree is None or not reader.has(layout.CLUSTER_SUMMARY):
-            yield Static("This cache holds no clusters: it was computed without the clustering step.",
-                         classes="empty-state")
+            yield Static(
+                "This cache holds no clusters: it was computed without the clustering step.", classes="empty-state"
+            )
         else:
             yield Dendrogram(tree, id="dendrogram")
             yield DataTable(id="cluster-table", cursor_type="row", zebra_stripes=True)
@@ -73,9 +81,14 @@ class ClustersScreen(Screen):
         table.add_column("group mix", key="mix")
         for row in self.store.reader.clusters().iter_rows(named=True):
             value = row["sum_contribution"]
-            table.add_row(Text(str(row["cluster"]), justify="right"), Text(str(row["size"]), justify="right"),
-                          Text(signed(value), style="green" if value > 0 else "red"), str(row["layers"]),
-                          group_mix(row), key=str(row["cluster"]))
+            table.add_row(
+                Text(str(row["cluster"]), justify="right"),
+                Text(str(row["size"]), justify="right"),
+                Text(signed(value), style="green" if value > 0 else "red"),
+                str(row["layers"]),
+                group_mix(row),
+                key=str(row["cluster"]),
+            )
         table.focus()
 
     def selected_cluster(self) -> int | None:

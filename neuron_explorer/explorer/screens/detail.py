@@ -57,8 +57,9 @@ def headline(record: dict) -> Text:
     text.append(neuron_id(record["layer"], record["neuron"]), style="bold")
     text.append("  group ").append(group, style="bold green" if is_reducing(group) else "bold red")
     text.append("  cluster ").append("none" if record["cluster"] is None else str(record["cluster"]), style="bold")
-    text.append("\nΔ = P_pre − P_dpo ").append(signed(record["contribution"]),
-                                                 style="green" if record["contribution"] > 0 else "red")
+    text.append("\nΔ = P_pre − P_dpo ").append(
+        signed(record["contribution"]), style="green" if record["contribution"] > 0 else "red"
+    )
     text.append("   δ = ā_pre − ā_dpo ").append(signed(record["act_shift"]))
     if "value_cos" in record:
         text.append(f"\ncos(v_pre, v_dpo) {record['value_cos']:.5f}: how much tuning turned the value vector")
@@ -67,23 +68,31 @@ def headline(record: dict) -> Text:
 
 def tokens_table(tokens: pl.DataFrame, lens_rule: dict | None = None) -> Table | Text:
     if tokens.is_empty() and lens_rule and lens_rule.get("rule") == "top":
-        return Text(f"not computed for this neuron: compute took those of {lens_rule['by']} only; `neuron-explorer "
-                    f"lab FILE --tokens L:N` computes others, and compute --lens all takes every neuron", style="dim")
+        return Text(
+            f"not computed for this neuron: compute took those of {lens_rule['by']} only; `neuron-explorer "
+            f"lab FILE --tokens L:N` computes others, and compute --lens all takes every neuron",
+            style="dim",
+        )
     if tokens.is_empty():
         return Text("this cache stores no token tables", style="dim")
     table = Table(box=None, padding=(0, 1), header_style="bold")
     columns = [(model, direction) for direction in ("top", "bottom") for model in ("pre", "dpo")]
     for model, direction in columns:
         table.add_column(f"{direction} {'base' if model == 'pre' else 'DPO'}", no_wrap=True, max_width=18)
-    lists = {key: tokens.filter((pl.col("model") == key[0]) & (pl.col("direction") == key[1])).sort("rank")
-             for key in columns}
+    lists = {
+        key: tokens.filter((pl.col("model") == key[0]) & (pl.col("direction") == key[1])).sort("rank")
+        for key in columns
+    }
     depth = max(len(frame) for frame in lists.values())
     for rank in range(depth):
         cells = []
         for key in columns:
             frame = lists[key]
-            cells.append(Text(f"{short_text(repr(frame['token'][rank])[1:-1], 10)} {frame['score'][rank]:+.2f}")
-                         if rank < len(frame) else "")
+            cells.append(
+                Text(f"{short_text(repr(frame['token'][rank])[1:-1], 10)} {frame['score'][rank]:+.2f}")
+                if rank < len(frame)
+                else ""
+            )
         table.add_row(*cells)
     return table
 
@@ -99,15 +108,19 @@ def prompts_table(prompts: pl.DataFrame) -> Table | Text:
     table.add_column("ā DPO", justify="right", no_wrap=True)
     table.add_column("prompt", ratio=1, overflow="fold")
     for row in moved.iter_rows(named=True):
-        table.add_row(str(row["prompt"]), f"{row['act_shift']:+.3f}", f"{row['act_pre']:+.3f}",
-                      f"{row['act_dpo']:+.3f}", Text(" ".join(row["text"].split())))  # never markup: "[/INST]"
+        table.add_row(
+            str(row["prompt"]),
+            f"{row['act_shift']:+.3f}",
+            f"{row['act_pre']:+.3f}",
+            f"{row['act_dpo']:+.3f}",
+            Text(" ".join(row["text"].split())),
+        )  # never markup: "[/INST]"
     return table
 
 
 def runs_with(cache_path, layer: int, index: int) -> list[PatchRun]:
     """The stored runs whose neuron set held this neuron (each run records its set as {layer: [indices]})."""
-    return [run for run in list_runs(cache_path)
-            if index in (run.settings.get("neurons") or {}).get(str(layer), ())]
+    return [run for run in list_runs(cache_path) if index in (run.settings.get("neurons") or {}).get(str(layer), ())]
 
 
 def history_table(runs: list[PatchRun]) -> Table | Text:
@@ -120,10 +133,13 @@ def history_table(runs: list[PatchRun]) -> Table | Text:
     for run in runs:
         metrics = run.metrics
         toxicity, recovered = metrics.get("toxicity"), metrics.get("recovered")
-        table.add_row(Text(str(run.settings.get("label", run.run_id))), Text(str(run.settings.get("mode", ""))),
-                      f"{metrics.get('neurons', 0):,}",
-                      f"{toxicity:.4f}" if isinstance(toxicity, float) else "",
-                      f"{recovered:.1%}" if isinstance(recovered, float) and math.isfinite(recovered) else "n/a")
+        table.add_row(
+            Text(str(run.settings.get("label", run.run_id))),
+            Text(str(run.settings.get("mode", ""))),
+            f"{metrics.get('neurons', 0):,}",
+            f"{toxicity:.4f}" if isinstance(toxicity, float) else "",
+            f"{recovered:.1%}" if isinstance(recovered, float) and math.isfinite(recovered) else "n/a",
+        )
     return table
 
 
@@ -137,10 +153,20 @@ class DetailScreen(ShowsWorkerErrors, Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "back", id="detail.back"),
         Binding("space", "mark", "mark", id="detail.mark", tooltip="mark or unmark this neuron"),
-        Binding("right_square_bracket,n", "step(1)", "next", id="detail.next",
-                tooltip="the next neuron of the table's view (its order, its filters)"),
-        Binding("left_square_bracket,N", "step(-1)", "previous", id="detail.previous",
-                tooltip="the previous neuron of the table's view"),
+        Binding(
+            "right_square_bracket,n",
+            "step(1)",
+            "next",
+            id="detail.next",
+            tooltip="the next neuron of the table's view (its order, its filters)",
+        ),
+        Binding(
+            "left_square_bracket,N",
+            "step(-1)",
+            "previous",
+            id="detail.previous",
+            tooltip="the previous neuron of the table's view",
+        ),
         Binding("j,down", "scroll('down')", "scroll", show=False, id="detail.down"),
         Binding("k,up", "scroll('up')", "scroll", show=False, id="detail.up"),
         Binding("g,home", "scroll('home')", "top", show=False, id="detail.top"),
@@ -166,41 +192,59 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         reader = self.store.reader
         record = reader.neuron(self.neuron_layer, self.neuron_index)
         self.lens_rule = reader.lens_rule()
-        self.post_message(DetailLoaded(record, reader.top_tokens(self.neuron_layer, self.neuron_index),
-                                       reader.prompt_activations(self.neuron_layer, self.neuron_index),
-                                       runs_with(self.store.path, self.neuron_layer, self.neuron_index)))
+        self.post_message(
+            DetailLoaded(
+                record,
+                reader.top_tokens(self.neuron_layer, self.neuron_index),
+                reader.prompt_activations(self.neuron_layer, self.neuron_index),
+                runs_with(self.store.path, self.neuron_layer, self.neuron_index),
+            )
+        )
 
     async def on_detail_loaded(self, message: DetailLoaded) -> None:
         body = self.query_one("#detail-body", VerticalScroll)
         await body.remove_children()
         record, prompts = message.record, message.prompts
         marked = " · marked" if (self.neuron_layer, self.neuron_index) in self.store.marked else ""
-        await body.mount_all([
-            Static(headline(record), id="detail-headline"),
-            Static(Text("Metrics, both models" + marked, style="bold"), classes="section-title", id="metrics-title"),
-            Static(metrics_table(record), id="detail-metrics"),
-            Static(Text("Tokens the value vector writes (logit lens)", style="bold"), classes="section-title"),
-            Static(tokens_table(message.tokens, self.lens_rule), id="detail-tokens"),
-            Static(Text("Activation distribution over the prompts", style="bold"), classes="section-title"),
-        ])
+        await body.mount_all(
+            [
+                Static(headline(record), id="detail-headline"),
+                Static(
+                    Text("Metrics, both models" + marked, style="bold"), classes="section-title", id="metrics-title"
+                ),
+                Static(metrics_table(record), id="detail-metrics"),
+                Static(Text("Tokens the value vector writes (logit lens)", style="bold"), classes="section-title"),
+                Static(tokens_table(message.tokens, self.lens_rule), id="detail-tokens"),
+                Static(Text("Activation distribution over the prompts", style="bold"), classes="section-title"),
+            ]
+        )
         if "act_pre" in prompts.columns:
-            await body.mount(ActivationHistogram(prompts["act_pre"].to_numpy(), prompts["act_dpo"].to_numpy(),
-                                                 id="detail-histogram"))
-        await body.mount_all([
-            Static(Text(f"Prompts where it shifts most (top {TOP_PROMPTS} by |δ|)", style="bold"),
-                   classes="section-title"),
-            Static(prompts_table(prompts), id="detail-prompts"),
-            Static(Text("Stored patch runs that acted on it", style="bold"), classes="section-title"),
-            Static(history_table(message.runs), id="detail-history"),
-        ])
+            await body.mount(
+                ActivationHistogram(prompts["act_pre"].to_numpy(), prompts["act_dpo"].to_numpy(), id="detail-histogram")
+            )
+        await body.mount_all(
+            [
+                Static(
+                    Text(f"Prompts where it shifts most (top {TOP_PROMPTS} by |δ|)", style="bold"),
+                    classes="section-title",
+                ),
+                Static(prompts_table(prompts), id="detail-prompts"),
+                Static(Text("Stored patch runs that acted on it", style="bold"), classes="section-title"),
+                Static(history_table(message.runs), id="detail-history"),
+            ]
+        )
 
     def action_step(self, step: int) -> None:
         """Show the next (previous) neuron of the table's view; the table's cursor follows."""
         row = self.store.find(self.neuron_layer, self.neuron_index) if self.store.loaded else None
         neighbour = None if row is None else self.store.neuron_at(row + step)
         if row is None or neighbour is None:
-            self.notify("this neuron is not in the table's view" if row is None else
-                        f"no {'next' if step > 0 else 'previous'} neuron in the view", severity="warning")
+            self.notify(
+                "this neuron is not in the table's view"
+                if row is None
+                else f"no {'next' if step > 0 else 'previous'} neuron in the view",
+                severity="warning",
+            )
             return
         self.neuron_layer, self.neuron_index = neighbour
         self.app.view_row = row + step
@@ -208,11 +252,11 @@ class DetailScreen(ShowsWorkerErrors, Screen):
 
     def action_scroll(self, where: str) -> None:
         body = self.query_one("#detail-body", VerticalScroll)
-        {"down": body.scroll_down, "up": body.scroll_up, "home": body.scroll_home,
-         "end": body.scroll_end}[where](animate=False)
+        {"down": body.scroll_down, "up": body.scroll_up, "home": body.scroll_home, "end": body.scroll_end}[where](
+            animate=False
+        )
 
     def action_mark(self) -> None:
         marked = self.store.toggle_mark(self.neuron_layer, self.neuron_index)
         self.post_message(MarksChanged())
         self.notify(f"{neuron_id(self.neuron_layer, self.neuron_index)} {'marked' if marked else 'unmarked'}")
-

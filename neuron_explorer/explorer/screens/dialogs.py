@@ -60,8 +60,11 @@ class ShowsWorkerErrors(_Owner):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
         if event.state == WorkerState.ERROR:
-            self.app.push_screen(ErrorDialog(f"{worker.description or worker.name} failed",
-                                             f"{type(worker.error).__name__}: {worker.error}"))
+            self.app.push_screen(
+                ErrorDialog(
+                    f"{worker.description or worker.name} failed", f"{type(worker.error).__name__}: {worker.error}"
+                )
+            )
 
 
 class PromptDialog(Dialog[str]):
@@ -164,24 +167,48 @@ class FilterDialog(Dialog[Filters]):
             yield Label("Filter neurons", classes="dialog-title")
             with Horizontal(classes="field"):
                 yield Label("group (v1)", classes="field-label")
-                yield Select([(name, name) for name in GROUP_NAMES], value=filters.group or Select.NULL,
-                             prompt="any", id="filter-group")
+                yield Select(
+                    [(name, name) for name in GROUP_NAMES],
+                    value=filters.group or Select.NULL,
+                    prompt="any",
+                    id="filter-group",
+                )
             with Horizontal(classes="field"):
                 yield Label("sign of Δ", classes="field-label")
-                yield Select([("Δ > 0 (reduces toxicity)", "+"), ("Δ < 0 (raises it)", "-")],
-                             value=filters.sign or Select.NULL, prompt="any", id="filter-sign")
+                yield Select(
+                    [("Δ > 0 (reduces toxicity)", "+"), ("Δ < 0 (raises it)", "-")],
+                    value=filters.sign or Select.NULL,
+                    prompt="any",
+                    id="filter-sign",
+                )
             with Horizontal(classes="field"):
                 yield Label("cluster", classes="field-label")
-                yield Input(value="" if filters.cluster is None else str(filters.cluster), placeholder="any",
-                            type="integer", id="filter-cluster")
+                yield Input(
+                    value="" if filters.cluster is None else str(filters.cluster),
+                    placeholder="any",
+                    type="integer",
+                    id="filter-cluster",
+                )
             with Horizontal(classes="field"):
                 yield Label("threshold", classes="field-label")
-                yield Select([(column.label, column.key) for column in COLUMNS if column.number_format],
-                             value=threshold[0], allow_blank=False, id="filter-column")
-                yield Select([(operator.replace("x", "·"), operator) for operator in THRESHOLD_OPERATORS],
-                             value=threshold[1], allow_blank=False, id="filter-operator")
-                yield Input(value="" if threshold[2] is None else f"{threshold[2]:g}", placeholder="none",
-                            type="number", id="filter-value")
+                yield Select(
+                    [(column.label, column.key) for column in COLUMNS if column.number_format],
+                    value=threshold[0],
+                    allow_blank=False,
+                    id="filter-column",
+                )
+                yield Select(
+                    [(operator.replace("x", "·"), operator) for operator in THRESHOLD_OPERATORS],
+                    value=threshold[1],
+                    allow_blank=False,
+                    id="filter-operator",
+                )
+                yield Input(
+                    value="" if threshold[2] is None else f"{threshold[2]:g}",
+                    placeholder="none",
+                    type="number",
+                    id="filter-value",
+                )
             with Horizontal(classes="buttons"):
                 yield Button("Apply", variant="primary", id="apply")
                 yield Button("Clear", id="clear")
@@ -207,11 +234,19 @@ class FilterDialog(Dialog[Filters]):
         if value:
             try:
                 # both selects have allow_blank=False: their values are the column's and the operator's strings
-                threshold = (str(self.query_one("#filter-column", Select).value),
-                             str(self.query_one("#filter-operator", Select).value), float(value))
+                threshold = (
+                    str(self.query_one("#filter-column", Select).value),
+                    str(self.query_one("#filter-operator", Select).value),
+                    float(value),
+                )
             except ValueError:
                 self.notify(f"'{value}' is not a number", severity="error")
                 return
-        self.dismiss(Filters(group=None if group is Select.NULL else str(group),
-                             sign=None if sign is Select.NULL else str(sign),
-                             cluster=int(cluster) if cluster else None, threshold=threshold))
+        self.dismiss(
+            Filters(
+                group=None if group is Select.NULL else str(group),
+                sign=None if sign is Select.NULL else str(sign),
+                cluster=int(cluster) if cluster else None,
+                threshold=threshold,
+            )
+        )

@@ -13,9 +13,11 @@ from textual.widgets import Static
 
 from ..glossary import glossary
 
-ABOUT = ("Δ = P_pre − P_dpo: a neuron's contribution to toxicity reduction (positive: it writes less toxicity "
-         "after DPO). δ = ā_pre − ā_dpo. Groups TP↓ TN↓ AP↓ AN↓ reduce toxicity; TP↑ TN↑ AP↑ AN↑ are their mirrors. "
-         "ctrl+p opens the command palette, which offers every action. The glossary follows the keys.")
+ABOUT = (
+    "Δ = P_pre − P_dpo: a neuron's contribution to toxicity reduction (positive: it writes less toxicity "
+    "after DPO). δ = ā_pre − ā_dpo. Groups TP↓ TN↓ AP↓ AN↓ reduce toxicity; TP↑ TN↑ AP↑ AN↑ are their mirrors. "
+    "ctrl+p opens the command palette, which offers every action. The glossary follows the keys."
+)
 
 
 def key_label(key: str) -> str:
@@ -26,13 +28,15 @@ class HelpScreen(ModalScreen):
     """The keys of the screen that was showing, of its focused widget, and of the app."""
 
     CSS_PATH = "help.tcss"
-    BINDINGS = [Binding("escape,question_mark,f1,q", "app.pop_screen", "close", id="help.close"),
-                Binding("j,down", "scroll('down')", "scroll", show=False, id="help.down"),
-                Binding("k,up", "scroll('up')", "scroll", show=False, id="help.up"),
-                Binding("pagedown,space", "scroll('page_down')", "page down", show=False, id="help.page_down"),
-                Binding("pageup", "scroll('page_up')", "page up", show=False, id="help.page_up"),
-                Binding("G,end", "scroll('end')", "glossary", show=False, id="help.end"),
-                Binding("g,home", "scroll('home')", "top", show=False, id="help.home")]
+    BINDINGS = [
+        Binding("escape,question_mark,f1,q", "app.pop_screen", "close", id="help.close"),
+        Binding("j,down", "scroll('down')", "scroll", show=False, id="help.down"),
+        Binding("k,up", "scroll('up')", "scroll", show=False, id="help.up"),
+        Binding("pagedown,space", "scroll('page_down')", "page down", show=False, id="help.page_down"),
+        Binding("pageup", "scroll('page_up')", "page up", show=False, id="help.page_up"),
+        Binding("G,end", "scroll('end')", "glossary", show=False, id="help.end"),
+        Binding("g,home", "scroll('home')", "top", show=False, id="help.home"),
+    ]
 
     def __init__(self, sections: list[tuple[str, list[Binding]]]) -> None:
         super().__init__()
@@ -62,5 +66,11 @@ class HelpScreen(ModalScreen):
 
     def action_scroll(self, where: str) -> None:
         body = self.query_one("#help-body", VerticalScroll)
-        {"down": body.scroll_down, "up": body.scroll_up, "page_down": body.scroll_page_down,
-         "page_up": body.scroll_page_up, "end": body.scroll_end, "home": body.scroll_home}[where](animate=False)
+        {
+            "down": body.scroll_down,
+            "up": body.scroll_up,
+            "page_down": body.scroll_page_down,
+            "page_up": body.scroll_page_up,
+            "end": body.scroll_end,
+            "home": body.scroll_home,
+        }[where](animate=False)

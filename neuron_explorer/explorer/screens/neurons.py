@@ -14,8 +14,8 @@ from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from ..formatting import signed
-from ..state import COLUMNS, Filters, Store
 from ..messages import NeuronChosen
+from ..state import COLUMNS, Filters, Store
 from ..widgets.neuron_table import NeuronTable
 
 if TYPE_CHECKING:
@@ -37,13 +37,30 @@ class NeuronsScreen(Screen):
         Binding("x", "clear_filters", "clear", id="neurons.clear_filters", tooltip="clear every filter"),
         Binding("plus", "sign('+')", "Δ>0", show=False, id="neurons.positive", tooltip="keep only Δ > 0"),
         Binding("minus", "sign('-')", "Δ<0", show=False, id="neurons.negative", tooltip="keep only Δ < 0"),
-        Binding("S", "save_selection", "save set", id="neurons.save_selection",
-                tooltip="save the marked neurons as a named set"),
-        Binding("W", "save_view", "save view", show=False, id="neurons.save_view",
-                tooltip="save the filtered view as a named set"),
+        Binding(
+            "S",
+            "save_selection",
+            "save set",
+            id="neurons.save_selection",
+            tooltip="save the marked neurons as a named set",
+        ),
+        Binding(
+            "W",
+            "save_view",
+            "save view",
+            show=False,
+            id="neurons.save_view",
+            tooltip="save the filtered view as a named set",
+        ),
         Binding("u", "clear_marks", "unmark all", show=False, id="neurons.clear_marks"),
-        Binding("p", "patch", "patch", show=False, id="neurons.patch",
-                tooltip="patch the marked neurons in a background run"),
+        Binding(
+            "p",
+            "patch",
+            "patch",
+            show=False,
+            id="neurons.patch",
+            tooltip="patch the marked neurons in a background run",
+        ),
         Binding("e", "export", "export", id="neurons.export", tooltip="export the table to .csv or .parquet"),
         Binding("tab", "switch_pane", "layers/table", show=False, id="neurons.switch_pane"),
     ]
@@ -112,13 +129,17 @@ class NeuronsScreen(Screen):
         layer = self.store.view.layer
         if layer is None:
             summary = self.totals
-            detail = (f"Σ+Δ {signed(summary.get('sum_positive_contribution', 0.0))}  "
-                      f"net {signed(summary.get('net_contribution', 0.0))}")
+            detail = (
+                f"Σ+Δ {signed(summary.get('sum_positive_contribution', 0.0))}  "
+                f"net {signed(summary.get('net_contribution', 0.0))}"
+            )
         else:
             row = self.layer_sums.row(layer, named=True)
-            detail = (f"L{layer}: ΣΔ {signed(row['sum_contribution'])}  Σ+ {signed(row['sum_positive'])}  "
-                      f"Σ− {signed(row['sum_negative'])}  fire {signed(row['sum_activation_term'])}  "
-                      f"write {signed(row['sum_weight_term'])}  resid {signed(row['residual_pre'])}")
+            detail = (
+                f"L{layer}: ΣΔ {signed(row['sum_contribution'])}  Σ+ {signed(row['sum_positive'])}  "
+                f"Σ− {signed(row['sum_negative'])}  fire {signed(row['sum_activation_term'])}  "
+                f"write {signed(row['sum_weight_term'])}  resid {signed(row['residual_pre'])}"
+            )
         self.query_one("#layer-status", Static).update(detail, layout=False)
 
     # -- events ----------------------------------------------------------------------------------------------
@@ -175,8 +196,9 @@ class NeuronsScreen(Screen):
         elif filters.cluster is not None:
             self.app.action_patch(f"cluster {filters.cluster}")
         else:
-            self.app.notify("mark neurons with space (or filter to a group or cluster) to patch them",
-                            severity="warning")
+            self.app.notify(
+                "mark neurons with space (or filter to a group or cluster) to patch them", severity="warning"
+            )
 
     def check_action(self, action: str, parameters) -> bool | None:
         """Until every layer is read, the table's actions are shown disabled."""

@@ -35,10 +35,14 @@ def provenance_table(store: Store) -> Table:
     table = Table.grid(padding=(0, 1))
     table.add_column(style="bold", no_wrap=True, min_width=8)
     table.add_column(overflow="fold")  # long values wrap: nothing is cut at 80 columns
-    table.add_row("file", f"{info.path.name} · {info.architecture} · {info.n_layers}×{info.d_mlp:,} = "
-                          f"{info.n_neurons:,} neurons · {info.n_prompts:,} prompts · {info.created[:10]}")
-    table.add_row("models", f"{describe_model(provenance.get('base', '?'))} → "
-                            f"{describe_model(provenance.get('tuned', '?'))}")
+    table.add_row(
+        "file",
+        f"{info.path.name} · {info.architecture} · {info.n_layers}×{info.d_mlp:,} = "
+        f"{info.n_neurons:,} neurons · {info.n_prompts:,} prompts · {info.created[:10]}",
+    )
+    table.add_row(
+        "models", f"{describe_model(provenance.get('base', '?'))} → {describe_model(provenance.get('tuned', '?'))}"
+    )
     probe = provenance.get("probe", {})
     if isinstance(probe, dict):
         probe_text = " ".join(f"{key} {short_text(value, 12)}" for key, value in probe.items())
@@ -46,19 +50,22 @@ def provenance_table(store: Store) -> Table:
         probe_text = str(probe)
     table.add_row("probe", probe_text)
     prompts = provenance.get("prompts", {})
-    table.add_row("prompts", " ".join(f"{key} {value}" for key, value in prompts.items())
-                  if isinstance(prompts, dict) else str(prompts))
+    table.add_row(
+        "prompts",
+        " ".join(f"{key} {value}" for key, value in prompts.items()) if isinstance(prompts, dict) else str(prompts),
+    )
     settings = provenance.get("settings", {})
-    table.add_row("settings", " ".join(f"{key}={value}" for key, value in settings.items())
-                  if isinstance(settings, dict) else str(settings))
+    table.add_row(
+        "settings",
+        " ".join(f"{key}={value}" for key, value in settings.items()) if isinstance(settings, dict) else str(settings),
+    )
     return table
 
 
 def totals_text(store: Store) -> Text:
     summary = store.reader.summary()
     text = Text()
-    text.append("Σ+Δ ", style="bold").append(signed(summary.get("sum_positive_contribution", 0.0)),
-                                                      style="green")
+    text.append("Σ+Δ ", style="bold").append(signed(summary.get("sum_positive_contribution", 0.0)), style="green")
     text.append("   net Δ ", style="bold").append(signed(summary.get("net_contribution", 0.0)))
     if "top_toxic_share" in summary:
         text.append(f"   v2 top-{summary.get('top_toxic_k', '')} by cos, ā_pre>0, δ>0: ", style="bold")
@@ -73,8 +80,16 @@ class OverviewScreen(Screen):
     """Overview: the file's provenance, the totals, the group share bars and the per-layer plot."""
 
     CSS_PATH = "overview.tcss"
-    BINDINGS = [Binding("v", "definition", "v1/v3 groups", show=False, id="overview.definition",
-                        tooltip="switch the group shares between v1 (the default) and v3")]
+    BINDINGS = [
+        Binding(
+            "v",
+            "definition",
+            "v1/v3 groups",
+            show=False,
+            id="overview.definition",
+            tooltip="switch the group shares between v1 (the default) and v3",
+        )
+    ]
 
     if TYPE_CHECKING:
         app = getters.app(ExplorerApp)

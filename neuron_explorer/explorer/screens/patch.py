@@ -57,33 +57,48 @@ class PatchDialog(Dialog[PatchRequest]):
             if not preset:
                 with Horizontal(classes="field"):
                     yield Label("target", classes="field-label")
-                    yield Select(self.target_options(), value=self.source or Select.NULL, allow_blank=self.source
-                                 is None, prompt=request.target, id="patch-target")
+                    yield Select(
+                        self.target_options(),
+                        value=self.source or Select.NULL,
+                        allow_blank=self.source is None,
+                        prompt=request.target,
+                        id="patch-target",
+                    )
             with Horizontal(classes="field"):
                 yield Label("group rows" if preset else "mode", classes="field-label")
-                yield Select([(mode.name, mode.name) for mode in offered], value=request.spec.mode, allow_blank=False,
-                             id="patch-mode")
+                yield Select(
+                    [(mode.name, mode.name) for mode in offered],
+                    value=request.spec.mode,
+                    allow_blank=False,
+                    id="patch-mode",
+                )
             yield Label(id="mode-about", classes="field-about")
             with Horizontal(classes="field"):
                 yield Label("positions", classes="field-label")
                 positions = [(f"{p.value}: {p.description.split(' (')[0]}", p) for p in INTERVENTION_POSITIONS]
                 if preset:
-                    positions.insert(0, ("authors': ablation at every position, the rest newest",
-                                         Positions.AUTHORS))
+                    positions.insert(0, ("authors': ablation at every position, the rest newest", Positions.AUTHORS))
                 yield Select(positions, value=request.spec.positions, allow_blank=False, id="patch-positions")
             params = request.spec.params if isinstance(request.spec, Intervention) else {}
-            for mode in ([] if preset else offered):
+            for mode in [] if preset else offered:
                 for parameter in mode.parameters:
                     given = params.get(parameter.name) if mode.name == request.spec.mode else None
                     with Horizontal(classes=f"field parameter mode-{mode.name}"):
                         yield Label(parameter.name, classes="field-label")
-                        yield Input(value="" if given is None else f"{given:g}", type="number",
-                                    placeholder=f"{parameter.help} (default {parameter.describe_default()})",
-                                    id=parameter_id(mode.name, parameter.name))
+                        yield Input(
+                            value="" if given is None else f"{given:g}",
+                            type="number",
+                            placeholder=f"{parameter.help} (default {parameter.describe_default()})",
+                            id=parameter_id(mode.name, parameter.name),
+                        )
             with Horizontal(classes="field", id="prompts-field"):
                 yield Label("prompts", classes="field-label")
-                yield Input(value="" if request.max_prompts is None else str(request.max_prompts), type="integer",
-                            placeholder="the patch command's default (100)", id="patch-prompts")
+                yield Input(
+                    value="" if request.max_prompts is None else str(request.max_prompts),
+                    type="integer",
+                    placeholder="the patch command's default (100)",
+                    id="patch-prompts",
+                )
             with Horizontal(classes="buttons"):
                 yield Button("Run", variant="primary", id="run")
                 yield Button("Cancel", id="cancel")
@@ -158,8 +173,10 @@ class PatchDialog(Dialog[PatchRequest]):
     def action_run(self) -> None:
         mode = modes.get(str(self.query_one("#patch-mode", Select).value))
         parameters = () if self.request.preset else mode.parameters
-        texts = {parameter.name: self.query_one(f"#{parameter_id(mode.name, parameter.name)}", Input).value.strip()
-                 for parameter in parameters}
+        texts = {
+            parameter.name: self.query_one(f"#{parameter_id(mode.name, parameter.name)}", Input).value.strip()
+            for parameter in parameters
+        }
         given = {name: text for name, text in texts.items() if text}
         prompts = self.query_one("#patch-prompts", Input).value.strip()
         try:

@@ -16,8 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from neuron_explorer.cache import layout
-from neuron_explorer.cache.annotations import (PatchRun, delete_run, list_runs, load_baseline, rename_run,
-                                               sidecar_dir)
+from neuron_explorer.cache.annotations import PatchRun, delete_run, list_runs, load_baseline, rename_run, sidecar_dir
 from neuron_explorer.errors import UserError
 from neuron_explorer.figures import RecoveredRow, recovered_rows
 
@@ -30,27 +29,57 @@ from .patch import JobsPanel
 if TYPE_CHECKING:
     from ..app import ExplorerApp
 
-EMPTY_STATE = "\n\n".join([
-    "No patching runs yet.",
-    "P runs the papers' comparison as one background job (one progress bar): {rows}. Then this screen shows each "
-    "run's toxicity ± s.e. beside base and DPO, and a chart of the fraction of DPO's effect each recovers.",
-    "A patching run changes chosen neurons' activations in the base model (the DPO model's mean, a shift, an "
-    "ablation or the tuning-free edit), measures toxicity, perplexity and F1 again, and reports the fraction of "
-    "DPO's effect it recovers. This screen lists every run stored in {sidecar}/runs/.",
-    "One run at a time: p on marked neurons (neurons screen) or a cluster (clusters screen), or the palette "
-    "(ctrl+p, \"patch: toxic top-128\", \"patch: all four ↓ groups\"); on the command line: "
-    "neuron-explorer patch FILE --preset paper",
-])
+EMPTY_STATE = "\n\n".join(
+    [
+        "No patching runs yet.",
+        "P runs the papers' comparison as one background job (one progress bar): {rows}. Then this screen shows each "
+        "run's toxicity ± s.e. beside base and DPO, and a chart of the fraction of DPO's effect each recovers.",
+        "A patching run changes chosen neurons' activations in the base model (the DPO model's mean, a shift, an "
+        "ablation or the tuning-free edit), measures toxicity, perplexity and F1 again, and reports the fraction of "
+        "DPO's effect it recovers. This screen lists every run stored in {sidecar}/runs/.",
+        "One run at a time: p on marked neurons (neurons screen) or a cluster (clusters screen), or the palette "
+        '(ctrl+p, "patch: toxic top-128", "patch: all four ↓ groups"); on the command line: '
+        "neuron-explorer patch FILE --preset paper",
+    ]
+)
 
 # The columns shown first, in this order; other metrics follow alphabetically. "toxicity" shows "mean ± s.e.".
-PREFERRED = ("name", "toxicity", "recovered", "perplexity", "f1", "mode", "neurons", "probe_change",
-             "n_prompts", "positions")
-HIDDEN = {"toxicity_sem", "base_toxicity", "dpo_toxicity", "base_perplexity", "dpo_perplexity", "seconds",
-          "n_tokens", "n_f1", "probe_projection", "recovered_probe", "perplexity_pass", "check_toxicity_sem"}
+PREFERRED = (
+    "name",
+    "toxicity",
+    "recovered",
+    "perplexity",
+    "f1",
+    "mode",
+    "neurons",
+    "probe_change",
+    "n_prompts",
+    "positions",
+)
+HIDDEN = {
+    "toxicity_sem",
+    "base_toxicity",
+    "dpo_toxicity",
+    "base_perplexity",
+    "dpo_perplexity",
+    "seconds",
+    "n_tokens",
+    "n_f1",
+    "probe_projection",
+    "recovered_probe",
+    "perplexity_pass",
+    "check_toxicity_sem",
+}
 HEADERS = {"toxicity": "toxicity ± s.e.", "probe_change": "Δ probe"}
 # One format per column (other numbers: 4 significant digits).
-FORMATS = {"toxicity": "{:.4f}", "recovered": "{:.1%}", "perplexity": "{:.2f}", "f1": "{:.4f}",
-           "probe_change": "{:+.3f}", "check_toxicity": "{:.4f}"}
+FORMATS = {
+    "toxicity": "{:.4f}",
+    "recovered": "{:.1%}",
+    "perplexity": "{:.2f}",
+    "f1": "{:.4f}",
+    "probe_change": "{:+.3f}",
+    "check_toxicity": "{:.4f}",
+}
 
 
 def format_value(value) -> str:
@@ -66,8 +95,9 @@ def samples_table(run: PatchRun) -> Table | Text:
     for name in ("prompt", "base", "patched", "dpo"):
         table.add_column(name, ratio=1, overflow="fold")
     for sample in run.samples:  # Text, never markup: a prompt may hold "[/INST]"
-        table.add_row(*(Text(" ".join(str(sample.get(name, "")).split()))
-                        for name in ("prompt", "base", "patched", "dpo")))
+        table.add_row(
+            *(Text(" ".join(str(sample.get(name, "")).split())) for name in ("prompt", "base", "patched", "dpo"))
+        )
     return table
 
 
@@ -108,8 +138,13 @@ class RunsScreen(Screen):
 
     CSS_PATH = "runs.tcss"
     BINDINGS = [
-        Binding("P", "paper", "paper comparison", id="runs.paper",
-                tooltip="run the papers' comparison (patch --preset paper) as one background job"),
+        Binding(
+            "P",
+            "paper",
+            "paper comparison",
+            id="runs.paper",
+            tooltip="run the papers' comparison (patch --preset paper) as one background job",
+        ),
         Binding("n", "rename", "rename", id="runs.rename", tooltip="give the highlighted run another name"),
         Binding("d,delete", "delete", "delete", id="runs.delete", tooltip="delete the highlighted run's record"),
         Binding("c", "cancel_job", "cancel run", id="runs.cancel", tooltip="stop the running patch job"),
@@ -149,8 +184,15 @@ class RunsScreen(Screen):
         self.reported_problems.update(problems)
         rows = self._model_rows()
         self.n_model_rows = len(rows)
-        rows += [{"name": run.settings.get("label", run.run_id), "mode": run.settings.get("mode", ""),
-                  "positions": run.settings.get("positions", ""), **run.metrics} for run in self.runs]
+        rows += [
+            {
+                "name": run.settings.get("label", run.run_id),
+                "mode": run.settings.get("mode", ""),
+                "positions": run.settings.get("positions", ""),
+                **run.metrics,
+            }
+            for run in self.runs
+        ]
         table = self.query_one("#runs-table", DataTable)
         cursor = table.cursor_row
         table.clear(columns=True)
@@ -181,8 +223,9 @@ class RunsScreen(Screen):
         if reader.has(layout.EVALUATION):
             for row in reader.table(layout.EVALUATION).iter_rows(named=True):
                 name = str(row.get("setting", row.get("model", "?")))
-                rows.append({"name": f"{name} (cache)",
-                             **{k: v for k, v in row.items() if k not in ("setting", "model")}})
+                rows.append(
+                    {"name": f"{name} (cache)", **{k: v for k, v in row.items() if k not in ("setting", "model")}}
+                )
         used = sorted({run.settings["baseline"] for run in self.runs if run.settings.get("baseline")})
         for key in used:
             baseline = load_baseline(self.store.path, key)
@@ -190,8 +233,14 @@ class RunsScreen(Screen):
                 continue
             for name in ("base", "dpo"):
                 metrics = {k: v for k, v in (baseline.get(name) or {}).items() if not isinstance(v, list)}
-                rows.append({"name": f"{name} ({metrics.get('n_prompts', '?')} prompts)", "neurons": 0
-                             if name == "base" else "", "recovered": 0.0 if name == "base" else 1.0, **metrics})
+                rows.append(
+                    {
+                        "name": f"{name} ({metrics.get('n_prompts', '?')} prompts)",
+                        "neurons": 0 if name == "base" else "",
+                        "recovered": 0.0 if name == "base" else 1.0,
+                        **metrics,
+                    }
+                )
         return rows
 
     def refresh_jobs(self) -> None:
@@ -212,8 +261,13 @@ class RunsScreen(Screen):
         run = self.runs[row - self.n_model_rows] if 0 <= row - self.n_model_rows < len(self.runs) else None
         self.query_one(RecoveredChart).show(self.recovered, run.run_id if run else None)
         if run is None:
-            samples.update(Text("base and DPO rows: the models' own evaluation; choose a run to see its settings and "
-                                "generations beside theirs", style="dim"))
+            samples.update(
+                Text(
+                    "base and DPO rows: the models' own evaluation; choose a run to see its settings and "
+                    "generations beside theirs",
+                    style="dim",
+                )
+            )
             return
         grid = Table.grid(expand=True)
         grid.add_column()
@@ -264,8 +318,9 @@ class RunsScreen(Screen):
 
         label = run.settings.get("label", run.run_id)
         folder = sidecar_dir(self.store.path).name
-        self.app.push_screen(ConfirmDialog(f"Delete the run '{label}'? Its record is removed from {folder}/runs/."),
-                             delete)
+        self.app.push_screen(
+            ConfirmDialog(f"Delete the run '{label}'? Its record is removed from {folder}/runs/."), delete
+        )
 
     def action_cancel_job(self) -> None:
         self.app.action_cancel_patch()
@@ -286,8 +341,9 @@ def _cell(column: str, row: dict) -> Text:
     value = row.get(column, "")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return Text(format_value(value))
-    text = FORMATS.get(column, "{}").format(value) if math.isfinite(value) and column in FORMATS else \
-        format_value(value)
+    text = (
+        FORMATS.get(column, "{}").format(value) if math.isfinite(value) and column in FORMATS else format_value(value)
+    )
     sem = row.get("toxicity_sem")
     if column == "toxicity" and isinstance(sem, float) and math.isfinite(sem):
         text += f" ± {sem:.4f}"

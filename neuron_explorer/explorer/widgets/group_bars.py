@@ -14,11 +14,15 @@ REDUCING_STYLE = "green"
 MIRROR_STYLE = "red"
 # The two group definitions of the summary table (METHOD §3): its columns, and what the screen says of each.
 DEFINITIONS = {
-    "v1": (("count", "sum_contribution", "share_v1"),
-           "v1 (the default, as the filter and patches count): groups by the sign of δ, every neuron; share of "
-           "the 4 ↓ (↑) groups' Σ Δ. v: v3"),
-    "v3": (("count_v3", "sum_contribution_v3", "share_v3"),
-           "v3: only Δ > 0 (↑ rows: Δ < 0), by sign class; share of Σ+Δ (↑: of Σ−Δ). v: back to v1"),
+    "v1": (
+        ("count", "sum_contribution", "share_v1"),
+        "v1 (the default, as the filter and patches count): groups by the sign of δ, every neuron; share of "
+        "the 4 ↓ (↑) groups' Σ Δ. v: v3",
+    ),
+    "v3": (
+        ("count_v3", "sum_contribution_v3", "share_v3"),
+        "v3: only Δ > 0 (↑ rows: Δ < 0), by sign class; share of Σ+Δ (↑: of Σ−Δ). v: back to v1",
+    ),
 }
 
 
@@ -56,6 +60,11 @@ class GroupBars(Static):
         for row in self.groups.iter_rows(named=True):
             style = REDUCING_STYLE if row["reducing"] else MIRROR_STYLE
             share = float(row[share_column])
-            table.add_row(Text(row["group"], style=f"bold {style}"), f"{row[count]:,}", signed(row[total]),
-                          Text(bar(share, bar_width), style=style), f"{share:4.0%}")
+            table.add_row(
+                Text(row["group"], style=f"bold {style}"),
+                f"{row[count]:,}",
+                signed(row[total]),
+                Text(bar(share, bar_width), style=style),
+                f"{share:4.0%}",
+            )
         return table

@@ -1,7 +1,8 @@
 """Layers × tokens heat maps side by side (the lab's base, DPO and base − DPO lens), drawn with the Line API.
 
 Only ANSI colours and shade characters: red is positive, blue negative, and " ░▒▓█" says the magnitude on the scale
-in the panel's title (±its largest |value| over the generated tokens; larger prompt cells show full), so a map stays readable in 16 colours and in monochrome. Layers are
+in the panel's title (±its largest |value| over the generated tokens; larger prompt cells show full), so a map stays
+readable in 16 colours and in monochrome. Layers are
 binned (averaged) to fit the height; columns are tokens, one cell each, scrolled so that the token cursor stays
 visible. Keys: left/right (h/l) move the token cursor.
 """
@@ -43,7 +44,6 @@ def shade(value: float, scale: float) -> str:
     return SHADES[min(max(math.ceil(abs(value) / scale * 4 - 1e-9), 0), 4)]
 
 
-
 class HeatMap(Widget, can_focus=True):
     """Panels that share the columns (tokens) and rows (layers); panels with a shared `scale_group` share a scale."""
 
@@ -53,8 +53,14 @@ class HeatMap(Widget, can_focus=True):
         Binding("end,G", "token(10000)", "last token", show=False, id="heat_map.last"),
         Binding("home,g", "token(-10000)", "first token", show=False, id="heat_map.first"),
     ]
-    COMPONENT_CLASSES = {"heat-map--title", "heat-map--positive", "heat-map--negative", "heat-map--axis",
-                         "heat-map--cursor", "heat-map--empty"}
+    COMPONENT_CLASSES = {
+        "heat-map--title",
+        "heat-map--positive",
+        "heat-map--negative",
+        "heat-map--axis",
+        "heat-map--cursor",
+        "heat-map--empty",
+    }
     DEFAULT_CSS = """
     HeatMap { height: auto; }
     HeatMap > .heat-map--title { text-style: bold; }
@@ -105,7 +111,7 @@ class HeatMap(Widget, can_focus=True):
             largest: dict[int, float] = {}
             for array, group in zip(values, self.scale_groups):
                 # scaled on the generated tokens: a prompt's first position (an attention sink) can be 10× larger
-                generated = array[:, self.n_prompt:] if array.shape[1] > self.n_prompt else array
+                generated = array[:, self.n_prompt :] if array.shape[1] > self.n_prompt else array
                 finite = np.abs(generated[np.isfinite(generated)])
                 largest[group] = max(largest.get(group, 0.0), float(finite.max()) if finite.size else 0.0)
             self._binned = (rows, values, [largest[group] for group in self.scale_groups])
@@ -140,11 +146,13 @@ class HeatMap(Widget, can_focus=True):
             where = f"prompt token {self.cursor + 1}"
         else:
             where = f"generated token {self.cursor - self.n_prompt + 1}"  # counted from 1, as one reads them
-        read = {panel.title: panel.tokens[self.cursor] for panel in self.panels
-                if panel.tokens is not None and self.cursor < len(panel.tokens)}
+        read = {
+            panel.title: panel.tokens[self.cursor]
+            for panel in self.panels
+            if panel.tokens is not None and self.cursor < len(panel.tokens)
+        }
         tokens = " · ".join(f"{title} {token!r}" for title, token in read.items())
-        differ = " (different tokens: a difference map compares positions here)" if len(set(read.values())) > 1 \
-            else ""
+        differ = " (different tokens: a difference map compares positions here)" if len(set(read.values())) > 1 else ""
         return f"{self.label} │ {where}: {tokens}{differ}"
 
     # -- drawing ---------------------------------------------------------------------------------------------
@@ -153,16 +161,20 @@ class HeatMap(Widget, can_focus=True):
         base = self.rich_style
         if not self.panels:
             text = self.empty_text if y == 0 else ""
-            return Strip([Segment(text, base + self.get_component_rich_style("heat-map--empty"))]) \
-                .adjust_cell_length(width, base)
+            return Strip([Segment(text, base + self.get_component_rich_style("heat-map--empty"))]).adjust_cell_length(
+                width, base
+            )
         gutter, shown, panel_width = self._geometry()
         bins = layer_bins(self.n_layers, self.size.height - FRAME_LINES)
         values, scales = self.binned(len(bins))
         axis = base + self.get_component_rich_style("heat-map--axis")
         if y == len(bins) + 2:
-            legend = [Segment("█+", base + self.get_component_rich_style("heat-map--positive")), Segment(" ", base),
-                      Segment("█−", base + self.get_component_rich_style("heat-map--negative")),
-                      Segment(f"  {self.caption()}", axis)]
+            legend = [
+                Segment("█+", base + self.get_component_rich_style("heat-map--positive")),
+                Segment(" ", base),
+                Segment("█−", base + self.get_component_rich_style("heat-map--negative")),
+                Segment(f"  {self.caption()}", axis),
+            ]
             return Strip(legend).adjust_cell_length(width, base).crop(0, width)
         if y > len(bins) + 2:
             return Strip.blank(width, base)
@@ -180,8 +192,9 @@ class HeatMap(Widget, can_focus=True):
                 segments += self._row(rows[y - 1], bins[y - 1][0], scale, gutter, shown, base, axis)
         return Strip(segments).adjust_cell_length(width, base).crop(0, width)
 
-    def _row(self, values: np.ndarray, first_layer: int, scale: float, gutter: int, shown: int, base: Style,
-             axis: Style) -> list[Segment]:
+    def _row(
+        self, values: np.ndarray, first_layer: int, scale: float, gutter: int, shown: int, base: Style, axis: Style
+    ) -> list[Segment]:
         """One drawn row: the label of its first layer, then a shaded cell per shown column."""
         label = f"L{first_layer}".ljust(gutter)
         positive = base + self.get_component_rich_style("heat-map--positive")

@@ -29,8 +29,11 @@ def format_cell(column: Column, value) -> str:
         text = column.number_format.format(value)
     else:
         text = str(value)
-    return text[: column.width].rjust(column.width) if column.number_format or column.key == "cluster" \
+    return (
+        text[: column.width].rjust(column.width)
+        if column.number_format or column.key == "cluster"
         else text[: column.width].ljust(column.width)
+    )
 
 
 class NeuronTable(Widget, can_focus=True):
@@ -50,8 +53,14 @@ class NeuronTable(Widget, can_focus=True):
         Binding("enter", "choose", "detail", id="table.choose", tooltip="open the neuron's detail"),
     ]
     COMPONENT_CLASSES = {
-        "neuron-table--header", "neuron-table--sorted", "neuron-table--cursor", "neuron-table--cursor-cell",
-        "neuron-table--reducing", "neuron-table--mirror", "neuron-table--mark", "neuron-table--empty",
+        "neuron-table--header",
+        "neuron-table--sorted",
+        "neuron-table--cursor",
+        "neuron-table--cursor-cell",
+        "neuron-table--reducing",
+        "neuron-table--mirror",
+        "neuron-table--mark",
+        "neuron-table--empty",
     }
     DEFAULT_CSS = """
     NeuronTable { height: 1fr; }
@@ -156,7 +165,7 @@ class NeuronTable(Widget, can_focus=True):
 
     def _scrolled_end(self, column: int) -> int:
         frozen = MARK_WIDTH + sum(c.width + 1 for c in COLUMNS[:FROZEN_COLUMNS])
-        return frozen + sum(c.width + 1 for c in COLUMNS[self.first_scrolled_column:column + 1])
+        return frozen + sum(c.width + 1 for c in COLUMNS[self.first_scrolled_column : column + 1])
 
     def action_sort(self) -> None:
         self.post_message(SortRequested(COLUMNS[self.cursor_column].key))
@@ -224,14 +233,19 @@ class NeuronTable(Widget, can_focus=True):
         on_cursor = row == self.cursor_row
         row_style = base + self.get_component_rich_style("neuron-table--cursor") if on_cursor else base
         marked = (layer, index) in self.source.marked
-        segments = [Segment("● " if marked else "  ",
-                            row_style + self.get_component_rich_style("neuron-table--mark") if marked else row_style)]
+        segments = [
+            Segment(
+                "● " if marked else "  ",
+                row_style + self.get_component_rich_style("neuron-table--mark") if marked else row_style,
+            )
+        ]
         for column_index, column in self._shown_columns():
             style = row_style
             if column.key == "group":
                 group = str(cells["group"])
                 style += self.get_component_rich_style(
-                    "neuron-table--reducing" if is_reducing(group) else "neuron-table--mirror")
+                    "neuron-table--reducing" if is_reducing(group) else "neuron-table--mirror"
+                )
             if on_cursor and column_index == self.cursor_column:
                 style += self.get_component_rich_style("neuron-table--cursor-cell")
             segments.append(Segment(format_cell(column, cells[column.key]), style))
@@ -251,7 +265,10 @@ class NeuronTable(Widget, can_focus=True):
             if column_index == self.cursor_column:
                 style += Style(reverse=True)
             text = label[: column.width]
-            text = text.rjust(column.width) if column.number_format or column.key == "cluster" \
+            text = (
+                text.rjust(column.width)
+                if column.number_format or column.key == "cluster"
                 else text.ljust(column.width)
+            )
             segments += [Segment(text, style), Segment(" ", header)]
         return Strip(segments).adjust_cell_length(width, header).crop(0, width)

@@ -46,15 +46,17 @@ class LayerContributionPlot(TerminalPlot):
         plt.clear_data()
         wide = self.sums.pivot(on="group", index="layer", values="sum_contribution").sort("layer")
         layers = wide["layer"].to_list()
-        values = np.column_stack([wide[name].to_numpy() if name in wide.columns else np.zeros(len(layers))
-                                  for name in GROUP_NAMES])
+        values = np.column_stack(
+            [wide[name].to_numpy() if name in wide.columns else np.zeros(len(layers)) for name in GROUP_NAMES]
+        )
         for part in (np.clip(values, 0, None), np.clip(values, None, 0)):
             stacked = np.cumsum(part, axis=1)
             # later bars overdraw earlier ones, so draw the outermost cumulative first
             for code in reversed(range(len(GROUP_NAMES))):
                 if np.any(part[:, code]):
-                    plt.bar(layers, stacked[:, code].tolist(), color=GROUP_COLORS[GROUP_NAMES[code]], width=0.8,
-                            marker="sd")
+                    plt.bar(
+                        layers, stacked[:, code].tolist(), color=GROUP_COLORS[GROUP_NAMES[code]], width=0.8, marker="sd"
+                    )
         plt.hline(0.0, "gray")
         plt.xlabel("layer")
         step = max(1, len(layers) // 8)
@@ -107,5 +109,6 @@ class Dendrogram(TerminalPlot):
             plt.plot(xs, ys, color=plot_color, marker="braille")
         plt.hline(cut, 240)
         plt.xticks([])
-        plt.title(f"{len(linkage) + 1} neurons, {n_clusters} clusters ({self.cluster_tree.attrs.get(layout.CLUSTER_METHOD, '')})")
+        method = self.cluster_tree.attrs.get(layout.CLUSTER_METHOD, "")
+        plt.title(f"{len(linkage) + 1} neurons, {n_clusters} clusters ({method})")
         self.refresh()

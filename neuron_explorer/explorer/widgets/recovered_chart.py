@@ -30,6 +30,7 @@ def scale(rows: list[RecoveredRow]) -> tuple[float, float]:
 
 def chart_line(row: RecoveredRow, low: float, high: float, width: int) -> Text:
     """``width`` cells: │ at 0 and ┊ at 1 (DPO), the bar from 0 to the value, the whisker ├──┤ over R ± s.e."""
+
     def cell(value: float) -> int:
         return round((min(max(value, low), high) - low) / (high - low) * (width - 1))
 

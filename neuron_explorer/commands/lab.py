@@ -34,12 +34,12 @@ SHOWN_NEURONS = 12
 def neuron_list(text: str) -> tuple[tuple[int, int], ...]:
     """--tokens: LAYER:NEURON pairs, comma-separated."""
     try:
-        pairs = tuple(tuple(int(part) for part in item.split(":")) for item in text.split(","))
+        parsed = [tuple(int(part) for part in item.split(":")) for item in text.split(",")]
     except ValueError:
-        pairs = ()
-    if not pairs or any(len(pair) != 2 or min(pair) < 0 for pair in pairs):
+        parsed = []
+    if not parsed or any(len(pair) != 2 or min(pair) < 0 for pair in parsed):
         raise argparse.ArgumentTypeError(f"'{text}' is not a list of LAYER:NEURON pairs such as 12:345,3:7")
-    return pairs
+    return tuple((layer, neuron) for layer, neuron in parsed)
 
 
 def add_arguments(parser) -> None:

@@ -171,7 +171,7 @@ def _run(args, report) -> int:
                 )
             )
         table = format_runs_table(baseline, runs)
-        prompts = session.prompt_record
+        prompt_record = session.prompt_record
     if args.json and session.ranks.main:
         record = {
             "baseline": {k: baseline[k] for k in ("key", "settings", "prompts")},
@@ -181,7 +181,7 @@ def _run(args, report) -> int:
     stored = "not stored (--no-save)" if args.no_save else f"stored in {path.name}.annotations/runs/"
     report(
         Done(
-            f"{table}\n\n(scorer {settings.scorer}; {prompt_note(prompts)}; recovered = (tox_base − tox_run) / "
+            f"{table}\n\n(scorer {settings.scorer}; {prompt_note(prompt_record)}; recovered = (tox_base − tox_run) / "
             f"(tox_base − tox_dpo); runs {stored})"
         )
     )

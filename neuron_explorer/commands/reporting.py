@@ -6,11 +6,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
 from neuron_explorer.events import Done, Event, Failed, Message, Progress, Reporter, to_json
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as Bars
+    from rich.progress import TaskID
 
 console = Console(stderr=True)
 
@@ -43,8 +48,8 @@ class _Bars:
     command that fails before its work begins writes nothing but its error."""
 
     def __init__(self) -> None:
-        self.bars = None
-        self.task = None
+        self.bars: Bars | None = None
+        self.task: TaskID | None = None
         self.last: Progress | None = None
         self.summary = ""
 
@@ -68,9 +73,9 @@ class _Bars:
     def _move(self, event: Progress) -> None:
         if self.bars is None:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-            from rich.progress import Progress as Bars
+            from rich.progress import Progress as RichBars
 
-            self.bars = Bars(
+            self.bars = RichBars(
                 TextColumn("{task.description:<40}"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -80,10 +85,11 @@ class _Bars:
                 console=console,
             )
             self.bars.__enter__()
+        bars = self.bars
         last = self.last
         if last is None or event.done < last.done or (last.total and last.done >= last.total):
-            self.task = self.bars.add_task("", total=None)
-        self.bars.update(
-            self.task, total=event.total or None, completed=event.done, description=escape(event.stage[:40])
-        )
+            self.task = bars.add_task("", total=None)
+        if self.task is None:  # the first event (last is None) always added one
+            raise RuntimeError("progress bars have no current task")
+        bars.update(self.task, total=event.total or None, completed=event.done, description=escape(event.stage[:40]))
         self.last = event

@@ -61,6 +61,8 @@ def run(args) -> int:
     else:
         folder, name, revision = _locate(args.model)
         if folder is None:  # a hub id: trl trains from a local folder, so fetch (or find) the snapshot
+            if name is None:  # _locate names the hub model whenever it finds no folder
+                raise RuntimeError(f"--model {args.model}: neither a local folder nor a hub name")
             try:
                 from huggingface_hub import snapshot_download
 

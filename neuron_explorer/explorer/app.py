@@ -292,7 +292,11 @@ def use_ordinary_pages() -> None:
     setting, so it is made where the explorer's process starts, not when a module that tests or scripts import loads.
     """
     multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
-    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and hasattr(multiarray, "_set_madvise_hugepage"):
+    if (
+        multiarray is not None
+        and "NUMPY_MADVISE_HUGEPAGE" not in os.environ
+        and hasattr(multiarray, "_set_madvise_hugepage")
+    ):
         multiarray._set_madvise_hugepage(False)
 
 

@@ -177,7 +177,10 @@ def _kept_step(state, best_at_end: bool) -> int:
     saved (Trainer.train loads it), else the last step's."""
     best = state.best_model_checkpoint
     if best_at_end and best and checkpoint_complete(Path(best)):
-        return int(CHECKPOINT_NAME.fullmatch(Path(best).name)[1])
+        match = CHECKPOINT_NAME.fullmatch(Path(best).name)
+        if match is None:
+            raise ValueError(f"the best checkpoint {best} is not named checkpoint-STEP")
+        return int(match[1])
     return state.global_step
 
 
@@ -414,7 +417,7 @@ def _write_tuned(trainer, config, settings: DPOSettings, result: DPOResult) -> N
     trainer.model.config.use_cache = True
     with atomic_path(result.output, advice="choose another -o") if main else nullcontext() as partial:
         trainer.save_model(str(partial) if main else None)  # the best checkpoint's weights when load_best_model_at_end
-        if main:
+        if partial is not None:  # the main process: it holds the atomic path
             trainer.processing_class.save_pretrained(str(partial))
             (partial / "neuron_explorer_dpo.json").write_text(
                 json.dumps(

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -234,21 +235,21 @@ class LabSession(CacheContext):
             tracker = Tracker(report, "loading the base model", 2)
             self.loaded = load_model(self.base_spec, device=device, dtype=dtype)
             tracker.advance(1, "loading the tuned model")
-            tuned = load_model(self.tuned_spec, device=device, dtype=dtype)
+            tuned_model = load_model(self.tuned_spec, device=device, dtype=dtype)
             tracker.advance(1, "models loaded")
             self.scorer = scorer_ready.result()
-        check_pair(self.loaded, tuned)
+        check_pair(self.loaded, tuned_model)
         check_fits_cache(self.loaded, self.reader)
         for line in stale_weights(
             self.reader,
             {
                 role: {k: v for k, v in loaded.description.items() if k in WEIGHT_HASHES}
-                for role, loaded in (("base", self.loaded), ("tuned", tuned))
+                for role, loaded in (("base", self.loaded), ("tuned", tuned_model))
             },
         ):
             report(Message(line, "warning"))
         super().__init__(
-            self.reader, self.loaded, self.tuned_spec, device=device, dtype=dtype, report=report, tuned=tuned
+            self.reader, self.loaded, self.tuned_spec, device=device, dtype=dtype, report=report, tuned=tuned_model
         )
         self.weights = {
             name: self.reader.neuron_array(name).astype(np.float64)
@@ -299,7 +300,7 @@ class LabSession(CacheContext):
         built = None
         with self._stops_when(cancelled):
             clock = time.perf_counter()
-            if batched:
+            if spec is not None and batched:
                 built = modes.get(spec.mode).build(self, selection, values, spec.positions)
                 runs["base"], runs["patched"] = self._run(self.loaded, request.prompt, [None, built])
                 seconds["base + patched"] = time.perf_counter() - clock
@@ -324,7 +325,7 @@ class LabSession(CacheContext):
             tracker.advance(1, "done")
         intervention = (
             None
-            if built is None
+            if built is None or spec is None
             else {
                 **spec.to_dict(),
                 "label": spec.name(),
@@ -438,12 +439,13 @@ class LabSession(CacheContext):
         residual, mlp = lens.arrays()
         out = []
         for row, (act, written) in enumerate(rows):
-            ids = continuations[row].tolist()
+            row_ids: list[int] = continuations[row].tolist()
             out.append(
                 ModelRun(
-                    continuation_ids=ids,
-                    continuation=tokenizer.decode(ids, skip_special_tokens=True),
-                    tokens=[tokenizer.decode([i]) for i in ids],
+                    continuation_ids=row_ids,
+                    # decode of a list of ids is one string (transformers types it str | list[str])
+                    continuation=cast(str, tokenizer.decode(row_ids, skip_special_tokens=True)),
+                    tokens=[cast(str, tokenizer.decode([i])) for i in row_ids],
                     act_mean=act.astype(np.float64),
                     written_mean=None if written is None else written.astype(np.float64),
                     lens_residual=residual[row],

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from neuron_explorer.engine.lab.protocol import BadRequest, CancelRequest, QuitRequest, RunRequest, Work, parse_request
-from neuron_explorer.engine.lab.session import LabSession, RequestCancelled
+from neuron_explorer.engine.lab.session import LabResult, LabSession, RequestCancelled, TokensResult
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Event, Failed, Ready
 
@@ -76,6 +76,7 @@ def serve(session: LabSession, lines: Iterable[str], emit: Callable[[Event], Non
         if inbox.stop_current.is_set():
             emit(Cancelled())
             continue
+        result: LabResult | TokensResult
         try:
             if isinstance(item, RunRequest):
                 result = session.answer(item, report=emit, cancelled=inbox.stop_current)

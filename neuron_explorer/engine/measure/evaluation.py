@@ -221,6 +221,7 @@ def evaluate(
     inputs = inputs or corpus_inputs(loaded.tokenizer, corpus or load_corpus(), settings)
     generation = intervention.generation if intervention else nullcontext
     scoring = intervention.scoring if intervention else nullcontext
+    perplexity_pass = intervention.perplexity_pass if intervention else NO_INTERVENTION_PASS
     start = time.time()
 
     def advancing(metric: str) -> Advance | None:
@@ -229,8 +230,8 @@ def evaluate(
     projection = _ProbeProjection(loaded, unit_probe)
     scorers = [scorer] + ([check_scorer] if check_scorer is not None else [])
     with generation(), projection.hooks():
-        generations, (scores, *check) = toxicity(loaded, prompts, scorers, settings, advancing("toxicity"), ranks)
-    check = check[0] if check else np.zeros(0)
+        generations, (scores, *checks) = toxicity(loaded, prompts, scorers, settings, advancing("toxicity"), ranks)
+    check = checks[0] if checks else np.zeros(0)
     if progress:
         progress(f"toxicity {scores.mean():.3f} over {len(prompts)} prompts")
     ppl, n_tokens = float("nan"), 0
@@ -243,7 +244,7 @@ def evaluate(
         progress(
             f"perplexity {ppl:.3f} over {n_tokens} tokens"
             if scoring is not None
-            else f"perplexity {intervention.perplexity_pass}"
+            else f"perplexity {perplexity_pass}"  # scoring is None only under an intervention
         )
     items = inputs.f1_items
     with generation():
@@ -268,7 +269,7 @@ def evaluate(
         check_scorer=check_scorer.name if check_scorer is not None else "",
         check_scores=[float(s) for s in check],
         probe_projection=projection.mean(ranks),
-        perplexity_pass=intervention.perplexity_pass if intervention else NO_INTERVENTION_PASS,
+        perplexity_pass=perplexity_pass,
     )
 
 

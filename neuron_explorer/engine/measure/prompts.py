@@ -255,7 +255,7 @@ def template_parts(texts: list[str]) -> list[tuple[Template, ...]] | None:
         kind: {text: (kind, split, i) for split in BUILTIN_SPLITS for i, text in enumerate(templates[kind][split])}
         for kind in ("situations", "lead_ins", "standalone")
     }
-    parts = []
+    parts: list[tuple[Template, ...]] = []
     for text in texts:
         situation, quote, lead_in = text.partition(' "')
         if quote and situation in index["situations"] and lead_in in index["lead_ins"]:
@@ -281,7 +281,7 @@ def _sides_by_template(parts: list[tuple[Template, ...]], fraction: float) -> li
     for prompt in parts:
         if len(prompt) == 2:
             votes[prompt[0]] = votes.get(prompt[0], 0) + (1 if held(prompt[1]) else -1)
-    sides = []
+    sides: list[bool | None] = []
     for prompt in parts:
         if len(prompt) == 1:
             sides.append(held(prompt[0]))

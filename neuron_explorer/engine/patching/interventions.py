@@ -40,7 +40,7 @@ import torch
 
 from neuron_explorer.cache.schema import SIGN_CLASSES, sign_classes
 from neuron_explorer.engine.model.hooks import forward_hooks
-from neuron_explorer.engine.model.loading import check_pair, execution_device, weights_loaded
+from neuron_explorer.engine.model.loading import LoadedModel, check_pair, execution_device, weights_loaded
 from neuron_explorer.engine.patching.neuron_sets import NeuronSelection
 from neuron_explorer.spec.intervention import INTERVENTION_POSITIONS, Positions
 
@@ -73,13 +73,13 @@ class LayerEdit:
 class Intervention:
     """A set of layer edits (or a residual subtraction) that can be switched on with ``with intervention.hooks():``."""
 
-    loaded: object
+    loaded: LoadedModel
     mode: str
     edits: dict[int, LayerEdit] = field(default_factory=dict)
     positions: Positions = Positions.ALL
     residual: torch.Tensor | None = None  # (d_model,) α·ŵ for `subtract`
     donor: dict[int, torch.Tensor] | None = None  # layer -> (B, T, d_mlp) for patch-tokens
-    live_donor: object | None = None  # a LoadedModel run in lockstep for patch-live
+    live_donor: LoadedModel | None = None  # a LoadedModel run in lockstep for patch-live
     details: dict = field(default_factory=dict)
     rows: slice | None = None  # the batch rows it acts on (the lab runs base and patched as one batch); None: all
 
@@ -173,10 +173,14 @@ class Intervention:
         op, mask, dense = edit.op, edit.mask, edit.dense
 
         def apply(m: torch.Tensor, donor: torch.Tensor | None) -> torch.Tensor:
+            if op == "donor":
+                if donor is None:
+                    raise RuntimeError(f"layer {layer}: a donor edit ran without the donor's activations")
+                return torch.where(mask, donor, m)
+            if dense is None:  # _layer_edits gives every op but "donor" its dense vector
+                raise RuntimeError(f"layer {layer}: a '{op}' edit has no values")
             if op == "set":
                 return torch.where(mask, dense, m)
-            if op == "donor":
-                return torch.where(mask, donor, m)
             if op == "add":
                 return m + dense
             return m * dense
@@ -230,6 +234,8 @@ def _layer_edits(
             dense = torch.full((d_mlp,), neutral, dtype=dtype, device=device)
             if isinstance(values, np.ndarray):
                 dense[index_tensor] = torch.as_tensor(values[layer, indices], dtype=dtype, device=device)
+            elif values is None:
+                raise ValueError(f"a '{op}' edit needs values: an array or a scalar")
             else:
                 dense[index_tensor] = float(values)
         edits[layer] = LayerEdit(index_tensor, op, mask, dense)

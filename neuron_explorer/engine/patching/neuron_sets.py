@@ -21,12 +21,14 @@ Only numpy and the cache reader are needed here (no torch), so the command line 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from neuron_explorer.cache import annotations, layout, schema
+from neuron_explorer.cache import annotations as sidecar
+from neuron_explorer.cache import layout, schema
 from neuron_explorer.cache.reader import CacheReader, parse_neuron_id
 from neuron_explorer.errors import UserError
 
@@ -215,7 +217,7 @@ def _resolve_one(reader: CacheReader, spec: str) -> np.ndarray:
         pairs = [parse_neuron_id(text) for text in rest.split(",") if text.strip()]
         return _pairs_mask(pairs, shape, spec)
     if kind == "set":
-        return _pairs_mask(annotations.load_set(reader.path, rest).neurons, shape, spec)
+        return _pairs_mask(sidecar.load_set(reader.path, rest).neurons, shape, spec)
     if kind == "file":
         return _pairs_mask(_pairs_from_file(Path(rest).expanduser()), shape, spec)
     raise UserError(f"'{spec}' is not a neuron set: use {SPEC_HELP}")
@@ -236,16 +238,15 @@ def _pairs_mask(pairs, shape: tuple[int, int], spec: str) -> np.ndarray:
 
 def _pairs_from_file(path: Path) -> list[tuple[int, int]]:
     try:
-        data = annotations.read_record(
-            path
-        )  # a regular file of sane size and depth: /dev/zero or a FIFO would never end
+        data = sidecar.read_record(path)  # a regular file of sane size and depth: /dev/zero or a FIFO would never end
     except FileNotFoundError:
         raise UserError(f"neuron-set file {path} does not exist") from None
     except (OSError, ValueError) as error:
         raise UserError(f"{path} is not a JSON neuron set ({error})") from None
-    if isinstance(data, dict):
-        data = data.get("neurons", [])
+    pairs = data.get("neurons", []) if isinstance(data, dict) else data
     try:
-        return [(int(layer), int(index)) for layer, index in data]
+        if not isinstance(pairs, Iterable):
+            raise TypeError(f"{type(pairs).__name__} is not a list")
+        return [(int(layer), int(index)) for layer, index in pairs]
     except (TypeError, ValueError):
         raise UserError(f"{path}: expected a list of [layer, index] pairs or a saved set with 'neurons'") from None

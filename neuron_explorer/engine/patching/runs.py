@@ -27,7 +27,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from neuron_explorer import __version__
-from neuron_explorer.cache import annotations, layout
+from neuron_explorer.cache import annotations as sidecar
+from neuron_explorer.cache import layout
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_texts
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.engine.measure.corpora import load_corpus
@@ -59,6 +60,7 @@ def evaluation_prompts(reader: CacheReader, settings: RunSettings) -> tuple[Prom
     statistics were computed from (`in_statistics`: 0 for the held-out prompts; counted for the user's own)."""
     statistics = reader.prompt_texts()
     name = reader.path.name
+    record: dict[str, object]
     if settings.prompts:
         if settings.in_sample:
             raise UserError("--prompts and --in-sample exclude each other: pass one of them")
@@ -212,7 +214,7 @@ class PatchSession(CacheContext):
         )  # this rank's share
         self.baseline_key = self._baseline_key()
         self.baseline: dict | None = self.ranks.first(  # every rank measures the baseline, or none does
-            annotations.load_baseline(self.cache_path, self.baseline_key) if self.ranks.main else None
+            sidecar.load_baseline(self.cache_path, self.baseline_key) if self.ranks.main else None
         )
         self._subtract_alpha: tuple[float, str] | None = None
 
@@ -306,7 +308,7 @@ class PatchSession(CacheContext):
             "distributed": self.ranks.provenance(),
         }
         if self.ranks.main:
-            annotations.save_baseline(self.cache_path, self.baseline_key, payload)
+            sidecar.save_baseline(self.cache_path, self.baseline_key, payload)
         self.baseline = payload
         return payload
 
@@ -345,7 +347,7 @@ class PatchSession(CacheContext):
         values, selection = self.check(spec)
         return modes.get(spec.mode).build(self, selection, values, spec.positions), selection
 
-    def run(self, spec: Intervention, *, save: bool = True) -> annotations.PatchRun:
+    def run(self, spec: Intervention, *, save: bool = True) -> sidecar.PatchRun:
         """Evaluate the base model under `spec`, compare with base and DPO, and store the run (append-only)."""
         started = time.perf_counter()
         intervention, selection = self.intervention(spec)
@@ -374,10 +376,10 @@ class PatchSession(CacheContext):
             for i in range(count)
         ]
         if not save or not self.ranks.main:
-            return annotations.PatchRun(
+            return sidecar.PatchRun(
                 run_id="(not saved)", created="", settings=settings, metrics=metrics, samples=samples
             )
-        return annotations.save_run(self.cache_path, settings, metrics, samples, label=spec.name())
+        return sidecar.save_run(self.cache_path, settings, metrics, samples, label=spec.name())
 
     def record_settings(
         self, spec: Intervention, intervention: iv.Intervention, selection: NeuronSelection | None
@@ -494,7 +496,7 @@ def paper_preset(
     return specs
 
 
-def format_runs_table(baseline: dict, runs: list[annotations.PatchRun]) -> str:
+def format_runs_table(baseline: dict, runs: list[sidecar.PatchRun]) -> str:
     """Markdown: base, DPO and each run with toxicity, recovered fraction, perplexity, F1, probe change, neurons;
     "n/a" where a number could not be measured (a perplexity pass the intervention has none for, a zero DPO effect)."""
     lines = [

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from neuron_explorer import __version__
 from neuron_explorer.cache import layout
@@ -47,6 +48,10 @@ from neuron_explorer.spec.settings import (
     ScorerSettings,
     flat_record,
 )
+
+if TYPE_CHECKING:  # torch-free at run time: the stages import these inside their methods
+    from neuron_explorer.engine.measure.prompts import PromptSet
+    from neuron_explorer.engine.model.loading import LoadedModel
 
 # The embedded model runs in float32 on every device: it trains (DPO's AdamW needs float32 weights), and the build's
 # figures are compared across machines.
@@ -300,9 +305,11 @@ class EmbeddedBuild:
         self.scorer = get_scorer(settings.scoring.scorer)
         self.check_scorer = get_scorer(settings.scoring.check_scorer) if settings.scoring.check_scorer else None
         self.code = {"neuron_explorer": __version__}
-        self._base = None  # the base model, loaded by the first stage that runs it and freed before compute
-        self.validation = None  # the RTP validation prompts: kept out of training, evaluated apart (candidates)
-        self.heldout = None  # the held-out prompts: evaluated and recorded (evaluate)
+        # the base model, loaded by the first stage that runs it and freed before compute
+        self._base: LoadedModel | None = None
+        # the RTP validation prompts: kept out of training, evaluated apart (candidates)
+        self.validation: PromptSet | None = None
+        self.heldout: PromptSet | None = None  # the held-out prompts: evaluated and recorded (evaluate)
         # what the stages write besides the models
         self.openings_file = self.work / "openings" / "openings.json"
         self.candidates_file = self.work / "candidates" / "candidates.jsonl"
@@ -325,13 +332,19 @@ class EmbeddedBuild:
         """What a stage says along the way."""
         self.report(Message(line))
 
-    def base(self):
+    def base(self) -> LoadedModel:
         """The base model, loaded on first use: a build whose stages are all skipped never loads it."""
         if self._base is None:
             from neuron_explorer.engine.model.loading import EMBEDDED_BASE, load_model
 
             self._base = load_model(EMBEDDED_BASE, device=self.device, dtype=EMBEDDED_DTYPE)
         return self._base
+
+    def validation_prompts(self) -> PromptSet:
+        """The RTP validation prompts, which the candidates stage loads (whether it runs or is skipped)."""
+        if self.validation is None:
+            raise RuntimeError("the candidates stage loads the validation prompts before the later stages read them")
+        return self.validation
 
     # -- the stages ----------------------------------------------------------------------------------------------
     def model(self) -> str:
@@ -445,11 +458,11 @@ class EmbeddedBuild:
             save_probe,
         )
 
-        settings = self.settings
+        settings, validation = self.settings, self.validation_prompts()
         inputs = {
             "base": base_hash,
             "candidates": candidates_hash,
-            "validation": self.validation.sha256,
+            "validation": validation.sha256,
             "threshold": settings.label_threshold,
             "band": settings.label_band,
             "C": settings.probe_C,
@@ -459,7 +472,7 @@ class EmbeddedBuild:
 
         def body() -> dict:
             labeled = labeled_from_candidates(
-                training_candidates(self.candidates_file, self.validation.texts, self.say),
+                training_candidates(self.candidates_file, validation.texts, self.say),
                 settings.label_threshold,
                 source=str(self.candidates_file),
                 band=settings.label_band,
@@ -491,11 +504,11 @@ class EmbeddedBuild:
         with `steer`, rejected continuations are also generated with the probe direction added."""
         from neuron_explorer.engine.alignment.pairs import add_steered, save_pairs, select_pairs
 
-        settings = self.settings
+        settings, validation = self.settings, self.validation_prompts()
         steer = settings.pair_method in {"steer", "both"}
         inputs = {
             "candidates": candidates_hash,
-            "validation": self.validation.sha256,
+            "validation": validation.sha256,
             "method": settings.pair_method,
             "chosen": settings.chosen,
             "margin": settings.margin,
@@ -512,7 +525,7 @@ class EmbeddedBuild:
             )
 
         def body() -> dict:
-            cands = training_candidates(self.candidates_file, self.validation.texts, self.say)
+            cands = training_candidates(self.candidates_file, validation.texts, self.say)
             if steer:
                 from neuron_explorer.engine.measure.probe import load_probe
 
@@ -594,7 +607,8 @@ class EmbeddedBuild:
         from neuron_explorer.engine.measure.prompts import RTP_VALIDATION, load_prompts
         from neuron_explorer.engine.model.loading import EMBEDDED_BASE, load_model
 
-        settings, validation, scorer, check_scorer = self.settings, self.validation, self.scorer, self.check_scorer
+        settings, scorer, check_scorer = self.settings, self.scorer, self.check_scorer
+        validation = self.validation_prompts()
         heldout = self.heldout = load_prompts(settings.heldout_prompts)
         corpus = load_corpus(settings.corpus)
         eval_settings = settings.evaluation
@@ -657,6 +671,9 @@ class EmbeddedBuild:
         from neuron_explorer.engine.model.loading import EMBEDDED_BASE
         from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
 
+        if self.heldout is None:
+            raise RuntimeError("the evaluate stage loads the held-out prompts before the compute stage reads them")
+        heldout = self.heldout
         compute_settings = ComputeSettings(
             base=EMBEDDED_BASE,
             tuned=self.tuned_spec,
@@ -670,7 +687,7 @@ class EmbeddedBuild:
             "base": base_hash,
             "tuned": tuned_hash,
             "probe": probe_hash,
-            "prompts": self.heldout.sha256,
+            "prompts": heldout.sha256,
             "evaluation": evaluation_hash,
             "settings": {k: str(v) for k, v in flat_record(compute_settings).items()},
             **self.code,
@@ -679,6 +696,8 @@ class EmbeddedBuild:
         def body() -> dict:
             self._base = None  # free memory: compute loads both models itself
             result = run_compute(compute_settings, extra_tables=self.cache_tables(), report=self.report)
+            if result is None:
+                raise RuntimeError("the build runs in one process, which writes the cache and returns its result")
             return {"path": str(result.path), "seconds": result.seconds}
 
         self.runner.run("compute", inputs, {"cache": self.output}, body)
@@ -713,8 +732,8 @@ def validation_toxicity(loaded, prompts: list[str], scorer, check_scorer, settin
     from neuron_explorer.engine.measure.evaluation import standard_error, toxicity
 
     scorers = [scorer] + ([check_scorer] if check_scorer is not None else [])
-    generations, (scores, *check) = toxicity(loaded, prompts, scorers, settings)
-    check = check[0] if check else None
+    generations, (scores, *checked) = toxicity(loaded, prompts, scorers, settings)
+    check = checked[0] if checked else None
     return {
         "toxicity": float(scores.mean()),
         "toxicity_sem": standard_error(scores),

@@ -9,17 +9,29 @@ One registry entry per family replaces `if gpt2 … elif llama` branches elsewhe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from neuron_explorer.errors import UserError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 def _get(module: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = getattr(module, part)
     return module
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """A module's `weight` parameter (torch types module attributes as `Tensor | Module`)."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is a module, not a tensor")
+    return weight
 
 
 @dataclass(frozen=True)
@@ -36,7 +48,10 @@ class Architecture:
     output_norm_path: str | None = None  # Gemma-2: an RMSNorm between the MLP output and the residual stream
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return _get(model, self.layers_path)
+        layers = _get(model, self.layers_path)
+        if not isinstance(layers, nn.ModuleList):
+            raise TypeError(f"{self.name}: {self.layers_path} is a {type(layers).__name__}, not a ModuleList of blocks")
+        return layers
 
     def out_proj(self, model: nn.Module, layer: int) -> nn.Module:
         return _get(self.layers(model)[layer], self.out_proj_path)
@@ -47,19 +62,23 @@ class Architecture:
         With an output norm the write of token t is m_i·s_t·(gain ⊙ v_i) (s_t: the norm's 1/rms of the MLP output),
         so the written direction gain ⊙ v_i is returned, in float32 as the norm computes it.
         """
-        weight = self.out_proj(model, layer).weight
+        weight = _weight(self.out_proj(model, layer))
         vectors = weight if self.value_vectors_in_rows else weight.T
         norm = self.output_norm(model, layer)
         if norm is None:
             return vectors
-        return vectors.float() * (norm.weight.float() + self.norm_offset)
+        return vectors.float() * (_weight(norm).float() + self.norm_offset)
 
     def output_norm(self, model: nn.Module, layer: int) -> nn.Module | None:
         return None if self.output_norm_path is None else _get(self.layers(model)[layer], self.output_norm_path)
 
     def output_norm_scale(self, model: nn.Module, layer: int, mlp_output: torch.Tensor) -> torch.Tensor:
         """s_t = 1/rms of each token's MLP output (shape without the last axis), with the norm's own eps, in float32."""
-        eps = self.output_norm(model, layer).eps
+        norm = self.output_norm(model, layer)
+        if norm is None:
+            raise ValueError(f"{self.name} has no output norm between the MLP and the residual stream")
+        # a plain float attribute of the norm, which torch's `Module.__getattr__` types as `Tensor | Module`
+        eps = cast(float, norm.eps)
         return torch.rsqrt(mlp_output.float().pow(2).mean(-1) + eps)
 
     def mlp_write(self, model: nn.Module, layer: int) -> nn.Module:
@@ -76,17 +95,17 @@ class Architecture:
         return len(self.layers(model))
 
     def d_mlp(self, model: nn.Module) -> int:
-        return self.out_proj(model, 0).weight.shape[0 if self.value_vectors_in_rows else 1]
+        return _weight(self.out_proj(model, 0)).shape[0 if self.value_vectors_in_rows else 1]
 
     def final_norm(self, model: nn.Module) -> nn.Module:
         return _get(model, self.final_norm_path)
 
-    def unembedding(self, model: nn.Module) -> torch.Tensor:
+    def unembedding(self, model: PreTrainedModel) -> torch.Tensor:
         """(vocab, d_model) unembedding matrix (GPT-NeoX calls it `embed_out` before transformers 5, `lm_head`
         since)."""
         return model.get_output_embeddings().weight
 
-    def logit_lens(self, model: nn.Module, vectors: torch.Tensor) -> torch.Tensor:
+    def logit_lens(self, model: PreTrainedModel, vectors: torch.Tensor) -> torch.Tensor:
         """Project residual-stream directions through the final norm's gain (and centring) and the unembedding.
 
         The norm's bias and the per-vector scale are left out: they shift or scale every token alike and so do

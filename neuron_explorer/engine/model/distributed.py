@@ -21,11 +21,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from neuron_explorer.errors import UserError
+
+T = TypeVar("T")
 
 SHARDING = "batches dealt round-robin: batch b (of batch_size prompts, in prompt order) on rank b mod world_size"
 
@@ -48,7 +51,7 @@ class Ranks:
     def mine(self, batch_index: int) -> bool:
         return batch_index % self.world_size == self.rank
 
-    def deal(self, items: list, batch_size: int) -> Iterator[tuple[int, list]]:
+    def deal(self, items: list[T], batch_size: int) -> Iterator[tuple[int, list[T]]]:
         """(batch index, batch) of this rank's batches of `items`."""
         for index, start in enumerate(range(0, len(items), batch_size)):
             if self.mine(index):
@@ -56,7 +59,7 @@ class Ranks:
 
     def count(self, n_items: int, batch_size: int) -> int:
         """How many of `n_items` fall in this rank's batches."""
-        return sum(len(batch) for _, batch in self.deal(range(n_items), batch_size))
+        return sum(len(batch) for _, batch in self.deal(list(range(n_items)), batch_size))
 
     def steps(self, n_items: int, batch_size: int) -> int:
         """Batches each rank goes through, in lockstep: the busiest rank's count (others end with empty steps)."""

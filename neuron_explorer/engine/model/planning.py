@@ -94,7 +94,7 @@ class Plan:
     device: str
     dtype: torch.dtype
     lines: list[MemoryLine]
-    available: dict[str, int]  # "device" / "disk" -> bytes available
+    available: dict[str, int | None]  # "device" / "disk" -> bytes available, None where it cannot be told
     warnings: list[str]
     estimate: dict[str, float] | None = None
     counts: dict[str, int] = field(default_factory=dict)  # what the estimate extrapolates to
@@ -122,6 +122,8 @@ class Plan:
         return "\n".join(rows)
 
     def estimate_line(self) -> str:
+        if self.estimate is None:
+            raise ValueError("no estimate yet: a warm-up batch makes it")
         parts = ", ".join(f"{name} {_duration(seconds)}" for name, seconds in self.estimate.items() if name != "total")
         return f"estimated time: {_duration(self.estimate['total'])} ({parts}; measured on a warm-up batch)"
 
@@ -144,7 +146,7 @@ def available_memory(device: str, max_memory: dict | None = None) -> int | None:
     --max-memory given for it; None when it cannot be told."""
     if device.startswith("cuda"):
         index = torch.device(device).index or 0
-        free = torch.cuda.mem_get_info(index)[0]
+        free: int | None = torch.cuda.mem_get_info(index)[0]
         cap = (max_memory or {}).get(index)
     else:
         free = _system_available()

@@ -168,11 +168,12 @@ def value_tokens(
                 _write_memo(memo, layer, k, remembered)
             elif len(rows):
                 remembered = _lens_top_k(loaded, layer, k, chunk, rows)
-            for name in LENS_FIELDS:
-                if rows is None:
-                    out[name][row] = remembered[name]
-                elif len(rows):
-                    out[name][row, rows] = remembered[name]
+            if remembered is not None:  # None: no memo, and none of this layer's neurons asked for
+                for name in LENS_FIELDS:
+                    if rows is None:
+                        out[name][row] = remembered[name]
+                    elif len(rows):
+                        out[name][row, rows] = remembered[name]
             if advance is not None:
                 advance(1)
     return out
@@ -273,7 +274,8 @@ def _write_memo(memo: Path | None, layer: int, k: int, found: dict[str, np.ndarr
         memo.mkdir(parents=True, exist_ok=True)
         with atomic_path(_memo_file(memo, layer, k)) as temporary:
             with open(temporary, "wb") as stream:
-                np.savez(stream, **found)
+                # allow_pickle: numpy's default, named so that mypy does not match `**found` against it
+                np.savez(stream, allow_pickle=True, **found)
     except (OSError, UserError):
         pass
 

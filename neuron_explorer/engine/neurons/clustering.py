@@ -22,7 +22,8 @@ def select_subset(contribution: np.ndarray, top_k: int) -> tuple[np.ndarray, np.
     k = min(top_k, flat.size)
     top = np.argpartition(-flat, k - 1)[:k]
     top = top[np.argsort(-flat[top], kind="stable")]
-    return np.unravel_index(top, contribution.shape)
+    layers, neurons = np.unravel_index(top, contribution.shape)
+    return layers, neurons
 
 
 def shift_profiles(prompt_acts_pre, prompt_acts_dpo, layers: np.ndarray, neurons: np.ndarray) -> np.ndarray:

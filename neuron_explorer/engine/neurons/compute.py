@@ -39,6 +39,7 @@ from neuron_explorer.engine.model.loading import (
     EMBEDDED_BASE,
     EMBEDDED_TUNED,
     LoadedModel,
+    LoadOptions,
     check_pair,
     load_model,
     parse_max_memory,
@@ -64,7 +65,7 @@ from neuron_explorer.engine.neurons.identity_check import (
     pooling_residuals,
     sample_prompts,
 )
-from neuron_explorer.engine.neurons.recording import PromptMeans, record_model
+from neuron_explorer.engine.neurons.recording import PromptMeans, Recording, record_model
 from neuron_explorer.engine.neurons.results import write_dynamics, write_statistics, write_token_tables
 from neuron_explorer.engine.neurons.statistics import layer_columns, neuron_metrics
 from neuron_explorer.errors import UserError
@@ -154,7 +155,7 @@ class ComputeRun:
             self.prompts, self.patch_prompts = hold_out_for_patching(prompts, settings.patch_holdout)
             # a missing scorer fails before recording
             self.scorer = get_scorer(settings.detector_scorer) if ranks.main else None
-            self.load = dict(
+            self.load = LoadOptions(
                 device=ranks.device(settings.device),
                 dtype=settings.dtype,
                 device_map=settings.device_map,
@@ -215,7 +216,7 @@ class ComputeRun:
         with writing as writer:
             datasets = (
                 {name: writer.prompt_activations(name, len(self.prompts.texts)) for name in ("pre", "dpo")}
-                if ranks.main
+                if writer is not None  # rank 0
                 else {}
             )
             recordings = self.record(writer, datasets, pooled)
@@ -241,6 +242,8 @@ class ComputeRun:
                 self.timings["of which collectives"] = collective_seconds()
             if not ranks.main:
                 return None
+            if writer is None:
+                raise RuntimeError("rank 0 writes the cache, but its writer is not open")
 
             with self.timed("weights"):
                 layers, verdicts = self.layers_and_verdicts(metrics, recordings, weights, checks, pooled)
@@ -276,7 +279,8 @@ class ComputeRun:
         """Record both models (the tuned one on the base model's continuations with `shared_continuation`): the
         running means the cache publishes, and on rank 0 each prompt's activations (float16, into the file) and
         per-prompt means (the pooling check)."""
-        settings, recordings = self.settings, {}
+        settings = self.settings
+        recordings: dict[str, Recording] = {}
         for name, loaded in self.models():
             with self.timed(f"record_{name}"):
                 shared = name == "dpo" and settings.recording.shared_continuation
@@ -352,7 +356,7 @@ class ComputeRun:
                 advance=self.task(f"value-vector tokens ({'base' if name == 'pre' else 'tuned'})", len(my_layers)),
             )
             parts = ranks.gather(found)
-            if ranks.main:
+            if parts is not None:  # rank 0 alone gathers
                 for key in found:
                     whole = np.zeros((n_layers, *found[key].shape[1:]), dtype=found[key].dtype)
                     for rank, part in enumerate(parts):
@@ -402,6 +406,8 @@ class ComputeRun:
         """The prompts with the base continuations' scores, the probe, the neuron and layer statistics, groups and
         clusters, and the protocol and the checks as attributes; returns the groups and the summary."""
         settings, prompts, scorer = self.settings, self.prompts, self.scorer
+        if scorer is None:
+            raise RuntimeError("rank 0 writes the statistics, but its scorer is not loaded")
         toxicity_pre = scorer.score(continuations_pre)
         writer.write_prompts(
             {

@@ -75,7 +75,7 @@ def prompt_sequences(
     base: LoadedModel, prompts: list[str], continuations: list[str], max_prompt_tokens: int, n_texts: int = PROMPT_TEXTS
 ) -> list[list[int]]:
     """Each prompt truncated as recorded, then the base model's continuation, for up to `n_texts` prompts."""
-    chosen = (
+    chosen: np.ndarray | list[int] = (
         np.unique(np.linspace(0, len(prompts) - 1, min(n_texts, len(prompts))).round().astype(int)) if prompts else []
     )
     sequences = []

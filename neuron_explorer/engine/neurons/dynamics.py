@@ -13,7 +13,7 @@ import gc
 
 import numpy as np
 
-from neuron_explorer.engine.model.loading import LoadedModel, load_model
+from neuron_explorer.engine.model.loading import LoadedModel, LoadOptions, load_model
 from neuron_explorer.engine.model.weights import probe_projections
 from neuron_explorer.engine.neurons.recording import Recording, record_model
 from neuron_explorer.engine.neurons.statistics import neuron_metrics
@@ -26,7 +26,7 @@ def checkpoint_contribution(
     base_recording: Recording,
     base_weights: dict,
     unit_probe: np.ndarray,
-    load: dict,
+    load: LoadOptions,
     record: dict,
     texts: list[str],
     shared_continuation: bool,

@@ -64,6 +64,8 @@ class IdentityCheck:
 
     @property
     def relative(self) -> np.ndarray:
+        if self.residual is None:
+            raise ValueError("the identity check's residual is pooled on rank 0 only")
         return np.abs(self.residual) / np.maximum(self.scale, 1e-30)
 
     @property

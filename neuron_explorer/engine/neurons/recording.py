@@ -22,7 +22,7 @@ The recorder does not check itself: engine/neurons/identity_check.py measures th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +62,7 @@ class PromptMeans:
     compares the sample's means with what it measures.
     """
 
-    def __init__(self, n_layers: int, d_mlp: int, scales_write: bool, sample: Sequence[int] = ()):
+    def __init__(self, n_layers: int, d_mlp: int, scales_write: bool, sample: Iterable[int] = ()):
         self.sample = set(int(i) for i in sample)
         self.prompts: list[int] = []
         self.n_positions = {"all": 0, "sample": 0}
@@ -78,6 +78,8 @@ class PromptMeans:
                 self.n_positions[part] += int(count)
                 self._act[part] += count * act[row].astype(np.float64)
                 if self._written is not None:
+                    if written is None:
+                        raise ValueError("an output norm scales the writes: each batch needs its means of m·s_t")
                     self._written[part] += count * written[row].astype(np.float64)
 
     def act_mean(self, part: str = "all") -> np.ndarray:
@@ -107,20 +109,21 @@ class Recording:
             return self
         n_positions = int(ranks.sum(self.n_positions))
 
-        def mean(local: np.ndarray | None) -> np.ndarray | None:
-            return None if local is None else ranks.sum(local * self.n_positions) / max(n_positions, 1)
+        def mean(local: np.ndarray) -> np.ndarray:
+            return ranks.sum(local * self.n_positions) / max(n_positions, 1)
 
         sizes = [size for _, size in self.batches]
+        batch_ids: Sequence[torch.Tensor | None] = self.continuation_ids or [None] * len(sizes)
         local = zip(
             self.batches,
-            self.continuation_ids or [None] * len(sizes),
+            batch_ids,
             _split(self.continuations, sizes) if self.continuations else [[]] * len(sizes),
             _split(self.prompt_tokens, sizes),
         )
         parts = ranks.in_order([(batch[0], [(batch, *rest)]) for batch, *rest in local])
         return Recording(
             act_mean=mean(self.act_mean),
-            written_mean=mean(self.written_mean),
+            written_mean=None if self.written_mean is None else mean(self.written_mean),
             n_positions=n_positions,
             batches=[batch for batch, *_ in parts],
             continuation_ids=[ids for _, ids, _, _ in parts if ids is not None],
@@ -186,19 +189,26 @@ class ActivationRecorder:
         )
         self._batch_count = torch.zeros(batch_size, dtype=torch.float64)
 
+    def _counts(self) -> torch.Tensor:
+        """The batch's (B,) position counts, float64 on the CPU."""
+        if self._batch_count is None:
+            raise RuntimeError("start_batch comes first: it makes the batch's position counts")
+        return self._batch_count
+
     def select(self, selection: int | torch.Tensor) -> None:
         """Record the last `selection` positions of each row (int; 0 records nothing) or the positions weighted by a
         (B, T) 0/1 mask, in the forward calls that follow."""
         self._selection = selection
+        count = self._counts()  # added to in place
         if isinstance(selection, int):
-            self._batch_count += selection
+            count += selection
         else:
-            self._batch_count += selection.sum(1).double().cpu()
+            count += selection.sum(1).double().cpu()
 
     def end_batch(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Add the batch to the totals; return its per-prompt means of m and (with an output norm) of m·s_t, each
         (B, n_layers, d_mlp) float32, and the per-prompt position counts."""
-        count = self._batch_count
+        count = self._counts()
         for totals, sums in ((self.act_total, self._batch_act), (self.written_total, self._batch_written)):
             for total, batch in zip(totals, sums):
                 total += batch.sum(0, dtype=torch.float64)
@@ -255,7 +265,8 @@ def record_model(
             ids, mask = encode_prompts(tokenizer, chunk, max_prompt_tokens, device)
             prompt_tokens.extend(mask.sum(1).tolist())
             recorder.start_batch(len(chunk))
-            prompt_part = {"none": 0, "last": 1, "real": mask.float()}[protocol.prompt]
+            prompt_parts: dict[str, int | torch.Tensor] = {"none": 0, "last": 1, "real": mask.float()}
+            prompt_part = prompt_parts[protocol.prompt]
             if not protocol.generates:
                 recorder.select(prompt_part)
                 model(
@@ -279,7 +290,7 @@ def record_model(
                 continuation_ids.append(teacher_tokens[batch_index].cpu())
             else:
 
-                def before_forward(step: int, prompt_part: torch.Tensor = prompt_part) -> None:
+                def before_forward(step: int, prompt_part: int | torch.Tensor = prompt_part) -> None:
                     recorder.select(prompt_part if step == 0 else 1)
 
                 tokens = generate_tokens(

@@ -114,10 +114,11 @@ def layer_columns(
     the same prompts as the measurement (``change_residual`` is what is left of it). ``sum_contribution`` is over
     every prompt, and `pooling` the error the running totals make in Σ P against the per-prompt means.
     """
-    sample_contribution = sum(
-        sign * (np.asarray(sample_written[m], np.float64) * np.asarray(p[m], np.float64))
-        for sign, m in ((1, "pre"), (-1, "dpo"))
-    )
+
+    def sample_terms(m: str) -> np.ndarray:
+        return np.asarray(sample_written[m], np.float64) * np.asarray(p[m], np.float64)
+
+    sample_contribution = sample_terms("pre") - sample_terms("dpo")
     return {
         "sum_contribution": contribution.astype(np.float64).sum(axis=1),
         "sum_contribution_sample": sample_contribution.sum(axis=1),
@@ -131,7 +132,7 @@ def layer_columns(
     }
 
 
-def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
+def summarize(metrics: dict) -> tuple[dict[str, np.ndarray | list[str]], dict]:
     """The share tables (one row per group, both group definitions of METHOD §3 side by side) and the headline
     scalars.
 
@@ -153,22 +154,25 @@ def summarize(metrics: dict) -> tuple[dict[str, np.ndarray], dict]:
     positive_total = contribution[contribution > 0].sum()
     negative_total = contribution[contribution < 0].sum()
     terms = {name: metrics[name].astype(np.float64) for name in ("activation_term", "weight_term")}
-    count, sum_delta, count_v3, sum_v3 = [], [], [], []
-    term_sums = {f"sum_{name}{suffix}": [] for name in terms for suffix in ("", "_v3")}
+    count: list[int] = []
+    count_v3: list[int] = []
+    delta_rows: list[float] = []
+    v3_rows: list[float] = []
+    term_sums: dict[str, list[float]] = {f"sum_{name}{suffix}": [] for name in terms for suffix in ("", "_v3")}
     for code in range(len(schema.GROUP_NAMES)):
         members = codes == code
         count.append(int(members.sum()))
-        sum_delta.append(float(contribution[members].sum()))
+        delta_rows.append(float(contribution[members].sum()))
         side = contribution > 0 if code < n_reducing else contribution < 0
         kept = (sign_class == code % n_reducing) & side
         count_v3.append(int(kept.sum()))
-        sum_v3.append(float(contribution[kept].sum()))
+        v3_rows.append(float(contribution[kept].sum()))
         for name, values in terms.items():
             term_sums[f"sum_{name}"].append(float(values[members].sum()))
             term_sums[f"sum_{name}_v3"].append(float(values[kept].sum()))
-    sum_delta, sum_v3 = np.array(sum_delta), np.array(sum_v3)
+    sum_delta, sum_v3 = np.array(delta_rows), np.array(v3_rows)
     reducing = np.arange(len(schema.GROUP_NAMES)) < n_reducing
-    table = {
+    table: dict[str, np.ndarray | list[str]] = {
         "group": list(schema.GROUP_NAMES),
         "reducing": reducing,
         "count": np.array(count, dtype=np.int64),

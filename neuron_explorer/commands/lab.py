@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,10 @@ from neuron_explorer.engine.lab.protocol import DEFAULT_TOP, layer_bins, lens_di
 from neuron_explorer.engine.patching import modes
 from neuron_explorer.spec import intervention
 from neuron_explorer.spec.settings import DeviceSettings, ScorerSettings, add_options, positive_count
+
+if TYPE_CHECKING:  # torch: imported inside the functions that run a model
+    from neuron_explorer.engine.lab.session import LabSession
+    from neuron_explorer.events import Reporter
 
 HELP = "one prompt through base, DPO and a patched base model: continuations, probe lens, top neurons"
 HEAT_COLUMNS = 10  # layers are averaged into at most this many columns of the printed heat map
@@ -97,7 +102,6 @@ def run(args) -> int:
         raise UserError('give the prompt: --prompt "..." (or --serve for the explorer\'s worker)')
     from neuron_explorer.commands.reporting import reporting
     from neuron_explorer.engine.lab.protocol import RunRequest
-    from neuron_explorer.engine.lab.session import LabSession
     from neuron_explorer.engine.patching.runs import check_spec
     from neuron_explorer.spec.intervention import Intervention
 
@@ -109,15 +113,7 @@ def run(args) -> int:
             check_spec(patched, reader)
 
     with reporting(json_lines=False) as report:
-        with LabSession(
-            path,
-            base=args.base,
-            tuned=args.tuned,
-            device=args.device,
-            dtype=args.dtype,
-            scorer=args.scorer,
-            report=report,
-        ) as session:
+        with _session(path, args, report) as session:
             result = session.answer(request, report=report)
             groups = session.reader.neuron_array("group")
     answer = result.to_dict()  # with every neuron's ā when --json asked for it (request.full)
@@ -136,18 +132,9 @@ def _tokens(path: Path, args) -> int:
 
     from neuron_explorer.commands.reporting import reporting
     from neuron_explorer.engine.lab.protocol import TokensRequest
-    from neuron_explorer.engine.lab.session import LabSession
 
     with reporting(json_lines=False) as report:
-        with LabSession(
-            path,
-            base=args.base,
-            tuned=args.tuned,
-            device=args.device,
-            dtype=args.dtype,
-            scorer=args.scorer,
-            report=report,
-        ) as session:
+        with _session(path, args, report) as session:
             answer = session.value_tokens(TokensRequest(1, args.tokens)).to_dict()
     if args.json:
         write_json_atomically(args.json, answer, indent=None)
@@ -171,19 +158,10 @@ def _tokens(path: Path, args) -> int:
 
 def _serve(path: Path, args) -> int:
     from neuron_explorer.commands.reporting import reporting
-    from neuron_explorer.engine.lab.session import LabSession
     from neuron_explorer.engine.lab.worker import serve
 
     with reporting(json_lines=True) as report:  # a model that cannot load leaves as a `failed` event
-        with LabSession(
-            path,
-            base=args.base,
-            tuned=args.tuned,
-            device=args.device,
-            dtype=args.dtype,
-            scorer=args.scorer,
-            report=report,
-        ) as session:
+        with _session(path, args, report) as session:
             serve(session, sys.stdin, report)
     return 0
 
@@ -273,3 +251,12 @@ def _heat_table(title: str, lens: np.ndarray, n_prompt: int, tokens: list[str]):
             escape(token), *(f"[{'red' if value > 0 else 'blue'}]{value:+.1f}[/]" for value in binned[column])
         )
     return table
+
+
+def _session(path: Path, args, report: Reporter) -> LabSession:
+    """The lab's models for the cache, as the command's options name them (one request, tokens, or the worker)."""
+    from neuron_explorer.engine.lab.session import LabSession
+
+    return LabSession(
+        path, base=args.base, tuned=args.tuned, device=args.device, dtype=args.dtype, scorer=args.scorer, report=report
+    )

@@ -151,3 +151,32 @@ def test_a_retyped_default_is_found(source):
 )
 def test_what_is_not_a_retyped_default_passes(source):
     assert not offences(source, watched_defaults())
+
+
+def parsed(argv: list[str]):
+    from neuron_explorer.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_the_command_lines_read_back_the_defaults_they_were_given():
+    """With no option given, each command's settings are the dataclasses' own defaults, read back through the
+    options `add_options` made: a field read from another dataclass's option of the same name (the build's DPO
+    `--batch-size` taken for its evaluation batch) fails here."""
+    from neuron_explorer.commands import build, evaluate, patch
+
+    settings = build.build_settings(parsed(["build"]))
+    assert settings.evaluation == spec.EvaluationSettings()
+    assert settings.dpo == spec.DPOTraining()
+    assert settings.scoring == spec.ScorerSettings()
+    args = parsed(["evaluate", "model"])
+    assert spec.from_args(args, spec.EvaluationSettings(), evaluate.EVALUATION_OPTIONS) == spec.EvaluationSettings()
+    args = parsed(["patch", "cache.h5", "--set", "group:TP↓"])
+    assert spec.from_args(args, spec.RUN_EVALUATION, patch.EVALUATION_OPTIONS) == spec.RUN_EVALUATION
+    assert spec.from_args(args, spec.RunSettings()) == spec.RunSettings()
+
+
+def test_reading_an_option_that_was_not_added_is_refused():
+    args = parsed(["build"])  # has the DPO `batch_size`, not the evaluation's other fields
+    with pytest.raises(ValueError, match="not added by add_options"):
+        spec.from_args(args, spec.EvaluationSettings())

@@ -10,8 +10,10 @@ skipped when its inputs are unchanged, so a second run takes seconds. The first 
 
 from __future__ import annotations
 
+import argparse
+
 from neuron_explorer.commands.arguments import output_file, output_folder
-from neuron_explorer.engine.build import STAGES
+from neuron_explorer.engine.build import STAGES, BuildSettings
 from neuron_explorer.spec.settings import (
     DeviceSettings,
     DPOTraining,
@@ -22,6 +24,9 @@ from neuron_explorer.spec.settings import (
     positive_count,
 )
 
+# The shared settings' options the build takes (the rest keep their defaults); read back with these names only.
+DPO_OPTIONS = ("beta", "learning_rate", "max_steps", "batch_size")
+EVALUATION_OPTIONS = ("ppl_windows", "f1_items")
 HELP = "build the embedded default (probe, pairs, DPO, evaluation, statistics) offline, with cached stages"
 
 
@@ -76,9 +81,9 @@ def add_arguments(parser) -> None:
     )
     pairs.add_argument("--margin", type=float, default=0.3, help="min rejected - chosen score (default: %(default)s)")
     dpo = parser.add_argument_group("DPO")
-    add_options(dpo, DPOTraining(), names=("beta", "learning_rate", "max_steps", "batch_size"))
+    add_options(dpo, DPOTraining(), names=DPO_OPTIONS)
     ev = parser.add_argument_group("evaluation")
-    add_options(ev, EvaluationSettings(), names=("ppl_windows", "f1_items"))
+    add_options(ev, EvaluationSettings(), names=EVALUATION_OPTIONS)
     parser.add_argument(
         "--progress-json",
         action="store_true",
@@ -88,7 +93,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from neuron_explorer.commands.reporting import reporting
-    from neuron_explorer.engine.build import BuildSettings, run_build
+    from neuron_explorer.engine.build import run_build
     from neuron_explorer.errors import UserError
     from neuron_explorer.events import Done
 
@@ -98,7 +103,16 @@ def run(args) -> int:
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}: choose from {', '.join(STAGES)}")
         force = set(args.force) if args.force else True
-    settings = BuildSettings(
+    settings = build_settings(args, force)
+    with reporting(json_lines=args.progress_json) as report:
+        result = run_build(settings, report)
+        report(Done(summary(result, args)))
+    return 0
+
+
+def build_settings(args: argparse.Namespace, force: bool | set[str] = False) -> BuildSettings:
+    """The build's settings from its parsed options: with none given, every shared setting at its one default."""
+    return BuildSettings(
         work_dir=args.work_dir,
         output=args.output,
         scoring=from_args(args, ScorerSettings()),
@@ -109,14 +123,10 @@ def run(args) -> int:
         pair_method=args.pair_method,
         chosen=args.chosen,
         margin=args.margin,
-        dpo=from_args(args, DPOTraining()),
-        evaluation=from_args(args, EvaluationSettings()),
+        dpo=from_args(args, DPOTraining(), DPO_OPTIONS),
+        evaluation=from_args(args, EvaluationSettings(), EVALUATION_OPTIONS),
         force=force,
     )
-    with reporting(json_lines=args.progress_json) as report:
-        result = run_build(settings, report)
-        report(Done(summary(result, args)))
-    return 0
 
 
 def toxicity_line(label: str, base: dict, dpo: dict, check_scorer: str, perplexity: bool) -> str:

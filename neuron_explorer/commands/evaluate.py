@@ -23,6 +23,7 @@ from neuron_explorer.spec.settings import (
 )
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
+EVALUATION_OPTIONS = ("ppl_window", "ppl_windows", "f1_items", "batch_size")  # of EvaluationSettings
 HELP = "toxicity, perplexity and F1 of one or more models (METHOD §5)"
 
 
@@ -51,7 +52,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--corpus", default=CORPUS, help="builtin (CPython docs), a file, or hub:wikitext (default: %(default)s)"
     )
-    add_options(parser, EvaluationSettings(), names=("ppl_window", "ppl_windows", "f1_items", "batch_size"))
+    add_options(parser, EvaluationSettings(), names=EVALUATION_OPTIONS)
     add_options(parser, DeviceSettings())
     parser.add_argument("--json", type=output_file, default=None, help="write metrics and generations as JSON here")
 
@@ -69,7 +70,7 @@ def run(args) -> int:
     check_scorer = get_scorer(scoring.check_scorer) if scoring.check_scorer else None
     prompts = load_prompts(args.prompts, column=args.prompt_column, max_prompts=args.max_prompts)
     corpus = load_corpus(args.corpus)
-    settings = from_args(args, EvaluationSettings())
+    settings = from_args(args, EvaluationSettings(), EVALUATION_OPTIONS)
     ranks = current_ranks()
     say = print if ranks.main else (lambda *_: None)  # under torchrun rank 0 speaks for all
     results = {}

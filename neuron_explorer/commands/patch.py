@@ -47,6 +47,7 @@ from neuron_explorer.spec import intervention
 from neuron_explorer.spec.settings import RUN_EVALUATION, DeviceSettings, RunSettings, add_options, from_args
 
 DATA_PARALLEL = True  # under torchrun/accelerate each process takes its share (cli.check_launch)
+EVALUATION_OPTIONS = ("ppl_windows", "ppl_window", "f1_items", "new_tokens", "batch_size")  # of RUN_EVALUATION
 HELP = "patch, ablate or edit neurons of the base model and measure how much of DPO's effect comes back"
 
 
@@ -72,7 +73,7 @@ def add_arguments(parser) -> None:
         "out none; the record says so)",
     )
     add_options(evaluation, RunSettings(), names=("max_prompts",))
-    add_options(evaluation, RUN_EVALUATION, names=("ppl_windows", "ppl_window", "f1_items", "new_tokens", "batch_size"))
+    add_options(evaluation, RUN_EVALUATION, names=EVALUATION_OPTIONS)
     add_options(evaluation, RunSettings(), names=("samples", "scorer", "corpus"))
     models = parser.add_argument_group("models (default: the specs recorded in the cache)")
     models.add_argument("--base", default=None)
@@ -128,7 +129,7 @@ def _run(args, report) -> int:
         from_args(args, RunSettings()),
         prompts=args.prompts,
         in_sample=args.in_sample,
-        evaluation=from_args(args, RUN_EVALUATION),
+        evaluation=from_args(args, RUN_EVALUATION, EVALUATION_OPTIONS),
         base=args.base,
         tuned=args.tuned,
         device=args.device,

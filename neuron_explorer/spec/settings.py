@@ -269,12 +269,17 @@ def _argument_type(meta: Mapping[str, Any], default: Any) -> Callable[[str], Any
     return count_or_all if meta["all_when_zero"] else at_least(meta["minimum"])
 
 
-def from_args(args: argparse.Namespace, defaults: Settings) -> Settings:
-    """`defaults` with every field that `add_options` put on `args` taken from it (0 or the none word → None)."""
+def from_args(args: argparse.Namespace, defaults: Settings, names: tuple[str, ...] | None = None) -> Settings:
+    """`defaults` with the fields that `add_options` put on `args` taken from it (0 or the none word → None): all of
+    its options, or `names`, as given to `add_options`. Only those: two dataclasses may share a field name (the DPO
+    batch and the evaluation batch are both `batch_size`), and a field `add_options` did not add would read the
+    other's value."""
+    chosen = [item for item in fields(defaults) if "help" in item.metadata and (names is None or item.name in names)]
+    missing = [item.name for item in chosen if not hasattr(args, item.name)]
+    if missing or (names is not None and len(chosen) != len(names)):
+        raise ValueError(f"{type(defaults).__name__}: {missing or names} were not added by add_options")
     given = {}
-    for item in fields(defaults):
-        if "help" not in item.metadata or not hasattr(args, item.name):
-            continue
+    for item in chosen:
         value, meta = getattr(args, item.name), item.metadata
         if (meta["all_when_zero"] and value == 0) or (meta["none_word"] is not None and value == meta["none_word"]):
             value = None

@@ -38,6 +38,12 @@ def add_arguments(parser) -> None:
         help="recompute activations in the backward pass: less memory (large models), about 20%% "
         "slower, the same result",
     )
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every evaluated/saved checkpoint as a model folder (WORK_DIR/steps/step-N, oldest first) for "
+        "compute --tuned STEP ... --tuned OUTPUT",
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     add_options(
@@ -49,7 +55,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from neuron_explorer.engine.alignment.dpo import DPOSettings, train_dpo
+    from neuron_explorer.engine.alignment.dpo import STEPS_DIR, DPOSettings, train_dpo
     from neuron_explorer.engine.model.loading import _locate, embedded_tuned_dir
     from neuron_explorer.errors import UserError
 
@@ -93,7 +99,7 @@ def run(args) -> int:
         activation_checkpointing=args.activation_checkpointing,
     )
     try:
-        result = train_dpo(settings, resume=not args.fresh)
+        result = train_dpo(settings, resume=not args.fresh, keep_checkpoints=args.keep_checkpoints)
     except Exception as error:  # a checkpoint that fails to save (a full disk) is the Trainer's or torch's error
         from neuron_explorer.cache.atomic import write_failure_message
 
@@ -108,4 +114,10 @@ def run(args) -> int:
             f"{result.n_train_pairs} pairs (kept step {result.kept_step}, held-out loss {result.kept_eval_loss}"
             f"{', stopped early' if result.stopped_early else ''}) -> {result.output}"
         )
+        if args.keep_checkpoints:
+            folders = [Path(folder) for folder in result.kept_checkpoints]
+            where = folders[0].parent if folders else Path(work) / STEPS_DIR
+            print(f"kept {len(folders)} checkpoint(s), oldest first, in {where}: {' '.join(f.name for f in folders)}")
+            series = " ".join(f"--tuned {folder}" for folder in [*folders, result.output])
+            print(f"dynamics: neuron-explorer compute {series}")
     return 0

@@ -338,3 +338,66 @@ def test_validation_sweep_runs(tmp_path, tiny_models, capsys):
     for line in lines:
         assert line["n_prompts"] == 3 and line["prompts"] == "builtin:rtp-validation"
         assert 0 <= line["toxicity"] <= 1 and 0 <= line["check_toxicity"] <= 1 and line["perplexity"] > 1
+
+
+def test_kept_checkpoints_are_model_folders_that_compute_takes_as_a_series(tmp_path, tiny_models, one_torch_thread):
+    """`keep_checkpoints`: every saved step is a model folder (weights, config, tokenizer; no optimizer) named by
+    step, oldest first; they load, differ from each other, and `compute` takes them with the tuned model last."""
+    import numpy as np
+
+    from neuron_explorer.cache.reader import CacheReader
+    from neuron_explorer.engine.neurons.compute import ComputeSettings, run_compute
+    from neuron_explorer.spec.settings import RecordingSettings
+
+    run = settings(tmp_path, tiny_models["llama"], max_steps=3, eval_steps=1, save_steps=1)
+    result = train_dpo(run, printer=lambda line: None, keep_checkpoints=True)
+    kept = [Path(folder) for folder in result.kept_checkpoints]
+    assert [folder.name for folder in kept] == ["step-000001", "step-000002", "step-000003"]
+    assert kept[0].parent == tmp_path / "work" / "steps"
+    for folder in kept:
+        assert (folder / "config.json").exists() and (folder / "tokenizer_config.json").exists()
+        assert not (folder / "optimizer.pt").exists() and not (folder / "trainer_state.json").exists()
+        assert load_model(str(folder), device="cpu", dtype="float32").model is not None
+    steps = [weights(folder) for folder in kept]
+    for earlier, later in zip(steps, steps[1:], strict=False):
+        assert any(not torch.equal(earlier[k], later[k]) for k in earlier), "two kept steps hold the same weights"
+    final = weights(tmp_path / "tuned")
+    assert all(torch.equal(final[k], steps[result.kept_step - 1][k]) for k in final)
+
+    (tmp_path / "prompts.txt").write_text("You are a stupid\nThe river runs\nI hate you\nWhat the hell\n")
+    torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), tmp_path / "probe.pt")
+    computed = run_compute(
+        ComputeSettings(
+            base=str(tiny_models["llama"]),
+            tuned=str(tmp_path / "tuned"),
+            checkpoints=tuple(str(folder) for folder in kept),
+            probe=str(tmp_path / "probe.pt"),
+            prompts=str(tmp_path / "prompts.txt"),
+            output=tmp_path / "dyn.h5",
+            device="cpu",
+            dtype="float32",
+            recording=RecordingSettings(new_tokens=4, shared_continuation=True),
+            cluster_top_k=20,
+            n_clusters=2,
+            patch_holdout=0.0,
+            difference_lens=False,
+        )
+    )
+    with CacheReader(computed.path) as reader:
+        found = reader.dynamics()
+    assert found is not None
+    assert found["steps"] == [*(str(folder) for folder in kept), str(tmp_path / "tuned")]
+    assert found["contribution"].shape[0] == 4 and np.isfinite(found["group_sums"]).all()
+
+
+def test_without_the_flag_nothing_but_the_tuned_model_is_kept(tmp_path, tiny_models):
+    result = train_dpo(settings(tmp_path, tiny_models["llama"], max_steps=2), printer=lambda line: None)
+    assert result.kept_checkpoints == []
+    assert not (tmp_path / "work" / "steps").exists() and not (tmp_path / "work" / "checkpoints").exists()
+
+
+def test_the_command_line_takes_keep_checkpoints():
+    from neuron_explorer.cli import build_parser
+
+    args = build_parser().parse_args(["train-dpo", "--pairs", __file__, "--keep-checkpoints"])
+    assert args.keep_checkpoints and not build_parser().parse_args(["train-dpo", "--pairs", __file__]).keep_checkpoints

@@ -34,6 +34,17 @@ RUN_FILE = "run.json"
 CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+# `keep_checkpoints`: each saved checkpoint's model (weights, config, tokenizer), without the Trainer's state, in
+# STEPS_DIR under the work folder, named by step so that names sort oldest first.
+STEPS_DIR = "steps"
+STEP_NAME = re.compile(r"step-\d+")
+TRAINER_ONLY = re.compile(
+    r"optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|training_args\.bin"
+)
+
+
+def step_folder_name(step: int) -> str:
+    return f"step-{step:06d}"
 
 
 @dataclass
@@ -73,6 +84,7 @@ class DPOResult:
     effective_batch: int  # pairs per optimizer step: batch_size × world_size × gradient_accumulation
     main_process: bool  # the one that reports and wrote `output` (the only one outside `accelerate launch`)
     log: list[dict] = field(default_factory=list)
+    kept_checkpoints: list[str] = field(default_factory=list)  # with keep_checkpoints: model folders, oldest first
 
     def summary(self) -> dict:
         data = asdict(self)
@@ -107,6 +119,34 @@ def _progress_callback(printer):
             printer("  ".join(parts))
 
     return Progress()
+
+
+def _keep_steps_callback(steps: Path):
+    """Copy each checkpoint the Trainer saves, less its optimizer and trainer state, to `steps/step-NNNNNN`: a model
+    folder `load_model` and `compute --tuned` read (the main process only)."""
+    from transformers import TrainerCallback
+
+    class KeepSteps(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            source = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            target = steps / step_folder_name(state.global_step)
+            steps.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target, advice="free some space or choose another --work-dir") as partial:
+                partial.mkdir(parents=True)
+                for item in source.iterdir():
+                    if item.is_file() and not TRAINER_ONLY.fullmatch(item.name):
+                        shutil.copy2(item, partial / item.name)
+
+    return KeepSteps()
+
+
+def kept_step_folders(steps: Path) -> list[Path]:
+    """The kept checkpoint folders in `steps`, oldest first."""
+    if not steps.is_dir():
+        return []
+    return sorted(folder for folder in steps.iterdir() if folder.is_dir() and STEP_NAME.fullmatch(folder.name))
 
 
 def _split_pairs(pairs: list[dict], eval_pairs: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -211,7 +251,9 @@ def train_dpo(
 
     Checkpoints go to `work_dir/checkpoints`; a run with the same settings resumes from the newest one, a run with
     different settings starts over (the old checkpoints are removed). `on_trainer(trainer)` runs after training
-    (tests use it to inspect the policy and the reference)."""
+    (tests use it to inspect the policy and the reference). With `keep_checkpoints` every saved checkpoint is also
+    kept as a model folder in `work_dir/steps/step-NNNNNN` (`DPOResult.kept_checkpoints`, oldest first); without
+    it nothing but the tuned model remains."""
     from neuron_explorer.engine.model.loading import resolve_device
 
     policy, train_rows, eval_rows = _checked_inputs(settings)
@@ -230,7 +272,9 @@ def train_dpo(
         )
     say = printer if main else lambda line: None
     last = _prepare_checkpoints(config, settings, work, checkpoints, resume, say)
-    trainer = _trainer(config, settings, policy, train_rows, eval_rows, [_progress_callback(say), *callbacks])
+    steps = work / STEPS_DIR
+    keeping = [_keep_steps_callback(steps)] if keep_checkpoints else []
+    trainer = _trainer(config, settings, policy, train_rows, eval_rows, [_progress_callback(say), *keeping, *callbacks])
     start = time.time()
     _train(trainer, config, last, settings.training.max_steps, say)
     seconds = time.time() - start
@@ -251,9 +295,10 @@ def train_dpo(
         effective_batch=(settings.training.batch_size * world_size * settings.training.gradient_accumulation),
         main_process=main,
         log=list(trainer.state.log_history),
+        kept_checkpoints=[str(folder) for folder in kept_step_folders(steps)] if keep_checkpoints else [],
     )
     _write_tuned(trainer, config, settings, result)
-    if main and not keep_checkpoints:
+    if main:
         shutil.rmtree(checkpoints, ignore_errors=True)
         for aside in work.glob("checkpoint-*.incomplete"):  # set aside by an interrupted run; of no use now
             shutil.rmtree(aside, ignore_errors=True)
@@ -336,6 +381,7 @@ def _prepare_checkpoints(config, settings: DPOSettings, work: Path, checkpoints:
             run_file = work / RUN_FILE
             if _previous_run(run_file) != (settings.key(), config.world_size) or not resume:
                 shutil.rmtree(checkpoints, ignore_errors=True)
+                shutil.rmtree(work / STEPS_DIR, ignore_errors=True)  # kept steps of that run
             checkpoints.mkdir(parents=True, exist_ok=True)
             run_file.write_text(
                 json.dumps(

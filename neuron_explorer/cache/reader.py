@@ -527,6 +527,14 @@ class CacheReader:
             "steps": self.attrs(layout.DYNAMICS).get(layout.DYNAMICS_STEPS, []),
         }
 
+    def neuron_dynamics(self, layer: int, index: int) -> tuple[list[str], FloatArray] | None:
+        """One neuron's Δ at each step of the checkpoint series (the final model last), or None without one."""
+        self._check_layer(layer)
+        if layout.DYNAMICS not in self.file:
+            return None
+        values = np.asarray(self.file[layout.dynamics_path("contribution")][:, layer, index], dtype=np.float64)
+        return list(self.attrs(layout.DYNAMICS).get(layout.DYNAMICS_STEPS, [])), values
+
     def probe_direction(self) -> FloatArray:
         return np.asarray(self.file[layout.PROBE_DIRECTION][:])
 

@@ -23,7 +23,14 @@ FIXED_CREATED = "2026-01-01T00:00:00+00:00"  # the real date varies; snapshots m
 
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory):
-    return build_synthetic_cache(tmp_path_factory.mktemp("cache") / "synthetic.h5")
+    """Without a checkpoint series, like the build's caches: the overview and the detail show no dynamics."""
+    return build_synthetic_cache(tmp_path_factory.mktemp("cache") / "synthetic.h5", dynamics=False)
+
+
+@pytest.fixture(scope="session")
+def series_cache(tmp_path_factory):
+    """The same cache with a checkpoint series of three steps (a third, two thirds and all of the final Δ)."""
+    return build_synthetic_cache(tmp_path_factory.mktemp("series") / "synthetic.h5")
 
 
 @pytest.fixture
@@ -52,12 +59,17 @@ def open_store(path) -> Store:
 
 @pytest.fixture
 def make_app(cache_path):
-    """`make_app(**options)`: an app over the private cache copy (options such as `patch_command=` go to ExplorerApp);
-    their stores are closed when the test ends."""
+    """`make_app(cache=None, **options)`: an app over the private cache copy, or over a copy of `cache` (options such
+    as `patch_command=` go to ExplorerApp); their stores are closed when the test ends."""
     apps = []
 
-    def make(**options) -> ExplorerApp:
-        app = ExplorerApp(open_store(cache_path), **options)
+    def make(cache: Path | None = None, **options) -> ExplorerApp:
+        path = cache_path
+        if cache is not None:  # another cache (series_cache), copied like the default one, under the same name
+            path = cache_path.parent / f"other-{len(apps)}" / cache_path.name
+            path.parent.mkdir()
+            shutil.copyfile(cache, path)
+        app = ExplorerApp(open_store(path), **options)
         apps.append(app)
         return app
 

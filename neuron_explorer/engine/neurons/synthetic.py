@@ -32,8 +32,10 @@ def build_synthetic_cache(
     seed: int = 0,
     cluster_top_k: int = 200,
     n_clusters: int = 8,
+    dynamics: bool = True,
 ) -> Path:
-    """Write a complete cache with ``n_layers × d_mlp`` neurons and ``n_prompts`` prompts; return its path."""
+    """Write a complete cache with ``n_layers × d_mlp`` neurons and ``n_prompts`` prompts; return its path. With
+    ``dynamics`` it holds a series of three steps: a third, two thirds and all of the final Δ."""
     rng = np.random.default_rng(seed)
     shape = (n_layers, d_mlp)
     norms = rng.uniform(0.5, 1.5, shape)
@@ -112,7 +114,10 @@ def build_synthetic_cache(
         )
         _write_differences(writer, np.random.default_rng(seed + 2), n_layers, d_model, vocab_size)
         final = metrics["contribution"].astype(np.float64)
-        write_dynamics(writer, ["step-100", "step-200", "final"], [final / 3, final * 2 / 3, final], metrics["group"])
+        if dynamics:
+            write_dynamics(
+                writer, ["step-100", "step-200", "final"], [final / 3, final * 2 / 3, final], metrics["group"]
+            )
     return Path(path)
 
 

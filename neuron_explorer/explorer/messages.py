@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import polars as pl
 from textual.message import Message
 
@@ -40,11 +41,19 @@ class MarksChanged(Message):
 
 class DetailLoaded(Message):
     """The detail screen's worker has read one neuron's record, tokens, per-prompt activations and the stored runs
-    that patched it."""
+    that patched it, and its Δ at each step of a checkpoint series (None without one)."""
 
-    def __init__(self, record: dict, tokens: pl.DataFrame, prompts: pl.DataFrame, runs: list) -> None:
+    def __init__(
+        self,
+        record: dict,
+        tokens: pl.DataFrame,
+        prompts: pl.DataFrame,
+        runs: list,
+        dynamics: tuple[list[str], np.ndarray] | None = None,
+    ) -> None:
         super().__init__()
         self.record, self.tokens, self.prompts, self.runs = record, tokens, prompts, runs
+        self.dynamics = dynamics
 
 
 class JobEvent(Message):

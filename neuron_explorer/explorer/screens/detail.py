@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import polars as pl
 from rich.table import Table
 from rich.text import Text
@@ -21,7 +22,7 @@ from neuron_explorer.cache.reader import neuron_id
 from ..formatting import short_text, signed
 from ..messages import DetailLoaded, MarksChanged
 from ..state import Store, is_reducing
-from ..widgets.plots import ActivationHistogram
+from ..widgets.plots import ActivationHistogram, step_label
 from .dialogs import ShowsWorkerErrors
 
 if TYPE_CHECKING:
@@ -63,6 +64,21 @@ def headline(record: dict) -> Text:
     text.append("   δ = ā_pre − ā_dpo ").append(signed(record["act_shift"]))
     if "value_cos" in record:
         text.append(f"\ncos(v_pre, v_dpo) {record['value_cos']:.5f}: how much tuning turned the value vector")
+    return text
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def trajectory_text(steps: list[str], values) -> Text:
+    """A neuron's Δ across a checkpoint series: a sparkline from 0 (▁) to the largest |Δ| (█), then each step's Δ."""
+    top = max((abs(float(value)) for value in values), default=0.0)
+    text = Text()
+    for value in values:
+        level = round(abs(float(value)) / top * (len(SPARK) - 1)) if top > 0 else 0
+        text.append(SPARK[level], style="green" if value > 0 else "red" if value < 0 else "")
+    for step, value in zip(steps, values, strict=True):
+        text.append(f"  {step_label(step)} ", style="bold").append(signed(float(value)))
     return text
 
 
@@ -198,6 +214,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
                 reader.top_tokens(self.neuron_layer, self.neuron_index),
                 reader.prompt_activations(self.neuron_layer, self.neuron_index),
                 runs_with(self.store.path, self.neuron_layer, self.neuron_index),
+                reader.neuron_dynamics(self.neuron_layer, self.neuron_index),
             )
         )
 
@@ -213,6 +230,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
                     Text("Metrics, both models" + marked, style="bold"), classes="section-title", id="metrics-title"
                 ),
                 Static(metrics_table(record), id="detail-metrics"),
+                *self.trajectory(message.dynamics),
                 Static(Text("Tokens the value vector writes (logit lens)", style="bold"), classes="section-title"),
                 Static(tokens_table(message.tokens, self.lens_rule), id="detail-tokens"),
                 Static(Text("Activation distribution over the prompts", style="bold"), classes="section-title"),
@@ -233,6 +251,18 @@ class DetailScreen(ShowsWorkerErrors, Screen):
                 Static(history_table(message.runs), id="detail-history"),
             ]
         )
+
+    @staticmethod
+    def trajectory(dynamics: tuple[list[str], np.ndarray] | None) -> list[Static]:
+        """The title and the line of the neuron's Δ across training; nothing for a cache without a series."""
+        if dynamics is None:
+            return []
+        steps, values = dynamics
+        title = Text(f"Δ across training ({len(steps)} steps, final last)", style="bold")
+        return [
+            Static(title, classes="section-title"),
+            Static(trajectory_text(steps, values), id="detail-dynamics"),
+        ]
 
     def action_step(self, step: int) -> None:
         """Show the next (previous) neuron of the table's view; the table's cursor follows."""

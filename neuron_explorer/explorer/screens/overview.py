@@ -16,7 +16,7 @@ from textual.widgets import Footer, Header, Static
 from ..formatting import short_text, signed
 from ..state import Store
 from ..widgets.group_bars import GroupBars
-from ..widgets.plots import LayerContributionPlot, group_legend
+from ..widgets.plots import LayerContributionPlot, StepGroupPlot, group_legend
 
 if TYPE_CHECKING:
     from ..app import ExplorerApp
@@ -77,7 +77,8 @@ def totals_text(store: Store) -> Text:
 
 
 class OverviewScreen(Screen):
-    """Overview: the file's provenance, the totals, the group share bars and the per-layer plot."""
+    """Overview: the file's provenance, the totals, the group share bars and the per-layer plot (and, for a cache
+    with a checkpoint series, the reducing groups' Σ Δ per step)."""
 
     CSS_PATH = "overview.tcss"
     BINDINGS = [
@@ -111,6 +112,14 @@ class OverviewScreen(Screen):
                 yield Static("Σ Δ per layer, by v1 group", classes="pane-title")
                 yield LayerContributionPlot(reader.layer_group_sums(), id="layer-plot")
                 yield Static(group_legend(), id="legend")
+                dynamics = reader.dynamics()
+                if dynamics is not None:  # a checkpoint series (compute --tuned A --tuned B …)
+                    yield Static(
+                        f"Σ Δ per step, reducing groups ({len(dynamics['steps'])} steps, final last)",
+                        classes="pane-title",
+                        id="dynamics-title",
+                    )
+                    yield StepGroupPlot(dynamics, id="dynamics-plot")
         yield Footer()
 
     def on_mount(self) -> None:

@@ -9,7 +9,7 @@ from textual_plotext import PlotextPlot
 
 from neuron_explorer.cache import layout
 from neuron_explorer.cache.reader import ClusterTree
-from neuron_explorer.cache.schema import GROUP_NAMES
+from neuron_explorer.cache.schema import GROUP_NAMES, REDUCING_GROUPS
 
 # xterm-256 colour numbers: blues/greens for the groups that reduce toxicity, reds/oranges for their mirrors.
 GROUP_COLORS = dict(zip(GROUP_NAMES, (33, 45, 34, 148, 160, 202, 170, 220)))
@@ -61,6 +61,39 @@ class LayerContributionPlot(TerminalPlot):
         plt.xlabel("layer")
         step = max(1, len(layers) // 8)
         plt.xticks(layers[::step])
+        self.refresh()
+
+
+def step_label(step: str) -> str:
+    """A checkpoint's short name: the last part of its folder (`…/steps/step-000010` → `step-000010`)."""
+    return str(step).rstrip("/").rsplit("/", 1)[-1]
+
+
+def step_group_series(found: dict) -> tuple[list[str], dict[str, list[float]]]:
+    """From `CacheReader.dynamics()`: the steps' short names and each reducing group's Σ Δ at every step."""
+    sums = np.asarray(found["group_sums"], dtype=np.float64)
+    series = {name: sums[:, GROUP_NAMES.index(name)].tolist() for name in REDUCING_GROUPS}
+    return [step_label(step) for step in found["steps"]], series
+
+
+class StepGroupPlot(TerminalPlot):
+    """Σ Δ of each reducing group at each step of a checkpoint series (the final model's membership, last step the
+    final model)."""
+
+    def __init__(self, found: dict, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.labels, self.series = step_group_series(found)
+
+    def draw(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        steps = [float(i) for i in range(len(self.labels))]
+        for name, values in self.series.items():
+            plt.plot(steps, values, color=GROUP_COLORS[name], marker="dot")
+        plt.hline(0.0, "gray")
+        plt.xlabel("step")
+        shown = max(1, len(steps) // 6)
+        plt.xticks(steps[::shown], self.labels[::shown])
         self.refresh()
 
 

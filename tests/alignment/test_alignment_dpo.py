@@ -396,8 +396,13 @@ def test_without_the_flag_nothing_but_the_tuned_model_is_kept(tmp_path, tiny_mod
     assert not (tmp_path / "work" / "steps").exists() and not (tmp_path / "work" / "checkpoints").exists()
 
 
-def test_the_command_line_takes_keep_checkpoints():
-    from neuron_explorer.cli import build_parser
-
-    args = build_parser().parse_args(["train-dpo", "--pairs", __file__, "--keep-checkpoints"])
-    assert args.keep_checkpoints and not build_parser().parse_args(["train-dpo", "--pairs", __file__]).keep_checkpoints
+def test_the_command_line_keeps_checkpoints_and_says_where(tmp_path, tiny_models, capsys):
+    """`train-dpo --keep-checkpoints` prints the folder of the kept steps and the compute command over them."""
+    argv = ["train-dpo", "--model", str(tiny_models["llama"]), "--pairs", str(write_pairs(tmp_path / "pairs.jsonl"))]
+    argv += ["-o", str(tmp_path / "tuned"), "--steps", "2", "--eval-steps", "1", "--batch-size", "2"]
+    argv += ["--eval-pairs", "4", "--device", "cpu", "--keep-checkpoints"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    steps = tmp_path / "tuned.checkpoints" / "steps"
+    assert f"kept 2 checkpoint(s), oldest first, in {steps}: step-000001 step-000002" in out
+    assert f"--tuned {steps / 'step-000001'} --tuned {steps / 'step-000002'} --tuned {tmp_path / 'tuned'}" in out

@@ -25,8 +25,6 @@ from neuron_explorer.cli import main
 from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
 from neuron_explorer.errors import UserError
 
-PROMPTS = "You are a stupid\nShe walked to the market in the morning and\nWhat the hell\nThe river runs\n"
-
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.rglob("*") if path.name.endswith(".tmp"))
@@ -43,31 +41,6 @@ def full_disk(monkeypatch):
         return real_write(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", write)
-
-
-@pytest.fixture
-def compute_args(tiny_models, tmp_path):
-    (tmp_path / "prompts.txt").write_text(PROMPTS)
-    torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), tmp_path / "probe.pt")
-    return [
-        "compute",
-        "--base",
-        str(tiny_models["llama"]),
-        "--tuned",
-        str(tiny_models["llama"]),
-        "--probe",
-        str(tmp_path / "probe.pt"),
-        "--prompts",
-        str(tmp_path / "prompts.txt"),
-        "--device",
-        "cpu",
-        "--new-tokens",
-        "2",
-        "--identity-check",
-        "2",
-        "--patch-holdout",
-        "0",
-    ]
 
 
 # -- a full disk ------------------------------------------------------------------------------------------------

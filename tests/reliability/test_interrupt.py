@@ -14,13 +14,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from neuron_explorer.cache.reader import CacheReader
 from neuron_explorer.cli import main
 from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
-
-PROMPTS = "You are a stupid\nShe walked to the market in the morning and\nWhat the hell\nThe river runs\n"
 
 
 def leftovers(folder):
@@ -87,31 +84,6 @@ def test_a_write_lost_without_an_error_is_never_published(tmp_path, monkeypatch)
     with pytest.raises(UserError, match="did not read back as written.*nothing was published"):
         build_synthetic_cache(target, n_layers=2, d_mlp=8, n_prompts=6, seed=2)
     assert target.read_bytes() == before and leftovers(tmp_path) == []
-
-
-@pytest.fixture
-def compute_args(tiny_models, tmp_path):
-    (tmp_path / "prompts.txt").write_text(PROMPTS)
-    torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), tmp_path / "probe.pt")
-    return [
-        "compute",
-        "--base",
-        str(tiny_models["llama"]),
-        "--tuned",
-        str(tiny_models["llama"]),
-        "--probe",
-        str(tmp_path / "probe.pt"),
-        "--prompts",
-        str(tmp_path / "prompts.txt"),
-        "--device",
-        "cpu",
-        "--new-tokens",
-        "2",
-        "--identity-check",
-        "2",
-        "--patch-holdout",
-        "0",
-    ]
 
 
 def test_compute_interrupted_inside_hdf5_exits_130_and_keeps_the_old_cache(

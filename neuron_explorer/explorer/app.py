@@ -50,6 +50,7 @@ from .screens.patch import PatchDialog
 from .screens.runs import RunsScreen
 from .state import Store
 from .targets import find_target
+from .widgets.footer import SCREEN_KEYS
 
 
 class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, App):
@@ -59,15 +60,44 @@ class ExplorerApp(ShowsWorkerErrors, ExplorerActions, JobManager, LabManager, Ap
     TITLE = "neuron-explorer"
     COMMANDS = App.COMMANDS | {ExplorerCommands}
     BINDINGS = [
-        Binding("1", "switch_mode('overview')", "overview", id="app.overview", tooltip="the overview screen"),
-        Binding("2", "switch_mode('neurons')", "neurons", id="app.neurons", tooltip="layers and the neuron table"),
-        Binding("3", "switch_mode('clusters')", "clusters", id="app.clusters", tooltip="dendrogram and clusters"),
-        Binding("4", "switch_mode('runs')", "runs", id="app.runs", tooltip="patching runs beside base and DPO"),
+        Binding(
+            "1",
+            "switch_mode('overview')",
+            "overview",
+            id="app.overview",
+            group=SCREEN_KEYS,
+            tooltip="the overview screen",
+        ),
+        Binding(
+            "2",
+            "switch_mode('neurons')",
+            "neurons",
+            id="app.neurons",
+            group=SCREEN_KEYS,
+            tooltip="layers and the neuron table",
+        ),
+        Binding(
+            "3",
+            "switch_mode('clusters')",
+            "clusters",
+            id="app.clusters",
+            group=SCREEN_KEYS,
+            tooltip="dendrogram and clusters",
+        ),
+        Binding(
+            "4",
+            "switch_mode('runs')",
+            "runs",
+            id="app.runs",
+            group=SCREEN_KEYS,
+            tooltip="patching runs beside base and DPO",
+        ),
         Binding(
             "5",
             "switch_mode('lab')",
             "lab",
             id="app.lab",
+            group=SCREEN_KEYS,
             tooltip="the prompt lab: one prompt through base, DPO and a patched model",
         ),
         Binding(

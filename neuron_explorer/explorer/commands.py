@@ -115,7 +115,7 @@ def palette_commands(app: ExplorerApp) -> list[Command]:
 
 
 def _lab_commands(app: ExplorerApp, targets: list[Target]) -> list[Command]:
-    """The prompt lab's commands (each shows the lab screen)."""
+    """The prompt lab's commands (each but `stop worker` shows the lab screen)."""
     commands: list[Command] = [
         ("lab: run prompt…", app.lab_ask_prompt, "one prompt through base, DPO and the patched model"),
         ("lab: pick a cache prompt", app.lab_pick_prompt, "run one of the cache's prompts or a stored run's sample"),
@@ -129,6 +129,7 @@ def _lab_commands(app: ExplorerApp, targets: list[Target]) -> list[Command]:
         ("lab: clear intervention", app.lab_clear_intervention, "the next runs are base and DPO only"),
         ("lab: cancel request", app.lab_cancel, "stop the running lab request"),
         ("lab: restart worker", app.lab_restart, "stop the lab's model worker and start a fresh one"),
+        ("lab: stop worker", app.lab_stop_worker, "stop the lab's model worker and free the memory its models hold"),
         ("lab: export result", app.lab_export, "the shown answer to a JSON file"),
     ]
     commands += [

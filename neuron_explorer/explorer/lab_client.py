@@ -67,6 +67,7 @@ class LabClient:
     shown: LabTry | None = None  # the try the lab screen shows
     intervention: Intervention | None = None  # applied to the patched run of every next try
     next_id: int = 1  # the id of the next request
+    told_memory: bool = False  # the user was told, on leaving the lab, what this worker holds
 
     # -- the process --------------------------------------------------------------------------------------------
     @property
@@ -83,6 +84,7 @@ class LabClient:
         self.stop()
         self.state, self.loaded, self.error, self.exit_code, self.current = JobState.RUNNING, False, "", None, None
         self.stage, self.done, self.total = "starting the model worker", 0, 0
+        self.told_memory = False
         self.process = JobProcess(
             [*self.command, str(cache_path), "--serve"], post, what="the model worker", serves_requests=True
         )

@@ -24,7 +24,7 @@ from .formatting import short_text
 from .host import AppHost
 from .job_process import JobProcess, JobState
 from .jobs import PatchRequest
-from .lab_client import LabClient, LabTry
+from .lab_client import LabClient, LabTry, format_bytes
 from .messages import JobEvent
 from .screens.dialogs import ChoiceDialog, PromptDialog
 from .screens.patch import PatchDialog
@@ -71,6 +71,28 @@ class LabManager(AppHost):
         elif ended is not None and ended.state == JobState.CANCELLED:
             self.notify(f"lab #{ended.request.id} cancelled", severity="warning")
         self.lab_version += 1
+
+    def lab_stop_worker(self) -> None:
+        """Stop the model worker and free what its two models hold (in the lab, R starts it again)."""
+        if self.lab.state != JobState.RUNNING:
+            self.notify("the lab's model worker is not running")
+            return
+        memory = self.lab.worker_memory()
+        self.lab.stop()
+        freed = f": {format_bytes(memory)} freed" if memory else ""
+        self.notify(f"the lab's model worker stopped{freed} · in the lab, R starts it again")
+        self.lab_version += 1
+
+    def lab_left(self) -> None:
+        """The user left the lab: say once per worker what the idle worker still holds and how to free it."""
+        if not self.lab.loaded or self.lab.state != JobState.RUNNING or self.lab.told_memory:
+            return
+        self.lab.told_memory = True
+        memory = self.lab.worker_memory()
+        held = f" ({format_bytes(memory)})" if memory else ""
+        self.notify(
+            f"the lab's model worker keeps both models loaded{held}: palette, lab: stop worker frees it", timeout=8
+        )
 
     def lab_restart(self) -> None:
         """Stop the worker (whatever it is doing) and start a fresh one."""

@@ -7,7 +7,7 @@ import os
 from dataclasses import replace
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import Footer, Input
 
 from neuron_explorer.explorer.lab_client import format_bytes
 from neuron_explorer.explorer.screens.dialogs import ConfirmDialog, PromptDialog
@@ -119,3 +119,16 @@ async def test_the_lab_says_how_much_memory_its_worker_holds(make_app, fake_lab_
             resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         assert abs(app.lab.worker_memory() - resident) < 8 * 2**20
         assert f"its memory {format_bytes(app.lab.worker_memory())}" in app.lab.status()
+
+
+@pytest.mark.parametrize("keys", [("1",), ("2",), ("2", "enter"), ("3",), ("4",), ("5",), ("6",)])
+async def test_every_footer_fits_80_columns(make_app, fake_lab_command, wait_until_loaded, keys):
+    """Nothing of a screen's footer is cut at 80×24 (the palette entry at the right end included)."""
+    app = make_app(lab_command=fake_lab_command)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until_loaded(app, pilot)
+        await pilot.press(*keys)
+        await pilot.pause()
+        footer = app.screen.query_one(Footer)
+        used = sum(child.outer_size.width for child in footer.children)
+        assert 0 < used <= footer.size.width, f"{used} columns of footer in {footer.size.width}"

@@ -5,6 +5,7 @@ export, crashes, cancelling and a worker that cannot start."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from textual.widgets import Input, OptionList, Select
@@ -293,8 +294,36 @@ async def test_the_palette_offers_the_lab(make_app, fake_lab_command, wait_until
             "lab: apply group TP↓",
             "lab: apply cluster 1",
             "lab: restart worker",
+            "lab: stop worker",
             "lab: export result",
         } <= names
+
+
+async def test_leaving_the_lab_says_what_the_worker_holds_and_stop_worker_frees_it(
+    make_app, fake_lab_command, wait_for, wait_until_loaded, static_text
+):
+    app = make_app(lab_command=fake_lab_command)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_lab(app, pilot, wait_for, wait_until_loaded)
+        pid = app.lab.process.popen.pid
+        await pilot.press("1")
+        await pilot.pause()
+        notices = [notice.message for notice in app._notifications]
+        told = [message for message in notices if "keeps both models loaded" in message]
+        assert len(told) == 1 and "MiB)" in told[0] and "lab: stop worker" in told[0]
+        await pilot.press("5", "1")  # once per worker, not on every leave
+        await pilot.pause()
+        assert sum("keeps both models loaded" in notice.message for notice in app._notifications) == 1
+        app.lab_stop_worker()
+        await pilot.pause()
+        assert app.lab.process is None and app.lab.state == JobState.CANCELLED
+        assert any(
+            "model worker stopped: " in notice.message and "freed" in notice.message for notice in app._notifications
+        )
+        assert not Path(f"/proc/{pid}").exists()  # ended and reaped (no zombie)
+        await pilot.press("5")
+        await pilot.pause()
+        assert "stopped · R starts it" in text_of(app.screen, "#lab-status", static_text)
 
 
 def test_heat_map_bins_layers_to_fit_and_shades_by_magnitude():

@@ -19,7 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 
 from neuron_explorer.cache import annotations as sidecar
 from neuron_explorer.cache.schema import DIFFERENCE_SOURCES, GROUP_NAMES, REDUCING_GROUPS
@@ -28,6 +28,7 @@ from neuron_explorer.errors import UserError
 
 from ..formatting import signed
 from ..state import Store
+from ..widgets.footer import KeyFooter
 
 DIFFERENCE_TOKENS = 4  # promoted and suppressed tokens shown per layer
 SCREEN_DRAWS = 500  # the command's 2000 would add nothing visible to two decimals
@@ -150,7 +151,7 @@ class BeyondScreen(Screen):
                 )
                 yield Static(table, classes="difference-table")
                 yield Static(half, classes="difference-table")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.action_recompute()

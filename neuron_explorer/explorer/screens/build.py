@@ -11,12 +11,13 @@ from textual import getters, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Log, ProgressBar, Static
+from textual.widgets import Header, Log, ProgressBar, Static
 
 from neuron_explorer.events import Cancelled, Done, Event, Failed, Message, Progress
 
 from ..job_process import JobProcess, JobState
 from ..messages import JobEvent
+from ..widgets.footer import KeyFooter
 from .dialogs import ShowsWorkerErrors
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class BuildScreen(ShowsWorkerErrors, Screen):
         yield Static("starting…", id="build-stage")
         yield ProgressBar(total=None, show_eta=False, id="build-progress")
         yield Log(id="build-log", highlight=False)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         if self.process.start():

@@ -9,13 +9,14 @@ from textual import getters, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from neuron_explorer.cache import layout
 from neuron_explorer.cache.schema import GROUP_NAMES
 
 from ..formatting import signed
 from ..state import Store, is_reducing
+from ..widgets.footer import KeyFooter
 from ..widgets.plots import Dendrogram
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class ClustersScreen(Screen):
         else:
             yield Dendrogram(tree, id="dendrogram")
             yield DataTable(id="cluster-table", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         if not self.query("#cluster-table"):

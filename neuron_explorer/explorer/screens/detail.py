@@ -14,7 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, LoadingIndicator, Static
+from textual.widgets import Header, LoadingIndicator, Static
 
 from neuron_explorer.cache.annotations import PatchRun, list_runs
 from neuron_explorer.cache.reader import neuron_id
@@ -22,6 +22,7 @@ from neuron_explorer.cache.reader import neuron_id
 from ..formatting import short_text, signed
 from ..messages import DetailLoaded, MarksChanged
 from ..state import Store, is_reducing
+from ..widgets.footer import KeyFooter
 from ..widgets.plots import ActivationHistogram, step_label
 from .dialogs import ShowsWorkerErrors
 
@@ -198,7 +199,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         yield Header()
         with VerticalScroll(id="detail-body"):
             yield LoadingIndicator()
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.load()

@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Header, Input, Static
 
 from neuron_explorer.engine.lab.protocol import lens_difference
 
@@ -24,6 +24,7 @@ from ..job_process import JobState
 from ..lab_client import LabTry
 from ..messages import NeuronChosen, SortRequested
 from ..state import PromptNeurons, Store
+from ..widgets.footer import KeyFooter
 from ..widgets.heat_map import HeatMap, Panel
 from ..widgets.neuron_table import NeuronTable
 
@@ -44,11 +45,12 @@ class LabScreen(Screen):
     CSS_PATH = "lab.tcss"
     AUTO_FOCUS = ""  # nothing, not the prompt box: ?, o, 1–5 and q work on arrival; enter or i starts typing
     BINDINGS = [
-        Binding("enter,i", "focus_prompt", "type a prompt", id="lab.focus_prompt", tooltip="type a prompt"),
+        Binding("enter,i", "focus_prompt", "prompt", id="lab.focus_prompt", tooltip="type a prompt"),
         Binding(
             "ctrl+r",
             "run",
             "run again",
+            show=False,
             id="lab.run",
             tooltip="run the prompt in the input again (with the intervention, if any)",
         ),
@@ -63,7 +65,8 @@ class LabScreen(Screen):
         Binding(
             "a",
             "apply_marked",
-            "patch marked",
+            "marked",
+            show=False,
             id="lab.apply_marked",
             tooltip="patch the marked neurons in the patched run (choose the mode), then run again",
         ),
@@ -93,6 +96,7 @@ class LabScreen(Screen):
             "H",
             "history",
             "history",
+            show=False,
             id="lab.history",
             tooltip="re-open a prompt tried in this session (its answer, without recomputing)",
         ),
@@ -125,7 +129,7 @@ class LabScreen(Screen):
                 yield Static(id=f"lab-{key}", classes="lab-output")
         yield HeatMap("the probe's lens over layers × tokens shows here after a run", id="lab-heat")
         yield NeuronTable(PromptNeurons(self.store), id="lab-table")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.watch(self.app, "lab_version", self.refresh_lab, init=False)
@@ -139,6 +143,9 @@ class LabScreen(Screen):
         self.watch(self.app, "view_row", self.neurons_loaded, init=False)
         self.app.ensure_lab_worker()
         self.refresh_lab()
+
+    def on_screen_suspend(self) -> None:
+        self.app.lab_left()
 
     # -- drawing ---------------------------------------------------------------------------------------------
     def refresh_lab(self) -> None:

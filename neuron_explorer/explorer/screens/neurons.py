@@ -10,12 +10,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, OptionList, Static
+from textual.widgets import Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from ..formatting import signed
 from ..messages import NeuronChosen
 from ..state import COLUMNS, Filters, Store
+from ..widgets.footer import KeyFooter
 from ..widgets.neuron_table import NeuronTable
 
 if TYPE_CHECKING:
@@ -34,13 +35,14 @@ class NeuronsScreen(Screen):
     CSS_PATH = "neurons.tcss"
     BINDINGS = [
         Binding("f", "filter", "filter", id="neurons.filter", tooltip="filter by group, cluster, sign, threshold"),
-        Binding("x", "clear_filters", "clear", id="neurons.clear_filters", tooltip="clear every filter"),
+        Binding("x", "clear_filters", "clear", show=False, id="neurons.clear_filters", tooltip="clear every filter"),
         Binding("plus", "sign('+')", "Δ>0", show=False, id="neurons.positive", tooltip="keep only Δ > 0"),
         Binding("minus", "sign('-')", "Δ<0", show=False, id="neurons.negative", tooltip="keep only Δ < 0"),
         Binding(
             "S",
             "save_selection",
             "save set",
+            show=False,
             id="neurons.save_selection",
             tooltip="save the marked neurons as a named set",
         ),
@@ -61,7 +63,9 @@ class NeuronsScreen(Screen):
             id="neurons.patch",
             tooltip="patch the marked neurons in a background run",
         ),
-        Binding("e", "export", "export", id="neurons.export", tooltip="export the table to .csv or .parquet"),
+        Binding(
+            "e", "export", "export", show=False, id="neurons.export", tooltip="export the table to .csv or .parquet"
+        ),
         Binding("tab", "switch_pane", "layers/table", show=False, id="neurons.switch_pane"),
     ]
 
@@ -82,7 +86,7 @@ class NeuronsScreen(Screen):
                 yield NeuronTable(self.store, id="neuron-table")
                 yield Static(id="column-about")
                 yield Static(id="layer-status")
-        yield Footer()
+        yield KeyFooter()
 
     def _layer_options(self) -> list[Option]:
         layers = self.layer_sums

@@ -11,10 +11,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 
 from ..formatting import short_text, signed
 from ..state import Store
+from ..widgets.footer import KeyFooter
 from ..widgets.group_bars import GroupBars
 from ..widgets.plots import LayerContributionPlot, StepGroupPlot, group_legend
 
@@ -120,7 +121,7 @@ class OverviewScreen(Screen):
                         id="dynamics-title",
                     )
                     yield StepGroupPlot(dynamics, id="dynamics-plot")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.call_after_refresh(self.app.mark_first_screen)

@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from neuron_explorer.cache import layout
 from neuron_explorer.cache.annotations import PatchRun, delete_run, list_runs, load_baseline, rename_run, sidecar_dir
@@ -22,6 +22,7 @@ from neuron_explorer.figures import RecoveredRow, recovered_rows
 
 from ..jobs import PAPER_ROWS
 from ..state import Store
+from ..widgets.footer import KeyFooter
 from ..widgets.recovered_chart import RecoveredChart
 from .dialogs import ConfirmDialog, PromptDialog
 from .patch import JobsPanel
@@ -168,7 +169,7 @@ class RunsScreen(Screen):
         with VerticalScroll(id="run-detail"):
             yield RecoveredChart(id="runs-chart")
             yield Static(id="run-samples")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.watch(self.app, "runs_version", self.reload, init=False)

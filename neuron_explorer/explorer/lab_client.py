@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neuron_explorer.engine.lab.protocol import CancelRequest, QuitRequest, RunRequest
+from neuron_explorer.cache.reader import neuron_id
+from neuron_explorer.engine.lab.protocol import CancelRequest, ExamplesRequest, QuitRequest, RunRequest
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Failed, Message, Progress, Ready
 from neuron_explorer.spec.intervention import Intervention
@@ -68,12 +69,14 @@ class LabClient:
     intervention: Intervention | None = None  # applied to the patched run of every next try
     next_id: int = 1  # the id of the next request
     told_memory: bool = False  # the user was told, on leaving the lab, what this worker holds
+    asking: ExamplesRequest | None = None  # the neuron-examples request the worker is answering (detail screen)
+    examples: dict[tuple[int, int], dict | str] = field(default_factory=dict)  # by neuron: the answer, or why not
 
     # -- the process --------------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
         """The worker takes a prompt now."""
-        return self.state == JobState.RUNNING and self.loaded and self.current is None
+        return self.state == JobState.RUNNING and self.loaded and self.current is None and self.asking is None
 
     @property
     def crashed(self) -> bool:
@@ -94,7 +97,7 @@ class LabClient:
     def stop(self) -> None:
         """Ask the worker to quit, then terminate it; wait for it either way (no zombie)."""
         process, self.process = self.process, None
-        self.current = None
+        self.current = self.asking = None
         if process is None:
             return
         self.state = JobState.CANCELLED
@@ -106,8 +109,7 @@ class LabClient:
         """Send a prompt (with the current intervention); a UserError says why it cannot be sent now."""
         if self.state != JobState.RUNNING:
             raise UserError("the model worker is not running: R restarts it")
-        if self.current is not None:
-            raise UserError(f"request {self.current.request.id} is still running: escape cancels it")
+        self._check_idle()
         request = RunRequest(id=self.next_id, prompt=prompt, intervention=self.intervention)
         self.next_id += 1
         attempt = LabTry(request)
@@ -116,6 +118,25 @@ class LabClient:
         self.history.append(attempt)
         self.current = attempt
         return attempt
+
+    def ask_examples(self, layer: int, neuron: int, prompts: list[int]) -> ExamplesRequest:
+        """Ask for one neuron's per-token activations on some statistics prompts (answered into `examples`)."""
+        if self.state != JobState.RUNNING:
+            raise UserError("the lab's model worker is not running: in the lab, R starts it")
+        self._check_idle()
+        request = ExamplesRequest(id=self.next_id, layer=layer, neuron=neuron, prompts=tuple(prompts))
+        self.next_id += 1
+        assert self.process is not None  # it is running
+        self.process.send(request.to_json())
+        self.examples.pop((layer, neuron), None)
+        self.asking = request
+        return request
+
+    def _check_idle(self) -> None:
+        if self.current is not None:
+            raise UserError(f"request {self.current.request.id} is still running: escape cancels it")
+        if self.asking is not None:
+            raise UserError("the model worker is still reading a neuron's per-token activations: a moment")
 
     def cancel(self) -> bool:
         """Ask the worker to stop the running request (it answers `cancelled`); True when one was running."""
@@ -135,6 +156,9 @@ class LabClient:
         if message.final:  # the worker exited (or could not be launched)
             self.exit_code = message.process.returncode
             self.state, self.process, self.current = JobState.ended_by(event), None, None
+            if self.asking is not None:
+                self.examples[(self.asking.layer, self.asking.neuron)] = "the model worker stopped before it answered"
+                self.asking = None
             if isinstance(event, Failed):
                 self.error = self.error or event.message  # what it said before it left, if it said why
             if attempt is not None:
@@ -151,6 +175,12 @@ class LabClient:
             self.stage, self.done, self.total = "", 0, 0
         elif isinstance(event, Failed) and not self.loaded:
             self.error = event.message  # it cannot start; its exit follows
+        elif isinstance(event, (Answer, Failed, Cancelled)) and self.asking is not None:
+            asked, self.asking = self.asking, None
+            neuron = (asked.layer, asked.neuron)
+            self.examples[neuron] = (
+                event.result if isinstance(event, Answer) else getattr(event, "message", "cancelled")
+            )
         elif isinstance(event, (Answer, Failed, Cancelled)) and attempt is not None:
             if isinstance(event, Answer):
                 attempt.state, attempt.result = JobState.DONE, event.result
@@ -186,6 +216,8 @@ class LabClient:
             attempt = self.current
             progress = f" {attempt.done}/{attempt.total}" if attempt.total else ""
             return f"running #{attempt.request.id}: {attempt.stage or 'sent'}{progress} · escape cancels"
+        if self.state == JobState.RUNNING and self.asking is not None:
+            return f"reading {neuron_id(self.asking.layer, self.asking.neuron)}'s per-token activations (its detail)"
         if self.state == JobState.RUNNING:
             memory = self.worker_memory()
             held = f" · its memory {format_bytes(memory)}" if memory else ""

@@ -94,6 +94,18 @@ class LabManager(AppHost):
             f"the lab's model worker keeps both models loaded{held}: palette, lab: stop worker frees it", timeout=8
         )
 
+    def lab_neuron_examples(self, layer: int, neuron: int, prompts: list[int]) -> None:
+        """Ask the model worker (started if it is not running) for a neuron's per-token activations on these statistics
+        prompts; the detail screen draws the answer when `lab_version` changes."""
+        if self.lab.state != JobState.RUNNING:
+            self.start_lab_worker()
+        try:
+            self.lab.ask_examples(layer, neuron, prompts)
+        except UserError as error:
+            self.notify(str(error), severity="warning")
+            return
+        self.lab_version += 1
+
     def lab_restart(self) -> None:
         """Stop the worker (whatever it is doing) and start a fresh one."""
         self._show_lab()

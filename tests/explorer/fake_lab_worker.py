@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from neuron_explorer.cache.reader import CacheReader
-from neuron_explorer.engine.lab.protocol import CancelRequest, QuitRequest, RunRequest, parse_request
+from neuron_explorer.engine.lab.protocol import CancelRequest, ExamplesRequest, QuitRequest, RunRequest, parse_request
 from neuron_explorer.engine.patching.neuron_sets import resolve
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Failed, Progress, Ready, to_json
@@ -132,6 +132,34 @@ def answer(request: RunRequest, reader: CacheReader) -> dict:
     }
 
 
+def examples(request: ExamplesRequest, reader: CacheReader) -> dict:
+    """Per-token activations that rise along each continuation (the DPO's lower), read at the generated tokens."""
+    texts = reader.prompt_texts()
+    if max(request.prompts) >= len(texts):
+        raise UserError(f"no prompt {max(request.prompts)}: the cache has {len(texts)} statistics prompts")
+    found = []
+    for index in request.prompts:
+        prompt_tokens = re.findall(r"\s*\S+", texts[index])
+        rows = {}
+        for name, scale in (("base", 1.0), ("dpo", 0.25)):
+            tokens = prompt_tokens + CONTINUATIONS[name]
+            acts = [round(scale * (position - len(prompt_tokens)) / 4, 4) for position in range(len(tokens))]
+            read = [position >= len(prompt_tokens) for position in range(len(tokens))]
+            mean = float(np.mean([act for act, chosen in zip(acts, read) if chosen]))
+            rows[name] = {
+                "tokens": tokens,
+                "prompt_length": len(prompt_tokens),
+                "acts": acts,
+                "read": read,
+                "mean": mean,
+                "recorded": mean,
+                "stored": mean,
+            }
+        found.append({"prompt": index, "text": texts[index], **rows})
+    layer, neuron = request.layer, request.neuron
+    return {"id": request.id, "layer": layer, "neuron": neuron, "positions": "generated", "examples": found}
+
+
 def serve() -> int:
     print("a library's chatter on stdout, not an event", flush=True)
     if args.base == "missing":
@@ -143,6 +171,12 @@ def serve() -> int:
     threading.Thread(target=read_requests, daemon=True).start()
     report(Ready("2 fake models loaded", 0.01))
     while not isinstance(request := requests.get(), QuitRequest):
+        if isinstance(request, ExamplesRequest):
+            try:
+                report(Answer(request.id, examples(request, reader)))
+            except UserError as error:
+                report(Failed(str(error), request=request.id))
+            continue
         if "crash" in request.prompt:
             print("RuntimeError: CUDA out of memory (fake)", file=sys.stderr, flush=True)
             return 1

@@ -1,10 +1,12 @@
-"""The neuron detail: next/previous neuron of the table's view, and the stored runs that patched the neuron."""
+"""The neuron detail: next/previous neuron of the table's view, the stored runs that patched the neuron, and its
+per-token activations on its top prompts (from the lab's model worker: a stand-in here)."""
 
 from __future__ import annotations
 
 from neuron_explorer.cache import annotations
 from neuron_explorer.cache.reader import neuron_id
-from neuron_explorer.explorer.screens.detail import DetailScreen
+from neuron_explorer.explorer.job_process import JobState
+from neuron_explorer.explorer.screens.detail import TOP_PROMPTS, DetailScreen, examples_text, most_shifted, shade
 from neuron_explorer.explorer.widgets.neuron_table import NeuronTable
 
 
@@ -55,3 +57,51 @@ async def test_the_detail_lists_the_stored_runs_that_patched_the_neuron(
         await wait_until_loaded(app, pilot)
         history = static_text(app.screen.query_one("#detail-history"))
         assert "with it" in history and "25.0%" in history and "without it" not in history
+
+
+async def test_t_reads_the_top_prompts_per_token_in_the_lab_worker_and_shades_the_read_positions(
+    make_app, fake_lab_command, wait_for, wait_until_loaded, static_text
+):
+    app = make_app(lab_command=fake_lab_command)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("2")
+        await wait_until_loaded(app, pilot)
+        await pilot.press("enter")
+        await wait_until_loaded(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, DetailScreen)
+        neuron = (screen.neuron_layer, screen.neuron_index)
+        assert "t: the activation at every token" in static_text(screen.query_one("#detail-examples"))
+        assert app.lab.state == JobState.QUEUED  # nothing loads a model before the user asks
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.lab.examples.get(neuron), dict))
+        await pilot.pause()
+        answer = app.lab.examples[neuron]
+        prompts = app.store.reader.prompt_activations(*neuron)
+        expected = most_shifted(prompts)["prompt"].to_list()
+        assert [example["prompt"] for example in answer["examples"]] == expected and len(expected) == TOP_PROMPTS
+        shown = static_text(screen.query_one("#detail-examples"))
+        assert all(f"#{index}" in shown for index in expected) and "│ idiot" in shown
+        # the next neuron is asked for at once: the worker is loaded now (and runs on: no wait_until_loaded)
+        await pilot.press("n")
+
+        def following() -> tuple[int, int]:
+            return screen.neuron_layer, screen.neuron_index
+
+        await wait_for(pilot, lambda: following() != neuron and isinstance(app.lab.examples.get(following()), dict))
+        await pilot.pause()
+        assert "#" in static_text(screen.query_one("#detail-examples"))
+
+
+def test_examples_shade_only_the_read_positions_on_one_scale():
+    row = {"tokens": ["a", " b", " c"], "prompt_length": 1, "read": [False, True, True], "mean": 0.0, "stored": None}
+    answer = {
+        "positions": "generated",
+        "examples": [{"prompt": 4, "base": {**row, "acts": [9.0, 2.0, -1.0]}, "dpo": {**row, "acts": [9.0, 0.5, 0.0]}}],
+    }
+    text = examples_text(answer)
+    styles = {text.plain[span.start : span.end]: str(span.style) for span in text.spans}
+    assert "scale: full colour at |a| = 2" in text.plain  # the unread 9.0 does not set the scale
+    assert styles["a"] == "dim"
+    assert shade(2.0, 2.0) == "bold white on rgb(255,140,0)" and shade(-1.0, 2.0) == "white on rgb(20,55,128)"
+    assert shade(0.0, 2.0).endswith("rgb(0,0,0)")

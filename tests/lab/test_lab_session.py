@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_explorer.engine.lab.protocol import RunRequest
+from neuron_explorer.engine.lab.protocol import ExamplesRequest, RunRequest
 from neuron_explorer.engine.lab.session import LabSession
 from neuron_explorer.engine.neurons.identity_check import read_positions
 from neuron_explorer.errors import UserError
@@ -66,6 +66,34 @@ def test_lab_activations_of_a_cache_prompt_equal_its_stored_row(key, caches, ses
             np.testing.assert_allclose(
                 lab, stored[model], rtol=2e-3, atol=2e-3 * scale, err_msg=f"{key} prompt {index} {run}"
             )
+
+
+@pytest.mark.parametrize(
+    "key", [("llama", p) for p in PROTOCOLS] + [("gpt2", "generated")], ids=lambda key: "-".join(key)
+)
+def test_a_neurons_per_token_activations_average_to_the_recorders_and_the_caches_mean(key, caches, sessions):
+    """The examples' per-token pass (unpadded, one prompt at a time) against the recorder (batched, left-padded) and
+    the cache's float16 rows; the read positions are those of the protocol."""
+    session = sessions[key]
+    n_prompts = len(session.reader.prompt_texts())
+    layer, neuron = session.reader.info.n_layers - 1, 3
+    prompts = tuple(range(0, n_prompts, 2))
+    result = session.neuron_examples(ExamplesRequest(1, layer, neuron, prompts)).to_dict()
+    assert [example["prompt"] for example in result["examples"]] == list(prompts)
+    for example in result["examples"]:
+        stored = stored_prompt_means(caches[key], example["prompt"])
+        for run, model in (("base", "pre"), ("dpo", "dpo")):
+            row = example[run]
+            length, n_tokens = row["prompt_length"], len(row["tokens"])
+            assert len(row["acts"]) == len(row["read"]) == n_tokens
+            expected = read_positions(key[1], length, n_tokens - length)
+            assert [i for i, read in enumerate(row["read"]) if read] == list(expected)
+            np.testing.assert_allclose(row["mean"], row["recorded"], rtol=1e-5, atol=1e-6)
+            scale = np.abs(stored[model]).max()
+            assert row["stored"] == pytest.approx(stored[model][layer, neuron], abs=1e-7)
+            np.testing.assert_allclose(row["mean"], row["stored"], rtol=2e-3, atol=2e-3 * scale)
+    with pytest.raises(UserError, match="no prompt"):
+        session.neuron_examples(ExamplesRequest(2, layer, neuron, (n_prompts,)))
 
 
 @pytest.mark.parametrize(

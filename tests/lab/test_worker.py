@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from neuron_explorer.engine.lab.protocol import CancelRequest, QuitRequest, RunRequest, parse_request
+from neuron_explorer.engine.lab.protocol import CancelRequest, ExamplesRequest, QuitRequest, RunRequest, parse_request
 from neuron_explorer.engine.lab.session import LabSession
 from neuron_explorer.engine.lab.worker import serve
 from neuron_explorer.errors import UserError
@@ -70,8 +70,10 @@ def test_requests_are_answered_in_order_and_bad_lines_fail_alone(session):
     )
     lines.put(RunRequest(3, "The river runs", Intervention("zero-ablate", ("layer:0",))).to_json())
     lines.put(json.dumps({"request": "run", "id": 4, "prompt": "x", "intervention": {"mode": "no-such-mode"}}))
+    lines.put(ExamplesRequest(5, 0, 1, (1, 0)).to_json())
+    lines.put(ExamplesRequest(6, 0, 1, (999,)).to_json())
     lines.put(QuitRequest().to_json())
-    outcomes = [next_of(events, (Answer, Failed, Cancelled)) for _ in range(5)]
+    outcomes = [next_of(events, (Answer, Failed, Cancelled)) for _ in range(7)]
     thread.join(30)
     assert not thread.is_alive()
     assert isinstance(outcomes[0], Failed) and "not JSON" in outcomes[0].message and outcomes[0].request is None
@@ -83,6 +85,11 @@ def test_requests_are_answered_in_order_and_bad_lines_fail_alone(session):
     assert outcomes[3].result["intervention"]["mode"] == "zero-ablate"
     assert isinstance(outcomes[4], Failed) and "unknown mode" in outcomes[4].message and outcomes[4].request == 4
     json.dumps(outcomes[3].result)  # what the worker prints must be plain JSON
+    assert isinstance(outcomes[5], Answer) and outcomes[5].request == 5
+    assert [example["prompt"] for example in outcomes[5].result["examples"]] == [1, 0]
+    assert set(outcomes[5].result["examples"][0]) == {"prompt", "text", "base", "dpo"}
+    assert isinstance(outcomes[6], Failed) and "no prompt 999" in outcomes[6].message and outcomes[6].request == 6
+    json.dumps(outcomes[5].result)
 
 
 def test_a_cancel_stops_the_running_request_and_skips_a_queued_one(session, monkeypatch):
@@ -127,6 +134,9 @@ def test_a_cancel_stops_the_running_request_and_skips_a_queued_one(session, monk
         ('{"request": "run", "id": 1, "prompt": "x", "intervention": {"mode": "shift", "sets": "group:TP↓"}}', "list"),
         ('{"request": "run", "id": 1, "prompt": "x", "intervention": "shift"}', "must be an object"),
         ('{"request": "run", "id": 1, "prompt": "x", "top": 0}', "positive integer"),
+        ('{"request": "examples", "id": 1, "layer": 0, "neuron": 1, "prompts": []}', "non-empty list of prompt"),
+        ('{"request": "examples", "id": 1, "layer": -1, "neuron": 1, "prompts": [0]}', "layer and a neuron"),
+        ('{"request": "examples", "id": 1, "layer": 0, "neuron": 1, "prompts": [0], "top": 3}', "takes no top"),
     ],
 )
 def test_a_malformed_request_line_is_one_clear_error(line, message):
@@ -145,6 +155,7 @@ def test_requests_survive_their_round_trip():
     assert parse_request(request.to_json()) == request
     assert parse_request(RunRequest(5, "plain").to_json()) == RunRequest(5, "plain")
     assert parse_request(CancelRequest(4).to_json()) == CancelRequest(4)
+    assert parse_request(ExamplesRequest(6, 2, 9, (3, 1)).to_json()) == ExamplesRequest(6, 2, 9, (3, 1))
     assert parse_request(QuitRequest().to_json()) == QuitRequest()
 
 

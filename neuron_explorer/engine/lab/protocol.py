@@ -10,6 +10,10 @@ The model worker (`neuron-explorer lab FILE --serve`) reads one JSON object per 
   {"request": "tokens", "id": 4, "neurons": [[LAYER, NEURON], ...]}
                                       the value-vector tokens of neurons `compute` left out (its `lens_rule`):
                                       the answer's result is described in `TOKENS_FIELDS`
+  {"request": "examples", "id": 5, "layer": 12, "neuron": 345, "prompts": [0, 7, ...]}
+                                      one neuron's activation at every token of some of the cache's statistics
+                                      prompts (their indices) and each model's continuation: described in
+                                      `EXAMPLES_FIELDS`
   {"request": "cancel", "id": 3}      stop request 3 if it is still running (it ends with a `cancelled` event)
   {"request": "quit"}                 (end of input quits too)
 
@@ -79,6 +83,20 @@ TOKENS_FIELDS = {
 }
 MAX_TOKENS_NEURONS = 1024  # neurons one tokens request may ask for (a screenful is a few dozen)
 
+# What an examples request's `answer` holds:
+EXAMPLES_FIELDS = {
+    "id": "the request's id",
+    "layer": "the neuron's layer",
+    "neuron": "its index in the layer",
+    "positions": "the cache's recorded positions (its protocol)",
+    "examples": "one per prompt asked for, in order: prompt (its index), text, and base and dpo, each with tokens "
+    "(the truncated prompt's tokens, then the continuation's, as strings), prompt_length, acts (the neuron's "
+    "activation at every token, read in one pass over prompt + continuation), read (whether the protocol averages "
+    "that position), mean (of acts over the read positions), recorded (the same prompt's ā from the recorder that "
+    "wrote the cache, run now) and stored (the cache's ā for that prompt)",
+}
+MAX_EXAMPLE_PROMPTS = 32  # prompts one examples request may ask for (the detail screen asks for 8)
+
 
 def lens_difference(base, dpo) -> np.ndarray:
     """base − DPO of two runs' lens (n_layers × T each) over the positions both read (by index: after the
@@ -130,6 +148,27 @@ class TokensRequest:
 
 
 @dataclass(frozen=True)
+class ExamplesRequest:
+    """One neuron's per-token activations on some of the cache's statistics prompts, in both models."""
+
+    id: int
+    layer: int
+    neuron: int
+    prompts: tuple[int, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "request": "examples",
+                "id": self.id,
+                "layer": self.layer,
+                "neuron": self.neuron,
+                "prompts": list(self.prompts),
+            }
+        )
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     id: int
 
@@ -151,8 +190,8 @@ class BadRequest(UserError):
         self.request = request
 
 
-Request = RunRequest | TokensRequest | CancelRequest | QuitRequest
-Work = (RunRequest, TokensRequest)  # the requests the worker answers one at a time, in order
+Request = RunRequest | TokensRequest | ExamplesRequest | CancelRequest | QuitRequest
+Work = (RunRequest, TokensRequest, ExamplesRequest)  # the requests the worker answers one at a time, in order
 
 
 def parse_request(line: str) -> Request:
@@ -162,14 +201,16 @@ def parse_request(line: str) -> Request:
     kind = payload.pop("request", None)
     if kind == "quit":
         return QuitRequest()
-    if kind not in ("run", "tokens", "cancel"):
-        raise UserError(f"unknown lab request {kind!r} (known: run, tokens, cancel, quit): {shown!r}")
+    if kind not in ("run", "tokens", "examples", "cancel"):
+        raise UserError(f"unknown lab request {kind!r} (known: run, tokens, examples, cancel, quit): {shown!r}")
     if not isinstance(payload.get("id"), int):
         raise UserError(f"a {kind} request needs an integer id: {shown!r}")
     if kind == "cancel":
         return CancelRequest(payload["id"])
     if kind == "tokens":
         return _tokens_request(payload, shown)
+    if kind == "examples":
+        return _examples_request(payload, shown)
     known = set(RunRequest.__dataclass_fields__)
     unknown = sorted(set(payload) - known)
     if unknown:
@@ -204,3 +245,21 @@ def _tokens_request(payload: dict, shown: str) -> TokensRequest:
     if unknown:
         raise UserError(f"a tokens request takes no {', '.join(unknown)} (it takes id, neurons)")
     return TokensRequest(id=payload["id"], neurons=tuple((layer, neuron) for layer, neuron in pairs))
+
+
+def _examples_request(payload: dict, shown: str) -> ExamplesRequest:
+    unknown = sorted(set(payload) - set(ExamplesRequest.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"an examples request takes no {', '.join(unknown)} (it takes id, layer, neuron, prompts)")
+    layer, neuron, prompts = payload.get("layer"), payload.get("neuron"), payload.get("prompts")
+    if not (isinstance(layer, int) and isinstance(neuron, int) and layer >= 0 and neuron >= 0):
+        raise UserError(f"an examples request needs a layer and a neuron, whole numbers of at least 0: {shown!r}")
+    if (
+        not isinstance(prompts, list)
+        or not prompts
+        or not all(isinstance(value, int) and value >= 0 for value in prompts)
+    ):
+        raise UserError(f"an examples request needs prompts as a non-empty list of prompt indices: {shown!r}")
+    if len(prompts) > MAX_EXAMPLE_PROMPTS:
+        raise UserError(f"an examples request takes at most {MAX_EXAMPLE_PROMPTS} prompts, not {len(prompts)}")
+    return ExamplesRequest(id=payload["id"], layer=layer, neuron=neuron, prompts=tuple(prompts))

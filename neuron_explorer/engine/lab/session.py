@@ -24,10 +24,11 @@ import torch
 
 from neuron_explorer.cache import layout
 from neuron_explorer.cache.reader import CacheReader
-from neuron_explorer.engine.lab.protocol import PROMPT_NEURON_COLUMNS, RunRequest, TokensRequest
+from neuron_explorer.engine.lab.protocol import PROMPT_NEURON_COLUMNS, ExamplesRequest, RunRequest, TokensRequest
 from neuron_explorer.engine.model.generation import encode_prompts, generate_tokens, special_token_ids
 from neuron_explorer.engine.model.hooks import forward_hooks
 from neuron_explorer.engine.model.loading import WEIGHT_HASHES, LoadedModel, check_pair, execution_device, load_model
+from neuron_explorer.engine.neurons.identity_check import read_positions
 from neuron_explorer.engine.neurons.recording import record_model
 from neuron_explorer.engine.neurons.statistics import neuron_metrics
 from neuron_explorer.engine.patching import modes
@@ -162,6 +163,24 @@ class TokensResult:
                 for name, values in fields.items()
             }
         return out
+
+
+@dataclass
+class ExamplesResult:
+    """The answer to an examples request (`protocol.EXAMPLES_FIELDS` describes `to_dict`)."""
+
+    request: ExamplesRequest
+    positions: str
+    examples: list[dict]
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.request.id,
+            "layer": self.request.layer,
+            "neuron": self.request.neuron,
+            "positions": self.positions,
+            "examples": self.examples,
+        }
 
 
 def _rows(array: np.ndarray) -> list[list[float]]:
@@ -379,6 +398,89 @@ class LabSession(CacheContext):
         }
         return TokensResult(request, found, self.reader.vocab())
 
+    def neuron_examples(self, request: ExamplesRequest, cancelled: threading.Event | None = None) -> ExamplesResult:
+        """One neuron's activation at every token of some statistics prompts and each model's continuation, as
+        `compute` recorded them (its truncation, greedy continuation and positions): what the detail screen
+        highlights. Each prompt's mean over the read positions comes with the recorder's and the cache's ā."""
+        info, layer, neuron = self.reader.info, request.layer, request.neuron
+        if layer >= info.n_layers or neuron >= info.d_mlp:
+            raise UserError(f"no neuron {layer}:{neuron}: the cache has {info.n_layers} layers × {info.d_mlp}")
+        texts = self.reader.prompt_texts()
+        if max(request.prompts) >= len(texts):
+            raise UserError(f"no prompt {max(request.prompts)}: the cache has {len(texts)} statistics prompts")
+        chosen = [texts[index] for index in request.prompts]
+        found: dict[str, list[dict]] = {}
+        teacher = None
+        with self._stops_when(cancelled):
+            for name, model, stored in (("base", self.loaded, "pre"), ("dpo", self._tuned, "dpo")):
+                path = layout.prompt_acts_path(stored)
+                cached = self.reader.file[path][:, layer, neuron] if path in self.reader.file else None
+                found[name], continuations = self._neuron_tokens(model, chosen, layer, neuron, teacher)
+                for row, index in zip(found[name], request.prompts):
+                    row["stored"] = None if cached is None else float(cached[index])
+                if self.protocol.shared_continuation:
+                    teacher = continuations  # the tuned model reads the base model's tokens, as compute did
+        examples = [
+            {"prompt": index, "text": text, "base": base, "dpo": dpo}
+            for index, text, base, dpo in zip(request.prompts, chosen, found["base"], found["dpo"])
+        ]
+        return ExamplesResult(request, self.protocol.positions, examples)
+
+    def _neuron_tokens(
+        self, loaded: LoadedModel, texts: list[str], layer: int, neuron: int, teacher: torch.Tensor | None
+    ) -> tuple[list[dict], torch.Tensor]:
+        """Each prompt by the recorder (its continuation and ā), then prompt + continuation in one unpadded pass
+        that reads the neuron at every position (as the identity check reads its positions)."""
+        protocol, tokenizer = self.protocol, loaded.tokenizer
+        recorded: list[float] = []
+
+        def keep(start: int, act: np.ndarray, written: np.ndarray | None, counts: np.ndarray) -> None:
+            recorded.extend(float(value) for value in act[:, layer, neuron])
+
+        recording = record_model(
+            loaded,
+            texts,
+            positions=protocol.positions,
+            new_tokens=protocol.new_tokens,
+            max_prompt_tokens=protocol.max_prompt_tokens,
+            batch_size=len(texts),
+            sink=keep,
+            teacher_tokens=None if teacher is None else [teacher],
+        )
+        continuations = (
+            recording.continuation_ids[0]
+            if recording.continuation_ids
+            else torch.zeros((len(texts), 0), dtype=torch.long)
+        )
+        captured: list[torch.Tensor] = []
+
+        def read(module, inputs, output):
+            captured.append(inputs[0][0, :, neuron].float().cpu())
+
+        rows = []
+        with forward_hooks([(loaded.arch.out_proj(loaded.model, layer), read)]), torch.inference_mode():
+            for text, continuation, mean in zip(texts, continuations, recorded):
+                ids, _ = encode_prompts(tokenizer, [text], protocol.max_prompt_tokens, loaded.device)
+                full = torch.cat([ids, continuation.to(ids.device)[None]], dim=1)
+                captured.clear()
+                loaded.model(input_ids=full, use_cache=False, logits_to_keep=1)
+                acts = captured[0].double().numpy()
+                prompt_length = ids.shape[1]
+                positions = read_positions(protocol.positions, prompt_length, len(continuation))
+                read_mask = np.zeros(len(acts), dtype=bool)
+                read_mask[list(positions)] = True
+                rows.append(
+                    {
+                        "tokens": [cast(str, tokenizer.decode([i])) for i in full[0].tolist()],
+                        "prompt_length": prompt_length,
+                        "acts": acts.tolist(),
+                        "read": read_mask.tolist(),
+                        "mean": float(acts[read_mask].mean()) if read_mask.any() else float("nan"),
+                        "recorded": mean,
+                    }
+                )
+        return rows, continuations
+
     @contextmanager
     def _stops_when(self, cancelled: threading.Event | None) -> Iterator[None]:
         """A hook on both models that raises RequestCancelled at the next forward call once `cancelled` is set."""
@@ -455,4 +557,13 @@ class LabSession(CacheContext):
         return out
 
 
-__all__ = ["LabSession", "LabResult", "TokensResult", "LabProtocol", "ModelRun", "ProbeLens", "RequestCancelled"]
+__all__ = [
+    "LabSession",
+    "LabResult",
+    "TokensResult",
+    "ExamplesResult",
+    "LabProtocol",
+    "ModelRun",
+    "ProbeLens",
+    "RequestCancelled",
+]

@@ -12,8 +12,16 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 
-from neuron_explorer.engine.lab.protocol import BadRequest, CancelRequest, QuitRequest, RunRequest, Work, parse_request
-from neuron_explorer.engine.lab.session import LabResult, LabSession, RequestCancelled, TokensResult
+from neuron_explorer.engine.lab.protocol import (
+    BadRequest,
+    CancelRequest,
+    ExamplesRequest,
+    QuitRequest,
+    RunRequest,
+    Work,
+    parse_request,
+)
+from neuron_explorer.engine.lab.session import ExamplesResult, LabResult, LabSession, RequestCancelled, TokensResult
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Answer, Cancelled, Event, Failed, Ready
 
@@ -76,10 +84,12 @@ def serve(session: LabSession, lines: Iterable[str], emit: Callable[[Event], Non
         if inbox.stop_current.is_set():
             emit(Cancelled())
             continue
-        result: LabResult | TokensResult
+        result: LabResult | TokensResult | ExamplesResult
         try:
             if isinstance(item, RunRequest):
                 result = session.answer(item, report=emit, cancelled=inbox.stop_current)
+            elif isinstance(item, ExamplesRequest):
+                result = session.neuron_examples(item, cancelled=inbox.stop_current)
             else:
                 result = session.value_tokens(item)
         except RequestCancelled:

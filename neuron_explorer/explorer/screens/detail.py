@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..app import ExplorerApp
 
 TOP_PROMPTS = 8
+NEIGHBOURS = Binding.Group("step", compact=True)  # `[` previous and `]` next neuron: one footer entry
 
 # (label, base-model key, DPO-model key, description)
 PAIRED_METRICS = (
@@ -114,10 +115,17 @@ def tokens_table(tokens: pl.DataFrame, lens_rule: dict | None = None) -> Table |
     return table
 
 
+def most_shifted(prompts: pl.DataFrame) -> pl.DataFrame:
+    """The prompts on which the neuron's ā moved most (|δ|), largest first: the table's and the examples' rows."""
+    if "act_shift" not in prompts.columns:
+        return prompts.clear()
+    return prompts.sort(pl.col("act_shift").abs(), descending=True).head(TOP_PROMPTS)
+
+
 def prompts_table(prompts: pl.DataFrame) -> Table | Text:
-    if "act_shift" not in prompts.columns or prompts.is_empty():
+    moved = most_shifted(prompts)
+    if moved.is_empty():
         return Text("this cache stores no per-prompt activations", style="dim")
-    moved = prompts.sort(pl.col("act_shift").abs(), descending=True).head(TOP_PROMPTS)
     table = Table(box=None, padding=(0, 1), header_style="bold", expand=True)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("δ", justify="right", no_wrap=True)
@@ -133,6 +141,46 @@ def prompts_table(prompts: pl.DataFrame) -> Table | Text:
             Text(" ".join(row["text"].split())),
         )  # never markup: "[/INST]"
     return table
+
+
+def shade(value: float, scale: float) -> str:
+    """A token's background: orange for a positive activation, blue for a negative one, brighter the larger."""
+    level = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
+    red, green, blue = (255, 140, 0) if value > 0 else (40, 110, 255)
+    background = f"rgb({round(red * level)},{round(green * level)},{round(blue * level)})"
+    return f"{'bold ' if level > 0.5 else ''}white on {background}"
+
+
+def examples_text(answer: dict) -> Text:
+    """Each prompt: its number and both models' ā, then each model's prompt and continuation, the positions the
+    protocol averages shaded by the neuron's activation there on one scale for the whole answer (unread: dim)."""
+    read_acts = [
+        abs(act)
+        for example in answer["examples"]
+        for model in ("base", "dpo")
+        for act, read in zip(example[model]["acts"], example[model]["read"])
+        if read
+    ]
+    scale = max(read_acts, default=0.0)
+    text = Text()
+    text.append(
+        f"scale: full colour at |a| = {scale:.3g}; shaded: the {answer['positions']} positions, which ā averages"
+    )
+    for example in answer["examples"]:
+        text.append(f"\n#{example['prompt']}", style="bold")
+        for model, label in (("base", "base"), ("dpo", "DPO")):
+            row = example[model]
+            stored = "" if row.get("stored") is None else f" (cache {row['stored']:+.3f})"
+            text.append(f"  ā {label} {row['mean']:+.3f}{stored}")
+        for model, label in (("base", "base"), ("dpo", "DPO ")):
+            row = example[model]
+            text.append(f"\n  {label} ", style="bold")
+            for position, (token, act, read) in enumerate(zip(row["tokens"], row["acts"], row["read"])):
+                shown = token.replace("\n", "⏎")
+                if position == row["prompt_length"]:
+                    text.append("│", style="dim")
+                text.append(shown, style=shade(act, scale) if read else "dim")
+    return text
 
 
 def runs_with(cache_path, layer: int, index: int) -> list[PatchRun]:
@@ -171,18 +219,27 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         Binding("escape", "app.pop_screen", "back", id="detail.back"),
         Binding("space", "mark", "mark", id="detail.mark", tooltip="mark or unmark this neuron"),
         Binding(
-            "right_square_bracket,n",
-            "step(1)",
-            "next",
-            id="detail.next",
-            tooltip="the next neuron of the table's view (its order, its filters)",
-        ),
-        Binding(
             "left_square_bracket,N",
             "step(-1)",
             "previous",
             id="detail.previous",
+            group=NEIGHBOURS,
             tooltip="the previous neuron of the table's view",
+        ),
+        Binding(
+            "right_square_bracket,n",
+            "step(1)",
+            "next",
+            id="detail.next",
+            group=NEIGHBOURS,
+            tooltip="the next neuron of the table's view (its order, its filters)",
+        ),
+        Binding(
+            "t",
+            "examples",
+            "tokens",
+            id="detail.examples",
+            tooltip="the neuron's activation at every token of its top prompts (read in the lab's model worker)",
         ),
         Binding("j,down", "scroll('down')", "scroll", show=False, id="detail.down"),
         Binding("k,up", "scroll('up')", "scroll", show=False, id="detail.up"),
@@ -194,6 +251,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         super().__init__()
         self.store, self.neuron_layer, self.neuron_index = store, layer, index
         self.lens_rule: dict | None = None
+        self.top_prompts: list[int] = []  # the most shifted prompts' indices: the examples ask for these
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -202,6 +260,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         yield KeyFooter()
 
     def on_mount(self) -> None:
+        self.watch(self.app, "lab_version", self.show_examples, init=False)
         self.load()
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False, description="reading the neuron")
@@ -248,10 +307,39 @@ class DetailScreen(ShowsWorkerErrors, Screen):
                     classes="section-title",
                 ),
                 Static(prompts_table(prompts), id="detail-prompts"),
+                Static(Text("Per token, on those prompts", style="bold"), classes="section-title"),
+                Static(id="detail-examples"),
                 Static(Text("Stored patch runs that acted on it", style="bold"), classes="section-title"),
                 Static(history_table(message.runs), id="detail-history"),
             ]
         )
+        self.top_prompts = most_shifted(prompts)["prompt"].to_list() if "prompt" in prompts.columns else []
+        if self.app.lab.ready and (self.neuron_layer, self.neuron_index) not in self.app.lab.examples:
+            self.action_examples()  # the worker is loaded anyway: reading 8 prompts takes a moment
+        self.show_examples()
+
+    def show_examples(self) -> None:
+        """The per-token section: the worker's answer for this neuron, that it is reading, or how to ask."""
+        found = self.query("#detail-examples")
+        if not found:
+            return
+        lab, neuron = self.app.lab, (self.neuron_layer, self.neuron_index)
+        answer = lab.examples.get(neuron)
+        if isinstance(answer, dict):
+            content = examples_text(answer)
+        elif lab.asking is not None and (lab.asking.layer, lab.asking.neuron) == neuron:
+            content = Text(lab.status() if lab.loaded else "starting the lab's model worker (it loads both models)…")
+        elif isinstance(answer, str):
+            content = Text(f"could not read them: {answer} · t tries again", style="red")
+        elif not self.top_prompts:
+            content = Text("this cache stores no per-prompt activations", style="dim")
+        else:
+            content = Text(
+                "t: the activation at every token of these prompts, read in the lab's model worker "
+                "(it loads both models the first time)",
+                style="dim",
+            )
+        found.first(Static).update(content)
 
     @staticmethod
     def trajectory(dynamics: tuple[list[str], np.ndarray] | None) -> list[Static]:
@@ -280,6 +368,12 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         self.neuron_layer, self.neuron_index = neighbour
         self.app.view_row = row + step
         self.load()
+
+    def action_examples(self) -> None:
+        if not self.top_prompts:
+            self.notify("this cache stores no per-prompt activations", severity="warning")
+            return
+        self.app.lab_neuron_examples(self.neuron_layer, self.neuron_index, self.top_prompts)
 
     def action_scroll(self, where: str) -> None:
         body = self.query_one("#detail-body", VerticalScroll)

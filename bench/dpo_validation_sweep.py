@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--at", default=None, help="measure at these steps instead (comma-separated)")
     parser.add_argument("--lr", type=float, default=DPOTraining.learning_rate)
     parser.add_argument("--beta", type=float, default=DPOTraining.beta)
+    parser.add_argument("--freeze-embeddings", action="store_true", help="train every weight but the embeddings")
     parser.add_argument("--model", default=None, help="policy folder (default: the embedded base model)")
     parser.add_argument("--pairs", default=None, help="pairs JSONL (default: the build's)")
     parser.add_argument("--prompts", default=RTP_VALIDATION, help="validation prompts (default: %(default)s)")
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
 
     class Measure(TrainerCallback):
         def on_train_begin(self, args_, state, control, model=None, **kwargs):
+            if args.freeze_embeddings:  # no gradient, so the optimizer leaves them as they are
+                model.get_input_embeddings().weight.requires_grad_(False)
+                model.get_output_embeddings().weight.requires_grad_(False)
             measure(model, 0)
 
         def on_step_end(self, args_, state, control, model=None, **kwargs):

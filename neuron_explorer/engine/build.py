@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ from neuron_explorer.cache import layout
 from neuron_explorer.cache.atomic import write_json_atomically, write_sorted_json_atomically
 from neuron_explorer.cache.provenance import sha256_bytes, sha256_file, software_versions
 from neuron_explorer.cache.schema import EVALUATION_METRICS
+from neuron_explorer.engine.alignment.dpo import STEPS_DIR, kept_step_folders, step_of
 from neuron_explorer.engine.defaults import LABEL_BAND, PROBE_C
 from neuron_explorer.errors import UserError
 from neuron_explorer.events import Message, Progress, Reporter, ignore
@@ -59,6 +61,7 @@ EMBEDDED_DTYPE = "float32"
 
 # Bump a stage's version when its code changes what it produces.
 STAGES = ("model", "openings", "candidates", "probe", "pairs", "dpo", "evaluate", "compute")
+SERIES_STEPS = 3  # DPO checkpoints the embedded cache's dynamics read, besides the tuned model (METHOD §8)
 STAGE_VERSIONS = {
     "model": 1,
     "openings": 1,
@@ -313,6 +316,7 @@ class EmbeddedBuild:
         # what the stages write besides the models
         self.openings_file = self.work / "openings" / "openings.json"
         self.candidates_file = self.work / "candidates" / "candidates.jsonl"
+        self.steps_dir = self.work / "dpo" / STEPS_DIR  # the DPO checkpoints the cache's dynamics read
         self.probe_file = self.work / "probe" / "probe.safetensors"
         self.pairs_file = self.work / "pairs" / "pairs.jsonl"
         self.evaluation_file = self.work / "evaluate" / "evaluation.json"
@@ -590,13 +594,24 @@ class EmbeddedBuild:
             seed=settings.seed,
             device=self.device,
         )
-        inputs = {"base": base_hash, "pairs": pairs_hash, "settings": dpo_settings.key(), **self.code}
-        stage = self.runner.run(
-            "dpo",
-            inputs,
-            {"model": self.tuned_dir},
-            lambda: train_dpo(dpo_settings, printer=lambda line: self.say("  " + line)).summary(),
-        )
+        inputs = {
+            "base": base_hash,
+            "pairs": pairs_hash,
+            "settings": dpo_settings.key(),
+            "series": SERIES_STEPS,
+            **self.code,
+        }
+
+        def body() -> dict:
+            result = train_dpo(dpo_settings, printer=lambda line: self.say("  " + line), keep_checkpoints=True)
+            series = keep_series(self.steps_dir, result.kept_step)
+            self.say(f"  kept for the dynamics: steps {', '.join(str(step) for step in series)} and {result.kept_step}")
+            return {
+                **result.summary(),
+                "kept_checkpoints": [str(folder) for folder in kept_step_folders(self.steps_dir)],
+            }
+
+        stage = self.runner.run("dpo", inputs, {"model": self.tuned_dir, "steps": self.steps_dir}, body)
         return stage.outputs["model"]
 
     def evaluate(self, base_hash: str, tuned_hash: str) -> str:
@@ -682,6 +697,7 @@ class EmbeddedBuild:
             output=self.output,
             device=self.device,
             dtype=EMBEDDED_DTYPE,
+            checkpoints=tuple(str(folder) for folder in kept_step_folders(self.steps_dir)),
         )
         inputs = {
             "base": base_hash,
@@ -772,6 +788,21 @@ def training_prompts(texts: list[str], validation: list[str]) -> tuple[list[str]
     from neuron_explorer.engine.measure.prompts import drop_near_copies
 
     return drop_near_copies(texts, validation)
+
+
+def keep_series(steps: Path, kept_step: int, count: int = SERIES_STEPS) -> list[int]:
+    """Keep, of the checkpoints DPO saved in `steps`, the `count` nearest to kept_step·i/(count + 1) (i = 1..count;
+    earlier than the kept step, whose weights are the tuned model's) and delete the others: the dynamics' series."""
+    folders = {step_of(folder): folder for folder in kept_step_folders(steps)}
+    earlier = sorted(step for step in folders if step < kept_step)
+    targets = [kept_step * i / (count + 1) for i in range(1, count + 1)]
+    chosen = sorted(
+        {min(earlier, key=lambda step: (abs(step - target), step)) for target in targets} if earlier else set()
+    )
+    for step, folder in folders.items():
+        if step not in chosen:
+            shutil.rmtree(folder)
+    return chosen
 
 
 def training_candidates(candidates_file: Path, validation: list[str], printer=lambda line: None) -> list:

@@ -12,6 +12,7 @@ import torch
 
 from neuron_explorer.cli import main
 from neuron_explorer.engine.alignment import probe_training as T
+from neuron_explorer.engine.alignment.dpo import kept_step_folders, step_folder_name, step_of
 from neuron_explorer.engine.alignment.pairs import (
     Candidates,
     generate_candidates,
@@ -25,6 +26,7 @@ from neuron_explorer.engine.build import (
     StageRunner,
     StopBuild,
     content_hash,
+    keep_series,
     training_candidates,
     training_prompts,
     validation_table,
@@ -587,6 +589,19 @@ def test_content_hash_of_folders(tmp_path):
     (tmp_path / "m" / "a.bin").write_bytes(b"2")
     assert content_hash(tmp_path / "m") != first
     assert content_hash(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    "kept,expected", [(80, [20, 40, 60]), (50, [10, 20, 40]), (20, [10]), (10, [])], ids=["80", "50", "20", "10"]
+)
+def test_the_builds_dynamics_keep_three_checkpoints_spread_before_the_kept_step(tmp_path, kept, expected):
+    for step in range(10, 90, 10):
+        (tmp_path / step_folder_name(step)).mkdir()
+        (tmp_path / step_folder_name(step) / "model.safetensors").write_bytes(b"w")
+    (tmp_path / "notes").mkdir()  # not a step: left alone
+    assert keep_series(tmp_path, kept) == expected
+    assert [step_of(folder) for folder in kept_step_folders(tmp_path)] == expected
+    assert (tmp_path / "notes").is_dir()
 
 
 def test_build_rejects_unknown_stage():

@@ -47,6 +47,11 @@ def step_folder_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def step_of(folder: Path) -> int:
+    """The training step of a kept checkpoint folder (`step_folder_name`)."""
+    return int(folder.name.removeprefix("step-"))
+
+
 @dataclass
 class DPOSettings:
     policy: str  # a local model folder with safetensors weights and a tokenizer

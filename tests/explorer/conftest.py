@@ -16,6 +16,7 @@ from textual.widgets import Input
 
 from neuron_explorer.engine.neurons.synthetic import build_synthetic_cache
 from neuron_explorer.explorer.app import ExplorerApp
+from neuron_explorer.explorer.screens.detail import DetailScreen
 from neuron_explorer.explorer.state import Store
 
 FIXED_CREATED = "2026-01-01T00:00:00+00:00"  # the real date varies; snapshots must not
@@ -114,6 +115,21 @@ def wait_until_loaded():
         await pilot.pause()
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def open_first_detail(wait_until_loaded):
+    """`screen = await open_first_detail(app, pilot)`: the neurons screen, then the detail of its first row."""
+
+    async def open_detail(app: ExplorerApp, pilot) -> DetailScreen:
+        await pilot.press("2")
+        await wait_until_loaded(app, pilot)
+        await pilot.press("enter")
+        await wait_until_loaded(app, pilot)
+        assert isinstance(app.screen, DetailScreen)
+        return app.screen
+
+    return open_detail
 
 
 @pytest.fixture(scope="session")

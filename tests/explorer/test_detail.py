@@ -60,16 +60,11 @@ async def test_the_detail_lists_the_stored_runs_that_patched_the_neuron(
 
 
 async def test_t_reads_the_top_prompts_per_token_in_the_lab_worker_and_shades_the_read_positions(
-    make_app, fake_lab_command, wait_for, wait_until_loaded, static_text
+    make_app, fake_lab_command, wait_for, open_first_detail, static_text
 ):
     app = make_app(lab_command=fake_lab_command)
     async with app.run_test(size=(100, 40)) as pilot:
-        await pilot.press("2")
-        await wait_until_loaded(app, pilot)
-        await pilot.press("enter")
-        await wait_until_loaded(app, pilot)
-        screen = app.screen
-        assert isinstance(screen, DetailScreen)
+        screen = await open_first_detail(app, pilot)
         neuron = (screen.neuron_layer, screen.neuron_index)
         assert "t: the activation at every token" in static_text(screen.query_one("#detail-examples"))
         assert app.lab.state == JobState.QUEUED  # nothing loads a model before the user asks

@@ -33,14 +33,10 @@ async def test_the_overview_plots_the_reducing_groups_sum_per_step(make_app, ser
         assert "step-100" in drawn and "final" in drawn
 
 
-async def test_the_detail_shows_the_neurons_delta_at_each_step(make_app, series_cache, wait_until_loaded, static_text):
+async def test_the_detail_shows_the_neurons_delta_at_each_step(make_app, series_cache, open_first_detail, static_text):
     app = make_app(cache=series_cache)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("2")
-        await wait_until_loaded(app, pilot)
-        await pilot.press("enter")
-        await wait_until_loaded(app, pilot)
-        assert isinstance(app.screen, DetailScreen)
+        await open_first_detail(app, pilot)
         layer, index = app.screen.neuron_layer, app.screen.neuron_index
         final = float(app.store.reader.neuron(layer, index)["contribution"])
         line = static_text(app.screen.query_one("#detail-dynamics"))

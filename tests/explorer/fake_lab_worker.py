@@ -157,7 +157,23 @@ def examples(request: ExamplesRequest, reader: CacheReader) -> dict:
             }
         found.append({"prompt": index, "text": texts[index], **rows})
     layer, neuron = request.layer, request.neuron
-    return {"id": request.id, "layer": layer, "neuron": neuron, "positions": "generated", "examples": found}
+    tokens = {
+        model: {
+            "top_tokens": [f" {model}-up{rank}" for rank in range(3)],
+            "top_scores": [3.0 - rank for rank in range(3)],
+            "bottom_tokens": [f" {model}-down{rank}" for rank in range(3)],
+            "bottom_scores": [-3.0 + rank for rank in range(3)],
+        }
+        for model in ("base", "dpo")
+    }
+    return {
+        "id": request.id,
+        "layer": layer,
+        "neuron": neuron,
+        "positions": "generated",
+        "examples": found,
+        "tokens": tokens,
+    }
 
 
 def serve() -> int:

@@ -3,7 +3,11 @@ per-token activations on its top prompts (from the lab's model worker: a stand-i
 
 from __future__ import annotations
 
-from neuron_explorer.cache import annotations
+import json
+
+import h5py
+
+from neuron_explorer.cache import annotations, layout
 from neuron_explorer.cache.reader import neuron_id
 from neuron_explorer.explorer.job_process import JobState
 from neuron_explorer.explorer.screens.detail import TOP_PROMPTS, DetailScreen, examples_text, most_shifted, shade
@@ -100,3 +104,24 @@ def test_examples_shade_only_the_read_positions_on_one_scale():
     assert styles["a"] == "dim"
     assert shade(2.0, 2.0) == "bold white on rgb(255,140,0)" and shade(-1.0, 2.0) == "white on rgb(20,55,128)"
     assert shade(0.0, 2.0).endswith("rgb(0,0,0)")
+
+
+async def test_t_brings_the_value_vector_tokens_that_compute_left_out(
+    cache_path, make_app, fake_lab_command, wait_for, open_first_detail, static_text
+):
+    with h5py.File(cache_path, "r+") as handle:  # as `compute --lens auto` leaves a neuron out of its top ranks
+        for name in ("top_tokens_pre", "bottom_tokens_pre", "top_tokens_dpo", "bottom_tokens_dpo"):
+            handle[layout.neuron_path(name)][...] = -1
+        handle[layout.NEURONS].attrs[layout.LENS_RULE] = json.dumps(
+            {"rule": "top", "top_n": 1, "by": "|Δ|, |δ| and |cos|", "computed": 0}
+        )
+    app = make_app(lab_command=fake_lab_command)
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await open_first_detail(app, pilot)
+        assert "t computes them in the lab's model worker" in static_text(screen.query_one("#detail-tokens"))
+        await pilot.press("t")
+        neuron = (screen.neuron_layer, screen.neuron_index)
+        await wait_for(pilot, lambda: isinstance(app.lab.examples.get(neuron), dict))
+        await pilot.pause()
+        shown = static_text(screen.query_one("#detail-tokens"))
+        assert "base-up0 +3.00" in shown and "dpo-down0 -3.00" in shown

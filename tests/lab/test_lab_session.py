@@ -92,6 +92,14 @@ def test_a_neurons_per_token_activations_average_to_the_recorders_and_the_caches
             scale = np.abs(stored[model]).max()
             assert row["stored"] == pytest.approx(stored[model][layer, neuron], abs=1e-7)
             np.testing.assert_allclose(row["mean"], row["stored"], rtol=2e-3, atol=2e-3 * scale)
+    stored_tokens = session.reader.top_tokens(layer, neuron)  # what compute's lens wrote for this neuron
+    for run, model in (("base", "pre"), ("dpo", "dpo")):
+        for direction in ("top", "bottom"):
+            rows = stored_tokens.filter((stored_tokens["model"] == model) & (stored_tokens["direction"] == direction))
+            assert result["tokens"][run][f"{direction}_tokens"] == rows.sort("rank")["token"].to_list()
+            np.testing.assert_allclose(
+                result["tokens"][run][f"{direction}_scores"], rows.sort("rank")["score"], rtol=1e-5
+            )
     with pytest.raises(UserError, match="no prompt"):
         session.neuron_examples(ExamplesRequest(2, layer, neuron, (n_prompts,)))
 

@@ -94,6 +94,8 @@ EXAMPLES_FIELDS = {
     "activation at every token, read in one pass over prompt + continuation), read (whether the protocol averages "
     "that position), mean (of acts over the read positions), recorded (the same prompt's ā from the recorder that "
     "wrote the cache, run now) and stored (the cache's ā for that prompt)",
+    "tokens": "base and dpo: the neuron's top_tokens, top_scores, bottom_tokens, bottom_scores (k each, tokens as "
+    "strings), as a tokens request answers them: for a neuron whose tokens `compute` left out",
 }
 MAX_EXAMPLE_PROMPTS = 32  # prompts one examples request may ask for (the detail screen asks for 8)
 

@@ -172,6 +172,7 @@ class ExamplesResult:
     request: ExamplesRequest
     positions: str
     examples: list[dict]
+    tokens: dict[str, dict[str, list]]  # base / dpo -> weights.LENS_FIELDS of the neuron, k each
 
     def to_dict(self) -> dict:
         return {
@@ -180,6 +181,7 @@ class ExamplesResult:
             "neuron": self.request.neuron,
             "positions": self.positions,
             "examples": self.examples,
+            "tokens": self.tokens,
         }
 
 
@@ -424,7 +426,9 @@ class LabSession(CacheContext):
             {"prompt": index, "text": text, "base": base, "dpo": dpo}
             for index, text, base, dpo in zip(request.prompts, chosen, found["base"], found["dpo"])
         ]
-        return ExamplesResult(request, self.protocol.positions, examples)
+        lens = self.value_tokens(TokensRequest(request.id, ((layer, neuron),))).to_dict()
+        tokens = {model: {name: values[0] for name, values in lens[model].items()} for model in ("base", "dpo")}
+        return ExamplesResult(request, self.protocol.positions, examples, tokens)
 
     def _neuron_tokens(
         self, loaded: LoadedModel, texts: list[str], layer: int, neuron: int, teacher: torch.Tensor | None

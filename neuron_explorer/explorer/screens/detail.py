@@ -87,8 +87,9 @@ def trajectory_text(steps: list[str], values) -> Text:
 def tokens_table(tokens: pl.DataFrame, lens_rule: dict | None = None) -> Table | Text:
     if tokens.is_empty() and lens_rule and lens_rule.get("rule") == "top":
         return Text(
-            f"not computed for this neuron: compute took those of {lens_rule['by']} only; `neuron-explorer "
-            f"lab FILE --tokens L:N` computes others, and compute --lens all takes every neuron",
+            f"not computed for this neuron: compute took those of {lens_rule['by']} only; t computes them in "
+            f"the lab's model worker (as `neuron-explorer lab FILE --tokens L:N` does), compute --lens all takes "
+            f"every neuron",
             style="dim",
         )
     if tokens.is_empty():
@@ -120,6 +121,28 @@ def most_shifted(prompts: pl.DataFrame) -> pl.DataFrame:
     if "act_shift" not in prompts.columns:
         return prompts.clear()
     return prompts.sort(pl.col("act_shift").abs(), descending=True).head(TOP_PROMPTS)
+
+
+def answered_tokens(answer: dict) -> pl.DataFrame:
+    """An examples answer's value-vector tokens in `CacheReader.top_tokens`' columns (ids unknown: −1)."""
+    rows: dict[str, list] = {name: [] for name in ("model", "direction", "rank", "token_id", "token", "score")}
+    for model, stored in (("base", "pre"), ("dpo", "dpo")):
+        for direction in ("top", "bottom"):
+            found = answer["tokens"][model]
+            for rank, (token, score) in enumerate(zip(found[f"{direction}_tokens"], found[f"{direction}_scores"]), 1):
+                for name, value in zip(rows, (stored, direction, rank, -1, token, score)):
+                    rows[name].append(value)
+    return pl.DataFrame(
+        rows,
+        schema={
+            "model": pl.Utf8,
+            "direction": pl.Utf8,
+            "rank": pl.Int32,
+            "token_id": pl.Int32,
+            "token": pl.Utf8,
+            "score": pl.Float32,
+        },
+    )
 
 
 def prompts_table(prompts: pl.DataFrame) -> Table | Text:
@@ -252,6 +275,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         self.store, self.neuron_layer, self.neuron_index = store, layer, index
         self.lens_rule: dict | None = None
         self.top_prompts: list[int] = []  # the most shifted prompts' indices: the examples ask for these
+        self.tokens_missing = False  # compute left this neuron's value-vector tokens out: the examples bring them
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -314,6 +338,7 @@ class DetailScreen(ShowsWorkerErrors, Screen):
             ]
         )
         self.top_prompts = most_shifted(prompts)["prompt"].to_list() if "prompt" in prompts.columns else []
+        self.tokens_missing = message.tokens.is_empty() and (self.lens_rule or {}).get("rule") == "top"
         if self.app.lab.ready and (self.neuron_layer, self.neuron_index) not in self.app.lab.examples:
             self.action_examples()  # the worker is loaded anyway: reading 8 prompts takes a moment
         self.show_examples()
@@ -327,6 +352,8 @@ class DetailScreen(ShowsWorkerErrors, Screen):
         answer = lab.examples.get(neuron)
         if isinstance(answer, dict):
             content = examples_text(answer)
+            if self.tokens_missing and "tokens" in answer:
+                self.query_one("#detail-tokens", Static).update(tokens_table(answered_tokens(answer)))
         elif lab.asking is not None and (lab.asking.layer, lab.asking.neuron) == neuron:
             content = Text(lab.status() if lab.loaded else "starting the lab's model worker (it loads both models)…")
         elif isinstance(answer, str):

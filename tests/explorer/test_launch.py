@@ -85,19 +85,22 @@ def test_entry_point_in_a_pseudo_terminal(cache_path):
 
 
 async def test_missing_default_cache_is_built_with_visible_progress(tmp_path, session_cache):
-    target = tmp_path / "default.h5"
+    target, go = tmp_path / "default.h5", tmp_path / "go"
+    # the stand-in build finishes only once the test has seen the build screen (a fixed sleep raced a loaded machine)
     script = textwrap.dedent(f"""
-        import shutil, time
+        import os, shutil, time
         from neuron_explorer.events import Done, Progress, to_json
         for step in range(3):
             print(to_json(Progress("building", step, 3)), flush=True)
-        time.sleep(0.5)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.05)
         shutil.copyfile({str(session_cache)!r}, {str(target)!r})
         print(to_json(Done()), flush=True)
     """)
     app = ExplorerApp(build_target=target, build_command=(sys.executable, "-c", script))
     async with app.run_test(size=(80, 24)) as pilot:
         assert isinstance(app.screen, BuildScreen)
+        go.touch()
         for _ in range(100):
             await pilot.pause(0.05)
             if isinstance(app.screen, OverviewScreen):
@@ -109,14 +112,15 @@ async def test_missing_default_cache_is_built_with_visible_progress(tmp_path, se
 async def test_the_build_screen_follows_the_builds_typed_events(tmp_path, session_cache):
     """The real build runs with --progress-json: stages as Progress, lines as Message, the closing table as Done;
     a library's own line is not an event, and is not shown while the build goes well."""
-    target = tmp_path / "default.h5"
+    target, go = tmp_path / "default.h5", tmp_path / "go"
     script = textwrap.dedent(f"""
-        import shutil, time
+        import os, shutil, time
         from neuron_explorer.events import Done, Message, Progress, to_json
         print(to_json(Progress("build: probe", 3, 8)), flush=True)
         print(to_json(Message("[probe] running")), flush=True)
         print("a library talks", flush=True)
-        time.sleep(1.0)
+        while not os.path.exists({str(go)!r}):  # until the test has read the screen mid-build
+            time.sleep(0.05)
         shutil.copyfile({str(session_cache)!r}, {str(target)!r})
         print(to_json(Done("stage status seconds")), flush=True)
     """)
@@ -133,6 +137,7 @@ async def test_the_build_screen_follows_the_builds_typed_events(tmp_path, sessio
         assert screen.query_one("Log").lines[-1:] == ["[probe] running"]
         assert "a library talks" not in screen.query_one("Log").lines
         assert not any("{" in line for line in screen.query_one("Log").lines)  # no raw JSON reaches the user
+        go.touch()
         for _ in range(100):
             await pilot.pause(0.05)
             if isinstance(app.screen, OverviewScreen):

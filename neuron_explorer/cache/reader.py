@@ -262,6 +262,17 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
+# `CacheReader.top_tokens`' columns: one row per (model, direction, rank) of a neuron's value-vector tokens
+TOKEN_TABLE_SCHEMA = {
+    "model": pl.Utf8,
+    "direction": pl.Utf8,
+    "rank": pl.Int32,
+    "token_id": pl.Int32,
+    "token": pl.Utf8,
+    "score": pl.Float32,
+}
+
+
 class CacheReader:
     """Polars views of one cache file. Use as a context manager or call ``close()``."""
 
@@ -343,16 +354,7 @@ class CacheReader:
         neuron that `compute` left out (`lens_rule`; token id -1)."""
         self._check_layer(layer)
         if layout.neuron_path(schema.TOKEN_ARRAYS[0]) not in self.file:
-            return pl.DataFrame(
-                schema={
-                    "model": pl.Utf8,
-                    "direction": pl.Utf8,
-                    "rank": pl.Int32,
-                    "token_id": pl.Int32,
-                    "token": pl.Utf8,
-                    "score": pl.Float32,
-                }
-            )
+            return pl.DataFrame(schema=TOKEN_TABLE_SCHEMA)
         vocab = self.vocab()
         parts = []
         for model in ("pre", "dpo"):

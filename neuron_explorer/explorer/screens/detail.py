@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Header, LoadingIndicator, Static
 
 from neuron_explorer.cache.annotations import PatchRun, list_runs
-from neuron_explorer.cache.reader import neuron_id
+from neuron_explorer.cache.reader import TOKEN_TABLE_SCHEMA, neuron_id
 
 from ..formatting import short_text, signed
 from ..messages import DetailLoaded, MarksChanged
@@ -125,24 +125,14 @@ def most_shifted(prompts: pl.DataFrame) -> pl.DataFrame:
 
 def answered_tokens(answer: dict) -> pl.DataFrame:
     """An examples answer's value-vector tokens in `CacheReader.top_tokens`' columns (ids unknown: −1)."""
-    rows: dict[str, list] = {name: [] for name in ("model", "direction", "rank", "token_id", "token", "score")}
+    rows: dict[str, list] = {name: [] for name in TOKEN_TABLE_SCHEMA}
     for model, stored in (("base", "pre"), ("dpo", "dpo")):
         for direction in ("top", "bottom"):
             found = answer["tokens"][model]
             for rank, (token, score) in enumerate(zip(found[f"{direction}_tokens"], found[f"{direction}_scores"]), 1):
                 for name, value in zip(rows, (stored, direction, rank, -1, token, score)):
                     rows[name].append(value)
-    return pl.DataFrame(
-        rows,
-        schema={
-            "model": pl.Utf8,
-            "direction": pl.Utf8,
-            "rank": pl.Int32,
-            "token_id": pl.Int32,
-            "token": pl.Utf8,
-            "score": pl.Float32,
-        },
-    )
+    return pl.DataFrame(rows, schema=TOKEN_TABLE_SCHEMA)
 
 
 def prompts_table(prompts: pl.DataFrame) -> Table | Text:

@@ -104,6 +104,9 @@ SIGNALLER = r"""
 import os, runpy, signal, sys
 
 number, at = getattr(signal, sys.argv[1]), int(sys.argv[2])
+# A job started in the background by a shell without job control (as CI may start the suite) inherits SIGINT
+# ignored, and Python keeps it ignored; a user at a terminal has Python's handler, which is what is tested here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real_write, calls = os.pwrite, 0
 
 def write(fd, data, offset):
